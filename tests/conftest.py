@@ -1,0 +1,45 @@
+"""Shared fixtures: the real Docker engine with the local base image, and an isolated Prefect home."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD_REPOS = Path(__file__).parent / "fixtures" / "bad_repos"
+DEMO_REPO = ROOT / "trajfactory" / "data" / "repos" / "textkit"
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def docker_backend():
+    from trajfactory.executors.docker import DockerBackend, engine_available
+    from trajfactory.executors.images import ensure_base_image
+
+    if not engine_available():
+        pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
+    ensure_base_image()
+    return DockerBackend()
+
+
+@pytest.fixture(scope="session")
+def mirrors(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mirrors")
+
+
+@pytest.fixture
+def prefect_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "prefect-home"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    return home
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    target = dest / name
+    shutil.copytree(BAD_REPOS / name, target)
+    return target

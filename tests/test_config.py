@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from trajfactory.config import RecipeError, load_recipe
+
+
+def test_default_recipe_loads_and_has_a_stable_digest():
+    recipe = load_recipe(None)
+    assert [r.uri for r in recipe.repos][0] == "builtin:textkit"
+    assert recipe.digest() == load_recipe(None).digest()
+
+
+def test_digest_ignores_where_things_are_written(tmp_path):
+    a = load_recipe(None)
+    b = a.model_copy(update={"work_dir": str(tmp_path)})
+    assert a.digest() == b.digest()
+    c = a.model_copy(update={"synthesis": a.synthesis.model_copy(update={"seed": 7})})
+    assert a.digest() != c.digest()
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("repos: []\n", "repos"),
+        ("repos:\n  - uri: pypi:inflection\n", "repos.0.uri"),
+        ("repos:\n  - uri: builtin:nope\n", "repos.0.uri"),
+        ("repos:\n  - uri: x\nvalidation:\n  selection: fast\n", "validation.selection"),
+        ("repos:\n  - uri: x\nsandbox:\n  concurrency: 0\n", "sandbox.concurrency"),
+        ("repos:\n  - uri: x\nsynthesis:\n  sed: 1\n", "synthesis.sed"),
+    ],
+)
+def test_bad_recipe_names_file_and_field(tmp_path: Path, text, field):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+    assert f"field `{field}`" in str(err.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("repos: [\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "missing.yaml")

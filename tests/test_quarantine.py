@@ -1,0 +1,72 @@
+"""Every bad-input cause is quarantined with its reason; none of them escapes the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import copy_fixture
+from trajfactory.config import ValidationConfig
+from trajfactory.executors.base import SandboxLimits
+from trajfactory.executors.environments import build_environment
+from trajfactory.schema import Quarantine, Source
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+
+LIMITS = SandboxLimits(memory="512m", cpus=1, pids=64, command_timeout_s=60)
+QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=20)
+
+
+def _through_reference(backend, tmp_path, name):
+    source = harvest_repo(str(copy_fixture(name, tmp_path)), tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    env = build_environment(backend, source)
+    if isinstance(env, Quarantine):
+        return env
+    return stage.reference(backend, env, source, QUICK, LIMITS)
+
+
+def test_missing_repository_is_quarantined(tmp_path):
+    for uri in (str(tmp_path / "nope"), "file:///nonexistent/repo.git", "pypi:trajfactory-no-such-package-xyz==1.0"):
+        q = harvest_repo(uri, tmp_path / "mirrors")
+        assert isinstance(q, Quarantine), uri
+        assert q.reason == "not_found" and q.uri == uri and q.detail
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("no_tests", "no_tests"),
+        ("install_fails", "install_failed"),
+        ("collection_fails", "collection_failed"),
+        ("syntax_error", "syntax_error"),
+        ("hangs", "suite_timeout"),
+        ("sleeps", "suite_timeout"),
+        ("fork_bomb", "suite_timeout"),
+        ("network", "needs_network"),
+    ],
+)
+def test_bad_repository_is_quarantined_with_reason(docker_backend, tmp_path, name, reason):
+    result = _through_reference(docker_backend, tmp_path, name)
+    assert isinstance(result, Quarantine), result
+    assert result.reason == reason, result.detail
+    assert result.detail
+
+
+@pytest.mark.docker
+def test_no_container_left_behind_after_runaway_suites(docker_backend):
+    import docker
+
+    client = docker.from_env()
+    assert client.containers.list(all=True, filters={"label": "trajfactory=1"}) == []
+
+
+@pytest.mark.docker
+def test_sandbox_cannot_write_to_the_host(docker_backend, tmp_path):
+    source = harvest_repo("builtin:textkit", tmp_path / "mirrors")
+    env = build_environment(docker_backend, source)
+    marker = tmp_path / "escape"
+    with docker_backend.start(env, LIMITS) as sandbox:
+        res = sandbox.execute(f"mkdir -p {tmp_path} && touch {marker} && ls {tmp_path}", timeout=30)
+        assert res.exit_code == 0  # it writes inside its own filesystem...
+    assert not marker.exists()  # ...which is not the host's

@@ -1,0 +1,186 @@
+"""Docker sandboxes against the real engine: image cache, isolation, limits, reset, cleanup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from trajfactory.executors.base import EnvironmentBuildError, InfrastructureError, SandboxLimits
+from trajfactory.executors.docker import DockerBackend, cleanup_leftover_containers, engine_available
+
+pytestmark = pytest.mark.docker
+
+FORK_BOMB = "python3 -c 'import os\nwhile True:\n try: os.fork()\n except OSError: pass'"
+NET_PROBE = "python3 -c 'import socket; s = socket.socket(); s.settimeout(3); s.connect((\"1.1.1.1\", 53))'"
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z"}
+
+
+def make_repo(root: Path, dependencies: str = '["six"]') -> Path:
+    """A tiny src-layout package with one test; fixed dates give the same commit id on every run."""
+    (root / "src/tinypkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "tinypkg"\nversion = "0.1.0"\ndependencies = {dependencies}\n')
+    (root / "src/tinypkg/__init__.py").write_text("import six\n\n\ndef add(a, b):\n    return a + b\n")
+    (root / "tests/test_add.py").write_text("from tinypkg import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    if not engine_available():
+        pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
+    # a label of this module's own, so leftover cleanup never touches other runs' sandboxes
+    return DockerBackend(cache_root=tmp_path_factory.mktemp("cache"), labels={"trajfactory.test": uuid.uuid4().hex})
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def env(backend, repo):
+    return backend.build(str(repo), "tests/tinypkg", "main")
+
+
+@pytest.fixture
+def sandbox(backend, env):
+    with backend.start(env, SandboxLimits(pids=128, memory="512m", command_timeout_s=60)) as sandbox:
+        yield sandbox
+
+
+def test_build_reuses_image(backend, env, repo):
+    client = docker.from_env()
+    client.images.remove(env.name, force=True)  # force one real build in every run
+    t0 = time.monotonic()
+    rebuilt = backend.build(str(repo), "tests/tinypkg", "main")
+    built_s = time.monotonic() - t0
+    image_id = client.images.get(rebuilt.name).id
+    t0 = time.monotonic()
+    again = backend.build(str(repo), "tests/tinypkg", "main")
+    reuse_s = time.monotonic() - t0
+    assert again == rebuilt == env
+    assert client.images.get(again.name).id == image_id
+    assert reuse_s < 3 and reuse_s < built_s, (built_s, reuse_s)
+    assert env.name.startswith("trajfactory/repo-tests-tinypkg:") and len(env.commit) == 40
+
+
+def test_repo_tests_pass_inside(sandbox, env):
+    result = sandbox.execute("python -m pytest -q")
+    assert result.exit_code == 0 and "1 passed" in result.output, result.output
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+    assert sandbox.execute("git log --oneline | wc -l").output.strip() == "1"
+
+
+def test_no_network(sandbox):
+    result = sandbox.execute(NET_PROBE)
+    assert result.exit_code != 0 and "OSError" in result.output, result.output
+
+
+def test_timeout_kills_and_reset_recovers(sandbox):
+    container = sandbox.container_id
+    result = sandbox.execute("sleep 1000", timeout=2)
+    assert result.timed_out and result.exit_code in (124, 137)
+    assert result.duration_s < 10
+    assert sandbox.dirty
+    sandbox.reset()
+    assert sandbox.container_id != container  # a runaway command gets a fresh container
+    assert sandbox.execute("echo ok").output == "ok\n"
+
+
+def test_fork_bomb_is_contained(sandbox):
+    t0 = time.monotonic()
+    result = sandbox.execute(FORK_BOMB, timeout=5)
+    assert result.timed_out or result.exit_code != 0
+    assert time.monotonic() - t0 < 30
+    sandbox.reset()
+    result = sandbox.execute("cat /sys/fs/cgroup/pids/pids.max; python -m pytest -q")
+    assert result.exit_code == 0 and result.output.startswith("128\n"), result.output
+
+
+def test_host_is_not_writable(sandbox, tmp_path):
+    target = tmp_path / "pwned"
+    result = sandbox.execute(f"touch {target}; mkdir -p {tmp_path} && touch {target}; ls -d {tmp_path}")
+    assert result.exit_code == 0  # the path exists only in the container's own filesystem
+    assert not target.exists()
+    assert sandbox.execute("test -e /var/run/docker.sock").exit_code != 0
+
+
+def test_reset_restores_checkout_in_same_container(sandbox, env):
+    original = sandbox.read_file("src/tinypkg/__init__.py")
+    container = sandbox.container_id
+    sandbox.write_file("src/tinypkg/__init__.py", "broken = True\n")
+    sandbox.write_file("new/dir/notes.txt", "x")
+    sandbox.execute("echo more >> tests/test_add.py; git add -A; git commit -qm change; sleep 500 >/dev/null 2>&1 &")
+    assert sandbox.read_file("new/dir/notes.txt") == b"x"
+    t0 = time.monotonic()
+    sandbox.reset()
+    assert time.monotonic() - t0 < 2
+    assert sandbox.container_id == container
+    assert sandbox.read_file("src/tinypkg/__init__.py") == original
+    assert sandbox.execute("git status --porcelain --ignored").output == ""
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+    assert "sleep 500" not in sandbox.execute("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").output
+    with pytest.raises(FileNotFoundError):
+        sandbox.read_file("new/dir/notes.txt")
+
+
+def test_file_api_matches_shell(sandbox):
+    sandbox.execute("mkdir -p /tmp/work && echo from-shell > /tmp/work/a.txt")
+    assert sandbox.read_file("/tmp/work/a.txt") == b"from-shell\n"
+    sandbox.write_file("/tmp/work/deep/b.txt", "from-api")
+    assert sandbox.execute("cat /tmp/work/deep/b.txt").output == "from-api"
+    with pytest.raises(FileNotFoundError):
+        sandbox.read_file("/tmp/work/missing")
+
+
+def test_output_is_truncated(backend, env):
+    with backend.start(env, SandboxLimits(output_limit=1000)) as sandbox:
+        result = sandbox.execute("echo START; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END")
+    assert result.exit_code == 0 and len(result.output) < 1200
+    assert result.output.startswith("START") and result.output.rstrip().endswith("END") and "truncated" in result.output
+
+
+def test_unknown_requirement_is_install_failed(backend, tmp_path):
+    repo = make_repo(tmp_path / "bad", '["trajfactory-no-such-requirement-zz"]')
+    with pytest.raises(EnvironmentBuildError) as err:
+        backend.build(str(repo), "tests/bad", "main")
+    assert err.value.reason == "install_failed"
+    assert "trajfactory-no-such-requirement-zz" in err.value.detail
+
+
+def test_unknown_commit_is_checkout_failed(backend, repo):
+    with pytest.raises(EnvironmentBuildError) as err:
+        backend.build(str(repo), "tests/tinypkg", "0" * 40)
+    assert err.value.reason == "checkout_failed"
+
+
+def test_leftover_cleanup_and_vanished_container(backend, env):
+    client = docker.from_env()
+    sandbox = backend.start(env)
+    container = sandbox.container_id
+    assert cleanup_leftover_containers(labels=backend.labels) >= 1
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(container)
+    with pytest.raises(InfrastructureError):
+        sandbox.execute("true")
+    sandbox.close()  # closing a vanished sandbox is fine
+    assert not client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in backend.labels.items()]})
+
+
+def test_get_backend_prefers_docker():
+    from trajfactory.executors import get_backend
+
+    assert get_backend("auto").name == "docker"
+    assert get_backend("docker") is get_backend("docker")

@@ -1,0 +1,172 @@
+"""The local namespace sandbox (no Docker engine): environment cache, isolation, limits, reset."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from trajfactory.executors.base import EnvironmentBuildError, SandboxError, SandboxLimits
+from trajfactory.executors.images import find_requirements
+from trajfactory.executors.local import LocalBackend
+
+FORK_BOMB = "python3 -c 'import os\nwhile True:\n try: os.fork()\n except OSError: pass'"
+NET_PROBE = "python3 -c 'import socket; s = socket.socket(); s.settimeout(3); s.connect((\"1.1.1.1\", 53))'"
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z"}
+
+
+def make_repo(root: Path, dependencies: str = '["six"]') -> Path:
+    """A tiny src-layout package with one test, committed with fixed dates."""
+    (root / "src/tinypkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "tinypkg"\nversion = "0.1.0"\ndependencies = {dependencies}\n')
+    (root / "src/tinypkg/__init__.py").write_text("import six\n\n\ndef add(a, b):\n    return a + b\n")
+    (root / "tests/test_add.py").write_text("from tinypkg import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    return LocalBackend(cache_root=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def env(backend, repo):
+    return backend.build(str(repo), "tests/tinypkg", "main")
+
+
+@pytest.fixture
+def sandbox(backend, env):
+    with backend.start(env, SandboxLimits(pids=128, memory="1g", command_timeout_s=60)) as sandbox:
+        yield sandbox
+
+
+def test_isolation_is_reported(backend):
+    assert backend.isolation == "bwrap"  # bubblewrap is installed on this project's machines
+
+
+def test_build_reuses_environment(backend, env, repo):
+    t0 = time.monotonic()
+    again = backend.build(str(repo), "tests/tinypkg", "main")
+    assert again == env and time.monotonic() - t0 < 3
+    assert (Path(env.name) / ".complete").exists() and (Path(env.name) / "venv/bin/python").exists()
+
+
+def test_repo_tests_pass_inside(sandbox, env):
+    result = sandbox.execute("python -m pytest -q")
+    assert result.exit_code == 0 and "1 passed" in result.output, result.output
+    assert sandbox.execute("pwd").output.strip() == sandbox.workdir
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+
+
+def test_no_network(sandbox):
+    result = sandbox.execute(NET_PROBE)
+    assert result.exit_code != 0 and "OSError" in result.output, result.output
+
+
+def test_timeout_kills_and_reset_recovers(sandbox):
+    t0 = time.monotonic()
+    result = sandbox.execute("sleep 1000", timeout=2)
+    assert result.timed_out and result.exit_code in (124, 137)
+    assert time.monotonic() - t0 < 10 and sandbox.dirty
+    sandbox.reset()
+    assert not sandbox.dirty and sandbox.execute("echo ok").output == "ok\n"
+
+
+def test_fork_bomb_is_contained(sandbox):
+    t0 = time.monotonic()
+    result = sandbox.execute(FORK_BOMB, timeout=5)
+    assert result.timed_out or result.exit_code != 0
+    assert time.monotonic() - t0 < 30
+    sandbox.reset()
+    assert sandbox.execute("python -m pytest -q").exit_code == 0
+
+
+def test_host_is_not_writable(sandbox, env, repo, tmp_path):
+    outside = Path("/root") / f".trajfactory-pwned-{uuid.uuid4().hex}"
+    targets = [tmp_path / "pwned", outside, repo / "pwned", Path(env.name) / "repo/pwned"]
+    try:
+        for target in targets:
+            sandbox.execute(f"mkdir -p {target.parent}; touch {target}")
+            assert not target.exists(), target
+    finally:
+        outside.unlink(missing_ok=True)
+    with pytest.raises(SandboxError):
+        sandbox.write_file(str(outside), "x")
+    # a read-only mount does not stop connect() on a socket: daemon sockets must not be there at all
+    assert sandbox.execute("test -e /var/run/docker.sock || test -e /run/docker.sock").exit_code != 0
+
+
+def test_reset_restores_checkout(sandbox, env):
+    original = sandbox.read_file("src/tinypkg/__init__.py")
+    sandbox.write_file("src/tinypkg/__init__.py", "broken = True\n")
+    sandbox.write_file("new/dir/notes.txt", "x")
+    sandbox.execute("echo more >> tests/test_add.py; git add -A; git commit -qm change")
+    assert sandbox.read_file("new/dir/notes.txt") == b"x"
+    t0 = time.monotonic()
+    sandbox.reset()
+    assert time.monotonic() - t0 < 2
+    assert sandbox.read_file("src/tinypkg/__init__.py") == original
+    assert sandbox.execute("git status --porcelain --ignored").output == ""
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+    with pytest.raises(FileNotFoundError):
+        sandbox.read_file("new/dir/notes.txt")
+
+
+def test_tmp_persists_between_commands_and_matches_file_api(sandbox):
+    sandbox.execute("mkdir -p /tmp/work && echo from-shell > /tmp/work/a.txt")
+    assert sandbox.read_file("/tmp/work/a.txt") == b"from-shell\n"
+    sandbox.write_file("/tmp/work/b.txt", "from-api")
+    assert sandbox.execute("cat /tmp/work/b.txt").output == "from-api"
+    assert not Path("/tmp/work/b.txt").exists()  # the host's /tmp is untouched
+
+
+def test_unknown_requirement_is_install_failed(backend, tmp_path):
+    repo = make_repo(tmp_path / "bad", '["trajfactory-no-such-requirement-zz"]')
+    with pytest.raises(EnvironmentBuildError) as err:
+        backend.build(str(repo), "tests/bad", "main")
+    assert err.value.reason == "install_failed" and "trajfactory-no-such-requirement-zz" in err.value.detail
+
+
+def test_find_requirements_reads_common_layouts(tmp_path):
+    (tmp_path / "setup.cfg").write_text(
+        "[metadata]\nname = pkg\n[options]\ninstall_requires =\n    attrs>=20\n    # comment\n"
+        "[options.extras_require]\ntest =\n    hypothesis\ndocs =\n    sphinx\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "pkg"\ndependencies = ["click"]\n[project.optional-dependencies]\n'
+        'dev = ["pkg[testing]"]\ntesting = ["mock"]\n'
+        '[tool.poetry.dependencies]\npython = "^3.8"\nrequests = "^2.0"\nlocal = {path = "../x"}\n')
+    (tmp_path / "requirements-test.txt").write_text("-e .\n--index-url http://x\ntoml ; python_version<'4'\n")
+    (tmp_path / "setup.py").write_text("this is not python (")
+    reqs = find_requirements(tmp_path)
+    for name in ("attrs>=20", "hypothesis", "click", "mock", "requests>=2.0", "pytest", "pytest-cov", "coverage"):
+        assert name in reqs, reqs
+    assert not any(r.startswith(("sphinx", "pkg", "local", "python")) for r in reqs)
+    assert any(r.startswith("toml") for r in reqs)
+
+
+def test_get_backend_falls_back_to_local_with_warning(monkeypatch, caplog):
+    import trajfactory.executors as executors
+    import trajfactory.executors.docker as docker_backend
+
+    monkeypatch.setattr(executors, "_backends", {})
+    monkeypatch.setattr(docker_backend, "engine_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="trajfactory.executors"):
+        backend = executors.get_backend("auto")
+    assert backend.name == "local" and backend.isolation == "bwrap"
+    assert "no Docker engine; using local namespace sandbox (isolation: bubblewrap" in caplog.text

@@ -1,0 +1,145 @@
+"""The SWE stages as library calls against a real Docker engine and the bundled demo repository."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trajfactory.agents.oracle import OraclePolicy
+from trajfactory.config import SynthesisConfig, ValidationConfig
+from trajfactory.executors.base import SandboxLimits
+from trajfactory.executors.environments import build_environment
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.rollout import rollout
+from trajfactory.schema import Source
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.verifiers.tests import verify_gold, verify_trajectory
+
+pytestmark = pytest.mark.docker
+LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def demo(docker_backend, tmp_path_factory):
+    """Harvest, build, synthesize, reference-run and validate the demo repository once."""
+    work = tmp_path_factory.mktemp("demo")
+    source = harvest_repo("builtin:textkit", work / "mirrors")
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    candidates, bad = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=24), work / "checkouts")
+    ref = stage.reference(docker_backend, env, source, ValidationConfig(), LIMITS)
+    with SandboxPool(docker_backend, env, size=1, limits=LIMITS) as pool:
+        validations = [stage.validate(pool, c, ref, ValidationConfig()) for c in candidates]
+        started = pool.started
+    tasks = stage.tasks_from(source, env, candidates, validations)
+    return dict(source=source, env=env, candidates=candidates, bad=bad, ref=ref, validations=validations,
+                tasks=tasks, started=started)
+
+
+def test_builtin_source_has_provenance(demo):
+    source = demo["source"]
+    assert source.uri == "builtin:textkit"
+    assert len(source.commit) == 40
+    assert source.license == "MIT"
+    assert demo["bad"] == []
+
+
+def test_reference_run_records_passing_tests_and_coverage(demo):
+    ref = demo["ref"]
+    assert len(ref.passing) >= 20
+    assert all(outcome == "passed" for t, outcome in ref.tests.items() if t in ref.passing)
+    covered = [f for f in ref.coverage if f.startswith("src/textkit/")]
+    assert covered, ref.coverage.keys()
+    # Every context is a test id of the suite.
+    some_line = next(iter(ref.coverage[covered[0]].values()))
+    assert set(some_line) <= set(ref.tests)
+
+
+def test_candidates_validated_in_one_warm_container(demo):
+    assert len(demo["candidates"]) >= 10
+    assert demo["started"] == 1  # no container start per candidate
+    statuses = {v.status for v in demo["validations"]}
+    assert "valid" in statuses
+    assert {v.selection for v in demo["validations"] if v.tests_run} >= {"coverage"}
+
+
+def test_tasks_have_fail_to_pass_and_pass_to_pass(demo):
+    tasks = demo["tasks"]
+    assert tasks
+    for task in tasks:
+        assert task.checks.FAIL_TO_PASS and task.checks.PASS_TO_PASS
+        assert not set(task.checks.FAIL_TO_PASS) & set(task.checks.PASS_TO_PASS)
+        assert set(task.checks.FAIL_TO_PASS) <= set(demo["ref"].passing)
+        assert task.checks.p2p_method.startswith(("coverage-selected", "full-suite"))
+        assert task.instance_id.startswith("textkit__")
+        # The statement names the symptom, never the fix.
+        for line in task.gold.patch.splitlines():
+            if line.startswith("+") and not line.startswith("+++") and len(line.strip()) > 12:
+                assert line[1:].strip() not in task.instruction
+
+
+def test_coverage_selection_agrees_with_full_suite(demo, docker_backend):
+    """Re-validate coverage-selected candidates with the whole suite: same F2P, same verdict."""
+    picked = [v for v in demo["validations"] if v.selection == "coverage" and v.status == "valid"][:3]
+    assert picked
+    by_id = {c.candidate_id: c for c in demo["candidates"]}
+    with SandboxPool(docker_backend, demo["env"], size=1, limits=LIMITS) as pool:
+        for v in picked:
+            full = stage.validate(pool, by_id[v.candidate_id], demo["ref"], ValidationConfig(selection="full"))
+            assert full.selection == "full"
+            assert full.status == "valid"
+            assert full.FAIL_TO_PASS == v.FAIL_TO_PASS
+
+
+def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
+    task = demo["tasks"][0]
+    env = demo["env"]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        gold = verify_gold(sandbox, task)
+    assert gold.passed, gold.evidence
+    assert all(o.outcome == "passed" for o in gold.evidence.FAIL_TO_PASS)
+
+    with docker_backend.start(env, LIMITS) as sandbox:
+        traj = rollout(task, OraclePolicy(), sandbox, max_steps=20)
+    assert traj.exit_status == "submitted"
+    roles = [m.role for m in traj.messages]
+    assert roles[:3] == ["system", "user", "assistant"]
+    assert roles.count("tool") == len(traj.steps)
+    tools = [s.tool for s in traj.steps]
+    assert tools[0] == "bash" and "edit" in tools and tools[-1] == "submit"
+    first, rerun = traj.steps[0], traj.steps[-2]
+    assert first.exit_code != 0 and "failed" in first.observation  # real failing output
+    assert rerun.exit_code == 0 and "passed" in rerun.observation
+    assert {t["function"]["name"] for t in traj.tools} == {"bash", "edit", "submit"}
+    call = traj.messages[2].tool_calls[0]
+    assert json.loads(call.function.arguments)["command"].startswith("python -m pytest")
+    assert traj.final.patch.startswith("diff --git")
+    # The bug's history is not visible in the sandbox.
+    with docker_backend.start(env, LIMITS) as sandbox:
+        verdict = verify_trajectory(sandbox, task, traj)
+    assert verdict.passed, verdict.evidence
+    assert verdict.trajectory_id == traj.trajectory_id
+
+
+def test_wrong_solution_fails_verification(demo, docker_backend):
+    task = demo["tasks"][0]
+    traj = None
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        traj = rollout(task, OraclePolicy(), sandbox, max_steps=1)  # stops before fixing
+    assert traj.exit_status == "step_limit"
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        verdict = verify_trajectory(sandbox, task, traj)
+    assert not verdict.passed
+    assert any(o.outcome != "passed" for o in verdict.evidence.FAIL_TO_PASS)
+
+
+def test_episode_hides_the_bug_history(demo, docker_backend):
+    from trajfactory.executors.rollout import prepare_episode
+
+    task = demo["tasks"][0]
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        prepare_episode(sandbox, task)
+        log = sandbox.execute("git log --oneline | wc -l && git status --porcelain | wc -l", timeout=30)
+    assert log.output.split() == ["1", "0"]

@@ -1,0 +1,130 @@
+"""The sandbox protocol every executor implements (docker.py, local.py).
+
+A sandbox holds one repository checkout at `workdir` (a git repository whose HEAD is the pinned
+commit), runs shell commands with a timeout and no network, and can be reset to a clean state.
+Files written under /tmp persist across `execute` calls of one sandbox (tools stage inputs there).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not do its job (bad input to the sandbox, not an infrastructure fault)."""
+
+
+class InfrastructureError(RuntimeError):
+    """The engine under the sandbox failed (daemon down, container vanished): worth a retry."""
+
+
+class EnvironmentBuildError(SandboxError):
+    """A repository's environment could not be built; `reason` is a short quarantine code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    output: str
+    """stdout and stderr together, truncated to the sandbox's output limit."""
+    duration_s: float
+    timed_out: bool = False
+
+
+@dataclass
+class SandboxLimits:
+    memory: str = "2g"
+    cpus: float = 1.0
+    pids: int = 256
+    command_timeout_s: float = 120.0
+    output_limit: int = 100_000
+
+
+class OutputCollector:
+    """Keeps the head and the tail of a command's output within `limit` bytes (memory stays bounded)."""
+
+    def __init__(self, limit: int):
+        self.limit = max(limit, 2)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.limit // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            del self.tail[: -(self.limit - self.limit // 2)]
+
+    def text(self) -> str:
+        dropped = self.total - len(self.head) - len(self.tail)
+        if dropped <= 0:
+            return (self.head + self.tail).decode(errors="replace")
+        marker = f"\n[... {dropped} bytes of output truncated ...]\n"
+        return self.head.decode(errors="replace") + marker + self.tail.decode(errors="replace")
+
+
+def sandbox_path(workdir: str, path: str) -> str:
+    """An absolute path inside the sandbox: `path` as given, or relative to `workdir`."""
+    return posixpath.normpath(posixpath.join(workdir, path))
+
+
+class Sandbox(Protocol):
+    workdir: str
+
+    def execute(self, command: str, timeout: float | None = None) -> ExecResult:
+        """Run `command` with bash in `workdir`; a timeout kills it and sets `timed_out`."""
+        ...
+
+    def write_file(self, path: str, content: str | bytes) -> None:
+        """Write a file inside the sandbox (absolute, or relative to `workdir`)."""
+        ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+    def reset(self) -> None:
+        """Return the checkout to the pinned commit; restarts the sandbox if a command ran away."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Sandbox": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+@dataclass
+class EnvironmentHandle:
+    """A built environment for one repository: what `start()` needs to open sandboxes."""
+
+    backend: str
+    """`docker` or `local`."""
+    name: str
+    """Image name (docker) or environment directory (local)."""
+    repo: str
+    commit: str
+
+
+class Backend(Protocol):
+    """Builds one environment per repository (cached by content) and opens sandboxes on it."""
+
+    name: str
+
+    def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
+        """Build (or reuse) the environment: the repository at `commit` plus its test dependencies.
+
+        Raises EnvironmentBuildError(reason, detail) when the repository cannot be installed.
+        """
+        ...
+
+    def start(self, env: EnvironmentHandle, limits: SandboxLimits | None = None) -> Sandbox: ...

@@ -1,0 +1,347 @@
+"""Local namespace sandboxes for machines where no Docker engine answers.
+
+An environment is a directory: a venv with the repository's wheelhouse installed (`--no-index`) and
+a checkout of the repository at its commit. A sandbox copies the checkout into a scratch directory
+and runs each command under bubblewrap: the host filesystem read-only, only the scratch directory
+writable, its own /tmp, no network, its own pid namespace, and a pids/memory cgroup where the
+host allows one. Without bubblewrap it falls back to `unshare --net` (network isolation only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ensurepip
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .base import (
+    EnvironmentBuildError,
+    EnvironmentHandle,
+    ExecResult,
+    InfrastructureError,
+    OutputCollector,
+    SandboxError,
+    SandboxLimits,
+    sandbox_path,
+)
+from .images import build_wheelhouse, clone_at_commit, default_cache_root, find_requirements, resolve_commit, src_layout
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1"
+GUARD_S = 15.0
+"""Seconds past a command's timeout after which the host kills the whole sandboxed process group."""
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# the repository is importable without installing it (its build backend may be unavailable offline)
+PTH_LINE = 'import os, sys; p = os.environ.get("TRAJFACTORY_REPO"); p and p not in sys.path and sys.path.append(p)\n'
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _probe(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def detect_isolation() -> str:
+    """`bwrap` when bubblewrap works here, else `unshare-net`; raises when neither does."""
+    if shutil.which("bwrap") and _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"]):
+        return "bwrap"
+    if shutil.which("unshare") and _probe(["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "true"]):
+        log.warning("bubblewrap is missing or fails here; falling back to `unshare --net`: "
+                    "network and pid isolation only, the host filesystem stays WRITABLE")
+        return "unshare-net"
+    raise InfrastructureError("no sandbox isolation works here: install bubblewrap (apt-get install bubblewrap)")
+
+
+ISOLATION_TEXT = {
+    "bwrap": "bubblewrap: host filesystem read-only, own /tmp and /run, no network, own pid/ipc/uts namespaces",
+    "unshare-net": "unshare --net: no network, own pid namespace; host filesystem WRITABLE",
+}
+
+
+def _bytes(size: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", size.strip().lower())
+    if not m:
+        raise SandboxError(f"memory limit {size!r} is not a size; use e.g. '2g' or '512m'")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+class _Cgroup:
+    """A pids + memory + cpu cgroup (v1 or v2) for one sandbox; `paths` is empty when the host refuses one."""
+
+    def __init__(self, name: str, limits: SandboxLimits):
+        self.paths: list[Path] = []
+        v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+        quota = int(limits.cpus * 100_000)
+        wanted = {"pids": ("pids.max", str(limits.pids)),
+                  "memory": ("memory.max" if v2 else "memory.limit_in_bytes", str(_bytes(limits.memory))),
+                  "cpu": ("cpu.max", f"{quota} 100000") if v2 else ("cpu.cfs_quota_us", str(quota))}
+        self.limited: set[str] = set()
+        """The controllers whose limit is in force."""
+        for controller, (knob, value) in wanted.items():
+            path = CGROUP_ROOT / ("" if v2 else controller) / "trajfactory" / name
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                if v2:  # a v2 child only has the knobs its parents delegate
+                    for parent in (CGROUP_ROOT, path.parent):
+                        (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+                (path / knob).write_text(value)
+                self.limited.add(controller)
+            except OSError as exc:
+                log.debug("no %s cgroup for the local sandbox: %s", controller, exc)
+            if path.is_dir() and path not in self.paths:
+                self.paths.append(path)
+
+    def wrapper(self) -> list[str]:
+        """argv prefix that moves the command into the cgroup before it starts."""
+        if not self.paths:
+            return []
+        joins = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in self.paths)
+        return ["sh", "-c", f'{joins}; exec "$@"', "sh"]
+
+    def remove(self) -> None:
+        for path in self.paths:
+            for _ in range(20):  # the kernel frees a cgroup a moment after its last process exits
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+class LocalBackend:
+    """Builds one environment directory per repository commit and opens namespace sandboxes on it."""
+
+    name = "local"
+
+    def __init__(self, cache_root: str | Path | None = None, isolation: str | None = None):
+        self.cache_root = Path(cache_root or default_cache_root())
+        self.isolation = isolation or detect_isolation()
+        """`bwrap` or `unshare-net`; ISOLATION_TEXT says what each one isolates."""
+        log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
+
+    def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
+        sha = resolve_commit(source_path, commit)
+        envs = self.cache_root / "local-envs"
+        envs.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="build-", dir=envs) as tmp:
+            checkout = Path(tmp, "repo")
+            clone_at_commit(source_path, sha, checkout)
+            requirements = find_requirements(checkout)
+            py = f"{sys.version_info.major}.{sys.version_info.minor}"
+            key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements]).encode()).hexdigest()[:16]
+            slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
+            env_dir = envs / f"{slug}-{key}"
+            handle = EnvironmentHandle(backend=self.name, name=str(env_dir), repo=repo, commit=sha)
+            with open(envs / f"{env_dir.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per environment; others wait and reuse it
+                if (env_dir / ".complete").exists():
+                    log.info("environment %s exists; reusing it", env_dir)
+                    return handle
+                shutil.rmtree(env_dir, ignore_errors=True)  # a half-built leftover of a killed run
+                env_dir.mkdir()
+                log.info("building local environment %s (%s at %s)", env_dir, repo, sha[:12])
+                self._install(env_dir, checkout, sha)
+        return handle
+
+    def _install(self, env_dir: Path, checkout: Path, sha: str) -> None:
+        house, requirements = build_wheelhouse(checkout, self.cache_root)
+        venv = env_dir / "venv"
+        # a venv is not relocatable: it is created at its final path, and `.complete` marks it usable
+        # the host's pip installs into a pip-less venv, pip itself from ensurepip's wheel: ensurepip takes ~8 s
+        out = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise InfrastructureError(f"`{sys.executable} -m venv {venv}` failed: {out.stderr[-2000:]}")
+        pip_env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+        cmd = [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q",
+               "--disable-pip-version-check", "--no-index", "--find-links", str(house), "--find-links",
+               str(Path(ensurepip.__file__).parent / "_bundled"), "-r", str(house / "requirements.txt"), "pip"]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=pip_env)
+        if out.returncode != 0:
+            tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-20:])
+            raise EnvironmentBuildError(
+                "install_failed",
+                f"installing {requirements} from wheelhouse {house} failed:\n{tail}\n"
+                "the repository's requirements must install offline from its wheelhouse",
+            )
+        purelib = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        Path(purelib, "trajfactory_repo.pth").write_text(PTH_LINE)
+        shutil.move(str(checkout), env_dir / "repo")
+        meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements}
+        (env_dir / "env.json").write_text(json.dumps(meta, indent=1))
+        (env_dir / ".complete").touch()
+
+    def start(self, env: EnvironmentHandle, limits: SandboxLimits | None = None) -> "LocalSandbox":
+        env_dir = Path(env.name)
+        if not (env_dir / ".complete").exists():
+            raise SandboxError(f"environment {env_dir} is not built; call LocalBackend.build() first")
+        return LocalSandbox(env_dir, env.commit, limits or SandboxLimits(), self.isolation,
+                            self.cache_root / "sandboxes")
+
+
+class LocalSandbox:
+    """A scratch copy of the checkout; each command runs in fresh namespaces (nothing outlives it)."""
+
+    def __init__(self, env_dir: Path, commit: str, limits: SandboxLimits, isolation: str, scratch_root: Path):
+        self.env_dir = env_dir
+        self.commit = commit
+        self.limits = limits
+        self.isolation = isolation
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="sbx-", dir=scratch_root))
+        self.workdir = str(self.scratch / "repo")
+        self.dirty = False
+        """A command ran away (timed out): the next reset() copies the checkout afresh."""
+        self.closed = False
+        meta = json.loads((env_dir / "env.json").read_text())
+        self.cgroup = _Cgroup(self.scratch.name, limits)
+        self.limited = self.cgroup.limited
+        """Which of pids/memory/cpu a cgroup enforces; pids and memory fall back to prlimit."""
+        if missing := {"pids", "memory", "cpu"} - self.limited:
+            log.warning("local sandbox: no cgroup limit for %s here (prlimit covers memory and pids, weaker)",
+                        ", ".join(sorted(missing)))
+        home = self.scratch / "home"
+        home.mkdir()
+        (home / ".gitconfig").write_text(
+            "[user]\n\tname = trajfactory\n\temail = trajfactory@localhost\n[safe]\n\tdirectory = *\n")
+        venv = env_dir / "venv"
+        self.env = {
+            "PATH": f"{venv}/bin:{PATH}", "VIRTUAL_ENV": str(venv), "HOME": str(home), "LANG": "C.UTF-8",
+            "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
+            # the host's pip configuration may name a local index: the sandbox gets none, as in docker
+            "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+        self._copy_checkout()
+
+    def _copy_checkout(self) -> None:
+        """A fresh checkout and an empty /tmp, as a new container would have."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.scratch / "tmp", ignore_errors=True)
+        (self.scratch / "tmp").mkdir()
+        (self.scratch / "tmp").chmod(0o1777)
+        out = subprocess.run(["cp", "-a", str(self.env_dir / "repo"), self.workdir], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise InfrastructureError(f"copying the checkout into {self.scratch} failed: {out.stderr}")
+
+    def _isolate(self, argv: list[str]) -> list[str]:
+        if self.isolation == "bwrap":
+            # /tmp (the sandbox's own, kept between commands) is mounted first, so an environment or
+            # scratch directory under the host's /tmp stays visible
+            # an empty /run hides daemon sockets (docker.sock): a read-only mount does not stop connect()
+            return ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/run", "--bind", str(self.scratch / "tmp"), "/tmp",
+                    "--ro-bind", str(self.env_dir), str(self.env_dir),
+                    "--bind", str(self.scratch), str(self.scratch),
+                    "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--die-with-parent", "--new-session",
+                    "--chdir", self.workdir, *argv]
+        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
+
+    def _run(self, argv: list[str], timeout: float) -> tuple[int, str, float, bool]:
+        if self.closed:
+            raise SandboxError("the sandbox is closed")
+        lim = []
+        if "memory" not in self.limited:
+            lim.append(f"--as={_bytes(self.limits.memory)}")
+        if "pids" not in self.limited:
+            lim.append(f"--nproc={self.limits.pids}")  # per-uid, so weak (and root is exempt)
+        cmd = [*self.cgroup.wrapper(), "timeout", "-s", "KILL", f"{timeout:g}",
+               *(["prlimit", *lim, "--"] if lim else []), *self._isolate(argv)]
+        out = OutputCollector(self.limits.output_limit)
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir if os.path.isdir(self.workdir) else self.scratch,
+                                    env=self.env, start_new_session=True)
+        except OSError as exc:
+            raise InfrastructureError(f"could not start {cmd[0]}: {exc}") from exc
+        guard_fired = False
+        fd = proc.stdout.fileno()
+        while True:
+            left = t0 + timeout + GUARD_S - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                guard_fired = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            out.add(data)
+        proc.stdout.close()
+        code = proc.wait()
+        code = 128 - code if code < 0 else code  # killed by a signal: report it as a shell does (137)
+        return code, out.text(), time.monotonic() - t0, guard_fired
+
+    def execute(self, command: str, timeout: float | None = None) -> ExecResult:
+        t = float(timeout if timeout is not None else self.limits.command_timeout_s)
+        code, output, duration, guard = self._run(["bash", "-c", command], t)
+        timed_out = guard or (code in (124, 137) and duration >= t * 0.95)
+        if timed_out:
+            self.dirty = True
+            output = f"{output}\n[command timed out: killed after {t:g}s]"
+        return ExecResult(exit_code=code, output=output, duration_s=duration, timed_out=timed_out)
+
+    def reset(self) -> None:
+        if self.dirty or not os.path.isdir(self.workdir):
+            self._copy_checkout()
+            self.dirty = False
+            return
+        # git runs inside the sandbox: the checkout's .git/config is untrusted (core.fsmonitor runs commands)
+        g = "git -c core.fsmonitor= -c core.hooksPath=/dev/null"
+        script = (f"cd {self.workdir} && {g} checkout -q -f --detach {self.commit} && "
+                  f"{g} reset -q --hard {self.commit} && {g} clean -fdqx")
+        code, output, _, _ = self._run(["bash", "-c", script], 60.0)
+        if code != 0:
+            log.warning("reset of %s failed (exit %s: %s); copying the checkout afresh", self.workdir, code, output[-500:])
+            self._copy_checkout()
+
+    def _host_path(self, path: str) -> Path:
+        """Where a sandbox path lives on the host (the sandbox's /tmp is scratch/tmp under bubblewrap)."""
+        p = Path(sandbox_path(self.workdir, path))
+        own = p.is_relative_to(self.scratch) or p.is_relative_to(self.env_dir)
+        if self.isolation == "bwrap" and not own and p.is_relative_to("/tmp"):
+            p = self.scratch / "tmp" / p.relative_to("/tmp")
+        return Path(os.path.realpath(p))
+
+    def write_file(self, path: str, content: str | bytes) -> None:
+        target = self._host_path(path)
+        if not target.is_relative_to(self.scratch.resolve()):
+            raise SandboxError(f"{path} is read-only in the sandbox: only {self.workdir} and /tmp are writable")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def read_file(self, path: str) -> bytes:
+        return self._host_path(path).read_bytes()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.cgroup.remove()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> "LocalSandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.scratch.name

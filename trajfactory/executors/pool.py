@@ -1,0 +1,57 @@
+"""A pool of warm sandboxes on one environment: candidates reuse containers, reset between uses."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxLimits
+
+
+class SandboxPool:
+    """At most `size` sandboxes, started lazily, handed out one user at a time, closed together."""
+
+    def __init__(self, backend: Backend, env: EnvironmentHandle, size: int, limits: SandboxLimits | None = None):
+        self.backend, self.env, self.size, self.limits = backend, env, size, limits
+        self._idle: queue.Queue[Sandbox] = queue.Queue()
+        self._all: list[Sandbox] = []
+        self._lock = threading.Lock()
+        self.started = 0
+
+    @contextmanager
+    def acquire(self) -> Iterator[Sandbox]:
+        sandbox = self._take()
+        try:
+            yield sandbox
+        finally:
+            self._idle.put(sandbox)
+
+    def _take(self) -> Sandbox:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._all) < self.size:
+                sandbox = self.backend.start(self.env, self.limits)
+                self._all.append(sandbox)
+                self.started += 1
+                return sandbox
+        return self._idle.get()
+
+    def close(self) -> None:
+        with self._lock:
+            for sandbox in self._all:
+                try:
+                    sandbox.close()
+                except Exception:  # noqa: BLE001 - closing must reach every sandbox
+                    pass
+            self._all.clear()
+
+    def __enter__(self) -> "SandboxPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

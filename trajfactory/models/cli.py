@@ -1,0 +1,65 @@
+"""`trajfactory model ...`: build the tiny model and serve a model directory with vLLM.
+
+The main CLI mounts this app: `app.add_typer(model_app, name="model")`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+model_app = typer.Typer(
+    help="Models: build the tiny self-made model, serve a model directory with vLLM (OpenAI API).",
+    no_args_is_help=True,
+)
+
+
+@model_app.command("init-tiny")
+def init_tiny(
+    out_dir: Path = typer.Argument(..., help="Directory to write the model into (created if missing)."),
+    seed: int = typer.Option(0, help="Random seed of the weights; the same seed gives the same files."),
+    vocab_size: int = typer.Option(2048, help="Target BPE vocabulary size (a small corpus yields fewer tokens)."),
+) -> None:
+    """Build a tiny random-init Qwen2 chat model with a tokenizer trained on the factory's own corpus.
+
+    No model hub is needed: the result loads with transformers and vLLM from OUT_DIR.
+    """
+    from trajfactory.models.tiny import init_tiny_model
+
+    path = init_tiny_model(out_dir, vocab_size=vocab_size, seed=seed)
+    typer.echo(f"tiny model written to {path}")
+
+
+@model_app.command("serve")
+def serve(
+    model_dir: Path = typer.Argument(..., help="A local model directory (config.json, weights, tokenizer)."),
+    name: str = typer.Option("tiny", help="Model name clients send in requests (`model` field)."),
+    port: int | None = typer.Option(None, help="Port on 127.0.0.1; default: a free one."),
+    max_model_len: int = typer.Option(1024, help="Longest context, prompt plus completion, in tokens."),
+    python: str | None = typer.Option(
+        None, help="Python that has vLLM; default: this one on a CUDA box, else .cache/vllm-venv (scripts/setup-vllm.sh)."
+    ),
+) -> None:
+    """Serve MODEL_DIR with vLLM's OpenAI-compatible API until Ctrl-C, then stop it cleanly.
+
+    Prints the base URL once the server answers; point clients at it with
+    TRAJFACTORY_BASE_URL=<url> TRAJFACTORY_MODEL=<name>.
+    """
+    from trajfactory.models.server import VLLMServer, VLLMServerError
+
+    server = VLLMServer(model_dir, name=name, port=port, python=python, max_model_len=max_model_len)
+    typer.echo(f"starting vLLM for {model_dir} (log: {server.log_path or 'a temp file'}) ...")
+    try:
+        with server:
+            typer.echo(f"serving {name!r} at {server.base_url}  (log: {server.log_path}); Ctrl-C stops it")
+            while server.running:
+                time.sleep(1)
+            typer.echo(f"vLLM exited on its own; log tail:\n{server.log_tail()}", err=True)
+            raise typer.Exit(1)
+    except VLLMServerError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopped")

@@ -1,0 +1,509 @@
+"""SWE-smith's thirteen procedural bug families, as seeded AST mutations of one entity.
+
+A family lists the sites of an entity where it applies (`applies`), and `apply(node, rng)` picks one
+and returns a `Mutation`: the mutated copy of the entity plus source edits that realise it, most
+minimal first. Turning edits into text (and checking them) is `procedural.py`'s job.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+_TRY = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+Pos = tuple[int, int]
+
+
+@dataclass
+class Edit:
+    """Replace the source of `old` (a run of sibling statements, or one expression) by `new`.
+
+    A node of `new` that is one of the original nodes is copied verbatim from the source; any
+    other node is unparsed.
+    """
+
+    old: list[ast.AST]
+    new: list[ast.AST]
+
+
+@dataclass
+class TokenEdit:
+    """Replace the one operator matching regex `pattern` between the end of `after` and the start of `before`."""
+
+    after: ast.AST
+    before: ast.AST
+    pattern: str
+    text: str
+
+
+@dataclass
+class Cut:
+    """Delete the source from `start` to `end`, each a (lineno, col_offset) pair of the original."""
+
+    start: Pos
+    end: Pos
+
+
+@dataclass
+class Header:
+    """Replace the header of class `old` (from `class` to its colon) by the header of `new`."""
+
+    old: ast.ClassDef
+    new: ast.ClassDef
+
+
+SourceEdit = Edit | TokenEdit | Cut | Header
+
+
+@dataclass
+class Mutation:
+    tree: ast.AST
+    """The mutated copy of the entity node."""
+    alternatives: list[list[SourceEdit]]
+    """Ways to realise `tree` in the source, most minimal first."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _clone(root: ast.AST) -> tuple[ast.AST, Callable[[ast.AST], ast.AST]]:
+    """Deep copy of `root` and a map from each original node to its copy."""
+    pairs: dict[int, ast.AST] = {}
+
+    def dup(value: Any) -> Any:
+        # Several times faster than copy.deepcopy on ASTs; leaves (str, int, None...) are immutable.
+        if isinstance(value, ast.AST):
+            new = value.__class__.__new__(value.__class__)
+            new.__dict__.update({k: dup(v) for k, v in value.__dict__.items()})
+            pairs[id(value)] = new
+            return new
+        return [dup(v) for v in value] if isinstance(value, list) else value
+
+    twin = dup(root)
+    return twin, lambda node: pairs[id(node)]
+
+
+def _nodes(root: ast.AST):
+    """Nodes under `root`, breadth first, skipping f-string internals (their positions are unreliable)."""
+    todo = deque([root])
+    while todo:
+        node = todo.popleft()
+        yield node
+        if not isinstance(node, ast.JoinedStr):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def _bodies(root: ast.AST):
+    """(owner, field, statements) for every statement list under `root`, its own body included."""
+    for owner in _nodes(root):
+        for name, value in ast.iter_fields(owner):
+            if isinstance(value, list) and value and all(isinstance(v, ast.stmt) for v in value):
+                yield owner, name, value
+
+
+def _is_docstring(owner: ast.AST, index: int, stmt: ast.stmt) -> bool:
+    return (
+        index == 0 and isinstance(owner, (*_DEFS, ast.ClassDef, ast.Module))
+        and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _start(node: ast.AST) -> Pos:
+    return node.lineno, node.col_offset
+
+
+def _end(node: ast.AST) -> Pos:
+    return node.end_lineno, node.end_col_offset
+
+
+def _same(a: ast.AST, b: ast.AST) -> bool:
+    return ast.dump(a) == ast.dump(b)
+
+
+def _permute(items: list, rng: random.Random) -> list[int]:
+    """A random non-identity permutation of range(len(items))."""
+    order = list(range(len(items)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    return order
+
+
+class Family:
+    name: str = ""
+    scope: str = "function"
+
+    def accepts(self, node: ast.AST) -> bool:
+        return isinstance(node, ast.ClassDef) if self.scope == "class" else isinstance(node, _DEFS)
+
+    def sites(self, node: ast.AST) -> list[Any]:
+        raise NotImplementedError
+
+    def applies(self, node: ast.AST) -> bool:
+        return self.accepts(node) and bool(self.sites(node))
+
+    def apply(self, node: ast.AST, rng: random.Random, sites: list[Any] | None = None) -> Mutation | None:
+        """A seeded mutation at one of the sites (pass `sites` from `sites(node)` to skip the search)."""
+        if sites is None:
+            sites = self.sites(node) if self.accepts(node) else []
+        return self.mutate(node, rng.choice(sites), rng) if sites else None
+
+    def mutate(self, node: ast.AST, site: Any, rng: random.Random) -> Mutation:
+        raise NotImplementedError
+
+
+def _remove_statement(root: ast.AST, owner: ast.AST, name: str, index: int, params: dict) -> Mutation:
+    tree, twin = _clone(root)
+    old = getattr(owner, name)[index]
+    body = getattr(twin(owner), name)
+    del body[index]
+    new: list[ast.AST] = []
+    elif_branch = isinstance(owner, ast.If) and name == "orelse" and isinstance(old, ast.If)
+    if not body and not elif_branch:  # a block may not be empty; a dropped `elif` just ends the chain
+        body.append(ast.Pass())
+        new = body[:]
+    return Mutation(tree, [[Edit([old], new)]], {"lineno": old.lineno, "node": type(old).__name__, **params})
+
+
+class _RemoveStatements(Family):
+    kinds: tuple[type, ...] = ()
+
+    def sites(self, node):
+        return [(o, f, i) for o, f, body in _bodies(node) for i, s in enumerate(body) if isinstance(s, self.kinds)]
+
+    def mutate(self, node, site, rng):
+        return _remove_statement(node, *site, {})
+
+
+# ---------------------------------------------------------------- class families
+
+
+class RemoveBaseClass(Family):
+    name, scope = "remove_base_class", "class"
+
+    def sites(self, node):
+        return [i for i, b in enumerate(node.bases) if not (isinstance(b, ast.Name) and b.id == "object")]
+
+    def mutate(self, node, index, rng):
+        base = node.bases[index]
+        tree = copy.copy(node)  # class families only re-list children, so a shallow copy will do
+        tree.bases = [b for b in node.bases if b is not base]
+        items = sorted(node.bases + node.keywords, key=_start)
+        k = items.index(base)
+        cut = Cut(_start(base), _start(items[k + 1])) if k + 1 < len(items) else (
+            Cut(_end(items[k - 1]), _end(base)) if k else Cut(_start(base), _end(base)))
+        header = Header(node, tree)
+        alternatives = [[header], [cut]] if len(items) == 1 else [[cut], [header]]
+        return Mutation(tree, alternatives, {"base": ast.unparse(base)})
+
+
+class RemoveMethods(Family):
+    name, scope = "remove_methods", "class"
+
+    def sites(self, node):
+        return [i for i, s in enumerate(node.body) if isinstance(s, _DEFS) and s.name != "__init__"]
+
+    def mutate(self, node, index, rng):
+        method = node.body[index]
+        tree = copy.copy(node)
+        tree.body = [s for s in node.body if s is not method] or [ast.Pass()]
+        new = [] if len(node.body) > 1 else tree.body
+        return Mutation(tree, [[Edit([method], new)]], {"lineno": method.lineno, "method": method.name})
+
+
+class ShuffleMethods(Family):
+    name, scope = "shuffle_methods", "class"
+
+    def sites(self, node):
+        slots = [i for i, s in enumerate(node.body) if isinstance(s, _DEFS)]
+        return [tuple(slots)] if len(slots) >= 2 else []
+
+    def mutate(self, node, slots, rng):
+        order = _permute(list(slots), rng)
+        methods = [node.body[i] for i in slots]
+        tree = copy.copy(node)
+        tree.body = list(node.body)
+        for slot, j in zip(slots, order):
+            tree.body[slot] = methods[j]
+        edits = [Edit([methods[i]], [methods[j]]) for i, j in enumerate(order) if i != j]
+        return Mutation(tree, [edits], {"order": [methods[j].name for j in order]})
+
+
+# ---------------------------------------------------------------- statement families
+
+
+class InvertIfElse(Family):
+    name = "invert_if_else"
+
+    def sites(self, node):
+        # An `elif` is an If whose orelse is a lone If: swapping it would rewrite the chain.
+        return [n for n in _nodes(node) if isinstance(n, ast.If) and n.orelse
+                and not (len(n.orelse) == 1 and isinstance(n.orelse[0], ast.If)) and not _bodies_same(n)]
+
+    def mutate(self, node, site, rng):
+        tree, twin = _clone(node)
+        copy_if = twin(site)
+        copy_if.body, copy_if.orelse = copy_if.orelse, copy_if.body
+        swap = [Edit(list(site.body), list(site.orelse)), Edit(list(site.orelse), list(site.body))]
+        return Mutation(tree, [swap, [Edit([site], [copy_if])]], {"lineno": site.lineno})
+
+
+def _bodies_same(node: ast.If) -> bool:
+    return [ast.dump(s) for s in node.body] == [ast.dump(s) for s in node.orelse]
+
+
+_FIXED = (ast.Return, ast.Raise, ast.Break, ast.Continue, ast.Pass, ast.Global, ast.Nonlocal)
+
+
+class ShuffleStatements(Family):
+    """Reorder a window of 2-4 consecutive statements that do not end control flow."""
+
+    name = "shuffle_statements"
+
+    def sites(self, node):
+        sites = []
+        for owner, name, body in _bodies(node):
+            run: list[int] = []
+            for i, stmt in enumerate(body + [None]):
+                movable = stmt is not None and not isinstance(stmt, _FIXED) and not _is_docstring(owner, i, stmt)
+                if movable:
+                    run.append(i)
+                    continue
+                if len(run) >= 2 and len({ast.dump(body[j]) for j in run}) > 1:
+                    sites.append((owner, name, run[0], len(run)))
+                run = []
+        return sites
+
+    def mutate(self, node, site, rng):
+        owner, name, first, length = site
+        size = rng.randint(2, min(4, length))
+        lo = first + rng.randint(0, length - size)
+        old = getattr(owner, name)[lo:lo + size]
+        order = _permute(old, rng)
+        tree, twin = _clone(node)
+        getattr(twin(owner), name)[lo:lo + size] = [twin(old[j]) for j in order]
+        verbatim = [Edit(old, [old[j] for j in order])]
+        unparsed = [Edit(old, [twin(old[j]) for j in order])]
+        return Mutation(tree, [verbatim, unparsed], {"lineno": old[0].lineno, "order": order})
+
+
+class RemoveAssignment(_RemoveStatements):
+    name = "remove_assignment"
+    kinds = (ast.Assign, ast.AugAssign, ast.AnnAssign)
+
+    def sites(self, node):
+        return [s for s in super().sites(node) if not (isinstance(st := getattr(s[0], s[1])[s[2]], ast.AnnAssign)
+                                                       and st.value is None)]
+
+
+class RemoveConditional(_RemoveStatements):
+    name = "remove_conditional"
+    kinds = (ast.If,)
+
+
+class RemoveLoop(_RemoveStatements):
+    name = "remove_loop"
+    kinds = (ast.For, ast.AsyncFor, ast.While)
+
+
+class RemoveWrapper(_RemoveStatements):
+    name = "remove_wrapper"
+    kinds = (ast.With, ast.AsyncWith, *_TRY)
+
+    def mutate(self, node, site, rng):
+        owner, name, index = site
+        tree, twin = _clone(node)
+        old = getattr(owner, name)[index]
+        inner = [twin(s) for s in old.body]
+        getattr(twin(owner), name)[index:index + 1] = inner
+        return Mutation(tree, [[Edit([old], list(old.body))], [Edit([old], inner)]],
+                        {"lineno": old.lineno, "node": type(old).__name__})
+
+
+# ---------------------------------------------------------------- expression families
+
+
+def _chain(node: ast.AST) -> tuple[list[ast.AST], list[Any]] | None:
+    """Operands and operators of a BoolOp, a multi-op Compare, or a left-nested BinOp chain."""
+    if isinstance(node, ast.BoolOp):
+        return list(node.values), [node.op] * (len(node.values) - 1)
+    if isinstance(node, ast.Compare):
+        return [node.left, *node.comparators], list(node.ops)
+    if isinstance(node, ast.BinOp):
+        operands, ops = [node.right], [node.op]
+        while isinstance(node.left, ast.BinOp):
+            node = node.left
+            operands.append(node.right)
+            ops.append(node.op)
+        return [node.left, *reversed(operands)], list(reversed(ops))
+    return None
+
+
+def _rebuild(node: ast.AST, operands: list[ast.AST], ops: list[Any]) -> ast.AST:
+    if len(operands) == 1:
+        return operands[0]
+    if isinstance(node, ast.BoolOp):
+        return ast.BoolOp(op=node.op, values=operands)
+    if isinstance(node, ast.Compare):
+        return ast.Compare(left=operands[0], ops=ops, comparators=operands[1:])
+    expr = operands[0]
+    for op, right in zip(ops, operands[1:]):
+        expr = ast.BinOp(left=expr, op=op, right=right)
+    return expr
+
+
+class BreakChains(Family):
+    name = "break_chains"
+
+    def sites(self, node):
+        inner = {id(n.left) for n in _nodes(node) if isinstance(n, ast.BinOp)}
+        return [n for n in _nodes(node) if isinstance(n, (ast.BoolOp, ast.Compare, ast.BinOp))
+                and id(n) not in inner and len(_chain(n)[0]) >= 3]
+
+    def mutate(self, node, site, rng):
+        operands, ops = _chain(site)
+        k = rng.randrange(len(operands))
+        tree, twin = _clone(node)
+        kept = [twin(o) for i, o in enumerate(operands) if i != k]
+        kept_ops = [op for i, op in enumerate(ops) if i != (k - 1 if k else 0)]
+        new = _rebuild(site, kept, kept_ops)
+        tree = _replace(tree, twin(site), new)
+        cut = Cut(_start(operands[0]), _start(operands[1])) if k == 0 else Cut(_end(operands[k - 1]), _end(operands[k]))
+        return Mutation(tree, [[cut], [Edit([site], [new])]],
+                        {"lineno": site.lineno, "node": type(site).__name__, "dropped": k, "operands": len(operands)})
+
+
+def _replace(tree: ast.AST, target: ast.AST, new: ast.AST) -> ast.AST:
+    """Put `new` where `target` sits under `tree` (in place); returns the tree."""
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is target:
+                setattr(parent, name, new)
+                return tree
+            if isinstance(value, list) and any(v is target for v in value):
+                value[[i for i, v in enumerate(value) if v is target][0]] = new
+                return tree
+    return new if tree is target else tree
+
+
+class ChangeConstants(Family):
+    name = "change_constants"
+
+    def sites(self, node):
+        return [n for n in _nodes(node) if isinstance(n, ast.Constant) and type(n.value) in (int, float)
+                and n.value == n.value and abs(n.value) != float("inf")]
+
+    def mutate(self, node, site, rng):
+        deltas = [d for d in (-1, 1) if site.value + d >= 0]  # a negative literal would parse as a UnaryOp
+        value = site.value + rng.choice(deltas)
+        tree, twin = _clone(node)
+        twin(site).value = value
+        return Mutation(tree, [[Edit([site], [twin(site)])]], {"lineno": site.lineno, "from": site.value, "to": value})
+
+
+_BIN = {
+    ast.Add: ("+", ["-"]), ast.Sub: ("-", ["+"]), ast.Mult: ("*", ["/", "//", "**"]),
+    ast.Div: ("/", ["*", "//"]), ast.FloorDiv: ("//", ["/", "%"]), ast.Mod: ("%", ["//"]),
+    ast.Pow: ("**", ["*"]), ast.LShift: ("<<", [">>"]), ast.RShift: (">>", ["<<"]),
+    ast.BitOr: ("|", ["&", "^"]), ast.BitAnd: ("&", ["|"]), ast.BitXor: ("^", ["|", "&"]),
+}
+_CMP = {
+    ast.Lt: ("<", ["<=", ">"]), ast.LtE: ("<=", ["<", ">="]), ast.Gt: (">", [">=", "<"]),
+    ast.GtE: (">=", [">", "<="]), ast.Eq: ("==", ["!="]), ast.NotEq: ("!=", ["=="]),
+    ast.Is: ("is", ["is not"]), ast.IsNot: ("is not", ["is"]), ast.In: ("in", ["not in"]),
+    ast.NotIn: ("not in", ["in"]),
+}
+_BOOL = {ast.And: ("and", ["or"]), ast.Or: ("or", ["and"])}
+_BY_TEXT = {text: cls for table in (_BIN, _CMP, _BOOL) for cls, (text, _) in table.items()}
+
+
+def _pattern(text: str) -> str:
+    """Regex for an operator's token; words need boundaries, `is not` any inner spacing."""
+    if text[0].isalpha():
+        return r"\b" + r"\s+".join(text.split()) + r"\b"
+    return r"(?<![*/<>=!])" + "".join("\\" + c for c in text) + r"(?![*/<>=])"
+
+
+class ChangeOperator(Family):
+    name = "change_operator"
+
+    def sites(self, node):
+        sites = []
+        for n in _nodes(node):
+            if isinstance(n, (ast.BinOp, ast.AugAssign)) and type(n.op) in _BIN:
+                sites.append((n, 0))
+            elif isinstance(n, ast.BoolOp):
+                sites.append((n, 0))
+            elif isinstance(n, ast.Compare):
+                sites.extend((n, i) for i, op in enumerate(n.ops) if type(op) in _CMP)
+        return sites
+
+    def mutate(self, node, site, rng):
+        n, i = site
+        tree, twin = _clone(node)
+        copy_n = twin(n)
+        augmented = "=" if isinstance(n, ast.AugAssign) else ""
+        if isinstance(n, ast.Compare):
+            old, choices = _CMP[type(n.ops[i])]
+            new = rng.choice(choices)
+            copy_n.ops[i] = _BY_TEXT[new]()
+            pairs = [([n.left, *n.comparators][i], n.comparators[i])]
+        elif isinstance(n, ast.BoolOp):
+            old, choices = _BOOL[type(n.op)]
+            new = rng.choice(choices)
+            copy_n.op = _BY_TEXT[new]()
+            pairs = list(zip(n.values, n.values[1:]))
+        else:
+            old, choices = _BIN[type(n.op)]
+            new = rng.choice(choices)
+            copy_n.op = _BY_TEXT[new]()
+            pairs = [(n.target, n.value)] if augmented else [(n.left, n.right)]
+        tokens = [TokenEdit(a, b, _pattern(old + augmented), new + augmented) for a, b in pairs]
+        return Mutation(tree, [tokens, [Edit([n], [copy_n])]],
+                        {"lineno": n.lineno, "node": type(n).__name__, "from": old + augmented, "to": new + augmented})
+
+
+class SwapOperands(Family):
+    name = "swap_operands"
+
+    def sites(self, node):
+        sites = []
+        for n in _nodes(node):
+            if isinstance(n, ast.BinOp) and not _same(n.left, n.right):
+                sites.append((n, n.left, n.right))
+            elif isinstance(n, ast.Compare) and len(n.ops) == 1 and not _same(n.left, n.comparators[0]):
+                sites.append((n, n.left, n.comparators[0]))
+            elif isinstance(n, ast.BoolOp):
+                sites.extend((n, a, b) for a, b in zip(n.values, n.values[1:]) if not _same(a, b))
+        return sites
+
+    def mutate(self, node, site, rng):
+        n, a, b = site
+        tree, twin = _clone(node)
+        copy_n, ca, cb = twin(n), twin(a), twin(b)
+        if isinstance(n, ast.BinOp):
+            copy_n.left, copy_n.right = cb, ca
+        elif isinstance(n, ast.Compare):
+            copy_n.left, copy_n.comparators = cb, [ca]
+        else:
+            i = n.values.index(a)
+            copy_n.values[i:i + 2] = [cb, ca]
+        swap = [Edit([a], [b]), Edit([b], [a])]
+        return Mutation(tree, [swap, [Edit([n], [copy_n])]], {"lineno": n.lineno, "node": type(n).__name__})
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        RemoveBaseClass(), RemoveMethods(), ShuffleMethods(), InvertIfElse(), ShuffleStatements(),
+        RemoveAssignment(), RemoveConditional(), RemoveLoop(), RemoveWrapper(), BreakChains(),
+        ChangeConstants(), ChangeOperator(), SwapOperands(),
+    )
+}
+"""The thirteen families by name, in SWE-smith's order: class families first."""

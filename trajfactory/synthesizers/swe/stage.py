@@ -1,0 +1,110 @@
+"""The SWE synthesis stage as plain library calls: checkout, candidates, reference run, validation,
+task assembly. Errors of one item become `Quarantine` records, never exceptions that stop others."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import git
+
+from trajfactory.config import SynthesisConfig, ValidationConfig
+from trajfactory.executors.base import Backend, EnvironmentHandle, InfrastructureError, SandboxLimits
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation
+from trajfactory.synthesizers.swe.procedural import generate_candidates
+from trajfactory.synthesizers.swe.tasks import make_task
+from trajfactory.synthesizers.swe.validate import RepoRejected, reference_run, validate_candidate
+
+STAGE = "synthesize"
+
+
+def checkout(source: Source, root: str | Path) -> Path:
+    """A clean tree of the pinned commit (from `git archive`, so the user's tree is never touched)."""
+    dest = Path(root) / f"{source.name}-{source.commit[:12]}"
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    data = git.Repo(source.path).git.archive(source.commit, format="tar", stdout_as_string=False)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(tmp, filter="data")
+    tmp.rename(dest)
+    return dest
+
+
+def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path) -> tuple[list[Candidate], list[Quarantine]]:
+    """Procedural bug candidates for one repository, plus quarantine rows for unparseable files."""
+    tree = checkout(source, checkout_root)
+    families = None if cfg.families == "all" else list(cfg.families)
+    candidates, unparseable = generate_candidates(
+        tree,
+        source_id=source.source_id,
+        repo=source.name,
+        base_commit=source.commit,
+        families=families,
+        min_complexity=cfg.min_complexity,
+        max_per_entity=cfg.max_per_entity,
+        max_candidates=cfg.max_candidates_per_repo,
+        seed=cfg.seed,
+    )
+    quarantine = [
+        Quarantine(item_id=f"{source.name}:{file}", item_kind="source", stage=STAGE, reason="syntax_error",
+                   detail=f"{file} does not parse ({error}); it was skipped", uri=source.uri)
+        for file, error in unparseable
+    ]
+    return candidates, quarantine
+
+
+def reference(backend: Backend, env: EnvironmentHandle, source: Source, cfg: ValidationConfig,
+              limits: SandboxLimits) -> ReferenceRun | Quarantine:
+    """The reference run of the whole suite in a fresh sandbox (removed afterwards, runaways too)."""
+    sandbox = backend.start(env, limits)
+    try:
+        ref = reference_run(sandbox, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s)
+    except RepoRejected as exc:
+        return Quarantine(item_id=source.source_id, item_kind="source", stage="reference",
+                          reason=exc.reason, detail=f"{source.uri}: {exc.detail}", uri=source.uri)
+    finally:
+        sandbox.close()
+    return ref.model_copy(update={"image": env.name})
+
+
+def validate(pool: SandboxPool, candidate: Candidate, ref: ReferenceRun, cfg: ValidationConfig) -> Validation:
+    """Validate one candidate in a warm sandbox of the pool."""
+    with pool.acquire() as sandbox:
+        try:
+            return validate_candidate(sandbox, candidate, ref, selection=cfg.selection, timeout=cfg.test_timeout_s)
+        except InfrastructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad candidate never stops the others
+            return Validation(candidate_id=candidate.candidate_id, status="error", detail=f"{type(exc).__name__}: {exc}")
+
+
+def tasks_from(source: Source, env: EnvironmentHandle, candidates: list[Candidate],
+               validations: list[Validation]) -> list[Task]:
+    """Tasks of the valid candidates, one per distinct bug (first candidate wins)."""
+    by_id = {c.candidate_id: c for c in candidates}
+    tasks: dict[str, Task] = {}
+    for v in validations:
+        if v.status == "valid":
+            task = make_task(by_id[v.candidate_id], v, source, env.name)
+            tasks.setdefault(task.task_id, task)
+    return list(tasks.values())
+
+
+def accept_proven(tasks: list[Task], gold: list, source: Source) -> tuple[list[Task], list[Quarantine]]:
+    """Keep the tasks whose gold patch passed its own checks; quarantine the rest with the evidence."""
+    accepted, rejected = [], []
+    for task, verdict in zip(tasks, gold):
+        if verdict.passed:
+            accepted.append(task)
+        else:
+            rejected.append(Quarantine(
+                item_id=task.task_id, item_kind="task", stage="verify-gold", reason="gold_failed",
+                detail=f"the gold patch does not pass the task's own checks: {verdict.evidence.detail}",
+                uri=source.uri))
+    return accepted, rejected
