@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = "1"
 LABEL = "trajfactory"
 WORKDIR = "/repo"
+# A fixed hash seed keeps parametrized test ids (and so FAIL_TO_PASS / PASS_TO_PASS) stable across runs.
+SANDBOX_ENV = {"PYTHONHASHSEED": "0"}
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host stops waiting for `docker exec`."""
 
@@ -214,6 +216,7 @@ class DockerSandbox:
                 network_mode="none", mem_limit=lim.memory, memswap_limit=lim.memory,
                 nano_cpus=int(lim.cpus * 1e9), pids_limit=lim.pids, cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], labels=self.labels, working_dir=WORKDIR,
+                environment=SANDBOX_ENV,
             )
         self.dirty = False
         # the init's child `sleep` keeps the container alive: reset() must not kill it

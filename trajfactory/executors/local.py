@@ -224,6 +224,7 @@ class LocalSandbox:
         venv = env_dir / "venv"
         self.env = {
             "PATH": f"{venv}/bin:{PATH}", "VIRTUAL_ENV": str(venv), "HOME": str(home), "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",  # stable parametrized test ids across runs, as in docker
             "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
             # the host's pip configuration may name a local index: the sandbox gets none, as in docker
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
