@@ -163,7 +163,7 @@ def test_family_never_applies_where_it_cannot(repo: Path, family: str, entity: s
     assert not [c for c in candidates if c.entity.file == "pkg/negative.py" and c.entity.name == entity]
 
 
-def test_negative_module_yields_nothing_for_any_family_but_applicable_ones(repo: Path):
+def test_full_run_leaves_entities_alone_where_families_cannot_apply(repo: Path):
     candidates, _ = _generate(repo, max_per_entity=5)
     negative = {(c.family, c.entity.name) for c in candidates if c.entity.file == "pkg/negative.py"}
     assert not negative & set(CANNOT)
@@ -273,6 +273,25 @@ def test_invert_if_else_swaps_bodies_without_negating(repo: Path):
     (c,) = [c for c in _generate(repo, families=["invert_if_else"])[0] if c.entity.name == "summarize"]
     assert "if v > limit:" not in [line[1:].strip() for line in c.patch.splitlines() if line[:1] in "+-"]
     assert "+            result.append(v)" in c.patch
+
+
+ELIF = "def f(x, y):\n    if x < y:\n        return 1\n    elif x > y:\n        return 2\n    return 0\n"
+ELSE_IF = ELIF.replace("    elif x > y:\n        return 2", "    else:\n        if x > y:\n            return 2")
+
+
+@pytest.mark.parametrize("src", [ELIF, ELSE_IF])
+def test_removing_an_elif_drops_the_branch_by_segment(tmp_path: Path, src: str):
+    candidates, _ = _generate(_write(tmp_path, {"m.py": src}), families=["remove_conditional"], max_per_entity=5)
+    (inner,) = [c for c in candidates if c.params["lineno"] > 2]
+    changes = [line for line in inner.patch.splitlines()[3:] if line[:1] in "+-"]
+    assert inner.params["splice"] == "segment" and all(line.startswith("-") for line in changes)
+    assert changes[0] in ("-    elif x > y:", "-    else:")
+
+
+def test_removing_the_only_base_drops_the_parentheses(tmp_path: Path):
+    root = _write(tmp_path, {"m.py": "class A(dict):\n    def get(self, k):\n        return k\n"})
+    (c,) = _generate(root, families=["remove_base_class"])[0]
+    assert "-class A(dict):\n+class A:\n" in c.patch and c.params == {"base": "dict", "splice": "segment"}
 
 
 # ---------------------------------------------------------------- selection

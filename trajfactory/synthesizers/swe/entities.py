@@ -60,7 +60,7 @@ def iter_source_files(root: str | Path) -> list[str]:
 
 
 def complexity(node: ast.AST) -> int:
-    """1 + if/elif/ternary/for/while/except/match-case/assert + comprehension for-and-if clauses + (operands-1) per and/or."""
+    """1 + if/elif/ternary/for/while/except/assert/case + comprehension for+if clauses + (operands-1) per and/or."""
     count = 1
     for sub in ast.walk(node):
         if isinstance(sub, (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.Assert)):

@@ -23,8 +23,7 @@ Pos = tuple[int, int]
 class Edit:
     """Replace the source of `old` (a run of sibling statements, or one expression) by `new`.
 
-    A node of `new` that is one of the original nodes is copied verbatim from the source; any
-    other node is unparsed.
+    A node of `new` that is one of the original nodes is copied verbatim; any other is unparsed.
     """
 
     old: list[ast.AST]
@@ -168,14 +167,21 @@ def _remove_statement(root: ast.AST, owner: ast.AST, name: str, index: int, para
     if not body and not elif_branch:  # a block may not be empty; a dropped `elif` just ends the chain
         body.append(ast.Pass())
         new = body[:]
-    return Mutation(tree, [[Edit([old], new)]], {"lineno": old.lineno, "node": type(old).__name__, **params})
+    alternatives = [[Edit([old], new)]]
+    if elif_branch:  # written `else:` + `if`: cut from the end of the if-body through the nested if
+        alternatives.append([Cut(_end(owner.body[-1]), _end(old))])
+    return Mutation(tree, alternatives, {"lineno": old.lineno, "node": type(old).__name__, **params})
 
 
-class _RemoveStatements(Family):
-    kinds: tuple[type, ...] = ()
+class RemoveStatements(Family):
+    """Delete one statement of the given kinds (`pass` stands in for the last one of a block)."""
+
+    def __init__(self, name: str, *kinds: type):
+        self.name, self.kinds = name, kinds
 
     def sites(self, node):
-        return [(o, f, i) for o, f, body in _bodies(node) for i, s in enumerate(body) if isinstance(s, self.kinds)]
+        return [(o, f, i) for o, f, body in _bodies(node) for i, s in enumerate(body)
+                if isinstance(s, self.kinds) and not (isinstance(s, ast.AnnAssign) and s.value is None)]
 
     def mutate(self, node, site, rng):
         return _remove_statement(node, *site, {})
@@ -244,7 +250,8 @@ class InvertIfElse(Family):
     def sites(self, node):
         # An `elif` is an If whose orelse is a lone If: swapping it would rewrite the chain.
         return [n for n in _nodes(node) if isinstance(n, ast.If) and n.orelse
-                and not (len(n.orelse) == 1 and isinstance(n.orelse[0], ast.If)) and not _bodies_same(n)]
+                and not (len(n.orelse) == 1 and isinstance(n.orelse[0], ast.If))
+                and list(map(ast.dump, n.body)) != list(map(ast.dump, n.orelse))]
 
     def mutate(self, node, site, rng):
         tree, twin = _clone(node)
@@ -252,10 +259,6 @@ class InvertIfElse(Family):
         copy_if.body, copy_if.orelse = copy_if.orelse, copy_if.body
         swap = [Edit(list(site.body), list(site.orelse)), Edit(list(site.orelse), list(site.body))]
         return Mutation(tree, [swap, [Edit([site], [copy_if])]], {"lineno": site.lineno})
-
-
-def _bodies_same(node: ast.If) -> bool:
-    return [ast.dump(s) for s in node.body] == [ast.dump(s) for s in node.orelse]
 
 
 _FIXED = (ast.Return, ast.Raise, ast.Break, ast.Continue, ast.Pass, ast.Global, ast.Nonlocal)
@@ -293,28 +296,11 @@ class ShuffleStatements(Family):
         return Mutation(tree, [verbatim, unparsed], {"lineno": old[0].lineno, "order": order})
 
 
-class RemoveAssignment(_RemoveStatements):
-    name = "remove_assignment"
-    kinds = (ast.Assign, ast.AugAssign, ast.AnnAssign)
+class RemoveWrapper(RemoveStatements):
+    """Replace a `with` or `try` statement by its body."""
 
-    def sites(self, node):
-        return [s for s in super().sites(node) if not (isinstance(st := getattr(s[0], s[1])[s[2]], ast.AnnAssign)
-                                                       and st.value is None)]
-
-
-class RemoveConditional(_RemoveStatements):
-    name = "remove_conditional"
-    kinds = (ast.If,)
-
-
-class RemoveLoop(_RemoveStatements):
-    name = "remove_loop"
-    kinds = (ast.For, ast.AsyncFor, ast.While)
-
-
-class RemoveWrapper(_RemoveStatements):
-    name = "remove_wrapper"
-    kinds = (ast.With, ast.AsyncWith, *_TRY)
+    def __init__(self):
+        super().__init__("remove_wrapper", ast.With, ast.AsyncWith, *_TRY)
 
     def mutate(self, node, site, rng):
         owner, name, index = site
@@ -329,7 +315,7 @@ class RemoveWrapper(_RemoveStatements):
 # ---------------------------------------------------------------- expression families
 
 
-def _chain(node: ast.AST) -> tuple[list[ast.AST], list[Any]] | None:
+def _chain(node: ast.AST) -> tuple[list[ast.AST], list[Any]]:
     """Operands and operators of a BoolOp, a multi-op Compare, or a left-nested BinOp chain."""
     if isinstance(node, ast.BoolOp):
         return list(node.values), [node.op] * (len(node.values) - 1)
@@ -342,12 +328,10 @@ def _chain(node: ast.AST) -> tuple[list[ast.AST], list[Any]] | None:
             operands.append(node.right)
             ops.append(node.op)
         return [node.left, *reversed(operands)], list(reversed(ops))
-    return None
+    raise TypeError(f"not an operator chain: {type(node).__name__}")
 
 
 def _rebuild(node: ast.AST, operands: list[ast.AST], ops: list[Any]) -> ast.AST:
-    if len(operands) == 1:
-        return operands[0]
     if isinstance(node, ast.BoolOp):
         return ast.BoolOp(op=node.op, values=operands)
     if isinstance(node, ast.Compare):
@@ -372,24 +356,11 @@ class BreakChains(Family):
         tree, twin = _clone(node)
         kept = [twin(o) for i, o in enumerate(operands) if i != k]
         kept_ops = [op for i, op in enumerate(ops) if i != (k - 1 if k else 0)]
-        new = _rebuild(site, kept, kept_ops)
-        tree = _replace(tree, twin(site), new)
+        target = twin(site)  # 3+ operands less one still make a node of the same type: refill it
+        target.__dict__.update(vars(_rebuild(site, kept, kept_ops)))
         cut = Cut(_start(operands[0]), _start(operands[1])) if k == 0 else Cut(_end(operands[k - 1]), _end(operands[k]))
-        return Mutation(tree, [[cut], [Edit([site], [new])]],
+        return Mutation(tree, [[cut], [Edit([site], [target])]],
                         {"lineno": site.lineno, "node": type(site).__name__, "dropped": k, "operands": len(operands)})
-
-
-def _replace(tree: ast.AST, target: ast.AST, new: ast.AST) -> ast.AST:
-    """Put `new` where `target` sits under `tree` (in place); returns the tree."""
-    for parent in ast.walk(tree):
-        for name, value in ast.iter_fields(parent):
-            if value is target:
-                setattr(parent, name, new)
-                return tree
-            if isinstance(value, list) and any(v is target for v in value):
-                value[[i for i, v in enumerate(value) if v is target][0]] = new
-                return tree
-    return new if tree is target else tree
 
 
 class ChangeConstants(Family):
@@ -450,20 +421,16 @@ class ChangeOperator(Family):
         copy_n = twin(n)
         augmented = "=" if isinstance(n, ast.AugAssign) else ""
         if isinstance(n, ast.Compare):
-            old, choices = _CMP[type(n.ops[i])]
-            new = rng.choice(choices)
-            copy_n.ops[i] = _BY_TEXT[new]()
-            pairs = [([n.left, *n.comparators][i], n.comparators[i])]
+            (old, choices), pairs = _CMP[type(n.ops[i])], [([n.left, *n.comparators][i], n.comparators[i])]
         elif isinstance(n, ast.BoolOp):
-            old, choices = _BOOL[type(n.op)]
-            new = rng.choice(choices)
-            copy_n.op = _BY_TEXT[new]()
-            pairs = list(zip(n.values, n.values[1:]))
+            (old, choices), pairs = _BOOL[type(n.op)], list(zip(n.values, n.values[1:]))
         else:
-            old, choices = _BIN[type(n.op)]
-            new = rng.choice(choices)
+            (old, choices), pairs = _BIN[type(n.op)], [(n.target, n.value) if augmented else (n.left, n.right)]
+        new = rng.choice(choices)
+        if isinstance(n, ast.Compare):
+            copy_n.ops[i] = _BY_TEXT[new]()
+        else:
             copy_n.op = _BY_TEXT[new]()
-            pairs = [(n.target, n.value)] if augmented else [(n.left, n.right)]
         tokens = [TokenEdit(a, b, _pattern(old + augmented), new + augmented) for a, b in pairs]
         return Mutation(tree, [tokens, [Edit([n], [copy_n])]],
                         {"lineno": n.lineno, "node": type(n).__name__, "from": old + augmented, "to": new + augmented})
@@ -502,8 +469,10 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         RemoveBaseClass(), RemoveMethods(), ShuffleMethods(), InvertIfElse(), ShuffleStatements(),
-        RemoveAssignment(), RemoveConditional(), RemoveLoop(), RemoveWrapper(), BreakChains(),
-        ChangeConstants(), ChangeOperator(), SwapOperands(),
+        RemoveStatements("remove_assignment", ast.Assign, ast.AugAssign, ast.AnnAssign),
+        RemoveStatements("remove_conditional", ast.If),
+        RemoveStatements("remove_loop", ast.For, ast.AsyncFor, ast.While),
+        RemoveWrapper(), BreakChains(), ChangeConstants(), ChangeOperator(), SwapOperands(),
     )
 }
 """The thirteen families by name, in SWE-smith's order: class families first."""

@@ -122,7 +122,8 @@ def _spans(t: _Text, edits: list, originals: set[int], paren: bool) -> list[tupl
         elif isinstance(edit, Edit):
             node = edit.new[0]
             text = t.segment(node) if id(node) in originals else ast.unparse(node)
-            spans.append((t.offset(*_start(edit.old[0])), t.offset(*_end(edit.old[-1])), f"({text})" if paren else text))
+            lo, hi = t.offset(*_start(edit.old[0])), t.offset(*_end(edit.old[-1]))
+            spans.append((lo, hi, f"({text})" if paren else text))
         elif isinstance(edit, TokenEdit):
             lo, hi = t.offset(*_end(edit.after)), t.offset(*_start(edit.before))
             region = t.source[lo:hi]
@@ -347,11 +348,14 @@ def generate_candidates(
     checkers: dict[str, _Checker] = {}
     seen: set[str] = set()
     out: list[Candidate] = []
+    cap = max_candidates
+    # Draw a wider pool than asked, then pick round-robin so every family that applies is represented.
+    max_candidates = None if cap is None else cap * 5
     for pf, entity, node in work:
         original = ast.dump(node)
         for family in chosen:
             if max_candidates is not None and len(out) >= max_candidates:
-                return out, errors
+                return _balanced(out, cap), errors
             sites = family.sites(node) if family.accepts(node) else []
             if not sites:
                 continue
@@ -361,13 +365,31 @@ def generate_candidates(
             for _ in range(4 * max_per_entity):  # a few spare draws for no-op or duplicate picks
                 if made >= max_per_entity or (max_candidates is not None and len(out) >= max_candidates):
                     break
-                candidate = _candidate(checker, entity, node, family, sites, rng, original, source_id, repo, base_commit)
+                candidate = _candidate(checker, entity, node, family, sites, rng, original,
+                                       source_id, repo, base_commit)
                 if candidate is not None and candidate.patch not in seen:
                     seen.add(candidate.patch)
                     out.append(candidate)
                     made += 1
+    out = _balanced(out, cap)
     log.info("procedural: %d candidates from %d entities (%d files unparseable)", len(out), len(work), len(errors))
     return out, errors
+
+
+def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:
+    """At most `cap` candidates, taken round-robin across families (in the pool's seeded order)."""
+    if cap is None or len(candidates) <= cap:
+        return candidates
+    by_family: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_family.setdefault(c.family, []).append(c)
+    queues = [by_family[f] for f in sorted(by_family)]
+    picked: list[Candidate] = []
+    while len(picked) < cap:
+        for queue in queues:
+            if queue and len(picked) < cap:
+                picked.append(queue.pop(0))
+    return picked
 
 
 def _candidate(

@@ -52,7 +52,7 @@ def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path) 
         seed=cfg.seed,
     )
     quarantine = [
-        Quarantine(item_id=f"{source.name}:{file}", item_kind="source", stage=STAGE, reason="syntax_error",
+        Quarantine(item_id=f"{source.name}:{file}", item_kind="source", stage=STAGE, reason="unparseable_file",
                    detail=f"{file} does not parse ({error}); it was skipped", uri=source.uri)
         for file, error in unparseable
     ]
