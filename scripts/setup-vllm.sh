@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the CPU vLLM virtual environment .cache/vllm-venv, idempotently.
+# Creates the CPU vLLM virtual environment (in the machine's trajfactory cache, outside the checkout,
+# so fresh clones and CI reuse it), idempotently.
 # vLLM lives in its own venv because its pins clash with the factory's (see ENVIRONMENT.md);
 # trajfactory.models.server.VLLMServer runs this venv's python. A stamp makes a second run instant.
 set -euo pipefail
@@ -7,11 +8,15 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION="2.13.0"
 VLLM_VERSION="0.32.0"
-venv=".cache/vllm-venv"
+venv="${TRAJFACTORY_CACHE:-$HOME/.cache/trajfactory}/vllm-venv"
 stamp="$venv/.trajfactory-stamp-torch${TORCH_VERSION}-vllm${VLLM_VERSION}"
 
 log() { printf '\033[1m[setup-vllm]\033[0m %s\n' "$*"; }
-pip_q() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+# pip's notes about the machine's unused local index folders are noise; real errors still show and fail.
+pip_q() {
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v -E "^WARNING: (Location '.*' is ignored|Running pip as)" || true; }
+}
 
 if [[ -f "$stamp" && -x "$venv/bin/python" ]]; then
   log "ready (stamp $stamp); delete $venv to rebuild"
@@ -21,7 +26,7 @@ fi
 start=$SECONDS
 if [[ ! -x "$venv/bin/python" ]]; then
   log "creating $venv"
-  mkdir -p .cache
+  mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv"
 fi
 

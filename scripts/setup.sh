@@ -29,6 +29,9 @@ fi
 stamp=".cache/setup/pip-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -f "$stamp" ]] || ! python3 -c "import trajfactory" >/dev/null 2>&1; then
   log "installing the trajfactory Python package (with test extras)"
+  # The CPU build first, so the torch requirement never pulls the CUDA build and its GBs of packages.
+  python3 -c "import torch" >/dev/null 2>&1 || \
+    python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v -E "^WARNING: (Location|Running pip)" || true
   python3 -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -E "^WARNING: (Location|Running pip)" || true
   python3 -c "import trajfactory, prefect, docker, git, pyarrow" || { log "Python install failed"; exit 1; }
   mkdir -p "$(dirname "$stamp")" && touch "$stamp"
@@ -38,4 +41,6 @@ if docker info >/dev/null 2>&1; then
   log "ensuring the local base image"
   python3 -m trajfactory.cli sandbox base-image
 fi
+log "ensuring the CPU vLLM environment"
+bash scripts/setup-vllm.sh
 log "ready"

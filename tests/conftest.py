@@ -43,3 +43,25 @@ def copy_fixture(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(BAD_REPOS / name, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The factory's own tiny Qwen2 model (random weights, tokenizer trained on the factory corpus)."""
+    from trajfactory.models.tiny import init_tiny_model
+
+    return init_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory):
+    """One real CPU vLLM server serving the tiny model, shared by every test of the session."""
+    import subprocess
+
+    from trajfactory.models.server import CPU_VENV_PYTHON, SETUP_SCRIPT, VLLMServer
+
+    if not CPU_VENV_PYTHON.exists():
+        subprocess.run(["bash", str(SETUP_SCRIPT)], check=True)
+    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VLLMServer(tiny_model, name="tiny", log_path=log_path) as server:
+        yield server

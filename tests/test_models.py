@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,6 @@ import pytest
 from trajfactory.agents.tools import TOOLS
 from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.models.server import (
-    CPU_VENV_PYTHON,
-    SETUP_SCRIPT,
     VLLMServer,
     process_group_alive,
     process_group_pids,
@@ -38,7 +35,9 @@ TOOL_CONVERSATION = [
     {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}],
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}
+        ],
     },
     {"role": "tool", "tool_call_id": "c1", "content": "setup.py"},
 ]
@@ -47,27 +46,12 @@ TOOL_CONVERSATION = [
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from trajfactory.models.tiny import init_tiny_model
-
-    return init_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model, tmp_path_factory):
-    if not CPU_VENV_PYTHON.exists():
-        subprocess.run(["bash", str(SETUP_SCRIPT)], check=True)
-    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with VLLMServer(tiny_model, name="tiny", log_path=log_path) as server:
-        yield server
-
-
 class Stub:
     """A stdlib OpenAI-ish server on 127.0.0.1: answers with the scripted statuses, then 200s."""
 
-    def __init__(self, statuses: list[int], delay_s: float = 0.0):
+    def __init__(self, statuses: list[int], delay_s: float = 0.0, message: dict | None = None):
         self.statuses, self.delay_s = list(statuses), delay_s
+        message = message or {"role": "assistant", "content": "ok"}
         self.calls, self.in_flight, self.max_in_flight = 0, 0, 0
         self.auth_headers: list[str | None] = []
         self.lock = threading.Lock()
@@ -87,7 +71,7 @@ class Stub:
                     status = stub.statuses.pop(0) if stub.statuses else 200
                 time.sleep(stub.delay_s)
                 body = {"error": {"message": f"scripted {status}"}} if status != 200 else {
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
                 }  # fmt: skip
                 data = json.dumps(body).encode()
@@ -112,8 +96,8 @@ class Stub:
 def stub_factory():
     made = []
 
-    def make(statuses, delay_s=0.0):
-        made.append(Stub(statuses, delay_s))
+    def make(statuses, delay_s=0.0, message=None):
+        made.append(Stub(statuses, delay_s, message))
         return made[-1]
 
     yield make
@@ -161,7 +145,10 @@ FAKE_VLLM = textwrap.dedent(
 def fake_vllm_python(tmp_path) -> Path:
     (tmp_path / "fake_vllm.py").write_text(FAKE_VLLM)
     script = tmp_path / "python"
-    script.write_text(f'#!/bin/sh\n[ "$1" = "-c" ] && exec {sys.executable} "$@"\nexec {sys.executable} {tmp_path}/fake_vllm.py "$@"\n')
+    # `-c` is how VLLMServer probes the interpreter for vLLM; everything else starts the stand-in.
+    script.write_text(
+        f'#!/bin/sh\n[ "$1" = "-c" ] && exec {sys.executable} "$@"\nexec {sys.executable} {tmp_path}/fake_vllm.py "$@"\n'
+    )
     script.chmod(0o755)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
@@ -251,8 +238,8 @@ def test_vllm_concurrency_bound_is_respected(vllm_server):
     client = ModelClient(vllm_server.base_url, "tiny", max_concurrency=2, transport=transport)
 
     async def run():
-        msgs = [Message(role="user", content=f"count to {n}")]
-        return await asyncio.gather(*(client.chat(msgs, max_tokens=16) for _ in range(6)))
+        prompts = [[Message(role="user", content=f"count to {n}")] for n in range(6)]
+        return await asyncio.gather(*(client.chat(p, max_tokens=16) for p in prompts))
 
     results = asyncio.run(run())
     assert len(results) == 6 and len(client.requests) == 6
@@ -273,7 +260,8 @@ def test_vllm_server_process_group_is_gone_after_stop(vllm_server):
 
 
 def test_process_group_is_gone_after_an_exception_in_with(fake_vllm_python):
-    server = VLLMServer(fake_vllm_python.parent / "model", python=fake_vllm_python, stop_grace_s=1.0)
+    model = fake_vllm_python.parent / "model"
+    server = VLLMServer(model, python=fake_vllm_python, stop_grace_s=1.0, log_path=model.parent / "vllm.log")
     with pytest.raises(RuntimeError, match="boom"):
         with server:
             pgid = server.pgid
@@ -285,7 +273,8 @@ def test_process_group_is_gone_after_an_exception_in_with(fake_vllm_python):
 def test_process_group_is_gone_after_sigterm(fake_vllm_python, tmp_path):
     code = (
         "import sys, time; from trajfactory.models.server import VLLMServer\n"
-        f"s = VLLMServer({str(fake_vllm_python.parent / 'model')!r}, python={str(fake_vllm_python)!r}, stop_grace_s=1.0)\n"
+        f"s = VLLMServer({str(tmp_path / 'model')!r}, python={str(fake_vllm_python)!r},"
+        f" stop_grace_s=1.0, log_path={str(tmp_path / 'vllm.log')!r})\n"
         "s.start(); print(s.pgid, flush=True); time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -332,6 +321,15 @@ def test_client_bounds_concurrency_at_the_server(stub_factory):
 
     asyncio.run(run())
     assert stub.calls == 6 and stub.max_in_flight == 2
+
+
+def test_client_returns_tool_calls_as_schema_messages(stub_factory):
+    call = {"id": "call_7", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}
+    stub = stub_factory([], message={"role": "assistant", "content": None, "tool_calls": [call]})
+    client = ModelClient(stub.url, "m")
+    result = asyncio.run(client.chat([{"role": "user", "content": "hi"}], tools=TOOLS))
+    assert result.message == Message.model_validate({"role": "assistant", "tool_calls": [call]})
+    assert json.loads(result.message.tool_calls[0].function.arguments) == {"command": "ls"}
 
 
 def test_api_key_is_sent_but_never_shown(stub_factory, monkeypatch, caplog):

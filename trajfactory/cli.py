@@ -26,6 +26,15 @@ sandbox_app = typer.Typer(help="Manage sandbox images and leftover containers.",
 dataset_app = typer.Typer(help="Inspect dataset versions.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(dataset_app, name="dataset")
+
+
+def _mount_models() -> None:
+    from trajfactory.models.cli import model_app
+
+    app.add_typer(model_app, name="model", help="Make, serve and query models (tiny local model, vLLM server).")
+
+
+_mount_models()
 console = Console(stderr=True)
 
 RECIPE_ARG = typer.Argument(None, help="Recipe YAML file; omit it to use the embedded default recipe.",

@@ -39,7 +39,8 @@ def serve(
     port: int | None = typer.Option(None, help="Port on 127.0.0.1; default: a free one."),
     max_model_len: int = typer.Option(1024, help="Longest context, prompt plus completion, in tokens."),
     python: str | None = typer.Option(
-        None, help="Python that has vLLM; default: this one on a CUDA box, else .cache/vllm-venv (scripts/setup-vllm.sh)."
+        None,
+        help="Python that has vLLM; default: this one on a CUDA box, else .cache/vllm-venv (scripts/setup-vllm.sh).",
     ),
 ) -> None:
     """Serve MODEL_DIR with vLLM's OpenAI-compatible API until Ctrl-C, then stop it cleanly.
@@ -50,7 +51,7 @@ def serve(
     from trajfactory.models.server import VLLMServer, VLLMServerError
 
     server = VLLMServer(model_dir, name=name, port=port, python=python, max_model_len=max_model_len)
-    typer.echo(f"starting vLLM for {model_dir} (log: {server.log_path or 'a temp file'}) ...")
+    typer.echo(f"starting vLLM for {model_dir} (a minute or two on CPU) ...")
     try:
         with server:
             typer.echo(f"serving {name!r} at {server.base_url}  (log: {server.log_path}); Ctrl-C stops it")

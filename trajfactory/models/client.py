@@ -129,7 +129,10 @@ class ModelClient:
 
     def __repr__(self) -> str:  # the key is never shown, only whether there is one
         key = "set" if self._api_key else "none"
-        return f"ModelClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key}, max_concurrency={self.max_concurrency})"
+        return (
+            f"ModelClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text

