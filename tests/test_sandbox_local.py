@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -14,26 +12,7 @@ import pytest
 from trajfactory.executors.base import EnvironmentBuildError, SandboxError, SandboxLimits
 from trajfactory.executors.images import find_requirements
 from trajfactory.executors.local import LocalBackend
-
-FORK_BOMB = "python3 -c 'import os\nwhile True:\n try: os.fork()\n except OSError: pass'"
-NET_PROBE = "python3 -c 'import socket; s = socket.socket(); s.settimeout(3); s.connect((\"1.1.1.1\", 53))'"
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z"}
-
-
-def make_repo(root: Path, dependencies: str = '["six"]') -> Path:
-    """A tiny src-layout package with one test, committed with fixed dates."""
-    (root / "src/tinypkg").mkdir(parents=True)
-    (root / "tests").mkdir()
-    (root / "pyproject.toml").write_text(
-        f'[project]\nname = "tinypkg"\nversion = "0.1.0"\ndependencies = {dependencies}\n')
-    (root / "src/tinypkg/__init__.py").write_text("import six\n\n\ndef add(a, b):\n    return a + b\n")
-    (root / "tests/test_add.py").write_text("from tinypkg import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True)
-    return root
-
+from sandbox_helpers import FORK_BOMB, NET_PROBE, make_repo
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):

@@ -102,7 +102,7 @@ def run_tests(
         args = f"@{SCRATCH}/tests.txt"
     cov = ""
     if coverage:
-        cov = f"--cov=. --cov-context=test --cov-report= "
+        cov = "--cov=. --cov-context=test --cov-report= "
     env = f"COVERAGE_FILE={SCRATCH}/.coverage PYTHONDONTWRITEBYTECODE=1"
     cmd = f"{env} {PYTEST} {cov}--junitxml={SCRATCH}/junit.xml {args}"
     result = sandbox.execute(cmd, timeout=timeout)

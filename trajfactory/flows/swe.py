@@ -22,7 +22,7 @@ from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.flows import tasks as t
 from trajfactory.progress import Progress
-from trajfactory.schema import Candidate, Quarantine, Source, Task, Trajectory, Validation, Verdict
+from trajfactory.schema import Quarantine, Source, Task, Trajectory, Verdict
 
 
 def _opts(task, recipe: Recipe):
