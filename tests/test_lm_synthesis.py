@@ -1,0 +1,429 @@
+"""Model-backed synthesis and judging: LM rewrite candidates, LM problem statements with a leak
+check, and the model judge. The real tiny vLLM model writes noise, so against it the plumbing is
+asserted; a stdlib OpenAI stub scripts the replies whose handling must be exact."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from trajfactory.models.client import ModelClient
+from trajfactory.schema import (
+    Checks, Entity, Evidence, Final, Gold, Message, Policy, Provenance, Step, SweEnvironment, Task, Trajectory,
+    Validation, Verdict,
+)
+from trajfactory.synthesizers.swe import rewrite, statements
+from trajfactory.synthesizers.swe.tasks import reverse_patch, template_statement
+from trajfactory.verifiers import judge
+
+DEMO_REPO = Path(__file__).resolve().parent.parent / "trajfactory" / "data" / "repos" / "textkit"
+REJECT_REASONS = {"no_code", "syntax_error", "not_function", "wrong_name", "wrong_signature", "empty_body",
+                  "unchanged", "model_error"}
+TINY = {"temperature": 0.0, "max_tokens": 32}
+
+
+# ---------------------------------------------------------------- a scripted OpenAI server
+
+
+class Stub:
+    """OpenAI-ish chat endpoint on 127.0.0.1: `reply(body) -> content` (or `(status, content)`); keeps the bodies."""
+
+    def __init__(self, reply: Callable[[dict], str | tuple[int, str]]):
+        self.bodies: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                stub.bodies.append(body)
+                out = reply(body)
+                status, content = out if isinstance(out, tuple) else (200, out)
+                data = json.dumps({"error": {"message": content}} if status != 200 else {
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+                }).encode()  # fmt: skip
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def client(self) -> ModelClient:
+        return ModelClient(self.url, "stub-model", max_retries=0)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def stub():
+    made: list[Stub] = []
+
+    def make(reply):
+        made.append(Stub(reply))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _function_source(file: str, name: str) -> str:
+    source = (DEMO_REPO / file).read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return ast.get_source_segment(source, node)
+
+
+def _fenced(code: str) -> str:
+    return f"Here is the implementation:\n\n```python\n{code}\n```\n"
+
+
+MERGE_EQUIVALENT = '''def merge_ranges(ranges):
+    """Merge overlapping or adjacent closed ranges."""
+    out = []
+    for lo, hi in sorted(ranges):
+        if lo > hi:
+            raise ValueError(f"range ({lo}, {hi}) ends before it starts")
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out'''
+
+
+def _git_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "textkit"
+    shutil.copytree(DEMO_REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    return repo
+
+
+# ---------------------------------------------------------------- rewrite
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("I cannot help with that.", "no_code"),
+    ("```python\ndef merge_ranges(ranges:\n    return\n```", "syntax_error"),
+    ("```python\nx = 1\n```", "not_function"),
+    ("```python\ndef merge(ranges):\n    return ranges\n```", "wrong_name"),
+    ("```python\ndef merge_ranges(ranges, strict=False):\n    return ranges\n```", "wrong_signature"),
+    ("```python\ndef merge_ranges(ranges):\n    \"\"\"Doc.\"\"\"\n    raise NotImplementedError\n```", "empty_body"),
+    (_fenced(_function_source("src/textkit/stats.py", "merge_ranges")), "unchanged"),
+])
+def test_garbage_replies_are_rejected_with_reasons(reply, reason):
+    target = next(t for t in rewrite.targets(DEMO_REPO) if t.entity.name == "merge_ranges")
+    with pytest.raises(rewrite.Rejected) as exc:
+        rewrite.splice(target, reply)
+    assert exc.value.reason == reason
+
+
+def test_stub_reimplementation_becomes_a_candidate_that_applies(stub, tmp_path):
+    server = stub(lambda body: _fenced(MERGE_EQUIVALENT))
+    repo = _git_repo(tmp_path)
+    client = server.client()
+    candidates, rejects = rewrite.generate_rewrites(
+        repo, client, source_id="src", repo="textkit", base_commit="0" * 40,
+        names={"merge_ranges", "percentile"}, sampling={"temperature": 0.2},
+    )
+    assert len(server.bodies) == len(client.requests) == 2
+    # percentile got merge_ranges back: rejected with its reason, not dropped.
+    assert [(r.reason, r.item_kind) for r in rejects] == [("wrong_name", "candidate")]
+    assert "percentile" in rejects[0].detail
+    (cand,) = candidates
+    assert (cand.family, cand.scope, cand.synthesizer) == ("lm_rewrite", "function", "swe.lm_rewrite")
+    assert cand.entity.name == "merge_ranges"
+    assert cand.params["model"] == "stub-model" and cand.params["sampling"]["temperature"] == 0.2
+    assert cand.changed_lines and cand.patch.startswith("diff --git a/src/textkit/stats.py")
+    # The prompt showed the file with the body cut out, and the header and docstring kept.
+    prompts = [b["messages"][-1]["content"] for b in server.bodies]
+    prompt = next(p for p in prompts if "body of `merge_ranges` was removed" in p)
+    assert rewrite.PLACEHOLDER in prompt and "def merge_ranges(ranges):" in prompt
+    assert "merged[-1] = (previous_start" not in prompt
+    # The header and docstring are untouched: only body lines change.
+    assert not any(line.startswith(("-def ", "+def ", '-    """', '+    """')) for line in cand.patch.splitlines())
+    (tmp_path / "c.diff").write_text(cand.patch)
+    subprocess.run(["git", "apply", "--check", str(tmp_path / "c.diff")], cwd=repo, check=True)
+    subprocess.run(["git", "apply", str(tmp_path / "c.diff")], cwd=repo, check=True)
+    tree = ast.parse((repo / "src/textkit/stats.py").read_text())
+    assert "out.append((lo, hi))" in ast.unparse(tree)
+    # Reversing it restores the file: the gold patch is the reverse, as for procedural bugs.
+    (tmp_path / "gold.diff").write_text(reverse_patch(cand.patch))
+    subprocess.run(["git", "apply", str(tmp_path / "gold.diff")], cwd=repo, check=True)
+    assert (repo / "src/textkit/stats.py").read_text() == (DEMO_REPO / "src/textkit/stats.py").read_text()
+
+
+@pytest.mark.vllm
+def test_tiny_model_rewrites_are_requested_and_garbage_is_rejected(vllm_server):
+    client = ModelClient(vllm_server.base_url, "tiny")
+    candidates, rejects = rewrite.generate_rewrites(
+        DEMO_REPO, client, source_id="src", repo="textkit", base_commit="0" * 40, max_entities=2,
+        sampling=TINY, max_context_chars=800,
+    )
+    assert len(client.requests) == 2 and all(r.status == 200 for r in client.requests)
+    assert client.completion_tokens > 0
+    assert len(candidates) + len(rejects) == 2
+    assert {r.reason for r in rejects} <= REJECT_REASONS - {"model_error"}
+    for c in candidates:  # noise that happens to be a valid function still must parse and apply
+        assert c.family == "lm_rewrite" and c.params["model"] == "tiny"
+
+
+# ---------------------------------------------------------------- statements
+
+BUG_PATCH = """diff --git a/src/textkit/stats.py b/src/textkit/stats.py
+--- a/src/textkit/stats.py
++++ b/src/textkit/stats.py
+@@ -80,7 +80,7 @@
+     for start, end in sorted(ranges):
+         if start > end:
+             raise ValueError(f"range ({start}, {end}) ends before it starts")
+-        if merged and start <= merged[-1][1] + 1:
++        if merged and start <= merged[-1][1]:
+             previous_start, previous_end = merged[-1]
+             merged[-1] = (previous_start, max(previous_end, end))
+         else:
+"""
+VALIDATION = Validation(candidate_id="c1", status="valid", FAIL_TO_PASS=["tests/test_stats.py::test_merge_ranges"],
+                        PASS_TO_PASS=["tests/test_stats.py::test_mean"])
+TEST_OUTPUT = "E       assert [(1, 3), (4, 9)] == [(1, 9)]\nFAILED tests/test_stats.py::test_merge_ranges\n1 failed"
+CLEAN = ("merge_ranges does not merge adjacent ranges\n\nCalling `merge_ranges([(1, 3), (4, 6)])` returns "
+         "`[(1, 3), (4, 6)]`. I expected adjacent closed ranges to be merged into `[(1, 6)]`, as the "
+         "docstring says.")
+
+
+@pytest.mark.parametrize("text, leaks", [
+    (CLEAN, False),
+    (CLEAN + "\nThe line `if merged and start <= merged[-1][1]:` looks wrong.", True),  # a `+` line
+    (CLEAN + "\nMaybe it should be   start <=   merged[-1][1] + 1 instead.", True),  # a run of the fixed code
+    (CLEAN + "\n@@ -80,7 +80,7 @@", True),  # a diff marker
+    (CLEAN + "\n        else:", False),  # short, common lines are no leak
+])
+def test_leak_check(text, leaks):
+    assert (statements.find_leak(text, BUG_PATCH) is not None) is leaks
+
+
+def _statement(server: Stub):
+    return asyncio.run(statements.write_statement(
+        server.client(), repo="textkit", bug_patch=BUG_PATCH, validation=VALIDATION, test_output=TEST_OUTPUT))
+
+
+@pytest.mark.parametrize("answer, source, reason", [
+    (CLEAN + "\nThe check `if merged and start <= merged[-1][1]:` is off by one.", "template", "leak"),
+    (CLEAN, "lm", "ok"),
+    ((400, "prompt too long"), "template", "model_error"),
+])
+def test_statement_is_used_or_falls_back_to_the_template(stub, answer, source, reason):
+    server = stub(lambda body: answer)
+    result = asyncio.run(statements.write_statement(
+        server.client(), repo="textkit", bug_patch=BUG_PATCH, validation=VALIDATION, test_output=TEST_OUTPUT))
+    assert (result.source, result.reason) == (source, reason)
+    assert result.text == (CLEAN if source == "lm" else template_statement("textkit", VALIDATION))
+    if reason == "leak":
+        assert "patch line" in result.detail
+    # The model was given the failing tests and the test output.
+    prompt = server.bodies[0]["messages"][-1]["content"]
+    assert "tests/test_stats.py::test_merge_ranges" in prompt and "1 failed" in prompt
+
+
+@pytest.mark.vllm
+def test_tiny_model_statement_is_requested(vllm_server):
+    client = ModelClient(vllm_server.base_url, "tiny")
+    result = asyncio.run(statements.write_statement(
+        client, repo="textkit", bug_patch=BUG_PATCH, validation=VALIDATION, test_output=TEST_OUTPUT,
+        sampling={"temperature": 0.0, "max_tokens": 64}))
+    assert len(client.requests) == 1 and client.requests[0].status == 200
+    assert result.source in ("lm", "template")
+    if result.source == "lm":
+        assert statements.find_leak(result.text, BUG_PATCH) is None
+    else:
+        assert result.reason in ("leak", "empty") and result.text == template_statement("textkit", VALIDATION)
+
+
+# ---------------------------------------------------------------- judge
+
+
+def _task() -> Task:
+    entity = Entity(file="src/textkit/stats.py", name="merge_ranges", kind="function", lineno=76, end_lineno=87,
+                    complexity=5)
+    return Task(
+        task_id="t1", instance_id="textkit__lm_rewrite__t1", instruction="Some tests of `textkit` fail. Fix them.",
+        environment=SweEnvironment(repo="textkit", base_commit="0" * 40, image_name="img"),
+        bug_patch=BUG_PATCH, checks=Checks(FAIL_TO_PASS=VALIDATION.FAIL_TO_PASS),
+        gold=Gold(patch=reverse_patch(BUG_PATCH)),
+        difficulty="easy", family="lm_rewrite", entity=entity, validation=VALIDATION,
+        provenance=Provenance(source_uri="builtin:textkit", source_id="s", commit="0" * 40,
+                              synthesizer="swe.lm_rewrite", synthesizer_version="1"),
+    )
+
+
+def _trajectory(tid: str = "r1") -> Trajectory:
+    steps = [
+        Step(index=0, tool="bash", arguments={"command": "python -m pytest -q"}, observation=TEST_OUTPUT, exit_code=1),
+        Step(index=1, tool="edit", arguments={"path": "src/textkit/stats.py"}, observation="x" * 5000, exit_code=0),
+        Step(index=2, tool="submit", arguments={}, observation="submitted", exit_code=0),
+    ]
+    return Trajectory(trajectory_id=tid, task_id="t1", policy=Policy(name="oracle"),
+                      messages=[Message(role="user", content="fix")], tools=[], steps=steps,
+                      final=Final(patch=reverse_patch(BUG_PATCH)), exit_status="submitted")
+
+
+def _judge(server: Stub, **kw) -> Verdict:
+    return asyncio.run(judge.judge_trajectory(server.client(), _task(), _trajectory(), **kw))
+
+
+def test_judge_valid_json_is_a_verdict(stub):
+    server = stub(lambda body: json.dumps({"passed": True, "confidence": 0.8, "rationale": "Tests pass now."}))
+    v = _judge(server)
+    assert v.passed and v.verifier == "judge" and v.score == pytest.approx(0.8)
+    detail = json.loads(v.evidence.detail)
+    assert detail["status"] == "verdict" and detail["rationale"] == "Tests pass now." and detail["confidence"] == 0.8
+    assert not judge.is_abstention(v)
+    body = server.bodies[0]
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"] == judge.VERDICT_JSON_SCHEMA
+    prompt = body["messages"][-1]["content"]
+    assert "python -m pytest -q" in prompt and "characters cut" in prompt  # history, observations truncated
+    assert "-        if merged and start <= merged[-1][1]:" in prompt  # the final patch
+
+
+@pytest.mark.parametrize("answer", [
+    '{"passed": "yes", "confidence": 0.9, "rationale": "ok"}',
+    '{"passed": true, "confidence": "high", "rationale": "ok"}',
+    '{"passed": true, "confidence": 1.5, "rationale": "ok"}',
+    '{"passed": true, "confidence": true, "rationale": "ok"}',
+    '{"passed": true, "confidence": 0.9}',
+    '{"passed": true, "confidence": 0.9, "rationale": "ok", "extra": 1}',
+    '[true, 0.9, "ok"]',
+    'The agent passed. {"passed": true, "confidence": 0.9, "rationale": "ok"}',
+    "",
+])
+def test_judge_schema_violations_abstain(stub, answer):
+    v = _judge(stub(lambda body: answer))
+    assert not v.passed and v.score == 0.0 and judge.is_abstention(v)
+    detail = json.loads(v.evidence.detail)
+    assert detail["status"] == "abstain" and detail["raw_head"] == answer[:300] and detail["why"]
+
+
+def test_judge_sends_the_screenshot_as_image_url(stub, tmp_path):
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    (tmp_path / "final.png").write_bytes(png)
+    server = stub(lambda body: '{"passed": false, "confidence": 0.7, "rationale": "Page unchanged."}')
+    v = _judge(server, image=tmp_path / "final.png")
+    assert not v.passed and not judge.is_abstention(v) and v.score == pytest.approx(0.3)
+    content = server.bodies[0]["messages"][-1]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url"]
+    expected = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert content[1]["image_url"]["url"] == judge.image_data_uri(png) == expected
+
+
+def test_judge_falls_back_to_prompt_only_when_response_format_is_refused(stub):
+    def reply(body):
+        if "response_format" in body:
+            return 400, "response_format is not supported"
+        return '{"passed": true, "confidence": 0.6, "rationale": "Fixed."}'
+
+    server = stub(reply)
+    v = _judge(server)
+    assert v.passed and len(server.bodies) == 2
+    assert json.loads(v.evidence.detail)["response_format"].startswith("none (server refused json_schema")
+
+
+def test_judge_model_error_abstains(stub):
+    v = _judge(stub(lambda body: (500, "boom")))
+    assert not v.passed and judge.is_abstention(v) and "model error" in json.loads(v.evidence.detail)["why"]
+
+
+@pytest.mark.vllm
+def test_tiny_model_judge_abstains_and_structured_output_is_accepted(vllm_server):
+    client = ModelClient(vllm_server.base_url, "tiny")
+    free = asyncio.run(judge.judge_trajectory(client, _task(), _trajectory(), structured="none", sampling=TINY,
+                                             max_observation_chars=150))
+    assert judge.is_abstention(free) and not free.passed and free.score == 0.0
+    # vLLM 0.32 takes response_format json_schema (structured outputs): the answer starts as the schema says.
+    forced = asyncio.run(judge.judge_trajectory(client, _task(), _trajectory(), sampling=TINY,
+                                               max_observation_chars=150))
+    assert [r.status for r in client.requests] == [200, 200]
+    detail = json.loads(forced.evidence.detail)
+    assert detail["response_format"] == "json_schema"
+    if judge.is_abstention(forced):
+        assert not forced.passed and detail["raw_head"].lstrip().startswith("{")
+    else:  # noise that completed the schema is a parsed verdict, with its confidence recorded
+        assert 0.0 <= detail["confidence"] <= 1.0
+
+
+def _verdict(tid: str, verifier: str, passed: bool, abstain: bool = False) -> Verdict:
+    detail = json.dumps({"status": "abstain" if abstain else "verdict"})
+    return Verdict(verdict_id=f"{verifier}-{tid}", task_id="t", trajectory_id=tid, verifier=verifier,
+                   verifier_version="1", passed=passed and not abstain, score=0.0, evidence=Evidence(detail=detail))
+
+
+def test_agreement_and_kappa_on_a_labeled_set():
+    # (judge, label): 4 TP, 2 FP, 1 FN, 3 TN, and 2 abstentions (one on each label).
+    pairs = [(True, True)] * 4 + [(True, False)] * 2 + [(False, True)] + [(False, False)] * 3
+    judged = [_verdict(f"r{i}", "judge", j) for i, (j, _) in enumerate(pairs)]
+    labels = [_verdict(f"r{i}", "tests", lab) for i, (_, lab) in enumerate(pairs)]
+    judged += [_verdict("a1", "judge", False, abstain=True), _verdict("a2", "judge", False, abstain=True),
+               _verdict("x", "judge", True)]  # x has no label
+    labels += [_verdict("a1", "tests", True), _verdict("a2", "tests", False)]
+    report = judge.agreement(judged, labels)
+    assert report["confusion"] == {"tp": 4, "fp": 2, "fn": 1, "tn": 3, "abstain_pos": 1, "abstain_neg": 1}
+    assert (report["n"], report["answered"], report["abstained"], report["unlabeled"]) == (12, 10, 2, 1)
+    assert report["agreement"] == pytest.approx(0.7)
+    # p_o = 0.7, p_e = (6*5 + 4*5) / 100 = 0.5, kappa = 0.2 / 0.5.
+    assert report["kappa"] == pytest.approx(0.4)
+    assert report["abstention_rate"] == pytest.approx(2 / 12)
+    assert report["agreement_abstain_as_fail"] == pytest.approx(8 / 12)
+    assert judge.cohen_kappa(3, 0, 0, 0) is None and judge.cohen_kappa(2, 0, 0, 2) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- validation of an LM bug (docker)
+
+
+@pytest.mark.docker
+def test_subtly_wrong_reimplementation_is_validated_with_fail_to_pass(stub, docker_backend, tmp_path):
+    from trajfactory.config import ValidationConfig
+    from trajfactory.executors.base import SandboxLimits
+    from trajfactory.executors.environments import build_environment
+    from trajfactory.executors.pool import SandboxPool
+    from trajfactory.sources import harvest_repo
+    from trajfactory.synthesizers.swe import stage
+
+    off_by_one = _function_source("src/textkit/stats.py", "merge_ranges").replace("merged[-1][1] + 1", "merged[-1][1]")
+    assert "+ 1" not in off_by_one
+    server = stub(lambda body: _fenced(off_by_one))
+    source = harvest_repo("builtin:textkit", tmp_path / "mirrors")
+    env = build_environment(docker_backend, source)
+    root = stage.checkout(source, tmp_path / "checkouts")
+    candidates, rejects = rewrite.generate_rewrites(
+        root, server.client(), source_id=source.source_id, repo=source.name, base_commit=source.commit,
+        names={"merge_ranges"})
+    assert not rejects and len(candidates) == 1
+    limits = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+    cfg = ValidationConfig(reference_runs=1)
+    ref = stage.reference(docker_backend, env, source, cfg, limits)
+    with SandboxPool(docker_backend, env, size=1, limits=limits) as pool:
+        validation = stage.validate(pool, candidates[0], ref, cfg)
+    assert validation.status == "valid", validation
+    assert "tests/test_stats.py::test_merge_ranges" in validation.FAIL_TO_PASS
+    task = stage.tasks_from(source, env, candidates, [validation])[0]
+    assert task.family == "lm_rewrite" and task.provenance.synthesizer == "swe.lm_rewrite"
