@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything trajfactory needs on a fresh Debian machine (root), idempotently:
-# Debian packages, a running Docker engine, the Python package with its test extras,
+# Debian packages (Docker, debootstrap, bubblewrap, git, Chromium), a running Docker engine, the Python package with its test extras,
 # and the locally built base image every sandbox image starts from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # web sandboxes: Playwright drives the system browser
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

@@ -1,0 +1,386 @@
+"""What every bundled web app shares: a seeded sqlite database, sessions, routing, HTML helpers, a server.
+
+An app is a `WebApp` subclass with a schema, seeded content, synonym lists for its labels, and
+handlers marked with `@route`. `serve(app)` binds it to a free loopback port in a thread and
+returns an `AppInstance`. Each instance owns a fresh in-memory database, so episodes never share
+state. Verifiers read `GET /__state__` (needs the instance's state token in `X-State-Token`, so
+an agent driving the browser cannot read the answer key).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+import re
+import secrets
+import sqlite3
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BaseModel, Field
+
+STATE_PATH = "/__state__"
+STATE_HEADER = "X-State-Token"
+
+FIRST_NAMES = ["alice", "bruno", "chen", "dana", "emeka", "farah", "goran", "hana", "ivan", "jonas",
+               "kira", "lena", "mateo", "nora", "omar", "priya", "quinn", "rosa", "sven", "tara"]
+LAST_NAMES = ["Abbott", "Brandt", "Castillo", "Dubois", "Eriksen", "Fischer", "Garcia", "Haddad",
+              "Ito", "Jensen", "Kowalski", "Lindqvist", "Moreau", "Novak", "Okafor", "Patel"]
+PASSWORD_WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "glade", "heron", "indigo"]
+
+BASE_SCHEMA = """
+CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, password TEXT, display_name TEXT,
+                    role TEXT DEFAULT 'member');
+CREATE TABLE sessions (token TEXT PRIMARY KEY, user_id INTEGER, flash TEXT DEFAULT '');
+"""
+
+CSS = """body{font-family:sans-serif;margin:0}header{display:flex;gap:1em;align-items:center;
+padding:.5em 1em;background:#234;color:#fff}header a{color:#fff}nav ul{display:flex;gap:1em;
+list-style:none;margin:0;padding:0}main{padding:1em;max-width:60em}.error{color:#b00}
+[role=alert]{border:1px solid #b00;padding:.5em}table{border-collapse:collapse}td,th{padding:.3em
+.6em;border-bottom:1px solid #ccc;text-align:left}footer{padding:1em;color:#666}"""
+
+
+class AppConfig(BaseModel):
+    """How one app instance is started."""
+
+    seed: int = 0
+    """Seeds content, labels and layout; the same seed gives the same site."""
+    host: str = "127.0.0.1"
+    """Loopback only: the sandbox browser may reach nothing else."""
+    port: int = Field(0, ge=0, le=65535)
+    """0 picks a free port."""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    form: dict[str, str]
+    session: str
+    user: sqlite3.Row | None
+
+    def arg(self, name: str, default: str = "") -> str:
+        return self.form.get(name, self.query.get(name, default)).strip()
+
+
+@dataclass
+class Response:
+    body: str | bytes = ""
+    status: int = 200
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def redirect(location: str) -> Response:
+    # 303 so a POST form submission lands on a GET page (back/refresh never re-posts)
+    return Response(status=303, headers=[("Location", location)])
+
+
+def route(method: str, pattern: str) -> Callable:
+    """Mark a `WebApp` method as the handler of `method` requests whose path fully matches `pattern`."""
+
+    def mark(fn: Callable) -> Callable:
+        fn._route = (method, re.compile(pattern))
+        return fn
+
+    return mark
+
+
+# ------------------------------------------------------------------------ form helpers
+
+
+def field_html(label: str, name: str, value: str = "", error: str = "", kind: str = "text",
+               required: bool = False, textarea: bool = False, extra: str = "") -> str:
+    """A labelled input whose error is tied to it (`aria-invalid`, `aria-describedby`)."""
+    fid = f"f-{name}"
+    attrs = f'id="{fid}" name="{esc(name)}"' + (" required" if required else "") + (f" {extra}" if extra else "")
+    if error:
+        attrs += f' aria-invalid="true" aria-describedby="{fid}-error"'
+    control = (f"<textarea {attrs} rows=5>{esc(value)}</textarea>" if textarea
+               else f'<input type="{kind}" {attrs} value="{esc(value)}">')
+    err = f'<span class="error" id="{fid}-error">{esc(error)}</span>' if error else ""
+    return f'<p><label for="{fid}">{esc(label)}</label> {control} {err}</p>'
+
+
+def select_html(label: str, name: str, options: list[tuple[str, str]], selected: str = "",
+                error: str = "", fid: str = "") -> str:
+    fid = fid or f"f-{name}"
+    opts = "".join(f'<option value="{esc(v)}"{" selected" if v == selected else ""}>{esc(t)}</option>'
+                   for v, t in options)
+    err = f'<span class="error" id="{fid}-error">{esc(error)}</span>' if error else ""
+    inv = f' aria-invalid="true" aria-describedby="{fid}-error"' if error else ""
+    return f'<p><label for="{fid}">{esc(label)}</label> <select id="{fid}" name="{esc(name)}"{inv}>{opts}</select> {err}</p>'
+
+
+def error_summary(errors: dict[str, str], heading: str = "Please fix the following errors") -> str:
+    if not errors:
+        return ""
+    items = "".join(f"<li>{esc(e)}</li>" for e in errors.values())
+    return f'<div role="alert"><h2>{esc(heading)}</h2><ul>{items}</ul></div>'
+
+
+def table_html(caption: str, headers: list[str], rows: list[list[str]]) -> str:
+    """Rows hold ready HTML (callers escape their text)."""
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ------------------------------------------------------------------------ the app base
+
+
+class WebApp:
+    """One site with its own seeded database; subclasses add SCHEMA, LABELS, seed_content and routes."""
+
+    name: ClassVar[str] = "app"
+    SITE_NAMES: ClassVar[list[str]] = ["Site"]
+    SCHEMA: ClassVar[str] = ""
+    LABELS: ClassVar[dict[str, list[str]]] = {}
+    """Label key -> synonyms; the seed picks one per key (domain randomization of button texts)."""
+    NAV: ClassVar[list[tuple[str, str]]] = []
+    """(label key, href) of the main navigation; the seed shuffles its order."""
+    STATE_QUERIES: ClassVar[dict[str, str]] = {}
+    """Name -> SQL whose rows `/__state__` returns."""
+    LOGIN_REQUIRED: ClassVar[bool] = False
+    COMMON_LABELS: ClassVar[dict[str, list[str]]] = {
+        "login": ["Log in", "Sign in"], "logout": ["Log out", "Sign out"], "search": ["Search", "Find"],
+    }
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        # string seed: stable across processes (hash randomization does not touch str seeds of Random)
+        self.rng = random.Random(f"{self.name}:{seed}")
+        self.lock = threading.RLock()  # one sqlite connection, requests served one at a time
+        self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(BASE_SCHEMA + self.SCHEMA)
+        self.site_name = self.rng.choice(self.SITE_NAMES)
+        self.labels = {k: self.rng.choice(v) for k, v in sorted({**self.COMMON_LABELS, **self.LABELS}.items())}
+        self.nav = self.rng.sample(self.NAV, len(self.NAV))
+        self.accounts = self._seed_users()
+        self.seed_content()
+        self.db.commit()
+        self.state_token = secrets.token_hex(16)
+        self.cookie_name = f"sid_{self.name}_{secrets.token_hex(4)}"  # cookies ignore ports: keep instances apart
+        self.routes = [(fn._route[0], fn._route[1], getattr(self, n)) for n in dir(type(self))
+                       if (fn := getattr(type(self), n, None)) is not None and hasattr(fn, "_route")]
+
+    # ---- seeding
+    def _seed_users(self) -> dict[str, str]:
+        names = self.rng.sample(FIRST_NAMES, 5)
+        accounts = {}
+        for i, first in enumerate(names):
+            password = f"{self.rng.choice(PASSWORD_WORDS)}-{self.rng.randrange(1000, 9999)}"
+            role = "admin" if i == 0 else "member"
+            display = f"{first.title()} {self.rng.choice(LAST_NAMES)}"
+            self.db.execute("INSERT INTO users (username, password, display_name, role) VALUES (?,?,?,?)",
+                            (first, password, display, role))
+            accounts[first] = password
+        return accounts
+
+    def seed_content(self) -> None:
+        """Fill the app's tables from `self.rng`."""
+
+    # ---- queries
+    def q(self, sql: str, *args) -> list[sqlite3.Row]:
+        return self.db.execute(sql, args).fetchall()
+
+    def q1(self, sql: str, *args) -> sqlite3.Row | None:
+        return self.db.execute(sql, args).fetchone()
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            tables = {k: [dict(r) for r in self.q(sql)] for k, sql in self.STATE_QUERIES.items()}
+        return {"app": self.name, "seed": self.seed, **tables}
+
+    def arrange(self, key: str, sections: list[str]) -> list[str]:
+        """`sections` in this seed's order for `key` (a function of the seed only, not of request count)."""
+        return random.Random(f"{self.name}:{self.seed}:{key}").sample(sections, len(sections))
+
+    def flash(self, req: Request, message: str) -> None:
+        self.db.execute("UPDATE sessions SET flash=? WHERE token=?", (message, req.session))
+
+    # ---- rendering
+    def page(self, req: Request, title: str, body: str, status: int = 200) -> Response:
+        nav = "".join(f'<li><a href="{href}">{esc(self.labels[key])}</a></li>' for key, href in self.nav)
+        if req.user:
+            who = (f'<span>Signed in as {esc(req.user["display_name"])}</span><form method="post" '
+                   f'action="/logout"><button type="submit">{esc(self.labels["logout"])}</button></form>')
+        else:
+            who = f'<a href="/login">{esc(self.labels["login"])}</a>'
+        row = self.q1("SELECT flash FROM sessions WHERE token=?", req.session)
+        flash = f'<p role="status">{esc(row["flash"])}</p>' if row and row["flash"] else ""
+        if flash:
+            self.db.execute("UPDATE sessions SET flash='' WHERE token=?", (req.session,))
+        doc = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · '
+               f'{esc(self.site_name)}</title><style>{CSS}</style></head><body><header>'
+               f'<a href="/">{esc(self.site_name)}</a><nav aria-label="Main"><ul>{nav}</ul></nav>{who}'
+               f'</header><main>{flash}{body}</main><footer>{esc(self.site_name)} · demo site</footer></body></html>')
+        return Response(doc, status=status)
+
+    def not_found(self, req: Request, what: str = "Page") -> Response:
+        return self.page(req, "Not found", f"<h1>{esc(what)} not found</h1><p><a href=\"/\">Home</a></p>", 404)
+
+    # ---- login (shared by every app)
+    @route("GET", r"/login")
+    def login_form(self, req: Request, errors: dict | None = None, username: str = "") -> Response:
+        errors = errors or {}
+        nxt = req.arg("next")
+        body = (f"<h1>{esc(self.labels['login'])}</h1>{error_summary(errors)}"
+                f'<form method="post" action="/login"><input type="hidden" name="next" value="{esc(nxt)}">'
+                + field_html("Username", "username", username, errors.get("username", ""), required=True)
+                + field_html("Password", "password", "", errors.get("password", ""), kind="password", required=True)
+                + f'<button type="submit">{esc(self.labels["login"])}</button></form>')
+        return self.page(req, self.labels["login"], body, 400 if errors else 200)
+
+    @route("POST", r"/login")
+    def login(self, req: Request) -> Response:
+        username, password = req.arg("username"), req.form.get("password", "")
+        errors = {}
+        if not username:
+            errors["username"] = "Username is required."
+        if not password:
+            errors["password"] = "Password is required."
+        user = self.q1("SELECT * FROM users WHERE username=?", username) if not errors else None
+        if not errors and (user is None or user["password"] != password):
+            errors["password"] = "Invalid username or password."
+        if errors:
+            return self.login_form(req, errors, username)
+        self.db.execute("UPDATE sessions SET user_id=? WHERE token=?", (user["id"], req.session))
+        self.flash(req, f"Welcome back, {user['display_name']}.")
+        nxt = req.arg("next")
+        return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
+
+    @route("POST", r"/logout")
+    def logout(self, req: Request) -> Response:
+        self.db.execute("UPDATE sessions SET user_id=NULL WHERE token=?", (req.session,))
+        return redirect("/")
+
+    # ---- dispatch
+    def handle(self, method: str, raw_path: str, body: bytes, cookies: dict[str, str]) -> tuple[Response, str | None]:
+        """Serve one request; returns the response and a new session token to set, if one was made."""
+        parts = urlsplit(raw_path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        form = ({k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+                if method == "POST" else {})
+        with self.lock:
+            token, new = cookies.get(self.cookie_name, ""), None
+            if not self.q1("SELECT 1 FROM sessions WHERE token=?", token):
+                token = new = secrets.token_hex(16)
+                self.db.execute("INSERT INTO sessions (token) VALUES (?)", (token,))
+            user = self.q1("SELECT u.* FROM sessions s JOIN users u ON u.id=s.user_id WHERE s.token=?", token)
+            req = Request(method, parts.path, query, form, token, user)
+            for m, pattern, fn in self.routes:
+                if m == method and (match := pattern.fullmatch(parts.path)):
+                    if self.LOGIN_REQUIRED and user is None and parts.path not in ("/login", "/logout"):
+                        resp = redirect(f"/login?next={parts.path}")
+                    else:
+                        resp = fn(req, *match.groups())
+                    break
+            else:
+                resp = self.not_found(req)
+            self.db.commit()
+        return resp, new
+
+
+# ------------------------------------------------------------------------ the server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app: WebApp  # set on a per-instance subclass
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path.split("?")[0] == STATE_PATH and method == "GET":
+            if self.headers.get(STATE_HEADER) != self.app.state_token:
+                return self._send(Response("not found", 404, "text/plain"), None)
+            return self._send(Response(json.dumps(self.app.state()), 200, "application/json"), None)
+        cookies = {k: m.value for k, m in SimpleCookie(self.headers.get("Cookie", "")).items()}
+        try:
+            resp, new_token = self.app.handle(method, self.path, body, cookies)
+        except Exception as exc:  # an app bug is a 500 page, never a dead server
+            resp, new_token = Response(f'<h1>Server error</h1><p role="alert">{esc(exc)}</p>', 500), None
+        self._send(resp, new_token)
+
+    def _send(self, resp: Response, new_token: str | None) -> None:
+        data = resp.body.encode() if isinstance(resp.body, str) else resp.body
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")  # back/forward must show the current state
+        if new_token:
+            self.send_header("Set-Cookie", f"{self.app.cookie_name}={new_token}; Path=/; HttpOnly; SameSite=Lax")
+        for k, v in resp.headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def log_message(self, *args) -> None:  # quiet: episodes run many requests
+        pass
+
+
+class AppInstance:
+    """One running app: its own server thread and database. Use as a context manager."""
+
+    def __init__(self, app: WebApp, config: AppConfig):
+        self.app = app
+        handler = type(f"{app.name}Handler", (_Handler,), {"app": app})
+        self.server = ThreadingHTTPServer((config.host, config.port), handler)
+        self.server.daemon_threads = True
+        host, port = self.server.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"webapp-{app.name}-{port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def accounts(self) -> dict[str, str]:
+        """username -> password of the seeded users (for task instructions, never shown on the site)."""
+        return dict(self.app.accounts)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.app.labels)
+
+    def state(self) -> dict[str, Any]:
+        """The app's state as verifiers see it, read over HTTP from `/__state__`."""
+        req = urllib.request.Request(self.url + STATE_PATH, headers={STATE_HEADER: self.app.state_token})
+        # no proxy: an http_proxy from the environment must never see loopback traffic
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        with self.app.lock:
+            self.app.db.close()
+
+    def __enter__(self) -> "AppInstance":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def serve(app: WebApp, config: AppConfig | None = None) -> AppInstance:
+    return AppInstance(app, config or AppConfig(seed=app.seed))
