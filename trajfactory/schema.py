@@ -56,7 +56,7 @@ class Quarantine(Record):
     """An item that could not go through a stage, with the reason; it never stops other items."""
 
     item_id: str
-    item_kind: Literal["source", "candidate", "task", "trajectory", "tutorial"]
+    item_kind: Literal["source", "candidate", "task", "trajectory", "tutorial", "web_task"]
     stage: str
     reason: str
     """Short machine-readable cause, e.g. `no_tests`, `install_failed`, `suite_timeout`."""
@@ -80,6 +80,26 @@ QUARANTINE_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+
+class Tutorial(Record):
+    """A harvested how-to page (or a non-tutorial page, once classified), with provenance."""
+
+    tutorial_id: str
+    """Content hash of (uri, text)."""
+    uri: str
+    """Where it came from: an http(s) URL, a local file path, or `hf-dump:FILE#ROW`."""
+    title: str = ""
+    text: str
+    """Main text extracted from the page (boilerplate, navigation and scripts removed)."""
+    site: str | None = None
+    """The application the page is about, when it can be told (e.g. `shop`)."""
+    language: str | None = None
+    is_tutorial: bool | None = None
+    """Classifier decision; None until classified."""
+    score: float | None = None
+    """Classifier probability of being a tutorial."""
+    fetched_at: datetime = Field(default_factory=utcnow)
 
 
 # ---------------------------------------------------------------- synthesis
