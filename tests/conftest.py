@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BAD_REPOS = Path(__file__).parent / "fixtures" / "bad_repos"
 DEMO_REPO = ROOT / "trajfactory" / "data" / "repos" / "textkit"
 
+# The fixture repositories are inputs (one of them fork-bombs): only ever run inside a sandbox.
+collect_ignore = ["fixtures"]
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -31,7 +31,8 @@ _IMPORT_ENV = {
 }
 # Build and cache litter that is never part of a source (sdists ship some of it).
 _LITTER = shutil.ignore_patterns(
-    ".git", "__pycache__", "*.pyc", "*.egg-info", ".venv", ".tox", ".nox", ".pytest_cache", ".mypy_cache", ".ruff_cache"
+    ".git", "__pycache__", "*.pyc", "*.egg-info", ".venv", ".tox", ".nox", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    ".benchmarks", ".coverage",
 )
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 
@@ -43,6 +44,10 @@ class SourceError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.uri = uri
+
+    def __reduce__(self):
+        # Picklable with all three fields, so it survives process pools and Prefect's result store.
+        return type(self), (self.reason, str(self), self.uri)
 
 
 def mirror_remote(url: str, ref: str | None, mirror: Path, uri: str, timeout: float) -> str:
@@ -224,7 +229,7 @@ def import_tree(
     tmp = Path(tempfile.mkdtemp(prefix=f".{slug(name)}-", dir=root))
     try:
         work = tmp / "repo"
-        shutil.copytree(src, work, symlinks=True, ignore=_LITTER)
+        shutil.copytree(src, work, symlinks=True, ignore=lambda d, names: _skip(d, names, root))
         if not any(work.iterdir()):
             raise SourceError("empty", f"{uri!r}: {src} holds no files; point at a directory with the project", uri)
         # No template: hooks or config from the user's init.templateDir must not reach the repository.
@@ -248,6 +253,13 @@ def import_tree(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return mirror, sha
+
+
+def _skip(directory: str, names: list[str], root: Path) -> set[str]:
+    skipped = set(_LITTER(directory, names))
+    if Path(directory).resolve() == root.parent and root.name in names:
+        skipped.add(root.name)  # a mirror root inside the harvested directory must not copy itself
+    return skipped
 
 
 def _publish(work: Path, mirror: Path) -> None:

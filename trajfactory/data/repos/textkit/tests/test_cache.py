@@ -3,10 +3,6 @@ import pytest
 from textkit.cache import DEFAULT_CAPACITY, LRUCache
 
 
-def test_default_capacity():
-    assert LRUCache().capacity == DEFAULT_CAPACITY == 128
-
-
 def test_get_and_put():
     cache = LRUCache(2)
     cache.put("a", 1)
@@ -21,11 +17,8 @@ def test_get_missing_returns_default_and_counts_miss():
     assert cache.get("nope") is None
     assert cache.get("nope", 7) == 7
     assert (cache.hits, cache.misses) == (0, 2)
-
-
-def test_getitem_missing_raises_key_error():
     with pytest.raises(KeyError):
-        LRUCache(1)["nope"]
+        cache["nope"]
 
 
 def test_evicts_least_recently_used():
@@ -58,7 +51,8 @@ def test_shrinking_capacity_evicts():
     assert cache.evictions == 2
 
 
-def test_capacity_must_be_positive():
+def test_capacity_default_and_validation():
+    assert LRUCache().capacity == DEFAULT_CAPACITY == 128
     with pytest.raises(ValueError):
         LRUCache(0)
     cache = LRUCache(1)

@@ -10,13 +10,8 @@ def test_word_tokens_carry_offsets():
 
 
 def test_word_tokenizer_keeps_apostrophes():
-    assert [t.text for t in WordTokenizer().tokenize("Don't stop the cat's toy")] == [
-        "don't",
-        "stop",
-        "the",
-        "cat's",
-        "toy",
-    ]
+    words = [t.text for t in WordTokenizer().tokenize("Don't stop the cat's toy")]
+    assert words == ["don't", "stop", "the", "cat's", "toy"]
 
 
 def test_word_tokenizer_can_keep_case():
@@ -30,37 +25,29 @@ def test_word_tokenizer_stopwords_are_case_insensitive():
 
 def test_word_tokenizer_min_length():
     assert [t.text for t in WordTokenizer(min_length=3).tokenize("a an the cats")] == ["the", "cats"]
-
-
-def test_word_tokenizer_rejects_zero_min_length():
     with pytest.raises(ValueError):
         WordTokenizer(min_length=0)
 
 
 def test_count():
-    counts = WordTokenizer().count("b a b c b a")
-    assert counts == {"b": 3, "a": 2, "c": 1}
+    assert WordTokenizer().count("b a b c b a") == {"b": 3, "a": 2, "c": 1}
 
 
 def test_most_common_breaks_ties_alphabetically():
     text = "pear apple pear fig apple kiwi"
     assert WordTokenizer().most_common(text, n=3) == [("apple", 2), ("pear", 2), ("fig", 1)]
+    assert WordTokenizer().most_common("the cat and the hat", n=1) == [("the", 2)]
 
 
 def test_most_common_non_positive_n():
-    assert WordTokenizer().most_common("a b c", n=0) == []
+    assert WordTokenizer().most_common("a b c", n=-1) == []
 
 
-def test_bigrams():
-    assert WordTokenizer().ngrams("one two three four") == [("one", "two"), ("two", "three"), ("three", "four")]
-
-
-def test_trigrams_of_short_text():
-    assert WordTokenizer().ngrams("one two", n=3) == []
-
-
-def test_unigrams():
-    assert WordTokenizer().ngrams("x y", n=1) == [("x",), ("y",)]
+def test_ngrams():
+    tokenizer = WordTokenizer()
+    assert tokenizer.ngrams("one two three four") == [("one", "two"), ("two", "three"), ("three", "four")]
+    assert tokenizer.ngrams("x y", n=1) == [("x",), ("y",)]
+    assert tokenizer.ngrams("one two", n=3) == []
 
 
 def test_ngrams_rejects_zero():
@@ -76,14 +63,20 @@ def test_sentences_with_offsets():
 
 
 def test_sentence_without_terminator():
-    assert [t.text for t in SentenceTokenizer().tokenize("First one. and the rest")] == ["First one.", "and the rest"]
+    text = "First one.   and the rest "
+    tokens = SentenceTokenizer().tokenize(text)
+    assert [t.text for t in tokens] == ["First one.", "and the rest"]
+    assert [(t.start, t.end) for t in tokens] == [(0, 10), (13, 25)]
 
 
 def test_sentences_keep_decimal_numbers_together():
     assert [t.text for t in SentenceTokenizer().tokenize("Pi is 3.14 roughly. Yes")] == ["Pi is 3.14 roughly.", "Yes"]
 
 
-def test_token_rejects_bad_span():
+def test_token_span_equality_and_repr():
+    assert Token("x", 1, 2) == Token("x", 1, 2) and Token("x", 1, 2) != Token("x", 1, 3)
+    assert Token("x", 1, 2) != "x"
+    assert repr(Token("x", 1, 2)) == "Token('x', 1, 2)"
     with pytest.raises(ValueError):
         Token("x", 5, 2)
 

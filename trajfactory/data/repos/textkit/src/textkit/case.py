@@ -35,7 +35,7 @@ def camel_to_snake(name):
             following = name[index + 1] if index + 1 < len(name) else ""
             starts_word = previous.islower() or previous.isdigit()
             ends_acronym = previous.isupper() and following.islower()
-            if index > 0 and (starts_word or ends_acronym):
+            if starts_word or ends_acronym:
                 chars.append("_")
             chars.append(char.lower())
         else:
