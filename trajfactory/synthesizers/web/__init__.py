@@ -1,0 +1,1 @@
+"""Web task synthesis: tutorial text -> AgentTrek-style task spec -> `WebTask` (see spec.py)."""

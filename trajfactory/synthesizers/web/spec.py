@@ -1,0 +1,232 @@
+"""Tutorial text -> AgentTrek-style task spec (platform, target site, description, prerequisites,
+steps, expected outcome), and web tasks built from it, feasible or deliberately infeasible.
+
+The rule-based parser needs no model; `parse_tutorial_with_model` asks a served model for the same
+spec under a JSON schema and falls back to the rules whenever the answer is unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash
+
+SYNTHESIZER = "web.tutorial_spec"
+VERSION = "1"
+
+UI_VERBS = ("click", "tap", "press", "select", "choose", "pick", "type", "enter", "fill", "write", "input", "open",
+            "go", "navigate", "visit", "sign", "log", "search", "submit", "set", "add", "change", "find", "scroll",
+            "check", "uncheck", "hit", "switch", "return", "head", "follow", "use", "leave", "post", "reply",
+            "create", "save", "update")
+OPENERS = re.compile(r"^(?:first|then|next|now|finally|afterwards|after that|lastly|once done|to finish)\s*,?\s*", re.I)
+NUMBERED = re.compile(r"^\s*(?:step\s*(\d+)\s*[:.)-]|(\d+)\s*[.)]|[-*\u2022]|\(\d+\))\s*(.+)$", re.I)
+INLINE_NUM = re.compile(r"(?:^|(?<=[\s.!?]))(?:step\s*)?(\d{1,2})\s*[.):]\s+(?=\S)", re.I)
+OUTCOME_RE = re.compile(r"\b(you should (?:now )?see|you will (?:now )?see|you'll see|should now|will now|you should be|"
+                        r"is now|are now|will appear|appears?|expected (?:outcome|result)|result:|the result is)\b", re.I)
+PREREQ_RE = re.compile(r"\b(you need|you must have|you'll need|you will need|requires?|make sure|before you (?:begin|start)|"
+                       r"prerequisites?|an account on)\b", re.I)
+# keywords that tell which bundled app a tutorial is about (site name, URL or vocabulary)
+SITE_WORDS = {
+    "shop": ["shop", "store", "cart", "basket", "checkout", "check out", "product", "order", "purchase"],
+    "forum": ["forum", "thread", "topic", "reply", "discussion", "board", "post"],
+    "tracker": ["tracker", "issue", "ticket", "bug", "status", "assignee", "priority"],
+}
+# per app: plausible features it does not have (for infeasible tasks); checked against its real labels
+MISSING_FEATURES = {
+    "shop": ["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"],
+    "forum": ["Upvote", "Send private message", "Award badge", "Schedule post"],
+    "tracker": ["Export to CSV", "Link pull request", "Start sprint", "Log time"],
+}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for line in text.splitlines() for s in _line_sentences(line)]
+
+
+def _line_sentences(text: str) -> list[str]:
+    # split after . ! ? unless inside quotes; quotes are short in tutorials, so a simple scan is enough
+    out, buf, quote = [], "", ""
+    for ch in text:
+        buf += ch
+        if quote:
+            quote = "" if ch == {"'": "'", '"': '"', "\u201c": "\u201d", "\u2018": "\u2019"}.get(quote) else quote
+        elif ch in "\"\u201c\u2018" or (ch == "'" and (len(buf) < 2 or not buf[-2].isalnum())):
+            quote = ch
+        elif ch in ".!?" and not re.search(r"\b(?:e\.g|i\.e|etc)\.$", buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return [s for s in out if s.strip(" .")]
+
+
+def _is_imperative(sentence: str) -> bool:
+    words = OPENERS.sub("", sentence.strip()).split()
+    return bool(words) and words[0].lower().strip(",:") in UI_VERBS
+
+
+def _clean(step: str) -> str:
+    step = OPENERS.sub("", re.sub(r"\s+", " ", step).strip().rstrip(";"))
+    return step[:1].upper() + step[1:]
+
+
+def extract_steps(text: str) -> tuple[list[str], list[str]]:
+    """(steps, outcome sentences): numbered / `Step N:` / bulleted lines, inline `1. ... 2. ...`, else imperative prose."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    listed = [m.group(3) for ln in lines if (m := NUMBERED.match(ln))]
+    if len(listed) < 2:  # maybe all steps sit in one paragraph: "1. Click X. 2. Type Y."
+        marks = list(INLINE_NUM.finditer(text))
+        nums = [int(m.group(1)) for m in marks]
+        if len(marks) >= 2 and nums == list(range(nums[0], nums[0] + len(nums))):
+            ends = [m.start() for m in marks[1:]] + [len(text)]
+            listed = [text[m.end():e] for m, e in zip(marks, ends)]
+    candidates = listed or [s for s in _sentences(text) if _is_imperative(s)]
+    steps, outcomes = [], []
+    for n, item in enumerate(candidates):
+        kept = []
+        for s in _sentences(item) or [item]:  # a step may carry a "You should see ..." tail
+            if OUTCOME_RE.search(s) and not _is_imperative(s):
+                if n == len(candidates) - 1:  # earlier tails are checkpoints, not the task's outcome
+                    outcomes.append(s)
+            else:
+                kept.append(s)
+        if kept:
+            steps.append(_clean(" ".join(kept)))
+    rest = "\n".join(ln for ln in lines if not NUMBERED.match(ln)) if listed else text  # text outside the list
+    outcomes += [s for s in _sentences(rest) if OUTCOME_RE.search(s) and not _is_imperative(s)]
+    return steps, list(dict.fromkeys(outcomes))
+
+
+def guess_site(text: str, hint: str | None = None) -> str:
+    """The bundled app a tutorial is about: the tutorial's own `site`, else the app whose words it uses most."""
+    if hint:
+        return hint
+    low = text.lower()
+    scores = {app: sum(len(re.findall(rf"\b{re.escape(w)}", low)) for w in words) for app, words in SITE_WORDS.items()}
+    best = max(scores, key=scores.get)
+    return best if scores[best] else ""
+
+
+def _description(title: str, text: str, steps: list[str]) -> str:
+    t = re.sub(r"^(?:how to|how do i|tutorial:|guide:)\s*", "", title.strip(), flags=re.I).rstrip("?.! ")
+    if t:
+        return t[0].upper() + t[1:]
+    for s in _sentences(text):  # a leading sentence that is neither a step nor an outcome
+        if not NUMBERED.match(s) and not _is_imperative(s) and not OUTCOME_RE.search(s) and not PREREQ_RE.search(s):
+            return s.rstrip(".")
+    return f"Follow these steps: {'; '.join(steps)}" if steps else ""
+
+
+def parse_tutorial(tutorial: Tutorial | str, title: str = "", site: str | None = None) -> WebTaskSpec:
+    """The rule-based parser: a tutorial's text -> `WebTaskSpec`. Raises ValueError when no step is found."""
+    if isinstance(tutorial, Tutorial):
+        text, title, site = tutorial.text, title or tutorial.title, site or tutorial.site
+    else:
+        text = tutorial
+    steps, outcomes = extract_steps(text)
+    if not steps:
+        raise ValueError("no instruction steps found: expected numbered lines, 'Step N:' lines, bullets, "
+                         "or sentences that start with a UI verb (click, type, select ...)")
+    prereq = [s for s in _sentences(text) if PREREQ_RE.search(s) and not NUMBERED.match(s) and s not in steps]
+    expected = " ".join(outcomes) or f"The final step is done: {steps[-1].rstrip('.')}."
+    return WebTaskSpec(target_site=guess_site(title + "\n" + text, site), task_description=_description(title, text, steps),
+                       prerequisites=prereq, steps=steps, expected_outcome=expected)
+
+
+# ---------------------------------------------------------------- model-backed path
+
+
+SPEC_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "platform": {"type": "string"},
+        "target_site": {"type": "string"},
+        "task_description": {"type": "string"},
+        "prerequisites": {"type": "array", "items": {"type": "string"}},
+        "steps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "expected_outcome": {"type": "string"},
+    },
+    "required": ["platform", "target_site", "task_description", "prerequisites", "steps", "expected_outcome"],
+    "additionalProperties": False,
+}
+SPEC_PROMPT = ("Turn this web tutorial into a task spec. Fields: platform (web), target_site, task_description "
+               "(one sentence), prerequisites, steps (one imperative UI instruction each, keep quoted labels), "
+               "expected_outcome. Answer with JSON only.\n\nTitle: {title}\n\n{text}")
+
+
+async def parse_tutorial_with_model(tutorial: Tutorial, client, **sampling: Any) -> tuple[WebTaskSpec, str]:
+    """(spec, parser): a served model's JSON-schema-constrained spec, or the rule parser's when that fails."""
+    from trajfactory.models.client import ModelError
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "web_task_spec", "schema": SPEC_JSON_SCHEMA, "strict": True}}
+    try:
+        result = await client.chat([{"role": "user", "content": SPEC_PROMPT.format(title=tutorial.title, text=tutorial.text[:6000])}],
+                                   response_format=fmt, **{"temperature": 0.0, "max_tokens": 512, **sampling})
+        spec = WebTaskSpec.model_validate(json.loads(result.message.content or ""))
+        if not spec.steps or not all(s.strip() for s in spec.steps):
+            raise ValueError("model spec has empty steps")
+        return spec.model_copy(update={"target_site": spec.target_site or guess_site(tutorial.text, tutorial.site)}), "model"
+    except (ModelError, ValueError, TypeError) as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
+        return parse_tutorial(tutorial), f"rule-fallback: {type(exc).__name__}"
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _task_id(env: WebEnvironment, spec: WebTaskSpec, feasible: bool) -> str:
+    return content_hash(env.model_dump(), spec.model_dump(), feasible)
+
+
+def make_web_task(spec: WebTaskSpec, tutorial: Tutorial, app: str | None = None, seed: int = 0, start_path: str = "/",
+                  checks: list[StatePredicate] | None = None, parser: str = "rule") -> WebTask:
+    """A feasible `WebTask` of `spec` on a bundled app (the spec's target site unless `app` is given)."""
+    app = app or spec.target_site
+    if not app:
+        raise ValueError(f"tutorial {tutorial.uri}: no target site could be told; pass app= (shop, forum, tracker)")
+    env = WebEnvironment(app=app, seed=seed, start_path=start_path)
+    return WebTask(task_id=_task_id(env, spec, True), instruction=_instruction(spec), environment=env, spec=spec,
+                   checks=list(checks or []), difficulty=_difficulty(spec),
+                   provenance=WebProvenance(tutorial_id=tutorial.tutorial_id, tutorial_uri=tutorial.uri,
+                                            synthesizer=SYNTHESIZER, synthesizer_version=VERSION,
+                                            params={"parser": parser, "app": app, "seed": seed}))
+
+
+def _instruction(spec: WebTaskSpec) -> str:
+    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(spec.steps, 1))
+    return f"{spec.task_description}\n\nSteps:\n{steps}\n\nExpected outcome: {spec.expected_outcome}"
+
+
+def _difficulty(spec: WebTaskSpec) -> str:
+    return "easy" if len(spec.steps) <= 4 else "medium" if len(spec.steps) <= 8 else "hard"
+
+
+def _is_login(step: str) -> bool:
+    return bool(re.search(r"\b(sign|log)\s*in\b|\bpassword\b|\busername\b", step, re.I))
+
+
+def make_infeasible(task: WebTask, site_labels: dict[str, str] | None = None, pick: int = 0) -> WebTask:
+    """An infeasible twin of `task`: a step asks for a feature the app lacks, before anything changes state.
+
+    The step is inserted right after the login steps, so a correct agent reports infeasibility
+    with the state untouched; `site_labels` (the app's real button texts) guard against picking
+    a feature the seeded site does have.
+    """
+    app = task.environment.app
+    real = {v.lower() for v in (site_labels or {}).values()}
+    options = [f for f in MISSING_FEATURES.get(app, ["Export to PDF"]) if f.lower() not in real]
+    if not options:
+        raise ValueError(f"no missing feature known for app {app!r}")
+    feature = options[pick % len(options)]
+    steps = list(task.spec.steps)
+    at = max([i + 1 for i, s in enumerate(steps) if _is_login(s)], default=0)
+    bad = f"Click the '{feature}' button."
+    steps.insert(at, bad)
+    spec = task.spec.model_copy(update={"steps": steps, "expected_outcome": f"The site has no '{feature}' feature: "
+                                        "the task cannot be done, and nothing may change."})
+    params = {**task.provenance.params, "infeasible_step": at, "missing_feature": feature}
+    return task.model_copy(update={
+        "task_id": _task_id(task.environment, spec, False), "instruction": _instruction(spec), "spec": spec,
+        "feasible": False, "infeasible_reason": f"no '{feature}' control on {app}", "checks": [], "gold": [],
+        "provenance": task.provenance.model_copy(update={"params": params})})
