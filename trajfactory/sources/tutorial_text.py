@@ -81,6 +81,8 @@ class _MainText(HTMLParser):
             self._in_h1 = tag == "h1" and not self.h1
         elif tag in _BLOCK_TAGS:
             self.flush()
+        elif tag in ("td", "th") and "".join(self.buf).strip():
+            self.buf.append(" | ")
         elif tag == "img" and a.get("alt"):
             self.buf.append(f" [Image: {a['alt']}] ")
 
