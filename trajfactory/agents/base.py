@@ -1,8 +1,15 @@
-"""The policy protocol: given the conversation so far, produce the next assistant message."""
+"""The policy protocol: given the conversation so far, produce the next assistant message.
+
+A policy's `act` may be sync (the oracle) or async (a served model); the async rollout
+(`executors/concurrent.py`) awaits either. `EpisodeLimits` and `PolicyError` are the contract
+between a policy and the rollout loop that runs it.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Awaitable, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, Usage
 
@@ -15,6 +22,47 @@ class Policy(Protocol):
         """Start an episode on `task`."""
         ...
 
-    def act(self, messages: list[Message]) -> Message:
-        """The next assistant message (normally with `tool_calls`)."""
+    def act(self, messages: list[Message]) -> Message | Awaitable[Message]:
+        """The next assistant message (normally with `tool_calls`); may be a coroutine."""
         ...
+
+
+class EpisodeLimits(BaseModel):
+    """Budgets of one episode; None means unlimited. Exceeding one ends the episode with its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(None, ge=1)
+    """Steps (executed actions and malformed replies); exit status `step_limit`."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Prompt + completion tokens over the episode, checked before each model call; `token_limit`."""
+    max_seconds: float | None = Field(None, gt=0)
+    """Wall-clock seconds of the agent loop (after the sandbox is prepared); `time_limit`."""
+    max_cost_usd: float | None = Field(None, gt=0)
+    """Estimated cost in USD (`Usage.cost_usd`), checked before each model call; `cost_limit`."""
+
+    def tighten(self, other: "EpisodeLimits | None") -> "EpisodeLimits":
+        """The stricter of the two limits, field by field."""
+        if other is None:
+            return self
+        merged = {}
+        for name in type(self).model_fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            merged[name] = theirs if mine is None else mine if theirs is None else min(mine, theirs)
+        return EpisodeLimits(**merged)
+
+
+class PolicyError(RuntimeError):
+    """A turn that produced no executable action (malformed reply, failed model request).
+
+    The rollout records a `Step` with `error=reason`, appends `message` (the reply as the model
+    wrote it, if any) and shows `observation` to the policy as the next user message. `stop`,
+    when set, ends the episode with that exit status instead.
+    """
+
+    def __init__(self, reason: str, observation: str, message: Message | None = None, stop: str | None = None):
+        super().__init__(f"{reason}: {observation}")
+        self.reason = reason
+        self.observation = observation
+        self.message = message
+        self.stop = stop

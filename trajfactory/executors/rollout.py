@@ -7,6 +7,7 @@ with `tool_calls`, the tools' JSON schemas, and one `Step` per executed action.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 
@@ -56,6 +57,10 @@ def rollout(
     exit_status = "step_limit"
     while len(steps) < max_steps:
         reply = policy.act(messages)
+        if inspect.isawaitable(reply):  # an async policy (a served model) needs the event loop
+            getattr(reply, "close", lambda: None)()
+            raise TypeError(f"policy {policy.info.name!r} acts asynchronously; roll it out with "
+                            "trajfactory.executors.concurrent.arollout or run_episodes")
         messages.append(reply)
         if not reply.tool_calls:
             messages.append(Message(role="user", content="Please call one of the tools (bash, edit, submit)."))

@@ -1,0 +1,199 @@
+"""A tool-calling agent over a served model (`ModelClient`): same tools and records as the oracle.
+
+Native tool calls are used when the server parses them (vLLM `--enable-auto-tool-choice`). For
+models without tool calling, the text-action fallback reads the action from the reply's content:
+a `<tool_call>{json}</tool_call>` block, a fenced ```json block holding such an object, or one
+mini-swe-agent style ```bash block (whose command `submit` submits). Parsed calls are stored as
+`tool_calls` with ids starting `text_`, so every trajectory has the same shape; on the wire back to
+the model they are shown as the text it wrote, with their results as user messages.
+
+A malformed turn raises `PolicyError`, which the rollout turns into an error observation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajfactory.agents.base import EpisodeLimits, PolicyError
+from trajfactory.agents.tools import TOOL_NAMES, TOOLS
+from trajfactory.executors.rollout import SYSTEM_PROMPT
+from trajfactory.models.client import ChatResult, ModelClient, ModelError
+from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage
+
+POLICY_VERSION = "1"
+TEXT_CALL_PREFIX = "text_"
+
+TEXT_ACTIONS_PROMPT = """
+
+Write your reasoning, then exactly one action in one of these forms:
+<tool_call>{"name": "bash", "arguments": {"command": "pytest -q tests/test_x.py"}}</tool_call>
+<tool_call>{"name": "edit", "arguments": {"path": "src/x.py", "old_str": "a = 1", "new_str": "a = 2"}}</tool_call>
+<tool_call>{"name": "submit", "arguments": {}}</tool_call>
+or a single fenced bash block, whose output you will see in the next message:
+```bash
+grep -n "def parse" -r src
+```
+A bash block that holds only `submit` submits the current state of the repository."""
+
+_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_FENCE = re.compile(r"```([A-Za-z_]*)[ \t]*\n(.*?)\n?```", re.DOTALL)
+_CONTEXT_OVERFLOW = re.compile(r"context length|context window|too many tokens|maximum.*tokens", re.I)
+
+
+class ModelPolicyConfig(BaseModel):
+    """Settings of a model-served agent: sampling, action format, and episode budgets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature of every model call."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(512, ge=1)
+    """Completion tokens per model call."""
+    seed: int | None = None
+    """Sampling seed sent with each request (servers that honour it make a sample reproducible)."""
+    actions: Literal["tool_calls", "text", "both"] = "tool_calls"
+    """`tool_calls`: send the tool schemas, read native tool calls only. `text`: send no schemas,
+    document the text format in the system prompt and parse it. `both`: schemas plus the text
+    fallback when a reply has no native tool call."""
+    max_model_errors: int = Field(3, ge=1)
+    """Consecutive failed model requests after which the episode ends (`model_error`)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Further request fields (e.g. `top_k`, `stop`), sent as they are."""
+    limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
+    """Episode budgets; the rollout uses the stricter of these and its own."""
+
+    def sampling(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return {**body, **self.extra_body}
+
+
+def _call(name: str, arguments: Any, call_id: str) -> ToolCall:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return ToolCall(id=call_id, function=ToolCallFunction(name=str(name), arguments=args))
+
+
+def _json_call(text: str, call_id: str) -> ToolCall:
+    """A `{"name": ..., "arguments": {...}}` object as a tool call; ValueError says what is wrong."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the tool call is not valid JSON ({exc}): {text[:200]!r}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise ValueError(f'a tool call must be a JSON object {{"name": ..., "arguments": {{...}}}}; got {text[:200]!r}')
+    return _call(obj["name"], obj.get("arguments", {}), call_id)
+
+
+def parse_text_actions(content: str, turn: int) -> list[ToolCall]:
+    """The actions written in a reply's content (empty: none); ValueError names a malformed one."""
+    ids = (f"{TEXT_CALL_PREFIX}{turn}_{n}" for n in range(1_000))
+    tagged = _TOOL_CALL_TAG.findall(content)
+    if tagged:
+        return [_json_call(block, next(ids)) for block in tagged]
+    fences = _FENCE.findall(content)
+    calls = [_json_call(body, next(ids)) for lang, body in fences if lang in ("json", "tool_call")]
+    if calls:
+        return calls
+    shell = [body.strip() for lang, body in fences if lang in ("bash", "sh", "shell", "")]
+    if len(shell) > 1:
+        raise ValueError(f"found {len(shell)} bash blocks; write exactly one action per reply")
+    if shell:
+        if shell[0] == "submit":
+            return [_call("submit", {}, next(ids))]
+        return [_call("bash", {"command": shell[0]}, next(ids))]
+    return []
+
+
+def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation as sent to the model: text-parsed calls go back as the text that held them."""
+    text_ids: set[str] = set()
+    out = []
+    for m in messages:
+        if m.role == "assistant" and m.tool_calls and m.tool_calls[0].id.startswith(TEXT_CALL_PREFIX):
+            text_ids.update(c.id for c in m.tool_calls)
+            out.append({"role": "assistant", "content": m.content or ""})
+        elif m.role == "tool" and m.tool_call_id in text_ids:
+            out.append({"role": "user", "content": m.content or ""})
+        else:
+            out.append(m.model_dump(mode="json", exclude_none=True))
+    return out
+
+
+class ModelPolicy:
+    """`ModelPolicy(client, ModelPolicyConfig(...))`: one instance per episode; clients are shared."""
+
+    def __init__(self, client: ModelClient, config: ModelPolicyConfig | None = None):
+        self.client = client
+        self.config = config or ModelPolicyConfig()
+        params = {"version": POLICY_VERSION, "actions": self.config.actions, **self.config.sampling()}
+        self.info = PolicyInfo(name="model", model=client.model, params=params)
+        self.usage = Usage()
+        self.limits = self.config.limits
+        self._turn = 0
+        self._model_errors = 0
+
+    @property
+    def system_prompt(self) -> str | None:
+        """None: the rollout's default prompt; the text format is documented when it is accepted."""
+        if self.config.actions == "tool_calls":
+            return None
+        return SYSTEM_PROMPT + TEXT_ACTIONS_PROMPT
+
+    def reset(self, task: Task) -> None:
+        self.usage = Usage()
+        self._turn = 0
+        self._model_errors = 0
+
+    def _record(self, result: ChatResult) -> None:
+        c = self.client
+        self.usage.prompt_tokens += result.prompt_tokens
+        self.usage.completion_tokens += result.completion_tokens
+        self.usage.model_calls += 1
+        # Per-call estimate; the GPU hour is shared by the requests the server runs at once.
+        self.usage.cost_usd += (
+            result.prompt_tokens / 1000 * c.price_per_1k_prompt
+            + result.completion_tokens / 1000 * c.price_per_1k_completion
+            + result.latency_s / 3600 * c.gpu_hour_price / c.max_concurrency
+        )
+
+    async def act(self, messages: list[Message]) -> Message:
+        self._turn += 1
+        cfg = self.config
+        tools = TOOLS if cfg.actions != "text" else None
+        extra = {"tool_choice": "auto"} if tools else {}
+        try:
+            result = await self.client.chat(to_wire(messages), tools=tools, **extra, **cfg.sampling())
+        except ModelError as exc:
+            self._model_errors += 1
+            overflow = exc.status == 400 and _CONTEXT_OVERFLOW.search(str(exc))
+            stop = "context_limit" if overflow else (
+                "model_error" if self._model_errors >= cfg.max_model_errors else None)
+            raise PolicyError("model_error", f"Error: the model request failed: {exc}", stop=stop) from None
+        self._model_errors = 0
+        self._record(result)
+        reply = result.message
+        if reply.tool_calls:
+            return reply
+        content = reply.content or ""
+        if not content.strip():
+            raise PolicyError("empty_response", "Error: your reply was empty. Call one of the tools "
+                              f"({', '.join(sorted(TOOL_NAMES))}).", message=reply)
+        if cfg.actions == "tool_calls":
+            raise PolicyError("no_tool_call", "Error: your reply called no tool. Call one of the tools "
+                              f"({', '.join(sorted(TOOL_NAMES))}); call submit when the fix is complete.",
+                              message=reply)
+        try:
+            calls = parse_text_actions(content, self._turn)
+        except ValueError as exc:
+            raise PolicyError("bad_action", f"Error: {exc}.", message=reply) from None
+        if not calls:
+            raise PolicyError("no_action", "Error: your reply held no action. Write exactly one "
+                              "<tool_call>{...}</tool_call> or one ```bash block.", message=reply)
+        return Message(role="assistant", content=content, tool_calls=calls)
