@@ -619,6 +619,26 @@ WEB_TASK_SCHEMA = pa.schema(
 TABLE_SCHEMAS["web_tasks"] = WEB_TASK_SCHEMA
 
 
+class ScreenshotRow(Record):
+    """One PNG of a web episode, stored once by content; trajectory steps name it in `arguments["screenshot"]`."""
+
+    sha256: str
+    png: bytes
+    bytes: int
+    """Size of `png`, so a reader can total the table without loading the images."""
+
+    @classmethod
+    def of(cls, png: bytes) -> "ScreenshotRow":
+        return cls(sha256=hashlib.sha256(png).hexdigest(), png=png, bytes=len(png))
+
+    def to_row(self) -> dict:
+        return {"sha256": self.sha256, "png": self.png, "bytes": self.bytes}
+
+
+SCREENSHOT_SCHEMA = pa.schema([("sha256", pa.string()), ("png", pa.binary()), ("bytes", pa.int64())])
+TABLE_SCHEMAS["screenshots"] = SCREENSHOT_SCHEMA
+
+
 # ---------------------------------------------------------------- record files
 
 

@@ -1,0 +1,132 @@
+"""Web yield bench: the AgentTrek funnel on the bundled docs, episode reset time, and browser steps/s vs parallelism.
+
+    python bench/web_yield.py [--browsers 2] [--repeat 4] [--parallel 1,2,4]
+
+1. Funnel per site (pages -> tutorials -> tasks -> verified trajectories), the stage library on the bundled docs.
+2. Episode reset: a fresh seeded app instance + a new browser context at its start page, then both closed.
+3. Browser steps/s of the same replay workload (three plainly worded tutorials x --repeat) at 1/2/4 episodes
+   at once, each with its own Chromium; the ratio is against 1 episode at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trajfactory.executors.browser import BrowserPool  # noqa: E402
+from trajfactory.executors.webapps import launch  # noqa: E402
+from trajfactory.schema import Quarantine, Tutorial, WebTask, content_hash  # noqa: E402
+from trajfactory.synthesizers.web import stage  # noqa: E402
+from trajfactory.synthesizers.web.spec import make_web_task, parse_tutorial  # noqa: E402
+
+# the same wording as tests/test_web_tasks.py: tutorials the replay policy grounds on seed 0 of each app
+WORKLOAD = {
+    "shop": "How to order a Copper Lantern\n1. Click 'Sign in'.\n2. Type your username in the Username field.\n"
+            "3. Type your password in the Password field.\n4. Click the 'Sign in' button.\n5. Search for \"Copper Lantern\".\n"
+            "6. Open the 'Copper Lantern' product page.\n7. Click 'Add to cart'.\n8. Click 'Checkout'.\n"
+            "9. Type 'ada@example.com' in the Email field.\n10. Type '1 Main Street' in the Street address field.\n"
+            "11. Type 'Springfield' in the City field.\n12. Type '12345' in the ZIP code field.\n"
+            "13. Type '4242 4242 4242 4242' in the Card number field.\n14. Click 'Place order'.\n",
+    "forum": "Log in with your username and password. Then click 'New thread'. Type 'Favourite trail snacks?' in the "
+             "Title field. Choose 'Hardware' from the 'Category' dropdown. Next, type 'What do you all bring?' in the "
+             "Message box. Finally, click the 'Post thread' button.",
+    "tracker": "Step 1: Sign in with your account.\nStep 2: Open the issue 'CSV import has a broken layout on narrow "
+               "screens'.\nStep 3: Set the 'Status' to 'Resolved'.\nStep 4: Click 'Update status'.\n",
+}
+
+
+def funnel(browsers: int) -> tuple[list[dict], dict[str, int], float]:
+    t0 = time.perf_counter()
+    with stage.tutorial_sources(["builtin:docs"]) as uris:
+        tutorials, harvest_q = stage.harvest(uris)
+    tasks, quarantine = stage.tasks_from_tutorials(tutorials, infeasible_share=0.25)
+    with BrowserPool(browsers) as pool, ThreadPoolExecutor(browsers) as ex:
+        established = list(ex.map(lambda t: stage.establish_checks(t, pool), tasks))
+        checked = [r for r in established if isinstance(r, WebTask)]
+        runs = list(ex.map(lambda t: stage.rollout_and_verify(t, pool), checked))
+    reasons: dict[str, int] = {}
+    for q in quarantine + [r for r in established if isinstance(r, Quarantine)]:
+        reasons[q.reason] = reasons.get(q.reason, 0) + 1
+    rows = stage.web_yields(tutorials, harvest_q, checked, [tr for tr, _ in runs], [v for _, v in runs])["by_site"]
+    return rows, reasons, time.perf_counter() - t0
+
+
+def reset_times(n: int) -> list[float]:
+    out = []
+    with BrowserPool(1) as pool:
+        pool.release(pool.acquire())  # Chromium launch is not part of a reset
+        for i in range(n):
+            app = list(WORKLOAD)[i % 3]
+            t0 = time.perf_counter()
+            with launch(app, 0) as site, pool.episode(site.url + "/"):
+                pass
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def workload_tasks(repeat: int) -> list[WebTask]:
+    tasks = []
+    for app, text in WORKLOAD.items():
+        title, body = (text.split("\n", 1) if text.startswith("How to") else ("", text))
+        tut = Tutorial(tutorial_id=content_hash("bench", app), uri=f"bench://{app}", title=title, text=body, site=app)
+        tasks.append(make_web_task(parse_tutorial(tut), tut, seed=0))
+    with BrowserPool(1) as pool:  # one gold replay each gives the checks the timed rollouts are verified against
+        checked = [stage.establish_checks(t, pool) for t in tasks]
+    return [t for t in checked if isinstance(t, WebTask)] * repeat
+
+
+def steps_per_second(tasks: list[WebTask], parallel: int) -> tuple[float, int, int, float]:
+    with BrowserPool(parallel) as pool:
+        with ThreadPoolExecutor(parallel) as ex:  # launch every Chromium before the clock starts
+            list(ex.map(lambda _: pool.acquire(), range(parallel)))
+        for b in list(pool._all):
+            pool.release(b)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(parallel) as ex:
+            runs = list(ex.map(lambda t: stage.rollout_and_verify(t, pool), tasks))
+        wall = time.perf_counter() - t0
+    steps = sum(len(tr.steps) for tr, _ in runs)
+    return steps / wall, steps, sum(v.passed for _, v in runs), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--browsers", type=int, default=2, help="browsers for the funnel run")
+    ap.add_argument("--repeat", type=int, default=4, help="copies of the 3-tutorial replay workload")
+    ap.add_argument("--parallel", default="1,2,4")
+    ap.add_argument("--resets", type=int, default=15)
+    args = ap.parse_args()
+
+    rows, reasons, took = funnel(args.browsers)
+    print(f"\n## Funnel on the bundled docs (rule parser + tutorial replay, {took:.0f}s)\n")
+    print("| site | pages | tutorials | tasks (checked) | infeasible tasks | trajectories | verified | verified infeasible | verified/tutorials |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['site']} | {r['pages']} | {r['tutorials']} | {r['tasks']} | {r['infeasible_tasks']} | "
+              f"{r['trajectories']} | {r['verified']} | {r['verified_infeasible']} | {r['yield']:.2f} |")
+    print(f"\nquarantined by reason: {dict(sorted(reasons.items()))}")
+
+    resets = sorted(reset_times(args.resets))
+    print("\n## Episode reset (fresh seeded app + new browser context at its start page, closed)\n")
+    print("| n | median ms | p90 ms | min ms |\n|---|---|---|---|")
+    print(f"| {len(resets)} | {statistics.median(resets) * 1e3:.0f} | {resets[int(0.9 * (len(resets) - 1))] * 1e3:.0f} | "
+          f"{resets[0] * 1e3:.0f} |")
+
+    tasks = workload_tasks(args.repeat)
+    print(f"\n## Browser steps/s, same replay workload ({len(tasks)} episodes), one Chromium per parallel episode\n")
+    print("| parallel episodes | steps | verified | wall s | steps/s | ratio vs 1 |\n|---|---|---|---|---|---|")
+    base = None
+    for p in [int(x) for x in args.parallel.split(",")]:
+        rate, steps, ok, wall = steps_per_second(tasks, p)
+        base = base or rate
+        print(f"| {p} | {steps} | {ok}/{len(tasks)} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
