@@ -1,9 +1,10 @@
 """Validation throughput: SWE-smith's way (fresh container + whole suite per candidate) against warm
 containers with the whole suite and warm containers with coverage-selected tests.
 
-For each repository the same candidates are validated in the three modes. CPU time is the machine's
-busy CPU time from /proc/stat over the mode (container starts, dockerd and pytest included), so run
-it on an otherwise idle machine. Then a random sample of mode (c)'s results is re-validated with the
+For each repository the same candidates are validated in the three modes. CPU time is what the work
+itself consumed: the CPU of every Docker container (the engine's cpuacct cgroup, which keeps the usage
+of removed containers), of this process and its children, and of dockerd and containerd (container
+starts), so other load on the machine does not count. Then a random sample of mode (c)'s results is re-validated with the
 whole suite and disagreements are reported.
 
     python bench/validate_throughput.py --repos pypi:inflection==0.5.1 pypi:isodate==0.7.2 --candidates 30
@@ -12,7 +13,9 @@ whole suite and disagreements are reported.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -32,11 +35,30 @@ from trajfactory.synthesizers.swe.validate import validate_candidate
 LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
+DOCKER_CPUACCT = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+
+
+def _proc_cpu(name: str) -> float:
+    """utime+stime (+ reaped children) of the processes called `name`, in seconds."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == name:
+            fields = text[text.rindex(")") + 2 :].split()
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def busy_cpu_seconds() -> float:
-    """Machine-wide non-idle CPU time in seconds (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / 100.0
+    """CPU seconds consumed by the containers, this process (+children), dockerd and containerd."""
+    containers = int(DOCKER_CPUACCT.read_text()) / 1e9 if DOCKER_CPUACCT.exists() else 0.0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return containers + own + _proc_cpu("dockerd") + _proc_cpu("containerd")
 
 
 def measure(fn):

@@ -89,3 +89,25 @@ def test_coverage_contexts_map_lines_to_tests(tmp_path):
     assert "tests/test_calc.py::test_add" in add_line
     assert "tests/test_calc.py::TestGroup::test_method" in add_line
     assert sub_line == ["tests/test_calc.py::test_fails"]
+
+
+def test_import_time_and_fixture_lines_are_marked(tmp_path):
+    """Code run at import or in a shared fixture reaches tests coverage does not attribute it to."""
+    import os
+
+    from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME
+
+    (tmp_path / "mod.py").write_text(
+        "def build():\n    return {'a': 1}\n\n\nTABLE = build()\n\n\ndef shared():\n    return 2\n")
+    (tmp_path / "test_mod.py").write_text(
+        "import pytest\nfrom mod import TABLE, shared\n\n\n@pytest.fixture(scope='module')\ndef value():\n"
+        "    return shared()\n\n\ndef test_one(value):\n    assert TABLE['a'] + value == 3\n\n\n"
+        "def test_two(value):\n    assert value == 2\n")
+    env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")}
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cov=.", "--cov-context=test",
+                    "--cov-report="], cwd=tmp_path, capture_output=True, env=env)
+    subprocess.run([sys.executable, "-m", "coverage", "json", "--show-contexts", "-o", "cov.json"],
+                   cwd=tmp_path, check=True, capture_output=True, env=env)
+    cov = parse_coverage_json((tmp_path / "cov.json").read_text())["mod.py"]
+    assert IMPORT_TIME in cov[2]  # build()'s body ran only at import
+    assert FIXTURE in cov[9] and "test_mod.py::test_two" not in cov[9]  # shared() ran once, in setup

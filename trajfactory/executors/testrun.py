@@ -71,16 +71,30 @@ def parse_junit(xml_text: str) -> dict[str, str]:
     return outcomes
 
 
+IMPORT_TIME = "<import>"
+"""Marks a line executed outside any test (at import or collection): a change there can reach every test."""
+FIXTURE = "<fixture>"
+"""Marks a line executed in a fixture's setup or teardown: shared fixtures are attributed to one test only."""
+
+
 def parse_coverage_json(text: str) -> dict[str, dict[int, list[str]]]:
-    """coverage.py's `json --show-contexts` report -> file -> line -> test node ids."""
+    """coverage.py's `json --show-contexts` report -> file -> line -> test node ids (+ the markers above)."""
     data = json.loads(text)
     result: dict[str, dict[int, list[str]]] = {}
     for file, info in data.get("files", {}).items():
         lines: dict[int, list[str]] = {}
         for line, contexts in (info.get("contexts") or {}).items():
-            tests = sorted({c.rsplit("|", 1)[0] for c in contexts if c})
+            tests: set[str] = set()
+            for context in contexts:
+                if not context:
+                    tests.add(IMPORT_TIME)
+                    continue
+                test, _, phase = context.rpartition("|")
+                tests.add(test or context)
+                if phase in ("setup", "teardown"):
+                    tests.add(FIXTURE)
             if tests:
-                lines[int(line)] = tests
+                lines[int(line)] = sorted(tests)
         if lines:
             result[file] = lines
     return result
