@@ -22,7 +22,9 @@ def test_digest_ignores_where_things_are_written(tmp_path):
 @pytest.mark.parametrize(
     "text, field",
     [
-        ("repos: []\n", "repos"),
+        ("repos: 3\n", "repos"),
+        ("repos: []\n", "(top level)"),
+        ("repos: []\nweb:\n  browsers: 0\n", "web.browsers"),
         ("repos:\n  - uri: pypi:inflection\n", "repos.0.uri"),
         ("repos:\n  - uri: builtin:nope\n", "repos.0.uri"),
         ("repos:\n  - uri: x\nvalidation:\n  selection: fast\n", "validation.selection"),

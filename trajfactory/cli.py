@@ -111,9 +111,31 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
     from trajfactory.flows.swe import factory_flow
 
     result = factory_flow(r)
-    _print_yields(result["summary"])
-    counts = ", ".join(f"{n} {k}" for k, n in result["counts"].items())
-    typer.echo(f"wrote {result['root']}/{result['version']} ({counts})")
+    if "summary" in result:
+        _print_yields(result["summary"])
+        counts = ", ".join(f"{n} {k}" for k, n in result["counts"].items())
+        typer.echo(f"wrote {result['root']}/{result['version']} ({counts})")
+    if result.get("web"):
+        _report_web(result["web"])
+
+
+def _report_web(web: dict) -> None:
+    _print_yields(web.get("summary", {}))
+    counts = ", ".join(f"{n} {k}" for k, n in web.get("counts", {}).items())
+    typer.echo(f"wrote {web['root']}/{web['version']} ({counts})")
+
+
+@app.command()
+def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
+    """Run only the web half: tutorials → web tasks → replayed, state-checked browser trajectories → dataset."""
+    _setup_logging()
+    r = _recipe(recipe)
+    if r.web is None:
+        console.print("[red]the recipe has no `web:` section[/red]")
+        raise typer.Exit(2)
+    from trajfactory.flows.web import run_web
+
+    _report_web(run_web(r.web))
 
 
 @app.command()

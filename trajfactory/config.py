@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trajfactory.schema import content_hash
+from trajfactory.web_config import WebConfig
 
 DEFAULT_RECIPE = Path(__file__).parent / "data" / "recipes" / "default.yaml"
 BUILTIN_REPOS = Path(__file__).parent / "data" / "repos"
@@ -88,17 +89,26 @@ class Recipe(_Section):
     name: str = "default"
     work_dir: str = "trajfactory-out/work"
     """Mirrors, wheelhouses and the flow's cached results; keep it to resume a killed run."""
-    repos: list[RepoSpec] = Field(min_length=1)
+    repos: list[RepoSpec] = Field(default_factory=list)
+    """Repositories for SWE tasks (may be empty when the recipe only has a `web` section)."""
     synthesis: SynthesisConfig = SynthesisConfig()
     validation: ValidationConfig = ValidationConfig()
     sandbox: SandboxConfig = SandboxConfig()
     rollout: RolloutConfig = RolloutConfig()
     dataset: DatasetConfig = DatasetConfig()
+    web: WebConfig | None = None
+    """The web half: tutorials -> web tasks -> verified browser trajectories (omit it to skip)."""
+
+    @model_validator(mode="after")
+    def _has_work(self) -> "Recipe":
+        if not self.repos and self.web is None:
+            raise ValueError("nothing to do: give `repos:` (SWE tasks) and/or a `web:` section (web tasks)")
+        return self
 
     def digest(self) -> str:
         """Hash of everything that changes the data (not where it is written)."""
-        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}})
-        return content_hash(data)
+        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True})
+        return content_hash(data, self.web.digest() if self.web else None)
 
 
 def load_recipe(path: str | Path | None = None) -> Recipe:

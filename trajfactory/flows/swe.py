@@ -111,6 +111,13 @@ def factory_flow(recipe: Recipe) -> dict:
     """The whole factory: repositories in, a verified, versioned dataset out."""
     logger = get_run_logger()
     runner = ThreadPoolTaskRunner(max_workers=recipe.sandbox.concurrency)
+    web = None
+    if recipe.web is not None:
+        from trajfactory.flows.web import web_flow
+
+        web = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.web.browsers))(recipe.web)
+    if not recipe.repos:
+        return {"web": web}
     sources, quarantine = harvest_flow(recipe)
     synth = synthesize_flow.with_options(task_runner=runner)(recipe, sources)
     tasks, envs = synth["tasks"], synth["environments"]
@@ -131,4 +138,4 @@ def factory_flow(recipe: Recipe) -> dict:
                 recipe.dataset.name, version, len(tasks), len(trajectories),
                 sum(v.passed for v in verdicts), len(records["quarantine"]))
     return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
-            "counts": {k: len(v) for k, v in records.items()}}
+            "counts": {k: len(v) for k, v in records.items()}, "web": web}
