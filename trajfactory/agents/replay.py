@@ -121,6 +121,70 @@ class Intent:
     value: str = ""
     roles: list[str] = field(default_factory=list)
     step: int = 0
+    alts: list[str] = field(default_factory=list)
+    """Other labels to try when `label` is not on the page ("Log in (or Sign in)", nouns of the phrase)."""
+    first_item: bool = False
+    """"Open an issue / click a product name": the first item link of the page's main list."""
+
+
+
+ARTICLES = re.compile(r"^(?:the|a|an|your|its|their|this|that|any|one|some)\s+", re.I)
+ROLE_WORDS = re.compile(r"\s+(?:button|link|tab|menu|page|field|box|input|textbox|drop-?down|list|option|icon)s?$", re.I)
+# where a control is, not what it is called: "in the header", "at the top right of any page", "below the form"
+LABEL_CUT = re.compile(r"\s*(?:\(|,|;|:|\s[\u2014\u2013]\s|\s-\s|\bwhich\b|\bby clicking\b|\bto (?:open|see|get|go|view)\b|"
+                       r"\b(?:in|on|at|from|under|below|above|near|next to|inside|within|of)\s+(?:the|your|a|any|this|each)\b|"
+                       r"\b(?:in|on|at)\s+(?:top|bottom)\b|\bfor example\b|\bsuch as\b)", re.I)
+ALT_PREFIX = re.compile(r"^(?:or|also|aka|sometimes|it may (?:read|say|be (?:labell?ed|called))|on some \w+:?|e\.\s?g\.?)\s*", re.I)
+EXAMPLE_RE = re.compile(r"\b(?:for example|for instance|such as|e\.\s?g\.|like)\s*,?\s+(?:\"([^\"]+)\"|'([^']+)'|([A-Z][\w-]*(?: [A-Z][\w-]*)*))")
+ITEM_NOUNS = {"product", "products", "thread", "threads", "issue", "issues", "order", "orders", "item", "items", "topic",
+              "post", "result", "category", "title", "name", "number", "row", "entry", "article", "ticket"}
+PLACEHOLDER_TEXT = "Thanks, this is a test message from the tutorial."
+
+
+def _alternatives(text: str) -> list[str]:
+    """Labels named in parentheses: "(or Sign in)", "(it may read Delete)", "(or Publish / Create thread)"."""
+    out = []
+    for inner in re.findall(r"\(([^()]*)\)", text):
+        inner = ALT_PREFIX.sub("", inner.strip())
+        if not inner or re.search(r"\d", inner):
+            continue
+        for part in re.split(r"\s*/\s*|\s+or\s+|\s*,\s*", inner):
+            part = ALT_PREFIX.sub("", part.strip(" .\"'"))
+            if part and len(part.split()) <= 4:
+                out.append(part)
+    return out
+
+
+def _examples(text: str) -> list[str]:
+    return [next(g for g in m.groups() if g) for m in EXAMPLE_RE.finditer(text)]
+
+
+def _label_phrase(rest: str) -> str:
+    """'the Remove button (it may read Delete) at the end of the row' -> 'Remove'."""
+    phrase = LABEL_CUT.split(rest, 1)[0].strip(" .\"'")
+    phrase = ARTICLES.sub("", phrase)
+    return ROLE_WORDS.sub("", phrase).strip()
+
+
+def _is_generic(phrase: str) -> bool:
+    """'a product', 'the thread you want to answer', 'an order number': no UI label, an item of a list."""
+    words = phrase.split()
+    return bool(words) and not any(w[:1].isupper() for w in words) and bool(ITEM_NOUNS & {w.lower() for w in words})
+
+
+def _capitalized(text: str) -> str:
+    """The first run of capitalized words after the verb: 'Type a Title of at least ...' -> 'Title'."""
+    m = re.search(r"(?<=\s)([A-Z][\w-]*(?:\s+[A-Z][\w-]*)*)", re.sub(QUOTED_RE, " ", text))
+    return m.group(1) if m else ""
+
+
+def _value_for(clause: str, label: str) -> str:
+    ex = _examples(clause)
+    if ex:
+        return ex[0]
+    if re.search(r"\b(number|quantity|how many|amount)\b", clause + " " + label, re.I):
+        return "2"
+    return PLACEHOLDER_TEXT
 
 
 def _quoted(text: str) -> list[str]:
@@ -134,16 +198,37 @@ def _phrase(text: str, before: str) -> str:
     return words.group(1).strip() if words else ""
 
 
+LEAD_PLACE = re.compile(r"^(?:on|in|under|below|above|from|at|inside|within|next to|beside)\b[^,.;]{0,80},\s*", re.I)
+STEP_VERBS = r"click|tap|type|enter|select|choose|pick|open|press|search|go|fill|write|hit"
+FIELD_ITEM = re.compile(r"^([A-Z][\w ]{0,30}?)\s*(?:[\u2014\u2013:]|\s-)\s+(.+)$")
+
+
+def _section(c: str) -> str:
+    """'Under Featured products (on some stores ... Staff picks), click ...' -> the section the control is in."""
+    m = re.match(r"^(?:under|in|from)\s+(?:the\s+)?([A-Z][^,(]{1,40}?)\s*(?:\(|,)", c)
+    return m.group(1).strip() if m else ""
+
+
 def parse_step(step: str, index: int, accounts: dict[str, str]) -> list[Intent]:
-    """One tutorial step -> intents; clauses joined by 'and'/'then' + a verb become separate intents."""
-    clauses = re.split(r",?\s+(?:and(?: then)?|then)\s+(?=(?:click|type|enter|select|choose|open|press|search|go|fill)\b)",
-                       OPENERS.sub("", step.strip()), flags=re.I)
+    """One tutorial step -> intents; clauses joined by 'and'/'then'/',' + a verb become separate intents."""
+    step = re.sub(r"\[(?:screenshot|image)\b[^\]]*\]", "", OPENERS.sub("", step.strip()), flags=re.I).strip()
+    if (m := FIELD_ITEM.match(step)) and not _quoted(m.group(1)):  # "Title — at least 5 characters, e.g. 'X'"
+        label, how = m.group(1).strip(), m.group(2)
+        q = _quoted(how)
+        value = q[0] if q else _value_for(how, label)
+        return [Intent("fill", label, value, [*TEXT_ROLES, "listbox"], index, alts=_examples(how)[1:])]
+    clauses = re.split(rf",?\s+(?:and(?: then)?|then)\s+(?=(?:{STEP_VERBS})\b)|,\s+(?=(?:{STEP_VERBS})\b)", step, flags=re.I)
     user, password = (sorted(accounts.items())[0] if accounts else ("", ""))
     out: list[Intent] = []
     for c in clauses:
+        section = _section(c)
+        c = LEAD_PLACE.sub("", OPENERS.sub("", c.strip()))
         low, q = c.lower(), _quoted(c)
         verb = low.split()[0] if low.split() else ""
         if verb in ("type", "enter", "fill", "write", "input"):
+            if re.search(r"\buser ?name\b", low) and re.search(r"\bpassword\b", low) and not q:
+                out.append(Intent("login", step=index))  # "Enter your Username and Password."
+                continue
             value = (user if re.search(r"\byour (user ?name|login|email)\b", low) and not q else
                      password if "your password" in low and not q else q[0] if q else "")
             if re.search(r"\bwith\b", low) and len(q) >= 2:  # "Fill in 'Title' with 'X'"
@@ -151,33 +236,98 @@ def parse_step(step: str, index: int, accounts: dict[str, str]) -> list[Intent]:
             else:
                 label = (q[1] if len(q) >= 2 else _phrase(c, "field|box|input|textbox|area|text area") or
                          ("Username" if value == user and user else "Password" if value == password and password else
-                          (re.search(r"\bas (?:the|your) ([\w ]+?)[.]?$", c, re.I) or [None, ""])[1]))
-            out.append(Intent("fill", label, value, TEXT_ROLES, index))
-        elif verb in ("select", "choose", "pick", "set", "change") and (len(q) >= 2 or re.search(r"dropdown|menu|list|\bas\b|\bto\b", low)):
+                          (re.search(r"\b(?:as|in|into) (?:the|your) ([\w ]+?)[.]?$", c, re.I) or [None, ""])[1]) or
+                         _capitalized(c))
+            if not label:  # "Fill in the form:" — the fields follow as their own steps
+                continue
+            out.append(Intent("fill", label, value or _value_for(c, label), TEXT_ROLES, index))
+        elif verb in ("select", "choose", "pick", "set", "change") and (
+                len(q) >= 2 or re.search(r"dropdown|drop-down|menu|list|\bas\b|\bto\b|\(|\u2014|\u2013", low)
+                or _capitalized(c)):
+            options: list[str] = []
             if re.search(r"\bto\b", low) and verb in ("set", "change"):  # "Set the 'Status' to 'Done'"
                 label, value = (q[0], q[-1]) if len(q) >= 2 else (_phrase(c, "to") or "", q[0] if q else "")
             else:
                 value = q[0] if q else ""
-                label = q[1] if len(q) >= 2 else (_phrase(c, "dropdown|menu|list|field|select") or
+                label = q[1] if len(q) >= 2 else (_phrase(c, "dropdown|drop-down|menu|list|field|select") or
                                                   (re.search(r"\b(?:as|for|from|in) (?:the|your) ([\w ]+?)[.]?$", c, re.I) or [None, ""])[1])
-            out.append(Intent("select", label, value, ["combobox", "listbox"], index))
+                listed = re.search(r"(?:\(|[\u2014\u2013]\s*)([^()\u2014\u2013]+?)(?:\)|\s*[\u2014\u2013]|$)", c)
+                if listed:  # "Choose a Priority (Low, Medium, High or Critical)"
+                    options = [o.strip(" .") for o in re.split(r",|\bor\b", listed.group(1)) if o.strip(" .")]
+                if not label:
+                    head = re.split(r"\s*[(\u2014\u2013,]", c, 1)[0]
+                    label = _capitalized(head) or _label_phrase(re.sub(r"^\w+\s+", "", head))
+                    label = re.sub(r"^(?:new|a|the)\s+", "", label, flags=re.I)
+                if not value:
+                    value = next(iter(_examples(c)), "")
+            out.append(Intent("select", label, value, ["combobox", "listbox"], index, alts=options))
         elif verb == "search":
             out.append(Intent("fill", "search", q[0] if q else re.sub(r"^search (?:for )?", "", c, flags=re.I).rstrip("."),
                               ["searchbox", "textbox"], index))
             out.append(Intent("press", value="Enter", step=index))
         elif verb in ("press", "hit") and re.search(r"\b(enter|return|tab|escape)\b", low) and not q:
             out.append(Intent("press", value=re.search(r"\b(enter|return|tab|escape)\b", low).group(1).title(), step=index))
-        elif re.match(r"(sign|log)\s*in\b", low) and not q:  # "Sign in with your account"
-            out.append(Intent("login", step=index))
-        elif verb in ("click", "tap", "press", "hit", "open", "go", "navigate", "visit", "follow", "select", "choose", "return", "head"):
+        elif re.match(r"(sign|log)\s*in\b", low) and not q and not re.search(r"\bbutton\b|\blink\b|\(or\b", low):
+            out.append(Intent("login", step=index))  # "Sign in with your account"
+        elif verb in ("click", "tap", "press", "hit", "open", "go", "navigate", "visit", "follow", "select", "choose",
+                      "return", "head", "sign", "log", "tick", "untick"):
             hint = re.search(r"\b(button|link|tab|menu|page|product|thread|issue|topic)\b", low)
             roles = (["button", *[r for r in CLICK_ROLES if r != "button"]] if hint and hint.group(1) == "button"
                      else ["link", *[r for r in CLICK_ROLES if r != "link"]] if hint else CLICK_ROLES)
-            label = q[0] if q else (_phrase(c, "button|link|tab|menu|page") or
-                                    re.sub(r"^\w+\s+(?:on |to )?(?:the |your )?", "", c, flags=re.I).rstrip(". "))
-            out.append(Intent("click", label, roles=roles, step=index))
+            rest = c if verb in ("sign", "log") else re.sub(r"^\w+\s+(?:on |to |into )?", "", c)
+            phrase = _label_phrase(rest)
+            alts = [*_alternatives(c), *_examples(c)]
+            generic = not q and _is_generic(phrase)
+            label = q[0] if q else ("" if generic else phrase)
+            if generic:
+                label, alts = (alts[0], alts[1:]) if alts else ("", [])
+            elif not q and label:  # the phrase's capitalized words, then its single words (exact matches only)
+                cap = _capitalized(" " + label)
+                alts += [cap] if cap and cap != label else []
+                alts += [w for w in reversed(label.split()) if len(w) > 3 and len(label.split()) > 1]
+            out.append(Intent("click", label, roles=roles, step=index, alts=alts, first_item=generic,
+                              value=section))
         # anything else (wait, review, scroll to ...) needs no action: the replay moves on
     return out
+
+
+def first_item(axtree: str, section: str = "") -> str | None:
+    """The bid of the first item link of the page's content lists/tables (not navigation, header or breadcrumbs),
+    skipping items marked unavailable; within the region/heading named `section` when the page has one."""
+    rows = []
+    for line in axtree.splitlines():
+        m = re.match(r"^(\t*)(?:\[(\w+)\] )?(\S+) ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(.*)$", line)
+        if m:
+            rows.append((len(m.group(1)), m.group(2), m.group(3), ast.literal_eval(m.group(4)), m.group(5)))
+    scope = (0, len(rows))
+    if section:
+        for i, (d, _, role, name, _) in enumerate(rows):
+            if role in ("region", "heading", "group") and match_score(section, name) >= 0.85:
+                j = i + 1
+                while j < len(rows) and rows[j][0] > d:
+                    j += 1
+                scope = (i, j if role != "heading" else len(rows))
+                break
+    candidates = []
+    stack: list[tuple[int, str, str]] = []
+    for i, (d, bid, role, name, props) in enumerate(rows):
+        while stack and stack[-1][0] >= d:
+            stack.pop()
+        ancestors = [r for _, r, _ in stack] + [n for _, _, n in stack]
+        stack.append((d, role, name))
+        if not (scope[0] <= i < scope[1]) or role != "link" or not bid or not name:
+            continue
+        if any(a in ("navigation", "banner", "contentinfo", "Breadcrumb") for a in ancestors):
+            continue
+        if not any(a in ("listitem", "row", "cell", "gridcell") for a in ancestors):
+            continue
+        k, text = i + 1, []
+        while k < len(rows) and rows[k][0] >= d and rows[k][2] != "link" and k < i + 6:
+            text.append(rows[k][3])
+            k += 1
+        unavailable = bool(re.search(r"out of stock|unavailable|sold out", " ".join(text), re.I))
+        candidates.append((unavailable, i, bid))
+    return min(candidates)[2] if candidates else None
 
 
 class ReplayPolicy:
@@ -199,6 +349,8 @@ class ReplayPolicy:
         self.tries = 0
         self.last_bid = ""
         self.finished = False
+        self.axtree = ""
+        self.auto_login = False
         self.skipped: list[str] = []
         """Steps the naive baseline could not ground and skipped."""
 
@@ -224,6 +376,7 @@ class ReplayPolicy:
             if action:
                 return action
         elements = parse_axtree(axtree)
+        self.axtree = axtree
         while self.queue:
             intent = self.queue.pop(0)
             action = self._ground(intent, elements)
@@ -249,16 +402,43 @@ class ReplayPolicy:
                 return self._fail(intent, "no field to press a key in")
             self.tries = 0
             return f"press({self.last_bid!r}, {intent.value!r})"
-        el = ground(elements, intent.label, intent.roles, self.threshold)
+        el = None
+        for n, label in enumerate(l for l in [intent.label, *intent.alts] if l):
+            el = ground(elements, label, intent.roles, self.threshold if n == 0 else max(self.threshold, 0.85))
+            if el is not None:
+                break
+        if el is None and intent.kind == "click" and intent.first_item:
+            bid = first_item(self.axtree, intent.value)
+            if bid:
+                self.tries = 0
+                return f"click({bid!r})"
+        if el is None and self.accounts and not self.auto_login and (
+                ground(elements, "Username", ["textbox"], 0.9) or ground(elements, "Log in", ["link"], 0.9)):
+            # not signed in, and the step's control is not there: sign in first (the site asks for it), then retry
+            self.auto_login = True
+            self.queue[:0] = [Intent("login", step=intent.step), intent]
+            return self._ground(self.queue.pop(0), elements)
         if el is None:
             return self._fail(intent, f"no {'/'.join(intent.roles[:2])} labelled {intent.label!r} on the page")
         self.tries = 0
         if intent.kind == "click":
             return f"click({el.bid!r})"
-        if intent.kind == "fill":
+        if intent.kind == "fill" and not el.options:
             self.last_bid = el.bid
             return f"fill({el.bid!r}, {intent.value!r})"
-        option = max(el.options, key=lambda o: match_score(intent.value, o), default=intent.value)
-        if el.options and match_score(intent.value, option) < self.threshold:
+        current = (re.search(r"value=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", el.props) or [None, "''"])[1]
+        current = ast.literal_eval(current)
+        wanted = [v for v in [intent.value, *intent.alts] if v]
+        if not wanted:  # no value named: the first real option other than the current one
+            choice = next((o for o in el.options if norm(o) != norm(current) and not re.match(r"^(?:any|none|-+|select\b|choose\b)", o, re.I)), "")
+            return f"select_option({el.bid!r}, {choice!r})" if choice else self._fail(intent, f"{el.name!r} has no option")
+        scored = [(match_score(v, o), norm(o) != norm(current), o) for v in wanted for o in el.options]
+        good = [x for x in scored if x[0] >= self.threshold]
+        if el.options and not good:
             return self._fail(intent, f"{el.name!r} has no option {intent.value!r} (options: {', '.join(el.options)})")
+        if intent.value and good and max(good)[0] >= self.threshold and any(g[0] >= self.threshold and norm(v) == norm(intent.value)
+                                                                              for g, v in zip(scored, [v for v in wanted for _ in el.options])):
+            option = max(el.options, key=lambda o: match_score(intent.value, o))
+        else:  # listed candidates ("Open, In progress, Resolved or Closed"): prefer one that changes the value
+            option = max(good, key=lambda x: (x[1], x[0]))[2] if good else intent.value
         return f"select_option({el.bid!r}, {option!r})"

@@ -20,7 +20,13 @@ UI_VERBS = ("click", "tap", "press", "select", "choose", "pick", "type", "enter"
             "go", "navigate", "visit", "sign", "log", "search", "submit", "set", "add", "change", "find", "scroll",
             "check", "uncheck", "hit", "switch", "return", "head", "follow", "use", "leave", "post", "reply",
             "create", "save", "update")
-OPENERS = re.compile(r"^(?:first|then|next|now|finally|afterwards|after that|lastly|once done|to finish)\s*,?\s*", re.I)
+OPENERS = re.compile(r"^(?:first|then|next(?!\s+to\b)|now|finally|afterwards|after that|lastly|once done|to finish)\s*,?\s*", re.I)
+# "On the product page, click ..." / "Below your post, click ...": a short place phrase before the verb
+LEAD_PLACE = re.compile(r"^(?:on|in|under|below|above|from|at|inside|within|next to|beside)\b[^,.;]{0,80},\s*", re.I)
+SCREENSHOT = re.compile(r"\[(?:screenshot|image|figure|picture|video)\b[^\]]*\]", re.I)
+HEADING = re.compile(r"^\s*#{1,6}\s*(.*)$")
+STEP_HEADING = re.compile(r"^\s*#{1,6}\s*step\s*(\d+)\s*[:.)\u2014\u2013-]?\s*(.*)$", re.I)
+ANSWER = re.compile(r"^\s*(?:a|answer)\s*:\s*", re.I)
 NUMBERED = re.compile(r"^\s*(?:step\s*(\d+)\s*[:.)-]|(\d+)\s*[.)]|[-*\u2022]|\(\d+\))\s*(.+)$", re.I)
 INLINE_NUM = re.compile(r"(?:^|(?<=[\s.!?]))(?:step\s*)?(\d{1,2})\s*[.):]\s+(?=\S)", re.I)
 OUTCOME_RE = re.compile(r"\b(you should (?:now )?see|you will (?:now )?see|you'll see|should now|will now|you should be|"
@@ -63,7 +69,7 @@ def _line_sentences(text: str) -> list[str]:
 
 
 def _is_imperative(sentence: str) -> bool:
-    words = OPENERS.sub("", sentence.strip()).split()
+    words = LEAD_PLACE.sub("", OPENERS.sub("", sentence.strip())).split()
     return bool(words) and words[0].lower().strip(",:") in UI_VERBS
 
 
@@ -72,8 +78,31 @@ def _clean(step: str) -> str:
     return step[:1].upper() + step[1:]
 
 
+def _normalize(text: str) -> str:
+    """Markdown-ish page text -> plain step text: screenshot descriptions go, `## Step N: Title` headings become
+    `Step N:` markers in front of their section's body (the heading's title is not an instruction), other
+    headings go, and FAQ answers lose their `A:` prefix."""
+    text = SCREENSHOT.sub("", text)
+    out: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if m := STEP_HEADING.match(line):
+            pending = f"Step {m.group(1)}: "
+            continue
+        if HEADING.match(line):
+            pending = ""
+            continue
+        line = ANSWER.sub("", line)
+        if not line.strip():
+            continue
+        out.append(pending + line.strip() if pending else line)
+        pending = ""
+    return "\n".join(out)
+
+
 def extract_steps(text: str) -> tuple[list[str], list[str]]:
     """(steps, outcome sentences): numbered / `Step N:` / bulleted lines, inline `1. ... 2. ...`, else imperative prose."""
+    text = _normalize(text)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     listed = [m.group(3) for ln in lines if (m := NUMBERED.match(ln))]
     if len(listed) < 2:  # maybe all steps sit in one paragraph: "1. Click X. 2. Type Y."
@@ -90,6 +119,8 @@ def extract_steps(text: str) -> tuple[list[str], list[str]]:
             if OUTCOME_RE.search(s) and not _is_imperative(s):
                 if n == len(candidates) - 1:  # earlier tails are checkpoints, not the task's outcome
                     outcomes.append(s)
+            elif kept and any(_is_imperative(k) for k in kept) and not _is_imperative(s):
+                continue  # a note after the instruction ("It may be labelled X.", "To cancel, click Y.")
             else:
                 kept.append(s)
         if kept:

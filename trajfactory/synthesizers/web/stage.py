@@ -31,7 +31,7 @@ from trajfactory.web_config import BUILTIN_DOCS, WebConfig
 __all__ = ["STAGE_VERSION", "WebConfig", "establish_checks", "harvest", "rollout_and_verify", "screenshot_rows",
            "tasks_from_tutorials", "tutorial_sources", "web_yields"]
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 """Bump when establish/rollout logic changes: it is part of the flow's cache keys."""
 
 
