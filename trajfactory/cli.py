@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -55,42 +53,6 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _records_dir(recipe) -> Path:
-    return Path(recipe.work_dir) / "records"
-
-
-def _save(recipe, name: str, records: list) -> None:
-    from trajfactory.schema import write_records
-
-    write_records(_records_dir(recipe) / f"{name}.jsonl", records)
-
-
-def _load(recipe, name: str, model):
-    from trajfactory.schema import read_records
-
-    try:
-        return read_records(_records_dir(recipe) / f"{name}.jsonl", model)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
-def _save_envs(recipe, envs: dict) -> None:
-    path = _records_dir(recipe) / "environments.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: dataclasses.asdict(v) for k, v in envs.items()}, indent=1))
-
-
-def _load_envs(recipe) -> dict:
-    from trajfactory.executors.base import EnvironmentHandle
-
-    path = _records_dir(recipe) / "environments.json"
-    if not path.is_file():
-        console.print(f"[red]{path}: missing; run `trajfactory synthesize` first[/red]")
-        raise typer.Exit(2)
-    return {k: EnvironmentHandle(**v) for k, v in json.loads(path.read_text()).items()}
-
-
 def _print_yields(summary: dict) -> None:
     for name, rows in summary.items():
         if not rows:
@@ -138,96 +100,57 @@ def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
     _report_web(run_web(r.web))
 
 
+def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> dict:
+    """Run one stage flow; a missing input record file names the stage to run first."""
+    _setup_logging()
+    r = _recipe(recipe)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from trajfactory.flows import swe
+
+    flow = getattr(swe, flow_name)
+    if concurrent:
+        flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=r.sandbox.concurrency))
+    try:
+        return flow(r)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def harvest(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Harvest the recipe's repositories (git URL, local path, pypi:NAME==VERSION) into pinned mirrors."""
-    _setup_logging()
-    r = _recipe(recipe)
-    from trajfactory.flows.swe import harvest_flow
-
-    sources, quarantine = harvest_flow(r)
-    _save(r, "sources", sources)
-    _save(r, "quarantine-harvest", quarantine)
-    for s in sources:
-        typer.echo(f"{s.name}\t{s.commit[:12]}\t{s.license or '-'}\t{s.uri}")
-    for q in quarantine:
-        typer.echo(f"QUARANTINED {q.uri}: {q.reason}: {q.detail}")
+    out = _stage("harvest_flow", recipe)
+    typer.echo(f"{out['sources']} repositories harvested, {out['quarantined']} quarantined")
 
 
 @app.command()
 def synthesize(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Build sandbox images, synthesize bug candidates and validate them by running tests (needs `harvest`)."""
-    _setup_logging()
-    r = _recipe(recipe)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from trajfactory.flows.swe import synthesize_flow
-    from trajfactory.schema import Source
-
-    out = synthesize_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=r.sandbox.concurrency))(
-        r, _load(r, "sources", Source))
-    for name in ("candidates", "validations", "tasks", "quarantine"):
-        _save(r, name if name != "quarantine" else "quarantine-synthesize", out[name])
-    _save(r, "gold-verdicts", out.get("gold_verdicts", []))
-    _save_envs(r, out["environments"])
-    typer.echo(f"{len(out['candidates'])} candidates, {len(out['tasks'])} validated tasks, "
-               f"{len(out['quarantine'])} quarantined")
+    out = _stage("synthesize_flow", recipe)
+    typer.echo(f"{out['candidates']} candidates, {out['tasks']} validated tasks, {out['quarantine']} quarantined")
 
 
 @app.command()
 def rollout(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Execute every task with the recipe's policy in a sandbox and record trajectories (needs `synthesize`)."""
-    _setup_logging()
-    r = _recipe(recipe)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from trajfactory.flows.swe import rollout_flow
-    from trajfactory.schema import Task
-
-    runner = ThreadPoolTaskRunner(max_workers=r.sandbox.concurrency)
-    trajectories = rollout_flow.with_options(task_runner=runner)(r, _load(r, "tasks", Task), _load_envs(r))
-    _save(r, "trajectories", trajectories)
-    typer.echo(f"{len(trajectories)} trajectories")
+    typer.echo(f"{_stage('rollout_flow', recipe)['trajectories']} trajectories")
 
 
 @app.command()
 def verify(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Test each trajectory's final repository state in a fresh sandbox (needs `rollout`)."""
-    _setup_logging()
-    r = _recipe(recipe)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from trajfactory.flows.swe import verify_flow
-    from trajfactory.schema import Task, Trajectory
-
-    runner = ThreadPoolTaskRunner(max_workers=r.sandbox.concurrency)
-    verdicts = verify_flow.with_options(task_runner=runner)(
-        r, _load(r, "tasks", Task), _load(r, "trajectories", Trajectory), _load_envs(r))
-    _save(r, "verdicts", verdicts)
-    typer.echo(f"{sum(v.passed for v in verdicts)}/{len(verdicts)} trajectories verified")
+    out = _stage("verify_flow", recipe)
+    typer.echo(f"{out['passed']}/{out['verdicts']} trajectories verified")
 
 
 @app.command()
 def build(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Write the stage records as a new immutable dataset version (needs `verify`)."""
-    _setup_logging()
-    r = _recipe(recipe)
-    from trajfactory.datasets.yields import yields
-    from trajfactory.flows.swe import build_flow
-    from trajfactory.schema import Candidate, Quarantine, Task, Trajectory, Validation, Verdict
-
-    tasks, trajs = _load(r, "tasks", Task), _load(r, "trajectories", Trajectory)
-    verdicts = _load(r, "verdicts", Verdict)
-    summary = yields(_load(r, "candidates", Candidate), _load(r, "validations", Validation), tasks, trajs, verdicts)
-    records = {
-        "tasks": tasks,
-        "trajectories": trajs,
-        "verdicts": _load(r, "gold-verdicts", Verdict) + verdicts,
-        "quarantine": _load(r, "quarantine-harvest", Quarantine) + _load(r, "quarantine-synthesize", Quarantine),
-    }
-    version = build_flow(r, records, summary)
-    _print_yields(summary)
-    typer.echo(f"wrote {Path(r.dataset.root) / r.dataset.name}/{version}")
+    out = _stage("build_flow", recipe, concurrent=False)
+    _print_yields(out["summary"])
+    typer.echo(f"wrote {out['root']}/{out['version']}")
 
 
 @sandbox_app.command("base-image")

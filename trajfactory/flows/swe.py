@@ -1,7 +1,8 @@
 """The SWE factory as Prefect flows: one per stage, and `factory` wiring them end to end.
 
 Flows only orchestrate: they submit the stage tasks of `flows/tasks.py`, bound the sandboxes in
-use, publish a yields artifact, and hand records from one stage to the next.
+use, publish a yields artifact, and hand records from one stage to the next through record files
+in the work dir (`trajfactory/records.py`), so flow parameters stay small.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from trajfactory.config import Recipe
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
-from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.flows import tasks as t
 from trajfactory.progress import Progress
-from trajfactory.schema import Quarantine, Source, Task, Trajectory, Verdict
+from trajfactory import records as rec
+from trajfactory.schema import Candidate, Quarantine, Source, Task, Trajectory, Validation, Verdict
 
 
 def _opts(task, recipe: Recipe):
@@ -39,17 +40,21 @@ def _gather(futures, description: str) -> list:
 
 
 @flow(name="harvest")
-def harvest_flow(recipe: Recipe) -> tuple[list[Source], list[Quarantine]]:
+def harvest_flow(recipe: Recipe) -> dict:
+    """Repositories -> pinned mirrors: `sources` and `quarantine-harvest` records."""
     results = _gather([t.harvest_task.submit(recipe, r.uri) for r in recipe.repos], "harvest")
-    return [r for r in results if isinstance(r, Source)], [r for r in results if isinstance(r, Quarantine)]
+    sources = [r for r in results if isinstance(r, Source)]
+    rec.save(recipe.work_dir, "sources", sources)
+    rec.save(recipe.work_dir, "quarantine-harvest", [r for r in results if isinstance(r, Quarantine)])
+    return {"sources": len(sources), "quarantined": len(results) - len(sources)}
 
 
 @flow(name="synthesize")
-def synthesize_flow(recipe: Recipe, sources: list[Source]) -> dict:
-    """Environments, candidates, reference runs, validation and tasks for every source."""
-    out: dict = {"environments": {}, "candidates": [], "validations": [], "tasks": [], "quarantine": [],
-                 "gold_verdicts": []}
-    for source in sources:
+def synthesize_flow(recipe: Recipe) -> dict:
+    """Environments, candidates, reference runs, validation, gold proofs and tasks for every source."""
+    out: dict = {"candidates": [], "validations": [], "tasks": [], "quarantine": [], "gold-verdicts": []}
+    environments = {}
+    for source in rec.load(recipe.work_dir, "sources", Source):
         env = t.build_task(recipe, source)
         if isinstance(env, Quarantine):
             out["quarantine"].append(env)
@@ -70,45 +75,73 @@ def synthesize_flow(recipe: Recipe, sources: list[Source]) -> dict:
         accepted, rejected = t.swe.accept_proven(tasks, gold, source)
         out["tasks"] += accepted
         out["quarantine"] += rejected
-        out["environments"][source.name] = env
+        out["gold-verdicts"] += [v for v in gold if v.passed]
         out["candidates"] += candidates
         out["validations"] += validations
-        out["gold_verdicts"] += [v for v in gold if v.passed]
-    return out
+        environments[source.name] = env
+    for name, records in out.items():
+        rec.save(recipe.work_dir, "quarantine-synthesize" if name == "quarantine" else name, records)
+    rec.save_environments(recipe.work_dir, environments)
+    return {name: len(records) for name, records in out.items()}
 
 
 @flow(name="rollout")
-def rollout_flow(recipe: Recipe, tasks: list[Task], environments: dict[str, EnvironmentHandle]) -> list[Trajectory]:
+def rollout_flow(recipe: Recipe) -> dict:
+    """Tasks -> trajectories of the recipe's policy, each in a fresh sandbox."""
+    tasks, environments = rec.load(recipe.work_dir, "tasks", Task), rec.load_environments(recipe.work_dir)
     run = _opts(t.rollout_task, recipe)
     futures = [run.submit(recipe, environments[task.environment.repo], task, sample)
                for task in tasks for sample in range(recipe.rollout.samples)]
-    return _gather(futures, "rollout")
+    trajectories = _gather(futures, "rollout")
+    rec.save(recipe.work_dir, "trajectories", trajectories)
+    return {"trajectories": len(trajectories)}
 
 
 @flow(name="verify")
-def verify_flow(recipe: Recipe, tasks: list[Task], trajectories: list[Trajectory],
-                environments: dict[str, EnvironmentHandle]) -> list[Verdict]:
-    by_id = {task.task_id: task for task in tasks}
+def verify_flow(recipe: Recipe) -> dict:
+    """Trajectories -> test verdicts on their final state, each in a fresh sandbox."""
+    by_id = {task.task_id: task for task in rec.load(recipe.work_dir, "tasks", Task)}
+    environments = rec.load_environments(recipe.work_dir)
     check = _opts(t.verify_task, recipe)
     futures = [check.submit(recipe, environments[by_id[tr.task_id].environment.repo], by_id[tr.task_id], tr)
-               for tr in trajectories]
-    return _gather(futures, "verify")
+               for tr in rec.load(recipe.work_dir, "trajectories", Trajectory)]
+    verdicts = _gather(futures, "verify")
+    rec.save(recipe.work_dir, "verdicts", verdicts)
+    return {"verdicts": len(verdicts), "passed": sum(v.passed for v in verdicts)}
 
 
 @flow(name="build-dataset")
-def build_flow(recipe: Recipe, records: dict, summary: dict) -> str:
+def build_flow(recipe: Recipe) -> dict:
+    """Stage records -> one new immutable dataset version, with the yields as a table artifact."""
+    work = recipe.work_dir
+    tasks, trajectories = rec.load(work, "tasks", Task), rec.load(work, "trajectories", Trajectory)
+    verdicts = rec.load(work, "verdicts", Verdict)
+    summary = yields(rec.load(work, "candidates", Candidate), rec.load(work, "validations", Validation),
+                     tasks, trajectories, verdicts)
+    for name, table in summary.items():
+        create_table_artifact(table=table, key=f"yields-{name.replace('_', '-')}",
+                              description=f"Yields {name.replace('_', ' ')}")
+    records = {
+        "tasks": tasks,
+        "trajectories": trajectories,
+        "verdicts": rec.load(work, "gold-verdicts", Verdict) + verdicts,
+        "quarantine": rec.load(work, "quarantine-harvest", Quarantine)
+        + rec.load(work, "quarantine-synthesize", Quarantine),
+    }
     lineage = {
         "recipe": recipe.name,
         "recipe_hash": recipe.digest(),
         "factory_version": trajfactory.__version__,
         "flow_run_id": str(flow_run.get_id() or ""),
     }
-    return write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary)
+    version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary)
+    return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
+            "counts": {k: len(v) for k, v in records.items()}}
 
 
 @flow(name="trajfactory")
 def factory_flow(recipe: Recipe) -> dict:
-    """The whole factory: repositories in, a verified, versioned dataset out."""
+    """The whole factory: repositories (and tutorials) in, verified, versioned datasets out."""
     logger = get_run_logger()
     runner = ThreadPoolTaskRunner(max_workers=recipe.sandbox.concurrency)
     web = None
@@ -118,24 +151,11 @@ def factory_flow(recipe: Recipe) -> dict:
         web = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.web.browsers))(recipe.web)
     if not recipe.repos:
         return {"web": web}
-    sources, quarantine = harvest_flow(recipe)
-    synth = synthesize_flow.with_options(task_runner=runner)(recipe, sources)
-    tasks, envs = synth["tasks"], synth["environments"]
-    trajectories = rollout_flow.with_options(task_runner=runner)(recipe, tasks, envs)
-    verdicts = verify_flow.with_options(task_runner=runner)(recipe, tasks, trajectories, envs)
-    summary = yields(synth["candidates"], synth["validations"], tasks, trajectories, verdicts)
-    for name, table in summary.items():
-        create_table_artifact(table=table, key=f"yields-{name.replace('_', '-')}",
-                              description=f"Yields {name.replace('_', ' ')}")
-    records = {
-        "tasks": tasks,
-        "trajectories": trajectories,
-        "verdicts": synth["gold_verdicts"] + verdicts,
-        "quarantine": quarantine + synth["quarantine"],
-    }
-    version = build_flow(recipe, records, summary)
-    logger.info("dataset %s version %s: %d tasks, %d trajectories, %d verified, %d quarantined",
-                recipe.dataset.name, version, len(tasks), len(trajectories),
-                sum(v.passed for v in verdicts), len(records["quarantine"]))
-    return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
-            "counts": {k: len(v) for k, v in records.items()}, "web": web}
+    harvest_flow(recipe)
+    synthesize_flow.with_options(task_runner=runner)(recipe)
+    rollout_flow.with_options(task_runner=runner)(recipe)
+    verified = verify_flow.with_options(task_runner=runner)(recipe)
+    result = build_flow(recipe)
+    logger.info("dataset %s version %s: %s; %d/%d trajectories verified", recipe.dataset.name, result["version"],
+                result["counts"], verified["passed"], verified["verdicts"])
+    return {**result, "web": web}
