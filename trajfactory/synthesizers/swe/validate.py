@@ -104,8 +104,12 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         return list(reference.passing), "full"
     usable = set(reference.passing)
     tests: set[str] = set()
+    executed = sorted(file_cov)
     for line in candidate.changed_lines:
-        covered = file_cov.get(line, ())
+        # coverage keys statements by their first line: a changed continuation line (or a statement no
+        # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
+        start = max((n for n in executed if candidate.entity.lineno <= n <= line), default=line)
+        covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
             return list(reference.passing), "full"
