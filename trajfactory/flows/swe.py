@@ -20,8 +20,8 @@ from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
 from trajfactory.executors.pool import SandboxPool
+from trajfactory.flows import common
 from trajfactory.flows import tasks as t
-from trajfactory.progress import Progress
 from trajfactory import records as rec
 from trajfactory.schema import Candidate, Quarantine, Source, Task, Trajectory, Validation, Verdict
 
@@ -30,13 +30,7 @@ def _opts(task, recipe: Recipe):
     return task.with_options(result_storage=t.storage(recipe))
 
 
-def _gather(futures, description: str) -> list:
-    results = []
-    with Progress(description, len(futures)) as bar:
-        for future in futures:
-            results.append(future.result())
-            bar.advance()
-    return results
+_gather = common.gather
 
 
 @flow(name="harvest")

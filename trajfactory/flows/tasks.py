@@ -7,16 +7,13 @@ started again finds finished validations, rollouts and verdicts in the result st
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-import time
 from pathlib import Path
 
 from prefect import task
 
 from trajfactory.agents.oracle import OraclePolicy
 from trajfactory.config import Recipe
+from trajfactory.flows import common
 from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError, SandboxLimits
 from trajfactory.executors.environments import build_environment
@@ -27,19 +24,12 @@ from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage as swe
 from trajfactory.verifiers import tests as test_verifier
 
-_journal_lock = threading.Lock()
-
-
 def journal(recipe: Recipe, stage: str, key: str) -> None:
-    path = Path(recipe.work_dir) / "journal.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _journal_lock, path.open("a") as fh:
-        fh.write(json.dumps({"stage": stage, "key": key, "pid": os.getpid(), "at": time.time()}) + "\n")
+    common.journal(recipe.work_dir, stage, key)
 
 
 def storage(recipe: Recipe) -> Path:
-    """Where cached task results live: a path Prefect turns into local file storage."""
-    return (Path(recipe.work_dir) / "results").resolve()
+    return common.result_storage(recipe.work_dir)
 
 
 def limits(recipe: Recipe) -> SandboxLimits:

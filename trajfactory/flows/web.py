@@ -8,10 +8,6 @@ Only orchestration lives here; the domain logic is `synthesizers/web/stage.py`.
 
 from __future__ import annotations
 
-import json
-import os
-import threading
-import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -21,22 +17,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import trajfactory
 from trajfactory.datasets.publish import write_dataset
+from trajfactory.flows import common
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.web_rollout import ScreenshotStore
-from trajfactory.progress import Progress
 from trajfactory.schema import Quarantine, WebTask, content_hash
 from trajfactory.synthesizers.web import stage
 from trajfactory.web_config import WebConfig
 
-_journal_lock = threading.Lock()
-
-
 def journal(config: WebConfig, what: str, key: str) -> None:
-    """One line each time a task body really runs (a cache hit writes nothing): how tests see resumption."""
-    path = Path(config.work_dir) / "journal.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _journal_lock, path.open("a") as fh:
-        fh.write(json.dumps({"stage": what, "key": key, "pid": os.getpid(), "at": time.time()}) + "\n")
+    common.journal(config.work_dir, what, key)
 
 
 def _key(parts):
@@ -77,16 +66,10 @@ def rollout_task(config: WebConfig, pool: BrowserPool, store: ScreenshotStore, t
 
 
 def _opts(t, config: WebConfig):
-    return t.with_options(result_storage=(Path(config.work_dir) / "results").resolve())
+    return t.with_options(result_storage=common.result_storage(config.work_dir))
 
 
-def _gather(futures, description: str) -> list:
-    results = []
-    with Progress(description, len(futures)) as bar:
-        for future in futures:
-            results.append(future.result())
-            bar.advance()
-    return results
+_gather = common.gather
 
 
 @flow(name="web")
