@@ -116,12 +116,12 @@ def test_reset_restores_checkout_in_same_container(sandbox, env):
 
 
 def test_file_api_matches_shell(sandbox):
-    sandbox.execute("mkdir -p /tmp/work && echo from-shell > /tmp/work/a.txt")
-    assert sandbox.read_file("/tmp/work/a.txt") == b"from-shell\n"
-    sandbox.write_file("/tmp/work/deep/b.txt", "from-api")
-    assert sandbox.execute("cat /tmp/work/deep/b.txt").output == "from-api"
+    sandbox.execute("mkdir -p /tmp/scratch && echo from-shell > /tmp/scratch/a.txt")
+    assert sandbox.read_file("/tmp/scratch/a.txt") == b"from-shell\n"
+    sandbox.write_file("/tmp/scratch/deep/b.txt", "from-api")
+    assert sandbox.execute("cat /tmp/scratch/deep/b.txt").output == "from-api"
     with pytest.raises(FileNotFoundError):
-        sandbox.read_file("/tmp/work/missing")
+        sandbox.read_file("/tmp/scratch/missing")
 
 
 def test_output_is_truncated(backend, env):

@@ -108,11 +108,11 @@ def test_reset_restores_checkout(sandbox, env):
 
 
 def test_tmp_persists_between_commands_and_matches_file_api(sandbox):
-    sandbox.execute("mkdir -p /tmp/work && echo from-shell > /tmp/work/a.txt")
-    assert sandbox.read_file("/tmp/work/a.txt") == b"from-shell\n"
-    sandbox.write_file("/tmp/work/b.txt", "from-api")
-    assert sandbox.execute("cat /tmp/work/b.txt").output == "from-api"
-    assert not Path("/tmp/work/b.txt").exists()  # the host's /tmp is untouched
+    sandbox.execute("mkdir -p /tmp/scratch && echo from-shell > /tmp/scratch/a.txt")
+    assert sandbox.read_file("/tmp/scratch/a.txt") == b"from-shell\n"
+    sandbox.write_file("/tmp/scratch/b.txt", "from-api")
+    assert sandbox.execute("cat /tmp/scratch/b.txt").output == "from-api"
+    assert not Path("/tmp/scratch/b.txt").exists()  # the host's /tmp is untouched
 
 
 def test_unknown_requirement_is_install_failed(backend, tmp_path):

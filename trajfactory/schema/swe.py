@@ -1,0 +1,196 @@
+"""Records of the SWE half: entities, bug candidates, reference runs, validations and SWE tasks."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from trajfactory.schema.core import TABLE_SCHEMAS, Record
+
+# ---------------------------------------------------------------- synthesis
+
+
+class Entity(Record):
+    """A function, method or class of a repository that a mutation targets."""
+
+    file: str
+    """Path relative to the repository root."""
+    name: str
+    """Qualified name, e.g. `Parser.parse`."""
+    kind: Literal["function", "method", "class"]
+    lineno: int
+    end_lineno: int
+    complexity: int
+
+
+class Candidate(Record):
+    """A bug candidate: a patch that breaks the repository, not yet validated."""
+
+    candidate_id: str
+    source_id: str
+    repo: str
+    base_commit: str
+    family: str
+    """The mutation family, e.g. `change_operator`."""
+    scope: Literal["function", "class", "module"]
+    """How far the change reaches; class/module scopes validate against the whole suite."""
+    entity: Entity
+    patch: str
+    """Unified diff that introduces the bug (apply to `base_commit`)."""
+    changed_lines: list[int] = Field(default_factory=list)
+    """Lines of the original file that the change touches (for coverage-based test selection)."""
+    synthesizer: str = "swe.procedural"
+    synthesizer_version: str = "1"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReferenceRun(Record):
+    """The whole suite of one image, run twice on the clean repository."""
+
+    image: str
+    tests: dict[str, str]
+    """Outcome per test id of the first run: passed | failed | error | skipped."""
+    passing: list[str]
+    """Tests that passed in both runs: the only ones a task may use."""
+    excluded: dict[str, str] = Field(default_factory=dict)
+    """Test id -> why it was excluded (failed, flaky, skipped)."""
+    coverage: dict[str, dict[int, list[str]]] = Field(default_factory=dict)
+    """file -> line -> ids of the tests that executed the line."""
+    duration_s: float = 0.0
+
+
+class Validation(Record):
+    """What running the tests against one candidate showed."""
+
+    candidate_id: str
+    status: Literal["valid", "no_fail_to_pass", "no_pass_to_pass", "patch_failed", "timeout", "error"]
+    FAIL_TO_PASS: list[str] = Field(default_factory=list)
+    PASS_TO_PASS: list[str] = Field(default_factory=list)
+    selection: Literal["coverage", "full"] = "full"
+    """`coverage`: only the tests that executed the changed lines were run."""
+    tests_run: int = 0
+    duration_s: float = 0.0
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- tasks
+
+
+class SweEnvironment(Record):
+    repo: str
+    base_commit: str
+    image_name: str
+    workdir: str = "/repo"
+    test_command: str = "python -m pytest"
+
+
+class Checks(Record):
+    FAIL_TO_PASS: list[str] = Field(default_factory=list)
+    PASS_TO_PASS: list[str] = Field(default_factory=list)
+    p2p_method: str = ""
+    """How PASS_TO_PASS was established: `full-suite` or `coverage-selected` (see README)."""
+
+
+class Gold(Record):
+    patch: str = ""
+    """The fix: reverses the bug patch."""
+
+
+class Provenance(Record):
+    source_uri: str
+    source_id: str
+    license: str | None = None
+    commit: str
+    synthesizer: str
+    synthesizer_version: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Task(Record):
+    task_id: str
+    kind: Literal["swe", "web"] = "swe"
+    instance_id: str
+    """SWE-bench style id: `<repo>__<family>__<hash>`."""
+    instruction: str
+    """The problem statement given to the agent."""
+    environment: SweEnvironment
+    bug_patch: str
+    """Unified diff that turns `base_commit` into the buggy starting state."""
+    checks: Checks
+    gold: Gold
+    difficulty: str
+    family: str
+    entity: Entity
+    validation: Validation
+    provenance: Provenance
+
+    def to_row(self) -> dict:
+        env = self.environment
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "instance_id": self.instance_id,
+            "repo": env.repo,
+            "base_commit": env.base_commit,
+            "image_name": env.image_name,
+            "patch": self.gold.patch,
+            "bug_patch": self.bug_patch,
+            "FAIL_TO_PASS": list(self.checks.FAIL_TO_PASS),
+            "PASS_TO_PASS": list(self.checks.PASS_TO_PASS),
+            "p2p_method": self.checks.p2p_method,
+            "problem_statement": self.instruction,
+            "difficulty": self.difficulty,
+            "family": self.family,
+            "entity": self.entity.model_dump(),
+            "environment": env.model_dump(),
+            "validation": self.validation.model_dump_json(),
+            "provenance": self.provenance.model_dump_json(),
+        }
+
+
+_ENTITY = pa.struct(
+    [
+        ("file", pa.string()),
+        ("name", pa.string()),
+        ("kind", pa.string()),
+        ("lineno", pa.int64()),
+        ("end_lineno", pa.int64()),
+        ("complexity", pa.int64()),
+    ]
+)
+_SWE_ENV = pa.struct(
+    [
+        ("repo", pa.string()),
+        ("base_commit", pa.string()),
+        ("image_name", pa.string()),
+        ("workdir", pa.string()),
+        ("test_command", pa.string()),
+    ]
+)
+TASK_SCHEMA = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("kind", pa.string()),
+        ("instance_id", pa.string()),
+        ("repo", pa.string()),
+        ("base_commit", pa.string()),
+        ("image_name", pa.string()),
+        ("patch", pa.string()),
+        ("bug_patch", pa.string()),
+        ("FAIL_TO_PASS", pa.list_(pa.string())),
+        ("PASS_TO_PASS", pa.list_(pa.string())),
+        ("p2p_method", pa.string()),
+        ("problem_statement", pa.string()),
+        ("difficulty", pa.string()),
+        ("family", pa.string()),
+        ("entity", _ENTITY),
+        ("environment", _SWE_ENV),
+        ("validation", pa.string()),
+        ("provenance", pa.string()),
+    ]
+)
+
+
+TABLE_SCHEMAS["tasks"] = TASK_SCHEMA
