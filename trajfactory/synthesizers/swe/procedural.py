@@ -17,7 +17,8 @@ from pathlib import Path
 
 from trajfactory.schema import Candidate, Entity, content_hash
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
-from trajfactory.synthesizers.swe.mutations import FAMILIES, Cut, Edit, Family, Header, Mutation, TokenEdit
+from trajfactory.synthesizers.swe.ast_edits import Cut, Edit, Header, Mutation, TokenEdit
+from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
 
 log = logging.getLogger(__name__)
 
