@@ -10,13 +10,12 @@ import base64
 import json
 import shutil
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from openai_stub import OpenAIStub, completion, error
 from trajfactory.models.client import ModelClient
 from trajfactory.schema import (
     Checks, Entity, Evidence, Final, Gold, Message, Policy, Provenance, Step, SweEnvironment, Task, Trajectory,
@@ -40,38 +39,23 @@ class Stub:
 
     def __init__(self, reply: Callable[[dict], str | tuple[int, str]]):
         self.bodies: list[dict] = []
-        stub = self
+        self._reply = reply
+        self._server = OpenAIStub(self._respond)
+        self.url = self._server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                stub.bodies.append(body)
-                out = reply(body)
-                status, content = out if isinstance(out, tuple) else (200, out)
-                data = json.dumps({"error": {"message": content}} if status != 200 else {
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
-                }).encode()  # fmt: skip
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def _respond(self, body: dict, headers: dict) -> tuple[int, dict]:
+        self.bodies.append(body)
+        out = self._reply(body)
+        status, content = out if isinstance(out, tuple) else (200, out)
+        if status != 200:
+            return status, error(content)
+        return 200, completion({"role": "assistant", "content": content}, {"prompt_tokens": 10, "completion_tokens": 5})
 
     def client(self) -> ModelClient:
         return ModelClient(self.url, "stub-model", max_retries=0)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
 
 @pytest.fixture

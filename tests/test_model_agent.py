@@ -13,11 +13,11 @@ import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
+from openai_stub import OpenAIStub, completion, error
 from trajfactory.agents.base import EpisodeLimits
 from trajfactory.agents.model import ModelPolicy, ModelPolicyConfig, parse_text_actions
 from trajfactory.agents.oracle import OraclePolicy
@@ -99,33 +99,19 @@ class ScriptedModel:
 
     def __init__(self, script: list[tuple[int, dict]], prompt_tokens: int = 50):
         self.script, self.bodies = list(script), []
-        model = self
+        self._prompt_tokens = prompt_tokens
+        self._server = OpenAIStub(self._respond)
+        self.url = self._server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                model.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                status, message = model.script.pop(0) if model.script else (200, SUBMIT)
-                body = {"error": {"message": "scripted failure"}} if status != 200 else {
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5},
-                }  # fmt: skip
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _respond(self, body: dict, headers: dict) -> tuple[int, dict]:
+        self.bodies.append(body)
+        status, message = self.script.pop(0) if self.script else (200, SUBMIT)
+        if status != 200:
+            return status, error("scripted failure")
+        return 200, completion(message, {"prompt_tokens": self._prompt_tokens, "completion_tokens": 5})
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ import sys
 import textwrap
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+
+from openai_stub import OpenAIStub, completion, error
 
 from trajfactory.agents.tools import TOOLS
 from trajfactory.models.client import ModelClient, ModelError
@@ -55,41 +56,26 @@ class Stub:
         self.calls, self.in_flight, self.max_in_flight = 0, 0, 0
         self.auth_headers: list[str | None] = []
         self.lock = threading.Lock()
-        stub = self
+        self._message = message
+        self._server = OpenAIStub(self._respond)
+        self.url = self._server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with stub.lock:
-                    stub.calls += 1
-                    stub.in_flight += 1
-                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
-                    stub.auth_headers.append(self.headers.get("Authorization"))
-                    status = stub.statuses.pop(0) if stub.statuses else 200
-                time.sleep(stub.delay_s)
-                body = {"error": {"message": f"scripted {status}"}} if status != 200 else {
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-                }  # fmt: skip
-                data = json.dumps(body).encode()
-                with stub.lock:
-                    stub.in_flight -= 1
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def _respond(self, body: dict, headers: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.calls += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.auth_headers.append(headers.get("Authorization"))
+            status = self.statuses.pop(0) if self.statuses else 200
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.in_flight -= 1
+        if status != 200:
+            return status, error(f"scripted {status}")
+        return 200, completion(self._message, {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
 
 @pytest.fixture
