@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import threading
 import time
@@ -21,11 +20,11 @@ from typing import Any, Awaitable, Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajfactory.agents.base import EpisodeLimits, Policy, PolicyError
-from trajfactory.agents.tools import TOOLS, run_tool
+from trajfactory.agents.tools import TOOLS
 from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxLimits
-from trajfactory.executors.rollout import SYSTEM_PROMPT, prepare_episode
-from trajfactory.schema import Final, Message, Policy as PolicyInfo, Step, Task, ToolCall, Trajectory, Usage
-from trajfactory.schema import content_hash, utcnow
+from trajfactory.executors.rollout import SYSTEM_PROMPT, execute_call, prepare_episode
+from trajfactory.schema import Final, Message, Policy as PolicyInfo, Step, Task, Trajectory, Usage
+from trajfactory.schema import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +94,6 @@ def _limit_hit(lim: EpisodeLimits, steps: int, policy: Policy, elapsed: float) -
     if lim.max_cost_usd is not None and usage.cost_usd >= lim.max_cost_usd:
         return "cost_limit"
     return None
-
-
-def execute_call(sandbox: Sandbox, call: ToolCall, index: int, timeout: float) -> tuple[Step, Message, bool]:
-    """One tool call, as the sync `rollout` executes it: (step, tool message, whether it submitted)."""
-    t0, at = time.monotonic(), utcnow()
-    finished = False
-    try:
-        args = json.loads(call.function.arguments or "{}")
-        if not isinstance(args, dict):
-            raise ValueError("arguments must be a JSON object")
-    except ValueError as exc:
-        obs, code, err, args = f"Error: the arguments are not a JSON object: {exc}", None, "bad_json", {}
-    else:
-        result = run_tool(sandbox, call.function.name, args, timeout=timeout)
-        obs, code, err, finished = result.observation, result.exit_code, result.error, result.done
-    step = Step(index=index, tool=call.function.name, arguments=args, observation=obs, exit_code=code,
-                error=err, started_at=at, duration_s=time.monotonic() - t0)
-    return step, Message(role="tool", tool_call_id=call.id, name=call.function.name, content=obs), finished
 
 
 async def arollout(

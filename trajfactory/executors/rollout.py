@@ -14,7 +14,7 @@ import time
 from trajfactory.agents.base import Policy
 from trajfactory.agents.tools import TOOLS, run_tool
 from trajfactory.executors.base import Sandbox, SandboxError
-from trajfactory.schema import Final, Message, Step, Task, Trajectory, content_hash, utcnow
+from trajfactory.schema import Final, Message, Step, Task, ToolCall, Trajectory, content_hash, utcnow
 
 SYSTEM_PROMPT = (
     "You are a software engineer working in a Python repository checked out at the current directory. "
@@ -37,6 +37,24 @@ def prepare_episode(sandbox: Sandbox, task: Task) -> None:
     )
     if res.exit_code != 0:
         raise SandboxError(f"task {task.task_id}: the bug patch does not apply: {res.output[-500:]}")
+
+
+def execute_call(sandbox: Sandbox, call: ToolCall, index: int, timeout: float) -> tuple[Step, Message, bool]:
+    """Execute one tool call: (step, tool message, whether it submitted). A bad call is an error step."""
+    t0, at = time.monotonic(), utcnow()
+    finished = False
+    try:
+        args = json.loads(call.function.arguments or "{}")
+        if not isinstance(args, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as exc:
+        obs, code, err, args = f"Error: the arguments are not a JSON object: {exc}", None, "bad_json", {}
+    else:
+        result = run_tool(sandbox, call.function.name, args, timeout=timeout)
+        obs, code, err, finished = result.observation, result.exit_code, result.error, result.done
+    step = Step(index=index, tool=call.function.name, arguments=args, observation=obs, exit_code=code,
+                error=err, started_at=at, duration_s=time.monotonic() - t0)
+    return step, Message(role="tool", tool_call_id=call.id, name=call.function.name, content=obs), finished
 
 
 def rollout(
@@ -68,21 +86,10 @@ def rollout(
             continue
         done = False
         for call in reply.tool_calls:
-            t0 = time.monotonic()
-            at = utcnow()
-            try:
-                args = json.loads(call.function.arguments or "{}")
-                if not isinstance(args, dict):
-                    raise ValueError("arguments must be a JSON object")
-            except ValueError as exc:
-                obs, code, err, args = f"Error: the arguments are not a JSON object: {exc}", None, "bad_json", {}
-                finished = False
-            else:
-                result = run_tool(sandbox, call.function.name, args, timeout=command_timeout)
-                obs, code, err, finished = result.observation, result.exit_code, result.error, result.done
-            steps.append(Step(index=len(steps), tool=call.function.name, arguments=args, observation=obs,
-                              exit_code=code, error=err, started_at=at, duration_s=time.monotonic() - t0))
-            messages.append(Message(role="tool", tool_call_id=call.id, name=call.function.name, content=obs))
+            step, tool_message, finished = execute_call(sandbox, call, len(steps), command_timeout)
+            steps.append(step)
+            messages.append(tool_message)
+            obs, code = step.observation, step.exit_code
             if finished:
                 final_patch, done = (obs if code == 0 else ""), True
                 exit_status = "submitted" if code == 0 else "submit_failed"
