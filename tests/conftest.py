@@ -57,7 +57,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_model, tmp_path_factory):
+def _vllm_session_server(tiny_model, tmp_path_factory):
     """One real CPU vLLM server serving the tiny model, shared by every test of the session."""
     import subprocess
 
@@ -68,3 +68,9 @@ def vllm_server(tiny_model, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
     with VLLMServer(tiny_model, name="tiny", log_path=log_path) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def vllm_server(_vllm_session_server):
+    """The session's vLLM server, started again for a module if an earlier module stopped it (a stop test does)."""
+    return _vllm_session_server.start()

@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trajfactory.agents.model import ModelPolicyConfig
+from trajfactory.model_config import ModelConfig
 from trajfactory.schema import content_hash
 from trajfactory.web_config import WebConfig
 
@@ -43,6 +45,15 @@ class RepoSpec(_Section):
         return uri
 
 
+class LMRewriteConfig(_Section):
+    enabled: bool = False
+    max_entities: int = Field(4, ge=1)
+    """Functions per repository given to the model (a seeded sample of those above `min_complexity`)."""
+    samples_per_entity: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    max_tokens: int = Field(512, ge=16)
+
+
 class SynthesisConfig(_Section):
     families: list[str] | Literal["all"] = "all"
     """Procedural mutation families to use, or `all`."""
@@ -51,6 +62,11 @@ class SynthesisConfig(_Section):
     max_per_entity: int = Field(2, ge=1)
     max_candidates_per_repo: int = Field(40, ge=1)
     seed: int = 0
+    lm_rewrite: LMRewriteConfig = Field(default_factory=LMRewriteConfig)
+    """SWE-smith's LM rewrite: the model re-implements a function from its masked body (needs `model:`)."""
+    statements: Literal["template", "model"] = "template"
+    """Problem statements: `template` (from the failing tests), or `model` (written by the model from the bug
+    patch and the failing tests' output, checked not to leak the fix; the template is the fallback)."""
 
 
 class ValidationConfig(_Section):
@@ -73,10 +89,40 @@ class SandboxConfig(_Section):
     command_timeout_s: float = Field(120, gt=0)
 
 
+class ModelRolloutConfig(_Section):
+    samples: int = Field(2, ge=1)
+    """Samples per task (for pass@k, and the groups of RL)."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Roll out only this many tasks with the model (the first by task id); None: all."""
+    concurrency: int = Field(4, ge=1)
+    """Episodes (and sandboxes) in flight at once, sharing the one model server."""
+    agent: ModelPolicyConfig = Field(default_factory=ModelPolicyConfig)
+    """Sampling, action format (tool_calls / text / both) and episode budgets of the model agent."""
+
+
 class RolloutConfig(_Section):
-    policy: Literal["oracle"] = "oracle"
+    policies: list[Literal["oracle", "model"]] = Field(default_factory=lambda: ["oracle"], min_length=1)
+    """Who acts: `oracle` (applies the gold patch: proves the harness) and/or `model` (needs `model:`)."""
     samples: int = Field(1, ge=1)
+    """Oracle samples per task (the oracle is deterministic; more only re-proves it)."""
     max_steps: int = Field(20, ge=1)
+    model: ModelRolloutConfig = Field(default_factory=ModelRolloutConfig)
+
+    @field_validator("policies")
+    @classmethod
+    def _unique(cls, policies: list[str]) -> list[str]:
+        if len(set(policies)) != len(policies):
+            raise ValueError(f"{policies}: name each policy once")
+        return policies
+
+
+class JudgeConfig(_Section):
+    enabled: bool = False
+    """Judge every trajectory with the model too, and report its agreement with the test verdicts.
+    Tests stay the verdict of record for SWE tasks; the judge is measured against them."""
+    structured: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How the verdict's JSON is constrained at the server."""
+    max_tokens: int = Field(200, ge=16)
 
 
 class DatasetConfig(_Section):
@@ -95,6 +141,9 @@ class Recipe(_Section):
     validation: ValidationConfig = ValidationConfig()
     sandbox: SandboxConfig = SandboxConfig()
     rollout: RolloutConfig = RolloutConfig()
+    judge: JudgeConfig = JudgeConfig()
+    model: ModelConfig | None = None
+    """The served or external model used by the model agent, LM synthesis and the judge."""
     dataset: DatasetConfig = DatasetConfig()
     web: WebConfig | None = None
     """The web half: tutorials -> web tasks -> verified browser trajectories (omit it to skip)."""
@@ -103,12 +152,29 @@ class Recipe(_Section):
     def _has_work(self) -> "Recipe":
         if not self.repos and self.web is None:
             raise ValueError("nothing to do: give `repos:` (SWE tasks) and/or a `web:` section (web tasks)")
+        if self.model is None:
+            users = [what for what, used in (
+                ("rollout.policies: [model]", "model" in self.rollout.policies),
+                ("synthesis.lm_rewrite.enabled", self.synthesis.lm_rewrite.enabled),
+                ("synthesis.statements: model", self.synthesis.statements == "model"),
+                ("judge.enabled", self.judge.enabled),
+                ("web.policies: [model] / web.judge", self.web is not None and self.web.uses_model()),
+            ) if used]
+            if users:
+                raise ValueError(f"{', '.join(users)} need a model: add a `model:` section (`serve: builtin:tiny`, "
+                                 "a model directory, or `base_url:` of an OpenAI-compatible endpoint)")
         return self
+
+    def uses_model(self) -> bool:
+        return self.model is not None and (
+            "model" in self.rollout.policies or self.synthesis.lm_rewrite.enabled
+            or self.synthesis.statements == "model" or self.judge.enabled)
 
     def digest(self) -> str:
         """Hash of everything that changes the data (not where it is written)."""
-        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True})
-        return content_hash(data, self.web.digest() if self.web else None)
+        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True, "model": True})
+        return content_hash(data, self.web.digest() if self.web else None,
+                            self.model.digest_fields() if self.model else None)
 
 
 def load_recipe(path: str | Path | None = None) -> Recipe:

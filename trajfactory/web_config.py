@@ -5,6 +5,8 @@ Only pydantic here, so `config.Recipe` can embed it as `web: WebConfig` without 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trajfactory.schema import content_hash
@@ -33,6 +35,10 @@ class WebConfig(BaseModel):
     """Pages fetched per crawled tutorial site."""
     work_dir: str = "trajfactory-out/web-work"
     """Cached results, screenshots and the run journal; keep it to resume a killed run."""
+    policies: list[Literal["replay", "model"]] = Field(default_factory=lambda: ["replay"], min_length=1)
+    """Who acts in the browser: `replay` (tutorial-guided, model-free) and/or `model` (the served model)."""
+    judge: bool = False
+    """Also judge each trajectory with the model (goal + actions + final screenshot)."""
     dataset_name: str = "trajfactory-web"
     dataset_root: str = "trajfactory-out/datasets"
 
@@ -43,6 +49,9 @@ class WebConfig(BaseModel):
             if uri.startswith("builtin:") and uri != BUILTIN_DOCS:
                 raise ValueError(f"unknown built-in tutorial source {uri!r}; the only one is {BUILTIN_DOCS!r}")
         return uris
+
+    def uses_model(self) -> bool:
+        return "model" in self.policies or self.judge
 
     def digest(self) -> str:
         """Hash of everything that changes the data (not where it is written or how many browsers run)."""

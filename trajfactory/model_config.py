@@ -1,0 +1,60 @@
+"""The recipe's `model:` section: which model the factory's agents, LM synthesizers and judges use.
+
+Only pydantic here, so `config.Recipe` and `web_config.WebConfig` can embed it without importing
+the model stack. Either the factory serves a model itself with vLLM (`serve:`; `builtin:tiny` is the
+factory's own tiny model, made on first use), or it talks to any OpenAI-compatible endpoint
+(`base_url:`), with the key read from the environment variable named by `api_key_env` (never from the
+recipe, never logged).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_TINY = "builtin:tiny"
+
+
+class ModelConfig(BaseModel):
+    """Where the served model lives, how hard to drive it, and what it costs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serve: str | None = BUILTIN_TINY
+    """A local model directory to serve with vLLM, or `builtin:tiny` (the factory's own tiny model).
+    Leave it empty (`serve: null`) and give `base_url` to use an external endpoint instead."""
+    base_url: str | None = None
+    """An external OpenAI-compatible base URL, e.g. `https://api.example.com/v1` (with `serve: null`)."""
+    api_key_env: str = "TRAJFACTORY_API_KEY"
+    """Name of the environment variable holding the endpoint's API key (unset: no key is sent)."""
+    name: str = "tiny"
+    """Model id sent in requests (the served name when the factory serves it)."""
+    max_concurrency: int = Field(8, ge=1)
+    """Requests in flight at the server at once, across every episode and synthesizer of a stage."""
+    max_model_len: int = Field(2048, ge=256)
+    """Longest context (prompt + completion) of a served model, in tokens."""
+    timeout_s: float = Field(120, gt=0)
+    """Limit of one request (retries on timeouts, 429 and 5xx come on top)."""
+    startup_timeout_s: float = Field(600, gt=0)
+    """How long a served model may take to answer its first health check."""
+    price_per_1k_prompt: float = Field(0.0, ge=0)
+    price_per_1k_completion: float = Field(0.0, ge=0)
+    gpu_hour_price: float = Field(0.0, ge=0)
+    """Cost estimate inputs: per-token prices (an API) and/or the GPU-hour price (a served model)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
+        return url
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if bool(self.serve) == bool(self.base_url):
+            raise ValueError("give exactly one of `serve:` (a model directory or builtin:tiny) and `base_url:` "
+                             "(an external OpenAI-compatible endpoint; then set `serve: null`)")
+        return self
+
+    def digest_fields(self) -> dict:
+        """What changes the model's outputs (not prices, timeouts or where the key lives)."""
+        return {"serve": self.serve, "base_url": self.base_url, "name": self.name}

@@ -1,0 +1,109 @@
+"""The model a run uses, as a context: `with model_endpoint(cfg, work_dir) as ep: client = ep.client()`.
+
+With `serve:` the factory starts vLLM on the model directory (making the built-in tiny model
+first when asked for `builtin:tiny`) and stops it when the block ends, also on errors and
+cancellation; with `base_url:` it only describes the external endpoint. The `ModelEndpoint` it
+yields is small and picklable, so flows pass it to their tasks; the API key stays in the
+environment and is read only when a client is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+from trajfactory.model_config import BUILTIN_TINY, ModelConfig
+from trajfactory.models.client import ModelClient
+from trajfactory.models.server import CACHE_ROOT, VLLMServer
+
+log = logging.getLogger(__name__)
+
+TINY_VERSION = "1"
+"""Bump when `init_tiny_model` changes, so cached tiny models are rebuilt."""
+
+
+class ModelEndpoint(BaseModel):
+    """A reachable OpenAI-compatible endpoint and how to drive it (no secret inside)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    name: str
+    api_key_env: str = "TRAJFACTORY_API_KEY"
+    max_concurrency: int = 8
+    timeout_s: float = 120
+    price_per_1k_prompt: float = 0.0
+    price_per_1k_completion: float = 0.0
+    gpu_hour_price: float = 0.0
+    served: bool = False
+    """True when this run started the server (vLLM on `model_dir`)."""
+    model_dir: str | None = None
+
+    def client(self, **overrides) -> ModelClient:
+        """A new client (clients bind to one event loop: make one per `asyncio.run`)."""
+        kwargs = dict(
+            max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
+            price_per_1k_prompt=self.price_per_1k_prompt, price_per_1k_completion=self.price_per_1k_completion,
+            gpu_hour_price=self.gpu_hour_price,
+        )
+        return ModelClient(self.base_url, self.name, os.environ.get(self.api_key_env) or None, **{**kwargs, **overrides})
+
+
+def tiny_model_dir(cache_root: str | Path | None = None) -> Path:
+    """The built-in tiny model, made once per cache (a file lock keeps parallel runs from racing)."""
+    root = Path(cache_root) if cache_root else CACHE_ROOT
+    out = root / "models" / f"tiny-v{TINY_VERSION}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".tiny-v{TINY_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            from trajfactory.models.tiny import init_tiny_model
+
+            log.info("making the built-in tiny model in %s", out)
+            tmp = out.with_name(out.name + ".tmp")
+            init_tiny_model(tmp)
+            tmp.rename(out)
+    return out
+
+
+def resolve_model_dir(serve: str) -> Path:
+    if serve == BUILTIN_TINY:
+        return tiny_model_dir()
+    path = Path(serve).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model.serve: {serve!r} is not a model directory (no config.json); give a directory "
+                         f"with config.json, weights and tokenizer, or {BUILTIN_TINY!r}")
+    return path
+
+
+def _endpoint(cfg: ModelConfig, base_url: str, **extra) -> ModelEndpoint:
+    return ModelEndpoint(
+        base_url=base_url, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
+        timeout_s=cfg.timeout_s, price_per_1k_prompt=cfg.price_per_1k_prompt,
+        price_per_1k_completion=cfg.price_per_1k_completion, gpu_hour_price=cfg.gpu_hour_price, **extra,
+    )
+
+
+@contextlib.contextmanager
+def model_endpoint(cfg: ModelConfig, work_dir: str | Path) -> Iterator[ModelEndpoint]:
+    """Yield the endpoint of `cfg`; a served model runs exactly as long as the block."""
+    if cfg.base_url:
+        yield _endpoint(cfg, cfg.base_url)
+        return
+    model_dir = resolve_model_dir(cfg.serve)
+    log_path = Path(work_dir) / "logs" / "vllm.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    server = VLLMServer(model_dir, name=cfg.name, max_model_len=cfg.max_model_len, log_path=log_path,
+                        startup_timeout_s=cfg.startup_timeout_s)
+    log.info("starting vLLM for %s (about a minute on CPU); log: %s", model_dir, log_path)
+    with server:
+        log.info("model %r served at %s", cfg.name, server.base_url)
+        yield _endpoint(cfg, server.base_url, served=True, model_dir=str(model_dir))
