@@ -23,7 +23,7 @@ from typing import Any
 from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.schema import Candidate, Entity, Quarantine, content_hash
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
-from trajfactory.synthesizers.swe.procedural import unified_diff
+from trajfactory.synthesizers.swe.diffs import unified_diff
 
 log = logging.getLogger(__name__)
 
