@@ -1,0 +1,84 @@
+"""The recipe's `model:` section and the endpoint service that flows open around their stages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from trajfactory.model_config import BUILTIN_TINY, ModelConfig
+from trajfactory.models.server import process_group_alive
+from trajfactory.models.service import ModelEndpoint, model_endpoint, resolve_model_dir
+
+
+def test_model_config_needs_exactly_one_source():
+    assert ModelConfig().serve == BUILTIN_TINY
+    with pytest.raises(ValidationError, match="exactly one of `serve:`"):
+        ModelConfig(serve="some/dir", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValidationError, match="exactly one of `serve:`"):
+        ModelConfig(serve=None)
+    with pytest.raises(ValidationError, match="not an http"):
+        ModelConfig(serve=None, base_url="127.0.0.1:8000/v1")
+
+
+def test_a_directory_without_a_model_is_named_in_the_error(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ValueError, match=rf"{tmp_path}.*no config.json.*builtin:tiny"):
+        resolve_model_dir(str(tmp_path))
+    with pytest.raises(ValueError, match="no config.json"):
+        with model_endpoint(ModelConfig(serve=str(tmp_path)), tmp_path / "work"):
+            pass
+
+
+def test_external_endpoint_reads_its_key_from_the_named_variable_and_never_shows_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("MY_PROVIDER_KEY", "sk-secret-123")
+    cfg = ModelConfig(serve=None, base_url="http://127.0.0.1:9/v1", name="m", api_key_env="MY_PROVIDER_KEY",
+                      max_concurrency=3, gpu_hour_price=2.0)
+    with model_endpoint(cfg, tmp_path) as ep:
+        assert not ep.served and ep.base_url == "http://127.0.0.1:9/v1"
+        assert "sk-secret" not in ep.model_dump_json()  # the endpoint travels as a flow parameter
+        client = ep.client()
+        assert client.max_concurrency == 3 and client.gpu_hour_price == 2.0 and client.model == "m"
+        assert "sk-secret" not in repr(client)
+        # nothing listens on port 9: the error says so without the key
+        with pytest.raises(Exception) as err:
+            asyncio.run(client.chat([{"role": "user", "content": "hi"}], max_tokens=1))
+        assert "sk-secret" not in str(err.value)
+
+
+@pytest.mark.vllm
+def test_a_served_model_lives_exactly_as_long_as_the_block(tiny_model, tmp_path):
+    cfg = ModelConfig(serve=str(tiny_model), name="tiny-served", startup_timeout_s=600)
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with model_endpoint(cfg, tmp_path / "work") as ep:
+            assert isinstance(ep, ModelEndpoint) and ep.served and ep.model_dir == str(tiny_model)
+            models = httpx.get(f"{ep.base_url}/models", timeout=10).json()
+            assert [m["id"] for m in models["data"]] == ["tiny-served"]
+            port = ep.base_url.rsplit(":", 1)[1].split("/")[0]
+            pgids = _vllm_groups(port)
+            assert pgids
+            raise RuntimeError("stage failed")
+    assert not any(process_group_alive(g) for g in pgids)
+    assert (tmp_path / "work" / "logs" / "vllm.log").stat().st_size > 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{ep.base_url}/models", timeout=2)
+
+
+def _vllm_groups(port: str) -> set[int]:
+    """Process groups of the vLLM servers listening on `port` (from /proc, no extra tools)."""
+    import os
+    from pathlib import Path
+
+    groups = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in cmd and port.encode() in cmd:
+            groups.add(os.getpgid(int(proc.name)))
+    return groups
