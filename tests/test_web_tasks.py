@@ -14,9 +14,10 @@ from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_rollout import ScreenshotStore, web_rollout
 from trajfactory.executors.webapps import launch
 from trajfactory.models.client import ModelClient
-from trajfactory.schema import TABLE_SCHEMAS, StatePredicate, Tutorial, content_hash
+from trajfactory.schema import TABLE_SCHEMAS, Quarantine, StatePredicate, Tutorial, WebTask, content_hash
+from trajfactory.synthesizers.web import stage
 from trajfactory.synthesizers.web.spec import make_infeasible, make_web_task, parse_tutorial, parse_tutorial_with_model
-from trajfactory.verifiers.state import evaluate, predicates_from_diff, predicates_from_outcome, verify_state
+from trajfactory.verifiers.state import evaluate, predicates_from_diff, predicates_from_outcome, unchanged_checks, verify_state
 
 # Seed 0 of each app: product "Copper Lantern" (in stock), forum category "Hardware", tracker issue #1 (status
 # in_progress). The tutorials use generic wording ('Add to cart', 'New thread', 'Resolved'); the seeded sites
@@ -236,3 +237,105 @@ def test_rows_fit_records_and_screenshots_by_hash(tasks, replays):
     before = len(list(store.dir.iterdir()))
     assert store.put(png) == store.put(png) == traj.steps[0].arguments["screenshot"]
     assert len(list(store.dir.iterdir())) == before
+
+
+# ---------------------------------------------------------------- loose wording, read-only tasks, the funnel
+
+
+def intents(step: str) -> list[tuple]:
+    return [(i.kind, i.label, i.value, i.alts, i.first_item) for i in parse_step(step, 0, {"amy": "pw"})]
+
+
+def test_loose_steps_parse_and_ground_but_missing_targets_do_not():
+    (kind, label, _, alts, item), = intents("Click Log in (or Sign in) in the header.")
+    assert (kind, label, alts[0], item) == ("click", "Log in", "Sign in", False)
+    assert intents("Open the shop home page.")[0][0] == "home"
+    assert intents("Go to the home page by clicking Home (or Shop) in the top bar.")[0][1:4] == ("Home", "", ["Shop"])
+    assert intents("Click a category name, for example Outdoors.") == [("click", "Outdoors", "Categories", [], True)]
+    assert intents("Pick a value in Status, for example Open or In progress.")[0][:4] == ("select", "Status", "Open", ["In progress"])
+    assert intents("Choose an Assignee, or Me for your own issues.")[0][:3] == ("select", "Assignee", "Me")
+    assert intents("Select the new status — Open, In progress or Closed — and click Update status.")[0][:2] == ("select", "status")
+    assert intents("Optionally type words in Title contains.") == []  # the tutorial says it may be left out
+    # a named control is never dropped: the replay must find it or fail on it
+    assert intents("Use the Subscribe to category button to get email updates.")[0][:2] == ("click", "Subscribe to category")
+    els = parse_axtree("RootWebArea 'x'\n\t[3] link 'Sign in'\n\t[4] button '  ADD TO   basket '\n\t[5] button 'Apply'")
+    assert ground(els, "Log in", ["link"]).bid == "3" and ground(els, "add to cart", ["button"]).bid == "4"
+    assert ground(els, "Filter", ["button"]).bid == "5"  # a synonym of the seeded label
+    assert ground(els, "Subscribe to category", ["button", "link"]) is None and ground(els, "Export", ["button"]) is None
+
+
+def test_log_predicates_and_the_read_only_rule():
+    log = lambda *rows: [{"id": i, "kind": k, "object": o, "name": n, "detail": "results=3", "user": u}
+                         for i, (k, o, n, u) in enumerate(rows, 1)]
+    before = {"app": "shop", "cart": [], "activity": []}
+    after = {"app": "shop", "cart": [], "activity": log(("sign_in", "user", "amy", "amy"), ("page", "page", "/", "amy"),
+                                                        ("search", "product", "lamp", "amy"), ("search", "product", "tent", "amy"))}
+    preds = predicates_from_diff(before, after)
+    wheres = [p.where for p in preds if p.table == "activity"]
+    assert {"kind": "sign_in", "object": "user", "name": "amy", "user": "amy"} in wheres
+    assert {"kind": "search", "object": "product", "name": "tent"} in wheres  # the last search, no ids or counts
+    assert not any(w.get("name") in ("lamp", "/") for w in wheres) and any(p.table == "cart" and p.count == 0 for p in preds)
+    other = {**after, "activity": log(("sign_in", "user", "bob", "bob"), ("search", "product", "kettle", "bob"))}
+    assert not any(evaluate(p, other, before)[0] for p in preds if p.table == "activity")
+    # data changed: checks come from the data alone, as before
+    changed = {**after, "cart": [{"product_id": 1, "quantity": 1}]}
+    assert all(p.table == "cart" for p in predicates_from_diff(before, changed))
+    # infeasible: browsing is not touching, a data change is
+    task = make_infeasible(make_web_task(parse_tutorial(tutorial(SHOP)), tutorial(SHOP, "shop")), {})
+    assert [c.table for c in unchanged_checks(before)] == ["cart"]
+    assert json.loads(verify_state(task, None, before, after).evidence.detail)["failed"][0]["check"].startswith("reported")
+    assert "state unchanged" in verify_state(task, None, before, changed).evidence.detail
+
+
+READ_ONLY = """How to find a tent
+1. Click Log in (or Sign in) in the header.
+2. Enter your Username and Password.
+3. Click the Log in button.
+4. Search for "tent".
+5. Click a product name to open its page.
+"""
+
+
+class OtherUser(ReplayPolicy):
+    """The same replay, signed in as the second seeded account."""
+
+    def reset(self, task, accounts=None):
+        super().reset(task, dict(sorted((accounts or {}).items())[1:]))
+
+
+@pytest.mark.browser
+def test_read_only_tutorial_gets_log_checks_and_other_rollouts_fail(pool):
+    task = make_web_task(parse_tutorial(tutorial(READ_ONLY, "shop")), tutorial(READ_ONLY, "shop"), seed=0)
+    checked = stage.establish_checks(task, pool)
+    assert isinstance(checked, WebTask), checked
+    with launch("shop", 0) as site:
+        user = sorted(site.accounts)[0]
+    described = [c.description for c in checked.checks]
+    assert f"user {user!r} signed in" in described and "a search of products for 'tent' was made" in described
+    assert any(d.startswith("product ") and d.endswith("was viewed") for d in described)
+    assert stage.rollout_and_verify(checked, pool)[1].passed
+    for wrong, policy, missed in ((READ_ONLY.replace('"tent"', '"lantern"'), ReplayPolicy(), "for 'tent'"),
+                                  (READ_ONLY, OtherUser(), f"user {user!r} signed in")):
+        other = make_web_task(parse_tutorial(tutorial(wrong, "shop")), tutorial(wrong, "shop"), seed=0)
+        run = web_rollout(other, policy, pool)
+        assert run.trajectory.exit_status == "submitted"
+        verdict = verify_state(checked, run.trajectory, run.initial_state, run.final_state)
+        assert not verdict.passed and missed in verdict.evidence.detail, verdict.evidence.detail
+    assert not verify_state(checked, run.trajectory, run.initial_state, run.initial_state).passed  # doing nothing
+
+
+@pytest.mark.browser
+def test_funnel_on_bundled_docs_verifies_many_more_and_names_outdated_steps(pool):
+    with stage.tutorial_sources(["builtin:docs"]) as uris:
+        tutorials, _ = stage.harvest(uris)
+    tasks, _ = stage.tasks_from_tutorials(tutorials, infeasible_share=0.25)
+    established = [stage.establish_checks(t, pool) for t in tasks]
+    checked = [r for r in established if isinstance(r, WebTask)]
+    verdicts = [stage.rollout_and_verify(t, pool)[1] for t in checked]
+    feasible = sum(v.passed for t, v in zip(checked, verdicts) if t.feasible)
+    assert feasible >= 12, [q.detail for q in established if isinstance(q, Quarantine)]  # 2 before the activity log
+    assert all(v.passed for t, v in zip(checked, verdicts) if not t.feasible)
+    bad = {"/".join(q.uri.rsplit("/", 2)[-2:]): q for t, q in zip(tasks, established) if isinstance(q, Quarantine) and t.feasible}
+    for page, step in (("tracker/tracker-faq.html", "Export"), ("tracker/comment.html", "Notify watchers"),
+                       ("forum/browse-categories.html", "Subscribe to category")):
+        assert bad[page].reason == "replay_failed" and step in bad[page].detail and "Step " in bad[page].detail

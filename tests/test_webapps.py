@@ -180,3 +180,32 @@ def test_same_seed_same_site_other_seed_differs():
     assert products != products7 and accounts != accounts7 and html != html7
     sites = [APPS[name](seed) for name in APPS for seed in range(6)]
     assert len({(s.name, tuple(s.labels.items()), tuple(s.nav)) for s in sites}) > len(APPS) * 3  # labels/layout vary
+
+
+def test_activity_log_records_read_only_actions_per_instance():
+    with launch("shop", seed=0) as a, launch("shop", seed=0) as b, launch("tracker", seed=0) as t:
+        c = Client(a.url)
+        c.post("/login", username=sorted(a.accounts)[0], password="wrong")
+        user = c.login(a)
+        c.get("/search?q=%20%20Tent%20")
+        tent = [p for p in a.state()["products"] if "tent" in p["name"].lower()]
+        c.get("/category/outdoors")
+        c.get(f"/product/{tent[0]['id']}")
+        log = a.state()["activity"]
+        entries = {(e["kind"], e["object"], e["name"], e["user"]) for e in log}
+        assert ("sign_in_failed", "user", user, None) in entries and ("sign_in", "user", user, user) in entries
+        assert ("search", "product", "tent", user) in entries  # normalized query, with its result count
+        assert next(e for e in log if e["kind"] == "search")["detail"] == f"results={len(tent)}"
+        assert ("view", "category", "Outdoors", user) in entries and ("view", "product", tent[0]["name"], user) in entries
+        assert all("session" not in e and "at" not in e for e in log)  # no volatile fields for verifiers
+        c.post("/logout")
+        assert ("sign_out", user) in {(e["kind"], e["name"]) for e in a.state()["activity"]}
+        assert b.state()["activity"] == []  # another instance of the same seed saw none of it
+
+        c = Client(t.url)
+        user = c.login(t)
+        c.get("/issues?status=open&assignee=me&q=CSV")
+        c.get("/issue/1")
+        kinds = {(e["kind"], e["name"]) for e in t.state()["activity"]}
+        assert ("filter", f"assignee={user};q=csv;status=open") in kinds and ("search", "csv") in kinds
+        assert ("view", t.state()["issues"][0]["title"]) in kinds

@@ -1,6 +1,19 @@
 """Web state checks (WebArena-style program checks, declared as data): evaluate `StatePredicate`s
 against an app's `/__state__` JSON, derive predicates from a task's expected outcome and from the
 state diff of a successful replay, and turn the result into a `Verdict`.
+
+Activity log. Each bundled app exposes a server-side activity log (table `activity`: kind, object,
+name, detail, user) beside its data tables, as real sites keep audit/analytics logs. The rules:
+
+- Data first: when a gold replay changed application data (orders, cart, threads, issues ...), its
+  checks come from the data diff exactly as before; log entries add nothing.
+- Read-only tasks: when the replay changed no data, the new log entries of the checked kinds
+  (`sign_in`, `sign_out`, `search`, `filter`, `view`) become checks on their stable fields only
+  (kind, object, name; the user for sign-in/out), never ids, result counts, sessions or plain page
+  views; plus "no rows added to or removed from" each data table (a read-only task stays read-only).
+- Infeasible tasks: "state untouched" is judged on the data tables only. Reading (signing in,
+  searching, browsing) is not touching: an infeasible task whose replay browses and then reports
+  the missing feature still verifies; any data change fails it.
 """
 
 from __future__ import annotations
@@ -13,7 +26,7 @@ from typing import Any
 from trajfactory.schema import Evidence, StatePredicate, Trajectory, Verdict, WebTask, content_hash
 
 VERIFIER = "state"
-VERSION = "1"
+VERSION = "2"
 # columns whose values differ between runs of the same seed (random session tokens)
 VOLATILE = {"session", "token"}
 # words of an outcome sentence -> state table; only tables the app's state has are used
@@ -24,6 +37,13 @@ TABLE_WORDS = {
 CREATED_RE = re.compile(r"\b(placed|created|added|posted|new|appears?|confirmed|submitted|in (?:your|the) (?:cart|basket|bag))\b", re.I)
 STATUS_RE = re.compile(r"\b(?:status(?: is| of)?|marked(?: as)?|set to)\s+['\"]?([A-Za-z][A-Za-z ]{1,20}?)['\"]?(?=[.,;]|$)", re.I)
 STATUS_SYNONYMS = {"done": "resolved", "doing": "in_progress", "to_do": "open", "archived": "closed"}
+PLACE_WORDS = r"(?:of|in|to|on|at|from|under|inside|within)"
+LOG_TABLES = {"activity"}
+"""State tables that log reading (audit/analytics), not application data."""
+LOG_KINDS = {"sign_in": ("user",), "sign_out": ("user",), "search": (), "filter": (), "view": ()}
+"""Log kinds a read-only check is derived from -> extra stable fields beyond kind, object and name."""
+REFINED = {"search", "filter"}
+"""Kinds a user refines by repeating: only the last entry per object becomes a check."""
 
 
 def _matches(row: dict[str, Any], pred: StatePredicate) -> bool:
@@ -64,14 +84,56 @@ def state_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[
     return out
 
 
+def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, list]]:
+    """`state_diff` of the application data only (activity logs left out)."""
+    return {t: d for t, d in state_diff(before, after).items() if t not in LOG_TABLES}
+
+
 def _stable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in VOLATILE}
 
 
+def _describe_log(where: dict[str, Any]) -> str:
+    kind, obj, name = where.get("kind"), where.get("object"), where.get("name")
+    if kind in ("sign_in", "sign_out"):
+        return f"user {name!r} signed {'in' if kind == 'sign_in' else 'out'}"
+    if kind == "search":
+        return f"a search of {obj}s for {name!r} was made"
+    if kind == "filter":
+        return f"the {obj} list was filtered by {name!r}"
+    return f"{obj} {name!r} was viewed"
+
+
+def log_predicates(before: dict[str, Any], after: dict[str, Any]) -> list[StatePredicate]:
+    """Checks of a read-only replay: one per distinct new log entry of a checked kind (stable fields only)."""
+    preds, seen = [], set()
+    for table in sorted(LOG_TABLES):
+        added = [r for r in state_diff(before, after).get(table, {}).get("added", []) if r.get("kind") in LOG_KINDS]
+        # a refined search or filter counts once: the last one of its kind and object is the one the task ended on
+        last = {(r["kind"], r.get("object")): i for i, r in enumerate(added) if r["kind"] in REFINED}
+        for i, row in enumerate(added):
+            if row["kind"] in REFINED and last[(row["kind"], row.get("object"))] != i:
+                continue
+            where = {k: row.get(k) for k in ("kind", "object", "name", *LOG_KINDS[row["kind"]])}
+            key = (table, json.dumps(where, sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                preds.append(StatePredicate(table=table, where=where, min_count=1, delta=True, origin="diff",
+                                            description=_describe_log(where)))
+    return preds
+
+
+def unchanged_checks(initial: dict[str, Any]) -> list[StatePredicate]:
+    """No data table gains or loses rows (activity logs may grow: reading is not touching)."""
+    return [StatePredicate(table=table, count=0, delta=True, origin="manual", description=f"no rows added to or removed from {table}")
+            for table, rows in sorted(initial.items()) if isinstance(rows, list) and table not in LOG_TABLES]
+
+
 def predicates_from_diff(before: dict[str, Any], after: dict[str, Any]) -> list[StatePredicate]:
-    """Predicates that hold after a successful replay and not before: new rows, changed fields, removed rows."""
+    """Predicates that hold after a successful replay and not before: new rows, changed fields, removed rows;
+    for a replay that changed no data (a read-only task), the new activity-log entries (see the module doc)."""
     preds: list[StatePredicate] = []
-    for table, d in state_diff(before, after).items():
+    for table, d in data_diff(before, after).items():
         groups: dict[str, int] = {}
         for row in d["added"]:  # ids of new rows are not part of the outcome: match on content
             content = json.dumps({k: v for k, v in _stable(row).items() if k != "id"}, sort_keys=True)
@@ -86,7 +148,14 @@ def predicates_from_diff(before: dict[str, Any], after: dict[str, Any]) -> list[
         for row in d["removed"]:
             where = {"id": row["id"]} if "id" in row else _stable(row)
             preds.append(StatePredicate(table=table, where=where, count=0, origin="diff", description=f"{table} row removed"))
-    return preds
+    if preds:
+        return preds
+    logged = log_predicates(before, after)
+    if not logged:  # nothing read or written that a check could tell from doing nothing
+        return []
+    read_only = [p.model_copy(update={"origin": "diff", "description": f"read-only: {p.description}"})
+                 for p in unchanged_checks(before)]
+    return logged + read_only
 
 
 def _quoted(text: str) -> list[str]:
@@ -99,8 +168,13 @@ def predicates_from_outcome(task: WebTask, initial: dict[str, Any]) -> list[Stat
     low = text.lower()
     preds: list[StatePredicate] = []
     quoted = _quoted(text)
-    for table, words in TABLE_WORDS.items():
-        if table not in initial or not any(re.search(rf"\b{w}s?\b", low) for w in words):
+    named = {t: [m for w in words for m in re.finditer(rf"\b{w}s?\b", low)] for t, words in TABLE_WORDS.items() if t in initial}
+    named = {t: ms for t, ms in named.items() if ms}
+    # "Your reply appears at the end of the thread": a table named only as the place of another is no outcome
+    place = {t for t, ms in named.items() if all(re.search(rf"\b{PLACE_WORDS}\s+(?:the|this|that|your|its|an?)\s+$", low[:m.start()])
+                                                 for m in ms)}
+    for table in TABLE_WORDS:
+        if table not in named or (table in place and len(named) > len(place)):
             continue
         status = STATUS_RE.search(text)
         if status and initial[table] and "status" in initial[table][0]:
@@ -123,7 +197,7 @@ def verify_state(task: WebTask, trajectory: Trajectory | None, initial: dict[str
     checks = task.checks if checks is None else checks
     reported = bool(trajectory and trajectory.steps and trajectory.steps[-1].tool == "report_infeasible")
     if not task.feasible:
-        diff = state_diff(initial, final)
+        diff = data_diff(initial, final)  # reading (the activity log) is not touching
         results = [("reported report_infeasible as the last action", reported,
                     f"last action: {trajectory.steps[-1].tool if trajectory and trajectory.steps else 'none'}"),
                    ("state unchanged", not diff, f"changed tables: {sorted(diff)}" if diff else "no change")]

@@ -5,11 +5,16 @@ handlers marked with `@route`. `serve(app)` binds it to a free loopback port in 
 returns an `AppInstance`. Each instance owns a fresh in-memory database, so episodes never share
 state. Verifiers read `GET /__state__` (needs the instance's state token in `X-State-Token`, so
 an agent driving the browser cannot read the answer key).
+
+Every app keeps a server-side activity log, as real sites keep audit and analytics logs: sign-ins and
+sign-outs (with the user), searches (normalized query, result count), filters applied (canonical
+`key=value` list), item views (product, category, thread, issue, order) and plain page views. It is
+part of `/__state__` (table `activity`: kind, object, name, detail, user; no timestamps), so a
+read-only task (sign in, search, browse, filter) leaves a trace that a state check can verify.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import random
 import re
@@ -25,6 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, Field
 
+from .html import CSS, error_summary, esc, field_html, select_html, table_html  # noqa: F401  (re-exported)
+
 STATE_PATH = "/__state__"
 STATE_HEADER = "X-State-Token"
 
@@ -38,14 +45,18 @@ BASE_SCHEMA = """
 CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE, password TEXT, display_name TEXT,
                     role TEXT DEFAULT 'member');
 CREATE TABLE sessions (token TEXT PRIMARY KEY, user_id INTEGER, flash TEXT DEFAULT '');
+CREATE TABLE activity (id INTEGER PRIMARY KEY, session TEXT, user_id INTEGER, kind TEXT, object TEXT DEFAULT '',
+                       name TEXT DEFAULT '', detail TEXT DEFAULT '');
 """
+ACTIVITY_TABLE = "activity"
+ACTIVITY_QUERY = ("SELECT a.id, a.kind, a.object, a.name, a.detail, u.username AS user FROM activity a "
+                  "LEFT JOIN users u ON u.id=a.user_id ORDER BY a.id")
+"""The log as verifiers see it: no session tokens, no timestamps (ids only order the rows)."""
 
-CSS = """body{font-family:sans-serif;margin:0}header{display:flex;gap:1em;align-items:center;
-padding:.5em 1em;background:#234;color:#fff}header a{color:#fff}nav ul{display:flex;gap:1em;
-list-style:none;margin:0;padding:0}main{padding:1em;max-width:60em}.error{color:#b00}
-[role=alert]{border:1px solid #b00;padding:.5em}table{border-collapse:collapse}td,th{padding:.3em
-.6em;border-bottom:1px solid #ccc;text-align:left}footer{padding:1em;color:#666}"""
 
+def normalize_query(text: str) -> str:
+    """How the log stores a search: lower case, single spaces (as analytics pipelines normalize queries)."""
+    return " ".join(text.lower().split())
 
 class AppConfig(BaseModel):
     """How one app instance is started."""
@@ -56,10 +67,6 @@ class AppConfig(BaseModel):
     """Loopback only: the sandbox browser may reach nothing else."""
     port: int = Field(0, ge=0, le=65535)
     """0 picks a free port."""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 @dataclass
@@ -96,46 +103,6 @@ def route(method: str, pattern: str) -> Callable:
         return fn
 
     return mark
-
-
-# ------------------------------------------------------------------------ form helpers
-
-
-def field_html(label: str, name: str, value: str = "", error: str = "", kind: str = "text",
-               required: bool = False, textarea: bool = False, extra: str = "") -> str:
-    """A labelled input whose error is tied to it (`aria-invalid`, `aria-describedby`)."""
-    fid = f"f-{name}"
-    attrs = f'id="{fid}" name="{esc(name)}"' + (" required" if required else "") + (f" {extra}" if extra else "")
-    if error:
-        attrs += f' aria-invalid="true" aria-describedby="{fid}-error"'
-    control = (f"<textarea {attrs} rows=5>{esc(value)}</textarea>" if textarea
-               else f'<input type="{kind}" {attrs} value="{esc(value)}">')
-    err = f'<span class="error" id="{fid}-error">{esc(error)}</span>' if error else ""
-    return f'<p><label for="{fid}">{esc(label)}</label> {control} {err}</p>'
-
-
-def select_html(label: str, name: str, options: list[tuple[str, str]], selected: str = "",
-                error: str = "", fid: str = "") -> str:
-    fid = fid or f"f-{name}"
-    opts = "".join(f'<option value="{esc(v)}"{" selected" if v == selected else ""}>{esc(t)}</option>'
-                   for v, t in options)
-    err = f'<span class="error" id="{fid}-error">{esc(error)}</span>' if error else ""
-    inv = f' aria-invalid="true" aria-describedby="{fid}-error"' if error else ""
-    return f'<p><label for="{fid}">{esc(label)}</label> <select id="{fid}" name="{esc(name)}"{inv}>{opts}</select> {err}</p>'
-
-
-def error_summary(errors: dict[str, str], heading: str = "Please fix the following errors") -> str:
-    if not errors:
-        return ""
-    items = "".join(f"<li>{esc(e)}</li>" for e in errors.values())
-    return f'<div role="alert"><h2>{esc(heading)}</h2><ul>{items}</ul></div>'
-
-
-def table_html(caption: str, headers: list[str], rows: list[list[str]]) -> str:
-    """Rows hold ready HTML (callers escape their text)."""
-    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ------------------------------------------------------------------------ the app base
@@ -203,11 +170,19 @@ class WebApp:
     def state(self) -> dict[str, Any]:
         with self.lock:
             tables = {k: [dict(r) for r in self.q(sql)] for k, sql in self.STATE_QUERIES.items()}
+            tables[ACTIVITY_TABLE] = [dict(r) for r in self.q(ACTIVITY_QUERY)]
         return {"app": self.name, "seed": self.seed, **tables}
 
     def arrange(self, key: str, sections: list[str]) -> list[str]:
         """`sections` in this seed's order for `key` (a function of the seed only, not of request count)."""
         return random.Random(f"{self.name}:{self.seed}:{key}").sample(sections, len(sections))
+
+    def log(self, req: Request, kind: str, obj: str = "", name: str = "", detail: str = "",
+            user_id: int | None = None) -> None:
+        """Append one entry to the activity log (the user is the session's, unless given)."""
+        uid = user_id if user_id is not None else (req.user["id"] if req.user else None)
+        self.db.execute("INSERT INTO activity (session, user_id, kind, object, name, detail) VALUES (?,?,?,?,?,?)",
+                        (req.session, uid, kind, obj, name, detail))
 
     def flash(self, req: Request, message: str) -> None:
         self.db.execute("UPDATE sessions SET flash=? WHERE token=?", (message, req.session))
@@ -257,14 +232,18 @@ class WebApp:
         if not errors and (user is None or user["password"] != password):
             errors["password"] = "Invalid username or password."
         if errors:
+            self.log(req, "sign_in_failed", "user", username)
             return self.login_form(req, errors, username)
         self.db.execute("UPDATE sessions SET user_id=? WHERE token=?", (user["id"], req.session))
+        self.log(req, "sign_in", "user", user["username"], user_id=user["id"])
         self.flash(req, f"Welcome back, {user['display_name']}.")
         nxt = req.arg("next")
         return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
 
     @route("POST", r"/logout")
     def logout(self, req: Request) -> Response:
+        if req.user:
+            self.log(req, "sign_out", "user", req.user["username"])
         self.db.execute("UPDATE sessions SET user_id=NULL WHERE token=?", (req.session,))
         return redirect("/")
 
@@ -291,6 +270,8 @@ class WebApp:
                     break
             else:
                 resp = self.not_found(req)
+            if method == "GET" and resp.status == 200:  # a page view, as an access log records it
+                self.log(req, "page", "page", parts.path)
             self.db.commit()
         return resp, new
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Request, Response, WebApp, error_summary, esc, field_html, redirect, route, select_html, table_html
+from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 CATEGORIES = ["General", "Help", "Showcase", "Announcements", "Hardware", "Off-topic"]
 TOPICS = ["sourdough starter", "mechanical keyboards", "home networking", "balcony gardening", "film cameras",
@@ -80,6 +80,8 @@ class ForumApp(WebApp):
         cat = req.arg("category")
         rows = (self.q(self.THREADS_SQL + " WHERE t.category=? ORDER BY t.pinned DESC, t.id DESC", cat) if cat
                 else self.q(self.THREADS_SQL + " ORDER BY t.pinned DESC, t.id DESC"))
+        if cat:
+            self.log(req, "view", "category", cat, f"results={len(rows)}")
         cats = "".join(f'<li><a href="/?category={esc(c)}"{" aria-current=page" if c == cat else ""}>{esc(c)}</a></li>'
                        for c in self.categories)
         sections = self.arrange("index", [
@@ -96,6 +98,8 @@ class ForumApp(WebApp):
         q = req.arg("q")
         rows = self.q(self.THREADS_SQL + " WHERE t.title LIKE ? OR EXISTS (SELECT 1 FROM posts p WHERE "
                       "p.thread_id=t.id AND p.body LIKE ?) ORDER BY t.id DESC", f"%{q}%", f"%{q}%") if q else []
+        if q:
+            self.log(req, "search", "thread", normalize_query(q), f"results={len(rows)}")
         body = f"<h1>Search</h1>{self.search_form(q)}"
         if q:
             body += f'<p role="status">{len(rows)} thread{"s" if len(rows) != 1 else ""} match “{esc(q)}”</p>'
@@ -107,6 +111,8 @@ class ForumApp(WebApp):
         t = self.q1("SELECT * FROM threads WHERE id=?", int(tid))
         if t is None:
             return self.not_found(req, "Thread")
+        if req.method == "GET":
+            self.log(req, "view", "thread", t["title"])
         errors = errors or {}
         posts = self.q("SELECT p.*, u.display_name AS author FROM posts p JOIN users u ON u.id=p.author_id "
                        "WHERE p.thread_id=? ORDER BY p.id", t["id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from .base import Request, Response, WebApp, error_summary, esc, field_html, redirect, route, select_html, table_html
+from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 CATALOG = {
     "Kitchen": ["Kettle", "Skillet", "Mug", "Chef Knife", "Cutting Board", "Teapot", "Colander"],
@@ -106,6 +106,7 @@ class ShopApp(WebApp):
         if cat_slug not in cats:
             return self.not_found(req, "Category")
         rows = self.q("SELECT * FROM products WHERE category=? ORDER BY name", cats[cat_slug])
+        self.log(req, "view", "category", cats[cat_slug], f"results={len(rows)}")
         return self.page(req, cats[cat_slug], f"<h1>{esc(cats[cat_slug])}</h1>{self.product_list(rows)}")
 
     @route("GET", r"/search")
@@ -113,6 +114,8 @@ class ShopApp(WebApp):
         q = req.arg("q")
         rows = (self.q("SELECT * FROM products WHERE name LIKE ? OR category LIKE ? ORDER BY name", f"%{q}%", f"%{q}%")
                 if q else [])
+        if q:
+            self.log(req, "search", "product", normalize_query(q), f"results={len(rows)}")
         body = (f"<h1>Search</h1>{self.search_form(q)}"
                 + (f'<p role="status">{len(rows)} result{"s" if len(rows) != 1 else ""} for “{esc(q)}”</p>'
                    + self.product_list(rows) if q else "<p>Type a product name or category.</p>"))
@@ -123,6 +126,8 @@ class ShopApp(WebApp):
         p = self.q1("SELECT * FROM products WHERE id=?", int(pid))
         if p is None:
             return self.not_found(req, "Product")
+        if req.method == "GET":  # not the re-rendered form of a failed add-to-cart
+            self.log(req, "view", "product", p["name"])
         errors = errors or {}
         stock = f"In stock ({p['stock']} left)" if p["stock"] else "Out of stock"
         buy = (f'<form method="post" action="/cart/add"><input type="hidden" name="product_id" value="{p["id"]}">'
@@ -269,6 +274,7 @@ class ShopApp(WebApp):
         o = self.q1("SELECT * FROM orders WHERE id=? AND user_id=?", int(oid), req.user["id"] if req.user else -1)
         if o is None:
             return self.not_found(req, "Order")
+        self.log(req, "view", "order", f"Order #{o['id']}")
         items = "".join(f"<li>{i['quantity']} × {esc(i['name'])}</li>" for i in json.loads(o["items"]))
         body = (f'<h1>Thank you! Order #{o["id"]} is confirmed</h1><p role="status">Order #{o["id"]} placed.</p>'
                 f"<ul>{items}</ul><p>Total: <strong>{money(o['total_cents'])}</strong></p>"

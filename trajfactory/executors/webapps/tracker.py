@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Request, Response, WebApp, error_summary, esc, field_html, redirect, route, select_html, table_html
+from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 COMPONENTS = ["Login page", "Billing export", "Search API", "Settings screen", "Mobile app", "Email digest",
               "CSV import", "Dashboard", "Password reset", "Notifications", "File upload", "Audit log"]
@@ -78,6 +78,13 @@ class TrackerApp(WebApp):
         if q:
             sql, args = sql + " AND i.title LIKE ?", args + [f"%{q}%"]
         rows = self.q(sql + " ORDER BY i.id DESC", *args)
+        if req.method == "GET" and (status or prio or who or q):  # "me" is logged as the user it stands for
+            applied = {"status": status, "priority": prio, "q": normalize_query(q),
+                       "assignee": req.user["username"] if who == "me" and req.user else who}
+            self.log(req, "filter", "issue", ";".join(f"{k}={v}" for k, v in sorted(applied.items()) if v),
+                     f"results={len(rows)}")
+            if q:
+                self.log(req, "search", "issue", normalize_query(q), f"results={len(rows)}")
         filters = ('<form method="get" action="/issues" aria-label="Filters">'
                    + select_html("Status", "status", [("", "Any status")] + list(self.status_text.items()), status)
                    + select_html("Priority", "priority", [("", "Any priority")] + [(p, p.title()) for p in PRIORITIES], prio)
@@ -132,6 +139,8 @@ class TrackerApp(WebApp):
                     "ON a.id=i.assignee_id JOIN users r ON r.id=i.reporter_id WHERE i.id=?", int(iid))
         if i is None:
             return self.not_found(req, "Issue")
+        if req.method == "GET":
+            self.log(req, "view", "issue", i["title"])
         errors = errors or {}
         facts = "".join(f"<dt>{k}</dt><dd>{esc(v)}</dd>" for k, v in [
             ("Status", self.status_text[i["status"]]), ("Priority", i["priority"].title()),
