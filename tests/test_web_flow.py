@@ -1,5 +1,6 @@
 """The web flow end to end: bundled docs served on loopback, real Chromium, the bundled apps, a Prefect
-ephemeral server, a dataset version with five tables, and a second run that redoes no finished rollout."""
+ephemeral server, a dataset version with six tables (web_verification: the verdict of record of each
+trajectory), and a second run that redoes no finished rollout."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from trajfactory.datasets.store import DatasetStore
 
 pytestmark = pytest.mark.browser
 
-TABLES = {"web_tasks", "trajectories", "verdicts", "quarantine", "screenshots"}
+TABLES = {"web_tasks", "trajectories", "verdicts", "quarantine", "screenshots", "web_verification"}
 # The bundled docs are written loosely ("Click Log in (or Sign in) in the header"); the rule parser + replay
 # grounds none of their feasible tasks yet, so three plainly worded tutorials join them as a second source.
 EXTRA = {"shop": SHOP, "forum": "How to start a discussion\n" + FORUM, "tracker": TRACKER}

@@ -7,11 +7,68 @@ from __future__ import annotations
 
 from typing import Literal
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trajfactory.agents.base import EpisodeLimits
 from trajfactory.schema import content_hash
 
 BUILTIN_DOCS = "builtin:docs"
+
+
+class WebAgentConfig(BaseModel):
+    """Settings of the model web agent (`agents/web_model.py`): sampling, action form, images, budgets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    """Completion tokens per model call."""
+    seed: int | None = None
+    actions: Literal["text", "tool_calls", "both"] = "text"
+    """`text`: the action is written in the reply (BrowserGym style, e.g. `click('12')`). `tool_calls`: one
+    tool per action is offered and only native tool calls count. `both`: tools, and text when no call came."""
+    images: Literal["auto", "on", "off"] = "auto"
+    """Send the screenshot with each observation. `auto`: send it, and when the server answers that the
+    model takes no images, drop images for the rest of the episode (recorded in the policy params)."""
+    system_prompt: str | None = None
+    """Replaces the default system prompt (the action grammar with one line per action); `{actions}` in it
+    is replaced by that grammar. A short one fits small context windows."""
+    max_observation_chars: int = Field(6_000, ge=100)
+    """The accessibility tree shown to the model is clipped to this many characters."""
+    history_turns: int = Field(8, ge=0)
+    """Earlier turns kept in the request (their observations shortened to URL + error)."""
+    max_model_errors: int = Field(3, ge=1)
+    """Consecutive failed model requests after which the episode ends (`model_error`)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Further request fields (e.g. `top_k`, `stop`), sent as they are."""
+    limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
+    """Steps (actions and malformed replies), tokens, seconds and cost per episode; the stricter of
+    these and `WebConfig.max_steps` applies."""
+
+    def sampling(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return {**body, **self.extra_body}
+
+
+class WebJudgeConfig(BaseModel):
+    """The model judge of web trajectories (goal + actions + final URL/page excerpt + final screenshot)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_confidence: float = Field(0.8, ge=0, le=1)
+    """A task without state checks counts as verified only by a judge pass at least this confident."""
+    structured: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How the verdict's JSON is constrained at the server."""
+    max_tokens: int = Field(200, ge=16)
+    max_page_chars: int = Field(3_000, ge=100)
+    """The final page's accessibility tree shown to the judge is clipped to this many characters."""
+    images: Literal["auto", "on", "off"] = "auto"
+    """Attach the final screenshot. `auto`: attach it, and ask again without it when the model takes no images."""
 
 
 class WebConfig(BaseModel):
@@ -38,7 +95,16 @@ class WebConfig(BaseModel):
     policies: list[Literal["replay", "model"]] = Field(default_factory=lambda: ["replay"], min_length=1)
     """Who acts in the browser: `replay` (tutorial-guided, model-free) and/or `model` (the served model)."""
     judge: bool = False
-    """Also judge each trajectory with the model (goal + actions + final screenshot)."""
+    """Also judge each trajectory with the model (goal + actions + final screenshot). State checks stay the
+    verdict of record; tasks without state checks (read-only tutorials, kept only when the judge is on) are
+    verified by a confident judge pass. The judge's agreement with the state checks is reported."""
+    judge_settings: WebJudgeConfig = Field(default_factory=WebJudgeConfig)
+    model_samples: int = Field(1, ge=1)
+    """Episodes of the model agent per checked task."""
+    model_max_tasks: int | None = Field(None, ge=1)
+    """Roll out only this many checked tasks with the model (the first by task id); None: all."""
+    agent: WebAgentConfig = Field(default_factory=WebAgentConfig)
+    """Sampling, action form, images and budgets of the model web agent."""
     dataset_name: str = "trajfactory-web"
     dataset_root: str = "trajfactory-out/datasets"
 
@@ -49,6 +115,13 @@ class WebConfig(BaseModel):
             if uri.startswith("builtin:") and uri != BUILTIN_DOCS:
                 raise ValueError(f"unknown built-in tutorial source {uri!r}; the only one is {BUILTIN_DOCS!r}")
         return uris
+
+    @field_validator("policies")
+    @classmethod
+    def _unique(cls, policies: list[str]) -> list[str]:
+        if len(set(policies)) != len(policies):
+            raise ValueError(f"{policies}: name each policy once")
+        return policies
 
     def uses_model(self) -> bool:
         return "model" in self.policies or self.judge

@@ -148,3 +148,47 @@ class ScreenshotRow(Record):
 
 SCREENSHOT_SCHEMA = pa.schema([("sha256", pa.string()), ("png", pa.binary()), ("bytes", pa.int64())])
 TABLE_SCHEMAS["screenshots"] = SCREENSHOT_SCHEMA
+
+
+# ---------------------------------------------------------------- verification of record
+
+
+class WebVerification(Record):
+    """Whether one web trajectory counts as verified, and by what.
+
+    The state checks decide where the task has any; a task without state checks is verified only by a
+    judge pass at least `min_confidence` sure (its confidence recorded); an abstention never verifies.
+    """
+
+    trajectory_id: str
+    task_id: str
+    policy: str
+    verified: bool
+    verified_by: Literal["state", "judge", "none"]
+    """`state`: the task's state checks decided (pass or fail); `judge`: no state checks, the judge decided;
+    `none`: no state checks and no usable judge verdict (not verified)."""
+    state_passed: bool | None = None
+    judge_status: Literal["verdict", "abstain", "not_judged"] = "not_judged"
+    judge_passed: bool | None = None
+    judge_confidence: float | None = None
+    reason: str = ""
+
+    def to_row(self) -> dict:
+        return self.model_dump()
+
+
+WEB_VERIFICATION_SCHEMA = pa.schema(
+    [
+        ("trajectory_id", pa.string()),
+        ("task_id", pa.string()),
+        ("policy", pa.string()),
+        ("verified", pa.bool_()),
+        ("verified_by", pa.string()),
+        ("state_passed", pa.bool_()),
+        ("judge_status", pa.string()),
+        ("judge_passed", pa.bool_()),
+        ("judge_confidence", pa.float64()),
+        ("reason", pa.string()),
+    ]
+)
+TABLE_SCHEMAS["web_verification"] = WEB_VERIFICATION_SCHEMA

@@ -7,7 +7,12 @@ structured outputs; its legacy `guided_json` field is ignored there). A server t
 schema, or a request that fails, is an ABSTENTION: `passed=False`, `score=0`, and
 `evidence.detail` (JSON) says `"status": "abstain"` with the raw answer's head. It is never a pass.
 
-`agreement` measures the judge against test verdicts (the labels) on a labeled set.
+A web task (`WebTask`) is judged from its goal, the browser actions, the final URL and page excerpt
+(accessibility tree) and the final screenshot. A server whose model takes no images (HTTP 400 about
+image/multimodal input) is asked again without the image; `evidence.detail` records `image_dropped`.
+
+`agreement` measures the judge against test verdicts (the labels) on a labeled set, or against web
+state checks.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import base64
 import json
 import math
 import mimetypes
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from trajfactory.models.client import ModelClient, ModelError
-from trajfactory.schema import Evidence, Task, Trajectory, Verdict, content_hash
+from trajfactory.schema import Evidence, Task, Trajectory, Verdict, WebTask, content_hash
 
 VERIFIER = "judge"
 VERSION = "1"
@@ -42,6 +48,11 @@ SYSTEM = (
     "its actions and the final state. Answer with one JSON object and nothing else: "
     '{"passed": true|false, "confidence": <number 0..1>, "rationale": "<one or two sentences>"}.'
 )
+
+WEB_NOTE = ("The agent acted in a web browser. If the site cannot do what the task asks, the right outcome "
+            "is that the agent reports it (report_infeasible) and changes nothing.")
+IMAGE_REFUSED = re.compile(r"multi-?modal|image|vision", re.I)
+"""An HTTP 400 whose text matches this says the model takes no images."""
 
 
 class Abstain(Exception):
@@ -86,11 +97,56 @@ def image_data_uri(image: str | Path | bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def build_messages(task: Task, trajectory: Trajectory, *, image: str | Path | bytes | None = None,
+def _web_action(step) -> str:
+    if not step.tool:
+        return f"(no action: {step.error})"
+    args = ", ".join(repr(v) for k, v in step.arguments.items() if k != "screenshot")
+    return f"{step.tool}({args})" + (f" -> error: {step.error}" if step.error else "")
+
+
+def final_page(trajectory: Trajectory) -> tuple[str, str]:
+    """(final URL, final accessibility tree) of a web trajectory, from its last observations."""
+    seen = [m.content for m in trajectory.messages if m.role == "user" and (m.content or "").startswith("URL: ")]
+    url = seen[-1].splitlines()[0][5:] if seen else ""
+    tree = next((s.observation for s in reversed(trajectory.steps) if s.tool and s.observation), "")
+    if not tree and seen:
+        tree = seen[-1].split("Accessibility tree:\n", 1)[-1]
+    return url, tree
+
+
+def web_text(task: WebTask, trajectory: Trajectory, *, max_steps: int = 30, max_axtree_chars: int = 3000) -> str:
+    steps = trajectory.steps
+    shown = steps if len(steps) <= max_steps else steps[: max_steps // 2] + steps[-(max_steps - max_steps // 2):]
+    lines = [f"({len(steps) - len(shown)} middle steps left out)"] if len(shown) < len(steps) else []
+    lines += [f"[{s.index}] {_clip(_web_action(s), 400)}" for s in shown]
+    url, tree = final_page(trajectory)
+    return (f"## Task\n{task.instruction.strip()}\n\n{WEB_NOTE}\n\n"
+            f"## Actions ({len(steps)} steps, exit status: {trajectory.exit_status})\n"
+            + ("\n".join(lines) or "(no actions)")
+            + f"\n\n## Final state\nURL: {url or '(unknown)'}\nPage (accessibility tree):\n"
+            f"{_clip(tree.strip(), max_axtree_chars) or '(empty)'}\n")
+
+
+def build_messages(task: Task | WebTask, trajectory: Trajectory, *, image: str | Path | bytes | None = None,
                    max_steps: int = 30, max_observation_chars: int = 400,
-                   max_patch_chars: int = 4000) -> list[dict]:
+                   max_patch_chars: int = 4000, max_axtree_chars: int = 3000) -> list[dict]:
+    if isinstance(task, WebTask):
+        text = (web_text(task, trajectory, max_steps=max_steps, max_axtree_chars=max_axtree_chars)
+                + ("\nA screenshot of the final page is attached.\n" if image is not None else "")
+                + "\nDid the agent solve the task? Answer with the JSON object only.")
+    else:
+        text = _swe_text(task, trajectory, image=image, max_steps=max_steps,
+                         max_observation_chars=max_observation_chars, max_patch_chars=max_patch_chars)
+    content: str | list[dict] = text
+    if image is not None:
+        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image_data_uri(image)}}]
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
+
+
+def _swe_text(task: Task, trajectory: Trajectory, *, image, max_steps: int, max_observation_chars: int,
+              max_patch_chars: int) -> str:
     patch = trajectory.final.patch.strip()
-    text = (
+    return (
         f"## Task\n{task.instruction.strip()}\n\n"
         f"## Actions ({len(trajectory.steps)} steps, exit status: {trajectory.exit_status})\n"
         f"{render_history(trajectory, max_steps=max_steps, max_observation_chars=max_observation_chars)}\n\n"
@@ -98,10 +154,6 @@ def build_messages(task: Task, trajectory: Trajectory, *, image: str | Path | by
         + ("\nA screenshot of the final state is attached.\n" if image is not None else "")
         + "\nDid the agent solve the task? Answer with the JSON object only."
     )
-    content: str | list[dict] = text
-    if image is not None:
-        content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": image_data_uri(image)}}]
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
 
 
 def response_format(mode: str) -> dict[str, Any] | None:
@@ -155,33 +207,42 @@ def is_abstention(verdict: Verdict) -> bool:
 
 
 async def judge_trajectory(
-    client: ModelClient, task: Task, trajectory: Trajectory, *, image: str | Path | bytes | None = None,
+    client: ModelClient, task: Task | WebTask, trajectory: Trajectory, *, image: str | Path | bytes | None = None,
     structured: str = "json_schema", sampling: dict[str, Any] | None = None, max_steps: int = 30,
     max_observation_chars: int = 400, max_patch_chars: int = 4000, raw_head_chars: int = 300,
+    max_axtree_chars: int = 3000, image_fallback: bool = True,
 ) -> Verdict:
     """The judge's verdict on one trajectory; an abstention (never a pass) when the answer is unusable.
 
     `score` is the judge's probability that the task was solved: `confidence` for a pass,
-    `1 - confidence` for a fail, 0 for an abstention.
+    `1 - confidence` for a fail, 0 for an abstention. With `image_fallback`, a model that takes no
+    images is asked again without the image (recorded as `image_dropped`).
     """
     if structured not in STRUCTURED_MODES:
         raise ValueError(f"structured={structured!r}: must be one of {STRUCTURED_MODES}")
     started = time.monotonic()
-    messages = build_messages(task, trajectory, image=image, max_steps=max_steps,
-                              max_observation_chars=max_observation_chars, max_patch_chars=max_patch_chars)
     params = {**DEFAULT_SAMPLING, **(sampling or {})}
     info: dict[str, Any] = {"model": client.model, "response_format": structured, "image": image is not None}
+    fmt = response_format(structured)
     answer: str | None = None
     try:
-        try:
-            fmt = response_format(structured)
-            result = await client.chat(messages, **params, **({"response_format": fmt} if fmt else {}))
-        except ModelError as exc:
-            if structured == "none" or exc.status not in (400, 422):
-                raise
-            # The server does not take response_format: ask again, the prompt alone constrains.
-            info["response_format"] = f"none (server refused {structured}: {str(exc)[:160]})"
-            result = await client.chat(messages, **params)
+        for _ in range(3):  # at most: the image refused, then response_format refused
+            messages = build_messages(task, trajectory, image=image if info["image"] else None, max_steps=max_steps,
+                                      max_observation_chars=max_observation_chars, max_patch_chars=max_patch_chars,
+                                      max_axtree_chars=max_axtree_chars)
+            try:
+                result = await client.chat(messages, **params, **({"response_format": fmt} if fmt else {}))
+                break
+            except ModelError as exc:
+                if info["image"] and image_fallback and exc.status == 400 and IMAGE_REFUSED.search(str(exc)):
+                    info["image"], info["image_dropped"] = False, str(exc)[:160]  # a text-only model
+                elif fmt is not None and exc.status in (400, 422):
+                    # The server does not take response_format: ask again, the prompt alone constrains.
+                    fmt, info["response_format"] = None, f"none (server refused {structured}: {str(exc)[:160]})"
+                else:
+                    raise
+        else:
+            raise ModelError("the server refused every form of the request", 400)
         answer = result.message.content
         passed, confidence, rationale = parse_verdict(answer)
     except (ModelError, Abstain) as exc:
@@ -193,7 +254,16 @@ async def judge_trajectory(
     return _verdict(task, trajectory, client.model, passed, score, detail, time.monotonic() - started)
 
 
-def _verdict(task: Task, trajectory: Trajectory, model: str, passed: bool, score: float, detail: dict,
+def judge_confidence(verdict: Verdict) -> float | None:
+    """The confidence a judge verdict recorded (None for an abstention or another verifier's verdict)."""
+    try:
+        detail = json.loads(verdict.evidence.detail)
+    except ValueError:
+        return None
+    return detail.get("confidence") if isinstance(detail, dict) and detail.get("status") == "verdict" else None
+
+
+def _verdict(task: Task | WebTask, trajectory: Trajectory, model: str, passed: bool, score: float, detail: dict,
              duration: float) -> Verdict:
     return Verdict(
         verdict_id=content_hash(VERIFIER, VERSION, model, task.task_id, trajectory.trajectory_id, "trajectory"),
