@@ -1,0 +1,550 @@
+"""Rollout throughput of model-served agents: trajectories per minute, model-server busy fraction, and the
+harness's own overhead per agent step, at several concurrencies; mini-swe-agent on the same tasks and server.
+
+Tasks are real: procedural bugs of the bundled `builtin:textkit` repository, synthesized and validated in
+Docker exactly as the factory does (cached in the work dir). Each episode runs in a fresh Docker sandbox
+in the task's buggy starting state, against a real vLLM server (its own CPU server on the built-in tiny
+model by default, or `--base-url`).
+
+The tiny model has random weights, so its free text is noise. To make every step a real step (a model
+call, then a command in the sandbox) the replies of BOTH harnesses are constrained by the server
+(vLLM `structured_outputs.regex`) to the harness's own action format: a short thought, then one bash
+block holding one of a few read-only commands. No command submits, so every episode runs to the step
+limit: this measures plumbing throughput, not solve rate.
+
+Per step, model time is the wait for the model's reply, sandbox time the command's run in the container,
+and the harness overhead is the rest of the step's wall time (the harness's own work, thread hand-offs,
+event-loop contention). The model-server busy fraction is the share of ~50 ms polls of vLLM's
+`/metrics` with at least one request running (`vllm:num_requests_running`), over the run's window; also
+shown: the share with a request running or waiting, and the union of the client's request intervals.
+"HTTP s/step" is the client's request time (for mini-swe-agent: `litellm.completion`), "vLLM s/request"
+the server's own end-to-end request time (`vllm:e2e_request_latency_seconds`): the gap between the two is
+client-side time that the step accounting counts as model time.
+
+mini-swe-agent is installed (pip, from PyPI) into its own venv in the trajfactory cache the first time
+the bench needs it and driven by `bench/mini_swe_driver.py` inside that venv: its `DockerEnvironment`
+on the same images, the same bug patch applied the same way, its `LitellmModel` against the same server.
+
+    python bench/rollout_throughput.py --concurrency 1,2,4,8 --tasks 4 --samples 2 --max-steps 6
+    python bench/rollout_throughput.py --base-url http://127.0.0.1:18000/v1 --model tiny --skip-mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's trajfactory, installed or not
+
+from trajfactory.agents.base import EpisodeLimits
+from trajfactory.agents.model import ModelPolicy, ModelPolicyConfig
+from trajfactory.config import SynthesisConfig, ValidationConfig
+from trajfactory.executors.base import EnvironmentHandle, SandboxLimits
+from trajfactory.executors.docker import DockerBackend, engine_available
+from trajfactory.executors.environments import build_environment
+from trajfactory.executors.images import ensure_base_image
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.rollout import BUG_PATH
+from trajfactory.executors.concurrent import run_episodes
+from trajfactory.models.client import ModelClient
+from trajfactory.models.server import CACHE_ROOT, VLLMServer
+from trajfactory.models.service import tiny_model_dir
+from trajfactory.schema import Quarantine, Task
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "mini_swe_driver.py"
+MINI_VERSION = "2.4.6"
+LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=60)
+TASKS_FORMAT = "1"
+"""Bump when the cached task file changes shape."""
+
+# The commands the constrained model may choose from: read-only, short output, none submits.
+COMMANDS = [
+    "ls -la",
+    "git status --short",
+    "git diff --stat",
+    "find . -name '*.py' | head -n 5",
+    "grep -rn 'def ' --include='*.py' . | head -n 5",
+    "python -c 'import sys; print(sys.version)'",
+    "wc -l $(git ls-files '*.py') | tail -n 1",
+]
+
+
+def action_regex(fence: str) -> str:
+    """A short lower-case thought, then exactly one fenced block in `fence` holding one of COMMANDS."""
+    alternatives = "|".join(re.escape(c) for c in COMMANDS)
+    return f"THOUGHT: [a-z ]{{1,30}}\\n\\n```{fence}\\n({alternatives})\\n```"
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def build_tasks(backend: DockerBackend, work: Path, n: int) -> tuple[EnvironmentHandle, list[Task]]:
+    """`n` validated textkit tasks, cached in `work` (rebuilt when the image is gone or too few are cached)."""
+    cache = work / "tasks.json"
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            env = EnvironmentHandle(**data["env"])
+            tasks = [Task.model_validate(t) for t in data["tasks"]]
+        except Exception as exc:  # noqa: BLE001 - an old or broken cache is rebuilt
+            progress(f"tasks: the cache {cache} does not load ({type(exc).__name__}); rebuilding it")
+        else:
+            if data.get("format") == TASKS_FORMAT and len(tasks) >= n and _image_exists(backend, env.name):
+                progress(f"tasks: {n} of {len(tasks)} cached in {cache}")
+                return env, tasks[:n]
+    progress("tasks: harvesting builtin:textkit, building its image, synthesizing and validating bugs ...")
+    source = harvest_repo("builtin:textkit", work / "mirrors")
+    if isinstance(source, Quarantine):
+        raise SystemExit(f"builtin:textkit was quarantined: {source.reason}: {source.detail}")
+    env = build_environment(backend, source)
+    if isinstance(env, Quarantine):
+        raise SystemExit(f"the textkit environment did not build: {env.reason}: {env.detail}")
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=max(6, 3 * n)), work / "checkouts")
+    config = ValidationConfig(reference_runs=1)
+    ref = stage.reference(backend, env, source, config, LIMITS)
+    if isinstance(ref, Quarantine):
+        raise SystemExit(f"the textkit reference run failed: {ref.reason}: {ref.detail}")
+    tasks: list[Task] = []
+    validated, validations = [], []
+    with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
+        for c in candidates:
+            validated.append(c)
+            validations.append(stage.validate(pool, c, ref, config))
+            tasks = stage.tasks_from(source, env, validated, validations)
+            progress(f"tasks: {len(validated)}/{len(candidates)} candidates validated, {len(tasks)} tasks")
+            if len(tasks) >= n:
+                break
+    if len(tasks) < n:
+        raise SystemExit(f"--tasks {n}: only {len(tasks)} valid textkit tasks came out of {len(candidates)} "
+                         "candidates; ask for fewer")
+    cache.write_text(json.dumps({"format": TASKS_FORMAT, "env": asdict(env),
+                                 "tasks": [t.model_dump(mode="json") for t in tasks]}))
+    return env, tasks[:n]
+
+
+def _image_exists(backend: DockerBackend, tag: str) -> bool:
+    try:
+        backend.client.images.get(tag)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: rebuild
+        return False
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BusyPoller:
+    """Polls vLLM's Prometheus `/metrics` from a thread; busy = share of polls with >= 1 running request.
+
+    Also counts the polls with a request in the server at all (running or waiting, e.g. waiting for its
+    structured-output grammar), and reports progress through `report` every `report_every_s`.
+    """
+
+    def __init__(self, metrics_url: str, model: str, interval_s: float = 0.05, report=None, report_every_s=5.0):
+        self.url, self.model, self.interval_s = metrics_url, model, interval_s
+        self.samples: list[tuple[float, float, float]] = []
+        """(unix time, running, waiting) per poll."""
+        self.errors = 0
+        self.last_error = ""
+        self._report, self._report_every_s = report, report_every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vllm-metrics-poller")
+
+    def gauge(self, text: str, name: str) -> float | None:
+        found = re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}}\s+([0-9.eE+-]+)", text, re.M)
+        values = [float(v) for labels, v in found if f'model_name="{self.model}"' in labels]
+        return sum(values) if values else None
+
+    def _run(self) -> None:
+        last_report = time.monotonic()
+        with httpx.Client(timeout=2.0) as http:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    text = http.get(self.url).text
+                    running = self.gauge(text, "vllm:num_requests_running")
+                    if running is None:
+                        raise ValueError(f"no vllm:num_requests_running for model {self.model!r} in {self.url}")
+                    self.samples.append((time.time(), running, self.gauge(text, "vllm:num_requests_waiting") or 0.0))
+                except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._report and time.monotonic() - last_report >= self._report_every_s:
+                    last_report = time.monotonic()
+                    self._report(self)
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t0)))
+
+    def window(self, start: float = 0.0, end: float = float("inf")) -> list[tuple[float, float, float]]:
+        return [x for x in self.samples if start <= x[0] <= end]
+
+    def busy(self, start: float = 0.0, end: float = float("inf")) -> float | None:
+        """Share of the polls in [start, end] (unix times) with at least one request running."""
+        polls = self.window(start, end)
+        return sum(r >= 1 for _, r, _ in polls) / len(polls) if polls else None
+
+    def occupied(self, start: float = 0.0, end: float = float("inf")) -> float | None:
+        """Share of the polls in [start, end] with at least one request in the server (running or waiting)."""
+        polls = self.window(start, end)
+        return sum(r + w >= 1 for _, r, w in polls) / len(polls) if polls else None
+
+    def __enter__(self) -> "BusyPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def server_totals(metrics_url: str, model: str) -> tuple[float, float]:
+    """vLLM's own request accounting so far: (sum of end-to-end request seconds, requests); zeros if unread."""
+    try:
+        text = httpx.get(metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return 0.0, 0.0
+    totals = []
+    for name in ("vllm:e2e_request_latency_seconds_sum", "vllm:e2e_request_latency_seconds_count"):
+        found = re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}}\s+([0-9.eE+-]+)", text, re.M)
+        totals.append(sum(float(v) for labels, v in found if f'model_name="{model}"' in labels))
+    return totals[0], totals[1]
+
+
+def union_busy(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of [start, end] covered by the union of the (begin, finish) intervals."""
+    covered, cursor = 0.0, start
+    for b, f in sorted(intervals):
+        b, f = max(b, cursor), min(f, end)
+        if f > b:
+            covered += f - b
+            cursor = f
+    return covered / (end - start) if end > start else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------- trajfactory
+
+
+def run_trajfactory(tasks, env, backend, args, concurrency: int, metrics_url: str) -> dict:
+    client = ModelClient(args.base_url, args.model, max_concurrency=concurrency, timeout_s=args.request_timeout)
+    config = ModelPolicyConfig(
+        actions="text", max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        extra_body={"structured_outputs": {"regex": action_regex("bash")}},
+        limits=EpisodeLimits(max_steps=args.max_steps),
+    )
+    total = len(tasks) * args.samples
+    done = [0]
+
+    class Done(logging.Handler):  # run_episodes logs one INFO line per finished episode
+        def emit(self, record):
+            if record.getMessage().startswith("episode "):
+                done[0] += 1
+
+    def report(poller: BusyPoller) -> None:
+        progress(f"trajfactory c={concurrency}: {done[0]}/{total} episodes, {len(client.requests)} model calls, "
+                 f"busy so far {poller.busy() or 0:.0%}")
+
+    logger = logging.getLogger("trajfactory.executors.concurrent")
+    handler, old_level = Done(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        before = server_totals(metrics_url, args.model)
+        with BusyPoller(metrics_url, args.model, args.poll_ms / 1000, report) as poller:
+            t0 = time.time()
+            trajs, stats = asyncio.run(run_episodes(
+                tasks, lambda task, sample: ModelPolicy(client, config), backend, lambda task: env,
+                concurrency=concurrency, samples=args.samples, limits=EpisodeLimits(max_steps=args.max_steps),
+                sandbox_limits=LIMITS))
+            t1 = time.time()
+        after = server_totals(metrics_url, args.model)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    turns = [t for e in stats.episodes for t in e.turns]
+    errors = [e.error for e in stats.episodes if e.error]
+    statuses: dict[str, int] = {}
+    for t in trajs:
+        statuses[t.exit_status] = statuses.get(t.exit_status, 0) + 1
+    commands = sum(1 for t in trajs for s in t.steps if s.tool == "bash" and s.exit_code is not None)
+    steps = sum(len(t.steps) for t in trajs)
+    intervals = [(r.started_at, r.started_at + r.latency_s) for r in client.requests]
+    return {
+        "harness": "trajfactory", "concurrency": concurrency, "episodes": len(trajs), "wall_s": stats.wall_s,
+        "turns": len(turns), "commands": commands, "steps": steps,
+        "model_s": [t.model_s for t in turns], "sandbox_s": [t.sandbox_s for t in turns],
+        "overhead_s": [t.overhead_s for t in turns], "setup_s": [e.setup_s for e in stats.episodes],
+        "busy": poller.busy(t0, t1), "occupied": poller.occupied(t0, t1), "load": os.getloadavg()[0],
+        "polls": len(poller.window(t0, t1)),
+        "poll_errors": poller.errors,
+        "poll_error": poller.last_error, "busy_union": union_busy(intervals, t0, t1),
+        "http_s": sum(r.latency_s for r in client.requests), "model_calls": len(client.requests),
+        "failed_calls": sum(r.status != 200 for r in client.requests),
+        "statuses": statuses, "errors": errors[:3], "server_s": after[0] - before[0], "server_n": after[1] - before[1],
+    }
+
+
+# ---------------------------------------------------------------- mini-swe-agent
+
+
+def mini_python(cache: Path) -> tuple[Path | None, str]:
+    """The python of the bench's mini-swe-agent venv, made on first use; (None, why) when it cannot be."""
+    venv = cache / "bench-mini-venv"
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", "import importlib.metadata as m; print(m.version('mini-swe-agent'))"]
+    if python.exists():
+        got = subprocess.run(check, capture_output=True, text=True)
+        if got.returncode == 0 and got.stdout.strip() == MINI_VERSION:
+            return python, ""
+    progress(f"mini-swe-agent: installing mini-swe-agent=={MINI_VERSION} into {venv} (pip, first use only) ...")
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "-q", f"mini-swe-agent=={MINI_VERSION}"]]
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-8:])
+            return None, f"`{' '.join(cmd[-4:])}` failed (exit {res.returncode}):\n{tail}"
+    got = subprocess.run(check, capture_output=True, text=True)
+    if got.returncode != 0:
+        return None, f"mini-swe-agent is not importable in {venv} after installing it: {got.stderr.strip()[-500:]}"
+    return python, ""
+
+
+def run_mini(python: Path, tasks, env, args, concurrency: int, metrics_url: str, work: Path) -> dict:
+    spec = {
+        "base_url": args.base_url, "model": args.model, "max_steps": args.max_steps, "max_tokens": args.max_tokens,
+        "temperature": args.temperature, "seed": args.seed, "workers": concurrency, "samples": args.samples,
+        "regex": action_regex("mswea_bash_command"),
+        "command_timeout": LIMITS.command_timeout_s, "bug_path": BUG_PATH,
+        "docker_run_args": ["--network", "none", "--memory", LIMITS.memory, "--memory-swap", LIMITS.memory,
+                            f"--cpus={LIMITS.cpus}", "--pids-limit", str(LIMITS.pids), "--cap-drop", "ALL",
+                            "--security-opt", "no-new-privileges", "--init",
+                            "--label", "trajfactory=1", "--label", "trajfactory.bench=mini-swe-agent"],
+        "tasks": [{"instance_id": t.instance_id, "image": env.name, "bug_patch": t.bug_patch,
+                   "instruction": t.instruction} for t in tasks],
+    }
+    spec_path = work / f"mini-spec-c{concurrency}.json"
+    out_path = work / f"mini-result-c{concurrency}.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    total = len(tasks) * args.samples
+    done = [0]
+
+    def report(poller: BusyPoller) -> None:
+        progress(f"mini-swe-agent c={concurrency}: {done[0]}/{total} episodes, busy so far {poller.busy() or 0:.0%}")
+
+    before = server_totals(metrics_url, args.model)
+    with BusyPoller(metrics_url, args.model, args.poll_ms / 1000, report) as poller:
+        proc = subprocess.Popen([str(python), str(DRIVER), str(spec_path), str(out_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "MSWEA_SILENT_STARTUP": "1", "MSWEA_COST_TRACKING": "ignore_errors"})
+        lines = []
+        for line in proc.stdout:  # the driver prints `episode done ...` per finished episode
+            if line.startswith("episode done"):
+                done[0] += 1
+            else:
+                lines.append(line.rstrip("\n"))
+        proc.wait()
+    if proc.returncode != 0 or not out_path.is_file():
+        tail = "\n".join(lines[-15:])
+        raise RuntimeError(f"the mini-swe-agent driver failed (exit {proc.returncode}):\n{tail}")
+    after = server_totals(metrics_url, args.model)
+    res = json.loads(out_path.read_text())
+    res.update(server_s=after[0] - before[0], server_n=after[1] - before[1], harness="mini-swe-agent",
+               concurrency=concurrency, busy=poller.busy(res["start"], res["end"]),
+               occupied=poller.occupied(res["start"], res["end"]), polls=len(poller.window(res["start"], res["end"])),
+               load=os.getloadavg()[0],
+               poll_errors=poller.errors, poll_error=poller.last_error,
+               busy_union=union_busy([tuple(i) for i in res["intervals"]], res["start"], res["end"]))
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+
+def row(r: dict) -> str:
+    n = max(1, r["turns"])
+    over_ms = [x * 1000 for x in r["overhead_s"]]
+    busy = "n/a" if r["busy"] is None else f"{r['busy']:.0%}"
+    occupied = "n/a" if r["occupied"] is None else f"{r['occupied']:.0%}"
+    server = f"{r['server_s'] / r['server_n']:.3f}" if r.get("server_n") else "n/a"
+    return (f"| {r['harness']} | {r['concurrency']} | {r['episodes']} | {r['turns']} | "
+            f"{r['episodes'] / r['wall_s'] * 60:.1f} | {r['turns'] / r['wall_s']:.2f} | {busy} | {occupied} | "
+            f"{r['busy_union']:.0%} | {sum(r['model_s']) / n:.3f} | {r['http_s'] / n:.3f} | {server} | "
+            f"{sum(r['sandbox_s']) / n:.3f} | "
+            f"{statistics.median(over_ms) if over_ms else float('nan'):.1f} | {pct(over_ms, 0.9):.1f} | "
+            f"{mean(r['setup_s']):.2f} | {r['load']:.1f} |")
+
+
+HEADER = ("| harness | concurrency | trajectories | steps | trajectories/min | steps/s | server busy: running "
+          "| running or waiting | request union | model s/step | HTTP s/step | vLLM s/request | sandbox s/step "
+          "| overhead ms/step median | p90 | setup s/episode | load avg |\n" + "|---" * 17 + "|")
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency {text!r}: give comma-separated integers, e.g. 1,2,4,8")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--concurrency {text!r}: every value must be at least 1")
+    return values
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=parse_concurrency, default=[1, 2, 4, 8],
+                        help="comma-separated episode concurrencies (default 1,2,4,8)")
+    parser.add_argument("--tasks", type=positive, default=4, help="textkit tasks (default 4)")
+    parser.add_argument("--samples", type=positive, default=2, help="episodes per task (default 2)")
+    parser.add_argument("--max-steps", type=positive, default=6, help="agent steps per episode (default 6)")
+    parser.add_argument("--max-tokens", type=positive, default=96, help="completion tokens per model call (default 96)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed sent with every request")
+    parser.add_argument("--base-url", default=None,
+                        help="a running OpenAI-compatible vLLM server (e.g. http://127.0.0.1:18000/v1); "
+                             "default: start a CPU vLLM server on the built-in tiny model for the run")
+    parser.add_argument("--model", default="tiny", help="served model name (default tiny)")
+    parser.add_argument("--max-model-len", type=positive, default=8192,
+                        help="context length of the server the bench starts (default 8192: mini-swe-agent's "
+                             "SWE-bench prompt alone is about 2,900 tokens of the tiny model's tokenizer)")
+    parser.add_argument("--request-timeout", type=float, default=120.0, help="seconds per model request")
+    parser.add_argument("--poll-ms", type=float, default=50.0, help="/metrics poll interval in ms (default 50)")
+    parser.add_argument("--skip-mini", action="store_true", help="do not run mini-swe-agent")
+    parser.add_argument("--mini-concurrency", type=parse_concurrency, default=None,
+                        help="concurrencies for mini-swe-agent (default: the same as --concurrency)")
+    parser.add_argument("--work", type=Path, default=CACHE_ROOT / "bench-rollout",
+                        help="work dir: cached tasks, server log, driver files (default: in the trajfactory cache)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not engine_available():
+        raise SystemExit("no Docker engine answers (start dockerd: scripts/setup.sh); the bench needs Docker sandboxes")
+    ensure_base_image(progress=progress)
+    backend = DockerBackend(labels={"trajfactory.bench": "rollout-throughput"})
+    env, tasks = build_tasks(backend, args.work, args.tasks)
+
+    mini, mini_why = (None, "skipped (--skip-mini)") if args.skip_mini else mini_python(CACHE_ROOT)
+    if mini is None and not args.skip_mini:
+        progress(f"mini-swe-agent cannot run: {mini_why}")
+
+    server = None
+    if args.base_url is None:
+        progress("starting a CPU vLLM server on the built-in tiny model (about a minute) ...")
+        model_dir = tiny_model_dir()
+        positions = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings", 0)
+        extra = []
+        if args.max_model_len > positions:  # random weights: a longer window costs nothing in quality
+            extra = ["--hf-overrides", json.dumps({"max_position_embeddings": args.max_model_len})]
+        server = VLLMServer(model_dir, name=args.model, max_model_len=args.max_model_len, extra_args=extra,
+                            log_path=args.work / "vllm.log").start()
+        args.base_url = server.base_url
+    server_note = "the bench's own vLLM server" if server else f"the running server at {args.base_url}"
+    base = args.base_url.rstrip("/")
+    metrics_url = (base[: -len("/v1")] if base.endswith("/v1") else base) + "/metrics"
+    try:
+        models = httpx.get(f"{base}/models", timeout=10).json()
+        names = [m["id"] for m in models.get("data", [])]
+    except Exception as exc:  # noqa: BLE001
+        raise SystemExit(f"--base-url {args.base_url}: GET /models failed: {type(exc).__name__}: {exc}")
+    if args.model not in names:
+        raise SystemExit(f"--model {args.model!r}: the server at {args.base_url} serves {names}")
+
+    results, notes = [], []
+    try:
+        # Interleaved (trajfactory at c, then mini-swe-agent at c), so both see much the same machine load.
+        mini_levels = (args.mini_concurrency or args.concurrency) if mini is not None else []
+        for c in sorted(set(args.concurrency) | set(mini_levels)):
+            if c in args.concurrency:
+                progress(f"trajfactory c={c}: {len(tasks)} tasks x {args.samples} samples, "
+                         f"{args.max_steps} steps each")
+                r = run_trajfactory(tasks, env, backend, args, c, metrics_url)
+                results.append(r)
+                progress(f"trajfactory c={c}: done in {r['wall_s']:.1f}s, exits {r['statuses']}")
+                if r["errors"]:
+                    notes.append(f"trajfactory c={c}: {len(r['errors'])}+ episode errors, e.g. "
+                                 f"{r['errors'][0][:400]}")
+            if c in mini_levels:
+                progress(f"mini-swe-agent c={c}: {len(tasks)} tasks x {args.samples} samples, "
+                         f"{args.max_steps} steps each")
+                try:
+                    r = run_mini(mini, tasks, env, args, c, metrics_url, args.work)
+                except Exception as exc:  # noqa: BLE001 - the bench says why and goes on
+                    notes.append(f"mini-swe-agent c={c} did not run: {exc}")
+                    progress(notes[-1])
+                    continue
+                results.append(r)
+                progress(f"mini-swe-agent c={c}: done in {r['wall_s']:.1f}s, exits {r['statuses']}")
+                if r.get("errors"):
+                    notes.append(f"mini-swe-agent c={c}: {len(r['errors'])}+ episode errors, e.g. "
+                                 f"{r['errors'][0][:400]} (tracebacks in {args.work / f'mini-result-c{c}.json'})")
+        if mini is None:
+            notes.append(f"mini-swe-agent: {mini_why}")
+    finally:
+        if server is not None:
+            server.stop()
+
+    print(f"\nserver: {server_note}, model {args.model!r}; {len(tasks)} textkit tasks x {args.samples} samples, "
+          f"{args.max_steps} steps, {args.max_tokens} max tokens; load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} cores\n")
+    results.sort(key=lambda r: (r["harness"] != "trajfactory", r["concurrency"]))
+    print(HEADER)
+    for r in results:
+        print(row(r))
+    for r in results:
+        if r["poll_errors"]:
+            print(f"\n{r['harness']} c={r['concurrency']}: {r['poll_errors']} of {r['polls'] + r['poll_errors']} "
+                  f"/metrics polls failed, last: {r['poll_error']}")
+        print(f"{r['harness']} c={r['concurrency']}: {r['commands']} sandbox commands in {r['turns']} steps, "
+              f"{r['model_calls']} model calls ({r['failed_calls']} failed), exits {r['statuses']}")
+    for note in notes:
+        print(f"\nnote: {note}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
