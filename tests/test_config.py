@@ -48,3 +48,37 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_recipe(bad)
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("section, named", [
+    ("rollout:\n  policies: [oracle, model]\n", "rollout.policies: [model]"),
+    ("judge:\n  enabled: true\n", "judge.enabled"),
+    ("synthesis:\n  statements: model\n", "synthesis.statements: model"),
+    ("synthesis:\n  lm_rewrite: {enabled: true}\n", "synthesis.lm_rewrite.enabled"),
+])
+def test_a_model_step_without_a_model_section_names_the_field(tmp_path, section, named):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("repos:\n  - uri: builtin:textkit\n" + section)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value) and named in str(err.value) and "`model:`" in str(err.value)
+    path.write_text("repos:\n  - uri: builtin:textkit\n" + section + "model:\n  serve: builtin:tiny\n")
+    assert load_recipe(path).uses_model()
+
+
+def test_model_serve_and_base_url_are_exclusive(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("repos:\n  - uri: builtin:textkit\nmodel:\n  serve: builtin:tiny\n  base_url: http://127.0.0.1:1/v1\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert "field `model`" in str(err.value) and "exactly one of `serve:`" in str(err.value)
+    path.write_text("repos:\n  - uri: builtin:textkit\nmodel:\n  serve: null\n  base_url: http://127.0.0.1:1/v1\n")
+    recipe = load_recipe(path)
+    assert recipe.model.base_url and not recipe.uses_model()  # a model section alone asks for no model work
+
+
+def test_the_default_recipe_runs_every_model_step_with_the_tiny_model():
+    recipe = load_recipe(None)
+    assert recipe.uses_model() and recipe.model.serve == "builtin:tiny"
+    assert recipe.rollout.policies == ["oracle", "model"] and recipe.judge.enabled
+    assert recipe.synthesis.lm_rewrite.enabled and recipe.synthesis.statements == "model"

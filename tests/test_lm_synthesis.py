@@ -229,6 +229,32 @@ def test_statement_is_used_or_falls_back_to_the_template(stub, answer, source, r
     assert "tests/test_stats.py::test_merge_ranges" in prompt and "1 failed" in prompt
 
 
+NAMES = statements.topics("merge_ranges", "src/textkit/stats.py", VALIDATION.FAIL_TO_PASS)
+OFF_TOPIC = ("Login page crashes\n\nWhen I open the settings dialog and press save, the window closes and "
+             "nothing is stored. I expected my preferences to be kept.")
+
+
+def test_topics_are_the_changed_function_module_and_failing_tests():
+    assert NAMES == ["merge_ranges", "stats", "test_merge_ranges"]
+    assert statements.topics("Parser.parse", "pkg/__init__.py", ["t.py::TestP::test_ok[x-1]"]) == \
+        ["Parser", "parse", "test_ok"]  # short names (`ok`) and `__init__` show nothing
+
+
+@pytest.mark.parametrize("answer, source, reason", [
+    (CLEAN, "lm", "ok"),  # names merge_ranges
+    (OFF_TOPIC, "template", "off_topic"),
+    (OFF_TOPIC + " The statistics look wrong.", "template", "off_topic"),  # `stats` only inside a word
+    (OFF_TOPIC + " It happens in the stats module.", "lm", "ok"),
+])
+def test_a_statement_that_names_nothing_of_the_task_is_off_topic(stub, answer, source, reason):
+    result = asyncio.run(statements.write_statement(
+        stub(lambda body: answer).client(), repo="textkit", bug_patch=BUG_PATCH, validation=VALIDATION,
+        test_output=TEST_OUTPUT, names=NAMES))
+    assert (result.source, result.reason) == (source, reason)
+    if reason == "off_topic":
+        assert "merge_ranges" in result.detail and result.text == template_statement("textkit", VALIDATION)
+
+
 @pytest.mark.vllm
 def test_tiny_model_statement_is_requested(vllm_server):
     client = ModelClient(vllm_server.base_url, "tiny")

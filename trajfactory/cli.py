@@ -65,9 +65,25 @@ def _print_yields(summary: dict) -> None:
         Console().print(table)
 
 
+def _report_model(summary: dict) -> None:
+    """One line each for the model's usage and the judge's agreement with the tests, when there were any."""
+    total = next((row for row in summary.get("model_usage", []) if row["stage"] == "total"), None)
+    if total:
+        typer.echo(f"model usage ({total['model']}): {total['requests']} requests ({total['failed_requests']} failed), "
+                   f"{total['prompt_tokens']} prompt + {total['completion_tokens']} completion tokens, "
+                   f"{total['latency_s']:.1f} s in requests, estimated cost ${total['cost_usd']:.4f}")
+    for row in summary.get("judge_agreement", []):
+        agree = "n/a" if row["agreement"] is None else f"{row['agreement']:.3f}"
+        kappa = "n/a" if row["kappa"] is None else f"{row['kappa']:.3f}"
+        typer.echo(f"judge vs tests: agreement {agree} on {row['answered']} answered, kappa {kappa}, "
+                   f"{row['abstained']} of {row['n']} abstained")
+
+
 @app.command()
 def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
-    """Run the whole factory: harvest → synthesize & validate → rollout → verify → dataset version."""
+    """Run the whole factory: harvest → synthesize & validate → rollout → verify (tests, and the model
+    judge) → dataset version. A recipe with a `model:` section serves that model (or uses its external
+    endpoint) for the whole run and prints what the model work cost."""
     _setup_logging()
     r = _recipe(recipe)
     from trajfactory.flows.swe import factory_flow
@@ -75,6 +91,7 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
     result = factory_flow(r)
     if "summary" in result:
         _print_yields(result["summary"])
+        _report_model(result["summary"])
         counts = ", ".join(f"{n} {k}" for k, n in result["counts"].items())
         typer.echo(f"wrote {result['root']}/{result['version']} ({counts})")
     if result.get("web"):
@@ -89,7 +106,8 @@ def _report_web(web: dict) -> None:
 
 @app.command()
 def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
-    """Run only the web half: tutorials → web tasks → replayed, state-checked browser trajectories → dataset."""
+    """Run only the web half: tutorials → web tasks → replayed (and, when `web.policies` lists `model`, model-driven),
+    state-checked browser trajectories → dataset."""
     _setup_logging()
     r = _recipe(recipe)
     if r.web is None:
@@ -97,7 +115,7 @@ def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
         raise typer.Exit(2)
     from trajfactory.flows.web import run_web
 
-    _report_web(run_web(r.web))
+    _report_web(run_web(r.web, model=r.model))  # a web model policy or judge uses the recipe's `model:`
 
 
 def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> dict:
@@ -127,22 +145,29 @@ def harvest(recipe: Optional[Path] = RECIPE_ARG) -> None:
 
 @app.command()
 def synthesize(recipe: Optional[Path] = RECIPE_ARG) -> None:
-    """Build sandbox images, synthesize bug candidates and validate them by running tests (needs `harvest`)."""
+    """Build sandbox images, synthesize bug candidates (procedural, and LM rewrites with a model) and validate
+    them by running tests; write problem statements (needs `harvest`)."""
     out = _stage("synthesize_flow", recipe)
     typer.echo(f"{out['candidates']} candidates, {out['tasks']} validated tasks, {out['quarantine']} quarantined")
 
 
 @app.command()
 def rollout(recipe: Optional[Path] = RECIPE_ARG) -> None:
-    """Execute every task with the recipe's policy in a sandbox and record trajectories (needs `synthesize`)."""
+    """Execute the tasks with the recipe's policies (oracle and/or the model) in sandboxes and record
+    trajectories (needs `synthesize`)."""
     typer.echo(f"{_stage('rollout_flow', recipe)['trajectories']} trajectories")
 
 
 @app.command()
 def verify(recipe: Optional[Path] = RECIPE_ARG) -> None:
-    """Test each trajectory's final repository state in a fresh sandbox (needs `rollout`)."""
+    """Test each trajectory's final repository state in a fresh sandbox, and judge it with the model when the
+    recipe enables `judge:` (needs `rollout`)."""
     out = _stage("verify_flow", recipe)
     typer.echo(f"{out['passed']}/{out['verdicts']} trajectories verified")
+    if out.get("judge_agreement"):
+        from trajfactory.datasets.yields import judge_rows
+
+        _report_model({"judge_agreement": judge_rows(out["judge_agreement"])})
 
 
 @app.command()
@@ -150,6 +175,7 @@ def build(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Write the stage records as a new immutable dataset version (needs `verify`)."""
     out = _stage("build_flow", recipe, concurrent=False)
     _print_yields(out["summary"])
+    _report_model(out["summary"])
     typer.echo(f"wrote {out['root']}/{out['version']}")
 
 

@@ -52,6 +52,8 @@ class LMRewriteConfig(_Section):
     samples_per_entity: int = Field(1, ge=1)
     temperature: float = Field(0.8, ge=0)
     max_tokens: int = Field(512, ge=16)
+    max_context_chars: int = Field(6000, ge=200)
+    """Characters of the masked file shown around the function (keep prompt + reply inside the model's context)."""
 
 
 class SynthesisConfig(_Section):
@@ -66,7 +68,12 @@ class SynthesisConfig(_Section):
     """SWE-smith's LM rewrite: the model re-implements a function from its masked body (needs `model:`)."""
     statements: Literal["template", "model"] = "template"
     """Problem statements: `template` (from the failing tests), or `model` (written by the model from the bug
-    patch and the failing tests' output, checked not to leak the fix; the template is the fallback)."""
+    patch and the failing tests' output, checked not to leak the fix and to name something of the task;
+    the template is the fallback)."""
+    statement_max_tokens: int = Field(600, ge=16)
+    """Completion tokens of one model-written statement."""
+    statement_max_context_chars: int = Field(6000, ge=200)
+    """Characters of bug patch and test output (half each, at most) in the statement prompt."""
 
 
 class ValidationConfig(_Section):

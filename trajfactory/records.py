@@ -27,6 +27,12 @@ def load(work_dir: str | Path, name: str, model) -> list:
     return read_records(records_dir(work_dir) / f"{name}.jsonl", model)
 
 
+def load_optional(work_dir: str | Path, name: str, model) -> list:
+    """Records a stage writes only in some recipes (model usage, judge verdicts); none when absent."""
+    path = records_dir(work_dir) / f"{name}.jsonl"
+    return read_records(path, model) if path.is_file() else []
+
+
 def save_environments(work_dir: str | Path, envs: dict[str, EnvironmentHandle]) -> None:
     path = records_dir(work_dir) / "environments.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,21 @@ import yaml
 
 DEFAULT_TAGS = ("trajfactory", "agent-trajectories", "tool-calling", "swe-bench", "synthetic")
 
+_SECTION_NOTES = {
+    "by_policy": "Per policy: trajectories, test-verified ones, and pass@1 / pass@k over each task's k samples.",
+    "model_usage": "Model requests behind this version, per stage: tokens, summed request latency, and the "
+    "cost estimate (token prices and/or GPU-hour price over the time the server was busy).",
+    "judge_agreement": "The model judge against the test verdicts: `agreement` and `kappa` over answered "
+    "trajectories; abstentions are counted apart (and as fails in `agreement_abstain_as_fail`).",
+}
 _TABLE_NOTES = {
-    "tasks": "SWE-bench style task instances: buggy state, gold patch, FAIL_TO_PASS / PASS_TO_PASS.",
-    "trajectories": "Agent rollouts: OpenAI-format `messages` with `tool_calls`, `tools`, per-step observations.",
-    "verdicts": "Verifier outcomes per trajectory (or gold patch): passed, score, test evidence.",
+    "tasks": "SWE-bench style task instances: buggy state, gold patch, FAIL_TO_PASS / PASS_TO_PASS; "
+    "`statement_source` says who wrote the problem statement (template or model) and `statement_detail` why.",
+    "trajectories": "Agent rollouts: OpenAI-format `messages` with `tool_calls`, `tools`, per-step observations; "
+    "`policy.name` is `oracle` or `model`.",
+    "verdicts": "Verifier outcomes per trajectory (or gold patch): passed, score, test evidence. `tests` verdicts "
+    "are the verdicts of record; `judge` verdicts (a model judge) are measured against them, and an abstention "
+    "is recorded as a fail with `\"status\": \"abstain\"` in `evidence.detail`.",
     "quarantine": "Items that could not go through a stage, with the reason.",
 }
 
@@ -88,7 +99,8 @@ def render_card(
     if summary:
         lines += ["", "## Yields", ""]
         for title, section in summary.items():
-            lines += [f"### {title}", "", *_markdown_table(_rows(section)), ""]
+            note = [_SECTION_NOTES[title], ""] if title in _SECTION_NOTES else []
+            lines += [f"### {title}", "", *note, *_markdown_table(_rows(section)), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -1,13 +1,18 @@
-"""Helpers every flow uses: the run journal, result storage, and gathering futures with progress."""
+"""Helpers every flow uses: the run journal, result storage, gathering futures with progress, and the
+model endpoint's lifetime."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
+from trajfactory.model_config import ModelConfig
+from trajfactory.models.service import ModelEndpoint, model_endpoint
 from trajfactory.progress import Progress
 
 _journal_lock = threading.Lock()
@@ -34,3 +39,18 @@ def gather(futures, description: str) -> list:
             results.append(future.result())
             bar.advance()
     return results
+
+
+@contextlib.contextmanager
+def model_session(cfg: ModelConfig | None, work_dir: str | Path, endpoint: ModelEndpoint | None,
+                  needed: bool) -> Iterator[ModelEndpoint | None]:
+    """The endpoint a flow hands to its tasks: the caller's when given (the end-to-end flow opened it),
+    else one opened here for this flow alone (a served model stops when the block ends, however it
+    ends), or None when the flow needs no model."""
+    if endpoint is not None or not needed:
+        yield endpoint
+        return
+    if cfg is None:
+        raise ValueError("this stage needs a model but the recipe has no `model:` section")
+    with model_endpoint(cfg, work_dir) as opened:
+        yield opened

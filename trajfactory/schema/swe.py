@@ -125,6 +125,11 @@ class Task(Record):
     entity: Entity
     validation: Validation
     provenance: Provenance
+    statement_source: Literal["template", "lm"] = "template"
+    """Who wrote `instruction`: the template (from the failing tests) or the model (`lm`)."""
+    statement_detail: str = ""
+    """Why: `ok` (model text used), the reason the model's text was refused (`off_topic: ...`, `leak: ...`,
+    `empty: ...`, `model_error: ...`), or empty when the recipe asked for template statements."""
 
     def to_row(self) -> dict:
         env = self.environment
@@ -141,6 +146,8 @@ class Task(Record):
             "PASS_TO_PASS": list(self.checks.PASS_TO_PASS),
             "p2p_method": self.checks.p2p_method,
             "problem_statement": self.instruction,
+            "statement_source": self.statement_source,
+            "statement_detail": self.statement_detail,
             "difficulty": self.difficulty,
             "family": self.family,
             "entity": self.entity.model_dump(),
@@ -183,6 +190,8 @@ TASK_SCHEMA = pa.schema(
         ("PASS_TO_PASS", pa.list_(pa.string())),
         ("p2p_method", pa.string()),
         ("problem_statement", pa.string()),
+        ("statement_source", pa.string()),
+        ("statement_detail", pa.string()),
         ("difficulty", pa.string()),
         ("family", pa.string()),
         ("entity", _ENTITY),
@@ -194,3 +203,40 @@ TASK_SCHEMA = pa.schema(
 
 
 TABLE_SCHEMAS["tasks"] = TASK_SCHEMA
+
+
+# ---------------------------------------------------------------- model usage
+
+
+class ModelUsage(Record):
+    """What one stage's model requests cost: one record per unit of work, summed for a report."""
+
+    stage: str
+    """`lm_rewrite`, `statements`, `rollout` or `judge`."""
+    model: str = ""
+    requests: int = 0
+    failed_requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    """Sum of the requests' wall times (retries included); concurrent requests overlap."""
+    cost_usd: float = 0.0
+    """The client's estimate: token prices and/or the GPU-hour price over the span the server was busy."""
+
+    @classmethod
+    def of_client(cls, stage: str, client: Any) -> "ModelUsage":
+        """The usage recorded by a `ModelClient` (its `requests` and `cost_usd()`)."""
+        reqs = client.requests
+        return cls(stage=stage, model=client.model, requests=len(reqs),
+                   failed_requests=sum(r.error is not None for r in reqs), retries=sum(r.retries for r in reqs),
+                   prompt_tokens=sum(r.prompt_tokens for r in reqs),
+                   completion_tokens=sum(r.completion_tokens for r in reqs),
+                   latency_s=round(sum(r.latency_s for r in reqs), 3), cost_usd=client.cost_usd())
+
+    def __add__(self, other: "ModelUsage") -> "ModelUsage":
+        fields = ("requests", "failed_requests", "retries", "prompt_tokens", "completion_tokens", "latency_s",
+                  "cost_usd")
+        summed = {f: getattr(self, f) + getattr(other, f) for f in fields}
+        return ModelUsage(stage=self.stage if self.stage == other.stage else "total",
+                          model=self.model or other.model, **summed)

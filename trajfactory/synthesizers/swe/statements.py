@@ -2,8 +2,10 @@
 the bug patch and the failing tests' output, and a leak check keeps the fix out of it.
 
 A statement is rejected when it quotes a changed line of the patch, a long run of the fixed code,
-or diff markers; then, and when the model fails, the template statement is used instead. The
-result says which one was used and why, so a dataset can report its share of model-written text.
+or diff markers (`leak`), and when it names nothing of the task (`off_topic`: no changed function,
+module or failing test is mentioned, so it cannot be about this bug); then, and when the model
+fails, the template statement is used instead. The result says which one was used and why, so a
+dataset can report its share of model-written text.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ MIN_LINE_CHARS = 12
 MIN_CODE_RUN = 24
 """A run of this many characters of the fixed code inside the statement is a leak."""
 MIN_STATEMENT_CHARS = 40
+MIN_TOPIC_CHARS = 4
+"""Names shorter than this (`f`, `io`) are too common to show that a statement is about the task."""
 
 SYSTEM = (
     "You write GitHub issues for a Python project. You describe what a user observes, never how "
@@ -56,7 +60,7 @@ class StatementResult:
     text: str
     source: Literal["lm", "template"]
     reason: str
-    """`ok` (model text used), or why the template was used: `leak`, `model_error`, `empty`."""
+    """`ok` (model text used), or why the template was used: `leak`, `off_topic`, `model_error`, `empty`."""
     detail: str = ""
     """What leaked, or the model error; empty when the model's text was used."""
 
@@ -101,6 +105,27 @@ def find_leak(statement: str, bug_patch: str, *, min_line_chars: int = MIN_LINE_
     return None
 
 
+def topics(entity_name: str, entity_file: str, tests: list[str]) -> list[str]:
+    """Names a statement about this bug would mention: the changed function (and its class), its module,
+    and the failing tests (with and without their `test_` prefix)."""
+    names = set(entity_name.split("."))
+    module = entity_file.rsplit("/", 1)[-1].removesuffix(".py")
+    if module != "__init__":
+        names.add(module)
+    for test in tests:
+        leaf = re.split(r"::|\.", test.split("[")[0])[-1]
+        names.update({leaf, leaf.removeprefix("test_")})
+    return sorted(n for n in names if len(n) >= MIN_TOPIC_CHARS)
+
+
+def find_off_topic(statement: str, names: list[str]) -> str | None:
+    """Why `statement` is not about the task (it names none of `names`), or None when it names one."""
+    for name in names:
+        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", statement, re.IGNORECASE):
+            return None
+    return f"names none of {names[:8]}" + (" ..." if len(names) > 8 else "")
+
+
 def _tail(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else "..." + text[-max_chars:]
 
@@ -121,8 +146,12 @@ def build_messages(repo: str, bug_patch: str, validation: Validation, test_outpu
 async def write_statement(
     client: ModelClient, *, repo: str, bug_patch: str, validation: Validation, test_output: str = "",
     sampling: dict[str, Any] | None = None, max_patch_chars: int = 3000, max_output_chars: int = 3000,
+    names: list[str] | None = None,
 ) -> StatementResult:
-    """A model-written problem statement, or the template one when the model's text leaks or fails."""
+    """A model-written problem statement, or the template one when the model's text leaks or fails.
+
+    With `names` (see `topics`), a statement that mentions none of them is refused as `off_topic`.
+    """
     def fallback(reason: str, detail: str) -> StatementResult:
         return StatementResult(template_statement(repo, validation), "template", reason, detail)
 
@@ -137,4 +166,6 @@ async def write_statement(
         return fallback("empty", f"the model wrote {len(text)} characters: {text[:80]!r}")
     if (leak := find_leak(text, bug_patch)) is not None:
         return fallback("leak", leak)
+    if names is not None and (off := find_off_topic(text, names)) is not None:
+        return fallback("off_topic", f"{off}; the model wrote {text[:80]!r}")
     return StatementResult(text, "lm", "ok")
