@@ -62,7 +62,8 @@ def _print_yields(summary: dict) -> None:
             table.add_column(col)
         for row in rows:
             table.add_row(*(str(v) for v in row.values()))
-        Console().print(table)
+        # A log file or pipe is not 80 columns wide: keep the tables readable there too.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _report_model(summary: dict) -> None:

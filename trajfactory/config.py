@@ -130,6 +130,12 @@ class JudgeConfig(_Section):
     structured: Literal["json_schema", "json_object", "none"] = "json_schema"
     """How the verdict's JSON is constrained at the server."""
     max_tokens: int = Field(200, ge=16)
+    max_history_steps: int = Field(30, ge=1)
+    """Steps of the trajectory shown to the judge (the first and last ones when there are more)."""
+    max_observation_chars: int = Field(400, ge=50)
+    """Characters of each observation shown (head and tail)."""
+    max_patch_chars: int = Field(4000, ge=200)
+    """Characters of the final diff shown; keep the prompt within the model's context."""
 
 
 class DatasetConfig(_Section):

@@ -228,6 +228,8 @@ def judge_task(recipe: Recipe, endpoint: ModelEndpoint, task_: Task, trajectorie
         async with client:
             return await asyncio.gather(*(
                 judge.judge_trajectory(client, task_, tr, structured=cfg.structured,
-                                       sampling={"max_tokens": cfg.max_tokens}) for tr in trajectories))
+                                       sampling={"max_tokens": cfg.max_tokens}, max_steps=cfg.max_history_steps,
+                                       max_observation_chars=cfg.max_observation_chars,
+                                       max_patch_chars=cfg.max_patch_chars) for tr in trajectories))
 
     return list(asyncio.run(run())), ModelUsage.of_client("judge", client)

@@ -51,6 +51,8 @@ SYSTEM = (
 
 WEB_NOTE = ("The agent acted in a web browser. If the site cannot do what the task asks, the right outcome "
             "is that the agent reports it (report_infeasible) and changes nothing.")
+CONTEXT_OVERFLOW = re.compile(r"maximum context length|context window|too many tokens", re.I)
+"""A 400 that no other request format can cure: the prompt is too long for the model."""
 IMAGE_REFUSED = re.compile(r"multi-?modal|image|vision", re.I)
 """An HTTP 400 whose text matches this says the model takes no images."""
 
@@ -236,7 +238,7 @@ async def judge_trajectory(
             except ModelError as exc:
                 if info["image"] and image_fallback and exc.status == 400 and IMAGE_REFUSED.search(str(exc)):
                     info["image"], info["image_dropped"] = False, str(exc)[:160]  # a text-only model
-                elif fmt is not None and exc.status in (400, 422):
+                elif fmt is not None and exc.status in (400, 422) and not CONTEXT_OVERFLOW.search(str(exc)):
                     # The server does not take response_format: ask again, the prompt alone constrains.
                     fmt, info["response_format"] = None, f"none (server refused {structured}: {str(exc)[:160]})"
                 else:
