@@ -51,6 +51,18 @@ class EpisodeLimits(BaseModel):
             merged[name] = theirs if mine is None else mine if theirs is None else min(mine, theirs)
         return EpisodeLimits(**merged)
 
+    def hit(self, steps: int, usage: Usage, elapsed: float) -> str | None:
+        """The name of the first budget used up (checked before each turn), or None."""
+        if self.max_steps is not None and steps >= self.max_steps:
+            return "step_limit"
+        if self.max_seconds is not None and elapsed >= self.max_seconds:
+            return "time_limit"
+        if self.max_tokens is not None and usage.prompt_tokens + usage.completion_tokens >= self.max_tokens:
+            return "token_limit"
+        if self.max_cost_usd is not None and usage.cost_usd >= self.max_cost_usd:
+            return "cost_limit"
+        return None
+
 
 class PolicyError(RuntimeError):
     """A turn that produced no executable action (malformed reply, failed model request).

@@ -83,19 +83,6 @@ class RunStats(_Stats):
         return sum(e.overhead_s for e in self.episodes) / max(1, self.agent_turns)
 
 
-def _limit_hit(lim: EpisodeLimits, steps: int, policy: Policy, elapsed: float) -> str | None:
-    usage = policy.usage
-    if lim.max_steps is not None and steps >= lim.max_steps:
-        return "step_limit"
-    if lim.max_seconds is not None and elapsed >= lim.max_seconds:
-        return "time_limit"
-    if lim.max_tokens is not None and usage.prompt_tokens + usage.completion_tokens >= lim.max_tokens:
-        return "token_limit"
-    if lim.max_cost_usd is not None and usage.cost_usd >= lim.max_cost_usd:
-        return "cost_limit"
-    return None
-
-
 async def arollout(
     task: Task,
     policy: Policy,
@@ -130,7 +117,7 @@ async def arollout(
     def left() -> float | None:
         return None if lim.max_seconds is None else lim.max_seconds - (time.monotonic() - loop_start)
 
-    while (hit := _limit_hit(lim, len(steps), policy, time.monotonic() - loop_start)) is None:
+    while (hit := lim.hit(len(steps), policy.usage, time.monotonic() - loop_start)) is None:
         turn = TurnTiming()
         stats.turns.append(turn)
         t_turn = time.monotonic()

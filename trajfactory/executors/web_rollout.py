@@ -88,19 +88,6 @@ def observation_text(obs: Observation, max_chars: int) -> str:
     return f"URL: {obs.url}\n{error}Accessibility tree:\n{tree}"
 
 
-def limit_hit(lim: EpisodeLimits, steps: int, usage: Usage, elapsed: float) -> str | None:
-    """The name of the first budget used up (checked before each turn), or None."""
-    if lim.max_steps is not None and steps >= lim.max_steps:
-        return "step_limit"
-    if lim.max_seconds is not None and elapsed >= lim.max_seconds:
-        return "time_limit"
-    if lim.max_tokens is not None and usage.prompt_tokens + usage.completion_tokens >= lim.max_tokens:
-        return "token_limit"
-    if lim.max_cost_usd is not None and usage.cost_usd >= lim.max_cost_usd:
-        return "cost_limit"
-    return None
-
-
 def web_rollout(task: WebTask, policy: WebPolicy, pool: BrowserPool, store: ScreenshotStore | None = None,
                 max_steps: int = 40, max_observation_chars: int = 8_000, sample: int = 0) -> WebRollout:
     """Run `policy` on `task` in a fresh app instance (launch -> episode -> close) and record everything."""
@@ -122,7 +109,7 @@ def web_rollout(task: WebTask, policy: WebPolicy, pool: BrowserPool, store: Scre
             messages.append(Message(role="user", content=observation_text(obs, max_observation_chars)))
             loop_start = time.monotonic()
             try:
-                while (hit := limit_hit(lim, len(steps), getattr(policy, "usage", Usage()),
+                while (hit := lim.hit(len(steps), getattr(policy, "usage", Usage()),
                                         time.monotonic() - loop_start)) is None:
                     try:
                         turn = policy.act_on(obs) if observing else WebTurn(policy.act(obs.axtree, obs.last_action_error))
