@@ -82,3 +82,15 @@ def test_the_default_recipe_runs_every_model_step_with_the_tiny_model():
     assert recipe.uses_model() and recipe.model.serve == "builtin:tiny"
     assert recipe.rollout.policies == ["oracle", "model"] and recipe.judge.enabled
     assert recipe.synthesis.lm_rewrite.enabled and recipe.synthesis.statements == "model"
+
+
+@pytest.mark.parametrize("section, field", [
+    ("rollout:\n  policies: [oracle, oracle]\n", "rollout.policies"),
+    ("web:\n  policies: [replay, replay]\n", "web.policies"),
+])
+def test_a_policy_named_twice_is_an_error_naming_the_list(tmp_path, section, field):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("repos:\n  - uri: builtin:textkit\n" + section)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"field `{field}`" in str(err.value) and "name each policy once" in str(err.value)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trajfactory.agents.model import ModelPolicyConfig
 from trajfactory.model_config import ModelConfig
 from trajfactory.schema import content_hash
-from trajfactory.web_config import WebConfig
+from trajfactory.web_config import WebConfig, unique_policies
 
 DEFAULT_RECIPE = Path(__file__).parent / "data" / "recipes" / "default.yaml"
 BUILTIN_REPOS = Path(__file__).parent / "data" / "repos"
@@ -115,12 +115,7 @@ class RolloutConfig(_Section):
     max_steps: int = Field(20, ge=1)
     model: ModelRolloutConfig = Field(default_factory=ModelRolloutConfig)
 
-    @field_validator("policies")
-    @classmethod
-    def _unique(cls, policies: list[str]) -> list[str]:
-        if len(set(policies)) != len(policies):
-            raise ValueError(f"{policies}: name each policy once")
-        return policies
+    _unique = field_validator("policies")(staticmethod(unique_policies))
 
 
 class JudgeConfig(_Section):

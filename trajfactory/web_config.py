@@ -17,6 +17,13 @@ from trajfactory.schema import content_hash
 BUILTIN_DOCS = "builtin:docs"
 
 
+def unique_policies(policies: list[str]) -> list[str]:
+    """A policy list's validator (the recipe's `rollout.policies` and `web.policies`): each name once."""
+    if len(set(policies)) != len(policies):
+        raise ValueError(f"{policies}: name each policy once")
+    return policies
+
+
 class WebAgentConfig(BaseModel):
     """Settings of the model web agent (`agents/web_model.py`): sampling, action form, images, budgets."""
 
@@ -116,12 +123,7 @@ class WebConfig(BaseModel):
                 raise ValueError(f"unknown built-in tutorial source {uri!r}; the only one is {BUILTIN_DOCS!r}")
         return uris
 
-    @field_validator("policies")
-    @classmethod
-    def _unique(cls, policies: list[str]) -> list[str]:
-        if len(set(policies)) != len(policies):
-            raise ValueError(f"{policies}: name each policy once")
-        return policies
+    _unique = field_validator("policies")(staticmethod(unique_policies))
 
     def uses_model(self) -> bool:
         return "model" in self.policies or self.judge
