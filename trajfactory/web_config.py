@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trajfactory.agents.base import EpisodeLimits
+from trajfactory.agents.base import EpisodeLimits, SamplingConfig
 from trajfactory.schema import content_hash
 
 BUILTIN_DOCS = "builtin:docs"
@@ -24,16 +22,11 @@ def unique_policies(policies: list[str]) -> list[str]:
     return policies
 
 
-class WebAgentConfig(BaseModel):
+class WebAgentConfig(SamplingConfig):
     """Settings of the model web agent (`agents/web_model.py`): sampling, action form, images, budgets."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
-    """Completion tokens per model call."""
-    seed: int | None = None
+    """Completion tokens per model call (other sampling fields: `SamplingConfig`)."""
     actions: Literal["text", "tool_calls", "both"] = "text"
     """`text`: the action is written in the reply (BrowserGym style, e.g. `click('12')`). `tool_calls`: one
     tool per action is offered and only native tool calls count. `both`: tools, and text when no call came."""
@@ -47,19 +40,9 @@ class WebAgentConfig(BaseModel):
     """The accessibility tree shown to the model is clipped to this many characters."""
     history_turns: int = Field(8, ge=0)
     """Earlier turns kept in the request (their observations shortened to URL + error)."""
-    max_model_errors: int = Field(3, ge=1)
-    """Consecutive failed model requests after which the episode ends (`model_error`)."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Further request fields (e.g. `top_k`, `stop`), sent as they are."""
     limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
     """Steps (actions and malformed replies), tokens, seconds and cost per episode; the stricter of
     these and `WebConfig.max_steps` applies."""
-
-    def sampling(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
-        if self.seed is not None:
-            body["seed"] = self.seed
-        return {**body, **self.extra_body}
 
 
 class WebJudgeConfig(BaseModel):

@@ -7,7 +7,7 @@ between a policy and the rollout loop that runs it.
 
 from __future__ import annotations
 
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +62,31 @@ class EpisodeLimits(BaseModel):
         if self.max_cost_usd is not None and usage.cost_usd >= self.max_cost_usd:
             return "cost_limit"
         return None
+
+
+class SamplingConfig(BaseModel):
+    """Request sampling shared by the model agents (SWE `ModelPolicyConfig`, web `WebAgentConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature of every model call."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(512, ge=1)
+    """Completion tokens per model call."""
+    seed: int | None = None
+    """Sampling seed sent with each request (servers that honour it make a sample reproducible)."""
+    max_model_errors: int = Field(3, ge=1)
+    """Consecutive failed model requests after which the episode ends (`model_error`)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Further request fields (e.g. `top_k`, `stop`), sent as they are."""
+
+    def sampling(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return {**body, **self.extra_body}
 
 
 class PolicyError(RuntimeError):

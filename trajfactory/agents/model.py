@@ -16,9 +16,9 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from trajfactory.agents.base import EpisodeLimits, PolicyError
+from trajfactory.agents.base import EpisodeLimits, PolicyError, SamplingConfig
 from trajfactory.agents.tools import TOOL_NAMES, TOOLS
 from trajfactory.executors.rollout import SYSTEM_PROMPT
 from trajfactory.models.client import ChatResult, ModelClient, ModelError
@@ -44,35 +44,15 @@ _FENCE = re.compile(r"```([A-Za-z_]*)[ \t]*\n(.*?)\n?```", re.DOTALL)
 _CONTEXT_OVERFLOW = re.compile(r"context length|context window|too many tokens|maximum.*tokens", re.I)
 
 
-class ModelPolicyConfig(BaseModel):
-    """Settings of a model-served agent: sampling, action format, and episode budgets."""
+class ModelPolicyConfig(SamplingConfig):
+    """Settings of a model-served agent: sampling (see `SamplingConfig`), action format, and episode budgets."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.0, ge=0)
-    """Sampling temperature of every model call."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling mass."""
-    max_tokens: int = Field(512, ge=1)
-    """Completion tokens per model call."""
-    seed: int | None = None
-    """Sampling seed sent with each request (servers that honour it make a sample reproducible)."""
     actions: Literal["tool_calls", "text", "both"] = "tool_calls"
     """`tool_calls`: send the tool schemas, read native tool calls only. `text`: send no schemas,
     document the text format in the system prompt and parse it. `both`: schemas plus the text
     fallback when a reply has no native tool call."""
-    max_model_errors: int = Field(3, ge=1)
-    """Consecutive failed model requests after which the episode ends (`model_error`)."""
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Further request fields (e.g. `top_k`, `stop`), sent as they are."""
     limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
     """Episode budgets; the rollout uses the stricter of these and its own."""
-
-    def sampling(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
-        if self.seed is not None:
-            body["seed"] = self.seed
-        return {**body, **self.extra_body}
 
 
 def _call(name: str, arguments: Any, call_id: str) -> ToolCall:
