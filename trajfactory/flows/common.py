@@ -51,6 +51,8 @@ def model_session(cfg: ModelConfig | None, work_dir: str | Path, endpoint: Model
         yield endpoint
         return
     if cfg is None:
-        raise ValueError("this stage needs a model but the recipe has no `model:` section")
+        raise ValueError("this stage needs a model (LM rewrite, model statements, model rollouts, the judge, or the web "
+                         "model agent / judge) but none is configured: add a `model:` section (`serve: builtin:tiny`, "
+                         "a model directory, or `base_url:` of an OpenAI-compatible endpoint)")
     with model_endpoint(cfg, work_dir) as opened:
         yield opened

@@ -220,7 +220,7 @@ def factory_flow(recipe: Recipe) -> dict:
             from trajfactory.flows.web import web_flow
 
             web_run = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.web.browsers))
-            web = web_run(recipe.web, endpoint=endpoint) if web_needs_model else web_run(recipe.web)
+            web = web_run(recipe.web, endpoint=endpoint if web_needs_model else None)
         if not recipe.repos:
             return {"web": web}
         harvest_flow(recipe)

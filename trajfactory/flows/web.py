@@ -25,7 +25,7 @@ from trajfactory.flows import common
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.web_rollout import ScreenshotStore
 from trajfactory.model_config import ModelConfig
-from trajfactory.models.service import ModelEndpoint, model_endpoint
+from trajfactory.models.service import ModelEndpoint
 from trajfactory.schema import Quarantine, Trajectory, WebTask, content_hash
 from trajfactory.synthesizers.web import stage
 from trajfactory.verifiers import judge as judge_verifier
@@ -167,10 +167,5 @@ def run_web(config: WebConfig | dict | None = None, model: ModelConfig | dict | 
     if model is not None and not isinstance(model, ModelConfig):
         model = ModelConfig.model_validate(model)
     runner = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=config.browsers))
-    if not config.uses_model() or endpoint is not None:
-        return runner(config, endpoint=endpoint)
-    if model is None:
-        raise ValueError("web.policies: [model] / web.judge need a model: pass model=ModelConfig(serve='builtin:tiny') "
-                         "(or a model directory, or base_url of an OpenAI-compatible endpoint), or an endpoint")
-    with model_endpoint(model, config.work_dir) as ep:
+    with common.model_session(model, config.work_dir, endpoint, config.uses_model()) as ep:
         return runner(config, endpoint=ep)
