@@ -48,21 +48,20 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's trajfactory, installed or not
 
-from trajfactory.agents.base import EpisodeLimits
-from trajfactory.agents.model import ModelPolicy, ModelPolicyConfig
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import EnvironmentHandle, SandboxLimits
+from trajfactory.agents.model import ModelPolicy
+from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.docker import DockerBackend, engine_available
-from trajfactory.executors.environments import build_environment
+from trajfactory.executors.episode import run_episodes
 from trajfactory.executors.images import ensure_base_image
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.rollout import BUG_PATH
-from trajfactory.executors.concurrent import run_episodes
+from trajfactory.executors.swe_env import BUG_PATH, SweEnvironments
 from trajfactory.models.client import ModelClient
 from trajfactory.models.server import CACHE_ROOT, VLLMServer
 from trajfactory.models.service import tiny_model_dir
+from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine, Task
-from trajfactory.sources import harvest_repo
+from trajfactory.settings import (EpisodeLimits, ModelPolicyConfig, Recipe, RepoSpec, SandboxConfig, SynthesisConfig,
+                                  ValidationConfig)
 from trajfactory.synthesizers.swe import stage
 
 from server_metrics import BusyPoller, mean, pct, progress, server_totals, union_busy  # noqa: E402  (bench/)
@@ -70,7 +69,7 @@ from server_metrics import BusyPoller, mean, pct, progress, server_totals, union
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "mini_swe_driver.py"
 MINI_VERSION = "2.4.6"
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=60)
+LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=60)
 TASKS_FORMAT = "1"
 """Bump when the cached task file changes shape."""
 
@@ -110,15 +109,18 @@ def build_tasks(backend: DockerBackend, work: Path, n: int) -> tuple[Environment
                 progress(f"tasks: {n} of {len(tasks)} cached in {cache}")
                 return env, tasks[:n]
     progress("tasks: harvesting builtin:textkit, building its image, synthesizing and validating bugs ...")
-    source = harvest_repo("builtin:textkit", work / "mirrors")
+    # The factory's own SWE steps (pipelines/swe.py), one at a time: the bench stops as soon as it has `n` tasks.
+    recipe = Recipe(work_dir=str(work), repos=[RepoSpec(uri="builtin:textkit")], sandbox=LIMITS,
+                    synthesis=SynthesisConfig(max_candidates_per_repo=max(6, 3 * n)),
+                    validation=ValidationConfig(reference_runs=1))
+    source = swe.harvest_one(recipe, "builtin:textkit")
     if isinstance(source, Quarantine):
         raise SystemExit(f"builtin:textkit was quarantined: {source.reason}: {source.detail}")
-    env = build_environment(backend, source)
+    env = swe.build_environment(recipe, source)
     if isinstance(env, Quarantine):
         raise SystemExit(f"the textkit environment did not build: {env.reason}: {env.detail}")
-    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=max(6, 3 * n)), work / "checkouts")
-    config = ValidationConfig(reference_runs=1)
-    ref = stage.reference(backend, env, source, config, LIMITS)
+    candidates, _ = swe.procedural_candidates(recipe, source)
+    ref = swe.reference_run(recipe, env, source)
     if isinstance(ref, Quarantine):
         raise SystemExit(f"the textkit reference run failed: {ref.reason}: {ref.detail}")
     tasks: list[Task] = []
@@ -126,7 +128,7 @@ def build_tasks(backend: DockerBackend, work: Path, n: int) -> tuple[Environment
     with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
         for c in candidates:
             validated.append(c)
-            validations.append(stage.validate(pool, c, ref, config))
+            validations.append(swe.validate(recipe, pool, c, ref))
             tasks = stage.tasks_from(source, env, validated, validations)
             progress(f"tasks: {len(validated)}/{len(candidates)} candidates validated, {len(tasks)} tasks")
             if len(tasks) >= n:
@@ -169,7 +171,7 @@ def run_trajfactory(tasks, env, backend, args, concurrency: int, metrics_url: st
         progress(f"trajfactory c={concurrency}: {done[0]}/{total} episodes, {len(client.requests)} model calls, "
                  f"busy so far {poller.busy() or 0:.0%}")
 
-    logger = logging.getLogger("trajfactory.executors.concurrent")
+    logger = logging.getLogger("trajfactory.executors.episode")
     handler, old_level = Done(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -177,10 +179,11 @@ def run_trajfactory(tasks, env, backend, args, concurrency: int, metrics_url: st
         before = server_totals(metrics_url, args.model)
         with BusyPoller(metrics_url, args.model, args.poll_ms / 1000, report) as poller:
             t0 = time.time()
-            trajs, stats = asyncio.run(run_episodes(
-                tasks, lambda task, sample: ModelPolicy(client, config), backend, lambda task: env,
-                concurrency=concurrency, samples=args.samples, limits=EpisodeLimits(max_steps=args.max_steps),
-                sandbox_limits=LIMITS))
+            with SweEnvironments(backend, env, LIMITS, concurrency) as envs:
+                episodes, stats = asyncio.run(run_episodes(
+                    tasks, envs, lambda task, sample: ModelPolicy(client, config), concurrency=concurrency,
+                    samples=args.samples, limits=EpisodeLimits(max_steps=args.max_steps)))
+            trajs = [e.trajectory for e in episodes]
             t1 = time.time()
         after = server_totals(metrics_url, args.model)
     finally:

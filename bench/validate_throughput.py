@@ -21,18 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import SandboxLimits
 from trajfactory.executors.docker import DockerBackend
-from trajfactory.executors.environments import build_environment
 from trajfactory.executors.images import ensure_base_image
 from trajfactory.executors.pool import SandboxPool
+from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
-from trajfactory.sources import harvest_repo
-from trajfactory.synthesizers.swe import stage
+from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig
 from trajfactory.synthesizers.swe.validate import validate_candidate
 
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
 DOCKER_CPUACCT = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
@@ -80,15 +77,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tf-bench-"))
     rows, audits = [], []
     rng = random.Random(args.seed)
+    # The factory's own SWE steps (pipelines/swe.py) make the candidates and the reference run; the modes differ
+    # only in how each candidate is validated.
+    recipe = Recipe(work_dir=str(work), repos=[RepoSpec(uri=u) for u in args.repos], sandbox=LIMITS,
+                    synthesis=SynthesisConfig(max_candidates_per_repo=args.candidates, seed=args.seed))
     for uri in args.repos:
-        source = harvest_repo(uri, work / "mirrors")
-        env = build_environment(backend, source) if not isinstance(source, Quarantine) else source
+        source = swe.harvest_one(recipe, uri)
+        env = swe.build_environment(recipe, source) if not isinstance(source, Quarantine) else source
         if isinstance(env, Quarantine):
             print(f"{uri}: quarantined: {env.reason}: {env.detail}", file=sys.stderr)
             continue
-        candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=args.candidates,
-                                                                 seed=args.seed), work / "co")
-        ref = stage.reference(backend, env, source, ValidationConfig(), LIMITS)
+        candidates, _ = swe.procedural_candidates(recipe, source)
+        ref = swe.reference_run(recipe, env, source)
         if isinstance(ref, Quarantine):
             print(f"{uri}: quarantined: {ref.reason}", file=sys.stderr)
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trajfactory.executors.browser import BrowserPool  # noqa: E402
 from trajfactory.executors.webapps import launch  # noqa: E402
-from trajfactory.schema import Quarantine, Tutorial, WebTask, content_hash  # noqa: E402
-from trajfactory.synthesizers.web import stage  # noqa: E402
+from trajfactory.pipelines import web  # noqa: E402
+from trajfactory.pipelines.runner import LocalRunner  # noqa: E402
+from trajfactory.schema import Tutorial, WebTask, content_hash  # noqa: E402
+from trajfactory.settings import DatasetConfig, Recipe, WebConfig  # noqa: E402
 from trajfactory.synthesizers.web.spec import make_web_task, parse_tutorial  # noqa: E402
 
 # the same wording as tests/test_web_tasks.py: tutorials the replay policy grounds on seed 0 of each app
@@ -41,20 +44,21 @@ WORKLOAD = {
 }
 
 
-def funnel(browsers: int) -> tuple[list[dict], dict[str, int], float]:
+def recipe(work: Path, browsers: int = 1) -> Recipe:
+    """A web-only recipe on the bundled docs (rule parser + tutorial replay), writing under `work`."""
+    return Recipe(work_dir=str(work / "work"), dataset=DatasetConfig(root=str(work / "datasets")),
+                  web=WebConfig(tutorials=["builtin:docs"], infeasible_share=0.25, browsers=browsers))
+
+
+def funnel(browsers: int, work: Path) -> tuple[list[dict], dict[str, int], float]:
+    """The factory's own web pipeline (`pipelines/web.py`) end to end, without Prefect."""
     t0 = time.perf_counter()
-    with stage.tutorial_sources(["builtin:docs"]) as uris:
-        tutorials, harvest_q = stage.harvest(uris)
-    tasks, quarantine = stage.tasks_from_tutorials(tutorials, infeasible_share=0.25)
-    with BrowserPool(browsers) as pool, ThreadPoolExecutor(browsers) as ex:
-        established = list(ex.map(lambda t: stage.establish_checks(t, pool), tasks))
-        checked = [r for r in established if isinstance(r, WebTask)]
-        runs = list(ex.map(lambda t: stage.rollout_and_verify(t, pool), checked))
+    result = web.run(recipe(work, browsers), LocalRunner())
     reasons: dict[str, int] = {}
-    for q in quarantine + [r for r in established if isinstance(r, Quarantine)]:
-        reasons[q.reason] = reasons.get(q.reason, 0) + 1
-    rows = stage.web_yields(tutorials, harvest_q, checked, [tr for tr, _ in runs], [v for _, v in runs])["by_site"]
-    return rows, reasons, time.perf_counter() - t0
+    for row in result["summary"]["quarantine"]:
+        if row["stage"] != "harvest":  # pages that are no tutorial are counted in the funnel's own columns
+            reasons[row["reason"]] = reasons.get(row["reason"], 0) + row["items"]
+    return result["summary"]["by_site"], reasons, time.perf_counter() - t0
 
 
 def reset_times(n: int) -> list[float]:
@@ -70,18 +74,18 @@ def reset_times(n: int) -> list[float]:
     return out
 
 
-def workload_tasks(repeat: int) -> list[WebTask]:
+def workload_tasks(repeat: int, work: Path) -> list[WebTask]:
     tasks = []
     for app, text in WORKLOAD.items():
         title, body = (text.split("\n", 1) if text.startswith("How to") else ("", text))
         tut = Tutorial(tutorial_id=content_hash("bench", app), uri=f"bench://{app}", title=title, text=body, site=app)
         tasks.append(make_web_task(parse_tutorial(tut), tut, seed=0))
     with BrowserPool(1) as pool:  # one gold replay each gives the checks the timed rollouts are verified against
-        checked = [stage.establish_checks(t, pool) for t in tasks]
+        checked = [web.establish(recipe(work), pool, t) for t in tasks]
     return [t for t in checked if isinstance(t, WebTask)] * repeat
 
 
-def steps_per_second(tasks: list[WebTask], parallel: int) -> tuple[float, int, int, float]:
+def steps_per_second(tasks: list[WebTask], parallel: int, work: Path) -> tuple[float, int, int, float]:
     with BrowserPool(parallel) as pool:
         with ThreadPoolExecutor(parallel) as ex:  # launch every Chromium before the clock starts
             list(ex.map(lambda _: pool.acquire(), range(parallel)))
@@ -89,7 +93,7 @@ def steps_per_second(tasks: list[WebTask], parallel: int) -> tuple[float, int, i
             pool.release(b)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(parallel) as ex:
-            runs = list(ex.map(lambda t: stage.rollout_and_verify(t, pool), tasks))
+            runs = list(ex.map(lambda t: web.replay_rollout(recipe(work), pool, None, t), tasks))
         wall = time.perf_counter() - t0
     steps = sum(len(tr.steps) for tr, _ in runs)
     return steps / wall, steps, sum(v.passed for _, v in runs), wall
@@ -103,7 +107,8 @@ def main() -> None:
     ap.add_argument("--resets", type=int, default=15)
     args = ap.parse_args()
 
-    rows, reasons, took = funnel(args.browsers)
+    work = Path(tempfile.mkdtemp(prefix="tf-web-bench-"))
+    rows, reasons, took = funnel(args.browsers, work)
     print(f"\n## Funnel on the bundled docs (rule parser + tutorial replay, {took:.0f}s)\n")
     print("| site | pages | tutorials | tasks (checked) | infeasible tasks | trajectories | verified | verified infeasible | verified/tutorials |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -118,12 +123,12 @@ def main() -> None:
     print(f"| {len(resets)} | {statistics.median(resets) * 1e3:.0f} | {resets[int(0.9 * (len(resets) - 1))] * 1e3:.0f} | "
           f"{resets[0] * 1e3:.0f} |")
 
-    tasks = workload_tasks(args.repeat)
+    tasks = workload_tasks(args.repeat, work)
     print(f"\n## Browser steps/s, same replay workload ({len(tasks)} episodes), one Chromium per parallel episode\n")
     print("| parallel episodes | steps | verified | wall s | steps/s | ratio vs 1 |\n|---|---|---|---|---|---|")
     base = None
     for p in [int(x) for x in args.parallel.split(",")]:
-        rate, steps, ok, wall = steps_per_second(tasks, p)
+        rate, steps, ok, wall = steps_per_second(tasks, p, work)
         base = base or rate
         print(f"| {p} | {steps} | {ok}/{len(tasks)} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x |")
 

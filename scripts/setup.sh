@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Installs everything trajfactory needs on a fresh Debian machine (root), idempotently:
-# Debian packages (Docker, debootstrap, bubblewrap, git, Chromium), a running Docker engine, the Python package with its test extras,
-# and the locally built base image every sandbox image starts from.
+# Debian packages (Docker, debootstrap, bubblewrap, git, Chromium), a running Docker engine, the factory's own
+# virtual environment (made from the declared dependencies alone), the locally built base image every sandbox
+# image starts from, and the CPU vLLM environment.
+#
+# The factory's venv never sees the machine's site-packages, so a package installed by hand cannot hide a missing
+# dependency. It lives in the trajfactory cache, keyed by pyproject.toml and the Python version (a dependency change
+# makes a new one from scratch; a second run or a fresh clone reuses it), and `.venv` in the checkout links to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# pip's notes about the machine's unused local index folders are noise; real errors still show and fail.
+quiet_pip() { grep -v -E "^WARNING: (Location '.*' is ignored|Running pip as)" || true; }
 
 need_apt=()
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
@@ -27,21 +35,31 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log (the local sandbox backend will be used)"; }
 fi
 
-stamp=".cache/setup/pip-$(sha256sum pyproject.toml | cut -c1-16)"
-if [[ ! -f "$stamp" ]] || ! python3 -c "import trajfactory" >/dev/null 2>&1; then
-  log "installing the trajfactory Python package (with test extras)"
+stamp="$TRAJFACTORY_VENV/.trajfactory-ready"
+if [[ ! -f "$stamp" ]]; then
+  log "creating the factory's virtual environment $TRAJFACTORY_VENV (declared dependencies only)"
+  rm -rf "$TRAJFACTORY_VENV"
+  mkdir -p "$(dirname "$TRAJFACTORY_VENV")"
+  python3 -m venv "$TRAJFACTORY_VENV"
   # The CPU build first, so the torch requirement never pulls the CUDA build and its GBs of packages.
-  python3 -c "import torch" >/dev/null 2>&1 || \
-    python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v -E "^WARNING: (Location|Running pip)" || true
-  python3 -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -E "^WARNING: (Location|Running pip)" || true
-  python3 -c "import trajfactory, prefect, docker, git, pyarrow" || { log "Python install failed"; exit 1; }
-  mkdir -p "$(dirname "$stamp")" && touch "$stamp"
+  "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | quiet_pip
+  "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | quiet_pip
+  "$TRAJFACTORY_PY" -c "import trajfactory, prefect, docker, git, pyarrow, pytest_cov, importlinter" \
+    || { log "Python install failed"; exit 1; }
+  touch "$stamp"
 fi
+# The venv is shared by clones: point its editable install at this checkout (a few seconds, no dependency changes).
+here="$(pwd -P)/trajfactory/__init__.py"
+if [[ "$("$TRAJFACTORY_PY" -c 'import trajfactory; print(trajfactory.__file__)' 2>/dev/null)" != "$here" ]]; then
+  log "installing this checkout into $TRAJFACTORY_VENV"
+  "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | quiet_pip
+fi
+ln -sfn "$TRAJFACTORY_VENV" .venv
 
 if docker info >/dev/null 2>&1; then
   log "ensuring the local base image"
-  python3 -m trajfactory.cli sandbox base-image
+  "$TRAJFACTORY_PY" -m trajfactory.cli sandbox base-image
 fi
 log "ensuring the CPU vLLM environment"
 bash scripts/setup-vllm.sh
-log "ready"
+log "ready: activate the factory's environment with \`. .venv/bin/activate\`"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from trajfactory.config import RecipeError, load_recipe
+from trajfactory.settings import RecipeError, load_recipe
 
 
 def test_default_recipe_loads_and_has_a_stable_digest():

@@ -411,9 +411,9 @@ def test_agreement_and_kappa_on_a_labeled_set():
 
 @pytest.mark.docker
 def test_subtly_wrong_reimplementation_is_validated_with_fail_to_pass(stub, docker_backend, tmp_path):
-    from trajfactory.config import ValidationConfig
-    from trajfactory.executors.base import SandboxLimits
-    from trajfactory.executors.environments import build_environment
+    from trajfactory.settings import ValidationConfig
+    from trajfactory.settings import SandboxConfig
+    from trajfactory.synthesizers.swe.stage import build_environment
     from trajfactory.executors.pool import SandboxPool
     from trajfactory.sources import harvest_repo
     from trajfactory.synthesizers.swe import stage
@@ -428,7 +428,7 @@ def test_subtly_wrong_reimplementation_is_validated_with_fail_to_pass(stub, dock
         root, server.client(), source_id=source.source_id, repo=source.name, base_commit=source.commit,
         names={"merge_ranges"})
     assert not rejects and len(candidates) == 1
-    limits = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+    limits = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
     cfg = ValidationConfig(reference_runs=1)
     ref = stage.reference(docker_backend, env, source, cfg, limits)
     with SandboxPool(docker_backend, env, size=1, limits=limits) as pool:

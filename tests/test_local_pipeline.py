@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from trajfactory.agents.oracle import OraclePolicy
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import SandboxLimits
-from trajfactory.executors.environments import build_environment
+from trajfactory.settings import SynthesisConfig, ValidationConfig
+from trajfactory.settings import SandboxConfig
+from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.executors.local import LocalBackend
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.rollout import rollout
 from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.verifiers.tests import verify_trajectory
+from trajfactory.executors.swe_env import run_swe_episode, verify_trajectory
 
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
 def test_local_backend_runs_validation_rollout_and_verification(tmp_path):
@@ -30,8 +29,7 @@ def test_local_backend_runs_validation_rollout_and_verification(tmp_path):
         validations = [stage.validate(pool, c, ref, ValidationConfig()) for c in candidates]
     tasks = stage.tasks_from(source, env, candidates, validations)
     assert tasks, [(v.status, v.detail) for v in validations]
-    with backend.start(env, LIMITS) as sandbox:
-        trajectory = rollout(tasks[0], OraclePolicy(), sandbox)
+    trajectory = run_swe_episode(tasks[0], OraclePolicy(), backend, env, LIMITS)
     assert trajectory.exit_status == "submitted"
     with backend.start(env, LIMITS) as sandbox:
         verdict = verify_trajectory(sandbox, tasks[0], trajectory)

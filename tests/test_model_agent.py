@@ -18,23 +18,23 @@ from types import SimpleNamespace
 import pytest
 
 from openai_stub import OpenAIStub, completion, error
-from trajfactory.agents.base import EpisodeLimits
+from trajfactory.settings import EpisodeLimits
 from trajfactory.agents.model import ModelPolicy, ModelPolicyConfig, parse_text_actions
 from trajfactory.agents.oracle import OraclePolicy
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import SandboxLimits
-from trajfactory.executors.concurrent import run_episodes
+from trajfactory.settings import SynthesisConfig, ValidationConfig
+from trajfactory.settings import SandboxConfig
 from trajfactory.executors.docker import DockerBackend
-from trajfactory.executors.environments import build_environment
+from trajfactory.executors.episode import run_episodes
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.rollout import rollout
+from trajfactory.executors.protocol import Action
+from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_trajectory
 from trajfactory.models.client import ModelClient
 from trajfactory.schema import Message, Policy as PolicyInfo, Source, ToolCall, ToolCallFunction, Usage
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.verifiers.tests import verify_trajectory
+from trajfactory.synthesizers.swe.stage import build_environment
 
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=60)
+LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=60)
 SUBMIT = {"role": "assistant", "content": None,
           "tool_calls": [{"id": "s", "type": "function", "function": {"name": "submit", "arguments": "{}"}}]}
 
@@ -127,9 +127,16 @@ def call(name: str, arguments: str, call_id: str = "c1") -> dict:
             "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]}
 
 
+async def rollouts(backend, env, tasks, make_policy, concurrency=2, **kw):
+    """Episodes over fresh sandboxes of `env`: (trajectories, run stats, sandboxes started)."""
+    with SweEnvironments(backend, env, LIMITS, concurrency) as envs:
+        episodes, stats = await run_episodes(tasks, envs, make_policy, concurrency=concurrency, **kw)
+    return [e.trajectory for e in episodes], stats, envs.started
+
+
 def run(demo, backend, make_policy, tasks=None, **kw):
-    return asyncio.run(run_episodes(tasks or demo.tasks[:1], make_policy, backend, lambda t: demo.env,
-                                    sandbox_limits=LIMITS, **kw))
+    trajectories, stats, _ = asyncio.run(rollouts(backend, demo.env, tasks or demo.tasks[:1], make_policy, **kw))
+    return trajectories, stats
 
 
 # ---------------------------------------------------------------- text actions (no components)
@@ -224,9 +231,11 @@ def vllm_batch(demo, backend, vllm_server):
     config = ModelPolicyConfig(max_tokens=16, temperature=1.0, limits=EpisodeLimits(max_steps=2))
     tasks, samples = (demo.tasks[:2], 2) if len(demo.tasks) >= 2 else (demo.tasks[:1], 4)
     with ContainerCounter(backend) as counter:
-        trajs, stats = run(demo, backend, lambda t, s: ModelPolicy(client, config.model_copy(update={"seed": s})),
-                           tasks=tasks, concurrency=2, samples=samples)
-    return SimpleNamespace(trajs=trajs, stats=stats, client=client, counter=counter, tasks=tasks, samples=samples)
+        trajs, stats, started = asyncio.run(rollouts(
+            backend, demo.env, tasks, lambda t, s: ModelPolicy(client, config.model_copy(update={"seed": s})),
+            concurrency=2, samples=samples))
+    return SimpleNamespace(trajs=trajs, stats=stats, started=started, client=client, counter=counter, tasks=tasks,
+                           samples=samples)
 
 
 @pytest.mark.vllm
@@ -256,8 +265,8 @@ def test_vllm_step_limit_and_timings(vllm_batch):
 @pytest.mark.docker
 def test_concurrency_bound_and_distinct_samples(vllm_batch, backend):
     assert 1 <= vllm_batch.counter.max <= 2  # measured at the engine
-    assert vllm_batch.stats.max_sandboxes_alive <= 2
-    assert vllm_batch.stats.sandboxes_started == 4  # a fresh sandbox per episode
+    assert vllm_batch.stats.max_environments_alive <= 2
+    assert vllm_batch.started == 4  # a fresh sandbox per episode
     ids = [t.trajectory_id for t in vllm_batch.trajs]
     assert len(set(ids)) == 4
     assert [(t.task_id, t.sample) for t in vllm_batch.trajs] == [
@@ -295,8 +304,7 @@ def _normalised(traj):
 @pytest.mark.docker
 def test_oracle_through_run_episodes_equals_the_sync_rollout(demo, backend):
     task = demo.tasks[0]
-    with backend.start(demo.env, LIMITS) as sandbox:
-        sync = rollout(task, OraclePolicy(), sandbox)
+    sync = run_swe_episode(task, OraclePolicy(), backend, demo.env, LIMITS)
     [concurrent], stats = run(demo, backend, lambda t, s: OraclePolicy())
     assert concurrent.exit_status == "submitted"
     assert _normalised(concurrent) == _normalised(sync)
@@ -306,21 +314,24 @@ def test_oracle_through_run_episodes_equals_the_sync_rollout(demo, backend):
 
 
 class Sleeper:
-    """A sync policy whose every action sleeps: episodes stay in flight until cancelled."""
+    """A policy whose every action sleeps: episodes stay in flight until cancelled."""
 
     def __init__(self):
-        self.info, self.usage = PolicyInfo(name="sleeper"), Usage()
+        self.info, self.usage, self.limits = PolicyInfo(name="sleeper"), Usage(), None
 
-    def reset(self, task):
+    def system_prompt(self, default):
+        return default
+
+    def reset(self, task, start):
         pass
 
-    def act(self, messages):
-        return Message(role="assistant", tool_calls=[
-            ToolCall(id="c", function=ToolCallFunction(name="bash", arguments='{"command": "sleep 50"}'))])
+    async def act(self, messages, observation):
+        call = ToolCall(id="c", function=ToolCallFunction(name="bash", arguments='{"command": "sleep 50"}'))
+        return Action(Message(role="assistant", tool_calls=[call]), [call])
 
 
 class Crasher(Sleeper):
-    def act(self, messages):
+    async def act(self, messages, observation):
         raise RuntimeError("policy bug")
 
 
@@ -336,8 +347,7 @@ def test_cancellation_leaves_no_container(demo, backend):
     tasks = (demo.tasks * 2)[:2]
 
     async def main():
-        job = asyncio.ensure_future(run_episodes(tasks, lambda t, s: Sleeper(), backend, lambda t: demo.env,
-                                                 concurrency=2, sandbox_limits=LIMITS))
+        job = asyncio.ensure_future(rollouts(backend, demo.env, tasks, lambda t, s: Sleeper(), concurrency=2))
         while len(await asyncio.to_thread(alive, backend)) < 2:
             assert not job.done(), job
             await asyncio.sleep(0.2)
@@ -359,16 +369,14 @@ def test_keyboard_interrupt_leaves_no_container(demo, backend, tmp_path):
     script = f"""
 import asyncio, json, sys
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
-from test_model_agent import Sleeper, LIMITS
+from test_model_agent import Sleeper, rollouts
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.concurrent import run_episodes
 from trajfactory.executors.docker import DockerBackend
 from trajfactory.schema import Task
 task = Task.model_validate_json(open({str(tmp_path / 'task.json')!r}).read())
 env = EnvironmentHandle(**{demo.env.__dict__!r})
 backend = DockerBackend(labels={backend.labels!r})
-asyncio.run(run_episodes([task], lambda t, s: Sleeper(), backend, lambda t: env, samples=2, concurrency=2,
-                         sandbox_limits=LIMITS))
+asyncio.run(rollouts(backend, env, [task], lambda t, s: Sleeper(), samples=2, concurrency=2))
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     try:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from trajfactory.model_config import BUILTIN_TINY, ModelConfig
+from trajfactory.settings import BUILTIN_TINY, ModelConfig
 from trajfactory.models.server import process_group_alive
 from trajfactory.models.service import ModelEndpoint, model_endpoint, resolve_model_dir
 

@@ -20,7 +20,7 @@ import pytest
 
 from openai_stub import OpenAIStub, completion, error
 
-from trajfactory.agents.tools import TOOLS
+from trajfactory.executors.swe_env import TOOLS
 from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.models.server import (
     VLLMServer,

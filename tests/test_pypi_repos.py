@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import SandboxLimits
-from trajfactory.executors.environments import build_environment
+from trajfactory.settings import SynthesisConfig, ValidationConfig
+from trajfactory.settings import SandboxConfig
+from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.verifiers.tests import verify_gold
+from trajfactory.executors.swe_env import verify_gold
 
 pytestmark = pytest.mark.docker
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
 @pytest.mark.parametrize("uri", ["pypi:inflection==0.5.1", "pypi:isodate==0.7.2"])

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from conftest import copy_fixture
-from trajfactory.config import ValidationConfig
-from trajfactory.executors.base import SandboxLimits
-from trajfactory.executors.environments import build_environment
+from trajfactory.settings import ValidationConfig
+from trajfactory.settings import SandboxConfig
+from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.schema import Quarantine, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 
-LIMITS = SandboxLimits(memory="512m", cpus=1, pids=64, command_timeout_s=60)
+LIMITS = SandboxConfig(memory="512m", cpus=1, pids=64, command_timeout_s=60)
 QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=20)
 
 

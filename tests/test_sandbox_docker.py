@@ -9,7 +9,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from trajfactory.executors.base import EnvironmentBuildError, InfrastructureError, SandboxLimits
+from trajfactory.executors.base import EnvironmentBuildError, InfrastructureError
+
+from trajfactory.settings import SandboxConfig
 from trajfactory.executors.docker import DockerBackend, cleanup_leftover_containers, engine_available
 from sandbox_helpers import FORK_BOMB, NET_PROBE, make_repo
 
@@ -35,7 +37,7 @@ def env(backend, repo):
 
 @pytest.fixture
 def sandbox(backend, env):
-    with backend.start(env, SandboxLimits(pids=128, memory="512m", command_timeout_s=60)) as sandbox:
+    with backend.start(env, SandboxConfig(pids=128, memory="512m", command_timeout_s=60)) as sandbox:
         yield sandbox
 
 
@@ -125,7 +127,7 @@ def test_file_api_matches_shell(sandbox):
 
 
 def test_output_is_truncated(backend, env):
-    with backend.start(env, SandboxLimits(output_limit=1000)) as sandbox:
+    with backend.start(env, SandboxConfig(output_limit=1000)) as sandbox:
         result = sandbox.execute("echo START; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END")
     assert result.exit_code == 0 and len(result.output) < 1200
     assert result.output.startswith("START") and result.output.rstrip().endswith("END") and "truncated" in result.output

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trajfactory.executors.base import EnvironmentBuildError, SandboxError, SandboxLimits
+from trajfactory.executors.base import EnvironmentBuildError, SandboxError
+
+from trajfactory.settings import SandboxConfig
 from trajfactory.executors.images import find_requirements
 from trajfactory.executors.local import LocalBackend
 from sandbox_helpers import FORK_BOMB, NET_PROBE, make_repo
@@ -31,7 +33,7 @@ def env(backend, repo):
 
 @pytest.fixture
 def sandbox(backend, env):
-    with backend.start(env, SandboxLimits(pids=128, memory="1g", command_timeout_s=60)) as sandbox:
+    with backend.start(env, SandboxConfig(pids=128, memory="1g", command_timeout_s=60)) as sandbox:
         yield sandbox
 
 

@@ -7,18 +7,17 @@ import json
 import pytest
 
 from trajfactory.agents.oracle import OraclePolicy
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import SandboxLimits
-from trajfactory.executors.environments import build_environment
+from trajfactory.settings import SynthesisConfig, ValidationConfig
+from trajfactory.settings import SandboxConfig
+from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.rollout import rollout
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.verifiers.tests import verify_gold, verify_trajectory
+from trajfactory.executors.swe_env import run_swe_episode, verify_gold, verify_trajectory
 
 pytestmark = pytest.mark.docker
-LIMITS = SandboxLimits(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +104,7 @@ def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
     assert gold.passed, gold.evidence
     assert all(o.outcome == "passed" for o in gold.evidence.FAIL_TO_PASS)
 
-    with docker_backend.start(env, LIMITS) as sandbox:
-        traj = rollout(task, OraclePolicy(), sandbox, max_steps=20)
+    traj = run_swe_episode(task, OraclePolicy(), docker_backend, env, LIMITS, max_steps=20)
     assert traj.exit_status == "submitted"
     roles = [m.role for m in traj.messages]
     assert roles[:3] == ["system", "user", "assistant"]
@@ -129,9 +127,7 @@ def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
 
 def test_wrong_solution_fails_verification(demo, docker_backend):
     task = demo["tasks"][0]
-    traj = None
-    with docker_backend.start(demo["env"], LIMITS) as sandbox:
-        traj = rollout(task, OraclePolicy(), sandbox, max_steps=1)  # stops before fixing
+    traj = run_swe_episode(task, OraclePolicy(), docker_backend, demo["env"], LIMITS, max_steps=1)  # stops before fixing
     assert traj.exit_status == "step_limit"
     with docker_backend.start(demo["env"], LIMITS) as sandbox:
         verdict = verify_trajectory(sandbox, task, traj)
@@ -140,7 +136,7 @@ def test_wrong_solution_fails_verification(demo, docker_backend):
 
 
 def test_episode_hides_the_bug_history(demo, docker_backend):
-    from trajfactory.executors.rollout import prepare_episode
+    from trajfactory.executors.swe_env import prepare_episode
 
     task = demo["tasks"][0]
     with docker_backend.start(demo["env"], LIMITS) as sandbox:

@@ -23,8 +23,14 @@ TABLES = {"web_tasks", "trajectories", "verdicts", "quarantine", "screenshots", 
 # The bundled docs are written loosely ("Click Log in (or Sign in) in the header"); the rule parser + replay
 # grounds none of their feasible tasks yet, so three plainly worded tutorials join them as a second source.
 EXTRA = {"shop": SHOP, "forum": "How to start a discussion\n" + FORUM, "tracker": TRACKER}
-RUN = ("import json, sys; from trajfactory.flows.web import run_web; "
-       "out = run_web(json.loads(sys.argv[1])); print('RESULT ' + json.dumps(out, default=str))")
+RUN = ("import json, sys; from trajfactory.flows.web import run_web; from trajfactory.settings import Recipe; "
+       "out = run_web(Recipe.model_validate(json.loads(sys.argv[1]))); print('RESULT ' + json.dumps(out, default=str))")
+
+
+def web_recipe(root: Path, web: dict, **extra) -> dict:
+    """A web-only recipe writing under `root`: its web work files land in `root/work/web`."""
+    return {"name": "web-test", "work_dir": str(root / "work"), "dataset": {"root": str(root / "datasets")},
+            "web": web, **extra}
 
 
 def _tutorials(root: Path) -> Path:
@@ -52,10 +58,9 @@ def test_web_flow_writes_a_verified_dataset_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # the subprocess inherits these
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    work = tmp_path / "work"
-    config = {"tutorials": ["builtin:docs", str(_tutorials(tmp_path / "tutorials"))], "max_tasks_per_site": 2,
-              "infeasible_share": 1.0, "browsers": 2, "work_dir": str(work), "dataset_root": str(tmp_path / "datasets"),
-              "dataset_name": "web"}
+    work = tmp_path / "work" / "web"
+    config = web_recipe(tmp_path, {"tutorials": ["builtin:docs", str(_tutorials(tmp_path / "tutorials"))],
+                                   "max_tasks_per_site": 2, "infeasible_share": 1.0, "browsers": 2, "dataset_name": "web"})
     out = _run(config)
     store = DatasetStore(tmp_path / "datasets" / "web")
     assert out["version"] == "v1" and store.verify("v1") == []

@@ -20,19 +20,24 @@ import httpx
 import pytest
 
 from conftest import ROOT
+from test_web_flow import web_recipe
 from test_web_tasks import TRACKER, tutorial
-from trajfactory.agents.base import EpisodeLimits
+from trajfactory.settings import EpisodeLimits
 from trajfactory.agents.web_model import ACTION_TOOLS, WebModelPolicy, action_from_call, action_from_text
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.browser_actions import ACTIONS, ActionError
-from trajfactory.executors.web_rollout import ScreenshotStore, final_screenshot, web_rollout
+from trajfactory.agents.replay import ReplayPolicy
+from trajfactory.executors.web_env import ScreenshotStore, final_screenshot, run_web_episode
 from trajfactory.models.client import ModelClient
 from trajfactory.models.service import ModelEndpoint
 from trajfactory.schema import Evidence, Verdict, WebTask
+from trajfactory.datasets.yields import web_yields
+from trajfactory.pipelines.web import judge_web
 from trajfactory.synthesizers.web import stage
+from trajfactory.verifiers.record import verification
 from trajfactory.synthesizers.web.spec import make_web_task, parse_tutorial
 from trajfactory.verifiers import judge
-from trajfactory.web_config import WebAgentConfig, WebJudgeConfig
+from trajfactory.settings import WebAgentConfig, WebJudgeConfig
 
 # The tiny server's context is 1024 tokens: a short system prompt and clipped observations fit it.
 SHORT = "You are a web agent. Answer with exactly one action call, e.g. click('12') or fill('7', 'text')."
@@ -104,9 +109,14 @@ def checked(pool) -> WebTask:
     return task
 
 
+def replay(task, pool, store=None):
+    run = run_web_episode(task, ReplayPolicy(), pool, store)
+    return run.trajectory, run.verdict
+
+
 @pytest.fixture(scope="module")
 def replayed(checked, pool, store):
-    return stage.rollout_and_verify(checked, pool, store)
+    return replay(checked, pool, store)
 
 
 @pytest.mark.browser
@@ -114,9 +124,9 @@ def replayed(checked, pool, store):
 def test_model_agent_images_auto_falls_back_and_malformed_replies_are_fed_back(vllm_server, checked, pool, store):
     client, wire = _client(vllm_server)
     config = WebAgentConfig(**AGENT, images="auto", limits=EpisodeLimits(max_steps=3))
-    with WebModelPolicy(client, config) as policy:
-        run = web_rollout(checked, policy, pool, store, max_steps=10, max_observation_chars=300)
-        requests = list(policy.requests)
+    policy = WebModelPolicy(client, config)
+    run = run_web_episode(checked, policy, pool, store, max_steps=10, max_observation_chars=300)
+    requests = list(policy.requests)
     traj = run.trajectory
     # the policy's 3-step budget is stricter than the rollout's 10; malformed turns count as steps
     assert traj.exit_status == "step_limit" and len(traj.steps) == 3, [s.error for s in traj.steps]
@@ -149,8 +159,7 @@ def test_model_agent_images_auto_falls_back_and_malformed_replies_are_fed_back(v
 def test_images_on_against_a_text_only_model_ends_as_model_error(vllm_server, checked, pool):
     client, wire = _client(vllm_server)
     config = WebAgentConfig(**AGENT, images="on", max_model_errors=2)
-    with WebModelPolicy(client, config) as policy:
-        traj = web_rollout(checked, policy, pool, max_steps=10).trajectory
+    traj = run_web_episode(checked, WebModelPolicy(client, config), pool, max_steps=10).trajectory
     assert traj.exit_status == "model_error" and [s.error for s in traj.steps] == ["model_error", "model_error"]
     assert all(_has_image(b) for b in wire.bodies) and len(wire.bodies) == 2
     assert "images_dropped" not in traj.policy.params and traj.usage.model_calls == 0
@@ -179,8 +188,8 @@ def test_judge_on_a_web_trajectory_with_its_screenshot(vllm_server, checked, rep
     assert detail["image"] is False and "multimodal" in detail["image_dropped"]
 
     # constrained output through the stage: an abstention, or a parsed verdict with its confidence recorded
-    endpoint = ModelEndpoint(base_url=vllm_server.base_url, name="tiny", max_concurrency=1)
-    v = stage.judge_web(endpoint, checked, traj, store, WebJudgeConfig(max_tokens=40, max_page_chars=200))
+    endpoint = ModelEndpoint.at(vllm_server.base_url, "tiny", max_concurrency=1)
+    v = judge_web(endpoint, checked, traj, store, WebJudgeConfig(max_tokens=40, max_page_chars=200))
     detail = json.loads(v.evidence.detail)
     assert v.verifier == "judge" and v.trajectory_id == traj.trajectory_id and "image_dropped" in detail
     if judge.is_abstention(v):
@@ -203,17 +212,17 @@ def _judged(traj, task, passed: bool, confidence: float | None) -> Verdict:
 def test_unchecked_task_is_verified_only_by_a_confident_judge_pass(vllm_server, checked, replayed, pool, store):
     # a task whose replay left no state to check (its own id, as every task's content differs)
     unchecked = checked.model_copy(update={"checks": [], "task_id": "unchecked-" + checked.task_id})
-    traj, state = stage.rollout_and_verify(unchecked, pool, store)
+    traj, state = replay(unchecked, pool, store)
     assert state is None and traj.exit_status == "submitted" and traj.trajectory_id != replayed[0].trajectory_id
-    endpoint = ModelEndpoint(base_url=vllm_server.base_url, name="tiny", max_concurrency=1)
-    real = stage.judge_web(endpoint, unchecked, traj, store, WebJudgeConfig(max_tokens=40, max_page_chars=200))
-    [rec] = stage.verification([unchecked], [traj], [real], min_confidence=0.8)
+    endpoint = ModelEndpoint.at(vllm_server.base_url, "tiny", max_concurrency=1)
+    real = judge_web(endpoint, unchecked, traj, store, WebJudgeConfig(max_tokens=40, max_page_chars=200))
+    [rec] = verification([unchecked], [traj], [real], min_confidence=0.8)
     confidence = judge.judge_confidence(real)
     assert rec.verified == (real.passed and confidence is not None and confidence >= 0.8)
     assert rec.verified_by == ("none" if judge.is_abstention(real) else "judge")
 
     def record(v: Verdict):
-        return stage.verification([unchecked], [traj], [v], min_confidence=0.8)[0]
+        return verification([unchecked], [traj], [v], min_confidence=0.8)[0]
 
     sure = record(_judged(traj, unchecked, True, 0.95))
     assert (sure.verified, sure.verified_by, sure.judge_confidence) == (True, "judge", 0.95)
@@ -226,14 +235,14 @@ def test_unchecked_task_is_verified_only_by_a_confident_judge_pass(vllm_server, 
     # where state checks exist they decide: a confident judge pass does not verify a failed state check
     rtraj, rstate = replayed
     failed = rstate.model_copy(update={"passed": False})
-    over = stage.verification([checked], [rtraj], [failed, _judged(rtraj, checked, True, 0.99)])[0]
+    over = verification([checked], [rtraj], [failed, _judged(rtraj, checked, True, 0.99)])[0]
     assert (over.verified, over.verified_by, over.state_passed, over.judge_passed) == (False, "state", False, True)
 
     # the agreement of judge with state checks, in the yields: one agreeing pair, one abstention, one judge-only
     verdicts = [rstate, _judged(rtraj, checked, True, 0.9), _judged(traj, unchecked, True, 0.95)]
     other = rtraj.model_copy(update={"trajectory_id": "other"})
     verdicts += [rstate.model_copy(update={"trajectory_id": "other"}), _judged(other, checked, False, None)]
-    summary = stage.web_yields([], [], [checked, unchecked], [rtraj, traj, other], verdicts)
+    summary = web_yields([], [], [checked, unchecked], [rtraj, traj, other], verdicts)
     [agree] = summary["judge_agreement"]
     assert (agree["n"], agree["answered"], agree["abstained"], agree["unlabeled"]) == (2, 1, 1, 1)
     assert agree["agreement"] == 1.0 and agree["tp"] == 1 and agree["abstain_pos"] == 1 and "kappa" in agree
@@ -245,13 +254,13 @@ def test_unchecked_task_is_verified_only_by_a_confident_judge_pass(vllm_server, 
 # ---------------------------------------------------------------- the flow
 
 
-RUN = ("import json, sys; from trajfactory.flows.web import run_web; "
-       "out = run_web(json.loads(sys.argv[1]), model=json.loads(sys.argv[2])); "
+RUN = ("import json, sys; from trajfactory.flows.web import run_web; from trajfactory.settings import Recipe; "
+       "out = run_web(Recipe.model_validate(json.loads(sys.argv[1]))); "
        "print('RESULT ' + json.dumps(out, default=str))")
 
 
-def _run(config: dict, model: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RUN, json.dumps(config), json.dumps(model)],
+def _run(recipe: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUN, json.dumps(recipe)],
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
@@ -273,14 +282,13 @@ def test_web_flow_with_model_agent_and_judge(vllm_server, tmp_path, monkeypatch)
     (tmp_path / "tutorials" / "tracker").mkdir(parents=True)
     title, body = TRACKER.split("\n", 1)
     (tmp_path / "tutorials" / "tracker" / "howto.md").write_text(f"# {title}\n\n{body.strip()}\n")
-    work = tmp_path / "work"
-    config = {"tutorials": [str(tmp_path / "tutorials")], "infeasible_share": 0, "browsers": 1,
-              "work_dir": str(work), "dataset_root": str(tmp_path / "datasets"), "dataset_name": "web",
-              "policies": ["replay", "model"], "judge": True, "model_samples": 2, "model_max_tasks": 1,
-              "agent": {**AGENT, "limits": {"max_steps": 2}},
-              "judge_settings": {"max_tokens": 40, "max_page_chars": 200}}
-    model = {"serve": None, "base_url": vllm_server.base_url, "name": "tiny"}
-    out = _run(config, model)
+    work = tmp_path / "work" / "web"
+    recipe = web_recipe(tmp_path, {"tutorials": [str(tmp_path / "tutorials")], "infeasible_share": 0, "browsers": 1,
+                                   "dataset_name": "web", "policies": ["replay", "model"], "judge": True,
+                                   "model_samples": 2, "model_max_tasks": 1, "agent": {**AGENT, "limits": {"max_steps": 2}},
+                                   "judge_settings": {"max_tokens": 40, "max_page_chars": 200}},
+                        model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"})
+    out = _run(recipe)
     store = DatasetStore(tmp_path / "datasets" / "web")
     assert out["version"] == "v1" and store.verify("v1") == []
     trajectories = store.read_rows("v1", "trajectories")
@@ -310,6 +318,6 @@ def test_web_flow_with_model_agent_and_judge(vllm_server, tmp_path, monkeypatch)
     # a resumed run redoes no finished model episode and no judgement
     rolled, judgements = _journal(work, "model-rollout"), _journal(work, "judge")
     assert len(rolled) == 2 and len(judgements) == 3
-    again = _run(config, model)
+    again = _run(recipe)
     assert again["version"] == "v2"
     assert _journal(work, "model-rollout") == rolled and _journal(work, "judge") == judgements

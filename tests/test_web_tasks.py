@@ -11,7 +11,7 @@ import pytest
 
 from trajfactory.agents.replay import ReplayPolicy, ground, parse_axtree, parse_step
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
-from trajfactory.executors.web_rollout import ScreenshotStore, web_rollout
+from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import launch
 from trajfactory.models.client import ModelClient
 from trajfactory.schema import TABLE_SCHEMAS, Quarantine, StatePredicate, Tutorial, WebTask, content_hash
@@ -151,7 +151,7 @@ def tasks():
 @pytest.fixture(scope="module")
 def replays(pool, tasks, tmp_path_factory):
     store = ScreenshotStore(tmp_path_factory.mktemp("shots"))
-    return store, {app: web_rollout(t, ReplayPolicy(), pool, store) for app, t in tasks.items()}
+    return store, {app: run_web_episode(t, ReplayPolicy(), pool, store) for app, t in tasks.items()}
 
 
 @pytest.mark.browser
@@ -188,7 +188,7 @@ def test_wrong_state_fails(pool, tasks, replays):
     checks = predicates_from_outcome(task, run.initial_state) + predicates_from_diff(run.initial_state, run.final_state)
     checked = task.model_copy(update={"checks": checks})
     # a replay stopped early (before checkout) leaves no order
-    early = web_rollout(task, ReplayPolicy(), pool, max_steps=9)
+    early = run_web_episode(task, ReplayPolicy(), pool, max_steps=9)
     assert early.trajectory.exit_status == "step_limit"
     verdict = verify_state(checked, early.trajectory, early.initial_state, early.final_state)
     assert not verdict.passed and "orders" in verdict.evidence.detail
@@ -204,13 +204,13 @@ def test_infeasible_task(pool, tasks, replays):
         labels = site.labels
     bad = make_infeasible(tasks["shop"], labels)
     assert not bad.feasible and bad.task_id != tasks["shop"].task_id and "Apply gift card" in bad.spec.steps[4]
-    run = web_rollout(bad, ReplayPolicy(), pool)
+    run = run_web_episode(bad, ReplayPolicy(), pool)
     assert run.trajectory.exit_status == "infeasible" and run.trajectory.steps[-1].tool == "report_infeasible"
     assert "Apply gift card" in run.trajectory.steps[-1].arguments["reason"]
     verdict = verify_state(bad, run.trajectory, run.initial_state, run.final_state)
     assert verdict.passed, verdict.evidence.detail
     # a policy that never reports infeasibility skips the step, places the order, and fails
-    naive = web_rollout(bad, ReplayPolicy(report_infeasible=False), pool)
+    naive = run_web_episode(bad, ReplayPolicy(report_infeasible=False), pool)
     assert naive.trajectory.exit_status == "submitted" and naive.final_state["orders"]
     verdict = verify_state(bad, naive.trajectory, naive.initial_state, naive.final_state)
     failed = json.loads(verdict.evidence.detail)["failed"]
@@ -299,8 +299,9 @@ READ_ONLY = """How to find a tent
 class OtherUser(ReplayPolicy):
     """The same replay, signed in as the second seeded account."""
 
-    def reset(self, task, accounts=None):
-        super().reset(task, dict(sorted((accounts or {}).items())[1:]))
+    def reset(self, task, start=None, accounts=None):
+        accounts = start.info["accounts"] if start is not None else accounts or {}
+        super().reset(task, accounts=dict(sorted(accounts.items())[1:]))
 
 
 @pytest.mark.browser
@@ -313,11 +314,11 @@ def test_read_only_tutorial_gets_log_checks_and_other_rollouts_fail(pool):
     described = [c.description for c in checked.checks]
     assert f"user {user!r} signed in" in described and "a search of products for 'tent' was made" in described
     assert any(d.startswith("product ") and d.endswith("was viewed") for d in described)
-    assert stage.rollout_and_verify(checked, pool)[1].passed
+    assert run_web_episode(checked, ReplayPolicy(), pool).verdict.passed
     for wrong, policy, missed in ((READ_ONLY.replace('"tent"', '"lantern"'), ReplayPolicy(), "for 'tent'"),
                                   (READ_ONLY, OtherUser(), f"user {user!r} signed in")):
         other = make_web_task(parse_tutorial(tutorial(wrong, "shop")), tutorial(wrong, "shop"), seed=0)
-        run = web_rollout(other, policy, pool)
+        run = run_web_episode(other, policy, pool)
         assert run.trajectory.exit_status == "submitted"
         verdict = verify_state(checked, run.trajectory, run.initial_state, run.final_state)
         assert not verdict.passed and missed in verdict.evidence.detail, verdict.evidence.detail
@@ -331,7 +332,7 @@ def test_funnel_on_bundled_docs_verifies_many_more_and_names_outdated_steps(pool
     tasks, _ = stage.tasks_from_tutorials(tutorials, infeasible_share=0.25)
     established = [stage.establish_checks(t, pool) for t in tasks]
     checked = [r for r in established if isinstance(r, WebTask)]
-    verdicts = [stage.rollout_and_verify(t, pool)[1] for t in checked]
+    verdicts = [run_web_episode(t, ReplayPolicy(), pool).verdict for t in checked]
     feasible = sum(v.passed for t, v in zip(checked, verdicts) if t.feasible)
     assert feasible >= 12, [q.detail for q in established if isinstance(q, Quarantine)]  # 2 before the activity log
     assert all(v.passed for t, v in zip(checked, verdicts) if not t.feasible)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trajfactory.config import RecipeError, load_recipe
+from trajfactory.settings import RecipeError, load_recipe
 
 app = typer.Typer(
     help="trajfactory: turn repositories into verified agent trajectories, written as versioned Parquet datasets.\n\n"
@@ -116,7 +116,7 @@ def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
         raise typer.Exit(2)
     from trajfactory.flows.web import run_web
 
-    _report_web(run_web(r.web, model=r.model))  # a web model policy or judge uses the recipe's `model:`
+    _report_web(run_web(r))  # a web model policy or judge uses the recipe's `model:`
 
 
 def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> dict:

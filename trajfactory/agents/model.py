@@ -7,22 +7,19 @@ mini-swe-agent style ```bash block (whose command `submit` submits). Parsed call
 `tool_calls` with ids starting `text_`, so every trajectory has the same shape; on the wire back to
 the model they are shown as the text it wrote, with their results as user messages.
 
-A malformed turn raises `PolicyError`, which the rollout turns into an error observation.
+A malformed turn raises `PolicyError`, which the episode loop turns into an error observation.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from trajfactory.agents.base import EpisodeLimits, PolicyError, SamplingConfig
-from trajfactory.agents.tools import TOOL_NAMES, TOOLS
-from trajfactory.executors.rollout import SYSTEM_PROMPT
-from trajfactory.models.client import ChatResult, ModelClient, ModelError
+from trajfactory.executors.protocol import Action, PolicyError, Start
+from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage
+from trajfactory.settings import ModelPolicyConfig
 
 POLICY_VERSION = "1"
 TEXT_CALL_PREFIX = "text_"
@@ -41,18 +38,6 @@ A bash block that holds only `submit` submits the current state of the repositor
 
 _TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _FENCE = re.compile(r"```([A-Za-z_]*)[ \t]*\n(.*?)\n?```", re.DOTALL)
-_CONTEXT_OVERFLOW = re.compile(r"context length|context window|too many tokens|maximum.*tokens", re.I)
-
-
-class ModelPolicyConfig(SamplingConfig):
-    """Settings of a model-served agent: sampling (see `SamplingConfig`), action format, and episode budgets."""
-
-    actions: Literal["tool_calls", "text", "both"] = "tool_calls"
-    """`tool_calls`: send the tool schemas, read native tool calls only. `text`: send no schemas,
-    document the text format in the system prompt and parse it. `both`: schemas plus the text
-    fallback when a reply has no native tool call."""
-    limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
-    """Episode budgets; the rollout uses the stricter of these and its own."""
 
 
 def _call(name: str, arguments: Any, call_id: str) -> ToolCall:
@@ -116,58 +101,49 @@ class ModelPolicy:
         self.info = PolicyInfo(name="model", model=client.model, params=params)
         self.usage = Usage()
         self.limits = self.config.limits
+        self.tools: list[dict[str, Any]] = []
         self._turn = 0
         self._model_errors = 0
 
-    @property
-    def system_prompt(self) -> str | None:
-        """None: the rollout's default prompt; the text format is documented when it is accepted."""
+    def system_prompt(self, default: str) -> str:
+        """The environment's prompt; the text format is documented when it is accepted."""
         if self.config.actions == "tool_calls":
-            return None
-        return SYSTEM_PROMPT + TEXT_ACTIONS_PROMPT
+            return default
+        return default + TEXT_ACTIONS_PROMPT
 
-    def reset(self, task: Task) -> None:
+    def reset(self, task: Task, start: Start) -> None:
+        self.tools = start.tools
         self.usage = Usage()
         self._turn = 0
         self._model_errors = 0
 
-    def _record(self, result: ChatResult) -> None:
-        c = self.client
-        self.usage.prompt_tokens += result.prompt_tokens
-        self.usage.completion_tokens += result.completion_tokens
-        self.usage.model_calls += 1
-        # Per-call estimate; the GPU hour is shared by the requests the server runs at once.
-        self.usage.cost_usd += (
-            result.prompt_tokens / 1000 * c.price_per_1k_prompt
-            + result.completion_tokens / 1000 * c.price_per_1k_completion
-            + result.latency_s / 3600 * c.gpu_hour_price / c.max_concurrency
-        )
+    def _names(self) -> str:
+        return ", ".join(sorted(t["function"]["name"] for t in self.tools))
 
-    async def act(self, messages: list[Message]) -> Message:
+    async def act(self, messages: list[Message], observation: Any = None) -> Action:
         self._turn += 1
         cfg = self.config
-        tools = TOOLS if cfg.actions != "text" else None
+        tools = self.tools if cfg.actions != "text" else None
         extra = {"tool_choice": "auto"} if tools else {}
         try:
             result = await self.client.chat(to_wire(messages), tools=tools, **extra, **cfg.sampling())
         except ModelError as exc:
             self._model_errors += 1
-            overflow = exc.status == 400 and _CONTEXT_OVERFLOW.search(str(exc))
-            stop = "context_limit" if overflow else (
+            stop = "context_limit" if exc.context_overflow else (
                 "model_error" if self._model_errors >= cfg.max_model_errors else None)
             raise PolicyError("model_error", f"Error: the model request failed: {exc}", stop=stop) from None
         self._model_errors = 0
-        self._record(result)
+        self.usage.add_call(result.prompt_tokens, result.completion_tokens, self.client.request_cost(result))
         reply = result.message
         if reply.tool_calls:
-            return reply
+            return Action(reply, reply.tool_calls)
         content = reply.content or ""
         if not content.strip():
             raise PolicyError("empty_response", "Error: your reply was empty. Call one of the tools "
-                              f"({', '.join(sorted(TOOL_NAMES))}).", message=reply)
+                              f"({self._names()}).", message=reply)
         if cfg.actions == "tool_calls":
             raise PolicyError("no_tool_call", "Error: your reply called no tool. Call one of the tools "
-                              f"({', '.join(sorted(TOOL_NAMES))}); call submit when the fix is complete.",
+                              f"({self._names()}); call submit when the fix is complete.",
                               message=reply)
         try:
             calls = parse_text_actions(content, self._turn)
@@ -176,4 +152,5 @@ class ModelPolicy:
         if not calls:
             raise PolicyError("no_action", "Error: your reply held no action. Write exactly one "
                               "<tool_call>{...}</tool_call> or one ```bash block.", message=reply)
-        return Message(role="assistant", content=content, tool_calls=calls)
+        message = Message(role="assistant", content=content, tool_calls=calls)
+        return Action(message, calls)

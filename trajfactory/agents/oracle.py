@@ -11,6 +11,7 @@ import json
 import re
 import shlex
 
+from trajfactory.executors.protocol import Action, Start
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -40,12 +41,16 @@ class OraclePolicy:
     def __init__(self, max_tests_shown: int = 5):
         self.info = PolicyInfo(name="oracle", params={"version": "1", "max_tests_shown": max_tests_shown})
         self.usage = Usage()
+        self.limits = None
         self._max_tests = max_tests_shown
         self._plan: list[tuple[str, str, dict]] = []
         self._calls = 0
         self._gold = ""
 
-    def reset(self, task: Task) -> None:
+    def system_prompt(self, default: str) -> str:
+        return default
+
+    def reset(self, task: Task, start: Start | None = None) -> None:
         self._calls = 0
         self._gold = task.gold.patch
         failing = task.checks.FAIL_TO_PASS[: self._max_tests]
@@ -68,7 +73,7 @@ class OraclePolicy:
         plan.append(("The tests pass. Submitting.", "submit", {}))
         self._plan = plan
 
-    def act(self, messages: list[Message]) -> Message:
+    async def act(self, messages: list[Message], observation: str = "") -> Action:
         last = messages[-1] if messages else None
         # React to a failed edit the way an engineer would: apply the whole fix with git instead.
         if last is not None and last.role == "tool" and (last.content or "").startswith("Error: old_str"):
@@ -82,4 +87,4 @@ class OraclePolicy:
             thought, tool, args = self._plan.pop(0)
         self._calls += 1
         call = ToolCall(id=f"call_{self._calls}", function=ToolCallFunction(name=tool, arguments=json.dumps(args)))
-        return Message(role="assistant", content=thought, tool_calls=[call])
+        return Action(Message(role="assistant", content=thought, tool_calls=[call]), [call])

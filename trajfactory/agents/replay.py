@@ -5,6 +5,8 @@ the current accessibility tree (`agents.grounding`) by fuzzy-matching the step's
 `[bid] role 'name'` lines, with role hints from the verb. A step that cannot be grounded after
 `max_tries` looks ends the episode with `report_infeasible(...)` naming the step (or is skipped, for
 the deliberately naive `report_infeasible=False` baseline).
+
+`next_action(axtree, last_action_error)` is the rule itself; `act` hands its action to the web environment.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import re
 from trajfactory.agents.grounding import (CLICK_ROLES, TEXT_ROLES, UI_SYNONYMS, Element, Intent, first_item, ground,
                                           home_link, match_score, norm, parse_axtree, signed_in_as, variants)
 from trajfactory.agents.step_parser import PLACEHOLDER_TEXT, parse_step
-from trajfactory.schema import Policy as PolicyInfo, WebTask
+from trajfactory.executors.browser import Observation
+from trajfactory.executors.browser_actions import action_call
+from trajfactory.executors.protocol import Action, Start
+from trajfactory.schema import Message, Policy as PolicyInfo, Usage, WebTask
 
 __all__ = ["CLICK_ROLES", "NAME", "PLACEHOLDER_TEXT", "TEXT_ROLES", "UI_SYNONYMS", "Element", "Intent", "ReplayPolicy",
            "first_item", "ground", "match_score", "norm", "parse_axtree", "parse_step", "variants"]
@@ -26,16 +31,29 @@ NAME = "tutorial-replay"
 class ReplayPolicy:
     """Ground each tutorial step in the accessibility tree and emit BrowserGym action strings.
 
-    `act(axtree, last_action_error)` returns the next action, or None once the task is done.
+    `next_action(axtree, last_action_error)` returns the next action string, or None once the task is done.
     """
 
     def __init__(self, report_infeasible: bool = True, max_tries: int = 2, threshold: float = 0.7):
         self.report_infeasible, self.max_tries, self.threshold = report_infeasible, max_tries, threshold
         self.info = PolicyInfo(name=NAME if report_infeasible else f"{NAME}-no-infeasible",
                                params={"max_tries": max_tries, "threshold": threshold})
+        self.usage = Usage()
+        self.limits = None
         self.task: WebTask | None = None
 
-    def reset(self, task: WebTask, accounts: dict[str, str] | None = None) -> None:
+    def system_prompt(self, default: str) -> str:
+        return default
+
+    async def act(self, messages: list[Message], observation: Observation) -> Action | None:
+        text = self.next_action(observation.axtree, observation.last_action_error)
+        if text is None:
+            return None
+        return Action(Message(role="assistant", content=text), [action_call(text)])
+
+    def reset(self, task: WebTask, start: Start | None = None, accounts: dict[str, str] | None = None) -> None:
+        if start is not None:
+            accounts = start.info.get("accounts", accounts)
         self.task, self.accounts = task, dict(accounts or {})
         self.queue: list[Intent] = [i for n, s in enumerate(task.spec.steps) for i in parse_step(s, n, self.accounts)]
         for intent, nxt in zip(self.queue, self.queue[1:]):  # "Enter your Username and Password." + "Click Log in"
@@ -75,7 +93,7 @@ class ReplayPolicy:
         self.skipped.append(step)
         return None
 
-    def act(self, axtree: str, last_action_error: str | None = None) -> str | None:
+    def next_action(self, axtree: str, last_action_error: str | None = None) -> str | None:
         if self.finished:
             return None
         if last_action_error and self.pending is not None:  # the grounded action failed: try that intent again

@@ -8,77 +8,38 @@ or written in the text (`actions: text|both`): the first action call inside a ``
 line holding one. Both are checked by `browser_actions.parse_action`.
 
 A turn without an executable action (empty reply, no action, an action that does not parse, a failed
-request) raises `PolicyError`; `web_rollout` records it as an error step (it counts against the step
+request) raises `PolicyError`; the episode loop records it as an error step (it counts against the step
 limit) and the model sees the error next turn. `images: auto` sends screenshots until the server
 answers HTTP 400 that the model takes no images; the turn is then asked again without it, images stay
 off for the episode, and `info.params` records it (`images_dropped`, `image_requests`, `text_requests`).
-
-The policy is synchronous (the browser is) and runs its requests on a private event-loop thread; make
-one per episode and `close()` it (or use it as a context manager).
+Make one policy per episode.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import re
-import threading
-import time
 from typing import Any
 
-from trajfactory.agents.base import PolicyError
 from trajfactory.executors.browser import Observation
-from trajfactory.executors.browser_actions import ACTIONS, ActionError, action_space, parse_action
-from trajfactory.executors.web_rollout import SYSTEM_PROMPT, WebTurn, observation_text
-from trajfactory.models.client import ChatResult, ModelClient, ModelError
+from trajfactory.executors.browser_actions import (ACTION_TOOLS, ACTIONS, ActionError, action_call, action_from_call,
+                                                   action_space, parse_action)
+from trajfactory.executors.protocol import Action, PolicyError, Start
+from trajfactory.executors.web_env import observation_text
+from trajfactory.models.client import ChatResult, ModelClient, ModelError, image_data_uri
 from trajfactory.schema import Message, Policy as PolicyInfo, Usage, WebTask
-from trajfactory.verifiers.judge import IMAGE_REFUSED, image_data_uri
-from trajfactory.web_config import WebAgentConfig
+from trajfactory.settings import WebAgentConfig
+
+__all__ = ["ACTION_TOOLS", "WebModelPolicy", "action_from_call", "action_from_text"]
 
 POLICY_NAME = "model"
 POLICY_VERSION = "1"
 TEXT_PROMPT = ("\nThink briefly if you need to, then write exactly one action as a call, for example:\n"
                "```\nclick('12')\n```")
-CONTEXT_OVERFLOW = re.compile(r"context length|context window|too many tokens|maximum.*tokens", re.I)
 _CALL = re.compile(r"\b(" + "|".join(sorted(ACTIONS, key=len, reverse=True)) + r")\s*\(")
 _FENCE = re.compile(r"```[A-Za-z_]*[ \t]*\n?(.*?)```", re.DOTALL)
-_TYPES = {"str": {"type": "string"}, "float": {"type": "number"},
-          "str | list": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
-
 
 # ---------------------------------------------------------------- actions: tool calls and text
-
-
-def _tool(name: str) -> dict[str, Any]:
-    params = inspect.signature(ACTIONS[name]).parameters.values()
-    props = {p.name: dict(_TYPES[str(p.annotation)]) for p in params}
-    required = [p.name for p in params if p.default is p.empty]
-    return {"type": "function", "function": {"name": name, "description": inspect.getdoc(ACTIONS[name]),
-                                             "parameters": {"type": "object", "properties": props, "required": required}}}
-
-
-ACTION_TOOLS = [_tool(name) for name in ACTIONS]
-"""One OpenAI tool per browser action, from the signatures of `browser_actions`."""
-
-
-def action_from_call(name: str, arguments: str | dict | None) -> str:
-    """A native tool call as an action string (`click('12')`); ActionError says what is wrong."""
-    if name not in ACTIONS:
-        raise ActionError(f"unknown action {name!r}; known actions: {', '.join(ACTIONS)}")
-    try:
-        args = json.loads(arguments or "{}") if isinstance(arguments, (str, type(None))) else arguments
-    except ValueError as exc:
-        raise ActionError(f"the arguments of {name} are not JSON ({exc}): {str(arguments)[:200]!r}") from None
-    if not isinstance(args, dict):
-        raise ActionError(f"the arguments of {name} must be a JSON object, got {str(arguments)[:200]!r}")
-    try:
-        bound = inspect.signature(ACTIONS[name]).bind(**args)
-    except TypeError as exc:
-        raise ActionError(f"{name}{inspect.signature(ACTIONS[name])}: {exc}") from None
-    text = f"{name}({', '.join(repr(v) for v in bound.args)})"
-    parse_action(text)  # the types of the values
-    return text
 
 
 def action_from_text(content: str) -> str | None:
@@ -104,36 +65,14 @@ def action_from_text(content: str) -> str | None:
 # ---------------------------------------------------------------- the policy
 
 
-class _LoopThread:
-    """A private event loop on a daemon thread: sync callers await coroutines there from any thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="web-model-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class WebModelPolicy:
-    """`WebModelPolicy(endpoint.client(), WebAgentConfig(...))`: one per episode (it owns an event-loop thread)."""
+    """`WebModelPolicy(endpoint.client(), WebAgentConfig(...))`: one per episode."""
 
     def __init__(self, client: ModelClient, config: WebAgentConfig | None = None):
         self.client = client
         self.config = config or WebAgentConfig()
         self.limits = self.config.limits
         self.usage = Usage()
-        custom = self.config.system_prompt
-        self.system_prompt = (custom.replace("{actions}", action_space()) if custom else
-                              SYSTEM_PROMPT.format(actions=action_space())
-                              + (TEXT_PROMPT if self.config.actions != "tool_calls" else ""))
-        self._runner: _LoopThread | None = None
         self.reset_info()
 
     def reset_info(self) -> None:
@@ -143,36 +82,28 @@ class WebModelPolicy:
                   **cfg.sampling(), "image_requests": 0, "text_requests": 0}
         self.info = PolicyInfo(name=POLICY_NAME, model=self.client.model, params=params)
 
+    def system_prompt(self, default: str) -> str:
+        """A custom prompt (with the action grammar for `{actions}`), else the environment's plus the text format."""
+        custom = self.config.system_prompt
+        if custom:
+            return custom.replace("{actions}", action_space())
+        return default + (TEXT_PROMPT if self.config.actions != "tool_calls" else "")
+
     # -- episode
 
-    def reset(self, task: WebTask, accounts: dict[str, str] | None = None) -> None:
+    def reset(self, task: WebTask, start: Start) -> None:
         self.task = task
         self.usage = Usage()
         self.reset_info()
         self.images = self.config.images != "off"
+        self._system = self.system_prompt(start.system_prompt)
         self.requests: list[dict[str, Any]] = []
         """One entry per request: turn, whether it carried an image, HTTP status, error."""
         self._history: list[list[str | None]] = []  # [what the model wrote, what came of it]
         self._turn = self._model_errors = 0
-        self._started = time.monotonic()
-        creds = "; ".join(f"username {u!r} with password {p!r}" for u, p in sorted((accounts or {}).items()))
+        accounts = start.info.get("accounts") or {}
+        creds = "; ".join(f"username {u!r} with password {p!r}" for u, p in sorted(accounts.items()))
         self._goal = f"Task: {task.instruction}" + (f"\nYou can sign in as {creds}." if creds else "")
-        if self._runner is None:
-            self._runner = _LoopThread()
-
-    def close(self) -> None:
-        if self._runner is not None:
-            try:
-                self._runner.run(self.client.aclose(), 10)
-            finally:
-                self._runner.close()
-                self._runner = None
-
-    def __enter__(self) -> "WebModelPolicy":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- one turn
 
@@ -187,7 +118,7 @@ class WebModelPolicy:
         for said, came in kept:
             turns += [("assistant", str(said)), ("user", str(came))]
         turns.append(("user", "Current page:\n" + observation_text(obs, self.config.max_observation_chars)))
-        merged: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt}]
+        merged: list[dict[str, Any]] = [{"role": "system", "content": self._system}]
         for role, text in turns:  # consecutive user turns become one message
             if merged[-1]["role"] == role:
                 merged[-1]["content"] += "\n\n" + text
@@ -199,55 +130,39 @@ class WebModelPolicy:
                                {"type": "image_url", "image_url": {"url": image_data_uri(obs.screenshot)}}]
         return merged
 
-    def _record(self, result: ChatResult) -> None:
-        c = self.client
-        self.usage.prompt_tokens += result.prompt_tokens
-        self.usage.completion_tokens += result.completion_tokens
-        self.usage.model_calls += 1
-        self.usage.cost_usd += (result.prompt_tokens / 1000 * c.price_per_1k_prompt
-                                + result.completion_tokens / 1000 * c.price_per_1k_completion
-                                + result.latency_s / 3600 * c.gpu_hour_price / c.max_concurrency)
-
-    def _chat(self, obs: Observation) -> ChatResult:
+    async def _chat(self, obs: Observation) -> ChatResult:
         cfg = self.config
         tools = ACTION_TOOLS if cfg.actions != "text" else None
         extra = {"tool_choice": "auto"} if tools else {}
         while True:
             image = self.images and obs.screenshot is not None
-            left = None if self.limits.max_seconds is None else max(
-                0.001, self.limits.max_seconds - (time.monotonic() - self._started))
             entry: dict[str, Any] = {"turn": self._turn, "image": image, "status": None, "error": None}
             self.requests.append(entry)
             self.info.params["image_requests" if image else "text_requests"] += 1
             try:
-                result = self._runner.run(self.client.chat(self.wire(obs, image), tools=tools, **extra, **cfg.sampling()), left)
+                result = await self.client.chat(self.wire(obs, image), tools=tools, **extra, **cfg.sampling())
                 entry["status"] = 200
                 return result
             except ModelError as exc:
                 entry["status"], entry["error"] = exc.status, str(exc)[:300]
-                refused = (exc.status == 400 and image and cfg.images == "auto" and IMAGE_REFUSED.search(str(exc))
-                           and not CONTEXT_OVERFLOW.search(str(exc)))
-                if not refused:
+                if not (image and cfg.images == "auto" and exc.images_refused):
                     raise
                 # the model takes no images: ask this turn again in text, and keep images off
                 self.images = False
                 self.info.params["images_dropped"] = f"turn {self._turn}: {str(exc)[:200]}"
 
-    def act_on(self, obs: Observation) -> WebTurn:
+    async def act(self, messages: list[Message], observation: Observation) -> Action:
         self._turn += 1
         try:
-            result = self._chat(obs)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise PolicyError("time_limit", "Error: the episode's time is up.", stop="time_limit") from None
+            result = await self._chat(observation)
         except ModelError as exc:
             self._model_errors += 1
-            overflow = exc.status == 400 and CONTEXT_OVERFLOW.search(str(exc))
-            stop = "context_limit" if overflow else (
+            stop = "context_limit" if exc.context_overflow else (
                 "model_error" if self._model_errors >= self.config.max_model_errors else None)
             self._history.append(["(request failed)", f"Error: the model request failed: {exc}"])
             raise PolicyError("model_error", f"Error: the model request failed: {exc}", stop=stop) from None
         self._model_errors = 0
-        self._record(result)
+        self.usage.add_call(result.prompt_tokens, result.completion_tokens, self.client.request_cost(result))
         reply = result.message
         content = reply.content or ""
         try:
@@ -271,8 +186,8 @@ class WebModelPolicy:
             written = content or json.dumps([c.model_dump() for c in reply.tool_calls or []])
             return self._error("bad_action", f"Error: {exc}", written)
         self._history.append([said, None])
-        return WebTurn(action, content=said)
+        return Action(Message(role="assistant", content=said), [action_call(action, f"turn_{self._turn}")])
 
-    def _error(self, reason: str, observation: str, written: str) -> WebTurn:
+    def _error(self, reason: str, observation: str, written: str) -> Action:
         self._history.append([written or "(empty)", observation])
         raise PolicyError(reason, observation, message=Message(role="assistant", content=written))

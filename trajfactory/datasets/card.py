@@ -17,6 +17,8 @@ _SECTION_NOTES = {
     "by_policy": "Per policy: trajectories, test-verified ones, and pass@1 / pass@k over each task's k samples.",
     "model_usage": "Model requests behind this version, per stage: tokens, summed request latency, and the "
     "cost estimate (token prices and/or GPU-hour price over the time the server was busy).",
+    "quarantine": "Items that could not go through a stage, counted per stage, kind of item and reason (the rows are in "
+    "the `quarantine` table).",
     "judge_agreement": "The model judge against the test verdicts: `agreement` and `kappa` over answered "
     "trajectories; abstentions are counted apart (and as fails in `agreement_abstain_as_fail`).",
 }

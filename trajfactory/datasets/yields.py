@@ -1,12 +1,21 @@
-"""Yield tables: how many candidates became tasks, trajectories and verified trajectories; per policy
-(pass@1 / pass@k), what the model cost, and how far the model judge agrees with the tests."""
+"""Yield tables of both halves, computed here only.
+
+SWE (`yields`): how many candidates became tasks, trajectories and verified trajectories, per repository and
+per mutation family; per policy (pass@1 / pass@k), what the model cost, and how far the model judge agrees
+with the tests. Web (`web_yields`): the AgentTrek funnel per site, per policy, and the judge against the
+state checks."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from math import comb
+from pathlib import Path
+from typing import Iterable
 
-from trajfactory.schema import Candidate, ModelUsage, Task, Trajectory, Validation, Verdict
+from trajfactory.schema import (Candidate, ModelUsage, Quarantine, Task, Trajectory, Tutorial, Validation, Verdict,
+                                WebTask, WebVerification, stage_stats)
+from trajfactory.verifiers import judge as judge_verifier, state as state_verifier
+from trajfactory.verifiers.record import verification
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -59,10 +68,10 @@ def judge_rows(report: dict | None) -> list[dict]:
 
 def yields(candidates: list[Candidate], validations: list[Validation], tasks: list[Task],
            trajectories: list[Trajectory], verdicts: list[Verdict], *, usage: list[ModelUsage] | None = None,
-           judge_agreement: dict | None = None) -> dict[str, list[dict]]:
+           judge_agreement: dict | None = None, quarantine: list[Quarantine] | None = None) -> dict[str, list[dict]]:
     """Per repository and per mutation family: candidates, valid tasks, trajectories, verified; per policy;
-    the model usage and the judge's agreement with the tests when there were any. `verdicts` are the
-    verdicts of record (tests), never the judge's."""
+    the model usage and the judge's agreement with the tests when there were any; quarantined items per stage
+    and reason. `verdicts` are the verdicts of record (tests), never the judge's."""
     family_of = {c.candidate_id: (c.repo, c.family) for c in candidates}
     task_key = {t.task_id: (t.environment.repo, t.family) for t in tasks}
     traj_task = {tr.trajectory_id: tr.task_id for tr in trajectories}
@@ -96,4 +105,79 @@ def yields(candidates: list[Candidate], validations: list[Validation], tasks: li
         out["model_usage"] = usage_rows(usage)
     if judge_agreement:
         out["judge_agreement"] = judge_rows(judge_agreement)
+    if quarantine:
+        out["quarantine"] = stage_stats(quarantine)
     return out
+
+
+# ---------------------------------------------------------------- web
+
+
+def _site_of_uri(uri: str, sites: Iterable[str]) -> str:
+    parts = Path(uri.split("#", 1)[0]).parts  # /docs/shop/x.html, http://h/shop/x.html
+    return next((p for p in parts if p in sites), "-")
+
+
+def web_yields(tutorials: list[Tutorial], harvest_quarantine: list[Quarantine], tasks: list[WebTask],
+               trajectories: list[Trajectory], verdicts: list[Verdict | None], min_confidence: float = 0.8, *,
+               sites: Iterable[str] = (), quarantine: list[Quarantine] | None = None) -> dict[str, list[dict]]:
+    """The AgentTrek funnel per site: pages -> tutorials -> tasks (checked) -> trajectories -> verified tasks.
+
+    `verified` counts feasible tasks with a verified trajectory (by the verdict of record, see
+    `verification`); `verified_infeasible` the infeasible twins correctly reported. A quarantined page counts
+    for the site of `sites` its URI's path names. `by_policy` gives each
+    policy's trajectories, verified ones (by state / by judge), malformed turns, model use and image
+    fallbacks; `judge_agreement` (with judge verdicts) the judge against the state checks.
+    """
+    verdicts = [v for v in verdicts if v is not None]
+    keys = ("pages", "tutorials", "tasks", "infeasible_tasks", "trajectories", "verified", "verified_infeasible")
+    rows: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(keys, 0))
+    for tut in tutorials:
+        site = tut.site or "-"
+        rows[site]["pages"] += 1
+        rows[site]["tutorials"] += bool(tut.is_tutorial)
+    for q in harvest_quarantine:
+        rows[_site_of_uri(q.uri, set(sites))]["pages"] += 1
+    by_id = {t.task_id: t for t in tasks}
+    for t in tasks:
+        rows[t.environment.app]["tasks" if t.feasible else "infeasible_tasks"] += 1
+    for tr in trajectories:
+        rows[by_id[tr.task_id].environment.app if tr.task_id in by_id else "-"]["trajectories"] += 1
+    record = verification(tasks, trajectories, verdicts, min_confidence)
+    for task_id in sorted({r.task_id for r in record if r.verified and r.task_id in by_id}):
+        t = by_id[task_id]
+        rows[t.environment.app]["verified" if t.feasible else "verified_infeasible"] += 1
+    out = [{"site": site, **r, "yield": round(r["verified"] / r["tutorials"], 3) if r["tutorials"] else 0.0}
+           for site, r in sorted(rows.items())]
+    summary: dict[str, list[dict]] = {"by_site": out, "by_policy": _by_policy(trajectories, record)}
+    judged = [v for v in verdicts if v.verifier == judge_verifier.VERIFIER]
+    if judged:
+        state = [v for v in verdicts if v.verifier == state_verifier.VERIFIER]
+        report = judge_verifier.agreement(judged, state)
+        confusion = report.pop("confusion")
+        report["judge_only"] = sum(r.verified_by == "judge" for r in record)
+        report["judge_only_verified"] = sum(r.verified_by == "judge" and r.verified for r in record)
+        summary["judge_agreement"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in report.items()} | confusion]
+    if quarantine:
+        summary["quarantine"] = stage_stats(quarantine)
+    return summary
+
+
+def _by_policy(trajectories: list[Trajectory], record: list[WebVerification]) -> list[dict]:
+    rec = {r.trajectory_id: r for r in record}
+    rows: dict[str, dict] = {}
+    for tr in trajectories:
+        r = rows.setdefault(tr.policy.name, dict.fromkeys(
+            ("trajectories", "verified", "verified_by_state", "verified_by_judge", "malformed_turns", "model_calls",
+             "tokens", "image_fallbacks"), 0) | {"cost_usd": 0.0})
+        v = rec.get(tr.trajectory_id)
+        r["trajectories"] += 1
+        r["verified"] += bool(v and v.verified)
+        r["verified_by_state"] += bool(v and v.verified and v.verified_by == "state")
+        r["verified_by_judge"] += bool(v and v.verified and v.verified_by == "judge")
+        r["malformed_turns"] += sum(1 for s in tr.steps if not s.tool and s.error)
+        r["model_calls"] += tr.usage.model_calls
+        r["tokens"] += tr.usage.prompt_tokens + tr.usage.completion_tokens
+        r["image_fallbacks"] += "images_dropped" in tr.policy.params
+        r["cost_usd"] = round(r["cost_usd"] + tr.usage.cost_usd, 6)
+    return [{"policy": name, **r} for name, r in sorted(rows.items())]

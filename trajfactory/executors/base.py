@@ -11,6 +11,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Protocol
 
+from trajfactory.settings import SandboxConfig
+
 
 class SandboxError(RuntimeError):
     """A sandbox could not do its job (bad input to the sandbox, not an infrastructure fault)."""
@@ -38,15 +40,6 @@ class ExecResult:
     timed_out: bool = False
 
 
-@dataclass
-class SandboxLimits:
-    memory: str = "2g"
-    cpus: float = 1.0
-    pids: int = 256
-    command_timeout_s: float = 120.0
-    output_limit: int = 100_000
-
-
 class OutputCollector:
     """Keeps the head and the tail of a command's output within `limit` bytes (memory stays bounded)."""
 
@@ -72,6 +65,16 @@ class OutputCollector:
             return (self.head + self.tail).decode(errors="replace")
         marker = f"\n[... {dropped} bytes of output truncated ...]\n"
         return self.head.decode(errors="replace") + marker + self.tail.decode(errors="replace")
+
+
+def apply_patch(sandbox: "Sandbox", patch: str, path: str = "/tmp/trajfactory-patch.diff") -> str | None:
+    """Apply a unified diff in the sandbox's checkout (the patch file is removed after); the error text when it does
+    not apply, None when it did (an empty patch changes nothing)."""
+    if not patch.strip():
+        return None
+    sandbox.write_file(path, patch if patch.endswith("\n") else patch + "\n")
+    res = sandbox.execute(f"git apply --whitespace=nowarn {path}; code=$?; rm -f {path}; exit $code", timeout=60)
+    return None if res.exit_code == 0 else res.output.strip() or f"git apply exited {res.exit_code}"
 
 
 def sandbox_path(workdir: str, path: str) -> str:
@@ -127,4 +130,6 @@ class Backend(Protocol):
         """
         ...
 
-    def start(self, env: EnvironmentHandle, limits: SandboxLimits | None = None) -> Sandbox: ...
+    def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> Sandbox:
+        """A fresh sandbox on `env`, under the limits of `limits` (the recipe's `sandbox:` section)."""
+        ...

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 from typing import Any, Callable
+
+from trajfactory.schema import ToolCall, ToolCallFunction
 
 # Signatures only: parse_action binds arguments against them; BrowserEpisode._execute runs them.
 
@@ -101,3 +104,47 @@ def parse_action(text: str) -> tuple[str, dict[str, Any]]:
             raise ActionError(f"{name}: {key} must be a string, got {value!r}")
         out[key] = value
     return name, out
+
+
+# ---------------------------------------------------------------- actions as tool calls
+
+_TYPES = {"str": {"type": "string"}, "float": {"type": "number"},
+          "str | list": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
+
+
+def _tool(name: str) -> dict[str, Any]:
+    params = inspect.signature(ACTIONS[name]).parameters.values()
+    props = {p.name: dict(_TYPES[str(p.annotation)]) for p in params}
+    required = [p.name for p in params if p.default is p.empty]
+    return {"type": "function", "function": {"name": name, "description": inspect.getdoc(ACTIONS[name]),
+                                             "parameters": {"type": "object", "properties": props, "required": required}}}
+
+
+ACTION_TOOLS = [_tool(name) for name in ACTIONS]
+"""One OpenAI tool per browser action, from the signatures of `browser_actions`."""
+
+
+def action_from_call(name: str, arguments: str | dict | None) -> str:
+    """A native tool call as an action string (`click('12')`); ActionError says what is wrong."""
+    if name not in ACTIONS:
+        raise ActionError(f"unknown action {name!r}; known actions: {', '.join(ACTIONS)}")
+    try:
+        args = json.loads(arguments or "{}") if isinstance(arguments, (str, type(None))) else arguments
+    except ValueError as exc:
+        raise ActionError(f"the arguments of {name} are not JSON ({exc}): {str(arguments)[:200]!r}") from None
+    if not isinstance(args, dict):
+        raise ActionError(f"the arguments of {name} must be a JSON object, got {str(arguments)[:200]!r}")
+    try:
+        bound = inspect.signature(ACTIONS[name]).bind(**args)
+    except TypeError as exc:
+        raise ActionError(f"{name}{inspect.signature(ACTIONS[name])}: {exc}") from None
+    text = f"{name}({', '.join(repr(v) for v in bound.args)})"
+    parse_action(text)  # the types of the values
+    return text
+
+
+def action_call(text: str, call_id: str = "action") -> ToolCall:
+    """An action string as the tool call the web environment executes (its arguments as parsed, defaults
+    included); ActionError says what is wrong with it."""
+    name, args = parse_action(text)
+    return ToolCall(id=call_id, function=ToolCallFunction(name=name, arguments=json.dumps(args)))

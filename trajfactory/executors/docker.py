@@ -24,6 +24,8 @@ import docker
 import docker.errors
 import requests
 
+from trajfactory.settings import SandboxConfig
+
 from .base import (
     EnvironmentBuildError,
     EnvironmentHandle,
@@ -31,7 +33,6 @@ from .base import (
     InfrastructureError,
     OutputCollector,
     SandboxError,
-    SandboxLimits,
     sandbox_path,
 )
 from .images import (
@@ -50,7 +51,9 @@ BUILDER_VERSION = "1"
 LABEL = "trajfactory"
 WORKDIR = "/repo"
 # A fixed hash seed keeps parametrized test ids (and so FAIL_TO_PASS / PASS_TO_PASS) stable across runs.
-SANDBOX_ENV = {"PYTHONHASHSEED": "0"}
+SANDBOX_ENV = {"PYTHONHASHSEED": "0",
+               # no .pyc: one written in the same second as an edit of a same-size file would hide the edit
+               "PYTHONDONTWRITEBYTECODE": "1"}
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host stops waiting for `docker exec`."""
 
@@ -181,9 +184,9 @@ class DockerBackend:
             "(check the failing requirement in the log above)",
         )
 
-    def start(self, env: EnvironmentHandle, limits: SandboxLimits | None = None) -> "DockerSandbox":
+    def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "DockerSandbox":
         labels = {**self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
-        return DockerSandbox(self.client, env.name, env.commit, limits or SandboxLimits(), labels)
+        return DockerSandbox(self.client, env.name, env.commit, limits or SandboxConfig(), labels)
 
 
 class DockerSandbox:
@@ -191,7 +194,7 @@ class DockerSandbox:
 
     workdir = WORKDIR
 
-    def __init__(self, client, image: str, commit: str, limits: SandboxLimits, labels: dict[str, str]):
+    def __init__(self, client, image: str, commit: str, limits: SandboxConfig, labels: dict[str, str]):
         self.client = client
         self.image = image
         self.commit = commit

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trajfactory.settings import SandboxConfig
+
 from .base import (
     EnvironmentBuildError,
     EnvironmentHandle,
@@ -33,7 +35,6 @@ from .base import (
     InfrastructureError,
     OutputCollector,
     SandboxError,
-    SandboxLimits,
     sandbox_path,
 )
 from .images import build_wheelhouse, clone_at_commit, default_cache_root, find_requirements, resolve_commit, src_layout
@@ -83,7 +84,7 @@ def _bytes(size: str) -> int:
 class _Cgroup:
     """A pids + memory + cpu cgroup (v1 or v2) for one sandbox; `paths` is empty when the host refuses one."""
 
-    def __init__(self, name: str, limits: SandboxLimits):
+    def __init__(self, name: str, limits: SandboxConfig):
         self.paths: list[Path] = []
         v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
         quota = int(limits.cpus * 100_000)
@@ -188,18 +189,18 @@ class LocalBackend:
         (env_dir / "env.json").write_text(json.dumps(meta, indent=1))
         (env_dir / ".complete").touch()
 
-    def start(self, env: EnvironmentHandle, limits: SandboxLimits | None = None) -> "LocalSandbox":
+    def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "LocalSandbox":
         env_dir = Path(env.name)
         if not (env_dir / ".complete").exists():
             raise SandboxError(f"environment {env_dir} is not built; call LocalBackend.build() first")
-        return LocalSandbox(env_dir, env.commit, limits or SandboxLimits(), self.isolation,
+        return LocalSandbox(env_dir, env.commit, limits or SandboxConfig(), self.isolation,
                             self.cache_root / "sandboxes")
 
 
 class LocalSandbox:
     """A scratch copy of the checkout; each command runs in fresh namespaces (nothing outlives it)."""
 
-    def __init__(self, env_dir: Path, commit: str, limits: SandboxLimits, isolation: str, scratch_root: Path):
+    def __init__(self, env_dir: Path, commit: str, limits: SandboxConfig, isolation: str, scratch_root: Path):
         self.env_dir = env_dir
         self.commit = commit
         self.limits = limits
@@ -225,6 +226,7 @@ class LocalSandbox:
         self.env = {
             "PATH": f"{venv}/bin:{PATH}", "VIRTUAL_ENV": str(venv), "HOME": str(home), "LANG": "C.UTF-8",
             "PYTHONHASHSEED": "0",  # stable parametrized test ids across runs, as in docker
+            "PYTHONDONTWRITEBYTECODE": "1",  # no stale .pyc after a same-second edit, as in docker
             "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
             # the host's pip configuration may name a local index: the sandbox gets none, as in docker
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",

@@ -7,13 +7,14 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxLimits
+from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox
+from trajfactory.settings import SandboxConfig
 
 
 class SandboxPool:
     """At most `size` sandboxes, started lazily, handed out one user at a time, closed together."""
 
-    def __init__(self, backend: Backend, env: EnvironmentHandle, size: int, limits: SandboxLimits | None = None):
+    def __init__(self, backend: Backend, env: EnvironmentHandle, size: int, limits: SandboxConfig | None = None):
         self.backend, self.env, self.size, self.limits = backend, env, size, limits
         self._idle: queue.Queue[Sandbox] = queue.Queue()
         self._all: list[Sandbox] = []

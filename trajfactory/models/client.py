@@ -8,12 +8,16 @@ The API key is sent as a Bearer header and never appears in logs, reprs or error
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import mimetypes
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +28,10 @@ log = logging.getLogger(__name__)
 
 API_KEY_VARS = ("TRAJFACTORY_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+CONTEXT_OVERFLOW = re.compile(r"context length|context window|too many tokens|maximum.*tokens", re.I)
+"""An HTTP 400 whose text matches this says the prompt is too long for the model: no other request form cures it."""
+IMAGE_REFUSED = re.compile(r"multi-?modal|image|vision", re.I)
+"""An HTTP 400 whose text matches this (and is no context overflow) says the model takes no images."""
 
 
 class ModelError(RuntimeError):
@@ -32,6 +40,16 @@ class ModelError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+    @property
+    def context_overflow(self) -> bool:
+        """The request was too long for the model's context."""
+        return self.status == 400 and bool(CONTEXT_OVERFLOW.search(str(self)))
+
+    @property
+    def images_refused(self) -> bool:
+        """The model takes no images (ask again without them)."""
+        return self.status == 400 and bool(IMAGE_REFUSED.search(str(self))) and not self.context_overflow
 
 
 @dataclass
@@ -87,6 +105,18 @@ def message_from_choice(choice: dict[str, Any]) -> Message:
                 )
             )
     return Message(role="assistant", content=msg.get("content"), tool_calls=calls)
+
+
+def image_data_uri(image: str | Path | bytes) -> str:
+    """A `data:` URI of a PNG/JPEG/... file or of raw bytes (type sniffed from the magic number)."""
+    if isinstance(image, bytes):
+        data = image
+        mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/webp" if data[8:12] == b"WEBP" else "image/png"
+    else:
+        path = Path(image)
+        data = path.read_bytes()
+        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 class ModelClient:
@@ -242,6 +272,13 @@ class ModelClient:
     @property
     def completion_tokens(self) -> int:
         return sum(r.completion_tokens for r in self.requests)
+
+    def request_cost(self, result: ChatResult) -> float:
+        """One request's estimated cost: token prices, plus the GPU hour over its latency shared by the requests the
+        server runs at once."""
+        return (result.prompt_tokens / 1000 * self.price_per_1k_prompt
+                + result.completion_tokens / 1000 * self.price_per_1k_completion
+                + result.latency_s / 3600 * self.gpu_hour_price / self.max_concurrency)
 
     def cost_usd(self) -> float:
         """Token prices, plus `gpu_hour_price` times the wall-clock span the requests kept the server busy."""

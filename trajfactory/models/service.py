@@ -1,4 +1,5 @@
-"""The model a run uses, as a context: `with model_endpoint(cfg, work_dir) as ep: client = ep.client()`.
+"""The model a run uses, as a context: `with model_endpoint(cfg, work_dir) as ep: client = ep.client()`
+(or `model_session(...)`, which reuses an endpoint a caller already holds and opens none when none is needed).
 
 With `serve:` the factory starts vLLM on the model directory (making the built-in tiny model
 first when asked for `builtin:tiny`) and stops it when the block ends, also on errors and
@@ -18,7 +19,7 @@ from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
-from trajfactory.model_config import BUILTIN_TINY, ModelConfig
+from trajfactory.settings import BUILTIN_TINY, ModelConfig
 from trajfactory.models.client import ModelClient
 from trajfactory.models.server import CACHE_ROOT, VLLMServer
 
@@ -29,30 +30,35 @@ TINY_VERSION = "1"
 
 
 class ModelEndpoint(BaseModel):
-    """A reachable OpenAI-compatible endpoint and how to drive it (no secret inside)."""
+    """A reachable OpenAI-compatible endpoint: its URL and the recipe's `model:` settings (no secret inside)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str
-    name: str
-    api_key_env: str = "TRAJFACTORY_API_KEY"
-    max_concurrency: int = 8
-    timeout_s: float = 120
-    price_per_1k_prompt: float = 0.0
-    price_per_1k_completion: float = 0.0
-    gpu_hour_price: float = 0.0
+    settings: ModelConfig
     served: bool = False
     """True when this run started the server (vLLM on `model_dir`)."""
     model_dir: str | None = None
 
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.settings.max_concurrency
+
+    @classmethod
+    def at(cls, base_url: str, name: str, **settings) -> "ModelEndpoint":
+        """An endpoint someone else runs (`base_url`), with `model:` settings given as keywords."""
+        return cls(base_url=base_url, settings=ModelConfig(serve=None, base_url=base_url, name=name, **settings))
+
     def client(self, **overrides) -> ModelClient:
         """A new client (clients bind to one event loop: make one per `asyncio.run`)."""
-        kwargs = dict(
-            max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
-            price_per_1k_prompt=self.price_per_1k_prompt, price_per_1k_completion=self.price_per_1k_completion,
-            gpu_hour_price=self.gpu_hour_price,
-        )
-        return ModelClient(self.base_url, self.name, os.environ.get(self.api_key_env) or None, **{**kwargs, **overrides})
+        s = self.settings
+        kwargs = dict(max_concurrency=s.max_concurrency, timeout_s=s.timeout_s, price_per_1k_prompt=s.price_per_1k_prompt,
+                      price_per_1k_completion=s.price_per_1k_completion, gpu_hour_price=s.gpu_hour_price)
+        return ModelClient(self.base_url, s.name, os.environ.get(s.api_key_env) or None, **{**kwargs, **overrides})
 
 
 def tiny_model_dir(cache_root: str | Path | None = None) -> Path:
@@ -84,19 +90,11 @@ def resolve_model_dir(serve: str) -> Path:
     return path
 
 
-def _endpoint(cfg: ModelConfig, base_url: str, **extra) -> ModelEndpoint:
-    return ModelEndpoint(
-        base_url=base_url, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
-        timeout_s=cfg.timeout_s, price_per_1k_prompt=cfg.price_per_1k_prompt,
-        price_per_1k_completion=cfg.price_per_1k_completion, gpu_hour_price=cfg.gpu_hour_price, **extra,
-    )
-
-
 @contextlib.contextmanager
 def model_endpoint(cfg: ModelConfig, work_dir: str | Path) -> Iterator[ModelEndpoint]:
     """Yield the endpoint of `cfg`; a served model runs exactly as long as the block."""
     if cfg.base_url:
-        yield _endpoint(cfg, cfg.base_url)
+        yield ModelEndpoint(base_url=cfg.base_url, settings=cfg)
         return
     model_dir = resolve_model_dir(cfg.serve)
     log_path = Path(work_dir) / "logs" / "vllm.log"
@@ -106,4 +104,20 @@ def model_endpoint(cfg: ModelConfig, work_dir: str | Path) -> Iterator[ModelEndp
     log.info("starting vLLM for %s (about a minute on CPU); log: %s", model_dir, log_path)
     with server:
         log.info("model %r served at %s", cfg.name, server.base_url)
-        yield _endpoint(cfg, server.base_url, served=True, model_dir=str(model_dir))
+        yield ModelEndpoint(base_url=server.base_url, settings=cfg, served=True, model_dir=str(model_dir))
+
+
+@contextlib.contextmanager
+def model_session(cfg: ModelConfig | None, work_dir: str | Path, endpoint: ModelEndpoint | None,
+                  needed: bool) -> Iterator[ModelEndpoint | None]:
+    """The endpoint a stage uses: the caller's when given (a run that opened it once), else one opened here for
+    this stage alone (a served model stops when the block ends, however it ends), or None when no model is needed."""
+    if endpoint is not None or not needed:
+        yield endpoint
+        return
+    if cfg is None:
+        raise ValueError("this stage needs a model (LM rewrite, model statements, model rollouts, the judge, or the web "
+                         "model agent / judge) but none is configured: add a `model:` section (`serve: builtin:tiny`, "
+                         "a model directory, or `base_url:` of an OpenAI-compatible endpoint)")
+    with model_endpoint(cfg, work_dir) as opened:
+        yield opened

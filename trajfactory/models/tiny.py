@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS
+
 # ChatML control tokens plus the Hermes tool-call markers used by Qwen2.5 and vLLM's `hermes` parser.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOOL_CALL_TOKENS = ["<tool_call>", "</tool_call>"]
@@ -75,15 +77,8 @@ def _synthetic_samples() -> list[str]:
 
 def default_corpus() -> list[str]:
     """The factory's own text: tool schemas, the agent system prompt, the demo repository, chat samples."""
-    from trajfactory.agents.tools import TOOLS
-
-    corpus = [json.dumps(t) for t in TOOLS] + [json.dumps(t, indent=2) for t in TOOLS]
-    try:  # the rollout stage owns the prompt; the tokenizer still trains without it
-        from trajfactory.executors.rollout import SYSTEM_PROMPT
-
-        corpus.append(SYSTEM_PROMPT)
-    except ImportError:
-        pass
+    corpus = [json.dumps(t) for t in SWE_TOOLS] + [json.dumps(t, indent=2) for t in SWE_TOOLS]
+    corpus.append(SWE_SYSTEM_PROMPT)
     if DEMO_REPO.is_dir():
         corpus += [p.read_text(errors="replace") for p in sorted(DEMO_REPO.rglob("*.py"))]
     return corpus + _synthetic_samples()

@@ -70,6 +70,20 @@ class Quarantine(Record):
         return self.model_dump()
 
 
+def quarantined(stage: str, kind: str, item_id: str, reason: str, detail: str = "", uri: str = "") -> Quarantine:
+    """The quarantine record of one item: every stage makes them here, the same way."""
+    return Quarantine(item_id=item_id, item_kind=kind, stage=stage, reason=reason, detail=detail, uri=uri)
+
+
+def stage_stats(quarantine: list[Quarantine]) -> list[dict[str, Any]]:
+    """Quarantined items per stage and reason, for the yields and the card."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for q in quarantine:
+        key = (q.stage, q.item_kind, q.reason)
+        counts[key] = counts.get(key, 0) + 1
+    return [{"stage": st, "item": kind, "reason": reason, "items": n} for (st, kind, reason), n in sorted(counts.items())]
+
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("item_id", pa.string()),
@@ -153,6 +167,13 @@ class Usage(Record):
     completion_tokens: int = 0
     model_calls: int = 0
     cost_usd: float = 0.0
+
+    def add_call(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        """Count one model call."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.model_calls += 1
+        self.cost_usd += cost_usd
 
 
 class Final(Record):

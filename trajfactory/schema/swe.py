@@ -9,6 +9,57 @@ from pydantic import Field
 
 from trajfactory.schema.core import TABLE_SCHEMAS, Record
 
+# ---------------------------------------------------------------- the SWE action vocabulary
+# Every SWE trajectory row carries these tool schemas (`tools`), and the built-in tiny model's tokenizer is
+# trained on them and on the system prompt, so they live with the records, below every stage.
+
+SWE_SYSTEM_PROMPT = (
+    "You are a software engineer working in a Python repository checked out at the current directory. "
+    "Use the tools to investigate and fix the problem the user describes: run commands with `bash`, "
+    "change files with `edit`, and call `submit` when the fix is complete. Do not modify the tests."
+)
+SWE_TOOLS: list[dict] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "bash",
+            "description": "Run a bash command in the repository root and return its output and exit code.",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string", "description": "The command to run."}},
+                "required": ["command"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "edit",
+            "description": (
+                "Replace exactly one occurrence of `old_str` with `new_str` in a file. "
+                "`old_str` must match the file's text exactly, whitespace included, and be unique."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "File path, relative to the repository root."},
+                    "old_str": {"type": "string", "description": "The exact text to replace."},
+                    "new_str": {"type": "string", "description": "The replacement text."},
+                },
+                "required": ["path", "old_str", "new_str"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "submit",
+            "description": "Submit the current state of the repository as the solution and end the episode.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
+]
+
 # ---------------------------------------------------------------- synthesis
 
 

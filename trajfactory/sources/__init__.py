@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trajfactory.config import BUILTIN_REPOS
-from trajfactory.schema import Quarantine, Source, content_hash
+from trajfactory.schema import Quarantine, Source, content_hash, quarantined
+from trajfactory.settings import BUILTIN_REPOS
 
 
 def harvest_repo(uri: str, mirror_root: str | Path) -> Source | Quarantine:
@@ -16,8 +16,7 @@ def harvest_repo(uri: str, mirror_root: str | Path) -> Source | Quarantine:
     try:
         source = harvest(target, mirror_root)
     except SourceError as exc:
-        return Quarantine(item_id=content_hash(uri), item_kind="source", stage="harvest",
-                          reason=getattr(exc, "reason", "harvest_failed"), detail=str(exc), uri=uri)
+        return quarantined("harvest", "source", content_hash(uri), getattr(exc, "reason", "harvest_failed"), str(exc), uri)
     if target != uri:
         # Built-ins are named by their stable URI, never by where the package is installed.
         source = source.model_copy(update={"uri": uri, "source_id": content_hash(uri, source.commit)})

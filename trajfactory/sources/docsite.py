@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from trajfactory.runtime import LoopbackServer
 
 DOCS_ROOT = Path(__file__).resolve().parent.parent / "data" / "docs"
 """The bundled documentation sites: one folder per web app, plus `bad/` pages for quarantine tests."""
@@ -52,18 +54,12 @@ class DocSite:
         self.requests: list[str] = []
         self._lock = threading.Lock()
         handler = type("DocsHandler", (_Handler,), {"site": self})
-        self.server = ThreadingHTTPServer((config.host, config.port), functools.partial(handler, directory=str(self.root)))
-        self.server.daemon_threads = True
-        host, port = self.server.server_address[:2]
-        self.url = f"http://{host}:{port}/"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"docsite-{port}", daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(functools.partial(handler, directory=str(self.root)), "docsite",
+                                      config.host, config.port)
+        self.url = self._server.url + "/"
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
     def __enter__(self) -> "DocSite":
         return self

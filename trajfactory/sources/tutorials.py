@@ -24,7 +24,7 @@ from urllib.request import ProxyHandler, Request, build_opener
 
 from pydantic import BaseModel, Field
 
-from trajfactory.schema import Quarantine, Tutorial, content_hash
+from trajfactory.schema import Quarantine, Tutorial, content_hash, quarantined
 from trajfactory.sources.tutorial_classifier import TutorialClassifier, default_classifier
 from trajfactory.sources.tutorial_text import extract_html, extract_markdown, foreign_domains, guess_language, guess_site
 
@@ -87,8 +87,7 @@ class Page:
 
 
 def _quarantine(uri: str, reason: str, detail: str) -> Quarantine:
-    return Quarantine(item_id=content_hash(uri, reason), item_kind="tutorial", stage="harvest", reason=reason,
-                      detail=detail, uri=uri)
+    return quarantined("harvest", "tutorial", content_hash(uri, reason), reason, detail, uri)
 
 
 # ------------------------------------------------------------------------ sources

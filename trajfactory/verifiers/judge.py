@@ -17,16 +17,13 @@ state checks.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import mimetypes
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from trajfactory.models.client import ModelClient, ModelError
+from trajfactory.models.client import ModelClient, ModelError, image_data_uri
 from trajfactory.schema import Evidence, Task, Trajectory, Verdict, WebTask, content_hash
 
 VERIFIER = "judge"
@@ -51,10 +48,6 @@ SYSTEM = (
 
 WEB_NOTE = ("The agent acted in a web browser. If the site cannot do what the task asks, the right outcome "
             "is that the agent reports it (report_infeasible) and changes nothing.")
-CONTEXT_OVERFLOW = re.compile(r"maximum context length|context window|too many tokens", re.I)
-"""A 400 that no other request format can cure: the prompt is too long for the model."""
-IMAGE_REFUSED = re.compile(r"multi-?modal|image|vision", re.I)
-"""An HTTP 400 whose text matches this says the model takes no images."""
 
 
 class Abstain(Exception):
@@ -85,18 +78,6 @@ def render_history(trajectory: Trajectory, *, max_steps: int = 30, max_observati
             status += f", error: {s.error}"
         out.append(f"[{s.index}] {s.tool} {args} ({status})\n{_clip(s.observation.strip(), max_observation_chars)}")
     return "\n\n".join(out) or "(no actions)"
-
-
-def image_data_uri(image: str | Path | bytes) -> str:
-    """A `data:` URI of a PNG/JPEG/... file or of raw bytes (type sniffed from the magic number)."""
-    if isinstance(image, bytes):
-        data = image
-        mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/webp" if data[8:12] == b"WEBP" else "image/png"
-    else:
-        path = Path(image)
-        data = path.read_bytes()
-        mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 def _web_action(step) -> str:
@@ -236,9 +217,9 @@ async def judge_trajectory(
                 result = await client.chat(messages, **params, **({"response_format": fmt} if fmt else {}))
                 break
             except ModelError as exc:
-                if info["image"] and image_fallback and exc.status == 400 and IMAGE_REFUSED.search(str(exc)):
+                if info["image"] and image_fallback and exc.images_refused:
                     info["image"], info["image_dropped"] = False, str(exc)[:160]  # a text-only model
-                elif fmt is not None and exc.status in (400, 422) and not CONTEXT_OVERFLOW.search(str(exc)):
+                elif fmt is not None and exc.status in (400, 422) and not exc.context_overflow:
                     # The server does not take response_format: ask again, the prompt alone constrains.
                     fmt, info["response_format"] = None, f"none (server refused {structured}: {str(exc)[:160]})"
                 else:

@@ -1,47 +1,37 @@
-"""Test-based verification: the final repository state is tested in a fresh sandbox.
+"""Test-based verification: the verdict from the harness's record of test outcomes, as in SWE-bench.
 
-A verdict passes when every FAIL_TO_PASS test and every PASS_TO_PASS test passes, as in SWE-bench.
+A verdict passes when every FAIL_TO_PASS test and every PASS_TO_PASS test passed. The environment runs the
+tests on the final state in a fresh sandbox (`executors/swe_env.py`); this module only judges the outcomes
+it recorded, so nothing a patch can write decides the verdict here.
 """
 
 from __future__ import annotations
 
 import time
 
-from trajfactory.executors.base import Sandbox
-from trajfactory.executors.testrun import run_tests, summary_line
 from trajfactory.schema import Evidence, Task, TestOutcome, Trajectory, Verdict, content_hash
 
 VERIFIER = "tests"
 VERSION = "1"
 
 
-def _apply(sandbox: Sandbox, patch: str, path: str) -> str | None:
-    """Apply a patch; the error text when it does not apply."""
-    if not patch.strip():
-        return None
-    sandbox.write_file(path, patch if patch.endswith("\n") else patch + "\n")
-    res = sandbox.execute(f"git apply --whitespace=nowarn {path}", timeout=60)
-    return None if res.exit_code == 0 else res.output.strip()[-500:]
+def tests_of(task: Task) -> list[str]:
+    """The tests a verdict on `task` runs: its FAIL_TO_PASS and PASS_TO_PASS tests."""
+    return sorted(set(task.checks.FAIL_TO_PASS) | set(task.checks.PASS_TO_PASS))
 
 
-def verify_patch(sandbox: Sandbox, task: Task, patch: str, *, timeout: float = 300.0) -> tuple[bool, Evidence, float]:
-    """Test `patch` applied on top of the task's buggy state in `sandbox` (fresh or reset)."""
-    started = time.monotonic()
-    sandbox.reset()
-    if (err := _apply(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
-        return False, Evidence(detail=f"the task's bug patch does not apply: {err}"), time.monotonic() - started
-    if (err := _apply(sandbox, patch, "/tmp/trajfactory-final.diff")) is not None:
-        return False, Evidence(detail=f"the submitted patch does not apply: {err}"), time.monotonic() - started
-    tests = sorted(set(task.checks.FAIL_TO_PASS) | set(task.checks.PASS_TO_PASS))
-    run = run_tests(sandbox, tests, timeout=timeout)
-    if run.timed_out:
-        return False, Evidence(detail=f"tests did not finish within {timeout:.0f}s"), time.monotonic() - started
-    get = lambda t: run.outcomes.get(t, "missing")  # noqa: E731
+def judge_outcomes(task: Task, outcomes: dict[str, str], summary: str = "") -> tuple[bool, Evidence]:
+    """Whether every check passed, with each check's outcome (`missing`: the test did not run)."""
+    get = lambda t: outcomes.get(t, "missing")  # noqa: E731
     f2p = [TestOutcome(test=t, outcome=get(t)) for t in task.checks.FAIL_TO_PASS]
     p2p = [TestOutcome(test=t, outcome=get(t)) for t in task.checks.PASS_TO_PASS]
     passed = all(o.outcome == "passed" for o in f2p + p2p)
-    evidence = Evidence(FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, detail=summary_line(run.output))
-    return passed, evidence, time.monotonic() - started
+    return passed, Evidence(FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, detail=summary)
+
+
+def not_applied(detail: str, started: float) -> tuple[bool, Evidence, float]:
+    """A failed verdict's parts when the tests could not run (a patch that does not apply, a timeout)."""
+    return False, Evidence(detail=detail), time.monotonic() - started
 
 
 def _verdict(task: Task, trajectory_id: str | None, subject: str, passed: bool, evidence: Evidence,
@@ -62,15 +52,15 @@ def _verdict(task: Task, trajectory_id: str | None, subject: str, passed: bool, 
     )
 
 
-def verify_trajectory(sandbox: Sandbox, task: Task, trajectory: Trajectory, *, timeout: float = 300.0) -> Verdict:
-    passed, evidence, duration = verify_patch(sandbox, task, trajectory.final.patch, timeout=timeout)
+def trajectory_verdict(task: Task, trajectory: Trajectory, passed: bool, evidence: Evidence,
+                       duration: float) -> Verdict:
+    """The verdict on a trajectory's final state; a trajectory that did not submit fails."""
     if trajectory.exit_status != "submitted":
         passed = False
         evidence.detail = f"not submitted ({trajectory.exit_status}); {evidence.detail}"
     return _verdict(task, trajectory.trajectory_id, "trajectory", passed, evidence, duration)
 
 
-def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verdict:
-    """Prove the task's gold patch passes its own checks."""
-    passed, evidence, duration = verify_patch(sandbox, task, task.gold.patch, timeout=timeout)
+def gold_verdict(task: Task, passed: bool, evidence: Evidence, duration: float) -> Verdict:
+    """The verdict on the task's own gold patch."""
     return _verdict(task, None, "gold", passed, evidence, duration)

@@ -24,11 +24,13 @@ import threading
 import urllib.request
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, Field
+
+from trajfactory.runtime import LoopbackServer
 
 from .html import CSS, error_summary, esc, field_html, select_html, table_html  # noqa: F401  (re-exported)
 
@@ -325,13 +327,8 @@ class AppInstance:
     def __init__(self, app: WebApp, config: AppConfig):
         self.app = app
         handler = type(f"{app.name}Handler", (_Handler,), {"app": app})
-        self.server = ThreadingHTTPServer((config.host, config.port), handler)
-        self.server.daemon_threads = True
-        host, port = self.server.server_address[:2]
-        self.url = f"http://{host}:{port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"webapp-{app.name}-{port}", daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(handler, f"webapp-{app.name}", config.host, config.port)
+        self.url = self._server.url
 
     @property
     def accounts(self) -> dict[str, str]:
@@ -350,9 +347,7 @@ class AppInstance:
             return json.loads(resp.read())
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
         with self.app.lock:
             self.app.db.close()
 

@@ -5,14 +5,14 @@ they are written from). Each returns what the client recorded (`ModelUsage`) bes
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from trajfactory.config import SynthesisConfig
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.testrun import run_tests
 from trajfactory.models.client import ModelClient
+from trajfactory.runtime import run_sync
 from trajfactory.schema import Candidate, ModelUsage, Quarantine, Source, Task
+from trajfactory.settings import SynthesisConfig
 from trajfactory.synthesizers.swe import rewrite, statements
 from trajfactory.synthesizers.swe.stage import checkout
 
@@ -38,10 +38,8 @@ def lm_rewrite(source: Source, cfg: SynthesisConfig, checkout_root: str | Path, 
 def failing_output(sandbox: Sandbox, task: Task, *, timeout: float) -> str:
     """What a user sees: the FAIL_TO_PASS tests run on the task's buggy state (a fresh or reset sandbox)."""
     sandbox.reset()
-    sandbox.write_file(BUG_PATCH_PATH, task.bug_patch if task.bug_patch.endswith("\n") else task.bug_patch + "\n")
-    applied = sandbox.execute(f"git apply {BUG_PATCH_PATH}", timeout=60)
-    if applied.exit_code != 0:
-        return f"(the bug patch did not apply: {applied.output.strip()[-300:]})"
+    if (err := apply_patch(sandbox, task.bug_patch, BUG_PATCH_PATH)) is not None:
+        return f"(the bug patch did not apply: {err[-300:]})"
     run = run_tests(sandbox, list(task.checks.FAIL_TO_PASS), timeout=timeout)
     if run.timed_out:
         return f"(the failing tests did not finish within {timeout:.0f}s)"
@@ -65,7 +63,7 @@ def write_statement(client: ModelClient, task: Task, test_output: str, *, max_to
 
     The task id does not change: it is a hash of the bug, not of its description.
     """
-    result = asyncio.run(_statement(client, task, test_output, max_tokens, max_context_chars))
+    result = run_sync(_statement(client, task, test_output, max_tokens, max_context_chars))
     detail = result.reason if not result.detail else f"{result.reason}: {result.detail}"
     updated = task.model_copy(update={"instruction": result.text, "statement_source": result.source,
                                       "statement_detail": detail[:500]})

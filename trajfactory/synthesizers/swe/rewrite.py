@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from trajfactory.models.client import ModelClient, ModelError
-from trajfactory.schema import Candidate, Entity, Quarantine, content_hash
+from trajfactory.runtime import run_sync
+from trajfactory.schema import Candidate, Entity, Quarantine, content_hash, quarantined
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
 from trajfactory.synthesizers.swe.diffs import unified_diff
 
@@ -250,12 +251,12 @@ async def rewrite_entity(
         reply = result.message.content
         new_source = splice(target, reply)
     except ModelError as exc:
-        return Quarantine(item_id=item, item_kind="candidate", stage=STAGE, reason="model_error",
-                          detail=f"{target.entity.name}: the rewrite request failed: {exc}", uri=repo)
+        return quarantined(STAGE, "candidate", item, "model_error",
+                           f"{target.entity.name}: the rewrite request failed: {exc}", repo)
     except Rejected as exc:
         head = (reply or "")[:200]
-        return Quarantine(item_id=item, item_kind="candidate", stage=STAGE, reason=exc.reason,
-                          detail=f"{target.entity.name}: {exc.detail}; reply began {head!r}", uri=repo)
+        return quarantined(STAGE, "candidate", item, exc.reason, f"{target.entity.name}: {exc.detail}; reply began {head!r}",
+                           repo)
     patch, changed = unified_diff(target.entity.file, target.pf.source, new_source)
     return Candidate(
         candidate_id=content_hash(repo, base_commit, patch),
@@ -307,4 +308,4 @@ async def rewrite_candidates(
 def generate_rewrites(root: str | Path, client: ModelClient, **kwargs: Any
                       ) -> tuple[list[Candidate], list[Quarantine]]:
     """`rewrite_candidates` for synchronous callers (the stage functions are plain calls)."""
-    return asyncio.run(rewrite_candidates(root, client, **kwargs))
+    return run_sync(rewrite_candidates(root, client, **kwargs))

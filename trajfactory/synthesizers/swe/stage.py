@@ -10,15 +10,23 @@ from pathlib import Path
 
 import git
 
-from trajfactory.config import SynthesisConfig, ValidationConfig
-from trajfactory.executors.base import Backend, EnvironmentHandle, InfrastructureError, SandboxLimits
+from trajfactory.executors.base import Backend, EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation
+from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict, quarantined
+from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe.procedural import generate_candidates
 from trajfactory.synthesizers.swe.tasks import make_task
 from trajfactory.synthesizers.swe.validate import RepoRejected, reference_run, validate_candidate
 
 STAGE = "synthesize"
+
+
+def build_environment(backend: Backend, source: Source) -> EnvironmentHandle | Quarantine:
+    """The source's sandbox environment (its image); a repository that cannot be installed is quarantined."""
+    try:
+        return backend.build(source.path, source.name, source.commit)
+    except EnvironmentBuildError as exc:
+        return quarantined("build", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
 
 
 def checkout(source: Source, root: str | Path) -> Path:
@@ -51,23 +59,20 @@ def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path) 
         max_candidates=cfg.max_candidates_per_repo,
         seed=cfg.seed,
     )
-    quarantine = [
-        Quarantine(item_id=f"{source.name}:{file}", item_kind="source", stage=STAGE, reason="unparseable_file",
-                   detail=f"{file} does not parse ({error}); it was skipped", uri=source.uri)
-        for file, error in unparseable
-    ]
+    quarantine = [quarantined(STAGE, "source", f"{source.name}:{file}", "unparseable_file",
+                              f"{file} does not parse ({error}); it was skipped", source.uri)
+                  for file, error in unparseable]
     return candidates, quarantine
 
 
 def reference(backend: Backend, env: EnvironmentHandle, source: Source, cfg: ValidationConfig,
-              limits: SandboxLimits) -> ReferenceRun | Quarantine:
+              limits: SandboxConfig) -> ReferenceRun | Quarantine:
     """The reference run of the whole suite in a fresh sandbox (removed afterwards, runaways too)."""
     sandbox = backend.start(env, limits)
     try:
         ref = reference_run(sandbox, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s)
     except RepoRejected as exc:
-        return Quarantine(item_id=source.source_id, item_kind="source", stage="reference",
-                          reason=exc.reason, detail=f"{source.uri}: {exc.detail}", uri=source.uri)
+        return quarantined("reference", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
     finally:
         sandbox.close()
     return ref.model_copy(update={"image": env.name})
@@ -96,15 +101,14 @@ def tasks_from(source: Source, env: EnvironmentHandle, candidates: list[Candidat
     return list(tasks.values())
 
 
-def accept_proven(tasks: list[Task], gold: list, source: Source) -> tuple[list[Task], list[Quarantine]]:
+def accept_proven(tasks: list[Task], gold: list[Verdict], source: Source) -> tuple[list[Task], list[Quarantine]]:
     """Keep the tasks whose gold patch passed its own checks; quarantine the rest with the evidence."""
     accepted, rejected = [], []
     for task, verdict in zip(tasks, gold):
         if verdict.passed:
             accepted.append(task)
         else:
-            rejected.append(Quarantine(
-                item_id=task.task_id, item_kind="task", stage="verify-gold", reason="gold_failed",
-                detail=f"the gold patch does not pass the task's own checks: {verdict.evidence.detail}",
-                uri=source.uri))
+            rejected.append(quarantined("verify-gold", "task", task.task_id, "gold_failed",
+                                        f"the gold patch does not pass the task's own checks: {verdict.evidence.detail}",
+                                        source.uri))
     return accepted, rejected

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.testrun import (
     EXIT_NO_TESTS,
     FIXTURE,
@@ -141,10 +141,8 @@ def validate_candidate(
     if not tests:
         return result("no_fail_to_pass", detail="no passing test executes the changed lines")
     sandbox.reset()
-    sandbox.write_file(PATCH_PATH, candidate.patch)
-    applied = sandbox.execute(f"git apply {PATCH_PATH}", timeout=60)
-    if applied.exit_code != 0:
-        return result("patch_failed", detail=_tail(applied.output, 5))
+    if (err := apply_patch(sandbox, candidate.patch, PATCH_PATH)) is not None:
+        return result("patch_failed", detail=_tail(err, 5))
     run = run_tests(sandbox, tests, timeout=timeout)
     if run.timed_out:
         return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s")

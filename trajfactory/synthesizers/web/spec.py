@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash
+from trajfactory.sources.tutorial_text import guess_site
 
 SYNTHESIZER = "web.tutorial_spec"
 VERSION = "1"
@@ -33,12 +34,6 @@ OUTCOME_RE = re.compile(r"\b(you should (?:now )?see|you will (?:now )?see|you'l
                         r"is now|are now|will appear|appears?|expected (?:outcome|result)|result:|the result is)\b", re.I)
 PREREQ_RE = re.compile(r"\b(you need|you must have|you'll need|you will need|requires?|make sure|before you (?:begin|start)|"
                        r"prerequisites?|an account on)\b", re.I)
-# keywords that tell which bundled app a tutorial is about (site name, URL or vocabulary)
-SITE_WORDS = {
-    "shop": ["shop", "store", "cart", "basket", "checkout", "check out", "product", "order", "purchase"],
-    "forum": ["forum", "thread", "topic", "reply", "discussion", "board", "post"],
-    "tracker": ["tracker", "issue", "ticket", "bug", "status", "assignee", "priority"],
-}
 # per app: plausible features it does not have (for infeasible tasks); checked against its real labels
 MISSING_FEATURES = {
     "shop": ["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"],
@@ -130,14 +125,9 @@ def extract_steps(text: str) -> tuple[list[str], list[str]]:
     return steps, list(dict.fromkeys(outcomes))
 
 
-def guess_site(text: str, hint: str | None = None) -> str:
-    """The bundled app a tutorial is about: the tutorial's own `site`, else the app whose words it uses most."""
-    if hint:
-        return hint
-    low = text.lower()
-    scores = {app: sum(len(re.findall(rf"\b{re.escape(w)}", low)) for w in words) for app, words in SITE_WORDS.items()}
-    best = max(scores, key=scores.get)
-    return best if scores[best] else ""
+def target_site(text: str, hint: str | None = None) -> str:
+    """The bundled app a tutorial is about: the tutorial's own `site`, else the one its words tell ('' when none)."""
+    return hint or guess_site(text) or ""
 
 
 def _description(title: str, text: str, steps: list[str]) -> str:
@@ -162,7 +152,7 @@ def parse_tutorial(tutorial: Tutorial | str, title: str = "", site: str | None =
                          "or sentences that start with a UI verb (click, type, select ...)")
     prereq = [s for s in _sentences(text) if PREREQ_RE.search(s) and not NUMBERED.match(s) and s not in steps]
     expected = " ".join(outcomes) or f"The final step is done: {steps[-1].rstrip('.')}."
-    return WebTaskSpec(target_site=guess_site(title + "\n" + text, site), task_description=_description(title, text, steps),
+    return WebTaskSpec(target_site=target_site(title + "\n" + text, site), task_description=_description(title, text, steps),
                        prerequisites=prereq, steps=steps, expected_outcome=expected)
 
 
@@ -198,7 +188,7 @@ async def parse_tutorial_with_model(tutorial: Tutorial, client, **sampling: Any)
         spec = WebTaskSpec.model_validate(json.loads(result.message.content or ""))
         if not spec.steps or not all(s.strip() for s in spec.steps):
             raise ValueError("model spec has empty steps")
-        return spec.model_copy(update={"target_site": spec.target_site or guess_site(tutorial.text, tutorial.site)}), "model"
+        return spec.model_copy(update={"target_site": spec.target_site or target_site(tutorial.text, tutorial.site)}), "model"
     except (ModelError, ValueError, TypeError) as exc:  # pydantic's ValidationError and JSONDecodeError are ValueErrors
         return parse_tutorial(tutorial), f"rule-fallback: {type(exc).__name__}"
 

@@ -1,59 +1,42 @@
-"""The web stage as plain library calls (no Prefect): tutorials -> web tasks -> checked tasks -> verified rollouts.
+"""Web task synthesis as plain library calls: tutorials -> web tasks -> tasks with checks established.
 
     with tutorial_sources(["builtin:docs"]) as uris:
         tutorials, quarantine = harvest(uris)
     tasks, bad = tasks_from_tutorials(tutorials, seed=0, infeasible_share=0.25)
     with BrowserPool(2) as pool:
         checked = establish_checks(tasks[0], pool)          # WebTask with checks + gold, or Quarantine
-        trajectory, verdict = rollout_and_verify(checked, pool, ScreenshotStore(work))
-        trajectory, verdict = model_rollout(checked, endpoint, pool, store, config)   # the model agent
-        judged = judge_web(endpoint, checked, trajectory, store, config.judge_settings)
-    records = verification(tasks, trajectories, verdicts, min_confidence=0.8)   # the verdict of record
 
-Verification rule: a trajectory is verified by its task's state checks; a task without state checks (a
-read-only tutorial, kept only when the judge is on) is verified only by a judge pass at least
-`min_confidence` sure; an abstention never verifies. The judge's agreement with the state checks is
-reported by `web_yields`.
-
-`flows/web.py` only orchestrates these calls (caching, concurrency, artifacts, the dataset write).
+`pipelines/web.py` tells the rest of the story (rollouts, the judge, the verdict of record, the dataset).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from trajfactory.agents.replay import NAME as REPLAY_NAME, ReplayPolicy
-from trajfactory.agents.web_model import WebModelPolicy
 from trajfactory.executors.browser import BrowserPool
-from trajfactory.executors.web_rollout import ScreenshotStore, WebRollout, final_screenshot, web_rollout
+from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import APPS, launch
-from trajfactory.schema import (Quarantine, ScreenshotRow, Trajectory, Tutorial, Verdict, WebTask,
-                                WebVerification, content_hash)
+from trajfactory.schema import Quarantine, Tutorial, WebTask, content_hash, quarantined
+from trajfactory.settings import BUILTIN_DOCS
 from trajfactory.sources.docsite import serve_docs
 from trajfactory.sources.tutorials import CrawlConfig, HarvestConfig, harvest_tutorials
 from trajfactory.synthesizers.web.spec import make_infeasible, make_web_task, parse_tutorial
-from trajfactory.verifiers import judge as judge_verifier, state as state_verifier
-from trajfactory.web_config import BUILTIN_DOCS, WebConfig, WebJudgeConfig
+from trajfactory.verifiers import state as state_verifier
 
-if TYPE_CHECKING:
-    from trajfactory.models.service import ModelEndpoint
-
-__all__ = ["STAGE_VERSION", "WebConfig", "establish_checks", "harvest", "judge_web", "model_rollout",
-           "rollout_and_verify", "screenshot_rows", "tasks_from_tutorials", "tutorial_sources", "verification",
-           "web_yields"]
+__all__ = ["POLICY", "STAGE_VERSION", "establish_checks", "harvest", "tasks_from_tutorials", "tutorial_sources"]
 
 STAGE_VERSION = "4"
 """Bump when establish/rollout logic changes: it is part of the flow's cache keys."""
+POLICY = {"name": REPLAY_NAME, "verifier": state_verifier.VERIFIER, "verifier_version": state_verifier.VERSION,
+          "stage_version": STAGE_VERSION}
+"""What a cached web rollout depends on besides the task: part of the flow's cache keys."""
 
 
 def _quarantine(item_id: str, kind: str, stage: str, reason: str, detail: str, uri: str = "") -> Quarantine:
-    return Quarantine(item_id=content_hash(item_id, reason), item_kind=kind, stage=stage, reason=reason,
-                      detail=detail, uri=uri)
+    return quarantined(stage, kind, content_hash(item_id, reason), reason, detail, uri)
 
 
 # ---------------------------------------------------------------- harvest
@@ -80,8 +63,8 @@ def harvest(uris: Iterable[str], config: HarvestConfig | None = None) -> tuple[l
     return list(tutorials.values()), quarantine
 
 
-def harvest_config(config: WebConfig) -> HarvestConfig:
-    return HarvestConfig(crawl=CrawlConfig(max_pages=config.max_pages))
+def harvest_config(max_pages: int) -> HarvestConfig:
+    return HarvestConfig(crawl=CrawlConfig(max_pages=max_pages))
 
 
 # ---------------------------------------------------------------- synthesis
@@ -150,7 +133,7 @@ def establish_checks(task: WebTask, pool: BrowserPool, store: ScreenshotStore | 
     `keep_unchecked` (the judge is on) kept without state checks, for the judge to verify.
     """
     uri = task.provenance.tutorial_uri
-    run = web_rollout(task, ReplayPolicy(), pool, store, max_steps=max_steps)
+    run = run_web_episode(task, ReplayPolicy(), pool, store, max_steps=max_steps)
     traj = run.trajectory
     gold = [m.content or "" for m in traj.messages if m.role == "assistant"]
     last = traj.steps[-1] if traj.steps else None
@@ -185,177 +168,3 @@ def establish_checks(task: WebTask, pool: BrowserPool, store: ScreenshotStore | 
         return _quarantine(task.task_id, "web_task", "establish_checks", "outcome_not_reached",
                            f"{uri}: the gold replay's state misses the expected outcome: {verdict.evidence.detail}", uri)
     return checked
-
-
-def _state_verdict(task: WebTask, run: WebRollout) -> Verdict | None:
-    """The state checks' verdict; None for a task without checks (the judge decides there)."""
-    if not task.checks:
-        return None
-    return state_verifier.verify_state(task, run.trajectory, run.initial_state, run.final_state)
-
-
-def rollout_and_verify(task: WebTask, pool: BrowserPool, store: ScreenshotStore | None = None, max_steps: int = 40,
-                       sample: int = 0) -> tuple[Trajectory, Verdict | None]:
-    """The replay policy in a fresh app instance and browser context, judged by the task's state checks."""
-    run = web_rollout(task, ReplayPolicy(), pool, store, max_steps=max_steps, sample=sample)
-    return run.trajectory, _state_verdict(task, run)
-
-
-def model_rollout(task: WebTask, endpoint: "ModelEndpoint", pool: BrowserPool, store: ScreenshotStore | None,
-                  config: WebConfig, sample: int = 0) -> tuple[Trajectory, Verdict | None]:
-    """The model agent (`WebModelPolicy`, `config.agent`) on `task`, with the task's state verdict."""
-    with WebModelPolicy(endpoint.client(), config.agent) as policy:
-        run = web_rollout(task, policy, pool, store, max_steps=config.max_steps,
-                          max_observation_chars=config.agent.max_observation_chars, sample=sample)
-    return run.trajectory, _state_verdict(task, run)
-
-
-def _run_async(coro):
-    """Run a coroutine to completion from sync code, also from a thread that already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
-
-
-def judge_web(endpoint: "ModelEndpoint", task: WebTask, trajectory: Trajectory, store: ScreenshotStore | None,
-              settings: WebJudgeConfig | None = None) -> Verdict:
-    """The model judge on one web trajectory: goal + actions + final URL/page + the final screenshot."""
-    settings = settings or WebJudgeConfig()
-    sha = final_screenshot(trajectory)
-    image = store.path(sha) if store and sha and settings.images != "off" and store.path(sha).is_file() else None
-    client = endpoint.client()
-
-    async def go() -> Verdict:
-        async with client:
-            return await judge_verifier.judge_trajectory(
-                client, task, trajectory, image=image, structured=settings.structured,
-                sampling={"max_tokens": settings.max_tokens}, max_axtree_chars=settings.max_page_chars,
-                image_fallback=settings.images == "auto")
-
-    return _run_async(go())
-
-
-def verification(tasks: Iterable[WebTask], trajectories: Iterable[Trajectory], verdicts: Iterable[Verdict],
-                 min_confidence: float = 0.8) -> list[WebVerification]:
-    """The verdict of record of each trajectory: state checks where the task has any, else a confident judge pass."""
-    by_task = {t.task_id: t for t in tasks}
-    state = {v.trajectory_id: v for v in verdicts if v.verifier == state_verifier.VERIFIER}
-    judged = {v.trajectory_id: v for v in verdicts if v.verifier == judge_verifier.VERIFIER}
-    out = []
-    for tr in trajectories:
-        task, s, j = by_task.get(tr.task_id), state.get(tr.trajectory_id), judged.get(tr.trajectory_id)
-        status = "not_judged" if j is None else "abstain" if judge_verifier.is_abstention(j) else "verdict"
-        confidence = judge_verifier.judge_confidence(j) if j is not None else None
-        row = dict(trajectory_id=tr.trajectory_id, task_id=tr.task_id, policy=tr.policy.name, state_passed=s.passed if s else None,
-                   judge_status=status, judge_passed=j.passed if status == "verdict" else None, judge_confidence=confidence)
-        if task is not None and task.checks:
-            ok = s is not None and s.passed
-            why = "state checks passed" if ok else "state checks failed" if s is not None else "no state verdict recorded"
-            out.append(WebVerification(**row, verified=ok, verified_by="state", reason=why))
-        elif status == "verdict":
-            ok = bool(j.passed and confidence is not None and confidence >= min_confidence)
-            why = (f"no state checks; the judge passed it with confidence {confidence:.2f}" if ok else
-                   f"no state checks; the judge {'passed' if j.passed else 'failed'} it with confidence "
-                   f"{confidence:.2f} (a pass needs >= {min_confidence})")
-            out.append(WebVerification(**row, verified=ok, verified_by="judge", reason=why))
-        else:
-            why = "no state checks and the judge abstained" if status == "abstain" else "no state checks and no judge verdict"
-            out.append(WebVerification(**row, verified=False, verified_by="none", reason=why))
-    return out
-
-
-POLICY = {"name": REPLAY_NAME, "verifier": state_verifier.VERIFIER, "verifier_version": state_verifier.VERSION,
-          "stage_version": STAGE_VERSION}
-"""What a cached rollout depends on besides the task: part of the flow's cache keys."""
-
-
-# ---------------------------------------------------------------- dataset tables
-
-
-def screenshot_rows(trajectories: Iterable[Trajectory], store: ScreenshotStore) -> tuple[list[ScreenshotRow], list[Quarantine]]:
-    """One row per distinct screenshot that a trajectory step references; a missing file is quarantined."""
-    rows: dict[str, ScreenshotRow] = {}
-    missing: list[Quarantine] = []
-    for traj in trajectories:
-        for step in traj.steps:
-            sha = step.arguments.get("screenshot")
-            if not sha or sha in rows:
-                continue
-            path = store.path(sha)
-            if not path.is_file():
-                missing.append(_quarantine(f"{traj.trajectory_id}:{sha}", "trajectory", "publish", "screenshot_missing",
-                                           f"trajectory {traj.trajectory_id} step {step.index}: screenshot {sha} is not "
-                                           f"in {store.dir}; keep the work dir between runs", ""))
-                continue
-            rows[sha] = ScreenshotRow.of(path.read_bytes())
-    return list(rows.values()), missing
-
-
-def _site_of_uri(uri: str) -> str:
-    parts = Path(uri.split("#", 1)[0]).parts  # /docs/shop/x.html, http://h/shop/x.html
-    return next((p for p in parts if p in APPS), "-")
-
-
-def web_yields(tutorials: list[Tutorial], harvest_quarantine: list[Quarantine], tasks: list[WebTask],
-               trajectories: list[Trajectory], verdicts: list[Verdict | None],
-               min_confidence: float = 0.8) -> dict[str, list[dict]]:
-    """The AgentTrek funnel per site: pages -> tutorials -> tasks (checked) -> trajectories -> verified tasks.
-
-    `verified` counts feasible tasks with a verified trajectory (by the verdict of record, see
-    `verification`); `verified_infeasible` the infeasible twins correctly reported. `by_policy` gives each
-    policy's trajectories, verified ones (by state / by judge), malformed turns, model use and image
-    fallbacks; `judge_agreement` (with judge verdicts) the judge against the state checks.
-    """
-    verdicts = [v for v in verdicts if v is not None]
-    keys = ("pages", "tutorials", "tasks", "infeasible_tasks", "trajectories", "verified", "verified_infeasible")
-    rows: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(keys, 0))
-    for tut in tutorials:
-        site = tut.site or "-"
-        rows[site]["pages"] += 1
-        rows[site]["tutorials"] += bool(tut.is_tutorial)
-    for q in harvest_quarantine:
-        rows[_site_of_uri(q.uri)]["pages"] += 1
-    by_id = {t.task_id: t for t in tasks}
-    for t in tasks:
-        rows[t.environment.app]["tasks" if t.feasible else "infeasible_tasks"] += 1
-    for tr in trajectories:
-        rows[by_id[tr.task_id].environment.app if tr.task_id in by_id else "-"]["trajectories"] += 1
-    record = verification(tasks, trajectories, verdicts, min_confidence)
-    for task_id in sorted({r.task_id for r in record if r.verified and r.task_id in by_id}):
-        t = by_id[task_id]
-        rows[t.environment.app]["verified" if t.feasible else "verified_infeasible"] += 1
-    out = [{"site": site, **r, "yield": round(r["verified"] / r["tutorials"], 3) if r["tutorials"] else 0.0}
-           for site, r in sorted(rows.items())]
-    summary: dict[str, list[dict]] = {"by_site": out, "by_policy": _by_policy(trajectories, record)}
-    judged = [v for v in verdicts if v.verifier == judge_verifier.VERIFIER]
-    if judged:
-        state = [v for v in verdicts if v.verifier == state_verifier.VERIFIER]
-        report = judge_verifier.agreement(judged, state)
-        confusion = report.pop("confusion")
-        report["judge_only"] = sum(r.verified_by == "judge" for r in record)
-        report["judge_only_verified"] = sum(r.verified_by == "judge" and r.verified for r in record)
-        summary["judge_agreement"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in report.items()} | confusion]
-    return summary
-
-
-def _by_policy(trajectories: list[Trajectory], record: list[WebVerification]) -> list[dict]:
-    rec = {r.trajectory_id: r for r in record}
-    rows: dict[str, dict] = {}
-    for tr in trajectories:
-        r = rows.setdefault(tr.policy.name, dict.fromkeys(
-            ("trajectories", "verified", "verified_by_state", "verified_by_judge", "malformed_turns", "model_calls",
-             "tokens", "image_fallbacks"), 0) | {"cost_usd": 0.0})
-        v = rec.get(tr.trajectory_id)
-        r["trajectories"] += 1
-        r["verified"] += bool(v and v.verified)
-        r["verified_by_state"] += bool(v and v.verified and v.verified_by == "state")
-        r["verified_by_judge"] += bool(v and v.verified and v.verified_by == "judge")
-        r["malformed_turns"] += sum(1 for s in tr.steps if not s.tool and s.error)
-        r["model_calls"] += tr.usage.model_calls
-        r["tokens"] += tr.usage.prompt_tokens + tr.usage.completion_tokens
-        r["image_fallbacks"] += "images_dropped" in tr.policy.params
-        r["cost_usd"] = round(r["cost_usd"] + tr.usage.cost_usd, 6)
-    return [{"policy": name, **r} for name, r in sorted(rows.items())]

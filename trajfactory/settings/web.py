@@ -1,54 +1,22 @@
-"""Settings of the web half of the factory (tutorials -> web tasks -> verified browser trajectories).
+"""The recipe's `web:` section: tutorials -> web tasks -> verified browser trajectories.
 
-Only pydantic here, so `config.Recipe` can embed it as `web: WebConfig` without importing browsers.
+Where the web half writes (its work files, its dataset root) comes from the recipe's `work_dir` and `dataset.root`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from trajfactory.agents.base import EpisodeLimits, SamplingConfig
 from trajfactory.schema import content_hash
+from trajfactory.settings.agents import Section, WebAgentConfig, unique_policies
 
 BUILTIN_DOCS = "builtin:docs"
 
 
-def unique_policies(policies: list[str]) -> list[str]:
-    """A policy list's validator (the recipe's `rollout.policies` and `web.policies`): each name once."""
-    if len(set(policies)) != len(policies):
-        raise ValueError(f"{policies}: name each policy once")
-    return policies
-
-
-class WebAgentConfig(SamplingConfig):
-    """Settings of the model web agent (`agents/web_model.py`): sampling, action form, images, budgets."""
-
-    max_tokens: int = Field(256, ge=1)
-    """Completion tokens per model call (other sampling fields: `SamplingConfig`)."""
-    actions: Literal["text", "tool_calls", "both"] = "text"
-    """`text`: the action is written in the reply (BrowserGym style, e.g. `click('12')`). `tool_calls`: one
-    tool per action is offered and only native tool calls count. `both`: tools, and text when no call came."""
-    images: Literal["auto", "on", "off"] = "auto"
-    """Send the screenshot with each observation. `auto`: send it, and when the server answers that the
-    model takes no images, drop images for the rest of the episode (recorded in the policy params)."""
-    system_prompt: str | None = None
-    """Replaces the default system prompt (the action grammar with one line per action); `{actions}` in it
-    is replaced by that grammar. A short one fits small context windows."""
-    max_observation_chars: int = Field(6_000, ge=100)
-    """The accessibility tree shown to the model is clipped to this many characters."""
-    history_turns: int = Field(8, ge=0)
-    """Earlier turns kept in the request (their observations shortened to URL + error)."""
-    limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
-    """Steps (actions and malformed replies), tokens, seconds and cost per episode; the stricter of
-    these and `WebConfig.max_steps` applies."""
-
-
-class WebJudgeConfig(BaseModel):
+class WebJudgeConfig(Section):
     """The model judge of web trajectories (goal + actions + final URL/page excerpt + final screenshot)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_confidence: float = Field(0.8, ge=0, le=1)
     """A task without state checks counts as verified only by a judge pass at least this confident."""
@@ -61,10 +29,8 @@ class WebJudgeConfig(BaseModel):
     """Attach the final screenshot. `auto`: attach it, and ask again without it when the model takes no images."""
 
 
-class WebConfig(BaseModel):
-    """What the web flow harvests, how many tasks it makes, how it runs them and where the dataset goes."""
-
-    model_config = ConfigDict(extra="forbid")
+class WebConfig(Section):
+    """What the web half harvests, how many tasks it makes, how it runs them and what its dataset is called."""
 
     tutorials: list[str] = Field(default_factory=lambda: [BUILTIN_DOCS], min_length=1)
     """Tutorial sources: `builtin:docs` (the bundled docs served on loopback), http(s) URLs, folders, globs, dumps."""
@@ -80,8 +46,6 @@ class WebConfig(BaseModel):
     """Browser actions per episode before it ends as `step_limit`."""
     max_pages: int = Field(200, ge=1)
     """Pages fetched per crawled tutorial site."""
-    work_dir: str = "trajfactory-out/web-work"
-    """Cached results, screenshots and the run journal; keep it to resume a killed run."""
     policies: list[Literal["replay", "model"]] = Field(default_factory=lambda: ["replay"], min_length=1)
     """Who acts in the browser: `replay` (tutorial-guided, model-free) and/or `model` (the served model)."""
     judge: bool = False
@@ -96,7 +60,7 @@ class WebConfig(BaseModel):
     agent: WebAgentConfig = Field(default_factory=WebAgentConfig)
     """Sampling, action form, images and budgets of the model web agent."""
     dataset_name: str = "trajfactory-web"
-    dataset_root: str = "trajfactory-out/datasets"
+    """Name of the web dataset (written under the recipe's `dataset.root`)."""
 
     @field_validator("tutorials")
     @classmethod
@@ -112,5 +76,5 @@ class WebConfig(BaseModel):
         return "model" in self.policies or self.judge
 
     def digest(self) -> str:
-        """Hash of everything that changes the data (not where it is written or how many browsers run)."""
-        return content_hash(self.model_dump(exclude={"work_dir", "dataset_root", "browsers"}))
+        """Hash of everything that changes the data (not how many browsers run)."""
+        return content_hash(self.model_dump(exclude={"browsers"}))

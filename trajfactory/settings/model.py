@@ -1,23 +1,21 @@
 """The recipe's `model:` section: which model the factory's agents, LM synthesizers and judges use.
 
-Only pydantic here, so `config.Recipe` and `web_config.WebConfig` can embed it without importing
-the model stack. Either the factory serves a model itself with vLLM (`serve:`; `builtin:tiny` is the
-factory's own tiny model, made on first use), or it talks to any OpenAI-compatible endpoint
-(`base_url:`), with the key read from the environment variable named by `api_key_env` (never from the
-recipe, never logged).
+Either the factory serves a model itself with vLLM (`serve:`; `builtin:tiny` is the factory's own tiny
+model, made on first use), or it talks to any OpenAI-compatible endpoint (`base_url:`), with the key read
+from the environment variable named by `api_key_env` (never from the recipe, never logged).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from trajfactory.settings.agents import Section
 
 BUILTIN_TINY = "builtin:tiny"
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Section):
     """Where the served model lives, how hard to drive it, and what it costs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     serve: str | None = BUILTIN_TINY
     """A local model directory to serve with vLLM, or `builtin:tiny` (the factory's own tiny model).

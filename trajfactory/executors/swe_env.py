@@ -1,0 +1,293 @@
+"""The SWE environment: a repository sandbox (Docker or bubblewrap) in a task's buggy state, with bash/edit/submit.
+
+    with SweEnvironments(backend, handle, sandbox_config) as envs:      # a thread pool and every sandbox it starts
+        episode = run_episode_sync(envs(task), OraclePolicy(), task)
+        verdict = envs(task).evaluate_sync(task, episode.trajectory)   # a fresh sandbox runs the task's tests
+
+`reset` starts a fresh sandbox and puts it in the task's starting state: the bug applied and the git
+history reduced to one commit, so the bug cannot be read back from `git log`. `step` executes one tool
+call; `evaluate` tests the trajectory's final patch in another fresh sandbox (FAIL_TO_PASS and
+PASS_TO_PASS, judged by `verifiers/tests.py`). Sandboxes start and close in worker threads, and
+`SweEnvironments` closes every sandbox it started when its block ends, also when an episode was cancelled
+in the middle of a start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxError, apply_patch
+from trajfactory.executors.episode import run_episode_sync
+from trajfactory.executors.protocol import Start, Transition
+from trajfactory.executors.testrun import run_tests, summary_line
+from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
+from trajfactory.settings import EpisodeLimits, SandboxConfig
+from trajfactory.verifiers import tests as test_verifier
+
+RETRY_PROMPT = "Please call one of the tools (bash, edit, submit)."
+BUG_PATH = "/tmp/trajfactory-task.diff"
+
+TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
+SYSTEM_PROMPT = SWE_SYSTEM_PROMPT
+
+# Runs inside the sandbox with the sandbox's python3, so edits happen there, not on the host.
+_EDIT_SCRIPT = r'''
+import json, sys
+args = json.load(open(sys.argv[1]))
+path, old, new = args["path"], args["old_str"], args["new_str"]
+try:
+    text = open(path).read()
+except OSError as exc:
+    print(f"Error: cannot read {path}: {exc.strerror}"); sys.exit(1)
+count = text.count(old)
+if count != 1:
+    where = "does not occur" if count == 0 else f"occurs {count} times"
+    print(f"Error: old_str {where} in {path}; give the exact text of one place, with more context if needed.")
+    sys.exit(1)
+text = text.replace(old, new, 1)
+open(path, "w").write(text)
+start = text[: text.index(new)].count("\n") + 1
+lines = text.splitlines()
+lo, hi = max(1, start - 3), min(len(lines), start + new.count("\n") + 3)
+print(f"Edited {path}. Lines {lo}-{hi} now read:")
+for n in range(lo, hi + 1):
+    print(f"{n:6}\t{lines[n - 1]}")
+'''
+
+
+# ---------------------------------------------------------------- the tools, in a sandbox
+
+
+@dataclass
+class ToolResult:
+    observation: str
+    exit_code: int | None
+    error: str | None = None
+    done: bool = False
+
+
+def run_tool(sandbox: Sandbox, name: str, arguments: dict, *, timeout: float) -> ToolResult:
+    """Execute one tool call in the sandbox; a bad call becomes an error observation, never a crash."""
+    if name not in TOOL_NAMES:
+        return ToolResult(f"Error: unknown tool {name!r}; available: {sorted(TOOL_NAMES)}", None, "unknown_tool")
+    if name == "bash":
+        command = arguments.get("command")
+        if not isinstance(command, str) or not command.strip():
+            return ToolResult("Error: bash needs a non-empty `command` string.", None, "bad_arguments")
+        res = sandbox.execute(command, timeout=timeout)
+        note = f"\n[command timed out after {timeout:.0f}s and was killed]" if res.timed_out else ""
+        return ToolResult(f"{res.output}{note}\n[exit code: {res.exit_code}]", res.exit_code,
+                          "timeout" if res.timed_out else None)
+    if name == "edit":
+        missing = [k for k in ("path", "old_str", "new_str") if not isinstance(arguments.get(k), str)]
+        if missing:
+            return ToolResult(f"Error: edit needs string arguments {missing}.", None, "bad_arguments")
+        sandbox.write_file("/tmp/trajfactory-edit.py", _EDIT_SCRIPT)
+        sandbox.write_file("/tmp/trajfactory-edit.json", json.dumps(arguments))
+        res = sandbox.execute("python3 /tmp/trajfactory-edit.py /tmp/trajfactory-edit.json", timeout=timeout)
+        return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "edit_failed")
+    res = sandbox.execute("git add -A && git diff --cached HEAD", timeout=timeout)
+    return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "submit_failed", done=True)
+
+
+def prepare_episode(sandbox: Sandbox, task: Task) -> None:
+    """Put the sandbox in the task's starting state: bug applied, history reduced to one commit."""
+    sandbox.reset()
+    if (err := apply_patch(sandbox, task.bug_patch, BUG_PATH)) is not None:
+        raise SandboxError(f"task {task.task_id}: the bug patch does not apply: {err[-500:]}")
+    res = sandbox.execute(
+        "rm -rf .git && git init -q "
+        # Build artefacts never belong in a submitted patch.
+        "&& printf '__pycache__/\\n*.pyc\\n.pytest_cache/\\n.coverage\\n' >> .git/info/exclude && git add -A "
+        "&& git -c user.name=trajfactory -c user.email=trajfactory@localhost commit -qm initial",
+        timeout=120,
+    )
+    if res.exit_code != 0:
+        raise SandboxError(f"task {task.task_id}: the starting state could not be committed: {res.output[-500:]}")
+
+
+def execute_call(sandbox: Sandbox, call: ToolCall, timeout: float) -> tuple[Step, Message, bool]:
+    """Execute one tool call: (step, tool message, whether it submitted). A bad call is an error step."""
+    t0, at = time.monotonic(), utcnow()
+    finished = False
+    try:
+        args = json.loads(call.function.arguments or "{}")
+        if not isinstance(args, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as exc:
+        obs, code, err, args = f"Error: the arguments are not a JSON object: {exc}", None, "bad_json", {}
+    else:
+        result = run_tool(sandbox, call.function.name, args, timeout=timeout)
+        obs, code, err, finished = result.observation, result.exit_code, result.error, result.done
+    step = Step(index=0, tool=call.function.name, arguments=args, observation=obs, exit_code=code,
+                error=err, started_at=at, duration_s=time.monotonic() - t0)
+    return step, Message(role="tool", tool_call_id=call.id, name=call.function.name, content=obs), finished
+
+
+# ---------------------------------------------------------------- verification: the harness's side
+
+
+def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float = 300.0) -> tuple[bool, Any, float]:
+    """`patch` applied on top of the task's buggy state in `sandbox` (fresh or reset), tested:
+    (passed, evidence, seconds); `verifiers.tests` judges the outcomes."""
+    started = time.monotonic()
+    sandbox.reset()
+    if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
+        return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
+    if (err := apply_patch(sandbox, patch, "/tmp/trajfactory-final.diff")) is not None:
+        return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started)
+    run = run_tests(sandbox, test_verifier.tests_of(task), timeout=timeout)
+    if run.timed_out:
+        return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started)
+    passed, evidence = test_verifier.judge_outcomes(task, run.outcomes, summary_line(run.output))
+    return passed, evidence, time.monotonic() - started
+
+
+def verify_trajectory(sandbox: Sandbox, task: Task, trajectory: Trajectory, *, timeout: float = 300.0) -> Verdict:
+    """The test verdict of a trajectory's final patch (not submitted: failed, whatever the tests say)."""
+    return test_verifier.trajectory_verdict(task, trajectory, *run_patch_tests(sandbox, task, trajectory.final.patch,
+                                                                           timeout=timeout))
+
+
+def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verdict:
+    """Prove the task's gold patch passes its own checks."""
+    return test_verifier.gold_verdict(task, *run_patch_tests(sandbox, task, task.gold.patch, timeout=timeout))
+
+
+# ---------------------------------------------------------------- the environment
+
+
+class SweEnvironments:
+    """Makes SWE environments (`envs(task)`) that share a thread pool; closes every sandbox they start on exit.
+
+    `handles`: the built environment of each repository (by name), or one for all tasks.
+    """
+
+    def __init__(self, backend: Backend, handles: EnvironmentHandle | dict[str, EnvironmentHandle],
+                 sandbox: SandboxConfig | None = None, concurrency: int = 1):
+        self.backend, self.sandbox = backend, sandbox or SandboxConfig()
+        self._handles = handles
+        # Own threads, two per episode (a command cut off by cancellation, and the close), so nothing queues.
+        self._executor = ThreadPoolExecutor(max_workers=2 * concurrency + 1, thread_name_prefix="trajfactory-sandbox")
+        self._alive: list[Sandbox] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.started = 0
+
+    def handle(self, task: Task) -> EnvironmentHandle:
+        if isinstance(self._handles, EnvironmentHandle):
+            return self._handles
+        return self._handles[task.environment.repo]
+
+    def __call__(self, task: Task) -> "SweEnvironment":
+        return SweEnvironment(self, self.handle(task))
+
+    async def offload(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def start(self, handle: EnvironmentHandle) -> Sandbox:
+        """A fresh sandbox (in a worker thread); one that finishes starting after `close_all` is closed at once."""
+        sandbox = self.backend.start(handle, self.sandbox)
+        with self._lock:
+            late = self._closed
+            if not late:
+                self._alive.append(sandbox)
+                self.started += 1
+        if late:
+            sandbox.close()
+            raise RuntimeError("the environments were closed while a sandbox started")
+        return sandbox
+
+    def close(self, sandbox: Sandbox) -> None:
+        sandbox.close()
+        with self._lock:  # forgotten only once closed: close_all still reaches a close cut short
+            if sandbox in self._alive:
+                self._alive.remove(sandbox)
+
+    def close_all(self) -> None:
+        """Close every sandbox still alive, in parallel; blocking on purpose, so it finishes under cancellation."""
+        with self._lock:
+            self._closed = True
+            sandboxes, self._alive = self._alive, []
+
+        def close(sandbox: Sandbox) -> None:
+            try:
+                sandbox.close()
+            except Exception:  # noqa: BLE001 - closing must reach every sandbox
+                pass
+
+        threads = [threading.Thread(target=close, args=(s,)) for s in sandboxes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> "SweEnvironments":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close_all()
+
+
+class SweEnvironment:
+    """One episode's sandbox: the `Environment` of SWE tasks (observations are the last tool output)."""
+
+    ids_hash_actions = False
+
+    def __init__(self, envs: SweEnvironments, handle: EnvironmentHandle):
+        self.envs, self.handle = envs, handle
+        self.sandbox: Sandbox | None = None
+
+    async def reset(self, task: Task) -> Start[str]:
+        await self.close()
+        self.sandbox = await self.envs.offload(self.envs.start, self.handle)
+        await self.envs.offload(prepare_episode, self.sandbox, task)
+        return Start(system_prompt=SYSTEM_PROMPT, messages=[Message(role="user", content=task.instruction)],
+                     tools=TOOLS, observation="", retry_prompt=RETRY_PROMPT)
+
+    async def step(self, call: ToolCall, timeout: float | None = None) -> Transition[str]:
+        if self.sandbox is None:
+            raise SandboxError("step before reset: call reset(task) first")
+        limit = self.envs.sandbox.command_timeout_s
+        limit = limit if timeout is None else min(limit, timeout)
+        step, message, finished = await self.envs.offload(execute_call, self.sandbox, call, limit)
+        if not finished:
+            return Transition(step=step, messages=[message], observation=step.observation)
+        submitted = step.exit_code == 0
+        return Transition(step=step, messages=[message], observation=step.observation, done=True,
+                          exit_status="submitted" if submitted else "submit_failed",
+                          final=Final(patch=step.observation if submitted else ""))
+
+    def _evaluate(self, task: Task, trajectory: Trajectory, timeout: float) -> Verdict:
+        sandbox = self.envs.start(self.handle)
+        try:
+            return verify_trajectory(sandbox, task, trajectory, timeout=timeout)
+        finally:
+            self.envs.close(sandbox)
+
+    async def evaluate(self, task: Task, trajectory: Trajectory, timeout: float = 300.0) -> Verdict:
+        """The tests' verdict on the trajectory's final patch, in a fresh sandbox (the episode's may be tampered with)."""
+        return await self.envs.offload(self._evaluate, task, trajectory, timeout)
+
+    def evaluate_sync(self, task: Task, trajectory: Trajectory, timeout: float = 300.0) -> Verdict:
+        return self._evaluate(task, trajectory, timeout)
+
+    async def close(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None:
+            await self.envs.offload(self.envs.close, sandbox)
+
+
+def run_swe_episode(task: Task, policy: Any, backend: Backend, handle: EnvironmentHandle,
+                    sandbox: SandboxConfig | None = None, *, max_steps: int = 20, sample: int = 0) -> Trajectory:
+    """One episode of `policy` on `task` in a fresh sandbox of `handle` (closed afterwards)."""
+    with SweEnvironments(backend, handle, sandbox) as envs:
+        return run_episode_sync(envs(task), policy, task, sample=sample,
+                                limits=EpisodeLimits(max_steps=max_steps)).trajectory

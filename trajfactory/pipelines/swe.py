@@ -1,0 +1,311 @@
+"""The SWE half as one story of plain functions: repositories in, a verified dataset version out.
+
+    harvest ─► synthesize ─► rollout ─► verify ─► build
+    repos      per repository: sandbox image,     oracle and model    tests in a fresh     tasks, trajectories,
+               procedural + LM candidates,        episodes            sandbox; the judge   verdicts, quarantine
+               reference run, validation,                                                  as a dataset version
+               gold proof, problem statements
+
+    result = swe.run(recipe, LocalRunner())          # the whole story, no Prefect
+    synthesis = swe.synthesize(recipe, sources, runner)
+
+Each stage takes records and returns records. Its units of work are the step functions below (one
+candidate's validation, one rollout, one verdict, ...), which the stage hands to a `Runner`: `LocalRunner`
+runs them in threads, and the Prefect flows (`flows/swe.py`) run each as a cached, retried Prefect task.
+The model (LM rewrite, statements, model rollouts, the judge) is opened once per stage, or once for the
+whole run by `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trajfactory
+from trajfactory.agents.model import ModelPolicy
+from trajfactory.agents.oracle import OraclePolicy
+from trajfactory.datasets.publish import write_dataset
+from trajfactory.datasets.yields import yields
+from trajfactory.executors import get_backend
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.episode import run_episodes
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
+from trajfactory.models.service import ModelEndpoint, model_session
+from trajfactory.pipelines.runner import Runner
+from trajfactory.progress import Progress
+from trajfactory.runtime import run_sync
+from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
+                                Verdict)
+from trajfactory.settings import EpisodeLimits, Recipe
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import lm_stage, stage
+from trajfactory.verifiers import judge as judge_verifier
+
+# ---------------------------------------------------------------- the units of work (what a runner maps)
+
+
+def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:
+    """One repository -> a pinned mirror (or its quarantine record)."""
+    return harvest_repo(uri, Path(recipe.work_dir) / "mirrors")
+
+
+def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Quarantine:
+    """The repository's sandbox image (built once per content)."""
+    return stage.build_environment(get_backend(recipe.sandbox.backend), source)
+
+
+def procedural_candidates(recipe: Recipe, source: Source) -> tuple[list[Candidate], list[Quarantine]]:
+    return stage.synthesize(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts")
+
+
+def lm_candidates(recipe: Recipe, endpoint: ModelEndpoint, source: Source
+                  ) -> tuple[list[Candidate], list[Quarantine], ModelUsage]:
+    return lm_stage.lm_rewrite(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts", endpoint.client())
+
+
+def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source) -> ReferenceRun | Quarantine:
+    return stage.reference(get_backend(env.backend), env, source, recipe.validation, recipe.sandbox)
+
+
+def validate(recipe: Recipe, pool: SandboxPool, candidate: Candidate, ref: ReferenceRun) -> Validation:
+    return stage.validate(pool, candidate, ref, recipe.validation)
+
+
+def prove_gold(recipe: Recipe, env: EnvironmentHandle, task: Task) -> Verdict:
+    """The task's gold patch against its own checks, in a fresh sandbox."""
+    with get_backend(env.backend).start(env, recipe.sandbox) as sandbox:
+        return verify_gold(sandbox, task, timeout=recipe.validation.suite_timeout_s)
+
+
+def write_statement(recipe: Recipe, endpoint: ModelEndpoint, env: EnvironmentHandle, task: Task
+                    ) -> tuple[Task, ModelUsage]:
+    """The failing tests' output on the buggy state (a fresh sandbox), then the model's statement from it."""
+    with get_backend(env.backend).start(env, recipe.sandbox) as sandbox:
+        output = lm_stage.failing_output(sandbox, task, timeout=recipe.validation.test_timeout_s)
+    return lm_stage.write_statement(endpoint.client(max_concurrency=1), task, output,
+                                    max_tokens=recipe.synthesis.statement_max_tokens,
+                                    max_context_chars=recipe.synthesis.statement_max_context_chars)
+
+
+def oracle_rollout(recipe: Recipe, env: EnvironmentHandle, task: Task, sample: int) -> Trajectory:
+    """One oracle episode in a fresh sandbox."""
+    return run_swe_episode(task, OraclePolicy(), get_backend(env.backend), env, recipe.sandbox,
+                           max_steps=recipe.rollout.max_steps, sample=sample)
+
+
+def model_rollouts(recipe: Recipe, endpoint: ModelEndpoint, environments: dict[str, EnvironmentHandle],
+                   tasks: list[Task]) -> tuple[list[Trajectory], ModelUsage]:
+    """Every sample of a chunk of tasks, `rollout.model.concurrency` episodes in flight sharing one client."""
+    cfg = recipe.rollout.model
+    client = endpoint.client()
+    backend = get_backend(environments[tasks[0].environment.repo].backend)
+
+    with SweEnvironments(backend, environments, recipe.sandbox, cfg.concurrency) as envs:
+        async def go():
+            async with client:
+                return await run_episodes(
+                    tasks, envs, lambda task, sample: ModelPolicy(client, cfg.agent.for_sample(sample)),
+                    concurrency=cfg.concurrency, samples=cfg.samples,
+                    limits=EpisodeLimits(max_steps=recipe.rollout.max_steps))
+
+        episodes, _ = run_sync(go())
+    return [e.trajectory for e in episodes], ModelUsage.of_client("rollout", client)
+
+
+def verify(recipe: Recipe, env: EnvironmentHandle, task: Task, trajectory: Trajectory) -> Verdict:
+    """The tests' verdict on a trajectory's final state, in a fresh sandbox."""
+    with SweEnvironments(get_backend(env.backend), env, recipe.sandbox) as envs:
+        return envs(task).evaluate_sync(task, trajectory, timeout=recipe.validation.suite_timeout_s)
+
+
+def judge(recipe: Recipe, endpoint: ModelEndpoint, task: Task, trajectories: list[Trajectory]
+          ) -> tuple[list[Verdict], ModelUsage]:
+    """The judge's verdict on every trajectory of one task (abstentions included: never a pass)."""
+    # Judge units run `sandbox.concurrency` at once: they share the endpoint's request bound.
+    client = endpoint.client(max_concurrency=max(1, endpoint.max_concurrency // recipe.sandbox.concurrency))
+    cfg = recipe.judge
+
+    async def go():
+        async with client:
+            return await asyncio.gather(*(
+                judge_verifier.judge_trajectory(
+                    client, task, tr, structured=cfg.structured, sampling={"max_tokens": cfg.max_tokens},
+                    max_steps=cfg.max_history_steps, max_observation_chars=cfg.max_observation_chars,
+                    max_patch_chars=cfg.max_patch_chars) for tr in trajectories))
+
+    return list(run_sync(go())), ModelUsage.of_client("judge", client)
+
+
+# ---------------------------------------------------------------- the stages
+
+
+@dataclass
+class Harvest:
+    sources: list[Source] = field(default_factory=list)
+    quarantine: list[Quarantine] = field(default_factory=list)
+
+
+@dataclass
+class Synthesis:
+    environments: dict[str, EnvironmentHandle] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+    validations: list[Validation] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    gold_verdicts: list[Verdict] = field(default_factory=list)
+    quarantine: list[Quarantine] = field(default_factory=list)
+    usage: list[ModelUsage] = field(default_factory=list)
+
+
+@dataclass
+class Rollouts:
+    trajectories: list[Trajectory] = field(default_factory=list)
+    usage: list[ModelUsage] = field(default_factory=list)
+
+
+@dataclass
+class Verification:
+    verdicts: list[Verdict] = field(default_factory=list)
+    """The tests' verdicts: the verdicts of record."""
+    judged: list[Verdict] = field(default_factory=list)
+    usage: list[ModelUsage] = field(default_factory=list)
+
+    def agreement(self) -> dict | None:
+        return judge_verifier.agreement(self.judged, self.verdicts) if self.judged else None
+
+
+def harvest(recipe: Recipe, runner: Runner) -> Harvest:
+    """Repositories -> pinned mirrors."""
+    results = runner.map(harvest_one, [(recipe, r.uri) for r in recipe.repos], "harvest",
+                         workers=recipe.sandbox.concurrency)
+    return Harvest([r for r in results if isinstance(r, Source)], [r for r in results if isinstance(r, Quarantine)])
+
+
+def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: ModelEndpoint | None,
+                    out: Synthesis) -> None:
+    """One repository's tasks: environment, candidates, reference run, validation, gold proof, statements."""
+    syn, workers = recipe.synthesis, recipe.sandbox.concurrency
+    env = runner.call(build_environment, recipe, source)
+    if isinstance(env, Quarantine):
+        out.quarantine.append(env)
+        return
+    candidates, bad_files = runner.call(procedural_candidates, recipe, source)
+    out.quarantine += bad_files
+    if syn.lm_rewrite.enabled:  # LM candidates go through the same validation as procedural ones
+        lm, rejects, used = runner.call(lm_candidates, recipe, endpoint, source)
+        candidates, out.usage = candidates + lm, out.usage + [used]
+        out.quarantine += rejects
+    ref = runner.call(reference_run, recipe, env, source)
+    if isinstance(ref, Quarantine):
+        out.quarantine.append(ref)
+        return
+    with SandboxPool(get_backend(env.backend), env, workers, recipe.sandbox) as pool:
+        validations = runner.map(validate, [(recipe, pool, c, ref) for c in candidates], f"validate {source.name}",
+                                 workers=workers)
+    tasks = stage.tasks_from(source, env, candidates, validations)
+    gold = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold {source.name}", workers=workers)
+    accepted, rejected = stage.accept_proven(tasks, gold, source)
+    if syn.statements == "model" and accepted:
+        written = runner.map(write_statement, [(recipe, endpoint, env, t) for t in accepted],
+                             f"statements {source.name}", workers=workers)
+        accepted, out.usage = [t for t, _ in written], out.usage + [used for _, used in written]
+    out.tasks += accepted
+    out.quarantine += rejected
+    out.gold_verdicts += [v for v in gold if v.passed]
+    out.candidates += candidates
+    out.validations += validations
+    out.environments[source.name] = env
+
+
+def synthesize(recipe: Recipe, sources: list[Source], runner: Runner, endpoint: ModelEndpoint | None = None) -> Synthesis:
+    """Sources -> validated tasks with proven gold patches and their problem statements."""
+    out = Synthesis()
+    needed = recipe.synthesis.lm_rewrite.enabled or recipe.synthesis.statements == "model"
+    with model_session(recipe.model, recipe.work_dir, endpoint, needed) as endpoint:
+        for source in sources:
+            synthesize_repo(recipe, source, runner, endpoint, out)
+    return out
+
+
+def _chunks(tasks: list[Task], environments: dict[str, EnvironmentHandle], size: int) -> list[list[Task]]:
+    """Tasks in id order, cut into chunks of one sandbox backend each (a chunk is one unit of work)."""
+    by_backend: dict[str, list[Task]] = {}
+    for task in sorted(tasks, key=lambda x: x.task_id):
+        by_backend.setdefault(environments[task.environment.repo].backend, []).append(task)
+    return [group[i:i + size] for group in by_backend.values() for i in range(0, len(group), size)]
+
+
+def rollout(recipe: Recipe, tasks: list[Task], environments: dict[str, EnvironmentHandle], runner: Runner,
+            endpoint: ModelEndpoint | None = None) -> Rollouts:
+    """Tasks -> trajectories of the recipe's policies (oracle and/or the model), each in a fresh sandbox."""
+    out = Rollouts()
+    if "oracle" in recipe.rollout.policies:
+        calls = [(recipe, environments[t.environment.repo], t, s) for t in tasks for s in range(recipe.rollout.samples)]
+        out.trajectories += runner.map(oracle_rollout, calls, "rollout oracle", workers=recipe.sandbox.concurrency)
+    cfg = recipe.rollout.model
+    chosen = sorted(tasks, key=lambda x: x.task_id)[:cfg.max_tasks]
+    if "model" in recipe.rollout.policies and chosen:
+        # A chunk fills the episodes in flight once; chunks run one after the other, each its own unit of work.
+        chunks = _chunks(chosen, environments, max(1, -(-cfg.concurrency // cfg.samples)))
+        with model_session(recipe.model, recipe.work_dir, endpoint, True) as endpoint, \
+                Progress("rollout model", len(chosen)) as bar:
+            for chunk in chunks:
+                done, used = runner.call(model_rollouts, recipe, endpoint, environments, chunk)
+                out.trajectories, out.usage = out.trajectories + done, out.usage + [used]
+                bar.advance(len(chunk))
+    return out
+
+
+def verify_all(recipe: Recipe, tasks: list[Task], environments: dict[str, EnvironmentHandle],
+               trajectories: list[Trajectory], runner: Runner, endpoint: ModelEndpoint | None = None) -> Verification:
+    """Trajectories -> test verdicts on their final state; with `judge:`, the judge's verdicts beside them."""
+    by_id = {t.task_id: t for t in tasks}
+    env_of = lambda tr: environments[by_id[tr.task_id].environment.repo]  # noqa: E731
+    out = Verification()
+    out.verdicts = runner.map(verify, [(recipe, env_of(tr), by_id[tr.task_id], tr) for tr in trajectories], "verify",
+                              workers=recipe.sandbox.concurrency)
+    if recipe.judge.enabled and trajectories:
+        per_task: dict[str, list[Trajectory]] = {}
+        for tr in trajectories:
+            per_task.setdefault(tr.task_id, []).append(tr)
+        with model_session(recipe.model, recipe.work_dir, endpoint, True) as endpoint:
+            calls = [(recipe, endpoint, by_id[task_id], group) for task_id, group in per_task.items()]
+            for found, used in runner.map(judge, calls, "judge", workers=recipe.sandbox.concurrency):
+                out.judged, out.usage = out.judged + found, out.usage + [used]
+    return out
+
+
+def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Rollouts, verification: Verification,
+          run_id: str = "") -> dict:
+    """The stage records -> one new immutable dataset version with its card; returns its name, root and yields."""
+    usage = synthesis.usage + rollouts.usage + verification.usage
+    quarantine = harvested.quarantine + synthesis.quarantine
+    summary = yields(synthesis.candidates, synthesis.validations, synthesis.tasks, rollouts.trajectories,
+                     verification.verdicts, usage=usage, judge_agreement=verification.agreement(), quarantine=quarantine)
+    records = {
+        "tasks": synthesis.tasks,
+        "trajectories": rollouts.trajectories,
+        "verdicts": synthesis.gold_verdicts + verification.verdicts + verification.judged,
+        "quarantine": quarantine,
+    }
+    lineage = {"recipe": recipe.name, "recipe_hash": recipe.digest(), "factory_version": trajfactory.__version__,
+               "flow_run_id": run_id}
+    if recipe.model is not None and usage:
+        lineage["model"] = recipe.model.digest_fields()
+    version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary)
+    return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
+            "counts": {k: len(v) for k, v in records.items()}}
+
+
+def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -> dict:
+    """The whole SWE half: harvest -> synthesize -> rollout -> verify -> a dataset version."""
+    with model_session(recipe.model, recipe.work_dir, endpoint, recipe.swe_uses_model()) as endpoint:
+        harvested = harvest(recipe, runner)
+        synthesis = synthesize(recipe, harvested.sources, runner, endpoint)
+        rollouts = rollout(recipe, synthesis.tasks, synthesis.environments, runner, endpoint)
+        verification = verify_all(recipe, synthesis.tasks, synthesis.environments, rollouts.trajectories, runner,
+                                  endpoint)
+    result = build(recipe, harvested, synthesis, rollouts, verification, runner.run_id)
+    return {**result, "verified": sum(v.passed for v in verification.verdicts), "verdicts": len(verification.verdicts),
+            "judge_agreement": verification.agreement()}

@@ -1,0 +1,110 @@
+"""The recipe's SWE sections: which repositories, how bugs are synthesized and validated, who rolls out, the judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from trajfactory.settings.agents import ModelPolicyConfig, Section, unique_policies
+
+BUILTIN_REPOS = Path(__file__).resolve().parent.parent / "data" / "repos"
+
+
+class RepoSpec(Section):
+    uri: str
+    """A git URL (optionally `URL@REF`), a local path, `pypi:NAME==VERSION` or `builtin:NAME`."""
+
+    @field_validator("uri")
+    @classmethod
+    def _known_form(cls, uri: str) -> str:
+        uri = uri.strip()
+        if not uri:
+            raise ValueError("empty; expected a git URL, a local path, pypi:NAME==VERSION or builtin:NAME")
+        if uri.startswith("builtin:"):
+            name = uri.split(":", 1)[1]
+            if not (BUILTIN_REPOS / name).is_dir():
+                known = ", ".join(sorted(p.name for p in BUILTIN_REPOS.iterdir() if p.is_dir()))
+                raise ValueError(f"no built-in repository {name!r}; built-ins are: {known}")
+        if uri.startswith("pypi:") and "==" not in uri:
+            raise ValueError(f"{uri!r} has no version; write pypi:NAME==VERSION")
+        return uri
+
+
+class LMRewriteConfig(Section):
+    enabled: bool = False
+    max_entities: int = Field(4, ge=1)
+    """Functions per repository given to the model (a seeded sample of those above `min_complexity`)."""
+    samples_per_entity: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    max_tokens: int = Field(512, ge=16)
+    max_context_chars: int = Field(6000, ge=200)
+    """Characters of the masked file shown around the function (keep prompt + reply inside the model's context)."""
+
+
+class SynthesisConfig(Section):
+    families: list[str] | Literal["all"] = "all"
+    """Procedural mutation families to use, or `all`."""
+    min_complexity: int = Field(3, ge=1)
+    """Entities below this cyclomatic complexity are not mutated."""
+    max_per_entity: int = Field(2, ge=1)
+    max_candidates_per_repo: int = Field(40, ge=1)
+    seed: int = 0
+    lm_rewrite: LMRewriteConfig = Field(default_factory=LMRewriteConfig)
+    """SWE-smith's LM rewrite: the model re-implements a function from its masked body (needs `model:`)."""
+    statements: Literal["template", "model"] = "template"
+    """Problem statements: `template` (from the failing tests), or `model` (written by the model from the bug
+    patch and the failing tests' output, checked not to leak the fix and to name something of the task;
+    the template is the fallback)."""
+    statement_max_tokens: int = Field(600, ge=16)
+    """Completion tokens of one model-written statement."""
+    statement_max_context_chars: int = Field(6000, ge=200)
+    """Characters of bug patch and test output (half each, at most) in the statement prompt."""
+
+
+class ValidationConfig(Section):
+    selection: Literal["coverage", "full"] = "coverage"
+    """`coverage`: run only the tests that execute the mutated lines; `full`: the whole suite."""
+    reference_runs: int = Field(2, ge=1, le=5)
+    """Runs of the whole clean suite; a test that differs between runs is flaky and excluded."""
+    suite_timeout_s: float = Field(300, gt=0)
+    test_timeout_s: float = Field(120, gt=0)
+    """Limit of one candidate's test run; a mutation that hangs the tests is rejected."""
+
+
+class ModelRolloutConfig(Section):
+    samples: int = Field(2, ge=1)
+    """Samples per task (for pass@k, and the groups of RL)."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Roll out only this many tasks with the model (the first by task id); None: all."""
+    concurrency: int = Field(4, ge=1)
+    """Episodes (and sandboxes) in flight at once, sharing the one model server."""
+    agent: ModelPolicyConfig = Field(default_factory=ModelPolicyConfig)
+    """Sampling, action format (tool_calls / text / both) and episode budgets of the model agent."""
+
+
+class RolloutConfig(Section):
+    policies: list[Literal["oracle", "model"]] = Field(default_factory=lambda: ["oracle"], min_length=1)
+    """Who acts: `oracle` (applies the gold patch: proves the harness) and/or `model` (needs `model:`)."""
+    samples: int = Field(1, ge=1)
+    """Oracle samples per task (the oracle is deterministic; more only re-proves it)."""
+    max_steps: int = Field(20, ge=1)
+    model: ModelRolloutConfig = Field(default_factory=ModelRolloutConfig)
+
+    _unique = field_validator("policies")(staticmethod(unique_policies))
+
+
+class JudgeConfig(Section):
+    enabled: bool = False
+    """Judge every trajectory with the model too, and report its agreement with the test verdicts.
+    Tests stay the verdict of record for SWE tasks; the judge is measured against them."""
+    structured: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """How the verdict's JSON is constrained at the server."""
+    max_tokens: int = Field(200, ge=16)
+    max_history_steps: int = Field(30, ge=1)
+    """Steps of the trajectory shown to the judge (the first and last ones when there are more)."""
+    max_observation_chars: int = Field(400, ge=50)
+    """Characters of each observation shown (head and tail)."""
+    max_patch_chars: int = Field(4000, ge=200)
+    """Characters of the final diff shown; keep the prompt within the model's context."""
