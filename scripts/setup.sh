@@ -50,7 +50,8 @@ if [[ ! -f "$stamp" ]]; then
 fi
 # The venv is shared by clones: point its editable install at this checkout (a few seconds, no dependency changes).
 here="$(pwd -P)/trajfactory/__init__.py"
-if [[ "$("$TRAJFACTORY_PY" -c 'import trajfactory; print(trajfactory.__file__)' 2>/dev/null)" != "$here" ]]; then
+# from / : the current directory must not answer the import, only the installed package
+if [[ "$(cd / && "$TRAJFACTORY_PY" -c 'import trajfactory; print(trajfactory.__file__)' 2>/dev/null)" != "$here" ]]; then
   log "installing this checkout into $TRAJFACTORY_VENV"
   "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | quiet_pip
 fi

@@ -282,12 +282,14 @@ def test_vllm_token_and_time_limits(demo, backend, vllm_server):
     [traj], _ = run(demo, backend, lambda t, s: ModelPolicy(client, tokens))
     assert traj.exit_status == "token_limit" and traj.usage.model_calls == 1
 
-    # A long generation (~2 s on a loaded 2-core CPU) that the wall-clock limit cuts short mid-request.
+    # A generation of 200 forced tokens takes well over 0.15 s even on an idle CPU (the tiny model decodes a token
+    # per engine step, ~1-3 ms each, after the prefill): the wall-clock limit cuts the first request short.
     timed = ModelPolicyConfig(max_tokens=200, extra_body={"ignore_eos": True},
-                              limits=EpisodeLimits(max_seconds=0.75, max_steps=500))
+                              limits=EpisodeLimits(max_seconds=0.15, max_steps=500))
     [traj], stats = run(demo, backend, lambda t, s: ModelPolicy(client, timed))
     assert traj.exit_status == "time_limit", [s.observation for s in traj.steps]
-    assert 0.7 <= stats.episodes[0].loop_s < 0.75 + 5
+    assert traj.usage.model_calls == 0  # no reply came back: the request itself was cut short
+    assert 0.14 <= stats.episodes[0].loop_s < 0.15 + 5
 
 
 # ---------------------------------------------------------------- oracle, errors, cancellation
