@@ -15,6 +15,7 @@ from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.executors.swe_env import run_swe_episode, verify_gold, verify_trajectory
+from trajfactory.verifiers.claims import contradictions
 
 pytestmark = pytest.mark.docker
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
@@ -118,11 +119,33 @@ def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
     call = traj.messages[2].tool_calls[0]
     assert json.loads(call.function.arguments)["command"].startswith("python -m pytest")
     assert traj.final.patch.startswith("diff --git")
+    # It found the code from the failure (a traceback frame or a grep), never from the gold line numbers, ran the
+    # related passing tests (whole test files) before it submitted, and said nothing its observations contradict.
+    commands = [json.loads(m.tool_calls[0].function.arguments).get("command", "") for m in traj.messages
+                if m.role == "assistant" and m.tool_calls]
+    edit_at = tools.index("edit")
+    located = [c for c in commands[1:edit_at] if c.startswith(("grep ", "nl -ba"))]
+    assert located and ("grep -rnE" in " ".join(located) or "traceback" in traj.messages[4].content.lower()
+                        or "line" in traj.messages[4].content)
+    assert "::" not in commands[-2] and commands[-2].startswith("python -m pytest")
+    assert contradictions(traj) == []
     # The bug's history is not visible in the sandbox.
     with docker_backend.start(env, LIMITS) as sandbox:
         verdict = verify_trajectory(sandbox, task, traj)
     assert verdict.passed, verdict.evidence
     assert verdict.trajectory_id == traj.trajectory_id
+
+
+def test_oracle_wording_and_locating_order_vary_by_task(demo):
+    import asyncio
+
+    firsts, orders = set(), set()
+    for task in demo["tasks"][:8]:
+        policy = OraclePolicy()
+        policy.reset(task)
+        firsts.add(asyncio.run(policy.act([])).message.content)
+        orders.add(policy._read_test_first)
+    assert len(firsts) >= 2 and orders == {True, False}
 
 
 def test_wrong_solution_fails_verification(demo, docker_backend):

@@ -1,10 +1,10 @@
-"""JUnit and coverage parsing against the output of a real pytest run on the host."""
+"""The harness plugin's records and coverage parsing against real pytest runs on the host."""
 
 import subprocess
 import sys
 import textwrap
 
-from trajfactory.executors.testrun import parse_coverage_json, parse_junit, summary_line
+from trajfactory.executors.testrun import PLUGIN, PLUGIN_SOURCE, parse_coverage_json, parse_results, summary_line
 
 
 def _project(tmp_path):
@@ -43,15 +43,42 @@ def _project(tmp_path):
     """))
 
 
-def test_junit_ids_match_pytest_node_ids(tmp_path):
+def _run(tmp_path, *args, select=None):
+    """pytest on the host with the harness plugin, as `run_tests` runs it in a sandbox: (records, stdout)."""
+    import os
+
+    plugin_dir = tmp_path / "harness"
+    plugin_dir.mkdir(exist_ok=True)
+    (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    results = tmp_path / "results.jsonl"
+    results.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(plugin_dir), "TRAJFACTORY_RESULTS": str(results)}
+    if select is not None:
+        (tmp_path / "select.txt").write_text("\n".join(select) + "\n")
+        env["TRAJFACTORY_SELECT"] = str(tmp_path / "select.txt")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
+                           f"--rootdir={tmp_path}", *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    return parse_results(results.read_text()), proc.stdout
+
+
+def test_plugin_records_pytest_node_ids_that_round_trip(tmp_path):
     _project(tmp_path)
-    junit = tmp_path / "junit.xml"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
-         f"--junitxml={junit}", "-q"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    outcomes = parse_junit(junit.read_text())
+    # tests inherited from a mixin of the tests package, and parametrized ids with odd characters
+    (tmp_path / "tests" / "__init__.py").write_text(
+        "class Mixin:\n    def test_inherited(self):\n        assert self.value == 1\n")
+    (tmp_path / "tests" / "test_more.py").write_text(textwrap.dedent("""
+        import pytest
+        from tests import Mixin
+
+        class TestChild(Mixin):
+            value = 1
+
+        @pytest.mark.parametrize("s", ["a b", "x[1]", "caf\u00e9", "::"])
+        def test_odd(s):
+            assert s
+    """))
+    (outcomes, errors, finished), out = _run(tmp_path)
+    assert finished and errors == {}
     assert outcomes == {
         "tests/test_calc.py::test_add": "passed",
         "tests/test_calc.py::test_fails": "failed",
@@ -60,15 +87,29 @@ def test_junit_ids_match_pytest_node_ids(tmp_path):
         "tests/test_calc.py::TestGroup::test_method": "passed",
         "tests/test_calc.py::TestGroup::test_skipped": "skipped",
         "tests/test_calc.py::test_error": "error",
+        "tests/test_more.py::TestChild::test_inherited": "passed",
+        "tests/test_more.py::test_odd[a b]": "passed",
+        "tests/test_more.py::test_odd[x[1]]": "passed",
+        "tests/test_more.py::test_odd[caf\\xe9]": "passed",  # pytest escapes non-ASCII in ids
+        "tests/test_more.py::test_odd[::]": "passed",
     }
-    assert "1 failed" in summary_line(proc.stdout)
-    # The rebuilt ids are accepted back by pytest (the validator passes them as arguments).
-    again = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "tests/test_calc.py::TestGroup::test_method",
-         "tests/test_calc.py::test_param[a b]"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    assert again.returncode == 0 and "2 passed" in again.stdout
+    assert "1 failed" in summary_line(out)
+    # The recorded ids select exactly those tests again; an id that names no test is `missing`, not failed.
+    wanted = ["tests/test_more.py::TestChild::test_inherited", "tests/test_more.py::test_odd[x[1]]",
+              "tests/test_more.py::test_odd[caf\\xe9]", "tests/test_calc.py::test_fails", "tests/test_calc.py::test_gone"]
+    (again, _, finished), _ = _run(tmp_path, "tests/test_more.py", "tests/test_calc.py", select=wanted)
+    assert finished and again == {**{t: outcomes[t] for t in wanted[:4]}, "tests/test_calc.py::test_gone": "missing"}
+    assert again["tests/test_more.py::test_odd[caf\\xe9]"] == "passed"
+
+
+def test_plugin_records_collection_errors_and_an_unfinished_session(tmp_path):
+    _project(tmp_path)
+    (tmp_path / "tests" / "test_broken.py").write_text("import pkg.nowhere\n\ndef test_x():\n    pass\n")
+    (outcomes, errors, finished), _ = _run(tmp_path)
+    assert finished and list(errors) == ["tests/test_broken.py"] and "nowhere" in errors["tests/test_broken.py"]
+    (tmp_path / "tests" / "test_broken.py").write_text("import os\nos._exit(0)\n")
+    (outcomes, errors, finished), _ = _run(tmp_path)
+    assert not finished  # the process ended without the session's end: the harness knows the run was cut short
 
 
 def test_coverage_contexts_map_lines_to_tests(tmp_path):

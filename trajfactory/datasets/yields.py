@@ -68,20 +68,25 @@ def judge_rows(report: dict | None) -> list[dict]:
 
 def yields(candidates: list[Candidate], validations: list[Validation], tasks: list[Task],
            trajectories: list[Trajectory], verdicts: list[Verdict], *, usage: list[ModelUsage] | None = None,
-           judge_agreement: dict | None = None, quarantine: list[Quarantine] | None = None) -> dict[str, list[dict]]:
-    """Per repository and per mutation family: candidates, valid tasks, trajectories, verified; per policy;
-    the model usage and the judge's agreement with the tests when there were any; quarantined items per stage
-    and reason. `verdicts` are the verdicts of record (tests), never the judge's."""
+           judge_agreement: dict | None = None, quarantine: list[Quarantine] | None = None,
+           repositories: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Per repository and per mutation family: candidates, validated ones, tasks (validated and with their gold
+    patch proven: the only ones that count for the yield), trajectories, verified; per policy; the model usage and
+    the judge's agreement with the tests when there were any; quarantined items per stage and reason.
+
+    `repositories` (uri -> name) lists every repository of the recipe: one quarantined as a whole (it could not be
+    harvested, built or tested) still gets its row, with the reason. `verdicts` are the verdicts of record (tests),
+    never the judge's."""
     family_of = {c.candidate_id: (c.repo, c.family) for c in candidates}
     task_key = {t.task_id: (t.environment.repo, t.family) for t in tasks}
     traj_task = {tr.trajectory_id: tr.task_id for tr in trajectories}
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(
-        lambda: {"candidates": 0, "valid": 0, "tasks": 0, "trajectories": 0, "verified": 0})
+        lambda: {"candidates": 0, "validated": 0, "tasks": 0, "trajectories": 0, "verified": 0})
     for c in candidates:
         counts[(c.repo, c.family)]["candidates"] += 1
     for v in validations:
         if v.status == "valid" and v.candidate_id in family_of:
-            counts[family_of[v.candidate_id]]["valid"] += 1
+            counts[family_of[v.candidate_id]]["validated"] += 1
     for t in tasks:
         counts[task_key[t.task_id]]["tasks"] += 1
     for tr in trajectories:
@@ -90,6 +95,8 @@ def yields(candidates: list[Candidate], validations: list[Validation], tasks: li
     for v in verdicts:
         if v.subject == "trajectory" and v.passed and traj_task.get(v.trajectory_id) in task_key:
             counts[task_key[traj_task[v.trajectory_id]]]["verified"] += 1
+    whole = {q.uri: f"{q.stage}: {q.reason}" for q in quarantine or [] if q.item_kind == "source"
+             and q.stage in ("harvest", "build", "reference")}
 
     def rollup(index: int) -> list[dict]:
         agg: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -97,8 +104,17 @@ def yields(candidates: list[Candidate], validations: list[Validation], tasks: li
             for k, n in row.items():
                 agg[key[index]][k] += n
         name = "repository" if index == 0 else "family"
-        return [{name: k, **dict(v), "yield": round(v["valid"] / v["candidates"], 3) if v["candidates"] else 0.0}
+        if index == 0:
+            for uri, repo in (repositories or {}).items():
+                agg.setdefault(repo, defaultdict(int))
+        rows = [{name: k, **{c: v.get(c, 0) for c in ("candidates", "validated", "tasks", "trajectories", "verified")},
+                 "yield": round(v.get("tasks", 0) / v["candidates"], 3) if v.get("candidates") else 0.0}
                 for k, v in sorted(agg.items())]
+        if index == 0:
+            by_name = {repo: whole.get(uri, "") for uri, repo in (repositories or {}).items()}
+            for row in rows:
+                row["quarantined"] = by_name.get(row["repository"], "")
+        return rows
 
     out = {"by_repository": rollup(0), "by_family": rollup(1), "by_policy": by_policy(trajectories, verdicts)}
     if usage:

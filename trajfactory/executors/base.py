@@ -8,6 +8,7 @@ Files written under /tmp persist across `execute` calls of one sandbox (tools st
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,8 +41,13 @@ class ExecResult:
     timed_out: bool = False
 
 
+ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+"""Terminal escape sequences (colours, cursor moves, titles): never part of an observation."""
+
+
 class OutputCollector:
-    """Keeps the head and the tail of a command's output within `limit` bytes (memory stays bounded)."""
+    """Keeps the head and the tail of a command's output within `limit` bytes (memory stays bounded);
+    the text it gives has no terminal escape sequences (a project's `--color=yes` included)."""
 
     def __init__(self, limit: int):
         self.limit = max(limit, 2)
@@ -62,9 +68,9 @@ class OutputCollector:
     def text(self) -> str:
         dropped = self.total - len(self.head) - len(self.tail)
         if dropped <= 0:
-            return (self.head + self.tail).decode(errors="replace")
+            return ANSI.sub("", (self.head + self.tail).decode(errors="replace"))
         marker = f"\n[... {dropped} bytes of output truncated ...]\n"
-        return self.head.decode(errors="replace") + marker + self.tail.decode(errors="replace")
+        return ANSI.sub("", self.head.decode(errors="replace") + marker + self.tail.decode(errors="replace"))
 
 
 def apply_patch(sandbox: "Sandbox", patch: str, path: str = "/tmp/trajfactory-patch.diff") -> str | None:

@@ -138,10 +138,11 @@ async def run_episode(env: Environment, policy: Policy, task: Any, *, sample: in
                     if action is None:
                         ended = "submitted"
                 except PolicyError as exc:
-                    if exc.message is not None:
-                        messages.append(exc.message)
                     steps.append(Step(index=len(steps), tool="", error=exc.reason, observation=exc.observation))
-                    messages.append(Message(role="user", content=exc.observation))
+                    if not exc.infra:  # an infrastructure failure is no turn of the conversation
+                        if exc.message is not None:
+                            messages.append(exc.message)
+                        messages.append(Message(role="user", content=exc.observation))
                     ended = exc.stop
                 except asyncio.TimeoutError:
                     ended = "time_limit"

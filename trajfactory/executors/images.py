@@ -1,16 +1,15 @@
-"""Environment ingredients shared by the sandbox backends.
+"""Environment ingredients shared by the sandbox backends: the base image and the checkout.
 
 - `ensure_base_image`: the root of every sandbox image, built locally (no registry can be reached):
   debootstrap a minimal Debian bookworm with python3, then `docker import`.
-- `find_requirements` / `build_wheelhouse`: a repository's runtime and test dependencies, downloaded
-  on the host (containers reach no package index) into a wheelhouse keyed by the requirement set.
 - `clone_at_commit`: the repository at one commit, with no history after it.
+
+A repository's requirements, wheelhouse and project install are in `requirements.py`; the options of its own
+pytest configuration in `pytest_options.py`.
 """
 
 from __future__ import annotations
 
-import ast
-import configparser
 import fcntl
 import hashlib
 import logging
@@ -18,14 +17,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Callable
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from .base import EnvironmentBuildError
 
@@ -160,209 +155,6 @@ def _build_base_image(tag: str, recipe: str, progress: Callable[[str], None]) ->
     image_id = _image_id(tag, recipe) or ""
     progress(f"base image {tag} ready ({image_id[:19]})")
     return image_id
-
-
-# ---------------------------------------------------------------------------- requirements
-
-
-def _clean(reqs, project: str | None = None, extras_of=None) -> list[str]:
-    """Valid PEP 508 strings; a requirement on the project itself expands to its named extras."""
-    out: list[str] = []
-    for raw in reqs or []:
-        if not isinstance(raw, str):
-            continue
-        try:
-            req = Requirement(raw.strip())
-        except InvalidRequirement:
-            log.warning("skipping unparseable requirement %r", raw)
-            continue
-        if req.url:
-            log.warning("skipping direct-reference requirement %r (no network in the build)", raw)
-            continue
-        if project and canonicalize_name(req.name) == canonicalize_name(project):
-            for extra in sorted(req.extras):
-                out += extras_of(extra) if extras_of else []
-            continue
-        out.append(str(req))
-    return out
-
-
-def _poetry_spec(name: str, spec) -> str | None:
-    """A simple poetry constraint as PEP 508 (caret/tilde widened to a lower bound)."""
-    if isinstance(spec, dict):
-        if not isinstance(spec.get("version"), str) or spec.get("optional"):
-            return None  # path / git / url / optional dependencies are not simple
-        spec = spec["version"]
-    if not isinstance(spec, str) or name.lower() == "python":
-        return None
-    spec = spec.strip()
-    if spec in ("", "*"):
-        return name
-    if spec[0] in "^~" and spec[1:2] != "=":
-        return f"{name}>={spec[1:].strip()}"
-    return f"{name}{spec}" if spec[0] in "<>=!~" else f"{name}=={spec}"
-
-
-def _from_pyproject(path: Path) -> list[str]:
-    data = tomllib.loads(path.read_text())
-    project = data.get("project", {})
-    name = project.get("name")
-    optional = project.get("optional-dependencies", {}) or {}
-    seen: set[str] = set()
-
-    def extras_of(extra: str) -> list[str]:
-        if extra in seen:
-            return []
-        seen.add(extra)
-        return _clean(optional.get(extra, []), name, extras_of)
-
-    reqs = _clean(project.get("dependencies", []), name, extras_of)
-    for extra in TEST_EXTRAS:
-        reqs += extras_of(extra)
-    groups = data.get("dependency-groups", {}) or {}
-    for group in TEST_EXTRAS:
-        reqs += _clean(groups.get(group, []), name)
-    poetry = data.get("tool", {}).get("poetry", {})
-    tables = [poetry.get("dependencies", {}), poetry.get("dev-dependencies", {})]
-    tables += [poetry.get("group", {}).get(g, {}).get("dependencies", {}) for g in TEST_EXTRAS]
-    for table in tables:
-        for dep, spec in (table or {}).items():
-            reqs += _clean([_poetry_spec(dep, spec)], poetry.get("name"))
-    return reqs
-
-
-def _from_setup_cfg(path: Path) -> list[str]:
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read_string(path.read_text())
-    reqs = cfg.get("options", "install_requires", fallback="").splitlines()
-    reqs += cfg.get("options", "tests_require", fallback="").splitlines()
-    for extra in TEST_EXTRAS:
-        reqs += cfg.get("options.extras_require", extra, fallback="").splitlines()
-    return _clean([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
-
-
-def _from_setup_py(path: Path) -> list[str]:
-    """Literal install_requires / tests_require / extras_require keywords of a setup() call."""
-    reqs: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup"):
-            continue
-        for kw in node.keywords:
-            try:
-                value = ast.literal_eval(kw.value)
-            except ValueError:
-                continue
-            if kw.arg in ("install_requires", "tests_require") and isinstance(value, (list, tuple)):
-                reqs += _clean(list(value))
-            elif kw.arg == "extras_require" and isinstance(value, dict):
-                for extra in TEST_EXTRAS:
-                    reqs += _clean(list(value.get(extra, [])))
-    return reqs
-
-
-def _from_requirements_txt(path: Path, repo: Path, depth: int = 0) -> list[str]:
-    reqs: list[str] = []
-    for line in path.read_text().splitlines():
-        line = line.split(" #")[0].strip()
-        if line.startswith(("-r ", "--requirement ")) and depth < 3:
-            included = (path.parent / line.split(None, 1)[1]).resolve()
-            if included.is_file() and included.is_relative_to(repo.resolve()):
-                reqs += _from_requirements_txt(included, repo, depth + 1)
-        elif line and not line.startswith(("#", "-", ".", "/")) and "://" not in line:
-            reqs += _clean([line])
-    return reqs
-
-
-def requirement_files(repo_dir: str | Path) -> list[Path]:
-    repo = Path(repo_dir)
-    names = [*repo.glob("requirements*.txt"), *repo.glob("*-requirements*.txt"), *repo.glob("*_requirements*.txt")]
-    names += [repo / "requirements" / f"{n}.txt" for n in ("base", "main", "test", "tests", "testing", "dev")]
-    # documentation and linting requirements are not needed to run tests and often pin heavy tools
-    return sorted({p for p in names if p.is_file() and not re.search(r"doc|lint|release", p.name)})
-
-
-def find_requirements(repo_dir: str | Path) -> list[str]:
-    """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage."""
-    repo = Path(repo_dir)
-    sources: list[tuple[Path, Callable[[Path], list[str]]]] = [
-        (repo / "pyproject.toml", _from_pyproject),
-        (repo / "setup.cfg", _from_setup_cfg),
-        (repo / "setup.py", _from_setup_py),
-    ]
-    sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
-    reqs: list[str] = []
-    for path, parse in sources:
-        if not path.is_file():
-            continue
-        try:
-            reqs += parse(path)
-        except Exception as exc:  # a broken setup file must not stop the build: best effort
-            log.warning("could not read dependencies from %s: %s", path, exc)
-    named = {canonicalize_name(Requirement(r).name) for r in reqs}
-    reqs += [r for r in ALWAYS_REQUIRED if canonicalize_name(r) not in named]
-    return sorted(set(reqs), key=str.lower)
-
-
-def src_layout(repo_dir: str | Path) -> bool:
-    """Whether the repository keeps its packages under src/ (the .pth entry points there)."""
-    return (Path(repo_dir) / "src").is_dir()
-
-
-# ---------------------------------------------------------------------------- wheelhouse
-
-
-def requirements_key(requirements: list[str]) -> str:
-    py = f"cp{sys.version_info.major}{sys.version_info.minor}-{sys.platform}"
-    return hashlib.sha256("\n".join([py, *sorted(requirements)]).encode()).hexdigest()[:16]
-
-
-def _failed_requirement(pip_output: str, requirements: list[str]) -> str:
-    m = re.search(r"(?:No matching distribution found for|satisfies the requirement) (\S+)", pip_output)
-    return m.group(1) if m else ", ".join(requirements)
-
-
-def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None) -> tuple[Path, list[str]]:
-    """Download the repository's requirements as wheels on the host; cached by the requirement set."""
-    requirements = find_requirements(repo_dir)
-    root = Path(cache_root or default_cache_root()) / "wheelhouse"
-    house = root / requirements_key(requirements)
-    if (house / ".complete").exists():
-        log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
-        return house, requirements
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{house.name}-", dir=root))
-    try:
-        (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
-        log.info("downloading %d requirements into wheelhouse %s: %s", len(requirements), house.name, requirements)
-        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-        out = _run([*pip, "download", "-q", "--prefer-binary", "-d", str(tmp), "-r", str(tmp / "requirements.txt")])
-        if out.returncode != 0:
-            req = _failed_requirement(out.stdout + out.stderr, requirements)
-            raise EnvironmentBuildError(
-                "install_failed",
-                f"could not download requirement {req} of {repo_dir}: {_tail(out.stderr or out.stdout)}; "
-                f"the requirement must be available from the configured package index "
-                f"(`pip download '{req}'` on the host must work) or be fixed in the repository's dependency files",
-            )
-        # sources-only distributions are built here once: the sandbox has no build backends
-        for sdist in [p for p in tmp.iterdir() if p.name.endswith((".tar.gz", ".zip", ".tar.bz2"))]:
-            out = _run([*pip, "wheel", "-q", "--no-deps", "-w", str(tmp), str(sdist)])
-            if out.returncode != 0:
-                raise EnvironmentBuildError(
-                    "install_failed",
-                    f"could not build a wheel from {sdist.name} (needed by {repo_dir}): {_tail(out.stderr)}; "
-                    "a wheel of it must be available from the package index or it must build offline",
-                )
-            sdist.unlink()
-        (tmp / ".complete").touch()
-        try:
-            tmp.rename(house)
-        except OSError:  # another process finished the same wheelhouse first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return house, requirements
 
 
 # ---------------------------------------------------------------------------- repository checkout

@@ -1,7 +1,10 @@
 """Local namespace sandboxes for machines where no Docker engine answers.
 
-An environment is a directory: a venv with the repository's wheelhouse installed (`--no-index`) and
-a checkout of the repository at its commit. A sandbox copies the checkout into a scratch directory
+An environment is a directory: a venv with the repository's wheelhouse installed (`--no-index`), the
+project itself installed in it (its metadata, entry points and scripts; its code is imported from the
+sandbox's copy of the checkout, see `wheelhouse.INSTALL_PROJECT`) and a checkout of the repository at its
+commit; `env.json` records the options of the project's pytest configuration the harness keeps
+(`TRAJFACTORY_ADDOPTS` in every sandbox). A sandbox copies the checkout into a scratch directory
 and runs each command under bubblewrap: the host filesystem read-only, only the scratch directory
 writable, its own /tmp, no network, its own pid namespace, and a pids/memory cgroup where the
 host allows one. Without bubblewrap it falls back to `unshare --net` (network isolation only).
@@ -37,11 +40,15 @@ from .base import (
     SandboxError,
     sandbox_path,
 )
-from .images import build_wheelhouse, clone_at_commit, default_cache_root, find_requirements, resolve_commit, src_layout
+from .images import clone_at_commit, default_cache_root, resolve_commit
+from .pytest_options import pytest_addopts
+from .requirements import find_requirements, installable, src_layout
+from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+"""Bumped whenever what goes into an environment changes, so older ones are rebuilt."""
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host kills the whole sandboxed process group."""
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -175,7 +182,7 @@ class LocalBackend:
                str(Path(ensurepip.__file__).parent / "_bundled"), "-r", str(house / "requirements.txt"), "pip"]
         out = subprocess.run(cmd, capture_output=True, text=True, env=pip_env)
         if out.returncode != 0:
-            tail = "\n".join((out.stderr or out.stdout).strip().splitlines()[-20:])
+            tail = pip_output(out.stderr or out.stdout, 20)
             raise EnvironmentBuildError(
                 "install_failed",
                 f"installing {requirements} from wheelhouse {house} failed:\n{tail}\n"
@@ -184,8 +191,21 @@ class LocalBackend:
         purelib = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                  capture_output=True, text=True, check=True).stdout.strip()
         Path(purelib, "trajfactory_repo.pth").write_text(PTH_LINE)
+        import_dir = checkout / "src" if src_layout(checkout) else checkout
+        if installable(checkout):
+            # the project itself, with its build backend from the wheelhouse; its code stays the sandbox's copy
+            out = subprocess.run([str(venv / "bin/python"), "-c", INSTALL_PROJECT, str(checkout), str(house),
+                                  str(import_dir)], capture_output=True, text=True, env=pip_env)
+            if out.returncode != 0:
+                detail = install_failure(out.stdout + out.stderr, "the repository")
+                raise EnvironmentBuildError("install_failed", detail)
+            log.info("%s", next((ln for ln in out.stdout.splitlines() if ln.startswith(INSTALLED)), "").strip())
+        addopts, dropped = pytest_addopts(checkout, house)
+        if dropped:
+            log.info("pytest options of the project that the harness drops: %s", " ".join(dropped))
         shutil.move(str(checkout), env_dir / "repo")
-        meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements}
+        meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements,
+                "addopts": addopts}
         (env_dir / "env.json").write_text(json.dumps(meta, indent=1))
         (env_dir / ".complete").touch()
 
@@ -228,6 +248,8 @@ class LocalSandbox:
             "PYTHONHASHSEED": "0",  # stable parametrized test ids across runs, as in docker
             "PYTHONDONTWRITEBYTECODE": "1",  # no stale .pyc after a same-second edit, as in docker
             "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
+            # the options of the project's own pytest configuration the harness keeps (testrun.PYTEST reads it)
+            "TRAJFACTORY_ADDOPTS": meta.get("addopts", ""),
             # the host's pip configuration may name a local index: the sandbox gets none, as in docker
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }

@@ -69,20 +69,28 @@ class Action:
     """Executed in order until one ends the episode; empty: the reply held no action (the policy is told so)."""
 
 
+INFRA_FAILED = "infra_failed"
+"""Exit status of an episode the infrastructure broke (the model server failed after its retries)."""
+
+
 class PolicyError(RuntimeError):
     """A turn that produced no executable action (malformed reply, failed model request).
 
     The episode records a `Step` with `error=reason`, appends `message` (the reply as the model wrote it,
     if any) and shows `observation` to the policy as the next user message. `stop`, when set, ends the
-    episode with that exit status instead.
+    episode with that exit status instead. `infra`: the failure is the infrastructure's (the model server), not
+    the policy's: nothing is added to the conversation and the episode ends as `stop` (`infra_failed`), which
+    the dataset build drops into quarantine.
     """
 
-    def __init__(self, reason: str, observation: str, message: Message | None = None, stop: str | None = None):
+    def __init__(self, reason: str, observation: str, message: Message | None = None, stop: str | None = None,
+                 infra: bool = False):
         super().__init__(f"{reason}: {observation}")
         self.reason = reason
         self.observation = observation
         self.message = message
         self.stop = stop
+        self.infra = infra
 
 
 class Environment(Protocol[TaskT, ObsT]):

@@ -25,8 +25,9 @@ from typing import Any, Callable
 from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxError, apply_patch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
-from trajfactory.executors.testrun import run_tests, summary_line
-from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
+from trajfactory.executors import guard
+from trajfactory.executors.testrun import run_tests, summarize
+from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
 from trajfactory.settings import EpisodeLimits, SandboxConfig
 from trajfactory.verifiers import tests as test_verifier
 
@@ -134,18 +135,42 @@ def execute_call(sandbox: Sandbox, call: ToolCall, timeout: float) -> tuple[Step
 
 
 def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float = 300.0) -> tuple[bool, Any, float]:
-    """`patch` applied on top of the task's buggy state in `sandbox` (fresh or reset), tested:
-    (passed, evidence, seconds); `verifiers.tests` judges the outcomes."""
+    """`patch` applied on top of the task's buggy state in `sandbox` (fresh or reset), guarded and tested:
+    (passed, evidence, seconds). `guard.py` says what a patch may not do; `verifiers.tests` judges the outcomes."""
     started = time.monotonic()
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
         return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
-    if (err := apply_patch(sandbox, patch, "/tmp/trajfactory-final.diff")) is not None:
-        return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started)
-    run = run_tests(sandbox, test_verifier.tests_of(task), timeout=timeout)
+    # the buggy state is the baseline the tampering scan compares with
+    commit = sandbox.execute("git add -A && git -c core.hooksPath=/dev/null -c user.name=trajfactory "
+                             "-c user.email=trajfactory@localhost commit -qm task --no-verify", timeout=60)
+    if commit.exit_code != 0:
+        return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
+    return test_in_place(sandbox, task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,
+                         started=started)
+
+
+def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[str], *, timeout: float = 300.0,
+                  started: float | None = None) -> tuple[bool, Any, float]:
+    """`patch` applied on the committed buggy state the sandbox holds, guarded, and `checks` run:
+    (passed, evidence, seconds). `bug_paths`: the files the bug touched (their modules get canary tests)."""
+    started = time.monotonic() if started is None else started
+    kept, reverted = guard.strip_protected(patch)
+    if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:
+        return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
+    if refused := guard.scan_tampering(sandbox):
+        return test_verifier.refused(refused, reverted, started)
+    modules = sorted({m for p in guard.paths_of(kept) + list(bug_paths) if (m := guard.module_of(p))})
+    canaries = guard.write_canaries(sandbox, modules)
+    tests = test_verifier.tests_of(checks)
+    run = run_tests(sandbox, tests + canaries.ids, timeout=timeout)
     if run.timed_out:
-        return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started)
-    passed, evidence = test_verifier.judge_outcomes(task, run.outcomes, summary_line(run.output))
+        return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started, reverted)
+    if broken := canaries.broken(run.outcomes):
+        return test_verifier.refused([f"canary test {b}" for b in broken], reverted, started)
+    outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
+    passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
+    evidence.reverted = reverted
     return passed, evidence, time.monotonic() - started
 
 

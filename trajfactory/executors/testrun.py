@@ -1,19 +1,27 @@
-"""Running pytest inside a sandbox and reading its results per test (JUnit XML, coverage contexts)."""
+"""Running pytest inside a sandbox and reading its results per test, from the harness's own record.
+
+Every test run of the factory (reference runs, validation, gold proofs, verification, statements) goes through
+`run_tests`: `python -m pytest` in the checkout with the factory's plugin (`pytest_harness.py`, copied into the
+sandbox outside the checkout), which selects the requested node ids and records each test's outcome. Node ids
+are pytest's own, so they round-trip between runs on any pytest version the project pins.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ET
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trajfactory.executors.base import Sandbox
 
 SCRATCH = "/tmp/trajfactory"
-PYTEST = (
-    "python -m pytest -p no:cacheprovider -o junit_family=xunit1 -o addopts='' "
-    "-q --tb=short --no-header -rN"
-)
+HARNESS_DIR = "/tmp/trajfactory-harness"
+"""Where the plugin lives in the sandbox: outside the checkout, so no patch can replace it."""
+PLUGIN = "trajfactory_harness"
+PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
+PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
 
@@ -21,54 +29,40 @@ EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO
 @dataclass
 class TestRun:
     outcomes: dict[str, str]
-    """pytest node id -> passed | failed | error | skipped."""
+    """pytest node id -> passed | failed | error | skipped | missing (selected, but no such test was collected)."""
     exit_code: int
     output: str
     duration_s: float
     timed_out: bool = False
     coverage: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     """file -> line -> node ids that executed it (only when run with coverage)."""
+    collect_errors: dict[str, str] = field(default_factory=dict)
+    """Modules (collection node ids) that did not import, with the error's tail."""
+    finished: bool = False
+    """The plugin recorded the end of the session: without it the run was cut short (a crash, `os._exit`, a kill)."""
 
     @property
     def collection_failed(self) -> bool:
         return self.exit_code in (EXIT_INTERRUPTED, EXIT_USAGE) and "error" in self.output.lower()
 
 
-def _nodeid(case: ET.Element) -> str:
-    """Rebuild the pytest node id from an xunit1 testcase (file + classname + name)."""
-    name = case.get("name", "")
-    classname = case.get("classname", "")
-    file = case.get("file")
-    if not file:
-        parts = classname.split(".")
-        return "/".join(parts) + ".py::" + name if parts and parts[0] else name
-    module = file[:-3].replace("/", ".") if file.endswith(".py") else file.replace("/", ".")
-    rest = classname[len(module) :].lstrip(".") if classname.startswith(module) else ""
-    return "::".join([file, *filter(None, rest.split(".")), name])
-
-
-def parse_junit(xml_text: str) -> dict[str, str]:
-    """Outcome per test id from pytest's JUnit XML (xunit1 family, which records the file)."""
-    if not xml_text.strip():
-        return {}
-    root = ET.fromstring(xml_text)
+def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
+    """The plugin's JSON lines -> (outcome per test, collection errors, whether the session finished)."""
     outcomes: dict[str, str] = {}
-    for case in root.iter("testcase"):
-        tags = {child.tag for child in case}
-        if "error" in tags:
-            outcome = "error"
-        elif "failure" in tags:
-            outcome = "failed"
-        elif "skipped" in tags:
-            outcome = "skipped"
-        else:
-            outcome = "passed"
-        nodeid = _nodeid(case)
-        # A teardown error is reported as a second testcase with the same id: the worse outcome wins.
-        if outcomes.get(nodeid) in ("failed", "error") and outcome == "passed":
-            continue
-        outcomes[nodeid] = outcome
-    return outcomes
+    errors: dict[str, str] = {}
+    finished = False
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if "test" in record:
+            outcomes[record["test"]] = record["outcome"]
+        elif "collect_error" in record:
+            errors[record["collect_error"]] = record.get("detail", "")
+        elif "session" in record:
+            finished = True
+    return outcomes, errors, finished
 
 
 IMPORT_TIME = "<import>"
@@ -108,24 +102,29 @@ def run_tests(
     coverage: bool = False,
 ) -> TestRun:
     """Run the given tests (all when None) and return per-test outcomes."""
-    sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH}", timeout=30)
+    sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
+    sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
+    env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
+           "PYTHONDONTWRITEBYTECODE=1", "PY_COLORS=0", f'PYTHONPATH="{HARNESS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"']
     args = ""
     if test_ids is not None:
-        # An args file keeps long id lists off the command line (pytest >= 8.2 reads @file).
         sandbox.write_file(f"{SCRATCH}/tests.txt", "\n".join(test_ids) + "\n")
-        args = f"@{SCRATCH}/tests.txt"
-    cov = ""
-    if coverage:
-        cov = "--cov=. --cov-context=test --cov-report= "
-    env = f"COVERAGE_FILE={SCRATCH}/.coverage PYTHONDONTWRITEBYTECODE=1"
-    cmd = f"{env} {PYTEST} {cov}--junitxml={SCRATCH}/junit.xml {args}"
-    result = sandbox.execute(cmd, timeout=timeout)
+        env.append(f"TRAJFACTORY_SELECT={SCRATCH}/tests.txt")
+        # collect only the files the selection lives in (a file named here is collected whatever `python_files` says)
+        args = " ".join(shlex.quote(f) for f in sorted({t.split("::", 1)[0] for t in test_ids}))
+    cov = "--cov=. --cov-context=test --cov-report= " if coverage else ""
+    # --rootdir: node ids stay relative to the checkout whichever files are named (pytest would otherwise root
+    # them at the files' common ancestor in a project without a config file)
+    result = sandbox.execute(f"{' '.join(env)} {PYTEST} --rootdir={sandbox.workdir} {cov}{args}", timeout=timeout)
     outcomes: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    finished = False
     if not result.timed_out:
         try:
-            outcomes = parse_junit(sandbox.read_file(f"{SCRATCH}/junit.xml").decode("utf-8", "replace"))
-        except (FileNotFoundError, ET.ParseError, OSError):
-            outcomes = {}
+            outcomes, errors, finished = parse_results(
+                sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace"))
+        except (FileNotFoundError, OSError):
+            pass
     cov_map: dict[str, dict[int, list[str]]] = {}
     if coverage and not result.timed_out:
         report = sandbox.execute(
@@ -142,7 +141,18 @@ def run_tests(
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         coverage=cov_map,
+        collect_errors=errors,
+        finished=finished,
     )
+
+
+def summarize(outcomes: dict[str, str]) -> str:
+    """`20 passed, 1 failed` of the given outcomes (pytest's own words, in pytest's order)."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    order = ("failed", "passed", "skipped", "error", "missing")
+    return ", ".join(f"{counts[o]} {o}" for o in order if counts.get(o)) or "no tests ran"
 
 
 def summary_line(output: str) -> str:

@@ -154,6 +154,11 @@ class Provenance(Record):
     source_id: str
     license: str | None = None
     commit: str
+    repo_slug: str | None = None
+    """`owner/name` of the project's code host, when known."""
+    version: str | None = None
+    commit_date: str | None = None
+    """ISO time of the pinned commit."""
     synthesizer: str
     synthesizer_version: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -172,6 +177,12 @@ class Task(Record):
     checks: Checks
     gold: Gold
     difficulty: str
+    """`easy`, `medium` or `hard`: the band of `difficulty_score`."""
+    difficulty_score: float = 0.0
+    """0..1, measured (`datasets/curriculum.py`): the fix's size, the breadth of the failure, how many bugs are
+    combined, and, where a model rolled out on the task, how often it failed."""
+    curriculum: int = 0
+    """Rank of the task from easiest (1) to hardest in its dataset version (0: not rated)."""
     family: str
     entity: Entity
     validation: Validation
@@ -181,6 +192,8 @@ class Task(Record):
     statement_detail: str = ""
     """Why: `ok` (model text used), the reason the model's text was refused (`off_topic: ...`, `leak: ...`,
     `empty: ...`, `model_error: ...`), or empty when the recipe asked for template statements."""
+    split: str = ""
+    """`train`, `validation` or `test` (`datasets/splits.py`), set when the version is built."""
 
     def to_row(self) -> dict:
         env = self.environment
@@ -200,11 +213,14 @@ class Task(Record):
             "statement_source": self.statement_source,
             "statement_detail": self.statement_detail,
             "difficulty": self.difficulty,
+            "difficulty_score": self.difficulty_score,
+            "curriculum": self.curriculum,
             "family": self.family,
             "entity": self.entity.model_dump(),
             "environment": env.model_dump(),
             "validation": self.validation.model_dump_json(),
             "provenance": self.provenance.model_dump_json(),
+            "split": self.split,
         }
 
 
@@ -244,11 +260,14 @@ TASK_SCHEMA = pa.schema(
         ("statement_source", pa.string()),
         ("statement_detail", pa.string()),
         ("difficulty", pa.string()),
+        ("difficulty_score", pa.float64()),
+        ("curriculum", pa.int64()),
         ("family", pa.string()),
         ("entity", _ENTITY),
         ("environment", _SWE_ENV),
         ("validation", pa.string()),
         ("provenance", pa.string()),
+        ("split", pa.string()),
     ]
 )
 

@@ -145,10 +145,12 @@ def harvest(uri: str, mirror_root: str | Path, *, timeout_s: float = NETWORK_TIM
         else:
             mirror, commit = mirrors.import_tree(path, root, parsed.name, f"Import {path.name}", uri)
     license_file, license_ = _detect_license(mirror, commit)
+    slug, date = _describe(mirror, commit, parsed.location if kind == "git" else "")
     log.info("harvested %s at %s into %s (license %s)", uri, commit[:12], mirror, license_)
     return Source(
         source_id=content_hash(parsed.normalized, commit), kind=kind, uri=uri.strip(), name=parsed.name,
         commit=commit, path=str(mirror), license=license_, license_file=license_file, fetched_at=utcnow(),
+        version=parsed.ref, repo_slug=slug, commit_date=date,
     )
 
 
@@ -214,6 +216,28 @@ def _unpack(archive: Path, dest: Path, uri: str) -> Path:
         raise SourceError("download_failed", f"{uri!r}: cannot unpack {archive.name} ({exc}); retry", uri) from exc
     entries = list(dest.iterdir())
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+_HOSTED = re.compile(r"(?:github\.com|gitlab\.com|bitbucket\.org|codeberg\.org)[/:]([\w.-]+)/([\w.-]+?)(?:\.git)?(?=[/\s\"'#?)]|$)")
+
+
+def repo_slug(text: str) -> str | None:
+    """`owner/name` of the first code-host URL in `text` (a git URL, or a project's metadata), or None."""
+    m = _HOSTED.search(text)
+    return f"{m.group(1)}/{m.group(2)}" if m else None
+
+
+def _describe(mirror: Path, commit: str, url: str) -> tuple[str | None, object]:
+    """(owner/name from the URL or the project's metadata files, the commit's time)."""
+    with git.Repo(mirror) as repo:
+        c = repo.commit(commit)
+        slug = repo_slug(url) if url else None
+        if slug is None:
+            blobs = {b.name: b for b in c.tree.blobs}
+            for name in ("PKG-INFO", "pyproject.toml", "setup.cfg", "setup.py"):
+                if name in blobs and (slug := repo_slug(blobs[name].data_stream.read().decode("utf-8", "replace"))):
+                    break
+        return slug, c.committed_datetime
 
 
 def _detect_license(mirror: Path, commit: str) -> tuple[str | None, str | None]:

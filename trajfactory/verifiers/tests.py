@@ -9,29 +9,36 @@ from __future__ import annotations
 
 import time
 
-from trajfactory.schema import Evidence, Task, TestOutcome, Trajectory, Verdict, content_hash
+from trajfactory.schema import Checks, Evidence, Task, TestOutcome, Trajectory, Verdict, content_hash
 
 VERIFIER = "tests"
 VERSION = "1"
 
 
-def tests_of(task: Task) -> list[str]:
-    """The tests a verdict on `task` runs: its FAIL_TO_PASS and PASS_TO_PASS tests."""
-    return sorted(set(task.checks.FAIL_TO_PASS) | set(task.checks.PASS_TO_PASS))
+def tests_of(checks: Checks) -> list[str]:
+    """The tests a verdict runs: the FAIL_TO_PASS and PASS_TO_PASS tests of a task's `checks`."""
+    return sorted(set(checks.FAIL_TO_PASS) | set(checks.PASS_TO_PASS))
 
 
-def judge_outcomes(task: Task, outcomes: dict[str, str], summary: str = "") -> tuple[bool, Evidence]:
+def judge_outcomes(checks: Checks, outcomes: dict[str, str], summary: str = "") -> tuple[bool, Evidence]:
     """Whether every check passed, with each check's outcome (`missing`: the test did not run)."""
     get = lambda t: outcomes.get(t, "missing")  # noqa: E731
-    f2p = [TestOutcome(test=t, outcome=get(t)) for t in task.checks.FAIL_TO_PASS]
-    p2p = [TestOutcome(test=t, outcome=get(t)) for t in task.checks.PASS_TO_PASS]
+    f2p = [TestOutcome(test=t, outcome=get(t)) for t in checks.FAIL_TO_PASS]
+    p2p = [TestOutcome(test=t, outcome=get(t)) for t in checks.PASS_TO_PASS]
     passed = all(o.outcome == "passed" for o in f2p + p2p)
     return passed, Evidence(FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, detail=summary)
 
 
-def not_applied(detail: str, started: float) -> tuple[bool, Evidence, float]:
+def not_applied(detail: str, started: float, reverted: list[str] | None = None) -> tuple[bool, Evidence, float]:
     """A failed verdict's parts when the tests could not run (a patch that does not apply, a timeout)."""
-    return False, Evidence(detail=detail), time.monotonic() - started
+    return False, Evidence(detail=detail, reverted=list(reverted or [])), time.monotonic() - started
+
+
+def refused(reasons: list[str], reverted: list[str], started: float) -> tuple[bool, Evidence, float]:
+    """A failed verdict's parts for a patch that tampered with the test machinery: no test outcome counts."""
+    detail = "refused: " + "; ".join(reasons)
+    return False, Evidence(detail=detail[:2000], reverted=list(reverted), refused=list(reasons)), \
+        time.monotonic() - started
 
 
 def _verdict(task: Task, trajectory_id: str | None, subject: str, passed: bool, evidence: Evidence,

@@ -1,0 +1,257 @@
+"""Real PyPI packages mined the way their own maintainers test them.
+
+Each package goes through the factory's own library calls (harvest → image → candidates → reference run →
+validation in a pool → tasks → gold proof of every task) and was chosen for one thing the harness must get right:
+
+| package | what it exercises |
+|---|---|
+| cachetools 5.5.0 | a unittest suite whose tests are inherited from mixin classes (`tests/__init__.py`) |
+| tomlkit 0.12.5 | poetry pins `pytest = "^7.2.0"`: the sandbox runs pytest 7; tests import `tests.util` |
+| validators 0.28.3 | parametrized ids with spaces, brackets and (escaped) unicode |
+| jsonschema 4.23.0 | a large suite: ~7,700 unittest tests, most generated from JSON files |
+| inflect 7.4.0 | `addopts = --doctest-modules --import-mode importlib` in pytest.ini: doctests are tests |
+
+plus packaging 24.1, a project pytest itself depends on (its image must still import the checkout's copy), and a
+repository whose `setup.py` raises, quarantined `install_failed` at build time. Images are content-addressed,
+so a second run reuses them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.swe_env import verify_gold
+from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
+from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.stage import build_environment
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=300)
+QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=400, test_timeout_s=300)
+
+
+@dataclass
+class Mined:
+    source: Source
+    env: EnvironmentHandle
+    ref: ReferenceRun
+    validations: list[Validation]
+    tasks: list[Task]
+    verdicts: list[Verdict]
+    checkout: Path
+
+    def outcome(self, test: str) -> set[str]:
+        """The outcomes the gold proofs recorded for `test` (over every task that checks it)."""
+        return {o.outcome for v in self.verdicts for o in [*v.evidence.FAIL_TO_PASS, *v.evidence.PASS_TO_PASS]
+                if o.test == test}
+
+    def checked(self) -> set[str]:
+        return {t for task in self.tasks for t in [*task.checks.FAIL_TO_PASS, *task.checks.PASS_TO_PASS]}
+
+    def failing(self) -> set[str]:
+        return {t for task in self.tasks for t in task.checks.FAIL_TO_PASS}
+
+
+def _pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[Candidate]:
+    """`n` function-scope candidates in `files`, one per entity first (round robin over the files)."""
+    by_file = {f: [c for c in candidates if c.entity.file == f and c.scope == "function"] for f in files}
+    picked: list[Candidate] = []
+    seen: set[tuple[str, str]] = set()
+    for _ in range(n):
+        for f in files:
+            fresh = [c for c in by_file[f] if (c.entity.file, c.entity.name) not in seen and c not in picked]
+            if fresh and len(picked) < n:
+                picked.append(fresh[0])
+                seen.add((f, fresh[0].entity.name))
+    return picked
+
+
+def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4) -> Mined:
+    source = harvest_repo(uri, mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=2000, seed=1), tmp_path / "co")
+    candidates = _pick(found, files, n)
+    assert len(candidates) == n, sorted({c.entity.file for c in found})
+    ref = stage.reference(backend, env, source, QUICK, LIMITS)
+    assert isinstance(ref, ReferenceRun), ref
+    with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
+        validations = [stage.validate(pool, c, ref, QUICK) for c in candidates]
+    tasks = stage.tasks_from(source, env, candidates, validations)
+    assert tasks, [(v.status, v.detail) for v in validations]
+    with backend.start(env, LIMITS) as sandbox:
+        verdicts = [verify_gold(sandbox, task) for task in tasks]
+    # every validated task's gold patch passes its own checks: nothing the harness caused fails a gold proof
+    assert [v.evidence for v in verdicts if not v.passed] == []
+    checkout = stage.checkout(source, tmp_path / "co")
+    return Mined(source, env, ref, validations, tasks, verdicts, checkout)
+
+
+def in_sandbox(backend, env: EnvironmentHandle, command: str) -> str:
+    with backend.start(env, LIMITS) as sandbox:
+        result = sandbox.execute(command, timeout=120)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.docker
+def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
+    """cachetools: unittest.TestCase classes whose test methods come from mixins in `tests/__init__.py`."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:cachetools==5.5.0", ("src/cachetools/__init__.py",))
+    assert len(mined.ref.passing) > 150
+    assert all(t.count("::") == 2 for t in mined.ref.tests), "a unittest suite: file::TestCase::method"
+
+    def inherited(test: str) -> bool:
+        file, _, method = test.split("::")
+        return f"def {method}(" not in (mined.checkout / file).read_text()
+
+    assert sum(map(inherited, mined.ref.passing)) > 100
+    # the inherited ids are checked by the tasks, and round-trip: the gold proof ran them by the same id
+    inherited_checked = sorted(filter(inherited, mined.checked()))
+    assert inherited_checked and any(inherited(t) for t in mined.failing())
+    assert all(mined.outcome(t) == {"passed"} for t in inherited_checked)
+
+
+@pytest.mark.docker
+def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_path):
+    """tomlkit: poetry's `pytest = "^7.2.0"` means pytest 7 (not the newest); its tests import `tests.util`."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:tomlkit==0.12.5", ("tomlkit/items.py", "tomlkit/parser.py"))
+    out = in_sandbox(docker_backend, mined.env, "python -m pytest --version 2>&1; python -c 'import pytest; "
+                     "print(pytest.__version__)'")
+    assert re.search(r"^7\.\d+", out.splitlines()[-1]), out
+    # the modules that do `from tests.util import ...` import and pass (a tests package imported by its own modules)
+    importers = [f"tests/{p.name}" for p in (mined.checkout / "tests").glob("test_*.py")
+                 if "from tests.util import" in p.read_text()]
+    assert importers and all(any(t.startswith(f + "::") for t in mined.ref.passing) for f in importers)
+    # the tasks' selected tests really ran under pytest 7, each by its own id
+    for task in mined.tasks:
+        for test in [*task.checks.FAIL_TO_PASS, *task.checks.PASS_TO_PASS]:
+            assert mined.outcome(test) == {"passed"}, test
+
+
+@pytest.mark.docker
+def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirrors, tmp_path):
+    """validators: ids such as `test_returns_true_on_valid_url[http://foo.com/blah_blah_(wikipedia)]`."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:validators==0.28.3",
+                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5)
+
+    def odd(test: str) -> bool:
+        param = test.partition("[")[2]
+        return bool(re.search(r" |\(|\\u|\\x|[^\x00-\x7f]", param))
+
+    assert sum(map(odd, mined.ref.passing)) > 20
+    odd_checked = sorted(filter(odd, mined.checked()))
+    assert any(odd(t) for t in mined.failing()), sorted(mined.failing())
+    # spaces, brackets and pytest's escapes of unicode (`\u272a`) all round-trip through the gold proofs
+    for sample in (" ", "(", "\\u"):
+        assert any(sample in t.partition("[")[2] for t in odd_checked), sample
+    assert all(mined.outcome(t) == {"passed"} for t in odd_checked)
+
+
+@pytest.mark.docker
+def test_large_suite(docker_backend, mirrors, tmp_path):
+    """jsonschema: ~7,700 unittest tests, most of them generated from the JSON-Schema test suite's files."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonschema==4.23.0",
+                 ("jsonschema/_keywords.py", "jsonschema/_utils.py"), n=2)
+    assert len(mined.ref.tests) > 5_000 and len(mined.ref.passing) > 5_000
+    # a task's PASS_TO_PASS is thousands of ids, every one of them run again by the gold proof
+    assert max(len(task.checks.PASS_TO_PASS) for task in mined.tasks) > 5_000
+    assert all(len(v.evidence.PASS_TO_PASS) == len(t.checks.PASS_TO_PASS) for t, v in zip(mined.tasks, mined.verdicts))
+
+
+@pytest.mark.docker
+def test_project_that_pytest_depends_on_is_imported_from_the_checkout(docker_backend, mirrors):
+    """packaging: pytest needs `packaging` installed, yet the tests (and the patches) are the checkout's copy."""
+    source = harvest_repo("pypi:packaging==24.1", mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    out = in_sandbox(docker_backend, env, "python -c 'import packaging, pretend, importlib.metadata as m; "
+                     "print(packaging.__file__, m.version(\"packaging\"))'")
+    # `pretend` comes from tests/requirements.txt, the file the project's own nox session installs
+    assert out.split() == ["/repo/src/packaging/__init__.py", "24.1"]
+
+
+@pytest.mark.docker
+def test_project_addopts_are_honoured(docker_backend, mirrors, tmp_path):
+    """inflect: pytest.ini's `addopts = --doctest-modules --import-mode importlib` make doctests part of the suite."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:inflect==7.4.0", ("inflect/__init__.py",), n=4)
+    out = in_sandbox(docker_backend, mined.env, "printf '%s' \"$TRAJFACTORY_ADDOPTS\"")
+    assert out.strip() == "--doctest-modules --import-mode importlib"
+    doctests = [t for t in mined.ref.passing if t.startswith("inflect/__init__.py::inflect.")]
+    assert len(doctests) >= 5, "the doctests of the package are collected, as in a maintainer's run"
+    assert any(t.startswith("tests/") for t in mined.ref.passing)
+    # the doctests are checks of the tasks like any test, and the gold proofs ran them by their ids
+    assert set(doctests) <= mined.checked()
+    assert all(mined.outcome(t) == {"passed"} for t in doctests)
+
+
+@pytest.mark.docker
+def test_project_that_does_not_install_is_quarantined(docker_backend, tmp_path):
+    """A setup.py that raises: `install_failed` at build time with the true reason, and no host pip noise."""
+    repo = shutil.copytree(FIXTURES / "install_raises", tmp_path / "install_raises")
+    source = harvest_repo(str(repo), tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    result = build_environment(docker_backend, source)
+    assert isinstance(result, Quarantine), result
+    assert result.reason == "install_failed"
+    first = result.detail.splitlines()[0]
+    assert "RuntimeError: calcpkg 0.1 supports Python < 3.10 only" in first, result.detail
+    assert "WARNING: Location" not in result.detail and "Running pip as" not in result.detail
+    assert "trajfactory-install-" not in result.detail  # paths are the checkout's, not the build's copy
+
+
+@pytest.mark.docker
+def test_tests_package_without_init_imports_as_under_python_m_pytest(docker_backend, tmp_path):
+    """`from tests.helpers import ...` with no tests/__init__.py: a maintainer's `python -m pytest` puts the checkout
+    on sys.path, so `tests` is a namespace package there; the harness runs `python -m pytest` the same way."""
+    repo = shutil.copytree(FIXTURES / "tests_package_no_init", tmp_path / "tests_package_no_init")
+    source = harvest_repo(str(repo), tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    ref = stage.reference(docker_backend, env, source, QUICK, LIMITS)
+    assert isinstance(ref, ReferenceRun), ref
+    assert ref.passing == ["tests/test_calc.py::test_mean", "tests/test_calc.py::test_mean_of_one"]
+
+
+def test_pytest_config_follows_pytests_precedence(tmp_path):
+    """pytest.ini beats pyproject.toml, which beats tox.ini, which beats setup.cfg (humanize has the last two)."""
+    (tmp_path / "setup.cfg").write_text("[tool:pytest]\naddopts = --strict-markers\n")
+    (tmp_path / "tox.ini").write_text("[tox]\nenvlist = py\n[pytest]\naddopts = --color=yes --doctest-modules\n")
+    assert pytest_config(tmp_path)[0] == "tox.ini"
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')  # no pytest table: not a config
+    assert pytest_config(tmp_path)[0] == "tox.ini"
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "--color=yes"\n')
+    assert pytest_config(tmp_path) == ("pyproject.toml", {"addopts": "--color=yes"})
+    assert pytest_addopts(tmp_path) == ("", ["--color=yes"])
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # a pytest.ini is the config even when empty
+    assert pytest_config(tmp_path) == ("pytest.ini", {})
+
+
+def test_addopts_allowlist(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "setup.cfg").write_text(
+        "[tool:pytest]\naddopts = -ra -q --strict-markers --cov=mypkg --cov-report term-missing -p no:randomly\n"
+        "    -p pytester -p xdist -n 4 --doctest-modules -W error::DeprecationWarning --import-mode=importlib\n"
+        '    --tb=short -m "not slow" --junitxml=out.xml -x --maxfail 2 -p mypkg.plugin --cov tests\n'
+        "    --timeout 30 --unknown-flag tests --unknown-option value -vv\n")
+    kept, dropped = pytest_addopts(tmp_path)
+    assert kept == ("--strict-markers -p no:randomly -p pytester --doctest-modules -W error::DeprecationWarning "
+                    "--import-mode=importlib -m 'not slow' -p mypkg.plugin tests")
+    # an option of an uninstalled plugin would be a usage error; a value is never mistaken for a path
+    assert dropped == ["-ra", "-q", "--cov=mypkg", "--cov-report", "term-missing", "-p", "xdist", "-n", "4",
+                       "--tb=short", "--junitxml=out.xml", "-x", "--maxfail", "2", "--cov", "tests", "--timeout",
+                       "30", "--unknown-flag", "--unknown-option", "value", "-vv"]

@@ -1,0 +1,171 @@
+"""Verification that a patch cannot game: an adversarial battery of patches, each refused, against a real task of
+the bundled demo repository in real Docker sandboxes; the gold patch still passes and an empty patch fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from trajfactory.executors.guard import module_of, paths_of, protected, strip_protected
+from trajfactory.executors.swe_env import run_patch_tests
+from trajfactory.schema import Source
+from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.stage import build_environment
+
+LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
+
+
+# ---------------------------------------------------------------- no sandbox
+
+
+def test_protected_paths():
+    for path in ("tests/test_case.py", "tests/__init__.py", "conftest.py", "src/pkg/conftest.py", "pytest.ini",
+                 "tox.ini", "setup.cfg", "pyproject.toml", "setup.py", "sitecustomize.py", "lib/x.pth",
+                 "pkg/test_util.py", "pkg/util_test.py", "testing/helpers.py"):
+        assert protected(path), path
+    for path in ("src/pkg/core.py", "pkg/__init__.py", "pkg/testament.py", "docs/conf.py"):
+        assert protected(path) is None, path
+
+
+def test_strip_protected_keeps_library_changes_of_git_and_plain_diffs():
+    patch = ("diff --git a/src/pkg/core.py b/src/pkg/core.py\n--- a/src/pkg/core.py\n+++ b/src/pkg/core.py\n"
+             "@@ -1,2 +1,2 @@\n x = 1\n--- removed line that looks like a header\n+++ added one\n"
+             "diff --git a/tests/conftest.py b/tests/conftest.py\nnew file mode 100644\n--- /dev/null\n"
+             "+++ b/tests/conftest.py\n@@ -0,0 +1 @@\n+import pytest\n")
+    kept, dropped = strip_protected(patch)
+    assert "removed line that looks like a header" in kept and "conftest" not in kept
+    assert dropped == ["tests/conftest.py (test or build configuration)"]
+    plain = "--- pkg/a.py\t2024-01-01\n+++ pkg/a.py\t2024-01-01\n@@ -1 +1 @@\n-x\n+y\n" \
+            "--- a/tests/test_a.py\n+++ b/tests/test_a.py\n@@ -1 +1 @@\n-x\n+y\n"
+    kept, dropped = strip_protected(plain)
+    assert kept.startswith("--- pkg/a.py") and "test_a" not in kept and dropped == ["tests/test_a.py (test file)"]
+    assert paths_of(plain) == ["pkg/a.py", "tests/test_a.py"]
+
+
+def test_module_of():
+    assert module_of("src/textkit/case.py") == "textkit.case"
+    assert module_of("inflection/__init__.py") == "inflection"
+    assert module_of("tests/test_case.py") is None and module_of("README.md") is None
+
+
+# ---------------------------------------------------------------- the battery, in real sandboxes
+
+FORCE_PASS = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+              "    outcome = yield\n    report = outcome.get_result()\n    report.outcome = 'passed'\n"
+              "    report.longrepr = None\n")
+SKIP_ALL = ("import pytest\n\n\ndef pytest_collection_modifyitems(items):\n    for item in items:\n"
+            "        item.add_marker(pytest.mark.skip(reason='no'))\n")
+
+
+def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
+    """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
+    plugin_dir = module_file.rsplit("/", 1)[0]
+    return {
+        "conftest hook forcing every outcome to passed":
+            f"printf %s {_q(FORCE_PASS)} > conftest.py",
+        "nested conftest skipping everything":
+            f"printf %s {_q(SKIP_ALL)} > {test_file.rsplit('/', 1)[0]}/conftest.py",
+        "a plugin named in the pytest configuration":
+            f"printf %s {_q(FORCE_PASS)} > {plugin_dir}/forcepass.py && "
+            f"printf '[pytest]\\naddopts = -p {module.rsplit('.', 1)[0]}.forcepass\\n' > pytest.ini",
+        "sys.exit(0) at import of the library":
+            f"printf '\\nimport sys\\nsys.exit(0)\\n' >> {module_file}",
+        "os._exit(0) at import of the library":
+            f"printf '\\nimport os as _o\\n_o._exit(0)\\n' >> {module_file}",
+        "monkeypatched assertions":
+            f"printf '\\nimport unittest\\nunittest.TestCase.assertEqual = lambda *a, **k: None\\n' >> {module_file}",
+        "monkeypatched assertions past the scan (the canaries see it)":
+            f"printf '\\nimport importlib as _il\\n_t = _il.import_module(\"unit\" + \"test\")\\n"
+            f"_t.TestCase.assertEqual = lambda *a, **k: None\\n' >> {module_file}",
+        "the failing tests edited to pass":
+            f"python3 - <<'EOF'\nimport re\np = {test_file!r}\ns = open(p).read()\n"
+            "s = re.sub(r'(?m)^(\\s*)assert .*$', r'\\1assert True', s)\nopen(p, 'w').write(s)\nEOF",
+        "the failing tests deleted": f"rm {test_file}",
+        "a skip-everything marker at module level in the library":
+            f"printf '\\nimport pytest\\npytest.skip(\"no\", allow_module_level=True)\\n' >> {module_file}",
+        "a .pth start-up hook": "printf 'import os; os.environ[\"X\"] = \"1\"\\n' > hook.pth",
+        "sitecustomize": f"printf %s {_q(FORCE_PASS)} > sitecustomize.py",
+    }
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.fixture(scope="module")
+def task_env(docker_backend, tmp_path_factory):
+    work = tmp_path_factory.mktemp("guard")
+    source = harvest_repo("builtin:textkit", work / "mirrors")
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=8), work / "checkouts")
+    ref = stage.reference(docker_backend, env, source, ValidationConfig(reference_runs=1), LIMITS)
+    from trajfactory.executors.pool import SandboxPool
+
+    with SandboxPool(docker_backend, env, size=1, limits=LIMITS) as pool:
+        validations = [stage.validate(pool, c, ref, ValidationConfig()) for c in candidates]
+    tasks = [t for t in stage.tasks_from(source, env, candidates, validations) if t.entity.kind != "class"]
+    assert tasks
+    return tasks[0], env
+
+
+def _hack(docker_backend, env, task, commands: str) -> str:
+    """The patch a policy would submit after running `commands` on the buggy state (as the submit tool diffs it)."""
+    with docker_backend.start(env, LIMITS) as sandbox:
+        from trajfactory.executors.swe_env import prepare_episode
+
+        prepare_episode(sandbox, task)
+        made = sandbox.execute(commands, timeout=60)
+        assert made.exit_code == 0, made.output
+        diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
+    assert diff.exit_code == 0 and diff.output.strip(), diff.output
+    return diff.output
+
+
+@pytest.mark.docker
+def test_gold_passes_and_empty_fails_under_the_guard(docker_backend, task_env):
+    task, env = task_env
+    with docker_backend.start(env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch)
+        assert passed and not evidence.refused and not evidence.reverted, evidence
+        passed, evidence, _ = run_patch_tests(sandbox, task, "")
+        assert not passed and not evidence.refused
+
+
+@pytest.mark.docker
+def test_every_gaming_patch_is_refused(docker_backend, task_env):
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    module_file = task.entity.file
+    battery = _battery(test_file, module_file, module_of(module_file))
+    results = {}
+    with docker_backend.start(env, LIMITS) as sandbox:
+        for name, commands in battery.items():
+            patch = _hack(docker_backend, env, task, commands)
+            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+            results[name] = (passed, evidence)
+    for name, (passed, evidence) in results.items():
+        assert not passed, f"{name} was verified as passing: {evidence}"
+        assert evidence.reverted or evidence.refused or any(
+            o.outcome != "passed" for o in evidence.FAIL_TO_PASS), name
+    # the layer that stopped each one is on record
+    assert any("conftest.py" in r for r in results["conftest hook forcing every outcome to passed"][1].reverted)
+    assert any("pytest.ini" in r for r in results["a plugin named in the pytest configuration"][1].reverted)
+    assert any("test file" in r for r in results["the failing tests edited to pass"][1].reverted)
+    assert any("early exit" in r for r in results["sys.exit(0) at import of the library"][1].refused)
+    assert any("test framework" in r for r in results["monkeypatched assertions"][1].refused)
+    canary = results["monkeypatched assertions past the scan (the canaries see it)"][1]
+    assert canary.refused and all(r.startswith("canary test") for r in canary.refused), canary
+    assert any("start-up hook" in r for r in results["a .pth start-up hook"][1].reverted)
+
+
+@pytest.mark.docker
+def test_the_real_fix_alongside_a_gaming_change_still_counts_only_the_fix(docker_backend, task_env):
+    """A patch holding the gold fix plus an edited test: the test edit is reverted, the fix passes on its own."""
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    hack = _hack(docker_backend, env, task, f"printf '\\n# edited\\n' >> {test_file}")
+    with docker_backend.start(env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + hack)
+    assert passed and evidence.reverted == [f"{test_file} (test file)"], evidence

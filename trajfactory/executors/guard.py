@@ -1,0 +1,224 @@
+"""What a submitted patch may change before the tests decide its verdict, and the checks that it did not game them.
+
+A verdict must come from the task's tests, not from anything the patch can reach. Three layers:
+
+1. **Protected files are reverted.** The patch's changes to tests (`tests/`, `test_*.py`, `*_test.py`),
+   `conftest.py`, the test and build configuration (`pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml`,
+   `setup.py`, `noxfile.py`, `.coveragerc`), interpreter start-up hooks (`sitecustomize.py`, `usercustomize.py`,
+   `*.pth`) are dropped before it is applied, and named in the evidence: a fix that only works through them fails.
+2. **Tampering is refused.** After the patch is applied, every changed Python file is compared with its clean
+   version: code that reaches into the test machinery (`pytest`/`_pytest`, `unittest` assertions, `sys.modules`,
+   `builtins`) or ends the process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
+   not already have refuses the patch.
+3. **Canary tests run in the same session.** A test module the patch cannot predict (a random name, written after
+   the patch) imports the changed modules and holds tests that must pass and tests that must fail; a run in which
+   a must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from trajfactory.executors.base import Sandbox
+
+_PROTECTED_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "setup.py", "noxfile.py",
+                    ".coveragerc", "sitecustomize.py", "usercustomize.py", ".pytest.ini", "pytest.toml"}
+_TEST_DIRS = {"test", "tests", "testing"}
+_DIFF_FILE = re.compile(r"^diff --git a/(.+?) b/(.+)$")
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def protected(path: str) -> str | None:
+    """Why a patch may not change `path` (None: it may)."""
+    parts = posixpath.normpath(path).split("/")
+    name = parts[-1]
+    if name in _PROTECTED_NAMES:
+        return "test or build configuration" if name not in ("sitecustomize.py", "usercustomize.py") else \
+            "interpreter start-up hook"
+    if name.endswith(".pth"):
+        return "interpreter start-up hook"
+    if any(p in _TEST_DIRS for p in parts[:-1]) or name.startswith("test_") or name.endswith("_test.py"):
+        return "test file"
+    return None
+
+
+def _sections(patch: str) -> list[tuple[list[str], str]]:
+    """(paths the section touches, its text) for each file of a unified diff, `diff --git` style or plain.
+
+    Hunk lines are consumed by the counts of their `@@` header, so a removed line that reads `-- x` is never
+    taken for the next file's `---` header.
+    """
+    sections: list[tuple[set[str], list[str]]] = []
+    lines = patch.splitlines(keepends=True)
+    old_left = new_left = 0
+    git_header = False  # inside a `diff --git` header, before its first hunk
+    for i, line in enumerate(lines):
+        if line[:1] not in (" ", "-", "+", "\\"):
+            old_left = new_left = 0  # a hunk shorter than its header said
+        if (old_left > 0 or new_left > 0) and line[:1] in (" ", "-", "+", "\\"):
+            tag = line[:1]
+            if tag in (" ", "-"):
+                old_left -= 1
+            if tag in (" ", "+"):
+                new_left -= 1
+            sections[-1][1].append(line)
+            continue
+        if line.startswith("diff --git "):
+            sections.append((set(), [line]))
+            git_header = True
+            if (m := _DIFF_FILE.match(line.rstrip("\n"))) is not None:
+                sections[-1][0].update(m.groups())
+            continue
+        if line.startswith("--- ") and not git_header and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            sections.append((set(), []))
+        if not sections:
+            sections.append((set(), []))
+        if line.startswith(("--- ", "+++ ")):
+            name = line[4:].rstrip("\n").split("\t")[0]
+            if name != "/dev/null":
+                sections[-1][0].add(name[2:] if name[:2] in ("a/", "b/") else name)
+        elif (m := _HUNK.match(line)) is not None:
+            git_header = False
+            old_left = int(m.group(2)) if m.group(2) is not None else 1
+            new_left = int(m.group(4)) if m.group(4) is not None else 1
+        sections[-1][1].append(line)
+    return [(sorted(paths), "".join(text)) for paths, text in sections]
+
+
+def paths_of(patch: str) -> list[str]:
+    """Every path a unified diff touches."""
+    return sorted({p for paths, _ in _sections(patch) for p in paths})
+
+
+def strip_protected(patch: str) -> tuple[str, list[str]]:
+    """The patch without its changes to protected files, and the `path (why)` of each change dropped."""
+    kept, dropped = [], []
+    for paths, text in _sections(patch):
+        reasons = [f"{p} ({why})" for p in paths if (why := protected(p))]
+        if reasons:
+            dropped += reasons
+        else:
+            kept.append(text)
+    return "".join(kept), sorted(set(dropped))
+
+
+# ---------------------------------------------------------------- tampering, in the sandbox
+
+TAMPERING = {
+    "the test framework": r"\b_?pytest\b|\bunittest\b|\bdoctest\b",
+    "the module table": r"\bsys\.modules\b|\b__import__\s*\(",
+    "the builtins": r"\bbuiltins\b|__builtins__",
+    "an early exit": r"\bsys\.exit\s*\(|\bos\._exit\s*\(|\batexit\b|\bos\.kill\s*\(",
+}
+
+# Runs in the sandbox: every changed or new *.py file against its clean version (HEAD), pattern by pattern.
+_SCAN = r'''
+import json, re, subprocess, sys
+patterns = json.loads(sys.argv[1])
+out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True).stdout
+found = []
+for line in out.splitlines():
+    path = line[3:].split(" -> ")[-1].strip('"')
+    if not path.endswith(".py"):
+        continue
+    try:
+        new = open(path, encoding="utf-8", errors="replace").read()
+    except OSError:
+        continue
+    old = subprocess.run(["git", "show", "HEAD:" + path], capture_output=True, text=True).stdout
+    for what, pattern in patterns.items():
+        before, after = len(re.findall(pattern, old)), len(re.findall(pattern, new))
+        if after > before:
+            found.append(f"{path}: {what} ({after - before} new reference(s) to /{pattern}/)")
+print(json.dumps(found))
+'''
+
+
+def scan_tampering(sandbox: Sandbox, timeout: float = 60) -> list[str]:
+    """Changed Python files that newly reach into the test machinery or exit early (empty: none)."""
+    sandbox.write_file("/tmp/trajfactory-scan.py", _SCAN)
+    res = sandbox.execute(f"python3 /tmp/trajfactory-scan.py {_quote(json.dumps(TAMPERING))}", timeout=timeout)
+    try:
+        return list(json.loads(res.output.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        return [f"the tampering scan did not run (exit {res.exit_code}): {res.output.strip()[-300:]}"]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# ---------------------------------------------------------------- canaries
+
+
+@dataclass
+class Canaries:
+    """A canary test module written into the checkout for one run."""
+
+    path: str
+    must_pass: list[str] = field(default_factory=list)
+    must_fail: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.must_pass + self.must_fail
+
+    def broken(self, outcomes: dict[str, str]) -> list[str]:
+        """Canaries whose outcome is not the one they must have."""
+        bad = [f"{t} must pass but was {outcomes.get(t, 'missing')}" for t in self.must_pass
+               if outcomes.get(t) != "passed"]
+        bad += [f"{t} must fail but was {outcomes.get(t, 'missing')}" for t in self.must_fail
+                if outcomes.get(t) not in ("failed", "error")]
+        return bad
+
+
+def module_of(path: str) -> str | None:
+    """The importable module of a source file (`src/pkg/mod.py` -> `pkg.mod`), None for a test or non-Python file."""
+    if not path.endswith(".py") or protected(path):
+        return None
+    parts = path[:-3].split("/")
+    if parts[0] in ("src", "lib"):
+        parts = parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
+
+
+def write_canaries(sandbox: Sandbox, modules: list[str]) -> Canaries:
+    """A canary module at the checkout's root, importing `modules` (the patched code), with a random name.
+
+    The canaries are `unittest.TestCase` methods: pytest collects those whatever a project's `python_classes` and
+    `python_functions` say, and a file named on the command line whatever its `python_files` say.
+    """
+    nonce = secrets.token_hex(6)
+    name, cls = f"test_tf_canary_{nonce}.py", f"TestTfCanary{nonce}"
+    imports = "".join(f"\n    importlib.import_module({m!r})" for m in modules) or "\n    pass"
+    source = f'''import importlib
+import unittest
+
+try:{imports}
+except Exception:  # noqa: BLE001 - the patched code may not import; the canaries run all the same
+    pass
+
+
+class {cls}(unittest.TestCase):
+    def test_pass_equal(self):
+        self.assertEqual([1, 2], [1, 2])
+
+    def test_pass_assert(self):
+        assert 2 + 2 == 4
+
+    def test_fail_equal(self):
+        self.assertEqual(1, 2)
+
+    def test_fail_assert(self):
+        assert 1 + 1 == 3
+'''
+    sandbox.write_file(name, source)
+    ids = lambda *names: [f"{name}::{cls}::{n}" for n in names]  # noqa: E731
+    return Canaries(path=name, must_pass=ids("test_pass_equal", "test_pass_assert"),
+                    must_fail=ids("test_fail_equal", "test_fail_assert"))

@@ -1,0 +1,87 @@
+"""trajfactory's pytest plugin: runs inside a sandbox, selects the requested tests and records each one's outcome.
+
+It is copied into the sandbox outside the checkout and loaded with `-p trajfactory_harness` (so it imports only
+the standard library and pytest, which every sandbox has). Through environment variables:
+
+- `TRAJFACTORY_SELECT`: a file of pytest node ids, one per line: only those run (the others are deselected).
+  Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id that no collected
+  test has is recorded with outcome `missing`.
+- `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome"}` per test (its worst
+  phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`), `{"collect_error", "detail"}`
+  per module that did not import, and a closing `{"session": exit status, "collected": n}`.
+
+Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
+test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+_state: dict = {"fh": None, "outcomes": {}}
+
+
+def _write(record: dict) -> None:
+    fh = _state["fh"]
+    if fh is not None:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+
+def pytest_configure(config) -> None:
+    path = os.environ.get("TRAJFACTORY_RESULTS")
+    worker = hasattr(config, "workerinput")  # pytest-xdist workers report through the controller
+    if path and not worker and _state["fh"] is None:
+        _state["fh"] = open(path, "a", encoding="utf-8")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    path = os.environ.get("TRAJFACTORY_SELECT")
+    if not path:
+        return
+    with open(path, encoding="utf-8") as fh:
+        wanted = {line.rstrip("\n") for line in fh if line.strip()}
+    keep = [item for item in items if item.nodeid in wanted]
+    drop = [item for item in items if item.nodeid not in wanted]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    if not hasattr(config, "workerinput"):
+        for nodeid in sorted(wanted - {item.nodeid for item in keep}):
+            _write({"test": nodeid, "outcome": "missing"})
+
+
+def pytest_collectreport(report) -> None:
+    if report.failed:
+        _write({"collect_error": report.nodeid, "detail": str(report.longrepr)[-2000:]})
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            outcome = "skipped" if report.skipped else "failed"  # xfail: skipped; a strict xpass: failed
+        else:
+            outcome = report.outcome
+    elif report.failed:
+        outcome = "error"
+    elif report.skipped:
+        outcome = "skipped"
+    else:
+        outcome = "passed"
+    seen = _state["outcomes"]
+    if _RANK[outcome] >= _RANK.get(seen.get(report.nodeid, "passed"), 0):
+        seen[report.nodeid] = outcome
+    if report.when == "teardown":
+        _write({"test": report.nodeid, "outcome": seen.pop(report.nodeid, outcome)})
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for nodeid, outcome in _state["outcomes"].items():  # a test interrupted before its teardown
+        _write({"test": nodeid, "outcome": outcome})
+    _state["outcomes"] = {}
+    _write({"session": int(exitstatus), "collected": session.testscollected})
+    if _state["fh"] is not None:
+        _state["fh"].close()
+        _state["fh"] = None

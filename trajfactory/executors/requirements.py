@@ -1,0 +1,279 @@
+"""A repository's dependencies, read from its packaging files (both backends): `find_requirements` (runtime and
+test dependencies), `find_build_requirements` (what building the project itself needs), `installable`,
+`src_layout`. `wheelhouse.py` downloads them and installs the project.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import contextlib
+import logging
+import re
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+
+from .images import ALWAYS_REQUIRED, TEST_EXTRAS
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- requirements
+
+
+def _clean(reqs, project: str | None = None, extras_of=None) -> list[str]:
+    """Valid PEP 508 strings; a requirement on the project itself expands to its named extras."""
+    out: list[str] = []
+    for raw in reqs or []:
+        if not isinstance(raw, str):
+            continue
+        try:
+            req = Requirement(raw.strip())
+        except InvalidRequirement:
+            log.warning("skipping unparseable requirement %r", raw)
+            continue
+        if req.url:
+            log.warning("skipping direct-reference requirement %r (no network in the build)", raw)
+            continue
+        if project and canonicalize_name(req.name) == canonicalize_name(project):
+            for extra in sorted(req.extras):
+                out += extras_of(extra) if extras_of else []
+            continue
+        out.append(str(req))
+    return out
+
+
+def _poetry_bounds(op: str, version: str) -> str | None:
+    """Poetry's caret / tilde constraint as PEP 440 bounds: `^7.2.0` is `>=7.2.0,<8.0.0`, `~1.2` is `>=1.2,<1.3`."""
+    try:
+        release = list(Version(version).release)
+    except InvalidVersion:
+        return None
+    if op == "^":  # the first non-zero component may not change (the last given one when all are zero)
+        i = next((n for n, part in enumerate(release) if part), len(release) - 1)
+    else:  # tilde: the minor version may not change (the major one when only a major is given)
+        i = min(1, len(release) - 1)
+    upper = [*release[:i], release[i] + 1]
+    return f">={version},<{'.'.join(map(str, upper + [0] * max(0, len(release) - len(upper))))}"
+
+
+def _poetry_spec(name: str, spec) -> str | None:
+    """A simple poetry constraint as PEP 508 (caret and tilde keep their upper bound: `^7.2` excludes 8)."""
+    if isinstance(spec, dict):
+        if not isinstance(spec.get("version"), str) or spec.get("optional"):
+            return None  # path / git / url / optional dependencies are not simple
+        spec = spec["version"]
+    if not isinstance(spec, str) or name.lower() == "python":
+        return None
+    spec = spec.strip()
+    if spec in ("", "*") or "||" in spec:  # an alternative of ranges has no PEP 440 spelling: take any version
+        return name
+    parts = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part[:1] in "^~" and part[1:2] != "=":
+            bounds = _poetry_bounds(part[0], part[1:].strip())
+            if bounds is None:
+                return name
+            parts.append(bounds)
+        else:
+            parts.append(part if part[:1] in "<>=!~" else f"=={part}")
+    return name + ",".join(parts)
+
+
+def _from_pyproject(path: Path) -> list[str]:
+    data = tomllib.loads(path.read_text())
+    project = data.get("project", {})
+    name = project.get("name")
+    optional = project.get("optional-dependencies", {}) or {}
+    seen: set[str] = set()
+
+    def extras_of(extra: str) -> list[str]:
+        if extra in seen:
+            return []
+        seen.add(extra)
+        return _clean(optional.get(extra, []), name, extras_of)
+
+    reqs = _clean(project.get("dependencies", []), name, extras_of)
+    for extra in TEST_EXTRAS:
+        reqs += extras_of(extra)
+    groups = data.get("dependency-groups", {}) or {}
+    for group in TEST_EXTRAS:
+        reqs += _clean(groups.get(group, []), name)
+    poetry = data.get("tool", {}).get("poetry", {})
+    tables = [poetry.get("dependencies", {}), poetry.get("dev-dependencies", {})]
+    tables += [poetry.get("group", {}).get(g, {}).get("dependencies", {}) for g in TEST_EXTRAS]
+    for table in tables:
+        for dep, spec in (table or {}).items():
+            reqs += _clean([_poetry_spec(dep, spec)], poetry.get("name"))
+    return reqs
+
+
+def _from_setup_cfg(path: Path) -> list[str]:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(path.read_text())
+    reqs = cfg.get("options", "install_requires", fallback="").splitlines()
+    reqs += cfg.get("options", "tests_require", fallback="").splitlines()
+    for extra in TEST_EXTRAS:
+        reqs += cfg.get("options.extras_require", extra, fallback="").splitlines()
+    return _clean([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
+
+
+def _from_setup_py(path: Path) -> list[str]:
+    """Literal install_requires / tests_require / extras_require keywords of a setup() call."""
+    reqs: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup"):
+            continue
+        for kw in node.keywords:
+            try:
+                value = ast.literal_eval(kw.value)
+            except ValueError:
+                continue
+            if kw.arg in ("install_requires", "tests_require") and isinstance(value, (list, tuple)):
+                reqs += _clean(list(value))
+            elif kw.arg == "extras_require" and isinstance(value, dict):
+                for extra in TEST_EXTRAS:
+                    reqs += _clean(list(value.get(extra, [])))
+    return reqs
+
+
+def _from_requirements_txt(path: Path, repo: Path, depth: int = 0) -> list[str]:
+    reqs: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.split(" #")[0].strip()
+        if line.startswith(("-r ", "--requirement ")) and depth < 3:
+            included = (path.parent / line.split(None, 1)[1]).resolve()
+            if included.is_file() and included.is_relative_to(repo.resolve()):
+                reqs += _from_requirements_txt(included, repo, depth + 1)
+        elif line and not line.startswith(("#", "-", ".", "/")) and "://" not in line:
+            reqs += _clean([line])
+    return reqs
+
+
+def requirement_files(repo_dir: str | Path) -> list[Path]:
+    repo = Path(repo_dir)
+    names = [*repo.glob("requirements*.txt"), *repo.glob("*-requirements*.txt"), *repo.glob("*_requirements*.txt")]
+    names += [repo / "requirements" / f"{n}.txt" for n in ("base", "main", "test", "tests", "testing", "dev")]
+    # a test suite's own requirements beside it (`pip install -r tests/requirements.txt`, as packaging's nox does)
+    for tests in ("tests", "test", "testing"):
+        names += [*repo.glob(f"{tests}/requirements*.txt"), *repo.glob(f"{tests}/*-requirements*.txt")]
+    # documentation and linting requirements are not needed to run tests and often pin heavy tools
+    return sorted({p for p in names if p.is_file() and not re.search(r"doc|lint|release", p.name)})
+
+
+def find_requirements(repo_dir: str | Path) -> list[str]:
+    """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage."""
+    repo = Path(repo_dir)
+    sources: list[tuple[Path, Callable[[Path], list[str]]]] = [
+        (repo / "pyproject.toml", _from_pyproject),
+        (repo / "setup.cfg", _from_setup_cfg),
+        (repo / "setup.py", _from_setup_py),
+    ]
+    sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
+    reqs: list[str] = []
+    for path, parse in sources:
+        if not path.is_file():
+            continue
+        try:
+            reqs += parse(path)
+        except Exception as exc:  # a broken setup file must not stop the build: best effort
+            log.warning("could not read dependencies from %s: %s", path, exc)
+    runtime = _runtime_names(repo)
+    reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) in runtime or not _tooling(r)]
+    named = {canonicalize_name(Requirement(r).name) for r in reqs}
+    reqs += [r for r in ALWAYS_REQUIRED if canonicalize_name(r) not in named]
+    return sorted(set(reqs), key=str.lower)
+
+
+# Documentation, lint, formatting and release tools that `dev` extras and poetry dev groups carry: no test run needs
+# them, and their old pins (a Sphinx 4, a pre-commit 2) are what most often fails to install on a current Python.
+_TOOLING = re.compile(
+    r"^(sphinx.*|furo|mkdocs.*|myst-parser|pre-commit|black|blacken-docs|flake8.*|ruff|isort|pylint|autopep8|yapf|"
+    r"pydocstyle|pycodestyle|doc8|twine|check-manifest|bump2?version|towncrier|commitizen|coveralls|codecov|tox|"
+    r"nox|pyroma|readme-renderer)$"
+)
+
+
+def _tooling(requirement: str) -> bool:
+    return bool(_TOOLING.match(canonicalize_name(Requirement(requirement).name)))
+
+
+def _runtime_names(repo: Path) -> set[str]:
+    """The project's own runtime dependencies (never dropped as tooling: a flake8 plugin needs flake8)."""
+    names: set[str] = set()
+    with contextlib.suppress(Exception):
+        data = tomllib.loads((repo / "pyproject.toml").read_text())
+        names |= {Requirement(r).name for r in data.get("project", {}).get("dependencies", []) or []}
+        names |= set(data.get("tool", {}).get("poetry", {}).get("dependencies", {}) or {})
+    with contextlib.suppress(Exception):
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read_string((repo / "setup.cfg").read_text())
+        names |= {Requirement(r.split("#")[0].strip()).name
+                  for r in cfg.get("options", "install_requires", fallback="").splitlines() if r.split("#")[0].strip()}
+    with contextlib.suppress(Exception):
+        for node in ast.walk(ast.parse((repo / "setup.py").read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
+                for kw in node.keywords:
+                    if kw.arg == "install_requires":
+                        names |= {Requirement(r).name for r in ast.literal_eval(kw.value)}
+    return {canonicalize_name(n) for n in names}
+
+
+DEFAULT_BUILD_REQUIRES = ("setuptools>=40.8.0", "wheel")
+"""What pip builds a project with when its pyproject.toml names no build system (PEP 517's legacy fallback)."""
+
+
+def installable(repo_dir: str | Path) -> bool:
+    """Whether the repository is a project `pip install .` installs: a setup.py, or a pyproject.toml with a build
+    system or a [project] table (a setup.cfg or a pyproject.toml of tool settings alone is no project)."""
+    repo = Path(repo_dir)
+    if (repo / "setup.py").is_file():
+        return True
+    try:
+        data = tomllib.loads((repo / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return "build-system" in data or "project" in data
+
+
+def find_build_requirements(repo_dir: str | Path) -> list[str]:
+    """What building the project itself needs: `[build-system] requires` (or pip's default) plus `setup_requires`.
+
+    The sandbox reaches no index, so these go into the wheelhouse too; pip's build isolation installs them
+    from there. Empty for a repository that is not an installable project.
+    """
+    repo = Path(repo_dir)
+    if not installable(repo):
+        return []
+    reqs: list[str] = []
+    try:
+        build = tomllib.loads((repo / "pyproject.toml").read_text()).get("build-system", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        build = {}
+    reqs += _clean(build["requires"]) if isinstance(build.get("requires"), list) else list(DEFAULT_BUILD_REQUIRES)
+    if (repo / "setup.cfg").is_file():
+        with contextlib.suppress(Exception):
+            cfg = configparser.ConfigParser(interpolation=None)
+            cfg.read_string((repo / "setup.cfg").read_text())
+            reqs += _clean([r.split("#")[0] for r in cfg.get("options", "setup_requires", fallback="").splitlines()
+                            if r.strip()])
+    if (repo / "setup.py").is_file():
+        with contextlib.suppress(Exception):
+            for node in ast.walk(ast.parse((repo / "setup.py").read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
+                    for kw in node.keywords:
+                        if kw.arg == "setup_requires":
+                            with contextlib.suppress(ValueError):
+                                reqs += _clean(list(ast.literal_eval(kw.value)))
+    return sorted(set(reqs), key=str.lower)
+
+
+def src_layout(repo_dir: str | Path) -> bool:
+    """Whether the repository keeps its packages under src/ (the .pth entry points there)."""
+    return (Path(repo_dir) / "src").is_dir()

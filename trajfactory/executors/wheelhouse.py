@@ -1,0 +1,220 @@
+"""A repository's wheelhouse and the project itself, for its sandbox environment (both backends).
+
+- `build_wheelhouse`: the requirements (`requirements.py`) downloaded on the host (containers reach no package
+  index) into a wheelhouse keyed by the requirement set.
+- `INSTALL_PROJECT`: the script that installs the project itself inside the environment (a true
+  `install_failed` at build time), keeping its metadata but importing its code from the checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+from .base import EnvironmentBuildError
+
+from .images import _run, default_cache_root
+
+from .requirements import find_build_requirements, find_requirements
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- wheelhouse
+
+
+def requirements_key(requirements: list[str]) -> str:
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}-{sys.platform}"
+    return hashlib.sha256("\n".join([py, *sorted(requirements)]).encode()).hexdigest()[:16]
+
+
+def _failed_requirement(pip_output: str, requirements: list[str]) -> str:
+    m = re.search(r"(?:No matching distribution found for|satisfies the requirement) (\S+)", pip_output)
+    return m.group(1) if m else ", ".join(requirements)
+
+
+_PIP_NOISE = re.compile(
+    r"^\s*(WARNING: Location '.*' is ignored|WARNING: Running pip as the 'root' user|"
+    r"WARNING: You are using pip version|"
+    r"\[notice\]|WARNING: The directory '.*' or its parent directory is not owned|"
+    r"WARNING: Skipping .* due to invalid metadata entry)"
+)
+"""Lines of pip's output that say something about the machine pip ran on, not about the repository."""
+
+
+def pip_output(text: str, lines: int | None = 15) -> str:
+    """pip's output without the host's noise (an unreachable extra index, running as root), its last `lines`."""
+    kept = [line for line in text.strip().splitlines() if line.strip() and not _PIP_NOISE.match(line)]
+    if lines is not None:
+        kept = kept[-lines:]
+    return "\n".join(kept)
+
+
+def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None) -> tuple[Path, list[str]]:
+    """Download the repository's requirements as wheels on the host; cached by the requirement set.
+
+    The wheelhouse holds `requirements.txt` (what the environment installs) and `build-requirements.txt` (what
+    building the project itself needs, installed only into pip's isolated build environment), each resolved on
+    its own: a build backend's pin never conflicts with a runtime one.
+    """
+    requirements = find_requirements(repo_dir)
+    build_requirements = find_build_requirements(repo_dir)
+    root = Path(cache_root or default_cache_root()) / "wheelhouse"
+    house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)])
+    if (house / ".complete").exists():
+        log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
+        return house, requirements
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{house.name}-", dir=root))
+    try:
+        (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
+        (tmp / "build-requirements.txt").write_text("".join(f"{r}\n" for r in build_requirements))
+        log.info("downloading %d requirements into wheelhouse %s: %s (to build the project: %s)",
+                 len(requirements), house.name, requirements, build_requirements)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        for listing, what in (("requirements.txt", "requirement"), ("build-requirements.txt", "build requirement")):
+            wanted = requirements if listing == "requirements.txt" else build_requirements
+            if not wanted:
+                continue
+            out = _run([*pip, "download", "-q", "--prefer-binary", "-d", str(tmp), "-r", str(tmp / listing)])
+            if out.returncode != 0:
+                req = _failed_requirement(out.stdout + out.stderr, wanted)
+                raise EnvironmentBuildError(
+                    "install_failed",
+                    f"could not download {what} {req} of {repo_dir}: {pip_output(out.stderr or out.stdout)}; "
+                    f"the requirement must be available from the configured package index "
+                    f"(`pip download '{req}'` on the host must work) or be fixed in the repository's "
+                    f"{'dependency files' if listing == 'requirements.txt' else '[build-system] requires'}",
+                )
+        # sources-only distributions are built here once: the sandbox has no build backends
+        for sdist in [p for p in tmp.iterdir() if p.name.endswith((".tar.gz", ".zip", ".tar.bz2"))]:
+            out = _run([*pip, "wheel", "-q", "--no-deps", "-w", str(tmp), str(sdist)])
+            if out.returncode != 0:
+                raise EnvironmentBuildError(
+                    "install_failed",
+                    f"could not build a wheel from {sdist.name} (needed by {repo_dir}): {pip_output(out.stderr)}; "
+                    "a wheel of it must be available from the package index or it must build offline",
+                )
+            sdist.unlink()
+        (tmp / ".complete").touch()
+        try:
+            tmp.rename(house)
+        except OSError:  # another process finished the same wheelhouse first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return house, requirements
+
+
+# ---------------------------------------------------------------------------- the project itself
+
+INSTALL_PROJECT = r'''
+"""Install the project itself: build its wheel offline, install it, then import its code from the checkout.
+
+Usage: python install_project.py CHECKOUT WHEELHOUSE IMPORT_DIR. Runs with the environment's own Python.
+A wheel is built from a copy of the checkout (a build writes build/ and *.egg-info into the tree it builds) with
+pip's build isolation, the backend coming from the wheelhouse; the wheel is installed without its dependencies
+(the environment has them already); then the installed copies of the modules the checkout holds under IMPORT_DIR
+are removed, so the import system finds them in the checkout (a .pth puts IMPORT_DIR on sys.path) and every
+patch applied there is what the tests import, while the metadata, entry points and scripts stay installed.
+"""
+import importlib, importlib.metadata, json, os, re, shutil, subprocess, sys, tempfile
+from pathlib import Path
+
+checkout, house, import_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+env = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
+pip = [sys.executable, "-m", "pip"]
+
+
+def fail(what, out):
+    lines = out.splitlines()
+    phase = next((m.group(1) for m in map(re.compile(r"^\W*(.+ did not run successfully)").match, lines) if m), what)
+    block = lines
+    for n, line in enumerate(lines):  # pip quotes the backend's output between these two lines
+        if re.search(r"\[\d+ lines? of output\]", line):
+            block = lines[n + 1:]
+            block = block[:next((k for k, l in enumerate(block) if "[end of output]" in l), len(block))]
+            break
+    causes = [l.strip() for l in block if re.match(r"^\s*([A-Za-z_][\w.]*(Error|Exception|Exit|Failure)\b|error:)", l)]
+    cause = causes[-1] if causes else (block[-1].strip() if block else "")
+    print(f"TRAJFACTORY_INSTALL_FAILED: {phase}: {cause}"[:600])
+    print(out)
+    sys.exit(1)
+
+
+def run(cmd):  # the build runs in a copy: its paths are shown relative to the checkout
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return out.returncode, out.stdout.replace(f"{src}/", "").replace(str(src), ".")
+
+
+work = Path(tempfile.mkdtemp(prefix="trajfactory-install-"))
+try:
+    src = work / "src"
+    # an sdist carries its version in PKG-INFO, which setuptools-scm and hatch-vcs read when there is no git
+    ignore = shutil.ignore_patterns(".git") if (checkout / "PKG-INFO").is_file() else None
+    shutil.copytree(checkout, src, symlinks=True, ignore=ignore)
+    dist_dir = work / "dist"
+    # PEP 517 always (as current pip does): the build backend is the wheelhouse's, never the image's setuptools
+    code, out = run([*pip, "wheel", "--use-pep517", "--no-deps", "--no-index", "--find-links", house,
+                     "-w", str(dist_dir), str(src)])
+    wheels = sorted(dist_dir.glob("*.whl")) if dist_dir.is_dir() else []
+    if code != 0 or not wheels:
+        fail("building a wheel of the project", out)
+    wheel = wheels[0]
+    code, out = run([*pip, "install", "--no-deps", "--no-index", "--force-reinstall", "--no-warn-script-location",
+                     str(wheel)])
+    if code != 0:
+        fail("installing the wheel of the project", out)
+finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+importlib.invalidate_caches()
+name = wheel.name.split("-")[0]
+dist = importlib.metadata.distribution(name)
+tops = {}
+for f in dist.files or []:
+    top = f.parts[0]
+    if top in ("..", "__pycache__") or top.endswith((".dist-info", ".data", ".pth")):
+        continue
+    module = top.split(".")[0] if len(f.parts) == 1 else top
+    tops.setdefault(module, []).append(f)
+linked, kept = [], []
+for module, files in sorted(tops.items()):
+    if (import_dir / module).is_dir() or (import_dir / f"{module}.py").is_file():
+        for f in files:
+            Path(dist.locate_file(f)).unlink(missing_ok=True)
+        top = Path(dist.locate_file(module))
+        if top.is_dir():  # what pip's byte-compiling left; never a shared namespace package's other files
+            for d in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):
+                for cache in d.glob("__pycache__"):
+                    shutil.rmtree(cache, ignore_errors=True)
+                if not any(d.iterdir()):
+                    d.rmdir()
+        linked.append(module)
+    else:
+        kept.append(module)
+print("TRAJFACTORY_INSTALLED " + json.dumps({"name": dist.metadata["Name"], "version": dist.version,
+                                              "from_checkout": linked, "installed_copy": kept}))
+'''
+"""The script that installs the project itself in an environment (see its docstring); run by both backends."""
+
+INSTALL_FAILED = "TRAJFACTORY_INSTALL_FAILED:"
+INSTALLED = "TRAJFACTORY_INSTALLED "
+
+
+def install_failure(output: str, repo: str) -> str:
+    """The quarantine detail of a failed install of the project itself: its one-line cause, then pip's tail."""
+    lines = output.splitlines()
+    head = next((line.split(INSTALL_FAILED, 1)[1].strip() for line in lines if INSTALL_FAILED in line), "")
+    docker = ("Removing intermediate container", "The command '/bin/sh -c", " ---> ")
+    kept = [line for line in lines if INSTALL_FAILED not in line and not line.startswith(docker)]
+    tail = pip_output("\n".join(kept), 12)
+    return (f"the project itself does not install ({head or 'pip failed'}); a maintainer's `pip install .` of {repo} "
+            f"fails the same way (its build backend comes from the wheelhouse, offline):\n{tail}")
