@@ -1,11 +1,43 @@
-"""Validation throughput: SWE-smith's way (fresh container + whole suite per candidate) against warm
-containers with the whole suite and warm containers with coverage-selected tests.
+"""Validation throughput: SWE-smith's way (a fresh container + the whole suite per candidate) against warm
+containers, and where each candidate's CPU goes.
 
-For each repository the same candidates are validated in the three modes. CPU time is what the work
-itself consumed: the CPU of every Docker container (the engine's cpuacct cgroup, which keeps the usage
-of removed containers), of this process and its children, and of dockerd and containerd (container
-starts), so other load on the machine does not count. Then a random sample of mode (c)'s results is re-validated with the
-whole suite and disagreements are reported.
+For each repository the same procedural candidates are validated in these modes:
+
+- a fresh+full (SWE-smith): a new container per candidate, `validate_candidate(selection="full")`;
+- b warm+full: one warm container (reset with git between candidates), the whole suite;
+- c warm+coverage: the same, only the coverage-selected tests (`validate_candidate`, the one-candidate path);
+- d batch+coverage (the factory's default): one warm container, the same selection, candidates in batches of
+  `--batch-size` to one warm test worker per batch (`validate_batch`, `executors/batchrun.py`);
+- e batch+full (with `--modes ... e`): the batch worker running the whole suite (the worker's gain alone).
+
+What is counted as CPU: the bench's own containers (each container's cgroup `cpuacct.usage`, read by
+`DockerSandbox` just before the container is removed) plus this process and its children. Not counted: other
+containers on the machine, and the Docker engine's own work (dockerd, containerd, runc, the shims) for container
+starts, execs and file copies. Leaving the engine out flatters (a) most, which starts and removes a container per
+candidate, and (b)/(c), which make 5-8 engine calls per candidate, against (d)'s five per batch.
+
+Where the CPU goes, per candidate (each `execute` of the one-candidate modes is measured by the container's
+cgroup before and after it; inside pytest a probe plugin, loaded through `PYTEST_PLUGINS` for the bench only,
+reads its process's CPU at configure / collection finish / session finish and sums pytest's per-test durations;
+the batch worker measures the same marks itself):
+
+- start/stop: the container's CPU outside any command (its init and keeper, the start's own exec);
+- exec: the commands' shells, `timeout`, mkdir/rm, the batch worker's per-item bookkeeping and its exec;
+- reset: the kill loop + git checkout/reset/clean (one-candidate modes; once per batch in the batch modes);
+- apply: `git apply`;
+- start: the interpreter and pytest until `pytest_configure` (the batch worker: fork to configure);
+- collect: collection (importing test modules and the code under test);
+- tests: the tests' own time, pytest's durations (setup + call + teardown) of the tests that ran;
+- pytest: the rest of the pytest process (reporting, hooks between tests, exit);
+- restore: the batch worker's `git checkout -f` + `git clean -fdqx`;
+- host: this process (the Docker client, the factory's own bookkeeping).
+
+The floor is the coverage-selected tests' own time (their durations in mode d): what a candidate costs if nothing
+but its tests ran. The reference runs (the whole suite twice, the first with coverage) are measured once per
+repository and shown apart: the coverage modes need the coverage run, SWE-smith's way one plain run.
+
+Every mode's results are compared with mode b's (the whole suite, for every candidate): the audit. Mode c and d
+must agree exactly (the batch path is the one-candidate path, batched).
 
     python bench/validate_throughput.py --repos pypi:inflection==0.5.1 pypi:isodate==0.7.2 --candidates 30
 """
@@ -13,132 +45,379 @@ whole suite and disagreements are reported.
 from __future__ import annotations
 
 import argparse
-import os
-import random
+import json
 import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from trajfactory.executors.docker import DockerBackend
+from trajfactory.executors.batchrun import WORKER
+from trajfactory.executors.docker import DockerBackend, container_cpu_seconds
 from trajfactory.executors.images import ensure_base_image
-from trajfactory.executors.pool import SandboxPool
 from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
-from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig
-from trajfactory.synthesizers.swe.validate import validate_candidate
+from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.synthesizers.swe.validate import (reference_run, validate_batch_detailed, validate_candidate)
 
-LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=120)
+LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=600)
+PROBE_DIR = "/tmp/trajfactory-bench-probe"
+PROBE = '''
+import atexit, json, os, time
+_t0 = time.process_time()
+_marks = {"loaded": _t0}
+_sum = {"durations": 0.0, "tests": 0}
+
+def pytest_configure(config):
+    _marks["configured"] = time.process_time()
+
+def pytest_collection_finish(session):
+    _marks["collected"] = time.process_time()
+
+def pytest_runtest_logreport(report):
+    _sum["durations"] += getattr(report, "duration", 0.0) or 0.0
+    _sum["tests"] += report.when == "call"
+
+def pytest_sessionfinish(session):
+    _marks["finished"] = time.process_time()
+
+@atexit.register
+def _write():
+    _marks["exit"] = time.process_time()
+    with open(os.environ["TRAJFACTORY_BENCH_PROBE"], "w") as fh:
+        json.dump({"marks": _marks, **_sum}, fh)
+'''
+PHASES = ("start/stop", "exec", "reset", "apply", "start", "collect", "tests", "pytest", "restore", "host")
 
 
-DOCKER_CPUACCT = Path("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+def host_cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _proc_cpu(name: str) -> float:
-    """utime+stime (+ reaped children) of the processes called `name`, in seconds."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+@dataclass
+class Account:
+    """CPU seconds by phase, for one mode of one repository."""
+
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    containers: float = 0.0
+    host: float = 0.0
+    excluded_host: float = 0.0
+    """The bench's own probe reads: subtracted from the host's CPU."""
+
+    batch: float = 0.0
+    """Container CPU of batch-worker executes not yet split into the worker's own phases."""
+
+    def add(self, phase: str, seconds: float) -> None:
+        if phase == "batch":
+            self.batch += seconds
+        else:
+            self.phases[phase] += seconds
+
+
+class Probed:
+    """A DockerSandbox seen through the bench: each call's container CPU goes to its phase; pytest runs get a probe."""
+
+    def __init__(self, sandbox, account: Account):
+        self._sb, self._acct = sandbox, account
+        self.workdir = sandbox.workdir
+        self._probe_in = ""
+        """The container the probe plugin was copied into (a replaced container needs it again)."""
+        self._measured = 0.0
+        self.probes: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self._sb, name)
+
+    def _cpu(self) -> float:
+        """CPU seconds of the sandbox's containers so far: the removed ones (replaced after a timeout), the live one."""
+        live = container_cpu_seconds(self._sb.container_id) if self._sb.container is not None else 0.0
+        return self._sb.cpu_s + live
+
+    def _measure(self, phase: str, fn, *args, **kw):
+        c0 = self._cpu()
         try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text[text.index("(") + 1 : text.rindex(")")] == name:
-            fields = text[text.rindex(")") + 2 :].split()
-            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return total
+            return fn(*args, **kw)
+        finally:
+            used = max(0.0, self._cpu() - c0)
+            self._measured += used
+            self._acct.add(phase, used)
+
+    def reset(self):
+        self._measure("reset", self._sb.reset)
+
+    def write_file(self, path, content):
+        self._measure("exec", self._sb.write_file, path, content)
+
+    def read_file(self, path):
+        return self._measure("exec", self._sb.read_file, path)
+
+    def execute(self, command, timeout=None):
+        if WORKER in command:
+            return self._measure("batch", self._sb.execute, command, timeout)
+        if "-m pytest" in command:
+            return self._pytest(command, timeout)
+        return self._measure("apply" if "git apply" in command else "exec", self._sb.execute, command, timeout)
+
+    def _pytest(self, command, timeout):
+        if self._probe_in != self._sb.container_id:
+            h0 = host_cpu()
+            self._sb.write_file(f"{PROBE_DIR}/trajfactory_bench_probe.py", PROBE)
+            self._acct.excluded_host += host_cpu() - h0
+            self._probe_in = self._sb.container_id
+        prefix = (f"export PYTEST_PLUGINS=trajfactory_bench_probe PYTHONPATH={PROBE_DIR} "
+                  f"TRAJFACTORY_BENCH_PROBE={PROBE_DIR}/probe.json; rm -f {PROBE_DIR}/probe.json; ")
+        c0 = self._cpu()
+        result = self._sb.execute(prefix + command, timeout)
+        used = max(0.0, self._cpu() - c0)
+        self._measured += used
+        h0 = host_cpu()
+        try:
+            probe = json.loads(self._sb.read_file(f"{PROBE_DIR}/probe.json"))
+        except (OSError, ValueError):
+            probe = None
+        self._acct.excluded_host += host_cpu() - h0
+        if probe is None:
+            self._acct.add("pytest", used)
+            return result
+        m = probe["marks"]
+        exit_ = m.get("exit", m.get("finished", 0.0))
+        collected = m.get("collected", m.get("configured", 0.0))
+        tests = min(probe["durations"], max(0.0, m.get("finished", exit_) - collected))
+        self._acct.add("start", m.get("configured", 0.0))
+        self._acct.add("collect", max(0.0, collected - m.get("configured", 0.0)))
+        self._acct.add("tests", tests)
+        # the rest of the container's CPU of this command: pytest's own bookkeeping, its exit, the shell
+        self._acct.add("pytest", max(0.0, exit_ - m.get("configured", 0.0) - (collected - m.get("configured", 0.0))
+                                     - tests))
+        self._acct.add("exec", max(0.0, used - exit_))
+        self.probes.append(probe)
+        return result
+
+    def close(self):
+        self._sb.close()
+        self._acct.containers += self._sb.cpu_s
+        self._acct.add("start/stop", max(0.0, self._sb.cpu_s - self._measured))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds consumed by the containers, this process (+children), dockerd and containerd."""
-    containers = int(DOCKER_CPUACCT.read_text()) / 1e9 if DOCKER_CPUACCT.exists() else 0.0
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    return containers + own + _proc_cpu("dockerd") + _proc_cpu("containerd")
+def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout: float):
+    acct = Account()
+    h0 = host_cpu()
+    w0 = time.monotonic()
+    floors: dict[str, float] = {}
+    per: dict[str, float] = {}
+    """Candidate id -> its own CPU seconds (container + this process; the batch modes: its item plus an even share
+    of its batch's overhead)."""
+    vals = []
+    if mode == "a":
+        for c in candidates:
+            h = host_cpu()
+            with Probed(backend.start(env, LIMITS), acct) as sb:
+                vals.append(validate_candidate(sb, c, ref, selection="full", timeout=timeout))
+            per[c.candidate_id] = sb._sb.cpu_s + host_cpu() - h
+    elif mode in ("b", "c"):
+        with Probed(backend.start(env, LIMITS), acct) as sb:
+            sel = "full" if mode == "b" else "coverage"
+            for c in candidates:
+                h, c0 = host_cpu(), sb._cpu()
+                vals.append(validate_candidate(sb, c, ref, selection=sel, timeout=timeout))
+                per[c.candidate_id] = sb._cpu() - c0 + host_cpu() - h
+    else:
+        sel = "coverage" if mode == "d" else "full"
+        with Probed(backend.start(env, LIMITS), acct) as sb:
+            for i in range(0, len(candidates), batch_size):
+                h, c0 = host_cpu(), sb._cpu()
+                batch = candidates[i:i + batch_size]
+                out = validate_batch_detailed(sb, batch, ref, selection=sel, timeout=timeout)
+                vals += out.validations
+                batch_cpu = sb._cpu() - c0 + host_cpu() - h
+                own = {k: sum(it.stats.get(x, 0.0) for x in ("apply", "child", "restore", "worker"))
+                       for k, it in out.items.items()}
+                share = (batch_cpu - sum(own.values())) / len(batch)
+                per.update({c.candidate_id: own.get(c.candidate_id, 0.0) + share for c in batch})
+                # the worker's execute, split by the worker's own accounting: its start (interpreter, pytest,
+                # preloads), its items, and the rest (the exec's shell, the worker's exit)
+                worker_cpu, acct.batch = acct.batch, 0.0
+                acct.add("start", out.info.startup_cpu)
+                items_cpu = out.info.startup_cpu
+                for key, item in out.items.items():
+                    s = item.stats
+                    child = s.get("child", 0.0)
+                    conf, coll, fin = s.get("configured", 0.0), s.get("collected", 0.0), s.get("finished", 0.0)
+                    tests = min(s.get("durations", 0.0), max(0.0, fin - coll))
+                    acct.add("apply", s.get("apply", 0.0))
+                    acct.add("start", conf)
+                    acct.add("collect", max(0.0, coll - conf))
+                    acct.add("tests", tests)
+                    acct.add("pytest", max(0.0, child - coll - tests) if child else 0.0)
+                    acct.add("restore", s.get("restore", 0.0))
+                    acct.add("exec", s.get("worker", 0.0))
+                    items_cpu += s.get("apply", 0.0) + child + s.get("restore", 0.0) + s.get("worker", 0.0)
+                    floors[key] = s.get("durations", 0.0)
+                acct.add("exec", max(0.0, worker_cpu - items_cpu))
+    acct.host = host_cpu() - h0 - acct.excluded_host
+    acct.add("host", acct.host)
+    return vals, acct, time.monotonic() - w0, floors, per
 
 
-def measure(fn):
-    cpu0, t0 = busy_cpu_seconds(), time.monotonic()
-    results = fn()
-    return results, busy_cpu_seconds() - cpu0, time.monotonic() - t0
+def reference(backend, env, cfg: ValidationConfig):
+    """The factory's reference run (coverage run + plain run), with the CPU of each run."""
+    acct = Account()
+    with Probed(backend.start(env, LIMITS), acct) as sb:
+        runs = []
+        orig = sb._pytest
+
+        def spy(command, timeout):
+            c0 = sb._cpu()
+            result = orig(command, timeout)
+            runs.append(sb._cpu() - c0)
+            return result
+
+        sb._pytest = spy
+        ref = reference_run(sb, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s)
+    return ref.model_copy(update={"image": env.name}), runs, acct.containers
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repos", nargs="+", default=["pypi:inflection==0.5.1", "pypi:isodate==0.7.2"])
     parser.add_argument("--candidates", type=int, default=30, help="candidates per repository")
-    parser.add_argument("--audit", type=int, default=10, help="mode (c) results re-validated with the whole suite")
+    parser.add_argument("--max-candidates", nargs="*", default=[], metavar="NAME=N",
+                        help="fewer candidates for a repository whose whole suite is slow, e.g. networkx=8")
+    parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e"])
+    parser.add_argument("--batch-size", type=int, default=ValidationConfig().batch_size)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write every figure to this file too")
     args = parser.parse_args()
+    caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
 
     ensure_base_image()
     backend = DockerBackend()
     work = Path(tempfile.mkdtemp(prefix="tf-bench-"))
-    rows, audits = [], []
-    rng = random.Random(args.seed)
-    # The factory's own SWE steps (pipelines/swe.py) make the candidates and the reference run; the modes differ
-    # only in how each candidate is validated.
-    recipe = Recipe(work_dir=str(work), repos=[RepoSpec(uri=u) for u in args.repos], sandbox=LIMITS,
-                    synthesis=SynthesisConfig(max_candidates_per_repo=args.candidates, seed=args.seed))
+    cfg = ValidationConfig()
+    names = {"a": "a fresh+full (SWE-smith)", "b": "b warm+full", "c": "c warm+coverage",
+             "d": f"d batch+coverage (x{args.batch_size})", "e": f"e batch+full (x{args.batch_size})"}
+    report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "batch_size": args.batch_size, "repos": {},
+                    "load_before": Path("/proc/loadavg").read_text().split()[:3]}
     for uri in args.repos:
+        recipe = Recipe(work_dir=str(work), repos=[RepoSpec(uri=uri)], sandbox=LIMITS,
+                        synthesis=SynthesisConfig(max_candidates_per_repo=args.candidates, seed=args.seed))
         source = swe.harvest_one(recipe, uri)
         env = swe.build_environment(recipe, source) if not isinstance(source, Quarantine) else source
         if isinstance(env, Quarantine):
             print(f"{uri}: quarantined: {env.reason}: {env.detail}", file=sys.stderr)
             continue
         candidates, _ = swe.procedural_candidates(recipe, source)
-        ref = swe.reference_run(recipe, env, source)
-        if isinstance(ref, Quarantine):
-            print(f"{uri}: quarantined: {ref.reason}", file=sys.stderr)
-            continue
-
-        def fresh_full():
-            out = []
-            for c in candidates:
-                with backend.start(env, LIMITS) as sandbox:
-                    out.append(validate_candidate(sandbox, c, ref, selection="full"))
-            return out
-
-        def warm(selection):
-            def run():
-                with SandboxPool(backend, env, 1, LIMITS) as pool, pool.acquire() as sandbox:
-                    return [validate_candidate(sandbox, c, ref, selection=selection) for c in candidates]
-            return run
-
-        results = {}
-        for mode, fn in (("a fresh+full (SWE-smith)", fresh_full), ("b warm+full", warm("full")),
-                         ("c warm+coverage", warm("coverage"))):
-            vals, cpu, wall = measure(fn)
+        candidates = candidates[:caps.get(source.name, len(candidates))]
+        ref, ref_runs, ref_cpu = reference(backend, env, cfg)
+        print(f"{source.name}: {len(ref.tests)} tests, {len(ref.passing)} passing; reference runs CPU "
+              f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with coverage)", file=sys.stderr)
+        rep = report["repos"][source.name] = {"uri": uri, "tests": len(ref.tests), "passing": len(ref.passing),
+                                              "candidates": len(candidates), "reference_runs_cpu": ref_runs,
+                                              "reference_cpu": ref_cpu, "modes": {}}
+        results, floors = {}, {}
+        for mode in args.modes:
+            vals, acct, wall, fl, per = run_mode(mode, backend, env, candidates, ref, args.batch_size,
+                                                 cfg.test_timeout_s)
+            floors.update(fl if mode == "d" else {})
+            results[mode] = vals
+            cpu = acct.containers + acct.host
             valid = sum(v.status == "valid" for v in vals)
-            results[mode[0]] = vals
-            rows.append((source.name, mode, len(candidates), valid, valid / len(candidates),
-                         cpu, wall, valid / (cpu / 60) if cpu else 0.0))
-            print(f"{source.name} {mode}: {valid}/{len(candidates)} valid, cpu {cpu:.1f}s, wall {wall:.1f}s",
-                  file=sys.stderr)
-
-        # Audit: re-run a sample of (c) with the whole suite.
-        by_id = {c.candidate_id: c for c in candidates}
-        sample = rng.sample(results["c"], min(args.audit, len(results["c"])))
-        with SandboxPool(backend, env, 1, LIMITS) as pool, pool.acquire() as sandbox:
-            for v in sample:
-                full = validate_candidate(sandbox, by_id[v.candidate_id], ref, selection="full")
-                agree = (full.status == "valid") == (v.status == "valid") and (
-                    v.status != "valid" or full.FAIL_TO_PASS == v.FAIL_TO_PASS)
-                audits.append((source.name, v.candidate_id, v.status, full.status, agree))
-
-    print("\n| repo | mode | candidates | valid | yield | CPU s | wall s | valid tasks / CPU-min | vs (a) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    base = {r[0]: r[7] for r in rows if r[1].startswith("a")}
-    for repo, mode, n, valid, yld, cpu, wall, rate in rows:
-        ratio = rate / base[repo] if base.get(repo) else 0.0
-        print(f"| {repo} | {mode} | {n} | {valid} | {yld:.2f} | {cpu:.1f} | {wall:.1f} | {rate:.2f} | {ratio:.2f}x |")
-    disagree = [a for a in audits if not a[4]]
-    print(f"\naudit: {len(audits)} coverage-selected results re-validated with the whole suite, "
-          f"{len(disagree)} disagreements")
-    for repo, cid, mine, full, _ in disagree:
-        print(f"  {repo} {cid}: coverage={mine} full={full}")
+            rep["modes"][mode] = {"name": names[mode], "valid": valid, "cpu": cpu, "wall": wall,
+                                  "containers": acct.containers, "host": acct.host, "phases": acct.phases,
+                                  "statuses": {v.candidate_id: v.status for v in vals}, "per": per,
+                                  "selection": {v.candidate_id: v.selection if v.tests_run else "none" for v in vals}}
+            print(f"{source.name} {names[mode]}: {valid}/{len(candidates)} valid, cpu {cpu:.1f}s "
+                  f"(containers {acct.containers:.1f}s + host {acct.host:.1f}s), wall {wall:.1f}s", file=sys.stderr)
+        rep["floor"] = sum(floors.values())
+        rep["floors"] = floors
+        # the audit: every candidate's result against the whole suite's (mode b)
+        audits = {}
+        if "b" in results or "a" in results:
+            full = {v.candidate_id: v for v in results["b" if "b" in results else "a"]}
+            for mode, vals in results.items():
+                verdict = f2p = p2p = 0
+                bad = []
+                for v in vals:
+                    w = full[v.candidate_id]
+                    if (v.status == "valid") != (w.status == "valid"):
+                        verdict += 1
+                        bad.append((v.candidate_id, v.status, w.status))
+                    elif v.status == "valid" and v.FAIL_TO_PASS != w.FAIL_TO_PASS:
+                        f2p += 1
+                        bad.append((v.candidate_id, "F2P", sorted(set(w.FAIL_TO_PASS) ^ set(v.FAIL_TO_PASS))[:5]))
+                    elif v.status == "valid" and v.PASS_TO_PASS != w.PASS_TO_PASS:
+                        p2p += 1
+                audits[mode] = {"verdict": verdict, "f2p": f2p, "p2p": p2p, "examples": bad[:5]}
+        if "c" in results and "d" in results:
+            key = lambda v: (v.status, v.FAIL_TO_PASS, v.PASS_TO_PASS, v.selection, v.tests_run)  # noqa: E731
+            rep["c_vs_d_differences"] = sum(key(x) != key(y) for x, y in zip(results["c"], results["d"]))
+        rep["audit"] = audits
+    report["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    print_tables(report)
     return 0
+
+
+def print_tables(report: dict) -> None:
+    print(f"\nload average before {' '.join(report['load_before'])}, after {' '.join(report['load_after'])}")
+    print("\n| repo | tests | mode | cand. | valid | CPU s | wall s | valid / CPU-min | vs (a) | CPU s / cand. "
+          "| x floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, rep in report["repos"].items():
+        n = rep["candidates"]
+        floor = rep["floor"] / n if n else 0.0
+        base = rep["modes"].get("a")
+        base_rate = base["valid"] / (base["cpu"] / 60) if base and base["cpu"] else 0.0
+        for mode, m in rep["modes"].items():
+            rate = m["valid"] / (m["cpu"] / 60) if m["cpu"] else 0.0
+            ratio = f"{rate / base_rate:.2f}x" if base_rate else "-"
+            xfloor = f"{(m['cpu'] / n) / floor:.0f}x" if floor else "-"
+            print(f"| {name} | {rep['passing']} | {m['name']} | {n} | {m['valid']} | {m['cpu']:.1f} | {m['wall']:.1f} "
+                  f"| {rate:.1f} | **{ratio}** | {m['cpu'] / n:.3f} | {xfloor} |")
+    print("\nWhere a candidate's CPU goes (CPU ms per candidate; floor = the selected tests' own time):\n")
+    print("| repo | mode | " + " | ".join(PHASES) + " | total | floor |")
+    print("|---|---|" + "---|" * (len(PHASES) + 2))
+    for name, rep in report["repos"].items():
+        n = rep["candidates"] or 1
+        for mode, m in rep["modes"].items():
+            cells = " | ".join(f"{1000 * m['phases'][p] / n:.0f}" for p in PHASES)
+            print(f"| {name} | {mode} | {cells} | {1000 * m['cpu'] / n:.0f} | {1000 * rep['floor'] / n:.1f} |")
+    print("\nBy how mode d selected the tests (CPU s of the candidates of each kind; floor = their tests' own time):\n")
+    print("| repo | selection | candidates | a: CPU s | d: CPU s | a / d | floor s | a / floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rep in report["repos"].items():
+        a, d = rep["modes"].get("a"), rep["modes"].get("d")
+        if not (a and d):
+            continue
+        for kind in ("coverage", "full", "none"):
+            ids = [k for k, how in d["selection"].items() if how == kind]
+            if not ids:
+                continue
+            ca, cd = sum(a["per"][k] for k in ids), sum(d["per"][k] for k in ids)
+            fl = sum(rep["floors"].get(k, 0.0) for k in ids)
+            print(f"| {name} | {kind} | {len(ids)} | {ca:.1f} | {cd:.1f} | {ca / cd:.1f}x | {fl:.1f} | "
+                  + (f"{ca / fl:.0f}x |" if fl else "- |"))
+    print("\nReference runs (once per repository; the first records coverage):\n")
+    for name, rep in report["repos"].items():
+        runs = ", ".join(f"{r:.1f}" for r in rep["reference_runs_cpu"])
+        print(f"- {name}: {rep['passing']} passing of {rep['tests']} tests; pytest CPU s per run: {runs}; "
+              f"container total {rep['reference_cpu']:.1f} s")
+    print("\nAudit: every candidate's result against the whole suite's (mode b):\n")
+    for name, rep in report["repos"].items():
+        for mode, a in rep.get("audit", {}).items():
+            print(f"- {name} {mode}: verdict disagreements {a['verdict']}, F2P-set {a['f2p']}, P2P-set {a['p2p']}"
+                  + (f"; e.g. {a['examples']}" if a["examples"] else ""))
+        if "c_vs_d_differences" in rep:
+            print(f"- {name}: c vs d (one-candidate path vs batch path) differences: {rep['c_vs_d_differences']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Docker sandboxes: one image per repository commit, one warm container per sandbox.
 
 The image is the local base image + the repository's wheelhouse installed with `--no-index` + the
-repository at its commit in /repo. A sandbox is a `sleep infinity` container with no network,
+repository at its commit in /repo + the project itself installed from it (its metadata, entry points and
+scripts; its code is imported from /repo, see `wheelhouse.INSTALL_PROJECT`) + the options of its own pytest
+configuration that the harness keeps (`TRAJFACTORY_ADDOPTS`). A sandbox is a `sleep infinity` container with no network,
 CPU/memory/pids limits and no capabilities; commands run through `docker exec`.
 """
 
@@ -35,19 +37,15 @@ from .base import (
     SandboxError,
     sandbox_path,
 )
-from .images import (
-    BASE_IMAGE,
-    build_wheelhouse,
-    clone_at_commit,
-    default_cache_root,
-    ensure_base_image,
-    find_requirements,
-    src_layout,
-)
+from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
+from .pytest_options import pytest_addopts
+from .requirements import find_requirements, installable, src_layout
+from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
+"""Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
 LABEL = "trajfactory"
 WORKDIR = "/repo"
 # A fixed hash seed keeps parametrized test ids (and so FAIL_TO_PASS / PASS_TO_PASS) stable across runs.
@@ -61,13 +59,24 @@ DOCKERFILE = """\
 FROM {base}
 COPY wheels /tmp/wheels
 RUN python3 -m pip install --no-index --no-cache-dir --root-user-action=ignore --find-links /tmp/wheels \\
-    -r /tmp/wheels/requirements.txt && rm -rf /tmp/wheels
+    -r /tmp/wheels/requirements.txt
 RUN git config --system user.name trajfactory && git config --system user.email trajfactory@localhost \\
     && git config --system --add safe.directory '*' \\
     && echo {pth} > "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/trajfactory_repo.pth"
 COPY repo /repo
+{install}
+ENV TRAJFACTORY_ADDOPTS={addopts}
 WORKDIR /repo
 """
+# the project itself, from /repo, with its build backend from the wheelhouse (no network in a build)
+INSTALL_STEP = """\
+COPY install_project.py /tmp/install_project.py
+RUN python3 /tmp/install_project.py /repo /tmp/wheels {pth} && rm -rf /tmp/wheels /tmp/install_project.py"""
+
+
+def dockerfile_quote(value: str) -> str:
+    """A Dockerfile ENV value that stays literal: double quotes, with backslash, quote and `$` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
 def _client(timeout: int = 600) -> docker.DockerClient:
@@ -145,12 +154,18 @@ class DockerBackend:
                 return handle
             house, requirements = build_wheelhouse(repo_dir, self.cache_root)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
+            addopts, dropped = pytest_addopts(repo_dir, house)
+            if dropped:
+                log.info("%s: pytest options of the project that the harness drops: %s", repo, " ".join(dropped))
+            install = INSTALL_STEP.format(pth=pth) if installable(repo_dir) else "RUN rm -rf /tmp/wheels"
+            dockerfile = DOCKERFILE.format(base=self.base_image, pth=pth, install=install,
+                                           addopts=dockerfile_quote(addopts))
             with tempfile.TemporaryFile() as context:
                 with tarfile.open(fileobj=context, mode="w") as tar:
-                    dockerfile = DOCKERFILE.format(base=self.base_image, pth=pth).encode()
-                    info = tarfile.TarInfo("Dockerfile")
-                    info.size, info.mtime = len(dockerfile), int(time.time())
-                    tar.addfile(info, io.BytesIO(dockerfile))
+                    for name, data in (("Dockerfile", dockerfile), ("install_project.py", INSTALL_PROJECT)):
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mtime = len(data.encode()), int(time.time())
+                        tar.addfile(info, io.BytesIO(data.encode()))
                     tar.add(house, arcname="wheels")
                     tar.add(repo_dir, arcname="repo")
                 context.seek(0)
@@ -167,7 +182,7 @@ class DockerBackend:
             for chunk in stream:
                 text = chunk.get("stream", "")
                 lines += text.splitlines()
-                if text.startswith("Step "):
+                if text.startswith("Step ") or text.startswith(INSTALLED):
                     log.info("%s: %s", tag, text.strip())
                 if "error" in chunk:
                     error = chunk["error"]
@@ -175,8 +190,12 @@ class DockerBackend:
         if error is None and _image_exists(self.client, tag):
             return
         steps = [line for line in lines if line.startswith("Step ")]
+        if steps and "install_project" in steps[-1]:
+            step_output = "\n".join(lines[len(lines) - lines[::-1].index(steps[-1]):])
+            if INSTALL_FAILED in step_output:
+                raise EnvironmentBuildError("install_failed", install_failure(step_output, repo))
         reason = "install_failed" if steps and "pip install" in steps[-1] else "build_failed"
-        tail = "\n".join(lines[-25:])
+        tail = pip_output("\n".join(lines), 25)
         raise EnvironmentBuildError(
             reason,
             f"building the image of {repo} failed at {steps[-1] if steps else 'the start'}:\n{tail}\n"
@@ -187,6 +206,25 @@ class DockerBackend:
     def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "DockerSandbox":
         labels = {**self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
         return DockerSandbox(self.client, env.name, env.commit, limits or SandboxConfig(), labels)
+
+
+CPUACCT = ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage",  # cgroup v1, cgroupfs driver (nanoseconds)
+           "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat")  # cgroup v2, systemd driver (usage_usec)
+
+
+def container_cpu_seconds(container_id: str) -> float:
+    """CPU seconds a running container's processes have used so far, from its cgroup (0.0 where none is readable)."""
+    for pattern in CPUACCT:
+        try:
+            text = Path(pattern.format(id=container_id)).read_text()
+        except OSError:
+            continue
+        if pattern.endswith("cpuacct.usage"):
+            return int(text) / 1e9
+        for line in text.splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+    return 0.0
 
 
 class DockerSandbox:
@@ -201,6 +239,8 @@ class DockerSandbox:
         self.limits = limits
         self.labels = {**labels, LABEL: "1"}
         self.container = None
+        self.cpu_s = 0.0
+        """CPU seconds of this sandbox's removed containers (read from their cgroups as they go): what it cost."""
         self.dirty = False
         """A command ran away (timed out): the next reset() replaces the container."""
         self._start()
@@ -368,6 +408,8 @@ class DockerSandbox:
     def _remove(self) -> None:
         if self.container is None:
             return
+        # what the container used, read before it goes (close() and replacements both come here)
+        self.cpu_s += container_cpu_seconds(self.container.id)
         try:
             self.container.remove(force=True)
         except docker.errors.NotFound:

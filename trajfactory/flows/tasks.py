@@ -10,6 +10,7 @@ time a step really runs (a cache hit writes nothing): that is how the tests see 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import os
@@ -27,6 +28,7 @@ from trajfactory.pipelines import swe, web
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
 from trajfactory.synthesizers.swe import rewrite, statements
+from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.synthesizers.web import stage as web_stage
 from trajfactory.verifiers import judge as judge_verifier
 from trajfactory.verifiers import tests as test_verifier
@@ -58,6 +60,12 @@ def _model(recipe: Recipe) -> dict:
     return recipe.model.digest_fields() if recipe.model else {}
 
 
+def _file_digest(path: str) -> str:
+    """What a file-backed step depends on: the file's content (a missing file keys on its name and fails in the step)."""
+    file = Path(path)
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else f"missing:{path}"
+
+
 def _endpoint_id(endpoint: ModelEndpoint) -> tuple:
     """What identifies a web model's outputs: its name and weights (a served model's port changes per run)."""
     return (endpoint.name, endpoint.model_dir or endpoint.base_url)
@@ -70,6 +78,12 @@ def _validate(p):
     v = p["recipe"].validation
     return ("validate", p["candidate"].candidate_id, p["ref"].image, v.selection, v.test_timeout_s,
             sorted(p["ref"].passing))
+
+
+def _validate_batch(p):
+    v = p["recipe"].validation
+    return ("validate-batch", validation.VERSION, [c.candidate_id for c in p["candidates"]], p["ref"].image,
+            v.selection, v.test_timeout_s, sorted(p["ref"].passing))
 
 
 def _rollout(p):
@@ -157,11 +171,19 @@ STEPS: dict[Callable, Any] = {
         key=lambda p: ("synthesize", p["source"].name, p["source"].commit,
                        p["recipe"].synthesis.model_dump(exclude={"lm_rewrite", "statements"}))),
     swe.lm_candidates: step_task(swe.lm_candidates, "lm-rewrite", key=_lm_rewrite),
+    swe.combined_candidates: step_task(
+        swe.combined_candidates, "combine",
+        key=lambda p: ("combine", p["source"].name, p["source"].commit, p["recipe"].synthesis.combine.model_dump(),
+                       p["recipe"].synthesis.seed, sorted(t.task_id for t in p["tasks"]))),
+    swe.external_candidates: step_task(
+        swe.external_candidates, "external",
+        key=lambda p: ("external", p["source"].name, p["source"].commit, _file_digest(p["path"]))),
     swe.reference_run: step_task(
         swe.reference_run, "reference", retry=True,
         key=lambda p: ("reference", p["env"].name, p["recipe"].validation.reference_runs,
                        p["recipe"].validation.suite_timeout_s)),
     swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True),
+    swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True),
     swe.prove_gold: step_task(swe.prove_gold, "verify-gold", retry=True,
                               key=lambda p: ("gold", p["task"].task_id, test_verifier.VERSION)),
     swe.write_statement: step_task(swe.write_statement, "statement", key=_statement, retry=True),

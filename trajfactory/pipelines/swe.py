@@ -25,10 +25,12 @@ from pathlib import Path
 import trajfactory
 from trajfactory.agents.model import ModelPolicy
 from trajfactory.agents.oracle import OraclePolicy
+from trajfactory.datasets import curriculum
 from trajfactory.datasets.publish import write_dataset
+from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
-from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
 from trajfactory.executors.episode import run_episodes
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
@@ -37,11 +39,12 @@ from trajfactory.pipelines.runner import Runner
 from trajfactory.progress import Progress
 from trajfactory.runtime import run_sync
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
-                                Verdict)
+                                Verdict, quarantined)
 from trajfactory.settings import EpisodeLimits, Recipe
 from trajfactory.sources import harvest_repo
-from trajfactory.synthesizers.swe import lm_stage, stage
-from trajfactory.verifiers import judge as judge_verifier
+from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
+from trajfactory.synthesizers.swe import validate as validation
+from trajfactory.verifiers import claims, judge as judge_verifier
 
 # ---------------------------------------------------------------- the units of work (what a runner maps)
 
@@ -60,6 +63,19 @@ def procedural_candidates(recipe: Recipe, source: Source) -> tuple[list[Candidat
     return stage.synthesize(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts")
 
 
+def external_candidates(recipe: Recipe, source: Source, path: str) -> tuple[list[Candidate], list[Quarantine]]:
+    """The bug patches of `path` (SWE-smith instances) as candidates of the source's pinned checkout."""
+    return external.external_candidates(path, source, stage.checkout(source, Path(recipe.work_dir) / "checkouts"))
+
+
+def combined_candidates(recipe: Recipe, source: Source, tasks: list[Task], candidates: list[Candidate]
+                        ) -> list[Candidate]:
+    """Several proven bugs of one file combined into one candidate (SWE-smith's combine_file)."""
+    c = recipe.synthesis.combine
+    return combine.combine(tasks, candidates, stage.checkout(source, Path(recipe.work_dir) / "checkouts"),
+                           size=c.size, max_per_file=c.max_per_file, seed=recipe.synthesis.seed)
+
+
 def lm_candidates(recipe: Recipe, endpoint: ModelEndpoint, source: Source
                   ) -> tuple[list[Candidate], list[Quarantine], ModelUsage]:
     return lm_stage.lm_rewrite(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts", endpoint.client())
@@ -71,6 +87,30 @@ def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source) -> Ref
 
 def validate(recipe: Recipe, pool: SandboxPool, candidate: Candidate, ref: ReferenceRun) -> Validation:
     return stage.validate(pool, candidate, ref, recipe.validation)
+
+
+def validate_batch(recipe: Recipe, pool: SandboxPool, candidates: list[Candidate], ref: ReferenceRun
+                   ) -> list[Validation]:
+    """A batch of candidates in one warm sandbox of the pool, by one warm test worker (`executors/batchrun.py`)."""
+    cfg = recipe.validation
+    with pool.acquire() as sandbox:
+        try:
+            return validation.validate_batch(sandbox, candidates, ref, selection=cfg.selection,
+                                             timeout=cfg.test_timeout_s)
+        except InfrastructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad batch never stops the others
+            return [Validation(candidate_id=c.candidate_id, status="error", detail=f"{type(exc).__name__}: {exc}")
+                    for c in candidates]
+
+
+def validation_batches(recipe: Recipe, pool: SandboxPool, candidates: list[Candidate], ref: ReferenceRun
+                       ) -> list[tuple]:
+    """`validate_batch` calls: the candidates in order, cut into batches of `validation.batch_size` at most, and
+    into at least as many batches as there are sandboxes (when there are that many candidates)."""
+    workers = max(1, recipe.sandbox.concurrency)
+    size = max(1, min(recipe.validation.batch_size, -(-len(candidates) // workers)))
+    return [(recipe, pool, candidates[i:i + size], ref) for i in range(0, len(candidates), size)]
 
 
 def prove_gold(recipe: Recipe, env: EnvironmentHandle, task: Task) -> Verdict:
@@ -192,6 +232,10 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         return
     candidates, bad_files = runner.call(procedural_candidates, recipe, source)
     out.quarantine += bad_files
+    spec = next((r for r in recipe.repos if r.uri == source.uri), None)
+    if spec is not None and spec.bug_patches:  # bug patches from elsewhere go through the same validation
+        outside, rejects = runner.call(external_candidates, recipe, source, spec.bug_patches)
+        candidates, out.quarantine = candidates + outside, out.quarantine + rejects
     if syn.lm_rewrite.enabled:  # LM candidates go through the same validation as procedural ones
         lm, rejects, used = runner.call(lm_candidates, recipe, endpoint, source)
         candidates, out.usage = candidates + lm, out.usage + [used]
@@ -201,11 +245,21 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         out.quarantine.append(ref)
         return
     with SandboxPool(get_backend(env.backend), env, workers, recipe.sandbox) as pool:
-        validations = runner.map(validate, [(recipe, pool, c, ref) for c in candidates], f"validate {source.name}",
-                                 workers=workers)
-    tasks = stage.tasks_from(source, env, candidates, validations)
-    gold = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold {source.name}", workers=workers)
-    accepted, rejected = stage.accept_proven(tasks, gold, source)
+        validations = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, candidates, ref),
+                                                 f"validate {source.name}", workers=workers) for v in batch]
+        tasks = stage.tasks_from(source, env, candidates, validations)
+        gold = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold {source.name}", workers=workers)
+        accepted, rejected = stage.accept_proven(tasks, gold, source)
+        if syn.combine.max_per_file and len(accepted) > 1:  # several proven bugs of one file as one task
+            combos = runner.call(combined_candidates, recipe, source, accepted, candidates)
+            more = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, combos, ref),
+                                              f"validate combined {source.name}", workers=workers) for v in batch]
+            tasks = stage.tasks_from(source, env, combos, more)
+            proofs = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold combined {source.name}",
+                                workers=workers)
+            kept, dropped = stage.accept_proven(tasks, proofs, source)
+            candidates, validations, gold = candidates + combos, validations + more, gold + proofs
+            accepted, rejected = accepted + kept, rejected + dropped
     if syn.statements == "model" and accepted:
         written = runner.map(write_statement, [(recipe, endpoint, env, t) for t in accepted],
                              f"statements {source.name}", workers=workers)
@@ -276,24 +330,46 @@ def verify_all(recipe: Recipe, tasks: list[Task], environments: dict[str, Enviro
     return out
 
 
+def _consistent(trajectories: list[Trajectory]) -> tuple[list[Trajectory], list[Quarantine]]:
+    """The trajectories whose words match their observations, and a quarantine record for each that does not."""
+    kept, bad = [], []
+    for tr in trajectories:
+        if problems := claims.contradictions(tr):
+            bad.append(quarantined("build", "trajectory", tr.trajectory_id, "claim_contradicts_observation",
+                                   f"task {tr.task_id}, policy {tr.policy.name}: " + "; ".join(problems)[:1000]))
+        else:
+            kept.append(tr)
+    return kept, bad
+
+
 def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Rollouts, verification: Verification,
           run_id: str = "") -> dict:
     """The stage records -> one new immutable dataset version with its card; returns its name, root and yields."""
     usage = synthesis.usage + rollouts.usage + verification.usage
-    quarantine = harvested.quarantine + synthesis.quarantine
-    summary = yields(synthesis.candidates, synthesis.validations, synthesis.tasks, rollouts.trajectories,
-                     verification.verdicts, usage=usage, judge_agreement=verification.agreement(), quarantine=quarantine)
-    records = {
-        "tasks": synthesis.tasks,
-        "trajectories": rollouts.trajectories,
-        "verdicts": synthesis.gold_verdicts + verification.verdicts + verification.judged,
-        "quarantine": quarantine,
-    }
+    trajectories, contradicted = _consistent(rollouts.trajectories)
+    kept = {tr.trajectory_id for tr in trajectories}
+    verdicts = [v for v in verification.verdicts if v.trajectory_id in kept]
+    judged = [v for v in verification.judged if v.trajectory_id in kept]
+    # infra-failed episodes and near-duplicate tasks out, splits in (`datasets/release.py`)
+    out = release(curriculum.rate(synthesis.tasks, trajectories, verdicts), trajectories,
+                  synthesis.gold_verdicts + verdicts + judged, seed=recipe.dataset.split_seed,
+                  threshold=recipe.dataset.near_duplicate_threshold)
+    kept = {tr.trajectory_id for tr in out.trajectories}
+    verdicts, judged = [v for v in verdicts if v.trajectory_id in kept], [v for v in judged if v.trajectory_id in kept]
+    quarantine = harvested.quarantine + synthesis.quarantine + contradicted + out.quarantine
+    names = {s.uri: s.name for s in harvested.sources}
+    repositories = {r.uri: names.get(r.uri, r.uri) for r in recipe.repos}  # a repository never harvested: its uri
+    summary = yields(synthesis.candidates, synthesis.validations, out.tasks, out.trajectories, verdicts, usage=usage,
+                     judge_agreement=judge_verifier.agreement(judged, verdicts) if judged else None,
+                     quarantine=quarantine, repositories=repositories)
+    summary.update(out.summary)
+    records = {"tasks": out.tasks, "trajectories": out.trajectories, "verdicts": out.verdicts, "quarantine": quarantine}
     lineage = {"recipe": recipe.name, "recipe_hash": recipe.digest(), "factory_version": trajfactory.__version__,
-               "flow_run_id": run_id}
+               "flow_run_id": run_id, **out.lineage}
     if recipe.model is not None and usage:
         lineage["model"] = recipe.model.digest_fields()
-    version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary)
+    licenses = {s.repo_slug or s.name: s.license for s in harvested.sources}
+    version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses)
     return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()}}
 

@@ -15,6 +15,9 @@ BUILTIN_REPOS = Path(__file__).resolve().parent.parent / "data" / "repos"
 class RepoSpec(Section):
     uri: str
     """A git URL (optionally `URL@REF`), a local path, `pypi:NAME==VERSION` or `builtin:NAME`."""
+    bug_patches: str | None = None
+    """A JSON or JSON-lines file of bug patches for this repository in SWE-smith's instance format (`patch`,
+    optionally `instance_id` and `strategy`): validated as candidates by the same harness as the procedural ones."""
 
     @field_validator("uri")
     @classmethod
@@ -31,6 +34,14 @@ class RepoSpec(Section):
             raise ValueError(f"{uri!r} has no version; write pypi:NAME==VERSION")
         return uri
 
+    @field_validator("bug_patches")
+    @classmethod
+    def _patch_file(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path!r}: no such file; give a JSON or JSON-lines file of SWE-smith instances "
+                             "(each with a `patch`)")
+        return path
+
 
 class LMRewriteConfig(Section):
     enabled: bool = False
@@ -43,6 +54,14 @@ class LMRewriteConfig(Section):
     """Characters of the masked file shown around the function (keep prompt + reply inside the model's context)."""
 
 
+class CombineConfig(Section):
+    size: int = Field(2, ge=2, le=4)
+    """Bugs per combined task."""
+    max_per_file: int = Field(0, ge=0)
+    """Combined tasks per file at most; 0 turns combining off. Only proven bugs whose FAIL_TO_PASS sets differ
+    (and whose patches touch different lines) are combined."""
+
+
 class SynthesisConfig(Section):
     families: list[str] | Literal["all"] = "all"
     """Procedural mutation families to use, or `all`."""
@@ -51,6 +70,8 @@ class SynthesisConfig(Section):
     max_per_entity: int = Field(2, ge=1)
     max_candidates_per_repo: int = Field(40, ge=1)
     seed: int = 0
+    combine: CombineConfig = Field(default_factory=CombineConfig)
+    """SWE-smith's combined bugs: several validated bugs of one file as one task."""
     lm_rewrite: LMRewriteConfig = Field(default_factory=LMRewriteConfig)
     """SWE-smith's LM rewrite: the model re-implements a function from its masked body (needs `model:`)."""
     statements: Literal["template", "model"] = "template"
@@ -71,6 +92,8 @@ class ValidationConfig(Section):
     suite_timeout_s: float = Field(300, gt=0)
     test_timeout_s: float = Field(120, gt=0)
     """Limit of one candidate's test run; a mutation that hangs the tests is rejected."""
+    batch_size: int = Field(16, ge=1)
+    """Candidates validated by one warm test worker in one sandbox (one unit of work, one `execute`)."""
 
 
 class ModelRolloutConfig(Section):

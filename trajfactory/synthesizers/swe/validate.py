@@ -1,12 +1,17 @@
 """Validate bug candidates by running tests: one reference run per image, then each candidate in a
-warm sandbox, tests selected by per-test coverage where the change is local to a function."""
+warm sandbox, tests selected by per-test coverage where the change is local to a function.
+
+`validate_candidate` tests one candidate (reset, apply, `run_tests`); `validate_batch` tests many with one warm
+worker process in the sandbox (`executors/batchrun.py`). Both select and judge through the same functions."""
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
+from trajfactory.executors.batchrun import BatchInfo, BatchItem, ItemResult, run_batch
 from trajfactory.executors.testrun import (
     EXIT_NO_TESTS,
     FIXTURE,
@@ -17,6 +22,8 @@ from trajfactory.executors.testrun import (
 )
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 
+VERSION = "2"
+"""Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function)."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -37,6 +44,10 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+KILLED = (137, -9)
+"""Exit statuses of a run the kernel killed with SIGKILL: in a sandbox, its memory limit (the OOM killer)."""
+
+
 def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
     if run.timed_out:
         return RepoRejected(
@@ -44,6 +55,13 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
             f"the test suite did not finish within {timeout:.0f}s (a hang, a sleep, or a fork bomb "
             f"held back by the pids limit); a usable suite finishes well inside the limit",
         )
+    if run.exit_code in KILLED:
+        return RepoRejected("out_of_memory", f"the test run was killed (exit {run.exit_code}), which in a sandbox "
+                            "is its memory limit; raise `sandbox.memory` if the suite needs more:\n" + _tail(run.output))
+    if not run.finished and run.exit_code != EXIT_NO_TESTS:
+        return RepoRejected("results_unreadable", f"pytest exited {run.exit_code} without the harness's record of the "
+                            "session (the run was cut short, or pytest could not load the harness plugin):\n"
+                            + _tail(run.output))
     if run.exit_code == EXIT_NO_TESTS or (run.exit_code == 0 and not run.outcomes):
         return RepoRejected("no_tests", "pytest collected no tests; the repository needs a pytest-runnable suite")
     if "SyntaxError" in run.output and not any(o == "passed" for o in run.outcomes.values()):
@@ -98,23 +116,61 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
 
 
 def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) -> tuple[list[str], str]:
-    """Tests to run for a candidate and how they were chosen (`coverage` or `full`)."""
+    """Tests to run for a candidate and how they were chosen (`coverage` or `full`).
+
+    Coverage selects every usable test that executed any line of the changed function, not only the changed lines:
+    a function keeps state between calls (a cache it fills on its first call, as isodate's `build_date_regexps`
+    does), so a test that only ran the function's other lines (the cache lookup) is broken by the bug all the same.
+    Where coverage cannot tell, the whole suite runs: a change outside a function, in code that ran at import time
+    (module tables built by calling the function, default values, decorators) or in a fixture's setup/teardown.
+    """
     file_cov = reference.coverage.get(candidate.entity.file)
     if selection != "coverage" or candidate.scope != "function" or not file_cov or not candidate.changed_lines:
         return list(reference.passing), "full"
-    usable = set(reference.passing)
-    tests: set[str] = set()
+    entity = candidate.entity
     executed = sorted(file_cov)
     for line in candidate.changed_lines:
         # coverage keys statements by their first line: a changed continuation line (or a statement no
         # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
-        start = max((n for n in executed if candidate.entity.lineno <= n <= line), default=line)
+        start = max((n for n in executed if entity.lineno <= n <= line), default=line)
         covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
             return list(reference.passing), "full"
-        tests.update(t for t in covered if t in usable)
+    usable = set(reference.passing)
+    last = max(entity.end_lineno, *candidate.changed_lines)
+    tests = {t for n in range(entity.lineno, last + 1) for t in file_cov.get(n, ()) if t in usable}
     return sorted(tests), "coverage"
+
+
+def _verdict(candidate: Candidate, tests: list[str], how: str, reference: ReferenceRun, *, timeout: float,
+             duration: float, run: TestRun | None = None, patch_error: str | None = None) -> Validation:
+    """What the selected tests' run (or the patch's failure to apply) says of the candidate: one judgement for the
+    one-candidate path and the batch path alike."""
+
+    def result(status: str, **kw) -> Validation:
+        return Validation(candidate_id=candidate.candidate_id, status=status, selection=how, duration_s=duration, **kw)
+
+    if not tests:
+        return result("no_fail_to_pass", detail="no passing test executes the changed function")
+    if patch_error is not None:
+        return result("patch_failed", detail=_tail(patch_error, 5))
+    assert run is not None
+    if run.timed_out:
+        return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s")
+    if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
+        return result("error", tests_run=len(tests), detail=f"the test run was cut short (exit {run.exit_code}): "
+                      + _tail(run.output, 5))
+    # A selected test that was not collected (its module broke under the bug) did not pass: it failed.
+    f2p = sorted(t for t in tests if run.outcomes.get(t, "missing") in ("failed", "error", "missing"))
+    p2p_seen = sorted(t for t in tests if run.outcomes.get(t) == "passed")
+    if how == "coverage":
+        # Tests that never execute the changed function cannot be affected by it.
+        p2p = sorted(set(p2p_seen) | (set(reference.passing) - set(tests)))
+    else:
+        p2p = p2p_seen
+    status = "valid" if f2p and p2p else ("no_fail_to_pass" if not f2p else "no_pass_to_pass")
+    return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=summary_line(run.output))
 
 
 def validate_candidate(
@@ -128,37 +184,46 @@ def validate_candidate(
     """Apply the candidate in a warm sandbox, run the selected tests, split them into F2P / P2P."""
     started = time.monotonic()
     tests, how = select_tests(candidate, reference, selection)
-
-    def result(status: str, **kw) -> Validation:
-        return Validation(
-            candidate_id=candidate.candidate_id,
-            status=status,
-            selection=how,
-            duration_s=time.monotonic() - started,
-            **kw,
-        )
-
+    judge = lambda **kw: _verdict(candidate, tests, how, reference, timeout=timeout,  # noqa: E731
+                                  duration=time.monotonic() - started, **kw)
     if not tests:
-        return result("no_fail_to_pass", detail="no passing test executes the changed lines")
+        return judge()
     sandbox.reset()
     if (err := apply_patch(sandbox, candidate.patch, PATCH_PATH)) is not None:
-        return result("patch_failed", detail=_tail(err, 5))
-    run = run_tests(sandbox, tests, timeout=timeout)
-    if run.timed_out:
-        return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s")
-    # A selected test missing from the report did not run (its module broke): it failed.
-    f2p = sorted(t for t in tests if run.outcomes.get(t, "error") in ("failed", "error"))
-    p2p_seen = sorted(t for t in tests if run.outcomes.get(t) == "passed")
-    if how == "coverage":
-        # Tests that never execute the changed lines cannot be affected by them.
-        p2p = sorted(set(p2p_seen) | (set(reference.passing) - set(tests)))
-    else:
-        p2p = p2p_seen
-    status = "valid" if f2p and p2p else ("no_fail_to_pass" if not f2p else "no_pass_to_pass")
-    return result(
-        status,
-        FAIL_TO_PASS=f2p,
-        PASS_TO_PASS=p2p,
-        tests_run=len(tests),
-        detail=summary_line(run.output),
-    )
+        return judge(patch_error=err)
+    return judge(run=run_tests(sandbox, tests, timeout=timeout))
+
+
+@dataclass
+class BatchValidation:
+    validations: list[Validation]
+    items: dict[str, ItemResult] = field(default_factory=dict)
+    """Candidate id -> the worker's record of it (where its CPU went); absent when no test was selected."""
+    info: BatchInfo = field(default_factory=BatchInfo)
+
+
+def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
+                            selection: str = "coverage", timeout: float = 120.0, preload: bool = True
+                            ) -> BatchValidation:
+    """`validate_batch`, with the worker's records (the bench reads where each candidate's CPU went)."""
+    chosen = [(c, *select_tests(c, reference, selection)) for c in candidates]
+    items: dict[str, BatchItem] = {}
+    for c, tests, _ in chosen:
+        if tests and c.candidate_id not in items:
+            items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, timeout)
+    results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
+    by_key = {r.key: r for r in results}
+    validations = []
+    for c, tests, how in chosen:
+        r = by_key.get(c.candidate_id)
+        validations.append(_verdict(c, tests, how, reference, timeout=timeout,
+                                    duration=r.run.duration_s if r and r.run else 0.0,
+                                    run=r.run if r else None, patch_error=r.patch_error if r else None))
+    return BatchValidation(validations, by_key, info)
+
+
+def validate_batch(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
+                   selection: str = "coverage", timeout: float = 120.0) -> list[Validation]:
+    """Validate several candidates in one warm sandbox with one worker process (`executors/batchrun.py`): the
+    same selection and the same judgement as `validate_candidate`, per candidate, in the candidates' order."""
+    return validate_batch_detailed(sandbox, candidates, reference, selection=selection, timeout=timeout).validations

@@ -1,0 +1,152 @@
+"""The batch path (one warm test worker per batch, `executors/batchrun.py`) against the one-candidate path, on the
+bundled textkit repository and a real PyPI package, and what one item can do to a batch (crash, hang, exhaust
+memory, leave processes behind, kill the worker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trajfactory.executors.batchrun import BatchItem, run_batch
+from trajfactory.executors.pool import SandboxPool
+from trajfactory.pipelines.swe import validation_batches
+from trajfactory.schema import Source
+from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.validate import validate_batch, validate_candidate
+
+pytestmark = pytest.mark.docker
+LIMITS = SandboxConfig(memory="512m", cpus=1, pids=256, command_timeout_s=120)
+
+
+def _same(a, b) -> tuple:
+    """What must agree between the two paths (not the timings in `duration_s` and pytest's summary line)."""
+    return (a.candidate_id, a.status, a.FAIL_TO_PASS, a.PASS_TO_PASS, a.selection, a.tests_run) == \
+        (b.candidate_id, b.status, b.FAIL_TO_PASS, b.PASS_TO_PASS, b.selection, b.tests_run)
+
+
+def _prepare(backend, tmp_path, uri: str, candidates: int, seed: int = 0):
+    source = harvest_repo(uri, tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    env = stage.build_environment(backend, source)
+    assert not hasattr(env, "reason"), env
+    found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=candidates, seed=seed), tmp_path / "co")
+    ref = stage.reference(backend, env, source, ValidationConfig(), LIMITS)
+    assert not hasattr(ref, "reason"), ref
+    return env, found, ref
+
+
+@pytest.fixture(scope="module")
+def textkit(docker_backend, tmp_path_factory):
+    return _prepare(docker_backend, tmp_path_factory.mktemp("textkit"), "builtin:textkit", 24)
+
+
+@pytest.mark.parametrize("selection", ["coverage", "full"])
+def test_batch_results_are_the_one_candidate_results_on_textkit(docker_backend, textkit, selection):
+    env, candidates, ref = textkit
+    with docker_backend.start(env, LIMITS) as sandbox:
+        one = [validate_candidate(sandbox, c, ref, selection=selection) for c in candidates]
+        batched = validate_batch(sandbox, candidates, ref, selection=selection)
+        again = validate_batch(sandbox, candidates, ref, selection=selection)  # a worker that preloads
+        clean = sandbox.execute("git status --porcelain --ignored")
+    assert [v.status for v in one].count("valid") >= 3
+    assert all(_same(a, b) and _same(a, c) for a, b, c in zip(one, batched, again)), \
+        [(a.candidate_id, a.status, b.status, c.status) for a, b, c in zip(one, batched, again) if not _same(a, b)]
+    assert clean.output.strip() == ""  # the worker left the checkout as it found it
+
+
+def test_batch_results_are_the_one_candidate_results_on_a_real_package(docker_backend, tmp_path):
+    # isodate 0.7.2, seed 0: includes the candidate whose bug sits behind build_date_regexps' cache (29329023d739f9fa)
+    env, candidates, ref = _prepare(docker_backend, tmp_path, "pypi:isodate==0.7.2", 30)
+    with docker_backend.start(env, LIMITS) as sandbox:
+        one = [validate_candidate(sandbox, c, ref) for c in candidates]
+        batched = validate_batch(sandbox, candidates, ref)
+        full = validate_batch(sandbox, candidates, ref, selection="full")
+    assert [_same(a, b) for a, b in zip(one, batched)] == [True] * len(one)
+    # the audit: coverage-selected results agree with the whole suite's, the F2P sets included
+    for v, w in zip(batched, full):
+        assert (v.status == "valid") == (w.status == "valid"), v.candidate_id
+        if v.status == "valid":
+            assert v.FAIL_TO_PASS == w.FAIL_TO_PASS, v.candidate_id
+    assert "29329023d739f9fa" in {c.candidate_id for c in candidates}
+
+
+def _new_test(path: str, body: str) -> str:
+    lines = body.strip("\n").splitlines()
+    return f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{line}\n" for line in lines)
+
+
+def _item(key: str, body: str, timeout: float = 60) -> BatchItem:
+    path = f"tests/test_zz_{key}.py"
+    return BatchItem(key, _new_test(path, body), [f"{path}::test_it"], timeout)
+
+
+def test_one_item_crashing_hanging_or_exhausting_memory_is_that_items_result(docker_backend, textkit):
+    env, _, _ = textkit
+    items = [
+        _item("ok", "def test_it():\n    assert 1 + 1 == 2"),
+        _item("crash", "import os\n\ndef test_it():\n    os._exit(3)"),
+        _item("hang", "import time\n\ndef test_it():\n    time.sleep(600)", timeout=3),
+        _item("oom", "def test_it():\n    blocks = []\n    while True:\n        blocks.append(bytearray(64 << 20))"),
+        _item("orphan", "import subprocess\n\ndef test_it():\n"
+                        "    subprocess.Popen(['sleep', '1000'], start_new_session=True)"),
+        BatchItem("bad", "--- a/nowhere.py\n+++ b/nowhere.py\n@@ -1 +1 @@\n-x\n+y\n", ["tests/x.py::t"], 60),
+        _item("fails", "def test_it():\n    assert 1 + 1 == 3"),
+    ]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        results, info = run_batch(sandbox, items)
+        left = sandbox.execute("cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^sleep$'; "
+                               "git status --porcelain --ignored")
+    by = {r.key: r for r in results}
+    assert info.workers == 1, info.notes  # no item took the worker down
+    assert by["ok"].run.finished and by["ok"].run.outcomes == {"tests/test_zz_ok.py::test_it": "passed"}
+    assert not by["crash"].run.finished and by["crash"].run.exit_code == 3
+    assert by["hang"].run.timed_out and not by["hang"].run.finished
+    assert not by["oom"].run.finished and by["oom"].run.exit_code == 137
+    assert by["orphan"].run.outcomes == {"tests/test_zz_orphan.py::test_it": "passed"}
+    assert by["bad"].run is None and "nowhere.py" in by["bad"].patch_error
+    assert by["fails"].run.outcomes == {"tests/test_zz_fails.py::test_it": "failed"}
+    count, _, status = left.output.partition("\n")
+    assert count.strip() == "1" and status.strip() == ""  # only the container's own keeper sleeps; checkout clean
+
+
+def test_an_item_that_kills_the_worker_costs_only_itself(docker_backend, textkit):
+    env, _, _ = textkit
+    items = [
+        _item("first", "def test_it():\n    pass"),
+        _item("killer", "import os, signal\n\ndef test_it():\n    os.kill(os.getppid(), signal.SIGKILL)"),
+        _item("after", "def test_it():\n    pass"),
+    ]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        results, info = run_batch(sandbox, items)
+    by = {r.key: r for r in results}
+    assert info.workers == 2
+    assert by["first"].run.outcomes == {"tests/test_zz_first.py::test_it": "passed"}
+    assert not by["killer"].run.finished
+    assert by["after"].run.outcomes == {"tests/test_zz_after.py::test_it": "passed"}
+
+
+def test_candidates_are_cut_into_batches_for_every_sandbox(tmp_path):
+    recipe = Recipe(work_dir=str(tmp_path), repos=[RepoSpec(uri="builtin:textkit")],
+                    sandbox=SandboxConfig(concurrency=2), validation=ValidationConfig(batch_size=4))
+    cut = lambda n: [len(c[2]) for c in validation_batches(recipe, None, list(range(n)), None)]  # noqa: E731
+    assert cut(0) == [] and cut(1) == [1] and cut(5) == [3, 2] and cut(8) == [4, 4] and cut(10) == [4, 4, 2]
+
+
+def test_the_batch_step_is_a_cached_step_of_the_flows():
+    from trajfactory.flows.tasks import STEPS
+    from trajfactory.pipelines import swe
+
+    assert STEPS[swe.validate_batch].name == "validate"
+
+
+def test_a_pool_sandbox_serves_the_batch_step(docker_backend, textkit, tmp_path):
+    from trajfactory.pipelines import swe
+
+    env, candidates, ref = textkit
+    recipe = Recipe(work_dir=str(tmp_path), repos=[RepoSpec(uri="builtin:textkit")], sandbox=LIMITS,
+                    validation=ValidationConfig(batch_size=5))
+    with SandboxPool(docker_backend, env, 1, LIMITS) as pool:
+        out = [v for args in validation_batches(recipe, pool, candidates[:8], ref) for v in swe.validate_batch(*args)]
+        assert pool.started == 1
+    assert [v.candidate_id for v in out] == [c.candidate_id for c in candidates[:8]]

@@ -1,0 +1,206 @@
+"""Testing many patches in one warm sandbox with one process start: the batch path beside `testrun.run_tests`.
+
+`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py`) and one input
+file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
+patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
+and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout, kills what it left
+running and restores the checkout. Each item's result is a `TestRun`, read by the same `parse_results` as a
+single run, so a caller judges both the same way.
+
+A crash or kill of one item is that item's result: the child gets the kill (its own process group, and
+`oom_score_adj` 1000 for the OOM killer). Should the worker itself die, the item it was running becomes a cut-short
+run (`finished=False`) and the items after it go to a new worker after a reset.
+
+Per-batch cost: one reset, three file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
+the child's pytest session, `git checkout -f` + `git clean -fdqx`. The worker imports pytest once, and the
+third-party modules that earlier children of the same environment imported (`PRELOAD`): never a module of the
+checkout, never one pytest rewrites.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trajfactory.executors.base import Sandbox
+from trajfactory.executors.testrun import HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, parse_results
+
+BATCH_DIR = "/tmp/trajfactory-batch"
+"""Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
+WORKER = "trajfactory_batch_worker.py"
+WORKER_SOURCE = Path(__file__).with_name("batch_worker.py").read_text()
+STARTUP_S = 60.0
+"""Allowance of one worker for its start, the preloads and the restores, beyond its items' own timeouts."""
+
+PRELOAD: dict[str, list[str]] = {}
+"""Environment (image or commit) -> the third-party modules its children imported; [] once a preload was refused."""
+PRECOMPILE: dict[str, tuple[list[str], list[str]]] = {}
+"""Environment -> the checkout's files its children imported (plainly, through pytest's rewriting): a worker compiles
+them once from the clean checkout, and a child takes the code where its source is byte-identical."""
+_preload_lock = threading.Lock()
+
+
+@dataclass
+class BatchItem:
+    key: str
+    patch: str
+    """A unified diff applied to the clean checkout before the tests ('' for none)."""
+    tests: list[str] | None
+    """pytest node ids to run; None: the whole suite."""
+    timeout: float
+
+
+@dataclass
+class ItemResult:
+    key: str
+    run: TestRun | None
+    """The test run; None when the patch did not apply."""
+    patch_error: str | None = None
+    stats: dict = field(default_factory=dict)
+    """Where the item's CPU went (seconds): `apply`, `child` (the pytest session), `restore`, `worker`, and the
+    child's own `configured` / `collected` / `finished` marks and `durations` (the tests' own time)."""
+
+
+@dataclass
+class BatchInfo:
+    workers: int = 0
+    """Worker processes started (more than one when a worker died or left the sandbox dirty)."""
+    startup_cpu: float = 0.0
+    """CPU seconds of the workers before their first item (interpreter, pytest, preloads)."""
+    preloaded: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+PYTEST_PREFIX = "python -m pytest "
+
+
+def _pytest_args(workdir: str) -> str:
+    """`run_tests`'s pytest arguments (after `python -m pytest`) as shell words, rooted at the checkout: the sandbox's
+    shell expands them exactly as it does for `run_tests`. One more: `--tb=no`, since a batch keeps only the outcomes
+    and pytest's closing line (formatting the tracebacks of a bug's failures cost ~2.5 ms a failure, reporting only)."""
+    if not PYTEST.startswith(PYTEST_PREFIX):
+        raise RuntimeError(f"testrun.PYTEST no longer starts with {PYTEST_PREFIX!r}: {PYTEST!r}")
+    return f"{PYTEST[len(PYTEST_PREFIX):]} --tb=no --rootdir={shlex.quote(workdir)}"
+
+
+def _env_key(sandbox: Sandbox) -> str:
+    return str(getattr(sandbox, "image", "") or getattr(sandbox, "commit", "") or sandbox.workdir)
+
+
+def _item_spec(item: BatchItem, index: int) -> dict:
+    env = {"TRAJFACTORY_RESULTS": f"{BATCH_DIR}/results-{index}.jsonl"}
+    args: list[str] = []
+    if item.tests is not None:
+        env["TRAJFACTORY_SELECT"] = f"{BATCH_DIR}/tests-{index}.txt"
+        args = sorted({t.split("::", 1)[0] for t in item.tests})
+    return {"key": item.key, "patch": item.patch, "tests": item.tests, "args": args, "env": env,
+            "timeout": item.timeout}
+
+
+def _records(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill
+    return out
+
+
+def _result(record: dict) -> ItemResult:
+    key = record["key"]
+    stats = {k: record.get(f"{k}_cpu", 0.0) for k in ("apply", "child", "restore", "worker")}
+    if record["status"] == "patch_failed":
+        return ItemResult(key, None, patch_error=record.get("detail", "git apply failed"), stats=stats)
+    probe = record.get("probe") or {}
+    stats.update({k: v for k, v in (probe.get("marks") or {}).items()},
+                 durations=probe.get("durations", 0.0), tests=probe.get("tests", 0))
+    outcomes, errors, finished = parse_results(record.get("records", ""))
+    timed_out = record["status"] == "timeout"
+    run = TestRun(outcomes={} if timed_out else outcomes, exit_code=record.get("exit_code", -1),
+                  output=record.get("output", "") + (f"\n[command timed out: killed after {record['timeout']:g}s]"
+                                                     if timed_out and "timeout" in record else ""),
+                  duration_s=record.get("duration_s", 0.0), timed_out=timed_out, collect_errors=errors,
+                  finished=finished and not timed_out)
+    return ItemResult(key, run, stats=stats)
+
+
+def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True) -> tuple[list[ItemResult], BatchInfo]:
+    """Test every item's patch on the clean checkout, in one worker where nothing goes wrong; results in item order."""
+    if len({item.key for item in items}) != len(items):
+        raise ValueError("batch items need distinct keys")
+    info = BatchInfo()
+    done: dict[str, ItemResult] = {}
+    key = _env_key(sandbox)
+    pending = list(items)
+    env = (f"COVERAGE_FILE={SCRATCH}/.coverage PYTHONDONTWRITEBYTECODE=1 PY_COLORS=0 "
+           f'PYTHONPATH="{HARNESS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"')
+    while pending:
+        info.workers += 1
+        sandbox.reset()
+        with _preload_lock:
+            modules = PRELOAD.get(key, []) if preload else []
+            plain, rewritten = PRECOMPILE.get(key, ([], [])) if preload else ([], [])
+        spec = {"workdir": sandbox.workdir, "scratch": BATCH_DIR, "private_dirs": [BATCH_DIR, HARNESS_DIR, SCRATCH],
+                "preload": modules, "plain": plain, "rewritten": rewritten,
+                "items": [_item_spec(item, i) for i, item in enumerate(pending)]}
+        sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
+        sandbox.write_file(f"{BATCH_DIR}/{WORKER}", WORKER_SOURCE)
+        sandbox.write_file(f"{BATCH_DIR}/spec.json", json.dumps(spec))
+        limit = STARTUP_S + sum(item.timeout + 5 for item in pending)
+        res = sandbox.execute(
+            f"cd {BATCH_DIR} && rm -f out.jsonl results-*.jsonl tests-*.txt output-*.txt probe-*.json && "
+            f"mkdir -p {SCRATCH} && cd {sandbox.workdir} && {env} python {BATCH_DIR}/{WORKER} "
+            f"{BATCH_DIR}/spec.json {BATCH_DIR}/out.jsonl -- {_pytest_args(sandbox.workdir)}", timeout=limit)
+        try:
+            records = _records(sandbox.read_file(f"{BATCH_DIR}/out.jsonl").decode("utf-8", "replace"))
+        except (FileNotFoundError, OSError):
+            records = []
+        started = None
+        finished_cleanly = False
+        for record in records:
+            if "ready" in record:
+                info.startup_cpu += record["ready"]
+                info.preloaded = info.preloaded or record.get("preloaded", False)
+                if record.get("preload_rejected"):
+                    with _preload_lock:
+                        PRELOAD[key] = []
+                    info.notes.append("preload refused: a preloaded module loaded code of the checkout or a thread")
+            elif "start" in record:
+                started = record["start"]
+            elif "key" in record:
+                done[record["key"]] = _result(record)
+                started = None
+            elif "done" in record:
+                finished_cleanly = record["done"]
+                if record.get("dirty"):
+                    info.notes.append(f"worker stopped on a dirty sandbox: {record.get('reason', '')[:300]}")
+                    if hasattr(sandbox, "dirty"):
+                        sandbox.dirty = True  # the next reset starts the sandbox afresh
+                if finished_cleanly and preload and record.get("modules") is not None:
+                    with _preload_lock:
+                        if PRELOAD.get(key) != []:
+                            PRELOAD[key] = sorted(set(PRELOAD.get(key, [])) | set(record["modules"]))
+                        old_plain, old_rewritten = PRECOMPILE.get(key, ([], []))
+                        PRECOMPILE[key] = (sorted(set(old_plain) | set(record.get("plain", []))),
+                                           sorted(set(old_rewritten) | set(record.get("rewritten", []))))
+        if started is not None:  # the worker died (or the sandbox killed it) while this item ran
+            timed_out = res.timed_out
+            done[started] = ItemResult(started, TestRun(
+                outcomes={}, exit_code=res.exit_code, output=res.output, duration_s=res.duration_s,
+                timed_out=timed_out, finished=False))
+            info.notes.append(f"worker ended during {started} (exit {res.exit_code})")
+            if hasattr(sandbox, "dirty"):
+                sandbox.dirty = True
+        elif not finished_cleanly and not any(r for r in records if "key" in r):
+            # the worker never got to an item: nothing will change by trying again
+            detail = res.output.strip()[-2000:] or f"the batch worker exited {res.exit_code}"
+            for item in pending:
+                done[item.key] = ItemResult(item.key, TestRun(outcomes={}, exit_code=res.exit_code, output=detail,
+                                                              duration_s=0.0, timed_out=res.timed_out, finished=False))
+            info.notes.append("the batch worker did not start: " + detail[-300:])
+        pending = [item for item in pending if item.key not in done]
+    return [done[item.key] for item in items], info
