@@ -63,4 +63,6 @@ if docker info >/dev/null 2>&1; then
 fi
 log "ensuring the CPU vLLM environment"
 bash scripts/setup-vllm.sh
+log "ensuring the verl environment (its dataset class loads the factory's RL rows in the tests)"
+bash scripts/setup-verl.sh
 log "ready: activate the factory's environment with \`. .venv/bin/activate\`"

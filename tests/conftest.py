@@ -74,3 +74,6 @@ def _vllm_session_server(tiny_model, tmp_path_factory):
 def vllm_server(_vllm_session_server):
     """The session's vLLM server, started again for a module if an earlier module stopped it (a stop test does)."""
     return _vllm_session_server.start()
+
+
+from model_flow import model_flow_run  # noqa: E402,F401 — the session's model flow run (several modules read it)

@@ -215,6 +215,8 @@ def _statement(server: Stub):
     (CLEAN + "\nThe check `if merged and start <= merged[-1][1]:` is off by one.", "template", "leak"),
     (CLEAN, "lm", "ok"),
     ((400, "prompt too long"), "template", "model_error"),
+    (CLEAN.replace("merge", "me\x00rge\x1b[0m", 1), "template", "not_text"),  # gibberish bytes of a noisy model
+    (CLEAN + "\n\ufffd\ufffd", "template", "not_text"),  # undecodable bytes
 ])
 def test_statement_is_used_or_falls_back_to_the_template(stub, answer, source, reason):
     server = stub(lambda body: answer)
@@ -224,6 +226,8 @@ def test_statement_is_used_or_falls_back_to_the_template(stub, answer, source, r
     assert result.text == (CLEAN if source == "lm" else template_statement("textkit", VALIDATION))
     if reason == "leak":
         assert "patch line" in result.detail
+    if reason == "not_text":
+        assert "control or undecodable" in result.detail
     # The model was given the failing tests and the test output.
     prompt = server.bodies[0]["messages"][-1]["content"]
     assert "tests/test_stats.py::test_merge_ranges" in prompt and "1 failed" in prompt

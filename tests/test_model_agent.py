@@ -190,6 +190,24 @@ def test_malformed_outputs_become_error_observations_in_order(demo, backend, scr
 
 
 @pytest.mark.docker
+def test_a_failing_model_server_is_no_turn_of_the_conversation(demo, backend, scripted):
+    """A 503 after the client's retries is the infrastructure's failure: the episode ends `infra_failed`, the
+    error (and the server's address) never enters `messages`, and the build drops it into quarantine."""
+    from trajfactory.datasets.release import release
+
+    model = scripted([(200, call("bash", '{"command": "ls"}')), (503, {}), (503, {})])
+    client = ModelClient(model.url, "stub", max_retries=1, backoff_base_s=0.01)
+    [traj], stats = run(demo, backend, lambda t, s: ModelPolicy(client))
+    assert traj.exit_status == "infra_failed" and traj.steps[-1].error == "infra_error"
+    assert "HTTP 503" in traj.steps[-1].observation and model.url not in traj.steps[-1].observation
+    assert [m.role for m in traj.messages] == ["system", "user", "assistant", "tool"]  # nothing after the last tool
+    assert not any("failed" in (m.content or "") and m.role == "user" for m in traj.messages)
+    out = release(demo.tasks[:1], [traj], [])
+    assert out.trajectories == [] and [q.reason for q in out.quarantine] == ["infra_failed"]
+    assert "HTTP 503" in out.quarantine[0].detail
+
+
+@pytest.mark.docker
 def test_text_action_fallback_runs_a_bash_block(demo, backend, scripted):
     model = scripted([
         (200, {"role": "assistant", "content": "First the layout.\n```bash\ngit status --short | wc -l\n```"}),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from trajfactory.settings import SynthesisConfig, ValidationConfig
@@ -12,6 +14,7 @@ from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.executors.swe_env import verify_gold
+from trajfactory.datasets.swebench import INSTANCES, REPOS, evaluate, export_instances, load_instances, load_predictions
 
 pytestmark = pytest.mark.docker
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
@@ -36,3 +39,31 @@ def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
     with docker_backend.start(env, LIMITS) as sandbox:
         verdict = verify_gold(sandbox, tasks[0])
     assert verdict.passed, verdict.evidence
+    check_swebench_export(docker_backend, source, [t.to_row() for t in tasks[:3]], tmp_path / "export")
+
+
+def check_swebench_export(backend, source: Source, rows: list[dict], out) -> None:
+    """The SWE-bench export of real tasks reproduces: the branch holds the bug, the gold patch applies there with
+    plain `git apply` and passes through `eval-instances`' path, and an empty patch fails every instance."""
+    instances, problems = export_instances(rows, out, backend)
+    assert problems == [] and len(instances) == len(rows)
+    for inst in instances:
+        assert inst["repo"] == source.repo_slug and "/" in inst["repo"]  # owner/name from the package metadata
+        assert inst["version"] == source.version and inst["created_at"].startswith(("19", "20"))
+        assert inst["base_commit"] != inst["environment_setup_commit"]  # the buggy commit, not the clean one
+    # outside any sandbox: a clone of the bundle, each branch is the buggy state the gold patch fixes
+    bundle = next((out / REPOS).glob("*.bundle"))
+    clone = out / "clone"
+    subprocess.run(["git", "clone", "-q", str(bundle), str(clone)], check=True, capture_output=True)
+    for inst in instances:
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", "-f", inst["base_commit"]], check=True)
+        applied = subprocess.run(["git", "-C", str(clone), "apply", "--check", "-"], input=inst["patch"].encode(),
+                                 capture_output=True)
+        assert applied.returncode == 0, applied.stderr
+    loaded = load_instances(out / INSTANCES)
+    assert [i["instance_id"] for i in loaded] == [i["instance_id"] for i in instances]
+    gold = evaluate(loaded, load_predictions("gold", loaded), out / REPOS, backend)
+    assert [r["resolved"] for r in gold] == [True] * len(rows), gold
+    empty = evaluate(loaded, {i["instance_id"]: "" for i in loaded}, out / REPOS, backend)
+    assert [r["resolved"] for r in empty] == [False] * len(rows)
+    assert all(r["tests_status"]["FAIL_TO_PASS"]["failure"] and r["patch_applied"] for r in empty)

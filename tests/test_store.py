@@ -368,11 +368,12 @@ def test_swebench_instances_and_trl_rows(store: DatasetStore):
 
     trajectories, verdicts = store.read_rows(v, "trajectories"), store.read_rows(v, "verdicts")
     rows = trl_sft_rows(trajectories, verdicts)
-    assert len(rows) == 2 and all(set(r) == {"messages", "tools"} for r in rows)  # traj0001 failed
-    assert len(trl_sft_rows(trajectories, verdicts, only_passed=False)) == 3
+    assert len(rows) == 2 and all(set(r) == {"messages", "tools", "trajectory_id", "task_id", "policy", "split"}
+                                  for r in rows)  # traj0001 failed
+    assert len(trl_sft_rows(trajectories, verdicts, only_verified=False)) == 3
     messages = rows[0]["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
     assert all(None not in m.values() for m in messages)
     assert "content" not in messages[2] and messages[2]["tool_calls"][0]["function"]["name"] == "bash"
     assert messages[3] == {"role": "tool", "content": "1 failed, 1 passed", "tool_call_id": "call_0", "name": "bash"}
-    assert rows[0]["tools"] == [BASH_TOOL]
+    assert json.loads(rows[0]["tools"]) == [BASH_TOOL]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +89,9 @@ def test_web_flow_writes_a_verified_dataset_and_resumes(tmp_path, monkeypatch):
     shas = [s["sha256"] for s in shots]
     assert len(shas) == len(set(shas))
     for s in shots:
-        assert hashlib.sha256(s["png"]).hexdigest() == s["sha256"] and s["bytes"] == len(s["png"])
-        assert s["png"][:8] == b"\x89PNG\r\n\x1a\n"
+        png = s["png"]["bytes"]
+        assert hashlib.sha256(png).hexdigest() == s["sha256"] and s["bytes"] == len(png)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
     referenced = {json.loads(step["arguments"]).get("screenshot") for tr in trajectories for step in tr["steps"]} - {None}
     assert referenced and referenced <= set(shas)
 
@@ -100,6 +102,7 @@ def test_web_flow_writes_a_verified_dataset_and_resumes(tmp_path, monkeypatch):
     hf_trajs = load_dataset("parquet", data_files=files["trajectories"], split="train")
     assert hf_tasks.num_rows == len(tasks) and hf_trajs.num_rows == len(trajectories)
     assert hf_trajs[0]["messages"][0]["role"] == "system"
+    check_release(store, tasks, trajectories, tmp_path)
 
     # second run: every gold replay and rollout comes from the cache
     established, rolled = _journal(work, "establish"), _journal(work, "rollout")
@@ -108,3 +111,32 @@ def test_web_flow_writes_a_verified_dataset_and_resumes(tmp_path, monkeypatch):
     assert again["version"] == "v2"
     assert _journal(work, "establish") == established and _journal(work, "rollout") == rolled
     assert store.content_digest("v1") == store.content_digest("v2")
+
+
+def check_release(store: DatasetStore, tasks: list[dict], trajectories: list[dict], tmp_path: Path) -> None:
+    """Splits (twins with their originals), a clean scan, screenshots as images, and SFT rows of the verified
+    browser trajectories."""
+    from datasets import load_dataset
+    from trajfactory.datasets.export import export_version
+
+    split_of = {t["task_id"]: t["split"] for t in tasks}
+    tutorial = lambda t: json.loads(t["provenance"])["tutorial_id"]  # noqa: E731
+    for t in tasks:  # an infeasible twin sits in its original's split
+        assert all(split_of[o["task_id"]] == t["split"] for o in tasks if tutorial(o) == tutorial(t))
+    assert all(tr["split"] == split_of[tr["task_id"]] for tr in trajectories)
+    assert store.manifest("v1")["lineage"]["splits"]["leaks"] == 0
+    # observations showed the sites' loopback URLs with throwaway ports; the version keeps no port
+    observed = [m["content"] for tr in trajectories for m in tr["messages"] if m["content"]]
+    assert any("127.0.0.1:<PORT>/" in text for text in observed)
+    assert not any(re.search(r"127\.0\.0\.1:\d", text) for text in observed)
+    assert "web_tasks" in (store.root / "v1" / "README.md").read_text().split("## Tables")[1]
+
+    shots = load_dataset(str(store.root / "v1"), "screenshots", split="train")
+    assert type(shots.features["png"]).__name__ == "Image" and shots[0]["png"].size[0] > 100
+
+    report = export_version(store.root, tmp_path / "exports", version="v1", formats_=("sft", "rl"))
+    assert sum(report["exports"]["sft"].values()) >= 3  # a verified replay per site
+    sft = load_dataset("parquet", data_files=[str(p) for p in (tmp_path / "exports" / "sft").glob("*.parquet")],
+                       split="train")
+    assert all(row["messages"][-1]["role"] in ("assistant", "user") for row in sft)
+    assert sum(report["exports"]["rl"].values()) == len(tasks)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trajfactory.progress import setup_logging
 from trajfactory.settings import RecipeError, load_recipe
 
 app = typer.Typer(
@@ -20,18 +20,18 @@ app = typer.Typer(
     add_completion=False,
 )
 sandbox_app = typer.Typer(help="Manage sandbox images and leftover containers.", no_args_is_help=True)
-dataset_app = typer.Typer(help="Inspect dataset versions.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-app.add_typer(dataset_app, name="dataset")
 
 
-def _mount_models() -> None:
+def _mount() -> None:
+    from trajfactory.datasets.cli import EVAL_HELP, VIEW_HELP, dataset_app, eval_instances, view
     from trajfactory.models.cli import model_app
 
     app.add_typer(model_app, name="model", help="Make, serve and query models (tiny local model, vLLM server).")
+    app.add_typer(dataset_app, name="dataset")
+    app.command(help=VIEW_HELP)(view)
+    app.command("eval-instances", help=EVAL_HELP)(eval_instances)
 
-
-_mount_models()
 console = Console(stderr=True)
 
 RECIPE_ARG = typer.Argument(None, help="Recipe YAML file; omit it to use the embedded default recipe.",
@@ -47,10 +47,7 @@ def _recipe(path: Optional[Path]):
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("httpx", "httpcore", "docker", "urllib3", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
 
 
 def _print_yields(summary: dict) -> None:
@@ -95,8 +92,27 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
         _report_model(result["summary"])
         counts = ", ".join(f"{n} {k}" for k, n in result["counts"].items())
         typer.echo(f"wrote {result['root']}/{result['version']} ({counts})")
+        _export(r, result)
     if result.get("web"):
         _report_web(result["web"])
+        _export(r, result["web"])
+
+
+def _export(r, result: dict) -> None:
+    """The recipe's exports (`dataset.exports`) of the version a run wrote, under `dataset.export_root`."""
+    if not r.dataset.exports:
+        return
+    from trajfactory.datasets.export import export_version
+    from trajfactory.executors import get_backend
+
+    name = Path(result["root"]).name
+    out = Path(r.dataset.export_root) / name / result["version"]
+    backend = get_backend(r.sandbox.backend) if "swebench" in r.dataset.exports else None
+    report = export_version(result["root"], out, version=result["version"], formats_=tuple(r.dataset.exports),
+                            backend=backend, progress=typer.echo)
+    made = ", ".join(f"{k} {sum(v.values()) if all(isinstance(n, int) for n in v.values()) else v.get('instances', v)}"
+                     for k, v in report["exports"].items())
+    typer.echo(f"exported {name} {result['version']} to {out} ({made})")
 
 
 def _report_web(web: dict) -> None:
@@ -197,30 +213,7 @@ def cleanup() -> None:
     typer.echo(f"removed {cleanup_leftover_containers()} containers")
 
 
-@dataset_app.command("list")
-def dataset_list(path: Path = typer.Argument(..., help="A dataset directory (DATASET_ROOT/NAME).")) -> None:
-    """List the versions of a dataset with their row counts."""
-    from trajfactory.datasets.store import DatasetStore
-
-    store = DatasetStore(path)
-    for v in store.versions():
-        m = store.manifest(v)
-        counts = ", ".join(f"{t} {info['rows']}" for t, info in m["tables"].items())
-        typer.echo(f"{v}\tparent={m.get('parent')}\t{counts}")
-
-
-@dataset_app.command("verify")
-def dataset_verify(path: Path = typer.Argument(..., help="A dataset directory (DATASET_ROOT/NAME)."),
-                   version: str = typer.Argument(..., help="Version to check, e.g. v1.")) -> None:
-    """Check every shard of a version against the sha256 in its manifest."""
-    from trajfactory.datasets.store import DatasetStore
-
-    problems = DatasetStore(path).verify(version)
-    for p in problems:
-        typer.echo(p)
-    typer.echo("ok" if not problems else f"{len(problems)} problems")
-    raise typer.Exit(1 if problems else 0)
-
+_mount()
 
 if __name__ == "__main__":
     app()

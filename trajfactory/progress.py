@@ -9,6 +9,14 @@ import time
 log = logging.getLogger("trajfactory")
 
 
+def setup_logging() -> None:
+    """Log lines with times to stderr, for the CLI; the chattiest libraries only say what went wrong."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "docker", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 class Progress:
     def __init__(self, description: str, total: int):
         self.description, self.total, self.done = description, total, 0

@@ -16,7 +16,7 @@ import json
 import re
 from typing import Any
 
-from trajfactory.executors.protocol import Action, PolicyError, Start
+from trajfactory.executors.protocol import INFRA_FAILED, Action, PolicyError, Start
 from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage
 from trajfactory.settings import ModelPolicyConfig
@@ -128,6 +128,9 @@ class ModelPolicy:
         try:
             result = await self.client.chat(to_wire(messages), tools=tools, **extra, **cfg.sampling())
         except ModelError as exc:
+            if exc.infrastructure:
+                raise PolicyError("infra_error", f"the model server failed: {exc}", stop=INFRA_FAILED,
+                                  infra=True) from None
             self._model_errors += 1
             stop = "context_limit" if exc.context_overflow else (
                 "model_error" if self._model_errors >= cfg.max_model_errors else None)

@@ -24,7 +24,7 @@ from typing import Any
 from trajfactory.executors.browser import Observation
 from trajfactory.executors.browser_actions import (ACTION_TOOLS, ACTIONS, ActionError, action_call, action_from_call,
                                                    action_space, parse_action)
-from trajfactory.executors.protocol import Action, PolicyError, Start
+from trajfactory.executors.protocol import INFRA_FAILED, Action, PolicyError, Start
 from trajfactory.executors.web_env import observation_text
 from trajfactory.models.client import ChatResult, ModelClient, ModelError, image_data_uri
 from trajfactory.schema import Message, Policy as PolicyInfo, Usage, WebTask
@@ -156,6 +156,9 @@ class WebModelPolicy:
         try:
             result = await self._chat(observation)
         except ModelError as exc:
+            if exc.infrastructure:
+                raise PolicyError("infra_error", f"the model server failed: {exc}", stop=INFRA_FAILED,
+                                  infra=True) from None
             self._model_errors += 1
             stop = "context_limit" if exc.context_overflow else (
                 "model_error" if self._model_errors >= self.config.max_model_errors else None)

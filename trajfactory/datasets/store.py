@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ CARD = "README.md"
 FORMAT = "trajfactory.dataset/1"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _TMP_PREFIX = ".tmp-"
+_SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # Wall-clock columns, dropped at any nesting depth (including inside the JSON-encoded columns
 # below) before hashing, so two runs that produced the same data have the same content digest.
@@ -58,6 +58,7 @@ ID_COLUMNS = {
     "trajectories": "trajectory_id",
     "verdicts": "verdict_id",
     "quarantine": "item_id",
+    "reviews": "review_id",
 }
 
 
@@ -264,28 +265,48 @@ class DatasetStore:
 
 
 def _write_table(tmp: Path, name: str, schema: pa.Schema, rows: Iterable[dict], shard_rows: int) -> dict:
+    """Write one table's shards. A table with a `split` column is partitioned: its shards are named after the
+    split (`train-00000.parquet`), so a card's configs can point one split at `TABLE/train-*.parquet`."""
     (tmp / name).mkdir()
-    shards, total, it = [], 0, iter(rows)
-    for index in itertools.count():
-        chunk = list(itertools.islice(it, shard_rows))
-        if not chunk and index > 0:
-            break
-        rel = f"{name}/part-{index:05d}.parquet"
+    partitioned = "split" in schema.names
+    shards: list[dict] = []
+    splits: dict[str, int] = {}
+    buffers: dict[str, list[dict]] = {}
+    written: dict[str, int] = {}
+
+    def flush(prefix: str) -> None:
+        chunk = buffers.pop(prefix, [])
+        index = written.get(prefix, 0)
+        rel = f"{name}/{prefix}-{index:05d}.parquet"
         if chunk:
-            pq.write_table(_to_arrow(name, schema, chunk, total), tmp / rel)
+            pq.write_table(_to_arrow(name, schema, chunk, sum(splits.values()) - len(chunk)), tmp / rel)
         else:  # zero row groups: an empty row group makes `datasets` ask for batches of size 0
             pq.ParquetWriter(tmp / rel, schema).close()
         sha, size = _sha256(tmp / rel, fsync=True)
         shards.append({"path": rel, "rows": len(chunk), "sha256": sha, "bytes": size})
-        total += len(chunk)
-        if len(chunk) < shard_rows:
-            break
-    return {
-        "rows": total,
+        written[prefix] = index + 1
+
+    for row in rows:
+        split = (row.get("split") or "") if partitioned and isinstance(row, dict) else ""
+        prefix = split if _SPLIT_RE.match(split) else "part"
+        splits[split] = splits.get(split, 0) + 1
+        buffers.setdefault(prefix, []).append(row)
+        if len(buffers[prefix]) >= shard_rows:
+            flush(prefix)
+    for prefix in sorted(buffers):
+        flush(prefix)
+    if not shards:
+        flush("part")
+    shards.sort(key=lambda s: s["path"])
+    entry = {
+        "rows": sum(splits.values()),
         "schema": schema.to_string(show_schema_metadata=False),
         "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
         "shards": shards,
     }
+    if partitioned:
+        entry["splits"] = dict(sorted(splits.items()))
+    return entry
 
 
 def _to_arrow(name: str, schema: pa.Schema, rows: list, offset: int) -> pa.Table:

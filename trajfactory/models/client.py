@@ -42,6 +42,12 @@ class ModelError(RuntimeError):
         self.status = status
 
     @property
+    def infrastructure(self) -> bool:
+        """The server or the transport failed (no response, 5xx, overload after every retry, a malformed answer):
+        nothing the model wrote caused it, so an episode must not show it to the model as its own mistake."""
+        return self.status is None or self.status >= 500 or self.status in (200, 408, 409, 429)
+
+    @property
     def context_overflow(self) -> bool:
         """The request was too long for the model's context."""
         return self.status == 400 and bool(CONTEXT_OVERFLOW.search(str(self)))
@@ -231,10 +237,10 @@ class ModelClient:
                         break
                     detail = self._redact(resp.text[:500])
                     retry_after = resp.headers.get("retry-after")
-                    error = f"POST {url} -> HTTP {resp.status_code}: {detail}"
+                    error = f"chat request -> HTTP {resp.status_code}: {detail}"
                     retryable = resp.status_code in RETRY_STATUSES
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    error = f"POST {url} -> {type(exc).__name__}: {self._redact(str(exc))}"
+                    error = f"chat request -> {type(exc).__name__}: {self._redact(str(exc)).replace(self.base_url, '<endpoint>')}"
                     retryable = True
                 if not retryable or attempt >= self.max_retries:
                     record.error, record.latency_s = error, time.monotonic() - start
@@ -242,7 +248,7 @@ class ModelClient:
                         error + (f" (after {attempt} retries)" if attempt else ""), status=record.status
                     )
                 delay = self._backoff(attempt, retry_after)
-                log.warning("%s; retry %d/%d in %.2f s", error, attempt + 1, self.max_retries, delay)
+                log.warning("%s: %s; retry %d/%d in %.2f s", url, error, attempt + 1, self.max_retries, delay)
                 attempt += 1
                 record.retries = attempt
                 await asyncio.sleep(delay)
@@ -252,7 +258,7 @@ class ModelClient:
             choice = data["choices"][0]
         except (ValueError, KeyError, IndexError) as exc:
             record.error = f"bad response body: {exc!r}"
-            raise ModelError(f"POST {url} -> 200 but not a chat completion: {self._redact(resp.text[:500])}", 200)
+            raise ModelError(f"chat request -> 200 but not a chat completion: {self._redact(resp.text[:500])}", 200)
         usage = data.get("usage") or {}
         record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         record.completion_tokens = int(usage.get("completion_tokens") or 0)

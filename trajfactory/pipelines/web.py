@@ -22,6 +22,7 @@ import trajfactory
 from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.agents.web_model import WebModelPolicy
 from trajfactory.datasets.publish import write_dataset
+from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import web_yields
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.episode import run_episode
@@ -32,7 +33,7 @@ from trajfactory.pipelines.runner import Runner
 from trajfactory.runtime import run_sync
 from trajfactory.schema import (Quarantine, ScreenshotRow, Trajectory, Tutorial, Verdict, WebTask, content_hash,
                                 quarantined)
-from trajfactory.settings import EpisodeLimits, Recipe, WebJudgeConfig
+from trajfactory.settings import BUILTIN_DOCS, EpisodeLimits, Recipe, WebJudgeConfig
 from trajfactory.synthesizers.web import stage
 from trajfactory.verifiers import judge as judge_verifier
 from trajfactory.verifiers.record import verification
@@ -125,6 +126,22 @@ def screenshot_rows(trajectories: Iterable[Trajectory], store: ScreenshotStore) 
     return list(rows.values()), missing
 
 
+def tutorial_licenses(tutorials: Iterable[Tutorial], sources: dict[str, str]) -> dict[str, str | None]:
+    """Per tutorial source (`sources`: served URL -> the recipe's name for it), its license: the bundled
+    documentation is the project's (Apache-2.0); a page from elsewhere says nothing we can read: unknown."""
+    out: dict[str, str | None] = {}
+    for t in tutorials:
+        name = next((n for url, n in sources.items() if t.uri.startswith(url)), t.uri)
+        out[name] = "Apache-2.0" if name == BUILTIN_DOCS else None
+    return out
+
+
+def declared_credentials(tasks: Iterable[WebTask]) -> set[str]:
+    """The seeded demo accounts' passwords of every site and seed the tasks use: the scan keeps them."""
+    return {p for app, seed in {(t.environment.app, t.environment.seed) for t in tasks} if app in APPS
+            for p in APPS[app](seed).accounts.values()}
+
+
 # ---------------------------------------------------------------- the story
 
 
@@ -136,6 +153,7 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
     with model_session(recipe.model, recipe.web_work_dir, endpoint, recipe.web_uses_model()) as endpoint:
         with stage.tutorial_sources(w.tutorials) as uris:
             tutorials, harvest_q = runner.call(harvest_tutorials, recipe, uris)
+            sources = dict(zip(uris, w.tutorials))
         tasks, synth_q = runner.call(synthesize_tasks, recipe, tutorials)
         store = ScreenshotStore(recipe.web_work_dir)
         with BrowserPool(w.browsers) as pool:  # Chromiums start on first use: a fully cached run starts none
@@ -155,17 +173,23 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
             by_id = {t.task_id: t for t in checked}
             verdicts += runner.map(judge, [(recipe, endpoint, store, by_id[tr.task_id], tr) for tr in trajectories],
                                    "judge", workers=w.browsers)
+    # infra-failed episodes and near-duplicate tasks out, splits in (twins with their originals)
+    out = release(checked, trajectories, verdicts, seed=recipe.dataset.split_seed,
+                  threshold=recipe.dataset.near_duplicate_threshold)
+    checked, trajectories, verdicts = out.tasks, out.trajectories, out.verdicts
     record = verification(checked, trajectories, verdicts, w.judge_settings.min_confidence)
     screenshots, missing = screenshot_rows(trajectories, store)
-    quarantine = harvest_q + synth_q + [r for r in established if isinstance(r, Quarantine)] + missing
+    quarantine = harvest_q + synth_q + [r for r in established if isinstance(r, Quarantine)] + missing + out.quarantine
     summary = web_yields(tutorials, harvest_q, checked, trajectories, verdicts, w.judge_settings.min_confidence,
                          sites=APPS, quarantine=quarantine)
+    summary.update(out.summary)
     records = {"web_tasks": checked, "trajectories": trajectories, "verdicts": verdicts, "quarantine": quarantine,
                "screenshots": screenshots, "web_verification": record}
     lineage = {"recipe": recipe.name, "web_config": w.model_dump(), "config_hash": w.digest(),
-               "factory_version": trajfactory.__version__, "flow_run_id": runner.run_id,
+               "factory_version": trajfactory.__version__, "flow_run_id": runner.run_id, **out.lineage,
                "model": recipe.model.digest_fields() if endpoint is not None and recipe.model else None}
-    version = write_dataset(recipe.dataset.root, w.dataset_name, records, lineage, summary)
+    version = write_dataset(recipe.dataset.root, w.dataset_name, records, lineage, summary,
+                            licenses=tutorial_licenses(tutorials, sources), allowed=declared_credentials(checked))
     return {"version": version, "root": str(Path(recipe.dataset.root) / w.dataset_name), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()},
             "verified": sum(r.verified for r in record)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -20,6 +21,19 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     """Stable hash of JSON-serialisable parts; ids of records are content hashes."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+"""Control characters other than tab, newline and carriage return, and U+FFFD (what undecodable bytes become)."""
+
+
+def control_chars(text: str) -> str | None:
+    """Why `text` is not clean text (control characters, undecodable bytes), or None when it is."""
+    found = sorted(set(CONTROL_CHARS.findall(text)))
+    if not found:
+        return None
+    shown = ", ".join("U+FFFD (undecodable bytes)" if c == "\ufffd" else f"{ord(c):#04x}" for c in found[:5])
+    return f"{len(CONTROL_CHARS.findall(text))} control or undecodable character(s): {shown}"
 
 
 def utcnow() -> datetime:
@@ -51,6 +65,12 @@ class Source(Record):
     """License name guessed from the license file, e.g. `MIT`."""
     license_file: str | None = None
     fetched_at: datetime = Field(default_factory=utcnow)
+    version: str | None = None
+    """The release (`pypi:` version, the ref asked for), when there is one."""
+    repo_slug: str | None = None
+    """`owner/name` of the project's code host (GitHub, GitLab, ...), from its URL or its metadata, when known."""
+    commit_date: datetime | None = None
+    """When the pinned commit was made."""
 
 
 class Quarantine(Record):
@@ -195,6 +215,8 @@ class Trajectory(Record):
     """`submitted`, `step_limit`, `error: ...`."""
     duration_s: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
+    split: str = ""
+    """Its task's split: `train`, `validation` or `test` (`datasets/splits.py`), set when the version is built."""
 
     def to_row(self) -> dict:
         return {
@@ -217,6 +239,7 @@ class Trajectory(Record):
             "exit_status": self.exit_status,
             "duration_s": self.duration_s,
             "created_at": self.created_at,
+            "split": self.split,
         }
 
 
@@ -272,6 +295,7 @@ TRAJECTORY_SCHEMA = pa.schema(
         ("exit_status", pa.string()),
         ("duration_s", pa.float64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("split", pa.string()),
     ]
 )
 
@@ -288,6 +312,12 @@ class Evidence(Record):
     FAIL_TO_PASS: list[TestOutcome] = Field(default_factory=list)
     PASS_TO_PASS: list[TestOutcome] = Field(default_factory=list)
     detail: str = ""
+    reverted: list[str] = Field(default_factory=list)
+    """Changes of the verified patch that were dropped before the tests ran (tests, test configuration,
+    start-up hooks), as `path (why)`."""
+    refused: list[str] = Field(default_factory=list)
+    """Why the patch was refused without a test verdict counting (tampering with the test machinery, canary
+    tests with the wrong outcome); a refused patch fails."""
 
 
 class Verdict(Record):
@@ -323,9 +353,48 @@ VERDICT_SCHEMA = pa.schema(
         ("score", pa.float64()),
         (
             "evidence",
-            pa.struct([("FAIL_TO_PASS", _OUTCOMES), ("PASS_TO_PASS", _OUTCOMES), ("detail", pa.string())]),
+            pa.struct([("FAIL_TO_PASS", _OUTCOMES), ("PASS_TO_PASS", _OUTCOMES), ("detail", pa.string()),
+                       ("reverted", pa.list_(pa.string())), ("refused", pa.list_(pa.string()))]),
         ),
         ("duration_s", pa.float64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# ---------------------------------------------------------------- reviews
+
+
+class Review(Record):
+    """A person's label of one trajectory, made in `trajfactory view`: accept or reject it, with a note.
+
+    Reviews are data: a `reviews` table in a new dataset version whose parent is the reviewed one. The latest
+    label of a trajectory wins (`datasets/reviews.py`), so a later version may overrule an earlier label.
+    """
+
+    review_id: str
+    """Content hash of (trajectory_id, label, note, reviewer, created_at)."""
+    trajectory_id: str
+    task_id: str
+    label: Literal["accept", "reject"]
+    note: str = ""
+    reviewer: str = ""
+    reviewed_version: str = ""
+    """The dataset version the reviewer looked at, e.g. `v3`."""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def to_row(self) -> dict:
+        return self.model_dump()
+
+
+REVIEW_SCHEMA = pa.schema(
+    [
+        ("review_id", pa.string()),
+        ("trajectory_id", pa.string()),
+        ("task_id", pa.string()),
+        ("label", pa.string()),
+        ("note", pa.string()),
+        ("reviewer", pa.string()),
+        ("reviewed_version", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -334,6 +403,7 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "trajectories": TRAJECTORY_SCHEMA,
     "verdicts": VERDICT_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
+    "reviews": REVIEW_SCHEMA,
 }
 
 

@@ -78,6 +78,8 @@ class WebTask(Record):
     """Reference BrowserGym action strings (from a verified replay)."""
     difficulty: str = ""
     provenance: WebProvenance
+    split: str = ""
+    """`train`, `validation` or `test` (`datasets/splits.py`), set when the version is built."""
 
     def to_row(self) -> dict:
         return {
@@ -92,6 +94,7 @@ class WebTask(Record):
             "gold": list(self.gold),
             "difficulty": self.difficulty,
             "provenance": self.provenance.model_dump_json(),
+            "split": self.split,
         }
 
 
@@ -125,6 +128,7 @@ WEB_TASK_SCHEMA = pa.schema(
         ("gold", pa.list_(pa.string())),
         ("difficulty", pa.string()),
         ("provenance", pa.string()),
+        ("split", pa.string()),
     ]
 )
 TABLE_SCHEMAS["web_tasks"] = WEB_TASK_SCHEMA
@@ -143,10 +147,18 @@ class ScreenshotRow(Record):
         return cls(sha256=hashlib.sha256(png).hexdigest(), png=png, bytes=len(png))
 
     def to_row(self) -> dict:
-        return {"sha256": self.sha256, "png": self.png, "bytes": self.bytes}
+        return {"sha256": self.sha256, "png": {"bytes": self.png, "path": f"{self.sha256}.png"}, "bytes": self.bytes}
 
 
-SCREENSHOT_SCHEMA = pa.schema([("sha256", pa.string()), ("png", pa.binary()), ("bytes", pa.int64())])
+# `png` is stored the way `datasets` stores an `Image` (bytes and a path), and the schema's `huggingface` metadata
+# says so: `load_dataset` and the Hub viewer show the column as images.
+SCREENSHOT_SCHEMA = pa.schema(
+    [("sha256", pa.string()), ("png", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+     ("bytes", pa.int64())],
+    metadata={"huggingface": json.dumps({"info": {"features": {
+        "sha256": {"dtype": "string", "_type": "Value"}, "png": {"_type": "Image"},
+        "bytes": {"dtype": "int64", "_type": "Value"}}}})},
+)
 TABLE_SCHEMAS["screenshots"] = SCREENSHOT_SCHEMA
 
 

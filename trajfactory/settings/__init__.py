@@ -12,11 +12,11 @@ from trajfactory.settings.agents import (EpisodeLimits, ModelPolicyConfig, Sampl
 from trajfactory.settings.model import BUILTIN_TINY, ModelConfig
 from trajfactory.settings.recipe import DEFAULT_RECIPE, DatasetConfig, Recipe, RecipeError, load_recipe
 from trajfactory.settings.sandbox import SandboxConfig
-from trajfactory.settings.swe import (BUILTIN_REPOS, JudgeConfig, LMRewriteConfig, ModelRolloutConfig, RepoSpec,
+from trajfactory.settings.swe import (BUILTIN_REPOS, CombineConfig, JudgeConfig, LMRewriteConfig, ModelRolloutConfig, RepoSpec,
                                       RolloutConfig, SynthesisConfig, ValidationConfig)
 from trajfactory.settings.web import BUILTIN_DOCS, WebConfig, WebJudgeConfig
 
-__all__ = ["BUILTIN_DOCS", "BUILTIN_REPOS", "BUILTIN_TINY", "DEFAULT_RECIPE", "DatasetConfig", "EpisodeLimits",
+__all__ = ["BUILTIN_DOCS", "BUILTIN_REPOS", "BUILTIN_TINY", "CombineConfig", "DEFAULT_RECIPE", "DatasetConfig", "EpisodeLimits",
            "JudgeConfig", "LMRewriteConfig", "ModelConfig", "ModelPolicyConfig", "ModelRolloutConfig", "Recipe",
            "RecipeError", "RepoSpec", "RolloutConfig", "SamplingConfig", "SandboxConfig", "Section", "SynthesisConfig",
            "ValidationConfig", "WebAgentConfig", "WebConfig", "WebJudgeConfig", "load_recipe", "unique_policies"]

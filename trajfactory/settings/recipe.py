@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -26,6 +27,16 @@ class DatasetConfig(Section):
     """Name of the SWE dataset (the web dataset's is `web.dataset_name`)."""
     root: str = "trajfactory-out/datasets"
     """Where dataset versions are written (relative paths are relative to the working directory)."""
+    split_seed: int = 0
+    """Seed of the train / validation / test assignment (`datasets/splits.py`): whole leakage groups, so the same
+    seed on the same tasks gives the same splits."""
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """MinHash similarity at or above which two tasks' statements (and fixes) count as near-duplicates."""
+    exports: list[Literal["sft", "dpo", "rl", "swebench"]] = Field(default_factory=lambda: ["sft", "dpo", "rl",
+                                                                                              "swebench"])
+    """What `trajfactory run` exports of each new version (`trajfactory dataset export` makes them later too)."""
+    export_root: str = "trajfactory-out/exports"
+    """Where: `EXPORT_ROOT/NAME/vN/` (relative paths are relative to the working directory)."""
 
 
 class Recipe(Section):

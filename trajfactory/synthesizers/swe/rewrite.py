@@ -22,7 +22,7 @@ from typing import Any
 
 from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.runtime import run_sync
-from trajfactory.schema import Candidate, Entity, Quarantine, content_hash, quarantined
+from trajfactory.schema import Candidate, Entity, Quarantine, content_hash, control_chars, quarantined
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
 from trajfactory.synthesizers.swe.diffs import unified_diff
 
@@ -249,6 +249,8 @@ async def rewrite_entity(
     try:
         result = await client.chat(build_messages(target, max_context_chars), **sampling)
         reply = result.message.content
+        if (bad := control_chars(reply or "")) is not None:
+            raise Rejected("not_text", bad)
         new_source = splice(target, reply)
     except ModelError as exc:
         return quarantined(STAGE, "candidate", item, "model_error",

@@ -1,8 +1,9 @@
 """LM problem statements (SWE-smith's issue text): a model writes a GitHub-issue-style report from
 the bug patch and the failing tests' output, and a leak check keeps the fix out of it.
 
-A statement is rejected when it quotes a changed line of the patch, a long run of the fixed code,
-or diff markers (`leak`), and when it names nothing of the task (`off_topic`: no changed function,
+A statement is rejected when it is not clean text (`not_text`: control characters, undecodable bytes),
+when it quotes a changed line of the patch, a long run of the fixed code, or diff markers (`leak`), and
+when it names nothing of the task (`off_topic`: no changed function,
 module or failing test is mentioned, so it cannot be about this bug); then, and when the model
 fails, the template statement is used instead. The result says which one was used and why, so a
 dataset can report its share of model-written text.
@@ -16,7 +17,7 @@ from difflib import SequenceMatcher
 from typing import Any, Literal
 
 from trajfactory.models.client import ModelClient, ModelError
-from trajfactory.schema import Validation
+from trajfactory.schema import Validation, control_chars
 from trajfactory.synthesizers.swe.tasks import template_statement
 
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.7, "max_tokens": 600}
@@ -60,7 +61,8 @@ class StatementResult:
     text: str
     source: Literal["lm", "template"]
     reason: str
-    """`ok` (model text used), or why the template was used: `leak`, `off_topic`, `model_error`, `empty`."""
+    """`ok` (model text used), or why the template was used: `leak`, `off_topic`, `model_error`, `empty`,
+    `not_text` (control characters or undecodable bytes)."""
     detail: str = ""
     """What leaked, or the model error; empty when the model's text was used."""
 
@@ -164,6 +166,8 @@ async def write_statement(
     text = (result.message.content or "").strip()
     if len(text) < MIN_STATEMENT_CHARS:
         return fallback("empty", f"the model wrote {len(text)} characters: {text[:80]!r}")
+    if (bad := control_chars(text)) is not None:
+        return fallback("not_text", f"{bad}; the model wrote {text[:80]!r}")
     if (leak := find_leak(text, bug_patch)) is not None:
         return fallback("leak", leak)
     if names is not None and (off := find_off_topic(text, names)) is not None:

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash
+from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash, control_chars
 from trajfactory.sources.tutorial_text import guess_site
 
 SYNTHESIZER = "web.tutorial_spec"
@@ -185,6 +185,8 @@ async def parse_tutorial_with_model(tutorial: Tutorial, client, **sampling: Any)
     try:
         result = await client.chat([{"role": "user", "content": SPEC_PROMPT.format(title=tutorial.title, text=tutorial.text[:6000])}],
                                    response_format=fmt, **{"temperature": 0.0, "max_tokens": 512, **sampling})
+        if (bad := control_chars(result.message.content or "")) is not None:
+            raise ValueError(f"not_text: {bad}")
         spec = WebTaskSpec.model_validate(json.loads(result.message.content or ""))
         if not spec.steps or not all(s.strip() for s in spec.steps):
             raise ValueError("model spec has empty steps")
