@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from conftest import BAD_REPOS, ROOT
 from trajfactory.datasets.store import DatasetStore
+from trajfactory.verifiers.claims import contradictions
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -72,6 +74,9 @@ def test_end_to_end_flow_writes_a_verified_dataset(docker_backend, tmp_path):
     assert len(traj_verdicts) == len(trajs) and all(v["passed"] for v in traj_verdicts)
     reasons = {q["reason"] for q in quarantine}
     assert {"no_tests", "not_found"} <= reasons
+    # the check over every trajectory of the version: no claim of success right after a failing observation
+    said = [contradictions(SimpleNamespace(messages=[SimpleNamespace(**m) for m in t["messages"]])) for t in trajs]
+    assert said == [[]] * len(trajs) and "claim_contradicts_observation" not in reasons
     assert "yields by repository" in proc.stdout and "textkit" in proc.stdout
 
     from datasets import load_dataset
