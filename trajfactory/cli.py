@@ -31,6 +31,9 @@ def _mount() -> None:
     app.add_typer(dataset_app, name="dataset")
     app.command(help=VIEW_HELP)(view)
     app.command("eval-instances", help=EVAL_HELP)(eval_instances)
+    from trajfactory.training.cli import train_app
+
+    app.add_typer(train_app, name="train")
 
 console = Console(stderr=True)
 

@@ -1,0 +1,176 @@
+"""`trajfactory train ...`: fine-tune a model on a dataset version's trajectories (SFT on the verified ones, DPO
+on verified-versus-failed pairs).
+
+The main CLI mounts this app: `app.add_typer(train_app, name="train")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from trajfactory.progress import setup_logging
+
+train_app = typer.Typer(help="Train models on the factory's datasets (SFT and DPO with TRL).", no_args_is_help=True)
+console = Console(stderr=True)
+
+SFT_HELP = (
+    "Supervised fine-tuning (TRL's SFTTrainer) on the verified trajectories of one dataset version.\n\n"
+    "Example: trajfactory train sft --data datasets/swe@v1 --model builtin:tiny --out runs/sft-tiny --max-steps 20\n\n"
+    "Rows: each verified trajectory (tests passed for SWE, state checks for web) of the chosen splits, as a "
+    "conversation with its tool schemas. The loss is on the assistant turns only (the model's chat template with "
+    "`{% generation %}` markers; the tiny model's and the templates TRL knows are marked for you; otherwise pass "
+    "--chat-template or --loss all).\n\n"
+    "Context: a row longer than --max-length tokens is cut after the last assistant turn that fits; a row whose first "
+    "assistant turn does not fit is dropped. Both are counted and listed in metrics.json.\n\n"
+    "OUT: a model directory that transformers and vLLM load as it is (`trajfactory model serve OUT`), plus "
+    "metrics.json (loss per step, tokens, rows used / truncated / dropped, the data version and its content digest) "
+    "and loss.png."
+)
+
+
+@train_app.command("sft", help=SFT_HELP)
+def sft(
+    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
+                             "version; default: its newest version."),
+    model: str = typer.Option("builtin:tiny", "--model", help="The base model: `builtin:tiny` (the factory's own tiny "
+                              "model) or a local model directory (config.json, weights, tokenizer)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and loss.png "
+                             "into (new or empty, or a previous output with --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
+                                   "the new one is complete)."),
+    split: list[str] = typer.Option(["train"], "--split", help="Split(s) to train on; repeat for more. "
+                                    "validation / test stay held out by default."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps; -1 runs --epochs epochs."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the rows when --max-steps is -1."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Rows per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak learning rate (linear decay)."),
+    max_length: int = typer.Option(2048, "--max-length", help="Longest training sequence in tokens (see Context)."),
+    clip_tool_output: Optional[int] = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this "
+                                                   "many characters (head and tail kept) before fitting; default off."),
+    loss: str = typer.Option("assistant", "--loss", help="`assistant`: loss on assistant turns only; `all`: on every "
+                             "token."),
+    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template with "
+                                                 "{% generation %} markers to train with (training only; OUT keeps the "
+                                                 "model's own template)."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) and merge them into the saved "
+                              "weights."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
+                                        "CUDA GPU supports it, off on CPU."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for "
+                                                "less activation memory (large models on a GPU)."),
+    seed: int = typer.Option(0, "--seed"),
+    log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
+) -> None:
+    setup_logging()
+    from pydantic import ValidationError
+
+    from trajfactory.training.settings import SFTSettings
+    from trajfactory.training.sft import TrainError, train_sft
+
+    try:
+        settings = SFTSettings(
+            splits=split, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+            learning_rate=learning_rate, max_length=max_length, clip_tool_output_chars=clip_tool_output, loss=loss,
+            chat_template=chat_template, lora=lora, lora_r=lora_r, bf16=bf16,
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every)
+    except ValidationError as exc:
+        console.print(f"[red]bad option[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    try:
+        metrics = train_sft(data, model, out, settings, overwrite=overwrite)
+    except TrainError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ctx, tr = metrics["context"], metrics["training"]
+    typer.echo(f"trained {tr['steps']} steps on {ctx['rows_used']} rows of {metrics['data']['dataset']}@"
+               f"{metrics['data']['version']} ({ctx['rows_truncated']} truncated, {ctx['rows_dropped']} dropped); "
+               f"final loss {tr['final_loss']:.4f}, {tr['tokens_per_s']} tokens/s")
+    typer.echo(f"wrote {out} (metrics.json, loss.png)")
+
+
+DPO_HELP = (
+    "Preference training (DPO, TRL's DPOTrainer): teach a model to prefer the trajectory that passed verification "
+    "over one that failed, for the same task.\n\n"
+    "Example: trajfactory train dpo --data datasets/swe@v1 --model runs/sft-tiny --out runs/dpo-tiny --max-steps 20\n\n"
+    "Pairs: for each task of the chosen splits, a verified trajectory (tests passed for SWE, state checks for web) as "
+    "`chosen` and a failed one as `rejected`, after the same task prompt, with the tool schemas (TRL's conversational "
+    "prompt / chosen / rejected form). A dataset has pairs when some task has both: run model rollouts with several "
+    "samples per task (recipe: `oracle` and `model` in `rollout.policies`, `rollout.model.samples: 4`). Without "
+    "any, the command says so and trains nothing.\n\n"
+    "Reference model: the frozen --model (with --lora, the same model with its adapters turned off). Start from an SFT "
+    "output for best results.\n\n"
+    "Context: a prompt + completion longer than --max-length tokens is cut after the last whole assistant turn that "
+    "fits; a pair whose first assistant turn does not fit is dropped. Both are counted and listed in metrics.json.\n\n"
+    "OUT: a model directory that transformers and vLLM load as it is (`trajfactory model serve OUT`), plus "
+    "metrics.json (loss and TRL's rewards / margins / accuracies per step, pairs used / truncated / dropped, the data "
+    "version and its content digest) and loss.png."
+)
+
+
+@train_app.command("dpo", help=DPO_HELP)
+def dpo(
+    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
+                             "version; default: its newest version."),
+    model: str = typer.Option("builtin:tiny", "--model", help="The model to train and the reference: `builtin:tiny` "
+                              "or a local model directory (config.json, weights, tokenizer), e.g. an SFT output."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and loss.png "
+                             "into (new or empty, or a previous output with --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
+                                   "the new one is complete)."),
+    split: list[str] = typer.Option(["train"], "--split", help="Split(s) to take pairs from; repeat for more. "
+                                    "validation / test stay held out by default."),
+    beta: float = typer.Option(0.1, "--beta", help="How far the model may move from the reference; higher keeps it "
+                               "closer."),
+    max_pairs_per_task: int = typer.Option(4, "--max-pairs-per-task", help="At most this many (verified, failed) "
+                                           "pairs per task."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps; -1 runs --epochs epochs."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the pairs when --max-steps is -1."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    learning_rate: float = typer.Option(1e-6, "--lr", help="Peak learning rate (linear decay); DPO wants a small one."),
+    max_length: int = typer.Option(2048, "--max-length", help="Longest prompt + completion in tokens (see Context)."),
+    clip_tool_output: Optional[int] = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this "
+                                                   "many characters (head and tail kept) before fitting; default off."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) and merge them into the saved "
+                              "weights; the reference is then the model with the adapters off (no second copy)."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
+                                        "CUDA GPU supports it, off on CPU."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for "
+                                                "less activation memory (large models on a GPU)."),
+    seed: int = typer.Option(0, "--seed"),
+    log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
+) -> None:
+    setup_logging()
+    from pydantic import ValidationError
+
+    from trajfactory.training.common import TrainError
+    from trajfactory.training.dpo import train_dpo
+    from trajfactory.training.settings import DPOSettings
+
+    try:
+        settings = DPOSettings(
+            splits=split, beta=beta, max_pairs_per_task=max_pairs_per_task, max_steps=max_steps, epochs=epochs,
+            batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate, max_length=max_length,
+            clip_tool_output_chars=clip_tool_output, lora=lora, lora_r=lora_r, bf16=bf16,
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every)
+    except ValidationError as exc:
+        console.print(f"[red]bad option[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    try:
+        metrics = train_dpo(data, model, out, settings, overwrite=overwrite)
+    except TrainError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ctx, tr = metrics["context"], metrics["training"]
+    typer.echo(f"trained {tr['steps']} steps on {ctx['pairs_used']} pairs of {metrics['data']['dataset']}@"
+               f"{metrics['data']['version']} ({ctx['pairs_truncated']} truncated, {ctx['pairs_dropped']} dropped); "
+               f"final loss {tr['final_loss']:.4f}, reward margin {tr['final_rewards_margins']}, "
+               f"reward accuracy {tr['final_rewards_accuracies']}")
+    typer.echo(f"wrote {out} (metrics.json, loss.png)")

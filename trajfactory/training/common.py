@@ -1,0 +1,240 @@
+"""What every `trajfactory train ...` command shares: its inputs (a dataset version `DIR[@vN]`, a base model, an
+output directory), the device and LoRA options, a per-step log, and writing OUT atomically as a model directory that
+transformers and vLLM load as it is (weights with LoRA merged, the base model's tokenizer files verbatim)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trajfactory.datasets.store import DatasetStore
+from trajfactory.settings import BUILTIN_TINY
+from trajfactory.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+# Files of a model directory that make its tokenizer and chat template; copied verbatim into OUT.
+TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|"
+                             r"merges\.txt|chat_template\.(jinja|json)|.*\.model|.*\.tiktoken)$")
+# What marks a directory as a training output (ours or a checkpoint), which only `overwrite` replaces.
+OUTPUT_MARKERS = ("config.json", "metrics.json", "model.safetensors", "adapter_config.json")
+
+
+class TrainError(ValueError):
+    """A training run that cannot start: names the input that was wrong and what would be right."""
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------------
+
+def parse_data_ref(data: str | Path) -> tuple[Path, str | None]:
+    """`DIR` or `DIR@vN` -> (dataset directory, version or None for the latest)."""
+    text = str(data)
+    m = re.fullmatch(r"(.+)@(v\d+)", text)
+    return (Path(m.group(1)), m.group(2)) if m else (Path(text), None)
+
+
+def open_version(data: str | Path) -> tuple[DatasetStore, str, Callable[[str], list[dict]]]:
+    """The store and version that `DIR[@vN]` names (the latest without `@vN`), and a reader of its tables (a table
+    the version lacks reads as no rows)."""
+    root, version = parse_data_ref(data)
+    if not root.is_dir():
+        raise TrainError(f"--data {data}: no such dataset directory; give DATASET_ROOT/NAME[@vN]")
+    store = DatasetStore(root)
+    versions = store.versions()
+    version = version or store.latest()
+    if version is None or version not in versions:
+        raise TrainError(f"--data {data}: no version {version or '(any)'} in {root}; its versions: "
+                         f"{', '.join(versions) or 'none'}")
+    tables = store.manifest(version)["tables"]
+    return store, version, lambda t: store.read_rows(version, t) if t in tables else []
+
+
+def data_source(store: DatasetStore, version: str, splits: list[str]) -> dict[str, Any]:
+    """What identifies the trained-on data in metrics.json."""
+    return {"dataset": store.root.name, "path": str(store.root.resolve()), "version": version,
+            "content_digest": store.content_digest(version), "splits": splits}
+
+
+def resolve_model(model: str | Path) -> Path:
+    """`builtin:tiny` (made on first use) or a model directory with a config.json."""
+    if str(model) == BUILTIN_TINY:
+        from trajfactory.models.service import tiny_model_dir
+
+        return tiny_model_dir()
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise TrainError(f"--model {model}: not a model directory (no config.json); give a directory with "
+                         f"config.json, weights and tokenizer, or {BUILTIN_TINY}")
+    return path
+
+
+def load_model(path: Path, ref: str | Path, *, dtype: Any = None):
+    """The tokenizer and causal LM of a model directory; an error naming the directory when they do not load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    except Exception as exc:  # any loader failure means: this directory is not a usable model
+        raise TrainError(f"--model {ref}: does not load with transformers ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); give a causal LM directory "
+                         f"(config.json, weights, tokenizer) or {BUILTIN_TINY}") from None
+    return tokenizer, model
+
+
+def check_out(out: Path, overwrite: bool, model_dir: Path) -> None:
+    """An output directory may be new or empty; a previous training output is replaced only with `overwrite`, and
+    a directory holding anything else is never touched."""
+    if out.resolve() == model_dir.resolve() or out.resolve() in model_dir.resolve().parents:
+        raise TrainError(f"--out {out}: it is (or holds) the base model {model_dir}; choose another directory")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TrainError(f"--out {out}: exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    ours = [e for e in entries if e in OUTPUT_MARKERS or e.startswith("checkpoint-")]
+    if not ours:
+        raise TrainError(f"--out {out}: not empty and not a training output ({', '.join(entries[:5])} ...); "
+                         "choose a new or empty directory")
+    if not overwrite:
+        raise TrainError(f"--out {out}: already holds a trained model or checkpoint ({', '.join(ours)}); pass "
+                         "--overwrite to replace it, or choose another directory")
+
+
+def cap_max_length(wanted: int, lm) -> int:
+    """`max_length`, capped at the model's context (its `max_position_embeddings`) with a log line when it is."""
+    context = getattr(lm.config.get_text_config(), "max_position_embeddings", None)
+    if context and wanted > context:
+        log.warning("max_length %d is beyond the model's context of %d tokens; using %d", wanted, context, context)
+        return int(context)
+    return wanted
+
+
+# ---- training options -----------------------------------------------------------------------------------------------
+
+def device_flags(settings: TrainSettings) -> dict[str, Any]:
+    """`use_cpu` / `bf16` for the trainer's config: bf16 on where a CUDA GPU supports it unless the settings say."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if settings.bf16 and not bf16_ok:
+        raise TrainError("--bf16: needs a CUDA GPU with bf16 support; this machine has "
+                         f"{'a GPU without bf16' if cuda else 'no CUDA GPU'} (drop --bf16)")
+    return {"use_cpu": not cuda, "bf16": bf16_ok if settings.bf16 is None else settings.bf16}
+
+
+def checkpointing_flag(config_cls, settings: TrainSettings) -> dict[str, bool]:
+    """Gradient checkpointing under the name the installed transformers uses (5.x renamed it; the old one warns)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: settings.gradient_checkpointing}
+
+
+def peft_config(settings: TrainSettings):
+    """peft's LoraConfig from the settings."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise TrainError("--lora: needs the `peft` package (a declared dependency: run scripts/setup.sh to "
+                         "rebuild the environment)") from None
+    targets = settings.lora_target_modules
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                      task_type="CAUSAL_LM")
+
+
+def step_logger(every: int, keep: tuple[str, ...] = ()):
+    """A callback that keeps every step's loss (and the logged values named in `keep`) and logs loss and throughput
+    every `every` steps."""
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        def __init__(self):
+            self.steps: list[dict[str, Any]] = []
+            self.started = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            log.info("training: %d optimizer steps", state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            seconds = time.monotonic() - self.started
+            step = {"step": state.global_step, "loss": float(logs["loss"]),
+                    "learning_rate": logs.get("learning_rate"), "seconds": round(seconds, 3)}
+            step.update({k: float(logs[k]) for k in keep if k in logs})
+            self.steps.append(step)
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                rate = state.num_input_tokens_seen / seconds if seconds > 0 else 0.0
+                log.info("step %d/%d: loss %.4f, %.0f tokens/s", state.global_step, state.max_steps,
+                         logs["loss"], rate)
+
+    return StepLog()
+
+
+def quiet_progress_bars() -> None:
+    """Off a terminal the loaders' and `datasets`' bars are noise in a log; StepLog and Progress log instead."""
+    if not sys.stderr.isatty():
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+
+
+# ---- output ---------------------------------------------------------------------------------------------------------
+
+def config_dtype(model_dir: Path):
+    """The dtype the base model's config declares (None: leave the weights as trained)."""
+    import torch
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    return getattr(torch, name, None) if isinstance(name, str) else None
+
+
+def save_model(trainer, tokenizer, base_dir: Path, original_template, dest: Path, base_dtype) -> None:
+    """Weights (LoRA merged, in the base model's dtype) and the base model's tokenizer files, verbatim."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # a peft model: plain weights serve without peft
+        model = model.merge_and_unload()
+    if base_dtype is not None:
+        model = model.to(base_dtype)
+    model.config.use_cache = True  # gradient checkpointing turns it off; generation wants it
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.chat_template = original_template
+    tokenizer.save_pretrained(dest)
+    for f in base_dir.iterdir():
+        if f.is_file() and TOKENIZER_FILES.match(f.name):
+            shutil.copy2(f, dest / f.name)
+
+
+def partial_dir(out: Path) -> Path:
+    """A fresh sibling directory to write OUT into (a killed run's leftovers removed)."""
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def replace_dir(partial: Path, out: Path) -> None:
+    """Move the finished output into place; an old one (checked by `check_out`) goes only once the new one is whole."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    partial.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

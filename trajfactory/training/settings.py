@@ -1,0 +1,74 @@
+"""Settings of `trajfactory train sft` and `trajfactory train dpo`: what to train on, how long, and with which options.
+
+Defaults fit a short CPU run of the built-in tiny model; on a GPU raise `max_length`, `batch_size` and `max_steps`
+(or set `epochs`), and turn on `bf16` / `lora` as the model needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from trajfactory.settings import Section
+
+
+class TrainSettings(Section):
+    """What every training run has: the data's splits, the context, the optimizer's steps and the device options."""
+
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    """Dataset splits whose verified trajectories are trained on (validation / test stay held out)."""
+    max_length: int = Field(2048, ge=16)
+    """Longest training sequence in tokens; longer rows follow the context policy (see `training/context.py`)."""
+    clip_tool_output_chars: int | None = Field(None, ge=64)
+    """Clip each tool output to this many characters (head and tail kept) before fitting the context; None: off."""
+    max_steps: int = Field(-1, ge=-1)
+    """Optimizer steps to take; -1: run `epochs` epochs."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the rows (when `max_steps` is -1)."""
+    batch_size: int = Field(1, ge=1)
+    """Rows per device per micro-batch."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_steps: float = Field(0.0, ge=0)
+    """Learning-rate warm-up: a number of steps, or a fraction of all steps when below 1."""
+    seed: int = 0
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; they are merged into the saved model."""
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: str = "all-linear"
+    """peft's `target_modules`: `all-linear`, or comma-separated module names (e.g. `q_proj,v_proj`)."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None: on when a CUDA GPU supports it. True without such a GPU is an error."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~50% more time (measured on the tiny model)."""
+    log_every: int = Field(10, ge=1)
+    """Log loss and throughput every this many optimizer steps (every step's loss goes into metrics.json)."""
+
+
+class SFTSettings(TrainSettings):
+    """One supervised fine-tuning run (TRL's SFTTrainer) on a dataset version's verified trajectories."""
+
+    loss: Literal["assistant", "all"] = "assistant"
+    """`assistant`: loss on assistant turns only (needs a chat template with generation markers, see
+    `chat_template`); `all`: loss on every token (system prompt, tool outputs and all)."""
+    chat_template: Path | None = None
+    """A Jinja chat template with `{% generation %}` markers to train with, for a model whose own template has none
+    and that TRL cannot patch. Training only: the output keeps the model's own template."""
+
+
+class DPOSettings(TrainSettings):
+    """One preference run (TRL's DPOTrainer) on pairs of a verified and a failed trajectory of the same task.
+
+    The reference model is the frozen base (with `lora`, the base with the adapters disabled)."""
+
+    learning_rate: float = Field(1e-6, gt=0)
+    """Peak learning rate; DPO wants a small one (TRL's default)."""
+    beta: float = Field(0.1, gt=0)
+    """How far the policy may move from the reference: higher keeps it closer (TRL's `beta`)."""
+    max_pairs_per_task: int = Field(4, ge=1)
+    """At most this many (verified, failed) pairs per task, so a task with many samples does not dominate."""
