@@ -26,14 +26,15 @@ app.add_typer(sandbox_app, name="sandbox")
 def _mount() -> None:
     from trajfactory.datasets.cli import EVAL_HELP, VIEW_HELP, dataset_app, eval_instances, view
     from trajfactory.models.cli import model_app
+    from trajfactory.pipelines.eval_cli import EVAL_HELP as MODEL_EVAL_HELP, eval_command
+    from trajfactory.training.cli import train_app
 
     app.add_typer(model_app, name="model", help="Make, serve and query models (tiny local model, vLLM server).")
     app.add_typer(dataset_app, name="dataset")
     app.command(help=VIEW_HELP)(view)
     app.command("eval-instances", help=EVAL_HELP)(eval_instances)
-    from trajfactory.training.cli import train_app
-
     app.add_typer(train_app, name="train")
+    app.command("eval", help=MODEL_EVAL_HELP)(eval_command)
 
 console = Console(stderr=True)
 

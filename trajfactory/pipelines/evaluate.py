@@ -1,0 +1,138 @@
+"""Evaluate a model policy on the held-out SWE tasks of a dataset version, beside a baseline.
+
+    report = evaluate("datasets/swe@v1", "runs/sft-tiny", "builtin:tiny", "test", EvalSettings(samples=2), out)
+
+For each model (the model, then the baseline): serve it with the factory's vLLM manager for the length of its
+episodes (`models/service.py`), roll out every held-out task `samples` times with the factory's model policy in
+fresh sandboxes of the task's image (`swe.rollout`: the episode loop and `ModelPolicy`), stop the server, and verify
+each final patch with the tests in another fresh sandbox (`swe.verify_all`). The scores are pure functions of
+those records (`training/eval_metrics.py`); the report is report.json, scores.png and a table
+(`training/evaluate.py`). A baseline with the same spec as the model is evaluated once and reported on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import trajfactory
+from trajfactory.executors import get_backend
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.models.server import VLLMServerError
+from trajfactory.models.service import model_endpoint, resolve_model_dir
+from trajfactory.pipelines import swe
+from trajfactory.pipelines.runner import LocalRunner, Runner
+from trajfactory.schema import ModelUsage, Task
+from trajfactory.settings import (BUILTIN_TINY, EpisodeLimits, ModelConfig, ModelPolicyConfig, ModelRolloutConfig,
+                                  Recipe, RepoSpec, RolloutConfig, ValidationConfig)
+from trajfactory.training import eval_metrics
+from trajfactory.training.evaluate import EvalError, EvalSettings, held_out_tasks, write_report
+
+log = logging.getLogger(__name__)
+
+
+def served_name(spec: str) -> str:
+    """The name the served model answers to: `tiny` for the built-in one, else its directory's name."""
+    return "tiny" if spec == BUILTIN_TINY else (Path(spec).expanduser().resolve().name or "model")
+
+
+def check_model(spec: str, option: str) -> Path:
+    """The model directory of `spec`, or an error naming the option and what would be right."""
+    try:
+        return resolve_model_dir(spec)
+    except ValueError as exc:
+        raise EvalError(f"{option} {spec}: {exc}") from None
+
+
+def root_cause(log: str) -> str:
+    """The first `...Error: ...` line of a failed server's log (the cause, not the engine's echo of it)."""
+    for line in log.splitlines():
+        if (m := re.search(r"\b(\w+(Error|Exception): .*)", line)) and "Too many open files" not in line:
+            return m.group(1)[:300]
+    return log.strip().splitlines()[-1][:300] if log.strip() else "no log"
+
+
+def eval_recipe(spec: str, settings: EvalSettings, work_dir: Path, tasks: list[Task]) -> Recipe:
+    """The recipe sections `swe.rollout` / `swe.verify_all` read, for one model under evaluation (`repos`: the
+    tasks' sources, for the record; nothing is harvested)."""
+    agent = ModelPolicyConfig(temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed,
+                              actions=settings.actions, limits=EpisodeLimits(max_steps=settings.max_steps))
+    return Recipe(
+        name="eval", work_dir=str(work_dir), sandbox=settings.sandbox,
+        repos=[RepoSpec(uri=uri) for uri in sorted({t.provenance.source_uri for t in tasks})],
+        validation=ValidationConfig(suite_timeout_s=settings.test_timeout_s),
+        rollout=RolloutConfig(policies=["model"], max_steps=settings.max_steps,
+                              model=ModelRolloutConfig(samples=settings.samples, concurrency=settings.concurrency,
+                                                       agent=agent)),
+        model=ModelConfig(serve=spec, name=served_name(spec), max_model_len=settings.max_model_len,
+                          max_concurrency=max(1, settings.concurrency), gpu_hour_price=settings.gpu_hour_price))
+
+
+def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHandle]:
+    """Each repository's sandbox environment, from the image its task rows name."""
+    name = get_backend(backend).name
+    return {t.environment.repo: EnvironmentHandle(backend=name, name=t.environment.image_name, repo=t.environment.repo,
+                                                  commit=t.environment.base_commit) for t in tasks}
+
+
+def evaluate_model(spec: str, option: str, tasks: list[Task], settings: EvalSettings, work_dir: Path,
+                   runner: Runner) -> dict[str, Any]:
+    """One model's episodes on `tasks` (served for the rollouts only), their verdicts, and its scores."""
+    recipe = eval_recipe(spec, settings, work_dir, tasks)
+    environments = environments_of(tasks, settings.sandbox.backend)
+    started = time.monotonic()
+    try:
+        with model_endpoint(recipe.model, work_dir) as endpoint:
+            rollouts = swe.rollout(recipe, tasks, environments, runner, endpoint)
+    except VLLMServerError as exc:
+        log_path = work_dir / "logs" / "vllm.log"
+        text = log_path.read_text(errors="replace") if log_path.is_file() else str(exc)
+        raise EvalError(f"{option} {spec}: the model does not load in vLLM ({root_cause(text)}); give a model "
+                        f"directory with config.json, weights and tokenizer (log: {log_path})") from None
+    rollout_s = time.monotonic() - started
+    verification = swe.verify_all(recipe, tasks, environments, rollouts.trajectories, runner)
+    usage = sum(rollouts.usage[1:], rollouts.usage[0]) if rollouts.usage else ModelUsage(stage="rollout")
+    scores = eval_metrics.scores(tasks, rollouts.trajectories, verification.verdicts, settings.k or settings.samples)
+    scores["usage"]["client"] = usage.model_dump()
+    verdict_of = {v.trajectory_id: v for v in verification.verdicts}
+    episodes = [{"task_id": tr.task_id, "sample": tr.sample, "trajectory_id": tr.trajectory_id,
+                 "exit_status": tr.exit_status, "steps": len(tr.steps),
+                 "passed": bool(verdict_of[tr.trajectory_id].passed) if tr.trajectory_id in verdict_of else False,
+                 "patch_chars": len(tr.final.patch)} for tr in rollouts.trajectories]
+    return {"spec": spec, "served_name": recipe.model.name, "scores": scores, "episodes": episodes,
+            "timing": {"rollout_s": round(rollout_s, 1), "verify_s": round(time.monotonic() - started - rollout_s, 1)}}
+
+
+def evaluate(data: str | Path, model: str, baseline: str | None, split: str, settings: EvalSettings,
+             out: str | Path, runner: Runner | None = None) -> dict[str, Any]:
+    """Evaluate `model` (and `baseline`) on the `split` SWE tasks of `data` (`DIR[@vN]`); writes report.json and
+    scores.png into `out` and returns the report."""
+    out = Path(out)
+    tasks, source = held_out_tasks(data, split, settings.max_tasks)
+    if settings.k is not None and settings.k > settings.samples:
+        raise EvalError(f"--k {settings.k}: pass@k needs at least k samples per task; raise --samples to "
+                        f"{settings.k} or lower --k")
+    check_model(model, "--model")
+    if baseline is not None:
+        check_model(baseline, "--baseline")
+    runner = runner or LocalRunner()
+    log.info("evaluating on %d task(s) of %s@%s split %s, %d sample(s) each", len(tasks), source["dataset"],
+             source["version"], split, settings.samples)
+    models = {"model": evaluate_model(model, "--model", tasks, settings, out / "work" / "model", runner)}
+    if baseline is not None:
+        if baseline == model:
+            models["baseline"] = {**models["model"], "note": "the baseline is the model itself (same spec): "
+                                                             "evaluated once, reported on both sides"}
+        else:
+            models["baseline"] = evaluate_model(baseline, "--baseline", tasks, settings, out / "work" / "baseline",
+                                                runner)
+    report = {"factory_version": trajfactory.__version__, "data": source,
+              "tasks": [t.task_id for t in tasks], "settings": settings.model_dump(mode="json"),
+              "definitions": eval_metrics.DEFINITIONS,
+              "destructive_patterns": {name: rx.pattern for name, rx in eval_metrics.DESTRUCTIVE.items()},
+              "models": models}
+    report["files"] = write_report(report, out)
+    return report
