@@ -14,7 +14,7 @@ from rich.console import Console
 
 from trajfactory.progress import setup_logging
 
-train_app = typer.Typer(help="Train models on the factory's datasets (SFT and DPO with TRL).", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on the factory's datasets (SFT, DPO and GRPO with TRL).", no_args_is_help=True)
 console = Console(stderr=True)
 
 SFT_HELP = (
@@ -174,3 +174,81 @@ def dpo(
                f"final loss {tr['final_loss']:.4f}, reward margin {tr['final_rewards_margins']}, "
                f"reward accuracy {tr['final_rewards_accuracies']}")
     typer.echo(f"wrote {out} (metrics.json, loss.png)")
+
+
+GRPO_HELP = (
+    "Online RL (TRL's GRPOTrainer) with the factory as the environment, on the SWE tasks of one dataset version.\n\n"
+    "Example: trajfactory train grpo --data datasets/swe@v1 --model runs/sft-tiny --out runs/grpo-tiny --max-steps 20 "
+    "--group-size 4\n\n"
+    "Each step rolls out --tasks-per-step tasks --group-size times: every episode runs the factory's model agent "
+    "(text actions), generating in-process with the model being trained, in a fresh sandbox of the task's image "
+    "through the factory's episode loop; its submitted patch is verified by the task's tests in another fresh "
+    "sandbox. Reward: 1 when the tests pass; otherwise the share of FAIL_TO_PASS tests that pass (--no-partial-credit: "
+    "0). Advantages are normalized within each task's group; the clipped policy-gradient loss is on the tokens the "
+    "model sampled (tool outputs masked), with a KL to the starting model when --beta > 0.\n\n"
+    "OUT: a model directory that transformers and vLLM load as it is, plus metrics.json (per step: mean reward, "
+    "reward std, loss, KL, episodes, sampled tokens; every episode with its verdict) and reward.png."
+)
+
+
+@train_app.command("grpo", help=GRPO_HELP)
+def grpo(
+    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
+                             "version; default: its newest version."),
+    model: str = typer.Option("builtin:tiny", "--model", help="The model to train (and the KL reference): "
+                              "`builtin:tiny` or a local model directory, e.g. an SFT output."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and reward.png "
+                             "into (new or empty, or a previous output with --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
+                                   "the new one is complete)."),
+    split: list[str] = typer.Option(["train"], "--split", help="Split(s) whose tasks are rolled out; repeat for more, "
+                                    "or `all`."),
+    max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="At most this many tasks (task-id order)."),
+    max_steps: int = typer.Option(2, "--max-steps", help="Optimizer steps."),
+    group_size: int = typer.Option(2, "--group-size", help="Episodes per task in a group (at least 2)."),
+    tasks_per_step: int = typer.Option(1, "--tasks-per-step", help="Tasks (groups) rolled out per step."),
+    max_agent_steps: int = typer.Option(10, "--max-agent-steps", help="Step limit of one episode."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per agent turn."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the rollouts."),
+    learning_rate: float = typer.Option(1e-6, "--lr", help="Peak learning rate (linear decay)."),
+    beta: float = typer.Option(0.0, "--beta", help="KL weight to the starting model; 0 keeps no reference model."),
+    epsilon: float = typer.Option(0.2, "--epsilon", help="Clip range of the policy ratio."),
+    partial_credit: bool = typer.Option(True, "--partial-credit/--no-partial-credit", help="A failed episode earns "
+                                        "the share of FAIL_TO_PASS tests that pass (else 0)."),
+    max_length: int = typer.Option(2048, "--max-length", help="Longest episode in tokens (capped at the model's "
+                                   "context); an episode that reaches it ends as context_limit."),
+    sandbox: str = typer.Option("auto", "--sandbox", help="Sandbox backend: auto, docker or local."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft), merged into the saved weights."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
+                                        "CUDA GPU supports it, off on CPU."),
+    seed: int = typer.Option(0, "--seed"),
+    log_every: int = typer.Option(1, "--log-every", help="Log loss and tokens/s every N steps."),
+) -> None:
+    setup_logging()
+    from pydantic import ValidationError
+
+    from trajfactory.training.common import TrainError
+    from trajfactory.training.grpo import train_grpo
+    from trajfactory.training.settings import GRPOSettings
+
+    try:
+        settings = GRPOSettings(
+            splits=split, max_tasks=max_tasks, max_steps=max_steps, group_size=group_size,
+            tasks_per_step=tasks_per_step, max_agent_steps=max_agent_steps, max_new_tokens=max_new_tokens,
+            temperature=temperature, learning_rate=learning_rate, beta=beta, epsilon=epsilon,
+            partial_credit=partial_credit, max_length=max_length, sandbox={"backend": sandbox}, lora=lora, bf16=bf16,
+            seed=seed, log_every=log_every)
+    except ValidationError as exc:
+        console.print(f"[red]bad option[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    try:
+        metrics = train_grpo(data, model, out, settings, overwrite=overwrite)
+    except TrainError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    tr = metrics["training"]
+    rewards = [s["reward_mean"] for s in tr["per_step"]]
+    typer.echo(f"trained {tr['steps']} GRPO steps on {len(metrics['data']['tasks'])} task(s) of "
+               f"{metrics['data']['dataset']}@{metrics['data']['version']}: {tr['episodes']} episodes, mean reward "
+               f"per step {rewards}, final loss {tr['final_loss']}")
+    typer.echo(f"wrote {out} (metrics.json, reward.png)")

@@ -72,3 +72,37 @@ class DPOSettings(TrainSettings):
     """How far the policy may move from the reference: higher keeps it closer (TRL's `beta`)."""
     max_pairs_per_task: int = Field(4, ge=1)
     """At most this many (verified, failed) pairs per task, so a task with many samples does not dominate."""
+
+
+from trajfactory.settings import SandboxConfig  # noqa: E402 — only GRPO rolls out in sandboxes
+
+
+class GRPOSettings(TrainSettings):
+    """One online RL run (TRL's GRPOTrainer): groups of the factory's own SWE episodes per task, rewarded by the
+    tests' verdict (see `training/grpo.py` for the reward and the loss).
+
+    Defaults fit a short CPU run of the tiny model; on a GPU raise `group_size`, `max_new_tokens` and `max_steps`."""
+
+    max_steps: int = Field(2, ge=1)
+    """Optimizer steps; each one rolls out `tasks_per_step` tasks × `group_size` episodes first."""
+    learning_rate: float = Field(1e-6, gt=0)
+    group_size: int = Field(2, ge=2)
+    """Episodes per task in one group (TRL's `num_generations`); the advantage is normalized within the group."""
+    tasks_per_step: int = Field(1, ge=1)
+    """Tasks (groups) rolled out per optimizer step."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Train on at most this many tasks of the splits (in task-id order); None: all."""
+    max_agent_steps: int = Field(10, ge=1)
+    """Step limit of one episode (actions and malformed replies)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Tokens the model may generate per turn."""
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0)
+    """Weight of the KL penalty to the frozen starting model (TRL's `beta`); 0: no reference model is kept."""
+    epsilon: float = Field(0.2, gt=0)
+    """Clip range of the policy ratio (TRL's `epsilon`)."""
+    partial_credit: bool = True
+    """Reward of a failed episode: the share of its FAIL_TO_PASS tests that pass (False: 0). A pass is 1."""
+    test_timeout_s: float = Field(120, gt=0)
+    """Limit of one verification test run."""
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
