@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -387,7 +388,9 @@ def test_cancellation_leaves_no_container(demo, backend):
 def test_keyboard_interrupt_leaves_no_container(demo, backend, tmp_path):
     (tmp_path / "task.json").write_text(demo.tasks[0].model_dump_json())
     script = f"""
-import asyncio, json, sys
+import asyncio, faulthandler, json, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a user's shell delivers it, whatever we inherit
+faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if the shutdown hangs
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
 from test_model_agent import Sleeper, rollouts
 from trajfactory.executors.base import EnvironmentHandle
@@ -398,18 +401,29 @@ env = EnvironmentHandle(**{demo.env.__dict__!r})
 backend = DockerBackend(labels={backend.labels!r})
 asyncio.run(rollouts(backend, env, [task], lambda t, s: Sleeper(), samples=2, concurrency=2))
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # a file, not a pipe: a chatty child never blocks on a full pipe
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=stderr, text=True)
+    hung = ""
     try:
         _wait_for_containers(backend, 2)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=180)  # generous: a loaded 2-core machine is slow to tear down
+        try:
+            proc.wait(timeout=180)  # generous: a loaded 2-core machine is slow to tear down
+        except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            hung = "".join(line for line in status.splitlines(True) if line.startswith(("State", "SigIgn", "SigCgt")))
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)
         left = alive(backend)
     finally:
         if proc.poll() is None:  # a hung shutdown fails this test, not the later ones that count containers
             proc.kill()
             for c in alive(backend):
                 backend.client.api.remove_container(c["Id"], force=True)
+    err = log.read_text()
+    assert not hung, f"still running 180 s after SIGINT:\n{hung}\n{err[-6000:]}"
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
     assert left == []
 
