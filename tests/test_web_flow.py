@@ -29,7 +29,7 @@ RUN = ("import json, sys; from trajfactory.flows.web import run_web; from trajfa
 
 
 def web_recipe(root: Path, web: dict, **extra) -> dict:
-    """A web-only recipe writing under `root`: its web work files land in `root/work/web`."""
+    """A web-only recipe writing under `root`: its web work files land in the `web` folder of its work_dir."""
     return {"name": "web-test", "work_dir": str(root / "work"), "dataset": {"root": str(root / "datasets")},
             "web": web, **extra}
 
