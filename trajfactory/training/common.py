@@ -238,3 +238,29 @@ def replace_dir(partial: Path, out: Path) -> None:
         out.rename(old)
     partial.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def train_and_write(out: Path, build, step_log, describe, *, tokenizer, model_dir: Path, template, lora: bool,
+                    title: str) -> dict[str, Any]:
+    """Train and write OUT atomically: `build(work_dir)` makes the trainer (the per-step log `step_log` is added to it),
+    `describe(trainer, result)` the metrics; then the model (`save_model`), metrics.json and loss.png go into a
+    sibling directory that replaces OUT only once it is whole. Returns the metrics."""
+    partial = partial_dir(out)
+    try:
+        trainer = build(partial / "trainer")
+        trainer.add_callback(step_log)
+        result = trainer.train()
+        metrics = describe(trainer, result)
+        shutil.rmtree(partial / "trainer", ignore_errors=True)
+        save_model(trainer, tokenizer, model_dir, template, partial, None if lora else config_dtype(model_dir))
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        from trajfactory.training.plot import loss_curve_png
+
+        loss_curve_png([(s["step"], s["loss"]) for s in step_log.steps], partial / "loss.png", title=title)
+        replace_dir(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("trained model written to %s (%d steps, final loss %s)", out, metrics["training"]["steps"],
+             metrics["training"]["final_loss"])
+    return metrics

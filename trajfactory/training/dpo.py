@@ -23,20 +23,17 @@ in a sibling directory and renamed into place when training succeeded.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from trajfactory.datasets import formats
 from trajfactory.progress import Progress
-from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, config_dtype,
-                                         data_source, device_flags, load_model, open_version, partial_dir, peft_config,
-                                         quiet_progress_bars, replace_dir, resolve_model, save_model, step_logger)
+from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
+                                         device_flags, load_model, open_version, peft_config, quiet_progress_bars,
+                                         resolve_model, step_logger, train_and_write)
 from trajfactory.training.context import fit_row
-from trajfactory.training.plot import loss_curve_png
 from trajfactory.training.settings import DPOSettings
 
 log = logging.getLogger(__name__)
@@ -162,30 +159,17 @@ def train_dpo(data: str | Path, model: str | Path, out: str | Path, settings: DP
         raise TrainError(f"--data {source['path']}@{source['version']}: every pair was dropped by the context policy "
                          f"(max_length {max_length}); raise --max-length (up to the model's context)")
 
-    partial = partial_dir(out)
-    try:
-        trainer = build_trainer(fitted, tokenizer, lm, settings.model_copy(update={"max_length": max_length}),
-                                partial / "trainer")
-        step_log = step_logger(settings.log_every, keep=DPO_LOGGED)
-        trainer.add_callback(step_log)
-        result = trainer.train()
-        metrics = {"data": source,
-                   "model": {"base": str(model), "dir": str(model_dir.resolve()), "lora": settings.lora,
-                             "reference": "base with LoRA adapters disabled" if settings.lora else "frozen base"},
-                   "context": context, "training": _training_metrics(trainer, result, step_log.steps),
-                   "settings": settings.model_dump(mode="json")}
-        shutil.rmtree(partial / "trainer", ignore_errors=True)
-        save_model(trainer, tokenizer, model_dir, template, partial, None if settings.lora else config_dtype(model_dir))
-        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        loss_curve_png([(s["step"], s["loss"]) for s in step_log.steps], partial / "loss.png",
-                       title=f"DPO loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    log.info("trained model written to %s (%d steps, final loss %s)", out, metrics["training"]["steps"],
-             metrics["training"]["final_loss"])
-    return metrics
+    step_log = step_logger(settings.log_every, keep=DPO_LOGGED)
+    model_info = {"base": str(model), "dir": str(model_dir.resolve()), "lora": settings.lora,
+                  "reference": "base with LoRA adapters disabled" if settings.lora else "frozen base"}
+    return train_and_write(
+        out, lambda work: build_trainer(fitted, tokenizer, lm, settings.model_copy(update={"max_length": max_length}),
+                                        work),
+        step_log, lambda trainer, result: {"data": source, "model": model_info, "context": context,
+                                           "training": _training_metrics(trainer, result, step_log.steps),
+                                           "settings": settings.model_dump(mode="json")},
+        tokenizer=tokenizer, model_dir=model_dir, template=template, lora=settings.lora,
+        title=f"DPO loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
 
 
 def _training_metrics(trainer, result, steps: list[dict]) -> dict[str, Any]:

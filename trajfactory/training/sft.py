@@ -19,20 +19,17 @@ never leaves a half-written OUT.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from trajfactory.datasets import formats
 from trajfactory.progress import Progress
-from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, config_dtype,
-                                         data_source, device_flags, load_model, open_version, partial_dir, peft_config,
-                                         quiet_progress_bars, replace_dir, resolve_model, save_model, step_logger)
+from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
+                                         device_flags, load_model, open_version, peft_config, quiet_progress_bars,
+                                         resolve_model, step_logger, train_and_write)
 from trajfactory.training.context import TemplateError, check_renders_alike, fit_rows, training_template
-from trajfactory.training.plot import loss_curve_png
 from trajfactory.training.settings import SFTSettings
 
 log = logging.getLogger(__name__)
@@ -126,30 +123,17 @@ def train_sft(data: str | Path, model: str | Path, out: str | Path, settings: SF
         raise TrainError(f"--data {source['path']}@{source['version']}: every row was dropped by the context policy "
                          f"(max_length {max_length}); raise --max-length (up to the model's context)")
 
-    partial = partial_dir(out)
-    try:
-        trainer = build_trainer(fitted, tokenizer, lm, settings.model_copy(update={"max_length": max_length}),
-                                partial / "trainer", template)
-        step_log = step_logger(settings.log_every)
-        trainer.add_callback(step_log)
-        result = trainer.train()
-        metrics = {"data": source,
-                   "model": {"base": str(model), "dir": str(model_dir.resolve()),
-                             "chat_template_for_training": template_source, "lora": settings.lora},
-                   "context": context, "training": _training_metrics(trainer, result, step_log.steps),
-                   "settings": settings.model_dump(mode="json")}
-        shutil.rmtree(partial / "trainer", ignore_errors=True)
-        save_model(trainer, tokenizer, model_dir, original, partial, None if settings.lora else config_dtype(model_dir))
-        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        loss_curve_png([(s["step"], s["loss"]) for s in step_log.steps], partial / "loss.png",
-                       title=f"SFT loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    log.info("trained model written to %s (%d steps, final loss %s)", out, metrics["training"]["steps"],
-             metrics["training"]["final_loss"])
-    return metrics
+    step_log = step_logger(settings.log_every)
+    model_info = {"base": str(model), "dir": str(model_dir.resolve()), "chat_template_for_training": template_source,
+                  "lora": settings.lora}
+    return train_and_write(
+        out, lambda work: build_trainer(fitted, tokenizer, lm, settings.model_copy(update={"max_length": max_length}),
+                                        work, template),
+        step_log, lambda trainer, result: {"data": source, "model": model_info, "context": context,
+                                           "training": _training_metrics(trainer, result, step_log.steps),
+                                           "settings": settings.model_dump(mode="json")},
+        tokenizer=tokenizer, model_dir=model_dir, template=original, lora=settings.lora,
+        title=f"SFT loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
 
 
 def _template(tokenizer, model: str | Path, settings: SFTSettings) -> tuple[str | None, str]:
