@@ -14,8 +14,41 @@ from rich.console import Console
 
 from trajfactory.progress import setup_logging
 
-train_app = typer.Typer(help="Train models on the factory's datasets (SFT, DPO and GRPO with TRL).", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on the factory's datasets (SFT, DPO and GRPO with TRL).",
+                        no_args_is_help=True)
 console = Console(stderr=True)
+
+# Options the `train` commands share, with one wording.
+DATA = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a version; "
+                    "default: its newest version.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once the new "
+                         "one is complete).")
+CLIP_TOOL_OUTPUT = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this many characters (head "
+                                "and tail kept) before fitting; default off.")
+LORA_R = typer.Option(16, "--lora-r", help="LoRA rank.")
+BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a CUDA GPU supports it, "
+                    "off on CPU.")
+GRADIENT_CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for less "
+                                      "activation memory (large models on a GPU).")
+SEED = typer.Option(0, "--seed")
+
+
+def _train(make_settings, train, data: str, model: str, out: Path, overwrite: bool) -> dict:
+    """Settings from the options and one training run; bad options or inputs exit 2 with the message."""
+    from pydantic import ValidationError
+
+    from trajfactory.training.common import TrainError
+
+    try:
+        settings = make_settings()
+    except ValidationError as exc:
+        console.print(f"[red]bad option[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    try:
+        return train(data, model, out, settings, overwrite=overwrite)
+    except TrainError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 SFT_HELP = (
     "Supervised fine-tuning (TRL's SFTTrainer) on the verified trajectories of one dataset version.\n\n"
@@ -34,14 +67,12 @@ SFT_HELP = (
 
 @train_app.command("sft", help=SFT_HELP)
 def sft(
-    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
-                             "version; default: its newest version."),
+    data: str = DATA,
     model: str = typer.Option("builtin:tiny", "--model", help="The base model: `builtin:tiny` (the factory's own tiny "
                               "model) or a local model directory (config.json, weights, tokenizer)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and loss.png "
                              "into (new or empty, or a previous output with --overwrite)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
-                                   "the new one is complete)."),
+    overwrite: bool = OVERWRITE,
     split: list[str] = typer.Option(["train"], "--split", help="Split(s) to train on; repeat for more. "
                                     "validation / test stay held out by default."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps; -1 runs --epochs epochs."),
@@ -50,8 +81,7 @@ def sft(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     learning_rate: float = typer.Option(2e-5, "--lr", help="Peak learning rate (linear decay)."),
     max_length: int = typer.Option(2048, "--max-length", help="Longest training sequence in tokens (see Context)."),
-    clip_tool_output: Optional[int] = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this "
-                                                   "many characters (head and tail kept) before fitting; default off."),
+    clip_tool_output: Optional[int] = CLIP_TOOL_OUTPUT,
     loss: str = typer.Option("assistant", "--loss", help="`assistant`: loss on assistant turns only; `all`: on every "
                              "token."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template with "
@@ -59,34 +89,23 @@ def sft(
                                                  "model's own template)."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) and merge them into the saved "
                               "weights."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
-                                        "CUDA GPU supports it, off on CPU."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for "
-                                                "less activation memory (large models on a GPU)."),
-    seed: int = typer.Option(0, "--seed"),
+    lora_r: int = LORA_R,
+    bf16: Optional[bool] = BF16,
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+    seed: int = SEED,
     log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
 ) -> None:
     setup_logging()
-    from pydantic import ValidationError
-
     from trajfactory.training.settings import SFTSettings
-    from trajfactory.training.sft import TrainError, train_sft
+    from trajfactory.training.sft import train_sft
 
-    try:
-        settings = SFTSettings(
+    metrics = _train(
+        lambda: SFTSettings(
             splits=split, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=learning_rate, max_length=max_length, clip_tool_output_chars=clip_tool_output, loss=loss,
             chat_template=chat_template, lora=lora, lora_r=lora_r, bf16=bf16,
-            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every)
-    except ValidationError as exc:
-        console.print(f"[red]bad option[/red]\n{exc}")
-        raise typer.Exit(2) from None
-    try:
-        metrics = train_sft(data, model, out, settings, overwrite=overwrite)
-    except TrainError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every),
+        train_sft, data, model, out, overwrite)
     ctx, tr = metrics["context"], metrics["training"]
     typer.echo(f"trained {tr['steps']} steps on {ctx['rows_used']} rows of {metrics['data']['dataset']}@"
                f"{metrics['data']['version']} ({ctx['rows_truncated']} truncated, {ctx['rows_dropped']} dropped); "
@@ -115,14 +134,12 @@ DPO_HELP = (
 
 @train_app.command("dpo", help=DPO_HELP)
 def dpo(
-    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
-                             "version; default: its newest version."),
+    data: str = DATA,
     model: str = typer.Option("builtin:tiny", "--model", help="The model to train and the reference: `builtin:tiny` "
                               "or a local model directory (config.json, weights, tokenizer), e.g. an SFT output."),
     out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and loss.png "
                              "into (new or empty, or a previous output with --overwrite)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
-                                   "the new one is complete)."),
+    overwrite: bool = OVERWRITE,
     split: list[str] = typer.Option(["train"], "--split", help="Split(s) to take pairs from; repeat for more. "
                                     "validation / test stay held out by default."),
     beta: float = typer.Option(0.1, "--beta", help="How far the model may move from the reference; higher keeps it "
@@ -135,39 +152,26 @@ def dpo(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
     learning_rate: float = typer.Option(1e-6, "--lr", help="Peak learning rate (linear decay); DPO wants a small one."),
     max_length: int = typer.Option(2048, "--max-length", help="Longest prompt + completion in tokens (see Context)."),
-    clip_tool_output: Optional[int] = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this "
-                                                   "many characters (head and tail kept) before fitting; default off."),
+    clip_tool_output: Optional[int] = CLIP_TOOL_OUTPUT,
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) and merge them into the saved "
                               "weights; the reference is then the model with the adapters off (no second copy)."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
-                                        "CUDA GPU supports it, off on CPU."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for "
-                                                "less activation memory (large models on a GPU)."),
-    seed: int = typer.Option(0, "--seed"),
+    lora_r: int = LORA_R,
+    bf16: Optional[bool] = BF16,
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+    seed: int = SEED,
     log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
 ) -> None:
     setup_logging()
-    from pydantic import ValidationError
-
-    from trajfactory.training.common import TrainError
     from trajfactory.training.dpo import train_dpo
     from trajfactory.training.settings import DPOSettings
 
-    try:
-        settings = DPOSettings(
+    metrics = _train(
+        lambda: DPOSettings(
             splits=split, beta=beta, max_pairs_per_task=max_pairs_per_task, max_steps=max_steps, epochs=epochs,
             batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate, max_length=max_length,
             clip_tool_output_chars=clip_tool_output, lora=lora, lora_r=lora_r, bf16=bf16,
-            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every)
-    except ValidationError as exc:
-        console.print(f"[red]bad option[/red]\n{exc}")
-        raise typer.Exit(2) from None
-    try:
-        metrics = train_dpo(data, model, out, settings, overwrite=overwrite)
-    except TrainError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every),
+        train_dpo, data, model, out, overwrite)
     ctx, tr = metrics["context"], metrics["training"]
     typer.echo(f"trained {tr['steps']} steps on {ctx['pairs_used']} pairs of {metrics['data']['dataset']}@"
                f"{metrics['data']['version']} ({ctx['pairs_truncated']} truncated, {ctx['pairs_dropped']} dropped); "
@@ -193,14 +197,12 @@ GRPO_HELP = (
 
 @train_app.command("grpo", help=GRPO_HELP)
 def grpo(
-    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
-                             "version; default: its newest version."),
+    data: str = DATA,
     model: str = typer.Option("builtin:tiny", "--model", help="The model to train (and the KL reference): "
                               "`builtin:tiny` or a local model directory, e.g. an SFT output."),
     out: Path = typer.Option(..., "--out", help="Directory to write the trained model, metrics.json and reward.png "
                              "into (new or empty, or a previous output with --overwrite)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once "
-                                   "the new one is complete)."),
+    overwrite: bool = OVERWRITE,
     split: list[str] = typer.Option(["train"], "--split", help="Split(s) whose tasks are rolled out; repeat for more, "
                                     "or `all`."),
     max_tasks: Optional[int] = typer.Option(None, "--max-tasks", help="At most this many tasks (task-id order)."),
@@ -219,33 +221,22 @@ def grpo(
                                    "context); an episode that reaches it ends as context_limit."),
     sandbox: str = typer.Option("auto", "--sandbox", help="Sandbox backend: auto, docker or local."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft), merged into the saved weights."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; default: on when a "
-                                        "CUDA GPU supports it, off on CPU."),
-    seed: int = typer.Option(0, "--seed"),
+    bf16: Optional[bool] = BF16,
+    seed: int = SEED,
     log_every: int = typer.Option(1, "--log-every", help="Log loss and tokens/s every N steps."),
 ) -> None:
     setup_logging()
-    from pydantic import ValidationError
-
-    from trajfactory.training.common import TrainError
     from trajfactory.training.grpo import train_grpo
     from trajfactory.training.settings import GRPOSettings
 
-    try:
-        settings = GRPOSettings(
+    metrics = _train(
+        lambda: GRPOSettings(
             splits=split, max_tasks=max_tasks, max_steps=max_steps, group_size=group_size,
             tasks_per_step=tasks_per_step, max_agent_steps=max_agent_steps, max_new_tokens=max_new_tokens,
             temperature=temperature, learning_rate=learning_rate, beta=beta, epsilon=epsilon,
             partial_credit=partial_credit, max_length=max_length, sandbox={"backend": sandbox}, lora=lora, bf16=bf16,
-            seed=seed, log_every=log_every)
-    except ValidationError as exc:
-        console.print(f"[red]bad option[/red]\n{exc}")
-        raise typer.Exit(2) from None
-    try:
-        metrics = train_grpo(data, model, out, settings, overwrite=overwrite)
-    except TrainError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+            seed=seed, log_every=log_every),
+        train_grpo, data, model, out, overwrite)
     tr = metrics["training"]
     rewards = [s["reward_mean"] for s in tr["per_step"]]
     typer.echo(f"trained {tr['steps']} GRPO steps on {len(metrics['data']['tasks'])} task(s) of "
