@@ -38,7 +38,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def _one(name: str, data: str, model: str, steps: int, max_length: int, out: str, queue) -> None:
-    from trajfactory.training.settings import SFTSettings
+    from trajfactory.settings.training import SFTSettings
     from trajfactory.training.sft import train_sft
 
     settings = SFTSettings(max_steps=steps, max_length=max_length, log_every=max(1, steps), **CONFIGS[name])

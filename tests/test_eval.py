@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from trajfactory.schema import Evidence, Final, Step, Trajectory, Usage, Verdict
 from trajfactory.schema import Policy as PolicyInfo
 from trajfactory.training import eval_metrics as m
-from trajfactory.training.evaluate import EvalError, EvalSettings, held_out_tasks, task_from_row, write_report
+from trajfactory.settings.training import EvalSettings
+from trajfactory.training.evaluate import EvalError, held_out_tasks, task_from_row, write_report
 
 # ---------------------------------------------------------------- hand-made records
 

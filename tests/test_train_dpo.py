@@ -23,7 +23,7 @@ from trajfactory.schema import SWE_TOOLS
 from trajfactory.training.common import TrainError, load_model
 from trajfactory.training.context import count_tokens
 from trajfactory.training.dpo import DPO_LOGGED, build_trainer, fit_pairs, load_pairs, train_dpo
-from trajfactory.training.settings import DPOSettings
+from trajfactory.settings.training import DPOSettings
 
 pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from trajfactory.runtime import run_sync
 from trajfactory import schema
 from trajfactory.training.grpo import build_trainer, group_advantages, reward_of, train_grpo
 from trajfactory.training.local_policy import LocalChatClient
-from trajfactory.training.settings import GRPOSettings
+from trajfactory.settings.training import GRPOSettings
 
 
 def _weights(model_dir: Path) -> dict:

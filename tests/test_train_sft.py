@@ -22,7 +22,7 @@ from trajfactory.models.tiny import CHAT_TEMPLATE
 from trajfactory.schema import SWE_TOOLS
 from trajfactory.training.context import (TINY_TRAINING_TEMPLATE, TemplateError, count_tokens, fit_rows,
                                           training_template)
-from trajfactory.training.settings import SFTSettings
+from trajfactory.settings.training import SFTSettings
 from trajfactory.training.sft import TrainError, build_trainer, load_model, load_rows, train_sft
 
 pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]

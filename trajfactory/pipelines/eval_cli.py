@@ -57,7 +57,8 @@ def eval_command(
     from pydantic import ValidationError
 
     from trajfactory.pipelines.evaluate import evaluate
-    from trajfactory.training.evaluate import EvalError, EvalSettings, rich_table
+    from trajfactory.settings.training import EvalSettings
+    from trajfactory.training.evaluate import EvalError, rich_table
 
     try:
         settings = EvalSettings(samples=samples, k=k, max_tasks=max_tasks, max_steps=max_steps,

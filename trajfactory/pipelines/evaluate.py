@@ -29,7 +29,8 @@ from trajfactory.schema import ModelUsage, Task
 from trajfactory.settings import (BUILTIN_TINY, EpisodeLimits, ModelConfig, ModelPolicyConfig, ModelRolloutConfig,
                                   Recipe, RepoSpec, RolloutConfig, ValidationConfig)
 from trajfactory.training import eval_metrics
-from trajfactory.training.evaluate import EvalError, EvalSettings, held_out_tasks, write_report
+from trajfactory.settings.training import EvalSettings
+from trajfactory.training.evaluate import EvalError, held_out_tasks, write_report
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ def sft(
     log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
 ) -> None:
     setup_logging()
-    from trajfactory.training.settings import SFTSettings
+    from trajfactory.settings.training import SFTSettings
     from trajfactory.training.sft import train_sft
 
     metrics = _train(
@@ -163,7 +163,7 @@ def dpo(
 ) -> None:
     setup_logging()
     from trajfactory.training.dpo import train_dpo
-    from trajfactory.training.settings import DPOSettings
+    from trajfactory.settings.training import DPOSettings
 
     metrics = _train(
         lambda: DPOSettings(
@@ -227,7 +227,7 @@ def grpo(
 ) -> None:
     setup_logging()
     from trajfactory.training.grpo import train_grpo
-    from trajfactory.training.settings import GRPOSettings
+    from trajfactory.settings.training import GRPOSettings
 
     metrics = _train(
         lambda: GRPOSettings(

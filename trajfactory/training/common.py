@@ -16,7 +16,7 @@ from typing import Any
 
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.settings import BUILTIN_TINY
-from trajfactory.training.settings import TrainSettings
+from trajfactory.settings.training import TrainSettings
 
 log = logging.getLogger(__name__)
 

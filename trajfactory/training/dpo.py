@@ -34,7 +34,7 @@ from trajfactory.training.common import (TrainError, cap_max_length, check_out, 
                                          device_flags, load_model, open_version, peft_config, quiet_progress_bars,
                                          resolve_model, step_logger, train_and_write)
 from trajfactory.training.context import fit_row
-from trajfactory.training.settings import DPOSettings
+from trajfactory.settings.training import DPOSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field
+from typing import Any
 
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.schema import Checks, Entity, Gold, Provenance, SweEnvironment, Task, Validation
-from trajfactory.settings import SandboxConfig, Section
 from trajfactory.training.common import parse_data_ref
 
 SPLITS = ("train", "validation", "test", "all")
@@ -24,35 +21,6 @@ SPLITS = ("train", "validation", "test", "all")
 
 class EvalError(ValueError):
     """An evaluation that cannot run: names the input that was wrong and what would be right."""
-
-
-class EvalSettings(Section):
-    """One evaluation: how many tasks and samples, the agent's sampling and budgets, the sandboxes."""
-
-    samples: int = Field(1, ge=1)
-    """Episodes per task and model (pass@k needs k of them)."""
-    k: int | None = Field(None, ge=1)
-    """The k of pass@k; None: `samples`."""
-    max_tasks: int | None = Field(None, ge=1)
-    """Evaluate at most this many tasks of the split (in task-id order); None: all."""
-    max_steps: int = Field(20, ge=1)
-    """Step limit of an episode."""
-    concurrency: int = Field(2, ge=1)
-    """Episodes in flight at once (each in its own sandbox)."""
-    temperature: float = Field(0.8, ge=0)
-    max_tokens: int = Field(512, ge=1)
-    """Completion tokens of one model turn."""
-    actions: Literal["tool_calls", "text", "both"] = "both"
-    """How the agent reads actions (`agents/model.py`): native tool calls, text, or both."""
-    seed: int = 0
-    """Sample s of a task uses seed `seed + s`, for both models."""
-    max_model_len: int = Field(2048, ge=256)
-    """Context of a served model, in tokens."""
-    gpu_hour_price: float = Field(0.0, ge=0)
-    """For the cost estimate of a served model (the client's usage record)."""
-    test_timeout_s: float = Field(300, gt=0)
-    """Limit of one verification test run."""
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
 # ---------------------------------------------------------------- held-out tasks

@@ -50,7 +50,7 @@ from trajfactory.training.common import (TrainError, check_out, checkpointing_fl
 from trajfactory.training.evaluate import EvalError, held_out_tasks
 from trajfactory.training.local_policy import LocalChatClient, Rollout
 from trajfactory.training.plot import loss_curve_png
-from trajfactory.training.settings import GRPOSettings
+from trajfactory.settings.training import GRPOSettings
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from trajfactory.training.common import (TrainError, cap_max_length, check_out, 
                                          device_flags, load_model, open_version, peft_config, quiet_progress_bars,
                                          resolve_model, step_logger, train_and_write)
 from trajfactory.training.context import TemplateError, check_renders_alike, fit_rows, training_template
-from trajfactory.training.settings import SFTSettings
+from trajfactory.settings.training import SFTSettings
 
 log = logging.getLogger(__name__)
 

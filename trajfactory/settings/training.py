@@ -1,4 +1,5 @@
-"""Settings of `trajfactory train sft` and `trajfactory train dpo`: what to train on, how long, and with which options.
+"""Settings of `trajfactory train sft|dpo|grpo` and `trajfactory eval` (and the recipe's `train:` section): what to
+train on, how long, with which options, and how to evaluate.
 
 Defaults fit a short CPU run of the built-in tiny model; on a GPU raise `max_length`, `batch_size` and `max_steps`
 (or set `epochs`), and turn on `bf16` / `lora` as the model needs.
@@ -11,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from trajfactory.settings import Section
+from trajfactory.settings.agents import Section
+from trajfactory.settings.sandbox import SandboxConfig
 
 
 class TrainSettings(Section):
@@ -74,8 +76,6 @@ class DPOSettings(TrainSettings):
     """At most this many (verified, failed) pairs per task, so a task with many samples does not dominate."""
 
 
-from trajfactory.settings import SandboxConfig  # noqa: E402 — only GRPO rolls out in sandboxes
-
 
 class GRPOSettings(TrainSettings):
     """One online RL run (TRL's GRPOTrainer): groups of the factory's own SWE episodes per task, rewarded by the
@@ -104,5 +104,34 @@ class GRPOSettings(TrainSettings):
     partial_credit: bool = True
     """Reward of a failed episode: the share of its FAIL_TO_PASS tests that pass (False: 0). A pass is 1."""
     test_timeout_s: float = Field(120, gt=0)
+    """Limit of one verification test run."""
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+
+class EvalSettings(Section):
+    """One evaluation: how many tasks and samples, the agent's sampling and budgets, the sandboxes."""
+
+    samples: int = Field(1, ge=1)
+    """Episodes per task and model (pass@k needs k of them)."""
+    k: int | None = Field(None, ge=1)
+    """The k of pass@k; None: `samples`."""
+    max_tasks: int | None = Field(None, ge=1)
+    """Evaluate at most this many tasks of the split (in task-id order); None: all."""
+    max_steps: int = Field(20, ge=1)
+    """Step limit of an episode."""
+    concurrency: int = Field(2, ge=1)
+    """Episodes in flight at once (each in its own sandbox)."""
+    temperature: float = Field(0.8, ge=0)
+    max_tokens: int = Field(512, ge=1)
+    """Completion tokens of one model turn."""
+    actions: Literal["tool_calls", "text", "both"] = "both"
+    """How the agent reads actions (`agents/model.py`): native tool calls, text, or both."""
+    seed: int = 0
+    """Sample s of a task uses seed `seed + s`, for both models."""
+    max_model_len: int = Field(2048, ge=256)
+    """Context of a served model, in tokens."""
+    gpu_hour_price: float = Field(0.0, ge=0)
+    """For the cost estimate of a served model (the client's usage record)."""
+    test_timeout_s: float = Field(300, gt=0)
     """Limit of one verification test run."""
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
