@@ -135,3 +135,9 @@ class EvalSettings(Section):
     test_timeout_s: float = Field(300, gt=0)
     """Limit of one verification test run."""
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    perturbations: list[Literal["tool_timeout", "missing_file", "contradictory_instruction", "no_op", "refuse"]] = \
+        Field(default_factory=list)
+    """The "meaner" eval set: perturbed variants of every task evaluated beside the plain ones, one per kind
+    (`training/perturb.py` says what each changes and what counts as right); empty: the plain tasks only."""
+    perturb_timeout_s: float = Field(3.0, gt=0)
+    """Command limit of a `tool_timeout` variant's episodes, in seconds (the plain tasks keep `sandbox`'s)."""
