@@ -141,9 +141,10 @@ def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float 
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
         return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
-    # the buggy state is the baseline the tampering scan compares with
+    # the buggy state is the baseline the tampering scan compares with (empty for a task with no bug: a no-op task)
     commit = sandbox.execute("git add -A && git -c core.hooksPath=/dev/null -c user.name=trajfactory "
-                             "-c user.email=trajfactory@localhost commit -qm task --no-verify", timeout=60)
+                             "-c user.email=trajfactory@localhost commit -qm task --no-verify --allow-empty",
+                             timeout=60)
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     return test_in_place(sandbox, task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,

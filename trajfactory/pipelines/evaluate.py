@@ -8,6 +8,12 @@ fresh sandboxes of the task's image (`swe.rollout`: the episode loop and `ModelP
 each final patch with the tests in another fresh sandbox (`swe.verify_all`). The scores are pure functions of
 those records (`training/eval_metrics.py`); the report is report.json, scores.png and a table
 (`training/evaluate.py`). A baseline with the same spec as the model is evaluated once and reported on both sides.
+
+With `settings.perturbations` (`--meaner`, `--perturb KIND`), every task also gets its perturbed variants
+(`training/perturb.py`), rolled out by the same served model beside the plain tasks and verified the same way. A
+variant with its own command limit (`tool_timeout`) runs under a recipe of its own whose `sandbox.command_timeout_s`
+is that limit: the sandboxes of its episodes kill any command past it. The plain scores stay computed on the plain
+tasks alone; the variants give the `robustness` scores and the refusal rate (`eval_metrics.robustness`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from trajfactory.pipelines.runner import LocalRunner, Runner
 from trajfactory.schema import ModelUsage, Task
 from trajfactory.settings import (BUILTIN_TINY, EpisodeLimits, ModelConfig, ModelPolicyConfig, ModelRolloutConfig,
                                   Recipe, RepoSpec, RolloutConfig, ValidationConfig)
-from trajfactory.training import eval_metrics
+from trajfactory.training import eval_metrics, perturb
 from trajfactory.settings.training import EvalSettings
 from trajfactory.training.evaluate import EvalError, held_out_tasks, write_report
 
@@ -56,13 +62,17 @@ def root_cause(log: str) -> str:
     return log.strip().splitlines()[-1][:300] if log.strip() else "no log"
 
 
-def eval_recipe(spec: str, settings: EvalSettings, work_dir: Path, tasks: list[Task]) -> Recipe:
+def eval_recipe(spec: str, settings: EvalSettings, work_dir: Path, tasks: list[Task],
+                command_timeout_s: float | None = None) -> Recipe:
     """The recipe sections `swe.rollout` / `swe.verify_all` read, for one model under evaluation (`repos`: the
-    tasks' sources, for the record; nothing is harvested)."""
+    tasks' sources, for the record; nothing is harvested). `command_timeout_s`: the episodes' command limit, in
+    place of the sandbox settings' (a `tool_timeout` variant's)."""
+    sandbox = settings.sandbox if command_timeout_s is None else \
+        settings.sandbox.model_copy(update={"command_timeout_s": command_timeout_s})
     agent = ModelPolicyConfig(temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed,
                               actions=settings.actions, limits=EpisodeLimits(max_steps=settings.max_steps))
     return Recipe(
-        name="eval", work_dir=str(work_dir), sandbox=settings.sandbox,
+        name="eval", work_dir=str(work_dir), sandbox=sandbox,
         repos=[RepoSpec(uri=uri) for uri in sorted({t.provenance.source_uri for t in tasks})],
         validation=ValidationConfig(suite_timeout_s=settings.test_timeout_s),
         rollout=RolloutConfig(policies=["model"], max_steps=settings.max_steps,
@@ -79,32 +89,63 @@ def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHan
                                                   commit=t.environment.base_commit) for t in tasks}
 
 
+def by_command_limit(variants: list[perturb.Variant]) -> dict[float | None, list[Task]]:
+    """The variants' tasks grouped by the command limit their episodes run under (None: the evaluation's own)."""
+    groups: dict[float | None, list[Task]] = {}
+    for v in variants:
+        groups.setdefault(v.command_timeout_s, []).append(v.task)
+    return groups
+
+
 def evaluate_model(spec: str, option: str, tasks: list[Task], settings: EvalSettings, work_dir: Path,
-                   runner: Runner) -> dict[str, Any]:
-    """One model's episodes on `tasks` (served for the rollouts only), their verdicts, and its scores."""
+                   runner: Runner, variants: list[perturb.Variant] | None = None) -> dict[str, Any]:
+    """One model's episodes on `tasks` and on their perturbed `variants` (served for the rollouts only), their
+    verdicts, and its scores: the plain ones from `tasks` alone, `robustness` from the variants."""
+    variants = variants or []
     recipe = eval_recipe(spec, settings, work_dir, tasks)
     environments = environments_of(tasks, settings.sandbox.backend)
     started = time.monotonic()
+    perturbed = swe.Rollouts()
     try:
         with model_endpoint(recipe.model, work_dir) as endpoint:
             rollouts = swe.rollout(recipe, tasks, environments, runner, endpoint)
+            for limit, group in by_command_limit(variants).items():
+                done = swe.rollout(eval_recipe(spec, settings, work_dir, tasks, limit), group, environments, runner,
+                                   endpoint)
+                perturbed.trajectories += done.trajectories
+                perturbed.usage += done.usage
     except VLLMServerError as exc:
         log_path = work_dir / "logs" / "vllm.log"
         text = log_path.read_text(errors="replace") if log_path.is_file() else str(exc)
         raise EvalError(f"{option} {spec}: the model does not load in vLLM ({root_cause(text)}); give a model "
                         f"directory with config.json, weights and tokenizer (log: {log_path})") from None
     rollout_s = time.monotonic() - started
-    verification = swe.verify_all(recipe, tasks, environments, rollouts.trajectories, runner)
-    usage = sum(rollouts.usage[1:], rollouts.usage[0]) if rollouts.usage else ModelUsage(stage="rollout")
-    scores = eval_metrics.scores(tasks, rollouts.trajectories, verification.verdicts, settings.k or settings.samples)
-    scores["usage"]["client"] = usage.model_dump()
+    # Verification is not perturbed: every final patch is tested under the evaluation's own limits.
+    verification = swe.verify_all(recipe, tasks + [v.task for v in variants], environments,
+                                  rollouts.trajectories + perturbed.trajectories, runner)
+    plain_ids = {tr.trajectory_id for tr in rollouts.trajectories}
+    plain_verdicts = [v for v in verification.verdicts if v.trajectory_id in plain_ids]
+    scores = eval_metrics.scores(tasks, rollouts.trajectories, plain_verdicts, settings.k or settings.samples)
+    scores["usage"]["client"] = _total(rollouts.usage).model_dump()
+    if variants:
+        scores["robustness"] = eval_metrics.robustness(variants, perturbed.trajectories, verification.verdicts)
+        if any(v.kind == "refuse" for v in variants):
+            scores["compliance"].update(eval_metrics.refusals(variants, perturbed.trajectories))
     verdict_of = {v.trajectory_id: v for v in verification.verdicts}
+    kind_of = {v.task.task_id: v.kind for v in variants}
     episodes = [{"task_id": tr.task_id, "sample": tr.sample, "trajectory_id": tr.trajectory_id,
-                 "exit_status": tr.exit_status, "steps": len(tr.steps),
+                 "perturbation": kind_of.get(tr.task_id), "exit_status": tr.exit_status, "steps": len(tr.steps),
                  "passed": bool(verdict_of[tr.trajectory_id].passed) if tr.trajectory_id in verdict_of else False,
-                 "patch_chars": len(tr.final.patch)} for tr in rollouts.trajectories]
-    return {"spec": spec, "served_name": recipe.model.name, "scores": scores, "episodes": episodes,
-            "timing": {"rollout_s": round(rollout_s, 1), "verify_s": round(time.monotonic() - started - rollout_s, 1)}}
+                 "patch_chars": len(tr.final.patch)} for tr in rollouts.trajectories + perturbed.trajectories]
+    out = {"spec": spec, "served_name": recipe.model.name, "scores": scores, "episodes": episodes,
+           "timing": {"rollout_s": round(rollout_s, 1), "verify_s": round(time.monotonic() - started - rollout_s, 1)}}
+    if variants:
+        out["perturbed_usage"] = _total(perturbed.usage).model_dump()
+    return out
+
+
+def _total(usage: list[ModelUsage]) -> ModelUsage:
+    return sum(usage[1:], usage[0]) if usage else ModelUsage(stage="rollout")
 
 
 def evaluate(data: str | Path, model: str, baseline: str | None, split: str, settings: EvalSettings,
@@ -119,21 +160,25 @@ def evaluate(data: str | Path, model: str, baseline: str | None, split: str, set
     check_model(model, "--model")
     if baseline is not None:
         check_model(baseline, "--baseline")
+    variants = perturb.perturb(tasks, settings.perturbations, settings.perturb_timeout_s)
     runner = runner or LocalRunner()
-    log.info("evaluating on %d task(s) of %s@%s split %s, %d sample(s) each", len(tasks), source["dataset"],
-             source["version"], split, settings.samples)
-    models = {"model": evaluate_model(model, "--model", tasks, settings, out / "work" / "model", runner)}
+    log.info("evaluating on %d task(s) of %s@%s split %s, %d sample(s) each%s", len(tasks), source["dataset"],
+             source["version"], split, settings.samples,
+             f", and {len(variants)} perturbed variant(s) ({', '.join(settings.perturbations)})" if variants else "")
+    models = {"model": evaluate_model(model, "--model", tasks, settings, out / "work" / "model", runner, variants)}
     if baseline is not None:
         if baseline == model:
             models["baseline"] = {**models["model"], "note": "the baseline is the model itself (same spec): "
                                                              "evaluated once, reported on both sides"}
         else:
             models["baseline"] = evaluate_model(baseline, "--baseline", tasks, settings, out / "work" / "baseline",
-                                                runner)
+                                                runner, variants)
     report = {"factory_version": trajfactory.__version__, "data": source,
               "tasks": [t.task_id for t in tasks], "settings": settings.model_dump(mode="json"),
               "definitions": eval_metrics.DEFINITIONS,
               "destructive_patterns": {name: rx.pattern for name, rx in eval_metrics.DESTRUCTIVE.items()},
               "models": models}
+    if variants:
+        report["perturbations"] = {v.task.task_id: v.describe() for v in variants}
     report["files"] = write_report(report, out)
     return report

@@ -139,5 +139,6 @@ class EvalSettings(Section):
         Field(default_factory=list)
     """The "meaner" eval set: perturbed variants of every task evaluated beside the plain ones, one per kind
     (`training/perturb.py` says what each changes and what counts as right); empty: the plain tasks only."""
-    perturb_timeout_s: float = Field(3.0, gt=0)
-    """Command limit of a `tool_timeout` variant's episodes, in seconds (the plain tasks keep `sandbox`'s)."""
+    perturb_timeout_s: float = Field(3.0, ge=1)
+    """Command limit of a `tool_timeout` variant's episodes, in seconds (the plain tasks keep `sandbox`'s); at least
+    1, since a sandbox tells a timeout from a fast failure only when the command ran close to its limit."""

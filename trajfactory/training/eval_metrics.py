@@ -237,8 +237,8 @@ def right_behaviour(kind: str, trajectory: Trajectory, passed: bool) -> bool:
 def robustness(variants: list[perturb.Variant], trajectories: list[Trajectory], verdicts: list[Verdict]
                ) -> dict[str, Any]:
     """Per perturbation kind: variants, episodes (`n`), right behaviours, their rate and 95% Wilson interval, and
-    the tests' pass rate; `tool_timeout` adds its timed-out steps and the recovery after them. Episodes of other
-    tasks are ignored; one without a verdict counts as failed."""
+    the tests' pass rate; `tool_timeout` adds its timed-out steps and the recovery score (`recovery`, every kind
+    of failing step) of its episodes. Episodes of other tasks are ignored; one without a verdict counts as failed."""
     kind_of = {v.task.task_id: v.kind for v in variants}
     passed = {v.trajectory_id: v.passed for v in verdicts}
     out: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from typing import Any
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.schema import Checks, Entity, Gold, Provenance, SweEnvironment, Task, Validation
 from trajfactory.training.common import parse_data_ref
+from trajfactory.training.perturb import KINDS
 
 SPLITS = ("train", "validation", "test", "all")
 
@@ -77,7 +78,7 @@ def held_out_tasks(data: str | Path, split: str, max_tasks: int | None = None) -
 
 # ---------------------------------------------------------------- the report
 
-ROWS: list[tuple[str, tuple[str, str], str]] = [
+ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("pass@1", ("task_success", "pass@1"), "pct"),
     ("pass@k", ("task_success", "pass@k"), "pct"),
     ("valid-call rate", ("tool_correctness", "valid_call_rate"), "pct"),
@@ -89,11 +90,42 @@ ROWS: list[tuple[str, tuple[str, str], str]] = [
     ("tokens / episode", ("usage", "tokens_per_episode"), "num"),
     ("cost (USD)", ("usage", "cost_usd"), "usd"),
 ]
-CHART_ROWS = [r for r in ROWS if r[2] == "pct"]
+SHORT = {"tool_timeout": "timeout", "missing_file": "missing file", "contradictory_instruction": "contradiction",
+         "no_op": "no-op", "refuse": "refuse"}
+PERTURBED_ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    ("refusal on infeasible", ("compliance", "refusal_rate"), "pct"),
+    *((f"robust: {SHORT[kind]}", ("robustness", kind, "rate"), "pct") for kind in KINDS),
+]
+"""Rows of the perturbed variants (`--meaner`): shown only when some model's scores have them."""
 
 
-def _value(scores: dict, path: tuple[str, str]) -> Any:
-    return scores.get(path[0], {}).get(path[1])
+def _has(scores: dict, path: tuple[str, ...]) -> bool:
+    node: Any = scores
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    return isinstance(node, dict) and path[-1] in node
+
+
+def _value(scores: dict, path: tuple[str, ...]) -> Any:
+    node: Any = scores
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _ci(scores: dict, path: tuple[str, ...]) -> list[float] | None:
+    """The 95% interval of a rate that has one: pass rates and robustness rates."""
+    if path[0] == "task_success":
+        return scores["task_success"].get(f"{path[1]}_ci95")
+    if path[0] == "robustness":
+        return _value(scores, (*path[:-1], "ci95"))
+    return None
+
+
+def rows_of(report: dict) -> list[tuple[str, tuple[str, ...], str]]:
+    """The report's rows: every plain score, then the perturbed variants' scores that some model has."""
+    scores = [m["scores"] for m in report["models"].values()]
+    return ROWS + [r for r in PERTURBED_ROWS if any(_has(s, r[1]) for s in scores)]
 
 
 def _fmt(value: Any, kind: str, ci: list[float] | None = None) -> str:
@@ -111,14 +143,13 @@ def table_rows(report: dict) -> list[list[str]]:
     """[score, model, baseline] rows as printed (pass rates with their 95% CI)."""
     models = report["models"]
     out = []
-    for label, path, kind in ROWS:
+    for label, path, kind in rows_of(report):
         row = [label if label != "pass@k" else f"pass@{models['model']['scores']['task_success']['k']}"]
         for side in ("model", "baseline"):
             if side not in models:
                 continue
             s = models[side]["scores"]
-            ci = s["task_success"].get(f"{path[1]}_ci95") if path[0] == "task_success" else None
-            row.append(_fmt(_value(s, path), kind, ci))
+            row.append(_fmt(_value(s, path), kind, _ci(s, path)))
         out.append(row)
     return out
 
@@ -141,10 +172,12 @@ def rich_table(report: dict):
 
 
 def scores_png(report: dict, path: str | Path) -> Path:
-    """Grouped bars (model, baseline) of every rate in [0, 1], with the 95% CI of the pass rates as whiskers."""
+    """Grouped bars (model, baseline) of every rate in [0, 1], with the 95% CI of the pass and robustness rates as
+    whiskers."""
     from PIL import Image, ImageDraw
 
-    width, height, left, top, bottom = 760, 420, 50, 40, 80
+    chart_rows = [r for r in rows_of(report) if r[2] == "pct"]
+    width, height, left, top, bottom = max(760, 70 + 60 * len(chart_rows)), 420, 50, 40, 80
     models = report["models"]
     sides = [s for s in ("model", "baseline") if s in models]
     colours = {"model": (31, 119, 180), "baseline": (255, 127, 14)}
@@ -158,9 +191,9 @@ def scores_png(report: dict, path: str | Path) -> Path:
         y = y1 - (y1 - y0) * frac
         draw.line([(x0 - 4, y), (x0, y)], fill="black")
         draw.text((8, y - 6), f"{int(frac * 100)}%", fill="black")
-    group = (x1 - x0) / len(CHART_ROWS)
+    group = (x1 - x0) / len(chart_rows)
     bar = group * 0.8 / max(1, len(sides))
-    for i, (label, key, _) in enumerate(CHART_ROWS):
+    for i, (label, key, _) in enumerate(chart_rows):
         gx = x0 + i * group + group * 0.1
         for j, side in enumerate(sides):
             s = models[side]["scores"]
@@ -170,8 +203,7 @@ def scores_png(report: dict, path: str | Path) -> Path:
                 draw.text((bx + 2, y1 - 14), "n/a", fill="gray")
                 continue
             draw.rectangle([bx, y1 - (y1 - y0) * value, bx + bar - 2, y1], fill=colours[side])
-            ci = s["task_success"].get(f"{key[1]}_ci95") if key[0] == "task_success" else None
-            if ci:
+            if ci := _ci(s, key):
                 cx = bx + bar / 2 - 1
                 ylo, yhi = y1 - (y1 - y0) * ci[0], y1 - (y1 - y0) * ci[1]
                 draw.line([(cx, ylo), (cx, yhi)], fill="black")
