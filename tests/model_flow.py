@@ -22,6 +22,7 @@ from conftest import DEMO_REPO, ROOT
 from trajfactory.datasets.store import DatasetStore
 
 SAMPLES, MAX_TASKS = 2, 2
+TRAIN_STEPS = 4
 
 
 def _env(tmp: Path) -> dict:
@@ -63,8 +64,9 @@ class ContainerWatch:
 
 
 @pytest.fixture(scope="session")
-def model_flow_run(_vllm_session_server, docker_backend, tmp_path_factory):
-    """One recipe with every model-backed step on, run twice through the CLI (the second run is fully cached)."""
+def model_flow_run(_vllm_session_server, tiny_model, docker_backend, tmp_path_factory):
+    """One recipe with every model-backed step on, and the closed loop (a few SFT steps of the tiny model on the run's
+    verified trajectories, evaluated beside it), run twice through the CLI (the second run is fully cached)."""
     server = _vllm_session_server.start()  # started again if a test stopped it
     tmp = tmp_path_factory.mktemp("flow-model")
     # A copy under its own name: its sandboxes carry their own `trajfactory.repo` label, so this module's
@@ -87,6 +89,15 @@ def model_flow_run(_vllm_session_server, docker_backend, tmp_path_factory):
         "judge": {"enabled": True, "max_tokens": 32},
         "model": {"serve": None, "base_url": server.base_url, "name": "tiny", "gpu_hour_price": 2.5},
         "dataset": {"name": "swe", "root": str(tmp / "datasets"), "export_root": str(tmp / "exports")},
+        # One repository's few tasks: train on every split and evaluate on one task (this is the plumbing, the
+        # default recipe's loop is the measurement).
+        "train": {"base_model": str(tiny_model), "out_root": str(tmp / "train"),
+                  "sft": {"max_steps": TRAIN_STEPS, "max_length": 1024, "learning_rate": 1e-3,
+                          "clip_tool_output_chars": 300, "checkpoint_every": 2, "log_every": 1,
+                          "splits": ["train", "validation", "test"]},
+                  "eval_split": "all",
+                  "eval": {"max_tasks": 1, "max_steps": 2, "max_tokens": 24, "temperature": 0.0,
+                           "actions": "tool_calls", "concurrency": 1}},
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -85,7 +85,9 @@ def _report_model(summary: dict) -> None:
 def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
     """Run the whole factory: harvest → synthesize & validate → rollout → verify (tests, and the model
     judge) → dataset version. A recipe with a `model:` section serves that model (or uses its external
-    endpoint) for the whole run and prints what the model work cost."""
+    endpoint) for the whole run and prints what the model work cost. A recipe with a `train:` section then
+    closes the loop: it fine-tunes a model on the new version's verified trajectories and prints its scores
+    on held-out tasks beside the untrained model's."""
     _setup_logging()
     r = _recipe(recipe)
     from trajfactory.flows.swe import factory_flow
@@ -100,6 +102,29 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
     if result.get("web"):
         _report_web(result["web"])
         _export(r, result["web"])
+    if result.get("closed_loop"):
+        _report_closed_loop(result["closed_loop"])
+    if result.get("closed_loop_error"):
+        console.print(f"[red]closed loop not run: {result['closed_loop_error']}[/red]")
+        raise typer.Exit(1)
+
+
+def _report_closed_loop(loop: dict) -> None:
+    """What was trained (or reused) and the before/after table of the evaluation."""
+    from trajfactory.training.evaluate import rich_table
+
+    for stage in loop["training"]:
+        how = "reused" if stage["reused"] else (f"resumed from step {stage['resumed_from_step']}"
+                                                 if stage["resumed_from_step"] else "trained")
+        typer.echo(f"{stage['kind']}: {stage['out']} ({how}: {stage['steps']} steps on {stage['rows_used']} rows, "
+                   f"final loss {stage['final_loss']:.4f})")
+    report = loop["report"]
+    data = report["data"]
+    before = report["models"].get("baseline", {}).get("spec", "not run")
+    typer.echo(f"eval: {Path(report['files']['report']).parent} ({'reused' if report['reused'] else 'evaluated'}: "
+               f"{data['tasks_evaluated']} tasks of split {data['split']}; before = {before})")
+    Console().print(rich_table(report))
+    typer.echo(f"wrote {report['files']['report']} and {report['files']['chart']}")
 
 
 def _export(r, result: dict) -> None:

@@ -76,18 +76,36 @@ def parse_text_actions(content: str, turn: int) -> list[ToolCall]:
     return []
 
 
-def to_wire(messages: list[Message]) -> list[dict[str, Any]]:
-    """The conversation as sent to the model: text-parsed calls go back as the text that held them."""
+def clip_middle(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters: its head (two thirds) and tail, with a marker saying how much went.
+
+    Training clips tool outputs with this (`training/context.py`), and the agent clips its observations with it
+    when `max_observation_chars` is set, so a model sees at serve time what it was trained on."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[... {len(text) - limit} characters clipped ...]\n"
+    head = max(limit - len(marker), 0) * 2 // 3
+    tail = max(limit - len(marker) - head, 0)
+    return text[:head] + marker + (text[-tail:] if tail else "")
+
+
+def to_wire(messages: list[Message], max_observation_chars: int | None = None) -> list[dict[str, Any]]:
+    """The conversation as sent to the model: text-parsed calls go back as the text that held them, and tool
+    outputs are clipped to `max_observation_chars` (None: whole). The trajectory keeps them whole."""
     text_ids: set[str] = set()
     out = []
     for m in messages:
         if m.role == "assistant" and m.tool_calls and m.tool_calls[0].id.startswith(TEXT_CALL_PREFIX):
             text_ids.update(c.id for c in m.tool_calls)
             out.append({"role": "assistant", "content": m.content or ""})
-        elif m.role == "tool" and m.tool_call_id in text_ids:
-            out.append({"role": "user", "content": m.content or ""})
-        else:
-            out.append(m.model_dump(mode="json", exclude_none=True))
+            continue
+        wire = m.model_dump(mode="json", exclude_none=True)
+        if m.role == "tool":
+            if max_observation_chars and isinstance(wire.get("content"), str):
+                wire["content"] = clip_middle(wire["content"], max_observation_chars)
+            if m.tool_call_id in text_ids:
+                wire = {"role": "user", "content": wire.get("content") or ""}
+        out.append(wire)
     return out
 
 
@@ -98,6 +116,8 @@ class ModelPolicy:
         self.client = client
         self.config = config or ModelPolicyConfig()
         params = {"version": POLICY_VERSION, "actions": self.config.actions, **self.config.sampling()}
+        if self.config.max_observation_chars:
+            params["max_observation_chars"] = self.config.max_observation_chars
         self.info = PolicyInfo(name="model", model=client.model, params=params)
         self.usage = Usage()
         self.limits = self.config.limits
@@ -126,7 +146,8 @@ class ModelPolicy:
         tools = self.tools if cfg.actions != "text" else None
         extra = {"tool_choice": "auto"} if tools else {}
         try:
-            result = await self.client.chat(to_wire(messages), tools=tools, **extra, **cfg.sampling())
+            result = await self.client.chat(to_wire(messages, cfg.max_observation_chars), tools=tools, **extra,
+                                            **cfg.sampling())
         except ModelError as exc:
             if exc.infrastructure:
                 raise PolicyError("infra_error", f"the model server failed: {exc}", stop=INFRA_FAILED,

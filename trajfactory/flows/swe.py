@@ -1,6 +1,6 @@
 """The SWE factory as Prefect flows: one per stage of `pipelines/swe.py`, and `factory` wiring them end to end.
 
-    harvest_flow ─► synthesize_flow ─► rollout_flow ─► verify_flow ─► build_flow
+    harvest_flow ─► synthesize_flow ─► rollout_flow ─► verify_flow ─► build_flow [─► train_flow]
 
 Each stage flow is one call into the pipeline with the Prefect runner (every unit of work a cached, retried
 task, `sandbox.concurrency` at once), and hands its records to the next stage through the work dir
@@ -16,10 +16,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from trajfactory.flows import records as rec
 from trajfactory.flows.runner import PrefectRunner, publish_yields
+from trajfactory.flows.train import train_flow
 from trajfactory.flows.web import web_flow
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines import swe
 from trajfactory.settings import Recipe
+from trajfactory.training.common import TrainError
+from trajfactory.training.evaluate import EvalError
 
 
 @flow(name="harvest")
@@ -90,4 +93,11 @@ def factory_flow(recipe: Recipe) -> dict:
         result = build_flow(recipe)
     get_run_logger().info("dataset %s version %s: %s; %d/%d trajectories verified", recipe.dataset.name,
                           result["version"], result["counts"], verified["passed"], verified["verdicts"])
-    return {**result, "web": web, "judge_agreement": verified["judge_agreement"]}
+    result = {**result, "web": web, "judge_agreement": verified["judge_agreement"]}
+    if recipe.train is not None:  # after the run's model server stopped: training and eval serve their own
+        try:
+            result["closed_loop"] = train_flow(recipe, f"{result['root']}@{result['version']}")
+        except (TrainError, EvalError) as exc:  # the datasets are written; say why the loop could not run
+            get_run_logger().error("closed loop: %s", exc)
+            result["closed_loop_error"] = str(exc)
+    return result

@@ -24,7 +24,7 @@ from prefect import task
 from trajfactory.agents.model import POLICY_VERSION
 from trajfactory.executors.base import InfrastructureError
 from trajfactory.models.service import ModelEndpoint
-from trajfactory.pipelines import swe, web
+from trajfactory.pipelines import closed_loop, swe, web
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
 from trajfactory.synthesizers.swe import rewrite, statements
@@ -199,4 +199,9 @@ STEPS: dict[Callable, Any] = {
     web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web"),
     web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web"),
     web.judge: step_task(web.judge, "judge", key=_web_judge, half="web"),
+    # The closed loop's cache is each step's output directory, named by the key of what it depends on
+    # (`pipelines/closed_loop.py`): a finished one is reused, a killed training run resumes from its checkpoint.
+    closed_loop.sft_step: step_task(closed_loop.sft_step, "train-sft"),
+    closed_loop.dpo_step: step_task(closed_loop.dpo_step, "train-dpo"),
+    closed_loop.eval_step: step_task(closed_loop.eval_step, "eval"),
 }

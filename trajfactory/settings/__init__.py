@@ -4,7 +4,8 @@
     recipe = load_recipe("recipe.yaml")      # errors name the file and the field
 
 `recipe.py` holds the recipe itself, `swe.py` the SWE sections, `web.py` the web section, `model.py` the
-`model:` section, `sandbox.py` the sandbox limits, and `agents.py` the agents' sampling and episode budgets.
+`model:` section, `sandbox.py` the sandbox limits, `agents.py` the agents' sampling and episode budgets, and
+`training.py` the `train:` section with the settings of `trajfactory train ...` and `trajfactory eval`.
 """
 
 from trajfactory.settings.agents import (EpisodeLimits, ModelPolicyConfig, SamplingConfig, Section, WebAgentConfig,

@@ -93,6 +93,9 @@ class ModelPolicyConfig(SamplingConfig):
     fallback when a reply has no native tool call."""
     limits: EpisodeLimits = Field(default_factory=lambda: EpisodeLimits(max_steps=30))
     """Episode budgets; the rollout uses the stricter of these and its own."""
+    max_observation_chars: int | None = Field(None, ge=64)
+    """Tool outputs sent to the model are clipped to this many characters (head and tail kept; the trajectory keeps
+    them whole). Set it to the `clip_tool_output_chars` a model was trained with; None: send them whole."""
 
 
 class WebAgentConfig(SamplingConfig):

@@ -13,6 +13,7 @@ from trajfactory.settings.agents import Section
 from trajfactory.settings.model import ModelConfig
 from trajfactory.settings.sandbox import SandboxConfig
 from trajfactory.settings.swe import JudgeConfig, RepoSpec, RolloutConfig, SynthesisConfig, ValidationConfig
+from trajfactory.settings.training import TrainConfig
 from trajfactory.settings.web import WebConfig
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "data" / "recipes" / "default.yaml"
@@ -56,11 +57,16 @@ class Recipe(Section):
     dataset: DatasetConfig = DatasetConfig()
     web: WebConfig | None = None
     """The web half: tutorials -> web tasks -> verified browser trajectories (omit it to skip)."""
+    train: TrainConfig | None = None
+    """The closed loop after the datasets are written: fine-tune a model on the run's verified SWE trajectories and
+    evaluate it against the untrained one on held-out tasks (omit it to skip)."""
 
     @model_validator(mode="after")
     def _has_work(self) -> "Recipe":
         if not self.repos and self.web is None:
             raise ValueError("nothing to do: give `repos:` (SWE tasks) and/or a `web:` section (web tasks)")
+        if self.train is not None and not self.repos:
+            raise ValueError("`train:` trains and evaluates on the run's SWE tasks: add `repos:`, or drop `train:`")
         if self.model is None:
             users = [what for what, used in (
                 ("rollout.policies: [model]", "model" in self.rollout.policies),
@@ -93,8 +99,10 @@ class Recipe(Section):
         return Path(self.work_dir) / "web"
 
     def digest(self) -> str:
-        """Hash of everything that changes the SWE data (not where it is written, the web half or the model's port)."""
-        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True, "model": True})
+        """Hash of everything that changes the SWE data (not where it is written, the web half, the model's port or the
+        closed loop that trains on it)."""
+        data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True, "model": True,
+                                        "train": True})
         return content_hash(data, self.web.digest() if self.web else None,
                             self.model.digest_fields() if self.model else None)
 

@@ -50,6 +50,9 @@ class TrainSettings(Section):
     """Recompute activations in the backward pass: less memory, ~50% more time (measured on the tiny model)."""
     log_every: int = Field(10, ge=1)
     """Log loss and throughput every this many optimizer steps (every step's loss goes into metrics.json)."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Save a checkpoint every this many optimizer steps (the newest kept, beside OUT until the run completes), so a
+    killed run resumes from it (`resume`); None: no checkpoints."""
 
 
 class SFTSettings(TrainSettings):
@@ -124,6 +127,9 @@ class EvalSettings(Section):
     temperature: float = Field(0.8, ge=0)
     max_tokens: int = Field(512, ge=1)
     """Completion tokens of one model turn."""
+    max_observation_chars: int | None = Field(None, ge=64)
+    """Tool outputs sent to the model are clipped to this many characters, as training clipped them
+    (`clip_tool_output_chars`); None: whole."""
     actions: Literal["tool_calls", "text", "both"] = "both"
     """How the agent reads actions (`agents/model.py`): native tool calls, text, or both."""
     seed: int = 0
@@ -142,3 +148,26 @@ class EvalSettings(Section):
     perturb_timeout_s: float = Field(3.0, ge=1)
     """Command limit of a `tool_timeout` variant's episodes, in seconds (the plain tasks keep `sandbox`'s); at least
     1, since a sandbox tells a timeout from a fast failure only when the command ran close to its limit."""
+
+
+class TrainConfig(Section):
+    """The recipe's `train:` section: the closed loop at the end of `trajfactory run`. The run's new SWE dataset
+    version trains `base_model` (SFT, then DPO when `dpo` is set) on its `sft.splits`, and the result is evaluated
+    against the untrained base on the held-out `eval_split`, with the report's before/after table printed.
+
+    Each step is cached by what it depends on: a training output is `OUT_ROOT/sft-KEY` (KEY: the dataset version's
+    content digest, the base model, the settings), an evaluation `OUT_ROOT/eval-KEY`; a run that finds a complete
+    one reuses it, and a killed training run resumes from its last checkpoint (`sft.checkpoint_every`)."""
+
+    base_model: str = "builtin:tiny"
+    """The model to fine-tune and the baseline: `builtin:tiny` or a local model directory."""
+    out_root: str = "trajfactory-out/train"
+    """Where training outputs and evaluation reports go (relative paths are relative to the working directory)."""
+    sft: SFTSettings = Field(default_factory=lambda: SFTSettings(checkpoint_every=100))
+    dpo: DPOSettings | None = None
+    """Preference training from the SFT output on (verified, failed) pairs of the same task; None: skip."""
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    eval_split: Literal["train", "validation", "test", "all"] = "test"
+    """Which tasks the trained model and the baseline are evaluated on (held out: `test` or `validation`)."""
+    baseline: bool = True
+    """Evaluate the untrained `base_model` beside the trained one (the "before" column)."""

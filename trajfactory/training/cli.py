@@ -31,9 +31,13 @@ BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision; defaul
 GRADIENT_CHECKPOINTING = typer.Option(False, "--gradient-checkpointing", help="Trade ~50% more time for less "
                                       "activation memory (large models on a GPU).")
 SEED = typer.Option(0, "--seed")
+CHECKPOINT_EVERY = typer.Option(None, "--checkpoint-every", help="Save a checkpoint every N optimizer steps (the newest "
+                                "kept in .OUT.partial until the run completes), so a killed run can --resume.")
+RESUME = typer.Option(False, "--resume", help="Go on from the newest checkpoint a killed run of the same data, model "
+                      "and settings left (see --checkpoint-every); without one, start afresh.")
 
 
-def _train(make_settings, train, data: str, model: str, out: Path, overwrite: bool) -> dict:
+def _train(make_settings, train, data: str, model: str, out: Path, overwrite: bool, **options) -> dict:
     """Settings from the options and one training run; bad options or inputs exit 2 with the message."""
     from pydantic import ValidationError
 
@@ -45,7 +49,7 @@ def _train(make_settings, train, data: str, model: str, out: Path, overwrite: bo
         console.print(f"[red]bad option[/red]\n{exc}")
         raise typer.Exit(2) from None
     try:
-        return train(data, model, out, settings, overwrite=overwrite)
+        return train(data, model, out, settings, overwrite=overwrite, **options)
     except TrainError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -59,6 +63,8 @@ SFT_HELP = (
     "--chat-template or --loss all).\n\n"
     "Context: a row longer than --max-length tokens is cut after the last assistant turn that fits; a row whose first "
     "assistant turn does not fit is dropped. Both are counted and listed in metrics.json.\n\n"
+    "A long run: --checkpoint-every N keeps the newest checkpoint; if the run is killed, the same command with "
+    "--resume goes on from it.\n\n"
     "OUT: a model directory that transformers and vLLM load as it is (`trajfactory model serve OUT`), plus "
     "metrics.json (loss per step, tokens, rows used / truncated / dropped, the data version and its content digest) "
     "and loss.png."
@@ -94,6 +100,8 @@ def sft(
     gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
     seed: int = SEED,
     log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
+    checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
+    resume: bool = RESUME,
 ) -> None:
     setup_logging()
     from trajfactory.settings.training import SFTSettings
@@ -104,8 +112,9 @@ def sft(
             splits=split, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=learning_rate, max_length=max_length, clip_tool_output_chars=clip_tool_output, loss=loss,
             chat_template=chat_template, lora=lora, lora_r=lora_r, bf16=bf16,
-            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every),
-        train_sft, data, model, out, overwrite)
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every,
+            checkpoint_every=checkpoint_every),
+        train_sft, data, model, out, overwrite, resume=resume)
     ctx, tr = metrics["context"], metrics["training"]
     typer.echo(f"trained {tr['steps']} steps on {ctx['rows_used']} rows of {metrics['data']['dataset']}@"
                f"{metrics['data']['version']} ({ctx['rows_truncated']} truncated, {ctx['rows_dropped']} dropped); "
@@ -160,6 +169,8 @@ def dpo(
     gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
     seed: int = SEED,
     log_every: int = typer.Option(10, "--log-every", help="Log loss and tokens/s every N steps."),
+    checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
+    resume: bool = RESUME,
 ) -> None:
     setup_logging()
     from trajfactory.training.dpo import train_dpo
@@ -170,8 +181,9 @@ def dpo(
             splits=split, beta=beta, max_pairs_per_task=max_pairs_per_task, max_steps=max_steps, epochs=epochs,
             batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate, max_length=max_length,
             clip_tool_output_chars=clip_tool_output, lora=lora, lora_r=lora_r, bf16=bf16,
-            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every),
-        train_dpo, data, model, out, overwrite)
+            gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every,
+            checkpoint_every=checkpoint_every),
+        train_dpo, data, model, out, overwrite, resume=resume)
     ctx, tr = metrics["context"], metrics["training"]
     typer.echo(f"trained {tr['steps']} steps on {ctx['pairs_used']} pairs of {metrics['data']['dataset']}@"
                f"{metrics['data']['version']} ({ctx['pairs_truncated']} truncated, {ctx['pairs_dropped']} dropped); "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trajfactory.datasets.store import DatasetStore
+from trajfactory.schema import content_hash
 from trajfactory.settings import BUILTIN_TINY
 from trajfactory.settings.training import TrainSettings
 
@@ -75,6 +76,34 @@ def resolve_model(model: str | Path) -> Path:
     return path
 
 
+def model_identity(model: str | Path) -> str:
+    """What identifies a base model in a run's key: `builtin:tiny` with its version; a training output by its own
+    run key (metrics.json); any other directory by its config and its files' names, sizes and times (hashing the
+    weights of a large model would take minutes)."""
+    if str(model) == BUILTIN_TINY:
+        from trajfactory.models.service import TINY_VERSION
+
+        return f"{BUILTIN_TINY}@v{TINY_VERSION}"
+    path = Path(model).expanduser()
+    metrics = path / "metrics.json"
+    if metrics.is_file():
+        key = json.loads(metrics.read_text()).get("run_key")
+        if key:
+            return f"trained:{key}"
+    config = (path / "config.json").read_text() if (path / "config.json").is_file() else ""
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()) \
+        if path.is_dir() else []
+    return f"dir:{content_hash(config, files, length=32)}"
+
+
+def run_key(kind: str, content_digest: str, model: str | Path, settings: TrainSettings) -> str:
+    """The key of one training run: what it trains on (the data version's content digest), from which model, how.
+    A resumed run must have the same key; the recipe's closed loop names its outputs by it."""
+    return content_hash(kind, content_digest, model_identity(model), settings.model_dump(mode="json",
+                                                                                         exclude={"log_every"}),
+                        length=32)
+
+
 def load_model(path: Path, ref: str | Path, *, dtype: Any = None):
     """The tokenizer and causal LM of a model directory; an error naming the directory when they do not load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,6 +162,13 @@ def device_flags(settings: TrainSettings) -> dict[str, Any]:
     return {"use_cpu": not cuda, "bf16": bf16_ok if settings.bf16 is None else settings.bf16}
 
 
+def save_flags(settings: TrainSettings) -> dict[str, Any]:
+    """The trainer's checkpoint options: the newest checkpoint every `checkpoint_every` steps, or none."""
+    if settings.checkpoint_every is None:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": settings.checkpoint_every, "save_total_limit": 1}
+
+
 def checkpointing_flag(config_cls, settings: TrainSettings) -> dict[str, bool]:
     """Gradient checkpointing under the name the installed transformers uses (5.x renamed it; the old one warns)."""
     import dataclasses
@@ -167,7 +203,14 @@ def step_logger(every: int, keep: tuple[str, ...] = ()):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
-            log.info("training: %d optimizer steps", state.max_steps)
+            # A resumed run starts with the steps of its checkpoint: their losses come from the trainer's history.
+            self.steps = [{"step": h["step"], "loss": float(h["loss"]), "learning_rate": h.get("learning_rate"),
+                           "seconds": None, **{k: float(h[k]) for k in keep if k in h}}
+                          for h in state.log_history if "loss" in h and "step" in h]
+            if state.global_step:
+                log.info("training: resuming at step %d of %d", state.global_step, state.max_steps)
+            else:
+                log.info("training: %d optimizer steps", state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
@@ -222,12 +265,30 @@ def save_model(trainer, tokenizer, base_dir: Path, original_template, dest: Path
             shutil.copy2(f, dest / f.name)
 
 
-def partial_dir(out: Path) -> Path:
-    """A fresh sibling directory to write OUT into (a killed run's leftovers removed)."""
+RUN_FILE = "run.json"
+
+
+def partial_dir(out: Path, key: str | None = None, resume: bool = False) -> tuple[Path, str | None]:
+    """The sibling directory to write OUT into, and the checkpoint to resume from (None: start fresh).
+
+    With `resume`, a killed run's directory is kept when it was the same run (same `key`: data, model, settings)
+    and holds a checkpoint; anything else there is removed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     partial = out.with_name(f".{out.name}.partial")
+    if resume and key and (partial / RUN_FILE).is_file() and (partial / "trainer").is_dir():
+        same = json.loads((partial / RUN_FILE).read_text()).get("run_key") == key
+        checkpoint = get_last_checkpoint(str(partial / "trainer")) if same else None
+        if checkpoint:
+            log.info("resuming the killed run in %s from %s", partial, Path(checkpoint).name)
+            return partial, checkpoint
+        log.info("%s holds %s; starting afresh", partial, "no checkpoint" if same else "another run (other data, "
+                 "model or settings)")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    return partial
+    if key:
+        (partial / RUN_FILE).write_text(json.dumps({"run_key": key}) + "\n")
+    return partial, None
 
 
 def replace_dir(partial: Path, out: Path) -> None:
@@ -241,25 +302,31 @@ def replace_dir(partial: Path, out: Path) -> None:
 
 
 def train_and_write(out: Path, build, step_log, describe, *, tokenizer, model_dir: Path, template, lora: bool,
-                    title: str) -> dict[str, Any]:
+                    title: str, key: str, resume: bool = False, checkpoints: bool = False) -> dict[str, Any]:
     """Train and write OUT atomically: `build(work_dir)` makes the trainer (the per-step log `step_log` is added to it),
     `describe(trainer, result)` the metrics; then the model (`save_model`), metrics.json and loss.png go into a
-    sibling directory that replaces OUT only once it is whole. Returns the metrics."""
-    partial = partial_dir(out)
+    sibling directory that replaces OUT only once it is whole. With `checkpoints` a failed or killed run leaves
+    that directory and its newest checkpoint behind, for `resume` (same `key`). Returns the metrics."""
+    partial, checkpoint = partial_dir(out, key, resume)
     try:
         trainer = build(partial / "trainer")
         trainer.add_callback(step_log)
-        result = trainer.train()
-        metrics = describe(trainer, result)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = {"run_key": key, **describe(trainer, result),
+                   "resumed_from_step": int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None}
         shutil.rmtree(partial / "trainer", ignore_errors=True)
         save_model(trainer, tokenizer, model_dir, template, partial, None if lora else config_dtype(model_dir))
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         from trajfactory.training.plot import loss_curve_png
 
         loss_curve_png([(s["step"], s["loss"]) for s in step_log.steps], partial / "loss.png", title=title)
+        (partial / RUN_FILE).unlink(missing_ok=True)
         replace_dir(partial, out)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if checkpoints:
+            log.error("training stopped; %s keeps its newest checkpoint: run again with resume to go on", partial)
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     log.info("trained model written to %s (%d steps, final loss %s)", out, metrics["training"]["steps"],
              metrics["training"]["final_loss"])

@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from trajfactory.agents.model import clip_middle
 from trajfactory.models.tiny import CHAT_TEMPLATE as TINY_CHAT_TEMPLATE
 
 
@@ -109,10 +110,7 @@ def clip_tool_outputs(messages: list[dict], limit: int | None) -> tuple[list[dic
     for m in messages:
         content = m.get("content")
         if m["role"] == "tool" and isinstance(content, str) and len(content) > limit:
-            marker = f"\n[... {len(content) - limit} characters clipped ...]\n"
-            head = max(limit - len(marker), 0) * 2 // 3
-            tail = max(limit - len(marker) - head, 0)
-            m = {**m, "content": content[:head] + marker + (content[-tail:] if tail else "")}
+            m = {**m, "content": clip_middle(content, limit)}
             clipped += 1
         out.append(m)
     return out, clipped

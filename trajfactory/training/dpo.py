@@ -32,11 +32,12 @@ from trajfactory.datasets import formats
 from trajfactory.progress import Progress
 from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
                                          device_flags, load_model, open_version, peft_config, quiet_progress_bars,
-                                         resolve_model, step_logger, train_and_write)
+                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
 from trajfactory.training.context import fit_row
 from trajfactory.settings.training import DPOSettings
 
 log = logging.getLogger(__name__)
+KIND = "dpo"  # in the run key
 
 COLUMNS = ("prompt", "chosen", "rejected", "tools")
 # What TRL's DPOTrainer logs per step beside the loss; kept for every step in metrics.json.
@@ -119,8 +120,8 @@ def build_trainer(pairs: list[dict], tokenizer, model, settings: DPOSettings, wo
         per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps, seed=settings.seed,
         max_length=settings.max_length, beta=settings.beta, **checkpointing_flag(DPOConfig, settings),
-        logging_steps=1, save_strategy="no", report_to=[], include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not sys.stderr.isatty(), **device_flags(settings))
+        logging_steps=1, report_to=[], include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stderr.isatty(), **save_flags(settings), **device_flags(settings))
     train = Dataset.from_list([{k: p[k] for k in COLUMNS} for p in pairs])
     trainer = DPOTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=args,
                          peft_config=peft_config(settings) if settings.lora else None)
@@ -129,10 +130,11 @@ def build_trainer(pairs: list[dict], tokenizer, model, settings: DPOSettings, wo
 
 
 def train_dpo(data: str | Path, model: str | Path, out: str | Path, settings: DPOSettings | None = None, *,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train `model` with DPO on the preference pairs of `data` (`DIR[@vN]`) and write OUT (module docstring).
 
-    Returns what metrics.json holds. Raises TrainError for bad inputs, before any training."""
+    Returns what metrics.json holds. Raises TrainError for bad inputs, before any training. With `resume`, a run
+    of the same data, model and settings killed after a checkpoint (`checkpoint_every`) goes on from it."""
     import torch
     from transformers import set_seed
 
@@ -168,6 +170,8 @@ def train_dpo(data: str | Path, model: str | Path, out: str | Path, settings: DP
         step_log, lambda trainer, result: {"data": source, "model": model_info, "context": context,
                                            "training": _training_metrics(trainer, result, step_log.steps),
                                            "settings": settings.model_dump(mode="json")},
+        key=run_key(KIND, source["content_digest"], model, settings), resume=resume,
+        checkpoints=settings.checkpoint_every is not None,
         tokenizer=tokenizer, model_dir=model_dir, template=template, lora=settings.lora,
         title=f"DPO loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
 

@@ -236,7 +236,7 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
         raise TrainError(f"--model {model}: the tokenizer has no chat template; the agent's turns need one")
     max_context = min(settings.max_length, getattr(lm.config, "max_position_embeddings", settings.max_length))
     rollouts = FactoryRollouts(tasks, tokenizer, settings, max_context)
-    partial = partial_dir(out)
+    partial, _ = partial_dir(out)
     try:
         trainer = build_trainer(lm, tokenizer, [t.task_id for t in tasks], rollouts, settings, partial / "trainer")
         step_log = step_logger(settings.log_every, keep=("reward", "reward_std", "kl", "num_tokens"))

@@ -28,11 +28,12 @@ from trajfactory.datasets import formats
 from trajfactory.progress import Progress
 from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
                                          device_flags, load_model, open_version, peft_config, quiet_progress_bars,
-                                         resolve_model, step_logger, train_and_write)
+                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
 from trajfactory.training.context import TemplateError, check_renders_alike, fit_rows, training_template
 from trajfactory.settings.training import SFTSettings
 
 log = logging.getLogger(__name__)
+KIND = "sft"  # in the run key
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
@@ -70,9 +71,9 @@ def build_trainer(rows: list[dict], tokenizer, model, settings: SFTSettings, wor
         per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps, seed=settings.seed,
         max_length=settings.max_length, assistant_only_loss=template is not None,
-        **checkpointing_flag(SFTConfig, settings), logging_steps=1, save_strategy="no", report_to=[],
+        **checkpointing_flag(SFTConfig, settings), logging_steps=1, report_to=[],
         include_num_input_tokens_seen="non_padding", disable_tqdm=not sys.stderr.isatty(),
-        **device_flags(settings))
+        **save_flags(settings), **device_flags(settings))
     train = Dataset.from_list([{"messages": r["messages"], "tools": r["tools"]} for r in rows])
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=args,
                          peft_config=peft_config(settings) if settings.lora else None)
@@ -89,10 +90,11 @@ def _round_trip(rows: list[dict]) -> list[dict]:
 
 
 def train_sft(data: str | Path, model: str | Path, out: str | Path, settings: SFTSettings | None = None, *,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train `model` on the verified trajectories of `data` (`DIR[@vN]`) and write OUT (module docstring).
 
-    Returns what metrics.json holds. Raises TrainError for bad inputs, before any training."""
+    Returns what metrics.json holds. Raises TrainError for bad inputs, before any training. With `resume`, a run
+    of the same data, model and settings killed after a checkpoint (`checkpoint_every`) goes on from it."""
     import torch
     from transformers import set_seed
 
@@ -132,6 +134,8 @@ def train_sft(data: str | Path, model: str | Path, out: str | Path, settings: SF
         step_log, lambda trainer, result: {"data": source, "model": model_info, "context": context,
                                            "training": _training_metrics(trainer, result, step_log.steps),
                                            "settings": settings.model_dump(mode="json")},
+        key=run_key(KIND, source["content_digest"], model, settings), resume=resume,
+        checkpoints=settings.checkpoint_every is not None,
         tokenizer=tokenizer, model_dir=model_dir, template=original, lora=settings.lora,
         title=f"SFT loss: {source['dataset']}@{source['version']} on {Path(str(model)).name}")
 
