@@ -106,7 +106,7 @@ def test_the_run_trains_on_its_own_data_and_prints_the_before_after_table(model_
     assert report["models"]["model"]["spec"] == str(sft) and report["models"]["baseline"]["spec"] != str(sft)
     assert report["data"]["tasks_evaluated"] == 1 and report["settings"]["max_observation_chars"] == 300
     for stdout in (run.first.stdout, run.second.stdout):
-        assert "valid-call rate" in stdout and "pass@1" in stdout and f"model: {sft}" in stdout
+        assert "valid-call rate" in stdout and "pass@1" in stdout and f"model: {sft}" in stdout, stdout[-3000:]
 
 
 def test_a_second_run_reuses_the_trained_model_and_the_evaluation(model_flow_run):

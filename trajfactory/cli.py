@@ -123,7 +123,7 @@ def _report_closed_loop(loop: dict) -> None:
     before = report["models"].get("baseline", {}).get("spec", "not run")
     typer.echo(f"eval: {Path(report['files']['report']).parent} ({'reused' if report['reused'] else 'evaluated'}: "
                f"{data['tasks_evaluated']} tasks of split {data['split']}; before = {before})")
-    Console().print(rich_table(report))
+    Console(width=None if sys.stdout.isatty() else 250).print(rich_table(report))
     typer.echo(f"wrote {report['files']['report']} and {report['files']['chart']}")
 
 

@@ -71,7 +71,8 @@ def eval_recipe(spec: str, settings: EvalSettings, work_dir: Path, tasks: list[T
         settings.sandbox.model_copy(update={"command_timeout_s": command_timeout_s})
     agent = ModelPolicyConfig(temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed,
                               actions=settings.actions, limits=EpisodeLimits(max_steps=settings.max_steps),
-                              max_observation_chars=settings.max_observation_chars)
+                              max_observation_chars=settings.max_observation_chars,
+                              frequency_penalty=settings.frequency_penalty)
     return Recipe(
         name="eval", work_dir=str(work_dir), sandbox=sandbox,
         repos=[RepoSpec(uri=uri) for uri in sorted({t.provenance.source_uri for t in tasks})],

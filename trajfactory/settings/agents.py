@@ -66,6 +66,9 @@ class SamplingConfig(Section):
     """Nucleus sampling mass."""
     max_tokens: int = Field(512, ge=1)
     """Completion tokens per model call."""
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    """OpenAI's repetition guard: each generated token's logit drops by this much per earlier use in the reply
+    (small models loop on a token without it); 0: off, and not sent."""
     seed: int | None = None
     """Sampling seed sent with each request (servers that honour it make a sample reproducible)."""
     max_model_errors: int = Field(3, ge=1)
@@ -77,6 +80,8 @@ class SamplingConfig(Section):
         body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
         if self.seed is not None:
             body["seed"] = self.seed
+        if self.frequency_penalty:
+            body["frequency_penalty"] = self.frequency_penalty
         return {**body, **self.extra_body}
 
     def for_sample(self, sample: int):

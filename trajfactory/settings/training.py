@@ -130,6 +130,8 @@ class EvalSettings(Section):
     max_observation_chars: int | None = Field(None, ge=64)
     """Tool outputs sent to the model are clipped to this many characters, as training clipped them
     (`clip_tool_output_chars`); None: whole."""
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    """Repetition guard of the agent's sampling (OpenAI's `frequency_penalty`); 0: off."""
     actions: Literal["tool_calls", "text", "both"] = "both"
     """How the agent reads actions (`agents/model.py`): native tool calls, text, or both."""
     seed: int = 0
