@@ -43,8 +43,9 @@ EVAL_HELP = (
 def eval_command(
     model: str = typer.Option(..., "--model", help="The model to evaluate: `builtin:tiny` or a model directory "
                               "(e.g. the output of `trajfactory train sft`)."),
-    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a "
-                             "version; default: its newest version."),
+    data: str = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME) or a dataset repo on the "
+                             "Hugging Face Hub (hf:OWNER/NAME, downloaded once into the trajfactory cache and checked "
+                             "against its manifest), optionally @vN for a version; default: its newest version."),
     out: Path = typer.Option(..., "--out", help="Directory for report.json, scores.png and the servers' logs."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A model to compare with (same forms as "
                                            "--model); e.g. the base model the evaluated one was trained from."),

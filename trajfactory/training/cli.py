@@ -19,8 +19,11 @@ train_app = typer.Typer(help="Train models on the factory's datasets (SFT, DPO a
 console = Console(stderr=True)
 
 # Options the `train` commands share, with one wording.
-DATA = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME), optionally @vN for a version; "
-                    "default: its newest version.")
+DATA = typer.Option(..., "--data", help="A dataset directory (DATASET_ROOT/NAME) or a dataset repo on the Hugging "
+                    "Face Hub (hf:OWNER/NAME, as `trajfactory dataset push` publishes it), optionally @vN for a "
+                    "version; default: its newest version. A Hub version is downloaded once into the trajfactory "
+                    "cache and checked against its manifest; $HF_TOKEN for private repos, $HF_ENDPOINT for another "
+                    "Hub.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a previous training output in --out (only once the new "
                          "one is complete).")
 CLIP_TOOL_OUTPUT = typer.Option(None, "--clip-tool-output", help="Clip each tool output to this many characters (head "

@@ -1,6 +1,7 @@
-"""What every `trajfactory train ...` command shares: its inputs (a dataset version `DIR[@vN]`, a base model, an
-output directory), the device and LoRA options, a per-step log, and writing OUT atomically as a model directory that
-transformers and vLLM load as it is (weights with LoRA merged, the base model's tokenizer files verbatim)."""
+"""What every `trajfactory train ...` command shares: its inputs (a dataset version `DIR[@vN]` or one on the Hub,
+`hf:OWNER/NAME[@vN]`; a base model; an output directory), the device and LoRA options, a per-step log, and writing
+OUT atomically as a model directory that transformers and vLLM load as it is (weights with LoRA merged, the base
+model's tokenizer files verbatim)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trajfactory.datasets.hub_pull import HUB_PREFIX, HubPullError, hub_origin, parse_hub_ref, pull_version
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.schema import content_hash
 from trajfactory.settings import BUILTIN_TINY
@@ -34,33 +36,51 @@ class TrainError(ValueError):
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
 
-def parse_data_ref(data: str | Path) -> tuple[Path, str | None]:
-    """`DIR` or `DIR@vN` -> (dataset directory, version or None for the latest)."""
+def parse_data_ref(data: str | Path, error: type[ValueError] = TrainError) -> tuple[Path, str | None]:
+    """`DIR` or `DIR@vN` -> (dataset directory, version or None for the latest). `hf:OWNER/NAME[@vN]` is pulled
+    from the Hugging Face Hub into the cache first (`datasets/hub_pull.py`): (its cached directory, its version);
+    a pull that fails raises `error` naming `--data`."""
     text = str(data)
+    if text.startswith(HUB_PREFIX):
+        try:
+            repo_id, version = parse_hub_ref(text)
+            return pull_version(repo_id, version)
+        except HubPullError as exc:
+            raise error(f"--data {exc}") from None
     m = re.fullmatch(r"(.+)@(v\d+)", text)
     return (Path(m.group(1)), m.group(2)) if m else (Path(text), None)
 
 
-def open_version(data: str | Path) -> tuple[DatasetStore, str, Callable[[str], list[dict]]]:
-    """The store and version that `DIR[@vN]` names (the latest without `@vN`), and a reader of its tables (a table
-    the version lacks reads as no rows)."""
-    root, version = parse_data_ref(data)
+def open_version(data: str | Path, error: type[ValueError] = TrainError
+                 ) -> tuple[DatasetStore, str, Callable[[str], list[dict]]]:
+    """The store and version that `DIR[@vN]` or `hf:OWNER/NAME[@vN]` names (the latest without `@vN`), and a reader
+    of its tables (a table the version lacks reads as no rows). Bad input raises `error` naming `--data`."""
+    root, version = parse_data_ref(data, error)
     if not root.is_dir():
-        raise TrainError(f"--data {data}: no such dataset directory; give DATASET_ROOT/NAME[@vN]")
+        raise error(f"--data {data}: no such dataset directory; give DATASET_ROOT/NAME[@vN] or "
+                    f"{HUB_PREFIX}OWNER/NAME[@vN]")
     store = DatasetStore(root)
     versions = store.versions()
     version = version or store.latest()
     if version is None or version not in versions:
-        raise TrainError(f"--data {data}: no version {version or '(any)'} in {root}; its versions: "
-                         f"{', '.join(versions) or 'none'}")
+        raise error(f"--data {data}: no version {version or '(any)'} in {root}; its versions: "
+                    f"{', '.join(versions) or 'none'}")
     tables = store.manifest(version)["tables"]
     return store, version, lambda t: store.read_rows(version, t) if t in tables else []
 
 
+def data_identity(store: DatasetStore, version: str) -> dict[str, Any]:
+    """What identifies a dataset version in metrics.json and report.json; a version pulled from the Hub also names
+    its repo, tag and commit (`hub`)."""
+    origin = hub_origin(store, version)
+    return {"dataset": origin["repo_id"] if origin else store.root.name, "path": str(store.root.resolve()),
+            "version": version, "content_digest": store.content_digest(version),
+            **({"hub": origin} if origin else {})}
+
+
 def data_source(store: DatasetStore, version: str, splits: list[str]) -> dict[str, Any]:
     """What identifies the trained-on data in metrics.json."""
-    return {"dataset": store.root.name, "path": str(store.root.resolve()), "version": version,
-            "content_digest": store.content_digest(version), "splits": splits}
+    return {**data_identity(store, version), "splits": splits}
 
 
 def resolve_model(model: str | Path) -> Path:

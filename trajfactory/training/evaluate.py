@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trajfactory.datasets.store import DatasetStore
+from trajfactory.datasets.hub_pull import HUB_PREFIX, hub_origin
 from trajfactory.schema import Checks, Entity, Gold, Provenance, SweEnvironment, Task, Validation
-from trajfactory.training.common import parse_data_ref
+from trajfactory.training.common import data_identity, open_version
 from trajfactory.training.perturb import KINDS
 
 SPLITS = ("train", "validation", "test", "all")
@@ -48,21 +48,14 @@ def task_from_row(row: dict[str, Any]) -> Task:
 
 
 def held_out_tasks(data: str | Path, split: str, max_tasks: int | None = None) -> tuple[list[Task], dict[str, Any]]:
-    """The SWE tasks of `split` (`all`: every split) of a dataset version (latest unless `@vN`), in task-id order,
-    and what identifies that data."""
+    """The SWE tasks of `split` (`all`: every split) of a dataset version (`DIR` or `hf:OWNER/NAME`; the latest unless
+    `@vN`), in task-id order, and what identifies that data (with the Hub repo and commit of a pulled version)."""
     if split not in SPLITS:
         raise EvalError(f"--split {split}: not a split; use one of {', '.join(SPLITS)}")
-    root, version = parse_data_ref(data)
-    if not root.is_dir():
-        raise EvalError(f"--data {data}: no such dataset directory; give DATASET_ROOT/NAME[@vN]")
-    store = DatasetStore(root)
-    versions = store.versions()
-    version = version or store.latest()
-    if version is None or version not in versions:
-        raise EvalError(f"--data {data}: no version {version or '(any)'} in {root}; its versions: "
-                        f"{', '.join(versions) or 'none'}")
-    ref = f"{root}@{version}"
-    rows = store.read_rows(version, "tasks") if "tasks" in store.manifest(version)["tables"] else []
+    store, version, read = open_version(data, EvalError)
+    origin = hub_origin(store, version)
+    ref = f"{HUB_PREFIX}{origin['repo_id']}@{version}" if origin else f"{store.root}@{version}"
+    rows = read("tasks")
     swe = [r for r in rows if (r.get("kind") or "swe") == "swe"]
     chosen = [r for r in swe if split == "all" or r.get("split") == split]
     if not chosen:
@@ -70,8 +63,7 @@ def held_out_tasks(data: str | Path, split: str, max_tasks: int | None = None) -
         raise EvalError(f"--data {ref} --split {split}: no SWE tasks in split {split!r} of version {version} "
                         f"(SWE tasks per split: {found or 'none'}); choose another --split, or --split all")
     tasks = sorted((task_from_row(r) for r in chosen), key=lambda t: t.task_id)[:max_tasks]
-    source = {"dataset": root.name, "path": str(root.resolve()), "version": version,
-              "content_digest": store.content_digest(version), "split": split, "tasks_in_split": len(chosen),
+    source = {**data_identity(store, version), "split": split, "tasks_in_split": len(chosen),
               "tasks_evaluated": len(tasks)}
     return tasks, source
 
