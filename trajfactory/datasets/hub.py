@@ -13,6 +13,8 @@ path and sha256 (from the manifest) are unchanged is left out of the commit and 
 the version no longer has are deleted in the same commit. A version older than the newest one on the Hub is
 committed on a short-lived branch started from the nearest older tag, so the default branch keeps the newest.
 
+`hub_pull.py` brings a tag back: `pull_version` (what `--data hf:OWNER/NAME@vN` of `train` and `eval` uses).
+
 The token is the `HF_TOKEN` environment variable (the one `huggingface_hub` reads); it is passed to the client,
 never logged, and never written anywhere. `HF_ENDPOINT` selects another Hub endpoint.
 """
