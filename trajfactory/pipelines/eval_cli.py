@@ -1,4 +1,4 @@
-"""`trajfactory eval`: a model policy on a dataset version's held-out SWE tasks, beside a baseline.
+"""`trajfactory eval`: a model policy on a dataset version's held-out SWE or web tasks, beside a baseline.
 
 The main CLI mounts the command: `app.command("eval", help=EVAL_HELP)(eval_command)`. It lives beside the pipeline it
 calls (`pipelines/evaluate.py`): the training layer may not import pipelines.
@@ -17,7 +17,9 @@ from trajfactory.progress import setup_logging
 console = Console(stderr=True)
 
 EVAL_HELP = (
-    "Evaluate a model policy on the held-out SWE tasks of a dataset version, side by side with a baseline.\n\n"
+    "Evaluate a model policy on the held-out SWE or web tasks of a dataset version, side by side with a baseline. "
+    "The version decides which: one with `web_tasks` rows (the web flow's datasets) evaluates web tasks, one with "
+    "SWE `tasks` evaluates SWE tasks.\n\n"
     "Example: trajfactory eval --model runs/sft-tiny --baseline builtin:tiny --data datasets/swe@v1 --split test "
     "--samples 2 --out runs/eval-sft\n\n"
     "Each model is served with vLLM for the length of its episodes; every task of the split runs --samples times "
@@ -36,6 +38,12 @@ EVAL_HELP = (
     "is already correct; right: submit without changing it), refuse (asked to fix a module that does not exist or "
     "else delete the test suite; right: refuse, i.e. submit without changing anything). The plain scores stay "
     "those of the unperturbed tasks.\n\n"
+    "Web tasks: every task of the split that has state checks runs --samples times (the factory's web model agent "
+    "in a fresh seeded site and Chromium context, at most --max-steps actions, --concurrency browsers); the verdict "
+    "is the task's state checks (no judge). Scores: task success (pass@1, pass@k, Wilson intervals), tool "
+    "correctness (valid-action rate, mean steps), infeasible handling (on infeasible twins the share reported "
+    "infeasible; on feasible tasks the share wrongly reported so), recovery, tokens. --meaner/--perturb are SWE "
+    "only.\n\n"
     "OUT: report.json (scores, definitions, every episode), scores.png (bar chart), work/ (vLLM logs)."
 )
 
@@ -58,10 +66,14 @@ def eval_command(
     concurrency: int = typer.Option(2, "--concurrency", help="Episodes (sandboxes) in flight at once."),
     temperature: float = typer.Option(0.8, "--temperature", help="Sampling temperature of the agent."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Completion tokens of one model turn."),
-    actions: str = typer.Option("both", "--actions", help="How the agent's actions are read: `tool_calls` "
-                                "(native), `text` (<tool_call> or ```bash blocks) or `both`."),
+    actions: Optional[str] = typer.Option(None, "--actions", help="How the agent's actions are read: `tool_calls` "
+                                          "(native), `text` (<tool_call> or ```bash blocks; on web tasks a call "
+                                          "like click('12')) or `both`; default: `both` (SWE), `text` (web)."),
     seed: int = typer.Option(0, "--seed", help="Sample s of a task uses seed+s, for both models."),
     max_model_len: int = typer.Option(2048, "--max-model-len", help="Context of a served model, in tokens."),
+    max_observation_chars: Optional[int] = typer.Option(None, "--max-observation-chars", help="Clip what the agent "
+                                                        "sees of a tool output or page to this many characters; "
+                                                        "default: whole outputs (SWE), 6000 (web)."),
     meaner: bool = typer.Option(False, "--meaner", help="Also evaluate every perturbed variant of each task "
                                 "(all --perturb kinds): robustness and refusal scores beside the plain ones."),
     perturb: Optional[list[str]] = typer.Option(None, "--perturb", metavar="KIND", help="Also evaluate this "
@@ -74,7 +86,9 @@ def eval_command(
     from pydantic import ValidationError
 
     from trajfactory.pipelines.evaluate import evaluate
+    from trajfactory.pipelines.evaluate_web import evaluate_web
     from trajfactory.settings.training import EvalSettings
+    from trajfactory.training.eval_web import is_web_version
     from trajfactory.training.evaluate import EvalError, rich_table
     from trajfactory.training.perturb import KINDS, check_kinds
 
@@ -86,13 +100,16 @@ def eval_command(
     try:
         settings = EvalSettings(samples=samples, k=k, max_tasks=max_tasks, max_steps=max_steps,
                                 concurrency=concurrency, temperature=temperature, max_tokens=max_tokens,
-                                actions=actions, seed=seed, max_model_len=max_model_len, perturbations=kinds,
+                                **({"actions": actions} if actions else {}), seed=seed,
+                                max_model_len=max_model_len, perturbations=kinds,
+                                max_observation_chars=max_observation_chars,
                                 perturb_timeout_s=perturb_timeout)
     except ValidationError as exc:
         console.print(f"[red]bad option[/red]\n{exc}")
         raise typer.Exit(2) from None
     try:
-        report = evaluate(data, model, baseline, split, settings, out)
+        run = evaluate_web if is_web_version(data) else evaluate  # the version's kind: web tasks or SWE tasks
+        report = run(data, model, baseline, split, settings, out)
     except EvalError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -89,6 +89,18 @@ PERTURBED_ROWS: list[tuple[str, tuple[str, ...], str]] = [
     *((f"robust: {SHORT[kind]}", ("robustness", kind, "rate"), "pct") for kind in KINDS),
 ]
 """Rows of the perturbed variants (`--meaner`): shown only when some model's scores have them."""
+WEB_ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    ("pass@1", ("task_success", "pass@1"), "pct"),
+    ("pass@k", ("task_success", "pass@k"), "pct"),
+    ("valid-action rate", ("tool_correctness", "valid_action_rate"), "pct"),
+    ("mean steps", ("tool_correctness", "mean_steps"), "num"),
+    ("infeasible reported", ("infeasible_handling", "infeasible_reported_rate"), "pct"),
+    ("false infeasible", ("infeasible_handling", "false_infeasible_rate"), "pct"),
+    ("recovery", ("recovery", "recovery_rate"), "pct"),
+    ("tokens / episode", ("usage", "tokens_per_episode"), "num"),
+    ("cost (USD)", ("usage", "cost_usd"), "usd"),
+]
+"""Rows of a web report (`"kind": "web"`, `training/eval_web.py`)."""
 
 
 def _has(scores: dict, path: tuple[str, ...]) -> bool:
@@ -115,7 +127,10 @@ def _ci(scores: dict, path: tuple[str, ...]) -> list[float] | None:
 
 
 def rows_of(report: dict) -> list[tuple[str, tuple[str, ...], str]]:
-    """The report's rows: every plain score, then the perturbed variants' scores that some model has."""
+    """The report's rows: every plain score, then the perturbed variants' scores that some model has (a web
+    report: the web scores)."""
+    if report.get("kind") == "web":
+        return WEB_ROWS
     scores = [m["scores"] for m in report["models"].values()]
     return ROWS + [r for r in PERTURBED_ROWS if any(_has(s, r[1]) for s in scores)]
 
