@@ -22,7 +22,7 @@ from trajfactory.pipelines.closed_loop import eval_settings
 from trajfactory.schema import Message, ToolCall, ToolCallFunction
 from trajfactory.settings import RecipeError, load_recipe
 from trajfactory.settings.training import SFTSettings, TrainConfig
-from trajfactory.training.common import model_identity, run_key
+from trajfactory.training.common import last_complete_checkpoint, model_identity, run_key
 
 # ---------------------------------------------------------------- the recipe section and the keys (no engine)
 
@@ -121,6 +121,18 @@ def test_a_second_run_reuses_the_trained_model_and_the_evaluation(model_flow_run
 # ---------------------------------------------------------------- a killed training run resumes
 
 
+def test_a_checkpoint_cut_off_by_the_kill_is_not_resumed_from(tmp_path):
+    for step, whole in ((5, True), (10, False), (3, True)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"x")
+        if whole:
+            (path / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    assert not (tmp_path / "checkpoint-10").exists()  # the cut-off one is gone, the older whole one stays
+    assert (tmp_path / "checkpoint-3").is_dir() and last_complete_checkpoint(tmp_path / "none") is None
+
+
 def _train(data: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "trajfactory.cli", "train", "sft", "--data", data, "--out", str(out),
@@ -166,3 +178,27 @@ def test_resume_starts_afresh_when_the_settings_differ(model_flow_run, tiny_mode
     assert second.returncode == 0, text[-3000:]
     assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] is None
     assert "another run" in text
+
+
+# ---------------------------------------------------------------- GRPO as a step of the loop
+
+
+def test_a_grpo_step_is_keyed_by_its_start_model_and_reused(model_flow_run, tiny_model, tmp_path):
+    from trajfactory.pipelines.closed_loop import grpo_step
+    from trajfactory.settings import Recipe
+    from trajfactory.settings.training import GRPOSettings
+
+    settings = GRPOSettings(splits=["all"], max_tasks=1, group_size=2, max_steps=1, max_agent_steps=2,
+                            max_new_tokens=16, learning_rate=1e-3, test_timeout_s=60, sandbox={"memory": "1g"})
+    recipe = Recipe(repos=[{"uri": "builtin:textkit"}],
+                    train=TrainConfig(base_model=str(tiny_model), out_root=str(tmp_path), grpo=settings))
+    store = model_flow_run.store
+    data, digest = f"{store.root}@v1", store.content_digest("v1")
+    first = grpo_step(recipe, data, digest, str(tiny_model))
+    out = Path(first["out"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not first["reused"] and out.name == f"grpo-{metrics['run_key'][:16]}" == f"grpo-{first['key'][:16]}"
+    assert first["steps"] == 1 and first["episodes"] == 2 and len(first["reward_per_step"]) == 1
+    again = grpo_step(recipe, data, digest, str(tiny_model))
+    assert again["reused"] and again["out"] == first["out"]
+    assert (out / "metrics.json").read_text() == json.dumps(metrics, indent=2) + "\n"  # not trained again

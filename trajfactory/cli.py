@@ -116,8 +116,12 @@ def _report_closed_loop(loop: dict) -> None:
     for stage in loop["training"]:
         how = "reused" if stage["reused"] else (f"resumed from step {stage['resumed_from_step']}"
                                                  if stage["resumed_from_step"] else "trained")
-        typer.echo(f"{stage['kind']}: {stage['out']} ({how}: {stage['steps']} steps on {stage['rows_used']} rows, "
-                   f"final loss {stage['final_loss']:.4f})")
+        if stage["kind"] == "grpo":
+            typer.echo(f"grpo: {stage['out']} ({how}: {stage['steps']} steps, {stage['episodes']} episodes on "
+                       f"{stage['rows_used']} tasks, mean reward per step {stage['reward_per_step']})")
+        else:
+            typer.echo(f"{stage['kind']}: {stage['out']} ({how}: {stage['steps']} steps on {stage['rows_used']} "
+                       f"rows, final loss {stage['final_loss']:.4f})")
     report = loop["report"]
     data = report["data"]
     before = report["models"].get("baseline", {}).get("spec", "not run")

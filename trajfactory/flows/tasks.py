@@ -203,5 +203,6 @@ STEPS: dict[Callable, Any] = {
     # (`pipelines/closed_loop.py`): a finished one is reused, a killed training run resumes from its checkpoint.
     closed_loop.sft_step: step_task(closed_loop.sft_step, "train-sft"),
     closed_loop.dpo_step: step_task(closed_loop.dpo_step, "train-dpo"),
+    closed_loop.grpo_step: step_task(closed_loop.grpo_step, "train-grpo"),
     closed_loop.eval_step: step_task(closed_loop.eval_step, "eval"),
 }

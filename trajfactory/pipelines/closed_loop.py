@@ -4,11 +4,11 @@ verified SWE trajectories, then evaluate it against the untrained model on held-
     result = closed_loop(recipe, "trajfactory-out/datasets/trajfactory-swe-demo@v3", runner)
     result["report"]          # the eval report (report.json): the trained model beside its base, score by score
 
-    sft_step ─► (dpo_step) ─► eval_step
+    sft_step ─► (dpo_step) ─► (grpo_step) ─► eval_step
 
 Each step's output directory is named by the key of what it depends on, so the directory is the cache:
   - `OUT_ROOT/sft-KEY`: KEY = the dataset version's content digest + the base model + the SFT settings
-    (`training.common.run_key`); a DPO step's KEY starts from the SFT output's key;
+    (`training.common.run_key`); a DPO or GRPO step's model is the previous output, known by its key;
   - `OUT_ROOT/eval-KEY`: KEY = the content digest + the split + the trained model's key + the baseline + the eval
     settings.
 A step whose directory is complete is reused, whatever run wrote it; one that was killed resumes from its last
@@ -29,7 +29,7 @@ from trajfactory.pipelines.runner import Runner
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
 from trajfactory.settings.training import EvalSettings, TrainConfig
-from trajfactory.training import dpo, sft
+from trajfactory.training import dpo, grpo, sft
 from trajfactory.training.common import model_identity, parse_data_ref, run_key
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,24 @@ def dpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, An
     return _training_summary("dpo", out, metrics, reused=False)
 
 
+def grpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, Any]:
+    """GRPO from `model` (the last training output) on the version's SWE tasks into `OUT_ROOT/grpo-KEY` (reused when
+    complete; a killed GRPO run starts again: its episodes are not checkpointed)."""
+    cfg = recipe.train
+    key = run_key(grpo.KIND, digest, model, cfg.grpo)
+    out = Path(cfg.out_root) / f"grpo-{key[:16]}"
+    reused = (metrics := _done(out, "metrics.json", key)) is not None
+    if reused:
+        log.info("GRPO output %s is complete for this data, model and settings: reused", out)
+    else:
+        metrics = grpo.train_grpo(data, model, out, cfg.grpo, overwrite=True)
+    tr = metrics["training"]
+    rewards = [s["reward_mean"] for s in tr["per_step"]]
+    return {"kind": "grpo", "out": str(out), "key": key, "reused": reused, "steps": tr["steps"],
+            "final_loss": tr["final_loss"], "rows_used": len(metrics["data"]["tasks"]), "episodes": tr["episodes"],
+            "reward_per_step": rewards, "train_seconds": tr["seconds"], "resumed_from_step": None}
+
+
 def eval_settings(cfg: TrainConfig) -> EvalSettings:
     """The eval settings, with observations clipped as the SFT rows were unless the recipe says otherwise."""
     if cfg.eval.max_observation_chars is None and cfg.sft.clip_tool_output_chars:
@@ -117,5 +135,7 @@ def closed_loop(recipe: Recipe, data: str, runner: Runner) -> dict[str, Any]:
     stages = [runner.call(sft_step, recipe, data, digest)]
     if recipe.train.dpo is not None:
         stages.append(runner.call(dpo_step, recipe, data, digest, stages[-1]["out"]))
+    if recipe.train.grpo is not None:
+        stages.append(runner.call(grpo_step, recipe, data, digest, stages[-1]["out"]))
     report = runner.call(eval_step, recipe, data, digest, stages[-1]["out"])
     return {"data": data, "training": stages, "report": report}

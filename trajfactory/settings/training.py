@@ -154,7 +154,7 @@ class EvalSettings(Section):
 
 class TrainConfig(Section):
     """The recipe's `train:` section: the closed loop at the end of `trajfactory run`. The run's new SWE dataset
-    version trains `base_model` (SFT, then DPO when `dpo` is set) on its `sft.splits`, and the result is evaluated
+    version trains `base_model` (SFT, then DPO and GRPO when set) on its `sft.splits`, and the result is evaluated
     against the untrained base on the held-out `eval_split`, with the report's before/after table printed.
 
     Each step is cached by what it depends on: a training output is `OUT_ROOT/sft-KEY` (KEY: the dataset version's
@@ -168,6 +168,8 @@ class TrainConfig(Section):
     sft: SFTSettings = Field(default_factory=lambda: SFTSettings(checkpoint_every=100))
     dpo: DPOSettings | None = None
     """Preference training from the SFT output on (verified, failed) pairs of the same task; None: skip."""
+    grpo: GRPOSettings | None = None
+    """Online RL from the last output (SFT, or DPO) on the version's SWE tasks, rewarded by the tests; None: skip."""
     eval: EvalSettings = Field(default_factory=EvalSettings)
     eval_split: Literal["train", "validation", "test", "all"] = "test"
     """Which tasks the trained model and the baseline are evaluated on (held out: `test` or `validation`)."""

@@ -286,6 +286,19 @@ def save_model(trainer, tokenizer, base_dir: Path, original_template, dest: Path
 
 
 RUN_FILE = "run.json"
+CHECKPOINT_STATE = "trainer_state.json"  # the trainer writes it last: a checkpoint without it was cut off
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest checkpoint the trainer finished writing; the ones a kill cut off are removed."""
+    found = sorted((p for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in found:
+        if (path / CHECKPOINT_STATE).is_file():
+            return str(path)
+        log.info("%s was cut off while being written (no %s): removed", path.name, CHECKPOINT_STATE)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def partial_dir(out: Path, key: str | None = None, resume: bool = False) -> tuple[Path, str | None]:
@@ -293,12 +306,10 @@ def partial_dir(out: Path, key: str | None = None, resume: bool = False) -> tupl
 
     With `resume`, a killed run's directory is kept when it was the same run (same `key`: data, model, settings)
     and holds a checkpoint; anything else there is removed."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     partial = out.with_name(f".{out.name}.partial")
     if resume and key and (partial / RUN_FILE).is_file() and (partial / "trainer").is_dir():
         same = json.loads((partial / RUN_FILE).read_text()).get("run_key") == key
-        checkpoint = get_last_checkpoint(str(partial / "trainer")) if same else None
+        checkpoint = last_complete_checkpoint(partial / "trainer") if same else None
         if checkpoint:
             log.info("resuming the killed run in %s from %s", partial, Path(checkpoint).name)
             return partial, checkpoint

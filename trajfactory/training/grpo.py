@@ -44,15 +44,16 @@ from trajfactory.executors.swe_env import SweEnvironments
 from trajfactory.schema import Task, Verdict
 from trajfactory.settings import EpisodeLimits, ModelPolicyConfig
 from trajfactory.training.common import (TrainError, check_out, checkpointing_flag, config_dtype, data_source,
-                                         device_flags,
-                                         load_model, open_version, partial_dir, quiet_progress_bars, replace_dir,
-                                         peft_config, resolve_model, save_model, step_logger)
+                                         device_flags, load_model, open_version, partial_dir, peft_config,
+                                         quiet_progress_bars, replace_dir, resolve_model, run_key, save_model,
+                                         step_logger)
 from trajfactory.training.evaluate import EvalError, held_out_tasks
 from trajfactory.training.local_policy import LocalChatClient, Rollout
 from trajfactory.training.plot import loss_curve_png
 from trajfactory.settings.training import GRPOSettings
 
 log = logging.getLogger(__name__)
+KIND = "grpo"  # in the run key
 
 REWARD_DEFINITION = ("1.0 when the task's tests pass the episode's submitted patch (the verifier's verdict); "
                      "otherwise the share of FAIL_TO_PASS tests that pass under it (partial_credit), or 0")
@@ -244,7 +245,8 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
         started = time.monotonic()
         result = trainer.train()
         steps = _step_metrics(step_log.steps, rollouts.episodes)
-        metrics = {"data": source, "model": {"base": str(model), "base_dir": str(model_dir.resolve())},
+        metrics = {"run_key": run_key(KIND, source["content_digest"], model, settings), "data": source,
+                   "model": {"base": str(model), "base_dir": str(model_dir.resolve())},
                    "settings": settings.model_dump(mode="json"), "reward": REWARD_DEFINITION,
                    "algorithm": {"trainer": "trl.GRPOTrainer + rollout_func", "loss_type": trainer.args.loss_type,
                                  "scale_rewards": trainer.args.scale_rewards, "beta": settings.beta,
