@@ -94,3 +94,21 @@ def test_a_policy_named_twice_is_an_error_naming_the_list(tmp_path, section, fie
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert f"field `{field}`" in str(err.value) and "name each policy once" in str(err.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("repos: [{uri: builtin:textkit}]\nsandbox: {memroy: 2g}\n",
+     r"field `sandbox.memroy`: Extra inputs are not permitted \(did you mean `memory`\?\); the keys of sandbox: "
+     r"backend, command_timeout_s, concurrency, cpus, memory, output_limit, pids"),
+    ("reops: [{uri: builtin:textkit}]\nweb: {tutorials: [builtin:docs]}\n",
+     r"field `reops`: .*\(did you mean `repos`\?\); the keys of the recipe: .*dataset, judge, model, name, repos"),
+    ("repos: [{uri: builtin:textkit, revison: v1}]\n",
+     r"field `repos.0.revison`: Extra inputs are not permitted; the keys of repos: bug_patches, uri"),
+    ("repos: [{uri: builtin:textkit}]\ntrain: {sft: {max_step: 3}}\n",
+     r"field `train.sft.max_step`: .*\(did you mean `max_steps`\?\); the keys of train.sft: batch_size, "),
+])
+def test_an_unknown_key_gets_the_valid_keys_and_the_closest_match(tmp_path, text, expected):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(path)

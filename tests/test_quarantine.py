@@ -54,6 +54,13 @@ def test_bad_repository_is_quarantined_with_reason(docker_backend, tmp_path, nam
 
 
 @pytest.mark.docker
+def test_a_suite_that_grows_the_harness_record_is_refused_not_read(docker_backend, tmp_path):
+    result = _through_reference(docker_backend, tmp_path, "result_bomb")
+    assert isinstance(result, Quarantine) and result.reason == "results_unreadable", result
+    assert "over the read limit" in result.detail and "bytes" in result.detail
+
+
+@pytest.mark.docker
 def test_no_container_left_behind_after_runaway_suites(docker_backend):
     import docker
 

@@ -23,6 +23,20 @@ class InfrastructureError(RuntimeError):
     """The engine under the sandbox failed (daemon down, container vanished): worth a retry."""
 
 
+READ_LIMIT = 64 * 2**20
+"""The most bytes `read_file` brings out of a sandbox: code in the sandbox can grow any file it can write (a result
+file, a report), and the host reads it into memory."""
+
+
+class FileTooLargeError(OSError):
+    """A file in the sandbox is larger than the read limit; it was not read."""
+
+    def __init__(self, path: str, size: int, limit: int):
+        super().__init__(f"{path} in the sandbox is {size:,} bytes, over the read limit of {limit:,} bytes; "
+                         "it was not read")
+        self.path, self.size, self.limit = path, size, limit
+
+
 class EnvironmentBuildError(SandboxError):
     """A repository's environment could not be built; `reason` is a short quarantine code."""
 
@@ -99,7 +113,9 @@ class Sandbox(Protocol):
         """Write a file inside the sandbox (absolute, or relative to `workdir`)."""
         ...
 
-    def read_file(self, path: str) -> bytes: ...
+    def read_file(self, path: str, max_bytes: int = READ_LIMIT) -> bytes:
+        """A file's bytes; `FileTooLargeError` (an OSError) when it holds more than `max_bytes`."""
+        ...
 
     def reset(self) -> None:
         """Return the checkout to the pinned commit; restarts the sandbox if a command ran away."""

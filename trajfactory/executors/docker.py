@@ -31,7 +31,9 @@ from trajfactory.settings import SandboxConfig
 from .base import (
     EnvironmentBuildError,
     EnvironmentHandle,
+    READ_LIMIT,
     ExecResult,
+    FileTooLargeError,
     InfrastructureError,
     OutputCollector,
     SandboxError,
@@ -388,21 +390,33 @@ class DockerSandbox:
                     raise SandboxError(f"cannot create directory {parent} in the sandbox: {output}")
                 self.container.put_archive(parent, buf.getvalue())
 
-    def read_file(self, path: str, _hops: int = 0) -> bytes:
+    def read_file(self, path: str, max_bytes: int = READ_LIMIT, _hops: int = 0) -> bytes:
         path = sandbox_path(self.workdir, path)
         with _engine_errors(f"reading {path} in container {self.container_id[:12]}"):
             try:
-                stream, _ = self.container.get_archive(path)
+                stream, stat = self.container.get_archive(path)
             except docker.errors.NotFound:
                 self.container.reload()  # raises NotFound again if the container itself vanished
                 raise FileNotFoundError(f"{path} does not exist in the sandbox") from None
-            data = b"".join(stream)
+            if stat.get("size", 0) > max_bytes:  # the engine's stat of the path: refused before any byte comes
+                stream.close()
+                raise FileTooLargeError(path, stat["size"], max_bytes)
+            chunks, got = [], 0
+            for chunk in stream:  # the file may still be growing: the cap holds on what arrives too
+                got += len(chunk)
+                if got > max_bytes + 2**20:  # tar headers and padding come on top of the file's bytes
+                    stream.close()
+                    raise FileTooLargeError(path, got, max_bytes)
+                chunks.append(chunk)
+            data = b"".join(chunks)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.next()
             if member is not None and member.issym() and _hops < 8:
-                return self.read_file(posixpath.join(posixpath.dirname(path), member.linkname), _hops + 1)
+                return self.read_file(posixpath.join(posixpath.dirname(path), member.linkname), max_bytes, _hops + 1)
             if member is None or not member.isfile():
                 raise IsADirectoryError(f"{path} is not a regular file in the sandbox")
+            if member.size > max_bytes:
+                raise FileTooLargeError(path, member.size, max_bytes)
             return tar.extractfile(member).read()
 
     def _remove(self) -> None:

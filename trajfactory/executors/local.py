@@ -34,7 +34,9 @@ from trajfactory.settings import SandboxConfig
 from .base import (
     EnvironmentBuildError,
     EnvironmentHandle,
+    READ_LIMIT,
     ExecResult,
+    FileTooLargeError,
     InfrastructureError,
     OutputCollector,
     SandboxError,
@@ -351,8 +353,13 @@ class LocalSandbox:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content.encode() if isinstance(content, str) else content)
 
-    def read_file(self, path: str) -> bytes:
-        return self._host_path(path).read_bytes()
+    def read_file(self, path: str, max_bytes: int = READ_LIMIT) -> bytes:
+        target = self._host_path(path)
+        with target.open("rb") as fh:
+            data = fh.read(max_bytes + 1)  # never more than the limit into memory, whatever the size says
+        if len(data) > max_bytes:
+            raise FileTooLargeError(path, target.stat().st_size, max_bytes)
+        return data
 
     def close(self) -> None:
         if self.closed:

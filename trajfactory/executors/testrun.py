@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import FileTooLargeError, Sandbox
 
 SCRATCH = "/tmp/trajfactory"
 HARNESS_DIR = "/tmp/trajfactory-harness"
@@ -40,6 +40,8 @@ class TestRun:
     """Modules (collection node ids) that did not import, with the error's tail."""
     finished: bool = False
     """The plugin recorded the end of the session: without it the run was cut short (a crash, `os._exit`, a kill)."""
+    results_error: str = ""
+    """Why the harness's record could not be read (e.g. a test grew it past the read limit); empty when it was."""
 
     @property
     def collection_failed(self) -> bool:
@@ -119,10 +121,13 @@ def run_tests(
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
     finished = False
+    results_error = ""
     if not result.timed_out:
         try:
             outcomes, errors, finished = parse_results(
                 sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace"))
+        except FileTooLargeError as exc:
+            results_error = str(exc)
         except (FileNotFoundError, OSError):
             pass
     cov_map: dict[str, dict[int, list[str]]] = {}
@@ -143,6 +148,7 @@ def run_tests(
         coverage=cov_map,
         collect_errors=errors,
         finished=finished,
+        results_error=results_error,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trajfactory.schema import content_hash
 from trajfactory.settings.agents import Section
@@ -107,6 +109,33 @@ class Recipe(Section):
                             self.model.digest_fields() if self.model else None)
 
 
+def _section_fields(loc: tuple) -> list[str]:
+    """The field names of the section at `loc` (the path of an unknown key, without the key itself)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        kinds = [field.annotation, *typing.get_args(field.annotation)]
+        kinds += [a for k in kinds for a in typing.get_args(k)]  # list[X] | None, dict[str, X]
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _unknown_key_hint(loc: tuple) -> str:
+    """For an unknown key: the section's valid keys, and the closest one when it looks like a typo."""
+    valid = _section_fields(loc[:-1])
+    if not valid:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    where = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int)) or "the recipe"
+    return (f" (did you mean `{close[0]}`?)" if close else "") + f"; the keys of {where}: {', '.join(valid)}"
+
+
 def load_recipe(path: str | Path | None = None) -> Recipe:
     """Load and validate a recipe; `None` gives the embedded default."""
     path = Path(path) if path else DEFAULT_RECIPE
@@ -124,5 +153,6 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{path}: field `{field}`: {err['msg']}")
+            hint = _unknown_key_hint(tuple(err["loc"])) if err["type"] == "extra_forbidden" else ""
+            lines.append(f"{path}: field `{field}`: {err['msg']}{hint}")
         raise RecipeError("\n".join(lines)) from None

@@ -58,6 +58,9 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
     if run.exit_code in KILLED:
         return RepoRejected("out_of_memory", f"the test run was killed (exit {run.exit_code}), which in a sandbox "
                             "is its memory limit; raise `sandbox.memory` if the suite needs more:\n" + _tail(run.output))
+    if run.results_error:
+        return RepoRejected("results_unreadable", f"the harness's record of the session was not read: "
+                            f"{run.results_error} (something in the suite writes into it)")
     if not run.finished and run.exit_code != EXIT_NO_TESTS:
         return RepoRejected("results_unreadable", f"pytest exited {run.exit_code} without the harness's record of the "
                             "session (the run was cut short, or pytest could not load the harness plugin):\n"
