@@ -14,10 +14,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trajfactory.executors.base import FileTooLargeError, Sandbox
+from trajfactory.executors.base import READ_LIMIT, FileTooLargeError, Sandbox
 
 SCRATCH = "/tmp/trajfactory"
 HARNESS_DIR = "/tmp/trajfactory-harness"
+COVERAGE_READ_LIMIT = 4 * READ_LIMIT
+"""coverage.json with per-test contexts is large for a large suite; it is still capped."""
 """Where the plugin lives in the sandbox: outside the checkout, so no patch can replace it."""
 PLUGIN = "trajfactory_harness"
 PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
@@ -138,7 +140,9 @@ def run_tests(
             timeout=timeout,
         )
         if report.exit_code == 0:
-            cov_map = parse_coverage_json(sandbox.read_file(f"{SCRATCH}/coverage.json").decode())
+            # a large suite's per-test contexts make a big file: a wider cap, still a cap
+            cov_map = parse_coverage_json(sandbox.read_file(f"{SCRATCH}/coverage.json",
+                                                            max_bytes=COVERAGE_READ_LIMIT).decode())
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,
