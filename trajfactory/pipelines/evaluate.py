@@ -150,31 +150,45 @@ def _total(usage: list[ModelUsage]) -> ModelUsage:
     return sum(usage[1:], usage[0]) if usage else ModelUsage(stage="rollout")
 
 
-def evaluate(data: str | Path, model: str, baseline: str | None, split: str, settings: EvalSettings,
-             out: str | Path, runner: Runner | None = None) -> dict[str, Any]:
-    """Evaluate `model` (and `baseline`) on the `split` SWE tasks of `data` (`DIR[@vN]`); writes report.json and
-    scores.png into `out` and returns the report."""
-    out = Path(out)
-    tasks, source = held_out_tasks(data, split, settings.max_tasks)
+def check_request(settings: EvalSettings, model: str, baseline: str | None) -> None:
+    """An evaluation that cannot run fails before any model starts: pass@k beyond the samples, a model that does not
+    resolve; the error names the option."""
     if settings.k is not None and settings.k > settings.samples:
         raise EvalError(f"--k {settings.k}: pass@k needs at least k samples per task; raise --samples to "
                         f"{settings.k} or lower --k")
     check_model(model, "--model")
     if baseline is not None:
         check_model(baseline, "--baseline")
-    variants = perturb.perturb(tasks, settings.perturbations, settings.perturb_timeout_s)
-    runner = runner or LocalRunner()
-    log.info("evaluating on %d task(s) of %s@%s split %s, %d sample(s) each%s", len(tasks), source["dataset"],
-             source["version"], split, settings.samples,
-             f", and {len(variants)} perturbed variant(s) ({', '.join(settings.perturbations)})" if variants else "")
-    models = {"model": evaluate_model(model, "--model", tasks, settings, out / "work" / "model", runner, variants)}
+
+
+def model_and_baseline(run_one, model: str, baseline: str | None, out: Path) -> dict[str, Any]:
+    """`run_one(spec, option, work_dir)` for the model and the baseline; a baseline with the model's spec is
+    evaluated once and reported on both sides."""
+    models = {"model": run_one(model, "--model", out / "work" / "model")}
     if baseline is not None:
         if baseline == model:
             models["baseline"] = {**models["model"], "note": "the baseline is the model itself (same spec): "
                                                              "evaluated once, reported on both sides"}
         else:
-            models["baseline"] = evaluate_model(baseline, "--baseline", tasks, settings, out / "work" / "baseline",
-                                                runner, variants)
+            models["baseline"] = run_one(baseline, "--baseline", out / "work" / "baseline")
+    return models
+
+
+def evaluate(data: str | Path, model: str, baseline: str | None, split: str, settings: EvalSettings,
+             out: str | Path, runner: Runner | None = None) -> dict[str, Any]:
+    """Evaluate `model` (and `baseline`) on the `split` SWE tasks of `data` (`DIR[@vN]`); writes report.json and
+    scores.png into `out` and returns the report."""
+    out = Path(out)
+    tasks, source = held_out_tasks(data, split, settings.max_tasks)
+    check_request(settings, model, baseline)
+    variants = perturb.perturb(tasks, settings.perturbations, settings.perturb_timeout_s)
+    runner = runner or LocalRunner()
+    log.info("evaluating on %d task(s) of %s@%s split %s, %d sample(s) each%s", len(tasks), source["dataset"],
+             source["version"], split, settings.samples,
+             f", and {len(variants)} perturbed variant(s) ({', '.join(settings.perturbations)})" if variants else "")
+    models = model_and_baseline(
+        lambda spec, option, work: evaluate_model(spec, option, tasks, settings, work, runner, variants),
+        model, baseline, out)
     report = {"factory_version": trajfactory.__version__, "data": source,
               "tasks": [t.task_id for t in tasks], "settings": settings.model_dump(mode="json"),
               "definitions": eval_metrics.DEFINITIONS,

@@ -23,7 +23,7 @@ from trajfactory.executors.web_env import ScreenshotStore
 from trajfactory.models.server import VLLMServerError
 from trajfactory.models.service import ModelEndpoint, model_endpoint
 from trajfactory.pipelines import web
-from trajfactory.pipelines.evaluate import check_model, root_cause, served_name
+from trajfactory.pipelines.evaluate import check_request, model_and_baseline, root_cause, served_name
 from trajfactory.pipelines.runner import LocalRunner, Runner
 from trajfactory.schema import Trajectory, Verdict, WebTask
 from trajfactory.settings import EpisodeLimits, ModelConfig, Recipe, WebAgentConfig, WebConfig
@@ -103,26 +103,16 @@ def evaluate_web(data: str | Path, model: str, baseline: str | None, split: str,
     scores.png into `out` and returns the report."""
     out = Path(out)
     tasks, source = held_out_web_tasks(data, split, settings.max_tasks)
-    if settings.k is not None and settings.k > settings.samples:
-        raise EvalError(f"--k {settings.k}: pass@k needs at least k samples per task; raise --samples to "
-                        f"{settings.k} or lower --k")
+    check_request(settings, model, baseline)
     if settings.perturbations:
         raise EvalError(f"--meaner/--perturb {', '.join(settings.perturbations)}: perturbed variants are SWE tasks' "
                         f"only; a web version's infeasible twins are scored under infeasible_handling, drop the option")
-    check_model(model, "--model")
-    if baseline is not None:
-        check_model(baseline, "--baseline")
     runner = runner or LocalRunner()
     log.info("evaluating on %d web task(s) of %s@%s split %s (%d infeasible), %d sample(s) each", len(tasks),
              source["dataset"], source["version"], split, source["infeasible_evaluated"], settings.samples)
-    models = {"model": evaluate_web_model(model, "--model", tasks, settings, out / "work" / "model", runner)}
-    if baseline is not None:
-        if baseline == model:
-            models["baseline"] = {**models["model"], "note": "the baseline is the model itself (same spec): "
-                                                             "evaluated once, reported on both sides"}
-        else:
-            models["baseline"] = evaluate_web_model(baseline, "--baseline", tasks, settings,
-                                                    out / "work" / "baseline", runner)
+    models = model_and_baseline(
+        lambda spec, option, work: evaluate_web_model(spec, option, tasks, settings, work, runner),
+        model, baseline, out)
     report = {"factory_version": trajfactory.__version__, "kind": "web", "data": source,
               "tasks": [t.task_id for t in tasks], "infeasible_tasks": [t.task_id for t in tasks if not t.feasible],
               "settings": {**settings.model_dump(mode="json"), "actions": web_actions(settings)},

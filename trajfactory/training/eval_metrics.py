@@ -167,12 +167,38 @@ def _rate(num: int, den: int) -> float | None:
 # ---------------------------------------------------------------- one model's scores
 
 
-def scores(tasks: list[Task], trajectories: list[Trajectory], verdicts: list[Verdict], k: int) -> dict[str, Any]:
-    """Every score of one model's episodes on `tasks`; an episode without a verdict counts as failed."""
-    passed = {v.trajectory_id: v.passed for v in verdicts}
-    by_task: dict[str, list[bool]] = {t.task_id: [] for t in tasks}
+def outcomes_by_task(task_ids: Iterable[str], trajectories: list[Trajectory], passed: dict[str, bool]
+                     ) -> dict[str, list[bool]]:
+    """task id -> the pass of each of its episodes (an episode without a verdict failed)."""
+    by_task: dict[str, list[bool]] = {t: [] for t in task_ids}
     for tr in trajectories:
         by_task.setdefault(tr.task_id, []).append(bool(passed.get(tr.trajectory_id)))
+    return by_task
+
+
+def episode_scores(trajectories: list[Trajectory]) -> dict[str, Any]:
+    """The sections every eval report has, SWE or web: recovery, tokens and cost, and how the episodes ended."""
+    recovered, opportunities = recovery(trajectories)
+    n = len(trajectories)
+    prompt = sum(tr.usage.prompt_tokens for tr in trajectories)
+    completion = sum(tr.usage.completion_tokens for tr in trajectories)
+    errored = [tr for tr in trajectories if tr.exit_status.startswith("error")]
+    return {
+        "recovery": {"opportunities": opportunities, "recovered": recovered,
+                     "recovery_rate": _rate(recovered, opportunities)},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                  "model_calls": sum(tr.usage.model_calls for tr in trajectories),
+                  "tokens_per_episode": _rate(prompt + completion, n),
+                  "cost_usd": round(sum(tr.usage.cost_usd for tr in trajectories), 6)},
+        "episodes": {"total": n, "errored": len(errored),
+                     "exit_status": dict(sorted(Counter(tr.exit_status[:60] for tr in trajectories).items())),
+                     "first_error": errored[0].exit_status if errored else None},
+    }
+
+
+def scores(tasks: list[Task], trajectories: list[Trajectory], verdicts: list[Verdict], k: int) -> dict[str, Any]:
+    """Every score of one model's episodes on `tasks`; an episode without a verdict counts as failed."""
+    by_task = outcomes_by_task((t.task_id for t in tasks), trajectories, {v.trajectory_id: v.passed for v in verdicts})
     gold = {t.task_id: set(guard.paths_of(t.gold.patch)) for t in tasks}
 
     steps = [s for tr in trajectories for s in tr.steps]
@@ -182,11 +208,7 @@ def scores(tasks: list[Task], trajectories: list[Trajectory], verdicts: list[Ver
     localized = [tr for tr in patched if set(guard.paths_of(tr.final.patch)) & gold.get(tr.task_id, set())]
     touched = {tr.trajectory_id: found for tr in trajectories if (found := protected_changes(tr.final.patch))}
     destructive = {tr.trajectory_id: found for tr in trajectories if (found := destructive_commands(tr))}
-    recovered, opportunities = recovery(trajectories)
     n = len(trajectories)
-    prompt = sum(tr.usage.prompt_tokens for tr in trajectories)
-    completion = sum(tr.usage.completion_tokens for tr in trajectories)
-    errored = [tr for tr in trajectories if tr.exit_status.startswith("error")]
     return {
         "task_success": task_success(by_task, k),
         "tool_correctness": {
@@ -201,15 +223,7 @@ def scores(tasks: list[Task], trajectories: list[Trajectory], verdicts: list[Ver
             "tests_untouched_rate": _rate(n - len(touched), n), "tests_touched": touched,
             "no_destructive_rate": _rate(n - len(destructive), n), "destructive": destructive,
         },
-        "recovery": {"opportunities": opportunities, "recovered": recovered,
-                     "recovery_rate": _rate(recovered, opportunities)},
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                  "model_calls": sum(tr.usage.model_calls for tr in trajectories),
-                  "tokens_per_episode": _rate(prompt + completion, n),
-                  "cost_usd": round(sum(tr.usage.cost_usd for tr in trajectories), 6)},
-        "episodes": {"total": n, "errored": len(errored),
-                     "exit_status": dict(sorted(Counter(tr.exit_status[:60] for tr in trajectories).items())),
-                     "first_error": errored[0].exit_status if errored else None},
+        **episode_scores(trajectories),
     }
 
 

@@ -20,7 +20,6 @@ Definitions (`WEB_DEFINITIONS`, which goes into report.json):
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +142,7 @@ def web_scores(tasks: list[WebTask], trajectories: list[Trajectory], verdicts: l
     """Every web score of one model's episodes on `tasks`. Only state verdicts count (the verdict of record); an
     episode without one counts as failed."""
     passed = {v.trajectory_id: v.passed for v in verdicts if v.verifier == state_verifier.VERIFIER}
-    by_task: dict[str, list[bool]] = {t.task_id: [] for t in tasks}
-    for tr in trajectories:
-        by_task.setdefault(tr.task_id, []).append(bool(passed.get(tr.trajectory_id)))
+    by_task = eval_metrics.outcomes_by_task((t.task_id for t in tasks), trajectories, passed)
     feasible = {t.task_id: t.feasible for t in tasks}
 
     steps = [s for tr in trajectories for s in tr.steps]
@@ -155,11 +152,7 @@ def web_scores(tasks: list[WebTask], trajectories: list[Trajectory], verdicts: l
     on_feasible = [tr for tr in trajectories if feasible.get(tr.task_id, True)]
     reported_right = sum(reported_infeasible(tr) for tr in on_infeasible)
     reported_wrong = sum(reported_infeasible(tr) for tr in on_feasible)
-    recovered, opportunities = eval_metrics.recovery(trajectories)
     n = len(trajectories)
-    prompt = sum(tr.usage.prompt_tokens for tr in trajectories)
-    completion = sum(tr.usage.completion_tokens for tr in trajectories)
-    errored = [tr for tr in trajectories if tr.exit_status.startswith("error")]
     return {
         "task_success": {**eval_metrics.task_success(by_task, k),
                          "feasible_passed": sum(passed.get(tr.trajectory_id, False) for tr in on_feasible),
@@ -178,13 +171,5 @@ def web_scores(tasks: list[WebTask], trajectories: list[Trajectory], verdicts: l
             "feasible_episodes": len(on_feasible), "reported_on_feasible": reported_wrong,
             "false_infeasible_rate": _rate(reported_wrong, len(on_feasible)),
         },
-        "recovery": {"opportunities": opportunities, "recovered": recovered,
-                     "recovery_rate": _rate(recovered, opportunities)},
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                  "model_calls": sum(tr.usage.model_calls for tr in trajectories),
-                  "tokens_per_episode": _rate(prompt + completion, n),
-                  "cost_usd": round(sum(tr.usage.cost_usd for tr in trajectories), 6)},
-        "episodes": {"total": n, "errored": len(errored),
-                     "exit_status": dict(sorted(Counter(tr.exit_status[:60] for tr in trajectories).items())),
-                     "first_error": errored[0].exit_status if errored else None},
+        **eval_metrics.episode_scores(trajectories),
     }
