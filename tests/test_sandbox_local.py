@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import logging
 import time
 import uuid
@@ -163,3 +164,21 @@ def test_reads_out_of_the_sandbox_are_capped(sandbox):
     sandbox.execute(f"head -c {READ_LIMIT + 1} /dev/zero > /tmp/huge")
     with pytest.raises(FileTooLargeError):
         sandbox.read_file("/tmp/huge")
+
+
+def test_links_are_read_as_the_sandbox_sees_them(sandbox, tmp_path_factory):
+    """A link to an absolute /tmp path is the sandbox's /tmp, not the host's: the file API never reads a host file
+    the sandbox cannot see."""
+    host_file = Path("/tmp") / f"trajfactory-host-only-{os.getpid()}"
+    host_file.write_text("host secret\n")
+    try:
+        sandbox.execute(f"echo in-sandbox > {host_file} && ln -sf {host_file} /tmp/abs-link && "
+                        "mkdir -p /tmp/d && ln -sf /tmp/d /tmp/dir-link && echo deep > /tmp/d/f")
+        assert sandbox.read_file("/tmp/abs-link") == sandbox.execute("cat /tmp/abs-link").output.encode()
+        assert sandbox.read_file("/tmp/abs-link") == b"in-sandbox\n"
+        assert sandbox.read_file("/tmp/dir-link/f") == b"deep\n"  # a link in the middle of the path
+        sandbox.execute("ln -sf loop1 /tmp/loop2 && ln -sf loop2 /tmp/loop1")
+        with pytest.raises((SandboxError, OSError)):
+            sandbox.read_file("/tmp/loop1")
+    finally:
+        host_file.unlink()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 import select
 import shutil
@@ -338,13 +339,30 @@ class LocalSandbox:
             log.warning("reset of %s failed (exit %s: %s); copying the checkout afresh", self.workdir, code, output[-500:])
             self._copy_checkout()
 
-    def _host_path(self, path: str) -> Path:
-        """Where a sandbox path lives on the host (the sandbox's /tmp is scratch/tmp under bubblewrap)."""
-        p = Path(sandbox_path(self.workdir, path))
+    def _mapped(self, p: Path) -> Path:
+        """The host path of sandbox path `p`, links not followed (the sandbox's /tmp is scratch/tmp under bubblewrap)."""
         own = p.is_relative_to(self.scratch) or p.is_relative_to(self.env_dir)
         if self.isolation == "bwrap" and not own and p.is_relative_to("/tmp"):
-            p = self.scratch / "tmp" / p.relative_to("/tmp")
-        return Path(os.path.realpath(p))
+            return self.scratch / "tmp" / p.relative_to("/tmp")
+        return p
+
+    def _host_path(self, path: str, _hops: int = 0) -> Path:
+        """Where a sandbox path lives on the host. Links are followed as the sandbox sees them: a link to /tmp/x is
+        the sandbox's /tmp/x, never the host's (the host's realpath of it would read the host's own /tmp)."""
+        parts = Path(sandbox_path(self.workdir, path)).parts
+        here = Path(parts[0])
+        for i, part in enumerate(parts[1:], start=2):
+            step = here / part
+            host = self._mapped(step)
+            if host.is_symlink():
+                if _hops >= 16:
+                    raise SandboxError(f"{path}: too many levels of symbolic links in the sandbox")
+                target = os.readlink(host)
+                resolved = Path(target) if os.path.isabs(target) else here / target
+                rest = parts[i:]
+                return self._host_path(posixpath.normpath(str(resolved.joinpath(*rest))), _hops + 1)
+            here = step
+        return Path(os.path.realpath(self._mapped(here)))
 
     def write_file(self, path: str, content: str | bytes) -> None:
         target = self._host_path(path)
