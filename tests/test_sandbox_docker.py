@@ -9,7 +9,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from trajfactory.executors.base import READ_LIMIT, EnvironmentBuildError, FileTooLargeError, InfrastructureError
+from trajfactory.executors.base import EnvironmentBuildError, InfrastructureError
+from sandbox_contract import reads_are_capped
 
 from trajfactory.settings import SandboxConfig
 from trajfactory.executors.docker import DockerBackend, cleanup_leftover_containers, engine_available
@@ -168,12 +169,4 @@ def test_get_backend_prefers_docker():
 
 
 def test_reads_out_of_the_sandbox_are_capped(sandbox):
-    sandbox.execute("head -c 3145728 /dev/zero > /tmp/big && ln -sf big /tmp/link && echo hi > /tmp/small")
-    for path in ("/tmp/big", "/tmp/link"):
-        with pytest.raises(FileTooLargeError, match=r"3,145,728 bytes, over the read limit of 1,048,576"):
-            sandbox.read_file(path, max_bytes=2**20)
-    assert sandbox.read_file("/tmp/small", max_bytes=2**20) == b"hi\n"
-    assert len(sandbox.read_file("/tmp/big")) == 3 * 2**20  # under the default limit
-    sandbox.execute(f"head -c {READ_LIMIT + 1} /dev/zero > /tmp/huge")
-    with pytest.raises(FileTooLargeError):
-        sandbox.read_file("/tmp/huge")
+    reads_are_capped(sandbox)

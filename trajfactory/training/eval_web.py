@@ -23,12 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trajfactory.datasets.hub_pull import HUB_PREFIX, hub_origin
 from trajfactory.schema import (StatePredicate, Step, Trajectory, Verdict, WebEnvironment, WebProvenance, WebTask,
                                 WebTaskSpec)
 from trajfactory.training import eval_metrics
 from trajfactory.training.common import data_identity, open_version
-from trajfactory.training.evaluate import SPLITS, EvalError
+from trajfactory.training.evaluate import EvalError, open_split
 from trajfactory.verifiers import state as state_verifier
 
 INVALID_ACTION = "invalid_action"
@@ -92,11 +91,7 @@ def held_out_web_tasks(data: str | Path, split: str, max_tasks: int | None = Non
     """The web tasks of `split` (`all`: every split) of a dataset version that have state checks, in task-id order,
     at most `max_tasks`, and what identifies that data. A task without state checks (read-only, judge-verified) has
     no verdict of record here: it is left out and counted in `unchecked_in_split`."""
-    if split not in SPLITS:
-        raise EvalError(f"--split {split}: not a split; use one of {', '.join(SPLITS)}")
-    store, version, read = open_version(data, EvalError)
-    origin = hub_origin(store, version)
-    ref = f"{HUB_PREFIX}{origin['repo_id']}@{version}" if origin else f"{store.root}@{version}"
+    store, version, read, ref = open_split(data, split)
     rows = read("web_tasks")
     in_split = [r for r in rows if split == "all" or r.get("split") == split]
     chosen = [r for r in in_split if r.get("checks")]

@@ -47,14 +47,20 @@ def task_from_row(row: dict[str, Any]) -> Task:
         split=row.get("split") or "")
 
 
-def held_out_tasks(data: str | Path, split: str, max_tasks: int | None = None) -> tuple[list[Task], dict[str, Any]]:
-    """The SWE tasks of `split` (`all`: every split) of a dataset version (`DIR` or `hf:OWNER/NAME`; the latest unless
-    `@vN`), in task-id order, and what identifies that data (with the Hub repo and commit of a pulled version)."""
+def open_split(data: str | Path, split: str):
+    """A checked `split` and the version `data` names: (store, version, table reader, the reference errors name)."""
     if split not in SPLITS:
         raise EvalError(f"--split {split}: not a split; use one of {', '.join(SPLITS)}")
     store, version, read = open_version(data, EvalError)
     origin = hub_origin(store, version)
     ref = f"{HUB_PREFIX}{origin['repo_id']}@{version}" if origin else f"{store.root}@{version}"
+    return store, version, read, ref
+
+
+def held_out_tasks(data: str | Path, split: str, max_tasks: int | None = None) -> tuple[list[Task], dict[str, Any]]:
+    """The SWE tasks of `split` (`all`: every split) of a dataset version (`DIR` or `hf:OWNER/NAME`; the latest unless
+    `@vN`), in task-id order, and what identifies that data (with the Hub repo and commit of a pulled version)."""
+    store, version, read, ref = open_split(data, split)
     rows = read("tasks")
     swe = [r for r in rows if (r.get("kind") or "swe") == "swe"]
     chosen = [r for r in swe if split == "all" or r.get("split") == split]
