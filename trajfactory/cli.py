@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,18 @@ def _setup_logging() -> None:
     setup_logging()
 
 
+def _hold_work_dir(stack: ExitStack, r) -> None:
+    """This run holds the recipe's work dir until `stack` closes (executors/runs.py); a live run there stops it."""
+    from trajfactory.executors.runs import WorkDirBusy, hold_work_dir
+
+    try:
+        held = stack.enter_context(hold_work_dir(r.work_dir))
+    except WorkDirBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"run ID: {held.run_id} (its sandbox containers carry the label trajfactory.run={held.run_id})")
+
+
 def _print_yields(summary: dict) -> None:
     for name, rows in summary.items():
         if not rows:
@@ -92,7 +105,13 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
     r = _recipe(recipe)
     from trajfactory.flows.swe import factory_flow
 
-    result = factory_flow(r)
+    with ExitStack() as stack:
+        _hold_work_dir(stack, r)
+        result = factory_flow(r)
+        _report_run(r, result)
+
+
+def _report_run(r, result: dict) -> None:
     if "summary" in result:
         _print_yields(result["summary"])
         _report_model(result["summary"])
@@ -180,7 +199,9 @@ def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> d
     if concurrent:
         flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=r.sandbox.concurrency))
     try:
-        return flow(r)
+        with ExitStack() as stack:
+            _hold_work_dir(stack, r)
+            return flow(r)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -238,12 +259,24 @@ def base_image() -> None:
     typer.echo(ensure_base_image())
 
 
-@sandbox_app.command("cleanup")
-def cleanup() -> None:
-    """Remove containers that trajfactory started and that were left behind."""
-    from trajfactory.executors.docker import cleanup_leftover_containers
+CLEANUP_HELP = (
+    "Remove sandbox containers that trajfactory started and that were left behind (a killed run leaves its "
+    "containers running).\n\n"
+    "With --run ID: only the containers of that run. Without --run: EVERY container trajfactory started, those of "
+    "runs still going included, so use it only when no run is going.\n\n"
+    "A run also removes, as it starts, the containers that earlier runs of its work dir left behind.")
 
-    typer.echo(f"removed {cleanup_leftover_containers()} containers")
+
+@sandbox_app.command("cleanup", help=CLEANUP_HELP)
+def cleanup(run_id: Optional[str] = typer.Option(
+        None, "--run", metavar="ID",
+        help="Remove only the containers of this factory run: its ID is printed at the start of the run "
+             "(`run ID: ...`) and recorded in WORK_DIR/runs.jsonl.")) -> None:
+    from trajfactory.executors.docker import cleanup_leftover_containers
+    from trajfactory.executors.runs import RUN_LABEL
+
+    removed = cleanup_leftover_containers({RUN_LABEL: run_id} if run_id else None)
+    typer.echo(f"removed {removed} containers" + (f" of run {run_id}" if run_id else ""))
 
 
 _mount()

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = "2"
 """Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
 LABEL = "trajfactory"
+RUN_LABEL = "trajfactory.run"
+"""The label naming the factory run that started a container (`runs.py` sets it for the whole process)."""
+_run_labels: dict[str, str] = {}
 WORKDIR = "/repo"
 # A fixed hash seed keeps parametrized test ids (and so FAIL_TO_PASS / PASS_TO_PASS) stable across runs.
 SANDBOX_ENV = {"PYTHONHASHSEED": "0",
@@ -116,6 +119,27 @@ def cleanup_leftover_containers(labels: dict[str, str] | None = None, client=Non
     if leftovers:
         log.info("removed %d leftover sandbox containers", len(leftovers))
     return len(leftovers)
+
+
+def set_run_id(run_id: str) -> None:
+    """Every sandbox container this process starts from now on carries `trajfactory.run=<run_id>` ('' for none)."""
+    _run_labels.clear()
+    if run_id:
+        _run_labels[RUN_LABEL] = run_id
+
+
+def cleanup_run_containers(run_ids: set[str], client=None) -> int:
+    """Remove the sandbox containers of the factory runs `run_ids` (label trajfactory.run), and none of other runs."""
+    if not run_ids:
+        return 0
+    client = client or _client()
+    with _engine_errors("listing the sandbox containers of earlier runs"):
+        labelled = client.containers.list(all=True, filters={"label": [f"{LABEL}=1", RUN_LABEL]})
+        theirs = [c for c in labelled if c.labels.get(RUN_LABEL) in run_ids]
+        for container in theirs:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+    return len(theirs)
 
 
 def _image_exists(client, tag: str) -> bool:
@@ -206,7 +230,7 @@ class DockerBackend:
         )
 
     def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "DockerSandbox":
-        labels = {**self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
+        labels = {**_run_labels, **self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
         return DockerSandbox(self.client, env.name, env.commit, limits or SandboxConfig(), labels)
 
 

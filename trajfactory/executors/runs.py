@@ -1,0 +1,115 @@
+"""A factory run's hold on its work dir: one run at a time, an ID on every container it starts, no leftovers.
+
+`hold_work_dir(work_dir)` is the one call a run's entry point makes. It takes an exclusive `flock` on
+`WORK_DIR/run.lock` for the run's lifetime (the kernel drops it however the process ends, `kill -9` included),
+gives the run an ID, appends the run's record (ID, pid, host, start time) to `WORK_DIR/runs.jsonl`, and labels
+every sandbox container the process starts from then on with `trajfactory.run=<ID>`. Holding the lock proves
+that every earlier run of the work dir has ended, so the containers those runs left behind (a killed run leaves
+its `sleep infinity` sandboxes running) are removed; containers of other runs and other work dirs are never
+touched. `trajfactory sandbox cleanup --run ID` removes one run's containers by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .docker import RUN_LABEL, cleanup_run_containers, engine_available, set_run_id
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+"""In the work dir: locked by the live run, and holding its record."""
+RUNS_FILE = "runs.jsonl"
+"""In the work dir: one record per run that ever held it, oldest first."""
+
+__all__ = ["LOCK_FILE", "RUNS_FILE", "RUN_LABEL", "FactoryRun", "WorkDirBusy", "hold_work_dir", "recorded_runs"]
+
+
+@dataclass(frozen=True)
+class FactoryRun:
+    run_id: str
+    pid: int
+    host: str
+    started: str
+    """UTC, ISO 8601."""
+    work_dir: str
+
+
+class WorkDirBusy(RuntimeError):
+    """Another live run holds the work dir."""
+
+    def __init__(self, work_dir: Path, holder: dict):
+        who = (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+               f"started {holder.get('started', '?')})" if holder else "another run (it has not recorded itself yet)")
+        super().__init__(f"work dir {work_dir} is in use by {who}; only one run may use a work dir at a time: "
+                         "wait for that run to end, stop it, or give this recipe another `work_dir`")
+        self.work_dir, self.holder = work_dir, holder
+
+
+def recorded_runs(work_dir: str | Path) -> list[dict]:
+    """The records of every run that held `work_dir`, oldest first ([] when none did)."""
+    path = Path(work_dir) / RUNS_FILE
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill mid-write
+            runs.append(json.loads(line))
+    return runs
+
+
+def new_run_id() -> str:
+    """Sortable by start time and unique: `20261130T095400Z-3f9a1c`."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@contextlib.contextmanager
+def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
+    """Hold `work_dir` for one run (see the module docstring); raises WorkDirBusy when a live run holds it."""
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            try:
+                holder = json.loads(lock.read() or "{}")
+            except json.JSONDecodeError:
+                holder = {}
+            raise WorkDirBusy(work, holder) from None
+        earlier = {r["run_id"] for r in recorded_runs(work) if r.get("run_id")}
+        run = FactoryRun(run_id=new_run_id(), pid=os.getpid(), host=socket.gethostname(),
+                         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), work_dir=str(work))
+        record = json.dumps(asdict(run))
+        lock.seek(0)
+        lock.truncate()
+        lock.write(record + "\n")
+        lock.flush()
+        with open(work / RUNS_FILE, "a") as runs:
+            runs.write(record + "\n")
+        _remove_leftovers(earlier)
+        set_run_id(run.run_id)
+        try:
+            yield run
+        finally:
+            set_run_id("")
+
+
+def _remove_leftovers(earlier: set[str]) -> None:
+    """The containers of the work dir's earlier runs: all ended (we hold the lock), so nothing uses them."""
+    if not earlier or not engine_available():  # no engine: the local backend has no containers to leave
+        return
+    removed = cleanup_run_containers(earlier)
+    if removed:
+        log.info("removed %d sandbox containers left behind by earlier runs of this work dir", removed)
