@@ -111,6 +111,21 @@ def test_reset_restores_checkout(sandbox, env):
         sandbox.read_file("new/dir/notes.txt")
 
 
+def test_reset_restores_the_whole_sandbox(sandbox, env):
+    sandbox.execute("mkdir -p /tmp/a $HOME/.cache && echo x > /tmp/a/f && echo y > $HOME/.cache/g "
+                    "&& mkdir /tmp/locked && touch /tmp/locked/f && chmod 000 /tmp/locked")
+    sandbox.reset()
+    # (bubblewrap makes the mount points of the scratch and environment dirs in /tmp when pytest keeps them there)
+    assert not {"a", "locked"} & set(sandbox.execute("ls -A /tmp").output.split())
+    assert sandbox.execute("ls -A $HOME").output.split() == [".gitconfig"]
+    # git's own settings changed: the checkout is copied afresh rather than trusted to git
+    sandbox.execute("git config filter.x.smudge 'touch /tmp/pwned; cat' && echo '* filter=x' > .git/info/attributes")
+    sandbox.reset()
+    assert "filter" not in sandbox.execute("cat .git/config").output
+    assert sandbox.execute("test -e /tmp/pwned").exit_code != 0
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+
+
 def test_tmp_persists_between_commands_and_matches_file_api(sandbox):
     sandbox.execute("mkdir -p /tmp/scratch && echo from-shell > /tmp/scratch/a.txt")
     assert sandbox.read_file("/tmp/scratch/a.txt") == b"from-shell\n"

@@ -45,6 +45,7 @@ from .base import (
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
 from .pytest_options import pytest_addopts
+from .sandbox_fs import GIT_META
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
@@ -89,6 +90,28 @@ def _bytes(size: str) -> int:
     if not m:
         raise SandboxError(f"memory limit {size!r} is not a size; use e.g. '2g' or '512m'")
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also takes what a command locked (a mode-000 directory it made)."""
+    if not path.exists():
+        return
+    for root, dirs, _ in os.walk(path):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _git_meta(repo: Path) -> str:
+    """One digest of git's own settings in a checkout (sandbox_fs.GIT_META): what the reset's git would obey."""
+    digest = hashlib.sha256()
+    for name in GIT_META.split():
+        base = repo / name
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base] if base.is_file() else []
+        for f in files:
+            digest.update(str(f.relative_to(repo)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 class _Cgroup:
@@ -242,9 +265,6 @@ class LocalSandbox:
             log.warning("local sandbox: no cgroup limit for %s here (prlimit covers memory and pids, weaker)",
                         ", ".join(sorted(missing)))
         home = self.scratch / "home"
-        home.mkdir()
-        (home / ".gitconfig").write_text(
-            "[user]\n\tname = trajfactory\n\temail = trajfactory@localhost\n[safe]\n\tdirectory = *\n")
         venv = env_dir / "venv"
         self.env = {
             "PATH": f"{venv}/bin:{PATH}", "VIRTUAL_ENV": str(venv), "HOME": str(home), "LANG": "C.UTF-8",
@@ -257,13 +277,22 @@ class LocalSandbox:
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
         self._copy_checkout()
+        self._git_meta = _git_meta(Path(self.workdir))
 
-    def _copy_checkout(self) -> None:
-        """A fresh checkout and an empty /tmp, as a new container would have."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        shutil.rmtree(self.scratch / "tmp", ignore_errors=True)
+    def _fresh_scratch(self) -> None:
+        """An empty /tmp and a HOME holding only the git identity, as a new container would have."""
+        for name in ("tmp", "home"):
+            _remove_tree(self.scratch / name)
         (self.scratch / "tmp").mkdir()
         (self.scratch / "tmp").chmod(0o1777)
+        (self.scratch / "home").mkdir()
+        (self.scratch / "home" / ".gitconfig").write_text(
+            "[user]\n\tname = trajfactory\n\temail = trajfactory@localhost\n[safe]\n\tdirectory = *\n")
+
+    def _copy_checkout(self) -> None:
+        """A fresh checkout, /tmp and HOME, as a new container would have."""
+        _remove_tree(Path(self.workdir))
+        self._fresh_scratch()
         out = subprocess.run(["cp", "-a", str(self.env_dir / "repo"), self.workdir], capture_output=True, text=True)
         if out.returncode != 0:
             raise InfrastructureError(f"copying the checkout into {self.scratch} failed: {out.stderr}")
@@ -326,10 +355,13 @@ class LocalSandbox:
         return ExecResult(exit_code=code, output=output, duration_s=duration, timed_out=timed_out)
 
     def reset(self) -> None:
-        if self.dirty or not os.path.isdir(self.workdir):
+        """The whole sandbox as it started: the checkout (by git, or copied afresh when git's own settings were
+        changed or a command ran away), and /tmp and HOME emptied."""
+        if self.dirty or not os.path.isdir(self.workdir) or _git_meta(Path(self.workdir)) != self._git_meta:
             self._copy_checkout()
             self.dirty = False
             return
+        self._fresh_scratch()
         # git runs inside the sandbox: the checkout's .git/config is untrusted (core.fsmonitor runs commands)
         g = "git -c core.fsmonitor= -c core.hooksPath=/dev/null"
         script = (f"cd {self.workdir} && {g} checkout -q -f --detach {self.commit} && "

@@ -19,6 +19,10 @@ class SandboxConfig(Section):
     """Sandboxes in use at once across the flow."""
     memory: str = "2g"
     """Memory limit of one sandbox (docker syntax: `512m`, `2g`)."""
+    disk: str = Field("1g", pattern=r"^[1-9][0-9]*[kmgKMG]?$")
+    """What one sandbox may write, in each of its writable directories (/repo, /tmp, /var/tmp, /root, /run; the rest
+    of a Docker sandbox is read-only). Docker sandboxes keep them in memory (tmpfs), so writes count against `memory`
+    too; a write past the cap fails with "No space left on device". The checkout itself counts against /repo's cap."""
     cpus: float = Field(1.0, gt=0)
     """CPU quota of one sandbox, in cores."""
     pids: int = Field(256, ge=16)
