@@ -3,8 +3,11 @@
 The prefilter counts how-to signals (how-to phrases, "step", numbered lines, sentences that start with
 an imperative UI verb). The classifier is a logistic regression over hashed unigram/bigram counts plus
 the same structural signals as tokens, trained with plain gradient descent (stdlib only) on the labeled
-pages shipped in `data/docs/labels.jsonl`. A page is a tutorial when it passes the prefilter AND the
-classifier's probability reaches the threshold.
+pages shipped in `data/docs/labels.jsonl` (the bundled apps' help sites) and `data/web_pages/labels.jsonl`
+(web-style pages not written for the bundled apps: tutorials for other apps, and API references, blog posts,
+news and changelogs as negatives). Its scores are calibrated (Platt scaling on out-of-fold scores), so 0.5
+means even odds. A page is a tutorial when it passes the prefilter AND the calibrated probability reaches
+the threshold.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from pydantic import BaseModel, Field
 from trajfactory.sources.docsite import DOCS_ROOT
 from trajfactory.sources.tutorial_text import extract_html, extract_markdown, words
 
-__all__ = ["LABELS_PATH", "ClassifierConfig", "LabeledPage", "Metrics", "TutorialClassifier", "default_classifier",
-           "evaluate", "load_labels", "prefilter", "prefilter_signals", "train_classifier"]
+__all__ = ["LABELS_PATH", "WEB_LABELS_PATH", "ClassifierConfig", "LabeledPage", "Metrics", "TutorialClassifier", "default_classifier",
+           "evaluate", "load_labels", "prefilter", "prefilter_signals", "shipped_labels", "train_classifier"]
 
 LABELS_PATH = DOCS_ROOT / "labels.jsonl"
 """JSON lines `{"path": "shop/checkout.html", "is_tutorial": true, "split": "train" | "test"}`, paths under DOCS_ROOT."""
+WEB_LABELS_PATH = DOCS_ROOT.parent / "web_pages" / "labels.jsonl"
+"""JSON lines `{"id": ..., "kind": "tutorial" | "api_reference" | "blog" | "news" | "changelog" | "other",
+"is_tutorial": ..., "split": ..., "text": the page's extracted main text}`: web-style pages of other apps."""
 
 UI_VERBS = ("click", "tap", "type", "enter", "select", "choose", "pick", "press", "open", "go", "scroll", "fill",
             "sign", "log", "find", "check", "use", "set", "write", "look", "make", "leave", "tick")
@@ -67,6 +73,8 @@ class ClassifierConfig(BaseModel):
     """Probability at or above which a page is a tutorial."""
     use_prefilter: bool = True
     """Require the keyword prefilter too (AgentTrek: prefilter for recall, classifier for precision)."""
+    calibration_folds: int = Field(3, ge=0)
+    """Folds of the out-of-fold scores the Platt calibration is fitted on (0: no calibration)."""
 
 
 def _tokens(text: str) -> list[str]:
@@ -86,6 +94,7 @@ class TutorialClassifier:
         self.config = config or ClassifierConfig()
         self.weights: dict[int, float] = {}
         self.bias = 0.0
+        self.platt = (1.0, 0.0)  # calibrated probability = sigmoid(a * score + b)
 
     def features(self, text: str) -> dict[int, float]:
         n = self.config.n_features
@@ -95,9 +104,25 @@ class TutorialClassifier:
         return {k: v / norm for k, v in vec.items()}
 
     def fit(self, texts: list[str], labels: list[bool]) -> "TutorialClassifier":
+        """Fit the weights on all pages, then the calibration on scores of pages each fold's model did not see."""
         if not texts or len(set(labels)) < 2:
             raise ValueError("fit needs labeled pages of both classes (tutorial and not)")
         xs, ys = [self.features(t) for t in texts], [1.0 if y else 0.0 for y in labels]
+        self.weights, self.bias = self._descend(xs, ys)
+        k = self.config.calibration_folds
+        if k >= 2 and min(sum(ys), len(ys) - sum(ys)) >= k:
+            scores: list[float] = [0.0] * len(xs)
+            for fold in range(k):  # deterministic folds: every k-th page
+                train = [i for i in range(len(xs)) if i % k != fold]
+                if len({ys[i] for i in train}) < 2:
+                    continue
+                w, b = self._descend([xs[i] for i in train], [ys[i] for i in train])
+                for i in range(fold, len(xs), k):
+                    scores[i] = b + sum(w.get(f, 0.0) * v for f, v in xs[i].items())
+            self.platt = _platt(scores, ys)
+        return self
+
+    def _descend(self, xs: list[dict[int, float]], ys: list[float]) -> tuple[dict[int, float], float]:
         cfg, w, b, n = self.config, {}, 0.0, len(xs)
         for _ in range(cfg.epochs):
             grad: dict[int, float] = {}
@@ -110,16 +135,37 @@ class TutorialClassifier:
             for k in set(grad) | set(w):
                 w[k] = w.get(k, 0.0) - cfg.learning_rate * (grad.get(k, 0.0) / n + cfg.l2 * w.get(k, 0.0))
             b -= cfg.learning_rate * gb / n
-        self.weights, self.bias = w, b
-        return self
+        return w, b
+
+    def score(self, text: str) -> float:
+        """The uncalibrated logit."""
+        return self.bias + sum(self.weights.get(k, 0.0) * v for k, v in self.features(text).items())
 
     def predict_proba(self, text: str) -> float:
-        return _sigmoid(self.bias + sum(self.weights.get(k, 0.0) * v for k, v in self.features(text).items()))
+        a, b = self.platt
+        return _sigmoid(a * self.score(text) + b)
 
     def predict(self, text: str) -> tuple[bool, float]:
         """(is_tutorial, probability): the prefilter (when configured) and the threshold both have to agree."""
         p = self.predict_proba(text)
         return (p >= self.config.threshold and (not self.config.use_prefilter or prefilter(text))), p
+
+
+def _platt(scores: list[float], ys: list[float], steps: int = 2000, lr: float = 0.1) -> tuple[float, float]:
+    """Platt scaling: the (a, b) of sigmoid(a * score + b) that fits the labels best, with Platt's smoothed
+    targets so a perfectly separated training set does not push the slope to infinity."""
+    pos = sum(ys)
+    hi, lo = (pos + 1) / (pos + 2), 1 / (len(ys) - pos + 2)
+    targets = [hi if y else lo for y in ys]
+    a, b, n = 1.0, 0.0, len(ys)
+    for _ in range(steps):
+        ga = gb = 0.0
+        for z, t in zip(scores, targets):
+            err = _sigmoid(a * z + b) - t
+            ga += err * z
+            gb += err
+        a, b = a - lr * ga / n, b - lr * gb / n
+    return a, b
 
 
 def _sigmoid(z: float) -> float:
@@ -132,10 +178,13 @@ class LabeledPage:
     text: str
     is_tutorial: bool
     split: str
+    kind: str = ""
+    """What the page is ("tutorial", "api_reference", "blog", "news", "changelog", ...), where the labels say."""
 
 
 def load_labels(path: str | Path = LABELS_PATH, docs_root: str | Path | None = None) -> list[LabeledPage]:
-    """The labeled pages, with their main text extracted; paths are relative to `docs_root` (default: the file's folder)."""
+    """The labeled pages of one labels file, with their main text: a row names a page file (`path`, relative to
+    `docs_root`, default the file's folder; extracted here) or carries the extracted `text` itself (with an `id`)."""
     path = Path(path)
     root = Path(docs_root) if docs_root else path.parent
     out = []
@@ -144,19 +193,29 @@ def load_labels(path: str | Path = LABELS_PATH, docs_root: str | Path | None = N
             continue
         try:
             row = json.loads(line)
-            page = root / row["path"]
-            raw = page.read_text(encoding="utf-8")
+            if "text" in row:
+                name, text = str(row["id"]), str(row["text"])
+            else:
+                name, page = row["path"], root / row["path"]
+                raw = page.read_text(encoding="utf-8")
+                _, text = extract_markdown(raw) if page.suffix in (".md", ".markdown") else extract_html(raw)
+            label = bool(row["is_tutorial"])
         except (ValueError, KeyError, OSError) as exc:
-            raise ValueError(f"{path}:{n}: expected {{'path': a page under {root}, 'is_tutorial': bool}}: {exc}") from None
-        _, text = extract_markdown(raw) if page.suffix in (".md", ".markdown") else extract_html(raw)
-        out.append(LabeledPage(row["path"], text, bool(row["is_tutorial"]), row.get("split", "train")))
+            raise ValueError(f"{path}:{n}: expected {{'path': a page under {root} | 'id' and 'text', 'is_tutorial': bool}}: "
+                             f"{exc}") from None
+        out.append(LabeledPage(name, text, label, row.get("split", "train"), row.get("kind", "")))
     return out
+
+
+def shipped_labels() -> list[LabeledPage]:
+    """Every labeled page the package ships: the bundled help sites' pages and the web-style pages."""
+    return load_labels(LABELS_PATH) + load_labels(WEB_LABELS_PATH)
 
 
 def train_classifier(split: str | None = "train", labels: list[LabeledPage] | None = None,
                      config: ClassifierConfig | None = None) -> TutorialClassifier:
-    """Fit on the pages of `split` (None: every labeled page)."""
-    pages = [p for p in (labels or load_labels()) if split is None or p.split == split]
+    """Fit on the pages of `split` (None: every labeled page) of `labels` (default: every shipped labeled page)."""
+    pages = [p for p in (labels or shipped_labels()) if split is None or p.split == split]
     return TutorialClassifier(config).fit([p.text for p in pages], [p.is_tutorial for p in pages])
 
 
@@ -193,12 +252,14 @@ def _metrics(rule: str, pages: list[LabeledPage], preds: list[bool]) -> Metrics:
 
 def evaluate(classifier: TutorialClassifier | None = None, split: str = "test",
              labels: list[LabeledPage] | None = None) -> dict[str, Metrics]:
-    """Precision/recall on the held-out `split` of: the prefilter alone, the classifier alone, both together.
+    """Precision/recall on the held-out `split` of `labels` (default: every shipped labeled page) of: the
+    prefilter alone, the classifier alone, both together.
 
-    Without a classifier, one is trained on the `train` split, so the scores are on pages it never saw.
+    Without a classifier, one is trained on the `train` split of every shipped labeled page, so the scores are
+    on pages it never saw.
     """
-    labels = labels or load_labels()
-    clf = classifier or train_classifier("train", labels)
+    labels = labels or shipped_labels()
+    clf = classifier or train_classifier("train")
     held = [p for p in labels if p.split == split]
     if not held:
         raise ValueError(f"no labeled pages in split {split!r}; splits present: {sorted({p.split for p in labels})}")

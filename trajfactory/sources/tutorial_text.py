@@ -1,14 +1,19 @@
 """Main-text extraction from HTML and Markdown, language guess and target-site guess for harvested pages.
 
 Extraction keeps what a tutorial is made of (headings as `#` lines, list items as `1.` / `-` lines,
-paragraphs as lines) and drops what every page of a site repeats: scripts, styles, navigation,
-header, footer, sidebars, related-article boxes, feedback widgets and cookie banners.
+paragraphs as lines, code blocks fenced by ``` lines) and drops what every page of a site repeats: scripts,
+styles, navigation, header, footer, sidebars, related-article boxes, feedback widgets and cookie banners.
+HTML goes through trafilatura (`main_content`), which also finds chrome by the page's shape, after the
+boilerplate this module knows by name is pruned; the hand-written extractor below is the fallback when
+trafilatura finds no main content.
 """
 
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+
+from trajfactory.sources.main_content import main_content_lines
 
 __all__ = ["SITE_KEYWORDS", "extract_html", "extract_markdown", "foreign_domains", "guess_language", "guess_site", "words"]
 
@@ -18,7 +23,7 @@ _SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "nav", "header",
 _SKIP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search", "dialog", "alertdialog"}
 # id/class fragments of boilerplate containers (cookie banners, sidebars, related links, widgets)
 _SKIP_MARKS = re.compile(r"cookie|consent|gdpr|banner|sidebar|related|breadcrumb|newsletter|share|social|"
-                         r"feedback|advert|promo|popup|modal|toc\b|skip-link", re.I)
+                         r"feedback|advert|promo|popup|modal|toc\b|skip-link|ads?box|ad-?slot|sponsor", re.I)
 _BLOCK_TAGS = {"p", "div", "section", "article", "main", "br", "tr", "table", "pre", "blockquote", "dt", "dd",
                "dl", "figure", "figcaption", "hr", "details", "summary", "h1", "h2", "h3", "h4", "h5", "h6", "li",
                "ul", "ol", "caption", "body"}
@@ -27,6 +32,12 @@ _HEADINGS = {f"h{i}": i for i in range(1, 7)}
 # a cookie/consent line that no container marked (a bare <p> banner); real steps never ask for consent
 _COOKIE_LINE = re.compile(r"\bcookies?\b.*\b(accept|agree|consent|preferences|polic|we use|stores?|reject)"
                           r"|\b(accept|agree|consent|we use)\b.*\bcookies?\b", re.I)
+
+
+def _is_boilerplate(tag: str, attrs: dict) -> bool:
+    marks = f"{attrs.get('id') or ''} {attrs.get('class') or ''}"
+    return (tag in _SKIP_TAGS or (attrs.get("role") or "") in _SKIP_ROLES or attrs.get("aria-hidden") == "true"
+            or bool(marks.strip() and _SKIP_MARKS.search(marks))) and tag not in _VOID_TAGS
 
 
 class _MainText(HTMLParser):
@@ -59,9 +70,7 @@ class _MainText(HTMLParser):
                 self.skip_depth += 1
             return
         a = dict(attrs)
-        marks = f"{a.get('id') or ''} {a.get('class') or ''}"
-        if (tag in _SKIP_TAGS or (a.get("role") or "") in _SKIP_ROLES or a.get("aria-hidden") == "true"
-                or (marks.strip() and _SKIP_MARKS.search(marks))) and tag not in _VOID_TAGS and tag not in ("html", "body", "main"):
+        if _is_boilerplate(tag, a) and tag not in ("html", "body", "main"):
             self.skip_tag, self.skip_depth = tag, 1
             return
         if tag in ("ul", "ol"):
@@ -130,20 +139,41 @@ def extract_html(html: str) -> tuple[str, str]:
         pass
     parser.flush()
     title = " ".join((parser.h1 or parser.title).split())
-    return title, "\n".join(_drop_boilerplate_lines(parser.lines))
+    lines = main_content_lines(html, skip=_is_boilerplate) or parser.lines
+    if parser.h1 and not any(ln.startswith("# ") for ln in lines):  # trafilatura may leave the h1 to the metadata
+        lines = [f"# {title}", *lines]
+    return title, "\n".join(_drop_boilerplate_lines(lines))
 
 
-_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _MD_EMPH = re.compile(r"(\*\*|__|`)")
+_MD_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])|(?<!\w)_(?=\S)([^_\n]+?)(?<=\S)_(?!\w)")
+_MD_FENCE = re.compile(r"^\s*(```|~~~)")
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.S)
 
 
+def _md_inline(line: str) -> str:
+    line = _MD_IMAGE.sub(lambda m: f"[Image: {m.group(1)}]" if m.group(1).strip() else "", line)
+    line = _MD_EMPH.sub("", _MD_LINK.sub(r"\1", line))
+    return _MD_ITALIC.sub(lambda m: m.group(1) or m.group(2), line)
+
+
 def extract_markdown(md: str) -> tuple[str, str]:
-    """(title, text) of a Markdown page: links become their text, emphasis marks go, structure stays."""
+    """(title, text) of a Markdown page: links become their text, images `[Image: alt]`, emphasis marks go,
+    structure stays (code blocks keep their ``` fences and their lines as written)."""
     md = _FRONT_MATTER.sub("", md)
-    lines, title = [], ""
+    lines, title, in_code = [], "", False
     for raw in md.splitlines():
-        line = _MD_EMPH.sub("", _MD_LINK.sub(r"\1", raw)).rstrip()
+        if _MD_FENCE.match(raw):
+            in_code = not in_code
+            lines.append("```")
+            continue
+        if in_code:
+            if raw.strip():
+                lines.append(raw.rstrip())
+            continue
+        line = _md_inline(raw).rstrip()
         if line.strip():
             lines.append(line.strip() if not re.match(r"^\s+([-*+]|\d+[.)])\s", line) else line)
             if not title and line.startswith("# "):
