@@ -225,8 +225,10 @@ def parse_step(step: str, index: int, accounts: dict[str, str]) -> list[Intent]:
             focus = q[0] if q else f.group(1).strip(" \"'")  # "Click into the field labelled Search products"
             out.append(Intent("click", focus, roles=TEXT_ROLES, step=index))
         elif verb in ("type", "enter", "fill", "write", "input"):
-            if re.search(r"\buser ?name\b", low) and re.search(r"\bpassword\b", low) and not q:
-                out.append(Intent("login", step=index))  # "Enter your Username and Password."
+            if (re.search(r"\buser ?name\b", low) and re.search(r"\bpassword\b", low) and not q
+                    and not re.search(r"\bconfirm(?:ation)?\b|\brepeat\b|\bagain\b|\bnew password\b", low)):
+                # "Enter your Username and Password." (a new account's "Password confirmation" is a form, no sign-in)
+                out.append(Intent("login", step=index))
                 continue
             if intent := _fill(c, low, index, user, password, focus):
                 out.append(intent)

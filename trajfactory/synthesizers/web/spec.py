@@ -13,6 +13,7 @@ from typing import Any
 
 from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash, control_chars
 from trajfactory.sources.tutorial_text import guess_site
+from trajfactory.synthesizers.web.page_text import prepare, split_sentences
 
 SYNTHESIZER = "web.tutorial_spec"
 VERSION = "1"
@@ -28,9 +29,10 @@ SCREENSHOT = re.compile(r"\[(?:screenshot|image|figure|picture|video)\b[^\]]*\]"
 HEADING = re.compile(r"^\s*#{1,6}\s*(.*)$")
 STEP_HEADING = re.compile(r"^\s*#{1,6}\s*step\s*(\d+)\s*[:.)\u2014\u2013-]?\s*(.*)$", re.I)
 ANSWER = re.compile(r"^\s*(?:a|answer)\s*:\s*", re.I)
-NUMBERED = re.compile(r"^\s*(?:step\s*(\d+)\s*[:.)-]|(\d+)\s*[.)]|[-*\u2022]|\(\d+\))\s*(.+)$", re.I)
+NUMBERED = re.compile(r"^\s*(?:step\s*(\d+)\s*[:.)-]\s*|(\d+)\s*[.)](?!\d)\s*|[-*\u2022]\s+|\(\d+\)\s*)(.+)$", re.I)
 INLINE_NUM = re.compile(r"(?:^|(?<=[\s.!?]))(?:step\s*)?(\d{1,2})\s*[.):]\s+(?=\S)", re.I)
 OUTCOME_RE = re.compile(r"\b(you should (?:now )?see|you will (?:now )?see|you'll see|should now|will now|you should be|"
+                        r"now (?:shows?|lists?|displays?|contains?|opens?)|(?:is|are) (?:now )?shown|"
                         r"is now|are now|will appear|appears?|expected (?:outcome|result)|result:|the result is)\b", re.I)
 PREREQ_RE = re.compile(r"\b(you need|you must have|you'll need|you will need|requires?|make sure|before you (?:begin|start)|"
                        r"prerequisites?|an account on)\b", re.I)
@@ -43,24 +45,7 @@ MISSING_FEATURES = {
 
 
 def _sentences(text: str) -> list[str]:
-    return [s for line in text.splitlines() for s in _line_sentences(line)]
-
-
-def _line_sentences(text: str) -> list[str]:
-    # split after . ! ? unless inside quotes; quotes are short in tutorials, so a simple scan is enough
-    out, buf, quote = [], "", ""
-    for ch in text:
-        buf += ch
-        if quote:
-            quote = "" if ch == {"'": "'", '"': '"', "\u201c": "\u201d", "\u2018": "\u2019"}.get(quote) else quote
-        elif ch in "\"\u201c\u2018" or (ch == "'" and (len(buf) < 2 or not buf[-2].isalnum())):
-            quote = ch
-        elif ch in ".!?" and not re.search(r"\b(?:e\.g|i\.e|etc)\.$", buf):
-            out.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        out.append(buf.strip())
-    return [s for s in out if s.strip(" .")]
+    return [s for line in text.splitlines() for s in split_sentences(line)]
 
 
 def _is_imperative(sentence: str) -> bool:
@@ -76,8 +61,8 @@ def _clean(step: str) -> str:
 def _normalize(text: str) -> str:
     """Markdown-ish page text -> plain step text: screenshot descriptions go, `## Step N: Title` headings become
     `Step N:` markers in front of their section's body (the heading's title is not an instruction), other
-    headings go, and FAQ answers lose their `A:` prefix."""
-    text = SCREENSHOT.sub("", text)
+    headings go, and FAQ answers lose their `A:` prefix. Page chrome, prerequisites and code go first (`prepare`)."""
+    text = SCREENSHOT.sub("", prepare(text).text)
     out: list[str] = []
     pending = ""
     for line in text.splitlines():
@@ -150,7 +135,9 @@ def parse_tutorial(tutorial: Tutorial | str, title: str = "", site: str | None =
     if not steps:
         raise ValueError("no instruction steps found: expected numbered lines, 'Step N:' lines, bullets, "
                          "or sentences that start with a UI verb (click, type, select ...)")
-    prereq = [s for s in _sentences(text) if PREREQ_RE.search(s) and not NUMBERED.match(s) and s not in steps]
+    prepared = prepare(text)
+    prereq = prepared.prerequisites + [s for s in _sentences(prepared.text) if PREREQ_RE.search(s) and not NUMBERED.match(s)
+                                       and s not in steps and not HEADING.match(s)]
     expected = " ".join(outcomes) or f"The final step is done: {steps[-1].rstrip('.')}."
     return WebTaskSpec(target_site=target_site(title + "\n" + text, site), task_description=_description(title, text, steps),
                        prerequisites=prereq, steps=steps, expected_outcome=expected)
@@ -225,8 +212,15 @@ def _difficulty(spec: WebTaskSpec) -> str:
     return "easy" if len(spec.steps) <= 4 else "medium" if len(spec.steps) <= 8 else "hard"
 
 
+# a form that asks for a password but is no sign-in: "Fill in Username, Password and Password confirmation"
+_NEW_ACCOUNT = re.compile(r"\bconfirm(?:ation)?\b|\brepeat\b|\bagain\b|\bnew password\b|\bsign\s*up\b|\bregist", re.I)
+
+
 def _is_login(step: str) -> bool:
-    return bool(re.search(r"\b(sign|log)\s*in\b|\bpassword\b|\busername\b", step, re.I))
+    """A sign-in step: "Log in ...", or entering a username/password that is not a new account's form."""
+    if re.search(r"\b(sign|log)\s*in\b|\blogin\b", step, re.I):
+        return True
+    return bool(re.search(r"\bpassword\b|\busername\b", step, re.I)) and not _NEW_ACCOUNT.search(step)
 
 
 def make_infeasible(task: WebTask, site_labels: dict[str, str] | None = None, pick: int = 0) -> WebTask:
