@@ -16,6 +16,7 @@ import yaml
 
 from conftest import BAD_REPOS, ROOT
 from trajfactory.datasets.store import DatasetStore
+from trajfactory.executors.runs import RUN_LABEL, recorded_runs
 from trajfactory.verifiers.claims import contradictions
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -114,8 +115,6 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run([sys.executable, "-m", "trajfactory.cli", "sandbox", "cleanup"], env=_env(tmp_path),
-                   capture_output=True)
     finished = {p.name for p in (work / "results").iterdir()} if (work / "results").exists() else set()
     first = _journal(work)
     assert finished, "nothing finished before the kill"
@@ -123,6 +122,8 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
 
     resumed = _cli(tmp_path, "run", str(recipe))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    killed = recorded_runs(work)[0]["run_id"]  # the resumed run removed the sandboxes the killed one left running
+    assert docker_backend.client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={killed}"}) == []
     second = _journal(work)[len(first):]
     redone = {e["key"] for e in second if e["stage"] in ("validate", "rollout")} & finished
     assert redone == set()
