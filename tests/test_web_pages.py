@@ -9,15 +9,19 @@ images with alt text and hard-wrapped prose. None of them was written for the bu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
 import pytest
 
+from trajfactory.models.client import ModelClient
 from trajfactory.schema import Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec
 from trajfactory.sources.tutorial_classifier import WEB_LABELS_PATH, evaluate, load_labels, train_classifier
 from trajfactory.sources.tutorial_text import extract_html, extract_markdown
 from trajfactory.synthesizers.web.page_text import prepare, split_sentences
 from trajfactory.synthesizers.web.spec import extract_steps, make_infeasible, parse_tutorial
+from trajfactory.synthesizers.web.stage import model_specs, tasks_from_tutorials
 
 PAGES = Path(__file__).parent / "fixtures" / "web_pages"
 
@@ -168,3 +172,30 @@ def test_classifier_precision_recall_on_held_out_web_pages():
             assert not clf.predict(page.text)[0], (page.path, clf.predict_proba(page.text))
     tutorials = [clf.predict_proba(p.text) for p in held if p.is_tutorial]
     assert min(tutorials) >= 0.8, "calibrated: held-out tutorials score high, not 0.56-0.75"
+
+
+def test_stage_takes_model_specs_with_the_rule_parser_as_fallback_and_records_the_parser():
+    tutorials = []
+    for name in ("shop-add-to-cart-blog.html", "tracker-filter-devblog.html"):
+        title, text = _page(name)
+        tutorials.append(Tutorial(tutorial_id=name, uri=f"test://{name}", title=title, text=text, is_tutorial=True))
+    model_spec = {"platform": "web", "target_site": "shop", "task_description": "Add a kettle to the cart",
+                  "prerequisites": [], "steps": ["Click Copper Kettle.", "Click Add to cart."],
+                  "expected_outcome": "The cart holds one Copper Kettle."}
+
+    def answer(request: httpx.Request) -> httpx.Response:  # a good spec for the shop page, no JSON for the other
+        prompt = json.loads(request.content)["messages"][0]["content"]
+        content = json.dumps(model_spec) if "Copper Kettle" in prompt else "sorry, I cannot"
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+    specs = model_specs(tutorials, lambda: ModelClient("http://model.invalid/v1", "tiny",
+                                                       transport=httpx.MockTransport(answer), max_retries=0))
+    tasks, quarantine = tasks_from_tutorials(tutorials, infeasible_share=0, specs=specs)
+    assert not quarantine
+    by_uri = {t.provenance.tutorial_uri: t for t in tasks}
+    shop, tracker = by_uri["test://shop-add-to-cart-blog.html"], by_uri["test://tracker-filter-devblog.html"]
+    assert shop.provenance.params["parser"] == "model" and shop.spec.steps == model_spec["steps"]
+    assert tracker.provenance.params["parser"].startswith("rule-fallback")
+    assert tracker.spec == parse_tutorial(tutorials[1])
+    rule_tasks, _ = tasks_from_tutorials(tutorials, infeasible_share=0)  # no model: the rule parser, said so
+    assert {t.provenance.params["parser"] for t in rule_tasks} == {"rule"}

@@ -46,9 +46,17 @@ def harvest_tutorials(recipe: Recipe, uris: list[str]) -> tuple[list[Tutorial], 
     return stage.harvest(uris, stage.harvest_config(recipe.web.max_pages))
 
 
-def synthesize_tasks(recipe: Recipe, tutorials: list[Tutorial]) -> tuple[list[WebTask], list[Quarantine]]:
+def synthesize_tasks(recipe: Recipe, tutorials: list[Tutorial], endpoint: ModelEndpoint | None = None,
+                     ) -> tuple[list[WebTask], list[Quarantine]]:
+    """Web tasks of the tutorials; with `web.spec_parser: model` the served model writes the specs (`endpoint`)."""
     w = recipe.web
-    return stage.tasks_from_tutorials(tutorials, w.seed, w.infeasible_share, w.max_tasks_per_site)
+    specs = None
+    if w.spec_parser == "model":
+        if endpoint is None:
+            raise ValueError("web.spec_parser is 'model' but the run has no model endpoint: add a `model:` section "
+                             "to the recipe, or set web.spec_parser: rule")
+        specs = stage.model_specs(tutorials, endpoint.client)
+    return stage.tasks_from_tutorials(tutorials, w.seed, w.infeasible_share, w.max_tasks_per_site, specs=specs)
 
 
 def establish(recipe: Recipe, pool: BrowserPool, task: WebTask) -> WebTask | Quarantine:
@@ -154,7 +162,9 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
         with stage.tutorial_sources(w.tutorials) as uris:
             tutorials, harvest_q = runner.call(harvest_tutorials, recipe, uris)
             sources = dict(zip(uris, w.tutorials))
-        tasks, synth_q = runner.call(synthesize_tasks, recipe, tutorials)
+        # the endpoint only when the model writes the specs: a rule-parsed run's cache keys do not name it
+        tasks, synth_q = runner.call(synthesize_tasks, recipe, tutorials,
+                                     endpoint if w.spec_parser == "model" else None)
         store = ScreenshotStore(recipe.web_work_dir)
         with BrowserPool(w.browsers) as pool:  # Chromiums start on first use: a fully cached run starts none
             established = runner.map(establish, [(recipe, pool, t) for t in tasks], "establish checks",

@@ -46,6 +46,9 @@ class WebConfig(Section):
     """Browser actions per episode before it ends as `step_limit`."""
     max_pages: int = Field(200, ge=1)
     """Pages fetched per crawled tutorial site."""
+    spec_parser: Literal["rule", "model"] = "rule"
+    """How tutorials become task specs: `rule` (model-free) or `model` (the recipe's served model, under a JSON
+    schema; the rule parser writes the spec wherever the model's answer is unusable). Each task records which."""
     policies: list[Literal["replay", "model"]] = Field(default_factory=lambda: ["replay"], min_length=1)
     """Who acts in the browser: `replay` (tutorial-guided, model-free) and/or `model` (the served model)."""
     judge: bool = False
@@ -73,7 +76,7 @@ class WebConfig(Section):
     _unique = field_validator("policies")(staticmethod(unique_policies))
 
     def uses_model(self) -> bool:
-        return "model" in self.policies or self.judge
+        return "model" in self.policies or self.judge or self.spec_parser == "model"
 
     def digest(self) -> str:
         """Hash of everything that changes the data (not how many browsers run)."""

@@ -3,6 +3,8 @@
     with tutorial_sources(["builtin:docs"]) as uris:
         tutorials, quarantine = harvest(uris)
     tasks, bad = tasks_from_tutorials(tutorials, seed=0, infeasible_share=0.25)
+    # or with a served model writing the specs (the rule parser where its answer is unusable):
+    tasks, bad = tasks_from_tutorials(tutorials, specs=model_specs(tutorials, endpoint.client))
     with BrowserPool(2) as pool:
         checked = establish_checks(tasks[0], pool)          # WebTask with checks + gold, or Quarantine
 
@@ -11,22 +13,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from trajfactory.agents.replay import NAME as REPLAY_NAME, ReplayPolicy
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import APPS, launch
-from trajfactory.schema import Quarantine, Tutorial, WebTask, content_hash, quarantined
+from trajfactory.schema import Quarantine, Tutorial, WebTask, WebTaskSpec, content_hash, quarantined
 from trajfactory.settings import BUILTIN_DOCS
 from trajfactory.sources.docsite import serve_docs
 from trajfactory.sources.tutorials import CrawlConfig, HarvestConfig, harvest_tutorials
-from trajfactory.synthesizers.web.spec import make_infeasible, make_web_task, parse_tutorial
+from trajfactory.synthesizers.web.spec import make_infeasible, make_web_task, parse_tutorial, parse_tutorial_with_model
 from trajfactory.verifiers import state as state_verifier
 
-__all__ = ["POLICY", "STAGE_VERSION", "establish_checks", "harvest", "tasks_from_tutorials", "tutorial_sources"]
+__all__ = ["POLICY", "STAGE_VERSION", "establish_checks", "harvest", "model_specs", "tasks_from_tutorials",
+           "tutorial_sources"]
 
 STAGE_VERSION = "4"
 """Bump when establish/rollout logic changes: it is part of the flow's cache keys."""
@@ -70,19 +74,45 @@ def harvest_config(max_pages: int) -> HarvestConfig:
 # ---------------------------------------------------------------- synthesis
 
 
+def model_specs(tutorials: Iterable[Tutorial], client_factory: Callable) -> dict[str, tuple[WebTaskSpec | None, str]]:
+    """tutorial_id -> (spec, parser) of every page classified as a tutorial, written by a served model
+    (`parse_tutorial_with_model`): parser `model`, or `rule-fallback: ...` where the answer was unusable and the
+    rule parser wrote the spec. A spec of None: neither found a step (the reason is the parser string).
+    `client_factory()` makes the model client (one per event loop)."""
+    todo = [t for t in tutorials if t.is_tutorial]
+
+    async def one(client, tut: Tutorial) -> tuple[WebTaskSpec | None, str]:
+        try:
+            return await parse_tutorial_with_model(tut, client)
+        except ValueError as exc:  # the rule fallback found no step either
+            return None, f"no steps: {exc}"
+
+    async def go():
+        async with client_factory() as client:
+            return await asyncio.gather(*(one(client, t) for t in todo))
+
+    return dict(zip((t.tutorial_id for t in todo), asyncio.run(go()) if todo else []))
+
+
 def tasks_from_tutorials(tutorials: Iterable[Tutorial], seed: int = 0, infeasible_share: float = 0.25,
                          max_tasks_per_site: int | None = None,
-                         site_labels: dict[str, dict[str, str]] | None = None) -> tuple[list[WebTask], list[Quarantine]]:
+                         site_labels: dict[str, dict[str, str]] | None = None,
+                         specs: dict[str, tuple[WebTaskSpec | None, str]] | None = None,
+                         ) -> tuple[list[WebTask], list[Quarantine]]:
     """Feasible web tasks of the pages classified as tutorials, plus infeasible twins of a seeded share per site.
 
     Pages the classifier calls non-tutorials are not tasks (they count as pages in the yields). A tutorial
-    with no steps, no target site or a site that is not a bundled app is quarantined with its reason.
+    with no steps, no target site or a site that is not a bundled app is quarantined with its reason. Specs come
+    from `specs` (tutorial_id -> (spec, parser), e.g. `model_specs`) where given, else from the rule parser; each
+    task's provenance names the parser (`params["parser"]`).
     """
     per_site: dict[str, list[WebTask]] = defaultdict(list)
     quarantine: list[Quarantine] = []
     for tut in sorted((t for t in tutorials if t.is_tutorial), key=lambda t: t.uri):
         try:
-            spec = parse_tutorial(tut)
+            spec, parser = (specs or {}).get(tut.tutorial_id) or (parse_tutorial(tut), "rule")
+            if spec is None:
+                raise ValueError(parser)
         except ValueError as exc:
             quarantine.append(_quarantine(tut.tutorial_id, "tutorial", "synthesize", "no_steps", f"{tut.uri}: {exc}", tut.uri))
             continue
@@ -96,7 +126,7 @@ def tasks_from_tutorials(tutorials: Iterable[Tutorial], seed: int = 0, infeasibl
                                           f"{tut.uri}: site {spec.target_site!r} is not a bundled app ({sorted(APPS)})",
                                           tut.uri))
             continue
-        task = make_web_task(spec, tut, seed=seed)
+        task = make_web_task(spec, tut, seed=seed, parser=parser)
         if all(t.task_id != task.task_id for t in per_site[spec.target_site]):  # two pages, one spec: one task
             per_site[spec.target_site].append(task)
     tasks: list[WebTask] = []
