@@ -14,6 +14,8 @@ Requests to anything but loopback hosts are aborted: episodes see only their loc
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,11 @@ from pydantic import BaseModel, Field
 from trajfactory.executors.browser_actions import (  # noqa: F401 - re-exported
     ACTIONS, ActionError, action_space, parse_action,
 )
+from trajfactory.executors.axtree import render_axtree
+from trajfactory.executors.base import InfrastructureError
 from trajfactory.schema import Step, utcnow
+
+log = logging.getLogger(__name__)
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -43,12 +49,6 @@ MARK_JS = """() => {
   }
   window.__tfNext = next;
 }"""
-# roles whose line adds nothing: their children are shown one level up
-SKIP_ROLES = {"generic", "none", "presentation", "LabelText", "InlineTextBox", "LineBreak", "ListMarker", "MenuListPopup"}
-SHOWN_PROPERTIES = ["focused", "checked", "selected", "expanded", "disabled", "required", "invalid", "readonly", "modal"]
-VALUE_ROLES = {"textbox", "searchbox", "combobox", "spinbutton", "slider"}
-
-
 
 
 class BrowserConfig(BaseModel):
@@ -106,47 +106,6 @@ class StepRecord:
                     started_at=self.started_at, duration_s=self.action_s + self.observe_s)
 
 
-def render_axtree(nodes: list[dict], bids: dict[int, str]) -> str:
-    """BrowserGym-like text of a CDP accessibility tree; `bids` maps backend DOM node id -> data-tf-id."""
-    if not nodes:
-        return ""
-    by_id = {n["nodeId"]: n for n in nodes}
-    lines: list[str] = []
-
-    def visit(node: dict, depth: int, parent_name: str) -> None:
-        role = node.get("role", {}).get("value", "")
-        name = str(node.get("name", {}).get("value", "")).strip()
-        children = [by_id[c] for c in node.get("childIds", []) if c in by_id]
-        if role in ("InlineTextBox", "ListMarker"):
-            return
-        shown = not node.get("ignored") and not (role in SKIP_ROLES and not name) and role != "LabelText"
-        if role == "StaticText" and (not name or name == parent_name or parent_name == "\0value"):
-            shown = False
-        if shown:
-            bid = bids.get(node.get("backendDOMNodeId", -1))
-            line = ("\t" * depth) + (f"[{bid}] " if bid and role != "StaticText" else "") + f"{role} {name!r}"
-            props = []
-            value = node.get("value", {}).get("value")
-            if role in VALUE_ROLES and value not in (None, ""):
-                props.append(f"value={str(value)!r}")
-            for p in node.get("properties", []):
-                v = p.get("value", {}).get("value")
-                if p["name"] in SHOWN_PROPERTIES and v not in (False, "false", None, ""):
-                    props.append(p["name"] if v is True or v == "true" else f"{p['name']}={v!r}")
-                elif p["name"] == "level" and role == "heading":
-                    props.append(f"level={v}")
-            lines.append(line + (", " + ", ".join(props) if props else ""))
-        for child in children:
-            # the text inside an input repeats its value: "\0value" tells its StaticText child to hide
-            visit(child, depth + 1 if shown else depth,
-                  "\0value" if role in VALUE_ROLES else name if shown else parent_name)
-
-    roots = [n for n in nodes if "parentId" not in n] or nodes[:1]
-    for root in roots:
-        visit(root, 0, "")
-    return "\n".join(lines)
-
-
 class BrowserEpisode:
     """One episode: its own browser context (cookies, storage) and page; made by `Browser.new_episode`."""
 
@@ -183,7 +142,8 @@ class BrowserEpisode:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.browser.call(self._context.close)
+            with contextlib.suppress(InfrastructureError):  # a dead Chromium took the context with it
+                self.browser.call(self._context.close)
 
     def __enter__(self) -> "BrowserEpisode":
         return self
@@ -316,9 +276,37 @@ class Browser:
             raise
 
     def call(self, fn: Callable, *args, **kwargs) -> Any:
+        """`fn` on the browser's thread. A failure because Chromium is gone (crashed, killed) is an
+        `InfrastructureError`, which callers retry; `new_episode` relaunches a dead Chromium."""
         if threading.current_thread() is self._thread:
             return fn(*args, **kwargs)
-        return self._worker.submit(fn, *args, **kwargs).result()
+        try:
+            return self._worker.submit(fn, *args, **kwargs).result()
+        except Exception as exc:
+            if isinstance(exc, InfrastructureError) or self.connected():
+                raise
+            raise InfrastructureError(f"Chromium is gone ({type(exc).__name__}: {str(exc)[:300]}); the next "
+                                      "episode relaunches it") from exc
+
+    def connected(self) -> bool:
+        """Whether Chromium still answers (known for sure only after a call that needed it)."""
+        try:
+            return bool(self._worker.submit(lambda: self._chromium is not None and self._chromium.is_connected())
+                        .result(timeout=30))
+        except Exception:
+            return False
+
+    def relaunch(self) -> None:
+        """A new Chromium in place of a dead one (its Playwright driver too)."""
+
+        def restart() -> None:
+            for stop in (getattr(self._chromium, "close", None), getattr(self._pw, "stop", None)):
+                with contextlib.suppress(Exception):
+                    stop and stop()
+            self._chromium = self._pw = None
+            self._start()
+
+        self._worker.submit(restart).result()
 
     def _start(self) -> None:
         from playwright.sync_api import sync_playwright
@@ -348,13 +336,19 @@ class Browser:
                 episode._page.goto(start_url, timeout=self.config.navigation_timeout_ms)
             return episode
 
-        return self.call(make)
+        try:
+            return self.call(make)
+        except InfrastructureError as exc:  # died between episodes: nothing of this one was lost
+            log.warning("%s; relaunching Chromium", exc)
+            self.relaunch()
+            return self.call(make)
 
     def close(self) -> None:
         if self._chromium is not None:
             def stop() -> None:
-                self._chromium.close()
-                self._pw.stop()
+                for done in (self._chromium.close, self._pw.stop):
+                    with contextlib.suppress(Exception):  # a dead Chromium cannot be closed, only forgotten
+                        done()
 
             self.call(stop)
             self._chromium = None

@@ -195,9 +195,10 @@ STEPS: dict[Callable, Any] = {
     swe.judge: step_task(swe.judge, "judge", key=_judge),
     web.harvest_tutorials: step_task(web.harvest_tutorials, "web-harvest"),
     web.synthesize_tasks: step_task(web.synthesize_tasks, "web-synthesize"),
-    web.establish: step_task(web.establish, "establish", key=_web_establish, half="web"),
-    web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web"),
-    web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web"),
+    # retried when Chromium or the engine under them failed (a crashed browser is relaunched for the retry)
+    web.establish: step_task(web.establish, "establish", key=_web_establish, half="web", retry=True),
+    web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web", retry=True),
+    web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web", retry=True),
     web.judge: step_task(web.judge, "judge", key=_web_judge, half="web"),
     # The closed loop's cache is each step's output directory, named by the key of what it depends on
     # (`pipelines/closed_loop.py`): a finished one is reused, a killed training run resumes from its checkpoint.
