@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trajfactory.datasets.normalize import row_digest
 from trajfactory.schema import TABLE_SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -47,18 +48,16 @@ _VERSION_RE = re.compile(r"^v(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# Wall-clock columns, dropped at any nesting depth (including inside the JSON-encoded columns
-# below) before hashing, so two runs that produced the same data have the same content digest.
-WALL_CLOCK_COLUMNS = frozenset({"created_at", "fetched_at", "started_at", "duration_s"})
-# String columns that hold JSON objects; decoded so wall-clock keys inside them are dropped too.
-JSON_COLUMNS = {"tasks": ("validation", "provenance")}
-# Row ids: rows of these tables are hashed in id order, so row order does not change the digest.
+# Row ids: rows of these tables are compared as a set (their digests sorted), so row order does not change the digest.
 ID_COLUMNS = {
     "tasks": "task_id",
+    "web_tasks": "task_id",
     "trajectories": "trajectory_id",
     "verdicts": "verdict_id",
     "quarantine": "item_id",
     "reviews": "review_id",
+    "screenshots": "sha256",
+    "web_verification": "trajectory_id",
 }
 
 
@@ -222,16 +221,25 @@ class DatasetStore:
         return problems
 
     def content_digest(self, version: str | Version) -> str:
-        """sha256 of the tables' content, blind to wall-clock columns and to the order of rows.
+        """sha256 of the tables' content: equal for two runs that made the same data, and blind only to
+        what differs between such runs (the rules are in `trajfactory/datasets/normalize.py`):
 
-        Excluded at any depth: created_at, fetched_at, started_at, duration_s (see
-        WALL_CLOCK_COLUMNS), also inside the JSON-encoded columns tasks.validation and
-        tasks.provenance. Rows of tables with an id column (ID_COLUMNS) are compared as a set.
+        - wall-clock fields (created_at, fetched_at, started_at, duration_s) at any depth, also inside the
+          JSON-encoded columns tasks.validation, tasks.provenance and web_tasks.provenance: dropped;
+        - in observation text (steps' observation and error, the content of user and tool messages, exit_status,
+          the detail/refused/uri texts of validations, verdict evidence and quarantine rows): test-run timings
+          (`in 0.15s`, `0.12s call`), object addresses (`0x7f...`), mock ids, pytest and tempfile temp dir
+          names, pids and loopback ports are replaced by placeholders;
+        - the order of rows of tables with an id column (ID_COLUMNS): rows are compared as a set.
+
+        The stored rows keep the real text; only the digest is computed over this normalized form. The manifest
+        (lineage, run ids) and the card are not part of the digest. Everything else is: a different patch, test
+        id, instruction, action or observation word gives a different digest.
         """
         digest = hashlib.sha256()
         for table, files in sorted(self.data_files(version).items()):
             row_digests = [
-                _row_digest(table, row)
+                row_digest(table, row)
                 for path in files
                 for batch in pq.ParquetFile(path).iter_batches()
                 for row in batch.to_pylist()
@@ -354,27 +362,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _row_digest(table: str, row: dict[str, Any]) -> str:
-    json_columns = JSON_COLUMNS.get(table, ())
-    row = {k: _decode_json(v) if k in json_columns else v for k, v in row.items()}
-    blob = json.dumps(_strip_wall_clock(row), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _decode_json(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _strip_wall_clock(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_wall_clock(v) for k, v in value.items() if k not in WALL_CLOCK_COLUMNS}
-    if isinstance(value, list):
-        return [_strip_wall_clock(v) for v in value]
-    return value
