@@ -142,3 +142,16 @@ def test_digest_form_normalizes_only_observation_text():
     assert form["final_patch"] == row["final_patch"] and form["messages"][1] == row["messages"][1]
     task = digest_form("tasks", tables(1)["tasks"][0])
     assert task["validation"]["detail"] == "1 failed, 1 passed in <T>s" and "duration_s" not in task["validation"]
+
+
+def test_digest_form_drops_clock_measurements_and_port_hashes():
+    row = tables(1)["trajectories"][0]
+    row["usage"] = {"prompt_tokens": 120, "completion_tokens": 30, "model_calls": 1, "cost_usd": 0.0123}
+    assert digest_form("trajectories", row)["usage"] == {"prompt_tokens": 120, "completion_tokens": 30,
+                                                         "model_calls": 1}
+    # a tutorial of the bundled docs site: its URL holds the docs server's port, its id is a hash of that URL
+    web = [{"task_id": "w1",
+            "provenance": json.dumps({"tutorial_id": tid, "tutorial_uri": f"http://127.0.0.1:{port}/a"})}
+           for tid, port in (("5a77a3757ccd7a05", 43217), ("4e400d3c56902ba3", 40927))]
+    assert digest_form("web_tasks", web[0]) == digest_form("web_tasks", web[1]) == {
+        "task_id": "w1", "provenance": {"tutorial_uri": "http://127.0.0.1:<PORT>/a"}}

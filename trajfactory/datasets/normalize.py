@@ -3,13 +3,16 @@ made the same data have the same digest.
 
 Two such runs never write the same bytes. What differs from run to run, and what the digest form does about it:
 
-- wall-clock fields (`created_at`, `fetched_at`, `started_at`, `duration_s`, WALL_CLOCK_KEYS) at any depth, also
-  inside the JSON-encoded columns of JSON_COLUMNS: dropped;
+- wall-clock fields (`created_at`, `fetched_at`, `started_at`, `duration_s`) and what is measured with a clock
+  (`latency_s`; `cost_usd`, which a GPU-hour price turns into latency times price; the token counts stay), at any
+  depth, also inside the JSON-encoded columns of JSON_COLUMNS: dropped (WALL_CLOCK_KEYS);
 - the noise in *observation text*, what a sandbox, a site or a test run printed: replaced by placeholders
   (`normalize_text`, RULES): test-run timings (`in 0.15s`, `0.12s call`, `(0:01:05)`), object addresses
   (`at 0x7f...`, any hex number of 8+ digits), mock ids (`id='1403...'`), the temp dirs of pytest
   (`pytest-of-root/pytest-3`) and of `tempfile` (`/tmp/tmpk2j9_x1a`), pids (`pid 4711`) and loopback ports
-  (`127.0.0.1:43217`, a site or model server's free port).
+  (`127.0.0.1:43217`, a site or model server's free port);
+- `tutorial_id`, a hash of the tutorial's URL, which for the bundled docs site holds the docs server's throwaway
+  port: dropped (PORT_HASH_KEYS); the URL itself stays, as `tutorial_uri`, with the port replaced.
 
 Observation text is the value of OBSERVATION_KEYS at any depth (a step's `observation` and `error`, an
 `exit_status`, the `detail`, `refused` and `uri` texts of validations, verdict evidence and quarantine rows, a
@@ -18,11 +21,9 @@ Patches, test ids, instructions in their own columns, the agent's own messages a
 never normalized: a change there is a change of content, and changes the digest.
 
 Why only the digest: the stored rows keep the real text. An observation is training data, what the agent saw, and
-a model trained on it should see real pytest output, not `in <T>s`. No SWE record id hashes observation text (task
+a model trained on it should see real pytest output, not `in <T>s`. No other record id hashes observation text (task
 ids hash the repository, commit and patch; trajectory ids the task, the policy and the sample, plus the agent's
-actions for web; verdict ids the verifier, task and trajectory), so those ids need none of this. One known web
-exception: a tutorial harvested from the bundled docs site is named by its URL, loopback port included, so its
-`tutorial_id` (in web_tasks.provenance) differs between runs until the harvest names it without the port.
+actions for web; verdict ids the verifier, task and trajectory), so no other id needs any of this.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import json
 import re
 from typing import Any
 
-WALL_CLOCK_KEYS = frozenset({"created_at", "fetched_at", "started_at", "duration_s"})
-"""Wall-clock fields, dropped at any depth."""
+WALL_CLOCK_KEYS = frozenset({"created_at", "fetched_at", "started_at", "duration_s", "latency_s", "cost_usd"})
+"""Wall-clock fields and clock measurements, dropped at any depth."""
+PORT_HASH_KEYS = frozenset({"tutorial_id"})
+"""Hashes of a string that holds a throwaway loopback port, dropped at any depth."""
 JSON_COLUMNS = {"tasks": ("validation", "provenance"), "web_tasks": ("provenance",)}
 """String columns that hold JSON objects; decoded so that the rules above reach inside them."""
 OBSERVATION_KEYS = frozenset({"observation", "error", "exit_status", "detail", "refused", "uri", "tutorial_uri"})
@@ -84,7 +87,7 @@ def _normalize(value: Any, observed: bool = False) -> Any:
     if isinstance(value, dict):
         told = value.get("role") in OBSERVATION_ROLES
         return {k: _normalize(v, observed or k in OBSERVATION_KEYS or (told and k == "content"))
-                for k, v in value.items() if k not in WALL_CLOCK_KEYS}
+                for k, v in value.items() if k not in WALL_CLOCK_KEYS and k not in PORT_HASH_KEYS}
     if isinstance(value, list):
         return [_normalize(v, observed) for v in value]
     if observed and isinstance(value, str):

@@ -224,8 +224,10 @@ class DatasetStore:
         """sha256 of the tables' content: equal for two runs that made the same data, and blind only to
         what differs between such runs (the rules are in `trajfactory/datasets/normalize.py`):
 
-        - wall-clock fields (created_at, fetched_at, started_at, duration_s) at any depth, also inside the
-          JSON-encoded columns tasks.validation, tasks.provenance and web_tasks.provenance: dropped;
+        - wall-clock fields (created_at, fetched_at, started_at, duration_s) and clock measurements (latency_s,
+          cost_usd; token counts stay) at any depth, also inside the JSON-encoded columns tasks.validation,
+          tasks.provenance and web_tasks.provenance: dropped; so is tutorial_id, a hash of a URL that holds the
+          bundled docs server's throwaway port (the URL stays, port replaced);
         - in observation text (steps' observation and error, the content of user and tool messages, exit_status,
           the detail/refused/uri texts of validations, verdict evidence and quarantine rows): test-run timings
           (`in 0.15s`, `0.12s call`), object addresses (`0x7f...`), mock ids, pytest and tempfile temp dir
