@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT
 from trajfactory.executors.docker import LABEL, RUN_LABEL
 from trajfactory.executors.images import BASE_IMAGE
-from trajfactory.executors.runs import recorded_runs
+from trajfactory.executors.runs import hold_work_dir, recorded_runs
 
 pytestmark = [pytest.mark.docker]
 
@@ -73,6 +73,30 @@ def test_cleanup_by_run_removes_exactly_that_runs_containers(docker_backend, tmp
         assert f"removed 2 containers of run {mine}" in out.stdout
         assert _containers(client, mine) == []
         assert len(_containers(client, theirs)) == 1
+    finally:
+        _remove(client, mine, theirs)
+
+
+def test_cleanup_by_work_dir_removes_its_runs_containers_and_waits_for_a_live_run(docker_backend, tmp_path):
+    client = docker_backend.client
+    work, theirs = tmp_path / "work", f"test-theirs-{secrets.token_hex(4)}"
+    with hold_work_dir(work) as run:  # this test process is the work dir's live run
+        mine = run.run_id
+        _start_foreign(client, mine)
+        _start_foreign(client, theirs)
+        try:
+            busy = _cli(tmp_path, "sandbox", "cleanup", "--work-dir", str(work))
+            assert busy.returncode == 1 and f"is in use by run {mine} (pid {os.getpid()}" in busy.stderr, busy.stderr
+            assert len(_containers(client, mine)) == 1
+        except BaseException:
+            _remove(client, mine, theirs)
+            raise
+    try:
+        out = _cli(tmp_path, "sandbox", "cleanup", "--work-dir", str(work))
+        assert out.returncode == 0 and "removed 1 containers of the runs of" in out.stdout, out.stdout + out.stderr
+        assert _containers(client, mine) == [] and len(_containers(client, theirs)) == 1
+        missing = _cli(tmp_path, "sandbox", "cleanup", "--work-dir", str(tmp_path / "nowhere"))
+        assert missing.returncode == 1 and "no factory run used it" in missing.stderr, missing.stderr
     finally:
         _remove(client, mine, theirs)
 

@@ -262,19 +262,35 @@ def base_image() -> None:
 CLEANUP_HELP = (
     "Remove sandbox containers that trajfactory started and that were left behind (a killed run leaves its "
     "containers running).\n\n"
-    "With --run ID: only the containers of that run. Without --run: EVERY container trajfactory started, those of "
-    "runs still going included, so use it only when no run is going.\n\n"
+    "With --run ID: only the containers of that run. With --work-dir DIR: those of every run recorded in that "
+    "work dir (the recipe's `work_dir`), refused while a run holds it. With neither: EVERY container trajfactory "
+    "started, those of runs still going included, so use it only when no run is going.\n\n"
     "A run also removes, as it starts, the containers that earlier runs of its work dir left behind.")
 
 
-@sandbox_app.command("cleanup", help=CLEANUP_HELP)
-def cleanup(run_id: Optional[str] = typer.Option(
-        None, "--run", metavar="ID",
-        help="Remove only the containers of this factory run: its ID is printed at the start of the run "
-             "(`run ID: ...`) and recorded in WORK_DIR/runs.jsonl.")) -> None:
-    from trajfactory.executors.docker import cleanup_leftover_containers
-    from trajfactory.executors.runs import RUN_LABEL
+RUN_OPT = typer.Option(None, "--run", metavar="ID", show_default=False,
+                       help="Remove only the containers of this factory run: its ID is printed at the start of the "
+                       "run (`run ID: ...`) and recorded in WORK_DIR/runs.jsonl.")
+WORK_DIR_OPT = typer.Option(None, "--work-dir", metavar="DIR", show_default=False,
+                            help="Remove the containers of every run recorded in this work dir (a recipe's "
+                            "`work_dir`).")
 
+
+@sandbox_app.command("cleanup", help=CLEANUP_HELP)
+def cleanup(run_id: Optional[str] = RUN_OPT, work_dir: Optional[Path] = WORK_DIR_OPT) -> None:
+    from trajfactory.executors.docker import cleanup_leftover_containers
+    from trajfactory.executors.runs import RUN_LABEL, WorkDirBusy, cleanup_work_dir
+
+    if run_id and work_dir:
+        console.print("[red]give --run or --work-dir, not both[/red]")
+        raise typer.Exit(2)
+    if work_dir:
+        try:
+            typer.echo(f"removed {cleanup_work_dir(work_dir)} containers of the runs of {work_dir}")
+        except (WorkDirBusy, FileNotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
     removed = cleanup_leftover_containers({RUN_LABEL: run_id} if run_id else None)
     typer.echo(f"removed {removed} containers" + (f" of run {run_id}" if run_id else ""))
 

@@ -6,7 +6,8 @@ gives the run an ID, appends the run's record (ID, pid, host, start time) to `WO
 every sandbox container the process starts from then on with `trajfactory.run=<ID>`. Holding the lock proves
 that every earlier run of the work dir has ended, so the containers those runs left behind (a killed run leaves
 its `sleep infinity` sandboxes running) are removed; containers of other runs and other work dirs are never
-touched. `trajfactory sandbox cleanup --run ID` removes one run's containers by hand.
+touched. By hand, `trajfactory sandbox cleanup --run ID` removes one run's containers and `--work-dir DIR` those
+of every run recorded in a work dir no run holds (`cleanup_work_dir`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .base import InfrastructureError
 from .docker import RUN_LABEL, cleanup_run_containers, engine_available, set_run_id
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ LOCK_FILE = "run.lock"
 RUNS_FILE = "runs.jsonl"
 """In the work dir: one record per run that ever held it, oldest first."""
 
-__all__ = ["LOCK_FILE", "RUNS_FILE", "RUN_LABEL", "FactoryRun", "WorkDirBusy", "hold_work_dir", "recorded_runs"]
+__all__ = ["LOCK_FILE", "RUNS_FILE", "RUN_LABEL", "FactoryRun", "WorkDirBusy", "cleanup_work_dir", "hold_work_dir",
+           "recorded_runs"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,21 @@ class WorkDirBusy(RuntimeError):
     def __init__(self, work_dir: Path, holder: dict):
         who = (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
                f"started {holder.get('started', '?')})" if holder else "another run (it has not recorded itself yet)")
+        if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+            who += ", whose process is gone but a process it started still holds the lock"
         super().__init__(f"work dir {work_dir} is in use by {who}; only one run may use a work dir at a time: "
                          "wait for that run to end, stop it, or give this recipe another `work_dir`")
         self.work_dir, self.holder = work_dir, holder
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def recorded_runs(work_dir: str | Path) -> list[dict]:
@@ -74,10 +89,8 @@ def new_run_id() -> str:
 
 
 @contextlib.contextmanager
-def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
-    """Hold `work_dir` for one run (see the module docstring); raises WorkDirBusy when a live run holds it."""
-    work = Path(work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+def _locked(work: Path) -> Iterator:
+    """The work dir's lock file, exclusively locked until the block ends; WorkDirBusy names the run holding it."""
     with open(work / LOCK_FILE, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,6 +101,15 @@ def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
             except json.JSONDecodeError:
                 holder = {}
             raise WorkDirBusy(work, holder) from None
+        yield lock
+
+
+@contextlib.contextmanager
+def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
+    """Hold `work_dir` for one run (see the module docstring); raises WorkDirBusy when a live run holds it."""
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with _locked(work) as lock:
         earlier = {r["run_id"] for r in recorded_runs(work) if r.get("run_id")}
         run = FactoryRun(run_id=new_run_id(), pid=os.getpid(), host=socket.gethostname(),
                          started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), work_dir=str(work))
@@ -110,6 +132,20 @@ def _remove_leftovers(earlier: set[str]) -> None:
     """The containers of the work dir's earlier runs: all ended (we hold the lock), so nothing uses them."""
     if not earlier or not engine_available():  # no engine: the local backend has no containers to leave
         return
-    removed = cleanup_run_containers(earlier)
+    try:
+        removed = cleanup_run_containers(earlier)
+    except InfrastructureError as exc:  # leftovers cost memory, not correctness: the run goes on
+        log.warning("could not remove the sandbox containers of earlier runs of this work dir: %s", exc)
+        return
     if removed:
         log.info("removed %d sandbox containers left behind by earlier runs of this work dir", removed)
+
+
+def cleanup_work_dir(work_dir: str | Path) -> int:
+    """Remove the containers of every run recorded in `work_dir`; WorkDirBusy while a live run holds it."""
+    work = Path(work_dir).resolve()
+    if not (work / RUNS_FILE).exists():
+        raise FileNotFoundError(f"{work} has no {RUNS_FILE}: no factory run used it; give the `work_dir` of the "
+                                "recipe whose runs left the containers")
+    with _locked(work):
+        return cleanup_run_containers({r["run_id"] for r in recorded_runs(work) if r.get("run_id")})
