@@ -170,3 +170,42 @@ def test_get_backend_prefers_docker():
 
 def test_reads_out_of_the_sandbox_are_capped(sandbox):
     reads_are_capped(sandbox)
+
+
+def test_disk_is_capped_and_nothing_else_is_writable(backend, env):
+    with backend.start(env, SandboxConfig(disk="64m", memory="512m", command_timeout_s=60)) as sandbox:
+        for path in ("/repo/big", "/tmp/big", "/root/big", "/var/tmp/big"):
+            result = sandbox.execute(f"dd if=/dev/zero of={path} bs=1M count=200 2>&1; rm -f {path}")
+            assert "No space left on device" in result.output, (path, result.output)
+        for path in ("/big", "/usr/local/big", "/etc/big", "/var/big", "/home/big"):
+            result = sandbox.execute(f"echo x > {path}")
+            assert result.exit_code != 0 and "Read-only file system" in result.output, (path, result.output)
+        # nothing reached the container's layer on the host's disk
+        [listed] = docker.from_env().api.containers(filters={"id": sandbox.container_id}, size=True)
+        size = listed.get("SizeRw", 0)
+        assert size < 2**20, size
+        assert sandbox.execute("python -m pytest -q tests").exit_code == 0  # the project still works inside
+
+
+def test_reset_restores_the_whole_sandbox_not_only_the_checkout(sandbox):
+    container = sandbox.container_id
+    sandbox.execute("mkdir -p /tmp/a /root/.cache /var/tmp/b /run/c && echo x > /tmp/a/f && echo y > /root/.cache/g "
+                    "&& echo z > /dev/shm/h && mkdir /tmp/locked && touch /tmp/locked/f && chmod 000 /tmp/locked "
+                    "&& chmod 777 /root && touch /run/c/pid")
+    sandbox.write_file("/var/tmp/b/api.txt", "from the file API")
+    sandbox.reset()
+    assert sandbox.container_id == container  # restored in place
+    listing = sandbox.execute("ls -A /tmp /var/tmp /root /run /dev/shm | grep -v ':$' | grep -v '^$'")
+    assert listing.output.strip() == ""
+    assert sandbox.execute("stat -c %a /root /tmp").output.split() == ["700", "1777"]
+
+
+def test_reset_replaces_a_sandbox_whose_git_settings_were_changed(sandbox, env):
+    container = sandbox.container_id
+    # a smudge filter would run the sandbox's own program during the reset's checkout
+    sandbox.execute("git config filter.x.smudge 'touch /tmp/pwned; cat' && echo '* filter=x' > .git/info/attributes")
+    sandbox.reset()
+    assert sandbox.container_id != container
+    assert "filter" not in sandbox.execute("cat .git/config").output
+    assert sandbox.execute("test -e /tmp/pwned").exit_code != 0
+    assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit

@@ -28,6 +28,7 @@ import requests
 
 from trajfactory.settings import SandboxConfig
 
+from . import sandbox_fs
 from .base import (
     EnvironmentBuildError,
     EnvironmentHandle,
@@ -115,7 +116,7 @@ def cleanup_leftover_containers(labels: dict[str, str] | None = None, client=Non
         leftovers = client.containers.list(all=True, filters={"label": wanted})
         for container in leftovers:
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: the tmpfs volumes go too
     if leftovers:
         log.info("removed %d leftover sandbox containers", len(leftovers))
     return len(leftovers)
@@ -138,7 +139,7 @@ def cleanup_run_containers(run_ids: set[str], client=None) -> int:
         theirs = [c for c in labelled if c.labels.get(RUN_LABEL) in run_ids]
         for container in theirs:
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: the tmpfs volumes go too
     return len(theirs)
 
 
@@ -253,6 +254,10 @@ def container_cpu_seconds(container_id: str) -> float:
     return 0.0
 
 
+_RESET_FAILURES = {96: "files in its scratch directories could not be removed",
+                   97: "git's own settings in /repo were changed", 99: "processes survived the kill loop"}
+
+
 class DockerSandbox:
     """One warm container holding /repo; `reset()` restores the commit without a new container."""
 
@@ -285,12 +290,15 @@ class DockerSandbox:
                 network_mode="none", mem_limit=lim.memory, memswap_limit=lim.memory,
                 nano_cpus=int(lim.cpus * 1e9), pids_limit=lim.pids, cap_drop=["ALL"],
                 security_opt=["no-new-privileges"], labels=self.labels, working_dir=WORKDIR,
-                environment=SANDBOX_ENV,
+                environment=SANDBOX_ENV, read_only=True, mounts=sandbox_fs.mounts(lim.disk),
             )
+        sandbox_fs.seed_repo(self.client, self.container, self.image, lim.disk)
         self.dirty = False
         # the init's child `sleep` keeps the container alive: reset() must not kill it
         code, out, _, _ = self._exec(["cat", "/proc/1/task/1/children"], 30.0, workdir="/")
         self._keeper_pids = out.split() if code == 0 else []
+        code, out, _, _ = self._exec(["bash", "-c", sandbox_fs.meta_digest_command()], 30.0, workdir="/")
+        self._git_meta = out.strip() if code == 0 else ""
         log.debug("container %s of %s started in %.2fs", self.container.id[:12], self.image, time.monotonic() - t0)
 
     def _exec(self, argv: list[str], deadline_s: float, workdir: str = WORKDIR) -> tuple[int, str, float, bool]:
@@ -376,9 +384,12 @@ class DockerSandbox:
             '[ "${st%% *}" = Z ] && continue; kill -9 "$p" 2>/dev/null && left=1; done; '
             '[ "$left" = 0 ] && break; sleep 0.05; done; [ "$left" = 0 ] || exit 99; '
         )
+        # then the rest of the sandbox: git's own settings as they were (else exit 97: a new container), the scratch
+        # directories emptied (sandbox_fs: nothing else is writable)
+        meta = f'[ "$({sandbox_fs.meta_digest_command()})" = "{self._git_meta}" ] || exit 97; '
         script = (
-            (kill_loop if self._keeper_pids else "") +
-            f"cd {WORKDIR} && g='git -c core.fsmonitor= -c core.hooksPath=/dev/null' && "
+            (kill_loop if self._keeper_pids else "") + meta + sandbox_fs.wipe_command() +
+            f"cd {WORKDIR} && g='git --no-replace-objects -c core.fsmonitor= -c core.hooksPath=/dev/null' && "
             f"$g checkout -q -f --detach {self.commit} && $g reset -q --hard {self.commit} && $g clean -fdqx"
         )
         try:
@@ -386,8 +397,8 @@ class DockerSandbox:
         except InfrastructureError as exc:
             code, output, guard = -1, str(exc), False
         if code != 0 or guard:
-            log.warning("reset of container %s failed (exit %s: %s); replacing it",
-                        self.container_id[:12], code, output[-500:])
+            why = _RESET_FAILURES.get(code, f"exit {code}: {output[-500:]}")
+            log.warning("reset of container %s failed (%s); replacing it", self.container_id[:12], why)
             self._replace()
 
     def _replace(self) -> None:
@@ -449,7 +460,7 @@ class DockerSandbox:
         # what the container used, read before it goes (close() and replacements both come here)
         self.cpu_s += container_cpu_seconds(self.container.id)
         try:
-            self.container.remove(force=True)
+            self.container.remove(force=True, v=True)  # v: its tmpfs volumes go with it
         except docker.errors.NotFound:
             pass
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
