@@ -99,7 +99,7 @@ def test_a_policy_named_twice_is_an_error_naming_the_list(tmp_path, section, fie
 @pytest.mark.parametrize("text, expected", [
     ("repos: [{uri: builtin:textkit}]\nsandbox: {memroy: 2g}\n",
      r"field `sandbox.memroy`: Extra inputs are not permitted \(did you mean `memory`\?\); the keys of sandbox: "
-     r"backend, command_timeout_s, concurrency, cpus, memory, output_limit, pids"),
+     r"backend, command_timeout_s, concurrency, cpus, disk, memory, output_limit, pids"),
     ("reops: [{uri: builtin:textkit}]\nweb: {tutorials: [builtin:docs]}\n",
      r"field `reops`: .*\(did you mean `repos`\?\); the keys of the recipe: .*dataset, judge, model, name, repos"),
     ("repos: [{uri: builtin:textkit, revison: v1}]\n",

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 
 from openai_stub import OpenAIStub, completion, error
-from trajfactory.models.client import ModelClient
+from trajfactory.models.client import ModelClient, ModelError
 from trajfactory.schema import (
     Checks, Entity, Evidence, Final, Gold, Message, Policy, Provenance, Step, SweEnvironment, Task, Trajectory,
     Validation, Verdict,
@@ -362,9 +362,18 @@ def test_judge_falls_back_to_prompt_only_when_response_format_is_refused(stub):
     assert json.loads(v.evidence.detail)["response_format"].startswith("none (server refused json_schema")
 
 
-def test_judge_model_error_abstains(stub):
-    v = _judge(stub(lambda body: (500, "boom")))
+def test_judge_model_error_abstains_but_a_server_failure_is_raised(stub):
+    v = _judge(stub(lambda body: (400, "this model cannot judge")))
     assert not v.passed and judge.is_abstention(v) and "model error" in json.loads(v.evidence.detail)["why"]
+    # the server's failure (after the client's retries) is no verdict to keep: the step fails and is retried
+    with pytest.raises(ModelError) as failed:
+        _judge(stub(lambda body: (500, "boom")))
+    assert failed.value.infrastructure
+
+
+def test_a_server_failure_is_no_statement_to_keep(stub):
+    with pytest.raises(ModelError):
+        _statement(stub(lambda body: (503, "overloaded")))
 
 
 @pytest.mark.vllm

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -67,6 +68,27 @@ def _hold_work_dir(stack: ExitStack, r) -> None:
     typer.echo(f"run ID: {held.run_id} (its sandbox containers carry the label trajfactory.run={held.run_id})")
 
 
+@contextmanager
+def _stops_cleanly(r) -> Iterator[None]:
+    """A run whose ground failed for good (the Docker engine, Chromium, the model server after every retry, a full
+    disk) stops with what failed and how to go on, not a traceback: its finished work is kept in the work dir."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.models.client import ModelError
+
+    try:
+        yield
+    except (InfrastructureError, ModelError, OSError) as exc:
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        if (isinstance(exc, ModelError) and not exc.infrastructure) or (isinstance(exc, OSError) and not full):
+            raise
+        what = (f"no space left on the device of {exc.filename or r.work_dir} ({exc.strerror})" if full else
+                f"the model server failed: {exc}" if isinstance(exc, ModelError) else str(exc))
+        typer.secho(f"run stopped: {what}", fg="red", err=True)
+        typer.echo(f"Finished work is kept in {r.work_dir}: once that is fixed, run the same command again to resume "
+                   "(finished steps are not redone).")
+        raise typer.Exit(1) from None
+
+
 def _print_yields(summary: dict) -> None:
     for name, rows in summary.items():
         if not rows:
@@ -107,6 +129,7 @@ def run(recipe: Optional[Path] = RECIPE_ARG) -> None:
 
     with ExitStack() as stack:
         _hold_work_dir(stack, r)
+        stack.enter_context(_stops_cleanly(r))
         result = factory_flow(r)
         _report_run(r, result)
 
@@ -201,6 +224,7 @@ def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> d
     try:
         with ExitStack() as stack:
             _hold_work_dir(stack, r)
+            stack.enter_context(_stops_cleanly(r))
             return flow(r)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")

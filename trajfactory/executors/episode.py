@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajfactory.executors.base import InfrastructureError
-from trajfactory.executors.protocol import Action, Environment, Policy, PolicyError
+from trajfactory.executors.protocol import INFRA_FAILED, Action, Environment, Policy, PolicyError
 from trajfactory.runtime import run_sync
 from trajfactory.schema import Final, Message, Policy as PolicyInfo, Step, Trajectory, Usage, Verdict, content_hash
 from trajfactory.settings import EpisodeLimits
@@ -191,6 +191,17 @@ async def run_episode(env: Environment, policy: Policy, task: Any, *, sample: in
         return Episode(traj, stats, verdict)
     finally:
         await env.close()
+
+
+def require_server(trajectories: list[Trajectory], what: str) -> None:
+    """Fail the step when the model server failed under any episode (`infra_failed`, after the client's retries): its
+    result is then never cached, the flow retries the step, and a run that still cannot reach the server stops with
+    this message and redoes the step when it is run again, so the dataset is the one an undisturbed run makes."""
+    failed = [t for t in trajectories if t.exit_status == INFRA_FAILED]
+    if failed:
+        said = failed[0].steps[-1].observation if failed[0].steps else ""
+        raise InfrastructureError(f"{what}: the model server failed under {len(failed)} of {len(trajectories)} "
+                                  f"episodes ({said[:300]})")
 
 
 def run_episode_sync(env: Environment, policy: Policy, task: Any, **kwargs: Any) -> Episode:

@@ -23,6 +23,7 @@ from prefect import task
 
 from trajfactory.agents.model import POLICY_VERSION
 from trajfactory.executors.base import InfrastructureError
+from trajfactory.models.client import ModelError
 from trajfactory.models.service import ModelEndpoint
 from trajfactory.pipelines import closed_loop, swe, web
 from trajfactory.schema import content_hash
@@ -45,9 +46,10 @@ def journal(work_dir: str | Path, stage: str, key: str) -> None:
 
 
 def infrastructure_only(task, task_run, state) -> bool:
-    """Retry a task only when the engine under it failed, never for a bad item."""
+    """Retry a task only when what is under it failed (the engine, the browser, the model server after the client's
+    own retries), never for a bad item."""
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, InfrastructureError)
+    return isinstance(exc, InfrastructureError) or (isinstance(exc, ModelError) and exc.infrastructure)
 
 
 def work_dir(recipe: Recipe, half: str) -> Path:
@@ -170,7 +172,7 @@ STEPS: dict[Callable, Any] = {
         swe.procedural_candidates, "synthesize",
         key=lambda p: ("synthesize", p["source"].name, p["source"].commit,
                        p["recipe"].synthesis.model_dump(exclude={"lm_rewrite", "statements"}))),
-    swe.lm_candidates: step_task(swe.lm_candidates, "lm-rewrite", key=_lm_rewrite),
+    swe.lm_candidates: step_task(swe.lm_candidates, "lm-rewrite", key=_lm_rewrite, retry=True),
     swe.combined_candidates: step_task(
         swe.combined_candidates, "combine",
         key=lambda p: ("combine", p["source"].name, p["source"].commit, p["recipe"].synthesis.combine.model_dump(),
@@ -188,18 +190,18 @@ STEPS: dict[Callable, Any] = {
                               key=lambda p: ("gold", p["task"].task_id, test_verifier.VERSION)),
     swe.write_statement: step_task(swe.write_statement, "statement", key=_statement, retry=True),
     swe.oracle_rollout: step_task(swe.oracle_rollout, "rollout", key=_rollout, retry=True),
-    swe.model_rollouts: step_task(swe.model_rollouts, "model-rollout", key=_model_rollout),
+    swe.model_rollouts: step_task(swe.model_rollouts, "model-rollout", key=_model_rollout, retry=True),
     swe.verify: step_task(swe.verify, "verify", retry=True,
                           key=lambda p: ("verify", p["trajectory"].trajectory_id, p["task"].task_id,
                                          test_verifier.VERSION)),
-    swe.judge: step_task(swe.judge, "judge", key=_judge),
+    swe.judge: step_task(swe.judge, "judge", key=_judge, retry=True),
     web.harvest_tutorials: step_task(web.harvest_tutorials, "web-harvest"),
     web.synthesize_tasks: step_task(web.synthesize_tasks, "web-synthesize"),
     # retried when Chromium or the engine under them failed (a crashed browser is relaunched for the retry)
     web.establish: step_task(web.establish, "establish", key=_web_establish, half="web", retry=True),
     web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web", retry=True),
     web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web", retry=True),
-    web.judge: step_task(web.judge, "judge", key=_web_judge, half="web"),
+    web.judge: step_task(web.judge, "judge", key=_web_judge, half="web", retry=True),
     # The closed loop's cache is each step's output directory, named by the key of what it depends on
     # (`pipelines/closed_loop.py`): a finished one is reused, a killed training run resumes from its checkpoint.
     closed_loop.sft_step: step_task(closed_loop.sft_step, "train-sft"),

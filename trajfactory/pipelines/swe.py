@@ -31,7 +31,7 @@ from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
-from trajfactory.executors.episode import run_episodes
+from trajfactory.executors.episode import require_server, run_episodes
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
 from trajfactory.models.service import ModelEndpoint, model_session
@@ -151,7 +151,9 @@ def model_rollouts(recipe: Recipe, endpoint: ModelEndpoint, environments: dict[s
                     limits=EpisodeLimits(max_steps=recipe.rollout.max_steps))
 
         episodes, _ = run_sync(go())
-    return [e.trajectory for e in episodes], ModelUsage.of_client("rollout", client)
+    trajectories = [e.trajectory for e in episodes]
+    require_server(trajectories, f"model rollouts of {len(tasks)} tasks")
+    return trajectories, ModelUsage.of_client("rollout", client)
 
 
 def verify(recipe: Recipe, env: EnvironmentHandle, task: Task, trajectory: Trajectory) -> Verdict:

@@ -25,7 +25,7 @@ from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import web_yields
 from trajfactory.executors.browser import BrowserPool
-from trajfactory.executors.episode import run_episode
+from trajfactory.executors.episode import require_server, run_episode
 from trajfactory.executors.web_env import ScreenshotStore, WebEnvironment, final_screenshot, run_web_episode
 from trajfactory.executors.webapps import APPS
 from trajfactory.models.service import ModelEndpoint, model_session
@@ -85,6 +85,7 @@ def model_rollout(recipe: Recipe, endpoint: ModelEndpoint, pool: BrowserPool, st
                                      limits=EpisodeLimits(max_steps=w.max_steps), evaluate=True)
 
     episode = run_sync(go())
+    require_server([episode.trajectory], f"model rollout of web task {task.task_id}")
     return episode.trajectory, episode.verdict
 
 

@@ -229,6 +229,8 @@ async def judge_trajectory(
         answer = result.message.content
         passed, confidence, rationale = parse_verdict(answer)
     except (ModelError, Abstain) as exc:
+        if isinstance(exc, ModelError) and exc.infrastructure:  # no verdict to record: the step is retried
+            raise
         why = f"model error: {exc}" if isinstance(exc, ModelError) else str(exc)
         detail = {"status": "abstain", "why": why[:500], "raw_head": (answer or "")[:raw_head_chars], **info}
         return _verdict(task, trajectory, client.model, False, 0.0, detail, time.monotonic() - started)

@@ -253,6 +253,8 @@ async def rewrite_entity(
             raise Rejected("not_text", bad)
         new_source = splice(target, reply)
     except ModelError as exc:
+        if exc.infrastructure:  # the server's failure, not the model's answer: the step is retried, never cached
+            raise
         return quarantined(STAGE, "candidate", item, "model_error",
                            f"{target.entity.name}: the rewrite request failed: {exc}", repo)
     except Rejected as exc:

@@ -162,6 +162,8 @@ async def write_statement(
     try:
         result = await client.chat(messages, **{**DEFAULT_SAMPLING, **(sampling or {})})
     except ModelError as exc:
+        if exc.infrastructure:  # the server's failure, not the model's answer: the step is retried, never cached
+            raise
         return fallback("model_error", str(exc)[:300])
     text = (result.message.content or "").strip()
     if len(text) < MIN_STATEMENT_CHARS:
