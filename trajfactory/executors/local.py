@@ -45,7 +45,7 @@ from .base import (
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
 from .pytest_options import pytest_addopts
-from .sandbox_fs import GIT_META
+from .local_limits import Cgroup, git_meta, remove_tree, size_bytes
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
@@ -58,7 +58,6 @@ GUARD_S = 15.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the repository is importable without installing it (its build backend may be unavailable offline)
 PTH_LINE = 'import os, sys; p = os.environ.get("TRAJFACTORY_REPO"); p and p not in sys.path and sys.path.append(p)\n'
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _probe(argv: list[str]) -> bool:
@@ -83,80 +82,6 @@ ISOLATION_TEXT = {
     "bwrap": "bubblewrap: host filesystem read-only, own /tmp and /run, no network, own pid/ipc/uts namespaces",
     "unshare-net": "unshare --net: no network, own pid namespace; host filesystem WRITABLE",
 }
-
-
-def _bytes(size: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", size.strip().lower())
-    if not m:
-        raise SandboxError(f"memory limit {size!r} is not a size; use e.g. '2g' or '512m'")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree that also takes what a command locked (a mode-000 directory it made)."""
-    if not path.exists():
-        return
-    for root, dirs, _ in os.walk(path):
-        for d in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _git_meta(repo: Path) -> str:
-    """One digest of git's own settings in a checkout (sandbox_fs.GIT_META): what the reset's git would obey."""
-    digest = hashlib.sha256()
-    for name in GIT_META.split():
-        base = repo / name
-        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base] if base.is_file() else []
-        for f in files:
-            digest.update(str(f.relative_to(repo)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-class _Cgroup:
-    """A pids + memory + cpu cgroup (v1 or v2) for one sandbox; `paths` is empty when the host refuses one."""
-
-    def __init__(self, name: str, limits: SandboxConfig):
-        self.paths: list[Path] = []
-        v2 = (CGROUP_ROOT / "cgroup.controllers").exists()
-        quota = int(limits.cpus * 100_000)
-        wanted = {"pids": ("pids.max", str(limits.pids)),
-                  "memory": ("memory.max" if v2 else "memory.limit_in_bytes", str(_bytes(limits.memory))),
-                  "cpu": ("cpu.max", f"{quota} 100000") if v2 else ("cpu.cfs_quota_us", str(quota))}
-        self.limited: set[str] = set()
-        """The controllers whose limit is in force."""
-        for controller, (knob, value) in wanted.items():
-            path = CGROUP_ROOT / ("" if v2 else controller) / "trajfactory" / name
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-                if v2:  # a v2 child only has the knobs its parents delegate
-                    for parent in (CGROUP_ROOT, path.parent):
-                        (parent / "cgroup.subtree_control").write_text(f"+{controller}")
-                (path / knob).write_text(value)
-                self.limited.add(controller)
-            except OSError as exc:
-                log.debug("no %s cgroup for the local sandbox: %s", controller, exc)
-            if path.is_dir() and path not in self.paths:
-                self.paths.append(path)
-
-    def wrapper(self) -> list[str]:
-        """argv prefix that moves the command into the cgroup before it starts."""
-        if not self.paths:
-            return []
-        joins = "; ".join(f"echo $$ > {p}/cgroup.procs" for p in self.paths)
-        return ["sh", "-c", f'{joins}; exec "$@"', "sh"]
-
-    def remove(self) -> None:
-        for path in self.paths:
-            for _ in range(20):  # the kernel frees a cgroup a moment after its last process exits
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
 
 
 class LocalBackend:
@@ -258,7 +183,7 @@ class LocalSandbox:
         """A command ran away (timed out): the next reset() copies the checkout afresh."""
         self.closed = False
         meta = json.loads((env_dir / "env.json").read_text())
-        self.cgroup = _Cgroup(self.scratch.name, limits)
+        self.cgroup = Cgroup(self.scratch.name, limits)
         self.limited = self.cgroup.limited
         """Which of pids/memory/cpu a cgroup enforces; pids and memory fall back to prlimit."""
         if missing := {"pids", "memory", "cpu"} - self.limited:
@@ -277,12 +202,12 @@ class LocalSandbox:
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
         self._copy_checkout()
-        self._git_meta = _git_meta(Path(self.workdir))
+        self._git_meta = git_meta(Path(self.workdir))
 
     def _fresh_scratch(self) -> None:
         """An empty /tmp and a HOME holding only the git identity, as a new container would have."""
         for name in ("tmp", "home"):
-            _remove_tree(self.scratch / name)
+            remove_tree(self.scratch / name)
         (self.scratch / "tmp").mkdir()
         (self.scratch / "tmp").chmod(0o1777)
         (self.scratch / "home").mkdir()
@@ -291,7 +216,7 @@ class LocalSandbox:
 
     def _copy_checkout(self) -> None:
         """A fresh checkout, /tmp and HOME, as a new container would have."""
-        _remove_tree(Path(self.workdir))
+        remove_tree(Path(self.workdir))
         self._fresh_scratch()
         out = subprocess.run(["cp", "-a", str(self.env_dir / "repo"), self.workdir], capture_output=True, text=True)
         if out.returncode != 0:
@@ -314,7 +239,7 @@ class LocalSandbox:
             raise SandboxError("the sandbox is closed")
         lim = []
         if "memory" not in self.limited:
-            lim.append(f"--as={_bytes(self.limits.memory)}")
+            lim.append(f"--as={size_bytes(self.limits.memory)}")
         if "pids" not in self.limited:
             lim.append(f"--nproc={self.limits.pids}")  # per-uid, so weak (and root is exempt)
         cmd = [*self.cgroup.wrapper(), "timeout", "-s", "KILL", f"{timeout:g}",
@@ -357,7 +282,7 @@ class LocalSandbox:
     def reset(self) -> None:
         """The whole sandbox as it started: the checkout (by git, or copied afresh when git's own settings were
         changed or a command ran away), and /tmp and HOME emptied."""
-        if self.dirty or not os.path.isdir(self.workdir) or _git_meta(Path(self.workdir)) != self._git_meta:
+        if self.dirty or not os.path.isdir(self.workdir) or git_meta(Path(self.workdir)) != self._git_meta:
             self._copy_checkout()
             self.dirty = False
             return

@@ -1,0 +1,104 @@
+"""The Docker engine restarts in the middle of a run (every container dies with it): the run rides it out on new
+containers or stops with a clear message, and the same command then finishes it with the data an undisturbed run
+makes. Restarting the engine disturbs every container on it, so this module runs alone (the suite is serial)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+
+from conftest import ROOT
+from trajfactory.datasets.store import DatasetStore
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _recipe(tmp: Path) -> Path:
+    recipe = {
+        "name": "engine-restart", "work_dir": str(tmp / "work"), "repos": [{"uri": "builtin:textkit"}],
+        "synthesis": {"max_candidates_per_repo": 14, "seed": 3},
+        "validation": {"reference_runs": 1, "suite_timeout_s": 60, "batch_size": 2},
+        "sandbox": {"concurrency": 1, "memory": "1g"},
+        "dataset": {"name": "swe", "root": str(tmp / "datasets")},
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _argv(tmp: Path) -> tuple[list[str], dict]:
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+    return [sys.executable, "-m", "trajfactory.cli", "run", str(_recipe(tmp))], env
+
+
+def _engine_answers() -> bool:
+    try:
+        return bool(docker.from_env(timeout=5).ping())
+    except Exception:
+        return False
+
+
+def restart_engine(log: Path) -> None:
+    """Restart the Docker engine the way it runs here: systemd's unit, or the `dockerd` process started again with
+    its own command line (as scripts/setup.sh starts it)."""
+    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"]).returncode == 0:
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=120)
+    else:
+        pid = int(subprocess.check_output(["pgrep", "-o", "-x", "dockerd"]).split()[0])
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 90
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline, "dockerd did not stop in 90 s"
+            time.sleep(0.2)
+        with log.open("ab") as out:
+            subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not _engine_answers():
+        assert time.monotonic() < deadline, f"the engine did not answer again in 90 s; see {log}"
+        time.sleep(0.5)
+
+
+def _journal(work: Path) -> list[dict]:
+    path = work / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_an_engine_restart_mid_run_loses_nothing(docker_backend, tmp_path):
+    clean, disturbed = tmp_path / "clean", tmp_path / "disturbed"
+    clean.mkdir(), disturbed.mkdir()
+    argv, env = _argv(clean)
+    undisturbed = subprocess.run(argv, env=env, cwd=clean, capture_output=True, text=True, timeout=1200)
+    assert undisturbed.returncode == 0, undisturbed.stdout[-3000:] + undisturbed.stderr[-3000:]
+
+    argv, env = _argv(disturbed)
+    proc = subprocess.Popen(argv, env=env, cwd=disturbed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while sum(e["stage"] == "validate" for e in _journal(disturbed / "work")) < 3:
+        assert proc.poll() is None, "the run ended before the engine restarted: " + proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no validation started in 10 minutes"
+        time.sleep(0.2)
+    restart_engine(Path("/var/log/dockerd.log"))  # where scripts/setup.sh has it log
+    try:
+        out, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if proc.returncode != 0:  # it stopped: with a clear message, and the same command finishes it
+        assert "run stopped:" in out and "run the same command again" in out, out[-3000:]
+        again = subprocess.run(argv, env=env, cwd=disturbed, capture_output=True, text=True, timeout=1200)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    a, b = DatasetStore(clean / "datasets" / "swe"), DatasetStore(disturbed / "datasets" / "swe")
+    assert b.versions() == ["v1"] and b.verify("v1") == []
+    assert b.content_digest("v1") == a.content_digest("v1")
