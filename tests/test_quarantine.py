@@ -43,6 +43,7 @@ def test_missing_repository_is_quarantined(tmp_path):
         ("hangs", "suite_timeout"),
         ("sleeps", "suite_timeout"),
         ("fork_bomb", "suite_timeout"),
+        ("disk_bomb", "disk_full"),
         ("network", "needs_network"),
     ],
 )

@@ -209,3 +209,25 @@ def test_reset_replaces_a_sandbox_whose_git_settings_were_changed(sandbox, env):
     assert "filter" not in sandbox.execute("cat .git/config").output
     assert sandbox.execute("test -e /tmp/pwned").exit_code != 0
     assert sandbox.execute("git rev-parse HEAD").output.strip() == env.commit
+
+
+def test_escape_battery_memory_secrets_and_daemons(backend, env, tmp_path, monkeypatch):
+    """What the disk, network, fork-bomb, host-write and output-flood tests above do not cover."""
+    monkeypatch.setenv("TRAJFACTORY_API_KEY", "sk-host-secret-do-not-leak")
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host secret")
+    with backend.start(env, SandboxConfig(memory="256m", pids=128, command_timeout_s=60)) as sandbox:
+        # memory: the bomb is killed by the container's own limit, the sandbox lives on
+        bomb = sandbox.execute("python -c \"x = []\nwhile True: x.append(bytearray(2**24))\"")
+        assert bomb.exit_code == 137, bomb
+        assert sandbox.execute("echo alive").output.strip() == "alive"
+        # secrets: neither the host's environment nor its files are there
+        assert "sk-host-secret" not in sandbox.execute("env; cat /proc/1/environ").output
+        assert sandbox.execute(f"cat {secret}").exit_code != 0
+        assert sandbox.execute("ls /root/.ssh /root/.cache/huggingface 2>&1").exit_code != 0
+        # daemons: a double-forked, session-leading process does not outlive the reset
+        sandbox.execute("setsid sh -c 'nohup sleep 900 >/dev/null 2>&1 &' ; (sleep 901 &) ; true")
+        processes = "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"
+        assert "sleep 900" in sandbox.execute(processes).output and "sleep 901" in sandbox.execute(processes).output
+        sandbox.reset()
+        assert "sleep 90" not in sandbox.execute(processes).output

@@ -74,6 +74,28 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
     return None
 
 
+DISK_FULL_MIB = 64
+"""What a killed or cut-short suite must have written for its true reason to be a full disk, not memory."""
+WRITTEN = ("{ du -scm /tmp /var/tmp \"$HOME\" /dev/shm 2>/dev/null | tail -1; "
+           "git ls-files -oz 2>/dev/null | du -cm --files0-from=- 2>/dev/null | tail -1; } | awk '{s+=$1} END {print s+0}'")
+
+
+def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
+    """A suite that filled the sandbox's writable directories was killed for memory (tmpfs pages count against it)
+    or lost the harness's record: name the disk as the reason, with what it wrote and the limits it hit."""
+    if rejected.reason not in ("out_of_memory", "results_unreadable"):
+        return rejected
+    res = sandbox.execute(WRITTEN, timeout=60)
+    written = int(res.output.strip() or 0) if res.exit_code == 0 and res.output.strip().isdigit() else 0
+    if written < DISK_FULL_MIB:
+        return rejected
+    limits = getattr(sandbox, "limits", None)
+    caps = f" (sandbox.disk={limits.disk} per directory; the writes count against sandbox.memory={limits.memory})" \
+        if limits is not None else ""
+    return RepoRejected("disk_full", f"the suite wrote {written} MiB into the sandbox's writable directories until it "
+                        f"was stopped{caps}; a usable suite cleans up after itself. Before that: {rejected.detail}")
+
+
 def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) -> ReferenceRun:
     """Run the whole clean suite `runs` times; only tests that passed every time are usable.
 
@@ -84,13 +106,13 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
     sandbox.reset()
     first = run_tests(sandbox, None, timeout=timeout, coverage=True)
     if (rejected := _reject_reason(first, timeout)) is not None:
-        raise rejected
+        raise _disk_full(sandbox, rejected)
     outcomes = [first.outcomes]
     for _ in range(runs - 1):
         sandbox.reset()
         again = run_tests(sandbox, None, timeout=timeout)
         if (rejected := _reject_reason(again, timeout)) is not None:
-            raise rejected
+            raise _disk_full(sandbox, rejected)
         outcomes.append(again.outcomes)
     excluded: dict[str, str] = {}
     passing: list[str] = []
