@@ -49,21 +49,31 @@ def test_external_endpoint_reads_its_key_from_the_named_variable_and_never_shows
 
 
 @pytest.mark.vllm
-def test_a_served_model_lives_exactly_as_long_as_the_block(tiny_model, tmp_path):
-    cfg = ModelConfig(serve=str(tiny_model), name="tiny-served", startup_timeout_s=600)
+def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_requests(tiny_model, tmp_path):
+    cfg = ModelConfig(serve=str(tiny_model), name="tiny-served", startup_timeout_s=600, replicas=2)
     with pytest.raises(RuntimeError, match="stage failed"):
         with model_endpoint(cfg, tmp_path / "work") as ep:
             assert isinstance(ep, ModelEndpoint) and ep.served and ep.model_dir == str(tiny_model)
-            models = httpx.get(f"{ep.base_url}/models", timeout=10).json()
-            assert [m["id"] for m in models["data"]] == ["tiny-served"]
-            port = ep.base_url.rsplit(":", 1)[1].split("/")[0]
-            pgids = _vllm_groups(port)
-            assert pgids
+            assert isinstance(ep.base_url, list) and len(set(ep.base_url)) == 2
+            for url in ep.base_url:
+                assert [m["id"] for m in httpx.get(f"{url}/models", timeout=10).json()["data"]] == ["tiny-served"]
+            client = ep.client()
+
+            async def chats():
+                async with client:
+                    return await asyncio.gather(*(client.chat([{"role": "user", "content": f"hi {i}"}], max_tokens=2)
+                                                  for i in range(6)))
+
+            assert len(asyncio.run(chats())) == 6
+            assert all(n >= 1 for n in client.replicas.sent) and sum(client.replicas.failed) == 0
+            pgids = set().union(*(_vllm_groups(url.rsplit(":", 1)[1].split("/")[0]) for url in ep.base_url))
+            assert len(pgids) >= 2
             raise RuntimeError("stage failed")
     assert not any(process_group_alive(g) for g in pgids)
-    assert (tmp_path / "work" / "logs" / "vllm.log").stat().st_size > 0
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{ep.base_url}/models", timeout=2)
+    assert all((tmp_path / "work" / "logs" / f"vllm-{i}.log").stat().st_size > 0 for i in (0, 1))
+    for url in ep.base_url:
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/models", timeout=2)
 
 
 def _vllm_groups(port: str) -> set[int]:

@@ -17,11 +17,13 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from trajfactory.models.replicas import Replicas
 from trajfactory.schema import Message, ToolCall, ToolCallFunction
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class RequestRecord:
     status: int | None = None
     """HTTP status of the last attempt; None when no attempt got a response."""
     retries: int = 0
+    replica: int = 0
+    """Which of the client's replicas answered the last attempt (0 with one base URL)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
@@ -130,7 +134,7 @@ class ModelClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key: str | None = None,
         *,
@@ -146,7 +150,9 @@ class ModelClient:
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency}: must be at least 1")
-        self.base_url = base_url.rstrip("/")
+        self.replicas = Replicas([base_url] if isinstance(base_url, str) else base_url)
+        """Several base URLs are replicas of one model: requests spread over them and fail over (`replicas.py`)."""
+        self.base_url = self.replicas.urls[0]
         self.model = model
         self._api_key = api_key or _api_key_from_env()
         self.max_concurrency = max_concurrency
@@ -171,7 +177,10 @@ class ModelClient:
         )
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        text = text.replace(self._api_key, "***") if self._api_key else text
+        for url in self.replicas.urls:
+            text = text.replace(url, "<endpoint>")
+        return text
 
     def _ensure(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         # httpx pools and semaphores belong to one event loop; a new asyncio.run() gets fresh ones.
@@ -222,7 +231,6 @@ class ModelClient:
         if tools:
             body["tools"] = tools
         http, sem = self._ensure()
-        url = f"{self.base_url}/chat/completions"
         record = RequestRecord(started_at=time.time())
         self.requests.append(record)
         start = time.monotonic()
@@ -230,24 +238,29 @@ class ModelClient:
             attempt = 0
             while True:
                 retry_after = None
+                replica = record.replica = self.replicas.pick()
+                url = f"{self.replicas.urls[replica]}/chat/completions"
                 try:
                     resp = await http.post(url, json=body)
                     record.status = resp.status_code
                     if resp.status_code == 200:
+                        self.replicas.done(replica, healthy=True)
                         break
                     detail = self._redact(resp.text[:500])
                     retry_after = resp.headers.get("retry-after")
                     error = f"chat request -> HTTP {resp.status_code}: {detail}"
                     retryable = resp.status_code in RETRY_STATUSES
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    error = f"chat request -> {type(exc).__name__}: {self._redact(str(exc)).replace(self.base_url, '<endpoint>')}"
+                    error = f"chat request -> {type(exc).__name__}: {self._redact(str(exc))}"
                     retryable = True
+                self.replicas.done(replica, healthy=not retryable)  # a 4xx is the request's fault, not the replica's
                 if not retryable or attempt >= self.max_retries:
                     record.error, record.latency_s = error, time.monotonic() - start
                     raise ModelError(
                         error + (f" (after {attempt} retries)" if attempt else ""), status=record.status
                     )
-                delay = self._backoff(attempt, retry_after)
+                # another replica takes the retry at once; with none left, back off
+                delay = 0.0 if self.replicas.another_up(replica) else self._backoff(attempt, retry_after)
                 log.warning("%s: %s; retry %d/%d in %.2f s", url, error, attempt + 1, self.max_retries, delay)
                 attempt += 1
                 record.retries = attempt

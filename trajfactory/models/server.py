@@ -171,6 +171,7 @@ class VLLMServer:
         startup_timeout_s: float = 600.0,
         stop_grace_s: float = 10.0,
         enforce_eager: bool | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.model_dir = Path(model_dir).resolve()
         if not (self.model_dir / "config.json").is_file():
@@ -185,6 +186,8 @@ class VLLMServer:
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
         self.enforce_eager = enforce_eager
+        self.env = dict(env or {})
+        """Extra environment of the server process (e.g. `CUDA_VISIBLE_DEVICES` of one replica)."""
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self._log_file = None
@@ -238,7 +241,7 @@ class VLLMServer:
             self.log_path = Path(tempfile.gettempdir()) / f"trajfactory-vllm-{self.name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **self.env}
         log.info("starting vLLM for %s on port %s (log: %s)", self.model_dir, self.port, self.log_path)
         _install_hooks()
         self.proc = subprocess.Popen(

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,8 @@ class ModelEndpoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_url: str
+    base_url: str | list[str]
+    """One URL, or the URLs of the model's replicas (the client spreads requests over them)."""
     settings: ModelConfig
     served: bool = False
     """True when this run started the server (vLLM on `model_dir`)."""
@@ -49,7 +51,7 @@ class ModelEndpoint(BaseModel):
         return self.settings.max_concurrency
 
     @classmethod
-    def at(cls, base_url: str, name: str, **settings) -> "ModelEndpoint":
+    def at(cls, base_url: str | list[str], name: str, **settings) -> "ModelEndpoint":
         """An endpoint someone else runs (`base_url`), with `model:` settings given as keywords."""
         return cls(base_url=base_url, settings=ModelConfig(serve=None, base_url=base_url, name=name, **settings))
 
@@ -97,14 +99,30 @@ def model_endpoint(cfg: ModelConfig, work_dir: str | Path) -> Iterator[ModelEndp
         yield ModelEndpoint(base_url=cfg.base_url, settings=cfg)
         return
     model_dir = resolve_model_dir(cfg.serve)
-    log_path = Path(work_dir) / "logs" / "vllm.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    server = VLLMServer(model_dir, name=cfg.name, max_model_len=cfg.max_model_len, log_path=log_path,
-                        startup_timeout_s=cfg.startup_timeout_s)
-    log.info("starting vLLM for %s (about a minute on CPU); log: %s", model_dir, log_path)
-    with server:
-        log.info("model %r served at %s", cfg.name, server.base_url)
-        yield ModelEndpoint(base_url=server.base_url, settings=cfg, served=True, model_dir=str(model_dir))
+    logs = Path(work_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    gpus = _gpu_count()
+    servers = [VLLMServer(model_dir, name=cfg.name, max_model_len=cfg.max_model_len, startup_timeout_s=cfg.startup_timeout_s,
+                          log_path=logs / ("vllm.log" if cfg.replicas == 1 else f"vllm-{i}.log"),
+                          env={"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus and cfg.replicas > 1 else None)
+               for i in range(cfg.replicas)]
+    log.info("starting %d vLLM server(s) for %s (about a minute each on CPU); logs in %s", cfg.replicas, model_dir, logs)
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        urls = [s.base_url for s in servers]
+        log.info("model %r served at %s", cfg.name, ", ".join(urls))
+        yield ModelEndpoint(base_url=urls[0] if len(urls) == 1 else urls, settings=cfg, served=True,
+                            model_dir=str(model_dir))
+
+
+def _gpu_count() -> int:
+    """GPUs the machine has (`nvidia-smi -L`), 0 without any."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
 @contextlib.contextmanager

@@ -20,8 +20,12 @@ class ModelConfig(Section):
     serve: str | None = BUILTIN_TINY
     """A local model directory to serve with vLLM, or `builtin:tiny` (the factory's own tiny model).
     Leave it empty (`serve: null`) and give `base_url` to use an external endpoint instead."""
-    base_url: str | None = None
-    """An external OpenAI-compatible base URL, e.g. `https://api.example.com/v1` (with `serve: null`)."""
+    base_url: str | list[str] | None = None
+    """An external OpenAI-compatible base URL, e.g. `https://api.example.com/v1` (with `serve: null`); a list names
+    replicas of one model, and the client spreads requests over them and fails over when one stops answering."""
+    replicas: int = Field(1, ge=1)
+    """vLLM servers to start with `serve:`, each a replica the client spreads requests over. With GPUs, replica `i`
+    gets GPU `i % gpus` (`CUDA_VISIBLE_DEVICES`); on a CPU each is one more process of the same cores."""
     api_key_env: str = "TRAJFACTORY_API_KEY"
     """Name of the environment variable holding the endpoint's API key (unset: no key is sent)."""
     name: str = "tiny"
@@ -41,9 +45,12 @@ class ModelConfig(Section):
 
     @field_validator("base_url")
     @classmethod
-    def _http(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
+    def _http(cls, url: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(url, list) and not url:
+            raise ValueError("an empty list of base URLs; give one URL, or a list of the replicas' URLs")
+        for one in [url] if isinstance(url, str) else url or []:
+            if not one.startswith(("http://", "https://")):
+                raise ValueError(f"{one!r} is not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
         return url
 
     @model_validator(mode="after")
