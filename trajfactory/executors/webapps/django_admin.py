@@ -137,9 +137,10 @@ class DjangoAdminInstance:
         self.url = f"http://{host}:{port}"
         env = {**os.environ, "TF_SITE_DB": str(self.db), "DJANGO_SETTINGS_MODULE": "tf_site_settings",
                "PYTHONPATH": str(adapter.project_dir())}
-        self._proc = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", "--skip-checks",
-                                       f"{host}:{port}"], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
+        with open(self.dir / "server.log", "wb") as log:  # the child keeps its own handle
+            self._proc = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", "--skip-checks",
+                                           f"{host}:{port}"], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=log)
         self._finalizer = weakref.finalize(self, _stop, self._proc, self.dir)
         self._wait_ready(adapter.start_timeout)
 
@@ -259,7 +260,14 @@ class DjangoAdminAdapter(SiteAdapter):
         return path
 
     def start(self, seed: int = 0) -> DjangoAdminInstance:
-        return DjangoAdminInstance(self, seed, self.template(seed))
+        template = self.template(seed)
+        for attempt in range(3):  # the free port may be taken between picking and binding it
+            try:
+                return DjangoAdminInstance(self, seed, template)
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def labels(self, seed: int = 0) -> dict[str, str]:
         return dict(LABELS)
