@@ -247,3 +247,12 @@ def test_facts_are_plain_data():
     assert SiteFacts(name="wiki").volatile_columns("pages") == set()
     assert site_facts("shop").volatile_columns("cart") == {"session", "token"}
     assert site_facts("django_admin").volatile_columns("auth_user") == {"last_login", "date_joined"}
+
+
+@pytest.mark.browser
+def test_django_admin_infeasible_twin_is_reported_with_the_state_untouched(pool):
+    tut = _tutorial(TUTORIAL.format(choose="'Choose selected user permissions'")).model_copy(update={"is_tutorial": True})
+    tasks, _ = stage.tasks_from_tutorials([tut], infeasible_share=1.0)
+    twin = stage.establish_checks(tasks[1], pool)
+    assert isinstance(twin, WebTask) and not twin.feasible, twin
+    assert {c.table for c in twin.checks} >= {"auth_user", "auth_user_user_permissions"}
