@@ -3,7 +3,8 @@
     python bench/web_yield.py [--browsers 2] [--repeat 4] [--parallel 1,2,4]
 
 1. Funnel per site (pages -> tutorials -> tasks -> verified trajectories), the stage library on the bundled docs.
-2. Episode reset: a fresh seeded app instance + a new browser context at its start page, then both closed.
+2. Episode start and reset per site, the real apps (site adapters) beside the bundled ones: a fresh seeded app +
+   a new browser context at its start page, then both closed; and `reset()` of a live episode.
 3. Browser steps/s of the same replay workload (three plainly worded tutorials x --repeat) at 1/2/4 episodes
    at once, each with its own Chromium; the ratio is against 1 episode at a time.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trajfactory.executors.browser import BrowserPool  # noqa: E402
-from trajfactory.executors.webapps import launch  # noqa: E402
+from trajfactory.executors.webapps import get_adapter, launch  # noqa: E402
 from trajfactory.pipelines import web  # noqa: E402
 from trajfactory.pipelines.runner import LocalRunner  # noqa: E402
 from trajfactory.schema import Tutorial, WebTask, content_hash  # noqa: E402
@@ -61,16 +62,26 @@ def funnel(browsers: int, work: Path) -> tuple[list[dict], dict[str, int], float
     return result["summary"]["by_site"], reasons, time.perf_counter() - t0
 
 
-def reset_times(n: int) -> list[float]:
-    out = []
+RESET_SITES = [*WORKLOAD, "django_admin"]
+"""The bundled apps and the real ones (site adapters) whose episode start and reset are timed."""
+
+
+def reset_times(n: int) -> dict[str, tuple[list[float], list[float]]]:
+    """site -> (fresh episode: app + browser context at its start page, then closed; `reset()` of a live episode)."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
     with BrowserPool(1) as pool:
         pool.release(pool.acquire())  # Chromium launch is not part of a reset
-        for i in range(n):
-            app = list(WORKLOAD)[i % 3]
-            t0 = time.perf_counter()
-            with launch(app, 0) as site, pool.episode(site.url + "/"):
-                pass
-            out.append(time.perf_counter() - t0)
+        for app in RESET_SITES:
+            get_adapter(app).start(0).close()  # a real app's once-per-seed template is not part of a reset
+            fresh, reset = [], []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                with launch(app, 0) as site, pool.episode(site.url + "/"):
+                    t1 = time.perf_counter()
+                    site.reset()
+                    reset.append(time.perf_counter() - t1)
+                fresh.append(time.perf_counter() - t0 - reset[-1])
+            out[app] = (sorted(fresh), sorted(reset))
     return out
 
 
@@ -117,11 +128,13 @@ def main() -> None:
               f"{r['trajectories']} | {r['verified']} | {r['verified_infeasible']} | {r['yield']:.2f} |")
     print(f"\nquarantined by reason: {dict(sorted(reasons.items()))}")
 
-    resets = sorted(reset_times(args.resets))
-    print("\n## Episode reset (fresh seeded app + new browser context at its start page, closed)\n")
-    print("| n | median ms | p90 ms | min ms |\n|---|---|---|---|")
-    print(f"| {len(resets)} | {statistics.median(resets) * 1e3:.0f} | {resets[int(0.9 * (len(resets) - 1))] * 1e3:.0f} | "
-          f"{resets[0] * 1e3:.0f} |")
+    print("\n## Episode start and reset per site (start: fresh seeded app + new browser context at its start page, "
+          "closed; reset: `reset()` of a live episode)\n")
+    print("| site | n | start median ms | start p90 ms | reset median ms | reset / start |\n|---|---|---|---|---|---|")
+    for app, (fresh, reset) in reset_times(args.resets).items():
+        start_ms, reset_ms = statistics.median(fresh) * 1e3, statistics.median(reset) * 1e3
+        print(f"| {app} | {len(fresh)} | {start_ms:.0f} | {fresh[int(0.9 * (len(fresh) - 1))] * 1e3:.0f} | "
+              f"{reset_ms:.1f} | {reset_ms / start_ms:.3f} |")
 
     tasks = workload_tasks(args.repeat, work)
     print(f"\n## Browser steps/s, same replay workload ({len(tasks)} episodes), one Chromium per parallel episode\n")

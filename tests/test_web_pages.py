@@ -88,7 +88,7 @@ EXPECTED = {
         "Click Post thread."],
         ["An account on the forum (see signing up)", "You must be signed in"],
         "Your thread now appears at the top of the Help category."),
-    "django-admin-add-user.html": ("", [
+    "django-admin-add-user.html": ("django_admin", [  # a site with an adapter (executors/webapps/django_admin.py)
         "Go to http://localhost:8000/admin/ and log in with your superuser.",
         "Under Authentication and Authorization, click Users, then click Add user in the top right corner.",
         "Fill in Username, Password and Password confirmation.",

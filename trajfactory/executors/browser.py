@@ -109,8 +109,10 @@ class StepRecord:
 class BrowserEpisode:
     """One episode: its own browser context (cookies, storage) and page; made by `Browser.new_episode`."""
 
-    def __init__(self, browser: "Browser", context, page):
+    def __init__(self, browser: "Browser", context, page, allowed_hosts: list[str] | None = None):
         self.browser, self.config = browser, browser.config
+        self.allowed_hosts = list(allowed_hosts or browser.config.allowed_hosts)
+        """Hosts this episode may reach: its site's (`SiteFacts.hosts`), else the browser's."""
         self._context, self._page, self._cdp = context, page, None
         self.steps: list[StepRecord] = []
         self.chat_messages: list[dict[str, str]] = []
@@ -154,7 +156,7 @@ class BrowserEpisode:
     # ---- worker-thread internals
     def _allowed(self, url: str) -> bool:
         parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and (parts.hostname or "") in self.config.allowed_hosts
+        return parts.scheme in ("http", "https") and (parts.hostname or "") in self.allowed_hosts
 
     def _guard(self, route) -> None:
         if self._allowed(route.request.url):
@@ -195,7 +197,7 @@ class BrowserEpisode:
         elif name == "goto":
             if not self._allowed(a["url"]):
                 raise ActionError(f"goto refused: {a['url']!r} is not a local site (allowed hosts: "
-                                  f"{', '.join(self.config.allowed_hosts)})")
+                                  f"{', '.join(self.allowed_hosts)})")
             self._page.goto(a["url"], timeout=self.config.navigation_timeout_ms)
         elif name in ("go_back", "go_forward"):
             getattr(self._page, name)(timeout=self.config.navigation_timeout_ms)
@@ -320,19 +322,20 @@ class Browser:
             self._pw.stop()
             raise
 
-    def new_episode(self, start_url: str | None = None) -> BrowserEpisode:
-        """A fresh context (no cookies, no storage) with one page, at `start_url` if given."""
+    def new_episode(self, start_url: str | None = None, allowed_hosts: list[str] | None = None) -> BrowserEpisode:
+        """A fresh context (no cookies, no storage) with one page, at `start_url` if given; `allowed_hosts`: what
+        its requests may reach (default: the browser's `allowed_hosts`)."""
 
         def make() -> BrowserEpisode:
             ctx = self._chromium.new_context(viewport={"width": self.config.viewport_width,
                                                        "height": self.config.viewport_height})
             ctx.set_default_timeout(self.config.action_timeout_ms)
-            episode = BrowserEpisode(self, ctx, ctx.new_page())
+            episode = BrowserEpisode(self, ctx, ctx.new_page(), allowed_hosts)
             ctx.route("**/*", episode._guard)
             if start_url:
                 if not episode._allowed(start_url):
                     ctx.close()
-                    raise ValueError(f"start_url {start_url!r} is not a local site; allowed hosts: {self.config.allowed_hosts}")
+                    raise ValueError(f"start_url {start_url!r} is not a local site; allowed hosts: {episode.allowed_hosts}")
                 episode._page.goto(start_url, timeout=self.config.navigation_timeout_ms)
             return episode
 

@@ -25,7 +25,7 @@ from trajfactory.executors.browser import BrowserEpisode, BrowserPool, Observati
 from trajfactory.executors.browser_actions import ActionError, action_from_call, action_space
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Policy, Start, Transition
-from trajfactory.executors.webapps import AppInstance, launch
+from trajfactory.executors.webapps import SiteHandle, get_adapter
 from trajfactory.schema import Message, Step, ToolCall, Trajectory, Verdict, WebTask, utcnow
 from trajfactory.settings import EpisodeLimits
 from trajfactory.verifiers import state as state_verifier
@@ -75,7 +75,7 @@ class WebEnvironment:
 
     def __init__(self, pool: BrowserPool, store: ScreenshotStore | None = None, max_observation_chars: int = 8_000):
         self.pool, self.store, self.max_observation_chars = pool, store, max_observation_chars
-        self.site: AppInstance | None = None
+        self.site: SiteHandle | None = None
         self.initial_state: dict[str, Any] = {}
         self.final_state: dict[str, Any] | None = None
         self._browser = None
@@ -83,10 +83,11 @@ class WebEnvironment:
 
     def _open(self, task: WebTask) -> Observation:
         env = task.environment
-        self.site = launch(env.app, env.seed)
+        adapter = get_adapter(env.app)
+        self.site = adapter.start(env.seed)
         self.initial_state = self.site.state()
         self._browser = self.pool.acquire()
-        self._episode = self._browser.new_episode(self.site.url + env.start_path)
+        self._episode = self._browser.new_episode(self.site.url + env.start_path, adapter.facts.hosts)
         return self._episode.observe()
 
     async def reset(self, task: WebTask) -> Start[Observation]:

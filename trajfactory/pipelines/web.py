@@ -27,7 +27,7 @@ from trajfactory.datasets.yields import web_yields
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.episode import require_server, run_episode
 from trajfactory.executors.web_env import ScreenshotStore, WebEnvironment, final_screenshot, run_web_episode
-from trajfactory.executors.webapps import APPS
+from trajfactory.executors.webapps import adapters, get_adapter, register_sites
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
 from trajfactory.runtime import run_sync
@@ -41,8 +41,15 @@ from trajfactory.verifiers.record import verification
 # ---------------------------------------------------------------- the units of work (what a runner maps)
 
 
+def use_sites(recipe: Recipe) -> None:
+    """Register the recipe's `web.sites:` adapters in this process (each unit calls it: runners may use workers)."""
+    if recipe.web is not None and recipe.web.sites:
+        register_sites(recipe.web.sites)
+
+
 def harvest_tutorials(recipe: Recipe, uris: list[str]) -> tuple[list[Tutorial], list[Quarantine]]:
     """Every page of every source, classified; bad pages quarantined."""
+    use_sites(recipe)
     return stage.harvest(uris, stage.harvest_config(recipe.web.max_pages))
 
 
@@ -50,6 +57,7 @@ def synthesize_tasks(recipe: Recipe, tutorials: list[Tutorial], endpoint: ModelE
                      ) -> tuple[list[WebTask], list[Quarantine]]:
     """Web tasks of the tutorials; with `web.spec_parser: model` the served model writes the specs (`endpoint`)."""
     w = recipe.web
+    use_sites(recipe)
     specs = None
     if w.spec_parser == "model":
         if endpoint is None:
@@ -62,12 +70,14 @@ def synthesize_tasks(recipe: Recipe, tutorials: list[Tutorial], endpoint: ModelE
 def establish(recipe: Recipe, pool: BrowserPool, task: WebTask) -> WebTask | Quarantine:
     """The gold replay: the task with its checks, or its quarantine record. Gold replays keep no screenshots; with
     the judge on, read-only tutorials stay as judge-verified tasks."""
+    use_sites(recipe)
     return stage.establish_checks(task, pool, None, max_steps=recipe.web.max_steps, keep_unchecked=recipe.web.judge)
 
 
 def replay_rollout(recipe: Recipe, pool: BrowserPool, store: ScreenshotStore, task: WebTask, sample: int = 0
                    ) -> tuple[Trajectory, Verdict | None]:
     """The replay policy in a fresh site and browser context, with the task's state verdict."""
+    use_sites(recipe)
     run = run_web_episode(task, ReplayPolicy(), pool, store, max_steps=recipe.web.max_steps, sample=sample)
     return run.trajectory, run.verdict
 
@@ -76,6 +86,7 @@ def model_rollout(recipe: Recipe, endpoint: ModelEndpoint, pool: BrowserPool, st
                   sample: int = 0) -> tuple[Trajectory, Verdict | None]:
     """The model agent (`WebModelPolicy`, `web.agent`) on `task`, with the task's state verdict."""
     w = recipe.web
+    use_sites(recipe)
     client = endpoint.client()
     env = WebEnvironment(pool, store, w.agent.max_observation_chars)
 
@@ -147,8 +158,8 @@ def tutorial_licenses(tutorials: Iterable[Tutorial], sources: dict[str, str]) ->
 
 def declared_credentials(tasks: Iterable[WebTask]) -> set[str]:
     """The seeded demo accounts' passwords of every site and seed the tasks use: the scan keeps them."""
-    return {p for app, seed in {(t.environment.app, t.environment.seed) for t in tasks} if app in APPS
-            for p in APPS[app](seed).accounts.values()}
+    return {p for app, seed in {(t.environment.app, t.environment.seed) for t in tasks} if app in adapters()
+            for p in get_adapter(app).accounts(seed).values()}
 
 
 # ---------------------------------------------------------------- the story
@@ -159,6 +170,7 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
     w = recipe.web
     if w is None:
         raise ValueError("the recipe has no `web:` section; add one (e.g. `web: {tutorials: [builtin:docs]}`)")
+    use_sites(recipe)
     with model_session(recipe.model, recipe.web_work_dir, endpoint, recipe.web_uses_model()) as endpoint:
         with stage.tutorial_sources(w.tutorials) as uris:
             tutorials, harvest_q = runner.call(harvest_tutorials, recipe, uris)
@@ -192,7 +204,7 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
     screenshots, missing = screenshot_rows(trajectories, store)
     quarantine = harvest_q + synth_q + [r for r in established if isinstance(r, Quarantine)] + missing + out.quarantine
     summary = web_yields(tutorials, harvest_q, checked, trajectories, verdicts, w.judge_settings.min_confidence,
-                         sites=APPS, quarantine=quarantine)
+                         sites=adapters(), quarantine=quarantine)
     summary.update(out.summary)
     records = {"web_tasks": checked, "trajectories": trajectories, "verdicts": verdicts, "quarantine": quarantine,
                "screenshots": screenshots, "web_verification": record}

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from trajfactory.schema import content_hash
 from trajfactory.settings.agents import Section, WebAgentConfig, unique_policies
+from trajfactory.settings.sites import SiteEntry
 
 BUILTIN_DOCS = "builtin:docs"
 
@@ -62,6 +63,9 @@ class WebConfig(Section):
     """Roll out only this many checked tasks with the model (the first by task id); None: all."""
     agent: WebAgentConfig = Field(default_factory=WebAgentConfig)
     """Sampling, action form, images and budgets of the model web agent."""
+    sites: list[SiteEntry] = Field(default_factory=list)
+    """Site adapters beside the built-in ones (shop, forum, tracker, django_admin): each names a kind (built-in or
+    `module:Class`), its options, and facts such as the tutorial sources that are about it (settings/sites.py)."""
     dataset_name: str = "trajfactory-web"
     """Name of the web dataset (written under the recipe's `dataset.root`)."""
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from trajfactory.settings.sites import all_site_facts, declared_site
 from trajfactory.sources.main_content import main_content_lines
 
-__all__ = ["SITE_KEYWORDS", "extract_html", "extract_markdown", "foreign_domains", "guess_language", "guess_site", "words"]
+__all__ = ["extract_html", "extract_markdown", "foreign_domains", "guess_language", "guess_site", "words"]
 
 # elements whose whole subtree is boilerplate
 _SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "nav", "header", "footer", "aside", "form",
@@ -211,31 +212,26 @@ def guess_language(text: str, min_hits: int = 5) -> str | None:
     return best if hits[best] >= min(min_hits, max(1, len(toks) // 10)) else None
 
 
-SITE_KEYWORDS: dict[str, dict[str, float]] = {
-    "shop": {"cart": 2, "basket": 2, "checkout": 3, "product": 1, "products": 1, "order": 1, "orders": 1,
-             "shipping": 2, "stock": 1, "price": 1, "purchase": 1, "zip": 1, "warenkorb": 2, "shop": 1},
-    "forum": {"thread": 2, "threads": 2, "reply": 2, "replies": 1, "post": 1, "posts": 1, "forum": 3,
-              "topic": 1, "discussion": 1, "moderator": 1, "moderators": 1, "board": 1, "pinned": 1},
-    "tracker": {"issue": 2, "issues": 2, "assignee": 3, "priority": 2, "ticket": 1, "tickets": 1, "tracker": 3,
-                "status": 1, "resolved": 1, "comment": 1, "bug": 1},
-}
-"""Words that tie a page to one of the bundled apps (weights: how specific the word is to the app)."""
-
-
 def guess_site(text: str, uri: str = "", min_score: float = 4.0) -> str | None:
-    """Which bundled app the page is about: keyword scores of the text, else an app named in the URL's path.
+    """Which registered site the page is about: the site its source is declared for (`SiteFacts.sources`), else
+    keyword scores of the text (each site's `SiteFacts.keywords`), else a site named in the URL's path.
 
-    None when neither tells, or when the text points at another site's domain (see `foreign_domains`).
+    None when none tells, or when the text points at another site's domain (see `foreign_domains`).
     """
+    if uri and (declared := declared_site(uri)):
+        return declared
+    keywords = {f.name: f.keywords for f in all_site_facts()}
+    if not keywords:
+        return None
     toks = words(text)
-    scores = {app: sum(kw.get(t, 0.0) for t in toks) for app, kw in SITE_KEYWORDS.items()}
+    scores = {app: sum(kw.get(t, 0.0) for t in toks) for app, kw in keywords.items()}
     best = max(scores, key=scores.get)
     # per-100-words density too, so a long off-topic page with a stray "order" is not ours
     if scores[best] >= min_score and 100 * scores[best] / max(len(toks), 1) >= 1.5:
         return best
     if foreign_domains(text):
         return None
-    named = [app for app in SITE_KEYWORDS if app in set(re.split(r"[/.:#?=_-]+", uri.lower()))]
+    named = [app for app in keywords if app in set(re.split(r"[/.:#?=_-]+", uri.lower()))]
     return named[0] if len(named) == 1 else None
 
 

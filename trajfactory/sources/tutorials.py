@@ -25,6 +25,7 @@ from urllib.request import ProxyHandler, Request, build_opener
 from pydantic import BaseModel, Field
 
 from trajfactory.schema import Quarantine, Tutorial, content_hash, quarantined
+from trajfactory.settings.sites import known_sites
 from trajfactory.sources.tutorial_classifier import TutorialClassifier, default_classifier
 from trajfactory.sources.tutorial_text import extract_html, extract_markdown, foreign_domains, guess_language, guess_site
 
@@ -291,9 +292,10 @@ def process(pages: Iterable[Page | Quarantine], config: HarvestConfig | None = N
         if site is None and not foreign_domains(text) and votes.get(_group(page)):
             site = votes[_group(page)].most_common(1)[0][0]
         if is_tut and site is None:
-            where = ", ".join(foreign_domains(text)) or "no bundled app named in the text or its location"
-            yield _quarantine(page.uri, "other_site", f"{page.uri}: a how-to, but not for one of the bundled apps "
-                              f"({where}); expected instructions for shop, forum or tracker")
+            where = ", ".join(foreign_domains(text)) or "no registered site named in the text or its location"
+            yield _quarantine(page.uri, "other_site", f"{page.uri}: a how-to, but not for a registered site "
+                              f"({where}); expected instructions for one of {known_sites()}, or declare the source's "
+                              "site in the recipe (web.sites: [{name: ..., sources: [...]}])")
             continue
         yield Tutorial(tutorial_id=content_hash(page.uri, text), uri=page.uri, title=title, text=text, site=site,
                        language=lang, is_tutorial=is_tut, score=round(score, 4))

@@ -24,26 +24,29 @@ import time
 from typing import Any
 
 from trajfactory.schema import Evidence, StatePredicate, Trajectory, Verdict, WebTask, content_hash
+from trajfactory.settings.sites import SiteFacts, site_facts
 
 VERIFIER = "state"
 VERSION = "2"
-# columns whose values differ between runs of the same seed (random session tokens)
-VOLATILE = {"session", "token"}
-# words of an outcome sentence -> state table; only tables the app's state has are used
-TABLE_WORDS = {
-    "orders": ["order", "purchase"], "cart": ["cart", "basket", "bag"], "threads": ["thread", "topic", "discussion"],
-    "posts": ["reply", "post", "message"], "issues": ["issue", "ticket", "bug"], "comments": ["comment"],
-}
 CREATED_RE = re.compile(r"\b(placed|created|added|posted|new|appears?|confirmed|submitted|in (?:your|the) (?:cart|basket|bag))\b", re.I)
 STATUS_RE = re.compile(r"\b(?:status(?: is| of)?|marked(?: as)?|set to)\s+['\"]?([A-Za-z][A-Za-z ]{1,20}?)['\"]?(?=[.,;]|$)", re.I)
 STATUS_SYNONYMS = {"done": "resolved", "doing": "in_progress", "to_do": "open", "archived": "closed"}
 PLACE_WORDS = r"(?:of|in|to|on|at|from|under|inside|within)"
-LOG_TABLES = {"activity"}
-"""State tables that log reading (audit/analytics), not application data."""
 LOG_KINDS = {"sign_in": ("user",), "sign_out": ("user",), "search": (), "filter": (), "view": ()}
 """Log kinds a read-only check is derived from -> extra stable fields beyond kind, object and name."""
 REFINED = {"search", "filter"}
 """Kinds a user refines by repeating: only the last entry per object becomes a check."""
+
+
+def _facts(state: dict[str, Any]) -> SiteFacts:
+    """The site facts of a state (its `app`): volatile columns, log tables, outcome words. Per site, declared by
+    its adapter; a state of an unregistered site has none."""
+    return site_facts(state.get("app")) or SiteFacts(name="unregistered")
+
+
+def log_tables(state: dict[str, Any]) -> set[str]:
+    """State tables that log reading (audit/analytics), not application data."""
+    return set(_facts(state).log_tables)
 
 
 def _matches(row: dict[str, Any], pred: StatePredicate) -> bool:
@@ -68,17 +71,20 @@ def evaluate(pred: StatePredicate, state: dict[str, Any], initial: dict[str, Any
 
 
 def state_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, list]]:
-    """table -> {added: rows, removed: rows, changed: [(row_before, row_after)]}; rows keyed by `id` when they have one."""
+    """table -> {added: rows, removed: rows, changed: [(row_before, row_after)]}; rows keyed by `id` when they have one.
+    Volatile columns (the site's `SiteFacts.volatile`) are left out of every row."""
     out = {}
+    facts = _facts(after or before)
     for table in sorted(set(before) | set(after)):
         b, a = before.get(table), after.get(table)
         if not isinstance(b, list) and not isinstance(a, list):
             continue
-        b, a = b or [], a or []
-        key = (lambda r: r.get("id")) if all("id" in r for r in b + a) else (lambda r: json.dumps(_stable(r), sort_keys=True))
+        drop = facts.volatile_columns(table)
+        b, a = [_stable(r, drop) for r in b or []], [_stable(r, drop) for r in a or []]
+        key = (lambda r: r.get("id")) if all("id" in r for r in b + a) else (lambda r: json.dumps(r, sort_keys=True))
         bk, ak = {key(r): r for r in b}, {key(r): r for r in a}
         d = {"added": [ak[k] for k in ak if k not in bk], "removed": [bk[k] for k in bk if k not in ak],
-             "changed": [(bk[k], ak[k]) for k in ak if k in bk and _stable(bk[k]) != _stable(ak[k])]}
+             "changed": [(bk[k], ak[k]) for k in ak if k in bk and bk[k] != ak[k]]}
         if any(d.values()):
             out[table] = d
     return out
@@ -86,11 +92,12 @@ def state_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[
 
 def data_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, list]]:
     """`state_diff` of the application data only (activity logs left out)."""
-    return {t: d for t, d in state_diff(before, after).items() if t not in LOG_TABLES}
+    logs = log_tables(after or before)
+    return {t: d for t, d in state_diff(before, after).items() if t not in logs}
 
 
-def _stable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in VOLATILE}
+def _stable(row: dict[str, Any], volatile: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in volatile}
 
 
 def _describe_log(where: dict[str, Any]) -> str:
@@ -107,7 +114,7 @@ def _describe_log(where: dict[str, Any]) -> str:
 def log_predicates(before: dict[str, Any], after: dict[str, Any]) -> list[StatePredicate]:
     """Checks of a read-only replay: one per distinct new log entry of a checked kind (stable fields only)."""
     preds, seen = [], set()
-    for table in sorted(LOG_TABLES):
+    for table in sorted(log_tables(after or before)):
         added = [r for r in state_diff(before, after).get(table, {}).get("added", []) if r.get("kind") in LOG_KINDS]
         # a refined search or filter counts once: the last one of its kind and object is the one the task ended on
         last = {(r["kind"], r.get("object")): i for i, r in enumerate(added) if r["kind"] in REFINED}
@@ -126,7 +133,7 @@ def log_predicates(before: dict[str, Any], after: dict[str, Any]) -> list[StateP
 def unchanged_checks(initial: dict[str, Any]) -> list[StatePredicate]:
     """No data table gains or loses rows (activity logs may grow: reading is not touching)."""
     return [StatePredicate(table=table, count=0, delta=True, origin="manual", description=f"no rows added to or removed from {table}")
-            for table, rows in sorted(initial.items()) if isinstance(rows, list) and table not in LOG_TABLES]
+            for table, rows in sorted(initial.items()) if isinstance(rows, list) and table not in log_tables(initial)]
 
 
 def predicates_from_diff(before: dict[str, Any], after: dict[str, Any]) -> list[StatePredicate]:
@@ -136,17 +143,17 @@ def predicates_from_diff(before: dict[str, Any], after: dict[str, Any]) -> list[
     for table, d in data_diff(before, after).items():
         groups: dict[str, int] = {}
         for row in d["added"]:  # ids of new rows are not part of the outcome: match on content
-            content = json.dumps({k: v for k, v in _stable(row).items() if k != "id"}, sort_keys=True)
+            content = json.dumps({k: v for k, v in row.items() if k != "id"}, sort_keys=True)
             groups[content] = groups.get(content, 0) + 1
         for where, n in groups.items():
             preds.append(StatePredicate(table=table, where=json.loads(where), count=n, delta=True, origin="diff",
                                         description=f"{n} new row(s) in {table}"))
         for old, new in d["changed"]:
-            fields = {k: v for k, v in _stable(new).items() if old.get(k) != v}
+            fields = {k: v for k, v in new.items() if old.get(k) != v}
             preds.append(StatePredicate(table=table, where={"id": new["id"], **fields}, count=1, origin="diff",
                                         description=f"{table} #{new['id']}: {', '.join(f'{k}: {old.get(k)!r} -> {v!r}' for k, v in fields.items())}"))
         for row in d["removed"]:
-            where = {"id": row["id"]} if "id" in row else _stable(row)
+            where = {"id": row["id"]} if "id" in row else row
             preds.append(StatePredicate(table=table, where=where, count=0, origin="diff", description=f"{table} row removed"))
     if preds:
         return preds
@@ -165,15 +172,17 @@ def _quoted(text: str) -> list[str]:
 def predicates_from_outcome(task: WebTask, initial: dict[str, Any]) -> list[StatePredicate]:
     """Predicates the expected outcome names: a created order/thread/reply/comment, an issue status, quoted names."""
     text = task.spec.expected_outcome
-    low = text.lower()
+    # quoted names are values, not table words: "the permission 'Can view group'" names no group
+    low = re.sub(r"'[^']+'|\"[^\"]+\"|\u201c[^\u201d]+\u201d", lambda m: " " * len(m.group(0)), text).lower()
     preds: list[StatePredicate] = []
     quoted = _quoted(text)
-    named = {t: [m for w in words for m in re.finditer(rf"\b{w}s?\b", low)] for t, words in TABLE_WORDS.items() if t in initial}
+    table_words = _facts(initial).outcome_tables  # words of an outcome sentence -> state table
+    named = {t: [m for w in words for m in re.finditer(rf"\b{w}s?\b", low)] for t, words in table_words.items() if t in initial}
     named = {t: ms for t, ms in named.items() if ms}
     # "Your reply appears at the end of the thread": a table named only as the place of another is no outcome
     place = {t for t, ms in named.items() if all(re.search(rf"\b{PLACE_WORDS}\s+(?:the|this|that|your|its|an?)\s+$", low[:m.start()])
                                                  for m in ms)}
-    for table in TABLE_WORDS:
+    for table in table_words:
         if table not in named or (table in place and len(named) > len(place)):
             continue
         status = STATUS_RE.search(text)
@@ -186,6 +195,23 @@ def predicates_from_outcome(task: WebTask, initial: dict[str, Any]) -> list[Stat
             preds.append(StatePredicate(table=table, text_contains=quoted, min_count=1, delta=True, origin="outcome",
                                         description=f"a new row in {table}" + (f" mentioning {quoted}" if quoted else "")))
     return preds
+
+
+def overreach(outcome: list[StatePredicate], before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What a replay added beyond what its outcome names: for each outcome check of new rows that names things
+    (quoted text), the rows added to its table that it does not match (e.g. every permission granted where the
+    tutorial grants one). Empty when the change stays within the stated outcome."""
+    diff = data_diff(before, after)
+    out = []
+    for pred in outcome:
+        if not (pred.delta and pred.text_contains):
+            continue
+        added = diff.get(pred.table, {}).get("added", [])
+        extra = [r for r in added if not _matches(r, pred)]
+        if extra:
+            out.append(f"{len(extra)} new row(s) in {pred.table} beyond the outcome's {pred.text_contains} "
+                       f"(e.g. {json.dumps(extra[0], sort_keys=True)})")
+    return out
 
 
 def verify_state(task: WebTask, trajectory: Trajectory | None, initial: dict[str, Any], final: dict[str, Any],

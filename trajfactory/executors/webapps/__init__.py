@@ -1,27 +1,26 @@
-"""Bundled self-hosted web apps for web tasks: `launch(app, seed)` starts a fresh, seeded instance.
+"""Web sites for web tasks, each behind a site adapter: `launch(app, seed)` starts a fresh, seeded episode.
 
     with launch("shop", seed=3) as site:
         site.url            # http://127.0.0.1:PORT
         site.accounts       # {"alice": "cedar-1234", ...}
         site.state()        # {"app": "shop", "seed": 3, "products": [...], "cart": [...], "orders": [...]}
+        site.reset()        # back to the seeded state
+
+The bundled apps (shop, forum, tracker) and the real ones (`django_admin`) are adapters on the same interface
+(`adapter.py`); `registry.py` adds entry-point plugins and the recipe's `web.sites:` entries.
 """
 
 from __future__ import annotations
 
-from .base import AppConfig, AppInstance, WebApp, serve
+from .adapter import BundledAdapter, SiteAdapter, SiteHandle
+from .base import AppConfig, AppInstance, WebApp
 from .forum import ForumApp
+from .registry import adapters, get_adapter, launch, register, register_sites, unregister
 from .shop import ShopApp
 from .tracker import TrackerApp
 
 APPS: dict[str, type[WebApp]] = {cls.name: cls for cls in (ShopApp, ForumApp, TrackerApp)}
+"""The bundled app classes by name (each is registered as a `BundledAdapter`)."""
 
-
-def launch(app: str, seed: int = 0, config: AppConfig | None = None) -> AppInstance:
-    """Start `app` on a free loopback port with a fresh database seeded by `seed` (or `config.seed`)."""
-    if app not in APPS:
-        raise ValueError(f"unknown web app {app!r}; bundled apps are {sorted(APPS)}")
-    config = config or AppConfig(seed=seed)
-    return serve(APPS[app](config.seed), config)
-
-
-__all__ = ["APPS", "AppConfig", "AppInstance", "WebApp", "launch"]
+__all__ = ["APPS", "AppConfig", "AppInstance", "BundledAdapter", "SiteAdapter", "SiteHandle", "WebApp", "adapters",
+           "get_adapter", "launch", "register", "register_sites", "unregister"]

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, Field
 
 from trajfactory.runtime import LoopbackServer
+from trajfactory.settings.sites import SiteFacts
 
 from .html import CSS, error_summary, esc, field_html, select_html, table_html  # noqa: F401  (re-exported)
 
@@ -114,6 +115,8 @@ class WebApp:
     """One site with its own seeded database; subclasses add SCHEMA, LABELS, seed_content and routes."""
 
     name: ClassVar[str] = "app"
+    FACTS: ClassVar[SiteFacts] = SiteFacts(name="app")
+    """What the web half knows about the app without starting it (keywords, tables, volatile columns ...)."""
     SITE_NAMES: ClassVar[list[str]] = ["Site"]
     SCHEMA: ClassVar[str] = ""
     LABELS: ClassVar[dict[str, list[str]]] = {}
@@ -127,8 +130,9 @@ class WebApp:
         "login": ["Log in", "Sign in"], "logout": ["Log out", "Sign out"], "search": ["Search", "Find"],
     }
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, site: str | None = None):
         self.seed = seed
+        self.site = site or self.name  # the site name its adapter was registered under
         # string seed: stable across processes (hash randomization does not touch str seeds of Random)
         self.rng = random.Random(f"{self.name}:{seed}")
         self.lock = threading.RLock()  # one sqlite connection, requests served one at a time
@@ -173,7 +177,7 @@ class WebApp:
         with self.lock:
             tables = {k: [dict(r) for r in self.q(sql)] for k, sql in self.STATE_QUERIES.items()}
             tables[ACTIVITY_TABLE] = [dict(r) for r in self.q(ACTIVITY_QUERY)]
-        return {"app": self.name, "seed": self.seed, **tables}
+        return {"app": self.site, "seed": self.seed, **tables}
 
     def arrange(self, key: str, sections: list[str]) -> list[str]:
         """`sections` in this seed's order for `key` (a function of the seed only, not of request count)."""
@@ -326,7 +330,7 @@ class AppInstance:
 
     def __init__(self, app: WebApp, config: AppConfig):
         self.app = app
-        handler = type(f"{app.name}Handler", (_Handler,), {"app": app})
+        self._handler = handler = type(f"{app.name}Handler", (_Handler,), {"app": app})
         self._server = LoopbackServer(handler, f"webapp-{app.name}", config.host, config.port)
         self.url = self._server.url
 
@@ -345,6 +349,15 @@ class AppInstance:
         # no proxy: an http_proxy from the environment must never see loopback traffic
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as resp:
             return json.loads(resp.read())
+
+    def reset(self) -> None:
+        """Back to the seeded state: a freshly seeded database behind the same URL (old sessions end)."""
+        old = self.app
+        fresh = type(old)(old.seed, site=old.site)
+        with old.lock:
+            self._handler.app = self.app = fresh
+        with old.lock:
+            old.db.close()
 
     def close(self) -> None:
         self._server.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trajfactory.settings.sites import SiteFacts
+
 from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 CATEGORIES = ["General", "Help", "Showcase", "Announcements", "Hardware", "Off-topic"]
@@ -22,6 +24,13 @@ REPLIES = ["Thanks, this is really helpful!", "I had the same problem; updating 
 
 class ForumApp(WebApp):
     name = "forum"
+    FACTS = SiteFacts(
+        name="forum",
+        keywords={"thread": 2, "threads": 2, "reply": 2, "replies": 1, "post": 1, "posts": 1, "forum": 3,
+                  "topic": 1, "discussion": 1, "moderator": 1, "moderators": 1, "board": 1, "pinned": 1},
+        outcome_tables={"threads": ["thread", "topic", "discussion"], "posts": ["reply", "post", "message"]},
+        volatile={"*": ["session", "token"]}, log_tables=["activity"],
+        missing_features=["Upvote", "Send private message", "Award badge", "Schedule post"])
     SITE_NAMES = ["Tinkerers' Commons", "The Back Porch", "Night Owls Forum", "Open Bench", "Quarry Hall"]
     SCHEMA = """
     CREATE TABLE threads (id INTEGER PRIMARY KEY, title TEXT, category TEXT, author_id INTEGER, pinned INTEGER DEFAULT 0);

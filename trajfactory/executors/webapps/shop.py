@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from trajfactory.settings.sites import SiteFacts
+
 from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 CATALOG = {
@@ -30,6 +32,13 @@ def money(cents: int) -> str:
 
 class ShopApp(WebApp):
     name = "shop"
+    FACTS = SiteFacts(
+        name="shop",
+        keywords={"cart": 2, "basket": 2, "checkout": 3, "product": 1, "products": 1, "order": 1, "orders": 1,
+                  "shipping": 2, "stock": 1, "price": 1, "purchase": 1, "zip": 1, "warenkorb": 2, "shop": 1},
+        outcome_tables={"orders": ["order", "purchase"], "cart": ["cart", "basket", "bag"]},
+        volatile={"*": ["session", "token"]}, log_tables=["activity"],
+        missing_features=["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"])
     SITE_NAMES = ["Northwind Goods", "Cobalt Market", "Maple & Co.", "Harbor Supply", "Juniper Store"]
     SCHEMA = """
     CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price_cents INTEGER,

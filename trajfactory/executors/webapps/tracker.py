@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trajfactory.settings.sites import SiteFacts
+
 from .base import Request, Response, WebApp, error_summary, normalize_query, esc, field_html, redirect, route, select_html, table_html
 
 COMPONENTS = ["Login page", "Billing export", "Search API", "Settings screen", "Mobile app", "Email digest",
@@ -17,6 +19,13 @@ PRIORITIES = ["low", "medium", "high", "critical"]
 
 class TrackerApp(WebApp):
     name = "tracker"
+    FACTS = SiteFacts(
+        name="tracker",
+        keywords={"issue": 2, "issues": 2, "assignee": 3, "priority": 2, "ticket": 1, "tickets": 1, "tracker": 3,
+                  "status": 1, "resolved": 1, "comment": 1, "bug": 1},
+        outcome_tables={"issues": ["issue", "ticket", "bug"], "comments": ["comment"]},
+        volatile={"*": ["session", "token"]}, log_tables=["activity"],
+        missing_features=["Export to CSV", "Link pull request", "Start sprint", "Log time"])
     SITE_NAMES = ["Helios Tracker", "Bugboard", "Ops Console", "Ticketry", "Lighthouse Issues"]
     LOGIN_REQUIRED = True
     SCHEMA = """

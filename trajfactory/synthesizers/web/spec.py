@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from trajfactory.schema import StatePredicate, Tutorial, WebEnvironment, WebProvenance, WebTask, WebTaskSpec, content_hash, control_chars
+from trajfactory.settings.sites import known_sites, site_facts
 from trajfactory.sources.tutorial_text import guess_site
 from trajfactory.synthesizers.web.page_text import prepare, split_sentences
 
@@ -36,14 +37,6 @@ OUTCOME_RE = re.compile(r"\b(you should (?:now )?see|you will (?:now )?see|you'l
                         r"is now|are now|will appear|appears?|expected (?:outcome|result)|result:|the result is)\b", re.I)
 PREREQ_RE = re.compile(r"\b(you need|you must have|you'll need|you will need|requires?|make sure|before you (?:begin|start)|"
                        r"prerequisites?|an account on)\b", re.I)
-# per app: plausible features it does not have (for infeasible tasks); checked against its real labels
-MISSING_FEATURES = {
-    "shop": ["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"],
-    "forum": ["Upvote", "Send private message", "Award badge", "Schedule post"],
-    "tracker": ["Export to CSV", "Link pull request", "Start sprint", "Log time"],
-}
-
-
 def _sentences(text: str) -> list[str]:
     return [s for line in text.splitlines() for s in split_sentences(line)]
 
@@ -111,7 +104,7 @@ def extract_steps(text: str) -> tuple[list[str], list[str]]:
 
 
 def target_site(text: str, hint: str | None = None) -> str:
-    """The bundled app a tutorial is about: the tutorial's own `site`, else the one its words tell ('' when none)."""
+    """The site a tutorial is about: the tutorial's own `site`, else the one its words tell ('' when none)."""
     return hint or guess_site(text) or ""
 
 
@@ -191,10 +184,10 @@ def _task_id(env: WebEnvironment, spec: WebTaskSpec, feasible: bool) -> str:
 
 def make_web_task(spec: WebTaskSpec, tutorial: Tutorial, app: str | None = None, seed: int = 0, start_path: str = "/",
                   checks: list[StatePredicate] | None = None, parser: str = "rule") -> WebTask:
-    """A feasible `WebTask` of `spec` on a bundled app (the spec's target site unless `app` is given)."""
+    """A feasible `WebTask` of `spec` on a registered site (the spec's target site unless `app` is given)."""
     app = app or spec.target_site
     if not app:
-        raise ValueError(f"tutorial {tutorial.uri}: no target site could be told; pass app= (shop, forum, tracker)")
+        raise ValueError(f"tutorial {tutorial.uri}: no target site could be told; pass app= (one of {known_sites()})")
     env = WebEnvironment(app=app, seed=seed, start_path=start_path)
     return WebTask(task_id=_task_id(env, spec, True), instruction=_instruction(spec), environment=env, spec=spec,
                    checks=list(checks or []), difficulty=_difficulty(spec),
@@ -232,9 +225,11 @@ def make_infeasible(task: WebTask, site_labels: dict[str, str] | None = None, pi
     """
     app = task.environment.app
     real = {v.lower() for v in (site_labels or {}).values()}
-    options = [f for f in MISSING_FEATURES.get(app, ["Export to PDF"]) if f.lower() not in real]
+    facts = site_facts(app)
+    options = [f for f in (facts.missing_features if facts and facts.missing_features else ["Export to PDF"])
+               if f.lower() not in real]
     if not options:
-        raise ValueError(f"no missing feature known for app {app!r}")
+        raise ValueError(f"no missing feature known for app {app!r}: declare some in its site facts (missing_features)")
     feature = options[pick % len(options)]
     steps = list(task.spec.steps)
     at = max([i + 1 for i, s in enumerate(steps) if _is_login(s)], default=0)

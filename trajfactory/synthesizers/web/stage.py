@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 from trajfactory.agents.replay import NAME as REPLAY_NAME, ReplayPolicy
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
-from trajfactory.executors.webapps import APPS, launch
+from trajfactory.executors.webapps import adapters, get_adapter
 from trajfactory.schema import Quarantine, Tutorial, WebTask, WebTaskSpec, content_hash, quarantined
 from trajfactory.settings import BUILTIN_DOCS
 from trajfactory.sources.docsite import serve_docs
@@ -102,7 +102,7 @@ def tasks_from_tutorials(tutorials: Iterable[Tutorial], seed: int = 0, infeasibl
     """Feasible web tasks of the pages classified as tutorials, plus infeasible twins of a seeded share per site.
 
     Pages the classifier calls non-tutorials are not tasks (they count as pages in the yields). A tutorial
-    with no steps, no target site or a site that is not a bundled app is quarantined with its reason. Specs come
+    with no steps, no target site or a site without a registered adapter is quarantined with its reason. Specs come
     from `specs` (tutorial_id -> (spec, parser), e.g. `model_specs`) where given, else from the rule parser; each
     task's provenance names the parser (`params["parser"]`).
     """
@@ -118,13 +118,13 @@ def tasks_from_tutorials(tutorials: Iterable[Tutorial], seed: int = 0, infeasibl
             continue
         if not spec.target_site:
             quarantine.append(_quarantine(tut.tutorial_id, "tutorial", "synthesize", "no_site",
-                                          f"{tut.uri}: no bundled app named in the text or location; expected one of "
-                                          f"{sorted(APPS)}", tut.uri))
+                                          f"{tut.uri}: no registered site named in the text or location; expected one "
+                                          f"of {sorted(adapters())}, or declare the source's site (web.sites)", tut.uri))
             continue
-        if spec.target_site not in APPS:
+        if spec.target_site not in adapters():
             quarantine.append(_quarantine(tut.tutorial_id, "tutorial", "synthesize", "unknown_site",
-                                          f"{tut.uri}: site {spec.target_site!r} is not a bundled app ({sorted(APPS)})",
-                                          tut.uri))
+                                          f"{tut.uri}: site {spec.target_site!r} has no site adapter (registered: "
+                                          f"{sorted(adapters())}); declare it in the recipe's web.sites:", tut.uri))
             continue
         task = make_web_task(spec, tut, seed=seed, parser=parser)
         if all(t.task_id != task.task_id for t in per_site[spec.target_site]):  # two pages, one spec: one task
@@ -137,8 +137,7 @@ def tasks_from_tutorials(tutorials: Iterable[Tutorial], seed: int = 0, infeasibl
         if infeasible_share <= 0:
             continue
         if site not in labels:  # the seeded site's real labels: the "missing" feature must really be missing
-            with launch(site, seed) as app:
-                labels[site] = dict(app.labels)
+            labels[site] = get_adapter(site).labels(seed)
         k = max(1, round(infeasible_share * len(feasible)))
         ranked = sorted(feasible, key=lambda t: content_hash(seed, t.task_id))  # seeded, order-independent pick
         for pick, task in enumerate(ranked[:k]):
@@ -157,7 +156,8 @@ def establish_checks(task: WebTask, pool: BrowserPool, store: ScreenshotStore | 
                      max_steps: int = 40, keep_unchecked: bool = False) -> WebTask | Quarantine:
     """Replay the tutorial once (gold replay): checks from the expected outcome + the replay's state diff.
 
-    Feasible: the replay must submit, change the state, and meet its own outcome checks. Infeasible: the
+    Feasible: the replay must submit, change the state, add no rows beyond the ones its outcome names
+    (`gold_overreach`), and meet its own outcome checks. Infeasible: the
     replay must report infeasibility with the state untouched. Otherwise the task is quarantined. A
     replay that submits but changes nothing (a read-only tutorial) is quarantined, or with
     `keep_unchecked` (the judge is on) kept without state checks, for the judge to verify.
@@ -191,8 +191,12 @@ def establish_checks(task: WebTask, pool: BrowserPool, store: ScreenshotStore | 
         return _quarantine(task.task_id, "web_task", "establish_checks", "no_state_change",
                            f"{uri}: the gold replay changed no data and left no sign-in, search, filter or view in the "
                            "app's activity log, so no state check can tell doing the task from doing nothing", uri)
-    checked = task.model_copy(update={"checks": state_verifier.predicates_from_outcome(task, run.initial_state) + diff,
-                                      "gold": gold})
+    outcome = state_verifier.predicates_from_outcome(task, run.initial_state)
+    if beyond := state_verifier.overreach(outcome, run.initial_state, run.final_state):
+        # checks taken from this replay would encode its extra changes as the task's outcome
+        return _quarantine(task.task_id, "web_task", "establish_checks", "gold_overreach",
+                           f"{uri}: the gold replay changed more than the expected outcome says: {'; '.join(beyond)}", uri)
+    checked = task.model_copy(update={"checks": outcome + diff, "gold": gold})
     verdict = state_verifier.verify_state(checked, traj, run.initial_state, run.final_state)
     if not verdict.passed:  # the replay changed something, but not what the tutorial says it should
         return _quarantine(task.task_id, "web_task", "establish_checks", "outcome_not_reached",
