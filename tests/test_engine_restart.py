@@ -9,36 +9,20 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
-from conftest import ROOT
+import cli_runs
 from trajfactory.datasets.store import DatasetStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def _recipe(tmp: Path) -> Path:
-    recipe = {
-        "name": "engine-restart", "work_dir": str(tmp / "work"), "repos": [{"uri": "builtin:textkit"}],
-        "synthesis": {"max_candidates_per_repo": 14, "seed": 3},
-        "validation": {"reference_runs": 1, "suite_timeout_s": 60, "batch_size": 2},
-        "sandbox": {"concurrency": 1, "memory": "1g"},
-        "dataset": {"name": "swe", "root": str(tmp / "datasets")},
-    }
-    path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
 def _argv(tmp: Path) -> tuple[list[str], dict]:
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
-    return [sys.executable, "-m", "trajfactory.cli", "run", str(_recipe(tmp))], env
+    return [*cli_runs.CLI, "run", str(cli_runs.recipe(tmp, name="engine-restart", reference_runs=1))], cli_runs.env(tmp)
 
 
 def _engine_answers() -> bool:

@@ -12,9 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
-from conftest import BAD_REPOS, ROOT
+import cli_runs
+from conftest import BAD_REPOS
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.executors.runs import RUN_LABEL, recorded_runs
 from trajfactory.verifiers.claims import contradictions
@@ -23,27 +23,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def _recipe(tmp_path: Path, repos: list[str], *, candidates: int, concurrency: int = 2, batch_size: int = 16) -> Path:
-    recipe = {
-        "name": "test",
-        "work_dir": str(tmp_path / "work"),
-        "repos": [{"uri": u} for u in repos],
-        "synthesis": {"max_candidates_per_repo": candidates, "seed": 3},
-        "validation": {"reference_runs": 2, "suite_timeout_s": 60, "batch_size": batch_size},
-        "sandbox": {"concurrency": concurrency, "memory": "1g"},
-        "dataset": {"name": "swe", "root": str(tmp_path / "datasets")},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return cli_runs.recipe(tmp_path, repos, candidates=candidates, concurrency=concurrency, batch_size=batch_size)
 
 
-def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
-
-
-def _cli(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trajfactory.cli", *args], env=_env(tmp_path), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=1200, **kw)
+_env, _cli = cli_runs.env, cli_runs.cli
 
 
 def _journal(work: Path) -> list[dict]:

@@ -8,14 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+import cli_runs
 from trajfactory.datasets.store import DatasetStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -45,19 +43,9 @@ def _complete(result: Path) -> bool:
 
 def test_a_full_work_disk_stops_the_run_and_the_resume_finishes_it(small_disk, tmp_path, docker_backend):
     work = small_disk / "work"
-    recipe = {
-        "name": "full-disk", "work_dir": str(work), "repos": [{"uri": "builtin:textkit"}],
-        "synthesis": {"max_candidates_per_repo": 14, "seed": 3},
-        "validation": {"reference_runs": 1, "suite_timeout_s": 60, "batch_size": 2},
-        "sandbox": {"concurrency": 1, "memory": "1g"},
-        "dataset": {"name": "swe", "root": str(small_disk / "datasets")},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "trajfactory.cli", "run", str(path)]
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    path = cli_runs.recipe(tmp_path, name="full-disk", reference_runs=1, work_dir=work, datasets=small_disk / "datasets")
+    argv, env = [*cli_runs.CLI, "run", str(path)], cli_runs.env(tmp_path)
+    proc = cli_runs.start(tmp_path, "run", str(path))
     deadline = time.monotonic() + 600
     while sum('"validate"' in line for line in _journal(work)) < 3:
         assert proc.poll() is None, "the run ended before the disk filled: " + proc.stdout.read()[-3000:]

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+import cli_runs
 from trajfactory.executors.docker import LABEL, RUN_LABEL
 from trajfactory.executors.images import BASE_IMAGE
 from trajfactory.executors.runs import hold_work_dir, recorded_runs
@@ -23,27 +22,14 @@ pytestmark = [pytest.mark.docker]
 
 
 def _recipe(tmp_path: Path) -> Path:
-    recipe = {
-        "name": "run-labels",
-        "work_dir": str(tmp_path / "work"),
-        "repos": [{"uri": "builtin:textkit"}],
-        "synthesis": {"max_candidates_per_repo": 4, "seed": 3},
-        "validation": {"reference_runs": 2, "suite_timeout_s": 60, "batch_size": 2},
-        "sandbox": {"concurrency": 1, "memory": "1g"},
-        "dataset": {"name": "swe", "root": str(tmp_path / "datasets")},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return cli_runs.recipe(tmp_path, name="run-labels", candidates=4)
 
 
-def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
+_env = cli_runs.env
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trajfactory.cli", *args], env=_env(tmp_path), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    return cli_runs.cli(tmp_path, *args, timeout=900)
 
 
 def _containers(client, run_id: str) -> list:

@@ -1,0 +1,47 @@
+"""What the tests that run the factory's CLI as a real subprocess share: a small recipe on the bundled textkit
+repository (or others), the environment (its own Prefect home, this checkout on the path), and the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+CLI = [sys.executable, "-m", "trajfactory.cli"]
+
+
+def recipe(tmp: Path, repos: list[str] | None = None, *, name: str = "test", candidates: int = 14,
+           concurrency: int = 1, batch_size: int = 2, reference_runs: int = 2, work_dir: Path | None = None,
+           datasets: Path | None = None) -> Path:
+    """A recipe file in `tmp`: `repos` (default the bundled textkit), seeded synthesis, small sandboxes."""
+    body = {
+        "name": name,
+        "work_dir": str(work_dir or tmp / "work"),
+        "repos": [{"uri": u} for u in repos or ["builtin:textkit"]],
+        "synthesis": {"max_candidates_per_repo": candidates, "seed": 3},
+        "validation": {"reference_runs": reference_runs, "suite_timeout_s": 60, "batch_size": batch_size},
+        "sandbox": {"concurrency": concurrency, "memory": "1g"},
+        "dataset": {"name": "swe", "root": str(datasets or tmp / "datasets")},
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def env(tmp: Path) -> dict:
+    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+
+
+def cli(tmp: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout)
+
+
+def start(tmp: Path, *args: str) -> subprocess.Popen:
+    """The command in the background, in its own process group (so a test can SIGKILL all of it), output piped."""
+    return subprocess.Popen([*CLI, *args], env=env(tmp), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
