@@ -21,6 +21,8 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # web sandboxes: Playwright drives the system browser
+command -v pkill >/dev/null 2>&1 || need_apt+=(procps)  # the fault tests find and kill processes by name
+command -v mount >/dev/null 2>&1 || need_apt+=(mount)  # the full-disk test mounts a small tmpfs
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq
