@@ -1,6 +1,6 @@
 """The flow a deployment runs on its schedule: the factory on a recipe FILE, read when the run starts, so an edit of
 the recipe (one more repository, say) changes the next scheduled run, and the run writes the next version of the
-dataset on top of the last (`trajfactory deploy`, `server/deploy.py`)."""
+dataset on top of the last (`trajfactory deploy`, `server/deploy.py`), or none when nothing changed since it."""
 
 from __future__ import annotations
 
@@ -34,5 +34,5 @@ def scheduled_factory_flow(recipe_path: str, run_dir: str | None = None) -> dict
         recipe = load_recipe(Path(recipe_path))
         with hold_work_dir(recipe.work_dir) as held:
             get_run_logger().info("recipe %s, run ID %s", recipe_path, held.run_id)
-            result = factory_flow(recipe)
+            result = factory_flow(recipe, only_if_new=True)
     return {k: v for k, v in result.items() if k != "summary"}
