@@ -49,3 +49,10 @@ def test_unchanged_version_needs_the_same_recipe_sources_and_factory(tmp_path):
     assert unchanged_version(tmp_path / "swe", {**same, "sources_digest": sources_digest({"a": "c2"})}) is None
     assert unchanged_version(tmp_path / "swe", {**same, "recipe_hash": "r2"}) is None
     assert unchanged_version(tmp_path / "empty", same) is None
+
+
+def test_a_parent_without_recorded_sources_says_so(tmp_path):
+    write_dataset(tmp_path, "swe", {"tasks": [_task("a", "x")]}, {}, {})
+    _write(tmp_path, [_task("a", "x")], {"builtin:textkit": "c1"})
+    card = (tmp_path / "swe" / "v2" / "README.md").read_text()
+    assert "- sources: v1 did not record its sources" in card and "| `tasks` | 1 | 0 | 1 | 0 |" in card

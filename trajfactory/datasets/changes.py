@@ -27,8 +27,8 @@ def changes(store: DatasetStore, parent: str | None, tables: dict[str, list[dict
     if parent is None:
         return None
     before = store.manifest(parent).get("lineage") or {}
-    old_sources, new_sources = before.get("sources") or {}, lineage.get("sources") or {}
-    sources = {
+    old_sources, new_sources = before.get("sources"), lineage.get("sources") or {}
+    sources = None if old_sources is None else {  # None: the parent (an older factory) did not record its sources
         "new": sorted(set(new_sources) - set(old_sources)),
         "updated": sorted(s for s in set(new_sources) & set(old_sources) if new_sources[s] != old_sources[s]),
         "dropped": sorted(set(old_sources) - set(new_sources)),
@@ -52,7 +52,8 @@ def card_section(change: dict[str, Any] | None) -> list[str]:
         return []
     src = change["sources"]
     listed = [f"- {what} sources: {', '.join(f'`{s}`' for s in src[what]) or 'none'}"
-              for what in ("new", "updated", "dropped")]
+              for what in ("new", "updated", "dropped")] if src else [f"- sources: {change['parent']} did not record "
+                                                                     "its sources"]
     lines = ["## What is new since " + change["parent"], "", *listed, "", "| table | rows | new | kept | gone |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| `{r['table']}` | {r['rows']} | {r['new']} | {r['kept']} | {r['gone']} |" for r in change["tables"]]
