@@ -111,4 +111,4 @@ def worker(pool: str = POOL_OPT, limit: Optional[int] = typer.Option(None, help=
         api = prefect_server.api_url(state_dir)
     except prefect_server.ServerError as exc:
         _fail(exc)
-    raise typer.Exit(run_worker(api, pool, limit))
+    run_worker(api, pool, limit)

@@ -5,7 +5,6 @@ runs its flow runs as subprocesses."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -91,6 +90,7 @@ def worker_env(api_url: str) -> dict:
             "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
 
-def run_worker(api_url: str, pool: str = DEFAULT_POOL, limit: int | None = None) -> int:
-    """Run a worker in the foreground until it is stopped; returns its exit status."""
-    return subprocess.call(worker_command(pool, limit), env=worker_env(api_url))
+def run_worker(api_url: str, pool: str = DEFAULT_POOL, limit: int | None = None) -> None:
+    """Become a worker (exec): it runs in the foreground until stopped, and a signal to this pid reaches it."""
+    cmd = worker_command(pool, limit)
+    os.execve(cmd[0], cmd, worker_env(api_url))
