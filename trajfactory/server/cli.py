@@ -85,8 +85,9 @@ def deploy(recipe: Path = typer.Argument(..., help="Recipe YAML file; its path i
            name: str = typer.Option("", "--name", help="Deployment name (default: the recipe file's name)."),
            pool: str = POOL_OPT, state_dir: Optional[Path] = STATE_OPT) -> None:
     """Deploy the factory on RECIPE with a schedule to the Prefect server (`trajfactory server start`, or
-    PREFECT_API_URL). Each scheduled run writes the dataset's next version, with the last as its parent, reusing
-    finished work; a run due while another still runs waits for it. `trajfactory worker` runs them."""
+    PREFECT_API_URL); `trajfactory worker` runs it. Each scheduled run reads the recipe file, reuses finished work,
+    and writes the dataset's next version (the last as its parent, its card saying what is new) when the recipe or
+    its sources changed since the last version; a run due while another still runs waits for it."""
     from trajfactory.server import prefect_server
     from trajfactory.server.deploy import DeployError, deploy as make_deployment
 

@@ -68,8 +68,19 @@ def server_env(api_url: str | None = None, database_url: str | None = None, home
     return env
 
 
+def _check_sqlalchemy() -> None:
+    import sqlalchemy
+
+    major, minor = (int(p) for p in sqlalchemy.__version__.split(".")[:2])
+    if (major, minor) >= (2, 1):
+        raise ServerError(f"SQLAlchemy {sqlalchemy.__version__} is installed, and with it the Prefect 3.8 server's "
+                          "scheduler cannot insert runs: install the pinned `sqlalchemy>=2.0,<2.1` (pyproject.toml; "
+                          "`bash scripts/setup.sh` makes the factory's environment with it)")
+
+
 def start(state_dir: Path | None = None, port: int = 0, timeout: float = 180) -> dict:
     """Start PostgreSQL and the Prefect server (a running one is reused); returns the recorded state."""
+    _check_sqlalchemy()
     state_dir = Path(state_dir or default_state_dir())
     state = read_state(state_dir)
     if state and healthy(state["api_url"]):
