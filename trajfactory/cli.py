@@ -29,6 +29,7 @@ def _mount() -> None:
     from trajfactory.datasets.cli import EVAL_HELP, VIEW_HELP, dataset_app, eval_instances, view
     from trajfactory.models.cli import model_app
     from trajfactory.pipelines.eval_cli import EVAL_HELP as MODEL_EVAL_HELP, eval_command
+    from trajfactory.server.cli import deploy, server_app, worker
     from trajfactory.training.cli import train_app
 
     app.add_typer(model_app, name="model", help="Make, serve and query models (tiny local model, vLLM server).")
@@ -37,6 +38,9 @@ def _mount() -> None:
     app.command("eval-instances", help=EVAL_HELP)(eval_instances)
     app.add_typer(train_app, name="train")
     app.command("eval", help=MODEL_EVAL_HELP)(eval_command)
+    app.add_typer(server_app, name="server")
+    app.command()(deploy)
+    app.command()(worker)
 
 console = Console(stderr=True)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from trajfactory.datasets.changes import card_section
+
 DEFAULT_TAGS = ("trajfactory", "agent-trajectories", "tool-calling", "swe-bench", "synthetic")
 DEFAULT_CONFIG = ("trajectories", "tasks", "web_tasks")
 """The first of these a version holds is its default config."""
@@ -94,12 +96,14 @@ def render_card(
     licenses: dict[str, str | None] | None = None,
     tags: tuple[str, ...] | list[str] = DEFAULT_TAGS,
     description: str = "",
+    changes: dict[str, Any] | None = None,
 ) -> str:
     """Card text for one version: YAML front matter, then tables, lineage and yields.
 
     `summary` maps a section title to either a list of row dicts (rendered as one table) or a dict
     of key -> dict/scalar (one row per key), e.g. `{"per repository": {"inflection": {"tasks": 12}}}`.
-    `licenses` (source -> SPDX id, None when unknown) gives the card's license (`card_license`).
+    `licenses` (source -> SPDX id, None when unknown) gives the card's license (`card_license`). `changes`
+    (`changes.changes`) gives the section "What is new since" the parent.
     """
     tables = manifest.get("tables", {})
     front = {
@@ -125,6 +129,7 @@ def render_card(
         "",
         f"- version: `{version}`, parent: `{manifest.get('parent')}`, created: {manifest.get('created_at', '?')}",
         "",
+        *card_section(changes),
         "## Tables",
         "",
         "| table | rows | shards | contents |",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from trajfactory.datasets.card import render_card
+from trajfactory.datasets.changes import changes
 from trajfactory.datasets.scan import Scanner, scan_tables
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.schema import quarantined
@@ -57,6 +58,8 @@ def write_dataset(root: str | Path, name: str, records: dict[str, list], lineage
     summary["scan"] = report.rows()
     lineage["scan"] = {"rules": report.rows(), "flagged_rows": len(flagged)}
     lineage["licenses"] = dict(sorted((licenses or {}).items()))
+    # the card is rendered once the parent is known (the version before this one): it says what is new since then
     version = store.write_version(tables, lineage=lineage, card=lambda m: render_card(
-        name, m, summary, licenses=licenses or {}, description=description))
+        name, m, summary, licenses=licenses or {}, description=description,
+        changes=changes(store, m["parent"], tables, m["lineage"])))
     return str(version)

@@ -65,18 +65,19 @@ def verify_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
 
 
 @flow(name="build-dataset")
-def build_flow(recipe: Recipe) -> dict:
+def build_flow(recipe: Recipe, only_if_new: bool = False) -> dict:
     """Stage records -> one new immutable dataset version, with the yields as table artifacts."""
     work = recipe.work_dir
     result = swe.build(recipe, rec.load(work, swe.Harvest), rec.load(work, swe.Synthesis), rec.load(work, swe.Rollouts),
-                       rec.load(work, swe.Verification), PrefectRunner().run_id)
+                       rec.load(work, swe.Verification), PrefectRunner().run_id, only_if_new=only_if_new)
     publish_yields(result["summary"])
     return result
 
 
 @flow(name="trajfactory")
-def factory_flow(recipe: Recipe) -> dict:
-    """The whole factory: repositories (and tutorials) in, verified, versioned datasets out."""
+def factory_flow(recipe: Recipe, only_if_new: bool = False) -> dict:
+    """The whole factory: repositories (and tutorials) in, verified, versioned datasets out. `only_if_new`: no new
+    SWE version when the latest was made from the same recipe and sources (scheduled runs, `flows/scheduled.py`)."""
     runner = ThreadPoolTaskRunner(max_workers=recipe.sandbox.concurrency)
     # One endpoint for the whole run: a served model starts once and stops however the run ends.
     with model_session(recipe.model, recipe.work_dir, None, recipe.uses_model()) as endpoint:
@@ -90,9 +91,13 @@ def factory_flow(recipe: Recipe) -> dict:
         synthesize_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
         rollout_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
         verified = verify_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
-        result = build_flow(recipe)
-    get_run_logger().info("dataset %s version %s: %s; %d/%d trajectories verified", recipe.dataset.name,
-                          result["version"], result["counts"], verified["passed"], verified["verdicts"])
+        result = build_flow(recipe, only_if_new=only_if_new)
+    if result.get("unchanged"):
+        get_run_logger().info("dataset %s: no new version, %s was made from the same recipe and sources",
+                              recipe.dataset.name, result["version"])
+    else:
+        get_run_logger().info("dataset %s version %s: %s; %d/%d trajectories verified", recipe.dataset.name,
+                              result["version"], result["counts"], verified["passed"], verified["verdicts"])
     result = {**result, "web": web, "judge_agreement": verified["judge_agreement"]}
     if recipe.train is not None:  # after the run's model server stopped: training and eval serve their own
         try:

@@ -26,6 +26,7 @@ import trajfactory
 from trajfactory.agents.model import ModelPolicy
 from trajfactory.agents.oracle import OraclePolicy
 from trajfactory.datasets import curriculum
+from trajfactory.datasets.changes import sources_digest, unchanged_version
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import yields
@@ -345,8 +346,15 @@ def _consistent(trajectories: list[Trajectory]) -> tuple[list[Trajectory], list[
 
 
 def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Rollouts, verification: Verification,
-          run_id: str = "") -> dict:
-    """The stage records -> one new immutable dataset version with its card; returns its name, root and yields."""
+          run_id: str = "", only_if_new: bool = False) -> dict:
+    """The stage records -> one new immutable dataset version with its card; returns its name, root and yields.
+    `only_if_new` (scheduled runs): no new version when the latest was made from the same recipe and sources."""
+    sources = {s.uri: s.commit for s in harvested.sources}
+    root = Path(recipe.dataset.root) / recipe.dataset.name
+    lineage = {"recipe": recipe.name, "recipe_hash": recipe.digest(), "factory_version": trajfactory.__version__,
+               "flow_run_id": run_id, "sources": sources, "sources_digest": sources_digest(sources)}
+    if only_if_new and (same := unchanged_version(root, lineage)):
+        return {"version": same, "root": str(root), "summary": {}, "counts": {}, "unchanged": True}
     usage = synthesis.usage + rollouts.usage + verification.usage
     trajectories, contradicted = _consistent(rollouts.trajectories)
     kept = {tr.trajectory_id for tr in trajectories}
@@ -366,13 +374,12 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
                      quarantine=quarantine, repositories=repositories)
     summary.update(out.summary)
     records = {"tasks": out.tasks, "trajectories": out.trajectories, "verdicts": out.verdicts, "quarantine": quarantine}
-    lineage = {"recipe": recipe.name, "recipe_hash": recipe.digest(), "factory_version": trajfactory.__version__,
-               "flow_run_id": run_id, **out.lineage}
+    lineage.update(out.lineage)
     if recipe.model is not None and usage:
         lineage["model"] = recipe.model.digest_fields()
     licenses = {s.repo_slug or s.name: s.license for s in harvested.sources}
     version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses)
-    return {"version": version, "root": str(Path(recipe.dataset.root) / recipe.dataset.name), "summary": summary,
+    return {"version": version, "root": str(root), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()}}
 
 

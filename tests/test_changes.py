@@ -1,0 +1,58 @@
+"""A version's card says what is new since its parent: new, updated and dropped sources, and new rows by id."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from trajfactory.datasets.changes import changes
+from trajfactory.datasets.publish import write_dataset
+from trajfactory.datasets.store import DatasetStore
+
+
+def _task(task_id: str, repo: str):
+    return SimpleNamespace(to_row=lambda: {"task_id": task_id, "kind": "swe", "repo": repo, "instance_id": task_id})
+
+
+def _write(root, tasks, sources):
+    return write_dataset(root, "swe", {"tasks": tasks}, {"sources": sources}, {})
+
+
+def test_second_version_card_says_what_is_new(tmp_path):
+    assert _write(tmp_path, [_task("a", "textkit"), _task("b", "textkit")], {"builtin:textkit": "c1"}) == "v1"
+    store = DatasetStore(tmp_path / "swe")
+    assert "What is new" not in (store.root / "v1" / "README.md").read_text()
+
+    v2 = _write(tmp_path, [_task("a", "textkit"), _task("b", "textkit"), _task("c", "calc")],
+                {"builtin:textkit": "c1", "fixtures/good_small": "c9"})
+    assert v2 == "v2" and store.manifest("v2")["parent"] == "v1"
+    card = (store.root / "v2" / "README.md").read_text()
+    assert "## What is new since v1" in card
+    assert "- new sources: `fixtures/good_small`" in card and "- updated sources: none" in card
+    assert "| `tasks` | 3 | 1 | 2 | 0 |" in card and "New tasks by repository: calc 1" in card
+
+
+def test_changes_name_updated_and_dropped_sources(tmp_path):
+    _write(tmp_path, [_task("a", "p")], {"pypi:pkg==1.0": "c1", "builtin:textkit": "c1"})
+    store = DatasetStore(tmp_path / "swe")
+    change = changes(store, "v1", {"tasks": [{"task_id": "b", "repo": "p"}]}, {"sources": {"pypi:pkg==1.0": "c2"}})
+    assert change["sources"] == {"new": [], "updated": ["pypi:pkg==1.0"], "dropped": ["builtin:textkit"]}
+    assert change["tables"] == [{"table": "tasks", "rows": 1, "new": 1, "kept": 0, "gone": 1}]
+    assert changes(store, None, {}, {}) is None
+
+
+def test_unchanged_version_needs_the_same_recipe_sources_and_factory(tmp_path):
+    from trajfactory.datasets.changes import sources_digest, unchanged_version
+
+    same = {"factory_version": "0.1.0", "recipe_hash": "r1", "sources_digest": sources_digest({"a": "c1"})}
+    write_dataset(tmp_path, "swe", {"tasks": [_task("a", "x")]}, same, {})
+    assert unchanged_version(tmp_path / "swe", dict(same)) == "v1"
+    assert unchanged_version(tmp_path / "swe", {**same, "sources_digest": sources_digest({"a": "c2"})}) is None
+    assert unchanged_version(tmp_path / "swe", {**same, "recipe_hash": "r2"}) is None
+    assert unchanged_version(tmp_path / "empty", same) is None
+
+
+def test_a_parent_without_recorded_sources_says_so(tmp_path):
+    write_dataset(tmp_path, "swe", {"tasks": [_task("a", "x")]}, {}, {})
+    _write(tmp_path, [_task("a", "x")], {"builtin:textkit": "c1"})
+    card = (tmp_path / "swe" / "v2" / "README.md").read_text()
+    assert "- sources: v1 did not record its sources" in card and "| `tasks` | 1 | 0 | 1 | 0 |" in card
