@@ -126,10 +126,13 @@ def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
             yield run
         finally:
             set_run_id("")
+            # its own too: a container whose removal failed mid-run (the engine was restarting) is not left behind
+            _remove_leftovers({run.run_id}, own=True)
 
 
-def _remove_leftovers(earlier: set[str]) -> None:
-    """The containers of the work dir's earlier runs: all ended (we hold the lock), so nothing uses them."""
+def _remove_leftovers(earlier: set[str], own: bool = False) -> None:
+    """The containers of the work dir's earlier runs: all ended (we hold the lock), so nothing uses them. With
+    `own`, those of the ending run itself, whose sandboxes are all closed by now."""
     if not earlier or not engine_available():  # no engine: the local backend has no containers to leave
         return
     try:
@@ -138,7 +141,8 @@ def _remove_leftovers(earlier: set[str]) -> None:
         log.warning("could not remove the sandbox containers of earlier runs of this work dir: %s", exc)
         return
     if removed:
-        log.info("removed %d sandbox containers left behind by earlier runs of this work dir", removed)
+        log.info("removed %d sandbox containers left behind by %s", removed,
+                 "this run (their removal had failed)" if own else "earlier runs of this work dir")
 
 
 def cleanup_work_dir(work_dir: str | Path) -> int:
