@@ -155,8 +155,9 @@ class Scanner:
             return self.text(value, table)
         if isinstance(value, list):
             return [self.value(v, table) for v in value]
-        if isinstance(value, dict):
-            return {k: v if k in SKIP_COLUMNS or k in CODE_COLUMNS else self.value(v, table) for k, v in value.items()}
+        if isinstance(value, dict):  # keys too: the lineage's sources map is keyed by URI, a local path among them
+            return {(self.text(k, table) if isinstance(k, str) else k):
+                    v if k in SKIP_COLUMNS or k in CODE_COLUMNS else self.value(v, table) for k, v in value.items()}
         return value
 
     def row(self, row: dict, table: str) -> tuple[dict, list[str]]:

@@ -83,7 +83,9 @@ WRITTEN = ("{ du -scm /tmp /var/tmp \"$HOME\" /dev/shm 2>/dev/null | tail -1; "
 def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
     """A suite that filled the sandbox's writable directories was killed for memory (tmpfs pages count against it)
     or lost the harness's record: name the disk as the reason, with what it wrote and the limits it hit."""
-    if rejected.reason not in ("out_of_memory", "results_unreadable"):
+    # a harness record grown on purpose is `results_unreadable` whatever its size; a record lost to a full disk is not
+    if rejected.reason != "out_of_memory" and not (rejected.reason == "results_unreadable"
+                                                   and "No space left on device" in rejected.detail):
         return rejected
     res = sandbox.execute(WRITTEN, timeout=60)
     written = int(res.output.strip() or 0) if res.exit_code == 0 and res.output.strip().isdigit() else 0
