@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from trajfactory.datasets.scan import Scanner
 from trajfactory.datasets.store import DatasetStore
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -153,13 +154,15 @@ def test_scheduled_runs_make_v1_then_v2_with_a_new_source(docker_backend, tmp_pa
         assert store.versions() == ["v1", "v2"], "a run with nothing new must write no version"
         manifest = store.manifest("v2")
         assert manifest["parent"] == "v1" and store.verify("v2") == []
-        assert set(manifest["lineage"]["sources"]) == {"builtin:textkit", str(SECOND_SOURCE)}
+        # the lineage and the card name a local source as the scan writes host paths (`<WORK>/...`), never the path
+        second = Scanner().text(str(SECOND_SOURCE), "lineage")
+        assert second != str(SECOND_SOURCE) and set(manifest["lineage"]["sources"]) == {"builtin:textkit", second}
         assert {row["repo"] for row in store.read_rows("v2", "tasks")} == {"textkit", "good_small"}
         v1_tasks = {row["task_id"] for row in store.read_rows("v1", "tasks")}
         assert v1_tasks < {row["task_id"] for row in store.read_rows("v2", "tasks")}
 
         card = (store.root / "v2" / "README.md").read_text()
-        assert "## What is new since v1" in card and f"- new sources: `{SECOND_SOURCE}`" in card
+        assert "## What is new since v1" in card and f"- new sources: `{second}`" in card
         new_tasks = len(store.read_rows("v2", "tasks")) - len(v1_tasks)
         assert f"| `tasks` | {len(v1_tasks) + new_tasks} | {new_tasks} | {len(v1_tasks)} | 0 |" in card
 
