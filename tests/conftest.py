@@ -77,3 +77,20 @@ def vllm_server(_vllm_session_server):
 
 
 from model_flow import model_flow_run  # noqa: E402,F401 — the session's model flow run (several modules read it)
+
+
+from openai_stub import Stub  # noqa: E402
+
+
+@pytest.fixture
+def stub():
+    """`stub(reply)` starts a scripted OpenAI server (`openai_stub.Stub`); all of a test's stop with it."""
+    made: list[Stub] = []
+
+    def make(reply):
+        made.append(Stub(reply))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()

@@ -7,6 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from trajfactory.models.client import ModelClient
+
 Respond = Callable[[dict, dict], tuple[int, dict]]
 """(request body, request headers) -> (HTTP status, response body)."""
 
@@ -44,3 +46,27 @@ class OpenAIStub:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Stub:
+    """OpenAI-ish chat endpoint on 127.0.0.1: `reply(body) -> content` (or `(status, content)`); keeps the bodies."""
+
+    def __init__(self, reply: Callable[[dict], str | tuple[int, str]]):
+        self.bodies: list[dict] = []
+        self._reply = reply
+        self._server = OpenAIStub(self._respond)
+        self.url = self._server.url
+
+    def _respond(self, body: dict, headers: dict) -> tuple[int, dict]:
+        self.bodies.append(body)
+        out = self._reply(body)
+        status, content = out if isinstance(out, tuple) else (200, out)
+        if status != 200:
+            return status, error(content)
+        return 200, completion({"role": "assistant", "content": content}, {"prompt_tokens": 10, "completion_tokens": 5})
+
+    def client(self) -> ModelClient:
+        return ModelClient(self.url, "stub-model", max_retries=0)
+
+    def close(self):
+        self._server.close()
