@@ -101,16 +101,7 @@ def set_run_id(run_id: str) -> None:
 
 def cleanup_run_containers(run_ids: set[str], client=None) -> int:
     """Remove the sandbox containers of the factory runs `run_ids` (label trajfactory.run), and none of other runs."""
-    if not run_ids:
-        return 0
-    client = client or _client()
-    with _engine_errors("listing the sandbox containers of earlier runs"):
-        labelled = client.containers.list(all=True, filters={"label": [f"{LABEL}=1", RUN_LABEL]})
-        theirs = [c for c in labelled if c.labels.get(RUN_LABEL) in run_ids]
-        for container in theirs:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True, v=True)  # v: the tmpfs volumes go too
-    return len(theirs)
+    return sum(cleanup_leftover_containers({RUN_LABEL: run_id}, client) for run_id in sorted(run_ids))
 
 
 def _image_exists(client, tag: str) -> bool:
