@@ -54,14 +54,15 @@ class WorkDirBusy(RuntimeError):
     def __init__(self, work_dir: Path, holder: dict):
         who = (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
                f"started {holder.get('started', '?')})" if holder else "another run (it has not recorded itself yet)")
-        if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+        if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
             who += ", whose process is gone but a process it started still holds the lock"
         super().__init__(f"work dir {work_dir} is in use by {who}; only one run may use a work dir at a time: "
                          "wait for that run to end, stop it, or give this recipe another `work_dir`")
         self.work_dir, self.holder = work_dir, holder
 
 
-def _alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process `pid` of this host exists (False for no pid at all)."""
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, ProcessLookupError):

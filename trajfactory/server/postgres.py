@@ -11,10 +11,11 @@ import hashlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from trajfactory.models.server import free_port
 
 DATABASE = "prefect"
 DB_USER = "prefect"
@@ -36,12 +37,6 @@ def pg_bin_dir() -> Path:
         return Path(on_path).parent
     raise PostgresError(f"no PostgreSQL server binaries (initdb) under /usr/lib/postgresql/*/bin or on PATH: "
                         f"{INSTALL_HINT}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run_as() -> str | None:

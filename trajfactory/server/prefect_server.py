@@ -20,7 +20,9 @@ from pathlib import Path
 
 import httpx
 
-from trajfactory.server.postgres import PostgresCluster, default_data_dir, free_port
+from trajfactory.executors.runs import pid_alive
+from trajfactory.models.server import free_port
+from trajfactory.server.postgres import PostgresCluster, default_data_dir
 
 STATE_FILE = "state.json"
 
@@ -44,16 +46,6 @@ def healthy(api_url: str, timeout: float = 3) -> bool:
         return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def server_env(api_url: str | None = None, database_url: str | None = None, home: Path | None = None) -> dict:
@@ -119,19 +111,19 @@ def stop(state_dir: Path | None = None) -> bool:
     if not state:
         return False
     pid = state.get("server_pid")
-    if pid and _alive(pid):
+    if pid and pid_alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             try:
                 os.waitpid(pid, os.WNOHANG)  # our own child (a test started it): reap it
             except ChildProcessError:
                 pass
             time.sleep(0.3)
-        if _alive(pid):
+        if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
     PostgresCluster(Path(state["postgres_data"]), state.get("postgres_port", 0)).stop()
     (state_dir / STATE_FILE).unlink(missing_ok=True)
