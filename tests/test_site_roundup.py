@@ -19,9 +19,9 @@ import trajfactory
 from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_env import run_web_episode
-from trajfactory.executors.webapps import get_adapter
-from trajfactory.schema import WebTask
-from trajfactory.settings.sites import site_facts
+from trajfactory.executors.webapps import adapters, get_adapter, register_sites, unregister
+from trajfactory.schema import Quarantine, WebTask
+from trajfactory.settings.sites import declared_site, site_facts
 from trajfactory.synthesizers.web import stage
 from trajfactory.verifiers.state import verify_state
 
@@ -53,6 +53,15 @@ class TrackerClient:
 
     def set_status(self, issue: str, status: str) -> None:
         self.post(f"/{issue}", **{"@action": "edit", "status": status})
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_sites():
+    """Sites a test registers leave with it: the registry is per process and other tests guess sites."""
+    before = set(adapters())
+    yield
+    for name in set(adapters()) - before:
+        unregister(name)
 
 
 def _status(state: dict, title: str) -> str:
@@ -158,3 +167,34 @@ def test_a_form_laid_out_as_a_table_names_its_fields_by_their_row_headers():
     assert names["11"] == "Priority" and names["14"] == "Status"
     assert names["5"] == names["17"] == names["18"] == ""  # outside a row, or a row without a header: still nameless
     assert ground(parse_axtree(tree), "Status", ["combobox"]).bid == "14"
+
+
+def test_a_recipe_declares_a_roundup_site_with_its_tutorial_source():
+    [adapter] = register_sites([{"name": "bugs", "kind": "roundup", "sources": [str(PAGES)],
+                                 "missing_features": ["Merge two issues"]}])
+    assert adapter.facts.volatile == site_facts("roundup").volatile
+    assert declared_site(str(PAGES / "roundup-rest-api.html")) == "bugs"  # declared, not guessed from keywords
+    with adapter.start(0) as site:
+        state = site.state()
+        assert state["app"] == "bugs" and len(state["issue"]) == 6 and site.url.endswith("/tracker")
+
+
+@pytest.mark.browser
+def test_a_roundup_gold_that_adds_a_second_message_is_rejected(pool, tasks):
+    task = tasks["add-a-message.html"]
+    extra = ["Type 'Thanks for the report' in the 'Change Note' field.", "Click 'Submit Changes'."]
+    out = stage.establish_checks(task.model_copy(update={"spec": task.spec.model_copy(update={
+        "steps": [*task.spec.steps, *extra]})}), pool)
+    assert isinstance(out, Quarantine) and out.reason == "gold_overreach", out
+    assert "msg" in out.detail and "Thanks for the report" in out.detail
+
+
+@pytest.mark.browser
+def test_a_roundup_infeasible_twin_is_reported_with_the_state_untouched(pool):
+    tutorials, _ = stage.harvest([str(PAGES / "close-an-issue.html")])
+    made, bad = stage.tasks_from_tutorials(tutorials, seed=0, infeasible_share=1.0)
+    assert not bad and [t.feasible for t in made] == [True, False]
+    assert made[1].provenance.params["missing_feature"] in site_facts("roundup").missing_features
+    twin = stage.establish_checks(made[1], pool)
+    assert isinstance(twin, WebTask) and not twin.feasible, twin
+    assert {c.table for c in twin.checks} >= {"issue", "msg"}
