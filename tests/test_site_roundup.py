@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
-import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_env import run_web_episode
 from trajfactory.executors.webapps import adapters, get_adapter, register_sites, unregister
+from trajfactory.executors.webapps.roundup_tracker import message_file
 from trajfactory.schema import Quarantine, WebTask
 from trajfactory.settings.sites import declared_site, site_facts
 from trajfactory.synthesizers.web import stage
@@ -51,8 +51,8 @@ class TrackerClient:
         page = self.post("/", **{"@action": "Login", "__login_name": username, "__login_password": password})
         assert f"Hello, {username}" in page, page[-2000:]
 
-    def set_status(self, issue: str, status: str) -> None:
-        self.post(f"/{issue}", **{"@action": "edit", "status": status})
+    def set_status(self, issue: str, status: str, note: str) -> None:
+        self.post(f"/{issue}", **{"@action": "edit", "status": status, "@note": note})
 
 
 @pytest.fixture(autouse=True)
@@ -72,30 +72,30 @@ def test_roundup_episodes_in_parallel_are_isolated_and_reset_restores_the_templa
     adapter = get_adapter("roundup")
     adapter.template(0)  # built once per seed; later starts only copy it
 
-    def episode(status: str) -> tuple[dict, dict, dict, float]:
+    def episode(status: str) -> tuple[dict, dict, dict, bool]:
         with adapter.start(0) as site:
             user, password = next(iter(site.accounts.items()))
             initial = site.state()
             client = TrackerClient(site.url)
             client.login(user, password)
-            client.set_status("issue1", status)
+            client.set_status("issue1", status, f"Moved to {status}.")
             changed = site.state()
-            t0 = time.perf_counter()
+            new_file = message_file(site.home, changed["msg"][-1]["id"])
+            assert new_file.read_text() == f"Moved to {status}."
             site.reset()
-            took = time.perf_counter() - t0
-            return initial, changed, site.state(), took
+            return initial, changed, site.state(), new_file.exists()
 
     with ThreadPoolExecutor(2) as ex:
-        (i1, c1, r1, t1), (i2, c2, r2, t2) = ex.map(episode, ["deferred", "done-cbb"])
+        (i1, c1, r1, left1), (i2, c2, r2, left2) = ex.map(episode, ["deferred", "done-cbb"])
     first = i1["issue"][0]["title"]
     assert i1 == i2 and _status(i1, first) not in ("deferred", "done-cbb")
     # each episode saw only its own change
     assert _status(c1, first) == "deferred" and _status(c2, first) == "done-cbb"
     assert [r for r in c1["issue"] if r["id"] != 1] == [r for r in i1["issue"] if r["id"] != 1]
-    # reset: the template's rows again, message files included
-    assert r1 == i1 and r2 == i2
+    assert [(m["author"], m["content"]) for m in c1["msg"][len(i1["msg"]):]] == [("admin", "Moved to deferred.")]
+    # reset: the template's rows again, and the message file store without the new message's file
+    assert r1 == i1 and r2 == i2 and not left1 and not left2
     assert all(m["content"] for m in r1["msg"]) and len(r1["msg"]) == len(r1["issue"])
-    assert max(t1, t2) < 1.0, (t1, t2)
 
 
 def test_roundup_state_normalizes_volatile_fields():

@@ -149,7 +149,7 @@ def _plan(seed: int) -> dict[str, Any]:
             "issues": issues}
 
 
-def _msg_file(home: Path, msg_id: int) -> Path:
+def message_file(home: Path, msg_id: int) -> Path:
     """Where Roundup's file store keeps the text of message `msg_id` (1000 files a folder)."""
     return home / "db" / "files" / "msg" / str(msg_id // 1000) / f"msg{msg_id}"
 
@@ -205,7 +205,7 @@ class RoundupInstance:
         db = self.home / "db" / "db"
         tables = {t: _read(db, sql, dict_rows=True) for t, sql in STATE_QUERIES.items()}
         for row in tables["msg"]:
-            path = _msg_file(self.home, int(row["id"]))
+            path = message_file(self.home, int(row["id"]))
             row["content"] = path.read_text(errors="replace") if path.exists() else None
         for row in tables["user"]:  # a salted hash differs on every set: only whether it changed matters
             pw = row["password"] or ""
