@@ -1,8 +1,11 @@
-"""Web yield bench: the AgentTrek funnel on the bundled docs, episode reset time, and browser steps/s vs parallelism.
+"""Web yield bench: the AgentTrek funnel on the bundled docs and on web-style pages for the real apps, episode reset
+time, and browser steps/s vs parallelism.
 
-    python bench/web_yield.py [--browsers 2] [--repeat 4] [--parallel 1,2,4]
+    python bench/web_yield.py [--browsers 2] [--repeat 4] [--parallel 1,2,4] [--sections bundled,real,reset,steps]
 
-1. Funnel per site (pages -> tutorials -> tasks -> verified trajectories), the stage library on the bundled docs.
+1. Funnel per site (pages -> tutorials -> specs -> tasks -> verified trajectories), the factory's web pipeline on
+   the bundled docs; then the same pipeline on the real apps' tutorial pages (`data/site_tutorials/<site>/`: web
+   style, with chrome, ads, comments, code blocks, images, and pages that are no tutorial).
 2. Episode start and reset per site, the real apps (site adapters) beside the bundled ones: a fresh seeded app +
    a new browser context at its start page, then both closed; and `reset()` of a live episode.
 3. Browser steps/s of the same replay workload (three plainly worded tutorials x --repeat) at 1/2/4 episodes
@@ -27,7 +30,12 @@ from trajfactory.pipelines import web  # noqa: E402
 from trajfactory.pipelines.runner import LocalRunner  # noqa: E402
 from trajfactory.schema import Tutorial, WebTask, content_hash  # noqa: E402
 from trajfactory.settings import DatasetConfig, Recipe, WebConfig  # noqa: E402
+from trajfactory.synthesizers.web import stage  # noqa: E402
 from trajfactory.synthesizers.web.spec import make_web_task, parse_tutorial  # noqa: E402
+
+REAL_PAGES = Path(__file__).resolve().parent.parent / "trajfactory" / "data" / "site_tutorials"
+REAL_SITES = ["django_admin", "roundup"]
+"""The real third-party apps whose tutorial pages (`REAL_PAGES/<site>/`) the second funnel runs on."""
 
 # the same wording as tests/test_web_tasks.py: tutorials the replay policy grounds on seed 0 of each app
 WORKLOAD = {
@@ -45,24 +53,47 @@ WORKLOAD = {
 }
 
 
-def recipe(work: Path, browsers: int = 1) -> Recipe:
-    """A web-only recipe on the bundled docs (rule parser + tutorial replay), writing under `work`."""
+def recipe(work: Path, browsers: int = 1, tutorials: list[str] | None = None) -> Recipe:
+    """A web-only recipe on the bundled docs, or on the real apps' page folders `tutorials` (each declared as the
+    source of its site, as a user declares theirs), rule parser + tutorial replay, writing under `work`."""
+    sites = [{"name": Path(t).name, "kind": Path(t).name, "sources": [t]} for t in tutorials or []]
     return Recipe(work_dir=str(work / "work"), dataset=DatasetConfig(root=str(work / "datasets")),
-                  web=WebConfig(tutorials=["builtin:docs"], infeasible_share=0.25, browsers=browsers))
+                  web=WebConfig(tutorials=tutorials or ["builtin:docs"], sites=sites, infeasible_share=0.25,
+                                browsers=browsers))
 
 
-def funnel(browsers: int, work: Path) -> tuple[list[dict], dict[str, int], float]:
-    """The factory's own web pipeline (`pipelines/web.py`) end to end, without Prefect."""
+def funnel(browsers: int, work: Path, tutorials: list[str] | None = None) -> tuple[list[dict], dict[str, int], float]:
+    """The factory's own web pipeline (`pipelines/web.py`) end to end, without Prefect; each row gets `specs`: the
+    site's tutorials the rule parser finds steps and the site in."""
     t0 = time.perf_counter()
-    result = web.run(recipe(work, browsers), LocalRunner())
+    result = web.run(recipe(work, browsers, tutorials), LocalRunner())
     reasons: dict[str, int] = {}
-    for row in result["summary"]["quarantine"]:
+    for row in result["summary"].get("quarantine", []):
         if row["stage"] != "harvest":  # pages that are no tutorial are counted in the funnel's own columns
             reasons[row["reason"]] = reasons.get(row["reason"], 0) + row["items"]
-    return result["summary"]["by_site"], reasons, time.perf_counter() - t0
+    rows = result["summary"]["by_site"]
+    specs = spec_counts(tutorials or ["builtin:docs"])
+    for r in rows:
+        r["specs"] = specs.get(r["site"], 0)
+    return rows, reasons, time.perf_counter() - t0
 
 
-RESET_SITES = [*WORKLOAD, "django_admin"]
+def spec_counts(sources: list[str]) -> dict[str, int]:
+    """site -> its pages classified as tutorials that the rule parser makes a spec of (steps and a target site)."""
+    with stage.tutorial_sources(sources) as uris:
+        tutorials, _ = stage.harvest(uris)
+    out: dict[str, int] = {}
+    for tut in tutorials:
+        if tut.is_tutorial:
+            try:
+                found = bool(parse_tutorial(tut).target_site)
+            except ValueError:  # no steps
+                found = False
+            out[tut.site or "-"] = out.get(tut.site or "-", 0) + found
+    return out
+
+
+RESET_SITES = [*WORKLOAD, *REAL_SITES]
 """The bundled apps and the real ones (site adapters) whose episode start and reset are timed."""
 
 
@@ -116,31 +147,53 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=4, help="copies of the 3-tutorial replay workload")
     ap.add_argument("--parallel", default="1,2,4")
     ap.add_argument("--resets", type=int, default=15)
+    ap.add_argument("--sections", default="bundled,real,reset,steps",
+                    help="which parts to run: bundled (funnel on the bundled docs), real (funnel on the real apps' "
+                         "pages), reset (episode start/reset per site), steps (browser steps/s)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if unknown := sections - {"bundled", "real", "reset", "steps"}:
+        ap.error(f"--sections: unknown {sorted(unknown)}; choose from bundled, real, reset, steps")
 
     work = Path(tempfile.mkdtemp(prefix="tf-web-bench-"))
-    rows, reasons, took = funnel(args.browsers, work)
-    print(f"\n## Funnel on the bundled docs (rule parser + tutorial replay, {took:.0f}s)\n")
-    print("| site | pages | tutorials | tasks (checked) | infeasible tasks | trajectories | verified | verified infeasible | verified/tutorials |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['site']} | {r['pages']} | {r['tutorials']} | {r['tasks']} | {r['infeasible_tasks']} | "
-              f"{r['trajectories']} | {r['verified']} | {r['verified_infeasible']} | {r['yield']:.2f} |")
-    print(f"\nquarantined by reason: {dict(sorted(reasons.items()))}")
+    runs = []
+    if "bundled" in sections:
+        runs.append(("the bundled docs", work / "bundled", None))
+    if "real" in sections:
+        runs.append((f"web-style pages for the real apps ({', '.join(REAL_SITES)})", work / "real",
+                     [str(REAL_PAGES / site) for site in REAL_SITES]))
+    for what, folder, tutorials in runs:
+        rows, reasons, took = funnel(args.browsers, folder, tutorials)
+        print(f"\n## Funnel on {what} (rule parser + tutorial replay, {took:.0f}s)\n")
+        print("| site | pages | tutorials | specs | tasks (checked) | infeasible tasks | trajectories | verified | "
+              "verified infeasible | verified/tutorials |\n|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['site']} | {r['pages']} | {r['tutorials']} | {r['specs']} | {r['tasks']} | "
+                  f"{r['infeasible_tasks']} | {r['trajectories']} | {r['verified']} | {r['verified_infeasible']} | "
+                  f"{r['yield']:.2f} |")
+        print(f"\nquarantined by reason: {dict(sorted(reasons.items()))}")
+    if "reset" in sections:
+        print_resets(args.resets)
+    if "steps" in sections:
+        print_steps(args.repeat, args.parallel, work)
 
+
+def print_resets(n: int) -> None:
     print("\n## Episode start and reset per site (start: fresh seeded app + new browser context at its start page, "
           "closed; reset: `reset()` of a live episode)\n")
     print("| site | n | start median ms | start p90 ms | reset median ms | reset / start |\n|---|---|---|---|---|---|")
-    for app, (fresh, reset) in reset_times(args.resets).items():
+    for app, (fresh, reset) in reset_times(n).items():
         start_ms, reset_ms = statistics.median(fresh) * 1e3, statistics.median(reset) * 1e3
         print(f"| {app} | {len(fresh)} | {start_ms:.0f} | {fresh[int(0.9 * (len(fresh) - 1))] * 1e3:.0f} | "
               f"{reset_ms:.1f} | {reset_ms / start_ms:.3f} |")
 
-    tasks = workload_tasks(args.repeat, work)
+
+def print_steps(repeat: int, parallel: str, work: Path) -> None:
+    tasks = workload_tasks(repeat, work)
     print(f"\n## Browser steps/s, same replay workload ({len(tasks)} episodes), one Chromium per parallel episode\n")
     print("| parallel episodes | steps | verified | wall s | steps/s | ratio vs 1 |\n|---|---|---|---|---|---|")
     base = None
-    for p in [int(x) for x in args.parallel.split(",")]:
+    for p in [int(x) for x in parallel.split(",")]:
         rate, steps, ok, wall = steps_per_second(tasks, p, work)
         base = base or rate
         print(f"| {p} | {steps} | {ok}/{len(tasks)} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x |")

@@ -77,9 +77,11 @@ class Element:
 
 
 def parse_axtree(axtree: str) -> list[Element]:
-    """Elements of an observation; inside an open modal dialog only its own elements count."""
+    """Elements of an observation; inside an open modal dialog only its own elements count. A form control with no
+    accessible name inside a table row takes the name of the row's header before it, as a sighted reader would."""
     out: list[Element] = []
     modal_depth = None
+    row: tuple[int, str] | None = None  # (depth of the table row we are in, its last header's text)
     for line in axtree.splitlines():
         m = LINE_RE.match(line)
         if not m:
@@ -87,6 +89,14 @@ def parse_axtree(axtree: str) -> list[Element]:
         depth, bid, role, name, props = len(m.group(1)), m.group(2), m.group(3), ast.literal_eval(m.group(4)), m.group(5)
         if modal_depth is not None and depth <= modal_depth:
             modal_depth = None
+        if row is not None and depth <= row[0]:
+            row = None
+        if role == "row":
+            row = (depth, "")
+        elif row is not None and role in ("rowheader", "columnheader") and name.strip():
+            row = (row[0], name)
+        elif row is not None and not name.strip() and role in TEXT_ROLES + ["checkbox", "listbox"]:
+            name = row[1]  # a form laid out as a table (`<th>Status</th><td><select>`): the header names the field
         el = Element(bid, role, name, props, depth, modal_depth is not None)
         if role == "dialog" and "modal" in props:
             modal_depth = depth

@@ -13,7 +13,7 @@ entry-point plugins are loaded, so no layer below the executors imports them.
     web:
       sites:
         - name: wiki                       # the name tasks and tutorials use
-          kind: mypkg.sites:WikiAdapter    # a built-in kind (bundled, django_admin) or module:Class
+          kind: mypkg.sites:WikiAdapter    # a built-in kind (bundled, django_admin, roundup) or module:Class
           options: {workers: 2}            # passed to the adapter
           sources: [https://docs.example.org/wiki/]   # tutorials from here are about this site
           keywords: {wiki: 3, page: 1}
@@ -65,7 +65,7 @@ class SiteEntry(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_-]*$")
     kind: str = Field(min_length=1)
-    """A built-in adapter kind (`bundled`, `django_admin`) or a plugin class as `module:Class`."""
+    """A built-in adapter kind (`bundled`, `django_admin`, `roundup`) or a plugin class as `module:Class`."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the adapter's constructor."""
     keywords: dict[str, float] | None = None

@@ -6,7 +6,7 @@
         site.state()        # {"app": "shop", "seed": 3, "products": [...], "cart": [...], "orders": [...]}
         site.reset()        # back to the seeded state
 
-The bundled apps (shop, forum, tracker) and the real ones (`django_admin`) are adapters on the same interface
+The bundled apps (shop, forum, tracker) and the real ones (`django_admin`, `roundup`) are adapters on the same interface
 (`adapter.py`); `registry.py` adds entry-point plugins and the recipe's `web.sites:` entries.
 """
 

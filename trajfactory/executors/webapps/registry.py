@@ -20,11 +20,13 @@ from .adapter import BundledAdapter, SiteAdapter, SiteHandle
 from .base import AppConfig
 from .django_admin import DjangoAdminAdapter
 from .forum import ForumApp
+from .roundup_tracker import RoundupAdapter
 from .shop import ShopApp
 from .tracker import TrackerApp
 
 ENTRY_POINT_GROUP = "trajfactory.sites"
-KINDS: dict[str, type[SiteAdapter]] = {cls.kind: cls for cls in (BundledAdapter, DjangoAdminAdapter)}
+KINDS: dict[str, type[SiteAdapter]] = {cls.kind: cls for cls in (BundledAdapter, DjangoAdminAdapter,
+                                                                   RoundupAdapter)}
 """Adapter kinds a recipe entry names without a module path."""
 
 _ADAPTERS: dict[str, SiteAdapter] = {}
@@ -113,4 +115,5 @@ def launch(app: str, seed: int = 0, config: AppConfig | None = None) -> SiteHand
 for _app in (ShopApp, ForumApp, TrackerApp):
     register(BundledAdapter(_app))
 register(DjangoAdminAdapter())
+register(RoundupAdapter())
 load_entry_points()
