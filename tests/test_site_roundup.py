@@ -25,8 +25,6 @@ from trajfactory.settings.sites import declared_site, site_facts
 from trajfactory.synthesizers.web import stage
 from trajfactory.verifiers.state import verify_state
 
-roundup = pytest.importorskip("roundup", reason="the roundup site needs PyPI roundup (declared in pyproject.toml)")
-
 PAGES = Path(trajfactory.__file__).parent / "data" / "site_tutorials" / "roundup"
 
 
