@@ -42,12 +42,26 @@ from trajfactory.runtime import run_sync
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
                                 Verdict, quarantined)
 from trajfactory.settings import EpisodeLimits, Recipe
-from trajfactory.sources import harvest_repo
+from trajfactory.sources import expand_repo, harvest_repo
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.verifiers import claims, judge as judge_verifier
 
 # ---------------------------------------------------------------- the units of work (what a runner maps)
+
+
+def resolve_repos(recipe: Recipe) -> tuple[list[str], list[Quarantine]]:
+    """The recipe's repositories as the URIs to harvest, in order and once each (`pypi:NAME@latest:N` stands for its
+    N newest releases, asked of the package index at every run, so never cached), and the quarantine rows of those
+    that resolve to nothing."""
+    uris, bad = [], []
+    for spec in recipe.repos:
+        resolved = expand_repo(spec.uri)
+        if isinstance(resolved, Quarantine):
+            bad.append(resolved)
+        else:
+            uris += [u for u in resolved if u not in uris]
+    return uris, bad
 
 
 def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:
@@ -188,6 +202,8 @@ def judge(recipe: Recipe, endpoint: ModelEndpoint, task: Task, trajectories: lis
 class Harvest:
     sources: list[Source] = field(default_factory=list)
     quarantine: list[Quarantine] = field(default_factory=list)
+    uris: list[str] = field(default_factory=list)
+    """Every repository the run asked for: the recipe's URIs, `pypi:NAME@latest:N` as the releases it resolved to."""
 
 
 @dataclass
@@ -220,9 +236,11 @@ class Verification:
 
 def harvest(recipe: Recipe, runner: Runner) -> Harvest:
     """Repositories -> pinned mirrors."""
-    results = runner.map(harvest_one, [(recipe, r.uri) for r in recipe.repos], "harvest",
-                         workers=recipe.sandbox.concurrency)
-    return Harvest([r for r in results if isinstance(r, Source)], [r for r in results if isinstance(r, Quarantine)])
+    uris, unresolved = runner.call(resolve_repos, recipe)
+    results = runner.map(harvest_one, [(recipe, uri) for uri in uris], "harvest", workers=recipe.sandbox.concurrency)
+    return Harvest([r for r in results if isinstance(r, Source)],
+                   unresolved + [r for r in results if isinstance(r, Quarantine)],
+                   uris + [q.uri for q in unresolved])
 
 
 def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: ModelEndpoint | None,
@@ -368,7 +386,8 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
     verdicts, judged = [v for v in verdicts if v.trajectory_id in kept], [v for v in judged if v.trajectory_id in kept]
     quarantine = harvested.quarantine + synthesis.quarantine + contradicted + out.quarantine
     names = {s.uri: s.name for s in harvested.sources}
-    repositories = {r.uri: names.get(r.uri, r.uri) for r in recipe.repos}  # a repository never harvested: its uri
+    asked = harvested.uris or [s.uri for s in harvested.sources] + [q.uri for q in harvested.quarantine]
+    repositories = {uri: names.get(uri, uri) for uri in asked}  # a repository never harvested: its uri
     summary = yields(synthesis.candidates, synthesis.validations, out.tasks, out.trajectories, verdicts, usage=usage,
                      judge_agreement=judge_verifier.agreement(judged, verdicts) if judged else None,
                      quarantine=quarantine, repositories=repositories)
