@@ -18,7 +18,8 @@ def expand_repo(uri: str) -> list[str] | Quarantine:
     try:
         return expand_uri(uri)
     except SourceError as exc:
-        return quarantined("harvest", "source", content_hash(uri), getattr(exc, "reason", "harvest_failed"), str(exc), uri)
+        reason = getattr(exc, "reason", "harvest_failed")
+        return quarantined("harvest", "source", content_hash(uri), reason, str(exc), uri)
 
 
 def harvest_repo(uri: str, mirror_root: str | Path) -> Source | Quarantine:

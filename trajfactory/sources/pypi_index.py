@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -48,6 +49,12 @@ def index_url() -> str:
     return (os.environ.get(INDEX_ENV) or DEFAULT_INDEX).rstrip("/")
 
 
+def _tls() -> ssl.SSLContext | bool:
+    """The CA bundle pip is told to trust (PIP_CERT), else the default one."""
+    cafile = os.environ.get("PIP_CERT")
+    return ssl.create_default_context(cafile=cafile) if cafile and os.path.isfile(cafile) else True
+
+
 def normalize(name: str) -> str:
     """The PEP 503 form of a project name: `Foo_Bar.baz` is `foo-bar-baz`."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -58,7 +65,7 @@ def sdists(name: str, uri: str, timeout: float = 60.0) -> list[Sdist]:
     index = index_url()
     try:
         resp = httpx.get(f"{index}/{normalize(name)}/", headers={"Accept": _ACCEPT}, follow_redirects=True,
-                         timeout=timeout)
+                         timeout=timeout, verify=_tls())
     except httpx.TimeoutException as exc:
         raise SourceError("timeout", f"{uri!r}: the package index {index} did not answer within {timeout:g}s; "
                           "retry", uri) from exc
@@ -118,7 +125,8 @@ def download_sdist(name: str, version: str, dest: Path, uri: str, timeout: float
     part, digest = dest / (sdist.filename + ".part"), hashlib.sha256()
     log.info("downloading %s from %s", sdist.filename, sdist.url)
     try:
-        with httpx.stream("GET", sdist.url, follow_redirects=True, timeout=timeout) as resp, part.open("wb") as out:
+        with (httpx.stream("GET", sdist.url, follow_redirects=True, timeout=timeout, verify=_tls()) as resp,
+              part.open("wb") as out):
             if resp.status_code >= 400:
                 raise SourceError("download_failed", f"{uri!r}: {sdist.url} answered {resp.status_code}; retry", uri)
             for chunk in resp.iter_bytes():
