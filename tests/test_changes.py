@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from trajfactory.datasets.changes import changes
+from trajfactory.datasets.changes import begin_publishing, changes, published_before_a_kill
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.store import DatasetStore
 
@@ -56,3 +56,18 @@ def test_a_parent_without_recorded_sources_says_so(tmp_path):
     _write(tmp_path, [_task("a", "x")], {"builtin:textkit": "c1"})
     card = (tmp_path / "swe" / "v2" / "README.md").read_text()
     assert "- sources: v1 did not record its sources" in card and "| `tasks` | 1 | 0 | 1 | 0 |" in card
+
+
+def test_a_version_published_by_a_killed_run_is_taken_by_its_resume(tmp_path):
+    live, root = tmp_path / "work" / "live-run", tmp_path / "datasets"
+    lineage = {"sources": {"builtin:textkit": "c1"}, "recipe_hash": "r1", "factory_version": "1",
+               "sources_digest": "d1"}
+    assert published_before_a_kill(live, root / "swe", lineage) is None  # no run noted a publication
+    begin_publishing(live, root / "swe")
+    assert published_before_a_kill(live, root / "swe", lineage) is None  # killed before it published
+    assert write_dataset(root, "swe", {"tasks": [_task("a", "textkit")]}, lineage, {}) == "v1"
+    assert published_before_a_kill(live, root / "swe", lineage) == "v1"  # killed after it published
+    assert published_before_a_kill(live, root / "swe", {**lineage, "recipe_hash": "r2"}) is None  # another recipe
+    assert published_before_a_kill(live, tmp_path / "elsewhere" / "swe", lineage) is None  # another dataset
+    begin_publishing(live, root / "swe")  # a later run noted v1 as the latest before it wrote
+    assert published_before_a_kill(live, root / "swe", lineage) is None

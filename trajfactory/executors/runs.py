@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -33,8 +34,11 @@ LOCK_FILE = "run.lock"
 """In the work dir: locked by the live run, and holding its record."""
 RUNS_FILE = "runs.jsonl"
 """In the work dir: one record per run that ever held it, oldest first."""
+LIVE_DIR = "live-run"
+"""In the work dir: what a run keeps only while it lives. The run removes it when it ends; a killed run leaves it
+for the next run of the work dir to find (the version it published before the kill, say)."""
 
-__all__ = ["LOCK_FILE", "RUNS_FILE", "RUN_LABEL", "FactoryRun", "WorkDirBusy", "cleanup_work_dir", "hold_work_dir",
+__all__ = ["LIVE_DIR", "LOCK_FILE", "RUNS_FILE", "RUN_LABEL", "FactoryRun", "WorkDirBusy", "cleanup_work_dir", "hold_work_dir",
            "recorded_runs"]
 
 
@@ -127,6 +131,7 @@ def hold_work_dir(work_dir: str | Path) -> Iterator[FactoryRun]:
             yield run
         finally:
             set_run_id("")
+            shutil.rmtree(work / LIVE_DIR, ignore_errors=True)
             # its own too: a container whose removal failed mid-run (the engine was restarting) is not left behind
             _remove_leftovers({run.run_id}, own=True)
 

@@ -42,10 +42,16 @@ def save(work_dir: str | Path, result) -> None:
     for name, (file, _, _) in FILES[type(result)].items():
         write_records(records_dir(work_dir) / f"{file}.jsonl", getattr(result, name))
     if isinstance(result, Synthesis):
-        path = records_dir(work_dir) / "environments.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: dataclasses.asdict(v) for k, v in result.environments.items()}, indent=1))
-        tmp.replace(path)
+        _write_json(records_dir(work_dir) / "environments.json",
+                    {k: dataclasses.asdict(v) for k, v in result.environments.items()})
+    if isinstance(result, Harvest):
+        _write_json(records_dir(work_dir) / "harvest-uris.json", result.uris)
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 def load(work_dir: str | Path, cls: type[T]) -> T:
@@ -64,4 +70,6 @@ def load(work_dir: str | Path, cls: type[T]) -> T:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such record file; run `trajfactory synthesize` first")
         fields["environments"] = {k: EnvironmentHandle(**v) for k, v in json.loads(path.read_text()).items()}
+    if cls is Harvest and (path := records_dir(work_dir) / "harvest-uris.json").is_file():
+        fields["uris"] = json.loads(path.read_text())
     return cls(**fields)

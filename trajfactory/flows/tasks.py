@@ -166,6 +166,7 @@ def step_task(fn: Callable, name: str, *, key: Callable[[dict], tuple] | None = 
 
 
 STEPS: dict[Callable, Any] = {
+    swe.resolve_repos: step_task(swe.resolve_repos, "resolve-repos"),
     swe.harvest_one: step_task(swe.harvest_one, "harvest"),
     swe.build_environment: step_task(swe.build_environment, "build-environment", retry=True),
     swe.procedural_candidates: step_task(

@@ -19,6 +19,7 @@ whole run by `run`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import trajfactory
 from trajfactory.agents.model import ModelPolicy
 from trajfactory.agents.oracle import OraclePolicy
 from trajfactory.datasets import curriculum
-from trajfactory.datasets.changes import sources_digest, unchanged_version
+from trajfactory.datasets.changes import begin_publishing, published_before_a_kill, sources_digest, unchanged_version
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
 from trajfactory.datasets.yields import yields
@@ -34,6 +35,7 @@ from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
 from trajfactory.executors.episode import require_server, run_episodes
 from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.runs import LIVE_DIR
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
@@ -42,12 +44,28 @@ from trajfactory.runtime import run_sync
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
                                 Verdict, quarantined)
 from trajfactory.settings import EpisodeLimits, Recipe
-from trajfactory.sources import harvest_repo
+from trajfactory.sources import expand_repo, harvest_repo
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.verifiers import claims, judge as judge_verifier
 
+log = logging.getLogger(__name__)
+
 # ---------------------------------------------------------------- the units of work (what a runner maps)
+
+
+def resolve_repos(recipe: Recipe) -> tuple[list[str], list[Quarantine]]:
+    """The recipe's repositories as the URIs to harvest, in order and once each (`pypi:NAME@latest:N` stands for its
+    N newest releases, asked of the package index at every run, so never cached), and the quarantine rows of those
+    that resolve to nothing."""
+    uris, bad = [], []
+    for spec in recipe.repos:
+        resolved = expand_repo(spec.uri)
+        if isinstance(resolved, Quarantine):
+            bad.append(resolved)
+        else:
+            uris += [u for u in resolved if u not in uris]
+    return uris, bad
 
 
 def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:
@@ -188,6 +206,8 @@ def judge(recipe: Recipe, endpoint: ModelEndpoint, task: Task, trajectories: lis
 class Harvest:
     sources: list[Source] = field(default_factory=list)
     quarantine: list[Quarantine] = field(default_factory=list)
+    uris: list[str] = field(default_factory=list)
+    """Every repository the run asked for: the recipe's URIs, `pypi:NAME@latest:N` as the releases it resolved to."""
 
 
 @dataclass
@@ -220,9 +240,11 @@ class Verification:
 
 def harvest(recipe: Recipe, runner: Runner) -> Harvest:
     """Repositories -> pinned mirrors."""
-    results = runner.map(harvest_one, [(recipe, r.uri) for r in recipe.repos], "harvest",
-                         workers=recipe.sandbox.concurrency)
-    return Harvest([r for r in results if isinstance(r, Source)], [r for r in results if isinstance(r, Quarantine)])
+    uris, unresolved = runner.call(resolve_repos, recipe)
+    results = runner.map(harvest_one, [(recipe, uri) for uri in uris], "harvest", workers=recipe.sandbox.concurrency)
+    return Harvest([r for r in results if isinstance(r, Source)],
+                   unresolved + [r for r in results if isinstance(r, Quarantine)],
+                   uris + [q.uri for q in unresolved])
 
 
 def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: ModelEndpoint | None,
@@ -368,7 +390,8 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
     verdicts, judged = [v for v in verdicts if v.trajectory_id in kept], [v for v in judged if v.trajectory_id in kept]
     quarantine = harvested.quarantine + synthesis.quarantine + contradicted + out.quarantine
     names = {s.uri: s.name for s in harvested.sources}
-    repositories = {r.uri: names.get(r.uri, r.uri) for r in recipe.repos}  # a repository never harvested: its uri
+    asked = harvested.uris or [s.uri for s in harvested.sources] + [q.uri for q in harvested.quarantine]
+    repositories = {uri: names.get(uri, uri) for uri in asked}  # a repository never harvested: its uri
     summary = yields(synthesis.candidates, synthesis.validations, out.tasks, out.trajectories, verdicts, usage=usage,
                      judge_agreement=judge_verifier.agreement(judged, verdicts) if judged else None,
                      quarantine=quarantine, repositories=repositories)
@@ -378,7 +401,13 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
     if recipe.model is not None and usage:
         lineage["model"] = recipe.model.digest_fields()
     licenses = {s.repo_slug or s.name: s.license for s in harvested.sources}
-    version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses)
+    live = Path(recipe.work_dir) / LIVE_DIR
+    version = published_before_a_kill(live, root, lineage)
+    if version:
+        log.info("%s was published by the run this one resumes (killed before it ended): taking it", version)
+    else:
+        begin_publishing(live, root)
+        version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses)
     return {"version": version, "root": str(root), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()}}
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trajfactory.settings.agents import ModelPolicyConfig, Section, unique_policies
 
@@ -14,7 +15,8 @@ BUILTIN_REPOS = Path(__file__).resolve().parent.parent / "data" / "repos"
 
 class RepoSpec(Section):
     uri: str
-    """A git URL (optionally `URL@REF`), a local path, `pypi:NAME==VERSION` or `builtin:NAME`."""
+    """A git URL (optionally `URL@REF`), a local path, `pypi:NAME==VERSION`, `pypi:NAME@latest:N` (the N newest
+    releases with an sdist, resolved when the run starts: each a repository of its own) or `builtin:NAME`."""
     bug_patches: str | None = None
     """A JSON or JSON-lines file of bug patches for this repository in SWE-smith's instance format (`patch`,
     optionally `instance_id` and `strategy`): validated as candidates by the same harness as the procedural ones."""
@@ -24,14 +26,20 @@ class RepoSpec(Section):
     def _known_form(cls, uri: str) -> str:
         uri = uri.strip()
         if not uri:
-            raise ValueError("empty; expected a git URL, a local path, pypi:NAME==VERSION or builtin:NAME")
+            raise ValueError("empty; expected a git URL, a local path, pypi:NAME==VERSION, pypi:NAME@latest:N or "
+                             "builtin:NAME")
         if uri.startswith("builtin:"):
             name = uri.split(":", 1)[1]
             if not (BUILTIN_REPOS / name).is_dir():
                 known = ", ".join(sorted(p.name for p in BUILTIN_REPOS.iterdir() if p.is_dir()))
                 raise ValueError(f"no built-in repository {name!r}; built-ins are: {known}")
-        if uri.startswith("pypi:") and "==" not in uri:
-            raise ValueError(f"{uri!r} has no version; write pypi:NAME==VERSION")
+        if uri.startswith("pypi:") and "@latest:" in uri:
+            latest = re.fullmatch(r".+@latest:([0-9]+)(:pre)?", uri)
+            if not latest or int(latest[1]) < 1:
+                raise ValueError(f"{uri!r}: N of pypi:NAME@latest:N is a whole number of 1 or more (`:pre` after it "
+                                 "counts pre-releases), e.g. pypi:inflection@latest:2")
+        elif uri.startswith("pypi:") and "==" not in uri:
+            raise ValueError(f"{uri!r} has no version; write pypi:NAME==VERSION or pypi:NAME@latest:N")
         return uri
 
     @field_validator("bug_patches")
@@ -41,6 +49,13 @@ class RepoSpec(Section):
             raise ValueError(f"{path!r}: no such file; give a JSON or JSON-lines file of SWE-smith instances "
                              "(each with a `patch`)")
         return path
+
+    @model_validator(mode="after")
+    def _patches_of_one_release(self) -> "RepoSpec":
+        if self.bug_patches and "@latest:" in self.uri:
+            raise ValueError(f"bug_patches apply to one release, and {self.uri!r} stands for several: pin the release "
+                             "the patches were made on (pypi:NAME==VERSION)")
+        return self
 
 
 class LMRewriteConfig(Section):

@@ -8,6 +8,20 @@ from trajfactory.schema import Quarantine, Source, content_hash, quarantined
 from trajfactory.settings import BUILTIN_REPOS
 
 
+def expand_repo(uri: str) -> list[str] | Quarantine:
+    """The repository URIs a recipe's `uri` stands for (`pypi:NAME@latest:N`: the N newest releases, asked of the
+    package index now; any other: itself); a failure becomes a quarantine row naming the input and the cause."""
+    from trajfactory.sources.repos import SourceError, expand_uri
+
+    if uri.startswith("builtin:"):
+        return [uri]
+    try:
+        return expand_uri(uri)
+    except SourceError as exc:
+        reason = getattr(exc, "reason", "harvest_failed")
+        return quarantined("harvest", "source", content_hash(uri), reason, str(exc), uri)
+
+
 def harvest_repo(uri: str, mirror_root: str | Path) -> Source | Quarantine:
     """Harvest one repository; a failure becomes a quarantine row naming the input and the cause."""
     from trajfactory.sources.repos import SourceError, harvest

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -23,21 +21,25 @@ from typing import Literal
 import git
 
 from trajfactory.schema import Source, content_hash, utcnow
-from trajfactory.sources import mirrors
+from trajfactory.sources import mirrors, pypi_index
 from trajfactory.sources.licenses import METADATA_FILES, find_license_file, guess_license, license_from_metadata
 from trajfactory.sources.mirrors import REASONS, SourceError
 
-__all__ = ["FORMS", "NETWORK_TIMEOUT_S", "REASONS", "SourceError", "SourceUri", "harvest", "parse_uri"]
+__all__ = ["FORMS", "NETWORK_TIMEOUT_S", "REASONS", "SourceError", "SourceUri", "expand_uri", "harvest", "parse_uri"]
 log = logging.getLogger(__name__)
 
 NETWORK_TIMEOUT_S = 300.0
 """Limit of one clone, fetch, ls-remote or pip download."""
 
-FORMS = "a git URL (https://, git@host:, file://, PATH.git, optionally @REF), a local directory, or pypi:NAME==VERSION"
+FORMS = ("a git URL (https://, git@host:, file://, PATH.git, optionally @REF), a local directory, pypi:NAME==VERSION, "
+         "or pypi:NAME@latest:N (the N newest releases with an sdist; @latest:N:pre counts pre-releases too)")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GIT_SCHEMES = {"https", "http", "ssh", "git", "file"}
 _SCP = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)")
-_PYPI = re.compile(r"^pypi:([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$", re.I)
+_NAME = r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+_PYPI = re.compile(rf"^pypi:{_NAME}==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$", re.I)
+_PYPI_LATEST = re.compile(rf"^pypi:{_NAME}@latest:(-?[0-9]+)(:pre)?$", re.I)
+_PYPI_HINT = "write pypi:NAME==VERSION (one release) or pypi:NAME@latest:N (the N newest), e.g. pypi:inflection==0.5.1"
 _REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$")
 _ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".tar")
 
@@ -49,6 +51,10 @@ class SourceUri:
     """Clone URL, absolute local path, or PyPI project name."""
     ref: str | None = None
     """Git ref (branch, tag or sha) to pin, or the PyPI version."""
+    latest: int = 0
+    """`pypi:NAME@latest:N`: N, the number of newest releases it stands for (0 for one pinned source)."""
+    pre: bool = False
+    """`@latest:N:pre`: pre-releases count among the newest."""
 
     @property
     def name(self) -> str:
@@ -79,10 +85,15 @@ def parse_uri(uri: str) -> SourceUri:
     if not text:
         raise SourceError("bad_uri", f"{uri!r}: empty source; expected {FORMS}", str(uri))
     if text.lower().startswith("pypi:"):
+        if latest := _PYPI_LATEST.match(text):
+            if int(latest[2]) < 1:
+                raise SourceError("bad_uri", f"{text!r} asks for {latest[2]} releases; N of @latest:N is 1 or more, "
+                                  "e.g. pypi:inflection@latest:2", text)
+            return SourceUri("pypi", latest[1], latest=int(latest[2]), pre=bool(latest[3]))
         match = _PYPI.match(text)
         if not match:
-            hint = "write pypi:NAME==VERSION, e.g. pypi:inflection==0.5.1"
-            raise SourceError("bad_uri", f"{text!r} is not a pinned PyPI source; {hint}", text)
+            raise SourceError("bad_uri", f"{text!r} is not a PyPI source; {_PYPI_HINT} or pypi:inflection@latest:2",
+                              text)
         return SourceUri("pypi", match[1], match[2])
     scheme = _SCHEME.match(text)
     if scheme:
@@ -119,9 +130,22 @@ def _check_ref(text: str, ref: str) -> None:
         raise SourceError("bad_uri", f"{text!r}: {ref!r} is not a branch, tag or sha; write URL@REF, e.g. @main", text)
 
 
+def expand_uri(uri: str, *, timeout_s: float = NETWORK_TIMEOUT_S) -> list[str]:
+    """The sources `uri` stands for: `pypi:NAME@latest:N` the pinned `pypi:NAME==VERSION` of its N newest releases
+    with an sdist (asked of the package index now, newest first), any other form itself."""
+    parsed = parse_uri(uri)
+    if not parsed.latest:
+        return [uri.strip()]
+    versions = pypi_index.latest_releases(parsed.location, parsed.latest, uri.strip(), pre=parsed.pre,
+                                          timeout=min(timeout_s, 60.0))
+    return [f"pypi:{parsed.location}=={version}" for version in versions]
+
+
 def harvest(uri: str, mirror_root: str | Path, *, timeout_s: float = NETWORK_TIMEOUT_S) -> Source:
     """Mirror `uri` under `mirror_root`, pin it to one commit, and describe it with provenance."""
     parsed = parse_uri(uri)
+    if parsed.latest:
+        raise SourceError("bad_uri", f"{uri!r} stands for {parsed.latest} releases; harvest each of expand_uri's", uri)
     root = Path(mirror_root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     kind = parsed.kind
@@ -175,31 +199,8 @@ def _download_sdist(name: str, version: str, cache: Path, uri: str, timeout: flo
     cached = [p for p in cache.iterdir() if p.name.lower().endswith(_ARCHIVES)]
     if cached:
         return cached[0]
-    log.info("downloading the sdist of %s %s from PyPI", name, version)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(cache),
-           "--disable-pip-version-check", "--no-input", "--timeout", "30", "--retries", "2", f"{name}=={version}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise SourceError("timeout", f"{uri!r}: pip download did not finish within {timeout:g}s; retry", uri) from exc
-    out = proc.stderr + proc.stdout
-    if proc.returncode != 0:
-        offline = ("newconnectionerror", "max retries exceeded", "failed to establish", "connecttimeouterror",
-                   "temporary failure in name resolution", "network is unreachable")
-        if any(s in out.lower() for s in offline):
-            raise SourceError("unreachable", f"{uri!r}: cannot reach the package index: {out.strip()[-300:]}", uri)
-        versions = re.search(r"from versions: ([^)]*)\)", out)
-        if versions and versions[1].strip() != "none":
-            raise SourceError("not_found", f"{uri!r}: PyPI has no sdist of {name} {version}; versions with one: "
-                              f"{versions[1]}", uri)
-        if versions or "no matching distribution" in out.lower():
-            raise SourceError("not_found", f"{uri!r}: no project {name!r} with an sdist on PyPI; check the name "
-                              f"at https://pypi.org/project/{name}/", uri)
-        raise SourceError("download_failed", f"{uri!r}: pip download failed: {out.strip()[-400:]}", uri)
-    found = [p for p in cache.iterdir() if p.name.lower().endswith(_ARCHIVES)]
-    if not found:
-        raise SourceError("download_failed", f"{uri!r}: pip saved no sdist into {cache}: {out.strip()[-300:]}", uri)
-    return found[0]
+    log.info("downloading the sdist of %s %s from the package index %s", name, version, pypi_index.index_url())
+    return pypi_index.download_sdist(name, version, cache, uri, timeout)
 
 
 def _unpack(archive: Path, dest: Path, uri: str) -> Path:

@@ -1,0 +1,121 @@
+"""Kill-and-resume soak: a run `kill -9`ed (its whole process group) at ten seeded-random points spread over the
+run's duration, then once just after it published its version, and started again with the same command each time,
+ends with the dataset an undisturbed run makes (the same content digest) as one intact version, and no sandbox
+container of the killed runs left behind. About 12 runs of the small textkit recipe: ~5 minutes on 2 idle cores."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import cli_runs
+from trajfactory.datasets.store import DatasetStore
+from trajfactory.executors.docker import LABEL, RUN_LABEL
+from trajfactory.executors.runs import recorded_runs
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+SEED = 13
+KILLS = 10
+
+
+def _argv(tmp: Path) -> list[str]:
+    return [*cli_runs.CLI, "run", str(cli_runs.recipe(tmp, name="soak", candidates=4, reference_runs=1))]
+
+
+WORK_STARTS = "harvest: 0/"
+"""The first progress line of a run: its startup (imports, the work dir's lock, the Prefect server) is over."""
+
+
+def _start(tmp: Path, argv: list[str], log: Path) -> subprocess.Popen:
+    """The run in its own process group (a kill takes its Prefect server and helpers too), its output in `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(argv, env=cli_runs.env(tmp), cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 900) -> float:
+    """Wait until the run's log shows `text`; `time.monotonic()` then. Fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"the run ended before its log said {text!r}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the run's log did not say {text!r} in {timeout:.0f} s"
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def kill_points(duration: float, startup: float, seed: int = SEED, kills: int = KILLS) -> list[tuple[str, float]]:
+    """Where each attempt is killed: one seeded-random point in each tenth of the undisturbed run's `duration`,
+    replayed on the resumed runs. A point in the first `startup` seconds (imports, the lock, the Prefect server,
+    before any work) is `("startup", seconds after the attempt's start)`; a later one `("work", seconds after the
+    attempt's work started)`: an attempt picks the work up where its predecessor was killed, so it is killed that
+    much later than the previous point on the undisturbed run's clock."""
+    rng = random.Random(seed)
+    points = [rng.uniform(duration * i / kills, duration * (i + 1) / kills) for i in range(kills)]
+    out, reached = [], startup
+    for point in points:
+        if point <= startup:
+            out.append(("startup", point))
+        else:
+            out.append(("work", point - reached))
+            reached = point
+    return out
+
+
+def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend, tmp_path):
+    clean, soaked = tmp_path / "clean", tmp_path / "soaked"
+    clean.mkdir(), soaked.mkdir()
+    began = time.monotonic()
+    proc = _start(clean, _argv(clean), clean / "run.log")
+    startup = _wait_for(proc, clean / "run.log", WORK_STARTS) - began
+    assert proc.wait(timeout=1200) == 0, (clean / "run.log").read_text()[-3000:]
+    points = kill_points(time.monotonic() - began, startup)
+
+    argv, logs, killed, store = _argv(soaked), [], [], DatasetStore(soaked / "datasets" / "swe")
+    completed = False
+    for i, (phase, delay) in enumerate(points):
+        logs.append(soaked / f"attempt-{i + 1}.log")
+        proc = _start(soaked, argv, logs[-1])
+        began = time.monotonic() if phase == "startup" else _wait_for(proc, logs[-1], WORK_STARTS)
+        try:
+            proc.wait(timeout=max(0.0, began + delay - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.append(f"{delay:.1f} s into its {phase}")
+            time.sleep(0.5)  # let the kernel reap what the kill took down before the next attempt takes the lock
+            continue
+        # it finished before its point: the work left was shorter (a busy machine slowed the undisturbed run more)
+        assert proc.returncode == 0, logs[-1].read_text()[-3000:]
+        completed = True
+        break
+    print(f"\nkilled {len(killed)} times: " + ", ".join(killed))
+    assert len(killed) >= KILLS - 2, f"only {len(killed)} of the {KILLS} kills came before the run ended"
+    if not completed:
+        if not store.versions():  # once more just after the version is published (the commit point)
+            logs.append(soaked / "attempt-published.log")
+            proc = _start(soaked, argv, logs[-1])
+            _wait_for(proc, logs[-1], "published v1 at")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finished = subprocess.run(argv, env=cli_runs.env(soaked), cwd=soaked, capture_output=True, text=True,
+                                  timeout=1200)
+        assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+        # the killed run had published v1: its resume takes v1 rather than write the same data again as v2
+        assert "v1 was published by the run this one resumes" in finished.stderr, finished.stderr[-3000:]
+
+    runs = [r["run_id"] for r in recorded_runs(soaked / "work")]
+    assert len(runs) >= 2, runs  # attempts killed before they took the work dir left no record
+    left = docker_backend.client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    assert [c.name for c in left if c.labels.get(RUN_LABEL) in runs] == []
+    clean_store = DatasetStore(clean / "datasets" / "swe")
+    assert store.versions() == ["v1"] and store.verify("v1") == []
+    assert store.content_digest("v1") == clean_store.content_digest("v1")
+    rows = store.manifest("v1")["tables"]["trajectories"]["rows"]
+    assert rows == clean_store.manifest("v1")["tables"]["trajectories"]["rows"] > 0

@@ -1,0 +1,191 @@
+"""The package index: a project's releases that have an sdist, the newest N of them, and an sdist's download.
+
+It speaks the simple repository API that pip speaks (PEP 691 JSON when the index offers it, PEP 503 HTML
+otherwise), so a mirror or a private index serves as well as PyPI: the index is `PIP_INDEX_URL` when set, else
+https://pypi.org/simple. Nothing of a package runs on the host: an sdist is fetched as a file and checked against
+the sha256 the index gives (`pip download` would build its metadata, running the package's build backend).
+Failures raise `SourceError` naming the source URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin
+
+import httpx
+from packaging.version import InvalidVersion, Version
+
+from trajfactory.sources.mirrors import SourceError
+
+__all__ = ["DEFAULT_INDEX", "INDEX_ENV", "Sdist", "download_sdist", "index_url", "latest_releases", "sdists"]
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+INDEX_ENV = "PIP_INDEX_URL"
+"""The index pip uses is the index this module asks."""
+_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+_SDIST_EXTS = (".tar.gz", ".zip")
+"""The sdist formats an index may carry (PEP 527)."""
+
+
+@dataclass(frozen=True)
+class Sdist:
+    filename: str
+    url: str
+    version: str
+    """As the file name spells it."""
+    sha256: str | None
+    yanked: bool
+
+
+def index_url() -> str:
+    return (os.environ.get(INDEX_ENV) or DEFAULT_INDEX).rstrip("/")
+
+
+def _tls() -> ssl.SSLContext | bool:
+    """The CA bundle pip is told to trust (PIP_CERT), else the default one."""
+    cafile = os.environ.get("PIP_CERT")
+    return ssl.create_default_context(cafile=cafile) if cafile and os.path.isfile(cafile) else True
+
+
+def normalize(name: str) -> str:
+    """The PEP 503 form of a project name: `Foo_Bar.baz` is `foo-bar-baz`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def sdists(name: str, uri: str, timeout: float = 60.0) -> list[Sdist]:
+    """Every sdist of project `name` the index lists (yanked ones too); `uri` is the source the error messages name."""
+    index = index_url()
+    try:
+        resp = httpx.get(f"{index}/{normalize(name)}/", headers={"Accept": _ACCEPT}, follow_redirects=True,
+                         timeout=timeout, verify=_tls())
+    except httpx.TimeoutException as exc:
+        raise SourceError("timeout", f"{uri!r}: the package index {index} did not answer within {timeout:g}s; "
+                          "retry", uri) from exc
+    except httpx.HTTPError as exc:
+        raise SourceError("unreachable", f"{uri!r}: cannot reach the package index {index}: {exc}", uri) from exc
+    if resp.status_code == 404:
+        raise SourceError("not_found", f"{uri!r}: the package index {index} has no project {name!r}; check the name "
+                          f"(on PyPI: https://pypi.org/project/{name}/)", uri)
+    if resp.status_code >= 400:
+        raise SourceError("unreachable", f"{uri!r}: the package index {index} answered {resp.status_code} for "
+                          f"{name!r}; retry later", uri)
+    kind = resp.headers.get("content-type", "")
+    files = resp.json().get("files", []) if "json" in kind else _html_files(resp.text)
+    found = []
+    for f in files:
+        version = _sdist_version(f.get("filename", ""), name)
+        if version is None:
+            continue
+        url, fragment = urldefrag(urljoin(str(resp.url), f.get("url", "")))
+        sha = (f.get("hashes") or {}).get("sha256") or (fragment[7:] if fragment.startswith("sha256=") else None)
+        found.append(Sdist(f["filename"], url, version, sha, bool(f.get("yanked"))))
+    return found
+
+
+def latest_releases(name: str, n: int, uri: str, *, pre: bool = False, timeout: float = 60.0) -> list[str]:
+    """The `n` newest versions of `name` that have an sdist, newest first: never a yanked file, and no pre-release
+    or development release unless `pre`. Fewer when the project has fewer (logged); none is an error."""
+    files = sdists(name, uri, timeout)
+    if not files:
+        raise SourceError("not_found", f"{uri!r}: {name} has no sdist on the package index {index_url()} (only "
+                          "wheels, or no files), so there is no source to mine; pick a project that publishes sdists",
+                          uri)
+    versions = {Version(f.version): f.version for f in files if not f.yanked}
+    chosen = sorted((v for v in versions if pre or not (v.is_prerelease or v.is_devrelease)), reverse=True)[:n]
+    if not chosen:
+        skipped = ", ".join(sorted({f.version for f in files}, key=Version))
+        hint = "" if pre else f"; write {uri}:pre to take pre-releases too"
+        raise SourceError("not_found", f"{uri!r}: {name} has no release on the package index {index_url()} with an "
+                          f"sdist that is not yanked or a pre-release (its sdists: {skipped}){hint}", uri)
+    if len(chosen) < n:
+        log.warning("%s: %s has %d releases with an sdist, not %d; taking them all", uri, name, len(chosen), n)
+    return [versions[v] for v in chosen]
+
+
+def download_sdist(name: str, version: str, dest: Path, uri: str, timeout: float = 300.0) -> Path:
+    """The sdist of `name` `version` saved into `dest` (its name kept), its sha256 checked when the index gives one."""
+    files = sdists(name, uri, min(timeout, 60.0))
+    wanted = _version(version)
+    match = sorted((f for f in files if _version(f.version) == wanted and wanted is not None),
+                   key=lambda f: not f.filename.endswith(".tar.gz"))  # a .tar.gz before an old .zip
+    if not match:
+        versions = ", ".join(sorted({f.version for f in files if not f.yanked}, key=Version)) or "none"
+        raise SourceError("not_found", f"{uri!r}: the package index {index_url()} has no sdist of {name} {version}; "
+                          f"versions with one: {versions}", uri)
+    sdist = match[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    part, digest = dest / (sdist.filename + ".part"), hashlib.sha256()
+    log.info("downloading %s from %s", sdist.filename, sdist.url)
+    try:
+        with (httpx.stream("GET", sdist.url, follow_redirects=True, timeout=timeout, verify=_tls()) as resp,
+              part.open("wb") as out):
+            if resp.status_code >= 400:
+                raise SourceError("download_failed", f"{uri!r}: {sdist.url} answered {resp.status_code}; retry", uri)
+            for chunk in resp.iter_bytes():
+                digest.update(chunk)
+                out.write(chunk)
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise SourceError("download_failed", f"{uri!r}: downloading {sdist.url} failed: {exc}; retry", uri) from exc
+    if sdist.sha256 and digest.hexdigest() != sdist.sha256.lower():
+        part.unlink(missing_ok=True)
+        raise SourceError("download_failed", f"{uri!r}: {sdist.filename} does not match the sha256 the index gives "
+                          f"({digest.hexdigest()[:12]}… is not {sdist.sha256[:12]}…); retry", uri)
+    return part.replace(dest / sdist.filename)
+
+
+def _version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def _sdist_version(filename: str, name: str) -> str | None:
+    """The version in an sdist's file name `NAME-VERSION.tar.gz` of project `name`; None for wheels, other projects'
+    files and versions that are not PEP 440."""
+    ext = next((e for e in _SDIST_EXTS if filename.lower().endswith(e)), None)
+    if ext is None:
+        return None
+    project, sep, version = filename[:-len(ext)].rpartition("-")
+    if not sep or normalize(project) != normalize(name) or _version(version) is None:
+        return None
+    return version
+
+
+class _Anchors(HTMLParser):
+    """The file links of a PEP 503 project page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[dict] = []
+        self._open: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            a = dict(attrs)
+            self._open = {"url": a.get("href") or "", "yanked": "data-yanked" in a, "filename": ""}
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open["filename"] += data
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self._open is not None:
+            self._open["filename"] = self._open["filename"].strip() or self._open["url"].split("#")[0].rsplit("/")[-1]
+            self.files.append(self._open)
+            self._open = None
+
+
+def _html_files(text: str) -> list[dict]:
+    parser = _Anchors()
+    parser.feed(text)
+    return parser.files
