@@ -1,0 +1,81 @@
+"""Scale-out on a real local Ray cluster: a head and a worker node in their own processes, each with its own Docker
+engine (a second and third `dockerd`), sandbox images shared through a real registry (Debian's docker-registry). The
+factory runs end to end through the CLI with a `cluster:` section; its sandbox work must land on both nodes' engines,
+and each node must have pulled the image the machine's engine built (same image id: nothing rebuilt)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import docker
+import pytest
+import yaml
+
+import cli_runs
+from conftest import ROOT
+from trajfactory.datasets.store import DatasetStore
+from trajfactory.executors.registry import registry_digest, start_registry, stop_registry
+from trajfactory.models.server import free_port
+from trajfactory.server.cluster import start_node, stop_node
+from trajfactory.settings import Recipe
+
+pytestmark = pytest.mark.docker
+NODES = ("head", "worker")
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_backend, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    env = {"PYTHONPATH": str(ROOT)}  # the nodes' Ray workers import this checkout
+    try:
+        registry = start_registry(root / "registry", port=free_port())
+        head = start_node(root, "head", head=True, port=free_port(), env=env, object_store_mb=100)
+        worker = start_node(root, "worker", address=head["address"], env=env, object_store_mb=100)
+        yield SimpleNamespace(registry=registry, address=head["address"],
+                              hosts={"head": head["docker_host"], "worker": worker["docker_host"]})
+    finally:  # everything goes, even when a start failed half-way
+        for name in reversed(NODES):
+            stop_node(root, name, remove_engine=True)
+        stop_registry(root / "registry")
+
+
+def _with_cluster(recipe: Path, cluster) -> Path:
+    body = yaml.safe_load(recipe.read_text())
+    body["cluster"] = {"address": cluster.address, "registry": cluster.registry}
+    recipe.write_text(yaml.safe_dump(body))
+    return recipe
+
+
+def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, tmp_path):
+    recipe = _with_cluster(cli_runs.recipe(tmp_path, candidates=6, concurrency=2, batch_size=2), cluster)
+    since = int(time.time()) - 1
+    proc = cli_runs.cli(tmp_path, "run", str(recipe))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    store = DatasetStore(tmp_path / "datasets" / "swe")
+    tasks, verdicts = store.read_rows("v1", "tasks"), store.read_rows("v1", "verdicts")
+    assert tasks and all(v["passed"] for v in verdicts if v["subject"] == "trajectory")
+    tag = tasks[0]["image_name"]
+    built = docker_backend.client.images.get(tag)  # the machine's engine built it (the flow's own machine)
+    assert registry_digest(tag, cluster.registry)  # and pushed it
+    until = int(time.time()) + 1
+    for name, host in cluster.hosts.items():
+        client = docker.DockerClient(base_url=host, timeout=60)
+        pulled = client.images.get(tag)
+        assert pulled.id == built.id, f"node {name} has another image under {tag}: rebuilt, not pulled"
+        assert any(d.startswith(f"{cluster.registry}/") for d in pulled.attrs["RepoDigests"]), pulled.attrs
+        started = [e for e in client.events(since=since, until=until, decode=True,
+                                            filters={"type": "container", "event": "start"})]
+        assert started, f"no sandbox ran on node {name}'s engine"
+        assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
+        assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
+
+
+def test_cluster_section_names_what_is_wrong():
+    with pytest.raises(ValueError, match="cluster address 'head' is not"):
+        Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "head"})
+    with pytest.raises(ValueError, match="registry 'http://r:5000' is not `HOST:PORT`"):
+        Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"registry": "http://r:5000"})
+    assert Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "ray://10.0.0.1:10001"}).digest() == \
+        Recipe(repos=[{"uri": "builtin:textkit"}]).digest()  # where it runs does not change the data
