@@ -6,6 +6,7 @@ and each node must have pulled the image the machine's engine built (same image 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,21 +36,23 @@ def cluster(docker_backend, tmp_path_factory):
         worker = start_node(root, "worker", address=head["address"], env=env, object_store_mb=100)
         yield SimpleNamespace(registry=registry, address=head["address"],
                               hosts={"head": head["docker_host"], "worker": worker["docker_host"]})
-    finally:  # everything goes, even when a start failed half-way
-        for name in reversed(NODES):
-            stop_node(root, name, remove_engine=True)
+    finally:  # everything goes, even when a start failed half-way (the nodes at once: each takes seconds)
+        with ThreadPoolExecutor(len(NODES)) as threads:
+            list(threads.map(lambda name: stop_node(root, name, remove_engine=True), NODES))
         stop_registry(root / "registry")
 
 
 def _with_cluster(recipe: Path, cluster) -> Path:
     body = yaml.safe_load(recipe.read_text())
     body["cluster"] = {"address": cluster.address, "registry": cluster.registry}
+    body["dataset"]["exports"] = []  # the exports do not touch the cluster (tests/test_exports.py has them)
     recipe.write_text(yaml.safe_dump(body))
     return recipe
 
 
 def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, tmp_path):
-    recipe = _with_cluster(cli_runs.recipe(tmp_path, candidates=6, concurrency=2, batch_size=2), cluster)
+    recipe = _with_cluster(cli_runs.recipe(tmp_path, candidates=4, concurrency=2, batch_size=2,
+                                                   reference_runs=1), cluster)
     since = int(time.time()) - 1
     proc = cli_runs.cli(tmp_path, "run", str(recipe))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -77,5 +80,16 @@ def test_cluster_section_names_what_is_wrong():
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "head"})
     with pytest.raises(ValueError, match="registry 'http://r:5000' is not `HOST:PORT`"):
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"registry": "http://r:5000"})
-    assert Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "ray://10.0.0.1:10001"}).digest() == \
+    assert Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "10.0.0.1:6379"}).digest() == \
         Recipe(repos=[{"uri": "builtin:textkit"}]).digest()  # where it runs does not change the data
+
+
+def test_a_cluster_that_does_not_answer_is_named_at_once():
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session
+    from trajfactory.settings import ClusterConfig
+
+    port = free_port()  # nothing listens there
+    with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address '127.0.0.1:{port}'"):
+        with cluster_session(ClusterConfig(address=f"127.0.0.1:{port}")):
+            pass

@@ -82,9 +82,15 @@ def push(client, tag: str, address: str) -> str:
     """Push the local image `tag` to the registry; returns the registry's manifest digest."""
     repository, key = remote_name(tag, address)
     client.images.get(tag).tag(repository, key)
-    for chunk in client.images.push(repository, key, stream=True, decode=True):
-        if "error" in chunk:
-            raise InfrastructureError(f"pushing {tag} to {address} failed: {chunk['error']}")
+    try:
+        for chunk in client.images.push(repository, key, stream=True, decode=True):
+            if "error" in chunk:
+                raise InfrastructureError(f"pushing {tag} to {address} failed: {chunk['error']}")
+    finally:  # the registry's name was only for the push: the engine keeps the image under its own tag
+        try:
+            client.images.remove(f"{repository}:{key}", noprune=True)
+        except docker.errors.APIError:
+            pass
     digest = registry_digest(tag, address)
     log.info("pushed %s to %s (%s)", tag, address, digest)
     return digest or ""

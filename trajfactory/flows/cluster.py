@@ -18,6 +18,7 @@ import socket
 import threading
 from typing import Any, Callable, Iterator
 
+from trajfactory.executors.base import InfrastructureError
 from trajfactory.executors.registry import current_registry, use_registry
 from trajfactory.settings import ClusterConfig
 
@@ -42,10 +43,15 @@ def cluster_session(config: ClusterConfig | None) -> Iterator[None]:
         yield
         return
     ray = _ray()
-    address = None if config.address == "local" else config.address
     with _lock:
         if not ray.is_initialized():
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            _check_reachable(config.address)  # ray.init waits minutes on an address nothing answers
+            try:
+                ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=False)
+            except ConnectionError as exc:
+                raise InfrastructureError(
+                    f"no Ray cluster answers at cluster.address {config.address!r} ({exc}); start its head with "
+                    "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
         _state.update(config=config, registry=current_registry())
     use_registry(config.registry)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -60,6 +66,18 @@ def cluster_session(config: ClusterConfig | None) -> Iterator[None]:
             ray.shutdown()
 
 
+def _check_reachable(address: str) -> None:
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InfrastructureError(
+            f"no Ray cluster answers at cluster.address {address!r} ({exc}); start its head with "
+            "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
+
+
 def active() -> bool:
     return bool(_state)
 
@@ -70,7 +88,12 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
         return fn(*args, **kwargs)
     ray = _ray()
     ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry)
-    return ray.get(ref)
+    try:
+        return ray.get(ref)  # the step's own exception comes back as itself (Ray's error is an instance of its class)
+    except ray.exceptions.RayTaskError:
+        raise
+    except ray.exceptions.RayError as exc:  # a node or worker lost under the work: the task's retry runs it again
+        raise InfrastructureError(f"{fn.__name__} lost its Ray node or worker: {exc}") from exc
 
 
 def _remote(ray):

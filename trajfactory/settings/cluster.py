@@ -11,14 +11,14 @@ from pydantic import field_validator
 
 from trajfactory.settings.agents import Section
 
-_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9.\-\[\]:]+:[0-9]+)$")
+_ADDRESS = re.compile(r"^(auto|[A-Za-z0-9.\-]+:[0-9]+)$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.\-]+:[0-9]+$")
 
 
 class ClusterConfig(Section):
     address: str = "auto"
-    """The Ray cluster: `auto` (the cluster this machine's `ray start` joined), `HOST:PORT` of its head (GCS port), or
-    `ray://HOST:PORT` (Ray Client). `local` starts a one-node Ray inside the run (for trying it out)."""
+    """The Ray cluster: `auto` (the cluster this machine's `ray start` joined) or `HOST:PORT` of its head (GCS port);
+    the flow's machine joins it as a driver (`trajfactory cluster start-node` starts nodes)."""
     registry: str | None = None
     """`HOST:PORT` of the Docker registry the nodes share (`trajfactory cluster registry`): a sandbox image built on one
     node is pushed there and pulled by the others, so no node rebuilds it. Without it, each node builds its own."""
@@ -27,7 +27,8 @@ class ClusterConfig(Section):
     @classmethod
     def _address(cls, value: str) -> str:
         if not _ADDRESS.match(value):
-            raise ValueError(f"cluster address {value!r} is not `auto`, `local`, `HOST:PORT` or `ray://HOST:PORT`")
+            raise ValueError(f"cluster address {value!r} is not `auto` or the head's `HOST:PORT` (e.g. "
+                             "`127.0.0.1:6379`)")
         return value
 
     @field_validator("registry")
