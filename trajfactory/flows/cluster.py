@@ -103,8 +103,8 @@ def _remote(ray):
 
 
 def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None) -> Any:
-    """What a node runs: the step, with images shared through `registry`; the node is recorded in the result's
-    log line (`TRAJFACTORY_NODE`, else the host name) so a run shows where its work went."""
+    """What a node runs: the step, with images shared through `registry`. It logs the node (`TRAJFACTORY_NODE`, else
+    the host name) and its engine to the node's Ray worker log."""
     use_registry(registry)
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
     log.info("%s on node %s (engine %s)", fn.__name__, node, os.environ.get("DOCKER_HOST", "default"))
