@@ -17,7 +17,7 @@ import yaml
 import cli_runs
 from conftest import ROOT
 from trajfactory.datasets.store import DatasetStore
-from trajfactory.executors.registry import registry_digest, start_registry, stop_registry
+from trajfactory.executors.registry import registry_answers, registry_digest, start_registry, stop_registry
 from trajfactory.models.server import free_port
 from trajfactory.server.cluster import start_node, stop_node
 from trajfactory.settings import Recipe
@@ -93,3 +93,18 @@ def test_a_cluster_that_does_not_answer_is_named_at_once():
     with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address '127.0.0.1:{port}'"):
         with cluster_session(ClusterConfig(address=f"127.0.0.1:{port}")):
             pass
+
+
+def test_registry_command_starts_reuses_and_stops_the_registry(tmp_path):
+    port = free_port()
+    first = cli_runs.cli(tmp_path, "cluster", "registry", "--port", str(port), "--dir", str(tmp_path / "c"))
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"registry localhost:{port}" in first.stdout and registry_answers(f"localhost:{port}")
+        again = cli_runs.cli(tmp_path, "cluster", "registry", "--port", str(port), "--dir", str(tmp_path / "c"))
+        assert again.returncode == 0 and first.stdout == again.stdout  # the running one, reused
+        status = cli_runs.cli(tmp_path, "cluster", "status", "--dir", str(tmp_path / "c"))
+        assert "registry: pid" in status.stdout and "no nodes" in status.stdout
+    finally:
+        stopped = cli_runs.cli(tmp_path, "cluster", "registry", "--stop", "--dir", str(tmp_path / "c"))
+    assert stopped.stdout.strip() == "stopped" and not registry_answers(f"localhost:{port}")
