@@ -18,6 +18,7 @@ import cli_runs
 from conftest import ROOT
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.executors.registry import registry_answers, registry_digest, start_registry, stop_registry
+from trajfactory.executors.runs import recorded_runs
 from trajfactory.models.server import free_port
 from trajfactory.server.cluster import start_node, stop_node
 from trajfactory.settings import Recipe
@@ -60,6 +61,8 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
     tasks, verdicts = store.read_rows("v1", "tasks"), store.read_rows("v1", "verdicts")
     assert tasks and all(v["passed"] for v in verdicts if v["subject"] == "trajectory")
     tag = tasks[0]["image_name"]
+    [run] = recorded_runs(tmp_path / "work")
+    run_id = run["run_id"]
     built = docker_backend.client.images.get(tag)  # the machine's engine built it (the flow's own machine)
     assert registry_digest(tag, cluster.registry)  # and pushed it
     until = int(time.time()) + 1
@@ -72,6 +75,7 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
                                             filters={"type": "container", "event": "start"})]
         assert started, f"no sandbox ran on node {name}'s engine"
         assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
+        assert {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}  # the flow's run
         assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
 
 

@@ -100,6 +100,11 @@ def set_run_id(run_id: str) -> None:
         _run_labels[RUN_LABEL] = run_id
 
 
+def current_run_id() -> str:
+    """The run this process labels its sandbox containers with ('' for none)."""
+    return _run_labels.get(RUN_LABEL, "")
+
+
 def cleanup_run_containers(run_ids: set[str], client=None) -> int:
     """Remove the sandbox containers of the factory runs `run_ids` (label trajfactory.run), and none of other runs."""
     return sum(cleanup_leftover_containers({RUN_LABEL: run_id}, client) for run_id in sorted(run_ids))
@@ -213,4 +218,4 @@ class DockerBackend:
 
 
 __all__ = ["LABEL", "RUN_LABEL", "DockerBackend", "DockerSandbox", "cleanup_leftover_containers", "cleanup_run_containers",
-           "container_cpu_seconds", "engine_available", "set_run_id"]
+           "container_cpu_seconds", "current_run_id", "engine_available", "set_run_id"]

@@ -19,6 +19,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from trajfactory.executors.base import InfrastructureError
+from trajfactory.executors.docker import current_run_id, set_run_id
 from trajfactory.executors.registry import current_registry, use_registry
 from trajfactory.settings import ClusterConfig
 
@@ -87,7 +88,8 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
     if not _state:
         return fn(*args, **kwargs)
     ray = _ray()
-    ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry)
+    ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry,
+                                                                    current_run_id())
     try:
         return ray.get(ref)  # the step's own exception comes back as itself (Ray's error is an instance of its class)
     except ray.exceptions.RayTaskError:
@@ -102,10 +104,12 @@ def _remote(ray):
     return _state["remote"]
 
 
-def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None) -> Any:
-    """What a node runs: the step, with images shared through `registry`. It logs the node (`TRAJFACTORY_NODE`, else
-    the host name) and its engine to the node's Ray worker log."""
+def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str) -> Any:
+    """What a node runs: the step, with images shared through `registry` and its sandboxes labelled with the flow's
+    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them). It logs the node
+    (`TRAJFACTORY_NODE`, else the host name) and its engine to the node's Ray worker log."""
     use_registry(registry)
+    set_run_id(run_id)
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
     log.info("%s on node %s (engine %s)", fn.__name__, node, os.environ.get("DOCKER_HOST", "default"))
     return fn(*args, **kwargs)
