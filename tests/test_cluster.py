@@ -112,3 +112,22 @@ def test_registry_command_starts_reuses_and_stops_the_registry(tmp_path):
     finally:
         stopped = cli_runs.cli(tmp_path, "cluster", "registry", "--stop", "--dir", str(tmp_path / "c"))
     assert stopped.stdout.strip() == "stopped" and not registry_answers(f"localhost:{port}")
+
+
+def test_node_commands_start_a_node_on_its_own_engine_and_stop_it(tmp_path):
+    where, port = str(tmp_path / "c"), free_port()
+    try:
+        up = cli_runs.cli(tmp_path, "cluster", "start-node", "solo", "--head", "--port", str(port), "--dir", where)
+        assert up.returncode == 0, up.stdout + up.stderr
+        host = f"unix://{tmp_path / 'c' / 'nodes' / 'solo' / 'engine' / 'docker.sock'}"
+        assert f"engine {host}" in up.stdout
+        assert docker.DockerClient(base_url=host, timeout=30).info()["DockerRootDir"].startswith(where)
+        status = cli_runs.cli(tmp_path, "cluster", "status", "--dir", where)
+        assert "solo: head pid" in status.stdout and f"cluster 127.0.0.1:{port}" in status.stdout
+        twice = cli_runs.cli(tmp_path, "cluster", "start-node", "solo", "--head", "--dir", where)
+        assert twice.returncode == 1 and "node solo already runs" in twice.stderr
+    finally:
+        down = cli_runs.cli(tmp_path, "cluster", "stop-node", "solo", "--remove-engine", "--dir", where)
+    assert down.stdout.strip() == "stopped"
+    assert cli_runs.cli(tmp_path, "cluster", "status", "--dir", where).stdout.startswith("registry: not started")
+    assert not (tmp_path / "c" / "nodes" / "solo" / "engine").exists()
