@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything trajfactory needs on a fresh Debian machine (root), idempotently:
-# Debian packages (Docker, debootstrap, bubblewrap, git, Chromium), a running Docker engine, the factory's own
-# virtual environment (made from the declared dependencies alone), the locally built base image every sandbox
-# image starts from, and the CPU vLLM environment.
+# Debian packages (Docker, debootstrap, bubblewrap, git, Chromium, the image registry cluster nodes share), a running
+# Docker engine, the factory's own virtual environment (made from the declared dependencies alone), the locally built
+# base image every sandbox image starts from, and the CPU vLLM environment.
 #
 # The factory's venv never sees the machine's site-packages, so a package installed by hand cannot hide a missing
 # dependency. It lives in the trajfactory cache, keyed by pyproject.toml and the Python version (a dependency change
@@ -23,6 +23,7 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # web sandboxes: Playwright drives the system browser
 command -v pkill >/dev/null 2>&1 || need_apt+=(procps)  # the fault tests find and kill processes by name
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)  # the full-disk test mounts a small tmpfs
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)  # images shared by cluster nodes
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq
@@ -45,8 +46,8 @@ if [[ ! -f "$stamp" ]]; then
   python3 -m venv "$TRAJFACTORY_VENV"
   # The CPU build first, so the torch requirement never pulls the CUDA build and its GBs of packages.
   "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | quiet_pip
-  "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | quiet_pip
-  "$TRAJFACTORY_PY" -c "import trajfactory, prefect, docker, git, pyarrow, pytest_cov, importlinter" \
+  "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check -e ".[test,cluster]" 2>&1 | quiet_pip
+  "$TRAJFACTORY_PY" -c "import trajfactory, prefect, docker, git, pyarrow, pytest_cov, importlinter, ray" \
     || { log "Python install failed"; exit 1; }
   touch "$stamp"
 fi

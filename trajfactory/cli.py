@@ -30,6 +30,7 @@ def _mount() -> None:
     from trajfactory.models.cli import model_app
     from trajfactory.pipelines.eval_cli import EVAL_HELP as MODEL_EVAL_HELP, eval_command
     from trajfactory.server.cli import deploy, server_app, worker
+    from trajfactory.server.cluster_cli import cluster_app
     from trajfactory.training.cli import train_app
 
     app.add_typer(model_app, name="model", help="Make, serve and query models (tiny local model, vLLM server).")
@@ -39,6 +40,7 @@ def _mount() -> None:
     app.add_typer(train_app, name="train")
     app.command("eval", help=MODEL_EVAL_HELP)(eval_command)
     app.add_typer(server_app, name="server")
+    app.add_typer(cluster_app, name="cluster")
     app.command()(deploy)
     app.command()(worker)
 

@@ -29,6 +29,7 @@ from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_seconds
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
 from .pytest_options import pytest_addopts
+from .registry import current_registry, pull, push, registry_digest
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
@@ -99,6 +100,11 @@ def set_run_id(run_id: str) -> None:
         _run_labels[RUN_LABEL] = run_id
 
 
+def current_run_id() -> str:
+    """The run this process labels its sandbox containers with ('' for none)."""
+    return _run_labels.get(RUN_LABEL, "")
+
+
 def cleanup_run_containers(run_ids: set[str], client=None) -> int:
     """Remove the sandbox containers of the factory runs `run_ids` (label trajfactory.run), and none of other runs."""
     return sum(cleanup_leftover_containers({RUN_LABEL: run_id}, client) for run_id in sorted(run_ids))
@@ -137,8 +143,7 @@ class DockerBackend:
             sha = clone_at_commit(source_path, commit, repo_dir)
             tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir))
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
-            if _image_exists(self.client, tag):
-                log.info("image %s exists; reusing it", tag)
+            if self._have_image(tag, share=True):
                 return handle
             house, requirements = build_wheelhouse(repo_dir, self.cache_root)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
@@ -159,7 +164,20 @@ class DockerBackend:
                 context.seek(0)
                 log.info("building image %s (%s at %s, %d requirements)", tag, repo, sha[:12], len(requirements))
                 self._build_image(context, tag, repo)
+        if registry := current_registry():  # the other nodes pull it instead of building it again
+            push(self.client, tag, registry)
         return handle
+
+    def _have_image(self, tag: str, share: bool = False) -> bool:
+        """Whether the engine has `tag`, pulled from the shared registry (`registry.py`) when another node built it;
+        with `share`, an image only this engine has is pushed there."""
+        registry = current_registry()
+        if _image_exists(self.client, tag):
+            if share and registry and registry_digest(tag, registry) is None:
+                push(self.client, tag, registry)
+            log.info("image %s exists; reusing it", tag)
+            return True
+        return bool(registry) and pull(self.client, tag, registry)
 
     def _build_image(self, context, tag: str, repo: str) -> None:
         lines: list[str] = []
@@ -193,8 +211,11 @@ class DockerBackend:
 
     def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "DockerSandbox":
         labels = {**_run_labels, **self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
+        if current_registry() and not self._have_image(env.name):  # a cluster node that did not build it
+            raise InfrastructureError(f"image {env.name} is neither on this node's engine nor in the registry "
+                                      f"{current_registry()}; build the environment first")
         return DockerSandbox(self.client, env.name, env.commit, limits or SandboxConfig(), labels)
 
 
 __all__ = ["LABEL", "RUN_LABEL", "DockerBackend", "DockerSandbox", "cleanup_leftover_containers", "cleanup_run_containers",
-           "container_cpu_seconds", "engine_available", "set_run_id"]
+           "container_cpu_seconds", "current_run_id", "engine_available", "set_run_id"]

@@ -7,6 +7,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from trajfactory.executors import get_backend
 from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox
 from trajfactory.settings import SandboxConfig
 
@@ -42,6 +43,11 @@ class SandboxPool:
                 return sandbox
         return self._idle.get()
 
+    def __reduce__(self):
+        # Sent to another process (a Ray node): warm containers cannot travel, so there each use gets a fresh sandbox
+        # of that node's own backend, closed after it.
+        return (FreshSandboxes, (self.backend.name, self.env, self.limits))
+
     def close(self) -> None:
         with self._lock:
             for sandbox in self._all:
@@ -56,3 +62,15 @@ class SandboxPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class FreshSandboxes:
+    """A pool's stand-in on another node: `acquire` starts a sandbox of the node's backend and closes it after use."""
+
+    def __init__(self, backend: str, env: EnvironmentHandle, limits: SandboxConfig | None = None):
+        self.backend, self.env, self.limits = backend, env, limits
+
+    @contextmanager
+    def acquire(self) -> Iterator[Sandbox]:
+        with get_backend(self.backend).start(self.env, self.limits) as sandbox:
+            yield sandbox

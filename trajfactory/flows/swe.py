@@ -3,7 +3,8 @@
     harvest_flow ─► synthesize_flow ─► rollout_flow ─► verify_flow ─► build_flow [─► train_flow]
 
 Each stage flow is one call into the pipeline with the Prefect runner (every unit of work a cached, retried
-task, `sandbox.concurrency` at once), and hands its records to the next stage through the work dir
+task, `sandbox.concurrency` at once; with a `cluster:` section, the sandbox work of each runs on a Ray node,
+`flows/cluster.py`), and hands its records to the next stage through the work dir
 (`flows/records.py`), so flow parameters stay small and each stage can run alone from the CLI. The model is
 opened once by `factory_flow` and handed to each stage as a small `ModelEndpoint`; a stage flow run alone
 opens it itself when it needs it, and a model the factory serves stops when the flow that opened it ends.
@@ -15,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trajfactory.flows import records as rec
+from trajfactory.flows.cluster import cluster_session
 from trajfactory.flows.runner import PrefectRunner, publish_yields
 from trajfactory.flows.train import train_flow
 from trajfactory.flows.web import web_flow
@@ -36,7 +38,8 @@ def harvest_flow(recipe: Recipe) -> dict:
 @flow(name="synthesize")
 def synthesize_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Sources -> environments, candidates, validations, tasks with proven gold patches and their statements."""
-    synthesis = swe.synthesize(recipe, rec.load(recipe.work_dir, swe.Harvest).sources, PrefectRunner(), endpoint)
+    with cluster_session(recipe.cluster):
+        synthesis = swe.synthesize(recipe, rec.load(recipe.work_dir, swe.Harvest).sources, PrefectRunner(), endpoint)
     rec.save(recipe.work_dir, synthesis)
     return {"candidates": len(synthesis.candidates), "validations": len(synthesis.validations),
             "tasks": len(synthesis.tasks), "quarantine": len(synthesis.quarantine),
@@ -47,7 +50,8 @@ def synthesize_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> di
 def rollout_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Tasks -> trajectories of the recipe's policies, each in a fresh sandbox."""
     synthesis = rec.load(recipe.work_dir, swe.Synthesis)
-    rollouts = swe.rollout(recipe, synthesis.tasks, synthesis.environments, PrefectRunner(), endpoint)
+    with cluster_session(recipe.cluster):
+        rollouts = swe.rollout(recipe, synthesis.tasks, synthesis.environments, PrefectRunner(), endpoint)
     rec.save(recipe.work_dir, rollouts)
     return {"trajectories": len(rollouts.trajectories)}
 
@@ -57,8 +61,9 @@ def verify_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Trajectories -> test verdicts in fresh sandboxes; with `judge:`, the judge's verdicts and agreement."""
     synthesis = rec.load(recipe.work_dir, swe.Synthesis)
     trajectories = rec.load(recipe.work_dir, swe.Rollouts).trajectories
-    verification = swe.verify_all(recipe, synthesis.tasks, synthesis.environments, trajectories, PrefectRunner(),
-                                  endpoint)
+    with cluster_session(recipe.cluster):
+        verification = swe.verify_all(recipe, synthesis.tasks, synthesis.environments, trajectories, PrefectRunner(),
+                                      endpoint)
     rec.save(recipe.work_dir, verification)
     return {"verdicts": len(verification.verdicts), "passed": sum(v.passed for v in verification.verdicts),
             "judged": len(verification.judged), "judge_agreement": verification.agreement()}

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from prefect import task
 
 from trajfactory.agents.model import POLICY_VERSION
+from trajfactory.flows.cluster import run_step
 from trajfactory.executors.base import InfrastructureError
 from trajfactory.models.client import ModelError
 from trajfactory.models.service import ModelEndpoint
@@ -143,8 +144,9 @@ def _web_judge(p):
 
 
 def step_task(fn: Callable, name: str, *, key: Callable[[dict], tuple] | None = None, half: str = "swe",
-              retry: bool = False):
-    """`fn` as a Prefect task; with `key`, its result is cached under that content hash and each run journaled."""
+              retry: bool = False, remote: bool = False):
+    """`fn` as a Prefect task; with `key`, its result is cached under that content hash and each run journaled. With
+    `remote`, the work runs on a node of the recipe's Ray cluster when the flow has one (`flows/cluster.py`)."""
     if key is None:
         return task(fn, name=name, retries=2 if retry else 0, retry_delay_seconds=5,
                     retry_condition_fn=infrastructure_only if retry else None)
@@ -157,7 +159,7 @@ def step_task(fn: Callable, name: str, *, key: Callable[[dict], tuple] | None = 
     def body(*args, **kwargs):
         params = signature.bind(*args, **kwargs).arguments
         journal(work_dir(params["recipe"], half), name, key_of(params))
-        return fn(*args, **kwargs)
+        return run_step(fn, args, kwargs) if remote else fn(*args, **kwargs)
 
     made = task(body, name=name, persist_result=True, cache_key_fn=lambda context, params: key_of(params),
                 retries=2 if retry else 0, retry_delay_seconds=2, retry_condition_fn=infrastructure_only if retry else None)
@@ -185,14 +187,15 @@ STEPS: dict[Callable, Any] = {
         swe.reference_run, "reference", retry=True,
         key=lambda p: ("reference", p["env"].name, p["recipe"].validation.reference_runs,
                        p["recipe"].validation.suite_timeout_s)),
-    swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True),
-    swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True),
-    swe.prove_gold: step_task(swe.prove_gold, "verify-gold", retry=True,
+    swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True, remote=True),
+    swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True,
+                                  remote=True),
+    swe.prove_gold: step_task(swe.prove_gold, "verify-gold", retry=True, remote=True,
                               key=lambda p: ("gold", p["task"].task_id, test_verifier.VERSION)),
     swe.write_statement: step_task(swe.write_statement, "statement", key=_statement, retry=True),
-    swe.oracle_rollout: step_task(swe.oracle_rollout, "rollout", key=_rollout, retry=True),
+    swe.oracle_rollout: step_task(swe.oracle_rollout, "rollout", key=_rollout, retry=True, remote=True),
     swe.model_rollouts: step_task(swe.model_rollouts, "model-rollout", key=_model_rollout, retry=True),
-    swe.verify: step_task(swe.verify, "verify", retry=True,
+    swe.verify: step_task(swe.verify, "verify", retry=True, remote=True,
                           key=lambda p: ("verify", p["trajectory"].trajectory_id, p["task"].task_id,
                                          test_verifier.VERSION)),
     swe.judge: step_task(swe.judge, "judge", key=_judge, retry=True),

@@ -10,6 +10,7 @@
 
 from trajfactory.settings.agents import (EpisodeLimits, ModelPolicyConfig, SamplingConfig, Section, WebAgentConfig,
                                          unique_policies)
+from trajfactory.settings.cluster import ClusterConfig
 from trajfactory.settings.model import BUILTIN_TINY, ModelConfig
 from trajfactory.settings.recipe import DEFAULT_RECIPE, DatasetConfig, Recipe, RecipeError, load_recipe
 from trajfactory.settings.sandbox import SandboxConfig
@@ -17,7 +18,7 @@ from trajfactory.settings.swe import (BUILTIN_REPOS, CombineConfig, JudgeConfig,
                                       RolloutConfig, SynthesisConfig, ValidationConfig)
 from trajfactory.settings.web import BUILTIN_DOCS, WebConfig, WebJudgeConfig
 
-__all__ = ["BUILTIN_DOCS", "BUILTIN_REPOS", "BUILTIN_TINY", "CombineConfig", "DEFAULT_RECIPE", "DatasetConfig", "EpisodeLimits",
+__all__ = ["BUILTIN_DOCS", "BUILTIN_REPOS", "BUILTIN_TINY", "ClusterConfig", "CombineConfig", "DEFAULT_RECIPE", "DatasetConfig", "EpisodeLimits",
            "JudgeConfig", "LMRewriteConfig", "ModelConfig", "ModelPolicyConfig", "ModelRolloutConfig", "Recipe",
            "RecipeError", "RepoSpec", "RolloutConfig", "SamplingConfig", "SandboxConfig", "Section", "SynthesisConfig",
            "ValidationConfig", "WebAgentConfig", "WebConfig", "WebJudgeConfig", "load_recipe", "unique_policies"]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trajfactory.schema import content_hash
 from trajfactory.settings.agents import Section
+from trajfactory.settings.cluster import ClusterConfig
 from trajfactory.settings.model import ModelConfig
 from trajfactory.settings.sandbox import SandboxConfig
 from trajfactory.settings.swe import JudgeConfig, RepoSpec, RolloutConfig, SynthesisConfig, ValidationConfig
@@ -62,6 +63,8 @@ class Recipe(Section):
     train: TrainConfig | None = None
     """The closed loop after the datasets are written: fine-tune a model on the run's verified SWE trajectories and
     evaluate it against the untrained one on held-out tasks (omit it to skip)."""
+    cluster: ClusterConfig | None = None
+    """Run the sandbox fan-out (validation, gold proofs, rollouts, verdicts) on a Ray cluster (omit it to run here)."""
 
     @model_validator(mode="after")
     def _has_work(self) -> "Recipe":
@@ -104,7 +107,7 @@ class Recipe(Section):
         """Hash of everything that changes the SWE data (not where it is written, the web half, the model's port or the
         closed loop that trains on it)."""
         data = self.model_dump(exclude={"work_dir": True, "dataset": {"root"}, "web": True, "model": True,
-                                        "train": True})
+                                        "train": True, "cluster": True})
         return content_hash(data, self.web.digest() if self.web else None,
                             self.model.digest_fields() if self.model else None)
 
