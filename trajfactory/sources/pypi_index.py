@@ -19,7 +19,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin
 
-import httpx
 from packaging.version import InvalidVersion, Version
 
 from trajfactory.sources.mirrors import SourceError
@@ -62,6 +61,8 @@ def normalize(name: str) -> str:
 
 def sdists(name: str, uri: str, timeout: float = 60.0) -> list[Sdist]:
     """Every sdist of project `name` the index lists (yanked ones too); `uri` is the source the error messages name."""
+    import httpx  # here, not at the top: importing the sources loads no HTTP client
+
     index = index_url()
     try:
         resp = httpx.get(f"{index}/{normalize(name)}/", headers={"Accept": _ACCEPT}, follow_redirects=True,
@@ -120,6 +121,8 @@ def download_sdist(name: str, version: str, dest: Path, uri: str, timeout: float
         versions = ", ".join(sorted({f.version for f in files if not f.yanked}, key=Version)) or "none"
         raise SourceError("not_found", f"{uri!r}: the package index {index_url()} has no sdist of {name} {version}; "
                           f"versions with one: {versions}", uri)
+    import httpx  # as in `sdists`
+
     sdist = match[0]
     dest.mkdir(parents=True, exist_ok=True)
     part, digest = dest / (sdist.filename + ".part"), hashlib.sha256()
