@@ -22,7 +22,7 @@ from trajfactory.pipelines.closed_loop import eval_settings
 from trajfactory.schema import Message, ToolCall, ToolCallFunction
 from trajfactory.settings import RecipeError, load_recipe
 from trajfactory.settings.training import SFTSettings, TrainConfig
-from trajfactory.training.common import last_complete_checkpoint, model_identity, run_key
+from trajfactory.training.common import TrainError, check_out, last_complete_checkpoint, model_identity, run_key
 
 # ---------------------------------------------------------------- the recipe section and the keys (no engine)
 
@@ -131,6 +131,20 @@ def test_a_checkpoint_cut_off_by_the_kill_is_not_resumed_from(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
     assert not (tmp_path / "checkpoint-10").exists()  # the cut-off one is gone, the older whole one stays
     assert (tmp_path / "checkpoint-3").is_dir() and last_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_a_killed_runs_checkpoint_is_discarded_only_when_asked(tmp_path, tiny_model):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / ".model.partial" / "trainer" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    check_out(out, False, tiny_model)  # cut off while being written: nothing to keep
+    (checkpoint / "trainer_state.json").write_text("{}")
+    with pytest.raises(TrainError, match=r"--out .*model: a killed run left its checkpoint in .*\.model\.partial "
+                                         r"\(checkpoint-4\); pass --resume .* or --overwrite"):
+        check_out(out, False, tiny_model)
+    check_out(out, False, tiny_model, resume=True)
+    check_out(out, True, tiny_model)
+    assert (checkpoint / "trainer_state.json").is_file()  # checking removes nothing
 
 
 def _train(data: str, out: Path, *extra: str) -> subprocess.Popen:
