@@ -183,6 +183,16 @@ def test_bad_web_evaluations_are_named_before_any_model_starts(tmp_path):
 STEPS = 2
 
 
+@pytest.mark.browser
+def test_the_held_out_split_of_a_web_version_is_by_site(web_version):
+    """`eval --split test` on a web version takes whole sites: no app of its tasks has a task in another split."""
+    by_split = {split: held_out_web_tasks(f"{web_version}@v1", split)[0] for split in ("train", "test")}
+    apps = {split: {t.environment.app for t in tasks} for split, tasks in by_split.items()}
+    every = held_out_web_tasks(f"{web_version}@v1", "all")[0]
+    assert apps["test"] and apps["train"] and not apps["test"] & apps["train"]
+    assert {t.split for t in every if t.environment.app in apps["test"]} == {"test"}
+
+
 @pytest.fixture(scope="module")
 def evaluation(web_version, tmp_path_factory):
     """`trajfactory eval` (the CLI command) of the tiny model beside itself on the version's test split."""

@@ -64,7 +64,7 @@ def test_a_killed_run_refuses_to_start_over_and_resumes_from_its_checkpoint(kind
 
     # Without --resume the killed run's checkpoint is not thrown away.
     refused = _train(kind, data, tiny_model, out)
-    text = refused.communicate(timeout=300)[0]
+    text = " ".join(refused.communicate(timeout=300)[0].split())  # the error is wrapped to the terminal's width
     assert refused.returncode == 2, text[-3000:]
     assert "a killed run left its checkpoint" in text and "--resume" in text and "--overwrite" in text
     assert sorted(int(p.name.split("-")[1]) for p in partial.glob("checkpoint-*")
