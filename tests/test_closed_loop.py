@@ -22,7 +22,7 @@ from trajfactory.pipelines.closed_loop import eval_settings
 from trajfactory.schema import Message, ToolCall, ToolCallFunction
 from trajfactory.settings import RecipeError, load_recipe
 from trajfactory.settings.training import SFTSettings, TrainConfig
-from trajfactory.training.common import last_complete_checkpoint, model_identity, run_key
+from trajfactory.training.common import TrainError, check_out, last_complete_checkpoint, model_identity, run_key
 
 # ---------------------------------------------------------------- the recipe section and the keys (no engine)
 
@@ -133,6 +133,26 @@ def test_a_checkpoint_cut_off_by_the_kill_is_not_resumed_from(tmp_path):
     assert (tmp_path / "checkpoint-3").is_dir() and last_complete_checkpoint(tmp_path / "none") is None
 
 
+def test_a_killed_runs_checkpoint_is_discarded_only_when_asked(tmp_path, tiny_model):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / ".model.partial" / "trainer" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    check_out(out, False, tiny_model)  # cut off while being written: nothing to keep
+    (checkpoint / "trainer_state.json").write_text("{}")
+    with pytest.raises(TrainError, match=r"--out .*model: a killed run left its checkpoint in .*\.model\.partial "
+                                         r"\(checkpoint-4\); pass --resume .* or --overwrite"):
+        check_out(out, False, tiny_model)
+    check_out(out, False, tiny_model, resume=True)
+    check_out(out, True, tiny_model)
+    assert (checkpoint / "trainer_state.json").is_file()  # checking removes nothing
+
+
+def _whole_checkpoints(trainer_dir: Path) -> list[int]:
+    """The steps of the checkpoints the trainer finished writing (a kill before that leaves one cut off)."""
+    return sorted(int(p.name.split("-")[1]) for p in trainer_dir.glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file())
+
+
 def _train(data: str, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "trajfactory.cli", "train", "sft", "--data", data, "--out", str(out),
@@ -145,11 +165,11 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(model_flow_run, 
     partial = tmp_path / ".sft.partial" / "trainer"
     first = _train(data, out, "--model", str(tiny_model), "--checkpoint-every", "5")
     deadline = time.monotonic() + 300
-    while not list(partial.glob("checkpoint-*")) and first.poll() is None and time.monotonic() < deadline:
+    while not _whole_checkpoints(partial) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    saved = sorted(int(p.name.split("-")[1]) for p in partial.glob("checkpoint-*"))
+    saved = _whole_checkpoints(partial)
     assert saved and not out.exists(), first.stdout.read()[-3000:]
 
     # other settings do not resume someone else's run
@@ -168,11 +188,11 @@ def test_resume_starts_afresh_when_the_settings_differ(model_flow_run, tiny_mode
     first = _train(data, out, "--model", str(tiny_model), "--checkpoint-every", "3")
     partial = tmp_path / ".sft.partial" / "trainer"
     deadline = time.monotonic() + 300
-    while not list(partial.glob("checkpoint-*")) and first.poll() is None and time.monotonic() < deadline:
+    while not _whole_checkpoints(partial) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert list(partial.glob("checkpoint-*"))
+    assert _whole_checkpoints(partial)
     second = _train(data, out, "--model", str(tiny_model), "--checkpoint-every", "3", "--resume", "--seed", "1")
     text = second.communicate(timeout=600)[0]
     assert second.returncode == 0, text[-3000:]

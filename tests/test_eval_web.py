@@ -13,7 +13,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from test_web_tasks import FORUM, SHOP, TRACKER
 from trajfactory.schema import (Evidence, Final, Step, Trajectory, Usage, Verdict, WebEnvironment, WebProvenance,
                                 WebTask, WebTaskSpec)
 from trajfactory.schema import Policy as PolicyInfo
@@ -181,30 +180,17 @@ def test_bad_web_evaluations_are_named_before_any_model_starts(tmp_path):
 
 # ---------------------------------------------------------------- a real evaluation
 
-EXTRA = {"shop": SHOP, "forum": "How to start a discussion\n" + FORUM, "tracker": TRACKER}
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def web_version(tmp_path_factory) -> Path:
-    """A small real web version from the factory's web pipeline (tutorials -> checked tasks with infeasible twins ->
-    replayed trajectories -> splits by site): the test split is one site's feasible task and its infeasible twin."""
-    from trajfactory.pipelines import web
-    from trajfactory.pipelines.runner import LocalRunner
-    from trajfactory.settings import Recipe
-
-    root = tmp_path_factory.mktemp("webdata")
-    for app, text in EXTRA.items():
-        title, body = text.split("\n", 1)
-        (root / "tutorials" / app).mkdir(parents=True)
-        (root / "tutorials" / app / "howto.md").write_text(f"# {title}\n\n{body.strip()}\n")
-    recipe = Recipe.model_validate({"name": "web-eval-test", "work_dir": str(root / "work"),
-                                    "dataset": {"root": str(root / "datasets")},
-                                    "web": {"tutorials": [str(root / "tutorials")], "infeasible_share": 1.0,
-                                            "browsers": 2, "dataset_name": "web"}})
-    out = web.run(recipe, LocalRunner())
-    assert out["version"] == "v1"
-    return root / "datasets" / "web"
+@pytest.mark.browser
+def test_the_held_out_split_of_a_web_version_is_by_site(web_version):
+    """`eval --split test` on a web version takes whole sites: no app of its tasks has a task in another split."""
+    by_split = {split: held_out_web_tasks(f"{web_version}@v1", split)[0] for split in ("train", "test")}
+    apps = {split: {t.environment.app for t in tasks} for split, tasks in by_split.items()}
+    every = held_out_web_tasks(f"{web_version}@v1", "all")[0]
+    assert apps["test"] and apps["train"] and not apps["test"] & apps["train"]
+    assert {t.split for t in every if t.environment.app in apps["test"]} == {"test"}
 
 
 @pytest.fixture(scope="module")

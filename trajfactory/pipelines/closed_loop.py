@@ -81,7 +81,7 @@ def dpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, An
 
 def grpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, Any]:
     """GRPO from `model` (the last training output) on the version's SWE tasks into `OUT_ROOT/grpo-KEY` (reused when
-    complete; a killed GRPO run starts again: its episodes are not checkpointed)."""
+    complete, resumed from its last checkpoint when killed with `checkpoint_every` set)."""
     cfg = recipe.train
     key = run_key(grpo.KIND, digest, model, cfg.grpo)
     out = Path(cfg.out_root) / f"grpo-{key[:16]}"
@@ -89,12 +89,13 @@ def grpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, A
     if reused:
         log.info("GRPO output %s is complete for this data, model and settings: reused", out)
     else:
-        metrics = grpo.train_grpo(data, model, out, cfg.grpo, overwrite=True)
+        metrics = grpo.train_grpo(data, model, out, cfg.grpo, overwrite=True, resume=True)
     tr = metrics["training"]
     rewards = [s["reward_mean"] for s in tr["per_step"]]
     return {"kind": "grpo", "out": str(out), "key": key, "reused": reused, "steps": tr["steps"],
             "final_loss": tr["final_loss"], "rows_used": len(metrics["data"]["tasks"]), "episodes": tr["episodes"],
-            "reward_per_step": rewards, "train_seconds": tr["seconds"], "resumed_from_step": None}
+            "reward_per_step": rewards, "train_seconds": tr["seconds"],
+            "resumed_from_step": metrics.get("resumed_from_step")}
 
 
 def eval_settings(cfg: TrainConfig) -> EvalSettings:

@@ -81,8 +81,8 @@ class DPOSettings(TrainSettings):
 
 
 class GRPOSettings(TrainSettings):
-    """One online RL run (TRL's GRPOTrainer): groups of the factory's own SWE episodes per task, rewarded by the
-    tests' verdict (see `training/grpo.py` for the reward and the loss).
+    """One online RL run (TRL's GRPOTrainer): groups of the factory's own SWE or web episodes per task, rewarded by
+    the verifier's verdict (see `training/grpo.py` for the reward and the loss).
 
     Defaults fit a short CPU run of the tiny model; on a GPU raise `group_size`, `max_new_tokens` and `max_steps`."""
 
@@ -99,6 +99,9 @@ class GRPOSettings(TrainSettings):
     """Step limit of one episode (actions and malformed replies)."""
     max_new_tokens: int = Field(64, ge=1)
     """Tokens the model may generate per turn."""
+    max_observation_chars: int | None = Field(None, ge=100)
+    """Observations shown to the model are clipped to this many characters: SWE tool outputs (None: whole) and the
+    web page's accessibility tree (None: 1,000, see `training/grpo_web.py`)."""
     temperature: float = Field(1.0, gt=0)
     beta: float = Field(0.0, ge=0)
     """Weight of the KL penalty to the frozen starting model (TRL's `beta`); 0: no reference model is kept."""

@@ -1,5 +1,5 @@
 """`trajfactory train ...`: fine-tune a model on a dataset version's trajectories (SFT on the verified ones, DPO
-on verified-versus-failed pairs).
+on verified-versus-failed pairs) or train it online on its tasks (GRPO, SWE or web).
 
 The main CLI mounts this app: `app.add_typer(train_app, name="train")`.
 """
@@ -196,7 +196,8 @@ def dpo(
 
 
 GRPO_HELP = (
-    "Online RL (TRL's GRPOTrainer) with the factory as the environment, on the SWE tasks of one dataset version.\n\n"
+    "Online RL (TRL's GRPOTrainer) with the factory as the environment, on the SWE or web tasks of one dataset "
+    "version.\n\n"
     "Example: trajfactory train grpo --data datasets/swe@v1 --model runs/sft-tiny --out runs/grpo-tiny --max-steps 20 "
     "--group-size 4\n\n"
     "Each step rolls out --tasks-per-step tasks --group-size times: every episode runs the factory's model agent "
@@ -205,6 +206,11 @@ GRPO_HELP = (
     "sandbox. Reward: 1 when the tests pass; otherwise the share of FAIL_TO_PASS tests that pass (--no-partial-credit: "
     "0). Advantages are normalized within each task's group; the clipped policy-gradient loss is on the tokens the "
     "model sampled (tool outputs masked), with a KL to the starting model when --beta > 0.\n\n"
+    "Web tasks (a version with `web_tasks`, e.g. from `trajfactory web`): each episode runs the model web agent "
+    "(text actions) in a fresh seeded site of the task's app and a fresh Chromium context, as `trajfactory eval` "
+    "does; reward 1 when the task's state checks pass on the site's final state, else 0.\n\n"
+    "A long run: --checkpoint-every N keeps the newest checkpoint (and the episodes of its steps); if the run is "
+    "killed, the same command with --resume goes on from it.\n\n"
     "OUT: a model directory that transformers and vLLM load as it is, plus metrics.json (per step: mean reward, "
     "reward std, loss, KL, episodes, sampled tokens; every episode with its verdict) and reward.png."
 )
@@ -226,6 +232,9 @@ def grpo(
     tasks_per_step: int = typer.Option(1, "--tasks-per-step", help="Tasks (groups) rolled out per step."),
     max_agent_steps: int = typer.Option(10, "--max-agent-steps", help="Step limit of one episode."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per agent turn."),
+    max_observation_chars: Optional[int] = typer.Option(None, "--max-observation-chars", help="Clip what the model "
+                                                        "sees of a tool output or web page to this many characters "
+                                                        "(default: whole tool outputs; 1000 for web pages)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the rollouts."),
     learning_rate: float = typer.Option(1e-6, "--lr", help="Peak learning rate (linear decay)."),
     beta: float = typer.Option(0.0, "--beta", help="KL weight to the starting model; 0 keeps no reference model."),
@@ -239,6 +248,8 @@ def grpo(
     bf16: Optional[bool] = BF16,
     seed: int = SEED,
     log_every: int = typer.Option(1, "--log-every", help="Log loss and tokens/s every N steps."),
+    checkpoint_every: Optional[int] = CHECKPOINT_EVERY,
+    resume: bool = RESUME,
 ) -> None:
     setup_logging()
     from trajfactory.training.grpo import train_grpo
@@ -248,13 +259,14 @@ def grpo(
         lambda: GRPOSettings(
             splits=split, max_tasks=max_tasks, max_steps=max_steps, group_size=group_size,
             tasks_per_step=tasks_per_step, max_agent_steps=max_agent_steps, max_new_tokens=max_new_tokens,
-            temperature=temperature, learning_rate=learning_rate, beta=beta, epsilon=epsilon,
+            max_observation_chars=max_observation_chars, temperature=temperature, learning_rate=learning_rate,
+            beta=beta, epsilon=epsilon,
             partial_credit=partial_credit, max_length=max_length, sandbox={"backend": sandbox}, lora=lora, bf16=bf16,
-            seed=seed, log_every=log_every),
-        train_grpo, data, model, out, overwrite)
+            seed=seed, log_every=log_every, checkpoint_every=checkpoint_every),
+        train_grpo, data, model, out, overwrite, resume=resume)
     tr = metrics["training"]
     rewards = [s["reward_mean"] for s in tr["per_step"]]
-    typer.echo(f"trained {tr['steps']} GRPO steps on {len(metrics['data']['tasks'])} task(s) of "
-               f"{metrics['data']['dataset']}@{metrics['data']['version']}: {tr['episodes']} episodes, mean reward "
+    typer.echo(f"trained {tr['steps']} GRPO steps on {len(metrics['data']['tasks'])} {metrics['data']['kind']} "
+               f"task(s) of {metrics['data']['dataset']}@{metrics['data']['version']}: {tr['episodes']} episodes, mean reward "
                f"per step {rewards}, final loss {tr['final_loss']}")
     typer.echo(f"wrote {out} (metrics.json, reward.png)")

@@ -138,11 +138,19 @@ def load_model(path: Path, ref: str | Path, *, dtype: Any = None):
     return tokenizer, model
 
 
-def check_out(out: Path, overwrite: bool, model_dir: Path) -> None:
+def check_out(out: Path, overwrite: bool, model_dir: Path, resume: bool = False) -> None:
     """An output directory may be new or empty; a previous training output is replaced only with `overwrite`, and
-    a directory holding anything else is never touched."""
+    a directory holding anything else is never touched. The checkpoint a killed run left beside OUT
+    (`.OUT.partial`) is discarded only with `overwrite`; `resume` goes on from it."""
     if out.resolve() == model_dir.resolve() or out.resolve() in model_dir.resolve().parents:
         raise TrainError(f"--out {out}: it is (or holds) the base model {model_dir}; choose another directory")
+    partial = out.with_name(f".{out.name}.partial") / "trainer"
+    left = sorted(p.name for p in partial.glob("checkpoint-*") if (p / CHECKPOINT_STATE).is_file()) \
+        if partial.is_dir() else []
+    if left and not (resume or overwrite):
+        raise TrainError(f"--out {out}: a killed run left its checkpoint in {partial.parent} ({', '.join(left)}); "
+                         "pass --resume to go on from it (same data, model and settings), or --overwrite to "
+                         "discard it")
     if not out.exists():
         return
     if not out.is_dir():
@@ -333,11 +341,13 @@ def replace_dir(partial: Path, out: Path) -> None:
 
 
 def train_and_write(out: Path, build, step_log, describe, *, tokenizer, model_dir: Path, template, lora: bool,
-                    title: str, key: str, resume: bool = False, checkpoints: bool = False) -> dict[str, Any]:
+                    title: str, key: str, resume: bool = False, checkpoints: bool = False,
+                    curve: tuple[str, str] = ("loss.png", "loss")) -> dict[str, Any]:
     """Train and write OUT atomically: `build(work_dir)` makes the trainer (the per-step log `step_log` is added to it),
-    `describe(trainer, result)` the metrics; then the model (`save_model`), metrics.json and loss.png go into a
-    sibling directory that replaces OUT only once it is whole. With `checkpoints` a failed or killed run leaves
-    that directory and its newest checkpoint behind, for `resume` (same `key`). Returns the metrics."""
+    `describe(trainer, result)` the metrics; then the model (`save_model`), metrics.json and the curve (`curve`: the
+    PNG's name and the logged value per step it plots, `title` above it) go into a sibling directory that replaces OUT
+    only once it is whole. With `checkpoints` a failed or killed run leaves that directory and its newest checkpoint
+    behind, for `resume` (same `key`). Returns the metrics."""
     partial, checkpoint = partial_dir(out, key, resume)
     try:
         trainer = build(partial / "trainer")
@@ -350,7 +360,8 @@ def train_and_write(out: Path, build, step_log, describe, *, tokenizer, model_di
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         from trajfactory.training.plot import loss_curve_png
 
-        loss_curve_png([(s["step"], s["loss"]) for s in step_log.steps], partial / "loss.png", title=title)
+        name, value = curve
+        loss_curve_png([(s["step"], s.get(value) or 0.0) for s in step_log.steps], partial / name, title=title)
         (partial / RUN_FILE).unlink(missing_ok=True)
         replace_dir(partial, out)
     except BaseException:

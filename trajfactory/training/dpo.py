@@ -142,7 +142,7 @@ def train_dpo(data: str | Path, model: str | Path, out: str | Path, settings: DP
     quiet_progress_bars()
     out = Path(out)
     model_dir = resolve_model(model)
-    check_out(out, overwrite, model_dir)
+    check_out(out, overwrite, model_dir, resume)
     pairs, source = load_pairs(data, settings.splits, settings.max_pairs_per_task)
     set_seed(settings.seed)
     # Full fine-tuning keeps fp32 master weights (OUT is saved in the base's dtype); LoRA leaves the base as it is.

@@ -7,7 +7,9 @@ Every episode is the factory's own: a fresh Docker (or bubblewrap) sandbox of th
 (`executors/episode.py`), the SWE tools, and the model agent of `agents/model.py` (text actions) whose model is the
 trainer's current model, generating in-process with transformers (`training/local_policy.py`). The final patch is
 then verified by the task's tests in another fresh sandbox (`SweEnvironment.evaluate`), exactly as a dataset build
-does.
+does. On a version of web tasks (`web_tasks` rows, no SWE tasks) the episodes are web episodes instead: the model web
+agent in a fresh seeded site and Chromium context, verified by the task's state checks, as `trajfactory eval` runs
+them (`training/grpo_web.py`, with its reward).
 
 Reward (`reward_of`): 1.0 when the verifier passes the episode; otherwise, with `partial_credit`, the share of the
 task's FAIL_TO_PASS tests that pass under the submitted patch (0 when the patch was refused, did not apply, or the
@@ -24,15 +26,18 @@ no episode limits, no malformed-reply recovery, no `submit`, no verifier), so it
 protocol; `rollout_func` keeps it.
 
 OUT, like `train sft`: a model directory vLLM serves as it is, metrics.json (per step: mean reward, reward std,
-loss, KL when `beta` > 0, episodes, tokens; every episode with its verdict) and reward.png.
+loss, KL when `beta` > 0, episodes, tokens; every episode with its verdict) and reward.png. With `checkpoint_every`
+a killed run resumes like `train sft` (`resume`, the same run key): the trainer's checkpoint holds the weights,
+optimizer and RNG; the episode records of the steps it holds come from `.OUT.partial/trainer/episodes.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +46,15 @@ from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.swe_env import SweEnvironments
-from trajfactory.schema import Task, Verdict
+from trajfactory.schema import Task, Verdict, WebTask
 from trajfactory.settings import EpisodeLimits, ModelPolicyConfig
-from trajfactory.training.common import (TrainError, check_out, checkpointing_flag, config_dtype, data_source,
-                                         device_flags, load_model, open_version, partial_dir, peft_config,
-                                         quiet_progress_bars, replace_dir, resolve_model, run_key, save_model,
-                                         step_logger)
+from trajfactory.training.common import (TrainError, check_out, checkpointing_flag, data_source, device_flags,
+                                         load_model, open_version, peft_config, quiet_progress_bars, resolve_model,
+                                         run_key, save_flags, step_logger, train_and_write)
+from trajfactory.training.eval_web import held_out_web_tasks, is_web_version
 from trajfactory.training.evaluate import EvalError, held_out_tasks
-from trajfactory.training.local_policy import LocalChatClient, Rollout
-from trajfactory.training.plot import loss_curve_png
+from trajfactory.training.grpo_web import WEB_REWARD_DEFINITION, WebEpisodes
+from trajfactory.training.local_policy import LocalChatClient
 from trajfactory.settings.training import GRPOSettings
 
 log = logging.getLogger(__name__)
@@ -98,56 +103,104 @@ def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHan
                                                   commit=t.environment.base_commit) for t in tasks}
 
 
-class FactoryRollouts:
-    """TRL's `rollout_func`: one factory episode per prompt (a prompt is a task id; TRL repeats each `group_size`
-    times), verified by the task's tests. `episodes` keeps a record of each for metrics.json."""
+class SweEpisodes:
+    """SWE episodes of the model under training: sandboxes of the tasks' images (`open` starts the environments),
+    the SWE model agent with text actions, the task's tests as the verifier."""
 
-    def __init__(self, tasks: list[Task], tokenizer, settings: GRPOSettings, max_context: int):
-        self.tasks = {t.task_id: t for t in tasks}
-        self.tokenizer, self.settings, self.max_context = tokenizer, settings, max_context
+    def __init__(self, tasks: list[Task], settings: GRPOSettings):
+        self.settings = settings
         self.handles = environments_of(tasks, settings.sandbox.backend)
         self.agent = ModelPolicyConfig(actions="text", temperature=settings.temperature,
                                        max_tokens=settings.max_new_tokens, seed=settings.seed,
+                                       max_observation_chars=settings.max_observation_chars,
                                        limits=EpisodeLimits(max_steps=settings.max_agent_steps))
-        self.episodes: list[dict[str, Any]] = []
+        self.envs: SweEnvironments | None = None
 
-    def episode(self, envs: SweEnvironments, client: LocalChatClient, task: Task, sample: int
-                ) -> tuple[Rollout, Verdict, dict[str, Any]]:
-        client.start_episode()
+    @contextmanager
+    def open(self) -> Iterator[SweEpisodes]:
+        with SweEnvironments(get_backend(self.settings.sandbox.backend), self.handles, self.settings.sandbox) as envs:
+            self.envs = envs
+            try:
+                yield self
+            finally:
+                self.envs = None
+
+    def run(self, client: LocalChatClient, task: Task, sample: int) -> tuple[Verdict, dict[str, Any]]:
+        """One episode of `task` (sample `sample`: its own seed), verified by the task's tests, and its record."""
+        envs = self.envs
         policy = ModelPolicy(client, self.agent.for_sample(sample))
         ep = run_episode_sync(envs(task), policy, task, sample=sample,
                               limits=EpisodeLimits(max_steps=self.settings.max_agent_steps))
         verdict = envs(task).evaluate_sync(task, ep.trajectory, timeout=self.settings.test_timeout_s)
-        rollout = client.rollout()
         tr = ep.trajectory
-        return rollout, verdict, {"task_id": task.task_id, "sample": sample, "trajectory_id": tr.trajectory_id,
-                                  "exit_status": tr.exit_status, "agent_steps": len(tr.steps), "turns": rollout.turns,
-                                  "passed": verdict.passed, "verifier": verdict.verifier,
-                                  "FAIL_TO_PASS": [o.model_dump() for o in verdict.evidence.FAIL_TO_PASS],
-                                  "sampled_tokens": sum(rollout.env_mask), "patch_chars": len(tr.final.patch)}
+        return verdict, {"task_id": task.task_id, "kind": "swe", "sample": sample, "trajectory_id": tr.trajectory_id,
+                         "exit_status": tr.exit_status, "agent_steps": len(tr.steps), "passed": verdict.passed,
+                         "verifier": verdict.verifier,
+                         "FAIL_TO_PASS": [o.model_dump() for o in verdict.evidence.FAIL_TO_PASS],
+                         "patch_chars": len(tr.final.patch)}
+
+    def reward(self, verdict: Verdict | None) -> float:
+        return reward_of(verdict, self.settings.partial_credit)
+
+
+class FactoryRollouts:
+    """TRL's `rollout_func`: one factory episode per prompt (a prompt is a task id; TRL repeats each `group_size`
+    times), verified by the task's verifier (`episodes`: `SweEpisodes` or `grpo_web.WebEpisodes`). `episodes` keeps
+    a record of each for metrics.json; with a `journal` file each record is also appended there as it ends, so a
+    resumed run keeps the records of the steps its checkpoint holds."""
+
+    def __init__(self, tasks: list[Task | WebTask], tokenizer, settings: GRPOSettings, max_context: int, env=None):
+        self.tasks = {t.task_id: t for t in tasks}
+        self.tokenizer, self.settings, self.max_context = tokenizer, settings, max_context
+        self.env = env or SweEpisodes(tasks, settings)
+        self.episodes: list[dict[str, Any]] = []
+        self.journal: Path | None = None
+
+    def keep_journal(self, path: Path) -> None:
+        """Append every episode's record to `path`; the records already there (a killed run's) are taken up."""
+        self.journal = path
+        if path.is_file():
+            self.episodes = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.episodes.append(record)
+        if self.journal is not None:
+            with self.journal.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _forget_after(self, step: int) -> None:
+        """Drop the records of steps after `step` (the killed run went past its checkpoint: they are redone)."""
+        kept = [e for e in self.episodes if e["step"] <= step]
+        if len(kept) != len(self.episodes):
+            self.episodes = kept
+            if self.journal is not None:
+                self.journal.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     def __call__(self, prompts: list[str], trainer) -> dict[str, list]:
         lm = trainer.accelerator.unwrap_model(trainer.model)
         was_training = lm.training
         client = LocalChatClient(lm, self.tokenizer, max_context=self.max_context, name=lm.name_or_path or "local")
         step = trainer.state.global_step + 1
+        self._forget_after(step - 1)
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [],
                                 "verifier_reward": []}
-        backend = get_backend(self.settings.sandbox.backend)
         try:
-            with SweEnvironments(backend, self.handles, self.settings.sandbox) as envs:
+            with self.env.open():
                 for task_id in prompts:
                     task = self.tasks[task_id]
                     sample = len(self.episodes)  # its own seed: the episodes of a group differ
                     started = time.monotonic()
-                    rollout, verdict, record = self.episode(envs, client, task, sample)
+                    client.start_episode()
+                    verdict, record = self.env.run(client, task, sample)
+                    rollout = client.rollout()
                     if not rollout.completion_ids:  # no turn ran (e.g. the first prompt overflowed the context)
                         eos = self.tokenizer.eos_token_id
                         rollout.prompt_ids = rollout.prompt_ids or [eos]
                         rollout.completion_ids, rollout.env_mask, rollout.logprobs = [eos], [0], [0.0]
-                    reward = reward_of(verdict, self.settings.partial_credit)
-                    self.episodes.append({"step": step, **record, "reward": reward,
-                                          "seconds": round(time.monotonic() - started, 2)})
+                    reward = self.env.reward(verdict)
+                    self._record({"step": step, **record, "turns": rollout.turns,
+                                  "sampled_tokens": sum(rollout.env_mask), "reward": reward,
+                                  "seconds": round(time.monotonic() - started, 2)})
                     log.info("step %d episode %d (task %s): %s after %d agent step(s), reward %.3f", step, sample,
                              task_id[:12], record["exit_status"], record["agent_steps"], reward)
                     out["prompt_ids"].append(rollout.prompt_ids)
@@ -182,7 +235,7 @@ def build_trainer(lm, tokenizer, task_ids: list[str], rollout_func, settings: GR
         warmup_steps=settings.warmup_steps, per_device_train_batch_size=batch,
         gradient_accumulation_steps=settings.grad_accum, num_generations=settings.group_size,
         max_completion_length=settings.max_length, beta=settings.beta, epsilon=settings.epsilon,
-        temperature=settings.temperature, use_vllm=False, logging_steps=1, save_strategy="no", report_to=[],
+        temperature=settings.temperature, use_vllm=False, logging_steps=1, report_to=[], **save_flags(settings),
         seed=settings.seed, disable_tqdm=True, **device_flags(settings),
         **checkpointing_flag(GRPOConfig, settings))
     rows = Dataset.from_list([{"prompt": t} for t in task_ids])
@@ -191,17 +244,22 @@ def build_trainer(lm, tokenizer, task_ids: list[str], rollout_func, settings: GR
                        peft_config=peft_config(settings) if settings.lora else None)
 
 
-def load_tasks(data: str | Path, splits: list[str], max_tasks: int | None) -> tuple[list[Task], dict[str, Any]]:
-    """The SWE tasks of `splits` of a dataset version, in task-id order, and what identifies that data."""
-    tasks: dict[str, Task] = {}
+def load_tasks(data: str | Path, splits: list[str], max_tasks: int | None
+               ) -> tuple[list[Task] | list[WebTask], dict[str, Any]]:
+    """The tasks of `splits` of a dataset version, in task-id order, and what identifies that data: its web tasks
+    with state checks when it is a version of web tasks (`eval_web.is_web_version`), else its SWE tasks."""
+    web = is_web_version(data)
+    tasks: dict[str, Task | WebTask] = {}
     try:
         for split in splits:
-            tasks.update({t.task_id: t for t in held_out_tasks(data, split)[0]})
+            found = held_out_web_tasks(data, split)[0] if web else held_out_tasks(data, split)[0]
+            tasks.update({t.task_id: t for t in found})
     except EvalError as exc:
         raise TrainError(str(exc)) from None
     store, version, _ = open_version(data)
     chosen = sorted(tasks.values(), key=lambda t: t.task_id)[:max_tasks]
-    return chosen, {**data_source(store, version, splits), "tasks": [t.task_id for t in chosen]}
+    return chosen, {**data_source(store, version, splits), "kind": "web" if web else "swe",
+                    "tasks": [t.task_id for t in chosen]}
 
 
 def _step_metrics(step_log: list[dict[str, Any]], episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,11 +274,13 @@ def _step_metrics(step_log: list[dict[str, Any]], episodes: list[dict[str, Any]]
     return steps
 
 
-def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: GRPOSettings | None = None,
-               overwrite: bool = False) -> dict[str, Any]:
-    """Train `model` with GRPO on the SWE tasks of `data` (`DIR[@vN]`) and write OUT (module docstring).
+def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: GRPOSettings | None = None, *,
+               overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train `model` with GRPO on the SWE or web tasks of `data` (`DIR[@vN]`) and write OUT (module docstring).
 
-    Returns what metrics.json holds. Raises TrainError for bad inputs, before any episode."""
+    Returns what metrics.json holds. Raises TrainError for bad inputs, before any episode. With `resume`, a run of
+    the same data, model and settings killed after a checkpoint (`checkpoint_every`) goes on from it, with the
+    episode records of the steps the checkpoint holds."""
     import torch
     from transformers import set_seed
 
@@ -228,7 +288,7 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
     quiet_progress_bars()
     out = Path(out)
     model_dir = resolve_model(model)
-    check_out(out, overwrite, model_dir)
+    check_out(out, overwrite, model_dir, resume)
     tasks, source = load_tasks(data, settings.splits, settings.max_tasks)
     set_seed(settings.seed)
     # Full fine-tuning keeps fp32 master weights (OUT is saved in the base's dtype); LoRA leaves the base as it is.
@@ -236,35 +296,34 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
     if not tokenizer.chat_template:
         raise TrainError(f"--model {model}: the tokenizer has no chat template; the agent's turns need one")
     max_context = min(settings.max_length, getattr(lm.config, "max_position_embeddings", settings.max_length))
-    rollouts = FactoryRollouts(tasks, tokenizer, settings, max_context)
-    partial, _ = partial_dir(out)
-    try:
-        trainer = build_trainer(lm, tokenizer, [t.task_id for t in tasks], rollouts, settings, partial / "trainer")
-        step_log = step_logger(settings.log_every, keep=("reward", "reward_std", "kl", "num_tokens"))
-        trainer.add_callback(step_log)
-        started = time.monotonic()
-        result = trainer.train()
+    web = source["kind"] == "web"
+    rollouts = FactoryRollouts(tasks, tokenizer, settings, max_context, WebEpisodes(settings) if web else None)
+    step_log = step_logger(settings.log_every, keep=("reward", "reward_std", "kl", "num_tokens"))
+    started = time.monotonic()
+
+    def build(work: Path):
+        work.mkdir(parents=True, exist_ok=True)
+        rollouts.keep_journal(work / "episodes.jsonl")
+        return build_trainer(lm, tokenizer, [t.task_id for t in tasks], rollouts, settings, work)
+
+    def describe(trainer, result) -> dict[str, Any]:
         steps = _step_metrics(step_log.steps, rollouts.episodes)
-        metrics = {"run_key": run_key(KIND, source["content_digest"], model, settings), "data": source,
-                   "model": {"base": str(model), "base_dir": str(model_dir.resolve())},
-                   "settings": settings.model_dump(mode="json"), "reward": REWARD_DEFINITION,
-                   "algorithm": {"trainer": "trl.GRPOTrainer + rollout_func", "loss_type": trainer.args.loss_type,
-                                 "scale_rewards": trainer.args.scale_rewards, "beta": settings.beta,
-                                 "epsilon": settings.epsilon, "generation": "transformers (in-process)"},
-                   "training": {"steps": result.global_step, "seconds": round(time.monotonic() - started, 1),
-                                "episodes": len(rollouts.episodes),
-                                "sampled_tokens": sum(e["sampled_tokens"] for e in rollouts.episodes),
-                                "final_loss": steps[-1]["loss"] if steps else None, "per_step": steps},
-                   "episodes": rollouts.episodes}
-        shutil.rmtree(partial / "trainer", ignore_errors=True)
-        save_model(trainer, tokenizer, model_dir, tokenizer.chat_template, partial, config_dtype(model_dir))
-        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        loss_curve_png([(s["step"], s["reward_mean"] or 0.0) for s in steps], partial / "reward.png",
-                       title="mean verifier reward per step")
-        replace_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    log.info("GRPO model written to %s (%d steps, %d episodes)", out, metrics["training"]["steps"],
-             metrics["training"]["episodes"])
+        return {"data": source, "model": {"base": str(model), "base_dir": str(model_dir.resolve())},
+                "settings": settings.model_dump(mode="json"),
+                "reward": WEB_REWARD_DEFINITION if web else REWARD_DEFINITION,
+                "algorithm": {"trainer": "trl.GRPOTrainer + rollout_func", "loss_type": trainer.args.loss_type,
+                              "scale_rewards": trainer.args.scale_rewards, "beta": settings.beta,
+                              "epsilon": settings.epsilon, "generation": "transformers (in-process)"},
+                "training": {"steps": result.global_step, "seconds": round(time.monotonic() - started, 1),
+                             "episodes": len(rollouts.episodes),
+                             "sampled_tokens": sum(e["sampled_tokens"] for e in rollouts.episodes),
+                             "final_loss": steps[-1]["loss"] if steps else None, "per_step": steps},
+                "episodes": rollouts.episodes}
+
+    metrics = train_and_write(
+        out, build, step_log, describe, key=run_key(KIND, source["content_digest"], model, settings), resume=resume,
+        checkpoints=settings.checkpoint_every is not None, tokenizer=tokenizer, model_dir=model_dir,
+        template=tokenizer.chat_template, lora=settings.lora, title="mean verifier reward per step",
+        curve=("reward.png", "reward"))
+    log.info("GRPO: %d episodes", metrics["training"]["episodes"])
     return metrics

@@ -102,7 +102,7 @@ def train_sft(data: str | Path, model: str | Path, out: str | Path, settings: SF
     quiet_progress_bars()
     out = Path(out)
     model_dir = resolve_model(model)
-    check_out(out, overwrite, model_dir)
+    check_out(out, overwrite, model_dir, resume)
     rows, source = load_rows(data, settings.splits)
     set_seed(settings.seed)
     # Full fine-tuning keeps fp32 master weights (OUT is saved in the base's dtype); LoRA leaves the base as it is.
