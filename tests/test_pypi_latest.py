@@ -20,7 +20,7 @@ from pypi_index_server import PackageIndex, sdist
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.schema import Quarantine
 from trajfactory.settings import RecipeError, load_recipe
-from trajfactory.sources import expand_repo
+from trajfactory.sources import expand_repo, pypi_index
 from trajfactory.sources.repos import SourceError, expand_uri, harvest, parse_uri
 
 NAME = "tf-demo-kit"
@@ -54,6 +54,20 @@ def test_latest_n_are_the_newest_final_releases_with_an_sdist(index):
     asked = len(index.requests)
     assert expand_uri(f"pypi:{NAME}==1.0") == [f"pypi:{NAME}==1.0"] and len(index.requests) == asked  # no lookup
     assert parse_uri(f"pypi:{NAME}@latest:3").latest == 3 and parse_uri(f"pypi:{NAME}@latest:3:pre").pre
+
+
+def test_without_pip_index_url_the_index_of_pips_own_configuration_is_asked(tmp_path, monkeypatch):
+    with PackageIndex() as idx:
+        publish(idx, "1.0")
+        conf = tmp_path / "pip.conf"
+        conf.write_text(f"[global]\nindex-url = {idx.url}\n")
+        monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+        pypi_index._configured_index.cache_clear()
+        try:
+            assert expand_uri(f"pypi:{NAME}@latest:1") == [f"pypi:{NAME}==1.0"] and idx.requests
+        finally:
+            pypi_index._configured_index.cache_clear()
 
 
 def test_a_resolved_release_is_harvested_from_the_index_and_its_hash_checked(index, tmp_path):

@@ -2,7 +2,7 @@
 
 It speaks the simple repository API that pip speaks (PEP 691 JSON when the index offers it, PEP 503 HTML
 otherwise), so a mirror or a private index serves as well as PyPI: the index is `PIP_INDEX_URL` when set, else
-https://pypi.org/simple. Nothing of a package runs on the host: an sdist is fetched as a file and checked against
+pip's own configured `index-url` (pip.conf), else https://pypi.org/simple. Nothing of a package runs on the host: an sdist is fetched as a file and checked against
 the sha256 the index gives (`pip download` would build its metadata, running the package's build backend).
 Failures raise `SourceError` naming the source URI.
 """
@@ -14,7 +14,10 @@ import logging
 import os
 import re
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin
@@ -45,7 +48,24 @@ class Sdist:
 
 
 def index_url() -> str:
-    return (os.environ.get(INDEX_ENV) or DEFAULT_INDEX).rstrip("/")
+    return (os.environ.get(INDEX_ENV) or _configured_index() or DEFAULT_INDEX).rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def _configured_index() -> str:
+    """The `index-url` of pip's configuration files (global, user, site, PIP_CONFIG_FILE), as `pip config list`
+    shows it; '' if none."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    found = {}
+    for line in out.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("global.index-url", "download.index-url"):
+            found[key] = value.strip().strip("'\"")
+    return found.get("download.index-url") or found.get("global.index-url") or ""
 
 
 def _tls() -> ssl.SSLContext | bool:
