@@ -190,3 +190,52 @@ def test_links_are_read_as_the_sandbox_sees_them(sandbox, tmp_path_factory):
             sandbox.read_file("/tmp/loop1")
     finally:
         host_file.unlink()
+
+
+def test_disk_is_capped_and_the_host_keeps_nothing(backend, env):
+    with backend.start(env, SandboxConfig(disk="64m", memory="1g", command_timeout_s=60)) as sandbox:
+        assert sandbox.disk_capped and os.path.ismount(sandbox.scratch)
+        for path in ("big", "/tmp/big", "$HOME/big"):
+            result = sandbox.execute(f"dd if=/dev/zero of={path} bs=1M count=200 2>&1; du -m {path}; rm -f {path}")
+            assert "No space left on device" in result.output, (path, result.output)
+            assert int(result.output.split()[-2]) <= 64, result.output  # du's MiB: the cap held
+        for path in ("/big", "/usr/local/big", "/etc/big", "/var/big", "/home/big"):
+            result = sandbox.execute(f"echo x > {path}")
+            assert result.exit_code != 0 and "Read-only file system" in result.output, (path, result.output)
+        assert sandbox.execute("python -m pytest -q").exit_code == 0  # the project still works inside
+        scratch = sandbox.scratch
+    assert not os.path.ismount(scratch) and not scratch.exists()
+
+
+KILLED_OWNER = """
+import sys, time
+from pathlib import Path
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.local import LocalBackend
+from trajfactory.settings import SandboxConfig
+backend = LocalBackend(cache_root=sys.argv[1])
+sandbox = backend.start(EnvironmentHandle(**{k: sys.argv[i + 2] for i, k in enumerate(("backend", "name", "repo", "commit"))}),
+                        SandboxConfig(disk="32m"))
+sandbox.execute("dd if=/dev/zero of=/tmp/held bs=1M count=16")
+print(sandbox.scratch, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sandbox_whose_run_was_killed_is_released_by_the_next_backend(backend, env):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(backend.cache_root), env.backend, env.name,
+                             env.repo, env.commit], stdout=subprocess.PIPE, text=True)
+    scratch = Path(proc.stdout.readline().strip())
+    assert os.path.ismount(scratch) and (scratch / "tmp" / "held").stat().st_size == 16 * 2**20
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.path.ismount(scratch)  # a kill -9 leaves the tmpfs (and the memory it holds) mounted
+    with backend.start(env) as live:  # this backend swept at its first start: the live owner's sandbox is kept
+        with LocalBackend(cache_root=backend.cache_root).start(env) as other:
+            assert not os.path.ismount(scratch) and not scratch.exists()
+            assert os.path.ismount(live.scratch) and other.execute("true").exit_code == 0
+        assert live.execute("true").exit_code == 0 and os.path.ismount(live.scratch)

@@ -45,7 +45,7 @@ from .base import (
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
 from .pytest_options import pytest_addopts
-from .local_limits import Cgroup, git_meta, remove_tree, size_bytes
+from .local_limits import Cgroup, cap_disk, git_meta, own, release, remove_tree, size_bytes, sweep_stale
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
@@ -93,6 +93,8 @@ class LocalBackend:
         self.cache_root = Path(cache_root or default_cache_root())
         self.isolation = isolation or detect_isolation()
         """`bwrap` or `unshare-net`; ISOLATION_TEXT says what each one isolates."""
+        self._swept = False
+        """Whether the sandboxes killed runs left have been released (once, at the first start)."""
         log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
 
     def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
@@ -164,6 +166,9 @@ class LocalBackend:
         env_dir = Path(env.name)
         if not (env_dir / ".complete").exists():
             raise SandboxError(f"environment {env_dir} is not built; call LocalBackend.build() first")
+        if not self._swept:
+            sweep_stale(self.cache_root / "sandboxes")
+            self._swept = True
         return LocalSandbox(env_dir, env.commit, limits or SandboxConfig(), self.isolation,
                             self.cache_root / "sandboxes")
 
@@ -178,6 +183,10 @@ class LocalSandbox:
         self.isolation = isolation
         scratch_root.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="sbx-", dir=scratch_root))
+        own(self.scratch)
+        self.disk_capped = cap_disk(self.scratch, limits.disk)
+        """Whether a tmpfs of sandbox.disk holds everything the sandbox can write (see local_limits.cap_disk)."""
+        own(self.scratch)  # again, inside the tmpfs
         self.workdir = str(self.scratch / "repo")
         self.dirty = False
         """A command ran away (timed out): the next reset() copies the checkout afresh."""
@@ -341,7 +350,7 @@ class LocalSandbox:
             return
         self.closed = True
         self.cgroup.remove()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        release(self.scratch)
 
     def __enter__(self) -> "LocalSandbox":
         return self

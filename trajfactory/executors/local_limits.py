@@ -1,5 +1,6 @@
-"""The local sandbox's limits and housekeeping: a pids + memory + cpu cgroup per sandbox, sizes, and the helpers of its
-whole-sandbox reset (a tree a command locked, git's own settings)."""
+"""The local sandbox's limits and housekeeping: a pids + memory + cpu cgroup per sandbox, its disk cap (a size-limited
+tmpfs under its scratch directory), the sweep of what killed runs left, sizes, and the helpers of its whole-sandbox
+reset (a tree a command locked, git's own settings)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 from trajfactory.settings import SandboxConfig
 
 from .base import SandboxError
+from .runs import pid_alive
 from .sandbox_fs import GIT_META
 
 log = logging.getLogger(__name__)
@@ -94,3 +97,62 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.05)
+
+
+OWNER = ".owner"
+"""In a sandbox's scratch directory: the pid of the process that holds the sandbox."""
+YOUNG_S = 60.0
+"""A scratch directory without an owner yet, younger than this, is a sandbox being made, not a leftover."""
+
+
+def cap_disk(scratch: Path, disk: str) -> bool:
+    """Mount a tmpfs of `disk` bytes on `scratch`: everything a command can write (the checkout, /tmp, HOME) lives
+    there, so a suite that fills it gets "No space left on device" and the host's disk never moves; its pages count
+    against the sandbox's memory cgroup, as a container's tmpfs does. False where the host refuses (not root)."""
+    try:
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes(disk)},mode=0700",
+                              "trajfactory-sandbox", str(scratch)], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        out = None
+        reason = str(exc)
+    if out is not None and out.returncode == 0:
+        return True
+    reason = out.stderr.strip() if out is not None else reason
+    log.warning("local sandbox: no disk cap here (mounting a tmpfs of sandbox.disk=%s failed: %s)", disk, reason)
+    return False
+
+
+def own(scratch: Path) -> None:
+    (scratch / OWNER).write_text(str(os.getpid()))
+
+
+def release(scratch: Path) -> None:
+    """Unmount the sandbox's disk cap (if any) and remove its scratch directory."""
+    if os.path.ismount(scratch):
+        subprocess.run(["umount", "-l", str(scratch)], capture_output=True, timeout=60)
+    remove_tree(scratch)
+
+
+def sweep_stale(root: Path) -> list[str]:
+    """Release the sandboxes under `root` whose owning process is gone (a run killed with -9): their tmpfs would hold
+    memory and their cgroups would stay. Returns the names released."""
+    released = []
+    for scratch in sorted(root.glob("sbx-*")) if root.is_dir() else []:
+        try:
+            owner = (scratch / OWNER).read_text().strip()
+        except OSError:
+            owner = ""
+            with contextlib.suppress(OSError):
+                if time.time() - scratch.stat().st_mtime < YOUNG_S:
+                    continue
+        if owner and pid_alive(owner):
+            continue
+        release(scratch)
+        for pattern in (f"trajfactory/{scratch.name}", f"*/trajfactory/{scratch.name}"):  # cgroup v2, v1
+            for cgroup in CGROUP_ROOT.glob(pattern):
+                with contextlib.suppress(OSError):
+                    cgroup.rmdir()
+        released.append(scratch.name)
+    if released:
+        log.info("released %d local sandbox(es) a killed run left: %s", len(released), ", ".join(released))
+    return released
