@@ -15,10 +15,10 @@ from trajfactory.schema.core import TABLE_SCHEMAS, Record
 
 
 class WebEnvironment(Record):
-    """Where a web task runs: a bundled app, seeded, opened at `start_path`."""
+    """Where a web task runs: a registered site (bundled or real), seeded, opened at `start_path`."""
 
     app: str
-    """A bundled app name (`shop`, `forum`, `tracker`)."""
+    """The name of a registered site adapter (`shop`, `django_admin`, a recipe's `web.sites:` entry ...)."""
     seed: int = 0
     start_path: str = "/"
 
