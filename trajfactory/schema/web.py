@@ -24,7 +24,7 @@ class WebEnvironment(Record):
 
 
 class StatePredicate(Record):
-    """A declarative check over one table of the app's `/__state__` JSON (no code is evaluated).
+    """A declarative check over one table of a site's state (its adapter's `state()`; no code is evaluated).
 
     Rows match when every `where` field equals its value and every `text_contains` string occurs
     (case-insensitively) in some string field. The number of matching rows (minus those of the

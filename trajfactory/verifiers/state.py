@@ -1,5 +1,5 @@
 """Web state checks (WebArena-style program checks, declared as data): evaluate `StatePredicate`s
-against an app's `/__state__` JSON, derive predicates from a task's expected outcome and from the
+against a site's state (its adapter's `state()`), derive predicates from a task's expected outcome and from the
 state diff of a successful replay, and turn the result into a `Verdict`.
 
 Activity log. Each bundled app exposes a server-side activity log (table `activity`: kind, object,
