@@ -9,6 +9,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
+from trajfactory.agents.grounding import signed_in_as
 from trajfactory.agents.replay import PLACEHOLDER_TEXT, ReplayPolicy, ground, parse_axtree, parse_step
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
@@ -282,6 +283,11 @@ def test_loose_steps_parse_and_ground_but_missing_targets_do_not():
     assert ground(els, "Log in", ["link"]).bid == "3" and ground(els, "add to cart", ["button"], synonyms=site_facts("shop").synonyms).bid == "4"
     assert ground(els, "Filter", ["button"]).bid == "5"  # a synonym of the seeded label
     assert ground(els, "Subscribe to category", ["button", "link"]) is None and ground(els, "Export", ["button"]) is None
+    # "your post": the signed-in user as any site greets them, not only as the bundled apps do
+    for header, name in [("StaticText 'Signed in as Amy Lee'", "Amy Lee"), ("StaticText 'Hello, admin'", "admin"),
+                         ("StaticText 'Welcome, carla.'", "carla"), ("link 'Log in'", ""),
+                         ("StaticText 'Hello, everyone!'\n\tStaticText 'Signed in as Amy Lee'", "Amy Lee")]:
+        assert signed_in_as(f"RootWebArea 'x'\n\t{header}\n") == name, header
 
 
 def test_a_fill_and_a_click_in_one_sentence_keep_both_and_a_value_never_swaps_with_its_field():

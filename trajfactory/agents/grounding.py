@@ -198,10 +198,14 @@ def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = ""
     return min(candidates)[3] if candidates else None
 
 
+SIGNED_IN_RE = [re.compile(r"\b(?:Signed|Logged) in as\s*([^'\"]+)"), re.compile(r"\b(?:Hello|Welcome),\s*([^'\"]+)")]
+"""How sites name the signed-in user ("Signed in as Amy Lee"), else greet them (Roundup's "Hello, admin")."""
+
+
 def signed_in_as(axtree: str) -> str:
-    """The display name after "Signed in as" in the page header, or ''."""
-    m = re.search(r"Signed in as ([^'\"]+)", axtree)
-    return m.group(1).strip() if m else ""
+    """The display name the page header names the signed-in user by, or ''."""
+    m = next((m for pattern in SIGNED_IN_RE if (m := pattern.search(axtree))), None)
+    return m.group(1).strip().rstrip(".!").strip() if m else ""
 
 
 def home_link(elements: list[Element]) -> Element | None:
