@@ -1,14 +1,18 @@
 """Web yield bench: the AgentTrek funnel on the bundled docs and on web-style pages for the real apps, episode reset
 time, and browser steps/s vs parallelism.
 
-    python bench/web_yield.py [--browsers 2] [--repeat 4] [--parallel 1,2,4] [--sections bundled,real,reset,steps]
+    python bench/web_yield.py [--browsers 2] [--repeat 4] [--site-repeat 2] [--parallel 1,2,4]
+                              [--sections bundled,real,reset,site-steps,steps]
 
 1. Funnel per site (pages -> tutorials -> specs -> tasks -> verified trajectories), the factory's web pipeline on
    the bundled docs; then the same pipeline on the real apps' tutorial pages (`data/site_tutorials/<site>/`: web
    style, with chrome, ads, comments, code blocks, images, and pages that are no tutorial).
 2. Episode start and reset per site, the real apps (site adapters) beside the bundled ones: a fresh seeded app +
    a new browser context at its start page, then both closed; and `reset()` of a live episode.
-3. Browser steps/s of the same replay workload (three plainly worded tutorials x --repeat) at 1/2/4 episodes
+3. Browser steps/s per site, the real apps included, one episode at a time: each site's checked replay workload
+   (the bundled apps' plainly worded tutorial, the real apps' tasks from their pages) x --site-repeat; the wall
+   time counts each episode's app start and browser context, as a rollout does.
+4. Browser steps/s of the same replay workload (three plainly worded tutorials x --repeat) at 1/2/4 episodes
    at once, each with its own Chromium; the ratio is against 1 episode at a time.
 """
 
@@ -116,15 +120,34 @@ def reset_times(n: int) -> dict[str, tuple[list[float], list[float]]]:
     return out
 
 
-def workload_tasks(repeat: int, work: Path) -> list[WebTask]:
+def workload_tasks(repeat: int, work: Path, establish: bool = True) -> list[WebTask]:
     tasks = []
     for app, text in WORKLOAD.items():
         title, body = (text.split("\n", 1) if text.startswith("How to") else ("", text))
         tut = Tutorial(tutorial_id=content_hash("bench", app), uri=f"bench://{app}", title=title, text=body, site=app)
         tasks.append(make_web_task(parse_tutorial(tut), tut, seed=0))
+    if not establish:
+        return tasks
     with BrowserPool(1) as pool:  # one gold replay each gives the checks the timed rollouts are verified against
         checked = [web.establish(recipe(work), pool, t) for t in tasks]
     return [t for t in checked if isinstance(t, WebTask)] * repeat
+
+
+def site_workloads(repeat: int, work: Path) -> dict[str, list[WebTask]]:
+    """site -> its checked replay workload x `repeat`: the bundled apps' WORKLOAD tutorial, and the feasible tasks
+    of the real apps' tutorial pages (their folders declared as the sites' sources, as in the real funnel)."""
+    real = recipe(work, tutorials=[str(REAL_PAGES / site) for site in REAL_SITES])
+    web.use_sites(real)
+    tutorials, _ = stage.harvest(real.web.tutorials)
+    made, _ = stage.tasks_from_tutorials(tutorials, seed=0, infeasible_share=0.0)
+    tasks = workload_tasks(1, work, establish=False) + made
+    with BrowserPool(1) as pool:  # one gold replay each gives the checks the timed rollouts are verified against
+        checked = [web.establish(real, pool, t) for t in tasks]
+    out: dict[str, list[WebTask]] = {}
+    for t in checked:
+        if isinstance(t, WebTask):
+            out.setdefault(t.environment.app, []).append(t)
+    return {site: out[site] * repeat for site in RESET_SITES if site in out}
 
 
 def steps_per_second(tasks: list[WebTask], parallel: int, work: Path) -> tuple[float, int, int, float]:
@@ -145,15 +168,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--browsers", type=int, default=2, help="browsers for the funnel run")
     ap.add_argument("--repeat", type=int, default=4, help="copies of the 3-tutorial replay workload")
+    ap.add_argument("--site-repeat", type=int, default=2, help="copies of each site's workload for steps/s per site")
     ap.add_argument("--parallel", default="1,2,4")
     ap.add_argument("--resets", type=int, default=15)
-    ap.add_argument("--sections", default="bundled,real,reset,steps",
+    ap.add_argument("--sections", default="bundled,real,reset,site-steps,steps",
                     help="which parts to run: bundled (funnel on the bundled docs), real (funnel on the real apps' "
-                         "pages), reset (episode start/reset per site), steps (browser steps/s)")
+                         "pages), reset (episode start/reset per site), site-steps (browser steps/s per site, the "
+                         "real apps included), steps (browser steps/s vs parallel episodes)")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    if unknown := sections - {"bundled", "real", "reset", "steps"}:
-        ap.error(f"--sections: unknown {sorted(unknown)}; choose from bundled, real, reset, steps")
+    if unknown := sections - {"bundled", "real", "reset", "site-steps", "steps"}:
+        ap.error(f"--sections: unknown {sorted(unknown)}; choose from bundled, real, reset, site-steps, steps")
 
     work = Path(tempfile.mkdtemp(prefix="tf-web-bench-"))
     runs = []
@@ -174,6 +199,8 @@ def main() -> None:
         print(f"\nquarantined by reason: {dict(sorted(reasons.items()))}")
     if "reset" in sections:
         print_resets(args.resets)
+    if "site-steps" in sections:
+        print_site_steps(args.site_repeat, work)
     if "steps" in sections:
         print_steps(args.repeat, args.parallel, work)
 
@@ -186,6 +213,16 @@ def print_resets(n: int) -> None:
         start_ms, reset_ms = statistics.median(fresh) * 1e3, statistics.median(reset) * 1e3
         print(f"| {app} | {len(fresh)} | {start_ms:.0f} | {fresh[int(0.9 * (len(fresh) - 1))] * 1e3:.0f} | "
               f"{reset_ms:.1f} | {reset_ms / start_ms:.3f} |")
+
+
+def print_site_steps(repeat: int, work: Path) -> None:
+    workloads = site_workloads(repeat, work)
+    print("\n## Browser steps/s per site, one episode at a time (wall: app start + browser context + replay, "
+          f"each site's checked workload x {repeat})\n")
+    print("| site | episodes | steps | verified | wall s | steps/s | s per episode |\n|---|---|---|---|---|---|---|")
+    for site, tasks in workloads.items():
+        rate, steps, ok, wall = steps_per_second(tasks, 1, work)
+        print(f"| {site} | {len(tasks)} | {steps} | {ok}/{len(tasks)} | {wall:.1f} | {rate:.2f} | {wall / len(tasks):.1f} |")
 
 
 def print_steps(repeat: int, parallel: str, work: Path) -> None:

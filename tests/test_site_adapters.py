@@ -23,7 +23,7 @@ from trajfactory.schema import Quarantine, Tutorial, WebTask, content_hash
 from trajfactory.settings import WebConfig
 from trajfactory.settings.sites import SiteFacts, declared_site, known_sites, site_facts
 from trajfactory.sources.tutorial_text import guess_site
-from trajfactory.agents.replay import ReplayPolicy
+from trajfactory.agents.replay import ReplayPolicy, match_score
 from trajfactory.synthesizers.web import stage
 from trajfactory.synthesizers.web.spec import make_web_task, parse_tutorial
 from trajfactory.verifiers.state import verify_state
@@ -68,9 +68,15 @@ def test_builtin_sites_are_adapters_on_one_interface():
 
 def test_recipe_declared_site_loads_with_its_sources_and_facts():
     config = WebConfig(sites=[{"name": "myshop", "kind": "bundled", "options": {"app": "shop"},
-                               "sources": ["https://blog.example.org/shop-howtos/"], "missing_features": ["Barter"]}])
+                               "sources": ["https://blog.example.org/shop-howtos/"], "missing_features": ["Barter"],
+                               "synonyms": [["Place order", "Pay now"]]}])
     register_sites(config.sites)
     assert "myshop" in known_sites() and site_facts("myshop").missing_features == ["Barter"]
+    # grounding synonyms are the site's data: the bundled shop's label choices, plus the entry's own wordings
+    synonyms = site_facts("myshop").synonyms
+    assert ["Add to cart", "Add to basket", "Add to bag"] in synonyms and synonyms[-1] == ["Place order", "Pay now"]
+    assert match_score("Pay now", "Place order", synonyms) > 0.9 > match_score("Pay now", "Place order")
+    assert not any("Add to basket" in group for group in site_facts("django_admin").synonyms)
     # the source is declared: no keyword guessing, whatever the page says
     assert declared_site("https://blog.example.org/shop-howtos/returns.html") == "myshop"
     assert guess_site("Open a thread in the forum and reply to it.", "https://blog.example.org/shop-howtos/x") == "myshop"

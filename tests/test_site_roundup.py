@@ -20,6 +20,7 @@ from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_env import run_web_episode
 from trajfactory.executors.webapps import adapters, get_adapter, register_sites, unregister
 from trajfactory.executors.webapps.roundup_tracker import message_file
+from trajfactory.pipelines.web import tutorial_licenses
 from trajfactory.schema import Quarantine, WebTask
 from trajfactory.settings.sites import declared_site, site_facts
 from trajfactory.synthesizers.web import stage
@@ -175,6 +176,17 @@ def test_a_recipe_declares_a_roundup_site_with_its_tutorial_source():
     with adapter.start(0) as site:
         state = site.state()
         assert state["app"] == "bugs" and len(state["issue"]) == 6 and site.url.endswith("/tracker")
+
+
+def test_the_roundup_pages_license_is_read_from_their_folder_for_the_lineage():
+    """The folder declares its license (a LICENSE file with an SPDX line, Roundup's user guide being MIT); the
+    dataset's lineage records it per source, and the LICENSE file itself is no page."""
+    tutorials, quarantine = stage.harvest([str(PAGES)])
+    assert not quarantine and "LICENSE" not in {Path(t.uri).name for t in tutorials}
+    assert tutorial_licenses(tutorials, {str(PAGES): str(PAGES)}) == {str(PAGES): "Apache-2.0 AND MIT"}
+    django_pages = PAGES.parent / "django_admin"
+    assert tutorial_licenses(stage.harvest([str(django_pages)])[0], {str(django_pages): "django-howtos"}) == \
+        {"django-howtos": "Apache-2.0"}
 
 
 @pytest.mark.browser

@@ -15,8 +15,9 @@ import pytest
 
 from trajfactory.schema import content_hash
 from trajfactory.sources import mirrors, repos
-from trajfactory.sources.licenses import guess_license, license_from_metadata
+from trajfactory.sources.licenses import folder_license, guess_license, license_from_metadata
 from trajfactory.sources.repos import SourceError, harvest, parse_uri
+from trajfactory.sources.tutorials import local_pages
 
 DEMO = Path(repos.__file__).resolve().parents[1] / "data" / "repos" / "textkit"
 APACHE = "                                 Apache License\n                           Version 2.0, January 2004\n"
@@ -264,6 +265,26 @@ def test_license_from_metadata_falls_back_through_the_files():
                                   b"Classifier: License :: OSI Approved :: Apache Software License\n"}) == "Apache-2.0"
     assert license_from_metadata({"pyproject.toml": b'[project]\nlicense = "MIT"\n'}) == "MIT"
     assert license_from_metadata({"pyproject.toml": b"not toml ["}) is None
+
+
+def test_a_local_tutorial_folder_tells_its_license_like_a_repository(tmp_path):
+    """A declared `SPDX-License-Identifier:` (license file or README), else a license file's text, in the folder or
+    above it up to the project's root; the license file is no page of the folder."""
+    project = tmp_path / "project"
+    pages = project / "docs" / "howtos"
+    pages.mkdir(parents=True)
+    (pages / "a.html").write_text("<p>Click 'Save'.</p>")
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert folder_license(pages) is None  # nothing says: unknown, and nothing above the project's root is read
+    (tmp_path / "LICENSE").write_text("Permission is hereby granted, free of charge, to any person")
+    assert folder_license(pages) is None
+    (project / "LICENSE").write_text("Copyright (c) 2026\n\nPermission is hereby granted, free of charge, to any person")
+    assert folder_license(pages) == "MIT" and folder_license(pages / "a.html") == "MIT"  # from the project above
+    (pages / "README.md").write_text("# How-tos\n\n<!-- SPDX-License-Identifier: CC-BY-4.0 -->\n")
+    assert folder_license(pages) == "CC-BY-4.0"  # declared beside the pages: beats the project's
+    (pages / "LICENSE.txt").write_text("SPDX-License-Identifier: Apache-2.0 AND MIT\n\nPages: ours; quotes: theirs.\n")
+    assert folder_license(pages) == "Apache-2.0 AND MIT"  # the license file before the README
+    assert [Path(p.uri).name for p in local_pages(pages)] == ["README.md", "a.html"]
 
 
 # ---------------------------------------------------------------- PyPI sdists (real PyPI)

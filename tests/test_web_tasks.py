@@ -9,12 +9,14 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from trajfactory.agents.replay import ReplayPolicy, ground, parse_axtree, parse_step
+from trajfactory.agents.grounding import signed_in_as
+from trajfactory.agents.replay import PLACEHOLDER_TEXT, ReplayPolicy, ground, parse_axtree, parse_step
 from trajfactory.executors.browser import BrowserConfig, BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import launch
 from trajfactory.models.client import ModelClient
 from trajfactory.schema import TABLE_SCHEMAS, Quarantine, StatePredicate, Tutorial, WebTask, content_hash
+from trajfactory.settings.sites import site_facts
 from trajfactory.synthesizers.web import stage
 from trajfactory.synthesizers.web.spec import make_infeasible, make_web_task, parse_tutorial, parse_tutorial_with_model
 from trajfactory.verifiers.state import evaluate, predicates_from_diff, predicates_from_outcome, unchanged_checks, verify_state
@@ -98,8 +100,12 @@ def test_step_intents_and_grounding():
     els = parse_axtree(tree)
     assert [e.bid for e in els] == ["6", "7", "8"] and els[1].options == ["High"]  # a modal hides the page behind it
     els = parse_axtree(tree.split("\n\t[5]")[0])
-    assert ground(els, "Add to cart", ["button", "link"]).bid == "4" and ground(els, "Cart", ["link"]).bid == "3"
-    assert ground(els, "Apply gift card", ["button", "link"]) is None
+    shop = site_facts("shop").synonyms  # the shop's own wordings: its seeded label choices and more
+    assert ground(els, "Add to cart", ["button", "link"], synonyms=shop).bid == "4"
+    assert ground(els, "Cart", ["link"], synonyms=shop).bid == "3"
+    assert ground(els, "Apply gift card", ["button", "link"], synonyms=shop) is None
+    # another site's wordings are no generic synonyms: "Basket" is no cart on a site that does not say so
+    assert ground(els, "Cart", ["link"]) is None and ground(els, "Cart", ["link"], synonyms=site_facts("forum").synonyms) is None
 
 
 def test_predicates_and_diff():
@@ -115,6 +121,21 @@ def test_predicates_and_diff():
     assert not evaluate(next(p for p in preds if p.table == "orders"), wrong, before)[0]
     ok, why = evaluate(StatePredicate(table="nope"), after)
     assert not ok and "no table 'nope'" in why
+
+
+def test_an_outcome_status_word_is_read_through_the_sites_own_wordings():
+    """"marked Done" is the tracker's `resolved` because the tracker declares that wording (`SiteFacts.synonyms`),
+    not a list global to every site; a word that is a status already stays as it is."""
+    issues = [{"id": 1, "title": "Login broken", "status": "open"}, {"id": 2, "title": "Old", "status": "resolved"},
+              {"id": 3, "title": "Busy", "status": "in_progress"}, {"id": 4, "title": "Gone", "status": "closed"}]
+    spec = parse_tutorial("1. Open the issue 'Login broken'.\n2. Set the 'Status' to 'Done'.\n")
+    tut = Tutorial(tutorial_id="t", uri="x://t", title="t", text="t", site="tracker")
+    assert ["Resolved", "Done"] in site_facts("tracker").synonyms
+    for word, status in [("Done", "resolved"), ("Doing", "in_progress"), ("Archived", "closed"), ("Open", "open")]:
+        task = make_web_task(spec.model_copy(update={"expected_outcome": f"The issue 'Login broken' is now marked {word}."}),
+                             tut, app="tracker")
+        [pred] = predicates_from_outcome(task, {"app": "tracker", "issues": issues})
+        assert pred.where == {"status": status}, (word, pred)
 
 
 def test_model_spec_falls_back_to_rules_on_a_bad_answer():
@@ -259,9 +280,34 @@ def test_loose_steps_parse_and_ground_but_missing_targets_do_not():
     # a named control is never dropped: the replay must find it or fail on it
     assert intents("Use the Subscribe to category button to get email updates.")[0][:2] == ("click", "Subscribe to category")
     els = parse_axtree("RootWebArea 'x'\n\t[3] link 'Sign in'\n\t[4] button '  ADD TO   basket '\n\t[5] button 'Apply'")
-    assert ground(els, "Log in", ["link"]).bid == "3" and ground(els, "add to cart", ["button"]).bid == "4"
+    assert ground(els, "Log in", ["link"]).bid == "3" and ground(els, "add to cart", ["button"], synonyms=site_facts("shop").synonyms).bid == "4"
     assert ground(els, "Filter", ["button"]).bid == "5"  # a synonym of the seeded label
     assert ground(els, "Subscribe to category", ["button", "link"]) is None and ground(els, "Export", ["button"]) is None
+    # "your post": the signed-in user as any site greets them, not only as the bundled apps do
+    for header, name in [("StaticText 'Signed in as Amy Lee'", "Amy Lee"), ("StaticText 'Hello, admin'", "admin"),
+                         ("StaticText 'Welcome, carla.'", "carla"), ("link 'Log in'", ""),
+                         ("StaticText 'Hello, everyone!'\n\tStaticText 'Signed in as Amy Lee'", "Amy Lee")]:
+        assert signed_in_as(f"RootWebArea 'x'\n\t{header}\n") == name, header
+
+
+def test_a_fill_and_a_click_in_one_sentence_keep_both_and_a_value_never_swaps_with_its_field():
+    """Regressions found on Roundup's pages: the fill of "type 'X' in the 'Change Note' field and click 'Submit
+    Changes'" kept in each wording, and "with" inside a quoted value read as "Fill in <label> with <value>"."""
+    note, submit = ("fill", "Change Note", "Reproduced", [], False), ("click", "Submit Changes", "", [], False)
+    for step in ["Type 'Reproduced' in the 'Change Note' field and click 'Submit Changes'.",
+                 "In the 'Change Note' field, type 'Reproduced' and click 'Submit Changes'.",
+                 "Add a note: type 'Reproduced' in the 'Change Note' field and click 'Submit Changes'.",
+                 "Fill in 'Change Note' with 'Reproduced', then click 'Submit Changes'."]:
+        assert intents(step) == [note, submit], step
+    spec = parse_tutorial("First, log in. Then click the issue 'Search'. In the 'Change Note' field, type 'Reproduced' "
+                          "and click 'Submit Changes'.")
+    assert [i.kind for s in spec.steps for i in parse_step(s, 0, {"amy": "pw"})] == ["login", "click", "fill", "click"]
+    worded = intents("Type 'Search fails with the word naive' in the 'Change Note' field.")
+    assert worded == [("fill", "Change Note", "Search fails with the word naive", [], False)]
+    assert intents("Type 'Fixed with the word patch' into 'Title'.")[0][1:3] == ("Title", "Fixed with the word patch")
+    # the field's quoted name is never the value: an unquoted or example value goes in it instead
+    assert intents("Type your message in the 'Change Note' field.")[0][1:3] == ("Change Note", PLACEHOLDER_TEXT)
+    assert intents("Type a note such as 'Thanks' in the 'Change Note' field.")[0][1:3] == ("Change Note", "Thanks")
 
 
 def test_log_predicates_and_the_read_only_rule():

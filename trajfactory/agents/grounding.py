@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
@@ -19,22 +20,14 @@ QUOTED_RE = re.compile(r"\"([^\"]+)\"|\u201c([^\u201d]+)\u201d|\u2018([^\u2019]+
 OPENERS = re.compile(r"^(?:first|then|next|now|finally|afterwards|after that|lastly)\s*,?\s*", re.I)
 CLICK_ROLES = ["button", "link", "menuitem", "tab", "checkbox", "radio", "option", "switch"]
 TEXT_ROLES = ["textbox", "searchbox", "spinbutton", "combobox"]
-# common UI wordings of one control: tutorials are written against one version or skin of a site
+# common UI wordings of one control, on any site: tutorials are written against one version or skin of a site.
+# A site's own wordings (its button texts across versions, its status names) are its `SiteFacts.synonyms`,
+# which the replay passes as `synonyms`.
 UI_SYNONYMS = [
-    {"sign in", "log in", "login", "signin"}, {"sign out", "log out", "logout"},
-    {"cart", "basket", "bag", "shopping bag", "shopping cart"}, {"add to cart", "add to basket", "add to bag"},
-    {"checkout", "check out", "proceed to checkout"}, {"place order", "confirm purchase", "buy now", "confirm order"},
-    {"my orders", "order history", "orders"}, {"search", "find"},
-    {"new thread", "new topic", "start a discussion", "new discussion"}, {"post thread", "publish", "create thread"},
-    {"reply", "post reply", "send reply"}, {"edit", "edit post"}, {"save changes", "update post", "save"},
-    {"new issue", "create issue", "report a bug"}, {"create", "submit issue", "save issue", "submit"},
-    {"update status", "save status", "apply change"}, {"comment", "add comment", "post comment"},
-    {"resolved", "done"}, {"closed", "archived"}, {"open", "to do"}, {"in progress", "doing"},
-    {"issues", "all issues", "tickets"}, {"message", "body"},
-    {"filter", "apply filters", "apply"}, {"assigned to me", "my issues"},
-    {"all threads", "latest topics", "discussions"}, {"categories", "boards", "departments", "shop by category"},
-    {"featured products", "staff picks", "popular right now"}, {"update", "save quantity"}, {"remove", "delete"},
-    {"new comment", "comment box"}, {"search products", "search the forum", "search box", "search field"},
+    {"sign in", "log in", "login", "signin"}, {"sign out", "log out", "logout"}, {"search", "find"},
+    {"search box", "search field"}, {"save changes", "save"}, {"create", "submit"}, {"reply", "post reply", "send reply"},
+    {"comment", "add comment", "post comment"}, {"remove", "delete"}, {"filter", "apply filters", "apply"},
+    {"message", "body"},
 ]
 
 
@@ -42,27 +35,31 @@ def norm(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
-def variants(label: str) -> set[str]:
+def variants(label: str, synonyms: Sequence[Collection[str]] = ()) -> set[str]:
+    """The label and its synonyms: the generic ones, and the site's own groups given as `synonyms`."""
     n = norm(label)
     out = {n}
-    for group in UI_SYNONYMS:
-        if n in group:
-            out |= group
+    for group in [*UI_SYNONYMS, *synonyms]:
+        words = {norm(w) for w in group}
+        if n in words:
+            out |= words
     return out
 
 
-def match_score(label: str, name: str) -> float:
-    """How well an element's accessible name fits a tutorial's label: 1 exact, ~0.9 synonym, less for partial."""
+def match_score(label: str, name: str, synonyms: Sequence[Collection[str]] = ()) -> float:
+    """How well an element's accessible name fits a tutorial's label: 1 exact, ~0.9 synonym, less for partial
+    (`synonyms`: the site's own label groups beside the generic ones)."""
     n, target = norm(name), norm(label)
     if not n or not target:
         return 0.0
     if n == target:
         return 1.0
-    if n in variants(label):
+    alike = variants(label, synonyms)
+    if n in alike:
         return 0.92
     if re.search(rf"\b{re.escape(target)}\b", n):  # "Quantity" in "Quantity of Copper Lantern"
         return 0.85 - min(0.15, 0.01 * (len(n) - len(target)))
-    return max(SequenceMatcher(None, v, n).ratio() for v in variants(label)) * 0.8
+    return max(SequenceMatcher(None, v, n).ratio() for v in alike) * 0.8
 
 
 @dataclass
@@ -111,13 +108,15 @@ def parse_axtree(axtree: str) -> list[Element]:
     return out
 
 
-def ground(elements: list[Element], label: str, roles: list[str], threshold: float = 0.7) -> Element | None:
-    """The best element for `label` among `roles` (earlier roles preferred on ties); None below `threshold`."""
+def ground(elements: list[Element], label: str, roles: list[str], threshold: float = 0.7,
+           synonyms: Sequence[Collection[str]] = ()) -> Element | None:
+    """The best element for `label` among `roles` (earlier roles preferred on ties); None below `threshold`;
+    `synonyms`: the site's own label groups."""
     best, best_key = None, (threshold, 0.0)
     for e in elements:
         if e.role not in roles or "disabled" in e.props:
             continue
-        s = match_score(label, e.name)
+        s = match_score(label, e.name, synonyms)
         key = (s, 1 - roles.index(e.role) / 10)
         if s >= threshold and key > best_key:
             best, best_key = e, key
@@ -148,7 +147,8 @@ class Intent:
     """login: submit the form (False when the tutorial's next step clicks the button itself)."""
 
 
-def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = "") -> str | None:
+def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = "",
+               synonyms: Sequence[Collection[str]] = ()) -> str | None:
     """The bid of the first item link of the page's content lists/tables (not navigation, header or breadcrumbs),
     skipping items marked unavailable; within the region/heading named `section` when the page has one; items
     whose row mentions `prefer` (the signed-in user's name, for "your post") first; none inside a region named
@@ -161,7 +161,7 @@ def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = ""
     scope = (0, len(rows))
     if section:
         for i, (d, _, role, name, _) in enumerate(rows):
-            if role in ("region", "heading", "group", "complementary") and match_score(section, name) >= 0.85:
+            if role in ("region", "heading", "group", "complementary") and match_score(section, name, synonyms) >= 0.85:
                 j = i + 1
                 while j < len(rows) and rows[j][0] > d:
                     j += 1
@@ -187,7 +187,7 @@ def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = ""
             continue
         if any(a in ("navigation", "banner", "contentinfo", "Breadcrumb") for a in ancestors):
             continue
-        if avoid and any(match_score(avoid, n) >= 0.85 for _, _, n, _ in stack[:-1] if n):
+        if avoid and any(match_score(avoid, n, synonyms) >= 0.85 for _, _, n, _ in stack[:-1] if n):
             continue
         if item is None and not any(a in ("cell", "gridcell") for a in ancestors):
             continue
@@ -198,10 +198,14 @@ def first_item(axtree: str, section: str = "", prefer: str = "", avoid: str = ""
     return min(candidates)[3] if candidates else None
 
 
+SIGNED_IN_RE = [re.compile(r"\b(?:Signed|Logged) in as\s*([^'\"]+)"), re.compile(r"\b(?:Hello|Welcome),\s*([^'\"]+)")]
+"""How sites name the signed-in user ("Signed in as Amy Lee"), else greet them (Roundup's "Hello, admin")."""
+
+
 def signed_in_as(axtree: str) -> str:
-    """The display name after "Signed in as" in the page header, or ''."""
-    m = re.search(r"Signed in as ([^'\"]+)", axtree)
-    return m.group(1).strip() if m else ""
+    """The display name the page header names the signed-in user by, or ''."""
+    m = next((m for pattern in SIGNED_IN_RE if (m := pattern.search(axtree))), None)
+    return m.group(1).strip().rstrip(".!").strip() if m else ""
 
 
 def home_link(elements: list[Element]) -> Element | None:

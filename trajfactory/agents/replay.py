@@ -21,6 +21,7 @@ from trajfactory.executors.browser import Observation
 from trajfactory.executors.browser_actions import action_call
 from trajfactory.executors.protocol import Action, Start
 from trajfactory.schema import Message, Policy as PolicyInfo, Usage, WebTask
+from trajfactory.settings.sites import site_facts
 
 __all__ = ["CLICK_ROLES", "NAME", "PLACEHOLDER_TEXT", "TEXT_ROLES", "UI_SYNONYMS", "Element", "Intent", "ReplayPolicy",
            "first_item", "ground", "match_score", "norm", "parse_axtree", "parse_step", "variants"]
@@ -55,10 +56,13 @@ class ReplayPolicy:
         if start is not None:
             accounts = start.info.get("accounts", accounts)
         self.task, self.accounts = task, dict(accounts or {})
+        facts = site_facts(task.environment.app)
+        self.synonyms: list[list[str]] = list(facts.synonyms) if facts else []
+        """The site's own wordings of its controls (`SiteFacts.synonyms`), beside the generic ones."""
         self.queue: list[Intent] = [i for n, s in enumerate(task.spec.steps) for i in parse_step(s, n, self.accounts)]
         for intent, nxt in zip(self.queue, self.queue[1:]):  # "Enter your Username and Password." + "Click Log in"
             if intent.kind == "login" and nxt.kind == "click" and any(
-                    norm(label) in variants("log in") for label in [nxt.label, *nxt.alts] if label):
+                    norm(label) in variants("log in", self.synonyms) for label in [nxt.label, *nxt.alts] if label):
                 intent.login_submit = False
         self.retry: tuple[Intent, list[Intent]] | None = None
         """The last fill of an example value with other examples left, and the intents done since."""
@@ -118,13 +122,13 @@ class ReplayPolicy:
         self.pending = intent
         if intent.kind == "login":
             user, password = sorted(self.accounts.items())[0] if self.accounts else ("", "")
-            if ground(elements, "Username", ["textbox"], self.threshold):
+            if ground(elements, "Username", ["textbox"], self.threshold, self.synonyms):
                 button = [Intent("click", "Sign in", roles=["button"], step=intent.step)] if intent.login_submit else []
                 self.queue[:0] = [Intent("fill", "Username", user, ["textbox"], intent.step),
                                   Intent("fill", "Password", password, ["textbox"], intent.step), *button]
             else:  # not on the login form yet: follow the sign-in link first, the page's own ("Log in to reply",
                 # which comes back here) before the header's
-                links = [e for e in elements if e.role == "link" and match_score("Sign in", e.name) >= 0.9]
+                links = [e for e in elements if e.role == "link" and match_score("Sign in", e.name, self.synonyms) >= 0.9]
                 if len(links) > 1:
                     self.queue.insert(0, intent)
                     return f"click({max(links, key=lambda e: e.depth).bid!r})"
@@ -141,12 +145,13 @@ class ReplayPolicy:
             return self._login_first(intent, elements)
         el = None
         for n, label in enumerate(l for l in [intent.label, *intent.alts] if l):
-            el = ground(elements, label, intent.roles, self.threshold if n == 0 else max(self.threshold, 0.85))
+            el = ground(elements, label, intent.roles, self.threshold if n == 0 else max(self.threshold, 0.85), self.synonyms)
             if el is not None:
                 break
         if el is None and intent.kind == "click" and intent.first_item:
-            avoid = "" if intent.value and match_score("Categories", intent.value) >= 0.85 else "Categories"
-            bid = first_item(self.axtree, intent.value, signed_in_as(self.axtree) if intent.mine else "", avoid)
+            avoid = "" if intent.value and match_score("Categories", intent.value, self.synonyms) >= 0.85 else "Categories"
+            bid = first_item(self.axtree, intent.value, signed_in_as(self.axtree) if intent.mine else "", avoid,
+                             self.synonyms)
             if bid:
                 return f"click({bid!r})"
         if el is None and self._needs_login(elements, on_form_only=intent.first_item):
@@ -167,7 +172,7 @@ class ReplayPolicy:
         if not wanted:  # no value named: the first real option other than the current one
             choice = next((o for o in el.options if norm(o) != norm(current) and not re.match(r"^(?:any|none|-+|select\b|choose\b)", o, re.I)), "")
             return f"select_option({el.bid!r}, {choice!r})" if choice else self._fail(intent, f"{el.name!r} has no option")
-        scored = [(match_score(v, o), norm(o) != norm(current), o) for v in wanted for o in el.options]
+        scored = [(match_score(v, o, self.synonyms), norm(o) != norm(current), o) for v in wanted for o in el.options]
         good = [x for x in scored if x[0] >= self.threshold]
         if el.options and not good and intent.any_option:  # only examples were named: any real option will do
             choice = next((o for o in el.options if not re.match(r"^(?:any|none|-+|select\b|choose\b)", o, re.I)), "")
@@ -178,7 +183,7 @@ class ReplayPolicy:
             return self._fail(intent, f"{el.name!r} has no option {intent.value!r} (options: {', '.join(el.options)})")
         if intent.value and good and max(good)[0] >= self.threshold and any(g[0] >= self.threshold and norm(v) == norm(intent.value)
                                                                               for g, v in zip(scored, [v for v in wanted for _ in el.options])):
-            option = max(el.options, key=lambda o: match_score(intent.value, o))
+            option = max(el.options, key=lambda o: match_score(intent.value, o, self.synonyms))
         else:  # listed candidates ("Open, In progress, Resolved or Closed"): prefer one that changes the value
             option = max(good, key=lambda x: (x[1], x[0]))[2] if good else intent.value
         return f"select_option({el.bid!r}, {option!r})"
@@ -187,7 +192,8 @@ class ReplayPolicy:
         """Not signed in (a login form, or a sign-in link) and not yet tried; `on_form_only`: only a login wall
         counts (an empty list of items does not fill up by signing in)."""
         return bool(self.accounts) and not self.auto_login and bool(
-            ground(elements, "Username", ["textbox"], 0.9) or (not on_form_only and ground(elements, "Log in", ["link"], 0.9)))
+            ground(elements, "Username", ["textbox"], 0.9, self.synonyms)
+            or (not on_form_only and ground(elements, "Log in", ["link"], 0.9, self.synonyms)))
 
     def _login_first(self, intent: Intent, elements: list[Element]) -> str | None:
         self.auto_login = True

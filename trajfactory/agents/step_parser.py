@@ -102,6 +102,7 @@ def _phrase(text: str, before: str) -> str:
     return words.group(1).strip() if words else ""
 
 
+FIELD_WORDS = r"field|box|input|textbox|area|text area"
 LEAD_PLACE = re.compile(r"^(?:on|in|under|below|above|from|at|inside|within|next to|beside)\b[^,.;]{0,80},\s*", re.I)
 STEP_VERBS = r"click|tap|type|enter|select|choose|pick|open|press|search|go|fill|write|hit|use|sign|log|tick"
 FIELD_ITEM = re.compile(r"^([A-Z][\w ]{0,30}?)\s*(?:[\u2014\u2013:]|\s-)\s+(.+)$")
@@ -109,6 +110,7 @@ CONDITIONAL = re.compile(r"^(?:don't|do not|no)\s[^?]{0,40}\?\s", re.I)
 OPTIONAL = re.compile(r"^(?:optionally|if you (?:like|want|wish|prefer))\b", re.I)
 HOME = re.compile(r"^(?:open|go to|visit|navigate to|return to|head to)\s+(?:the\s+)?(?:[\w'-]+\s+)?(?:(?:home|front|start|main|"
                   r"landing)\s+page|address|url|web ?site|site)\b", re.I)
+IN_FIELD = re.compile(rf"^(?:in|into|inside|within)\s+(?:the\s+)?(.+?)\s+(?:{FIELD_WORDS})[.:]?$", re.I)
 BY_CLICKING = re.compile(r"\bby (?:clicking|tapping|selecting|choosing)\s+(?:on\s+)?(.+)$", re.I)
 CLICK_VERBS = ("click", "tap", "press", "hit", "open", "go", "navigate", "visit", "follow", "select", "choose", "return",
                "head", "sign", "log", "tick", "untick", "use")
@@ -126,21 +128,40 @@ def _clauses(step: str) -> list[str]:
     return re.split(rf",?\s+(?:and(?: then)?|then)\s+(?=(?:{STEP_VERBS})\b)|,\s+(?=(?:{STEP_VERBS})\b)", step, flags=re.I)
 
 
+_Q = r"(?:\"[^\"]+\"|\u201c[^\u201d]+\u201d|\u2018[^\u2019]+\u2019|(?<![\w])'.+?'(?![\w]))"
+
+
+def _field_quote(c: str) -> str:
+    """The quoted label that names the field of a fill clause, or '': "the 'Change Note' field", "Fill in 'Title'
+    with ...", "into 'Title'". Only the text outside the quotes counts, so a value such as 'Reproduced with the
+    word naive' never reads as "<label> with <value>"."""
+    spans = list(QUOTED_RE.finditer(c))
+    inner = [next(g for g in m.groups() if g is not None) for m in spans]
+    for m, text in zip(spans, inner):
+        if re.match(rf"\s+(?:{FIELD_WORDS})\b", c[m.end():], re.I):  # "the 'Change Note' field"
+            return text
+    for m, text in zip(spans, inner):
+        if re.search(r"\b(?:in|into)\s+(?:the\s+)?$", c[:m.start()], re.I) and m is not spans[0]:  # "Type 'X' into 'Title'"
+            return text
+    for a, b in zip(spans, spans[1:]):  # "Fill in 'Title' with 'X'": the quote before a bare "with" names the field
+        if re.fullmatch(r"\s+with\s+", c[a.end():b.start()], re.I):
+            return inner[spans.index(a)]
+    return ""
+
+
 def _fill(c: str, low: str, index: int, user: str, password: str, focus: str) -> Intent | None:
     q, ex = _quoted(c), _examples(c)
-    named = [x for x in q if x not in ex]  # quoted example values ("such as 'lamp' or 'Garden'") are no labels
+    field = _field_quote(c)
+    named = [x for x in q if x not in ex and x != field]  # quoted example values ("such as 'lamp'") are no labels
     value = (user if re.search(r"\byour (user ?name|login|email)\b", low) and not named else
              password if "your password" in low and not named else named[0] if named else "")
-    if re.search(r"\bwith\b", low) and len(named) >= 2:  # "Fill in 'Title' with 'X'"
-        label, value = named[0], named[1]
-    else:
-        bare = re.sub(QUOTED_RE, " ", c)
-        label = (named[1] if len(named) >= 2 else _phrase(c, "field|box|input|textbox|area|text area") or
-                 ("Username" if value == user and user else "Password" if value == password and password else
-                  (re.search(r"\b(?:as|in|into) (?:the|your) ([\w ]+?)[.]?$", c, re.I) or [None, ""])[1]) or
-                 focus or
-                 _capitalized(bare) or
-                 (re.search(r"^\w+(?: in| out)?\s+(?:a|an|the|your)\s+([a-z]+)[.]?$", bare.strip()) or [None, ""])[1])
+    bare = re.sub(QUOTED_RE, " ", c)
+    label = (field or _phrase(c, FIELD_WORDS).strip("'\"\u201c\u201d\u2018\u2019 ") or
+             ("Username" if value == user and user else "Password" if value == password and password else
+              (re.search(r"\b(?:as|in|into) (?:the|your) ([\w ]+?)[.]?$", c, re.I) or [None, ""])[1]) or
+             focus or
+             _capitalized(bare) or
+             (re.search(r"^\w+(?: in| out)?\s+(?:a|an|the|your)\s+([a-z]+)[.]?$", bare.strip()) or [None, ""])[1])
     if not label or label.lower() == "form":  # "Fill in the form:" — the fields follow as their own steps
         return None
     if value:
@@ -202,6 +223,8 @@ def parse_step(step: str, index: int, accounts: dict[str, str]) -> list[Intent]:
     if OPTIONAL.match(step) or CONDITIONAL.match(step):  # the tutorial says it may be left out, or when it applies:
         return []  # "Don't have an account? Click Register ..." is not for a user who signs in with one
     m = FIELD_ITEM.match(step)
+    if m and re.match(rf"(?:{STEP_VERBS})\b", m.group(2)):  # "Add a note: type 'X' ...": a lead-in, then the step
+        step, m = m.group(2), None
     if m and not _quoted(m.group(1)) and m.group(1).split()[0].lower() not in STEP_VERBS.split("|") + ["set", "change"]:
         label, how = m.group(1).strip(), m.group(2)  # "Title — at least 5 characters, e.g. 'X'"
         q, ex = _quoted(how), _examples(how)
@@ -215,6 +238,9 @@ def parse_step(step: str, index: int, accounts: dict[str, str]) -> list[Intent]:
         c = LEAD_PLACE.sub("", OPENERS.sub("", c.strip()))
         low, q = c.lower(), _quoted(c)
         verb = low.split()[0] if low.split() else ""
+        if f := IN_FIELD.match(c):  # "In the 'Change Note' field, type 'X'": the field the next clause fills
+            focus = f.group(1).strip("'\"\u201c\u201d\u2018\u2019 ")
+            continue
         if HOME.match(c) and not (by := BY_CLICKING.search(c)):
             out.append(Intent("home", step=index))  # "Open the shop home page", "Open the tracker address"
             continue

@@ -14,6 +14,7 @@ from typing import Iterable
 
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, Task, Trajectory, Tutorial, Validation, Verdict,
                                 WebTask, WebVerification, stage_stats)
+from trajfactory.settings.sites import declared_site
 from trajfactory.verifiers import judge as judge_verifier, state as state_verifier
 from trajfactory.verifiers.record import verification
 
@@ -130,6 +131,9 @@ def yields(candidates: list[Candidate], validations: list[Validation], tasks: li
 
 
 def _site_of_uri(uri: str, sites: Iterable[str]) -> str:
+    """The site a quarantined page counts for: the one its source is declared for, else a site named in its path."""
+    if (declared := declared_site(uri)) in sites:
+        return declared
     parts = Path(uri.split("#", 1)[0]).parts  # /docs/shop/x.html, http://h/shop/x.html
     return next((p for p in parts if p in sites), "-")
 

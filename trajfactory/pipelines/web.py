@@ -34,6 +34,7 @@ from trajfactory.runtime import run_sync
 from trajfactory.schema import (Quarantine, ScreenshotRow, Trajectory, Tutorial, Verdict, WebTask, content_hash,
                                 quarantined)
 from trajfactory.settings import BUILTIN_DOCS, EpisodeLimits, Recipe, WebJudgeConfig
+from trajfactory.sources.licenses import folder_license
 from trajfactory.synthesizers.web import stage
 from trajfactory.verifiers import judge as judge_verifier
 from trajfactory.verifiers.record import verification
@@ -148,11 +149,20 @@ def screenshot_rows(trajectories: Iterable[Trajectory], store: ScreenshotStore) 
 
 def tutorial_licenses(tutorials: Iterable[Tutorial], sources: dict[str, str]) -> dict[str, str | None]:
     """Per tutorial source (`sources`: served URL -> the recipe's name for it), its license: the bundled
-    documentation is the project's (Apache-2.0); a page from elsewhere says nothing we can read: unknown."""
+    documentation is the project's (Apache-2.0); a local folder, file or glob says it the way a repository does
+    (`folder_license`: a declared `SPDX-License-Identifier:` or a license file beside or above the pages); a page
+    from the web or a dump says nothing we can read: unknown."""
     out: dict[str, str | None] = {}
     for t in tutorials:
         name = next((n for url, n in sources.items() if t.uri.startswith(url)), t.uri)
-        out[name] = "Apache-2.0" if name == BUILTIN_DOCS else None
+        if name in out:
+            continue
+        if name == BUILTIN_DOCS:
+            out[name] = "Apache-2.0"
+        elif name.startswith(("http://", "https://", "hf-dump:")) or not Path(t.uri).exists():
+            out[name] = None
+        else:  # a folder's pages share its license; a glob's, their own folder's
+            out[name] = folder_license(name if Path(name).exists() else t.uri)
     return out
 
 

@@ -15,16 +15,16 @@ from trajfactory.schema.core import TABLE_SCHEMAS, Record
 
 
 class WebEnvironment(Record):
-    """Where a web task runs: a bundled app, seeded, opened at `start_path`."""
+    """Where a web task runs: a registered site (bundled or real), seeded, opened at `start_path`."""
 
     app: str
-    """A bundled app name (`shop`, `forum`, `tracker`)."""
+    """The name of a registered site adapter (`shop`, `django_admin`, a recipe's `web.sites:` entry ...)."""
     seed: int = 0
     start_path: str = "/"
 
 
 class StatePredicate(Record):
-    """A declarative check over one table of the app's `/__state__` JSON (no code is evaluated).
+    """A declarative check over one table of a site's state (its adapter's `state()`; no code is evaluated).
 
     Rows match when every `where` field equals its value and every `text_contains` string occurs
     (case-insensitively) in some string field. The number of matching rows (minus those of the

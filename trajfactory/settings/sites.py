@@ -3,8 +3,8 @@
 A site adapter (`executors/webapps/adapter.py`) starts, resets and reads an app; its `SiteFacts` tell the
 layers below the executors what they need without starting anything: the words that tie a tutorial to the
 site, the tutorial sources declared for it, the state tables an outcome sentence can name, the volatile
-columns that checks ignore, the log tables, the hosts the browser may reach, and the features the site
-does not have (for infeasible twins).
+columns that checks ignore, the log tables, the hosts the browser may reach, the features the site
+does not have (for infeasible twins), and the site's own wordings of its controls (grounding synonyms).
 
 The facts registry lives here, at the bottom, so sources and verifiers can read it. The adapters register
 their facts when the adapter registry loads; a lookup made before that loads it first (`PROVIDER`), the way
@@ -17,6 +17,7 @@ entry-point plugins are loaded, so no layer below the executors imports them.
           options: {workers: 2}            # passed to the adapter
           sources: [https://docs.example.org/wiki/]   # tutorials from here are about this site
           keywords: {wiki: 3, page: 1}
+          synonyms: [[Edit source, Edit this page]]   # wordings of one control a tutorial may use
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class SiteFacts(BaseModel):
     """Hosts the browser may reach during an episode."""
     missing_features: list[str] = Field(default_factory=list)
     """Plausible features the site does not have: the step an infeasible twin asks for."""
+    synonyms: list[list[str]] = Field(default_factory=list)
+    """Groups of wordings of one control or value of this site ("Add to cart", "Add to basket"): its texts across
+    versions and skins, which a tutorial may use for the one on the page. Generic UI wordings ("Log in" / "Sign
+    in") are known for every site (agents/grounding.py)."""
 
     def volatile_columns(self, table: str) -> set[str]:
         return set(self.volatile.get(ANY_TABLE, [])) | set(self.volatile.get(table, []))
@@ -75,6 +80,8 @@ class SiteEntry(BaseModel):
     log_tables: list[str] | None = None
     hosts: list[str] | None = None
     missing_features: list[str] | None = None
+    synonyms: list[list[str]] | None = None
+    """Added to the kind's own wordings (every other fact given here replaces the kind's)."""
 
     def fact_overrides(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude={"kind", "options"}).items() if v is not None}

@@ -64,7 +64,7 @@ class WebConfig(Section):
     agent: WebAgentConfig = Field(default_factory=WebAgentConfig)
     """Sampling, action form, images and budgets of the model web agent."""
     sites: list[SiteEntry] = Field(default_factory=list)
-    """Site adapters beside the built-in ones (shop, forum, tracker, django_admin): each names a kind (built-in or
+    """Site adapters beside the built-in ones (shop, forum, tracker, django_admin, roundup): each names a kind (built-in or
     `module:Class`), its options, and facts such as the tutorial sources that are about it (settings/sites.py)."""
     dataset_name: str = "trajfactory-web"
     """Name of the web dataset (written under the recipe's `dataset.root`)."""

@@ -1,4 +1,5 @@
-"""Guess a repository's license from its license file, or else from its packaging metadata.
+"""Guess a repository's license from its license file, or else from its packaging metadata; and a local folder's
+(a folder of tutorial pages) from a declared `SPDX-License-Identifier:` line or a license file beside it or above it.
 
 The guess is provenance, not legal advice: an SPDX-style id (`MIT`, `Apache-2.0`, ...) when the text
 or metadata is recognised, the author's own short wording when it is not, `None` when there is none.
@@ -11,11 +12,16 @@ import email.parser
 import re
 import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 
 LICENSE_FILE = re.compile(r"^(licen[cs]e|copying)([._-].*)?$", re.IGNORECASE)
 """Root-level files that hold a license text: LICENSE, LICENSE.txt, LICENCE.md, COPYING, ..."""
 
 METADATA_FILES = ("pyproject.toml", "setup.cfg", "PKG-INFO", "setup.py")
+SPDX_LINE = re.compile(r"^\W*SPDX-License-Identifier:\s*(.+?)\s*(?:-->|\*/)?\s*$", re.IGNORECASE | re.MULTILINE)
+"""A declared license expression (`SPDX-License-Identifier: Apache-2.0 AND MIT`), in any comment style."""
+README_FILE = re.compile(r"^readme(\.[a-z]+)?$", re.IGNORECASE)
+PROJECT_ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
 
 _GPL_VERSION = r"(?:.{0,120}?version (\d(?:\.\d)?))?"
 # (pattern on lower-cased, whitespace-collapsed text, SPDX id or a format with the version).
@@ -161,3 +167,34 @@ _METADATA_READERS = {
     "PKG-INFO": _pkg_info_values,
     "setup.py": _setup_py_values,
 }
+
+
+def folder_license(path: str | Path) -> str | None:
+    """The license of a local folder of pages (a file's folder for a file): in the folder, else in each folder above
+    it up to the project's root (the first holding .git, pyproject.toml or setup.py/cfg), a license file or README
+    that declares `SPDX-License-Identifier: EXPR` gives EXPR, else a license file's text is recognised
+    (`guess_license`). None when nothing there says."""
+    folder = Path(path).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    for here in [folder, *folder.parents]:
+        try:
+            names = sorted(f.name for f in here.iterdir() if f.is_file())
+        except OSError:
+            return None
+        license_file = find_license_file(names)
+        for name in [license_file, *[n for n in names if README_FILE.match(n)]]:
+            if name and (m := SPDX_LINE.search(_read(here / name))):
+                return m.group(1)
+        if license_file and (found := guess_license(_read(here / license_file))):
+            return found
+        if any((here / marker).exists() for marker in PROJECT_ROOT_MARKERS):
+            return None
+    return None
+
+
+def _read(path: Path, limit: int = 200_000) -> str:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""

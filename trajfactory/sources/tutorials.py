@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from trajfactory.schema import Quarantine, Tutorial, content_hash, quarantined
 from trajfactory.settings.sites import known_sites
+from trajfactory.sources.licenses import LICENSE_FILE
 from trajfactory.sources.tutorial_classifier import TutorialClassifier, default_classifier
 from trajfactory.sources.tutorial_text import extract_html, extract_markdown, foreign_domains, guess_language, guess_site
 
@@ -160,10 +161,12 @@ _DOC_SUFFIXES = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown"
 
 
 def local_pages(path_or_glob: str | Path, max_bytes: int = 2_000_000) -> Iterator[Page | Quarantine]:
-    """Pages from a directory (recursively: HTML, Markdown, text and any other file), one file, or a glob."""
+    """Pages from a directory (recursively: HTML, Markdown, text and any other file but license files), one file,
+    or a glob."""
     p = Path(path_or_glob)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                       and not LICENSE_FILE.match(f.name))  # a folder's license is no page (see folder_license)
     elif p.is_file():
         files = [p]
     else:

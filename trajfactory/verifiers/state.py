@@ -1,5 +1,5 @@
 """Web state checks (WebArena-style program checks, declared as data): evaluate `StatePredicate`s
-against an app's `/__state__` JSON, derive predicates from a task's expected outcome and from the
+against a site's state (its adapter's `state()`), derive predicates from a task's expected outcome and from the
 state diff of a successful replay, and turn the result into a `Verdict`.
 
 Activity log. Each bundled app exposes a server-side activity log (table `activity`: kind, object,
@@ -30,7 +30,6 @@ VERIFIER = "state"
 VERSION = "2"
 CREATED_RE = re.compile(r"\b(placed|created|added|posted|new|appears?|confirmed|submitted|in (?:your|the) (?:cart|basket|bag))\b", re.I)
 STATUS_RE = re.compile(r"\b(?:status(?: is| of)?|marked(?: as)?|set to)\s+['\"]?([A-Za-z][A-Za-z ]{1,20}?)['\"]?(?=[.,;]|$)", re.I)
-STATUS_SYNONYMS = {"done": "resolved", "doing": "in_progress", "to_do": "open", "archived": "closed"}
 PLACE_WORDS = r"(?:of|in|to|on|at|from|under|inside|within)"
 LOG_KINDS = {"sign_in": ("user",), "sign_out": ("user",), "search": (), "filter": (), "view": ()}
 """Log kinds a read-only check is derived from -> extra stable fields beyond kind, object and name."""
@@ -169,6 +168,19 @@ def _quoted(text: str) -> list[str]:
     return [next(g for g in m.groups() if g) for m in re.finditer(r"'([^']+)'|\"([^\"]+)\"|\u201c([^\u201d]+)\u201d", text)]
 
 
+def _status_value(word: str, statuses: set[str], facts: SiteFacts) -> str:
+    """The stored status an outcome's word means: the word itself, else a wording of it the site declares
+    (`SiteFacts.synonyms`, e.g. the tracker's "Done" for `resolved`) that is one of the table's statuses."""
+    key = lambda w: re.sub(r"[\s-]+", "_", w.strip().lower())  # noqa: E731 - "In progress" -> in_progress
+    value = key(word)
+    if value not in statuses:
+        for group in facts.synonyms:
+            keys = {key(w) for w in group}
+            if value in keys and (hits := sorted(keys & statuses)):
+                return hits[0]
+    return value
+
+
 def predicates_from_outcome(task: WebTask, initial: dict[str, Any]) -> list[StatePredicate]:
     """Predicates the expected outcome names: a created order/thread/reply/comment, an issue status, quoted names."""
     text = task.spec.expected_outcome
@@ -187,8 +199,7 @@ def predicates_from_outcome(task: WebTask, initial: dict[str, Any]) -> list[Stat
             continue
         status = STATUS_RE.search(text)
         if status and initial[table] and "status" in initial[table][0]:
-            value = re.sub(r"\s+", "_", status.group(1).strip().lower())
-            value = value if value in {r["status"] for r in initial[table]} else STATUS_SYNONYMS.get(value, value)
+            value = _status_value(status.group(1), {r["status"] for r in initial[table]}, _facts(initial))
             preds.append(StatePredicate(table=table, where={"status": value}, text_contains=quoted, origin="outcome",
                                         description=f"a row of {table} has status {value!r}"))
         elif CREATED_RE.search(text):

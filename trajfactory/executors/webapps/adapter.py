@@ -74,7 +74,10 @@ class SiteAdapter:
             return dict(site.labels)
 
     def with_facts(self, **overrides: Any) -> "SiteAdapter":
-        """This adapter under other facts (a recipe entry's name, sources, keywords ...)."""
+        """This adapter under other facts (a recipe entry's name, sources, keywords ...); `synonyms` add to the
+        kind's own wordings instead of replacing them."""
+        if "synonyms" in overrides:
+            overrides["synonyms"] = [*self.facts.synonyms, *overrides["synonyms"]]
         if overrides:
             self.facts = self.facts.model_copy(update=overrides)
         return self
@@ -93,7 +96,9 @@ class BundledAdapter(SiteAdapter):
                 raise ValueError(f"bundled site adapter: unknown app {app!r}; options.app must be one of {sorted(bundled)}")
             app = bundled[app]
         self.app_class = app
-        facts = app.FACTS if name in (None, app.FACTS.name) else app.FACTS.model_copy(update={"name": name})
+        # the texts the seed picks among for one control are wordings of it, as a tutorial may use any of them
+        labels = [list(texts) for texts in [*app.COMMON_LABELS.values(), *app.LABELS.values()] if len(texts) > 1]
+        facts = app.FACTS.model_copy(update={"name": name or app.FACTS.name, "synonyms": [*labels, *app.FACTS.synonyms]})
         super().__init__(facts)
 
     def start(self, seed: int = 0, config: AppConfig | None = None) -> AppInstance:

@@ -30,7 +30,8 @@ class ForumApp(WebApp):
                   "topic": 1, "discussion": 1, "moderator": 1, "moderators": 1, "board": 1, "pinned": 1},
         outcome_tables={"threads": ["thread", "topic", "discussion"], "posts": ["reply", "post", "message"]},
         volatile={"*": ["session", "token"]}, log_tables=["activity"],
-        missing_features=["Upvote", "Send private message", "Award badge", "Schedule post"])
+        missing_features=["Upvote", "Send private message", "Award badge", "Schedule post"],
+        synonyms=[["New thread", "New discussion"], ["New comment", "Comment box"], ["Search the forum", "Search box"]])
     SITE_NAMES = ["Tinkerers' Commons", "The Back Porch", "Night Owls Forum", "Open Bench", "Quarry Hall"]
     SCHEMA = """
     CREATE TABLE threads (id INTEGER PRIMARY KEY, title TEXT, category TEXT, author_id INTEGER, pinned INTEGER DEFAULT 0);

@@ -38,7 +38,10 @@ class ShopApp(WebApp):
                   "shipping": 2, "stock": 1, "price": 1, "purchase": 1, "zip": 1, "warenkorb": 2, "shop": 1},
         outcome_tables={"orders": ["order", "purchase"], "cart": ["cart", "basket", "bag"]},
         volatile={"*": ["session", "token"]}, log_tables=["activity"],
-        missing_features=["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"])
+        missing_features=["Apply gift card", "Add to wishlist", "Pay with PayPal", "Track shipment"],
+        synonyms=[["Cart", "Basket", "Bag", "Shopping bag", "Shopping cart"], ["My orders", "Order history", "Orders"],
+                  ["Place order", "Confirm order"],
+                  ["Search products", "Search box"]])
     SITE_NAMES = ["Northwind Goods", "Cobalt Market", "Maple & Co.", "Harbor Supply", "Juniper Store"]
     SCHEMA = """
     CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price_cents INTEGER,

@@ -25,7 +25,9 @@ class TrackerApp(WebApp):
                   "status": 1, "resolved": 1, "comment": 1, "bug": 1},
         outcome_tables={"issues": ["issue", "ticket", "bug"], "comments": ["comment"]},
         volatile={"*": ["session", "token"]}, log_tables=["activity"],
-        missing_features=["Export to CSV", "Link pull request", "Start sprint", "Log time"])
+        missing_features=["Export to CSV", "Link pull request", "Start sprint", "Log time"],
+        synonyms=[["Resolved", "Done"], ["Closed", "Archived"], ["Open", "To do"], ["In progress", "Doing"],
+                  ["New comment", "Comment box"]])
     SITE_NAMES = ["Helios Tracker", "Bugboard", "Ops Console", "Ticketry", "Lighthouse Issues"]
     LOGIN_REQUIRED = True
     SCHEMA = """
