@@ -62,7 +62,7 @@ def publish_once(work_dir: str | Path, root: str | Path, lineage: dict, write: C
     live = Path(work_dir) / LIVE_DIR
     version = published_before_a_kill(live, root, lineage)
     if version:
-        log.info("%s of %s was published by the run this one resumes (killed before it ended): taking it", version,
+        log.info("%s was published by the run this one resumes (killed before it ended): taking it (%s)", version,
                  root)
         return version
     begin_publishing(live, root)
