@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from trajfactory.datasets.changes import begin_publishing, changes, published_before_a_kill
+from trajfactory.datasets.changes import changes
 from trajfactory.datasets.publish import write_dataset
+from trajfactory.datasets.resume import begin_publishing, publish_once, published_before_a_kill
 from trajfactory.datasets.store import DatasetStore
 
 
@@ -71,3 +72,54 @@ def test_a_version_published_by_a_killed_run_is_taken_by_its_resume(tmp_path):
     assert published_before_a_kill(live, tmp_path / "elsewhere" / "swe", lineage) is None  # another dataset
     begin_publishing(live, root / "swe")  # a later run noted v1 as the latest before it wrote
     assert published_before_a_kill(live, root / "swe", lineage) is None
+
+
+def _web_task(task_id: str):
+    return SimpleNamespace(to_row=lambda: {"task_id": task_id, "kind": "web"})
+
+
+def test_a_web_version_published_by_a_killed_run_is_taken_beside_the_swe_one(tmp_path):
+    """A run of both halves notes each dataset apart: killed after both published, its resume takes both versions;
+    after a run that ended, the live dir is gone and the next run writes a new version."""
+    from trajfactory.executors.runs import LIVE_DIR, hold_work_dir
+
+    work, root = tmp_path / "work", tmp_path / "datasets"
+    swe = {"recipe_hash": "r1", "factory_version": "1", "sources_digest": "d1"}
+    web = {"recipe_hash": "r1", "factory_version": "1", "sources_digest": "t1"}
+    written = []
+
+    def write(name, lineage, row):
+        def go():
+            written.append(name)
+            return write_dataset(root, name, {"web_tasks" if name == "web" else "tasks": [row]}, lineage, {})
+        return go
+
+    # the factory flow publishes the web half first, then the SWE half; the kill comes after both
+    assert publish_once(work, root / "web", web, write("web", web, _web_task("w"))) == "v1"
+    assert publish_once(work, root / "swe", swe, write("swe", swe, _task("a", "textkit"))) == "v1"
+    assert written == ["web", "swe"] and len(list((work / LIVE_DIR).iterdir())) == 2  # a note per dataset
+    # the resumed run: each half takes its version, neither writes again
+    assert publish_once(work, root / "web", web, write("web", web, _web_task("w"))) == "v1"
+    assert publish_once(work, root / "swe", swe, write("swe", swe, _task("a", "textkit"))) == "v1"
+    assert written == ["web", "swe"]
+    # other tutorials make another version, even after a kill
+    other = {**web, "sources_digest": "t2"}
+    assert publish_once(work, root / "web", other, write("web", other, _web_task("x"))) == "v2"
+    # a run that ended leaves no note: the next one writes its own version
+    with hold_work_dir(work):
+        pass
+    assert not (work / LIVE_DIR).exists()
+    assert publish_once(work, root / "web", other, write("web", other, _web_task("x"))) == "v3"
+
+
+def test_web_sources_digest_reads_the_pages_not_their_served_ports():
+    from trajfactory.pipelines.web import tutorials_digest
+    from trajfactory.schema import Tutorial
+
+    def pages(port: int, text: str) -> tuple[list[Tutorial], dict[str, str]]:
+        url = f"http://127.0.0.1:{port}/docs/"
+        return [Tutorial(tutorial_id="t", uri=url + "shop.html", text=text)], {url: "builtin:docs"}
+
+    same = "Add a book to the cart"
+    assert tutorials_digest(*pages(4001, same)) == tutorials_digest(*pages(5123, same))
+    assert tutorials_digest(*pages(4001, "Add a book to the cart")) != tutorials_digest(*pages(4001, "Add two books"))

@@ -5,6 +5,9 @@ and each node must have pulled the image the machine's engine built (same image 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,6 +80,74 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
         assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
         assert {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}  # the flow's run
         assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
+
+
+@pytest.mark.browser
+def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, tmp_path):
+    """The gold replays and rollouts of `trajfactory web` run as Ray tasks, each with the node's own Chromium and site:
+    the flow logs the node of each; the screenshots taken there come back into the version."""
+    from test_web_flow import _tutorials, web_recipe
+
+    config = web_recipe(tmp_path, {"tutorials": [str(_tutorials(tmp_path / "tutorials"))], "max_tasks_per_site": 1,
+                                   "infeasible_share": 0.0, "browsers": 2, "dataset_name": "web"},
+                        cluster={"address": cluster.address})
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump(config))
+    proc = cli_runs.cli(tmp_path, "web", str(tmp_path / "web.yaml"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    store = DatasetStore(tmp_path / "datasets" / "web")
+    assert store.verify("v1") == []
+    trajectories = store.read_rows("v1", "trajectories")
+    verdicts = store.read_rows("v1", "verdicts")
+    assert trajectories and sum(v["passed"] for v in verdicts) >= 3  # a replay verified per site
+    ran = re.findall(r"(establish|replay_rollout) ran on node (\w+) ", proc.stderr)
+    assert sum(step == "replay_rollout" for step, _ in ran) == len(trajectories)  # every episode ran on a node
+    assert sum(step == "establish" for step, _ in ran) >= len(store.read_rows("v1", "web_tasks"))  # and the failed
+    assert {node for _, node in ran} == set(NODES), ran  # spread over both
+    # the screenshots were taken on the nodes and handed back: every one a step references is in the version
+    referenced = {json.loads(step["arguments"]).get("screenshot") for tr in trajectories for step in tr["steps"]}
+    assert referenced - {None} and referenced - {None} <= {s["sha256"] for s in store.read_rows("v1", "screenshots")}
+    assert not [q for q in store.read_rows("v1", "quarantine") if q["reason"] == "screenshot_missing"]
+
+
+def test_a_resumed_run_removes_what_its_killed_predecessor_left_on_a_node_engine(cluster, docker_backend, tmp_path):
+    """Sandboxes a killed run left running on a node's engine go when a run of its work dir next joins the cluster,
+    or by `trajfactory sandbox cleanup --run ID --cluster ADDRESS`; other runs' stay."""
+    from trajfactory.executors.images import BASE_IMAGE
+    from trajfactory.executors.registry import pull, push
+    from trajfactory.executors.runs import hold_work_dir
+    from trajfactory.flows.cluster import cluster_session
+    from trajfactory.settings import ClusterConfig
+
+    node = docker.DockerClient(base_url=cluster.hosts["worker"], timeout=60)
+    image = next((t for i in node.images.list() for t in i.tags), None)  # an image the first test pulled
+    if image is None:
+        push(docker_backend.client, BASE_IMAGE, cluster.registry)
+        assert pull(node, BASE_IMAGE, cluster.registry)
+        image = BASE_IMAGE
+    work = tmp_path / "work"
+    with hold_work_dir(work) as killed:  # a run of the work dir; what it left on the node, started by hand:
+        pass
+
+    def left(run_id: str):
+        return node.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none",
+                                   labels={"trajfactory": "1", "trajfactory.run": run_id})
+
+    ours, other, third = left(killed.run_id), left("another-run"), left("a-third-run")
+    try:
+        def running() -> set[str]:
+            return {c.id for c in node.containers.list(all=True, filters={"label": "trajfactory=1"})}
+
+        with hold_work_dir(work), cluster_session(ClusterConfig(address=cluster.address), work):
+            assert ours.id not in running() and {other.id, third.id} <= running()
+        proc = cli_runs.cli(tmp_path, "sandbox", "cleanup", "--run", "another-run", "--cluster", cluster.address)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "node worker: removed 1 containers of run another-run" in proc.stdout
+        assert "node head: removed 0 containers of run another-run" in proc.stdout
+        assert other.id not in running() and third.id in running()
+    finally:
+        for c in (ours, other, third):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
 
 
 def test_cluster_section_names_what_is_wrong():

@@ -211,9 +211,15 @@ def web(recipe: Optional[Path] = RECIPE_ARG) -> None:
     if r.web is None:
         console.print("[red]the recipe has no `web:` section[/red]")
         raise typer.Exit(2)
+    from trajfactory.executors.runs import WorkDirBusy
     from trajfactory.flows.web import run_web
 
-    _report_web(run_web(r))  # a web model policy or judge uses the recipe's `model:`
+    try:
+        result = run_web(r)  # holds the work dir; a web model policy or judge uses the recipe's `model:`
+    except WorkDirBusy as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _report_web(result)
 
 
 def _stage(flow_name: str, recipe: Optional[Path], concurrent: bool = True) -> dict:
@@ -295,7 +301,10 @@ CLEANUP_HELP = (
     "With --run ID: only the containers of that run. With --work-dir DIR: those of every run recorded in that "
     "work dir (the recipe's `work_dir`), refused while a run holds it. With neither: EVERY container trajfactory "
     "started, those of runs still going included, so use it only when no run is going.\n\n"
-    "A run also removes, as it starts, the containers that earlier runs of its work dir left behind.")
+    "With --cluster ADDRESS (a recipe's `cluster.address`): on the engine of every node of that Ray cluster as "
+    "well.\n\n"
+    "A run also removes, as it starts, the containers that earlier runs of its work dir left behind (on the "
+    "nodes' engines too when its recipe has a `cluster:` section).")
 
 
 RUN_OPT = typer.Option(None, "--run", metavar="ID", show_default=False,
@@ -305,15 +314,38 @@ WORK_DIR_OPT = typer.Option(None, "--work-dir", metavar="DIR", show_default=Fals
                             help="Remove the containers of every run recorded in this work dir (a recipe's "
                             "`work_dir`).")
 
+CLUSTER_OPT = typer.Option(None, "--cluster", metavar="HOST:PORT", show_default=False,
+                           help="Also on every node's engine of the Ray cluster whose head is at HOST:PORT (the "
+                           "recipe's `cluster.address`); with --run or alone, not with --work-dir.")
+
 
 @sandbox_app.command("cleanup", help=CLEANUP_HELP)
-def cleanup(run_id: Optional[str] = RUN_OPT, work_dir: Optional[Path] = WORK_DIR_OPT) -> None:
-    from trajfactory.executors.docker import cleanup_leftover_containers
+def cleanup(run_id: Optional[str] = RUN_OPT, work_dir: Optional[Path] = WORK_DIR_OPT,
+            cluster: Optional[str] = CLUSTER_OPT) -> None:
+    from trajfactory.executors.docker import cleanup_leftover_containers, engine_available
     from trajfactory.executors.runs import RUN_LABEL, WorkDirBusy, cleanup_work_dir
 
     if run_id and work_dir:
         console.print("[red]give --run or --work-dir, not both[/red]")
         raise typer.Exit(2)
+    if cluster:
+        if work_dir:
+            console.print("[red]--cluster goes with --run ID (or alone), not with --work-dir[/red]")
+            raise typer.Exit(2)
+        from trajfactory.flows.cluster import cluster_session, remove_on_nodes
+        from trajfactory.settings import ClusterConfig
+
+        try:
+            config = ClusterConfig(address=cluster)
+        except ValueError as exc:
+            console.print(f"[red]--cluster: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}[/red]")
+            raise typer.Exit(2) from None
+        with cluster_session(config):
+            per_node = remove_on_nodes({run_id} if run_id else None)
+        for node, removed in sorted(per_node.items()):
+            typer.echo(f"node {node}: removed {removed} containers" + (f" of run {run_id}" if run_id else ""))
+        if not engine_available():
+            return
     if work_dir:
         try:
             typer.echo(f"removed {cleanup_work_dir(work_dir)} containers of the runs of {work_dir}")

@@ -80,29 +80,3 @@ def unchanged_version(root: str | Path, lineage: dict) -> str | None:
     keys = ("factory_version", "recipe_hash", "sources_digest")
     return latest if all(lineage.get(k) and before.get(k) == lineage[k] for k in keys) else None
 
-
-PUBLISHING = "publishing.json"
-"""In a run's live dir (`executors.runs.LIVE_DIR`), from just before the run writes its version until the run ends."""
-
-
-def begin_publishing(live_dir: str | Path, root: str | Path) -> None:
-    """Note, before a run writes its version of the dataset at `root`, which version was the latest then."""
-    path = Path(live_dir) / PUBLISHING
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"root": str(Path(root).resolve()), "latest_before": DatasetStore(root).latest()}))
-    tmp.replace(path)
-
-
-def published_before_a_kill(live_dir: str | Path, root: str | Path, lineage: dict) -> str | None:
-    """The version of the dataset at `root` that an earlier run of the work dir published and was killed before it
-    ended (its note is still in `live_dir`), when it is still the latest and made from what `lineage` names: the
-    run that resumes it takes that version as its own rather than write the same data again. None otherwise."""
-    path = Path(live_dir) / PUBLISHING
-    if not path.is_file():
-        return None
-    note = json.loads(path.read_text())
-    latest = DatasetStore(root).latest()
-    if note.get("root") != str(Path(root).resolve()) or latest is None or latest == note.get("latest_before"):
-        return None  # another dataset, or the kill came before the version was published
-    return unchanged_version(root, lineage)

@@ -367,13 +367,16 @@ class Browser:
 class BrowserPool:
     """Up to `size` Chromium processes, one per concurrent worker, launched on first use."""
 
-    def __init__(self, size: int = 1, config: BrowserConfig | None = None):
-        self.size, self.config = size, config or BrowserConfig()
+    def __init__(self, size: int = 1, config: BrowserConfig | None = None, fresh: bool = False):
+        """`fresh`: each `acquire` launches a Chromium that `release` closes (the pool as sent to another node)."""
+        self.size, self.config, self.fresh = size, config or BrowserConfig(), fresh
         self._free: Queue[Browser] = Queue()
         self._all: list[Browser] = []
         self._lock = threading.Lock()
 
     def acquire(self) -> Browser:
+        if self.fresh:
+            return Browser(self.config)
         with self._lock:
             if self._free.empty() and len(self._all) < self.size:
                 self._all.append(Browser(self.config))
@@ -381,7 +384,10 @@ class BrowserPool:
         return self._free.get()
 
     def release(self, browser: Browser) -> None:
-        self._free.put(browser)
+        if self.fresh:
+            browser.close()
+        else:
+            self._free.put(browser)
 
     @contextmanager
     def episode(self, start_url: str | None = None) -> Iterator[BrowserEpisode]:
@@ -391,6 +397,10 @@ class BrowserPool:
                 yield ep
         finally:
             self.release(browser)
+
+    def __reduce__(self):
+        # Sent to another node (a Ray worker): Chromiums cannot travel, so each episode there launches its own
+        return (BrowserPool, (self.size, self.config, True))
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,35 @@ class ScreenshotStore:
 
     def path(self, sha: str) -> Path:
         return self.dir / f"{sha}.png"
+
+    def take_back(self, pngs: dict[str, bytes]) -> None:
+        """The screenshots an episode on another node took (`NodeScreenshots.handed_back`)."""
+        for sha, png in pngs.items():
+            if self.put(png) != sha:
+                raise ValueError(f"screenshot {sha} came back from a node with other bytes")
+
+    def __reduce__(self):
+        # Sent to another node (a Ray worker): the episode's screenshots come back with its result, not via a path
+        return (NodeScreenshots, ())
+
+
+class NodeScreenshots:
+    """A `ScreenshotStore` as sent to another node (a Ray worker, `flows/cluster.py`): it keeps the PNGs the episode
+    takes there, and the step hands them back with its result to the flow's store (`ScreenshotStore.take_back`)."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, png: bytes) -> str:
+        sha = hashlib.sha256(png).hexdigest()
+        with self._lock:
+            self.taken[sha] = png
+        return sha
+
+    def handed_back(self) -> dict[str, bytes]:
+        with self._lock:
+            return dict(self.taken)
 
 
 def observation_text(obs: Observation, max_chars: int) -> str:

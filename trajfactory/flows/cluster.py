@@ -1,6 +1,6 @@
 """The heavy fan-out on a Ray cluster: steps marked `remote` in `flows/tasks.py` run on the cluster's nodes.
 
-    with cluster_session(recipe.cluster):     # connects (or does nothing without a `cluster:` section)
+    with cluster_session(recipe.cluster, recipe.work_dir):  # connects (or nothing without a `cluster:` section)
         ...                                   # each remote step's Prefect task waits on a Ray task
 
 The Prefect task stays on the flow's machine (its cache key, journal line, retries and state are the flow's), and
@@ -16,11 +16,14 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from trajfactory.executors.base import InfrastructureError
-from trajfactory.executors.docker import current_run_id, set_run_id
+from trajfactory.executors.docker import (cleanup_leftover_containers, cleanup_run_containers, current_run_id,
+                                         engine_available, set_run_id)
 from trajfactory.executors.registry import current_registry, use_registry
+from trajfactory.executors.runs import recorded_runs
 from trajfactory.settings import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,15 @@ def _ray():
     return ray
 
 
+_cleaned: set[str] = set()
+"""Runs whose leftovers on the nodes' engines this process has removed."""
+
+
 @contextlib.contextmanager
-def cluster_session(config: ClusterConfig | None) -> Iterator[None]:
-    """Connect to the recipe's Ray cluster for the `with` block (nested sessions share the outer one's connection)."""
+def cluster_session(config: ClusterConfig | None, work_dir: str | Path | None = None) -> Iterator[None]:
+    """Connect to the recipe's Ray cluster for the `with` block (nested sessions share the outer one's connection).
+    With the `work_dir` this process holds for its run (`executors/runs.py`), the sandbox containers that the work
+    dir's earlier runs (all ended: a killed one leaves its sandboxes running) left on the nodes' engines go first."""
     if config is None or _state:
         yield
         return
@@ -58,6 +67,13 @@ def cluster_session(config: ClusterConfig | None) -> Iterator[None]:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     log.info("Ray cluster %s: %d nodes, %s CPUs; image registry %s", config.address, len(nodes),
              ray.cluster_resources().get("CPU", 0), config.registry or "none (each node builds its images)")
+    if work_dir is not None and current_run_id():
+        earlier = {r["run_id"] for r in recorded_runs(work_dir) if r.get("run_id")} - {current_run_id()} - _cleaned
+        if earlier:
+            removed = remove_on_nodes(earlier)
+            _cleaned.update(earlier)
+            if sum(removed.values()):
+                log.info("removed the sandbox containers earlier runs of this work dir left on the nodes: %s", removed)
     try:
         yield
     finally:
@@ -91,11 +107,16 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
     ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry,
                                                                     current_run_id())
     try:
-        return ray.get(ref)  # the step's own exception comes back as itself (Ray's error is an instance of its class)
+        # the step's own exception comes back as itself (Ray's error is an instance of its class)
+        result, back, where = ray.get(ref)
     except ray.exceptions.RayTaskError:
         raise
     except ray.exceptions.RayError as exc:  # a node or worker lost under the work: the task's retry runs it again
         raise InfrastructureError(f"{fn.__name__} lost its Ray node or worker: {exc}") from exc
+    log.info("%s ran on node %s", fn.__name__, where)
+    for i, what in back.items():  # the files the step made there (a web episode's screenshots), into our stores
+        args[i].take_back(what)
+    return result
 
 
 def _remote(ray):
@@ -104,12 +125,37 @@ def _remote(ray):
     return _state["remote"]
 
 
-def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str) -> Any:
+def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str) -> tuple[Any, dict, str]:
     """What a node runs: the step, with images shared through `registry` and its sandboxes labelled with the flow's
-    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them). It logs the node
-    (`TRAJFACTORY_NODE`, else the host name) and its engine to the node's Ray worker log."""
+    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them). Returns the step's result; per
+    positional argument that kept files for the flow's machine (`handed_back`: a web episode's screenshots), what it
+    kept; and the node (`TRAJFACTORY_NODE`, else the host name) with its engine, which the flow logs."""
     use_registry(registry)
     set_run_id(run_id)
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
-    log.info("%s on node %s (engine %s)", fn.__name__, node, os.environ.get("DOCKER_HOST", "default"))
-    return fn(*args, **kwargs)
+    result = fn(*args, **kwargs)
+    back = {i: a.handed_back() for i, a in enumerate(args) if hasattr(a, "handed_back")}
+    return result, back, f"{node} (engine {os.environ.get('DOCKER_HOST', 'default')})"
+
+
+def remove_on_nodes(run_ids: set[str] | None) -> dict[str, int]:
+    """In a session: on every live node's engine, the sandbox containers of the runs `run_ids` (None: of every run)
+    removed; per node, how many."""
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.remote(num_cpus=0, max_retries=0)(_remove_here)  # no CPU: it runs however busy the node is
+    refs = [here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(sorted(run_ids) if run_ids is not None else None) for n in ray.nodes() if n.get("Alive")]
+    try:
+        return dict(ray.get(refs))
+    except ray.exceptions.RayError as exc:  # leftovers cost memory, not correctness: the run goes on
+        log.warning("could not remove the sandbox containers of earlier runs on the nodes: %s", exc)
+        return {}
+
+
+def _remove_here(run_ids: list[str] | None) -> tuple[str, int]:
+    node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
+    if not engine_available():
+        return node, 0
+    return node, cleanup_run_containers(set(run_ids)) if run_ids is not None else cleanup_leftover_containers()

@@ -38,7 +38,7 @@ def harvest_flow(recipe: Recipe) -> dict:
 @flow(name="synthesize")
 def synthesize_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Sources -> environments, candidates, validations, tasks with proven gold patches and their statements."""
-    with cluster_session(recipe.cluster):
+    with cluster_session(recipe.cluster, recipe.work_dir):
         synthesis = swe.synthesize(recipe, rec.load(recipe.work_dir, swe.Harvest).sources, PrefectRunner(), endpoint)
     rec.save(recipe.work_dir, synthesis)
     return {"candidates": len(synthesis.candidates), "validations": len(synthesis.validations),
@@ -50,7 +50,7 @@ def synthesize_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> di
 def rollout_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Tasks -> trajectories of the recipe's policies, each in a fresh sandbox."""
     synthesis = rec.load(recipe.work_dir, swe.Synthesis)
-    with cluster_session(recipe.cluster):
+    with cluster_session(recipe.cluster, recipe.work_dir):
         rollouts = swe.rollout(recipe, synthesis.tasks, synthesis.environments, PrefectRunner(), endpoint)
     rec.save(recipe.work_dir, rollouts)
     return {"trajectories": len(rollouts.trajectories)}
@@ -61,7 +61,7 @@ def verify_flow(recipe: Recipe, endpoint: ModelEndpoint | None = None) -> dict:
     """Trajectories -> test verdicts in fresh sandboxes; with `judge:`, the judge's verdicts and agreement."""
     synthesis = rec.load(recipe.work_dir, swe.Synthesis)
     trajectories = rec.load(recipe.work_dir, swe.Rollouts).trajectories
-    with cluster_session(recipe.cluster):
+    with cluster_session(recipe.cluster, recipe.work_dir):
         verification = swe.verify_all(recipe, synthesis.tasks, synthesis.environments, trajectories, PrefectRunner(),
                                       endpoint)
     rec.save(recipe.work_dir, verification)

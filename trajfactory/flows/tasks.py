@@ -202,8 +202,10 @@ STEPS: dict[Callable, Any] = {
     web.harvest_tutorials: step_task(web.harvest_tutorials, "web-harvest"),
     web.synthesize_tasks: step_task(web.synthesize_tasks, "web-synthesize"),
     # retried when Chromium or the engine under them failed (a crashed browser is relaunched for the retry)
-    web.establish: step_task(web.establish, "establish", key=_web_establish, half="web", retry=True),
-    web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web", retry=True),
+    # on a cluster, on its nodes: each episode there with the node's own Chromium and site (`BrowserPool(fresh=True)`)
+    web.establish: step_task(web.establish, "establish", key=_web_establish, half="web", retry=True, remote=True),
+    web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web", retry=True,
+                                  remote=True),
     web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web", retry=True),
     web.judge: step_task(web.judge, "judge", key=_web_judge, half="web", retry=True),
     # The closed loop's cache is each step's output directory, named by the key of what it depends on

@@ -27,15 +27,15 @@ import trajfactory
 from trajfactory.agents.model import ModelPolicy
 from trajfactory.agents.oracle import OraclePolicy
 from trajfactory.datasets import curriculum
-from trajfactory.datasets.changes import begin_publishing, published_before_a_kill, sources_digest, unchanged_version
+from trajfactory.datasets.changes import sources_digest, unchanged_version
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
+from trajfactory.datasets.resume import publish_once
 from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
 from trajfactory.executors.episode import require_server, run_episodes
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.runs import LIVE_DIR
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
@@ -401,13 +401,8 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
     if recipe.model is not None and usage:
         lineage["model"] = recipe.model.digest_fields()
     licenses = {s.repo_slug or s.name: s.license for s in harvested.sources}
-    live = Path(recipe.work_dir) / LIVE_DIR
-    version = published_before_a_kill(live, root, lineage)
-    if version:
-        log.info("%s was published by the run this one resumes (killed before it ended): taking it", version)
-    else:
-        begin_publishing(live, root)
-        version = write_dataset(recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses)
+    version = publish_once(recipe.work_dir, root, lineage, lambda: write_dataset(
+        recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses))
     return {"version": version, "root": str(root), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()}}
 

@@ -21,8 +21,10 @@ from typing import Iterable
 import trajfactory
 from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.agents.web_model import WebModelPolicy
+from trajfactory.datasets.changes import sources_digest
 from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
+from trajfactory.datasets.resume import publish_once
 from trajfactory.datasets.yields import web_yields
 from trajfactory.executors.browser import BrowserPool
 from trajfactory.executors.episode import require_server, run_episode
@@ -166,6 +168,16 @@ def tutorial_licenses(tutorials: Iterable[Tutorial], sources: dict[str, str]) ->
     return out
 
 
+def tutorials_digest(tutorials: Iterable[Tutorial], sources: dict[str, str]) -> str:
+    """One hash of what the run read from its tutorial sources (`sources`: served URL -> the recipe's name for it):
+    per source, the pages' texts (not their URLs, whose served ports change from run to run)."""
+    texts: dict[str, list[str]] = {name: [] for name in sources.values()}
+    for t in tutorials:
+        name = next((n for url, n in sources.items() if t.uri.startswith(url)), t.uri)
+        texts.setdefault(name, []).append(t.text)
+    return sources_digest({name: content_hash(sorted(pages)) for name, pages in texts.items()})
+
+
 def declared_credentials(tasks: Iterable[WebTask]) -> set[str]:
     """The seeded demo accounts' passwords of every site and seed the tasks use: the scan keeps them."""
     return {p for app, seed in {(t.environment.app, t.environment.seed) for t in tasks} if app in adapters()
@@ -220,9 +232,13 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
                "screenshots": screenshots, "web_verification": record}
     lineage = {"recipe": recipe.name, "web_config": w.model_dump(), "config_hash": w.digest(),
                "factory_version": trajfactory.__version__, "flow_run_id": runner.run_id, **out.lineage,
-               "model": recipe.model.digest_fields() if endpoint is not None and recipe.model else None}
-    version = write_dataset(recipe.dataset.root, w.dataset_name, records, lineage, summary,
-                            licenses=tutorial_licenses(tutorials, sources), allowed=declared_credentials(checked))
-    return {"version": version, "root": str(Path(recipe.dataset.root) / w.dataset_name), "summary": summary,
+               "model": recipe.model.digest_fields() if endpoint is not None and recipe.model else None,
+               "recipe_hash": recipe.digest(), "sources_digest": tutorials_digest(tutorials, sources)}
+    root = Path(recipe.dataset.root) / w.dataset_name
+    # a run killed after it wrote this version: its resume takes that version (`datasets/resume.py`)
+    version = publish_once(recipe.work_dir, root, lineage, lambda: write_dataset(
+        recipe.dataset.root, w.dataset_name, records, lineage, summary, licenses=tutorial_licenses(tutorials, sources),
+        allowed=declared_credentials(checked)))
+    return {"version": version, "root": str(root), "summary": summary,
             "counts": {k: len(v) for k, v in records.items()},
             "verified": sum(r.verified for r in record)}
