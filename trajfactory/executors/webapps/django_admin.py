@@ -16,21 +16,15 @@ import json
 import os
 import random
 import shutil
-import socket
-import sqlite3
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-import weakref
 from pathlib import Path
 from typing import Any
 
 from trajfactory.schema import content_hash
 from trajfactory.settings.sites import SiteFacts
 
-from .adapter import SiteAdapter
+from .served import ServedAdapter, ServedEpisode, copy_db, read_db
 
 SETTINGS = '''import os
 SECRET_KEY = "trajfactory-demo-site-not-a-secret"
@@ -105,12 +99,6 @@ FACTS = SiteFacts(
     missing_features=["Export users to CSV", "Send invitation email", "Impersonate user", "Two-factor setup"])
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _plan(seed: int) -> dict[str, Any]:
     rng = random.Random(f"django_admin:{seed}")
     names = rng.sample(FIRST, 5)
@@ -123,53 +111,26 @@ def _plan(seed: int) -> dict[str, Any]:
     return {"groups": [{"name": g, "perms": GROUPS[g]} for g in groups], "users": users}
 
 
-class DjangoAdminInstance:
+class DjangoAdminInstance(ServedEpisode):
     """One episode: its own database file and `runserver` process."""
 
+    ready_path = "/admin/login/"
+    LABELS = LABELS
+
     def __init__(self, adapter: "DjangoAdminAdapter", seed: int, template: Path):
-        self.adapter, self.seed, self.template = adapter, seed, template
-        self.dir = Path(tempfile.mkdtemp(prefix="tf-django-episode-"))
+        super().__init__(adapter, seed, template)
         self.db = self.dir / "db.sqlite3"
         shutil.copyfile(template, self.db)
-        self._seeded = {r[0]: r[1] for r in _read(template, "SELECT username, password FROM auth_user")}
+        self._seeded = {r[0]: r[1] for r in read_db(template, "SELECT username, password FROM auth_user")}
         host = adapter.host
-        port = _free_port(host)
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{host}:{self.port}"
         env = {**os.environ, "TF_SITE_DB": str(self.db), "DJANGO_SETTINGS_MODULE": "tf_site_settings",
                "PYTHONPATH": str(adapter.project_dir())}
-        with open(self.dir / "server.log", "wb") as log:  # the child keeps its own handle
-            self._proc = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", "--skip-checks",
-                                           f"{host}:{port}"], env=env, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=log)
-        self._finalizer = weakref.finalize(self, _stop, self._proc, self.dir)
-        self._wait_ready(adapter.start_timeout)
-
-    def _wait_ready(self, timeout: float) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with opener.open(self.url + "/admin/login/", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        log = (self.dir / "server.log").read_text(errors="replace")[-2000:]
-        self.close()
-        raise RuntimeError(f"django_admin site did not answer on {self.url} within {timeout}s: {log}")
-
-    @property
-    def accounts(self) -> dict[str, str]:
-        return self.adapter.accounts(self.seed)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict(LABELS)
+        self.serve([sys.executable, "-m", "django", "runserver", "--noreload", "--skip-checks", f"{host}:{self.port}"],
+                   env, stdout_to_log=False)
 
     def state(self) -> dict[str, Any]:
-        tables = {t: _read(self.db, sql, dict_rows=True) for t, sql in STATE_QUERIES.items()}
+        tables = {t: read_db(self.db, sql, dict_rows=True) for t, sql in STATE_QUERIES.items()}
         for row in tables["auth_user"]:  # a salted hash differs on every set: only whether it changed matters
             pw = row["password"] or ""
             row["password"] = ("unusable" if not pw or pw.startswith("!") else
@@ -177,55 +138,16 @@ class DjangoAdminInstance:
         return {"app": self.adapter.name, "seed": self.seed, **tables}
 
     def reset(self) -> None:
-        src, dst = sqlite3.connect(self.template), sqlite3.connect(self.db, timeout=10)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
-
-    def close(self) -> None:
-        self._finalizer()
-
-    def __enter__(self) -> "DjangoAdminInstance":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        copy_db(self.template, self.db)
 
 
-def _stop(proc: subprocess.Popen, folder: Path) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _read(db: Path, sql: str, dict_rows: bool = False) -> list:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        if dict_rows:
-            con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute(sql)]
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-class DjangoAdminAdapter(SiteAdapter):
+class DjangoAdminAdapter(ServedAdapter):
     """Django's admin site. Recipe form: `{name: django_admin, kind: django_admin, options: {start_timeout: 30}}`."""
 
     kind = "django_admin"
 
-    def __init__(self, name: str | None = None, host: str = "127.0.0.1", start_timeout: float = 30.0,
-                 cache_dir: str | None = None):
-        super().__init__(FACTS if name in (None, FACTS.name) else FACTS.model_copy(update={"name": name}))
-        self.host, self.start_timeout = host, start_timeout
-        self._cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "trajfactory-sites"
+    FACTS = FACTS
+    episode = DjangoAdminInstance
 
     def project_dir(self) -> Path:
         """The generated project (settings, urls), one per Django version and project code."""
@@ -258,19 +180,6 @@ class DjangoAdminAdapter(SiteAdapter):
                                f"{done.stderr[-2000:]}")
         tmp.replace(path)
         return path
-
-    def start(self, seed: int = 0) -> DjangoAdminInstance:
-        template = self.template(seed)
-        for attempt in range(3):  # the free port may be taken between picking and binding it
-            try:
-                return DjangoAdminInstance(self, seed, template)
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def labels(self, seed: int = 0) -> dict[str, str]:
-        return dict(LABELS)
 
     def accounts(self, seed: int = 0) -> dict[str, str]:
         """The superuser's account (other seeded users cannot manage users)."""

@@ -23,21 +23,15 @@ import json
 import os
 import random
 import shutil
-import sqlite3
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-import weakref
 from pathlib import Path
 from typing import Any
 
 from trajfactory.schema import content_hash
 from trajfactory.settings.sites import SiteFacts
 
-from .adapter import SiteAdapter
-from .django_admin import _free_port, _read, _stop
+from .served import ServedAdapter, ServedEpisode, copy_db, read_db
 
 TRACKER = "tracker"
 """The tracker's name in its URL: episodes serve it at `http://host:port/tracker/`."""
@@ -154,56 +148,28 @@ def message_file(home: Path, msg_id: int) -> Path:
     return home / "db" / "files" / "msg" / str(msg_id // 1000) / f"msg{msg_id}"
 
 
-class RoundupInstance:
+class RoundupInstance(ServedEpisode):
     """One episode: its own tracker home (database, message files, config) and `roundup-server` process."""
 
+    LABELS = LABELS
+
     def __init__(self, adapter: "RoundupAdapter", seed: int, template: Path):
-        self.adapter, self.seed, self.template = adapter, seed, template
-        self.dir = Path(tempfile.mkdtemp(prefix="tf-roundup-episode-"))
+        super().__init__(adapter, seed, template)
         self.home = self.dir / TRACKER
         shutil.copytree(template, self.home)
-        self._seeded = {r[0]: r[1] for r in _read(template / "db" / "db", "SELECT _username, _password FROM _user")}
+        self._seeded = {r[0]: r[1] for r in read_db(template / "db" / "db", "SELECT _username, _password FROM _user")}
         host = adapter.host
-        port = _free_port(host)
-        self.url = f"http://{host}:{port}/{TRACKER}"
+        self.url = f"http://{host}:{self.port}/{TRACKER}"
         config = self.home / "config.ini"
         config.write_text(config.read_text().replace(WEB_PLACEHOLDER, f"{self.url}/"))
-        cmd = [sys.executable, "-m", "roundup.scripts.roundup_server", "-n", host, "-p", str(port)]
+        cmd = [sys.executable, "-m", "roundup.scripts.roundup_server", "-n", host, "-p", str(self.port)]
         if hasattr(os, "getuid") and os.getuid() == 0:  # roundup-server refuses root unless told which user to be
             cmd += ["-u", "0"]
-        with open(self.dir / "server.log", "wb") as log:  # the child keeps its own handle
-            self._proc = subprocess.Popen([*cmd, f"{TRACKER}={self.home}"], cwd=self.dir, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT)
-        self._finalizer = weakref.finalize(self, _stop, self._proc, self.dir)
-        self._wait_ready(adapter.start_timeout)
-
-    def _wait_ready(self, timeout: float) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with opener.open(self.url + "/", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        log = (self.dir / "server.log").read_text(errors="replace")[-2000:]
-        self.close()
-        raise RuntimeError(f"roundup site did not answer on {self.url}/ within {timeout}s: {log}")
-
-    @property
-    def accounts(self) -> dict[str, str]:
-        return self.adapter.accounts(self.seed)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict(LABELS)
+        self.serve([*cmd, f"{TRACKER}={self.home}"])
 
     def state(self) -> dict[str, Any]:
         db = self.home / "db" / "db"
-        tables = {t: _read(db, sql, dict_rows=True) for t, sql in STATE_QUERIES.items()}
+        tables = {t: read_db(db, sql, dict_rows=True) for t, sql in STATE_QUERIES.items()}
         for row in tables["msg"]:
             path = message_file(self.home, int(row["id"]))
             row["content"] = path.read_text(errors="replace") if path.exists() else None
@@ -214,36 +180,19 @@ class RoundupInstance:
         return {"app": self.adapter.name, "seed": self.seed, **tables}
 
     def reset(self) -> None:
-        src, dst = sqlite3.connect(self.template / "db" / "db"), sqlite3.connect(self.home / "db" / "db", timeout=10)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
+        copy_db(self.template / "db" / "db", self.home / "db" / "db")
         files = self.home / "db" / "files"
         shutil.rmtree(files, ignore_errors=True)
         shutil.copytree(self.template / "db" / "files", files)
 
-    def close(self) -> None:
-        self._finalizer()
 
-    def __enter__(self) -> "RoundupInstance":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class RoundupAdapter(SiteAdapter):
+class RoundupAdapter(ServedAdapter):
     """Roundup's classic tracker. Recipe form: `{name: roundup, kind: roundup, options: {start_timeout: 30}}`."""
 
     kind = "roundup"
 
-    def __init__(self, name: str | None = None, host: str = "127.0.0.1", start_timeout: float = 30.0,
-                 cache_dir: str | None = None):
-        super().__init__(FACTS if name in (None, FACTS.name) else FACTS.model_copy(update={"name": name}))
-        self.host, self.start_timeout = host, start_timeout
-        self._cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "trajfactory-sites"
+    FACTS = FACTS
+    episode = RoundupInstance
 
     def template(self, seed: int) -> Path:
         """The installed, configured, seeded tracker home of `seed` (built once, then copied by every episode)."""
@@ -275,19 +224,6 @@ class RoundupAdapter(SiteAdapter):
         except OSError:  # another process built it first
             shutil.rmtree(tmp, ignore_errors=True)
         return path
-
-    def start(self, seed: int = 0) -> RoundupInstance:
-        template = self.template(seed)
-        for attempt in range(3):  # the free port may be taken between picking and binding it
-            try:
-                return RoundupInstance(self, seed, template)
-            except RuntimeError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def labels(self, seed: int = 0) -> dict[str, str]:
-        return dict(LABELS)
 
     def accounts(self, seed: int = 0) -> dict[str, str]:
         """The admin's account (it can edit every issue and user)."""
