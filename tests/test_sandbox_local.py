@@ -113,10 +113,12 @@ def test_reset_restores_checkout(sandbox, env):
 
 def test_reset_restores_the_whole_sandbox(sandbox, env):
     sandbox.execute("mkdir -p /tmp/a $HOME/.cache && echo x > /tmp/a/f && echo y > $HOME/.cache/g "
-                    "&& mkdir /tmp/locked && touch /tmp/locked/f && chmod 000 /tmp/locked")
+                    "&& mkdir /tmp/locked && touch /tmp/locked/f && chmod 000 /tmp/locked "
+                    "&& ln -s /usr /tmp/out && ln -s $HOME/.cache /tmp/in")  # links to dirs, as pytest's basetemp has
     sandbox.reset()
+    assert oct(Path("/usr").stat().st_mode & 0o777) == "0o755"  # a link is removed, never its target chmod-ed
     # (bubblewrap makes the mount points of the scratch and environment dirs in /tmp when pytest keeps them there)
-    assert not {"a", "locked"} & set(sandbox.execute("ls -A /tmp").output.split())
+    assert not {"a", "locked", "out", "in"} & set(sandbox.execute("ls -A /tmp").output.split())
     assert sandbox.execute("ls -A $HOME").output.split() == [".gitconfig"]
     # git's own settings changed: the checkout is copied afresh rather than trusted to git
     sandbox.execute("git config filter.x.smudge 'touch /tmp/pwned; cat' && echo '* filter=x' > .git/info/attributes")

@@ -38,8 +38,10 @@ def remove_tree(path: Path) -> None:
         return
     for root, dirs, _ in os.walk(path):
         for d in dirs:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+            target = os.path.join(root, d)
+            if not os.path.islink(target):  # a link's target may lie outside the tree (Linux cannot chmod a link)
+                with contextlib.suppress(OSError):
+                    os.chmod(target, 0o700)
     shutil.rmtree(path, ignore_errors=True)
 
 
