@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from trajfactory.server.cli import _fail
+
 cluster_app = typer.Typer(
     help="Scale-out on Ray (opt-in): start the image registry and Ray nodes, each with its own Docker engine; a "
     "recipe's `cluster: {address: HOST:PORT, registry: localhost:5000}` then runs the sandbox fan-out on them.",
@@ -24,9 +26,6 @@ def _root(path: Optional[Path]) -> Path:
     return path or default_root()
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    raise typer.Exit(1) from None
 
 
 @cluster_app.command("registry")
