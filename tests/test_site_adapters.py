@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.cookiejar
 import re
 import textwrap
-import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -152,7 +151,7 @@ def test_django_admin_episodes_in_parallel_are_isolated_and_reset_restores_the_t
     adapter = get_adapter("django_admin")
     adapter.template(0)  # built once per seed; later starts only copy it
 
-    def episode(new_user: str) -> tuple[dict, dict, dict, float]:
+    def episode(new_user: str) -> tuple[dict, dict, dict]:
         with adapter.start(0) as site:
             user, password = next(iter(site.accounts.items()))
             initial = site.state()
@@ -160,19 +159,16 @@ def test_django_admin_episodes_in_parallel_are_isolated_and_reset_restores_the_t
             client.login(user, password)
             client.add_user(new_user, "Larch-5521-q")
             changed = site.state()
-            t0 = time.perf_counter()
             site.reset()
-            took = time.perf_counter() - t0
-            return initial, changed, site.state(), took
+            return initial, changed, site.state()
 
     with ThreadPoolExecutor(2) as ex:
-        (i1, c1, r1, t1), (i2, c2, r2, t2) = ex.map(episode, ["nadia", "oskar"])
+        (i1, c1, r1), (i2, c2, r2) = ex.map(episode, ["nadia", "oskar"])
     assert _usernames(c1) - _usernames(i1) == {"nadia"} and _usernames(c2) - _usernames(i2) == {"oskar"}
     new = next(r for r in c1["auth_user"] if r["username"] == "nadia")
     assert new["password"] == "set" and next(r for r in c1["auth_user"] if r["username"] == "admin")["last_login"]
     # reset: the template's rows again (the admin's sign-in time was undone too)
-    assert r1 == i1 and r2 == i2
-    assert max(t1, t2) < 1.0, (t1, t2)
+    assert r1 == i1 and r2 == i2  # (how long a reset takes is bench/web_yield.py's figure, not a test's)
 
 
 def _tutorial(text: str) -> Tutorial:
