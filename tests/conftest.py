@@ -19,6 +19,31 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _trajfactory_containers() -> set[str]:
+    try:
+        import docker
+
+        client = docker.from_env()
+        return {c.id for c in client.containers.list(all=True, filters={"label": "trajfactory=1"})}
+    except Exception:  # no engine yet: the docker_backend fixture says so
+        return set()
+
+
+def pytest_sessionstart(session):
+    # containers a killed earlier session left behind are not this session's leak
+    session.config.stash[_BEFORE] = _trajfactory_containers()
+
+
+_BEFORE = pytest.StashKey[set]()
+
+
+@pytest.fixture
+def containers_left(request):
+    """The trajfactory containers this test session created and did not remove."""
+    before = request.config.stash.get(_BEFORE, set())
+    return lambda: sorted(_trajfactory_containers() - before)
+
+
 @pytest.fixture(scope="session")
 def docker_backend():
     from trajfactory.executors.docker import DockerBackend, engine_available

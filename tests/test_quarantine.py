@@ -62,11 +62,8 @@ def test_a_suite_that_grows_the_harness_record_is_refused_not_read(docker_backen
 
 
 @pytest.mark.docker
-def test_no_container_left_behind_after_runaway_suites(docker_backend):
-    import docker
-
-    client = docker.from_env()
-    assert client.containers.list(all=True, filters={"label": "trajfactory=1"}) == []
+def test_no_container_left_behind_after_runaway_suites(docker_backend, containers_left):
+    assert containers_left() == []
 
 
 @pytest.mark.docker
