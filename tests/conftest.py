@@ -121,22 +121,28 @@ def stub():
         s.close()
 
 
+def write_tutorials(dest: Path) -> Path:
+    """One small how-to per bundled app (shop, forum, tracker) under `dest/APP/howto.md`."""
+    from test_web_tasks import FORUM, SHOP, TRACKER
+
+    for app, text in {"shop": SHOP, "forum": "How to start a discussion\n" + FORUM, "tracker": TRACKER}.items():
+        title, body = text.split("\n", 1)
+        (dest / app).mkdir(parents=True)
+        (dest / app / "howto.md").write_text(f"# {title}\n\n{body.strip()}\n")
+    return dest
+
+
 @pytest.fixture(scope="session")
 def web_version(tmp_path_factory) -> Path:
     """A small real web version from the factory's web pipeline (tutorials -> checked tasks with infeasible twins ->
     replayed trajectories -> splits by site): the test split is one site's feasible task and its infeasible twin.
     Shared by the web evaluation and web GRPO tests."""
-    from test_web_tasks import FORUM, SHOP, TRACKER
     from trajfactory.pipelines import web
     from trajfactory.pipelines.runner import LocalRunner
     from trajfactory.settings import Recipe
 
-    tutorials = {"shop": SHOP, "forum": "How to start a discussion\n" + FORUM, "tracker": TRACKER}
     root = tmp_path_factory.mktemp("webdata")
-    for app, text in tutorials.items():
-        title, body = text.split("\n", 1)
-        (root / "tutorials" / app).mkdir(parents=True)
-        (root / "tutorials" / app / "howto.md").write_text(f"# {title}\n\n{body.strip()}\n")
+    write_tutorials(root / "tutorials")
     recipe = Recipe.model_validate({"name": "web-eval-test", "work_dir": str(root / "work"),
                                     "dataset": {"root": str(root / "datasets")},
                                     "web": {"tutorials": [str(root / "tutorials")], "infeasible_share": 1.0,

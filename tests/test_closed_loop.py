@@ -46,8 +46,14 @@ def test_a_bad_train_section_is_named(tmp_path):
         load_recipe(_recipe(tmp_path, {"repos": [{"uri": "builtin:textkit"}], "train": {"sft": {"max_steps": -5}}}))
     with pytest.raises(RecipeError, match=r"field `train.eval_split`"):
         load_recipe(_recipe(tmp_path, {"repos": [{"uri": "builtin:textkit"}], "train": {"eval_split": "holdout"}}))
-    with pytest.raises(RecipeError, match=r"`train:` trains and evaluates on the run's SWE tasks: add `repos:`"):
+    with pytest.raises(RecipeError, match=r"on the run's SWE tasks \(`train.data: swe`\): add `repos:`, set `train.data"):
         load_recipe(_recipe(tmp_path, {"web": {"tutorials": ["builtin:docs"]}, "train": {}}))
+    with pytest.raises(RecipeError, match=r"`train.data: web` trains and evaluates on the run's web tasks: add a `web:`"):
+        load_recipe(_recipe(tmp_path, {"repos": [{"uri": "builtin:textkit"}], "train": {"data": "web"}}))
+    with pytest.raises(RecipeError, match=r"field `train.data`"):
+        load_recipe(_recipe(tmp_path, {"repos": [{"uri": "builtin:textkit"}], "train": {"data": "both"}}))
+    web = load_recipe(_recipe(tmp_path, {"web": {"tutorials": ["builtin:docs"]}, "train": {"data": "web"}}))
+    assert web.train.data == "web" and not web.repos
 
 
 def test_run_keys_change_with_the_data_the_model_and_the_settings(tmp_path, tiny_model):

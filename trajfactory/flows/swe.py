@@ -90,24 +90,32 @@ def factory_flow(recipe: Recipe, only_if_new: bool = False) -> dict:
         if recipe.web is not None:
             web = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.web.browsers))(
                 recipe, endpoint=endpoint if recipe.web_uses_model() else None)
-        if not recipe.repos:
-            return {"web": web}
-        harvest_flow(recipe)
-        synthesize_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
-        rollout_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
-        verified = verify_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
-        result = build_flow(recipe, only_if_new=only_if_new)
+        if recipe.repos:
+            harvest_flow(recipe)
+            synthesize_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
+            rollout_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
+            verified = verify_flow.with_options(task_runner=runner)(recipe, endpoint=endpoint)
+            result = build_flow(recipe, only_if_new=only_if_new)
+    if not recipe.repos:
+        return _close_loop(recipe, {"web": web})
     if result.get("unchanged"):
         get_run_logger().info("dataset %s: no new version, %s was made from the same recipe and sources",
                               recipe.dataset.name, result["version"])
     else:
         get_run_logger().info("dataset %s version %s: %s; %d/%d trajectories verified", recipe.dataset.name,
                               result["version"], result["counts"], verified["passed"], verified["verdicts"])
-    result = {**result, "web": web, "judge_agreement": verified["judge_agreement"]}
-    if recipe.train is not None:  # after the run's model server stopped: training and eval serve their own
-        try:
-            result["closed_loop"] = train_flow(recipe, f"{result['root']}@{result['version']}")
-        except (TrainError, EvalError) as exc:  # the datasets are written; say why the loop could not run
-            get_run_logger().error("closed loop: %s", exc)
-            result["closed_loop_error"] = str(exc)
+    return _close_loop(recipe, {**result, "web": web, "judge_agreement": verified["judge_agreement"]})
+
+
+def _close_loop(recipe: Recipe, result: dict) -> dict:
+    """With a `train:` section, the closed loop on the new version of the dataset `train.data` names, after the run's
+    model server stopped (training and eval serve their own)."""
+    if recipe.train is None:
+        return result
+    made = result["web"] if recipe.train.data == "web" else result
+    try:
+        result["closed_loop"] = train_flow(recipe, f"{made['root']}@{made['version']}")
+    except (TrainError, EvalError) as exc:  # the datasets are written; say why the loop could not run
+        get_run_logger().error("closed loop: %s", exc)
+        result["closed_loop_error"] = str(exc)
     return result

@@ -20,7 +20,7 @@ from trajfactory.training.evaluate import table_rows
 
 @flow(name="train-and-eval")
 def train_flow(recipe: Recipe, data: str) -> dict:
-    """The run's SWE dataset version -> a fine-tuned model -> its scores beside the untrained model's."""
+    """The run's dataset version (SWE or web) -> a fine-tuned model -> its scores beside the untrained model's."""
     result = closed_loop(recipe, data, PrefectRunner())
     report = result["report"]
     sides = [s for s in ("model", "baseline") if s in report["models"]]

@@ -1,5 +1,6 @@
 """The closed loop at the end of `trajfactory run` (the recipe's `train:` section): fine-tune a model on the run's own
-verified SWE trajectories, then evaluate it against the untrained model on held-out tasks.
+verified trajectories (its SWE or its web dataset, `train.data`), then evaluate it against the untrained model on
+held-out tasks.
 
     result = closed_loop(recipe, "trajfactory-out/datasets/trajfactory-swe-demo@v3", runner)
     result["report"]          # the eval report (report.json): the trained model beside its base, score by score
@@ -25,12 +26,14 @@ from typing import Any
 
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.pipelines.evaluate import evaluate
+from trajfactory.pipelines.evaluate_web import evaluate_web
 from trajfactory.pipelines.runner import Runner
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
 from trajfactory.settings.training import EvalSettings, TrainConfig
 from trajfactory.training import dpo, grpo, sft
 from trajfactory.training.common import model_identity, parse_data_ref, run_key
+from trajfactory.training.eval_web import is_web_version
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def dpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, An
 
 
 def grpo_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, Any]:
-    """GRPO from `model` (the last training output) on the version's SWE tasks into `OUT_ROOT/grpo-KEY` (reused when
+    """GRPO from `model` (the last training output) on the version's tasks into `OUT_ROOT/grpo-KEY` (reused when
     complete, resumed from its last checkpoint when killed with `checkpoint_every` set)."""
     cfg = recipe.train
     key = run_key(grpo.KIND, digest, model, cfg.grpo)
@@ -106,7 +109,8 @@ def eval_settings(cfg: TrainConfig) -> EvalSettings:
 
 
 def eval_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, Any]:
-    """The trained `model` beside the untrained base on the held-out split, into `OUT_ROOT/eval-KEY`."""
+    """The trained `model` beside the untrained base on the held-out split (SWE or web tasks, as the version holds),
+    into `OUT_ROOT/eval-KEY`."""
     cfg = recipe.train
     settings = eval_settings(cfg)
     baseline = cfg.base_model if cfg.baseline else None
@@ -116,7 +120,8 @@ def eval_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, A
     if (report := _done(out, "report.json", key)) is not None:
         log.info("evaluation %s is complete for these models, data and settings: reused", out)
         return {**report, "reused": True}
-    report = evaluate(data, model, baseline, cfg.eval_split, settings, out)
+    run = evaluate_web if is_web_version(data) else evaluate  # web tasks in the browser, or SWE tasks in sandboxes
+    report = run(data, model, baseline, cfg.eval_split, settings, out)
     report["run_key"] = key  # marks the report complete
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -125,7 +130,7 @@ def eval_step(recipe: Recipe, data: str, digest: str, model: str) -> dict[str, A
 
 
 def closed_loop(recipe: Recipe, data: str, runner: Runner) -> dict[str, Any]:
-    """Train on `data` (`DIR@vN`, the run's SWE dataset version) and evaluate, as the recipe's `train:` says."""
+    """Train on `data` (`DIR@vN`, the run's SWE or web dataset version) and evaluate, as the recipe's `train:` says."""
     if recipe.train is None:
         raise ValueError("the recipe has no `train:` section")
     root, version = parse_data_ref(data)

@@ -61,8 +61,8 @@ class Recipe(Section):
     web: WebConfig | None = None
     """The web half: tutorials -> web tasks -> verified browser trajectories (omit it to skip)."""
     train: TrainConfig | None = None
-    """The closed loop after the datasets are written: fine-tune a model on the run's verified SWE trajectories and
-    evaluate it against the untrained one on held-out tasks (omit it to skip)."""
+    """The closed loop after the datasets are written: fine-tune a model on the run's verified SWE (or web, with
+    `train.data: web`) trajectories and evaluate it against the untrained one on held-out tasks (omit it to skip)."""
     cluster: ClusterConfig | None = None
     """Run the sandbox fan-out (validation, gold proofs, rollouts, verdicts) on a Ray cluster (omit it to run here)."""
 
@@ -70,8 +70,12 @@ class Recipe(Section):
     def _has_work(self) -> "Recipe":
         if not self.repos and self.web is None:
             raise ValueError("nothing to do: give `repos:` (SWE tasks) and/or a `web:` section (web tasks)")
-        if self.train is not None and not self.repos:
-            raise ValueError("`train:` trains and evaluates on the run's SWE tasks: add `repos:`, or drop `train:`")
+        if self.train is not None and self.train.data == "swe" and not self.repos:
+            raise ValueError("`train:` trains and evaluates on the run's SWE tasks (`train.data: swe`): add `repos:`, "
+                             "set `train.data: web` to train on the web tasks, or drop `train:`")
+        if self.train is not None and self.train.data == "web" and self.web is None:
+            raise ValueError("`train.data: web` trains and evaluates on the run's web tasks: add a `web:` section, or "
+                             "set `train.data: swe`")
         if self.model is None:
             users = [what for what, used in (
                 ("rollout.policies: [model]", "model" in self.rollout.policies),

@@ -24,7 +24,8 @@ class TrainSettings(Section):
     max_length: int = Field(2048, ge=16)
     """Longest training sequence in tokens; longer rows follow the context policy (see `training/context.py`)."""
     clip_tool_output_chars: int | None = Field(None, ge=64)
-    """Clip each tool output to this many characters (head and tail kept) before fitting the context; None: off."""
+    """Clip each observation (a tool output, a web page) to this many characters (head and tail kept) before fitting
+    the context; None: off."""
     max_steps: int = Field(-1, ge=-1)
     """Optimizer steps to take; -1: run `epochs` epochs."""
     epochs: float = Field(1.0, gt=0)
@@ -156,14 +157,17 @@ class EvalSettings(Section):
 
 
 class TrainConfig(Section):
-    """The recipe's `train:` section: the closed loop at the end of `trajfactory run`. The run's new SWE dataset
-    version trains `base_model` (SFT, then DPO and GRPO when set) on its `sft.splits`, and the result is evaluated
-    against the untrained base on the held-out `eval_split`, with the report's before/after table printed.
+    """The recipe's `train:` section: the closed loop at the end of `trajfactory run`. The run's new dataset version
+    (`data`: its SWE or its web dataset) trains `base_model` (SFT, then DPO and GRPO when set) on its `sft.splits`,
+    and the result is evaluated against the untrained base on the held-out `eval_split` (SWE tasks in sandboxes, or
+    web tasks in the browser), with the report's before/after table printed.
 
     Each step is cached by what it depends on: a training output is `OUT_ROOT/sft-KEY` (KEY: the dataset version's
     content digest, the base model, the settings), an evaluation `OUT_ROOT/eval-KEY`; a run that finds a complete
     one reuses it, and a killed training run resumes from its last checkpoint (`sft.checkpoint_every`)."""
 
+    data: Literal["swe", "web"] = "swe"
+    """Which of the run's datasets the loop trains and evaluates on: `swe` (needs `repos:`) or `web` (needs `web:`)."""
     base_model: str = "builtin:tiny"
     """The model to fine-tune and the baseline: `builtin:tiny` or a local model directory."""
     out_root: str = "trajfactory-out/train"
@@ -172,7 +176,8 @@ class TrainConfig(Section):
     dpo: DPOSettings | None = None
     """Preference training from the SFT output on (verified, failed) pairs of the same task; None: skip."""
     grpo: GRPOSettings | None = None
-    """Online RL from the last output (SFT, or DPO) on the version's SWE tasks, rewarded by the tests; None: skip."""
+    """Online RL from the last output (SFT, or DPO) on the version's tasks, rewarded by the verifier (tests, or the web
+    task's state checks); None: skip."""
     eval: EvalSettings = Field(default_factory=EvalSettings)
     eval_split: Literal["train", "validation", "test", "all"] = "test"
     """Which tasks the trained model and the baseline are evaluated on (held out: `test` or `validation`)."""

@@ -10,7 +10,8 @@ Template (loss on assistant turns only, via TRL's `assistant_only_loss`, which n
 The markers change nothing in the rendered text (checked on every row before training), and they are used for
 training only: the saved model keeps its own template, which vLLM serves.
 
-Context policy, per row (after clipping tool outputs when `clip_tool_output_chars` is set):
+Context policy, per row (after clipping observations when `clip_tool_output_chars` is set: tool outputs, and a web
+trajectory's pages):
   - it fits `max_length` tokens: used as it is;
   - it does not: cut at a turn boundary, keeping the longest prefix that ends after an assistant turn and fits
     (counted as truncated);
@@ -103,13 +104,17 @@ def count_tokens(tokenizer, messages: list[dict], tools: list[dict] | None, temp
 
 
 def clip_tool_outputs(messages: list[dict], limit: int | None) -> tuple[list[dict], int]:
-    """Tool outputs longer than `limit` characters cut to their head and tail; returns the messages and how many."""
+    """Observations longer than `limit` characters cut to their head and tail; returns the messages and how many.
+    Observations are tool outputs, and the user turns after the first (a web trajectory's pages: the first user turn
+    is the task)."""
     if not limit:
         return messages, 0
-    out, clipped = [], 0
+    out, clipped, users = [], 0, 0
     for m in messages:
         content = m.get("content")
-        if m["role"] == "tool" and isinstance(content, str) and len(content) > limit:
+        users += m["role"] == "user"
+        observation = m["role"] == "tool" or (m["role"] == "user" and users > 1)
+        if observation and isinstance(content, str) and len(content) > limit:
             m = {**m, "content": clip_middle(content, limit)}
             clipped += 1
         out.append(m)
