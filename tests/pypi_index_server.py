@@ -1,5 +1,5 @@
 """A package index stand-in on loopback, for tests (PyPI is a remote service): the simple repository API that pip
-and `trajfactory.sources.pypi_index` speak, over real HTTP, serving files the test adds.
+and `trajfactory.sources.pypi_index` speak, over real HTTP (or HTTPS with a certificate the test makes), serving files the test adds.
 
     GET /simple/{project}/      PEP 691 JSON when asked for `application/vnd.pypi.simple.v1+json` (unless `html_only`),
                                 else PEP 503 HTML (links with `#sha256=` and `data-yanked`); 404 for an unknown project
@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import re
+import ssl
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -55,12 +56,18 @@ class IndexFile:
 class PackageIndex:
     """The index's projects and files; `url` is what PIP_INDEX_URL takes."""
 
-    def __init__(self, html_only: bool = False):
+    def __init__(self, html_only: bool = False, tls: tuple[Path, Path] | None = None):
+        """`tls`: (certificate, key) files to serve HTTPS with."""
         self.projects: dict[str, list[IndexFile]] = {}
         self.html_only = html_only
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/simple"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/simple"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def add(self, project: str, filename: str, data: bytes, *, yanked: bool = False, sha256: str = "") -> None:

@@ -63,11 +63,45 @@ def test_without_pip_index_url_the_index_of_pips_own_configuration_is_asked(tmp_
         conf.write_text(f"[global]\nindex-url = {idx.url}\n")
         monkeypatch.delenv("PIP_INDEX_URL", raising=False)
         monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
-        pypi_index._configured_index.cache_clear()
+        pypi_index._pip_config.cache_clear()
         try:
             assert expand_uri(f"pypi:{NAME}@latest:1") == [f"pypi:{NAME}==1.0"] and idx.requests
         finally:
-            pypi_index._configured_index.cache_clear()
+            pypi_index._pip_config.cache_clear()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "index.pem", tmp_path / "index.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_an_https_index_is_trusted_through_the_cert_of_pips_configuration(tmp_path, monkeypatch):
+    cert, key = _self_signed(tmp_path)
+    with PackageIndex(tls=(cert, key)) as idx:
+        publish(idx, "1.0")
+        conf = tmp_path / "pip.conf"
+        monkeypatch.delenv("PIP_CERT", raising=False)
+        monkeypatch.setenv("PIP_INDEX_URL", idx.url)
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+        try:
+            conf.write_text("[global]\n")  # the host's CAs do not know the index's certificate
+            pypi_index._pip_config.cache_clear()
+            with pytest.raises(SourceError, match="cannot reach the package index") as err:
+                expand_uri(f"pypi:{NAME}@latest:1")
+            assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)
+            conf.write_text(f"[global]\ncert = {cert}\n")  # pip's own setting, as pip reads it
+            pypi_index._pip_config.cache_clear()
+            assert expand_uri(f"pypi:{NAME}@latest:1") == [f"pypi:{NAME}==1.0"]
+            conf.write_text(f"[global]\ncert = {tmp_path / 'gone.pem'}\n")
+            pypi_index._pip_config.cache_clear()
+            with pytest.raises(SourceError, match=r"CA bundle .*gone.pem \(PIP_CERT, or `cert` in pip's configuration\) "
+                                                  r"is not a file"):
+                expand_uri(f"pypi:{NAME}@latest:1")
+        finally:
+            pypi_index._pip_config.cache_clear()
 
 
 def test_a_resolved_release_is_harvested_from_the_index_and_its_hash_checked(index, tmp_path):

@@ -52,26 +52,39 @@ def index_url() -> str:
 
 
 @lru_cache(maxsize=1)
-def _configured_index() -> str:
-    """The `index-url` of pip's configuration files (global, user, site, PIP_CONFIG_FILE), as `pip config list`
-    shows it; '' if none."""
+def _pip_config() -> dict[str, str]:
+    """pip's configuration files (global, user, site, PIP_CONFIG_FILE) as `pip config list` shows them."""
     try:
         out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
                              timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
+        return {}
     found = {}
     for line in out.stdout.splitlines():
         key, _, value = line.partition("=")
-        if key in ("global.index-url", "download.index-url"):
-            found[key] = value.strip().strip("'\"")
-    return found.get("download.index-url") or found.get("global.index-url") or ""
+        found[key] = value.strip().strip("'\"")
+    return found
 
 
-def _tls() -> ssl.SSLContext | bool:
-    """The CA bundle pip is told to trust (PIP_CERT), else the default one."""
-    cafile = os.environ.get("PIP_CERT")
-    return ssl.create_default_context(cafile=cafile) if cafile and os.path.isfile(cafile) else True
+def _configured(option: str) -> str:
+    """An option of pip's configuration (its `download` section first, then `global`); '' if none."""
+    config = _pip_config()
+    return config.get(f"download.{option}") or config.get(f"global.{option}") or ""
+
+
+def _configured_index() -> str:
+    return _configured("index-url")
+
+
+def _tls(uri: str) -> ssl.SSLContext | bool:
+    """The CA bundle pip is told to trust (PIP_CERT, else `cert` in pip's configuration), else the default one."""
+    cafile = os.environ.get("PIP_CERT") or _configured("cert")
+    if not cafile:
+        return True
+    if not os.path.isfile(cafile):
+        raise SourceError("unreachable", f"{uri!r}: pip's CA bundle {cafile} (PIP_CERT, or `cert` in pip's "
+                          "configuration) is not a file; fix the path or unset it", uri)
+    return ssl.create_default_context(cafile=cafile)
 
 
 def normalize(name: str) -> str:
@@ -86,7 +99,7 @@ def sdists(name: str, uri: str, timeout: float = 60.0) -> list[Sdist]:
     index = index_url()
     try:
         resp = httpx.get(f"{index}/{normalize(name)}/", headers={"Accept": _ACCEPT}, follow_redirects=True,
-                         timeout=timeout, verify=_tls())
+                         timeout=timeout, verify=_tls(uri))
     except httpx.TimeoutException as exc:
         raise SourceError("timeout", f"{uri!r}: the package index {index} did not answer within {timeout:g}s; "
                           "retry", uri) from exc
@@ -148,7 +161,7 @@ def download_sdist(name: str, version: str, dest: Path, uri: str, timeout: float
     part, digest = dest / (sdist.filename + ".part"), hashlib.sha256()
     log.info("downloading %s from %s", sdist.filename, sdist.url)
     try:
-        with (httpx.stream("GET", sdist.url, follow_redirects=True, timeout=timeout, verify=_tls()) as resp,
+        with (httpx.stream("GET", sdist.url, follow_redirects=True, timeout=timeout, verify=_tls(uri)) as resp,
               part.open("wb") as out):
             if resp.status_code >= 400:
                 raise SourceError("download_failed", f"{uri!r}: {sdist.url} answered {resp.status_code}; retry", uri)
