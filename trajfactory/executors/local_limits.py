@@ -14,10 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from trajfactory.runtime import pid_alive
 from trajfactory.settings import SandboxConfig
 
 from .base import SandboxError
-from .runs import pid_alive
 from .sandbox_fs import GIT_META
 
 log = logging.getLogger(__name__)

@@ -10,17 +10,15 @@ its own (under its exec root) in its own namespace, so it never sees the machine
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 
+from trajfactory.runtime import DaemonFailed, pid_in, start_daemon, stop_daemon
+
 from .base import InfrastructureError
-from .registry import wait_gone
 
 
 def _exec_root(root: Path) -> Path:
@@ -34,12 +32,7 @@ def engine_host(root: str | Path) -> str:
 
 
 def engine_pid(root: str | Path) -> int | None:
-    try:
-        pid = int(Path(root, "dockerd.pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    return pid_in(Path(root, "dockerd.pid"))
 
 
 def _answers(host: str) -> bool:
@@ -65,17 +58,11 @@ def start_node_engine(root: str | Path, insecure_registries: list[str] = (), tim
            "--pidfile", str(root / "dockerd.pid"), "--bridge=none", "--iptables=false", "--ip-masq=false",
            "--containerd-namespace", namespace, "--containerd-plugins-namespace", f"{namespace}-plugins",
            *[f"--insecure-registry={r}" for r in insecure_registries]]
-    with open(root / "dockerd.log", "ab") as logfile:
-        proc = subprocess.Popen(cmd, stdout=logfile, stderr=logfile, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while not _answers(host):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = (root / "dockerd.log").read_text(errors="replace")[-2000:]
-            stop_node_engine(root)
-            raise InfrastructureError(f"the node engine under {root} did not start; its log ({root}/dockerd.log):\n"
-                                      f"{tail}")
-        time.sleep(0.3)
+    try:
+        start_daemon(cmd, root / "dockerd.log", lambda: _answers(host), timeout=timeout)
+    except DaemonFailed as exc:
+        raise InfrastructureError(f"the node engine under {root} did not start ({exc.why}); its log "
+                                  f"({root}/dockerd.log):\n{exc.tail}") from None
     return host
 
 
@@ -85,10 +72,7 @@ def stop_node_engine(root: str | Path, remove: bool = False) -> bool:
     root = Path(root).resolve()
     pid = engine_pid(root)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        if not wait_gone(pid, 30):
-            os.kill(pid, signal.SIGKILL)
-            wait_gone(pid, 10)
+        stop_daemon(pid, 30)
     if remove:
         for path in (root, _exec_root(root)):
             for point in _mounts_under(path):

@@ -11,15 +11,13 @@ goes into it, so the same tag means the same image on every node, and a pulled i
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import docker.errors
 import httpx
+
+from trajfactory.runtime import DaemonFailed, pid_in, start_daemon, stop_daemon
 
 from .base import InfrastructureError
 
@@ -138,30 +136,20 @@ def start_registry(root: str | Path, port: int = 5000, host: str = "127.0.0.1", 
         raise InfrastructureError(f"another registry already answers on port {port}; pick another --port")
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yml").write_text(CONFIG.format(storage=root / "storage", host=host, port=port))
-    with open(root / "registry.log", "ab") as logfile:
-        proc = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=logfile, stderr=logfile,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc = start_daemon([binary, "serve", str(root / "config.yml")], root / "registry.log",
+                            lambda: registry_answers(address), timeout=timeout, interval=0.2)
+    except DaemonFailed as exc:
+        raise InfrastructureError(f"the registry on port {port} did not start ({exc.why}); its log "
+                                  f"({root}/registry.log):\n{exc.tail}") from None
     (root / "registry.pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout
-    while not registry_answers(address):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = (root / "registry.log").read_text(errors="replace")[-2000:]
-            stop_registry(root)
-            raise InfrastructureError(f"the registry on port {port} did not start; its log ({root}/registry.log):\n"
-                                      f"{tail}")
-        time.sleep(0.2)
     log.info("registry %s serving %s", address, root / "storage")
     return address
 
 
 def registry_pid(root: str | Path) -> int | None:
     """The pid of the registry started for `root`, when it still runs."""
-    try:
-        pid = int(Path(root, "registry.pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+    return pid_in(Path(root, "registry.pid"))
 
 
 def stop_registry(root: str | Path) -> bool:
@@ -169,24 +157,7 @@ def stop_registry(root: str | Path) -> bool:
     pid = registry_pid(root)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    wait_gone(pid)
+    stop_daemon(pid, 10)
     Path(root, "registry.pid").unlink(missing_ok=True)
     return True
 
-
-def wait_gone(pid: int, timeout: float = 10) -> bool:
-    """Wait until process `pid` has ended (reaping it when it is this process's child)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return True
-        time.sleep(0.1)
-    return False

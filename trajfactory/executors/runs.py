@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from trajfactory.runtime import pid_alive
+
 from .base import InfrastructureError
 from .docker import RUN_LABEL, cleanup_run_containers, engine_available, set_run_id
 
@@ -63,17 +65,6 @@ class WorkDirBusy(RuntimeError):
         super().__init__(f"work dir {work_dir} is in use by {who}; only one run may use a work dir at a time: "
                          "wait for that run to end, stop it, or give this recipe another `work_dir`")
         self.work_dir, self.holder = work_dir, holder
-
-
-def pid_alive(pid) -> bool:
-    """Whether process `pid` of this host exists (False for no pid at all)."""
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recorded_runs(work_dir: str | Path) -> list[dict]:

@@ -16,15 +16,12 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from trajfactory.executors.base import InfrastructureError
 from trajfactory.executors.node_engine import start_node_engine, stop_node_engine
-from trajfactory.executors.registry import wait_gone
+from trajfactory.runtime import DaemonFailed, start_daemon, stop_daemon
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 _STARTED = "Ray runtime started"
@@ -69,19 +66,16 @@ def start_node(root: str | Path, name: str, *, head: bool = False, address: str 
     node_env = {**os.environ, **(env or {}), "DOCKER_HOST": docker_host, "TRAJFACTORY_NODE": name}
     log = where / "ray.log"
     log.write_text("")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=node_env,
-                                start_new_session=True)
+    try:
+        proc = start_daemon(cmd, log, lambda: _STARTED in log.read_text(errors="replace"), timeout=timeout,
+                            env=node_env, tail_chars=3000)
+    except DaemonFailed as exc:
+        stop_node(root, name)  # its engine
+        raise InfrastructureError(f"Ray node {name} did not start (`{' '.join(cmd)}`: {exc.why}); its log ({log}):\n"
+                                  f"{exc.tail}") from None
     state = {"name": name, "pid": proc.pid, "head": head, "address": f"127.0.0.1:{port}" if head else address,
              "docker_host": docker_host, "own_engine": own_engine, "log": str(log)}
     (where / "node.json").write_text(json.dumps(state))
-    deadline = time.monotonic() + timeout
-    while _STARTED not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:]
-            stop_node(root, name)
-            raise InfrastructureError(f"Ray node {name} did not start (`{' '.join(cmd)}`); its log ({log}):\n{tail}")
-        time.sleep(0.3)
     return state
 
 
@@ -106,13 +100,8 @@ def stop_node(root: str | Path, name: str, remove_engine: bool = False) -> bool:
     False when it was not running."""
     where = _node_dir(Path(root), name)
     state = node_state(root, name)
-    if state:
-        try:  # the blocking `ray start` stops its node's processes on SIGTERM; the group catches any stray worker
-            os.kill(state["pid"], signal.SIGTERM)
-            if not wait_gone(state["pid"], 30):
-                os.killpg(state["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    if state:  # the blocking `ray start` stops its node's processes on SIGTERM; the group catches any stray worker
+        stop_daemon(state["pid"], 30)
     if (where / "engine").exists():
         stop_node_engine(where / "engine", remove=remove_engine)
     (where / "node.json").unlink(missing_ok=True)

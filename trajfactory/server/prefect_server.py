@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from trajfactory.executors.runs import pid_alive
+from trajfactory.runtime import DaemonFailed, pid_alive, start_daemon, stop_daemon
 from trajfactory.models.server import free_port
 from trajfactory.server.postgres import PostgresCluster, default_data_dir
 
@@ -85,22 +82,19 @@ def start(state_dir: Path | None = None, port: int = 0, timeout: float = 180) ->
     log_path = state_dir / "prefect-server.log"
     env = server_env(database_url=cluster.url, home=state_dir / "prefect-home")
     env.pop("PREFECT_API_URL", None)  # the server must not think it is a client of another one
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    state = {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "port": port, "server_pid": proc.pid,
+    state = {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "port": port, "server_pid": None,
              "postgres_data": str(cluster.data_dir), "postgres_port": cluster.port, "database_url": cluster.url,
              "log": str(log_path)}
+    (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))  # a failed start stops the database by it
+    try:
+        proc = start_daemon([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                             str(port)], log_path, lambda: healthy(api_url), timeout=timeout, interval=1, env=env,
+                            tail_chars=1500)
+    except DaemonFailed as exc:
+        stop(state_dir)
+        raise ServerError(f"the Prefect server {exc.why}; its log {log_path} ends:\n{exc.tail}") from None
+    state["server_pid"] = proc.pid
     (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    deadline = time.monotonic() + timeout
-    while not healthy(api_url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not healthy after {timeout:.0f} s"
-            tail = log_path.read_text(errors="replace")[-1500:]
-            stop(state_dir)
-            raise ServerError(f"the Prefect server {why}; its log {log_path} ends:\n{tail}")
-        time.sleep(1)
     return state
 
 
@@ -112,19 +106,7 @@ def stop(state_dir: Path | None = None) -> bool:
         return False
     pid = state.get("server_pid")
     if pid and pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # our own child (a test started it): reap it
-            except ChildProcessError:
-                pass
-            time.sleep(0.3)
-        if pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        stop_daemon(pid, 30, group=True)
     PostgresCluster(Path(state["postgres_data"]), state.get("postgres_port", 0)).stop()
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return True
