@@ -13,4 +13,4 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
 fi
 source scripts/venv.sh
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-exec "$TRAJFACTORY_PY" -m pytest -p no:cacheprovider -q -ra "$@"
+exec "$TRAJFACTORY_PY" -m pytest -p no:cacheprovider -q -ra --durations=30 "$@"
