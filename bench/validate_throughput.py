@@ -150,8 +150,8 @@ class Probed:
     def write_file(self, path, content):
         self._measure("exec", self._sb.write_file, path, content)
 
-    def read_file(self, path):
-        return self._measure("exec", self._sb.read_file, path)
+    def read_file(self, path, **kw):
+        return self._measure("exec", self._sb.read_file, path, **kw)
 
     def execute(self, command, timeout=None):
         if WORKER in command:
