@@ -1,7 +1,7 @@
 """Testing many patches in one warm sandbox with one process start: the batch path beside `testrun.run_tests`.
 
-`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py`) and one input
-file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
+`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py` and its two helper
+modules) and one input file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
 patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
 and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout, kills what it left
 running and restores the checkout. Each item's result is a `TestRun`, read by the same `parse_results` as a
@@ -11,7 +11,7 @@ A crash or kill of one item is that item's result: the child gets the kill (its 
 `oom_score_adj` 1000 for the OOM killer). Should the worker itself die, the item it was running becomes a cut-short
 run (`finished=False`) and the items after it go to a new worker after a reset.
 
-Per-batch cost: one reset, three file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
+Per-batch cost: one reset, five file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
 the child's pytest session, `git checkout -f` + `git clean -fdqx`. The worker imports pytest once, and the
 third-party modules that earlier children of the same environment imported (`PRELOAD`): never a module of the
 checkout, never one pytest rewrites.
@@ -31,7 +31,9 @@ from trajfactory.executors.testrun import HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PY
 BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
 WORKER = "trajfactory_batch_worker.py"
-WORKER_SOURCE = Path(__file__).with_name("batch_worker.py").read_text()
+WORKER_FILES = {f"trajfactory_{name}": Path(__file__).with_name(name).read_text()
+                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py")}
+"""The worker's modules as named in the sandbox (each imports the others by these names) -> their source."""
 STARTUP_S = 60.0
 """Allowance of one worker for its start, the preloads and the restores, beyond its items' own timeouts."""
 
@@ -148,7 +150,8 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                 "preload": modules, "plain": plain, "rewritten": rewritten,
                 "items": [_item_spec(item, i) for i, item in enumerate(pending)]}
         sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
-        sandbox.write_file(f"{BATCH_DIR}/{WORKER}", WORKER_SOURCE)
+        for name, source in WORKER_FILES.items():
+            sandbox.write_file(f"{BATCH_DIR}/{name}", source)
         sandbox.write_file(f"{BATCH_DIR}/spec.json", json.dumps(spec))
         limit = STARTUP_S + sum(item.timeout + 5 for item in pending)
         res = sandbox.execute(
