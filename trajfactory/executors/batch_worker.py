@@ -33,8 +33,8 @@ import threading
 import time
 
 from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, sweep, wait_child
-from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, checkout_files, install_code_caches, precompile,
-                                           preload, rewrite_cache, third_party_modules)
+from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_regexes, imported, install_code_caches,
+                                           precompile, preload, rewrite_cache, snapshot, warm_lookups, warm_regexes)
 
 OUTPUT_TAIL = 16000
 
@@ -81,10 +81,9 @@ def run_child(item: dict, spec: dict, index: int) -> None:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001
             pass
-        plain, rewritten = checkout_files(spec["workdir"])
+        modules, plain, rewritten = imported(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"]))
         report = {"marks": probe.marks, "durations": probe.durations, "tests": probe.tests,
-                  "modules": third_party_modules(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"])),
-                  "plain": plain, "rewritten": rewritten}
+                  "modules": modules, "plain": plain, "rewritten": rewritten, "regexes": compiled_regexes()}
         with open(f"{spec['scratch']}/probe-{index}.json", "w", encoding="utf-8") as fh:
             json.dump(report, fh)
         os._exit(int(code))
@@ -132,6 +131,7 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
             os.unlink(stale)
     sys.stdout.flush()
     sys.stderr.flush()
+    snapshot()
     gc.freeze()  # what the worker holds is never the child's garbage: its gc passes (pytest runs several) skip it
     pid = os.fork()
     if pid == 0:
@@ -209,12 +209,15 @@ def main() -> int:
     subreaper = become_subreaper()
     install_code_caches()
     precompile(spec.get("plain", []), spec.get("rewritten", []))
+    warm_regexes(spec.get("regexes", []))
+    warm_lookups(spec["workdir"])
     emit({"ready": time.process_time(), "wall": time.monotonic() - started, "subreaper": subreaper,
           "preloaded": not no_preload and bool(spec.get("preload")), "preload_rejected": no_preload,
           "rewrite_cache": rewrite_cache(), "precompiled": len(COMPILED) + len(REWRITTEN)})
     seen: set[str] = set()
     plain: set[str] = set()
     rewritten: set[str] = set()
+    regexes: set[tuple[str, int]] = set()
     for index, item in enumerate(spec["items"]):
         emit({"start": item["key"]})
         result = run_item(item, spec, index)
@@ -223,16 +226,19 @@ def main() -> int:
         new_plain, new_rewritten = probe.pop("plain", []), probe.pop("rewritten", [])
         plain.update(new_plain)
         rewritten.update(new_rewritten)
+        new_regexes = [tuple(r) for r in probe.pop("regexes", [])]
+        regexes.update(new_regexes)
         if result.get("restored"):
             c0 = time.process_time()
             precompile(new_plain, new_rewritten)
+            warm_regexes(new_regexes)
             result["precompile_cpu"] = time.process_time() - c0
         emit(result)
         if result["status"] != "patch_failed" and not (result["clean"] and result["restored"]):
             emit({"done": False, "dirty": True, "reason": result.get("restore_error") or "processes left running"})
             return 0
     emit({"done": True, "cpu": time.process_time(), "modules": sorted(seen), "plain": sorted(plain),
-          "rewritten": sorted(rewritten)})
+          "rewritten": sorted(rewritten), "regexes": sorted(regexes)})
     return 0
 
 

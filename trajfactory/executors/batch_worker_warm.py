@@ -7,7 +7,9 @@ is imported lazily, the sandbox's own).
 - `preload`: third-party modules (never the checkout's, never one pytest rewrites) imported once in the worker;
 - `COMPILED` / `REWRITTEN`: the checkout's files compiled (or rewritten by pytest) once from the clean checkout,
   taken by a child's import only where its source is byte-identical (`install_code_caches`);
-- `Probe` and the scans of `sys.modules`: what a child reports (its phases' CPU, what it imported).
+- `warm_regexes`: the regular expressions children compiled, compiled once in the worker;
+- `Probe`, `imported` and `compiled_regexes`: what a child reports (its phases' CPU, what it imported and compiled
+  beyond what its worker held at the fork).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ REWRITTEN: dict[str, tuple[bytes, tuple]] = {}
 """Test module or conftest -> (its clean source, what pytest's `_rewrite_test` returns for it), the same way."""
 _state: dict = {"rewrite_test": None}
 """pytest's own `_rewrite_test`, once wrapped."""
+PARENT: dict = {"modules": {}, "regexes": set()}
+"""The worker's modules and compiled regular expressions at the last fork (`snapshot`)."""
 
 
 def rewrite_cache() -> bool:
@@ -58,31 +62,86 @@ def _rewritten(module) -> bool:
     return type(loader).__name__ == "AssertionRewritingHook"
 
 
-def checkout_files(workdir: str) -> tuple[list[str], list[str]]:
-    """The checkout's files this process imported: (plainly, through pytest's assertion rewriting)."""
-    plain, rewritten = set(), set()
-    for module in list(sys.modules.values()):
+def warm_lookups(workdir: str) -> None:
+    """List the directories a child's pytest searches for installed distributions (its plugins' entry points):
+    importlib.metadata caches each listing under the directory's mtime, so a changed directory is listed again."""
+    try:
+        import importlib.metadata as metadata
+
+        for _ in metadata.distributions(path=[workdir, *sys.path]):
+            pass
+    except Exception:  # noqa: BLE001 - nothing warmed: the child lists them itself
+        pass
+
+
+def snapshot() -> None:
+    """Remember what this process holds before it forks: a child reports only what it added (`imported`)."""
+    PARENT["modules"] = dict(sys.modules)
+    PARENT["regexes"] = set(_regex_keys())
+
+
+def imported(workdir: str, scratch: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+    """What this child imported beyond its worker's modules: (the third-party modules, that is outside the checkout
+    and the scratch dirs and not rewritten by pytest; the checkout's files imported plainly; the files pytest's
+    assertion rewriting imported, wherever they live: test modules, conftests, pytest plugins)."""
+    third, plain, rewritten = set(), set(), set()
+    parent = PARENT["modules"]
+    for name, module in list(sys.modules.items()):
+        if parent.get(name) is module:
+            continue
         file = getattr(module, "__file__", None)
         spec = getattr(module, "__spec__", None)
         origin = getattr(spec, "origin", None) or file
-        if not origin or not origin.endswith(".py") or not os.path.realpath(origin).startswith(workdir + os.sep):
+        if _rewritten(module):
+            if origin and origin.endswith(".py"):
+                rewritten.add(origin)
             continue
-        (rewritten if _rewritten(module) else plain).add(origin)
-    return sorted(plain), sorted(rewritten)
-
-
-def third_party_modules(workdir: str, scratch: tuple[str, ...]) -> list[str]:
-    """Modules imported so far that live outside the checkout and the scratch dirs and that pytest did not rewrite."""
-    names = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not file or name in ("__main__", "__mp_main__") or _rewritten(module):
+        if not file or name in ("__main__", "__mp_main__"):
             continue
         path = os.path.realpath(file)
-        if path.startswith(workdir + os.sep) or path.startswith(scratch):
-            continue
-        names.append(name)
-    return sorted(names)
+        if path.startswith(workdir + os.sep):
+            if origin and origin.endswith(".py"):
+                plain.add(origin)
+        elif not path.startswith(scratch):
+            third.add(name)
+    return sorted(third), sorted(plain), sorted(rewritten)
+
+
+def _regex_keys() -> list:
+    """The keys of `re`'s cache of compiled patterns ((type, pattern, flags) on every CPython since 3.7)."""
+    import re
+
+    keys = []
+    for cache in (getattr(re, "_cache", None), getattr(re, "_cache2", None)):
+        if isinstance(cache, dict):
+            keys += [k for k in cache if isinstance(k, tuple) and len(k) == 3]
+    return keys
+
+
+def compiled_regexes() -> list[tuple[str, int]]:
+    """The str patterns (with their flags) this child compiled through `re` that its worker had not."""
+    seen = PARENT["regexes"]
+    return sorted({(k[1], int(k[2])) for k in _regex_keys() if k not in seen and k[0] is str and isinstance(k[1], str)
+                   and isinstance(k[2], int)})
+
+
+def warm_regexes(patterns: list) -> None:
+    """Compile the patterns children compiled, so a child's `re.compile` of one is a cache hit. A pattern whose
+    compilation warns is left out (a child must see that warning), and so is one that does not compile."""
+    import re
+    import warnings
+
+    for pattern, flags in patterns:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                re.compile(pattern, flags)
+            except Exception:  # noqa: BLE001 - the child raises it again, uncached
+                continue
+        if caught:
+            for cache in (getattr(re, "_cache", None), getattr(re, "_cache2", None)):
+                if isinstance(cache, dict):
+                    cache.pop((str, pattern, flags), None)
 
 
 def install_code_caches() -> None:

@@ -14,7 +14,9 @@ run (`finished=False`) and the items after it go to a new worker after a reset.
 Per-batch cost: one reset, five file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
 the child's pytest session, `git checkout -f` + `git clean -fdqx`. The worker imports pytest once, and the
 third-party modules that earlier children of the same environment imported (`PRELOAD`): never a module of the
-checkout, never one pytest rewrites.
+checkout, never one pytest rewrites. It also compiles once what those children compiled (`PRECOMPILE`: the
+checkout's files and the files pytest rewrote, taken by a child only where the source is byte-identical;
+`REGEXES`: their regular expressions), and a child reports only what it added to what its worker held.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ STARTUP_S = 60.0
 PRELOAD: dict[str, list[str]] = {}
 """Environment (image or commit) -> the third-party modules its children imported; [] once a preload was refused."""
 PRECOMPILE: dict[str, tuple[list[str], list[str]]] = {}
-"""Environment -> the checkout's files its children imported (plainly, through pytest's rewriting): a worker compiles
-them once from the clean checkout, and a child takes the code where its source is byte-identical."""
+"""Environment -> the checkout's files its children imported plainly, and the files pytest's rewriting imported (test
+modules, conftests, pytest plugins): a worker compiles them once from the clean checkout, and a child takes the code
+where its source is byte-identical."""
+REGEXES: dict[str, list[tuple[str, int]]] = {}
+"""Environment -> the regular expressions its children compiled: a worker compiles them once before its forks."""
 _preload_lock = threading.Lock()
 
 
@@ -146,8 +151,9 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
         with _preload_lock:
             modules = PRELOAD.get(key, []) if preload else []
             plain, rewritten = PRECOMPILE.get(key, ([], [])) if preload else ([], [])
+            regexes = REGEXES.get(key, []) if preload else []
         spec = {"workdir": sandbox.workdir, "scratch": BATCH_DIR, "private_dirs": [BATCH_DIR, HARNESS_DIR, SCRATCH],
-                "preload": modules, "plain": plain, "rewritten": rewritten,
+                "preload": modules, "plain": plain, "rewritten": rewritten, "regexes": regexes,
                 "items": [_item_spec(item, i) for i, item in enumerate(pending)]}
         sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
         for name, source in WORKER_FILES.items():
@@ -190,6 +196,7 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                         old_plain, old_rewritten = PRECOMPILE.get(key, ([], []))
                         PRECOMPILE[key] = (sorted(set(old_plain) | set(record.get("plain", []))),
                                            sorted(set(old_rewritten) | set(record.get("rewritten", []))))
+                        REGEXES[key] = sorted(set(REGEXES.get(key, [])) | {tuple(r) for r in record.get("regexes", [])})
         if started is not None:  # the worker died (or the sandbox killed it) while this item ran
             timed_out = res.timed_out
             done[started] = ItemResult(started, TestRun(
