@@ -14,8 +14,10 @@ import only the standard library and the sandbox's own pytest. For each item it
 
 The worker imports pytest and, once told which (`preload`), the third-party modules the children imported,
 never a module of the checkout (those change per item) nor one pytest rewrites (a test module, a conftest, a
-pytest plugin): a fork then starts with them in memory. Children report what they imported, so the caller can
-preload it next time. A crash, kill or out-of-memory of one child is that item's result, never the batch's:
+pytest plugin): a fork then starts with them in memory. It also compiles once what children would compile again
+and again (the checkout's files, the files pytest rewrites, the regular expressions they compiled), for a child to
+take only where the source is byte-identical. Children report what they imported and compiled beyond what the
+worker held at the fork, so the caller can preload it next time. A crash, kill or out-of-memory of one child is that item's result, never the batch's:
 children carry `oom_score_adj` 1000 so the kernel picks them, not the worker.
 
 Usage: `python WORKER SPEC OUT [--no-preload] -- PYTEST_ARGS`. Output (OUT): JSON lines: `{"ready": ...}` once,
@@ -198,7 +200,7 @@ def main() -> int:
         out.flush()
 
     del sys.path[0]  # this script's directory; a child puts the checkout there, as `python -m` does
-    import pytest  # noqa: F401 - the one import every child needs
+    __import__("pytest")  # the one import every child needs
 
     rejected: list[str] = []
     if spec.get("preload") and not no_preload:

@@ -5,8 +5,9 @@ Part of the warm test worker (`batch_worker.py`): `batchrun.py` copies it into t
 is imported lazily, the sandbox's own).
 
 - `preload`: third-party modules (never the checkout's, never one pytest rewrites) imported once in the worker;
-- `COMPILED` / `REWRITTEN`: the checkout's files compiled (or rewritten by pytest) once from the clean checkout,
-  taken by a child's import only where its source is byte-identical (`install_code_caches`);
+- `COMPILED` / `REWRITTEN`: the checkout's files compiled, and the files pytest rewrites (test modules, conftests,
+  pytest plugins) rewritten, once from the clean checkout, taken by a child's import only where its source is
+  byte-identical (`install_code_caches`);
 - `warm_regexes`: the regular expressions children compiled, compiled once in the worker;
 - `Probe`, `imported` and `compiled_regexes`: what a child reports (its phases' CPU, what it imported and compiled
   beyond what its worker held at the fork).
@@ -23,7 +24,8 @@ COMPILED: dict[str, tuple[bytes, object]] = {}
 """Checkout file -> (its clean source, the code object `compile` makes of it): what an import of an unchanged file
 in a child would compile, compiled once here. A child uses it only for byte-identical source (a patched file misses)."""
 REWRITTEN: dict[str, tuple[bytes, tuple]] = {}
-"""Test module or conftest -> (its clean source, what pytest's `_rewrite_test` returns for it), the same way."""
+"""Test module, conftest or pytest plugin -> (its clean source, what pytest's `_rewrite_test` returns for it), the same
+way."""
 _state: dict = {"rewrite_test": None}
 """pytest's own `_rewrite_test`, once wrapped."""
 PARENT: dict = {"modules": {}, "regexes": set()}

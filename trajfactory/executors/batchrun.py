@@ -47,6 +47,9 @@ modules, conftests, pytest plugins): a worker compiles them once from the clean 
 where its source is byte-identical."""
 REGEXES: dict[str, list[tuple[str, int]]] = {}
 """Environment -> the regular expressions its children compiled: a worker compiles them once before its forks."""
+REGEX_LIMIT = 512
+"""At most this many per environment (`re` caches 512 patterns; a project that builds patterns from data makes new
+ones every run, and a pattern left out only costs its child the compile)."""
 _preload_lock = threading.Lock()
 
 
@@ -196,7 +199,9 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                         old_plain, old_rewritten = PRECOMPILE.get(key, ([], []))
                         PRECOMPILE[key] = (sorted(set(old_plain) | set(record.get("plain", []))),
                                            sorted(set(old_rewritten) | set(record.get("rewritten", []))))
-                        REGEXES[key] = sorted(set(REGEXES.get(key, [])) | {tuple(r) for r in record.get("regexes", [])})
+                        known = REGEXES.get(key, [])
+                        fresh = sorted({tuple(r) for r in record.get("regexes", [])} - set(known))
+                        REGEXES[key] = (known + fresh)[:REGEX_LIMIT]
         if started is not None:  # the worker died (or the sandbox killed it) while this item ran
             timed_out = res.timed_out
             done[started] = ItemResult(started, TestRun(
