@@ -122,8 +122,6 @@ class Probed:
     def __init__(self, sandbox, account: Account):
         self._sb, self._acct = sandbox, account
         self.workdir = sandbox.workdir
-        self._probe_in = ""
-        """The container the probe plugin was copied into (a replaced container needs it again)."""
         self._measured = 0.0
         self.probes: list[dict] = []
 
@@ -150,8 +148,8 @@ class Probed:
     def write_file(self, path, content):
         self._measure("exec", self._sb.write_file, path, content)
 
-    def read_file(self, path):
-        return self._measure("exec", self._sb.read_file, path)
+    def read_file(self, path, **kw):
+        return self._measure("exec", self._sb.read_file, path, **kw)
 
     def execute(self, command, timeout=None):
         if WORKER in command:
@@ -161,11 +159,10 @@ class Probed:
         return self._measure("apply" if "git apply" in command else "exec", self._sb.execute, command, timeout)
 
     def _pytest(self, command, timeout):
-        if self._probe_in != self._sb.container_id:
-            h0 = host_cpu()
-            self._sb.write_file(f"{PROBE_DIR}/trajfactory_bench_probe.py", PROBE)
-            self._acct.excluded_host += host_cpu() - h0
-            self._probe_in = self._sb.container_id
+        # every time: a reset empties the sandbox's /tmp
+        h0 = host_cpu()
+        self._sb.write_file(f"{PROBE_DIR}/trajfactory_bench_probe.py", PROBE)
+        self._acct.excluded_host += host_cpu() - h0
         prefix = (f"export PYTEST_PLUGINS=trajfactory_bench_probe PYTHONPATH={PROBE_DIR} "
                   f"TRAJFACTORY_BENCH_PROBE={PROBE_DIR}/probe.json; rm -f {PROBE_DIR}/probe.json; ")
         c0 = self._cpu()

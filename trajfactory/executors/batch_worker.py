@@ -1,7 +1,9 @@
 """trajfactory's warm test worker: runs inside a sandbox and tests a batch of patches with one process start.
 
-`batchrun.py` copies this file into the sandbox (outside the checkout) and runs it once per batch with one input
-file and one output file; it imports only the standard library and the sandbox's own pytest. For each item it
+`batchrun.py` copies this file and its two helper modules (`batch_worker_procs.py`: process plumbing,
+`batch_worker_warm.py`: what the worker keeps warm for its children) into the sandbox, outside the checkout, each
+named `trajfactory_` + its name here, and runs it once per batch with one input file and one output file; they
+import only the standard library and the sandbox's own pytest. For each item it
 
 1. applies the item's patch to the checkout (`git apply`),
 2. forks a child that runs `pytest.main` exactly as `python -m pytest` with the factory's plugin would (same
@@ -12,8 +14,10 @@ file and one output file; it imports only the standard library and the sandbox's
 
 The worker imports pytest and, once told which (`preload`), the third-party modules the children imported,
 never a module of the checkout (those change per item) nor one pytest rewrites (a test module, a conftest, a
-pytest plugin): a fork then starts with them in memory. Children report what they imported, so the caller can
-preload it next time. A crash, kill or out-of-memory of one child is that item's result, never the batch's:
+pytest plugin): a fork then starts with them in memory. It also compiles once what children would compile again
+and again (the checkout's files, the files pytest rewrites, the regular expressions they compiled), for a child to
+take only where the source is byte-identical. Children report what they imported and compiled beyond what the
+worker held at the fork, so the caller can preload it next time. A crash, kill or out-of-memory of one child is that item's result, never the batch's:
 children carry `oom_score_adj` 1000 so the kernel picks them, not the worker.
 
 Usage: `python WORKER SPEC OUT [--no-preload] -- PYTEST_ARGS`. Output (OUT): JSON lines: `{"ready": ...}` once,
@@ -22,180 +26,19 @@ then per item `{"start": key}` and its result record, then `{"done": ...}`.
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import importlib
 import json
 import os
-import resource
-import select
 import signal
-import subprocess
 import sys
 import threading
 import time
 
-GIT = ["git", "-c", "core.fsmonitor=", "-c", "core.hooksPath=/dev/null"]
+from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, sweep, wait_child
+from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_regexes, imported, install_code_caches,
+                                           precompile, preload, rewrite_cache, snapshot, warm_lookups, warm_regexes)
+
 OUTPUT_TAIL = 16000
-KILL_ROUNDS = 8
-
-COMPILED: dict[str, tuple[bytes, object]] = {}
-"""Checkout file -> (its clean source, the code object `compile` makes of it): what an import of an unchanged file
-in a child would compile, compiled once here. A child uses it only for byte-identical source (a patched file misses)."""
-REWRITTEN: dict[str, tuple[bytes, tuple]] = {}
-"""Test module or conftest -> (its clean source, what pytest's `_rewrite_test` returns for it), the same way."""
-_rewrite_test = None
-"""pytest's own `_rewrite_test`, once wrapped."""
-
-
-def _cpu(usage) -> float:
-    return usage.ru_utime + usage.ru_stime
-
-
-def _children_cpu() -> float:
-    return _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
-
-
-def _become_subreaper() -> bool:
-    """Orphans of the children are re-parented to this process (PR_SET_CHILD_SUBREAPER), so none escapes the sweep."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] != b"Z":
-            parents[int(entry)] = int(fields[1])
-    found, frontier = [], {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier}
-        found += frontier
-    return found
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def sweep() -> bool:
-    """Kill every process this worker's children left behind; False when they keep coming back (a fork bomb)."""
-    me = os.getpid()
-    for _ in range(KILL_ROUNDS):
-        left = _descendants(me)
-        if not left:
-            _reap()
-            return True
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.02)
-        _reap()
-    return not _descendants(me)
-
-
-def git(*args: str) -> tuple[int, str]:
-    proc = subprocess.run([*GIT, *args], capture_output=True, text=True)
-    return proc.returncode, (proc.stdout + proc.stderr).strip()
-
-
-class Probe:
-    """Observes the child's pytest session (never changes it): CPU at each phase, the tests' own durations."""
-
-    def __init__(self):
-        self.marks: dict[str, float] = {}
-        self.durations = 0.0
-        self.tests = 0
-
-    def pytest_configure(self, config):
-        self.marks["configured"] = time.process_time()
-
-    def pytest_collection_finish(self, session):
-        self.marks["collected"] = time.process_time()
-
-    def pytest_runtest_logreport(self, report):
-        self.durations += getattr(report, "duration", 0.0) or 0.0
-        if report.when == "call":
-            self.tests += 1
-
-    def pytest_sessionfinish(self, session):
-        self.marks["finished"] = time.process_time()
-
-
-def _rewritten(module) -> bool:
-    loader = getattr(module, "__loader__", None)
-    return type(loader).__name__ == "AssertionRewritingHook"
-
-
-def checkout_files(workdir: str) -> tuple[list[str], list[str]]:
-    """The checkout's files this process imported: (plainly, through pytest's assertion rewriting)."""
-    plain, rewritten = set(), set()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        spec = getattr(module, "__spec__", None)
-        origin = getattr(spec, "origin", None) or file
-        if not origin or not origin.endswith(".py") or not os.path.realpath(origin).startswith(workdir + os.sep):
-            continue
-        (rewritten if _rewritten(module) else plain).add(origin)
-    return sorted(plain), sorted(rewritten)
-
-
-def third_party_modules(workdir: str, scratch: tuple[str, ...]) -> list[str]:
-    """Modules imported so far that live outside the checkout and the scratch dirs and that pytest did not rewrite."""
-    names = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not file or name in ("__main__", "__mp_main__") or _rewritten(module):
-            continue
-        path = os.path.realpath(file)
-        if path.startswith(workdir + os.sep) or path.startswith(scratch):
-            continue
-        names.append(name)
-    return sorted(names)
-
-
-def _wait(pid: int, timeout: float) -> tuple[int | None, float]:
-    """(wait status or None on timeout, the child's CPU seconds)."""
-    deadline = time.monotonic() + timeout
-    pidfd = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pass
-    try:
-        while True:
-            got, status, usage = os.wait4(pid, os.WNOHANG)
-            if got == pid:
-                return status, _cpu(usage)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None, 0.0
-            if pidfd is not None:
-                select.select([pidfd], [], [], left)
-            else:
-                time.sleep(min(left, 0.005))
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
 
 def run_child(item: dict, spec: dict, index: int) -> None:
@@ -240,10 +83,9 @@ def run_child(item: dict, spec: dict, index: int) -> None:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001
             pass
-        plain, rewritten = checkout_files(spec["workdir"])
+        modules, plain, rewritten = imported(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"]))
         report = {"marks": probe.marks, "durations": probe.durations, "tests": probe.tests,
-                  "modules": third_party_modules(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"])),
-                  "plain": plain, "rewritten": rewritten}
+                  "modules": modules, "plain": plain, "rewritten": rewritten, "regexes": compiled_regexes()}
         with open(f"{spec['scratch']}/probe-{index}.json", "w", encoding="utf-8") as fh:
             json.dump(report, fh)
         os._exit(int(code))
@@ -268,7 +110,7 @@ def _tail(path: str, limit: int = OUTPUT_TAIL) -> str:
 def run_item(item: dict, spec: dict, index: int) -> dict:
     scratch, commit = spec["scratch"], spec["commit"]
     result: dict = {"key": item["key"], "timeout": item["timeout"]}
-    p0, c0, w0 = time.process_time(), _children_cpu(), time.monotonic()
+    p0, c0, w0 = time.process_time(), children_cpu(), time.monotonic()
     if item["patch"]:
         path = f"{scratch}/patch.diff"
         with open(path, "w", encoding="utf-8") as fh:
@@ -277,9 +119,9 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
         os.unlink(path)
         if code != 0:
             result.update(status="patch_failed", detail=out or f"git apply exited {code}",
-                          apply_cpu=_children_cpu() - c0)
+                          apply_cpu=children_cpu() - c0)
             return result
-    c1, w1 = _children_cpu(), time.monotonic()
+    c1, w1 = children_cpu(), time.monotonic()
     result["apply_cpu"], result["apply_wall"] = c1 - c0, w1 - w0
     results_file = item["env"]["TRAJFACTORY_RESULTS"]
     if item["tests"] is not None:
@@ -291,11 +133,12 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
             os.unlink(stale)
     sys.stdout.flush()
     sys.stderr.flush()
+    snapshot()
     gc.freeze()  # what the worker holds is never the child's garbage: its gc passes (pytest runs several) skip it
     pid = os.fork()
     if pid == 0:
         run_child(item, spec, index)
-    status, child_cpu = _wait(pid, float(item["timeout"]))
+    status, child_cpu = wait_child(pid, float(item["timeout"]))
     wall = time.monotonic() - w1
     timed_out = status is None
     if timed_out:
@@ -304,7 +147,7 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
         except OSError:
             pass
         _, status, usage = os.wait4(pid, 0)
-        child_cpu = _cpu(usage)
+        child_cpu = usage.ru_utime + usage.ru_stime
     clean = sweep()
     if os.WIFEXITED(status):
         exit_code = os.WEXITSTATUS(status)
@@ -320,102 +163,19 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
             probe = json.load(fh)
     except (OSError, ValueError):
         probe = {}
-    c3, w3 = _children_cpu(), time.monotonic()
+    c3, w3 = children_cpu(), time.monotonic()
     code_co, out_co = git("checkout", "-q", "-f", "--detach", commit)
     code_cl, out_cl = git("clean", "-fdqx")
     restored = code_co == 0 and code_cl == 0
     result.update(
         status="timeout" if timed_out else "ran", exit_code=-1 if timed_out else exit_code, records=records,
         output=_tail(f"{scratch}/output-{index}.txt"), duration_s=wall,
-        child_cpu=child_cpu, restore_cpu=_children_cpu() - c3, restore_wall=time.monotonic() - w3,
+        child_cpu=child_cpu, restore_cpu=children_cpu() - c3, restore_wall=time.monotonic() - w3,
         worker_cpu=time.process_time() - p0, probe=probe, clean=clean, restored=restored,
     )
     if not restored:
         result["restore_error"] = (out_co + "\n" + out_cl).strip()[-2000:]
     return result
-
-
-def _install_code_caches() -> None:
-    """Make this process's imports take code objects from COMPILED / REWRITTEN where the source is byte-identical.
-
-    The source loader's `source_to_code` and pytest's `_rewrite_test` are wrapped, nothing else: a miss (a patched
-    file, another pytest, a project that turns on `enable_assertion_pass_hook`) compiles as before."""
-    import importlib._bootstrap_external as external
-
-    source_to_code = external.SourceLoader.source_to_code
-
-    def cached_source_to_code(self, data, path, *, _optimize=-1):
-        hit = COMPILED.get(path)
-        if hit is not None and _optimize == -1 and hit[0] == data:
-            return hit[1]
-        return source_to_code(self, data, path, _optimize=_optimize)
-
-    external.SourceLoader.source_to_code = cached_source_to_code
-    try:
-        import inspect
-
-        from _pytest.assertion import rewrite
-    except ImportError:
-        return
-    original = getattr(rewrite, "_rewrite_test", None)
-    if original is None or list(inspect.signature(original).parameters)[:2] != ["fn", "config"]:
-        return
-
-    def cached_rewrite_test(fn, config, *rest, **kw):
-        hit = REWRITTEN.get(str(fn))
-        if hit is not None and not rest and not kw and sys.dont_write_bytecode:
-            try:
-                plain = config is None or not config.getini("enable_assertion_pass_hook")
-                if plain and fn.read_bytes() == hit[0]:
-                    return hit[1]
-            except Exception:  # noqa: BLE001 - anything odd: rewrite as pytest would
-                pass
-        return original(fn, config, *rest, **kw)
-
-    global _rewrite_test
-    _rewrite_test = original
-    rewrite._rewrite_test = cached_rewrite_test
-
-
-def precompile(plain: list[str], rewritten: list[str]) -> None:
-    """Fill COMPILED / REWRITTEN from the clean checkout (the caller restored it) for the files not there yet."""
-    for path in plain:
-        if path in COMPILED:
-            continue
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            COMPILED[path] = (data, compile(data, path, "exec", dont_inherit=True))
-        except (OSError, SyntaxError, ValueError):
-            continue
-    if _rewrite_test is None:
-        return
-    from pathlib import Path
-
-    for path in rewritten:
-        if path in REWRITTEN:
-            continue
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            REWRITTEN[path] = (data, _rewrite_test(Path(path), None))
-        except Exception:  # noqa: BLE001 - a file pytest cannot rewrite here is rewritten by the child, as ever
-            continue
-
-
-def preload(names: list[str], workdir: str) -> list[str]:
-    """Import `names` here (failures ignored); the names that loaded code of the checkout, which forbid preloading."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - a module that does not import here is simply not preloaded
-            pass
-    bad = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and os.path.realpath(file).startswith(workdir + os.sep):
-            bad.append(name)
-    return bad
 
 
 def main() -> int:
@@ -440,7 +200,7 @@ def main() -> int:
         out.flush()
 
     del sys.path[0]  # this script's directory; a child puts the checkout there, as `python -m` does
-    import pytest  # noqa: F401 - the one import every child needs
+    __import__("pytest")  # the one import every child needs
 
     rejected: list[str] = []
     if spec.get("preload") and not no_preload:
@@ -448,15 +208,18 @@ def main() -> int:
         if rejected or threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
             # a preloaded module pulled in code of the checkout, or started a thread: fork from a clean worker
             os.execv(sys.executable, [sys.executable, *sys.argv[:split], "--no-preload", *sys.argv[split:]])
-    subreaper = _become_subreaper()
-    _install_code_caches()
+    subreaper = become_subreaper()
+    install_code_caches()
     precompile(spec.get("plain", []), spec.get("rewritten", []))
+    warm_regexes(spec.get("regexes", []))
+    warm_lookups(spec["workdir"])
     emit({"ready": time.process_time(), "wall": time.monotonic() - started, "subreaper": subreaper,
           "preloaded": not no_preload and bool(spec.get("preload")), "preload_rejected": no_preload,
-          "rewrite_cache": _rewrite_test is not None, "precompiled": len(COMPILED) + len(REWRITTEN)})
+          "rewrite_cache": rewrite_cache(), "precompiled": len(COMPILED) + len(REWRITTEN)})
     seen: set[str] = set()
     plain: set[str] = set()
     rewritten: set[str] = set()
+    regexes: set[tuple[str, int]] = set()
     for index, item in enumerate(spec["items"]):
         emit({"start": item["key"]})
         result = run_item(item, spec, index)
@@ -465,16 +228,19 @@ def main() -> int:
         new_plain, new_rewritten = probe.pop("plain", []), probe.pop("rewritten", [])
         plain.update(new_plain)
         rewritten.update(new_rewritten)
+        new_regexes = [tuple(r) for r in probe.pop("regexes", [])]
+        regexes.update(new_regexes)
         if result.get("restored"):
             c0 = time.process_time()
             precompile(new_plain, new_rewritten)
+            warm_regexes(new_regexes)
             result["precompile_cpu"] = time.process_time() - c0
         emit(result)
         if result["status"] != "patch_failed" and not (result["clean"] and result["restored"]):
             emit({"done": False, "dirty": True, "reason": result.get("restore_error") or "processes left running"})
             return 0
     emit({"done": True, "cpu": time.process_time(), "modules": sorted(seen), "plain": sorted(plain),
-          "rewritten": sorted(rewritten)})
+          "rewritten": sorted(rewritten), "regexes": sorted(regexes)})
     return 0
 
 

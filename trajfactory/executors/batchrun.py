@@ -1,7 +1,7 @@
 """Testing many patches in one warm sandbox with one process start: the batch path beside `testrun.run_tests`.
 
-`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py`) and one input
-file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
+`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py` and its two helper
+modules) and one input file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
 patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
 and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout, kills what it left
 running and restores the checkout. Each item's result is a `TestRun`, read by the same `parse_results` as a
@@ -11,10 +11,12 @@ A crash or kill of one item is that item's result: the child gets the kill (its 
 `oom_score_adj` 1000 for the OOM killer). Should the worker itself die, the item it was running becomes a cut-short
 run (`finished=False`) and the items after it go to a new worker after a reset.
 
-Per-batch cost: one reset, three file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
+Per-batch cost: one reset, five file copies in, one `execute`, one file copy out; per item: `git apply`, a fork,
 the child's pytest session, `git checkout -f` + `git clean -fdqx`. The worker imports pytest once, and the
 third-party modules that earlier children of the same environment imported (`PRELOAD`): never a module of the
-checkout, never one pytest rewrites.
+checkout, never one pytest rewrites. It also compiles once what those children compiled (`PRECOMPILE`: the
+checkout's files and the files pytest rewrote, taken by a child only where the source is byte-identical;
+`REGEXES`: their regular expressions), and a child reports only what it added to what its worker held.
 """
 
 from __future__ import annotations
@@ -31,15 +33,23 @@ from trajfactory.executors.testrun import HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PY
 BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
 WORKER = "trajfactory_batch_worker.py"
-WORKER_SOURCE = Path(__file__).with_name("batch_worker.py").read_text()
+WORKER_FILES = {f"trajfactory_{name}": Path(__file__).with_name(name).read_text()
+                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py")}
+"""The worker's modules as named in the sandbox (each imports the others by these names) -> their source."""
 STARTUP_S = 60.0
 """Allowance of one worker for its start, the preloads and the restores, beyond its items' own timeouts."""
 
 PRELOAD: dict[str, list[str]] = {}
 """Environment (image or commit) -> the third-party modules its children imported; [] once a preload was refused."""
 PRECOMPILE: dict[str, tuple[list[str], list[str]]] = {}
-"""Environment -> the checkout's files its children imported (plainly, through pytest's rewriting): a worker compiles
-them once from the clean checkout, and a child takes the code where its source is byte-identical."""
+"""Environment -> the checkout's files its children imported plainly, and the files pytest's rewriting imported (test
+modules, conftests, pytest plugins): a worker compiles them once from the clean checkout, and a child takes the code
+where its source is byte-identical."""
+REGEXES: dict[str, list[tuple[str, int]]] = {}
+"""Environment -> the regular expressions its children compiled: a worker compiles them once before its forks."""
+REGEX_LIMIT = 512
+"""At most this many per environment (`re` caches 512 patterns; a project that builds patterns from data makes new
+ones every run, and a pattern left out only costs its child the compile)."""
 _preload_lock = threading.Lock()
 
 
@@ -144,11 +154,13 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
         with _preload_lock:
             modules = PRELOAD.get(key, []) if preload else []
             plain, rewritten = PRECOMPILE.get(key, ([], [])) if preload else ([], [])
+            regexes = REGEXES.get(key, []) if preload else []
         spec = {"workdir": sandbox.workdir, "scratch": BATCH_DIR, "private_dirs": [BATCH_DIR, HARNESS_DIR, SCRATCH],
-                "preload": modules, "plain": plain, "rewritten": rewritten,
+                "preload": modules, "plain": plain, "rewritten": rewritten, "regexes": regexes,
                 "items": [_item_spec(item, i) for i, item in enumerate(pending)]}
         sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
-        sandbox.write_file(f"{BATCH_DIR}/{WORKER}", WORKER_SOURCE)
+        for name, source in WORKER_FILES.items():
+            sandbox.write_file(f"{BATCH_DIR}/{name}", source)
         sandbox.write_file(f"{BATCH_DIR}/spec.json", json.dumps(spec))
         limit = STARTUP_S + sum(item.timeout + 5 for item in pending)
         res = sandbox.execute(
@@ -187,6 +199,9 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                         old_plain, old_rewritten = PRECOMPILE.get(key, ([], []))
                         PRECOMPILE[key] = (sorted(set(old_plain) | set(record.get("plain", []))),
                                            sorted(set(old_rewritten) | set(record.get("rewritten", []))))
+                        known = REGEXES.get(key, [])
+                        fresh = sorted({tuple(r) for r in record.get("regexes", [])} - set(known))
+                        REGEXES[key] = (known + fresh)[:REGEX_LIMIT]
         if started is not None:  # the worker died (or the sandbox killed it) while this item ran
             timed_out = res.timed_out
             done[started] = ItemResult(started, TestRun(

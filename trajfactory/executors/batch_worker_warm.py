@@ -1,0 +1,229 @@
+"""What the batch worker keeps warm for its children, and what a child reports back to fill it.
+
+Part of the warm test worker (`batch_worker.py`): `batchrun.py` copies it into the sandbox as
+`trajfactory_batch_worker_warm.py` beside the worker, which imports it by that name. Standard library only (pytest
+is imported lazily, the sandbox's own).
+
+- `preload`: third-party modules (never the checkout's, never one pytest rewrites) imported once in the worker;
+- `COMPILED` / `REWRITTEN`: the checkout's files compiled, and the files pytest rewrites (test modules, conftests,
+  pytest plugins) rewritten, once from the clean checkout, taken by a child's import only where its source is
+  byte-identical (`install_code_caches`);
+- `warm_regexes`: the regular expressions children compiled, compiled once in the worker;
+- `Probe`, `imported` and `compiled_regexes`: what a child reports (its phases' CPU, what it imported and compiled
+  beyond what its worker held at the fork).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+
+COMPILED: dict[str, tuple[bytes, object]] = {}
+"""Checkout file -> (its clean source, the code object `compile` makes of it): what an import of an unchanged file
+in a child would compile, compiled once here. A child uses it only for byte-identical source (a patched file misses)."""
+REWRITTEN: dict[str, tuple[bytes, tuple]] = {}
+"""Test module, conftest or pytest plugin -> (its clean source, what pytest's `_rewrite_test` returns for it), the same
+way."""
+_state: dict = {"rewrite_test": None}
+"""pytest's own `_rewrite_test`, once wrapped."""
+PARENT: dict = {"modules": {}, "regexes": set()}
+"""The worker's modules and compiled regular expressions at the last fork (`snapshot`)."""
+
+
+def rewrite_cache() -> bool:
+    return _state["rewrite_test"] is not None
+
+
+class Probe:
+    """Observes the child's pytest session (never changes it): CPU at each phase, the tests' own durations."""
+
+    def __init__(self):
+        self.marks: dict[str, float] = {}
+        self.durations = 0.0
+        self.tests = 0
+
+    def pytest_configure(self, config):
+        self.marks["configured"] = time.process_time()
+
+    def pytest_collection_finish(self, session):
+        self.marks["collected"] = time.process_time()
+
+    def pytest_runtest_logreport(self, report):
+        self.durations += getattr(report, "duration", 0.0) or 0.0
+        if report.when == "call":
+            self.tests += 1
+
+    def pytest_sessionfinish(self, session):
+        self.marks["finished"] = time.process_time()
+
+
+def _rewritten(module) -> bool:
+    loader = getattr(module, "__loader__", None)
+    return type(loader).__name__ == "AssertionRewritingHook"
+
+
+def warm_lookups(workdir: str) -> None:
+    """List the directories a child's pytest searches for installed distributions (its plugins' entry points):
+    importlib.metadata caches each listing under the directory's mtime, so a changed directory is listed again."""
+    try:
+        import importlib.metadata as metadata
+
+        for _ in metadata.distributions(path=[workdir, *sys.path]):
+            pass
+    except Exception:  # noqa: BLE001 - nothing warmed: the child lists them itself
+        pass
+
+
+def snapshot() -> None:
+    """Remember what this process holds before it forks: a child reports only what it added (`imported`)."""
+    PARENT["modules"] = dict(sys.modules)
+    PARENT["regexes"] = set(_regex_keys())
+
+
+def imported(workdir: str, scratch: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+    """What this child imported beyond its worker's modules: (the third-party modules, that is outside the checkout
+    and the scratch dirs and not rewritten by pytest; the checkout's files imported plainly; the files pytest's
+    assertion rewriting imported, wherever they live: test modules, conftests, pytest plugins)."""
+    third, plain, rewritten = set(), set(), set()
+    parent = PARENT["modules"]
+    for name, module in list(sys.modules.items()):
+        if parent.get(name) is module:
+            continue
+        file = getattr(module, "__file__", None)
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None) or file
+        if _rewritten(module):
+            if origin and origin.endswith(".py"):
+                rewritten.add(origin)
+            continue
+        if not file or name in ("__main__", "__mp_main__"):
+            continue
+        path = os.path.realpath(file)
+        if path.startswith(workdir + os.sep):
+            if origin and origin.endswith(".py"):
+                plain.add(origin)
+        elif not path.startswith(scratch):
+            third.add(name)
+    return sorted(third), sorted(plain), sorted(rewritten)
+
+
+def _regex_keys() -> list:
+    """The keys of `re`'s cache of compiled patterns ((type, pattern, flags) on every CPython since 3.7)."""
+    import re
+
+    keys = []
+    for cache in (getattr(re, "_cache", None), getattr(re, "_cache2", None)):
+        if isinstance(cache, dict):
+            keys += [k for k in cache if isinstance(k, tuple) and len(k) == 3]
+    return keys
+
+
+def compiled_regexes() -> list[tuple[str, int]]:
+    """The str patterns (with their flags) this child compiled through `re` that its worker had not."""
+    seen = PARENT["regexes"]
+    return sorted({(k[1], int(k[2])) for k in _regex_keys() if k not in seen and k[0] is str and isinstance(k[1], str)
+                   and isinstance(k[2], int)})
+
+
+def warm_regexes(patterns: list) -> None:
+    """Compile the patterns children compiled, so a child's `re.compile` of one is a cache hit. A pattern whose
+    compilation warns is left out (a child must see that warning), and so is one that does not compile."""
+    import re
+    import warnings
+
+    for pattern, flags in patterns:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                re.compile(pattern, flags)
+            except Exception:  # noqa: BLE001 - the child raises it again, uncached
+                continue
+        if caught:
+            for cache in (getattr(re, "_cache", None), getattr(re, "_cache2", None)):
+                if isinstance(cache, dict):
+                    cache.pop((str, pattern, flags), None)
+
+
+def install_code_caches() -> None:
+    """Make this process's imports take code objects from COMPILED / REWRITTEN where the source is byte-identical.
+
+    The source loader's `source_to_code` and pytest's `_rewrite_test` are wrapped, nothing else: a miss (a patched
+    file, another pytest, a project that turns on `enable_assertion_pass_hook`) compiles as before."""
+    import importlib._bootstrap_external as external
+
+    source_to_code = external.SourceLoader.source_to_code
+
+    def cached_source_to_code(self, data, path, *, _optimize=-1):
+        hit = COMPILED.get(path)
+        if hit is not None and _optimize == -1 and hit[0] == data:
+            return hit[1]
+        return source_to_code(self, data, path, _optimize=_optimize)
+
+    external.SourceLoader.source_to_code = cached_source_to_code
+    try:
+        import inspect
+
+        from _pytest.assertion import rewrite
+    except ImportError:
+        return
+    original = getattr(rewrite, "_rewrite_test", None)
+    if original is None or list(inspect.signature(original).parameters)[:2] != ["fn", "config"]:
+        return
+
+    def cached_rewrite_test(fn, config, *rest, **kw):
+        hit = REWRITTEN.get(str(fn))
+        if hit is not None and not rest and not kw and sys.dont_write_bytecode:
+            try:
+                plain = config is None or not config.getini("enable_assertion_pass_hook")
+                if plain and fn.read_bytes() == hit[0]:
+                    return hit[1]
+            except Exception:  # noqa: BLE001 - anything odd: rewrite as pytest would
+                pass
+        return original(fn, config, *rest, **kw)
+
+    _state["rewrite_test"] = original
+    rewrite._rewrite_test = cached_rewrite_test
+
+
+def precompile(plain: list[str], rewritten: list[str]) -> None:
+    """Fill COMPILED / REWRITTEN from the clean checkout (the caller restored it) for the files not there yet."""
+    for path in plain:
+        if path in COMPILED:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            COMPILED[path] = (data, compile(data, path, "exec", dont_inherit=True))
+        except (OSError, SyntaxError, ValueError):
+            continue
+    rewrite_test = _state["rewrite_test"]
+    if rewrite_test is None:
+        return
+    from pathlib import Path
+
+    for path in rewritten:
+        if path in REWRITTEN:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            REWRITTEN[path] = (data, rewrite_test(Path(path), None))
+        except Exception:  # noqa: BLE001 - a file pytest cannot rewrite here is rewritten by the child, as ever
+            continue
+
+
+def preload(names: list[str], workdir: str) -> list[str]:
+    """Import `names` here (failures ignored); the names that loaded code of the checkout, which forbid preloading."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a module that does not import here is simply not preloaded
+            pass
+    bad = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and os.path.realpath(file).startswith(workdir + os.sep):
+            bad.append(name)
+    return bad
