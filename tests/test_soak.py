@@ -1,7 +1,9 @@
 """Kill-and-resume soak: a run `kill -9`ed (its whole process group) at ten seeded-random points spread over the
 run's duration, then once just after it published its version, and started again with the same command each time,
 ends with the dataset an undisturbed run makes (the same content digest) as one intact version, and no sandbox
-container of the killed runs left behind. About 12 runs of the small textkit recipe: ~5 minutes on 2 idle cores."""
+container of the killed runs left behind. The recipe mines a real PyPI package (inflection 0.5.1, its own test suite),
+and every attempt talks to one lasting Prefect server (`trajfactory server start`'s, on its own PostgreSQL) started
+once for the test, instead of starting a throwaway one of its own. About 12 runs: ~4 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import cli_runs
@@ -25,18 +28,37 @@ SEED = 13
 KILLS = 10
 
 
+PACKAGE = "pypi:inflection==0.5.1"
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """The API of a lasting Prefect server for every run of the test; stopped, and its database removed, after."""
+    from trajfactory.server import prefect_server
+    from trajfactory.server.postgres import PostgresCluster
+
+    state = prefect_server.start(tmp_path / "server")
+    yield state["api_url"]
+    prefect_server.stop(tmp_path / "server")
+    PostgresCluster(Path(state["postgres_data"])).remove()  # as root it lives outside tmp_path
+
+
 def _argv(tmp: Path) -> list[str]:
-    return [*cli_runs.CLI, "run", str(cli_runs.recipe(tmp, name="soak", candidates=4, reference_runs=1))]
+    return [*cli_runs.CLI, "run", str(cli_runs.recipe(tmp, [PACKAGE], name="soak", candidates=4, reference_runs=1))]
+
+
+def _env(tmp: Path, api: str) -> dict:
+    return {**cli_runs.env(tmp), "PREFECT_API_URL": api}
 
 
 WORK_STARTS = "harvest: 0/"
-"""The first progress line of a run: its startup (imports, the work dir's lock, the Prefect server) is over."""
+"""The first progress line of a run: its startup (imports, the work dir's lock, the flow run) is over."""
 
 
-def _start(tmp: Path, argv: list[str], log: Path) -> subprocess.Popen:
-    """The run in its own process group (a kill takes its Prefect server and helpers too), its output in `log`."""
+def _start(tmp: Path, argv: list[str], log: Path, api: str) -> subprocess.Popen:
+    """The run in its own process group (a kill takes its helpers too, not the shared server), output in `log`."""
     with log.open("w") as out:
-        return subprocess.Popen(argv, env=cli_runs.env(tmp), cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(argv, env=_env(tmp, api), cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -52,7 +74,7 @@ def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 900
 
 def kill_points(duration: float, startup: float, seed: int = SEED, kills: int = KILLS) -> list[tuple[str, float]]:
     """Where each attempt is killed: one seeded-random point in each tenth of the undisturbed run's `duration`,
-    replayed on the resumed runs. A point in the first `startup` seconds (imports, the lock, the Prefect server,
+    replayed on the resumed runs. A point in the first `startup` seconds (imports, the lock, the flow run,
     before any work) is `("startup", seconds after the attempt's start)`; a later one `("work", seconds after the
     attempt's work started)`: an attempt picks the work up where its predecessor was killed, so it is killed that
     much later than the previous point on the undisturbed run's clock."""
@@ -68,11 +90,11 @@ def kill_points(duration: float, startup: float, seed: int = SEED, kills: int = 
     return out
 
 
-def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend, tmp_path):
+def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend, prefect_api, tmp_path):
     clean, soaked = tmp_path / "clean", tmp_path / "soaked"
     clean.mkdir(), soaked.mkdir()
     began = time.monotonic()
-    proc = _start(clean, _argv(clean), clean / "run.log")
+    proc = _start(clean, _argv(clean), clean / "run.log", prefect_api)
     startup = _wait_for(proc, clean / "run.log", WORK_STARTS) - began
     assert proc.wait(timeout=1200) == 0, (clean / "run.log").read_text()[-3000:]
     points = kill_points(time.monotonic() - began, startup)
@@ -81,7 +103,7 @@ def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend,
     completed = False
     for i, (phase, delay) in enumerate(points):
         logs.append(soaked / f"attempt-{i + 1}.log")
-        proc = _start(soaked, argv, logs[-1])
+        proc = _start(soaked, argv, logs[-1], prefect_api)
         began = time.monotonic() if phase == "startup" else _wait_for(proc, logs[-1], WORK_STARTS)
         try:
             proc.wait(timeout=max(0.0, began + delay - time.monotonic()))
@@ -100,16 +122,20 @@ def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend,
     if not completed:
         if not store.versions():  # once more just after the version is published (the commit point)
             logs.append(soaked / "attempt-published.log")
-            proc = _start(soaked, argv, logs[-1])
+            proc = _start(soaked, argv, logs[-1], prefect_api)
             _wait_for(proc, logs[-1], "published v1 at")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        finished = subprocess.run(argv, env=cli_runs.env(soaked), cwd=soaked, capture_output=True, text=True,
+        finished = subprocess.run(argv, env=_env(soaked, prefect_api), cwd=soaked, capture_output=True, text=True,
                                   timeout=1200)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
         # the killed run had published v1: its resume takes v1 rather than write the same data again as v2
         assert "v1 was published by the run this one resumes" in finished.stderr, finished.stderr[-3000:]
 
+    # every run was a flow run of the one shared server: the undisturbed one and the one that finished the soak
+    completed_runs = httpx.post(f"{prefect_api}/flow_runs/count", timeout=30,
+                                json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+    assert completed_runs >= 2, completed_runs
     runs = [r["run_id"] for r in recorded_runs(soaked / "work")]
     assert len(runs) >= 2, runs  # attempts killed before they took the work dir left no record
     left = docker_backend.client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
