@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,12 +55,25 @@ def _with_cluster(recipe: Path, cluster) -> Path:
     return recipe
 
 
-def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, tmp_path):
-    recipe = _with_cluster(cli_runs.recipe(tmp_path, candidates=4, concurrency=2, batch_size=2,
-                                                   reference_runs=1), cluster)
+@pytest.fixture(scope="module")
+def factory_run(cluster, tmp_path_factory):
+    """The factory run through the CLI once on the cluster (the model rollouts below reuse its tasks and images)."""
+    tmp = tmp_path_factory.mktemp("factory")
+    recipe = _with_cluster(cli_runs.recipe(tmp, candidates=4, concurrency=2, batch_size=2, reference_runs=1), cluster)
     since = int(time.time()) - 1
-    proc = cli_runs.cli(tmp_path, "run", str(recipe))
+    proc = cli_runs.cli(tmp, "run", str(recipe))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(tmp=tmp, recipe=recipe, since=since, until=int(time.time()) + 1)
+
+
+def _started(host: str, since: int, until: int) -> list[dict]:
+    """The containers started on a node's engine between `since` and `until` (its events)."""
+    client = docker.DockerClient(base_url=host, timeout=60)
+    return list(client.events(since=since, until=until, decode=True, filters={"type": "container", "event": "start"}))
+
+
+def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, factory_run):
+    tmp_path = factory_run.tmp
     store = DatasetStore(tmp_path / "datasets" / "swe")
     tasks, verdicts = store.read_rows("v1", "tasks"), store.read_rows("v1", "verdicts")
     assert tasks and all(v["passed"] for v in verdicts if v["subject"] == "trajectory")
@@ -68,18 +82,93 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
     run_id = run["run_id"]
     built = docker_backend.client.images.get(tag)  # the machine's engine built it (the flow's own machine)
     assert registry_digest(tag, cluster.registry)  # and pushed it
-    until = int(time.time()) + 1
     for name, host in cluster.hosts.items():
         client = docker.DockerClient(base_url=host, timeout=60)
         pulled = client.images.get(tag)
         assert pulled.id == built.id, f"node {name} has another image under {tag}: rebuilt, not pulled"
         assert any(d.startswith(f"{cluster.registry}/") for d in pulled.attrs["RepoDigests"]), pulled.attrs
-        started = [e for e in client.events(since=since, until=until, decode=True,
-                                            filters={"type": "container", "event": "start"})]
+        started = _started(host, factory_run.since, factory_run.until)
         assert started, f"no sandbox ran on node {name}'s engine"
         assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
         assert {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}  # the flow's run
         assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
+
+
+def test_model_rollouts_run_on_the_nodes_against_the_model_server(cluster, factory_run, vllm_server, tmp_path):
+    """`trajfactory rollout` with the model policy sends each chunk of model rollouts to a node, whose sandboxes run
+    on its engine and whose agent talks to the real vLLM server; the trajectories come back into the flow's records,
+    journal and verdicts (`trajfactory verify`, on the nodes too)."""
+    from trajfactory.flows import records
+    from trajfactory.pipelines import swe
+
+    work = tmp_path / "work"
+    shutil.copytree(factory_run.tmp / "work", work, symlinks=True)  # the factory run's tasks, environments, runs
+    body = yaml.safe_load(factory_run.recipe.read_text())
+    body.update(work_dir=str(work), model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"},
+                rollout={"policies": ["model"], "max_steps": 2,
+                         "model": {"samples": 1, "max_tasks": 2, "concurrency": 1,  # two chunks, one task each
+                                   "agent": {"max_tokens": 24, "actions": "both", "limits": {"max_steps": 2}}}})
+    recipe = tmp_path / "model.yaml"
+    recipe.write_text(yaml.safe_dump(body))
+    since = int(time.time()) - 1
+    proc = cli_runs.cli(tmp_path, "rollout", str(recipe))
+    until = int(time.time()) + 1
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ran = re.findall(r"model_rollouts ran on node (\w+) ", proc.stderr)
+    assert len(ran) == 2 and set(ran) <= set(NODES), proc.stderr[-3000:]
+    run_id = recorded_runs(work)[-1]["run_id"]
+    for node in set(ran):  # the node's own engine ran the episodes' sandboxes, labelled with the flow's run
+        started = _started(cluster.hosts[node], since, until)
+        assert started and {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}
+    trajectories = records.load(work, swe.Rollouts).trajectories
+    assert len(trajectories) == 2 and {t.policy.name for t in trajectories} == {"model"}
+    assert all(t.policy.model == "tiny" and t.steps for t in trajectories)  # the model acted in each
+    journal = [json.loads(line) for line in (work / "journal.jsonl").read_text().splitlines()]
+    assert sum(j["stage"] == "model-rollout" for j in journal) == 2  # keyed and journaled on the flow's machine
+    checked = cli_runs.cli(tmp_path, "verify", str(recipe))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-6000:]
+    verdicts = records.load(work, swe.Verification).verdicts
+    assert sorted(v.trajectory_id for v in verdicts) == sorted(t.trajectory_id for t in trajectories)
+
+
+def test_a_model_endpoint_a_node_cannot_reach_is_named_with_the_setting_to_fix(cluster):
+    """A node that cannot connect to the model's URL fails the step at once, naming the URL and the setting."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig, ModelConfig
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    recipe = Recipe(repos=[{"uri": "builtin:textkit"}])
+    external = ModelEndpoint.at(url, "tiny")
+    served = ModelEndpoint(base_url=url, settings=ModelConfig(), served=True)
+    with cluster_session(ClusterConfig(address=cluster.address)):
+        with pytest.raises(InfrastructureError, match=rf"cannot be reached from Ray node (head|worker) \({url}: .*"
+                                                      r"set `model.base_url` to a URL the nodes reach"):
+            run_step(swe.model_rollouts, (recipe, external, {}, []), {})
+        with pytest.raises(InfrastructureError, match=r"set `model.host` to an address of the flow's machine"):
+            run_step(swe.model_rollouts, (recipe, served, {}, []), {})
+
+
+def test_a_served_model_listens_where_the_cluster_nodes_reach_it(tiny_model):
+    """Without a cluster a served model stays on loopback; with one, its URL names this machine's address on the route
+    to the head (or `model.host`), and a non-loopback host makes vLLM listen on every interface."""
+    from trajfactory.models.server import VLLMServer
+    from trajfactory.models.service import address_toward, served_host
+    from trajfactory.settings import ClusterConfig, ModelConfig
+
+    assert served_host(ModelConfig()) == "127.0.0.1"
+    assert served_host(ModelConfig(), ClusterConfig(address="127.0.0.1:6379")) == "127.0.0.1"  # the nodes are here
+    outward = address_toward("192.0.2.200:6379")  # a head on another machine: the address this one has toward it
+    assert served_host(ModelConfig(), ClusterConfig(address="192.0.2.200:6379")) == outward
+    assert served_host(ModelConfig(host="10.0.0.5"), ClusterConfig(address="192.0.2.200:6379")) == "10.0.0.5"
+    here, there = VLLMServer(tiny_model, port=8123), VLLMServer(tiny_model, port=8123, host="10.0.0.5")
+    assert here.command()[here.command().index("--host") + 1] == "127.0.0.1"
+    assert there.command()[there.command().index("--host") + 1] == "0.0.0.0"
+    assert there.base_url == "http://10.0.0.5:8123/v1"
+    with pytest.raises(ValueError, match=r"model.host 'http://h' is not a host name or IP address"):
+        ModelConfig(host="http://h")
 
 
 @pytest.mark.browser

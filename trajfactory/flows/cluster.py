@@ -18,12 +18,14 @@ import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from trajfactory.executors.base import InfrastructureError
 from trajfactory.executors.docker import (cleanup_leftover_containers, cleanup_run_containers, current_run_id,
                                          engine_available, set_run_id)
 from trajfactory.executors.registry import current_registry, use_registry
 from trajfactory.executors.runs import recorded_runs
+from trajfactory.models.service import ModelEndpoint
 from trajfactory.settings import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -133,9 +135,30 @@ def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_i
     use_registry(registry)
     set_run_id(run_id)
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
+    for endpoint in (a for a in (*args, *kwargs.values()) if isinstance(a, ModelEndpoint)):
+        require_reachable(endpoint, node)
     result = fn(*args, **kwargs)
     back = {i: a.handed_back() for i, a in enumerate(args) if hasattr(a, "handed_back")}
     return result, back, f"{node} (engine {os.environ.get('DOCKER_HOST', 'default')})"
+
+
+def require_reachable(endpoint: ModelEndpoint, node: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the URL and the setting to fix, when no URL of `endpoint` answers a connection from this
+    node (a loopback URL of the flow's machine, a firewall): the model steps would otherwise wait out every retry."""
+    urls = [endpoint.base_url] if isinstance(endpoint.base_url, str) else list(endpoint.base_url)
+    errors = []
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            return
+        except OSError as exc:
+            errors.append(f"{url}: {exc}")
+    fix = ("set `model.host` to an address of the flow's machine that the nodes reach (the served model listens there)"
+           if endpoint.served else "set `model.base_url` to a URL the nodes reach")
+    raise InfrastructureError(f"the model endpoint cannot be reached from Ray node {node} ({'; '.join(errors)}); "
+                              f"{fix}, or drop `cluster:` to run here")
 
 
 def remove_on_nodes(run_ids: set[str] | None) -> dict[str, int]:
