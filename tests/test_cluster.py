@@ -172,14 +172,21 @@ def test_a_served_model_listens_where_the_cluster_nodes_reach_it(tiny_model):
 
 
 @pytest.mark.browser
-def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, tmp_path):
-    """The gold replays and rollouts of `trajfactory web` run as Ray tasks, each with the node's own Chromium and site:
-    the flow logs the node of each; the screenshots taken there come back into the version."""
+def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, vllm_server, tmp_path):
+    """The gold replays, replay and model rollouts and the judgements of `trajfactory web` run as Ray tasks, each
+    episode with the node's own Chromium and site, the model agent and judge against the real vLLM server: the flow
+    logs the node of each; the screenshots taken there come back into the version, and each judge on a node read the
+    final screenshot the flow's store sent along."""
     from test_web_flow import _tutorials, web_recipe
 
     config = web_recipe(tmp_path, {"tutorials": [str(_tutorials(tmp_path / "tutorials"))], "max_tasks_per_site": 1,
-                                   "infeasible_share": 0.0, "browsers": 2, "dataset_name": "web"},
-                        cluster={"address": cluster.address})
+                                   "infeasible_share": 0.0, "browsers": 2, "dataset_name": "web",
+                                   "policies": ["replay", "model"], "model_max_tasks": 1, "judge": True,
+                                   "agent": {"max_tokens": 16, "max_observation_chars": 300, "history_turns": 2,
+                                             "limits": {"max_steps": 2}},
+                                   "judge_settings": {"max_tokens": 40, "max_page_chars": 200}},
+                        cluster={"address": cluster.address},
+                        model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"})
     (tmp_path / "web.yaml").write_text(yaml.safe_dump(config))
     proc = cli_runs.cli(tmp_path, "web", str(tmp_path / "web.yaml"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -188,8 +195,16 @@ def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, 
     trajectories = store.read_rows("v1", "trajectories")
     verdicts = store.read_rows("v1", "verdicts")
     assert trajectories and sum(v["passed"] for v in verdicts) >= 3  # a replay verified per site
-    ran = re.findall(r"(establish|replay_rollout) ran on node (\w+) ", proc.stderr)
-    assert sum(step == "replay_rollout" for step, _ in ran) == len(trajectories)  # every episode ran on a node
+    ran = re.findall(r"(establish|replay_rollout|model_rollout|judge) ran on node (\w+) ", proc.stderr)
+    model = [tr for tr in trajectories if tr["policy"]["name"] == "model"]
+    assert len(model) == 1 and sum(step == "model_rollout" for step, _ in ran) == 1
+    assert sum(step == "replay_rollout" for step, _ in ran) == len(trajectories) - 1  # every episode ran on a node
+    assert sum(step == "judge" for step, _ in ran) == len(trajectories)  # and every judgement
+    judged = {v["trajectory_id"]: json.loads(v["evidence"]["detail"]) for v in verdicts if v["verifier"] == "judge"}
+    shown = [tr["trajectory_id"] for tr in trajectories
+             if any(json.loads(step["arguments"]).get("screenshot") for step in tr["steps"])]
+    assert len(judged) == len(trajectories) and shown
+    assert all("image_dropped" in judged[t] for t in shown)  # the node had the screenshot (the tiny model refused it)
     assert sum(step == "establish" for step, _ in ran) >= len(store.read_rows("v1", "web_tasks"))  # and the failed
     assert {node for _, node in ran} == set(NODES), ran  # spread over both
     # the screenshots were taken on the nodes and handed back: every one a step references is in the version
