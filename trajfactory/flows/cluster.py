@@ -6,7 +6,9 @@
 The Prefect task stays on the flow's machine (its cache key, journal line, retries and state are the flow's), and
 only the work goes to a node: `run_step` sends the step function and its arguments to Ray and waits for the result.
 Tasks are spread over the nodes, and each node runs its sandboxes on its own Docker engine (its `DOCKER_HOST`),
-pulling images from the shared registry (`executors/registry.py`) instead of building them again.
+pulling images from the shared registry (`executors/registry.py`) instead of building them again. A step that takes
+a `ModelEndpoint` (model rollouts, the web judge) talks to the model from the node: the node first checks that the
+endpoint answers there (`require_reachable`; a served model is reached at `model.host`, `models/service.py`).
 """
 
 from __future__ import annotations
