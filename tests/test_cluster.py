@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import time
@@ -151,6 +152,35 @@ def test_a_model_endpoint_a_node_cannot_reach_is_named_with_the_setting_to_fix(c
             run_step(swe.model_rollouts, (recipe, served, {}, []), {})
 
 
+def test_a_ray_client_address_drives_the_cluster(tmp_path):
+    """`cluster.address: ray://HOST:PORT` (Ray Client, for a flow outside the cluster's network; `ray[client]`) drives
+    the cluster's nodes: work runs there, and a step's error comes back as itself."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, remove_on_nodes, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig
+
+    # a head of its own with a Ray Client server (on the machine's engine: nothing runs a sandbox here)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        head = start_node(tmp_path, "client-head", head=True, port=free_port(), client_port=free_port(),
+                          own_engine=False, env=env, object_store_mb=100)
+        assert head["client_address"].startswith("ray://127.0.0.1:")
+        recipe = Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": head["client_address"]})
+        with cluster_session(recipe.cluster):
+            assert remove_on_nodes({"no-such-run"}) == {"client-head": 0}  # a task ran on the node, via the client
+            with pytest.raises(InfrastructureError, match="cannot be reached from Ray node client-head"):
+                endpoint = ModelEndpoint.at(f"http://127.0.0.1:{free_port()}/v1", "tiny")
+                run_step(swe.model_rollouts, (recipe, endpoint, {}, []), {})
+    finally:
+        stop_node(tmp_path, "client-head")
+    port = free_port()  # nothing listens there
+    with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address 'ray://127.0.0.1:{port}'"):
+        with cluster_session(ClusterConfig(address=f"ray://127.0.0.1:{port}")):
+            pass
+
+
 def test_a_served_model_listens_where_the_cluster_nodes_reach_it(tiny_model):
     """Without a cluster a served model stays on loopback; with one, its URL names this machine's address on the route
     to the head (or `model.host`), and a non-loopback host makes vLLM listen on every interface."""
@@ -257,6 +287,8 @@ def test_a_resumed_run_removes_what_its_killed_predecessor_left_on_a_node_engine
 def test_cluster_section_names_what_is_wrong():
     with pytest.raises(ValueError, match="cluster address 'head' is not"):
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "head"})
+    with pytest.raises(ValueError, match=r"or its Ray Client `ray://HOST:PORT`"):
+        Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "http://h:10001"})
     with pytest.raises(ValueError, match="registry 'http://r:5000' is not `HOST:PORT`"):
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"registry": "http://r:5000"})
     assert Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "10.0.0.1:6379"}).digest() == \

@@ -60,12 +60,7 @@ def cluster_session(config: ClusterConfig | None, work_dir: str | Path | None = 
     with _lock:
         if not ray.is_initialized():
             _check_reachable(config.address)  # ray.init waits minutes on an address nothing answers
-            try:
-                ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=False)
-            except ConnectionError as exc:
-                raise InfrastructureError(
-                    f"no Ray cluster answers at cluster.address {config.address!r} ({exc}); start its head with "
-                    "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
+            _connect(ray, config.address)
         _state.update(config=config, registry=current_registry())
     use_registry(config.registry)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -87,10 +82,25 @@ def cluster_session(config: ClusterConfig | None, work_dir: str | Path | None = 
             ray.shutdown()
 
 
+def _connect(ray, address: str) -> None:
+    # Ray Client starts a server per connection on the head, and that start now and then fails: try it again
+    attempts = 3 if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except ConnectionError as exc:
+            if attempt == attempts:
+                raise InfrastructureError(
+                    f"no Ray cluster answers at cluster.address {address!r} ({exc}); start its head with "
+                    "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
+            log.warning("Ray Client at %s did not connect (%s); trying again", address, exc)
+
+
 def _check_reachable(address: str) -> None:
     if address == "auto":
         return
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:

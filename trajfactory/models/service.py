@@ -103,8 +103,8 @@ def served_host(cfg: ModelConfig, cluster: ClusterConfig | None = None) -> str:
 
 
 def address_toward(address: str) -> str:
-    """This machine's IP on its route to `address` (`HOST:PORT`; `auto`: the cluster this machine joined, whose head
-    Ray finds), or loopback when nothing routes there."""
+    """This machine's IP on its route to `address` (`HOST:PORT` or `ray://HOST:PORT`; `auto`: the cluster this
+    machine joined, whose head Ray finds), or loopback when nothing routes there."""
     if address == "auto":
         try:
             import ray
@@ -112,7 +112,7 @@ def address_toward(address: str) -> str:
             return ray.util.get_node_ip_address()
         except Exception:  # noqa: BLE001 - no Ray, or no cluster joined: nothing else is known about the route
             return "127.0.0.1"
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect((host, int(port)))  # UDP: picks the route and the source address, sends nothing
