@@ -175,9 +175,9 @@ def test_a_ray_client_address_drives_the_cluster(tmp_path):
                 run_step(swe.model_rollouts, (recipe, endpoint, {}, []), {})
     finally:
         stop_node(tmp_path, "client-head")
-    port = free_port()  # nothing listens there
-    with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address 'ray://127.0.0.1:{port}'"):
-        with cluster_session(ClusterConfig(address=f"ray://127.0.0.1:{port}")):
+    address = f"ray://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address '{address}'"):
+        with cluster_session(ClusterConfig(address=address)):
             pass
 
 

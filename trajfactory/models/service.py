@@ -3,10 +3,10 @@
 
 With `serve:` the factory starts vLLM on the model directory (making the built-in tiny model
 first when asked for `builtin:tiny`) and stops it when the block ends, also on errors and
-cancellation; with `base_url:` it only describes the external endpoint. A served model listens on loopback unless the
-nodes of a `cluster:` must reach it (`served_host`: `model.host`, or this machine's address toward the head). The `ModelEndpoint` it
-yields is small and picklable, so flows pass it to their tasks; the API key stays in the
-environment and is read only when a client is made.
+cancellation; with `base_url:` it only describes the external endpoint. A served model listens on
+loopback unless the nodes of a `cluster:` must reach it (`served_host`: `model.host`, or this
+machine's address toward the head). The `ModelEndpoint` it yields is small and picklable, so flows
+pass it to their tasks; the API key stays in the environment and is read only when a client is made.
 """
 
 from __future__ import annotations
