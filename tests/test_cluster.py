@@ -152,6 +152,25 @@ def test_a_model_endpoint_a_node_cannot_reach_is_named_with_the_setting_to_fix(c
             run_step(swe.model_rollouts, (recipe, served, {}, []), {})
 
 
+def test_a_node_without_the_model_key_variable_is_named(cluster, monkeypatch):
+    """The flow's machine holds the model's key in `model.api_key_env`, a node does not: the step stops at once, naming
+    the variable (never its value) and where to set it."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig
+
+    monkeypatch.setenv("TRAJFACTORY_TEST_NODE_KEY", "sk-only-here")  # set after the nodes started: they lack it
+    recipe = Recipe(repos=[{"uri": "builtin:textkit"}])
+    endpoint = ModelEndpoint.at(f"http://{cluster.registry}/v1", "tiny", api_key_env="TRAJFACTORY_TEST_NODE_KEY")
+    with cluster_session(ClusterConfig(address=cluster.address)):  # the registry answers: reachable, but no key
+        with pytest.raises(InfrastructureError, match=r"read from TRAJFACTORY_TEST_NODE_KEY on the flow's machine, "
+                                                      r"but Ray node (head|worker) has no") as failed:
+            run_step(swe.model_rollouts, (recipe, endpoint, {}, []), {})
+    assert "sk-only-here" not in str(failed.value)
+
+
 def test_a_ray_client_address_drives_the_cluster(tmp_path):
     """`cluster.address: ray://HOST:PORT` (Ray Client, for a flow outside the cluster's network; `ray[client]`) drives
     the cluster's nodes: work runs there, and a step's error comes back as itself."""

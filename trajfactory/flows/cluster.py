@@ -118,8 +118,11 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
     if not _state:
         return fn(*args, **kwargs)
     ray = _ray()
+    # the names (never the values) of the model keys this machine holds: the node must hold them too
+    keyed = sorted({a.settings.api_key_env for a in (*args, *kwargs.values())
+                    if isinstance(a, ModelEndpoint) and os.environ.get(a.settings.api_key_env)})
     ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry,
-                                                                    current_run_id())
+                                                                    current_run_id(), keyed)
     try:
         # the step's own exception comes back as itself (Ray's error is an instance of its class)
         result, back, where = ray.get(ref)
@@ -139,9 +142,11 @@ def _remote(ray):
     return _state["remote"]
 
 
-def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str) -> tuple[Any, dict, str]:
+def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str,
+            keyed: list[str] = ()) -> tuple[Any, dict, str]:
     """What a node runs: the step, with images shared through `registry` and its sandboxes labelled with the flow's
-    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them). Returns the step's result; per
+    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them), once the node reaches the step's
+    model endpoint and holds the key variables `keyed` the flow's machine holds. Returns the step's result; per
     positional argument that kept files for the flow's machine (`handed_back`: a web episode's screenshots), what it
     kept; and the node (`TRAJFACTORY_NODE`, else the host name) with its engine, which the flow logs."""
     use_registry(registry)
@@ -149,6 +154,10 @@ def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_i
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
     for endpoint in (a for a in (*args, *kwargs.values()) if isinstance(a, ModelEndpoint)):
         require_reachable(endpoint, node)
+    if missing := [name for name in keyed if not os.environ.get(name)]:
+        raise InfrastructureError(f"the model's API key is read from {missing[0]} on the flow's machine, but Ray node "
+                                  f"{node} has no {missing[0]} in its environment: set it where the node starts "
+                                  "(before `trajfactory cluster start-node`); the key never travels with the work")
     result = fn(*args, **kwargs)
     back = {i: a.handed_back() for i, a in enumerate(args) if hasattr(a, "handed_back")}
     return result, back, f"{node} (engine {os.environ.get('DOCKER_HOST', 'default')})"
