@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,13 +82,22 @@ def start_node(root: str | Path, name: str, *, head: bool = False, address: str 
              "client_address": f"ray://127.0.0.1:{client_port}" if head and client_port else None}
     (where / "node.json").write_text(json.dumps(state))
     deadline = time.monotonic() + timeout
-    while _STARTED not in log.read_text(errors="replace"):
+    # up once Ray says so and, with a Ray Client server, once that listens (it starts a moment after)
+    while _STARTED not in log.read_text(errors="replace") or (head and client_port and not _listens(client_port)):
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:]
             stop_node(root, name)
             raise InfrastructureError(f"Ray node {name} did not start (`{' '.join(cmd)}`); its log ({log}):\n{tail}")
         time.sleep(0.3)
     return state
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def node_state(root: str | Path, name: str) -> dict | None:
