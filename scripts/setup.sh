@@ -47,7 +47,7 @@ if [[ ! -f "$stamp" ]]; then
   # The CPU build first, so the torch requirement never pulls the CUDA build and its GBs of packages.
   "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | quiet_pip
   "$TRAJFACTORY_PY" -m pip install -q --disable-pip-version-check -e ".[test,cluster]" 2>&1 | quiet_pip
-  "$TRAJFACTORY_PY" -c "import trajfactory, prefect, docker, git, pyarrow, pytest_cov, importlinter, ray" \
+  "$TRAJFACTORY_PY" -c "import trajfactory, prefect, docker, git, pyarrow, pytest_cov, importlinter, ray, grpc" \
     || { log "Python install failed"; exit 1; }
   touch "$stamp"
 fi

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,12 +56,25 @@ def _with_cluster(recipe: Path, cluster) -> Path:
     return recipe
 
 
-def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, tmp_path):
-    recipe = _with_cluster(cli_runs.recipe(tmp_path, candidates=4, concurrency=2, batch_size=2,
-                                                   reference_runs=1), cluster)
+@pytest.fixture(scope="module")
+def factory_run(cluster, tmp_path_factory):
+    """The factory run through the CLI once on the cluster (the model rollouts below reuse its tasks and images)."""
+    tmp = tmp_path_factory.mktemp("factory")
+    recipe = _with_cluster(cli_runs.recipe(tmp, candidates=4, concurrency=2, batch_size=2, reference_runs=1), cluster)
     since = int(time.time()) - 1
-    proc = cli_runs.cli(tmp_path, "run", str(recipe))
+    proc = cli_runs.cli(tmp, "run", str(recipe))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(tmp=tmp, recipe=recipe, since=since, until=int(time.time()) + 1)
+
+
+def _started(host: str, since: int, until: int) -> list[dict]:
+    """The containers started on a node's engine between `since` and `until` (its events)."""
+    client = docker.DockerClient(base_url=host, timeout=60)
+    return list(client.events(since=since, until=until, decode=True, filters={"type": "container", "event": "start"}))
+
+
+def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, factory_run):
+    tmp_path = factory_run.tmp
     store = DatasetStore(tmp_path / "datasets" / "swe")
     tasks, verdicts = store.read_rows("v1", "tasks"), store.read_rows("v1", "verdicts")
     assert tasks and all(v["passed"] for v in verdicts if v["subject"] == "trajectory")
@@ -68,29 +83,159 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
     run_id = run["run_id"]
     built = docker_backend.client.images.get(tag)  # the machine's engine built it (the flow's own machine)
     assert registry_digest(tag, cluster.registry)  # and pushed it
-    until = int(time.time()) + 1
     for name, host in cluster.hosts.items():
         client = docker.DockerClient(base_url=host, timeout=60)
         pulled = client.images.get(tag)
         assert pulled.id == built.id, f"node {name} has another image under {tag}: rebuilt, not pulled"
         assert any(d.startswith(f"{cluster.registry}/") for d in pulled.attrs["RepoDigests"]), pulled.attrs
-        started = [e for e in client.events(since=since, until=until, decode=True,
-                                            filters={"type": "container", "event": "start"})]
+        started = _started(host, factory_run.since, factory_run.until)
         assert started, f"no sandbox ran on node {name}'s engine"
         assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
         assert {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}  # the flow's run
         assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
 
 
+def test_model_rollouts_run_on_the_nodes_against_the_model_server(cluster, factory_run, vllm_server, tmp_path):
+    """`trajfactory rollout` with the model policy sends each chunk of model rollouts to a node, whose sandboxes run
+    on its engine and whose agent talks to the real vLLM server; the trajectories come back into the flow's records,
+    journal and verdicts (`trajfactory verify`, on the nodes too)."""
+    from trajfactory.flows import records
+    from trajfactory.pipelines import swe
+
+    work = tmp_path / "work"
+    shutil.copytree(factory_run.tmp / "work", work, symlinks=True)  # the factory run's tasks, environments, runs
+    body = yaml.safe_load(factory_run.recipe.read_text())
+    body.update(work_dir=str(work), model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"},
+                rollout={"policies": ["model"], "max_steps": 2,
+                         "model": {"samples": 1, "max_tasks": 2, "concurrency": 1,  # two chunks, one task each
+                                   "agent": {"max_tokens": 24, "actions": "both", "limits": {"max_steps": 2}}}})
+    recipe = tmp_path / "model.yaml"
+    recipe.write_text(yaml.safe_dump(body))
+    since = int(time.time()) - 1
+    proc = cli_runs.cli(tmp_path, "rollout", str(recipe))
+    until = int(time.time()) + 1
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ran = re.findall(r"model_rollouts ran on node (\w+) ", proc.stderr)
+    assert len(ran) == 2 and set(ran) <= set(NODES), proc.stderr[-3000:]
+    run_id = recorded_runs(work)[-1]["run_id"]
+    for node in set(ran):  # the node's own engine ran the episodes' sandboxes, labelled with the flow's run
+        started = _started(cluster.hosts[node], since, until)
+        assert started and {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}
+    trajectories = records.load(work, swe.Rollouts).trajectories
+    assert len(trajectories) == 2 and {t.policy.name for t in trajectories} == {"model"}
+    assert all(t.policy.model == "tiny" and t.steps for t in trajectories)  # the model acted in each
+    journal = [json.loads(line) for line in (work / "journal.jsonl").read_text().splitlines()]
+    assert sum(j["stage"] == "model-rollout" for j in journal) == 2  # keyed and journaled on the flow's machine
+    checked = cli_runs.cli(tmp_path, "verify", str(recipe))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-6000:]
+    verdicts = records.load(work, swe.Verification).verdicts
+    assert sorted(v.trajectory_id for v in verdicts) == sorted(t.trajectory_id for t in trajectories)
+
+
+def test_a_model_endpoint_a_node_cannot_reach_is_named_with_the_setting_to_fix(cluster):
+    """A node that cannot connect to the model's URL fails the step at once, naming the URL and the setting."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig, ModelConfig
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    recipe = Recipe(repos=[{"uri": "builtin:textkit"}])
+    external = ModelEndpoint.at(url, "tiny")
+    served = ModelEndpoint(base_url=url, settings=ModelConfig(), served=True)
+    with cluster_session(ClusterConfig(address=cluster.address)):
+        with pytest.raises(InfrastructureError, match=rf"cannot be reached from Ray node (head|worker) \({url}: .*"
+                                                      r"set `model.base_url` to a URL the nodes reach"):
+            run_step(swe.model_rollouts, (recipe, external, {}, []), {})
+        with pytest.raises(InfrastructureError, match=r"set `model.host` to an address of the flow's machine"):
+            run_step(swe.model_rollouts, (recipe, served, {}, []), {})
+
+
+def test_a_node_without_the_model_key_variable_is_named(cluster, monkeypatch):
+    """The flow's machine holds the model's key in `model.api_key_env`, a node does not: the step stops at once, naming
+    the variable (never its value) and where to set it."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig
+
+    monkeypatch.setenv("TRAJFACTORY_TEST_NODE_KEY", "sk-only-here")  # set after the nodes started: they lack it
+    recipe = Recipe(repos=[{"uri": "builtin:textkit"}])
+    endpoint = ModelEndpoint.at(f"http://{cluster.registry}/v1", "tiny", api_key_env="TRAJFACTORY_TEST_NODE_KEY")
+    with cluster_session(ClusterConfig(address=cluster.address)):  # the registry answers: reachable, but no key
+        with pytest.raises(InfrastructureError, match=r"read from TRAJFACTORY_TEST_NODE_KEY on the flow's machine, "
+                                                      r"but Ray node (head|worker) has no") as failed:
+            run_step(swe.model_rollouts, (recipe, endpoint, {}, []), {})
+    assert "sk-only-here" not in str(failed.value)
+
+
+def test_a_ray_client_address_drives_the_cluster(tmp_path):
+    """`cluster.address: ray://HOST:PORT` (Ray Client, for a flow outside the cluster's network; `ray[client]`) drives
+    the cluster's nodes: work runs there, and a step's error comes back as itself."""
+    from trajfactory.executors.base import InfrastructureError
+    from trajfactory.flows.cluster import cluster_session, remove_on_nodes, run_step
+    from trajfactory.models.service import ModelEndpoint
+    from trajfactory.pipelines import swe
+    from trajfactory.settings import ClusterConfig
+
+    # a head of its own with a Ray Client server (on the machine's engine: nothing runs a sandbox here)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        head = start_node(tmp_path, "client-head", head=True, port=free_port(), client_port=free_port(),
+                          own_engine=False, env=env, object_store_mb=100)
+        assert head["client_address"].startswith("ray://127.0.0.1:")
+        recipe = Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": head["client_address"]})
+        with cluster_session(recipe.cluster):
+            assert remove_on_nodes({"no-such-run"}) == {"client-head": 0}  # a task ran on the node, via the client
+            with pytest.raises(InfrastructureError, match="cannot be reached from Ray node client-head"):
+                endpoint = ModelEndpoint.at(f"http://127.0.0.1:{free_port()}/v1", "tiny")
+                run_step(swe.model_rollouts, (recipe, endpoint, {}, []), {})
+    finally:
+        stop_node(tmp_path, "client-head")
+    address = f"ray://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(InfrastructureError, match=f"no Ray cluster answers at cluster.address '{address}'"):
+        with cluster_session(ClusterConfig(address=address)):
+            pass
+
+
+def test_a_served_model_listens_where_the_cluster_nodes_reach_it(tiny_model):
+    """Without a cluster a served model stays on loopback; with one, its URL names this machine's address on the route
+    to the head (or `model.host`), and a non-loopback host makes vLLM listen on every interface."""
+    from trajfactory.models.server import VLLMServer
+    from trajfactory.models.service import address_toward, served_host
+    from trajfactory.settings import ClusterConfig, ModelConfig
+
+    assert served_host(ModelConfig()) == "127.0.0.1"
+    assert served_host(ModelConfig(), ClusterConfig(address="127.0.0.1:6379")) == "127.0.0.1"  # the nodes are here
+    outward = address_toward("192.0.2.200:6379")  # a head on another machine: the address this one has toward it
+    assert served_host(ModelConfig(), ClusterConfig(address="192.0.2.200:6379")) == outward
+    assert served_host(ModelConfig(host="10.0.0.5"), ClusterConfig(address="192.0.2.200:6379")) == "10.0.0.5"
+    here, there = VLLMServer(tiny_model, port=8123), VLLMServer(tiny_model, port=8123, host="10.0.0.5")
+    assert here.command()[here.command().index("--host") + 1] == "127.0.0.1"
+    assert there.command()[there.command().index("--host") + 1] == "0.0.0.0"
+    assert there.base_url == "http://10.0.0.5:8123/v1"
+    with pytest.raises(ValueError, match=r"model.host 'http://h' is not a host name or IP address"):
+        ModelConfig(host="http://h")
+
+
 @pytest.mark.browser
-def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, tmp_path):
-    """The gold replays and rollouts of `trajfactory web` run as Ray tasks, each with the node's own Chromium and site:
-    the flow logs the node of each; the screenshots taken there come back into the version."""
+def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, vllm_server, tmp_path):
+    """The gold replays, replay and model rollouts and the judgements of `trajfactory web` run as Ray tasks, each
+    episode with the node's own Chromium and site, the model agent and judge against the real vLLM server: the flow
+    logs the node of each; the screenshots taken there come back into the version, and each judge on a node read the
+    final screenshot the flow's store sent along."""
     from test_web_flow import _tutorials, web_recipe
 
     config = web_recipe(tmp_path, {"tutorials": [str(_tutorials(tmp_path / "tutorials"))], "max_tasks_per_site": 1,
-                                   "infeasible_share": 0.0, "browsers": 2, "dataset_name": "web"},
-                        cluster={"address": cluster.address})
+                                   "infeasible_share": 0.0, "browsers": 2, "dataset_name": "web",
+                                   "policies": ["replay", "model"], "model_max_tasks": 1, "judge": True,
+                                   "agent": {"max_tokens": 16, "max_observation_chars": 300, "history_turns": 2,
+                                             "limits": {"max_steps": 2}},
+                                   "judge_settings": {"max_tokens": 40, "max_page_chars": 200}},
+                        cluster={"address": cluster.address},
+                        model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"})
     (tmp_path / "web.yaml").write_text(yaml.safe_dump(config))
     proc = cli_runs.cli(tmp_path, "web", str(tmp_path / "web.yaml"), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -99,8 +244,16 @@ def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, 
     trajectories = store.read_rows("v1", "trajectories")
     verdicts = store.read_rows("v1", "verdicts")
     assert trajectories and sum(v["passed"] for v in verdicts) >= 3  # a replay verified per site
-    ran = re.findall(r"(establish|replay_rollout) ran on node (\w+) ", proc.stderr)
-    assert sum(step == "replay_rollout" for step, _ in ran) == len(trajectories)  # every episode ran on a node
+    ran = re.findall(r"(establish|replay_rollout|model_rollout|judge) ran on node (\w+) ", proc.stderr)
+    model = [tr for tr in trajectories if tr["policy"]["name"] == "model"]
+    assert len(model) == 1 and sum(step == "model_rollout" for step, _ in ran) == 1
+    assert sum(step == "replay_rollout" for step, _ in ran) == len(trajectories) - 1  # every episode ran on a node
+    assert sum(step == "judge" for step, _ in ran) == len(trajectories)  # and every judgement
+    judged = {v["trajectory_id"]: json.loads(v["evidence"]["detail"]) for v in verdicts if v["verifier"] == "judge"}
+    shown = [tr["trajectory_id"] for tr in trajectories
+             if any(json.loads(step["arguments"]).get("screenshot") for step in tr["steps"])]
+    assert len(judged) == len(trajectories) and shown
+    assert all("image_dropped" in judged[t] for t in shown)  # the node had the screenshot (the tiny model refused it)
     assert sum(step == "establish" for step, _ in ran) >= len(store.read_rows("v1", "web_tasks"))  # and the failed
     assert {node for _, node in ran} == set(NODES), ran  # spread over both
     # the screenshots were taken on the nodes and handed back: every one a step references is in the version
@@ -153,6 +306,8 @@ def test_a_resumed_run_removes_what_its_killed_predecessor_left_on_a_node_engine
 def test_cluster_section_names_what_is_wrong():
     with pytest.raises(ValueError, match="cluster address 'head' is not"):
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "head"})
+    with pytest.raises(ValueError, match=r"or its Ray Client `ray://HOST:PORT`"):
+        Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "http://h:10001"})
     with pytest.raises(ValueError, match="registry 'http://r:5000' is not `HOST:PORT`"):
         Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"registry": "http://r:5000"})
     assert Recipe(repos=[{"uri": "builtin:textkit"}], cluster={"address": "10.0.0.1:6379"}).digest() == \

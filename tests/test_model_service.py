@@ -8,9 +8,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from trajfactory.settings import BUILTIN_TINY, ModelConfig
-from trajfactory.models.server import process_group_alive
-from trajfactory.models.service import ModelEndpoint, model_endpoint, resolve_model_dir
+from trajfactory.settings import BUILTIN_TINY, ClusterConfig, ModelConfig
+from trajfactory.models.server import is_loopback, process_group_alive
+from trajfactory.models.service import ModelEndpoint, address_toward, model_endpoint, resolve_model_dir
 
 
 def test_model_config_needs_exactly_one_source():
@@ -50,11 +50,16 @@ def test_external_endpoint_reads_its_key_from_the_named_variable_and_never_shows
 
 @pytest.mark.vllm
 def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_requests(tiny_model, tmp_path):
+    """With a `cluster:` whose head is on another machine, the replicas are reached at this machine's address toward
+    it (and listen on every interface unless that address is loopback, on a machine with no route out)."""
     cfg = ModelConfig(serve=str(tiny_model), name="tiny-served", startup_timeout_s=600, replicas=2)
+    head = "198.51.100.1:6379"  # TEST-NET-2: nothing answers there; only the route toward it is read
+    outward = address_toward(head)
     with pytest.raises(RuntimeError, match="stage failed"):
-        with model_endpoint(cfg, tmp_path / "work") as ep:
+        with model_endpoint(cfg, tmp_path / "work", ClusterConfig(address=head)) as ep:
             assert isinstance(ep, ModelEndpoint) and ep.served and ep.model_dir == str(tiny_model)
             assert isinstance(ep.base_url, list) and len(set(ep.base_url)) == 2
+            assert all(url.startswith(f"http://{outward}:") for url in ep.base_url)
             for url in ep.base_url:
                 assert [m["id"] for m in httpx.get(f"{url}/models", timeout=10).json()["data"]] == ["tiny-served"]
             client = ep.client()
@@ -68,12 +73,28 @@ def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_request
             assert all(n >= 1 for n in client.replicas.sent) and sum(client.replicas.failed) == 0
             pgids = set().union(*(_vllm_groups(url.rsplit(":", 1)[1].split("/")[0]) for url in ep.base_url))
             assert len(pgids) >= 2
+            listen = {_vllm_host(url.rsplit(":", 1)[1].split("/")[0]) for url in ep.base_url}
+            assert listen == {"127.0.0.1" if is_loopback(outward) else "0.0.0.0"}
             raise RuntimeError("stage failed")
     assert not any(process_group_alive(g) for g in pgids)
     assert all((tmp_path / "work" / "logs" / f"vllm-{i}.log").stat().st_size > 0 for i in (0, 1))
     for url in ep.base_url:
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/models", timeout=2)
+
+
+def _vllm_host(port: str) -> str:
+    """The `--host` the vLLM server on `port` was started with (its command line, from /proc)."""
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode().split("\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if "vllm.entrypoints.openai.api_server" in cmd and port in cmd:
+            return cmd[cmd.index("--host") + 1]
+    return ""
 
 
 def _vllm_groups(port: str) -> set[int]:

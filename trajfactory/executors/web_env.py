@@ -41,9 +41,11 @@ ENDING = {"send_msg_to_user": "submitted", "report_infeasible": "infeasible"}
 class ScreenshotStore:
     """PNG files named by their sha256 under `<root>/screenshots/`: the same image is stored once."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, sent: tuple[str, ...] = ()):
         self.dir = Path(root) / "screenshots"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.sent = sent
+        """Screenshots this store carries when sent to another node (`sending`)."""
 
     def put(self, png: bytes) -> str:
         sha = hashlib.sha256(png).hexdigest()
@@ -57,6 +59,17 @@ class ScreenshotStore:
     def path(self, sha: str) -> Path:
         return self.dir / f"{sha}.png"
 
+    def read(self, sha: str) -> bytes | None:
+        """The PNG stored under `sha`, or None."""
+        try:
+            return self.path(sha).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def sending(self, *shas: str) -> "ScreenshotStore":
+        """This store, carrying the screenshots `shas` when sent to another node (a judge there reads them)."""
+        return ScreenshotStore(self.dir.parent, tuple(s for s in shas if s))
+
     def take_back(self, pngs: dict[str, bytes]) -> None:
         """The screenshots an episode on another node took (`NodeScreenshots.handed_back`)."""
         for sha, png in pngs.items():
@@ -64,17 +77,24 @@ class ScreenshotStore:
                 raise ValueError(f"screenshot {sha} came back from a node with other bytes")
 
     def __reduce__(self):
-        # Sent to another node (a Ray worker): the episode's screenshots come back with its result, not via a path
-        return (NodeScreenshots, ())
+        # Sent to another node (a Ray worker): the episode's screenshots come back with its result, not via a path,
+        # and those it reads there go with it
+        return (NodeScreenshots, ({sha: png for sha in self.sent if (png := self.read(sha)) is not None},))
 
 
 class NodeScreenshots:
     """A `ScreenshotStore` as sent to another node (a Ray worker, `flows/cluster.py`): it keeps the PNGs the episode
     takes there, and the step hands them back with its result to the flow's store (`ScreenshotStore.take_back`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, given: dict[str, bytes] | None = None) -> None:
         self.taken: dict[str, bytes] = {}
+        self.given = dict(given or {})
+        """The screenshots the flow's store sent along (`ScreenshotStore.sending`)."""
         self._lock = threading.Lock()
+
+    def read(self, sha: str) -> bytes | None:
+        with self._lock:
+            return self.taken.get(sha) or self.given.get(sha)
 
     def put(self, png: bytes) -> str:
         sha = hashlib.sha256(png).hexdigest()

@@ -6,7 +6,9 @@
 The Prefect task stays on the flow's machine (its cache key, journal line, retries and state are the flow's), and
 only the work goes to a node: `run_step` sends the step function and its arguments to Ray and waits for the result.
 Tasks are spread over the nodes, and each node runs its sandboxes on its own Docker engine (its `DOCKER_HOST`),
-pulling images from the shared registry (`executors/registry.py`) instead of building them again.
+pulling images from the shared registry (`executors/registry.py`) instead of building them again. A step that takes
+a `ModelEndpoint` (model rollouts, the web judge) talks to the model from the node: the node first checks that the
+endpoint answers there (`require_reachable`; a served model is reached at `model.host`, `models/service.py`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from trajfactory.executors.base import InfrastructureError
 from trajfactory.executors.docker import (cleanup_leftover_containers, cleanup_run_containers, current_run_id,
                                          engine_available, set_run_id)
 from trajfactory.executors.registry import current_registry, use_registry
 from trajfactory.executors.runs import recorded_runs
+from trajfactory.models.service import ModelEndpoint
 from trajfactory.settings import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -56,12 +60,7 @@ def cluster_session(config: ClusterConfig | None, work_dir: str | Path | None = 
     with _lock:
         if not ray.is_initialized():
             _check_reachable(config.address)  # ray.init waits minutes on an address nothing answers
-            try:
-                ray.init(address=config.address, logging_level=logging.WARNING, log_to_driver=False)
-            except ConnectionError as exc:
-                raise InfrastructureError(
-                    f"no Ray cluster answers at cluster.address {config.address!r} ({exc}); start its head with "
-                    "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
+            _connect(ray, config.address)
         _state.update(config=config, registry=current_registry())
     use_registry(config.registry)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -83,10 +82,25 @@ def cluster_session(config: ClusterConfig | None, work_dir: str | Path | None = 
             ray.shutdown()
 
 
+def _connect(ray, address: str) -> None:
+    # Ray Client starts a server per connection on the head, and that start now and then fails: try it again
+    attempts = 3 if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            return
+        except ConnectionError as exc:
+            if attempt == attempts:
+                raise InfrastructureError(
+                    f"no Ray cluster answers at cluster.address {address!r} ({exc}); start its head with "
+                    "`trajfactory cluster start-node head --head`, or drop `cluster:` to run here") from exc
+            log.warning("Ray Client at %s did not connect (%s); trying again", address, exc)
+
+
 def _check_reachable(address: str) -> None:
     if address == "auto":
         return
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
@@ -104,8 +118,11 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
     if not _state:
         return fn(*args, **kwargs)
     ray = _ray()
+    # the names (never the values) of the model keys this machine holds: the node must hold them too
+    keyed = sorted({a.settings.api_key_env for a in (*args, *kwargs.values())
+                    if isinstance(a, ModelEndpoint) and os.environ.get(a.settings.api_key_env)})
     ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry,
-                                                                    current_run_id())
+                                                                    current_run_id(), keyed)
     try:
         # the step's own exception comes back as itself (Ray's error is an instance of its class)
         result, back, where = ray.get(ref)
@@ -125,17 +142,44 @@ def _remote(ray):
     return _state["remote"]
 
 
-def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str) -> tuple[Any, dict, str]:
+def on_node(fn: Callable, args: tuple, kwargs: dict, registry: str | None, run_id: str,
+            keyed: list[str] = ()) -> tuple[Any, dict, str]:
     """What a node runs: the step, with images shared through `registry` and its sandboxes labelled with the flow's
-    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them). Returns the step's result; per
+    run (`trajfactory sandbox cleanup --run ID` on the node's engine finds them), once the node reaches the step's
+    model endpoint and holds the key variables `keyed` the flow's machine holds. Returns the step's result; per
     positional argument that kept files for the flow's machine (`handed_back`: a web episode's screenshots), what it
     kept; and the node (`TRAJFACTORY_NODE`, else the host name) with its engine, which the flow logs."""
     use_registry(registry)
     set_run_id(run_id)
     node = os.environ.get("TRAJFACTORY_NODE") or socket.gethostname()
+    for endpoint in (a for a in (*args, *kwargs.values()) if isinstance(a, ModelEndpoint)):
+        require_reachable(endpoint, node)
+    if missing := [name for name in keyed if not os.environ.get(name)]:
+        raise InfrastructureError(f"the model's API key is read from {missing[0]} on the flow's machine, but Ray node "
+                                  f"{node} has no {missing[0]} in its environment: set it where the node starts "
+                                  "(before `trajfactory cluster start-node`); the key never travels with the work")
     result = fn(*args, **kwargs)
     back = {i: a.handed_back() for i, a in enumerate(args) if hasattr(a, "handed_back")}
     return result, back, f"{node} (engine {os.environ.get('DOCKER_HOST', 'default')})"
+
+
+def require_reachable(endpoint: ModelEndpoint, node: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the URL and the setting to fix, when no URL of `endpoint` answers a connection from this
+    node (a loopback URL of the flow's machine, a firewall): the model steps would otherwise wait out every retry."""
+    urls = [endpoint.base_url] if isinstance(endpoint.base_url, str) else list(endpoint.base_url)
+    errors = []
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            return
+        except OSError as exc:
+            errors.append(f"{url}: {exc}")
+    fix = ("set `model.host` to an address of the flow's machine that the nodes reach (the served model listens there)"
+           if endpoint.served else "set `model.base_url` to a URL the nodes reach")
+    raise InfrastructureError(f"the model endpoint cannot be reached from Ray node {node} ({'; '.join(errors)}); "
+                              f"{fix}, or drop `cluster:` to run here")
 
 
 def remove_on_nodes(run_ids: set[str] | None) -> dict[str, int]:

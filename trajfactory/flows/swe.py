@@ -85,7 +85,7 @@ def factory_flow(recipe: Recipe, only_if_new: bool = False) -> dict:
     SWE version when the latest was made from the same recipe and sources (scheduled runs, `flows/scheduled.py`)."""
     runner = ThreadPoolTaskRunner(max_workers=recipe.sandbox.concurrency)
     # One endpoint for the whole run: a served model starts once and stops however the run ends.
-    with model_session(recipe.model, recipe.work_dir, None, recipe.uses_model()) as endpoint:
+    with model_session(recipe.model, recipe.work_dir, None, recipe.uses_model(), recipe.cluster) as endpoint:
         web = None
         if recipe.web is not None:
             web = web_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=recipe.web.browsers))(

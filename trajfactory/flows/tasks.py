@@ -194,7 +194,8 @@ STEPS: dict[Callable, Any] = {
                               key=lambda p: ("gold", p["task"].task_id, test_verifier.VERSION)),
     swe.write_statement: step_task(swe.write_statement, "statement", key=_statement, retry=True),
     swe.oracle_rollout: step_task(swe.oracle_rollout, "rollout", key=_rollout, retry=True, remote=True),
-    swe.model_rollouts: step_task(swe.model_rollouts, "model-rollout", key=_model_rollout, retry=True),
+    # on a cluster, on its nodes too: a node's episodes reach the model at the endpoint's URL (`model.host`)
+    swe.model_rollouts: step_task(swe.model_rollouts, "model-rollout", key=_model_rollout, retry=True, remote=True),
     swe.verify: step_task(swe.verify, "verify", retry=True, remote=True,
                           key=lambda p: ("verify", p["trajectory"].trajectory_id, p["task"].task_id,
                                          test_verifier.VERSION)),
@@ -206,8 +207,10 @@ STEPS: dict[Callable, Any] = {
     web.establish: step_task(web.establish, "establish", key=_web_establish, half="web", retry=True, remote=True),
     web.replay_rollout: step_task(web.replay_rollout, "rollout", key=_web_rollout, half="web", retry=True,
                                   remote=True),
-    web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web", retry=True),
-    web.judge: step_task(web.judge, "judge", key=_web_judge, half="web", retry=True),
+    web.model_rollout: step_task(web.model_rollout, "model-rollout", key=_web_model_rollout, half="web", retry=True,
+                                 remote=True),
+    # a judgement on a node reads the final screenshot its store carries there (`ScreenshotStore.sending`)
+    web.judge: step_task(web.judge, "judge", key=_web_judge, half="web", retry=True, remote=True),
     # The closed loop's cache is each step's output directory, named by the key of what it depends on
     # (`pipelines/closed_loop.py`): a finished one is reused, a killed training run resumes from its checkpoint.
     closed_loop.sft_step: step_task(closed_loop.sft_step, "train-sft"),

@@ -36,7 +36,9 @@ def init_tiny(
 def serve(
     model_dir: Path = typer.Argument(..., help="A local model directory (config.json, weights, tokenizer)."),
     name: str = typer.Option("tiny", help="Model name clients send in requests (`model` field)."),
-    port: int | None = typer.Option(None, help="Port on 127.0.0.1; default: a free one."),
+    port: int | None = typer.Option(None, help="Port to listen on; default: a free one."),
+    host: str = typer.Option("127.0.0.1", help="Host of the printed URL: loopback listens on loopback only; an "
+                             "address of this machine (that a cluster's nodes reach) listens on every interface."),
     max_model_len: int = typer.Option(1024, help="Longest context, prompt plus completion, in tokens."),
     python: str | None = typer.Option(
         None,
@@ -50,7 +52,7 @@ def serve(
     """
     from trajfactory.models.server import VLLMServer, VLLMServerError
 
-    server = VLLMServer(model_dir, name=name, port=port, python=python, max_model_len=max_model_len)
+    server = VLLMServer(model_dir, name=name, port=port, python=python, max_model_len=max_model_len, host=host)
     typer.echo(f"starting vLLM for {model_dir} (a minute or two on CPU) ...")
     try:
         with server:

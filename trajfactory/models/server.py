@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib.util
+import ipaddress
 import logging
 import os
 import signal
@@ -97,6 +98,13 @@ def supports_tool_flags(python: str) -> bool:
     return has_hermes and any("enable_auto_tool_choice" in p.read_text(errors="replace") for p in cli_args)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -172,6 +180,7 @@ class VLLMServer:
         stop_grace_s: float = 10.0,
         enforce_eager: bool | None = None,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.model_dir = Path(model_dir).resolve()
         if not (self.model_dir / "config.json").is_file():
@@ -188,6 +197,8 @@ class VLLMServer:
         self.enforce_eager = enforce_eager
         self.env = dict(env or {})
         """Extra environment of the server process (e.g. `CUDA_VISIBLE_DEVICES` of one replica)."""
+        self.host = host
+        """The host of `base_url`: loopback, or an address of this machine that other machines reach."""
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self._log_file = None
@@ -199,10 +210,16 @@ class VLLMServer:
 
     @property
     def base_url(self) -> str:
-        """The OpenAI base URL, e.g. `http://127.0.0.1:PORT/v1`."""
+        """The OpenAI base URL, e.g. `http://127.0.0.1:PORT/v1` (`host` in place of the loopback address)."""
         if self.port is None:
             raise VLLMServerError("the server has no port yet; use it inside `with VLLMServer(...)` or call start()")
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def listen(self) -> str:
+        """The address the server binds: loopback for a loopback `host`, else every interface (nodes of a cluster
+        reach it at `host`; loopback still works here)."""
+        return "127.0.0.1" if is_loopback(self.host) else "0.0.0.0"
 
     @property
     def running(self) -> bool:
@@ -215,7 +232,7 @@ class VLLMServer:
             python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
             "--served-model-name", self.name,
-            "--host", "127.0.0.1",
+            "--host", self.listen,
             "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
         ]  # fmt: skip

@@ -3,9 +3,10 @@
 
 With `serve:` the factory starts vLLM on the model directory (making the built-in tiny model
 first when asked for `builtin:tiny`) and stops it when the block ends, also on errors and
-cancellation; with `base_url:` it only describes the external endpoint. The `ModelEndpoint` it
-yields is small and picklable, so flows pass it to their tasks; the API key stays in the
-environment and is read only when a client is made.
+cancellation; with `base_url:` it only describes the external endpoint. A served model listens on
+loopback unless the nodes of a `cluster:` must reach it (`served_host`: `model.host`, or this
+machine's address toward the head). The `ModelEndpoint` it yields is small and picklable, so flows
+pass it to their tasks; the API key stays in the environment and is read only when a client is made.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict
 
-from trajfactory.settings import BUILTIN_TINY, ModelConfig
+from trajfactory.settings import BUILTIN_TINY, ClusterConfig, ModelConfig
 from trajfactory.models.client import ModelClient
 from trajfactory.models.server import CACHE_ROOT, VLLMServer
 
@@ -92,19 +94,50 @@ def resolve_model_dir(serve: str) -> Path:
     return path
 
 
+def served_host(cfg: ModelConfig, cluster: ClusterConfig | None = None) -> str:
+    """The host of a served model's URL: `model.host`; unset, loopback without a cluster, else this machine's address
+    on its route to the cluster's head, which the nodes reach."""
+    if cfg.host:
+        return cfg.host
+    return "127.0.0.1" if cluster is None else address_toward(cluster.address)
+
+
+def address_toward(address: str) -> str:
+    """This machine's IP on its route to `address` (`HOST:PORT` or `ray://HOST:PORT`; `auto`: the cluster this
+    machine joined, whose head Ray finds), or loopback when nothing routes there."""
+    if address == "auto":
+        try:
+            import ray
+
+            return ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - no Ray, or no cluster joined: nothing else is known about the route
+            return "127.0.0.1"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, int(port)))  # UDP: picks the route and the source address, sends nothing
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
 @contextlib.contextmanager
-def model_endpoint(cfg: ModelConfig, work_dir: str | Path) -> Iterator[ModelEndpoint]:
-    """Yield the endpoint of `cfg`; a served model runs exactly as long as the block."""
+def model_endpoint(cfg: ModelConfig, work_dir: str | Path, cluster: ClusterConfig | None = None
+                   ) -> Iterator[ModelEndpoint]:
+    """Yield the endpoint of `cfg`; a served model runs exactly as long as the block. With `cluster` (the recipe's
+    `cluster:` section), a served model is reached at an address the cluster's nodes reach (`served_host`)."""
     if cfg.base_url:
         yield ModelEndpoint(base_url=cfg.base_url, settings=cfg)
         return
+    host = served_host(cfg, cluster)
     model_dir = resolve_model_dir(cfg.serve)
     logs = Path(work_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     gpus = _gpu_count()
     servers = [VLLMServer(model_dir, name=cfg.name, max_model_len=cfg.max_model_len, startup_timeout_s=cfg.startup_timeout_s,
                           log_path=logs / ("vllm.log" if cfg.replicas == 1 else f"vllm-{i}.log"),
-                          env={"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus and cfg.replicas > 1 else None)
+                          env={"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus and cfg.replicas > 1 else None,
+                          host=host)
                for i in range(cfg.replicas)]
     log.info("starting %d vLLM server(s) for %s (about a minute each on CPU); logs in %s", cfg.replicas, model_dir, logs)
     with contextlib.ExitStack() as stack:
@@ -127,9 +160,10 @@ def _gpu_count() -> int:
 
 @contextlib.contextmanager
 def model_session(cfg: ModelConfig | None, work_dir: str | Path, endpoint: ModelEndpoint | None,
-                  needed: bool) -> Iterator[ModelEndpoint | None]:
+                  needed: bool, cluster: ClusterConfig | None = None) -> Iterator[ModelEndpoint | None]:
     """The endpoint a stage uses: the caller's when given (a run that opened it once), else one opened here for
-    this stage alone (a served model stops when the block ends, however it ends), or None when no model is needed."""
+    this stage alone (a served model stops when the block ends, however it ends), or None when no model is needed.
+    `cluster`: the recipe's `cluster:` section, whose nodes must reach a served model (`model_endpoint`)."""
     if endpoint is not None or not needed:
         yield endpoint
         return
@@ -137,5 +171,5 @@ def model_session(cfg: ModelConfig | None, work_dir: str | Path, endpoint: Model
         raise ValueError("this stage needs a model (LM rewrite, model statements, model rollouts, the judge, or the web "
                          "model agent / judge) but none is configured: add a `model:` section (`serve: builtin:tiny`, "
                          "a model directory, or `base_url:` of an OpenAI-compatible endpoint)")
-    with model_endpoint(cfg, work_dir) as opened:
+    with model_endpoint(cfg, work_dir, cluster) as opened:
         yield opened

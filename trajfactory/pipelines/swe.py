@@ -301,7 +301,7 @@ def synthesize(recipe: Recipe, sources: list[Source], runner: Runner, endpoint: 
     """Sources -> validated tasks with proven gold patches and their problem statements."""
     out = Synthesis()
     needed = recipe.synthesis.lm_rewrite.enabled or recipe.synthesis.statements == "model"
-    with model_session(recipe.model, recipe.work_dir, endpoint, needed) as endpoint:
+    with model_session(recipe.model, recipe.work_dir, endpoint, needed, recipe.cluster) as endpoint:
         for source in sources:
             synthesize_repo(recipe, source, runner, endpoint, out)
     return out
@@ -327,7 +327,7 @@ def rollout(recipe: Recipe, tasks: list[Task], environments: dict[str, Environme
     if "model" in recipe.rollout.policies and chosen:
         # A chunk fills the episodes in flight once; chunks run one after the other, each its own unit of work.
         chunks = _chunks(chosen, environments, max(1, -(-cfg.concurrency // cfg.samples)))
-        with model_session(recipe.model, recipe.work_dir, endpoint, True) as endpoint, \
+        with model_session(recipe.model, recipe.work_dir, endpoint, True, recipe.cluster) as endpoint, \
                 Progress("rollout model", len(chosen)) as bar:
             for chunk in chunks:
                 done, used = runner.call(model_rollouts, recipe, endpoint, environments, chunk)
@@ -348,7 +348,7 @@ def verify_all(recipe: Recipe, tasks: list[Task], environments: dict[str, Enviro
         per_task: dict[str, list[Trajectory]] = {}
         for tr in trajectories:
             per_task.setdefault(tr.task_id, []).append(tr)
-        with model_session(recipe.model, recipe.work_dir, endpoint, True) as endpoint:
+        with model_session(recipe.model, recipe.work_dir, endpoint, True, recipe.cluster) as endpoint:
             calls = [(recipe, endpoint, by_id[task_id], group) for task_id, group in per_task.items()]
             for found, used in runner.map(judge, calls, "judge", workers=recipe.sandbox.concurrency):
                 out.judged, out.usage = out.judged + found, out.usage + [used]
@@ -409,7 +409,8 @@ def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Ro
 
 def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -> dict:
     """The whole SWE half: harvest -> synthesize -> rollout -> verify -> a dataset version."""
-    with model_session(recipe.model, recipe.work_dir, endpoint, recipe.swe_uses_model()) as endpoint:
+    with model_session(recipe.model, recipe.work_dir, endpoint, recipe.swe_uses_model(),
+                       recipe.cluster) as endpoint:
         harvested = harvest(recipe, runner)
         synthesis = synthesize(recipe, harvested.sources, runner, endpoint)
         rollouts = rollout(recipe, synthesis.tasks, synthesis.environments, runner, endpoint)

@@ -108,7 +108,7 @@ def judge_web(endpoint: ModelEndpoint, task: WebTask, trajectory: Trajectory, st
     """The model judge on one web trajectory: goal + actions + final URL/page + the final screenshot."""
     settings = settings or WebJudgeConfig()
     sha = final_screenshot(trajectory)
-    image = store.path(sha) if store and sha and settings.images != "off" and store.path(sha).is_file() else None
+    image = store.read(sha) if store is not None and sha and settings.images != "off" else None
     client = endpoint.client()
 
     async def go() -> Verdict:
@@ -193,7 +193,8 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
     if w is None:
         raise ValueError("the recipe has no `web:` section; add one (e.g. `web: {tutorials: [builtin:docs]}`)")
     use_sites(recipe)
-    with model_session(recipe.model, recipe.web_work_dir, endpoint, recipe.web_uses_model()) as endpoint:
+    with model_session(recipe.model, recipe.web_work_dir, endpoint, recipe.web_uses_model(),
+                       recipe.cluster) as endpoint:
         with stage.tutorial_sources(w.tutorials) as uris:
             tutorials, harvest_q = runner.call(harvest_tutorials, recipe, uris)
             sources = dict(zip(uris, w.tutorials))
@@ -216,8 +217,9 @@ def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -
         trajectories, verdicts = [tr for tr, _ in runs], [v for _, v in runs if v is not None]
         if w.judge:
             by_id = {t.task_id: t for t in checked}
-            verdicts += runner.map(judge, [(recipe, endpoint, store, by_id[tr.task_id], tr) for tr in trajectories],
-                                   "judge", workers=w.browsers)
+            # each judgement carries the final screenshot it reads (it may run on a cluster's node)
+            verdicts += runner.map(judge, [(recipe, endpoint, store.sending(final_screenshot(tr)), by_id[tr.task_id],
+                                            tr) for tr in trajectories], "judge", workers=w.browsers)
     # infra-failed episodes and near-duplicate tasks out, splits in (twins with their originals)
     out = release(checked, trajectories, verdicts, seed=recipe.dataset.split_seed,
                   threshold=recipe.dataset.near_duplicate_threshold)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -49,9 +50,11 @@ def _node_dir(root: Path, name: str) -> Path:
 
 def start_node(root: str | Path, name: str, *, head: bool = False, address: str | None = None, port: int = 6379,
                num_cpus: int = 1, object_store_mb: int = 200, own_engine: bool = True,
-               insecure_registries: list[str] = (), env: dict[str, str] | None = None, timeout: float = 120) -> dict:
+               insecure_registries: list[str] = (), env: dict[str, str] | None = None, timeout: float = 120,
+               client_port: int | None = None) -> dict:
     """Start node `name`: its Docker engine (unless `own_engine` is off: then the machine's), then Ray as the head
-    (`head`, on `port`) or as a worker joining `address`. Returns the node's state (also in NODE_DIR/node.json)."""
+    (`head`, on `port`; with `client_port`, its Ray Client server there, needs `ray[client]`) or as a worker joining
+    `address`. Returns the node's state (also in NODE_DIR/node.json)."""
     if head == bool(address):
         raise ValueError("give either head=True or the head's address (HOST:PORT) to join, not both or neither")
     where = _node_dir(Path(root), name)
@@ -63,20 +66,32 @@ def start_node(root: str | Path, name: str, *, head: bool = False, address: str 
     cmd = [ray_binary(), "start", "--block", "--num-cpus", str(num_cpus), "--disable-usage-stats",
            "--object-store-memory", str(object_store_mb * 1_000_000)]
     cmd += ["--head", "--port", str(port), "--include-dashboard=false"] if head else ["--address", address]
+    if head and client_port:
+        cmd += ["--ray-client-server-port", str(client_port)]
     node_env = {**os.environ, **(env or {}), "DOCKER_HOST": docker_host, "TRAJFACTORY_NODE": name}
     log = where / "ray.log"
     log.write_text("")
     try:
-        proc = start_daemon(cmd, log, lambda: _STARTED in log.read_text(errors="replace"), timeout=timeout,
-                            env=node_env, tail_chars=3000)
+        # up once Ray says so and, with a Ray Client server, once that listens (it starts a moment after)
+        proc = start_daemon(cmd, log, lambda: _STARTED in log.read_text(errors="replace") and not (
+            head and client_port and not _listens(client_port)), timeout=timeout, env=node_env, tail_chars=3000)
     except DaemonFailed as exc:
         stop_node(root, name)  # its engine
         raise InfrastructureError(f"Ray node {name} did not start (`{' '.join(cmd)}`: {exc.why}); its log ({log}):\n"
                                   f"{exc.tail}") from None
     state = {"name": name, "pid": proc.pid, "head": head, "address": f"127.0.0.1:{port}" if head else address,
-             "docker_host": docker_host, "own_engine": own_engine, "log": str(log)}
+             "docker_host": docker_host, "own_engine": own_engine, "log": str(log),
+             "client_address": f"ray://127.0.0.1:{client_port}" if head and client_port else None}
     (where / "node.json").write_text(json.dumps(state))
     return state
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def node_state(root: str | Path, name: str) -> dict | None:

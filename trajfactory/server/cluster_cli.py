@@ -56,6 +56,9 @@ def start_node(name: str = typer.Argument(..., help="The node's name (its engine
                head: bool = typer.Option(False, "--head", help="Start the cluster's head node."),
                address: Optional[str] = typer.Option(None, help="HOST:PORT of the head to join (worker nodes)."),
                port: int = typer.Option(6379, help="The head's port (with --head)."),
+               client_port: Optional[int] = typer.Option(None, help="With --head: the port of its Ray Client server, "
+                                                         "for `cluster: {address: ray://HOST:PORT}` (needs "
+                                                         "`ray[client]`); default: Ray's own choice."),
                num_cpus: int = typer.Option(1, help="Sandbox tasks this node runs at once."),
                own_engine: bool = typer.Option(True, "--own-engine/--machine-engine",
                                                help="A Docker engine of the node's own (a second dockerd: for "
@@ -69,13 +72,15 @@ def start_node(name: str = typer.Argument(..., help="The node's name (its engine
 
     try:
         state = cluster.start_node(_root(root), name, head=head, address=address, port=port, num_cpus=num_cpus,
-                                   own_engine=own_engine, insecure_registries=insecure_registry)
+                                   own_engine=own_engine, insecure_registries=insecure_registry,
+                                   client_port=client_port)
     except (InfrastructureError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"node {name} up (Ray pid {state['pid']}, engine {state['docker_host']}, log {state['log']})")
     if head:
         typer.echo(f"join it: `trajfactory cluster start-node NAME --address {state['address']}`; in the recipe: "
-                   f"`cluster: {{address: {state['address']}}}`")
+                   f"`cluster: {{address: {state['address']}}}`"
+                   + (f" (or {state['client_address']} through Ray Client)" if state["client_address"] else ""))
 
 
 @cluster_app.command("stop-node")

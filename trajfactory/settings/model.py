@@ -7,11 +7,14 @@ from the environment variable named by `api_key_env` (never from the recipe, nev
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator, model_validator
 
 from trajfactory.settings.agents import Section
 
 BUILTIN_TINY = "builtin:tiny"
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]*$")
 
 
 class ModelConfig(Section):
@@ -42,6 +45,10 @@ class ModelConfig(Section):
     price_per_1k_completion: float = Field(0.0, ge=0)
     gpu_hour_price: float = Field(0.0, ge=0)
     """Cost estimate inputs: per-token prices (an API) and/or the GPU-hour price (a served model)."""
+    host: str | None = None
+    """Where the nodes of a `cluster:` reach a served model: the host of the URL the run hands out. Unset: loopback
+    (`127.0.0.1`) without a cluster; with one, this machine's address on its route to the cluster's head. The server
+    listens on loopback when this is loopback, else on every interface (`0.0.0.0`)."""
 
     @field_validator("base_url")
     @classmethod
@@ -52,6 +59,14 @@ class ModelConfig(Section):
             if not one.startswith(("http://", "https://")):
                 raise ValueError(f"{one!r} is not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
         return url
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str | None) -> str | None:
+        if host is not None and not _HOST.match(host):
+            raise ValueError(f"model.host {host!r} is not a host name or IP address (no scheme, no port); write e.g. "
+                             "`10.0.0.5`, the address of this machine that the cluster's nodes reach")
+        return host
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
