@@ -96,18 +96,21 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
 
 
 def test_model_rollouts_run_on_the_nodes_against_the_model_server(cluster, factory_run, vllm_server, tmp_path):
-    """`trajfactory rollout` with the model policy sends each chunk of model rollouts to a node, whose sandboxes run
-    on its engine and whose agent talks to the real vLLM server; the trajectories come back into the flow's records,
-    journal and verdicts (`trajfactory verify`, on the nodes too)."""
+    """`trajfactory rollout` with the model policy sends chunks of model rollouts to the nodes at once (one per node,
+    each with its share of `rollout.model.concurrency`), whose sandboxes run on the node's engine and whose agent
+    talks to the real vLLM server; the trajectories come back into the flow's records, journal and verdicts
+    (`trajfactory verify`, on the nodes too)."""
     from trajfactory.flows import records
     from trajfactory.pipelines import swe
 
     work = tmp_path / "work"
     shutil.copytree(factory_run.tmp / "work", work, symlinks=True)  # the factory run's tasks, environments, runs
     body = yaml.safe_load(factory_run.recipe.read_text())
+    # two episodes in flight on two nodes: two chunks of one task each, one per node at once
+    body["sandbox"]["concurrency"] = 2
     body.update(work_dir=str(work), model={"serve": None, "base_url": vllm_server.base_url, "name": "tiny"},
                 rollout={"policies": ["model"], "max_steps": 2,
-                         "model": {"samples": 1, "max_tasks": 2, "concurrency": 1,  # two chunks, one task each
+                         "model": {"samples": 1, "max_tasks": 2, "concurrency": 2,
                                    "agent": {"max_tokens": 24, "actions": "both", "limits": {"max_steps": 2}}}})
     recipe = tmp_path / "model.yaml"
     recipe.write_text(yaml.safe_dump(body))
@@ -116,7 +119,7 @@ def test_model_rollouts_run_on_the_nodes_against_the_model_server(cluster, facto
     until = int(time.time()) + 1
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     ran = re.findall(r"model_rollouts ran on node (\w+) ", proc.stderr)
-    assert len(ran) == 2 and set(ran) <= set(NODES), proc.stderr[-3000:]
+    assert sorted(ran) == sorted(NODES), proc.stderr[-3000:]  # spread: each node ran one chunk
     run_id = recorded_runs(work)[-1]["run_id"]
     for node in set(ran):  # the node's own engine ran the episodes' sandboxes, labelled with the flow's run
         started = _started(cluster.hosts[node], since, until)

@@ -113,6 +113,13 @@ def active() -> bool:
     return bool(_state)
 
 
+def nodes_alive() -> int:
+    """How many nodes of the session's cluster are alive (1 without a cluster: this machine)."""
+    if not _state:
+        return 1
+    return max(1, sum(1 for node in _ray().nodes() if node.get("Alive")))
+
+
 def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """`fn(*args, **kwargs)` on a node of the session's cluster (spread over the nodes), or here without one."""
     if not _state:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
+from trajfactory.flows import cluster
 from trajfactory.flows.tasks import STEPS, work_dir
 from trajfactory.progress import Progress
 
@@ -37,13 +38,23 @@ class PrefectRunner:
         return self._task(step, args)(*args)
 
     def map(self, step: Callable, calls: Sequence[tuple], description: str, *, workers: int = 1) -> list:
-        futures = [self._task(step, args).submit(*args) for args in calls]
-        results = []
-        with Progress(description, len(futures)) as bar:
-            for future in futures:
+        """Each call a task submitted to the flow's task runner, at most `workers` at once (in order)."""
+        results: list = []
+        futures: list = []
+        with Progress(description, len(calls)) as bar:
+            for args in calls:
+                if len(futures) - len(results) >= max(1, workers):
+                    results.append(futures[len(results)].result())
+                    bar.advance()
+                futures.append(self._task(step, args).submit(*args))
+            for future in futures[len(results):]:
                 results.append(future.result())
                 bar.advance()
         return results
+
+    def machines(self) -> int:
+        """The nodes of the flow's Ray cluster its remote steps spread over (1 without a cluster)."""
+        return cluster.nodes_alive()
 
 
 def publish_yields(summary: dict, prefix: str = "yields") -> None:

@@ -28,6 +28,10 @@ class Runner(Protocol):
         """Run `step(*args)` for every tuple in `calls` (at most `workers` at once); results in order."""
         ...
 
+    def machines(self) -> int:
+        """How many machines the runner's remote steps spread over (1: this one)."""
+        ...
+
 
 class LocalRunner:
     """Steps as plain calls; `map` runs them in threads with a progress bar (or log lines off a terminal)."""
@@ -37,6 +41,9 @@ class LocalRunner:
 
     def call(self, step: Callable[..., R], *args: Any) -> R:
         return step(*args)
+
+    def machines(self) -> int:
+        return 1
 
     def map(self, step: Callable[..., R], calls: Sequence[tuple], description: str, *, workers: int = 1) -> list[R]:
         if not calls:

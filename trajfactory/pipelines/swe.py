@@ -39,7 +39,6 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
-from trajfactory.progress import Progress
 from trajfactory.runtime import run_sync
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
                                 Verdict, quarantined)
@@ -155,18 +154,20 @@ def oracle_rollout(recipe: Recipe, env: EnvironmentHandle, task: Task, sample: i
 
 
 def model_rollouts(recipe: Recipe, endpoint: ModelEndpoint, environments: dict[str, EnvironmentHandle],
-                   tasks: list[Task]) -> tuple[list[Trajectory], ModelUsage]:
-    """Every sample of a chunk of tasks, `rollout.model.concurrency` episodes in flight sharing one client."""
+                   tasks: list[Task], concurrency: int | None = None) -> tuple[list[Trajectory], ModelUsage]:
+    """Every sample of a chunk of tasks, `concurrency` (default `rollout.model.concurrency`) episodes in flight
+    sharing one client."""
     cfg = recipe.rollout.model
+    concurrency = concurrency or cfg.concurrency
     client = endpoint.client()
     backend = get_backend(environments[tasks[0].environment.repo].backend)
 
-    with SweEnvironments(backend, environments, recipe.sandbox, cfg.concurrency) as envs:
+    with SweEnvironments(backend, environments, recipe.sandbox, concurrency) as envs:
         async def go():
             async with client:
                 return await run_episodes(
                     tasks, envs, lambda task, sample: ModelPolicy(client, cfg.agent.for_sample(sample)),
-                    concurrency=cfg.concurrency, samples=cfg.samples,
+                    concurrency=concurrency, samples=cfg.samples,
                     limits=EpisodeLimits(max_steps=recipe.rollout.max_steps))
 
         episodes, _ = run_sync(go())
@@ -325,14 +326,16 @@ def rollout(recipe: Recipe, tasks: list[Task], environments: dict[str, Environme
     cfg = recipe.rollout.model
     chosen = sorted(tasks, key=lambda x: x.task_id)[:cfg.max_tasks]
     if "model" in recipe.rollout.policies and chosen:
-        # A chunk fills the episodes in flight once; chunks run one after the other, each its own unit of work.
-        chunks = _chunks(chosen, environments, max(1, -(-cfg.concurrency // cfg.samples)))
-        with model_session(recipe.model, recipe.work_dir, endpoint, True, recipe.cluster) as endpoint, \
-                Progress("rollout model", len(chosen)) as bar:
-            for chunk in chunks:
-                done, used = runner.call(model_rollouts, recipe, endpoint, environments, chunk)
+        # `rollout.model.concurrency` episodes in flight against the model in all: here one chunk at a time fills
+        # them; on a cluster, one chunk per node (up to that many) runs at once with its share of them.
+        at_once = max(1, min(runner.machines(), cfg.concurrency, recipe.sandbox.concurrency))
+        per_chunk = cfg.concurrency // at_once
+        chunks = _chunks(chosen, environments, max(1, -(-per_chunk // cfg.samples)))
+        with model_session(recipe.model, recipe.work_dir, endpoint, True, recipe.cluster) as endpoint:
+            calls = [(recipe, endpoint, environments, chunk, per_chunk) for chunk in chunks]
+            for done, used in runner.map(model_rollouts, calls, f"rollout model ({len(chosen)} tasks)",
+                                         workers=at_once):
                 out.trajectories, out.usage = out.trajectories + done, out.usage + [used]
-                bar.advance(len(chunk))
     return out
 
 
