@@ -117,7 +117,8 @@ class ModelRolloutConfig(Section):
     max_tasks: int | None = Field(None, ge=1)
     """Roll out only this many tasks with the model (the first by task id); None: all."""
     concurrency: int = Field(4, ge=1)
-    """Episodes (and sandboxes) in flight at once, sharing the one model server."""
+    """Episodes (and sandboxes) in flight at once, sharing the one model server (on a cluster: in all, shared by the
+    nodes that run chunks of them at once)."""
     agent: ModelPolicyConfig = Field(default_factory=ModelPolicyConfig)
     """Sampling, action format (tool_calls / text / both) and episode budgets of the model agent."""
 
