@@ -24,7 +24,7 @@ def _trajfactory_containers() -> set[str]:
         import docker
 
         client = docker.from_env()
-        return {c.id for c in client.containers.list(all=True, filters={"label": "trajfactory=1"})}
+        return {c.id for c in client.containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})}
     except Exception:  # no engine yet: the docker_backend fixture says so
         return set()
 

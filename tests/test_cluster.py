@@ -92,7 +92,7 @@ def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(
         assert started, f"no sandbox ran on node {name}'s engine"
         assert {e["Actor"]["Attributes"]["image"] for e in started} == {tag}
         assert {e["Actor"]["Attributes"].get("trajfactory.run") for e in started} == {run_id}  # the flow's run
-        assert not client.containers.list(all=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
+        assert not client.containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})  # each sandbox was removed
 
 
 def test_model_rollouts_run_on_the_nodes_against_the_model_server(cluster, factory_run, vllm_server, tmp_path):
@@ -291,7 +291,7 @@ def test_a_resumed_run_removes_what_its_killed_predecessor_left_on_a_node_engine
     ours, other, third = left(killed.run_id), left("another-run"), left("a-third-run")
     try:
         def running() -> set[str]:
-            return {c.id for c in node.containers.list(all=True, filters={"label": "trajfactory=1"})}
+            return {c.id for c in node.containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})}
 
         with hold_work_dir(work), cluster_session(ClusterConfig(address=cluster.address), work):
             assert ours.id not in running() and {other.id, third.id} <= running()

@@ -85,7 +85,7 @@ def test_an_engine_restart_mid_run_loses_nothing(docker_backend, tmp_path):
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     # the containers the restart killed (their removal failed while the engine was down) are gone too
     runs = [json.loads(line)["run_id"] for line in (disturbed / "work" / "runs.jsonl").read_text().splitlines()]
-    left = docker.from_env().containers.list(all=True, filters={"label": "trajfactory=1"})
+    left = docker.from_env().containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})
     assert [c.name for c in left if c.labels.get("trajfactory.run") in runs] == []
     a, b = DatasetStore(clean / "datasets" / "swe"), DatasetStore(disturbed / "datasets" / "swe")
     assert b.versions() == ["v1"] and b.verify("v1") == []

@@ -106,7 +106,7 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
     resumed = _cli(tmp_path, "run", str(recipe))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     killed = recorded_runs(work)[0]["run_id"]  # the resumed run removed the sandboxes the killed one left running
-    assert docker_backend.client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={killed}"}) == []
+    assert docker_backend.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{RUN_LABEL}={killed}"}) == []
     second = _journal(work)[len(first):]
     redone = {e["key"] for e in second if e["stage"] in ("validate", "rollout")} & finished
     assert redone == set()

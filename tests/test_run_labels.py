@@ -33,7 +33,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _containers(client, run_id: str) -> list:
-    return client.containers.list(all=True, filters={"label": [f"{LABEL}=1", f"{RUN_LABEL}={run_id}"]})
+    return client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{LABEL}=1", f"{RUN_LABEL}={run_id}"]})
 
 
 def _start_foreign(client, run_id: str):

@@ -160,7 +160,7 @@ def test_leftover_cleanup_and_vanished_container(backend, env):
     with pytest.raises(InfrastructureError):
         sandbox.execute("true")
     sandbox.close()  # closing a vanished sandbox is fine
-    assert not client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in backend.labels.items()]})
+    assert not client.containers.list(all=True, ignore_removed=True, filters={"label": [f"{k}={v}" for k, v in backend.labels.items()]})
 
 
 def test_get_backend_prefers_docker():

@@ -152,7 +152,7 @@ def _patched(backend, source: Source, tmp_path, conftest: str) -> tuple[Source, 
 
 def _containers(backend) -> list[str]:
     wanted = [f"{k}={v}" for k, v in backend.labels.items()]
-    return [c.name for c in docker.from_env().containers.list(all=True, filters={"label": wanted})]
+    return [c.name for c in docker.from_env().containers.list(all=True, ignore_removed=True, filters={"label": wanted})]
 
 
 def test_a_real_suite_forking_daemons_is_contained(backend, source, tmp_path):

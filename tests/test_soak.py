@@ -138,7 +138,7 @@ def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend,
     assert completed_runs >= 2, completed_runs
     runs = [r["run_id"] for r in recorded_runs(soaked / "work")]
     assert len(runs) >= 2, runs  # attempts killed before they took the work dir left no record
-    left = docker_backend.client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    left = docker_backend.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{LABEL}=1"})
     assert [c.name for c in left if c.labels.get(RUN_LABEL) in runs] == []
     clean_store = DatasetStore(clean / "datasets" / "swe")
     assert store.versions() == ["v1"] and store.verify("v1") == []

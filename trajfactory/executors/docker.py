@@ -84,7 +84,7 @@ def cleanup_leftover_containers(labels: dict[str, str] | None = None, client=Non
     client = client or _client()
     wanted = [f"{LABEL}=1", *(f"{k}={v}" for k, v in (labels or {}).items())]
     with _engine_errors("listing leftover sandbox containers"):
-        leftovers = client.containers.list(all=True, filters={"label": wanted})
+        leftovers = client.containers.list(all=True, ignore_removed=True, filters={"label": wanted})
         for container in leftovers:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)  # v: the tmpfs volumes go too
