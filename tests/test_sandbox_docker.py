@@ -233,3 +233,13 @@ def test_escape_battery_memory_secrets_and_daemons(backend, env, tmp_path, monke
         assert "sleep 900" in sandbox.execute(processes).output and "sleep 901" in sandbox.execute(processes).output
         sandbox.reset()
         assert "sleep 90" not in sandbox.execute(processes).output
+
+
+def test_an_engine_that_does_not_answer_is_named_and_no_base_image_is_built(tmp_path, monkeypatch):
+    from trajfactory.executors import images
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    before = set(Path("/var/tmp").glob("trajfactory-rootfs-*"))
+    with pytest.raises(InfrastructureError, match="Docker engine must be running"):
+        images.ensure_base_image(progress=lambda line: pytest.fail(f"a build started: {line}"))
+    assert set(Path("/var/tmp").glob("trajfactory-rootfs-*")) == before

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from .base import EnvironmentBuildError
+from .base import EnvironmentBuildError, InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ def base_recipe() -> str:
 def _image_id(tag: str, recipe: str | None = None) -> str | None:
     fmt = '{{.Id}} {{index .Config.Labels "trajfactory.base-recipe"}}'
     out = _run(["docker", "image", "inspect", "--format", fmt, tag])
+    if out.returncode != 0 and "no such image" not in out.stderr.lower():
+        # an engine that does not answer is not a missing image: building one would debootstrap for nothing
+        raise InfrastructureError(f"`docker image inspect {tag}` failed: {_tail(out.stderr, 3)}; "
+                                  "the Docker engine must be running (start dockerd, or set DOCKER_HOST)")
     image_id, _, label = out.stdout.strip().partition(" ")
     if out.returncode != 0 or (recipe and label != recipe):
         return None
