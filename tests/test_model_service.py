@@ -60,8 +60,19 @@ def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_request
             assert isinstance(ep, ModelEndpoint) and ep.served and ep.model_dir == str(tiny_model)
             assert isinstance(ep.base_url, list) and len(set(ep.base_url)) == 2
             assert all(url.startswith(f"http://{outward}:") for url in ep.base_url)
+            # beyond loopback every request carries the run's fresh key; one without it is refused
+            key = ep.api_key.get_secret_value() if ep.api_key else None
+            assert (key is None) == is_loopback(outward)
+            assert key is None or key not in repr(ep) and key not in ep.model_dump_json()
+            auth = {"Authorization": f"Bearer {key}"} if key else {}
             for url in ep.base_url:
-                assert [m["id"] for m in httpx.get(f"{url}/models", timeout=10).json()["data"]] == ["tiny-served"]
+                assert [m["id"] for m in httpx.get(f"{url}/models", headers=auth, timeout=10).json()["data"]] == [
+                    "tiny-served"]
+                if key:
+                    assert httpx.get(f"{url}/models", timeout=10).status_code == 401
+                    assert httpx.get(f"{url}/models", headers={"Authorization": "Bearer wrong"},
+                                     timeout=10).status_code == 401
+            assert key is None or all(key not in " ".join(_vllm_cmd(url)) for url in ep.base_url)  # not in argv
             client = ep.client()
 
             async def chats():
@@ -83,18 +94,25 @@ def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_request
             httpx.get(f"{url}/models", timeout=2)
 
 
-def _vllm_host(port: str) -> str:
-    """The `--host` the vLLM server on `port` was started with (its command line, from /proc)."""
+def _vllm_cmd(url_or_port: str) -> list[str]:
+    """The command line of the vLLM server on a port (or a base URL's port), from /proc."""
     from pathlib import Path
 
+    port = url_or_port.rsplit(":", 1)[1].split("/")[0] if ":" in url_or_port else url_or_port
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().decode().split("\0") if proc.name.isdigit() else []
         except OSError:
             continue
         if "vllm.entrypoints.openai.api_server" in cmd and port in cmd:
-            return cmd[cmd.index("--host") + 1]
-    return ""
+            return cmd
+    return []
+
+
+def _vllm_host(port: str) -> str:
+    """The `--host` the vLLM server on `port` was started with."""
+    cmd = _vllm_cmd(port)
+    return cmd[cmd.index("--host") + 1] if cmd else ""
 
 
 def _vllm_groups(port: str) -> set[int]:
@@ -113,3 +131,21 @@ def _vllm_groups(port: str) -> set[int]:
         if b"vllm.entrypoints.openai.api_server" in cmd and port.encode() in cmd:
             groups.add(os.getpgid(int(proc.name)))
     return groups
+
+
+def test_a_served_models_key_travels_with_its_endpoint_and_never_in_its_text(monkeypatch):
+    """A cluster node gets the endpoint pickled (Ray): the served model's key must come with it, while its repr and
+    JSON (logs, cards) show none; a user's own key stays in the environment variable."""
+    import pickle
+
+    from pydantic import SecretStr
+
+    monkeypatch.delenv("TRAJFACTORY_API_KEY", raising=False)
+    served = ModelEndpoint(base_url="http://192.0.2.2:8000/v1", settings=ModelConfig(), served=True,
+                           api_key=SecretStr("s3cret-key"))
+    there = pickle.loads(pickle.dumps(served))
+    assert there.client()._api_key == "s3cret-key"
+    assert "s3cret-key" not in repr(there) + there.model_dump_json() + repr(there.client())
+    monkeypatch.setenv("TRAJFACTORY_API_KEY", "users-own")
+    external = ModelEndpoint.at("http://192.0.2.3:8000/v1", "m")
+    assert external.client()._api_key == "users-own" and served.client()._api_key == "s3cret-key"

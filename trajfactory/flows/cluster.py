@@ -126,8 +126,9 @@ def run_step(fn: Callable, args: tuple, kwargs: dict) -> Any:
         return fn(*args, **kwargs)
     ray = _ray()
     # the names (never the values) of the model keys this machine holds: the node must hold them too
+    # (a served model's own key travels with its endpoint: the node has no variable for it)
     keyed = sorted({a.settings.api_key_env for a in (*args, *kwargs.values())
-                    if isinstance(a, ModelEndpoint) and os.environ.get(a.settings.api_key_env)})
+                    if isinstance(a, ModelEndpoint) and not a.api_key and os.environ.get(a.settings.api_key_env)})
     ref = _remote(ray).options(scheduling_strategy="SPREAD").remote(fn, args, kwargs, _state["config"].registry,
                                                                     current_run_id(), keyed)
     try:

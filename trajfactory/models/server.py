@@ -181,6 +181,7 @@ class VLLMServer:
         enforce_eager: bool | None = None,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        api_key: str | None = None,
     ):
         self.model_dir = Path(model_dir).resolve()
         if not (self.model_dir / "config.json").is_file():
@@ -199,6 +200,9 @@ class VLLMServer:
         """Extra environment of the server process (e.g. `CUDA_VISIBLE_DEVICES` of one replica)."""
         self.host = host
         """The host of `base_url`: loopback, or an address of this machine that other machines reach."""
+        self.api_key = api_key
+        """The key every `/v1` request must carry (`Authorization: Bearer`); None: none asked. Given to vLLM in its
+        environment (`VLLM_API_KEY`), so no process listing shows it."""
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self._log_file = None
@@ -259,6 +263,9 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **self.env}
+        env.pop("VLLM_API_KEY", None)  # only the key given here: none inherited by chance
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
         log.info("starting vLLM for %s on port %s (log: %s)", self.model_dir, self.port, self.log_path)
         _install_hooks()
         self.proc = subprocess.Popen(
@@ -277,6 +284,7 @@ class VLLMServer:
     def _wait_ready(self) -> None:
         started = time.monotonic()
         url = f"http://127.0.0.1:{self.port}/v1/models"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         while True:
             if self.proc.poll() is not None:
                 raise VLLMServerError(
@@ -284,7 +292,7 @@ class VLLMServer:
                     f"{self.log_tail()}"
                 )
             try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
+                if httpx.get(url, headers=headers, timeout=2.0).status_code == 200:
                     log.info("vLLM answers at %s after %.1f s", self.base_url, time.monotonic() - started)
                     return
             except httpx.HTTPError:

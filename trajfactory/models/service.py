@@ -15,16 +15,17 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import socket
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from trajfactory.settings import BUILTIN_TINY, ClusterConfig, ModelConfig
 from trajfactory.models.client import ModelClient
-from trajfactory.models.server import CACHE_ROOT, VLLMServer
+from trajfactory.models.server import CACHE_ROOT, VLLMServer, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ TINY_VERSION = "1"
 
 
 class ModelEndpoint(BaseModel):
-    """A reachable OpenAI-compatible endpoint: its URL and the recipe's `model:` settings (no secret inside)."""
+    """A reachable OpenAI-compatible endpoint: its URL and the recipe's `model:` settings. The only secret inside is the
+    key of a model this run serves beyond loopback (`api_key`); a user's own key stays in `model.api_key_env`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,6 +45,9 @@ class ModelEndpoint(BaseModel):
     served: bool = False
     """True when this run started the server (vLLM on `model_dir`)."""
     model_dir: str | None = None
+    api_key: SecretStr | None = None
+    """The key a served model that listens beyond loopback asks of every request: made afresh for each server start,
+    never written to disk, carried to a cluster's nodes with the work (`flows/cluster.run_step`)."""
 
     @property
     def name(self) -> str:
@@ -62,7 +67,8 @@ class ModelEndpoint(BaseModel):
         s = self.settings
         kwargs = dict(max_concurrency=s.max_concurrency, timeout_s=s.timeout_s, price_per_1k_prompt=s.price_per_1k_prompt,
                       price_per_1k_completion=s.price_per_1k_completion, gpu_hour_price=s.gpu_hour_price)
-        return ModelClient(self.base_url, s.name, os.environ.get(s.api_key_env) or None, **{**kwargs, **overrides})
+        key = self.api_key.get_secret_value() if self.api_key else os.environ.get(s.api_key_env) or None
+        return ModelClient(self.base_url, s.name, key, **{**kwargs, **overrides})
 
 
 def tiny_model_dir(cache_root: str | Path | None = None) -> Path:
@@ -130,6 +136,8 @@ def model_endpoint(cfg: ModelConfig, work_dir: str | Path, cluster: ClusterConfi
         yield ModelEndpoint(base_url=cfg.base_url, settings=cfg)
         return
     host = served_host(cfg, cluster)
+    # beyond loopback anyone on the network could use (and load) the model: ask every request for a fresh key
+    key = None if is_loopback(host) else secrets.token_urlsafe(32)
     model_dir = resolve_model_dir(cfg.serve)
     logs = Path(work_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -137,7 +145,7 @@ def model_endpoint(cfg: ModelConfig, work_dir: str | Path, cluster: ClusterConfi
     servers = [VLLMServer(model_dir, name=cfg.name, max_model_len=cfg.max_model_len, startup_timeout_s=cfg.startup_timeout_s,
                           log_path=logs / ("vllm.log" if cfg.replicas == 1 else f"vllm-{i}.log"),
                           env={"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus and cfg.replicas > 1 else None,
-                          host=host)
+                          host=host, api_key=key)
                for i in range(cfg.replicas)]
     log.info("starting %d vLLM server(s) for %s (about a minute each on CPU); logs in %s", cfg.replicas, model_dir, logs)
     with contextlib.ExitStack() as stack:
@@ -146,7 +154,7 @@ def model_endpoint(cfg: ModelConfig, work_dir: str | Path, cluster: ClusterConfi
         urls = [s.base_url for s in servers]
         log.info("model %r served at %s", cfg.name, ", ".join(urls))
         yield ModelEndpoint(base_url=urls[0] if len(urls) == 1 else urls, settings=cfg, served=True,
-                            model_dir=str(model_dir))
+                            model_dir=str(model_dir), api_key=SecretStr(key) if key else None)
 
 
 def _gpu_count() -> int:
