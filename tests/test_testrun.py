@@ -4,7 +4,8 @@ import subprocess
 import sys
 import textwrap
 
-from trajfactory.executors.testrun import PLUGIN, PLUGIN_SOURCE, parse_coverage_json, parse_results, summary_line
+from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, PLUGIN, PLUGIN_SOURCE, parse_coverage_map,
+                                           parse_results, summary_line)
 
 
 def _project(tmp_path):
@@ -122,9 +123,7 @@ def test_coverage_contexts_map_lines_to_tests(tmp_path):
          "--cov-report="],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env},
     )
-    subprocess.run([sys.executable, "-m", "coverage", "json", "--show-contexts", "-o", "cov.json"],
-                   cwd=tmp_path, check=True, capture_output=True, env={**os.environ, **env})
-    cov = parse_coverage_json((tmp_path / "cov.json").read_text())
+    cov = _coverage_map(tmp_path, {**os.environ, **env})
     add_line = cov["pkg/calc.py"][2]
     sub_line = cov["pkg/calc.py"][6]
     assert "tests/test_calc.py::test_add" in add_line
@@ -147,8 +146,37 @@ def test_import_time_and_fixture_lines_are_marked(tmp_path):
     env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")}
     subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cov=.", "--cov-context=test",
                     "--cov-report="], cwd=tmp_path, capture_output=True, env=env)
-    subprocess.run([sys.executable, "-m", "coverage", "json", "--show-contexts", "-o", "cov.json"],
-                   cwd=tmp_path, check=True, capture_output=True, env=env)
-    cov = parse_coverage_json((tmp_path / "cov.json").read_text())["mod.py"]
+    cov = _coverage_map(tmp_path, env)["mod.py"]
     assert IMPORT_TIME in cov[2]  # build()'s body ran only at import
     assert FIXTURE in cov[9] and "test_mod.py::test_two" not in cov[9]  # shared() ran once, in setup
+
+
+def _coverage_map(project, env) -> dict[str, dict[int, list[str]]]:
+    """The map `run_tests` reads: the sandbox script run on the project's coverage data, parsed."""
+    (project / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
+    subprocess.run([sys.executable, "coverage_map.py", "map.json"], cwd=project, check=True, capture_output=True,
+                   env=env)
+    (project / "coverage_map.py").unlink()
+    return parse_coverage_map((project / "map.json").read_text())
+
+
+def test_the_compact_coverage_map_holds_what_coverage_json_reports_in_a_fraction_of_the_bytes(tmp_path):
+    """Every line's contexts are coverage json's own (`--show-contexts`), each test id written once, not per line."""
+    import json
+    import os
+
+    _project(tmp_path)
+    env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")}
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cov=.", "--cov-context=test",
+                    "--cov-report="], cwd=tmp_path, capture_output=True, env=env)
+    subprocess.run([sys.executable, "-m", "coverage", "json", "--show-contexts", "-o", "cov.json"],
+                   cwd=tmp_path, check=True, capture_output=True, env=env)
+    reported = {file: {int(line): sorted(contexts) for line, contexts in info["contexts"].items() if contexts}
+                for file, info in json.loads((tmp_path / "cov.json").read_text())["files"].items()}
+    compact = _coverage_map(tmp_path, env)
+    raw = json.loads((tmp_path / "map.json").read_text())
+    ours = {file: {int(line): sorted(raw["contexts"][i] for i in indices) for line, indices in lines.items()}
+            for file, lines in raw["files"].items()}
+    assert ours == {file: lines for file, lines in reported.items() if lines}
+    assert "tests/test_calc.py::test_add" in compact["pkg/calc.py"][2]
+    assert (tmp_path / "map.json").stat().st_size < (tmp_path / "cov.json").stat().st_size / 2

@@ -18,11 +18,12 @@ from trajfactory.executors.base import READ_LIMIT, FileTooLargeError, Sandbox
 
 SCRATCH = "/tmp/trajfactory"
 HARNESS_DIR = "/tmp/trajfactory-harness"
-COVERAGE_READ_LIMIT = 4 * READ_LIMIT
-"""coverage.json with per-test contexts is large for a large suite; it is still capped."""
 """Where the plugin lives in the sandbox: outside the checkout, so no patch can replace it."""
+COVERAGE_READ_LIMIT = 4 * READ_LIMIT
+"""The per-test coverage map is large for a large suite (networkx: ~40 MB); it is still capped."""
 PLUGIN = "trajfactory_harness"
 PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
+COVERAGE_MAP_SOURCE = (Path(__file__).with_name("coverage_map.py")).read_text()
 PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
@@ -75,22 +76,22 @@ FIXTURE = "<fixture>"
 """Marks a line executed in a fixture's setup or teardown: shared fixtures are attributed to one test only."""
 
 
-def parse_coverage_json(text: str) -> dict[str, dict[int, list[str]]]:
-    """coverage.py's `json --show-contexts` report -> file -> line -> test node ids (+ the markers above)."""
+def parse_coverage_map(text: str) -> dict[str, dict[int, list[str]]]:
+    """The sandbox's per-test coverage map (`coverage_map.py`) -> file -> line -> test node ids (+ the markers
+    above)."""
     data = json.loads(text)
+    tests_of: list[tuple[str, ...]] = []  # per context: the test it names, plus FIXTURE for a setup or teardown
+    for context in data.get("contexts", []):
+        if not context:
+            tests_of.append((IMPORT_TIME,))
+            continue
+        test, _, phase = context.rpartition("|")
+        tests_of.append((test or context, FIXTURE) if phase in ("setup", "teardown") else (test or context,))
     result: dict[str, dict[int, list[str]]] = {}
-    for file, info in data.get("files", {}).items():
+    for file, by_line in data.get("files", {}).items():
         lines: dict[int, list[str]] = {}
-        for line, contexts in (info.get("contexts") or {}).items():
-            tests: set[str] = set()
-            for context in contexts:
-                if not context:
-                    tests.add(IMPORT_TIME)
-                    continue
-                test, _, phase = context.rpartition("|")
-                tests.add(test or context)
-                if phase in ("setup", "teardown"):
-                    tests.add(FIXTURE)
+        for line, indices in by_line.items():
+            tests = {name for i in indices for name in tests_of[i]}
             if tests:
                 lines[int(line)] = sorted(tests)
         if lines:
@@ -134,15 +135,16 @@ def run_tests(
             pass
     cov_map: dict[str, dict[int, list[str]]] = {}
     if coverage and not result.timed_out:
+        sandbox.write_file(f"{HARNESS_DIR}/coverage_map.py", COVERAGE_MAP_SOURCE)
         report = sandbox.execute(
-            f"cd {sandbox.workdir} && COVERAGE_FILE={SCRATCH}/.coverage python -m coverage json "
-            f"--show-contexts -q -o {SCRATCH}/coverage.json",
+            f"cd {sandbox.workdir} && COVERAGE_FILE={SCRATCH}/.coverage python {HARNESS_DIR}/coverage_map.py "
+            f"{SCRATCH}/coverage-map.json",
             timeout=timeout,
         )
         if report.exit_code == 0:
             # a large suite's per-test contexts make a big file: a wider cap, still a cap
-            cov_map = parse_coverage_json(sandbox.read_file(f"{SCRATCH}/coverage.json",
-                                                            max_bytes=COVERAGE_READ_LIMIT).decode())
+            cov_map = parse_coverage_map(sandbox.read_file(f"{SCRATCH}/coverage-map.json",
+                                                           max_bytes=COVERAGE_READ_LIMIT).decode())
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,
