@@ -291,6 +291,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--batch-size", type=int, default=ValidationConfig().batch_size)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--suite-timeout", type=float, default=ValidationConfig().suite_timeout_s,
+                        help="seconds a whole-suite run may take (a large suite on a loaded machine needs more)")
     parser.add_argument("--json", help="write every figure to this file too")
     args = parser.parse_args()
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
@@ -298,7 +300,7 @@ def main() -> int:
     ensure_base_image()
     backend = DockerBackend()
     work = Path(tempfile.mkdtemp(prefix="tf-bench-"))
-    cfg = ValidationConfig()
+    cfg = ValidationConfig(suite_timeout_s=args.suite_timeout)
     names = {"a": "a fresh+full (SWE-smith)", "b": "b warm+full", "c": "c warm+coverage",
              "d": f"d batch+coverage (x{args.batch_size})", "e": f"e batch+full (x{args.batch_size})"}
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "batch_size": args.batch_size, "repos": {},

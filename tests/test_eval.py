@@ -272,6 +272,15 @@ def test_bad_inputs_name_what_was_wrong(model_flow_run, tmp_path):
     bad = runner.invoke(app, ["eval", "--model", str(not_a_model), "--data", data, "--split", "all",
                               "--out", str(tmp_path / "cli")])
     assert bad.exit_code == 2 and "no config.json" in bad.output, bad.output
+    # an evaluation holds OUT/work like a factory run: it prints and records its run ID, and one that is live there
+    # stops a second
+    from trajfactory.executors.runs import hold_work_dir, recorded_runs
+
+    (run_id,) = [line.split()[2] for line in bad.output.splitlines() if line.startswith("run ID: ")]
+    assert [r["run_id"] for r in recorded_runs(tmp_path / "cli" / "work")] == [run_id]
+    with hold_work_dir(tmp_path / "cli" / "work") as live:
+        busy = runner.invoke(app, ["eval", "--model", "builtin:tiny", "--data", data, "--out", str(tmp_path / "cli")])
+    assert busy.exit_code == 1 and live.run_id in busy.output, busy.output
 
 
 @pytest.mark.docker

@@ -85,6 +85,7 @@ def eval_command(
     setup_logging()
     from pydantic import ValidationError
 
+    from trajfactory.executors.runs import WorkDirBusy, hold_work_dir
     from trajfactory.pipelines.evaluate import evaluate
     from trajfactory.pipelines.evaluate_web import evaluate_web
     from trajfactory.settings.training import EvalSettings
@@ -108,8 +109,15 @@ def eval_command(
         console.print(f"[red]bad option[/red]\n{exc}")
         raise typer.Exit(2) from None
     try:
-        run = evaluate_web if is_web_version(data) else evaluate  # the version's kind: web tasks or SWE tasks
-        report = run(data, model, baseline, split, settings, out)
+        # like a factory run, an evaluation holds its work dir (OUT/work): its sandboxes carry its run ID, and an
+        # evaluation killed there has its leftover sandboxes removed by the next one
+        with hold_work_dir(Path(out) / "work") as held:
+            typer.echo(f"run ID: {held.run_id} (its sandbox containers carry the label trajfactory.run={held.run_id})")
+            run = evaluate_web if is_web_version(data) else evaluate  # the version's kind: web tasks or SWE tasks
+            report = run(data, model, baseline, split, settings, out)
+    except WorkDirBusy as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     except EvalError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
