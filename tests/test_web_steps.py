@@ -116,6 +116,7 @@ def _env_prompt() -> str:
     return SYSTEM_PROMPT.format(actions=action_space())
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_train_sft_on_a_web_version_trains_on_the_step_rows_the_last_turn_only(web_version, tiny_model, tmp_path):
     data = f"{web_version}@v1"
