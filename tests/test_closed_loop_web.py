@@ -55,6 +55,8 @@ def test_the_run_trains_on_its_web_tasks_and_evaluates_on_the_held_out_site(tmp_
     [sft] = [p for p in (tmp_path / "train").iterdir() if p.name.startswith("sft-")]
     metrics = json.loads((sft / "metrics.json").read_text())
     assert metrics["training"]["steps"] == STEPS and metrics["context"]["rows_used"] > 0
+    # the rows are the web agent's view of each step, its pages clipped as the evaluated agent clips them
+    assert metrics["data"]["rows_view"] == "agent" and metrics["data"]["web_agent"]["max_observation_chars"] == 300
     assert metrics["data"]["path"] == str(store.root.resolve())
     assert metrics["data"]["content_digest"] == store.content_digest("v1")
     assert f"(trained: {STEPS} steps" in out.stdout

@@ -12,13 +12,15 @@ request) raises `PolicyError`; the episode loop records it as an error step (it 
 limit) and the model sees the error next turn. `images: auto` sends screenshots until the server
 answers HTTP 400 that the model takes no images; the turn is then asked again without it, images stay
 off for the episode, and `info.params` records it (`images_dropped`, `image_requests`, `text_requests`).
-Make one policy per episode.
+Make one policy per episode. What a request holds is the pure `agent_view`, which `datasets/web_steps.py` also
+renders training rows with, so a model is trained on the requests it is served.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from trajfactory.executors.browser import Observation
@@ -30,7 +32,8 @@ from trajfactory.models.client import ChatResult, ModelClient, ModelError, image
 from trajfactory.schema import Message, Policy as PolicyInfo, Usage, WebTask
 from trajfactory.settings import WebAgentConfig
 
-__all__ = ["ACTION_TOOLS", "WebModelPolicy", "action_from_call", "action_from_text"]
+__all__ = ["ACTION_TOOLS", "WebModelPolicy", "action_from_call", "action_from_text", "agent_view", "goal_text",
+           "outcome_text", "system_prompt"]
 
 POLICY_NAME = "model"
 POLICY_VERSION = "1"
@@ -62,6 +65,48 @@ def action_from_text(content: str) -> str | None:
     raise error or ActionError(f"unclosed action call {text[:200]!r}; write one call like click('12')")
 
 
+# ---------------------------------------------------------------- what the model is sent (training renders it too)
+
+
+def system_prompt(config: WebAgentConfig, default: str) -> str:
+    """A custom prompt (with the action grammar for `{actions}`), else the environment's plus the text format."""
+    if config.system_prompt:
+        return config.system_prompt.replace("{actions}", action_space())
+    return default + (TEXT_PROMPT if config.actions != "tool_calls" else "")
+
+
+def goal_text(instruction: str, accounts: dict[str, str] | None) -> str:
+    """The goal turn: the task, and the site's test accounts to sign in with."""
+    creds = "; ".join(f"username {u!r} with password {p!r}" for u, p in sorted((accounts or {}).items()))
+    return f"Task: {instruction}" + (f"\nYou can sign in as {creds}." if creds else "")
+
+
+def outcome_text(obs: Observation) -> str:
+    """What came of an action, as an earlier turn shows it: the page it led to, shortened to URL and error."""
+    err = f"\nLast action error: {obs.last_action_error}" if obs.last_action_error else ""
+    return f"URL: {obs.url}{err}"
+
+
+def agent_view(system: str, goal: str, history: Sequence[Sequence[str | None]], obs: Observation,
+               config: WebAgentConfig) -> list[dict[str, Any]]:
+    """The text messages of one request: the system prompt, the goal, the last `history_turns` earlier turns (each
+    `[what the model wrote, what came of it]`), then the current page clipped to `max_observation_chars`;
+    consecutive user turns become one message."""
+    n = config.history_turns
+    kept = list(history[-n:]) if n else []
+    turns: list[tuple[str, str]] = [("user", goal)]
+    for said, came in kept:
+        turns += [("assistant", str(said)), ("user", str(came))]
+    turns.append(("user", "Current page:\n" + observation_text(obs, config.max_observation_chars)))
+    merged: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for role, text in turns:
+        if merged[-1]["role"] == role:
+            merged[-1]["content"] += "\n\n" + text
+        else:
+            merged.append({"role": role, "content": text})
+    return merged
+
+
 # ---------------------------------------------------------------- the policy
 
 
@@ -84,10 +129,7 @@ class WebModelPolicy:
 
     def system_prompt(self, default: str) -> str:
         """A custom prompt (with the action grammar for `{actions}`), else the environment's plus the text format."""
-        custom = self.config.system_prompt
-        if custom:
-            return custom.replace("{actions}", action_space())
-        return default + (TEXT_PROMPT if self.config.actions != "tool_calls" else "")
+        return system_prompt(self.config, default)
 
     # -- episode
 
@@ -101,29 +143,19 @@ class WebModelPolicy:
         """One entry per request: turn, whether it carried an image, HTTP status, error."""
         self._history: list[list[str | None]] = []  # [what the model wrote, what came of it]
         self._turn = self._model_errors = 0
-        accounts = start.info.get("accounts") or {}
-        creds = "; ".join(f"username {u!r} with password {p!r}" for u, p in sorted(accounts.items()))
-        self._goal = f"Task: {task.instruction}" + (f"\nYou can sign in as {creds}." if creds else "")
+        self._goal = goal_text(task.instruction, start.info.get("accounts"))
+
+    def record(self, said: str, came: str | None = None) -> None:
+        """One turn into the history: what the model wrote, and what came of it (None: the next page says)."""
+        self._history.append([said, came])
 
     # -- one turn
 
     def wire(self, obs: Observation, image: bool) -> list[dict[str, Any]]:
         """The request's messages: goal, earlier turns (pages shortened), the current page (+ screenshot)."""
         if self._history and self._history[-1][1] is None:  # what came of the last action: this page
-            err = f"\nLast action error: {obs.last_action_error}" if obs.last_action_error else ""
-            self._history[-1][1] = f"URL: {obs.url}{err}"
-        n = self.config.history_turns
-        kept = self._history[-n:] if n else []
-        turns: list[tuple[str, str]] = [("user", self._goal)]
-        for said, came in kept:
-            turns += [("assistant", str(said)), ("user", str(came))]
-        turns.append(("user", "Current page:\n" + observation_text(obs, self.config.max_observation_chars)))
-        merged: list[dict[str, Any]] = [{"role": "system", "content": self._system}]
-        for role, text in turns:  # consecutive user turns become one message
-            if merged[-1]["role"] == role:
-                merged[-1]["content"] += "\n\n" + text
-            else:
-                merged.append({"role": role, "content": text})
+            self._history[-1][1] = outcome_text(obs)
+        merged = agent_view(self._system, self._goal, self._history, obs, self.config)
         if image and obs.screenshot:
             last = merged[-1]
             last["content"] = [{"type": "text", "text": last["content"]},
@@ -162,7 +194,7 @@ class WebModelPolicy:
             self._model_errors += 1
             stop = "context_limit" if exc.context_overflow else (
                 "model_error" if self._model_errors >= self.config.max_model_errors else None)
-            self._history.append(["(request failed)", f"Error: the model request failed: {exc}"])
+            self.record("(request failed)", f"Error: the model request failed: {exc}")
             raise PolicyError("model_error", f"Error: the model request failed: {exc}", stop=stop) from None
         self._model_errors = 0
         self.usage.add_call(result.prompt_tokens, result.completion_tokens, self.client.request_cost(result))
@@ -188,9 +220,9 @@ class WebModelPolicy:
         except ActionError as exc:
             written = content or json.dumps([c.model_dump() for c in reply.tool_calls or []])
             return self._error("bad_action", f"Error: {exc}", written)
-        self._history.append([said, None])
+        self.record(said)
         return Action(Message(role="assistant", content=said), [action_call(action, f"turn_{self._turn}")])
 
     def _error(self, reason: str, observation: str, written: str) -> Action:
-        self._history.append([written or "(empty)", observation])
+        self.record(written or "(empty)", observation)
         raise PolicyError(reason, observation, message=Message(role="assistant", content=written))

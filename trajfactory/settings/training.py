@@ -65,6 +65,11 @@ class SFTSettings(TrainSettings):
     chat_template: Path | None = None
     """A Jinja chat template with `{% generation %}` markers to train with, for a model whose own template has none
     and that TRL cannot patch. Training only: the output keeps the model's own template."""
+    web_rows: Literal["agent", "whole"] = "agent"
+    """A web version's rows. `agent`: one row per step, holding what the web agent is sent at that step (the goal
+    with the site's accounts, the last 8 turns with their pages shortened to URL, the page clipped to
+    `clip_tool_output_chars`, else 6,000 characters), the loss on that step's action only (`datasets/web_steps.py`);
+    `whole`: one row per trajectory, every page whole in its turn (clipped like a tool output)."""
 
 
 class DPOSettings(TrainSettings):

@@ -64,8 +64,13 @@ SFT_HELP = (
     "conversation with its tool schemas. The loss is on the assistant turns only (the model's chat template with "
     "`{% generation %}` markers; the tiny model's and the templates TRL knows are marked for you; otherwise pass "
     "--chat-template or --loss all).\n\n"
+    "Web versions (--web-rows agent, the default): one row per step, holding exactly what the web agent is sent at "
+    "that step (the goal with the site's accounts, the last 8 turns with their pages shortened to URL, the page "
+    "clipped to --clip-tool-output, else 6,000 characters), the loss on that step's action only; --web-rows whole: "
+    "one conversation per trajectory, every page whole in its turn.\n\n"
     "Context: a row longer than --max-length tokens is cut after the last assistant turn that fits; a row whose first "
-    "assistant turn does not fit is dropped. Both are counted and listed in metrics.json.\n\n"
+    "assistant turn does not fit is dropped (a web step row is never cut: it fits or is dropped). Both are counted "
+    "and listed in metrics.json.\n\n"
     "A long run: --checkpoint-every N keeps the newest checkpoint; if the run is killed, the same command with "
     "--resume goes on from it.\n\n"
     "OUT: a model directory that transformers and vLLM load as it is (`trajfactory model serve OUT`), plus "
@@ -96,6 +101,8 @@ def sft(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A Jinja chat template with "
                                                  "{% generation %} markers to train with (training only; OUT keeps the "
                                                  "model's own template)."),
+    web_rows: str = typer.Option("agent", "--web-rows", help="A web version's rows: `agent`, one per step as the "
+                                 "web agent sees it; `whole`, one conversation per trajectory (see Web versions)."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) and merge them into the saved "
                               "weights."),
     lora_r: int = LORA_R,
@@ -114,7 +121,7 @@ def sft(
         lambda: SFTSettings(
             splits=split, max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
             learning_rate=learning_rate, max_length=max_length, clip_tool_output_chars=clip_tool_output, loss=loss,
-            chat_template=chat_template, lora=lora, lora_r=lora_r, bf16=bf16,
+            chat_template=chat_template, web_rows=web_rows, lora=lora, lora_r=lora_r, bf16=bf16,
             gradient_checkpointing=gradient_checkpointing, seed=seed, log_every=log_every,
             checkpoint_every=checkpoint_every),
         train_sft, data, model, out, overwrite, resume=resume)

@@ -11,7 +11,8 @@ The markers change nothing in the rendered text (checked on every row before tra
 training only: the saved model keeps its own template, which vLLM serves.
 
 Context policy, per row (after clipping observations when `clip_tool_output_chars` is set: tool outputs, and a web
-trajectory's pages):
+trajectory's pages; a web step row, `datasets/web_steps.py`, has its page clipped as the agent clips it, and is used
+as it is or dropped, never cut):
   - it fits `max_length` tokens: used as it is;
   - it does not: cut at a turn boundary, keeping the longest prefix that ends after an assistant turn and fits
     (counted as truncated);
@@ -121,11 +122,31 @@ def clip_tool_outputs(messages: list[dict], limit: int | None) -> tuple[list[dic
     return out, clipped
 
 
+def conversation(row: dict) -> list[dict]:
+    """A row's whole conversation: its `messages`, or a prompt-completion row's prompt then completion."""
+    return list(row["messages"]) if "messages" in row else [*row["prompt"], *row["completion"]]
+
+
+def fit_step(tokenizer, row: dict, template: str, max_length: int) -> dict[str, Any]:
+    """A prompt-completion row (a web step as the agent sees it) under the context policy: used as it is, or dropped.
+    Its pages are clipped as the agent clips them, and it is never cut: a cut would lose the completion it trains."""
+    tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+    n = count_tokens(tokenizer, conversation(row), tools, template)
+    if n <= max_length:
+        return {"row": row, "tokens": n, "status": "used", "reason": "", "clipped": 0}
+    return {"row": None, "tokens": n, "status": "dropped", "clipped": 0,
+            "reason": f"step {row.get('step')}: {n} tokens > max_length {max_length} (a step row is not cut; "
+                      "clip its pages harder with clip_tool_output_chars)"}
+
+
 def fit_row(tokenizer, row: dict, template: str, max_length: int, clip: int | None = None) -> dict[str, Any]:
     """One row under the context policy: `{"row": fitted row or None, "tokens", "status", "reason", "clipped"}`.
 
     `status` is `used`, `truncated` or `dropped`; a truncated row keeps the longest prefix of whole turns that ends
-    after an assistant turn and fits (prefix lengths grow with the turns, so a binary search finds it)."""
+    after an assistant turn and fits (prefix lengths grow with the turns, so a binary search finds it). A
+    prompt-completion row is fitted by `fit_step`."""
+    if "prompt" in row:
+        return fit_step(tokenizer, row, template, max_length)
     tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
     messages, clipped = clip_tool_outputs(list(row["messages"]), clip)
     ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -180,6 +201,7 @@ def check_renders_alike(tokenizer, rows: list[dict], template: str, original: st
         return
     for row in rows:
         tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
-        if render(tokenizer, row["messages"], tools, template) != render(tokenizer, row["messages"], tools, original):
+        messages = conversation(row)
+        if render(tokenizer, messages, tools, template) != render(tokenizer, messages, tools, original):
             raise TemplateError(f"the training chat template renders trajectory {row.get('trajectory_id')} unlike "
                                 "the model's own template; the model would learn a format it is not served with")

@@ -4,8 +4,11 @@
 
 The rows are `datasets.formats.trl_sft_rows` (conversational, with the tool schemas as a JSON string), verified by
 the verdict of record (tests for SWE, state checks for web; a judge's abstention never vetoes), from the splits in
-the settings (`train` by default). The loss is on assistant turns only (see `training/context.py` for the chat
-template with generation markers and for the context policy that makes each row fit `max_length`).
+the settings (`train` by default). On a web version they are, by default (`web_rows: agent`), one prompt-completion
+row per step, exactly as the web agent is sent it (`datasets/web_steps.py`), and TRL puts the loss on the completion
+(that step's action) only. The loss is on assistant turns only (see `training/context.py` for the chat template with
+generation markers and for the context policy that makes each row fit `max_length`). metrics.json's
+`data.rows_view` says which rows were used: `agent` (web steps) or `whole` (one conversation per trajectory).
 
 OUT/ is a model directory that transformers and vLLM load as it is:
     config.json, model.safetensors, generation_config.json   the trained weights (LoRA adapters merged in)
@@ -19,12 +22,14 @@ never leaves a half-written OUT.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from trajfactory.datasets import formats
+from trajfactory.datasets import formats, web_steps
+from trajfactory.settings import WebAgentConfig
 from trajfactory.progress import Progress
 from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
                                          device_flags, load_model, open_version, peft_config, quiet_progress_bars,
@@ -34,15 +39,28 @@ from trajfactory.settings.training import SFTSettings
 
 log = logging.getLogger(__name__)
 KIND = "sft"  # in the run key
+MIN_PAGE_CHARS = WebAgentConfig.model_fields["max_observation_chars"].metadata[0].ge
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
 
-def load_rows(data: str | Path, splits: list[str]) -> tuple[list[dict], dict[str, Any]]:
-    """The verified SFT rows of a dataset version (the latest unless `@vN`), and what identifies that data."""
+def load_rows(data: str | Path, splits: list[str], web_rows: str = "agent", clip: int | None = None
+              ) -> tuple[list[dict], dict[str, Any]]:
+    """The verified SFT rows of a dataset version (the latest unless `@vN`), and what identifies that data.
+
+    On a web version with `web_rows="agent"`, one prompt-completion row per step as the web agent sees it (pages
+    clipped to `clip`, else the agent's default); otherwise one conversation per trajectory."""
     store, version, read = open_version(data)
     trajectories = read("trajectories")
-    rows = formats.trl_sft_rows(trajectories, read("verdicts"), read("web_verification"), read("reviews"))
+    web_tasks = read("web_tasks")
+    view = web_steps.VIEW if web_rows == web_steps.VIEW and web_tasks and not read("tasks") else "whole"
+    agent = None
+    if view == web_steps.VIEW:
+        agent = _agent_config(clip)
+        rows = web_steps.trl_web_step_rows(trajectories, site_accounts(web_tasks), agent, read("verdicts"),
+                                           read("web_verification"), read("reviews"))
+    else:
+        rows = formats.trl_sft_rows(trajectories, read("verdicts"), read("web_verification"), read("reviews"))
     ref = f"{store.root}@{version}"
     if not rows:
         raise TrainError(f"--data {ref}: no verified trajectories to train on ({len(trajectories)} trajectories, "
@@ -52,8 +70,38 @@ def load_rows(data: str | Path, splits: list[str]) -> tuple[list[dict], dict[str
         found = sorted({r["split"] for r in rows})
         raise TrainError(f"--data {ref}: no verified trajectories in split(s) {', '.join(splits)}; the "
                          f"{len(rows)} verified ones are in {', '.join(found)} (choose with --split)")
-    source = {**data_source(store, version, splits), "verified_rows": len(rows), "rows_in_splits": len(chosen)}
+    source = {**data_source(store, version, splits), "verified_rows": len(rows), "rows_in_splits": len(chosen),
+              "rows_view": view, "trajectories_in_splits": len({r["trajectory_id"] for r in chosen})}
+    if agent is not None:
+        source["web_agent"] = {"actions": agent.actions, "max_observation_chars": agent.max_observation_chars,
+                               "history_turns": agent.history_turns}
     return chosen, source
+
+
+def _agent_config(clip: int | None) -> WebAgentConfig:
+    """The web agent the step rows render for: text actions, pages clipped to `clip` (else its default)."""
+    if clip is not None and clip < MIN_PAGE_CHARS:
+        raise TrainError(f"--clip-tool-output {clip}: a web step row clips the page as the web agent does, to at "
+                         f"least {MIN_PAGE_CHARS} characters; raise it, or pass --web-rows whole")
+    return WebAgentConfig(actions="text", **({"max_observation_chars": clip} if clip else {}))
+
+
+def site_accounts(web_tasks: list[dict]) -> dict[str, dict[str, str]]:
+    """task id -> the test accounts of its site as seeded for it (the site adapter's `accounts(seed)`)."""
+    from trajfactory.executors.webapps import get_adapter
+
+    by_site: dict[tuple[str, int], dict[str, str]] = {}
+    out = {}
+    for row in web_tasks:
+        env = json.loads(row["environment"]) if isinstance(row["environment"], str) else row["environment"]
+        key = (env["app"], int(env.get("seed") or 0))
+        if key not in by_site:
+            try:
+                by_site[key] = get_adapter(key[0]).accounts(key[1])
+            except ValueError as exc:
+                raise TrainError(f"web task {row['task_id']}: {exc}; or pass --web-rows whole") from None
+        out[row["task_id"]] = by_site[key]
+    return out
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -74,18 +122,24 @@ def build_trainer(rows: list[dict], tokenizer, model, settings: SFTSettings, wor
         **checkpointing_flag(SFTConfig, settings), logging_steps=1, report_to=[],
         include_num_input_tokens_seen="non_padding", disable_tqdm=not sys.stderr.isatty(),
         **save_flags(settings), **device_flags(settings))
-    train = Dataset.from_list([{"messages": r["messages"], "tools": r["tools"]} for r in rows])
+    train = Dataset.from_list([_columns(r) for r in rows])
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=args,
                          peft_config=peft_config(settings) if settings.lora else None)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; StepLog logs instead
     return trainer
 
 
+def _columns(row: dict) -> dict:
+    """What TRL reads of a row: a conversation (`messages`) or a web step (`prompt`, `completion`), and `tools`."""
+    keys = ("prompt", "completion", "tools") if "prompt" in row else ("messages", "tools")
+    return {k: row[k] for k in keys}
+
+
 def _round_trip(rows: list[dict]) -> list[dict]:
     """Rows as TRL will see them (through Arrow: absent message keys become None), so fitting measures the same."""
     from datasets import Dataset
 
-    seen = Dataset.from_list([{"messages": r["messages"], "tools": r["tools"]} for r in rows]).to_list()
+    seen = Dataset.from_list([_columns(r) for r in rows]).to_list()
     return [{**r, **t} for r, t in zip(rows, seen)]
 
 
@@ -103,7 +157,7 @@ def train_sft(data: str | Path, model: str | Path, out: str | Path, settings: SF
     out = Path(out)
     model_dir = resolve_model(model)
     check_out(out, overwrite, model_dir, resume)
-    rows, source = load_rows(data, settings.splits)
+    rows, source = load_rows(data, settings.splits, settings.web_rows, settings.clip_tool_output_chars)
     set_seed(settings.seed)
     # Full fine-tuning keeps fp32 master weights (OUT is saved in the base's dtype); LoRA leaves the base as it is.
     tokenizer, lm = load_model(model_dir, model, dtype=None if settings.lora else torch.float32)
