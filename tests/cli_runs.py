@@ -1,5 +1,6 @@
 """What the tests that run the factory's CLI as a real subprocess share: a small recipe on the bundled textkit
-repository (or others), the environment (its own Prefect home, this checkout on the path), and the command."""
+repository (or others), the environment (its own Prefect home, this checkout on the path, and the session's shared
+Prefect server when a test passes `api`, the `shared_prefect_api` fixture), and the command."""
 
 from __future__ import annotations
 
@@ -33,15 +34,18 @@ def recipe(tmp: Path, repos: list[str] | None = None, *, name: str = "test", can
     return path
 
 
-def env(tmp: Path) -> dict:
-    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+def env(tmp: Path, api: str | None = None) -> dict:
+    """The command's environment; with `api` (a Prefect server's API URL) its flows run on that server instead of a
+    throwaway one of their own (which costs a run ~10 s, more on a busy machine)."""
+    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT),
+            **({"PREFECT_API_URL": api} if api else {})}
 
 
-def cli(tmp: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], env=env(tmp), cwd=tmp, capture_output=True, text=True, timeout=timeout)
+def cli(tmp: Path, *args: str, timeout: float = 1200, api: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=env(tmp, api), cwd=tmp, capture_output=True, text=True, timeout=timeout)
 
 
-def start(tmp: Path, *args: str) -> subprocess.Popen:
+def start(tmp: Path, *args: str, api: str | None = None) -> subprocess.Popen:
     """The command in the background, in its own process group (so a test can SIGKILL all of it), output piped."""
-    return subprocess.Popen([*CLI, *args], env=env(tmp), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen([*CLI, *args], env=env(tmp, api), cwd=tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -60,6 +60,22 @@ def mirrors(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mirrors")
 
 
+@pytest.fixture(scope="session")
+def shared_prefect_api(tmp_path_factory):
+    """The API URL of one lasting Prefect server (`trajfactory server start`'s, on its own PostgreSQL) that the factory
+    runs a test starts as subprocesses share (`cli_runs.env(tmp, api)`), instead of each run starting a throwaway one
+    of its own (~10 s a run, more on a busy machine). Started by the first test that asks for it; stopped, and its
+    database removed, at the end of the session. test_flow's end-to-end test keeps the default throwaway server."""
+    from trajfactory.server import prefect_server
+    from trajfactory.server.postgres import PostgresCluster
+
+    state_dir = tmp_path_factory.mktemp("prefect-server")
+    state = prefect_server.start(state_dir)
+    yield state["api_url"]
+    prefect_server.stop(state_dir)
+    PostgresCluster(Path(state["postgres_data"])).remove()  # as root it lives outside the temp dirs
+
+
 @pytest.fixture
 def prefect_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "prefect-home"

@@ -25,12 +25,12 @@ SAMPLES, MAX_TASKS = 2, 2
 TRAIN_STEPS = 4
 
 
-def _env(tmp: Path) -> dict:
-    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+def _env(tmp: Path, api: str) -> dict:
+    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api}
 
 
-def _cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trajfactory.cli", *args], env=_env(tmp), cwd=tmp,
+def _cli(tmp: Path, api: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trajfactory.cli", *args], env=_env(tmp, api), cwd=tmp,
                           capture_output=True, text=True, timeout=1200)
 
 
@@ -64,9 +64,10 @@ class ContainerWatch:
 
 
 @pytest.fixture(scope="session")
-def model_flow_run(_vllm_session_server, tiny_model, docker_backend, tmp_path_factory):
+def model_flow_run(_vllm_session_server, tiny_model, docker_backend, shared_prefect_api, tmp_path_factory):
     """One recipe with every model-backed step on, and the closed loop (a few SFT steps of the tiny model on the run's
-    verified trajectories, evaluated beside it), run twice through the CLI (the second run is fully cached)."""
+    verified trajectories, evaluated beside it), run twice through the CLI (the second run is fully cached), both on
+    the session's shared Prefect server."""
     server = _vllm_session_server.start()  # started again if a test stopped it
     tmp = tmp_path_factory.mktemp("flow-model")
     # A copy under its own name: its sandboxes carry their own `trajfactory.repo` label, so this module's
@@ -102,10 +103,10 @@ def model_flow_run(_vllm_session_server, tiny_model, docker_backend, tmp_path_fa
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with ContainerWatch(docker_backend.client, repo_name) as watch:
-        first = _cli(tmp, "run", str(path))
+        first = _cli(tmp, shared_prefect_api, "run", str(path))
     assert first.returncode == 0, first.stdout + first.stderr[-5000:]
     journal_first = _journal(tmp / "work")
-    second = _cli(tmp, "run", str(path))
+    second = _cli(tmp, shared_prefect_api, "run", str(path))
     assert second.returncode == 0, second.stdout + second.stderr[-5000:]
     yield SimpleNamespace(tmp=tmp, first=first, second=second, watch=watch, journal_first=journal_first,
                           journal_second=_journal(tmp / "work")[len(journal_first):],

@@ -34,7 +34,7 @@ def test_a_web_trajectorys_pages_are_clipped_as_observations_and_its_task_is_not
 @pytest.mark.browser
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_the_run_trains_on_its_web_tasks_and_evaluates_on_the_held_out_site(tmp_path, tiny_model):
+def test_the_run_trains_on_its_web_tasks_and_evaluates_on_the_held_out_site(tmp_path, tiny_model, shared_prefect_api):
     recipe = {
         "name": "web-loop",
         "work_dir": str(tmp_path / "work"),
@@ -47,7 +47,7 @@ def test_the_run_trains_on_its_web_tasks_and_evaluates_on_the_held_out_site(tmp_
                   "eval": {"max_steps": 2, "max_tokens": 16, "concurrency": 1}},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    out = cli(tmp_path, "run", str(tmp_path / "recipe.yaml"))
+    out = cli(tmp_path, "run", str(tmp_path / "recipe.yaml"), api=shared_prefect_api)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
     store = DatasetStore(tmp_path / "datasets" / "web")

@@ -21,8 +21,9 @@ from trajfactory.datasets.store import DatasetStore
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
-def _argv(tmp: Path) -> tuple[list[str], dict]:
-    return [*cli_runs.CLI, "run", str(cli_runs.recipe(tmp, name="engine-restart", reference_runs=1))], cli_runs.env(tmp)
+def _argv(tmp: Path, api: str) -> tuple[list[str], dict]:
+    recipe = cli_runs.recipe(tmp, name="engine-restart", reference_runs=1)
+    return [*cli_runs.CLI, "run", str(recipe)], cli_runs.env(tmp, api)
 
 
 def _engine_answers() -> bool:
@@ -58,14 +59,14 @@ def _journal(work: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_an_engine_restart_mid_run_loses_nothing(docker_backend, tmp_path):
+def test_an_engine_restart_mid_run_loses_nothing(docker_backend, shared_prefect_api, tmp_path):
     clean, disturbed = tmp_path / "clean", tmp_path / "disturbed"
     clean.mkdir(), disturbed.mkdir()
-    argv, env = _argv(clean)
+    argv, env = _argv(clean, shared_prefect_api)
     undisturbed = subprocess.run(argv, env=env, cwd=clean, capture_output=True, text=True, timeout=1200)
     assert undisturbed.returncode == 0, undisturbed.stdout[-3000:] + undisturbed.stderr[-3000:]
 
-    argv, env = _argv(disturbed)
+    argv, env = _argv(disturbed, shared_prefect_api)
     proc = subprocess.Popen(argv, env=env, cwd=disturbed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 600

@@ -72,22 +72,23 @@ def test_end_to_end_flow_writes_a_verified_dataset(docker_backend, tmp_path):
     assert ds[0]["messages"][2]["tool_calls"][0]["function"]["name"] == "bash"
 
 
-def test_stage_commands_chain_through_records(docker_backend, tmp_path):
+def test_stage_commands_chain_through_records(docker_backend, shared_prefect_api, tmp_path):
     recipe = _recipe(tmp_path, ["builtin:textkit"], candidates=6)
     for command in ("harvest", "synthesize", "rollout", "verify", "build"):
-        proc = _cli(tmp_path, command, str(recipe))
+        proc = _cli(tmp_path, command, str(recipe), api=shared_prefect_api)
         assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
     store = DatasetStore(tmp_path / "datasets" / "swe")
     assert store.versions() == ["v1"]
     assert store.manifest("v1")["tables"]["trajectories"]["rows"] >= 1
 
 
-def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
+def test_kill_and_resume_redoes_no_finished_work(docker_backend, shared_prefect_api, tmp_path):
     # a journal entry of stage `validate` is one batch of candidates: batches of 2 make 7 units of work, so the kill
     # lands after some finished and before the rest
     recipe = _recipe(tmp_path, ["builtin:textkit"], candidates=14, concurrency=1, batch_size=2)
     work = tmp_path / "work"
-    proc = subprocess.Popen([sys.executable, "-m", "trajfactory.cli", "run", str(recipe)], env=_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "trajfactory.cli", "run", str(recipe)],
+                            env=_env(tmp_path, shared_prefect_api),
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 600
@@ -103,7 +104,7 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
     assert finished, "nothing finished before the kill"
     assert not (tmp_path / "datasets" / "swe").exists() or DatasetStore(tmp_path / "datasets" / "swe").versions() == []
 
-    resumed = _cli(tmp_path, "run", str(recipe))
+    resumed = _cli(tmp_path, "run", str(recipe), api=shared_prefect_api)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     killed = recorded_runs(work)[0]["run_id"]  # the resumed run removed the sandboxes the killed one left running
     assert docker_backend.client.containers.list(all=True, ignore_removed=True, filters={"label": f"{RUN_LABEL}={killed}"}) == []
@@ -115,7 +116,8 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
     # An uninterrupted run of the same recipe gives the same data.
     other = tmp_path / "clean"
     other.mkdir()
-    clean = _cli(other, "run", str(_recipe(other, ["builtin:textkit"], candidates=14, concurrency=1, batch_size=2)))
+    clean = _cli(other, "run", str(_recipe(other, ["builtin:textkit"], candidates=14, concurrency=1, batch_size=2)),
+                 api=shared_prefect_api)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     a, b = DatasetStore(tmp_path / "datasets" / "swe"), DatasetStore(other / "datasets" / "swe")
     rows = lambda s, t, cols: sorted(tuple(str(r[c]) for c in cols) for r in s.read_rows("v1", t))  # noqa: E731
@@ -126,7 +128,7 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, tmp_path):
     assert rows(a, "verdicts", ["verdict_id", "passed"]) == rows(b, "verdicts", ["verdict_id", "passed"])
 
     # Run again: everything is cached, nothing is redone, and the content is identical.
-    again = _cli(tmp_path, "run", str(recipe))
+    again = _cli(tmp_path, "run", str(recipe), api=shared_prefect_api)
     assert again.returncode == 0
     third = _journal(work)[len(first) + len(second):]
     assert [e for e in third if e["stage"] in ("validate", "rollout", "verify", "reference")] == []

@@ -41,11 +41,12 @@ def _complete(result: Path) -> bool:
         return False
 
 
-def test_a_full_work_disk_stops_the_run_and_the_resume_finishes_it(small_disk, tmp_path, docker_backend):
+def test_a_full_work_disk_stops_the_run_and_the_resume_finishes_it(small_disk, tmp_path, docker_backend,
+                                                                   shared_prefect_api):
     work = small_disk / "work"
     path = cli_runs.recipe(tmp_path, name="full-disk", reference_runs=1, work_dir=work, datasets=small_disk / "datasets")
-    argv, env = [*cli_runs.CLI, "run", str(path)], cli_runs.env(tmp_path)
-    proc = cli_runs.start(tmp_path, "run", str(path))
+    argv, env = [*cli_runs.CLI, "run", str(path)], cli_runs.env(tmp_path, shared_prefect_api)
+    proc = cli_runs.start(tmp_path, "run", str(path), api=shared_prefect_api)
     deadline = time.monotonic() + 600
     while sum('"validate"' in line for line in _journal(work)) < 3:
         assert proc.poll() is None, "the run ended before the disk filled: " + proc.stdout.read()[-3000:]

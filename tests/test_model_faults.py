@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]
 REPO = "textkit_faults"  # one name in every run: the task ids, so the datasets, depend on it
 
 
-def _run(tmp: Path, base_url: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, base_url: str, api: str) -> subprocess.CompletedProcess:
     repo = tmp.parent / REPO  # one source for every run of the test: its path is part of the tasks' provenance
     if not repo.exists():
         shutil.copytree(DEMO_REPO, repo, ignore=shutil.ignore_patterns(".git", "__pycache__"))
@@ -44,7 +44,7 @@ def _run(tmp: Path, base_url: str) -> subprocess.CompletedProcess:
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api}
     return subprocess.run([sys.executable, "-m", "trajfactory.cli", "run", str(path)], env=env, cwd=tmp,
                           capture_output=True, text=True, timeout=1200)
 
@@ -53,12 +53,13 @@ def _model_rows(store: DatasetStore) -> list[dict]:
     return [t for t in store.read_rows("v1", "trajectories") if t["policy"]["name"] != "oracle"]
 
 
-def test_model_server_faults_are_ridden_out_or_stop_the_run_which_resumes_to_the_same_data(vllm_server, tmp_path):
+def test_model_server_faults_are_ridden_out_or_stop_the_run_which_resumes_to_the_same_data(vllm_server, shared_prefect_api,
+                                                                                          tmp_path):
     # 1. three 503s and a request that hangs past the client's 3 s timeout: the client's retries ride them out
     flaky = tmp_path / "flaky"
     with FaultProxy(vllm_server.base_url) as proxy:
         proxy.plan.extend(["503", "503", "503", "hang"])
-        done = _run(flaky, proxy.base_url)
+        done = _run(flaky, proxy.base_url, shared_prefect_api)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     assert proxy.seen["503"] == 3 and proxy.seen["hang"] == 1 and proxy.seen["ok"] >= 2
     store = DatasetStore(flaky / "datasets" / "swe")
@@ -71,7 +72,7 @@ def test_model_server_faults_are_ridden_out_or_stop_the_run_which_resumes_to_the
     killed = tmp_path / "killed"
     proxy = FaultProxy(vllm_server.base_url).up()
     proxy.down_after = 1
-    stopped = _run(killed, proxy.base_url)
+    stopped = _run(killed, proxy.base_url, shared_prefect_api)
     said = stopped.stdout + stopped.stderr
     assert stopped.returncode != 0
     assert "the model server failed" in said and "run the same command again" in said, said[-3000:]
@@ -80,7 +81,7 @@ def test_model_server_faults_are_ridden_out_or_stop_the_run_which_resumes_to_the
     # 3. the server is back: the same command resumes and makes the data the flaky run made
     proxy.down_after = None
     with proxy:  # listening again, on the same port
-        resumed = _run(killed, proxy.base_url)
+        resumed = _run(killed, proxy.base_url, shared_prefect_api)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-4000:]
     again = DatasetStore(killed / "datasets" / "swe")
     assert again.versions() == ["v1"]

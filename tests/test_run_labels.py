@@ -28,8 +28,8 @@ def _recipe(tmp_path: Path) -> Path:
 _env = cli_runs.env
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return cli_runs.cli(tmp_path, *args, timeout=900)
+def _cli(tmp_path: Path, *args: str, api: str | None = None) -> subprocess.CompletedProcess:
+    return cli_runs.cli(tmp_path, *args, timeout=900, api=api)
 
 
 def _containers(client, run_id: str) -> list:
@@ -90,13 +90,15 @@ def test_cleanup_by_work_dir_removes_its_runs_containers_and_waits_for_a_live_ru
         _remove(client, mine, theirs)
 
 
-def test_killed_run_is_cleaned_up_by_its_resume_and_a_held_work_dir_refuses_a_second_run(docker_backend, tmp_path):
+def test_killed_run_is_cleaned_up_by_its_resume_and_a_held_work_dir_refuses_a_second_run(docker_backend,
+                                                                                         shared_prefect_api, tmp_path):
     client = docker_backend.client
     other = f"test-other-{secrets.token_hex(4)}"
     recipe, work = _recipe(tmp_path), tmp_path / "work"
     killed = ""
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "trajfactory.cli", "run", str(recipe)], env=_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "trajfactory.cli", "run", str(recipe)],
+                            env=_env(tmp_path, shared_prefect_api),
                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _start_foreign(client, other)
@@ -112,7 +114,7 @@ def test_killed_run_is_cleaned_up_by_its_resume_and_a_held_work_dir_refuses_a_se
         assert f"run ID: {killed}" in (tmp_path / "first.log").read_text()
 
         # a second run of the same work dir, while the first holds it, stops at once and says why
-        second = _cli(tmp_path, "run", str(recipe))
+        second = _cli(tmp_path, "run", str(recipe), api=shared_prefect_api)
         assert second.returncode == 1, second.stdout + second.stderr
         assert f"work dir {work.resolve()} is in use by run {killed} (pid {proc.pid}" in second.stderr
         assert "Traceback" not in second.stderr and "run ID:" not in second.stdout
@@ -124,7 +126,7 @@ def test_killed_run_is_cleaned_up_by_its_resume_and_a_held_work_dir_refuses_a_se
         left = _containers(client, killed)
         assert left and all(c.labels[LABEL] == "1" and c.labels["trajfactory.repo"] for c in left)
 
-        resumed = _cli(tmp_path, "run", str(recipe))
+        resumed = _cli(tmp_path, "run", str(recipe), api=shared_prefect_api)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert f"removed {len(left)} sandbox containers left behind by earlier runs" in resumed.stderr
         runs = [r["run_id"] for r in recorded_runs(work)]
