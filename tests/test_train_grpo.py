@@ -1,7 +1,7 @@
 """`trajfactory train grpo`: the reward and advantage math on synthetic groups, TRL's GRPOTrainer driven by a
 multi-turn rollout whose group has differing rewards (real optimizer steps on the tiny model), and a real run on the
-model flow's dataset: episodes of the factory's episode loop in Docker sandboxes, rewarded by the task's tests, generated
-in-process and, in a second run, on the run's own vLLM server whose weights follow the trainer's."""
+model flow's dataset: episodes of the factory's episode loop in Docker sandboxes, rewarded by the task's tests,
+generated in-process and, in a second run, on the run's own vLLM server whose weights follow the trainer's."""
 
 from __future__ import annotations
 

@@ -51,8 +51,8 @@ from trajfactory.executors.swe_env import SweEnvironments
 from trajfactory.schema import Task, Verdict, WebTask
 from trajfactory.settings import EpisodeLimits, ModelPolicyConfig
 from trajfactory.training.common import (TrainError, check_out, checkpointing_flag, data_source, device_flags,
-                                         config_dtype, load_model, open_version, peft_config, quiet_progress_bars, resolve_model,
-                                         run_key, save_flags, step_logger, train_and_write)
+                                         config_dtype, load_model, open_version, peft_config, quiet_progress_bars,
+                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
 from trajfactory.training.eval_web import held_out_web_tasks, is_web_version
 from trajfactory.training.evaluate import EvalError, held_out_tasks
 from trajfactory.training.grpo_web import WEB_REWARD_DEFINITION, WebEpisodes

@@ -20,7 +20,8 @@ served directory, in the served dtype; the server reloads them in place through 
 layer-wise `reload_weights`, then the tied output layer re-tied: see there); then `/reset_prefix_cache` drops the KV
 cache of the old weights. A check follows: the server's prompt log-probabilities of a fixed probe text must equal the
 trainer's own (largest difference under `PROBE_TOLERANCE`), else the run stops; every sync is recorded with both.
-On this 2-core CPU with the tiny model a sync takes well under a second; a server start about 30 s, once per run.
+On this 2-core CPU with the tiny model a sync takes 0.25-0.45 s, the server's start 35-80 s once per run (the first
+sync's `seconds` include it; `bench/grpo_generation.py`).
 
 On a GPU the same code runs by configuration: the served dtype is the base model's (bf16 for most), vLLM takes its
 share of GPU memory (`vllm_gpu_memory_utilization`) beside the trainer. Writing the weights to disk and reloading them
@@ -77,7 +78,8 @@ class VLLMChatClient(TokenChatClient):
         except httpx.HTTPError as exc:
             raise ModelError(f"the GRPO vLLM server at {self.url} did not answer: {exc}") from None
         if reply.status_code != 200:
-            raise ModelError(f"the GRPO vLLM server answered {reply.status_code}: {reply.text[:500]}", reply.status_code)
+            raise ModelError(f"the GRPO vLLM server answered {reply.status_code}: {reply.text[:500]}",
+                             reply.status_code)
         self.requests += 1
         logprobs = reply.json()["choices"][0]["logprobs"] or {}
         sampled = [int(t.removeprefix("token_id:")) for t in logprobs.get("tokens") or []]
