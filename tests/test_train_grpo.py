@@ -1,6 +1,7 @@
 """`trajfactory train grpo`: the reward and advantage math on synthetic groups, TRL's GRPOTrainer driven by a
 multi-turn rollout whose group has differing rewards (real optimizer steps on the tiny model), and a real run on the
-model flow's dataset: episodes of the factory's episode loop in Docker sandboxes, rewarded by the task's tests."""
+model flow's dataset: episodes of the factory's episode loop in Docker sandboxes, rewarded by the task's tests,
+generated in-process and, in a second run, on the run's own vLLM server whose weights follow the trainer's."""
 
 from __future__ import annotations
 
@@ -135,6 +136,52 @@ def test_grpo_rolls_out_in_sandboxes_rewards_by_the_verifier_and_saves_a_model(t
     tokenizer = AutoTokenizer.from_pretrained(out)
     lm = AutoModelForCausalLM.from_pretrained(out)
     assert tokenizer.chat_template and lm.config.vocab_size == len(tokenizer)
+    assert sorted(_weights(out)) == sorted(_weights(tiny_model))
+
+
+# ---------------------------------------------------------------- generation on a vLLM server with weight reload
+
+
+@pytest.fixture(scope="module")
+def trained_on_vllm(model_flow_run, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo-vllm") / "model"
+    settings = GRPOSettings(splits=["all"], max_tasks=1, group_size=2, max_steps=2, max_agent_steps=1,
+                            max_new_tokens=16, learning_rate=1e-2, test_timeout_s=60, log_every=1,
+                            sandbox={"memory": "1g"}, generation="vllm",
+                            # the tiny model's episodes all earn 0 (no advantage, no gradient): weight decay makes
+                            # the first optimizer step change the weights anyway
+                            weight_decay=1.0)
+    return out, train_grpo(f"{model_flow_run.store.root}@v1", tiny_model, out, settings)
+
+
+@pytest.mark.docker
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_grpo_generates_on_a_vllm_server_that_follows_the_trainers_weights(trained_on_vllm, tiny_model):
+    """Two real GRPO steps whose episodes generate on the run's own vLLM server: every rollout request reached the
+    server, the sampled tokens carry finite sampling logprobs, and before step 2 the server's weights are the trainer's
+    AFTER the first optimizer step (not the starting ones: a skipped sync fails the probe comparison)."""
+    from trajfactory.models.server import process_group_alive
+
+    out, metrics = trained_on_vllm
+    assert metrics["algorithm"]["generation"].startswith("vLLM server")
+    assert metrics["training"]["steps"] == 2 and metrics["training"]["episodes"] == 4
+    gen = metrics["generation"]
+    turns = sum(e["turns"] for e in metrics["episodes"])
+    assert turns >= 4 and gen["rollout_requests"] == turns
+    # the server's own counters: every rollout turn plus one probe per sync, nothing generated elsewhere
+    assert gen["server_requests"] == turns + len(gen["weight_syncs"])
+    assert gen["server_generated_tokens"] >= sum(e["sampled_tokens"] for e in metrics["episodes"])
+    s1, s2 = gen["weight_syncs"]
+    assert (s1["step"], s2["step"]) == (1, 2)
+    for s in (s1, s2):  # the served weights are the trainer's at that step
+        assert s["probe_max_abs_diff"] < 1e-3
+        assert s["probe_logprob_server"] == pytest.approx(s["probe_logprob_trainer"], abs=1e-2)
+    # the first optimizer step changed the weights, and the server followed
+    assert abs(s2["probe_logprob_server"] - s1["probe_logprob_server"]) > 1e-3
+    for e in metrics["episodes"]:  # the sampling logprobs the server returned for the sampled tokens
+        assert e["sampled_tokens"] > 0 and math.isfinite(e["sampled_logprob_mean"]) and e["sampled_logprob_mean"] < 0
+    assert not process_group_alive(gen["server_pid"])  # the run stopped its server
     assert sorted(_weights(out)) == sorted(_weights(tiny_model))
 
 

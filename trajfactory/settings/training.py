@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trajfactory.settings.agents import Section
 from trajfactory.settings.sandbox import SandboxConfig
@@ -113,11 +113,28 @@ class GRPOSettings(TrainSettings):
     """Weight of the KL penalty to the frozen starting model (TRL's `beta`); 0: no reference model is kept."""
     epsilon: float = Field(0.2, gt=0)
     """Clip range of the policy ratio (TRL's `epsilon`)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay (TRL's default: 0)."""
     partial_credit: bool = True
     """Reward of a failed episode: the share of its FAIL_TO_PASS tests that pass (False: 0). A pass is 1."""
     test_timeout_s: float = Field(120, gt=0)
     """Limit of one verification test run."""
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    generation: Literal["transformers", "vllm"] = "transformers"
+    """How the rollouts generate: `transformers` in the trainer's process (`training/local_policy.py`), or `vllm` on a
+    vLLM server the run starts from the model under training, whose weights follow the trainer's after every
+    optimizer step (`training/vllm_policy.py`; not with `lora`). vLLM: the CPU build here, a CUDA vLLM on a GPU."""
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """With `generation: vllm` on a GPU: the share of GPU memory vLLM takes (the trainer shares the GPU)."""
+    vllm_startup_timeout_s: float = Field(600, gt=0)
+    """With `generation: vllm`: how long the server may take to answer after its start."""
+
+    @model_validator(mode="after")
+    def _vllm_without_lora(self) -> "GRPOSettings":
+        if self.generation == "vllm" and self.lora:
+            raise ValueError("generation: vllm with lora is not built (the server would need the adapter merged at "
+                             "every step): use generation: transformers with lora, or full fine-tuning with vllm")
+        return self
 
 
 class EvalSettings(Section):

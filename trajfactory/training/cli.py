@@ -208,7 +208,7 @@ GRPO_HELP = (
     "Example: trajfactory train grpo --data datasets/swe@v1 --model runs/sft-tiny --out runs/grpo-tiny --max-steps 20 "
     "--group-size 4\n\n"
     "Each step rolls out --tasks-per-step tasks --group-size times: every episode runs the factory's model agent "
-    "(text actions), generating in-process with the model being trained, in a fresh sandbox of the task's image "
+    "(text actions), generating with the model being trained (--generation), in a fresh sandbox of the task's image "
     "through the factory's episode loop; its submitted patch is verified by the task's tests in another fresh "
     "sandbox. Reward: 1 when the tests pass; otherwise the share of FAIL_TO_PASS tests that pass (--no-partial-credit: "
     "0). Advantages are normalized within each task's group; the clipped policy-gradient loss is on the tokens the "
@@ -216,6 +216,10 @@ GRPO_HELP = (
     "Web tasks (a version with `web_tasks`, e.g. from `trajfactory web`): each episode runs the model web agent "
     "(text actions) in a fresh seeded site of the task's app and a fresh Chromium context, as `trajfactory eval` "
     "does; reward 1 when the task's state checks pass on the site's final state, else 0.\n\n"
+    "Generation: --generation transformers (default) generates in the trainer's process; --generation vllm starts a "
+    "vLLM server on the model being trained (the CPU build from scripts/setup-vllm.sh here, a CUDA vLLM on a GPU) and "
+    "reloads the trainer's weights into it before every step's rollouts, checking them against the trainer's; the "
+    "server stops when the run ends. Not with --lora.\n\n"
     "A long run: --checkpoint-every N keeps the newest checkpoint (and the episodes of its steps); if the run is "
     "killed, the same command with --resume goes on from it.\n\n"
     "OUT: a model directory that transformers and vLLM load as it is, plus metrics.json (per step: mean reward, "
@@ -252,6 +256,12 @@ def grpo(
                                    "context); an episode that reaches it ends as context_limit."),
     sandbox: str = typer.Option("auto", "--sandbox", help="Sandbox backend: auto, docker or local."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft), merged into the saved weights."),
+    generation: str = typer.Option("transformers", "--generation", help="Where rollouts generate: `transformers` (in "
+                                   "the trainer's process) or `vllm` (a vLLM server started on the model being "
+                                   "trained, its weights reloaded from the trainer before every step; CPU build here, "
+                                   "CUDA vLLM on a GPU; not with --lora)."),
+    vllm_gpu_memory_utilization: float = typer.Option(0.3, "--vllm-gpu-memory-utilization", help="With --generation "
+                                                      "vllm on a GPU: the share of GPU memory the server takes."),
     bf16: Optional[bool] = BF16,
     seed: int = SEED,
     log_every: int = typer.Option(1, "--log-every", help="Log loss and tokens/s every N steps."),
@@ -269,6 +279,7 @@ def grpo(
             max_observation_chars=max_observation_chars, temperature=temperature, learning_rate=learning_rate,
             beta=beta, epsilon=epsilon,
             partial_credit=partial_credit, max_length=max_length, sandbox={"backend": sandbox}, lora=lora, bf16=bf16,
+            generation=generation, vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
             seed=seed, log_every=log_every, checkpoint_every=checkpoint_every),
         train_grpo, data, model, out, overwrite, resume=resume)
     tr = metrics["training"]

@@ -5,7 +5,9 @@
 Each optimizer step rolls out `tasks_per_step` tasks (rebuilt from the version's `tasks` rows) `group_size` times.
 Every episode is the factory's own: a fresh Docker (or bubblewrap) sandbox of the task's image, the one episode loop
 (`executors/episode.py`), the SWE tools, and the model agent of `agents/model.py` (text actions) whose model is the
-trainer's current model, generating in-process with transformers (`training/local_policy.py`). The final patch is
+trainer's current model. It generates in-process with transformers (`training/local_policy.py`), or with
+`generation: vllm` on a vLLM server the run starts, whose weights follow the trainer's before every step's rollouts
+(`training/vllm_policy.py`: the CPU build here, a CUDA vLLM on a GPU; same token records). The final patch is
 then verified by the task's tests in another fresh sandbox (`SweEnvironment.evaluate`), exactly as a dataset build
 does. On a version of web tasks (`web_tasks` rows, no SWE tasks) the episodes are web episodes instead: the model web
 agent in a fresh seeded site and Chromium context, verified by the task's state checks, as `trajfactory eval` runs
@@ -49,17 +51,20 @@ from trajfactory.executors.swe_env import SweEnvironments
 from trajfactory.schema import Task, Verdict, WebTask
 from trajfactory.settings import EpisodeLimits, ModelPolicyConfig
 from trajfactory.training.common import (TrainError, check_out, checkpointing_flag, data_source, device_flags,
-                                         load_model, open_version, peft_config, quiet_progress_bars, resolve_model,
-                                         run_key, save_flags, step_logger, train_and_write)
+                                         config_dtype, load_model, open_version, peft_config, quiet_progress_bars,
+                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
 from trajfactory.training.eval_web import held_out_web_tasks, is_web_version
 from trajfactory.training.evaluate import EvalError, held_out_tasks
 from trajfactory.training.grpo_web import WEB_REWARD_DEFINITION, WebEpisodes
-from trajfactory.training.local_policy import LocalChatClient
+from trajfactory.training.local_policy import LocalChatClient, TokenChatClient
+from trajfactory.training.vllm_policy import VLLMGeneration
 from trajfactory.settings.training import GRPOSettings
 
 log = logging.getLogger(__name__)
 KIND = "grpo"  # in the run key
 
+GENERATION = {"transformers": "transformers (in-process)",
+              "vllm": "vLLM server (weights reloaded from the trainer before every step's rollouts)"}
 REWARD_DEFINITION = ("1.0 when the task's tests pass the episode's submitted patch (the verifier's verdict); "
                      "otherwise the share of FAIL_TO_PASS tests that pass under it (partial_credit), or 0")
 
@@ -125,7 +130,7 @@ class SweEpisodes:
             finally:
                 self.envs = None
 
-    def run(self, client: LocalChatClient, task: Task, sample: int) -> tuple[Verdict, dict[str, Any]]:
+    def run(self, client: TokenChatClient, task: Task, sample: int) -> tuple[Verdict, dict[str, Any]]:
         """One episode of `task` (sample `sample`: its own seed), verified by the task's tests, and its record."""
         envs = self.envs
         policy = ModelPolicy(client, self.agent.for_sample(sample))
@@ -149,10 +154,14 @@ class FactoryRollouts:
     a record of each for metrics.json; with a `journal` file each record is also appended there as it ends, so a
     resumed run keeps the records of the steps its checkpoint holds."""
 
-    def __init__(self, tasks: list[Task | WebTask], tokenizer, settings: GRPOSettings, max_context: int, env=None):
+    def __init__(self, tasks: list[Task | WebTask], tokenizer, settings: GRPOSettings, max_context: int, env=None,
+                 generation: VLLMGeneration | None = None):
         self.tasks = {t.task_id: t for t in tasks}
         self.tokenizer, self.settings, self.max_context = tokenizer, settings, max_context
         self.env = env or SweEpisodes(tasks, settings)
+        self.generation = generation
+        """None: generate in-process (`LocalChatClient`); else on that vLLM server, synced before each step."""
+        self._synced_step: int | None = None
         self.episodes: list[dict[str, Any]] = []
         self.journal: Path | None = None
 
@@ -179,8 +188,14 @@ class FactoryRollouts:
     def __call__(self, prompts: list[str], trainer) -> dict[str, list]:
         lm = trainer.accelerator.unwrap_model(trainer.model)
         was_training = lm.training
-        client = LocalChatClient(lm, self.tokenizer, max_context=self.max_context, name=lm.name_or_path or "local")
         step = trainer.state.global_step + 1
+        if self.generation is None:
+            client = LocalChatClient(lm, self.tokenizer, max_context=self.max_context, name=lm.name_or_path or "local")
+        else:
+            if self._synced_step != step:  # the weights of the last optimizer step reach the server
+                self.generation.sync(lm, step)
+                self._synced_step = step
+            client = self.generation.client()
         self._forget_after(step - 1)
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [],
                                 "verifier_reward": []}
@@ -198,8 +213,10 @@ class FactoryRollouts:
                         rollout.prompt_ids = rollout.prompt_ids or [eos]
                         rollout.completion_ids, rollout.env_mask, rollout.logprobs = [eos], [0], [0.0]
                     reward = self.env.reward(verdict)
+                    sampled = [lp for lp, m in zip(rollout.logprobs, rollout.env_mask, strict=True) if m]
                     self._record({"step": step, **record, "turns": rollout.turns,
-                                  "sampled_tokens": sum(rollout.env_mask), "reward": reward,
+                                  "sampled_tokens": len(sampled), "reward": reward,
+                                  "sampled_logprob_mean": round(sum(sampled) / len(sampled), 4) if sampled else None,
                                   "seconds": round(time.monotonic() - started, 2)})
                     log.info("step %d episode %d (task %s): %s after %d agent step(s), reward %.3f", step, sample,
                              task_id[:12], record["exit_status"], record["agent_steps"], reward)
@@ -235,6 +252,7 @@ def build_trainer(lm, tokenizer, task_ids: list[str], rollout_func, settings: GR
         warmup_steps=settings.warmup_steps, per_device_train_batch_size=batch,
         gradient_accumulation_steps=settings.grad_accum, num_generations=settings.group_size,
         max_completion_length=settings.max_length, beta=settings.beta, epsilon=settings.epsilon,
+        weight_decay=settings.weight_decay,
         temperature=settings.temperature, use_vllm=False, logging_steps=1, report_to=[], **save_flags(settings),
         seed=settings.seed, disable_tqdm=True, **device_flags(settings),
         **checkpointing_flag(GRPOConfig, settings))
@@ -297,7 +315,12 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
         raise TrainError(f"--model {model}: the tokenizer has no chat template; the agent's turns need one")
     max_context = min(settings.max_length, getattr(lm.config, "max_position_embeddings", settings.max_length))
     web = source["kind"] == "web"
-    rollouts = FactoryRollouts(tasks, tokenizer, settings, max_context, WebEpisodes(settings) if web else None)
+    generation = VLLMGeneration(
+        model_dir, tokenizer, max_context=max_context, served_dtype=config_dtype(model_dir), seed=settings.seed,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        startup_timeout_s=settings.vllm_startup_timeout_s) if settings.generation == "vllm" else None
+    rollouts = FactoryRollouts(tasks, tokenizer, settings, max_context, WebEpisodes(settings) if web else None,
+                               generation=generation)
     step_log = step_logger(settings.log_every, keep=("reward", "reward_std", "kl", "num_tokens"))
     started = time.monotonic()
 
@@ -313,17 +336,22 @@ def train_grpo(data: str | Path, model: str | Path, out: str | Path, settings: G
                 "reward": WEB_REWARD_DEFINITION if web else REWARD_DEFINITION,
                 "algorithm": {"trainer": "trl.GRPOTrainer + rollout_func", "loss_type": trainer.args.loss_type,
                               "scale_rewards": trainer.args.scale_rewards, "beta": settings.beta,
-                              "epsilon": settings.epsilon, "generation": "transformers (in-process)"},
+                              "epsilon": settings.epsilon, "generation": GENERATION[settings.generation]},
+                **({"generation": generation.summary()} if generation is not None else {}),
                 "training": {"steps": result.global_step, "seconds": round(time.monotonic() - started, 1),
                              "episodes": len(rollouts.episodes),
                              "sampled_tokens": sum(e["sampled_tokens"] for e in rollouts.episodes),
                              "final_loss": steps[-1]["loss"] if steps else None, "per_step": steps},
                 "episodes": rollouts.episodes}
 
-    metrics = train_and_write(
-        out, build, step_log, describe, key=run_key(KIND, source["content_digest"], model, settings), resume=resume,
-        checkpoints=settings.checkpoint_every is not None, tokenizer=tokenizer, model_dir=model_dir,
-        template=tokenizer.chat_template, lora=settings.lora, title="mean verifier reward per step",
-        curve=("reward.png", "reward"))
+    try:
+        metrics = train_and_write(
+            out, build, step_log, describe, key=run_key(KIND, source["content_digest"], model, settings),
+            resume=resume, checkpoints=settings.checkpoint_every is not None, tokenizer=tokenizer, model_dir=model_dir,
+            template=tokenizer.chat_template, lora=settings.lora, title="mean verifier reward per step",
+            curve=("reward.png", "reward"))
+    finally:
+        if generation is not None:
+            generation.close()  # the server stops, however the run ends
     log.info("GRPO: %d episodes", metrics["training"]["episodes"])
     return metrics

@@ -10,6 +10,7 @@ agent's prompting and its parsing of replies (`agents/model.py`) are exactly tho
 episode as ONE growing token sequence: each turn's input is the previous input, the tokens it generated, and the
 tokens the chat template adds for the new messages (tool results, error observations, the generation prompt). So the
 sequence the trainer scores is exactly what the model saw and sampled; `env_mask` is 1 on sampled tokens only.
+That bookkeeping is `TokenChatClient`'s; `training/vllm_policy.py` samples the same way on a vLLM server.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ class Rollout:
     turns: int = 0
 
 
-class LocalChatClient:
-    """`ModelClient.chat` for a local causal LM: text actions only (no native tool calls), one episode at a time."""
+class TokenChatClient:
+    """`ModelClient.chat` on one growing token sequence per episode (text actions only, one episode at a time);
+    `_sample` generates: in-process here (`LocalChatClient`), or on a vLLM server (`training/vllm_policy.py`)."""
 
-    def __init__(self, lm, tokenizer, *, max_context: int, name: str = "local"):
-        self.lm, self.tokenizer, self.max_context, self.model = lm, tokenizer, max_context, name
+    def __init__(self, tokenizer, *, max_context: int, name: str = "local"):
+        self.tokenizer, self.max_context, self.model = tokenizer, max_context, name
         self._text = ""  # the rendered conversation the running ids stand for
         self._ids: list[int] = []
         self._rollout = Rollout()
@@ -63,11 +65,15 @@ class LocalChatClient:
             return self.tokenizer(full[len(self._text):], add_special_tokens=False)["input_ids"]
         return self.tokenizer(full, add_special_tokens=False)["input_ids"]
 
-    async def chat(self, messages: list[dict[str, Any]], tools: Any = None, **sampling: Any) -> ChatResult:
-        import torch
+    async def _sample(self, ids: list[int], max_new: int, temperature: float, top_p: float, seed: int | None
+                      ) -> tuple[list[int], list[float]]:
+        """The token ids sampled after `ids` and the sampling log-probability of each."""
+        raise NotImplementedError
 
+    async def chat(self, messages: list[dict[str, Any]], tools: Any = None, **sampling: Any) -> ChatResult:
         if tools:
-            raise ModelError("LocalChatClient reads text actions only; use ModelPolicyConfig(actions='text')", 400)
+            raise ModelError(f"{type(self).__name__} reads text actions only; use ModelPolicyConfig(actions='text')",
+                             400)
         started = time.monotonic()
         added = self._new_tokens(messages)
         first = not self._ids
@@ -76,19 +82,10 @@ class LocalChatClient:
             raise ModelError(f"the episode reached the model's maximum context length of {self.max_context} tokens",
                              400)
         ids = self._ids + added
-        temperature = float(sampling.get("temperature", 1.0))
-        if sampling.get("seed") is not None:
-            torch.manual_seed(int(sampling["seed"]) * 1009 + self._rollout.turns)
-        self.lm.eval()
-        with torch.no_grad():
-            out = self.lm.generate(
-                torch.tensor([ids], device=self.lm.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long,
-                                                                                    device=self.lm.device),
-                max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or None,
-                top_p=float(sampling.get("top_p") or 1.0), output_scores=True, return_dict_in_generate=True,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        sampled = out.sequences[0, len(ids):].tolist()
-        logps = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, sampled, strict=True)]
+        seed = sampling.get("seed")
+        sampled, logps = await self._sample(ids, max_new, float(sampling.get("temperature", 1.0)),
+                                            float(sampling.get("top_p") or 1.0),
+                                            None if seed is None else int(seed) * 1009 + self._rollout.turns)
         r = self._rollout
         if first:
             r.prompt_ids = list(ids)
@@ -108,3 +105,29 @@ class LocalChatClient:
                           finish_reason="stop" if sampled and sampled[-1] == eos else "length",
                           prompt_tokens=len(ids), completion_tokens=len(sampled),
                           latency_s=time.monotonic() - started, raw={})
+
+
+class LocalChatClient(TokenChatClient):
+    """Generation with `model.generate` in this process, on the model under training."""
+
+    def __init__(self, lm, tokenizer, *, max_context: int, name: str = "local"):
+        super().__init__(tokenizer, max_context=max_context, name=name)
+        self.lm = lm
+
+    async def _sample(self, ids: list[int], max_new: int, temperature: float, top_p: float, seed: int | None
+                      ) -> tuple[list[int], list[float]]:
+        import torch
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.lm.eval()
+        with torch.no_grad():
+            out = self.lm.generate(
+                torch.tensor([ids], device=self.lm.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long,
+                                                                                    device=self.lm.device),
+                max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or None,
+                top_p=top_p, output_scores=True, return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        sampled = out.sequences[0, len(ids):].tolist()
+        logps = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, sampled, strict=True)]
+        return sampled, logps
