@@ -9,7 +9,8 @@ An episode is the one `trajfactory eval` runs for a model on a web task (`pipeli
 agent (`agents/web_model.py`, actions written as text, no screenshots) in a fresh seeded site of the task's app and a
 fresh Chromium context (`executors/web_env.py`), through the factory's episode loop; its verdict is the task's state
 checks on the site's final state (`verifiers/state.py`), the verdict of record of web tasks. The only difference is
-the model: the trainer's current weights, generating in-process (`training/local_policy.py`).
+the model: the trainer's current weights, generating in-process (`training/local_policy.py`) or, with
+`generation: vllm`, on the run's own vLLM server (`training/vllm_policy.py`; the tests run that on SWE tasks only).
 
 The web agent re-renders its request every turn (the goal, its earlier turns with their pages shortened, the current
 page), so a turn's input does not extend the last one: the episode's token sequence is then each turn's whole input
