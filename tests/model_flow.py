@@ -25,11 +25,13 @@ SAMPLES, MAX_TASKS = 2, 2
 TRAIN_STEPS = 4
 
 
-def _env(tmp: Path, api: str) -> dict:
-    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api}
+def _env(tmp: Path, api: str | None) -> dict:
+    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONPATH": str(ROOT),
+            **({"PREFECT_API_URL": api} if api else {})}
 
 
-def _cli(tmp: Path, api: str, *args: str) -> subprocess.CompletedProcess:
+def _cli(tmp: Path, *args: str, api: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI as a subprocess; with `api` its flows run on that Prefect server (the session's shared one)."""
     return subprocess.run([sys.executable, "-m", "trajfactory.cli", *args], env=_env(tmp, api), cwd=tmp,
                           capture_output=True, text=True, timeout=1200)
 
@@ -103,10 +105,10 @@ def model_flow_run(_vllm_session_server, tiny_model, docker_backend, shared_pref
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with ContainerWatch(docker_backend.client, repo_name) as watch:
-        first = _cli(tmp, shared_prefect_api, "run", str(path))
+        first = _cli(tmp, "run", str(path), api=shared_prefect_api)
     assert first.returncode == 0, first.stdout + first.stderr[-5000:]
     journal_first = _journal(tmp / "work")
-    second = _cli(tmp, shared_prefect_api, "run", str(path))
+    second = _cli(tmp, "run", str(path), api=shared_prefect_api)
     assert second.returncode == 0, second.stdout + second.stderr[-5000:]
     yield SimpleNamespace(tmp=tmp, first=first, second=second, watch=watch, journal_first=journal_first,
                           journal_second=_journal(tmp / "work")[len(journal_first):],
