@@ -122,6 +122,11 @@ def clip_tool_outputs(messages: list[dict], limit: int | None) -> tuple[list[dic
     return out, clipped
 
 
+def row_tools(row: dict) -> list[dict] | None:
+    """A row's tool schemas (rows carry them as a JSON string)."""
+    return json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+
+
 def conversation(row: dict) -> list[dict]:
     """A row's whole conversation: its `messages`, or a prompt-completion row's prompt then completion."""
     return list(row["messages"]) if "messages" in row else [*row["prompt"], *row["completion"]]
@@ -130,7 +135,7 @@ def conversation(row: dict) -> list[dict]:
 def fit_step(tokenizer, row: dict, template: str, max_length: int) -> dict[str, Any]:
     """A prompt-completion row (a web step as the agent sees it) under the context policy: used as it is, or dropped.
     Its pages are clipped as the agent clips them, and it is never cut: a cut would lose the completion it trains."""
-    tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+    tools = row_tools(row)
     n = count_tokens(tokenizer, conversation(row), tools, template)
     if n <= max_length:
         return {"row": row, "tokens": n, "status": "used", "reason": "", "clipped": 0}
@@ -147,7 +152,7 @@ def fit_row(tokenizer, row: dict, template: str, max_length: int, clip: int | No
     prompt-completion row is fitted by `fit_step`."""
     if "prompt" in row:
         return fit_step(tokenizer, row, template, max_length)
-    tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+    tools = row_tools(row)
     messages, clipped = clip_tool_outputs(list(row["messages"]), clip)
     ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not ends:
@@ -200,7 +205,7 @@ def check_renders_alike(tokenizer, rows: list[dict], template: str, original: st
     if template == original:
         return
     for row in rows:
-        tools = json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")
+        tools = row_tools(row)
         messages = conversation(row)
         if render(tokenizer, messages, tools, template) != render(tokenizer, messages, tools, original):
             raise TemplateError(f"the training chat template renders trajectory {row.get('trajectory_id')} unlike "
