@@ -289,6 +289,8 @@ def main() -> int:
     parser.add_argument("--max-candidates", nargs="*", default=[], metavar="NAME=N",
                         help="fewer candidates for a repository whose whole suite is slow, e.g. networkx=8")
     parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e"])
+    parser.add_argument("--families", nargs="*", default=[], metavar="FAMILY",
+                        help="validate only the candidates of these families (e.g. remove_methods shuffle_methods)")
     parser.add_argument("--batch-size", type=int, default=ValidationConfig().batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--suite-timeout", type=float, default=ValidationConfig().suite_timeout_s,
@@ -314,13 +316,15 @@ def main() -> int:
             print(f"{uri}: quarantined: {env.reason}: {env.detail}", file=sys.stderr)
             continue
         candidates, _ = swe.procedural_candidates(recipe, source)
+        candidates = [c for c in candidates if not args.families or c.family in args.families]
         candidates = candidates[:caps.get(source.name, len(candidates))]
         ref, ref_runs, ref_cpu = reference(backend, env, cfg)
         print(f"{source.name}: {len(ref.tests)} tests, {len(ref.passing)} passing; reference runs CPU "
               f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with coverage)", file=sys.stderr)
         rep = report["repos"][source.name] = {"uri": uri, "tests": len(ref.tests), "passing": len(ref.passing),
                                               "candidates": len(candidates), "reference_runs_cpu": ref_runs,
-                                              "reference_cpu": ref_cpu, "modes": {}}
+                                              "reference_cpu": ref_cpu, "modes": {},
+                                              "families": {c.candidate_id: c.family for c in candidates}}
         results, floors = {}, {}
         for mode in args.modes:
             vals, acct, wall, fl, per = run_mode(mode, backend, env, candidates, ref, args.batch_size,

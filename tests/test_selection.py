@@ -41,3 +41,29 @@ def test_import_time_fixture_code_and_class_scope_fall_back_to_the_whole_suite()
     assert select_tests(_candidate([15], lineno=12, end=18), REF, "coverage") == (REF.passing, "full")
     assert select_tests(_candidate([3], scope="class"), REF, "coverage") == (REF.passing, "full")
     assert select_tests(_candidate([3]), REF, "full") == (REF.passing, "full")
+
+
+def _class_candidate(attribution, family="remove_methods"):
+    entity = Entity(file="m.py", name="C", kind="class", lineno=1, end_lineno=22, complexity=3)
+    return Candidate(candidate_id="y", source_id="s", repo="r", base_commit="0" * 40, family=family, scope="class",
+                     entity=entity, patch="", changed_lines=list(range(12, 19)), params={"attribution": attribution})
+
+
+def test_a_removed_method_selects_the_tests_that_ran_its_body():
+    # the method's body is lines 3-10 (line 1, its def, ran at import time and is not part of the body)
+    assert select_tests(_class_candidate({"lines": [3, 10]}), REF, "coverage") == (["t::a", "t::b"], "coverage")
+    # a body that ran at import time or in a fixture reaches tests coverage does not name
+    assert select_tests(_class_candidate({"lines": [12, 14]}), REF, "coverage") == (REF.passing, "full")
+    assert select_tests(_class_candidate({"lines": [13, 18]}), REF, "coverage") == (REF.passing, "full")
+    assert select_tests(_class_candidate({"full": "a reason"}), REF, "coverage") == (REF.passing, "full")
+    assert select_tests(_class_candidate({"lines": [3, 10]}), REF, "full") == (REF.passing, "full")
+
+
+def test_reordered_methods_that_nothing_sees_select_no_test_and_say_why():
+    from trajfactory.synthesizers.swe.validate import validate_candidate
+
+    candidate = _class_candidate({"none": "reordering changes nothing here"}, family="shuffle_methods")
+    assert select_tests(candidate, REF, "coverage") == ([], "coverage")
+    # judged without a sandbox: nothing is run
+    v = validate_candidate(None, candidate, REF)
+    assert (v.status, v.detail, v.tests_run) == ("no_fail_to_pass", "reordering changes nothing here", 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from trajfactory.schema import Candidate, Entity, content_hash
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
+from trajfactory.synthesizers.swe.attribution import References, removed_method, shuffled_methods
 from trajfactory.synthesizers.swe.ast_edits import Cut, Edit, Header, Mutation, TokenEdit
 from trajfactory.synthesizers.swe.diffs import line_list as _lines, unified_diff
 from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
@@ -266,10 +267,12 @@ def generate_candidates(
     # Draw a wider pool than asked, then pick round-robin so every family that applies is represented.
     max_candidates = None if cap is None else cap * 5
     for pf, entity, node in work:
+        if max_candidates is not None and len(out) >= max_candidates:
+            break
         original = ast.dump(node)
         for family in chosen:
             if max_candidates is not None and len(out) >= max_candidates:
-                return _balanced(out, cap), errors
+                break
             sites = family.sites(node) if family.accepts(node) else []
             if not sites:
                 continue
@@ -286,8 +289,23 @@ def generate_candidates(
                     out.append(candidate)
                     made += 1
     out = _balanced(out, cap)
+    _attribute(root, out, {(pf.file, e.lineno): n for pf, e, n in work})
     log.info("procedural: %d candidates from %d entities (%d files unparseable)", len(out), len(work), len(errors))
     return out, errors
+
+
+def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[str, int], ast.AST]) -> None:
+    """Record in each removed-method or reordered-methods candidate's params how its tests are found
+    (`attribution.py`)."""
+    refs: References | None = None
+    for c in candidates:
+        cls = nodes.get((c.entity.file, c.entity.lineno))
+        if c.family == "shuffle_methods":
+            c.params["attribution"] = shuffled_methods(cls)
+        elif c.family == "remove_methods":
+            refs = refs or References.scan(root)
+            method = next(s for s in cls.body if getattr(s, "lineno", None) == c.params["lineno"])
+            c.params["attribution"] = removed_method(cls, method, refs)
 
 
 def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:

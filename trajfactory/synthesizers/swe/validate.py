@@ -22,8 +22,9 @@ from trajfactory.executors.testrun import (
 )
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 
-VERSION = "2"
-"""Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function)."""
+VERSION = "3"
+"""Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
+3: a removed method by the tests that ran its body)."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -150,23 +151,39 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     does), so a test that only ran the function's other lines (the cache lookup) is broken by the bug all the same.
     Where coverage cannot tell, the whole suite runs: a change outside a function, in code that ran at import time
     (module tables built by calling the function, default values, decorators) or in a fixture's setup/teardown.
+    A removed method is attributed by its body's lines, and reordered methods that nothing in the class body sees
+    select no test, where the candidate's params say so (`attribution.py`).
     """
     file_cov = reference.coverage.get(candidate.entity.file)
-    if selection != "coverage" or candidate.scope != "function" or not file_cov or not candidate.changed_lines:
-        return list(reference.passing), "full"
-    entity = candidate.entity
+    full = list(reference.passing), "full"
+    if selection != "coverage" or not file_cov:
+        return full
+    if candidate.scope == "class":
+        attribution = candidate.params.get("attribution") or {}
+        if "none" in attribution:
+            return [], "coverage"
+        lines = attribution.get("lines")
+        if not lines:
+            return full
+        first, last = lines
+        changed, span = range(first, last + 1), (first, last)
+    elif candidate.scope == "function" and candidate.changed_lines:
+        entity = candidate.entity
+        changed = candidate.changed_lines
+        span = (entity.lineno, max(entity.end_lineno, *changed))
+    else:
+        return full
     executed = sorted(file_cov)
-    for line in candidate.changed_lines:
+    for line in changed:
         # coverage keys statements by their first line: a changed continuation line (or a statement no
         # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
-        start = max((n for n in executed if entity.lineno <= n <= line), default=line)
+        start = max((n for n in executed if span[0] <= n <= line), default=line)
         covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
-            return list(reference.passing), "full"
+            return full
     usable = set(reference.passing)
-    last = max(entity.end_lineno, *candidate.changed_lines)
-    tests = {t for n in range(entity.lineno, last + 1) for t in file_cov.get(n, ()) if t in usable}
+    tests = {t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ()) if t in usable}
     return sorted(tests), "coverage"
 
 
@@ -179,7 +196,8 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         return Validation(candidate_id=candidate.candidate_id, status=status, selection=how, duration_s=duration, **kw)
 
     if not tests:
-        return result("no_fail_to_pass", detail="no passing test executes the changed function")
+        return result("no_fail_to_pass", detail=(candidate.params.get("attribution") or {}).get("none")
+                      or "no passing test executes the changed function")
     if patch_error is not None:
         return result("patch_failed", detail=_tail(patch_error, 5))
     assert run is not None

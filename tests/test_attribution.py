@@ -1,0 +1,114 @@
+"""Which tests a class-level candidate reaches (`synthesizers/swe/attribution.py`), on hand-written classes, and
+on the removed-method and reordered-methods candidates the synthesizer makes for a real package."""
+
+import ast
+import textwrap
+
+from trajfactory.synthesizers.swe.attribution import References, removed_method, shuffled_methods
+from trajfactory.schema import Source
+from trajfactory.settings import SynthesisConfig
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+
+
+def _class(source: str) -> ast.ClassDef:
+    return next(n for n in ast.parse(textwrap.dedent(source)).body if isinstance(n, ast.ClassDef))
+
+
+def _method(cls: ast.ClassDef, name: str):
+    return next(s for s in cls.body if getattr(s, "name", None) == name)
+
+
+def _refs(*sources: str) -> References:
+    refs = References()
+    for s in sources:
+        refs.add(ast.parse(textwrap.dedent(s)))
+    return refs
+
+
+PLAIN = """
+class C:
+    def __init__(self):
+        self.x = 1
+
+    def area(self, k):
+        '''The area.'''
+        y = self.x * k
+        return y
+
+    def other(self):
+        return 2
+"""
+
+
+def test_a_plain_method_is_attributed_by_its_body_lines():
+    cls = _class(PLAIN)
+    # the docstring is line 7, the body ends at line 9
+    assert removed_method(cls, _method(cls, "area"), _refs(PLAIN)) == {"lines": [7, 9]}
+
+
+def test_a_method_tests_can_notice_without_running_it_falls_back_to_the_whole_suite():
+    cls = _class(PLAIN)
+    area = _method(cls, "area")
+    cases = {
+        "string": _refs(PLAIN, "def test_it(c):\n    assert hasattr(c, 'area')"),
+        "import": _refs(PLAIN, "import m\nAREA_DOC = m.C.area.__doc__"),
+        "collection": _refs(PLAIN, "import pytest, m\n@pytest.mark.parametrize('f', [m.C.area])\ndef test_it(f):\n"
+                                   "    pass"),
+    }
+    for what, refs in cases.items():
+        assert "full" in removed_method(cls, area, refs), what
+    # a use inside a function body runs only when called, and is then covered
+    assert removed_method(cls, area, _refs(PLAIN, "def use(c):\n    return c.area(2)")) == {"lines": [7, 9]}
+    assert "full" in removed_method(cls, area, None)
+
+
+def test_what_defining_or_calling_a_method_does_decides_too():
+    sources = {
+        "cached": "import functools\nclass C:\n    @functools.lru_cache\n    def f(self):\n        return 1\n",
+        "abstract": "import abc\nclass C(abc.ABC):\n    @abc.abstractmethod\n    def f(self):\n        return 1\n",
+        "generator": "class C:\n    def f(self):\n        yield 1\n",
+        "coroutine": "class C:\n    async def f(self):\n        return 1\n",
+        "docstring only": "class C:\n    def f(self):\n        '''Nothing to do.'''\n",
+        "dataclass": "import dataclasses\n@dataclasses.dataclass\nclass C:\n    x: int = 0\n    def f(self):\n"
+                     "        return 1\n",
+        "metaclass": "class C(metaclass=M):\n    def f(self):\n        return 1\n",
+    }
+    for what, source in sources.items():
+        cls = _class(source)
+        assert "full" in removed_method(cls, _method(cls, "f"), References()), what
+    eq = _class("class C:\n    def __eq__(self, other):\n        return True\n")
+    assert "full" in removed_method(eq, _method(eq, "__eq__"), References())  # it also sets __hash__ = None
+    prop = _class("class C:\n    @property\n    def f(self):\n        return 1\n")
+    assert removed_method(prop, _method(prop, "f"), References()) == {"lines": [4, 4]}
+
+
+def test_reordering_is_judged_by_what_the_class_body_sees():
+    assert "none" in shuffled_methods(_class(PLAIN))
+    sources = {
+        "alias": "class C:\n    def f(self):\n        return 1\n    def g(self):\n        return 2\n    h = f\n",
+        "setter": "class C:\n    @property\n    def x(self):\n        return 1\n    @x.setter\n    def x(self, v):\n"
+                  "        pass\n",
+        "twice": "class C:\n    def f(self):\n        return 1\n    def f(self):\n        return 2\n",
+        "registry": "class C:\n    @register\n    def f(self):\n        return 1\n    def g(self):\n        return 2\n",
+        "default": "class C:\n    def f(self, n=next(counter)):\n        return n\n    def g(self, n=next(counter)):\n"
+                   "        return n\n",
+        "decorated class": "@total_ordering\nclass C:\n    def __lt__(self, o):\n        return 1\n"
+                           "    def __eq__(self, o):\n        return 1\n",
+    }
+    for what, source in sources.items():
+        assert "full" in shuffled_methods(_class(source)), what
+
+
+def test_the_synthesizer_records_the_attribution_on_a_real_package(tmp_path):
+    # isodate 0.7.2: Duration's `__radd__ = __add__` pins its method order; removing `__str__` or `__sub__` is
+    # noticed only by the tests that ran them
+    source = harvest_repo("pypi:isodate==0.7.2", tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=30, seed=0), tmp_path / "co")
+    by_family = {}
+    for c in candidates:
+        by_family.setdefault(c.family, []).append(c.params.get("attribution"))
+    assert by_family["remove_methods"] and all(set(a) == {"lines"} for a in by_family["remove_methods"])
+    assert by_family["shuffle_methods"] and all("__add__" in a["full"] for a in by_family["shuffle_methods"])
+    assert all(c.params.get("attribution") is None for c in candidates if c.scope == "function")

@@ -1,0 +1,203 @@
+"""Where coverage can tell which tests a class-level candidate reaches: a removed method's body, or none at all.
+
+A function-level change is attributed to the tests that ran its function (`validate.select_tests`). A class-level
+change is in general not: a removed base class breaks every `raise` of an exception class and every `isinstance`
+check, and a reordered class body changes what its decorators see. Removing one method is the exception. After
+the removal a call of the method fails (or reaches an inherited one), and every test that called it ran its body in
+the reference run. So the tests to run are the ones whose coverage contexts include the body's lines, unless the
+method can be noticed without running its body:
+
+- by its name: a string literal naming it anywhere in the repository, tests included (`hasattr(x, "name")`,
+  `getattr`, parametrized names), or a reference to the name that runs at import or collection time (outside
+  function bodies: `alias = name`, `@name.setter`, `Graph.name.__doc__`, a parametrize list of methods);
+- by what defining it does: a decorator other than `property` / `staticmethod` / `classmethod` / a property's
+  `setter`, `getter` or `deleter` (a cache, a registry, `abstractmethod`), a class decorator or metaclass that sees
+  the class body (`dataclass`, `total_ordering`), `__eq__` (which also sets `__hash__`), the hooks Python runs at
+  class creation or collection (`__init_subclass__`, `__set_name__`, `__class_getitem__`, `__mro_entries__`) and
+  `__del__` (run by the collector in whichever test happens to be running);
+- by a call that runs no body line: a generator or coroutine method (calling it only makes the iterator), and a
+  body with no statement coverage records (only a docstring, `pass` or `...`).
+
+Reordering a class's methods changes nothing a test can run into unless the class body itself sees the order: two
+definitions of one name (the later wins), a class-level reference to a method (`@x.setter`, `alias = name`), a
+decorator, default or annotation that calls something as the class is defined, or a class decorator or metaclass.
+Without those, the methods are the same functions under the same names, and the candidate needs no test run: it is
+judged `no_fail_to_pass` with that reason (only `vars(cls)` order and line numbers differ).
+
+Each of those falls back to the whole suite, with the reason recorded in the candidate's params. The repository
+facts (string literals, import-time references) are read once per repository (`References.scan`).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PURE_DECORATORS = frozenset({"property", "staticmethod", "classmethod"})
+PROPERTY_PARTS = frozenset({"setter", "getter", "deleter"})
+OPAQUE_METHODS = frozenset({"__eq__", "__del__", "__init_subclass__", "__set_name__", "__class_getitem__",
+                            "__mro_entries__"})
+NOT_THE_PROJECT = frozenset({"build", "dist", "site-packages", "node_modules", "__pycache__", "venv", "virtualenv"})
+"""Directories scanned for nothing: build output and environments (tests, docs and examples are scanned)."""
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+_SCOPES = _DEFS + (ast.Lambda,)
+
+
+@dataclass
+class References:
+    """Names a repository can reach without running a function body that uses them."""
+
+    strings: set[str] = field(default_factory=set)
+    """Every string literal that is an identifier, in any Python file (tests included)."""
+    import_time: set[str] = field(default_factory=set)
+    """Names and attribute names referenced outside function bodies (run at import or collection time)."""
+    unreadable: list[str] = field(default_factory=list)
+
+    @classmethod
+    def scan(cls, root: str | Path) -> "References":
+        refs = cls()
+        root = Path(root)
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in NOT_THE_PROJECT
+                           and not d.endswith(".egg-info") and not (here / d / "pyvenv.cfg").exists()
+                           and not (here / d).is_symlink()]
+            for name in filenames:
+                if name.endswith(".py"):
+                    path = here / name
+                    try:
+                        refs.add(ast.parse(path.read_bytes()))
+                    except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
+                        refs.unreadable.append(path.relative_to(root).as_posix())
+        return refs
+
+    def add(self, tree: ast.AST) -> None:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+                self.strings.add(node.value)
+        self._import_time(tree)
+
+    def _import_time(self, node: ast.AST) -> None:
+        """Collect the names `node` references when it runs, not descending into bodies that run later."""
+        if isinstance(node, ast.Name):
+            self.import_time.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            self.import_time.add(node.attr)
+        if isinstance(node, _DEFS):  # decorators, defaults and annotations run when the def does
+            parts = [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults, node.returns,
+                     *(a.annotation for a in (*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs,
+                                              node.args.vararg, node.args.kwarg) if a is not None)]
+            for part in parts:
+                if part is not None:
+                    self._import_time(part)
+            return
+        if isinstance(node, ast.Lambda):
+            for part in (*node.args.defaults, *node.args.kw_defaults):
+                if part is not None:
+                    self._import_time(part)
+            return
+        for child in ast.iter_child_nodes(node):
+            self._import_time(child)
+
+
+def _decorator_ok(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in PURE_DECORATORS
+    return isinstance(node, ast.Attribute) and node.attr in PROPERTY_PARTS and isinstance(node.value, ast.Name)
+
+
+def _runs_nothing(body: list[ast.stmt]) -> bool:
+    """Whether coverage records no line of this body when it runs (a docstring, `pass`, `...`)."""
+    return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+               for s in body)
+
+
+def _lazy(method: ast.AST) -> bool:
+    """A generator or coroutine: calling it runs none of its body."""
+    if isinstance(method, ast.AsyncFunctionDef):
+        return True
+    stack = list(method.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
+            return True
+        if not isinstance(node, _SCOPES + (ast.ClassDef,)):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctionDef,
+                   refs: References | None) -> dict:
+    """The attribution of removing `method` from `cls`: {"lines": [first, last]} (the body's lines in the original
+    file), or {"full": reason} when tests can notice the removal without running the body."""
+    name = method.name
+
+    def full(reason: str) -> dict:
+        return {"full": reason}
+
+    if refs is None:
+        return full("the repository's references were not read")
+    if name in OPAQUE_METHODS:
+        return full(f"`{name}` acts without being called")
+    if cls.decorator_list or any(k.arg == "metaclass" for k in cls.keywords):
+        return full(f"class `{cls.name}` has a class decorator or metaclass that sees its body")
+    if not all(_decorator_ok(d) for d in method.decorator_list):
+        return full(f"`{name}` has a decorator that acts when the class is defined")
+    if _lazy(method):
+        return full(f"`{name}` is a generator or coroutine: a call runs none of its body")
+    if _runs_nothing(method.body):
+        return full(f"`{name}`'s body has no line coverage records")
+    if name in refs.strings:
+        return full(f"the string {name!r} appears in the repository (hasattr, getattr, a parametrized name)")
+    if name in refs.import_time:
+        return full(f"`{name}` is referenced at import or collection time")
+    return {"lines": [method.body[0].lineno, method.end_lineno]}
+
+
+def _class_level(cls: ast.ClassDef) -> tuple[set[str], set[str], bool]:
+    """What runs while the class body does: the names it binds outside method definitions, the names it loads, and
+    whether it calls anything (decorators, defaults, annotations and class-level statements; method bodies excluded)."""
+    bound: set[str] = set()
+    loaded: set[str] = set()
+    calls = False
+    parts: list[ast.AST] = []
+    for stmt in cls.body:
+        if isinstance(stmt, _DEFS):
+            parts += [*stmt.decorator_list, *stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d is not None)]
+            parts += [a.annotation for a in (*stmt.args.args, *stmt.args.kwonlyargs, *stmt.args.posonlyargs,
+                                             stmt.args.vararg, stmt.args.kwarg) if a is not None and a.annotation]
+            parts += [stmt.returns] if stmt.returns is not None else []
+        else:
+            parts.append(stmt)
+    for part in parts:
+        for node in ast.walk(part):
+            if isinstance(node, ast.Name):
+                (bound if isinstance(node.ctx, ast.Store) else loaded).add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, (ast.Call, ast.NamedExpr, ast.Yield, ast.YieldFrom, ast.Await)):
+                calls = True
+    return bound, loaded, calls
+
+
+def shuffled_methods(cls: ast.ClassDef) -> dict:
+    """The attribution of reordering `cls`'s methods: {"none": reason} when nothing in the class body sees the
+    order, else {"full": reason}."""
+    names = [s.name for s in cls.body if isinstance(s, _DEFS)]
+    if len(set(names)) < len(names):
+        return {"full": "two methods share a name, and the later definition wins"}
+    if cls.decorator_list or cls.keywords:
+        return {"full": f"class `{cls.name}` has a class decorator or class keywords that see its body"}
+    if not all(_decorator_ok(d) for s in cls.body if isinstance(s, _DEFS) for d in s.decorator_list):
+        return {"full": "a method has a decorator that acts when the class is defined"}
+    bound, loaded, calls = _class_level(cls)
+    if (clash := sorted(set(names) & (bound | loaded))):
+        return {"full": f"the class body binds or refers to {', '.join(clash[:3])} while it runs"}
+    if calls:
+        return {"full": "the class body calls something while it runs (a default, an annotation, a statement)"}
+    return {"none": "reordering the methods changes no behaviour: no two share a name, nothing in the class body "
+                    "refers to them, and no decorator, default or metaclass sees the order"}
