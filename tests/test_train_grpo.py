@@ -185,6 +185,67 @@ def test_grpo_generates_on_a_vllm_server_that_follows_the_trainers_weights(train
     assert sorted(_weights(out)) == sorted(_weights(tiny_model))
 
 
+def _lora_model(tiny_model: Path, seed: int = 0):
+    """The tiny model with LoRA adapters whose B matrices are not zero (as after some training)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trajfactory.training.common import peft_config
+
+    lm = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                        peft_config(GRPOSettings(lora=True, lora_r=4)))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    return lm.eval()  # no LoRA dropout: the forward pass is the policy's
+
+
+def test_lora_weights_are_served_merged_under_the_base_models_names(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trajfactory.training.vllm_policy import served_state
+
+    lm = _lora_model(tiny_model)
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    base, state = served_state(lm)
+    assert sorted(state) == sorted(k for k in _weights(tiny_model))  # the plain model's names, no adapter tensors
+    base.save_pretrained(tmp_path, state_dict=state, safe_serialization=True)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    ids = torch.tensor([list(range(5, 60))])
+    with torch.no_grad():
+        want, got = lm(ids).logits, merged(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)(ids).logits
+    assert torch.allclose(want, got, atol=1e-3) and not torch.allclose(want, plain, atol=1e-2)
+    assert all(torch.equal(before[k], v) for k, v in lm.state_dict().items())  # the trainer's model is untouched
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_lora_policy_reaches_the_vllm_server_merged_at_every_sync(tiny_model):
+    """The real CPU vLLM server started on a LoRA policy, then reloaded after its adapters change: at both syncs the
+    server's probe log-probabilities are the adapter forward pass's (the sync checks them and stops otherwise)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from trajfactory.training.vllm_policy import VLLMGeneration
+
+    lm = _lora_model(tiny_model)
+    with VLLMGeneration(tiny_model, AutoTokenizer.from_pretrained(tiny_model), max_context=512) as gen:
+        first = gen.sync(lm, step=1)
+        with torch.no_grad():
+            for name, p in lm.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(-1.0)
+        second = gen.sync(lm, step=2)
+    for s in (first, second):
+        assert s["probe_max_abs_diff"] < 1e-3
+    assert abs(second["probe_logprob_server"] - first["probe_logprob_server"]) > 1e-3
+
+
 def test_bad_inputs_name_what_was_wrong(tiny_model, tmp_path):
     import subprocess
     import sys

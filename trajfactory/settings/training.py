@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from trajfactory.settings.agents import Section
 from trajfactory.settings.sandbox import SandboxConfig
@@ -123,18 +123,11 @@ class GRPOSettings(TrainSettings):
     generation: Literal["transformers", "vllm"] = "transformers"
     """How the rollouts generate: `transformers` in the trainer's process (`training/local_policy.py`), or `vllm` on a
     vLLM server the run starts from the model under training, whose weights follow the trainer's after every
-    optimizer step (`training/vllm_policy.py`; not with `lora`). vLLM: the CPU build here, a CUDA vLLM on a GPU."""
+    optimizer step (`training/vllm_policy.py`; with `lora`, the adapters merged into the served weights). vLLM: the CPU build here, a CUDA vLLM on a GPU."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """With `generation: vllm` on a GPU: the share of GPU memory vLLM takes (the trainer shares the GPU)."""
     vllm_startup_timeout_s: float = Field(600, gt=0)
     """With `generation: vllm`: how long the server may take to answer after its start."""
-
-    @model_validator(mode="after")
-    def _vllm_without_lora(self) -> "GRPOSettings":
-        if self.generation == "vllm" and self.lora:
-            raise ValueError("generation: vllm with lora is not built (the server would need the adapter merged at "
-                             "every step): use generation: transformers with lora, or full fine-tuning with vllm")
-        return self
 
 
 class EvalSettings(Section):

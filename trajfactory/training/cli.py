@@ -219,7 +219,7 @@ GRPO_HELP = (
     "Generation: --generation transformers (default) generates in the trainer's process; --generation vllm starts a "
     "vLLM server on the model being trained (the CPU build from scripts/setup-vllm.sh here, a CUDA vLLM on a GPU) and "
     "reloads the trainer's weights into it before every step's rollouts, checking them against the trainer's; the "
-    "server stops when the run ends. Not with --lora.\n\n"
+    "server stops when the run ends. With --lora the server serves the base with the adapters merged in.\n\n"
     "A long run: --checkpoint-every N keeps the newest checkpoint (and the episodes of its steps); if the run is "
     "killed, the same command with --resume goes on from it.\n\n"
     "OUT: a model directory that transformers and vLLM load as it is, plus metrics.json (per step: mean reward, "
@@ -259,7 +259,7 @@ def grpo(
     generation: str = typer.Option("transformers", "--generation", help="Where rollouts generate: `transformers` (in "
                                    "the trainer's process) or `vllm` (a vLLM server started on the model being "
                                    "trained, its weights reloaded from the trainer before every step; CPU build here, "
-                                   "CUDA vLLM on a GPU; not with --lora)."),
+                                   "CUDA vLLM on a GPU; with --lora, the adapters merged in)."),
     vllm_gpu_memory_utilization: float = typer.Option(0.3, "--vllm-gpu-memory-utilization", help="With --generation "
                                                       "vllm on a GPU: the share of GPU memory the server takes."),
     bf16: Optional[bool] = BF16,

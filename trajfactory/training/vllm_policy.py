@@ -26,8 +26,12 @@ sync's `seconds` include it; `bench/grpo_generation.py`).
 On a GPU the same code runs by configuration: the served dtype is the base model's (bf16 for most), vLLM takes its
 share of GPU memory (`vllm_gpu_memory_utilization`) beside the trainer. Writing the weights to disk and reloading them
 is what is built; for large models vLLM's NCCL weight transfer (`/init_weight_transfer_engine`, `/update_weights`)
-would skip the disk; it needs a process group between trainer and server and is not built. LoRA is refused with
-`generation: vllm` (merging the adapter per sync, or `--enable-lora` with `/v1/load_lora_adapter`, is not built).
+would skip the disk; it needs a process group between trainer and server and is not built.
+
+With LoRA the server serves the merged model: every sync writes the base weights with each adapter's delta
+(`get_delta_weight`: B·A times its scaling) added, under the base model's own names (`served_state`), so the server
+needs neither `--enable-lora` nor an adapter format; the trainer's model is not touched. The probe check compares the
+merged served model with the trainer's adapter forward pass.
 """
 
 from __future__ import annotations
@@ -54,6 +58,37 @@ PROBE_TOLERANCE = 0.05
 """Largest allowed difference between the server's and the trainer's log-probability of a probe token (nats). Both are
 float32 on CPU (differences ~1e-5); bf16 on a GPU differs more, far less than a stale weight would."""
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt")
+
+
+def served_state(lm) -> tuple[Any, dict[str, Any]]:
+    """The transformers model to save and the weights to serve: a plain model's own state; a peft (LoRA) model's
+    base weights with every active adapter merged in, under the base model's names (the adapters' own tensors left
+    out). The trainer's model is not changed."""
+    import torch
+
+    if not hasattr(lm, "get_base_model"):
+        return lm, {k: v.detach() for k, v in lm.state_dict().items()}
+    base = lm.get_base_model()
+    deltas: dict[str, Any] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer") and not module.merged:
+                active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
+                if active:
+                    deltas[f"{name}.weight"] = sum(module.get_delta_weight(a) for a in active)
+    state: dict[str, Any] = {}
+    for key, value in base.state_dict().items():
+        parts = key.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        key = ".".join(p for p in parts if p != "base_layer")
+        value = value.detach()
+        if key in deltas:
+            value = value + deltas[key].to(value.dtype)
+        state[key] = value
+    if getattr(base.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to the embedding: the server re-ties it (`vllm_worker.py`)
+    return base, state
 
 
 class VLLMChatClient(TokenChatClient):
@@ -146,9 +181,10 @@ class VLLMGeneration:
         import torch
 
         dtype = torch.float32 if on_cpu else (self.served_dtype or None)
-        state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous()
-                 for k, v in lm.state_dict().items()}
-        lm.save_pretrained(served, state_dict=state, safe_serialization=True)
+        base, state = served_state(lm)
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+                 for k, v in state.items()}
+        base.save_pretrained(served, state_dict=state, safe_serialization=True)
 
     def _post(self, path: str, **body: Any) -> Any:
         reply = httpx.post(self.root + path, json=body or None, timeout=600)
