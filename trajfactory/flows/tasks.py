@@ -29,7 +29,7 @@ from trajfactory.models.service import ModelEndpoint
 from trajfactory.pipelines import closed_loop, swe, web
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
-from trajfactory.synthesizers.swe import rewrite, statements
+from trajfactory.synthesizers.swe import procedural, rewrite, statements
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.synthesizers.web import stage as web_stage
 from trajfactory.verifiers import judge as judge_verifier
@@ -79,7 +79,7 @@ def _endpoint_id(endpoint: ModelEndpoint) -> tuple:
 
 def _validate(p):
     v = p["recipe"].validation
-    return ("validate", p["candidate"].candidate_id, p["ref"].image, v.selection, v.test_timeout_s,
+    return ("validate", validation.VERSION, p["candidate"].candidate_id, p["ref"].image, v.selection, v.test_timeout_s,
             sorted(p["ref"].passing))
 
 
@@ -173,7 +173,7 @@ STEPS: dict[Callable, Any] = {
     swe.build_environment: step_task(swe.build_environment, "build-environment", retry=True),
     swe.procedural_candidates: step_task(
         swe.procedural_candidates, "synthesize",
-        key=lambda p: ("synthesize", p["source"].name, p["source"].commit,
+        key=lambda p: ("synthesize", procedural.VERSION, p["source"].name, p["source"].commit,
                        p["recipe"].synthesis.model_dump(exclude={"lm_rewrite", "statements"}))),
     swe.lm_candidates: step_task(swe.lm_candidates, "lm-rewrite", key=_lm_rewrite, retry=True),
     swe.combined_candidates: step_task(

@@ -24,6 +24,8 @@ from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
 log = logging.getLogger(__name__)
 
 SYNTHESIZER = "swe.procedural"
+VERSION = "2"
+"""Bumped when the candidates of a checkout change (2: class candidates carry `params.attribution`)."""
 
 
 # ---------------------------------------------------------------- source text
