@@ -208,3 +208,25 @@ def test_a_roundup_infeasible_twin_is_reported_with_the_state_untouched(pool):
     twin = stage.establish_checks(made[1], pool)
     assert isinstance(twin, WebTask) and not twin.feasible, twin
     assert {c.table for c in twin.checks} >= {"issue", "msg"}
+
+
+@pytest.mark.browser
+def test_the_step_rows_of_a_roundup_episode_are_what_the_web_agent_sends(pool, tasks):
+    # the web SFT rows (`datasets/web_steps.py`) on a real tracker's pages: each step's prompt is the request the
+    # served web agent builds from that step's observation (the real app's accessibility tree, clipped)
+    from test_web_steps import AGENT, WatchedReplay, _wire
+
+    from trajfactory.datasets.web_steps import trl_web_step_rows
+
+    checked = stage.establish_checks(tasks["file-a-new-issue.html"], pool)
+    assert isinstance(checked, WebTask), checked
+    policy = WatchedReplay()
+    run = run_web_episode(checked, policy, pool)
+    trajectory = run.trajectory.to_row()
+    said = [m["content"] for m in trajectory["messages"] if m["role"] == "assistant"]
+    assert len(said) > AGENT.history_turns + 1, said
+    accounts = {checked.task_id: get_adapter("roundup").accounts(checked.environment.seed or 0)}
+    rows = trl_web_step_rows([trajectory], accounts, AGENT, only_verified=False)
+    assert [r["prompt"] for r in rows] == _wire(checked, policy.start, policy.seen, said)
+    assert [r["completion"][0]["content"] for r in rows] == said
+    assert "issue" in rows[-1]["prompt"][-1]["content"].lower()  # the tracker's own page, as the agent saw it
