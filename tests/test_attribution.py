@@ -112,3 +112,5 @@ def test_the_synthesizer_records_the_attribution_on_a_real_package(tmp_path):
     assert by_family["remove_methods"] and all(set(a) == {"lines"} for a in by_family["remove_methods"])
     assert by_family["shuffle_methods"] and all("__add__" in a["full"] for a in by_family["shuffle_methods"])
     assert all(c.params.get("attribution") is None for c in candidates if c.scope == "function")
+    # every entity knows where its body starts (a body line is attributed within the body, `validate.select_tests`)
+    assert all(c.entity.lineno <= c.entity.body_lineno <= c.entity.end_lineno for c in candidates)

@@ -14,8 +14,9 @@ REF = ReferenceRun(
 )
 
 
-def _candidate(lines, scope="function", lineno=1, end=10):
-    entity = Entity(file="m.py", name="f", kind="function", lineno=lineno, end_lineno=end, complexity=3)
+def _candidate(lines, scope="function", lineno=1, end=10, body=0):
+    entity = Entity(file="m.py", name="f", kind="function", lineno=lineno, end_lineno=end, complexity=3,
+                    body_lineno=body)
     return Candidate(candidate_id="x", source_id="s", repo="r", base_commit="0" * 40, family="change_operator",
                      scope=scope, entity=entity, patch="", changed_lines=lines)
 
@@ -41,6 +42,17 @@ def test_import_time_fixture_code_and_class_scope_fall_back_to_the_whole_suite()
     assert select_tests(_candidate([15], lineno=12, end=18), REF, "coverage") == (REF.passing, "full")
     assert select_tests(_candidate([3], scope="class"), REF, "coverage") == (REF.passing, "full")
     assert select_tests(_candidate([3]), REF, "full") == (REF.passing, "full")
+
+
+def test_a_body_that_never_ran_reaches_no_test_while_its_def_line_ran_at_import():
+    # h: lines 20-24, its def (line 20) ran at import, its body (21-24) never: the whole suite is not needed
+    assert select_tests(_candidate([22], lineno=20, end=24, body=21), REF, "coverage") == ([], "coverage")
+    # unless the change is in the def statement itself (a default, a decorator), which did run at import
+    assert select_tests(_candidate([20], lineno=20, end=24, body=21), REF, "coverage") == (REF.passing, "full")
+    # or the body's start is not known
+    assert select_tests(_candidate([22], lineno=20, end=24), REF, "coverage") == (REF.passing, "full")
+    # a body that did run is attributed as before
+    assert select_tests(_candidate([4, 5], body=2), REF, "coverage") == (["t::a", "t::b"], "coverage")
 
 
 def _class_candidate(attribution, family="remove_methods"):

@@ -74,6 +74,9 @@ class Entity(Record):
     lineno: int
     end_lineno: int
     complexity: int
+    body_lineno: int = 0
+    """First line of its body (the first statement, a docstring included): lines from here on run when it is called,
+    the lines above (decorators, signature, defaults) when it is defined. 0: not known."""
 
 
 class Candidate(Record):

@@ -83,7 +83,7 @@ def first_line(node: ast.AST) -> int:
 def _entity(file: str, node: ast.AST, name: str, kind: str) -> Entity:
     return Entity(
         file=file, name=name, kind=kind, lineno=first_line(node), end_lineno=node.end_lineno,
-        complexity=complexity(node),
+        complexity=complexity(node), body_lineno=node.body[0].lineno,
     )
 
 

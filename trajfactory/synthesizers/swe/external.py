@@ -133,7 +133,7 @@ def _entity(tree_root: Path, file: str, lines: list[int]) -> tuple[Entity, str]:
     node, name = best
     kind = "class" if isinstance(node, ast.ClassDef) else "method" if "." in name else "function"
     entity = Entity(file=file, name=name, kind=kind, lineno=first_line(node), end_lineno=node.end_lineno,
-                    complexity=complexity(node))
+                    complexity=complexity(node), body_lineno=node.body[0].lineno)
     inside = all(first_line(node) <= n <= node.end_lineno for n in lines)
     return entity, "function" if kind != "class" and inside else "class" if kind == "class" else "module"
 

@@ -24,7 +24,7 @@ from trajfactory.schema import Candidate, ReferenceRun, Validation
 
 VERSION = "3"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
-3: a removed method by the tests that ran its body)."""
+3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it)."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -166,18 +166,22 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         if not lines:
             return full
         first, last = lines
-        changed, span = range(first, last + 1), (first, last)
+        changed, span, body = range(first, last + 1), (first, last), first
     elif candidate.scope == "function" and candidate.changed_lines:
         entity = candidate.entity
         changed = candidate.changed_lines
         span = (entity.lineno, max(entity.end_lineno, *changed))
+        body = entity.body_lineno or entity.lineno
     else:
         return full
     executed = sorted(file_cov)
     for line in changed:
         # coverage keys statements by their first line: a changed continuation line (or a statement no
         # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
-        start = max((n for n in executed if span[0] <= n <= line), default=line)
+        # A body line looks no higher than the body: the def line above it ran at import time whether or not
+        # anything ever called the function, and a body statement that never ran reaches no test.
+        floor = body if line >= body else span[0]
+        start = max((n for n in executed if floor <= n <= line), default=line)
         covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
