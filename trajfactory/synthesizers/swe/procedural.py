@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 SYNTHESIZER = "swe.procedural"
 VERSION = "2"
-"""Bumped when the candidates of a checkout change (2: class candidates carry `params.attribution`)."""
+"""Bumped when the candidates of a checkout change (2: class candidates carry `params.attribution`, entities their
+`body_lineno`)."""
 
 
 # ---------------------------------------------------------------- source text
