@@ -151,6 +151,108 @@ def test_import_time_and_fixture_lines_are_marked(tmp_path):
     assert FIXTURE in cov[9] and "test_mod.py::test_two" not in cov[9]  # shared() ran once, in setup
 
 
+def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_run(tmp_path):
+    """With the harness splitting fixture scopes (as `run_tests(coverage=True)` asks), what a class-, module- or
+    session-scoped fixture ran reaches every test of its scope, a function-scoped fixture's setup only its test,
+    and teardown stays marked as shared; the selection picks the tests of the fixture's scope."""
+    import json
+    import os
+
+    from trajfactory.executors.testrun import FIXTURE, SCOPE
+    from trajfactory.schema import Candidate, Entity, ReferenceRun
+    from trajfactory.synthesizers.swe.validate import select_tests
+
+    (tmp_path / "lib.py").write_text(textwrap.dedent("""\
+        def per_module():
+            return 1
+        def per_class():
+            return 2
+        def per_test():
+            return 3
+        def per_session():
+            return 4
+        def on_teardown():
+            return 5
+        def in_test():
+            return 6
+    """))
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\nimport lib\n\n\n@pytest.fixture(scope='session')\ndef everywhere():\n"
+        "    return lib.per_session()\n")
+    (tmp_path / "test_a.py").write_text(textwrap.dedent("""\
+        import pytest
+        import lib
+
+        @pytest.fixture(scope="module")
+        def shared():
+            yield lib.per_module()
+            lib.on_teardown()
+
+        @pytest.fixture
+        def mine():
+            return lib.per_test()
+
+        def test_one(shared, everywhere):
+            assert shared == 1
+
+        def test_two(shared, mine):
+            assert mine == 3
+
+        class TestK:
+            @classmethod
+            def setup_class(cls):
+                cls.value = lib.per_class()
+
+            def test_k1(self):
+                assert self.value == 2
+
+            def test_k2(self):
+                assert lib.in_test() == 6
+    """))
+    (tmp_path / "test_b.py").write_text("def test_other():\n    assert True\n")
+    plugin_dir = tmp_path / "harness"
+    plugin_dir.mkdir()
+    (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    env = {**os.environ, "PYTHONPATH": str(plugin_dir), "TRAJFACTORY_RESULTS": str(tmp_path / "results.jsonl"),
+           "COVERAGE_FILE": str(tmp_path / ".cov"), "TRAJFACTORY_FIXTURE_SCOPES": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
+                          f"--rootdir={tmp_path}", "--cov=.", "--cov-context=test", "--cov-report="],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout
+    records = (tmp_path / "results.jsonl").read_text()
+    assert {"fixture_scopes": True} in [json.loads(line) for line in records.splitlines()]
+    outcomes = parse_results(records)[0]
+    (tmp_path / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
+    subprocess.run([sys.executable, "coverage_map.py", "map.json"], cwd=tmp_path, check=True, env=env)
+    cov = parse_coverage_map((tmp_path / "map.json").read_text(), scoped=True)["lib.py"]
+    assert cov[2] == [SCOPE + "test_a.py"]  # per_module: the module fixture's own context
+    assert cov[4] == [SCOPE + "test_a.py::TestK"]  # per_class: setup_class is a class-scoped fixture
+    assert cov[6] == ["test_a.py::test_two"]  # per_test: a function fixture's setup is that test's alone
+    assert cov[8] == [SCOPE]  # per_session: the session's node id is ''
+    assert FIXTURE in cov[10]  # on_teardown: a shared fixture's teardown runs in some test's teardown
+    assert cov[12] == ["test_a.py::TestK::test_k2"]
+
+    passing = sorted(t for t, o in outcomes.items() if o == "passed")
+    ref = ReferenceRun(image="i", tests=outcomes, passing=passing, coverage={"lib.py": cov})
+
+    def selected(lineno: int) -> list[str]:
+        entity = Entity(file="lib.py", name="f", kind="function", lineno=lineno, end_lineno=lineno + 1,
+                        complexity=1, body_lineno=lineno + 1)
+        c = Candidate(candidate_id="c", source_id="s", repo="r", base_commit="0" * 40, family="change_constants",
+                      scope="function", entity=entity, patch="", changed_lines=[lineno + 1])
+        return select_tests(c, ref, "coverage")
+
+    assert selected(1) == (["test_a.py::TestK::test_k1", "test_a.py::TestK::test_k2", "test_a.py::test_one",
+                            "test_a.py::test_two"], "coverage")
+    assert selected(3) == (["test_a.py::TestK::test_k1", "test_a.py::TestK::test_k2"], "coverage")
+    assert selected(5) == (["test_a.py::test_two"], "coverage")
+    assert selected(7) == (passing, "coverage")
+    assert selected(9) == (passing, "full")
+    # without the harness's record, any setup may be a shared fixture's: marked as before
+    unscoped = parse_coverage_map((tmp_path / "map.json").read_text())["lib.py"]
+    assert FIXTURE in unscoped[6] and FIXTURE in unscoped[2]
+
+
 def _coverage_map(project, env) -> dict[str, dict[int, list[str]]]:
     """The map `run_tests` reads: the sandbox script run on the project's coverage data, parsed."""
     (project / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)

@@ -12,12 +12,22 @@ the standard library and pytest, which every sandbox has). Through environment v
 
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
 test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
+
+- `TRAJFACTORY_FIXTURE_SCOPES` (the reference run, with pytest-cov's per-test contexts): a fixture wider than one
+  test (class, module, package or session scope; `setup_class` and `setup_module` are such fixtures) is set up under
+  a coverage context of its own, `<node id of its scope>|<scope>-fixture`, instead of the context of the test that
+  happened to need it first; a `{"fixture_scopes": true}` record says the contexts were so split. The lines such a
+  fixture runs then reach every test of its class, module or package, and a test's own `|setup` context holds only
+  what was set up for that test alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+
+import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 _state: dict = {"fh": None, "outcomes": {}}
@@ -35,6 +45,49 @@ def pytest_configure(config) -> None:
     worker = hasattr(config, "workerinput")  # pytest-xdist workers report through the controller
     if path and not worker and _state["fh"] is None:
         _state["fh"] = open(path, "a", encoding="utf-8")
+
+
+def _coverage():
+    """The coverage.py instance recording per-test contexts, when asked to split fixture scopes; else None."""
+    if not os.environ.get("TRAJFACTORY_FIXTURE_SCOPES"):
+        return None
+    current = getattr(getattr(sys.modules.get("coverage"), "Coverage", None), "current", None)
+    return current() if current is not None else None
+
+
+def pytest_sessionstart(session) -> None:
+    if _coverage() is not None and not hasattr(session.config, "workerinput"):
+        _write({"fixture_scopes": True})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    _state["phase"] = f"{item.nodeid}|setup"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item) -> None:
+    _state["phase"] = f"{item.nodeid}|run"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item) -> None:
+    _state["phase"] = f"{item.nodeid}|teardown"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    cov = _coverage()
+    scope = str(getattr(fixturedef, "scope", "function"))
+    phase = _state.get("phase")
+    if cov is None or scope == "function" or phase is None:
+        yield
+        return
+    cov.switch_context(f"{getattr(request.node, 'nodeid', '')}|{scope}-fixture")
+    try:
+        yield
+    finally:
+        cov.switch_context(phase)
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

@@ -70,15 +70,22 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
     return outcomes, errors, finished
 
 
+CONTEXTS_VERSION = "2"
+"""Bumped when the meaning of the coverage contexts changes (2: fixtures wider than a test have contexts of their
+own); reference runs are cached on it."""
+SCOPE = "<scope>"
+"""Prefix of a fixture scope's marker, `<scope>NODE_ID`: a line a class-, module-, package- or session-scoped
+fixture ran while it was set up reaches every test under that node id (`validate.select_tests`)."""
 IMPORT_TIME = "<import>"
 """Marks a line executed outside any test (at import or collection): a change there can reach every test."""
 FIXTURE = "<fixture>"
 """Marks a line executed in a fixture's setup or teardown: shared fixtures are attributed to one test only."""
 
 
-def parse_coverage_map(text: str) -> dict[str, dict[int, list[str]]]:
+def parse_coverage_map(text: str, scoped: bool = False) -> dict[str, dict[int, list[str]]]:
     """The sandbox's per-test coverage map (`coverage_map.py`) -> file -> line -> test node ids (+ the markers
-    above)."""
+    above). `scoped`: the harness gave fixtures wider than a test contexts of their own (`pytest_harness.py`), so a
+    test's `|setup` context is that test's alone; otherwise any setup may be a shared fixture's."""
     data = json.loads(text)
     tests_of: list[tuple[str, ...]] = []  # per context: the test it names, plus FIXTURE for a setup or teardown
     for context in data.get("contexts", []):
@@ -86,7 +93,12 @@ def parse_coverage_map(text: str) -> dict[str, dict[int, list[str]]]:
             tests_of.append((IMPORT_TIME,))
             continue
         test, _, phase = context.rpartition("|")
-        tests_of.append((test or context, FIXTURE) if phase in ("setup", "teardown") else (test or context,))
+        if phase.endswith("-fixture"):
+            tests_of.append((SCOPE + test,) if scoped else (FIXTURE,))
+        elif phase == "teardown" or (phase == "setup" and not scoped):
+            tests_of.append((test or context, FIXTURE))
+        else:
+            tests_of.append((test or context,))
     result: dict[str, dict[int, list[str]]] = {}
     for file, by_line in data.get("files", {}).items():
         lines: dict[int, list[str]] = {}
@@ -118,17 +130,20 @@ def run_tests(
         # collect only the files the selection lives in (a file named here is collected whatever `python_files` says)
         args = " ".join(shlex.quote(f) for f in sorted({t.split("::", 1)[0] for t in test_ids}))
     cov = "--cov=. --cov-context=test --cov-report= " if coverage else ""
+    if coverage:
+        env.append("TRAJFACTORY_FIXTURE_SCOPES=1")
     # --rootdir: node ids stay relative to the checkout whichever files are named (pytest would otherwise root
     # them at the files' common ancestor in a project without a config file)
     result = sandbox.execute(f"{' '.join(env)} {PYTEST} --rootdir={sandbox.workdir} {cov}{args}", timeout=timeout)
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
-    finished = False
+    finished = scoped = False
     results_error = ""
     if not result.timed_out:
         try:
-            outcomes, errors, finished = parse_results(
-                sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace"))
+            records = sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace")
+            outcomes, errors, finished = parse_results(records)
+            scoped = '{"fixture_scopes": true}' in records
         except FileTooLargeError as exc:
             results_error = str(exc)
         except (FileNotFoundError, OSError):
@@ -144,7 +159,7 @@ def run_tests(
         if report.exit_code == 0:
             # a large suite's per-test contexts make a big file: a wider cap, still a cap
             cov_map = parse_coverage_map(sandbox.read_file(f"{SCRATCH}/coverage-map.json",
-                                                           max_bytes=COVERAGE_READ_LIMIT).decode())
+                                                           max_bytes=COVERAGE_READ_LIMIT).decode(), scoped)
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,

@@ -24,6 +24,7 @@ from prefect import task
 from trajfactory.agents.model import POLICY_VERSION
 from trajfactory.flows.cluster import run_step
 from trajfactory.executors.base import InfrastructureError
+from trajfactory.executors.testrun import CONTEXTS_VERSION
 from trajfactory.models.client import ModelError
 from trajfactory.models.service import ModelEndpoint
 from trajfactory.pipelines import closed_loop, swe, web
@@ -185,7 +186,7 @@ STEPS: dict[Callable, Any] = {
         key=lambda p: ("external", p["source"].name, p["source"].commit, _file_digest(p["path"]))),
     swe.reference_run: step_task(
         swe.reference_run, "reference", retry=True,
-        key=lambda p: ("reference", p["env"].name, p["recipe"].validation.reference_runs,
+        key=lambda p: ("reference", CONTEXTS_VERSION, p["env"].name, p["recipe"].validation.reference_runs,
                        p["recipe"].validation.suite_timeout_s)),
     swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True, remote=True),
     swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True,

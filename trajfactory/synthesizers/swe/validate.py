@@ -16,6 +16,7 @@ from trajfactory.executors.testrun import (
     EXIT_NO_TESTS,
     FIXTURE,
     IMPORT_TIME,
+    SCOPE,
     TestRun,
     run_tests,
     summary_line,
@@ -24,7 +25,8 @@ from trajfactory.schema import Candidate, ReferenceRun, Validation
 
 VERSION = "3"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
-3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it)."""
+3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
+wider-scoped fixture ran reaches the tests of its scope)."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -187,8 +189,17 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
             return full
     usable = set(reference.passing)
-    tests = {t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ()) if t in usable}
+    ran = {t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ())}
+    tests = ran & usable
+    for node in sorted(t[len(SCOPE):] for t in ran if t.startswith(SCOPE)):
+        # a class-, module-, package- or session-scoped fixture ran it: every test under that node shares the result
+        tests |= {t for t in usable if _under(t, node)}
     return sorted(tests), "coverage"
+
+
+def _under(test: str, node: str) -> bool:
+    """Whether `test` is under the pytest node `node` ('' or '.': the session; a directory: a package)."""
+    return node in ("", ".") or test.startswith(node + "::") or test.startswith(node.rstrip("/") + "/")
 
 
 def _verdict(candidate: Candidate, tests: list[str], how: str, reference: ReferenceRun, *, timeout: float,
