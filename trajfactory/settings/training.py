@@ -123,7 +123,8 @@ class GRPOSettings(TrainSettings):
     generation: Literal["transformers", "vllm"] = "transformers"
     """How the rollouts generate: `transformers` in the trainer's process (`training/local_policy.py`), or `vllm` on a
     vLLM server the run starts from the model under training, whose weights follow the trainer's after every
-    optimizer step (`training/vllm_policy.py`; with `lora`, the adapters merged into the served weights). vLLM: the CPU build here, a CUDA vLLM on a GPU."""
+    optimizer step (`training/vllm_policy.py`; with `lora`, the adapters merged into the served weights). vLLM: the CPU
+    build here, a CUDA vLLM on a GPU."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """With `generation: vllm` on a GPU: the share of GPU memory vLLM takes (the trainer shares the GPU)."""
     vllm_startup_timeout_s: float = Field(600, gt=0)

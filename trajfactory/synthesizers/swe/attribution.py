@@ -31,9 +31,11 @@ facts (string literals, import-time references) are read once per repository (`R
 from __future__ import annotations
 
 import ast
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trajfactory.synthesizers.swe.ast_edits import _DEFS
+from trajfactory.synthesizers.swe.entities import python_files
 
 PURE_DECORATORS = frozenset({"property", "staticmethod", "classmethod"})
 PROPERTY_PARTS = frozenset({"setter", "getter", "deleter"})
@@ -41,7 +43,6 @@ OPAQUE_METHODS = frozenset({"__eq__", "__del__", "__init_subclass__", "__set_nam
                             "__mro_entries__"})
 NOT_THE_PROJECT = frozenset({"build", "dist", "site-packages", "node_modules", "__pycache__", "venv", "virtualenv"})
 """Directories scanned for nothing: build output and environments (tests, docs and examples are scanned)."""
-_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _SCOPES = _DEFS + (ast.Lambda,)
 
 
@@ -58,19 +59,11 @@ class References:
     @classmethod
     def scan(cls, root: str | Path) -> "References":
         refs = cls()
-        root = Path(root)
-        for dirpath, dirnames, filenames in os.walk(root):
-            here = Path(dirpath)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in NOT_THE_PROJECT
-                           and not d.endswith(".egg-info") and not (here / d / "pyvenv.cfg").exists()
-                           and not (here / d).is_symlink()]
-            for name in filenames:
-                if name.endswith(".py"):
-                    path = here / name
-                    try:
-                        refs.add(ast.parse(path.read_bytes()))
-                    except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
-                        refs.unreadable.append(path.relative_to(root).as_posix())
+        for rel in python_files(root, NOT_THE_PROJECT):
+            try:
+                refs.add(ast.parse((Path(root) / rel).read_bytes()))
+            except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
+                refs.unreadable.append(rel)
         return refs
 
     def add(self, tree: ast.AST) -> None:
@@ -85,13 +78,9 @@ class References:
             self.import_time.add(node.id)
         elif isinstance(node, ast.Attribute):
             self.import_time.add(node.attr)
-        if isinstance(node, _DEFS):  # decorators, defaults and annotations run when the def does
-            parts = [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults, node.returns,
-                     *(a.annotation for a in (*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs,
-                                              node.args.vararg, node.args.kwarg) if a is not None)]
-            for part in parts:
-                if part is not None:
-                    self._import_time(part)
+        if isinstance(node, _DEFS):
+            for part in _definition_parts(node):
+                self._import_time(part)
             return
         if isinstance(node, ast.Lambda):
             for part in (*node.args.defaults, *node.args.kw_defaults):
@@ -100,6 +89,15 @@ class References:
             return
         for child in ast.iter_child_nodes(node):
             self._import_time(child)
+
+
+def _definition_parts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.expr]:
+    """What runs when a `def` does: its decorators, default values and annotations (not its body)."""
+    args = fn.args
+    annotated = (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg)
+    parts = [*fn.decorator_list, *args.defaults, *args.kw_defaults, fn.returns,
+             *(a.annotation for a in annotated if a is not None)]
+    return [p for p in parts if p is not None]
 
 
 def _decorator_ok(node: ast.expr) -> bool:
@@ -165,10 +163,7 @@ def _class_level(cls: ast.ClassDef) -> tuple[set[str], set[str], bool]:
     parts: list[ast.AST] = []
     for stmt in cls.body:
         if isinstance(stmt, _DEFS):
-            parts += [*stmt.decorator_list, *stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d is not None)]
-            parts += [a.annotation for a in (*stmt.args.args, *stmt.args.kwonlyargs, *stmt.args.posonlyargs,
-                                             stmt.args.vararg, stmt.args.kwarg) if a is not None and a.annotation]
-            parts += [stmt.returns] if stmt.returns is not None else []
+            parts += _definition_parts(stmt)
         else:
             parts.append(stmt)
     for part in parts:

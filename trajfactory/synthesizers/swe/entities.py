@@ -40,8 +40,9 @@ def is_source_file(rel: str | PurePosixPath) -> bool:
     )
 
 
-def iter_source_files(root: str | Path) -> list[str]:
-    """Repository-relative posix paths of the source files under `root`, sorted."""
+def python_files(root: str | Path, skip_dirs: frozenset[str] = SKIP_DIRS) -> list[str]:
+    """Repository-relative posix paths of the `.py` files under `root`, sorted, outside hidden directories,
+    virtualenvs, egg-info, symlinked directories and `skip_dirs`."""
     root = Path(root)
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -49,14 +50,17 @@ def iter_source_files(root: str | Path) -> list[str]:
         # A virtualenv under any name is recognised by its marker file.
         dirnames[:] = sorted(
             d for d in dirnames
-            if not d.startswith(".") and d not in SKIP_DIRS and not d.endswith(".egg-info")
+            if not d.startswith(".") and d not in skip_dirs and not d.endswith(".egg-info")
             and not (here / d / "pyvenv.cfg").exists() and not (here / d).is_symlink()
         )
-        for name in filenames:
-            rel = (here / name).relative_to(root).as_posix()
-            if is_source_file(rel) and (here / name).is_file():
-                found.append(rel)
+        found += [(here / name).relative_to(root).as_posix() for name in filenames
+                  if name.endswith(".py") and (here / name).is_file()]
     return sorted(found)
+
+
+def iter_source_files(root: str | Path) -> list[str]:
+    """Repository-relative posix paths of the source files under `root`, sorted."""
+    return [rel for rel in python_files(root) if is_source_file(rel)]
 
 
 def complexity(node: ast.AST) -> int:
