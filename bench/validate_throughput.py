@@ -3,8 +3,10 @@ containers, and where each candidate's CPU goes.
 
 For each repository the same procedural candidates are validated in these modes:
 
-- a fresh+full (SWE-smith): a new container per candidate, `validate_candidate(selection="full")`;
-- b warm+full: one warm container (reset with git between candidates), the whole suite;
+- a fresh+full (SWE-smith): a new container per candidate, `validate_candidate(selection="full")`, with SWE-smith's
+  fixed limit per candidate (`--swe-smith-timeout`, 90 s as its repository profiles default to);
+- b warm+full: one warm container (reset with git between candidates), the whole suite, the fixed limit
+  (`test_timeout_s`): the audit's ground truth;
 - c warm+coverage: the same, only the coverage-selected tests (`validate_candidate`, the one-candidate path);
 - d batch+coverage (the factory's default): one warm container, the same selection, candidates in batches of
   `--batch-size` to one warm test worker per batch (`validate_batch`, `executors/batchrun.py`);
@@ -59,7 +61,8 @@ from trajfactory.executors.images import ensure_base_image
 from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
-from trajfactory.synthesizers.swe.validate import (reference_run, validate_batch_detailed, validate_candidate)
+from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, reference_run, validate_batch_detailed,
+                                                   validate_candidate)
 
 LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=600)
 PROBE_DIR = "/tmp/trajfactory-bench-probe"
@@ -204,7 +207,7 @@ class Probed:
         self.close()
 
 
-def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout: float):
+def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout: float, smith_timeout: float):
     acct = Account()
     h0 = host_cpu()
     w0 = time.monotonic()
@@ -217,14 +220,16 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
         for c in candidates:
             h = host_cpu()
             with Probed(backend.start(env, LIMITS), acct) as sb:
-                vals.append(validate_candidate(sb, c, ref, selection="full", timeout=timeout))
+                vals.append(validate_candidate(sb, c, ref, selection="full", timeout=smith_timeout, timeout_factor=0))
             per[c.candidate_id] = sb._sb.cpu_s + host_cpu() - h
     elif mode in ("b", "c"):
         with Probed(backend.start(env, LIMITS), acct) as sb:
             sel = "full" if mode == "b" else "coverage"
             for c in candidates:
                 h, c0 = host_cpu(), sb._cpu()
-                vals.append(validate_candidate(sb, c, ref, selection=sel, timeout=timeout))
+                # b, the audit's ground truth, keeps the fixed limit; c scales it as d does
+                vals.append(validate_candidate(sb, c, ref, selection=sel, timeout=timeout,
+                                               timeout_factor=0 if mode == "b" else TIMEOUT_FACTOR))
                 per[c.candidate_id] = sb._cpu() - c0 + host_cpu() - h
     else:
         sel = "coverage" if mode == "d" else "full"
@@ -295,6 +300,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--suite-timeout", type=float, default=ValidationConfig().suite_timeout_s,
                         help="seconds a whole-suite run may take (a large suite on a loaded machine needs more)")
+    parser.add_argument("--swe-smith-timeout", type=float, default=90.0,
+                        help="mode a's fixed limit per candidate: SWE-smith's repository profiles default to 90 s")
     parser.add_argument("--json", help="write every figure to this file too")
     args = parser.parse_args()
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
@@ -328,7 +335,7 @@ def main() -> int:
         results, floors = {}, {}
         for mode in args.modes:
             vals, acct, wall, fl, per = run_mode(mode, backend, env, candidates, ref, args.batch_size,
-                                                 cfg.test_timeout_s)
+                                                 cfg.test_timeout_s, args.swe_smith_timeout)
             floors.update(fl if mode == "d" else {})
             results[mode] = vals
             cpu = acct.containers + acct.host

@@ -150,3 +150,39 @@ def test_a_pool_sandbox_serves_the_batch_step(docker_backend, textkit, tmp_path)
         out = [v for args in validation_batches(recipe, pool, candidates[:8], ref) for v in swe.validate_batch(*args)]
         assert pool.started == 1
     assert [v.candidate_id for v in out] == [c.candidate_id for c in candidates[:8]]
+
+
+def _looping(sandbox, candidate, tag: str):
+    """`candidate`'s function made to loop forever on entry: a bug whose tests never finish."""
+    import difflib
+
+    entity = candidate.entity
+    path = f"{sandbox.workdir}/{entity.file}"
+    lines = sandbox.read_file(path).decode().splitlines(keepends=True)
+    first = lines[entity.body_lineno - 1]
+    indent = first[:len(first) - len(first.lstrip())]
+    patched = lines[:entity.body_lineno - 1] + [f"{indent}while True:\n", f"{indent}    pass\n"] \
+        + lines[entity.body_lineno - 1:]
+    patch = "".join(difflib.unified_diff(lines, patched, f"a/{entity.file}", f"b/{entity.file}"))
+    return candidate.model_copy(update={"candidate_id": f"loop-{tag}", "patch": patch,
+                                        "changed_lines": [entity.body_lineno]})
+
+
+def test_a_bug_that_loops_forever_costs_a_multiple_of_its_tests_time_not_the_ceiling(docker_backend, textkit):
+    import time
+
+    env, candidates, ref = textkit
+    # the reference run timed every test: a candidate's limit scales with its selected tests' time
+    assert set(ref.passing) <= set(ref.durations) and ref.overhead_s > 0
+    function = next(c for c in candidates if c.scope == "function" and c.entity.body_lineno)
+    with docker_backend.start(env, LIMITS) as sandbox:
+        loop = _looping(sandbox, function, "batch")
+        started = time.monotonic()
+        batched = validate_batch(sandbox, [loop, candidates[0]], ref, timeout=600)
+        one = validate_candidate(sandbox, _looping(sandbox, function, "one"), ref, timeout=600)
+        took = time.monotonic() - started
+    for v in (batched[0], one):
+        assert v.status == "timeout" and v.selection == "coverage", v
+        assert "within 15s" in v.detail and "on the clean repository" in v.detail, v.detail
+    assert took < 120  # two 15 s limits, not two 600 s ceilings
+    assert batched[1].status != "timeout"  # the next candidate of the batch is judged as ever

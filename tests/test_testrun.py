@@ -282,3 +282,29 @@ def test_the_compact_coverage_map_holds_what_coverage_json_reports_in_a_fraction
     assert ours == {file: lines for file, lines in reported.items() if lines}
     assert "tests/test_calc.py::test_add" in compact["pkg/calc.py"][2]
     assert (tmp_path / "map.json").stat().st_size < (tmp_path / "cov.json").stat().st_size / 2
+
+
+def test_plugin_records_each_tests_duration_across_its_phases(tmp_path):
+    from trajfactory.executors.testrun import parse_durations
+
+    (tmp_path / "test_slow.py").write_text(textwrap.dedent("""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow_setup():
+            time.sleep(0.2)
+            yield
+            time.sleep(0.2)
+
+        def test_slow(slow_setup):
+            time.sleep(0.1)
+
+        def test_quick():
+            pass
+    """))
+    _run(tmp_path)
+    durations = parse_durations((tmp_path / "results.jsonl").read_text())
+    assert set(durations) == {"test_slow.py::test_slow", "test_slow.py::test_quick"}
+    assert 0.5 <= durations["test_slow.py::test_slow"] < 5  # setup + call + teardown
+    assert durations["test_slow.py::test_quick"] < 0.1

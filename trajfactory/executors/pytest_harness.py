@@ -6,8 +6,8 @@ the standard library and pytest, which every sandbox has). Through environment v
 - `TRAJFACTORY_SELECT`: a file of pytest node ids, one per line: only those run (the others are deselected).
   Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id that no collected
   test has is recorded with outcome `missing`.
-- `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome"}` per test (its worst
-  phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`), `{"collect_error", "detail"}`
+- `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome", "duration"}` per test (its
+  worst phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`; its phases' seconds in all), `{"collect_error", "detail"}`
   per module that did not import, and a closing `{"session": exit status, "collected": n}`.
 
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
@@ -30,7 +30,7 @@ import sys
 import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
-_state: dict = {"fh": None, "outcomes": {}}
+_state: dict = {"fh": None, "outcomes": {}, "durations": {}}
 
 
 def _write(record: dict) -> None:
@@ -123,17 +123,19 @@ def pytest_runtest_logreport(report) -> None:
         outcome = "skipped"
     else:
         outcome = "passed"
-    seen = _state["outcomes"]
+    seen, took = _state["outcomes"], _state["durations"]
     if _RANK[outcome] >= _RANK.get(seen.get(report.nodeid, "passed"), 0):
         seen[report.nodeid] = outcome
+    took[report.nodeid] = took.get(report.nodeid, 0.0) + (getattr(report, "duration", 0.0) or 0.0)
     if report.when == "teardown":
-        _write({"test": report.nodeid, "outcome": seen.pop(report.nodeid, outcome)})
+        _write({"test": report.nodeid, "outcome": seen.pop(report.nodeid, outcome),
+                "duration": round(took.pop(report.nodeid, 0.0), 6)})
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     for nodeid, outcome in _state["outcomes"].items():  # a test interrupted before its teardown
-        _write({"test": nodeid, "outcome": outcome})
-    _state["outcomes"] = {}
+        _write({"test": nodeid, "outcome": outcome, "duration": round(_state["durations"].get(nodeid, 0.0), 6)})
+    _state["outcomes"], _state["durations"] = {}, {}
     _write({"session": int(exitstatus), "collected": session.testscollected})
     if _state["fh"] is not None:
         _state["fh"].close()

@@ -43,6 +43,8 @@ class TestRun:
     """Modules (collection node ids) that did not import, with the error's tail."""
     finished: bool = False
     """The plugin recorded the end of the session: without it the run was cut short (a crash, `os._exit`, a kill)."""
+    durations: dict[str, float] = field(default_factory=dict)
+    """pytest node id -> seconds its setup, call and teardown took (wall clock, pytest's own durations)."""
     results_error: str = ""
     """Why the harness's record could not be read (e.g. a test grew it past the read limit); empty when it was."""
 
@@ -68,6 +70,20 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
         elif "session" in record:
             finished = True
     return outcomes, errors, finished
+
+
+def parse_durations(text: str) -> dict[str, float]:
+    """The plugin's JSON lines -> seconds per test (its setup, call and teardown); tests without a figure are left
+    out."""
+    durations: dict[str, float] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "test" in record and isinstance(record.get("duration"), (int, float)):
+            durations[record["test"]] = float(record["duration"])
+    return durations
 
 
 CONTEXTS_VERSION = "2"
@@ -138,11 +154,13 @@ def run_tests(
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
     finished = scoped = False
+    durations: dict[str, float] = {}
     results_error = ""
     if not result.timed_out:
         try:
             records = sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace")
             outcomes, errors, finished = parse_results(records)
+            durations = parse_durations(records)
             scoped = '{"fixture_scopes": true}' in records
         except FileTooLargeError as exc:
             results_error = str(exc)
@@ -169,6 +187,7 @@ def run_tests(
         coverage=cov_map,
         collect_errors=errors,
         finished=finished,
+        durations=durations,
         results_error=results_error,
     )
 

@@ -81,13 +81,13 @@ def _endpoint_id(endpoint: ModelEndpoint) -> tuple:
 def _validate(p):
     v = p["recipe"].validation
     return ("validate", validation.VERSION, p["candidate"].candidate_id, p["ref"].image, v.selection, v.test_timeout_s,
-            sorted(p["ref"].passing))
+            v.timeout_factor, sorted(p["ref"].passing))
 
 
 def _validate_batch(p):
     v = p["recipe"].validation
     return ("validate-batch", validation.VERSION, [c.candidate_id for c in p["candidates"]], p["ref"].image,
-            v.selection, v.test_timeout_s, sorted(p["ref"].passing))
+            v.selection, v.test_timeout_s, v.timeout_factor, sorted(p["ref"].passing))
 
 
 def _rollout(p):
@@ -186,8 +186,8 @@ STEPS: dict[Callable, Any] = {
         key=lambda p: ("external", p["source"].name, p["source"].commit, _file_digest(p["path"]))),
     swe.reference_run: step_task(
         swe.reference_run, "reference", retry=True,
-        key=lambda p: ("reference", CONTEXTS_VERSION, p["env"].name, p["recipe"].validation.reference_runs,
-                       p["recipe"].validation.suite_timeout_s)),
+        key=lambda p: ("reference", CONTEXTS_VERSION, validation.REFERENCE_VERSION, p["env"].name,
+                       p["recipe"].validation.reference_runs, p["recipe"].validation.suite_timeout_s)),
     swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True, remote=True),
     swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True,
                                   remote=True),

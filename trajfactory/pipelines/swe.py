@@ -114,7 +114,7 @@ def validate_batch(recipe: Recipe, pool: SandboxPool, candidates: list[Candidate
     with pool.acquire() as sandbox:
         try:
             return validation.validate_batch(sandbox, candidates, ref, selection=cfg.selection,
-                                             timeout=cfg.test_timeout_s)
+                                             timeout=cfg.test_timeout_s, timeout_factor=cfg.timeout_factor)
         except InfrastructureError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad batch never stops the others

@@ -113,6 +113,11 @@ class ReferenceRun(Record):
     coverage: dict[str, dict[int, list[str]]] = Field(default_factory=dict)
     """file -> line -> ids of the tests that executed the line."""
     duration_s: float = 0.0
+    durations: dict[str, float] = Field(default_factory=dict)
+    """Test id -> seconds it took (setup, call and teardown) in the last run, the one without coverage when there
+    were two: what a candidate's time limit scales with (`validate.candidate_timeout`). Empty: not recorded."""
+    overhead_s: float = 0.0
+    """Seconds of that run outside every test: the interpreter, pytest's start and the whole suite's collection."""
 
 
 class Validation(Record):

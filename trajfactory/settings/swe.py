@@ -106,7 +106,11 @@ class ValidationConfig(Section):
     """Runs of the whole clean suite; a test that differs between runs is flaky and excluded."""
     suite_timeout_s: float = Field(300, gt=0)
     test_timeout_s: float = Field(120, gt=0)
-    """Limit of one candidate's test run; a mutation that hangs the tests is rejected."""
+    """Ceiling of one candidate's test run; a mutation that hangs the tests is rejected."""
+    timeout_factor: float = Field(10.0, ge=0)
+    """A candidate's tests may run this many times what they took on the clean repository (their durations in the
+    reference run plus the suite's start and collection), at least 15 s and at most `test_timeout_s`: a bug that
+    loops forever costs seconds, not the ceiling. 0: always `test_timeout_s`."""
     batch_size: int = Field(16, ge=1)
     """Candidates validated by one warm test worker in one sandbox (one unit of work, one `execute`)."""
 

@@ -51,26 +51,37 @@ class References:
     """Names a repository can reach without running a function body that uses them."""
 
     strings: set[str] = field(default_factory=set)
-    """Every string literal that is an identifier, in any Python file (tests included)."""
+    """Every string literal that is an identifier, in any Python file (tests included), except the names listed in
+    a module's `__all__` (which only say what `import *` binds)."""
     import_time: set[str] = field(default_factory=set)
     """Names and attribute names referenced outside function bodies (run at import or collection time)."""
     unreadable: list[str] = field(default_factory=list)
+    trees: dict[str, ast.Module] = field(default_factory=dict)
+    """Repository-relative path -> its parsed module (`removed_base` looks for every mention of a class)."""
+    classes: dict[str, list[ast.ClassDef]] = field(default_factory=dict)
+    """Class name -> the project's classes of that name."""
 
     @classmethod
     def scan(cls, root: str | Path) -> "References":
         refs = cls()
         for rel in python_files(root, NOT_THE_PROJECT):
             try:
-                refs.add(ast.parse((Path(root) / rel).read_bytes()))
+                refs.add(ast.parse((Path(root) / rel).read_bytes()), rel)
             except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
                 refs.unreadable.append(rel)
         return refs
 
-    def add(self, tree: ast.AST) -> None:
+    def add(self, tree: ast.Module, rel: str = "") -> None:
+        listed = {id(n) for stmt in tree.body if _declares_all(stmt) for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier() \
+                    and id(node) not in listed:
                 self.strings.add(node.value)
+            elif isinstance(node, ast.ClassDef):
+                self.classes.setdefault(node.name, []).append(node)
         self._import_time(tree)
+        if rel:
+            self.trees[rel] = tree
 
     def _import_time(self, node: ast.AST) -> None:
         """Collect the names `node` references when it runs, not descending into bodies that run later."""
@@ -89,6 +100,16 @@ class References:
             return
         for child in ast.iter_child_nodes(node):
             self._import_time(child)
+
+
+def _declares_all(stmt: ast.stmt) -> bool:
+    """`__all__ = [...]`, `__all__ += [...]` or `__all__.extend([...])` / `.append(...)` at module level."""
+    if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        return any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets)
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+        and isinstance(call.func.value, ast.Name) and call.func.value.id == "__all__"
 
 
 def _definition_parts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.expr]:

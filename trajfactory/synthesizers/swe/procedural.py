@@ -17,6 +17,7 @@ from pathlib import Path
 from trajfactory.schema import Candidate, Entity, content_hash
 from trajfactory.synthesizers.swe.entities import ParsedFile, first_line, parse_repository
 from trajfactory.synthesizers.swe.attribution import References, removed_method, shuffled_methods
+from trajfactory.synthesizers.swe.base_removal import removed_base
 from trajfactory.synthesizers.swe.ast_edits import Cut, Edit, Header, Mutation, TokenEdit
 from trajfactory.synthesizers.swe.diffs import line_list as _lines, unified_diff
 from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
@@ -24,9 +25,9 @@ from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
 log = logging.getLogger(__name__)
 
 SYNTHESIZER = "swe.procedural"
-VERSION = "2"
+VERSION = "3"
 """Bumped when the candidates of a checkout change (2: class candidates carry `params.attribution`, entities their
-`body_lineno`)."""
+`body_lineno`; 3: removed base classes are attributed too)."""
 
 
 # ---------------------------------------------------------------- source text
@@ -298,8 +299,8 @@ def generate_candidates(
 
 
 def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[str, int], ast.AST]) -> None:
-    """Record in each removed-method or reordered-methods candidate's params how its tests are found
-    (`attribution.py`)."""
+    """Record in each removed-method, reordered-methods or removed-base candidate's params how its tests are found
+    (`attribution.py`, `base_removal.py`)."""
     refs: References | None = None
     for c in candidates:
         cls = nodes.get((c.entity.file, c.entity.lineno))
@@ -309,6 +310,9 @@ def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[
             refs = refs or References.scan(root)
             method = next(s for s in cls.body if getattr(s, "lineno", None) == c.params["lineno"])
             c.params["attribution"] = removed_method(cls, method, refs)
+        elif c.family == "remove_base_class":
+            refs = refs or References.scan(root)
+            c.params["attribution"] = removed_base(cls, c.params["base"], c.entity.file, refs)
 
 
 def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:

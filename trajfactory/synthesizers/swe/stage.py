@@ -82,7 +82,8 @@ def validate(pool: SandboxPool, candidate: Candidate, ref: ReferenceRun, cfg: Va
     """Validate one candidate in a warm sandbox of the pool."""
     with pool.acquire() as sandbox:
         try:
-            return validate_candidate(sandbox, candidate, ref, selection=cfg.selection, timeout=cfg.test_timeout_s)
+            return validate_candidate(sandbox, candidate, ref, selection=cfg.selection, timeout=cfg.test_timeout_s,
+                                      timeout_factor=cfg.timeout_factor)
         except InfrastructureError:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad candidate never stops the others

@@ -23,10 +23,17 @@ from trajfactory.executors.testrun import (
 )
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 
-VERSION = "3"
+VERSION = "4"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
 3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
-wider-scoped fixture ran reaches the tests of its scope)."""
+wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
+the reference run; a removed base class by the lines naming its class)."""
+REFERENCE_VERSION = "2"
+"""Bumped when what a reference run records changes (2: per-test durations); reference runs are cached on it."""
+TIMEOUT_FACTOR = 10.0
+"""A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
+TIMEOUT_FLOOR_S = 15.0
+"""...and at least this many seconds: a short suite's limit is not left at the mercy of a busy machine."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -113,9 +120,10 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
     if (rejected := _reject_reason(first, timeout)) is not None:
         raise _disk_full(sandbox, rejected)
     outcomes = [first.outcomes]
+    last = first
     for _ in range(runs - 1):
         sandbox.reset()
-        again = run_tests(sandbox, None, timeout=timeout)
+        last = again = run_tests(sandbox, None, timeout=timeout)
         if (rejected := _reject_reason(again, timeout)) is not None:
             raise _disk_full(sandbox, rejected)
         outcomes.append(again.outcomes)
@@ -142,7 +150,22 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
         excluded=excluded,
         coverage=first.coverage,
         duration_s=time.monotonic() - started,
+        durations=last.durations,
+        overhead_s=max(0.0, last.duration_s - sum(last.durations.values())) if last.durations else 0.0,
     )
+
+
+def candidate_timeout(reference: ReferenceRun, tests: list[str], ceiling: float,
+                      factor: float = TIMEOUT_FACTOR, floor: float = TIMEOUT_FLOOR_S) -> float:
+    """How long a candidate's selected tests may run: `factor` times what they took in the reference run (their
+    durations plus the whole suite's start and collection, which a selection's run never exceeds), at least `floor`
+    seconds, at most `ceiling`. A bug that makes the code loop forever then costs seconds, not the ceiling; a bug
+    that only slows the tests tenfold is judged a timeout, as it would be against any fixed limit it crossed.
+    `ceiling` alone when the reference run has no durations (an older cache entry) or `factor` is 0."""
+    if factor <= 0 or not reference.durations:
+        return ceiling
+    took = reference.overhead_s + sum(reference.durations.get(t, 0.0) for t in tests)
+    return min(ceiling, max(floor, factor * took))
 
 
 def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) -> tuple[list[str], str]:
@@ -153,15 +176,22 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     does), so a test that only ran the function's other lines (the cache lookup) is broken by the bug all the same.
     Where coverage cannot tell, the whole suite runs: a change outside a function, in code that ran at import time
     (module tables built by calling the function, default values, decorators) or in a fixture's setup/teardown.
-    A removed method is attributed by its body's lines, and reordered methods that nothing in the class body sees
-    select no test, where the candidate's params say so (`attribution.py`).
+    A removed method is attributed by its body's lines, a removed base class by the lines naming the class and its
+    subclasses (`base_removal.py`), and reordered methods that nothing in the class body sees select no test, where
+    the candidate's params say so (`attribution.py`).
     """
     file_cov = reference.coverage.get(candidate.entity.file)
     full = list(reference.passing), "full"
+    attribution = (candidate.params.get("attribution") or {}) if candidate.scope == "class" else {}
+    if selection == "coverage" and "refs" in attribution:  # the lines naming a class, in any file
+        early = attribution.get("import_time") or {}
+        if any(n in reference.coverage.get(f, {}) for f, spans in early.items() for a, b in spans
+               for n in range(a, b + 1)):
+            return full  # a use at import or collection time that ran: it can reach any test
+        return _tests_of_lines(attribution["refs"], reference) or full
     if selection != "coverage" or not file_cov:
         return full
     if candidate.scope == "class":
-        attribution = candidate.params.get("attribution") or {}
         if "none" in attribution:
             return [], "coverage"
         lines = attribution.get("lines")
@@ -197,13 +227,31 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     return sorted(tests), "coverage"
 
 
+def _tests_of_lines(spans: dict[str, list[list[int]]], reference: ReferenceRun) -> tuple[list[str], str] | None:
+    """The usable tests that ran any line of these spans (file -> [[first, last], ...]: whole statements), widened to
+    a wider fixture's scope; None (the whole suite) where such a line ran at import time or in a fixture."""
+    usable = set(reference.passing)
+    ran: set[str] = set()
+    for file, ranges in spans.items():
+        file_cov = reference.coverage.get(file, {})
+        for first, last in ranges:
+            ran.update(t for n in range(first, last + 1) for t in file_cov.get(n, ()))
+    if IMPORT_TIME in ran or FIXTURE in ran:
+        return None
+    tests = ran & usable
+    for node in sorted(t[len(SCOPE):] for t in ran if t.startswith(SCOPE)):
+        tests |= {t for t in usable if _under(t, node)}
+    return sorted(tests), "coverage"
+
+
 def _under(test: str, node: str) -> bool:
     """Whether `test` is under the pytest node `node` ('' or '.': the session; a directory: a package)."""
     return node in ("", ".") or test.startswith(node + "::") or test.startswith(node.rstrip("/") + "/")
 
 
 def _verdict(candidate: Candidate, tests: list[str], how: str, reference: ReferenceRun, *, timeout: float,
-             duration: float, run: TestRun | None = None, patch_error: str | None = None) -> Validation:
+             duration: float, run: TestRun | None = None, patch_error: str | None = None,
+             ceiling: float = 0.0) -> Validation:
     """What the selected tests' run (or the patch's failure to apply) says of the candidate: one judgement for the
     one-candidate path and the batch path alike."""
 
@@ -217,7 +265,11 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         return result("patch_failed", detail=_tail(patch_error, 5))
     assert run is not None
     if run.timed_out:
-        return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s")
+        scaled = ""
+        if reference.durations and timeout < ceiling:
+            took = reference.overhead_s + sum(reference.durations.get(t, 0.0) for t in tests)
+            scaled = f" ({timeout / max(took, 1e-9):.0f}x the {took:.1f}s they took on the clean repository)"
+        return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s{scaled}")
     if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
         return result("error", tests_run=len(tests), detail=f"the test run was cut short (exit {run.exit_code}): "
                       + _tail(run.output, 5))
@@ -240,18 +292,21 @@ def validate_candidate(
     *,
     selection: str = "coverage",
     timeout: float = 120.0,
+    timeout_factor: float = TIMEOUT_FACTOR,
 ) -> Validation:
-    """Apply the candidate in a warm sandbox, run the selected tests, split them into F2P / P2P."""
+    """Apply the candidate in a warm sandbox, run the selected tests, split them into F2P / P2P. `timeout` is the
+    ceiling of the run's limit, which scales with the tests' reference time by `timeout_factor` (`candidate_timeout`)."""
     started = time.monotonic()
     tests, how = select_tests(candidate, reference, selection)
-    judge = lambda **kw: _verdict(candidate, tests, how, reference, timeout=timeout,  # noqa: E731
+    limit = candidate_timeout(reference, tests, timeout, timeout_factor)
+    judge = lambda **kw: _verdict(candidate, tests, how, reference, timeout=limit, ceiling=timeout,  # noqa: E731
                                   duration=time.monotonic() - started, **kw)
     if not tests:
         return judge()
     sandbox.reset()
     if (err := apply_patch(sandbox, candidate.patch, PATCH_PATH)) is not None:
         return judge(patch_error=err)
-    return judge(run=run_tests(sandbox, tests, timeout=timeout))
+    return judge(run=run_tests(sandbox, tests, timeout=limit))
 
 
 @dataclass
@@ -263,27 +318,30 @@ class BatchValidation:
 
 
 def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
-                            selection: str = "coverage", timeout: float = 120.0, preload: bool = True
-                            ) -> BatchValidation:
+                            selection: str = "coverage", timeout: float = 120.0, preload: bool = True,
+                            timeout_factor: float = TIMEOUT_FACTOR) -> BatchValidation:
     """`validate_batch`, with the worker's records (the bench reads where each candidate's CPU went)."""
     chosen = [(c, *select_tests(c, reference, selection)) for c in candidates]
+    limits = {c.candidate_id: candidate_timeout(reference, tests, timeout, timeout_factor) for c, tests, _ in chosen}
     items: dict[str, BatchItem] = {}
     for c, tests, _ in chosen:
         if tests and c.candidate_id not in items:
-            items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, timeout)
+            items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id])
     results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
     by_key = {r.key: r for r in results}
     validations = []
     for c, tests, how in chosen:
         r = by_key.get(c.candidate_id)
-        validations.append(_verdict(c, tests, how, reference, timeout=timeout,
+        validations.append(_verdict(c, tests, how, reference, timeout=limits[c.candidate_id], ceiling=timeout,
                                     duration=r.run.duration_s if r and r.run else 0.0,
                                     run=r.run if r else None, patch_error=r.patch_error if r else None))
     return BatchValidation(validations, by_key, info)
 
 
 def validate_batch(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
-                   selection: str = "coverage", timeout: float = 120.0) -> list[Validation]:
+                   selection: str = "coverage", timeout: float = 120.0,
+                   timeout_factor: float = TIMEOUT_FACTOR) -> list[Validation]:
     """Validate several candidates in one warm sandbox with one worker process (`executors/batchrun.py`): the
-    same selection and the same judgement as `validate_candidate`, per candidate, in the candidates' order."""
-    return validate_batch_detailed(sandbox, candidates, reference, selection=selection, timeout=timeout).validations
+    same selection, time limits and judgement as `validate_candidate`, per candidate, in the candidates' order."""
+    return validate_batch_detailed(sandbox, candidates, reference, selection=selection, timeout=timeout,
+                                   timeout_factor=timeout_factor).validations

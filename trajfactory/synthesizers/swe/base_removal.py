@@ -1,0 +1,169 @@
+"""Which tests a removed base class reaches: those that ran a line naming the class, a subclass of it, or one of
+their methods.
+
+Removing a base changes what the class is (`raise X()` fails once `X` is no longer an exception, `isinstance(obj,
+Base)` turns false, an inherited method is gone), but only where the class is used, and a use names it: a `raise`,
+an `except`, an `isinstance` check, a call that makes an instance (whose inherited behaviour is then used by the same
+test), an attribute of the class. Every test that can notice the change ran such a line in the reference run, or
+one of the class's own methods (a `super()` call that now finds nothing). So the tests to run are the ones whose
+coverage contexts include those lines, found by reading every Python file of the repository, tests included. A
+subclass (`class Sub(X)` at import time) changes with it: its name and methods are followed the same way.
+
+The whole suite still runs where that reading cannot see every use:
+
+- the class has a decorator or class keywords (a metaclass), or the removed base is not a builtin type or a plain
+  class of the project: a metaclass, `__init_subclass__`, a decorator or a base from outside the project may act
+  when a class is created (registries, ABCs, enums, dataclasses), before any test runs;
+- a name is used at import or collection time other than as a subclass's base (`alias = X`, a decorator or default
+  value naming it, a registry built at import, `parametrize([X, ...])`) in a file the reference run executed (the
+  lines are kept as `import_time` and looked up in its coverage: an example script no test imports does not count),
+  or appears as a string literal (`getattr`, `type(e).__name__ == "X"`); a function's annotations count only when
+  the function is decorated (a `singledispatch` register reads them).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass, field
+
+from trajfactory.synthesizers.swe.ast_edits import _DEFS
+from trajfactory.synthesizers.swe.attribution import OPAQUE_METHODS, References
+
+BUILTIN_TYPES = frozenset(n for n in dir(builtins) if isinstance(getattr(builtins, n), type))
+STDLIB_BASES = frozenset({
+    "ABC", "Enum", "IntEnum", "Flag", "IntFlag", "StrEnum", "NamedTuple", "Protocol",
+    "Hashable", "Awaitable", "Coroutine", "AsyncIterable", "AsyncIterator", "AsyncGenerator", "Iterable", "Iterator",
+    "Generator", "Reversible", "Sized", "Container", "Callable", "Collection", "Set", "MutableSet", "Mapping",
+    "MutableMapping", "MappingView", "KeysView", "ItemsView", "ValuesView", "Sequence", "MutableSequence",
+    "ByteString", "Buffer", "tzinfo", "date", "datetime", "time", "timedelta", "Thread", "JSONEncoder",
+    "JSONDecoder", "HTMLParser",
+})
+"""Standard-library bases whose class creation keeps to the class itself (the abstract base classes of `abc` and
+`collections.abc`, enums, named tuples, protocols, `datetime`'s types, threads, JSON coders, the HTML parser): what
+they change shows only where the class is used by name."""
+
+
+@dataclass
+class _Found:
+    ranges: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
+    subclasses: list[tuple[str, ast.ClassDef]] = field(default_factory=list)
+    aliases: set[str] = field(default_factory=set)
+    import_time: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
+
+
+def _named(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
+
+
+def _opaque_base(base: str, refs: References, seen: frozenset[str] = frozenset()) -> str | None:
+    """Why creating a class with or without `base` may do more than set its bases; None when it may not."""
+    try:
+        node = ast.parse(base, mode="eval").body
+    except SyntaxError:
+        return f"the base `{base}` could not be read"
+    name = _named(node)
+    if name is None:
+        return f"the base `{base}` is an expression (a generic, a call): what it does at class creation is not known"
+    if name in seen:  # already being checked (a class of the same name as its base, from another module)
+        return None
+    defs = refs.classes.get(name)
+    if not defs:
+        if name in BUILTIN_TYPES or name in STDLIB_BASES:
+            return None
+        return f"the base `{base}` comes from outside the project: what it does at class creation is not known"
+    for cls in defs:
+        if cls.decorator_list or cls.keywords:
+            return f"the base `{name}` has a class decorator or metaclass"
+        if any(isinstance(s, _DEFS) and s.name in OPAQUE_METHODS for s in cls.body):
+            return f"the base `{name}` defines a hook Python runs at class creation or comparison"
+        for b in cls.bases:
+            if (why := _opaque_base(ast.unparse(b), refs, seen | {name})) is not None:
+                return why
+    return None
+
+
+def _scan(node: ast.AST, names: set[str], runtime: bool, stmt: ast.AST, rel: str, found: _Found) -> None:
+    """Record where `node` names one of `names`: a line range when it runs inside a function body (`runtime`), a
+    subclass or an import alias, or else an import-time use."""
+    if isinstance(node, (ast.stmt, ast.excepthandler)):
+        stmt = node
+    name = _named(node)
+    if name in names:
+        # the statement's first line (coverage's key) to the name's last; a decorator sits above its `def` line
+        span = (min(stmt.lineno, node.lineno), max(stmt.lineno, node.end_lineno or node.lineno))
+        (found.ranges if runtime else found.import_time).setdefault(rel, set()).add(span)
+    elif isinstance(node, ast.alias):
+        short = node.name.rpartition(".")[2]
+        if short in names and node.asname and node.asname != short:
+            found.aliases.add(node.asname)  # `from m import X as Y`: Y is X
+        return
+    if isinstance(node, ast.ClassDef):
+        bases = [b for b in node.bases if _named(b) in names]
+        if bases and not runtime and node.name not in names:
+            found.subclasses.append((rel, node))
+        for part in [*node.decorator_list, *(k.value for k in node.keywords),
+                     *(b for b in node.bases if runtime or not any(b is x for x in bases))]:
+            _scan(part, names, runtime, stmt, rel, found)
+        for child in node.body:
+            _scan(child, names, runtime, child, rel, found)
+        return
+    if isinstance(node, _DEFS):
+        args = node.args
+        parts = [*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d is not None)]
+        if node.decorator_list:
+            annotated = (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg)
+            parts += [a.annotation for a in annotated if a is not None and a.annotation is not None]
+            parts += [node.returns] if node.returns is not None else []
+        for part in parts:
+            _scan(part, names, runtime, stmt, rel, found)
+        for child in node.body:
+            _scan(child, names, True, child, rel, found)
+        return
+    if isinstance(node, ast.Lambda):
+        for part in (*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)):
+            _scan(part, names, runtime, stmt, rel, found)
+        _scan(node.body, names, True, stmt, rel, found)
+        return
+    for child in ast.iter_child_nodes(node):
+        _scan(child, names, runtime, stmt, rel, found)
+
+
+def _method_ranges(cls: ast.ClassDef) -> set[tuple[int, int]]:
+    return {(s.body[0].lineno, s.end_lineno or s.body[0].lineno) for s in cls.body if isinstance(s, _DEFS)}
+
+
+def removed_base(cls: ast.ClassDef, base: str, file: str, refs: References | None) -> dict:
+    """The attribution of removing `base` from `cls` (defined in `file`): {"refs": {file: [[first, last], ...]}}, the
+    lines whose tests can notice it, or {"full": reason}."""
+    if refs is None:
+        return {"full": "the repository's references were not read"}
+    if cls.decorator_list or cls.keywords:
+        return {"full": f"class `{cls.name}` has a class decorator or class keywords that see its bases"}
+    if (why := _opaque_base(base, refs)) is not None:
+        return {"full": why}
+    names = {cls.name}
+    ranges: dict[str, set[tuple[int, int]]] = {file: _method_ranges(cls)}
+    while True:
+        found = _Found()
+        for rel, tree in refs.trees.items():
+            _scan(tree, names, False, tree, rel, found)
+        for rel, sub in found.subclasses:
+            if sub.decorator_list or sub.keywords:
+                return {"full": f"the subclass `{sub.name}` has a class decorator or class keywords"}
+            ranges.setdefault(rel, set()).update(_method_ranges(sub))
+        new = ({sub.name for _, sub in found.subclasses} | found.aliases) - names
+        if not new:
+            break
+        names |= new
+    if (named := sorted(names & refs.strings)):
+        return {"full": f"the string {named[0]!r} appears in the repository (getattr, a name compared as text)"}
+    for rel, spans in found.ranges.items():
+        ranges.setdefault(rel, set()).update(spans)
+    return {"refs": _spans(ranges), "import_time": _spans(found.import_time), "names": sorted(names)}
+
+
+def _spans(by_file: dict[str, set[tuple[int, int]]]) -> dict[str, list[list[int]]]:
+    return {rel: [list(span) for span in sorted(spans)] for rel, spans in sorted(by_file.items()) if spans}
