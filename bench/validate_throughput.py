@@ -296,6 +296,9 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e"])
     parser.add_argument("--families", nargs="*", default=[], metavar="FAMILY",
                         help="validate only the candidates of these families (e.g. remove_methods shuffle_methods)")
+    parser.add_argument("--synthesize", nargs="*", default=[], metavar="FAMILY",
+                        help="synthesize only these families, `--candidates` of them (`--families` filters the "
+                             "candidates of all families instead: the same ones as a run without it)")
     parser.add_argument("--batch-size", type=int, default=ValidationConfig().batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--suite-timeout", type=float, default=ValidationConfig().suite_timeout_s,
@@ -316,7 +319,8 @@ def main() -> int:
                     "load_before": Path("/proc/loadavg").read_text().split()[:3]}
     for uri in args.repos:
         recipe = Recipe(work_dir=str(work), repos=[RepoSpec(uri=uri)], sandbox=LIMITS,
-                        synthesis=SynthesisConfig(max_candidates_per_repo=args.candidates, seed=args.seed))
+                        synthesis=SynthesisConfig(max_candidates_per_repo=args.candidates, seed=args.seed,
+                                                  families=args.synthesize or "all"))
         source = swe.harvest_one(recipe, uri)
         env = swe.build_environment(recipe, source) if not isinstance(source, Quarantine) else source
         if isinstance(env, Quarantine):
@@ -384,7 +388,9 @@ def print_tables(report: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rep in report["repos"].items():
         n = rep["candidates"]
-        floor = rep["floor"] / n if n else 0.0
+        if not n:
+            continue
+        floor = rep["floor"] / n
         base = rep["modes"].get("a")
         base_rate = base["valid"] / (base["cpu"] / 60) if base and base["cpu"] else 0.0
         for mode, m in rep["modes"].items():

@@ -84,10 +84,12 @@ def test_reordered_methods_that_nothing_sees_select_no_test_and_say_why():
 def test_a_candidates_time_limit_scales_with_its_tests_reference_time():
     from trajfactory.synthesizers.swe.validate import candidate_timeout
 
-    timed = REF.model_copy(update={"durations": {"t::a": 0.5, "t::b": 2.0, "t::c": 30.0}, "overhead_s": 1.0})
+    # 3 s of the run outside the tests: 1 s per test's share, and a limit never under 6 s
+    timed = REF.model_copy(update={"durations": {"t::a": 0.5, "t::b": 2.0, "t::c": 30.0}, "overhead_s": 3.0})
     assert candidate_timeout(timed, ["t::a"], 120.0) == 15.0  # 10 x 1.5 s, raised to the 15 s floor
-    assert candidate_timeout(timed, ["t::a", "t::b"], 120.0) == 35.0  # 10 x (1 + 0.5 + 2)
+    assert candidate_timeout(timed, ["t::a", "t::b"], 120.0) == 45.0  # 10 x (0.5 + 2 + 2 x 1)
     assert candidate_timeout(timed, ["t::c"], 120.0) == 120.0  # 10 x 31 s, capped at the ceiling
-    assert candidate_timeout(timed, ["t::a", "t::b"], 120.0, factor=4, floor=1) == 14.0
+    assert candidate_timeout(timed, ["t::a", "t::b"], 120.0, factor=4, floor=1) == 18.0
+    assert candidate_timeout(timed, ["t::a"], 120.0, factor=1, floor=1) == 6.0  # twice the time outside the tests
     assert candidate_timeout(timed, ["t::a"], 120.0, factor=0) == 120.0  # 0: the fixed limit
     assert candidate_timeout(REF, ["t::a"], 120.0) == 120.0  # no durations recorded: the fixed limit

@@ -153,8 +153,8 @@ def test_import_time_and_fixture_lines_are_marked(tmp_path):
 
 def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_run(tmp_path):
     """With the harness splitting fixture scopes (as `run_tests(coverage=True)` asks), what a class-, module- or
-    session-scoped fixture ran reaches every test of its scope, a function-scoped fixture's setup only its test,
-    and teardown stays marked as shared; the selection picks the tests of the fixture's scope."""
+    session-scoped fixture ran, set up or torn down, reaches every test of its scope, a function-scoped fixture's
+    setup and teardown only its test; the selection picks the tests of the fixture's scope."""
     import json
     import os
 
@@ -175,6 +175,10 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
             return 5
         def in_test():
             return 6
+        def on_my_teardown():
+            return 7
+        def on_class_teardown():
+            return 8
     """))
     (tmp_path / "conftest.py").write_text(
         "import pytest\nimport lib\n\n\n@pytest.fixture(scope='session')\ndef everywhere():\n"
@@ -190,7 +194,8 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
 
         @pytest.fixture
         def mine():
-            return lib.per_test()
+            yield lib.per_test()
+            lib.on_my_teardown()
 
         def test_one(shared, everywhere):
             assert shared == 1
@@ -208,6 +213,10 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
 
             def test_k2(self):
                 assert lib.in_test() == 6
+
+            @classmethod
+            def teardown_class(cls):
+                lib.on_class_teardown()
     """))
     (tmp_path / "test_b.py").write_text("def test_other():\n    assert True\n")
     plugin_dir = tmp_path / "harness"
@@ -221,16 +230,19 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
     assert run.returncode == 0, run.stdout
     records = (tmp_path / "results.jsonl").read_text()
     assert {"fixture_scopes": True} in [json.loads(line) for line in records.splitlines()]
+    assert {"fixture_teardown": True} in [json.loads(line) for line in records.splitlines()]
     outcomes = parse_results(records)[0]
     (tmp_path / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
     subprocess.run([sys.executable, "coverage_map.py", "map.json"], cwd=tmp_path, check=True, env=env)
-    cov = parse_coverage_map((tmp_path / "map.json").read_text(), scoped=True)["lib.py"]
+    cov = parse_coverage_map((tmp_path / "map.json").read_text(), scoped=True, teardown=True)["lib.py"]
     assert cov[2] == [SCOPE + "test_a.py"]  # per_module: the module fixture's own context
     assert cov[4] == [SCOPE + "test_a.py::TestK"]  # per_class: setup_class is a class-scoped fixture
     assert cov[6] == ["test_a.py::test_two"]  # per_test: a function fixture's setup is that test's alone
     assert cov[8] == [SCOPE]  # per_session: the session's node id is ''
-    assert FIXTURE in cov[10]  # on_teardown: a shared fixture's teardown runs in some test's teardown
+    assert cov[10] == [SCOPE + "test_a.py"]  # on_teardown: the module fixture's teardown, its context again
     assert cov[12] == ["test_a.py::TestK::test_k2"]
+    assert cov[14] == ["test_a.py::test_two"]  # on_my_teardown: a function fixture's teardown is its test's
+    assert cov[16] == [SCOPE + "test_a.py::TestK"]  # on_class_teardown: teardown_class is the class fixture's
 
     passing = sorted(t for t, o in outcomes.items() if o == "passed")
     ref = ReferenceRun(image="i", tests=outcomes, passing=passing, coverage={"lib.py": cov})
@@ -247,10 +259,15 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
     assert selected(3) == (["test_a.py::TestK::test_k1", "test_a.py::TestK::test_k2"], "coverage")
     assert selected(5) == (["test_a.py::test_two"], "coverage")
     assert selected(7) == (passing, "coverage")
-    assert selected(9) == (passing, "full")
-    # without the harness's record, any setup may be a shared fixture's: marked as before
+    assert selected(9) == (["test_a.py::TestK::test_k1", "test_a.py::TestK::test_k2", "test_a.py::test_one",
+                            "test_a.py::test_two"], "coverage")
+    assert selected(13) == (["test_a.py::test_two"], "coverage")
+    assert selected(15) == (["test_a.py::TestK::test_k1", "test_a.py::TestK::test_k2"], "coverage")
+    # without the harness's records, any setup may be a shared fixture's, and any teardown: marked as before
     unscoped = parse_coverage_map((tmp_path / "map.json").read_text())["lib.py"]
-    assert FIXTURE in unscoped[6] and FIXTURE in unscoped[2]
+    assert FIXTURE in unscoped[6] and FIXTURE in unscoped[2] and FIXTURE in unscoped[10]
+    no_teardown = parse_coverage_map((tmp_path / "map.json").read_text(), scoped=True)["lib.py"]
+    assert FIXTURE in no_teardown[14] and FIXTURE not in no_teardown[6]
 
 
 def _coverage_map(project, env) -> dict[str, dict[int, list[str]]]:

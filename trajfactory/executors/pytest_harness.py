@@ -16,9 +16,10 @@ test class inherits from a mixin and parametrized ids with spaces, brackets or u
 - `TRAJFACTORY_FIXTURE_SCOPES` (the reference run, with pytest-cov's per-test contexts): a fixture wider than one
   test (class, module, package or session scope; `setup_class` and `setup_module` are such fixtures) is set up under
   a coverage context of its own, `<node id of its scope>|<scope>-fixture`, instead of the context of the test that
-  happened to need it first; a `{"fixture_scopes": true}` record says the contexts were so split. The lines such a
-  fixture runs then reach every test of its class, module or package, and a test's own `|setup` context holds only
-  what was set up for that test alone.
+  happened to need it first, and its teardown under the same context instead of the teardown of whichever test
+  happened to be last; `{"fixture_scopes": true}` and `{"fixture_teardown": true}` records say the contexts were so
+  split. The lines such a fixture runs then reach every test of its class, module or package, and a test's own
+  `|setup` and `|teardown` contexts hold only what was set up and torn down for that test alone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _coverage():
 def pytest_sessionstart(session) -> None:
     if _coverage() is not None and not hasattr(session.config, "workerinput"):
         _write({"fixture_scopes": True})
+        _write({"fixture_teardown": True})
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -83,10 +85,21 @@ def pytest_fixture_setup(fixturedef, request):
     if cov is None or scope == "function" or phase is None:
         yield
         return
-    cov.switch_context(f"{getattr(request.node, 'nodeid', '')}|{scope}-fixture")
+    context = f"{getattr(request.node, 'nodeid', '')}|{scope}-fixture"
+    cov.switch_context(context)
     try:
         yield
     finally:
+        cov.switch_context(phase)
+    # finalizers run last in, first out: this one runs just before the fixture's own teardown, whichever test's
+    # teardown finishes the scope; `pytest_fixture_post_finalizer` switches back after it
+    fixturedef.addfinalizer(lambda: cov.switch_context(context))
+
+
+def pytest_fixture_post_finalizer(fixturedef, request) -> None:
+    cov = _coverage()
+    phase = _state.get("phase")
+    if cov is not None and phase is not None and str(getattr(fixturedef, "scope", "function")) != "function":
         cov.switch_context(phase)
 
 

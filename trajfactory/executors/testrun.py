@@ -86,9 +86,9 @@ def parse_durations(text: str) -> dict[str, float]:
     return durations
 
 
-CONTEXTS_VERSION = "2"
+CONTEXTS_VERSION = "3"
 """Bumped when the meaning of the coverage contexts changes (2: fixtures wider than a test have contexts of their
-own); reference runs are cached on it."""
+own; 3: their teardown too); reference runs are cached on it."""
 SCOPE = "<scope>"
 """Prefix of a fixture scope's marker, `<scope>NODE_ID`: a line a class-, module-, package- or session-scoped
 fixture ran while it was set up reaches every test under that node id (`validate.select_tests`)."""
@@ -98,10 +98,11 @@ FIXTURE = "<fixture>"
 """Marks a line executed in a fixture's setup or teardown: shared fixtures are attributed to one test only."""
 
 
-def parse_coverage_map(text: str, scoped: bool = False) -> dict[str, dict[int, list[str]]]:
+def parse_coverage_map(text: str, scoped: bool = False, teardown: bool = False) -> dict[str, dict[int, list[str]]]:
     """The sandbox's per-test coverage map (`coverage_map.py`) -> file -> line -> test node ids (+ the markers
-    above). `scoped`: the harness gave fixtures wider than a test contexts of their own (`pytest_harness.py`), so a
-    test's `|setup` context is that test's alone; otherwise any setup may be a shared fixture's."""
+    above). `scoped`: the harness gave the setup of fixtures wider than a test contexts of their own
+    (`pytest_harness.py`), so a test's `|setup` context is that test's alone; otherwise any setup may be a shared
+    fixture's. `teardown`: their teardown too, so a test's `|teardown` context is that test's alone."""
     data = json.loads(text)
     tests_of: list[tuple[str, ...]] = []  # per context: the test it names, plus FIXTURE for a setup or teardown
     for context in data.get("contexts", []):
@@ -111,7 +112,7 @@ def parse_coverage_map(text: str, scoped: bool = False) -> dict[str, dict[int, l
         test, _, phase = context.rpartition("|")
         if phase.endswith("-fixture"):
             tests_of.append((SCOPE + test,) if scoped else (FIXTURE,))
-        elif phase == "teardown" or (phase == "setup" and not scoped):
+        elif (phase == "teardown" and not (scoped and teardown)) or (phase == "setup" and not scoped):
             tests_of.append((test or context, FIXTURE))
         else:
             tests_of.append((test or context,))
@@ -153,7 +154,7 @@ def run_tests(
     result = sandbox.execute(f"{' '.join(env)} {PYTEST} --rootdir={sandbox.workdir} {cov}{args}", timeout=timeout)
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
-    finished = scoped = False
+    finished = scoped = teardown = False
     durations: dict[str, float] = {}
     results_error = ""
     if not result.timed_out:
@@ -162,6 +163,7 @@ def run_tests(
             outcomes, errors, finished = parse_results(records)
             durations = parse_durations(records)
             scoped = '{"fixture_scopes": true}' in records
+            teardown = '{"fixture_teardown": true}' in records
         except FileTooLargeError as exc:
             results_error = str(exc)
         except (FileNotFoundError, OSError):
@@ -176,8 +178,8 @@ def run_tests(
         )
         if report.exit_code == 0:
             # a large suite's per-test contexts make a big file: a wider cap, still a cap
-            cov_map = parse_coverage_map(sandbox.read_file(f"{SCRATCH}/coverage-map.json",
-                                                           max_bytes=COVERAGE_READ_LIMIT).decode(), scoped)
+            text = sandbox.read_file(f"{SCRATCH}/coverage-map.json", max_bytes=COVERAGE_READ_LIMIT).decode()
+            cov_map = parse_coverage_map(text, scoped, teardown)
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,

@@ -109,8 +109,9 @@ class ValidationConfig(Section):
     """Ceiling of one candidate's test run; a mutation that hangs the tests is rejected."""
     timeout_factor: float = Field(10.0, ge=0)
     """A candidate's tests may run this many times what they took on the clean repository (their durations in the
-    reference run plus the suite's start and collection), at least 15 s and at most `test_timeout_s`: a bug that
-    loops forever costs seconds, not the ceiling. 0: always `test_timeout_s`."""
+    reference run plus their share of its time between tests), at least 15 s and twice the suite's time outside its
+    tests, at most `test_timeout_s`: a bug that loops forever costs seconds, not the ceiling. 0: always
+    `test_timeout_s`."""
     batch_size: int = Field(16, ge=1)
     """Candidates validated by one warm test worker in one sandbox (one unit of work, one `execute`)."""
 

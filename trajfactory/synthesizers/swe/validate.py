@@ -155,17 +155,24 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
     )
 
 
+def reference_time(reference: ReferenceRun, tests: list[str]) -> float:
+    """Seconds these tests took in the reference run: their durations, plus their share (by count) of the run's time
+    outside the tests (pytest's work between tests, collection)."""
+    share = reference.overhead_s * len(tests) / max(1, len(reference.durations))
+    return share + sum(reference.durations.get(t, 0.0) for t in tests)
+
+
 def candidate_timeout(reference: ReferenceRun, tests: list[str], ceiling: float,
                       factor: float = TIMEOUT_FACTOR, floor: float = TIMEOUT_FLOOR_S) -> float:
-    """How long a candidate's selected tests may run: `factor` times what they took in the reference run (their
-    durations plus the whole suite's start and collection, which a selection's run never exceeds), at least `floor`
-    seconds, at most `ceiling`. A bug that makes the code loop forever then costs seconds, not the ceiling; a bug
-    that only slows the tests tenfold is judged a timeout, as it would be against any fixed limit it crossed.
-    `ceiling` alone when the reference run has no durations (an older cache entry) or `factor` is 0."""
+    """How long a candidate's selected tests may run: `factor` times what they took in the reference run
+    (`reference_time`), at least `floor` seconds and twice the whole suite's time outside its tests (a selection's
+    start and collection never exceed the whole suite's), at most `ceiling`. A bug that makes the code loop forever
+    then costs seconds, not the ceiling; a bug that only slows the tests tenfold is judged a timeout, as it would be
+    against any fixed limit it crossed. `ceiling` alone when the reference run has no durations (an older cache
+    entry) or `factor` is 0."""
     if factor <= 0 or not reference.durations:
         return ceiling
-    took = reference.overhead_s + sum(reference.durations.get(t, 0.0) for t in tests)
-    return min(ceiling, max(floor, factor * took))
+    return min(ceiling, max(floor, 2 * reference.overhead_s, factor * reference_time(reference, tests)))
 
 
 def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) -> tuple[list[str], str]:
@@ -267,7 +274,7 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
     if run.timed_out:
         scaled = ""
         if reference.durations and timeout < ceiling:
-            took = reference.overhead_s + sum(reference.durations.get(t, 0.0) for t in tests)
+            took = reference_time(reference, tests)
             scaled = f" ({timeout / max(took, 1e-9):.0f}x the {took:.1f}s they took on the clean repository)"
         return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s{scaled}")
     if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
