@@ -83,7 +83,13 @@ def test_a_removed_base_is_attributed_to_the_lines_naming_the_class_its_subclass
                         [_line(ALGO, 'raise Deep("too big")')] * 2],
         "tests/test_algo.py": [[_line(TESTS, "pytest.raises")] * 2],
     }
-    # an undecorated function's annotations and a module's __all__ do not count as uses
+    # an undecorated function's annotations and a module's __all__ do not count as uses, nor do annotations under
+    # decorators that never read them
+    blind = "import typing\nfrom pkg.exc import Unfeasible\n\n\nclass K:\n    @property\n" \
+            "    def p(self) -> Unfeasible:\n        pass\n\n    @typing.overload\n" \
+            "    def q(self, e: Unfeasible) -> None: ...\n"
+    assert removed_base(_class("Unfeasible"), "BaseError", "pkg/exc.py", _refs({**FILES, "pkg/k.py": blind}))[
+        "import_time"] == {}
 
 
 def test_a_use_at_import_time_reaches_the_whole_suite_when_the_reference_run_executed_it():

@@ -18,7 +18,8 @@ The whole suite still runs where that reading cannot see every use:
   value naming it, a registry built at import, `parametrize([X, ...])`) in a file the reference run executed (the
   lines are kept as `import_time` and looked up in its coverage: an example script no test imports does not count),
   or appears as a string literal (`getattr`, `type(e).__name__ == "X"`); a function's annotations count only when
-  the function is decorated (a `singledispatch` register reads them).
+  a decorator may read them (`singledispatch`'s `register` does; `property`, `classmethod`, `overload` and
+  `abstractmethod` do not).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import builtins
 from dataclasses import dataclass, field
 
 from trajfactory.synthesizers.swe.ast_edits import _DEFS
-from trajfactory.synthesizers.swe.attribution import OPAQUE_METHODS, References
+from trajfactory.synthesizers.swe.attribution import OPAQUE_METHODS, References, _decorator_ok
 
 BUILTIN_TYPES = frozenset(n for n in dir(builtins) if isinstance(getattr(builtins, n), type))
 STDLIB_BASES = frozenset({
@@ -42,6 +43,9 @@ STDLIB_BASES = frozenset({
 """Standard-library bases whose class creation keeps to the class itself (the abstract base classes of `abc` and
 `collections.abc`, enums, named tuples, protocols, `datetime`'s types, threads, JSON coders, the HTML parser): what
 they change shows only where the class is used by name."""
+ANNOTATION_BLIND = frozenset({"overload", "abstractmethod"})
+"""Decorators that never read the annotations of what they decorate (nor do `property`, `staticmethod`,
+`classmethod` and a property's `setter` / `getter` / `deleter`)."""
 
 
 @dataclass
@@ -113,7 +117,7 @@ def _scan(node: ast.AST, names: set[str], runtime: bool, stmt: ast.AST, rel: str
     if isinstance(node, _DEFS):
         args = node.args
         parts = [*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d is not None)]
-        if node.decorator_list:
+        if not all(_decorator_ok(d) or _named(d) in ANNOTATION_BLIND for d in node.decorator_list):
             annotated = (*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg)
             parts += [a.annotation for a in annotated if a is not None and a.annotation is not None]
             parts += [node.returns] if node.returns is not None else []
