@@ -126,6 +126,18 @@ def test_uses_the_reading_cannot_follow_fall_back_to_the_whole_suite():
     for what, files in cases.items():
         out = removed_base(_class("Unfeasible"), "BaseError", "pkg/exc.py", _refs(files))
         assert "full" in out, (what, out)
+    # a file nested deeper than the reading can follow (a generated expression): the whole suite, never a crash
+    refs = _refs(FILES)
+    refs.trees["pkg/deep.py"] = ast.Module(body=[ast.Expr(_nested(3000))], type_ignores=[])
+    assert removed_base(_class("Unfeasible"), "BaseError", "pkg/exc.py", refs) == {
+        "full": "pkg/deep.py is nested too deeply to read"}
+
+
+def _nested(depth: int) -> ast.expr:
+    node: ast.expr = ast.Name("x", ast.Load(), lineno=1, end_lineno=1)
+    for _ in range(depth):
+        node = ast.UnaryOp(ast.Not(), node, lineno=1, end_lineno=1)
+    return node
 
 
 def test_a_base_that_may_act_at_class_creation_falls_back_to_the_whole_suite():

@@ -153,7 +153,10 @@ def removed_base(cls: ast.ClassDef, base: str, file: str, refs: References | Non
     while True:
         found = _Found()
         for rel, tree in refs.trees.items():
-            _scan(tree, names, False, tree, rel, found)
+            try:
+                _scan(tree, names, False, tree, rel, found)
+            except RecursionError:
+                return {"full": f"{rel} is nested too deeply to read"}
         for rel, sub in found.subclasses:
             if sub.decorator_list or sub.keywords:
                 return {"full": f"the subclass `{sub.name}` has a class decorator or class keywords"}
