@@ -10,7 +10,9 @@ For each repository the same procedural candidates are validated in these modes:
 - c warm+coverage: the same, only the coverage-selected tests (`validate_candidate`, the one-candidate path);
 - d batch+coverage (the factory's default): one warm container, the same selection, candidates in batches of
   `--batch-size` to one warm test worker per batch (`validate_batch`, `executors/batchrun.py`);
-- e batch+full (with `--modes ... e`): the batch worker running the whole suite (the worker's gain alone).
+- e batch+full (with `--modes ... e`): the batch worker running the whole suite (the worker's gain alone);
+- f batch+coverage, fresh children (with `--modes ... f`): mode d without the worker's collected session
+  (`batch_worker_hot.py`), each candidate in a pytest session of its own, as before the session was built.
 
 What is counted as CPU: the bench's own containers (each container's cgroup `cpuacct.usage`, read by
 `DockerSandbox` just before the container is removed) plus this process and its children. Not counted: other
@@ -233,12 +235,12 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
                                                timeout_factor=0 if mode == "b" else TIMEOUT_FACTOR))
                 per[c.candidate_id] = sb._cpu() - c0 + host_cpu() - h
     else:
-        sel = "coverage" if mode == "d" else "full"
+        sel = "full" if mode == "e" else "coverage"
         with Probed(backend.start(env, LIMITS), acct) as sb:
             for i in range(0, len(candidates), batch_size):
                 h, c0 = host_cpu(), sb._cpu()
                 batch = candidates[i:i + batch_size]
-                out = validate_batch_detailed(sb, batch, ref, selection=sel, timeout=timeout)
+                out = validate_batch_detailed(sb, batch, ref, selection=sel, timeout=timeout, hot=mode != "f")
                 vals += out.validations
                 batch_cpu = sb._cpu() - c0 + host_cpu() - h
                 own = {k: sum(it.stats.get(x, 0.0) for x in ("apply", "child", "restore", "worker"))
@@ -249,7 +251,8 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
                 # preloads), its items, and the rest (the exec's shell, the worker's exit)
                 worker_cpu, acct.batch = acct.batch, 0.0
                 acct.add("start", out.info.startup_cpu)
-                items_cpu = out.info.startup_cpu
+                acct.add("collect", out.info.hot_cpu)  # the collected session's start, collection and finish
+                items_cpu = out.info.startup_cpu + out.info.hot_cpu
                 for key, item in out.items.items():
                     s = item.stats
                     child = s.get("child", 0.0)
@@ -294,7 +297,7 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=30, help="candidates per repository")
     parser.add_argument("--max-candidates", nargs="*", default=[], metavar="NAME=N",
                         help="fewer candidates for a repository whose whole suite is slow, e.g. networkx=8")
-    parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e"])
+    parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e", "f"])
     parser.add_argument("--families", nargs="*", default=[], metavar="FAMILY",
                         help="validate only the candidates of these families (e.g. remove_methods shuffle_methods)")
     parser.add_argument("--synthesize", nargs="*", default=[], metavar="FAMILY",
@@ -315,7 +318,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tf-bench-"))
     cfg = ValidationConfig(suite_timeout_s=args.suite_timeout)
     names = {"a": "a fresh+full (SWE-smith)", "b": "b warm+full", "c": "c warm+coverage",
-             "d": f"d batch+coverage (x{args.batch_size})", "e": f"e batch+full (x{args.batch_size})"}
+             "d": f"d batch+coverage (x{args.batch_size})", "e": f"e batch+full (x{args.batch_size})",
+             "f": f"f batch+coverage, fresh children (x{args.batch_size})"}
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "batch_size": args.batch_size, "repos": {},
                     "load_before": Path("/proc/loadavg").read_text().split()[:3]}
     for uri in args.repos:

@@ -15,7 +15,7 @@ from trajfactory.schema import Source
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.synthesizers.swe.validate import validate_batch, validate_candidate
+from trajfactory.synthesizers.swe.validate import validate_batch, validate_batch_detailed, validate_candidate
 
 pytestmark = pytest.mark.docker
 LIMITS = SandboxConfig(memory="512m", cpus=1, pids=256, command_timeout_s=120)
@@ -62,9 +62,16 @@ def test_batch_results_are_the_one_candidate_results_on_a_real_package(docker_ba
     env, candidates, ref = _prepare(docker_backend, tmp_path, "pypi:isodate==0.7.2", 30)
     with docker_backend.start(env, LIMITS) as sandbox:
         one = [validate_candidate(sandbox, c, ref) for c in candidates]
-        batched = validate_batch(sandbox, candidates, ref)
+        detailed = validate_batch_detailed(sandbox, candidates, ref)
+        fresh = validate_batch(sandbox, candidates, ref, hot=False)  # a pytest session per candidate
         full = validate_batch(sandbox, candidates, ref, selection="full")
+    batched = detailed.validations
     assert [_same(a, b) for a, b in zip(one, batched)] == [True] * len(one)
+    assert [_same(a, b) for a, b in zip(one, fresh)] == [True] * len(one)
+    # most candidates change a function body no test ran at import: tested in the worker's collected session
+    info = detailed.info
+    assert info.hot_items >= 10 and info.hot_refused <= info.hot_items // 2, (info.hot_items, info.hot_refused,
+                                                                               info.notes)
     # the audit: coverage-selected results agree with the whole suite's, the F2P sets included
     for v, w in zip(batched, full):
         assert (v.status == "valid") == (w.status == "valid"), v.candidate_id

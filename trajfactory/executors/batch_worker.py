@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 
+from trajfactory_batch_worker_hot import HotSession
 from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, sweep, wait_child
 from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_regexes, imported, install_code_caches,
                                            precompile, preload, rewrite_cache, snapshot, warm_lookups, warm_regexes)
@@ -41,36 +42,57 @@ from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_
 OUTPUT_TAIL = 16000
 
 
+def child_setup(item: dict, spec: dict, index: int) -> None:
+    """In a forked child: its own process group, default signals, first in line for the OOM killer, stdin from
+    /dev/null, the checkout as working directory, the item's environment, fresh random seeds."""
+    os.setpgid(0, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.chdir(spec["workdir"])
+    os.environ.update(item["env"])
+    import random
+
+    random.seed()  # a fresh interpreter seeds from the OS; a fork would share the worker's state
+    if "numpy" in sys.modules:
+        try:
+            sys.modules["numpy"].random.seed()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def child_report(spec: dict, index: int, probe: Probe, *, modules: bool = True) -> None:
+    """Write what the child's probe saw (and, in a fresh child, what it imported and compiled) for the worker."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    report = {"marks": probe.marks, "durations": probe.durations, "tests": probe.tests}
+    if modules:
+        found, plain, rewritten = imported(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"]))
+        report.update(modules=found, plain=plain, rewritten=rewritten, regexes=compiled_regexes())
+    with open(f"{spec['scratch']}/probe-{index}.json", "w", encoding="utf-8") as fh:
+        json.dump(report, fh)
+
+
 def run_child(item: dict, spec: dict, index: int) -> None:
     """In the forked child: become `python -m pytest` for this item and exit with its status."""
     try:
-        os.setpgid(0, 0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as fh:
-                fh.write("1000")
-        except OSError:
-            pass
+        child_setup(item, spec, index)
         out = os.open(f"{spec['scratch']}/output-{index}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.close(out)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        os.chdir(spec["workdir"])
-        os.environ.update(item["env"])
-        import random
-
-        random.seed()  # a fresh interpreter seeds from the OS; a fork would share the worker's state
-        if "numpy" in sys.modules:
-            try:
-                sys.modules["numpy"].random.seed()
-            except Exception:  # noqa: BLE001
-                pass
         import pytest
 
         args = list(spec["pytest_args"]) + list(item["args"])
@@ -78,16 +100,7 @@ def run_child(item: dict, spec: dict, index: int) -> None:
         sys.path.insert(0, spec["workdir"])  # what `python -m` puts first
         probe = Probe()
         code = pytest.main(args, plugins=[probe])
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001
-            pass
-        modules, plain, rewritten = imported(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"]))
-        report = {"marks": probe.marks, "durations": probe.durations, "tests": probe.tests,
-                  "modules": modules, "plain": plain, "rewritten": rewritten, "regexes": compiled_regexes()}
-        with open(f"{spec['scratch']}/probe-{index}.json", "w", encoding="utf-8") as fh:
-            json.dump(report, fh)
+        child_report(spec, index, probe)
         os._exit(int(code))
     except BaseException:  # noqa: BLE001 - the child never returns into the worker's loop
         import traceback
@@ -107,7 +120,16 @@ def _tail(path: str, limit: int = OUTPUT_TAIL) -> str:
         return ""
 
 
-def run_item(item: dict, spec: dict, index: int) -> dict:
+def _restore(commit: str) -> tuple[bool, str]:
+    code_co, out_co = git("checkout", "-q", "-f", "--detach", commit)
+    code_cl, out_cl = git("clean", "-fdqx")
+    return code_co == 0 and code_cl == 0, (out_co + "\n" + out_cl).strip()[-2000:]
+
+
+def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=None) -> dict:
+    """Apply the item's patch, fork `child` (which never returns into this loop), wait for it, read its records and
+    restore the checkout. `prepare()`, where given, runs on the patched checkout before the fork: a reason it returns
+    refuses the item (`swap_refused`) without a fork."""
     scratch, commit = spec["scratch"], spec["commit"]
     result: dict = {"key": item["key"], "timeout": item["timeout"]}
     p0, c0, w0 = time.process_time(), children_cpu(), time.monotonic()
@@ -121,6 +143,11 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
             result.update(status="patch_failed", detail=out or f"git apply exited {code}",
                           apply_cpu=children_cpu() - c0)
             return result
+    reason = prepare() if prepare is not None else None
+    if reason is not None:
+        restored, error = _restore(commit)
+        result.update(status="swap_refused", detail=reason, restored=restored, clean=True, restore_error=error)
+        return result
     c1, w1 = children_cpu(), time.monotonic()
     result["apply_cpu"], result["apply_wall"] = c1 - c0, w1 - w0
     results_file = item["env"]["TRAJFACTORY_RESULTS"]
@@ -137,7 +164,7 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
     gc.freeze()  # what the worker holds is never the child's garbage: its gc passes (pytest runs several) skip it
     pid = os.fork()
     if pid == 0:
-        run_child(item, spec, index)
+        child(item, spec, index)
     status, child_cpu = wait_child(pid, float(item["timeout"]))
     wall = time.monotonic() - w1
     timed_out = status is None
@@ -164,9 +191,7 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
     except (OSError, ValueError):
         probe = {}
     c3, w3 = children_cpu(), time.monotonic()
-    code_co, out_co = git("checkout", "-q", "-f", "--detach", commit)
-    code_cl, out_cl = git("clean", "-fdqx")
-    restored = code_co == 0 and code_cl == 0
+    restored, error = _restore(commit)
     result.update(
         status="timeout" if timed_out else "ran", exit_code=-1 if timed_out else exit_code, records=records,
         output=_tail(f"{scratch}/output-{index}.txt"), duration_s=wall,
@@ -174,8 +199,66 @@ def run_item(item: dict, spec: dict, index: int) -> dict:
         worker_cpu=time.process_time() - p0, probe=probe, clean=clean, restored=restored,
     )
     if not restored:
-        result["restore_error"] = (out_co + "\n" + out_cl).strip()[-2000:]
+        result["restore_error"] = error
     return result
+
+
+def run_hot(spec: dict, items: list[tuple[int, dict]], emit) -> str | None:
+    """The hot items in one collected pytest session (`batch_worker_hot.py`); the reason where the checkout was left
+    dirty, else None. An item the session could not take is emitted `swap_refused` for the caller to run plainly."""
+    import pytest
+
+    scratch, workdir = spec["scratch"], spec["workdir"]
+    files = sorted({arg for _, item in items for arg in item["args"]})
+    args = list(spec["pytest_args"]) + files
+    session_out = os.open(f"{scratch}/session-output.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    saved = os.dup(1), os.dup(2)
+    os.dup2(session_out, 1)
+    os.dup2(session_out, 2)
+    os.close(session_out)
+    environ = {k: os.environ.pop(k, None) for k in ("TRAJFACTORY_RESULTS", "TRAJFACTORY_SELECT")}
+    os.environ["TRAJFACTORY_RESULTS"] = f"{scratch}/session-results.jsonl"
+    sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *args]
+    sys.path.insert(0, workdir)
+    probe = Probe()
+    plugin = HotSession(items, spec, run_item=run_item, child_setup=child_setup, emit=emit, probe=probe)
+    c0 = time.process_time()
+    try:
+        code = pytest.main(args, plugins=[probe, plugin])
+    except BaseException:  # noqa: BLE001
+        if plugin.child is not None:
+            import traceback
+
+            traceback.print_exc()
+            os._exit(3)
+        raise
+    if plugin.child is not None:  # this is a child: its session is over
+        try:
+            child_report(spec, plugin.child["index"], probe, modules=False)
+        finally:
+            os._exit(int(code))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in saved:
+        os.close(fd)
+    for key, value in environ.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
+    refused = list(plugin.refused)
+    if plugin.dirty is None:
+        reason = f"the collected session ended before its run loop (pytest exit {int(code)})"
+        refused += [(item, reason) for _, item in items
+                    if item["key"] not in plugin.handled and all(item is not r for r, _ in refused)]
+    loop_start, loop_end = plugin.loop_cpu
+    outside = time.process_time() - c0 - (loop_end - loop_start if loop_end else 0.0)  # start, collection, finish
+    emit({"hot_session": {"cpu": outside, "items": len(items), "refused": len(refused),
+                          "files": len(files), "exit": int(code)}})
+    for item, reason in refused:
+        emit({"key": item["key"], "status": "swap_refused", "detail": reason})
+    return plugin.dirty
 
 
 def main() -> int:
@@ -221,6 +304,8 @@ def main() -> int:
     rewritten: set[str] = set()
     regexes: set[tuple[str, int]] = set()
     for index, item in enumerate(spec["items"]):
+        if item.get("hot"):
+            continue  # after the plain items: the collected session imports the checkout's modules
         emit({"start": item["key"]})
         result = run_item(item, spec, index)
         probe = result.get("probe", {})
@@ -238,6 +323,12 @@ def main() -> int:
         emit(result)
         if result["status"] != "patch_failed" and not (result["clean"] and result["restored"]):
             emit({"done": False, "dirty": True, "reason": result.get("restore_error") or "processes left running"})
+            return 0
+    hot = [(index, item) for index, item in enumerate(spec["items"]) if item.get("hot")]
+    if hot:
+        dirty = run_hot(spec, hot, emit)
+        if dirty is not None:
+            emit({"done": False, "dirty": True, "reason": dirty})
             return 0
     emit({"done": True, "cpu": time.process_time(), "modules": sorted(seen), "plain": sorted(plain),
           "rewritten": sorted(rewritten), "regexes": sorted(regexes)})

@@ -34,7 +34,7 @@ BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
 WORKER = "trajfactory_batch_worker.py"
 WORKER_FILES = {f"trajfactory_{name}": Path(__file__).with_name(name).read_text()
-                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py")}
+                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py", "batch_worker_hot.py")}
 """The worker's modules as named in the sandbox (each imports the others by these names) -> their source."""
 STARTUP_S = 60.0
 """Allowance of one worker for its start, the preloads and the restores, beyond its items' own timeouts."""
@@ -61,6 +61,9 @@ class BatchItem:
     tests: list[str] | None
     """pytest node ids to run; None: the whole suite."""
     timeout: float
+    hot: bool = False
+    """The patch changes only function bodies no test ran at import or collection time: the worker may test it in
+    its collected session (`batch_worker_hot.py`), which runs it the plain way where the swap could differ."""
 
 
 @dataclass
@@ -81,6 +84,10 @@ class BatchInfo:
     startup_cpu: float = 0.0
     """CPU seconds of the workers before their first item (interpreter, pytest, preloads)."""
     preloaded: bool = False
+    hot_cpu: float = 0.0
+    """CPU seconds of the workers' collected sessions outside their items (start, collection, the function index)."""
+    hot_items: int = 0
+    hot_refused: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -100,14 +107,14 @@ def _env_key(sandbox: Sandbox) -> str:
     return str(getattr(sandbox, "image", "") or getattr(sandbox, "commit", "") or sandbox.workdir)
 
 
-def _item_spec(item: BatchItem, index: int) -> dict:
+def _item_spec(item: BatchItem, index: int, hot: bool) -> dict:
     env = {"TRAJFACTORY_RESULTS": f"{BATCH_DIR}/results-{index}.jsonl"}
     args: list[str] = []
     if item.tests is not None:
         env["TRAJFACTORY_SELECT"] = f"{BATCH_DIR}/tests-{index}.txt"
         args = sorted({t.split("::", 1)[0] for t in item.tests})
     return {"key": item.key, "patch": item.patch, "tests": item.tests, "args": args, "env": env,
-            "timeout": item.timeout}
+            "timeout": item.timeout, "hot": hot and item.hot and item.tests is not None}
 
 
 def _records(text: str) -> list[dict]:
@@ -146,6 +153,7 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
     done: dict[str, ItemResult] = {}
     key = _env_key(sandbox)
     pending = list(items)
+    unswappable: set[str] = set()  # items a collected session refused: they run the plain way
     env = (f"COVERAGE_FILE={SCRATCH}/.coverage PYTHONDONTWRITEBYTECODE=1 PY_COLORS=0 "
            f'PYTHONPATH="{HARNESS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"')
     while pending:
@@ -157,7 +165,7 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
             regexes = REGEXES.get(key, []) if preload else []
         spec = {"workdir": sandbox.workdir, "scratch": BATCH_DIR, "private_dirs": [BATCH_DIR, HARNESS_DIR, SCRATCH],
                 "preload": modules, "plain": plain, "rewritten": rewritten, "regexes": regexes,
-                "items": [_item_spec(item, i) for i, item in enumerate(pending)]}
+                "items": [_item_spec(item, i, item.key not in unswappable) for i, item in enumerate(pending)]}
         sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
         for name, source in WORKER_FILES.items():
             sandbox.write_file(f"{BATCH_DIR}/{name}", source)
@@ -173,6 +181,7 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
             records = []
         started = None
         finished_cleanly = False
+        saw_session = False
         for record in records:
             if "ready" in record:
                 info.startup_cpu += record["ready"]
@@ -183,6 +192,15 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                     info.notes.append("preload refused: a preloaded module loaded code of the checkout or a thread")
             elif "start" in record:
                 started = record["start"]
+            elif "hot_session" in record:
+                saw_session = True
+                info.hot_cpu += record["hot_session"]["cpu"]
+                info.hot_items += record["hot_session"]["items"]
+                info.hot_refused += record["hot_session"]["refused"]
+            elif "key" in record and record.get("status") == "swap_refused":
+                unswappable.add(record["key"])
+                info.notes.append(f"{record['key']}: not in the collected session: {record.get('detail', '')[:200]}")
+                started = None
             elif "key" in record:
                 done[record["key"]] = _result(record)
                 started = None
@@ -202,6 +220,16 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                         known = REGEXES.get(key, [])
                         fresh = sorted({tuple(r) for r in record.get("regexes", [])} - set(known))
                         REGEXES[key] = (known + fresh)[:REGEX_LIMIT]
+        hot_left = {item.key for item in pending if item.hot and item.key not in done and item.key not in unswappable}
+        if not finished_cleanly and not saw_session and hot_left:
+            # the worker ended in or before its collected session: its hot items go the plain way, in a new worker
+            unswappable |= hot_left
+            info.notes.append(f"the collected session ended early ({len(hot_left)} items run the plain way): "
+                              + res.output.strip()[-300:])
+            if hasattr(sandbox, "dirty"):
+                sandbox.dirty = True
+            pending = [item for item in pending if item.key not in done]
+            continue
         if started is not None:  # the worker died (or the sandbox killed it) while this item ran
             timed_out = res.timed_out
             done[started] = ItemResult(started, TestRun(

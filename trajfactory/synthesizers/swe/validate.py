@@ -326,14 +326,17 @@ class BatchValidation:
 
 def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
                             selection: str = "coverage", timeout: float = 120.0, preload: bool = True,
-                            timeout_factor: float = TIMEOUT_FACTOR) -> BatchValidation:
-    """`validate_batch`, with the worker's records (the bench reads where each candidate's CPU went)."""
+                            timeout_factor: float = TIMEOUT_FACTOR, hot: bool = True) -> BatchValidation:
+    """`validate_batch`, with the worker's records (the bench reads where each candidate's CPU went). `hot`: a
+    candidate that changes a function body no test ran at import or collection time (coverage selected its tests)
+    may be tested in the worker's collected session, without a pytest start and collection of its own."""
     chosen = [(c, *select_tests(c, reference, selection)) for c in candidates]
     limits = {c.candidate_id: candidate_timeout(reference, tests, timeout, timeout_factor) for c, tests, _ in chosen}
     items: dict[str, BatchItem] = {}
-    for c, tests, _ in chosen:
+    for c, tests, how in chosen:
         if tests and c.candidate_id not in items:
-            items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id])
+            items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id],
+                                              hot=hot and how == "coverage" and c.scope == "function")
     results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
     by_key = {r.key: r for r in results}
     validations = []
@@ -347,8 +350,8 @@ def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], refer
 
 def validate_batch(sandbox: Sandbox, candidates: list[Candidate], reference: ReferenceRun, *,
                    selection: str = "coverage", timeout: float = 120.0,
-                   timeout_factor: float = TIMEOUT_FACTOR) -> list[Validation]:
+                   timeout_factor: float = TIMEOUT_FACTOR, hot: bool = True) -> list[Validation]:
     """Validate several candidates in one warm sandbox with one worker process (`executors/batchrun.py`): the
     same selection, time limits and judgement as `validate_candidate`, per candidate, in the candidates' order."""
     return validate_batch_detailed(sandbox, candidates, reference, selection=selection, timeout=timeout,
-                                   timeout_factor=timeout_factor).validations
+                                   timeout_factor=timeout_factor, hot=hot).validations
