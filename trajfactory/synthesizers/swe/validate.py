@@ -225,19 +225,12 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
             return full
-    usable = set(reference.passing)
-    ran = {t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ())}
-    tests = ran & usable
-    for node in sorted(t[len(SCOPE):] for t in ran if t.startswith(SCOPE)):
-        # a class-, module-, package- or session-scoped fixture ran it: every test under that node shares the result
-        tests |= {t for t in usable if _under(t, node)}
-    return sorted(tests), "coverage"
+    return _widened({t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ())}, reference)
 
 
 def _tests_of_lines(spans: dict[str, list[list[int]]], reference: ReferenceRun) -> tuple[list[str], str] | None:
     """The usable tests that ran any line of these spans (file -> [[first, last], ...]: whole statements), widened to
     a wider fixture's scope; None (the whole suite) where such a line ran at import time or in a fixture."""
-    usable = set(reference.passing)
     ran: set[str] = set()
     for file, ranges in spans.items():
         file_cov = reference.coverage.get(file, {})
@@ -245,6 +238,13 @@ def _tests_of_lines(spans: dict[str, list[list[int]]], reference: ReferenceRun) 
             ran.update(t for n in range(first, last + 1) for t in file_cov.get(n, ()))
     if IMPORT_TIME in ran or FIXTURE in ran:
         return None
+    return _widened(ran, reference)
+
+
+def _widened(ran: set[str], reference: ReferenceRun) -> tuple[list[str], str]:
+    """The usable tests among the coverage contexts `ran`, and every usable test under the node of a class-, module-,
+    package- or session-scoped fixture among them (the fixture ran the lines: every test of its scope shares it)."""
+    usable = set(reference.passing)
     tests = ran & usable
     for node in sorted(t[len(SCOPE):] for t in ran if t.startswith(SCOPE)):
         tests |= {t for t in usable if _under(t, node)}
