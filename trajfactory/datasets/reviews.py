@@ -1,5 +1,5 @@
 """Review labels as data: a person accepts or rejects trajectories (`trajfactory view`), and the labels become a
-`reviews` table (`schema.core.Review`) in a new dataset version whose parent is the reviewed one.
+`reviews` table (`schema.verdicts.Review`) in a new dataset version whose parent is the reviewed one.
 
     rows = store.read_rows("v4", "reviews")
     keep = accepted_ids(rows)        # trajectory ids whose latest label is `accept`
