@@ -171,6 +171,7 @@ def _run_worker(repo: Path, scratch: Path, hot_items: bool) -> dict[str, dict]:
                               "TRAJFACTORY_SELECT": f"{scratch}/tests-{i}.txt"}})
     spec = scratch / "spec.json"
     out = scratch / f"out-{int(hot_items)}.jsonl"
+    out.unlink(missing_ok=True)  # the worker appends
     spec.write_text(json.dumps({"workdir": str(repo), "scratch": str(scratch), "private_dirs": [str(scratch)],
                                 "items": items}))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
@@ -209,3 +210,18 @@ def test_the_collected_session_gives_a_fresh_sessions_outcomes_and_refuses_what_
     assert "module" in swapped["table"]["detail"] and "rewritten by pytest" in swapped["test"]["detail"]
     assert swapped["session"]["refused"] == 2
     assert fresh["table"]["status"] == "ran" and fresh["table"]["exit_code"] == 1
+
+
+def test_a_collection_that_starts_a_thread_sends_every_item_the_plain_way(checkout):
+    repo, scratch = checkout
+    conftest = repo / "tests" / "conftest.py"
+    conftest.write_text("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "thread"],
+                   check=True)
+    try:
+        swapped = _run_worker(repo, scratch, hot_items=True)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "reset", "-q", "--hard", "HEAD~1"], check=True)
+    assert swapped["session"]["refused"] == len(EDITS)
+    assert all(swapped[key]["status"] == "swap_refused" and "thread" in swapped[key]["detail"] for key in EDITS)

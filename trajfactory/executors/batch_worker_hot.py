@@ -164,6 +164,15 @@ def reroute_output(config, fd: int) -> None:
             os.dup2(fd, saved)
 
 
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
 def _restart_clock(config) -> None:
     """The closing line's "in N s" counts from the child's start, not the worker's session (pytest 7 and 8 name
     the start differently)."""
@@ -202,6 +211,9 @@ class HotSession:
     def pytest_runtestloop(self, session):
         if session.testsfailed:  # a collection error: a fresh session of one item's files may not have it
             self.refused = [(item, "collection errors in the collected session") for _, item in self.items]
+            return True
+        if _threads() > 1:  # a fork copies one thread: a lock another thread held stays held in the child
+            self.refused = [(item, "the collection started a thread") for _, item in self.items]
             return True
         workdir = self.spec["workdir"]
         live, modules = live_functions(workdir), _modules_by_file()
