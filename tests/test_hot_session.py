@@ -215,7 +215,8 @@ def test_the_collected_session_gives_a_fresh_sessions_outcomes_and_refuses_what_
 def test_a_collection_that_starts_a_thread_sends_every_item_the_plain_way(checkout):
     repo, scratch = checkout
     conftest = repo / "tests" / "conftest.py"
-    conftest.write_text("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    conftest.write_text("import threading, time\n"
+                        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "thread"],
                    check=True)

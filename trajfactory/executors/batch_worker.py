@@ -1,7 +1,8 @@
 """trajfactory's warm test worker: runs inside a sandbox and tests a batch of patches with one process start.
 
-`batchrun.py` copies this file and its two helper modules (`batch_worker_procs.py`: process plumbing,
-`batch_worker_warm.py`: what the worker keeps warm for its children) into the sandbox, outside the checkout, each
+`batchrun.py` copies this file and its three helper modules (`batch_worker_procs.py`: process plumbing,
+`batch_worker_warm.py`: what the worker keeps warm for its children, `batch_worker_hot.py`: the collected session
+for "hot" items, run after the plain ones) into the sandbox, outside the checkout, each
 named `trajfactory_` + its name here, and runs it once per batch with one input file and one output file; they
 import only the standard library and the sandbox's own pytest. For each item it
 

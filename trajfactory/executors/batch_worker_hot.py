@@ -132,23 +132,9 @@ def plan_swap(patch: str, originals: dict[str, bytes], workdir: str, live: dict,
         for old_code, new_code, must_be_live in code_pairs(old, new):
             functions = live.get(old_code, [])
             if must_be_live and not functions:
-                raise Refused(f"{rel}: no live function runs {old_code.co_qualname if hasattr(old_code, 'co_qualname') else old_code.co_name}")
+                raise Refused(f"{rel}: no live function runs {getattr(old_code, 'co_qualname', old_code.co_name)}")
             swaps.extend((f, new_code) for f in functions)
     return swaps
-
-
-def keep_tests(session, wanted: list[str], write) -> None:
-    """What the factory's plugin does with `TRAJFACTORY_SELECT`, on the collected session: keep only these tests, and
-    record an id no collected test has as `missing`."""
-    want = set(wanted)
-    keep = [item for item in session.items if item.nodeid in want]
-    drop = [item for item in session.items if item.nodeid not in want]
-    if drop:
-        session.config.hook.pytest_deselected(items=drop)
-        session.items[:] = keep
-    session.testscollected = len(keep)  # as the plugin's deselection leaves it in a fresh session
-    for nodeid in sorted(want - {item.nodeid for item in keep}):
-        write({"test": nodeid, "outcome": "missing"})
 
 
 def reroute_output(config, fd: int) -> None:
@@ -273,13 +259,14 @@ class HotSession:
         out = os.open(f"{self.spec['scratch']}/output-{index}.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         reroute_output(session.config, out)
         os.close(out)
-        harness = sys.modules.get("trajfactory_harness")
-        state = getattr(harness, "_state", None)
-        if state is not None:
-            if state.get("fh") is not None:
-                state["fh"].close()
-            state["fh"] = open(item["env"]["TRAJFACTORY_RESULTS"], "a", encoding="utf-8")
-        keep_tests(session, item["tests"] or [], harness._write if harness else lambda record: None)
+        # the factory's plugin (loaded with `-p`) records to the item's file and selects the item's tests itself, from
+        # the TRAJFACTORY_SELECT file the item's environment names, as in a fresh session
+        harness = sys.modules["trajfactory_harness"]
+        if harness._state["fh"] is not None:
+            harness._state["fh"].close()
+        harness._state["fh"] = open(item["env"]["TRAJFACTORY_RESULTS"], "a", encoding="utf-8")
+        harness.pytest_collection_modifyitems(session, session.config, session.items)
+        session.testscollected = len(session.items)  # what pytest counts after the plugin's deselection
         _restart_clock(session.config)
         self.probe.marks = {"configured": time.process_time(), "collected": time.process_time()}
         self.probe.durations, self.probe.tests = 0.0, 0

@@ -1,10 +1,11 @@
 """Testing many patches in one warm sandbox with one process start: the batch path beside `testrun.run_tests`.
 
-`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py` and its two helper
-modules) and one input file in, runs the worker with one `execute`, and reads one output file back. The worker applies each item's
-patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
+`run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py` and its three helper
+modules) and one input file in, runs the worker with one `execute`, and reads one output file back. The worker
+applies each item's patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
 and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout, kills what it left
-running and restores the checkout. Each item's result is a `TestRun`, read by the same `parse_results` as a
+running and restores the checkout. A "hot" item (`BatchItem.hot`) skips the child's pytest start and collection in
+the worker's collected session (`batch_worker_hot.py`); one the session refuses comes back and runs the plain way. Each item's result is a `TestRun`, read by the same `parse_results` as a
 single run, so a caller judges both the same way.
 
 A crash or kill of one item is that item's result: the child gets the kill (its own process group, and
@@ -34,7 +35,8 @@ BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
 WORKER = "trajfactory_batch_worker.py"
 WORKER_FILES = {f"trajfactory_{name}": Path(__file__).with_name(name).read_text()
-                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py", "batch_worker_hot.py")}
+                for name in ("batch_worker.py", "batch_worker_procs.py", "batch_worker_warm.py",
+                             "batch_worker_hot.py")}
 """The worker's modules as named in the sandbox (each imports the others by these names) -> their source."""
 STARTUP_S = 60.0
 """Allowance of one worker for its start, the preloads and the restores, beyond its items' own timeouts."""
