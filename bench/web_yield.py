@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trajfactory.executors.browser import BrowserPool  # noqa: E402
+from trajfactory.executors.browser_pool import BrowserPool  # noqa: E402
 from trajfactory.executors.webapps import get_adapter, launch  # noqa: E402
 from trajfactory.pipelines import web  # noqa: E402
 from trajfactory.pipelines.runner import LocalRunner  # noqa: E402

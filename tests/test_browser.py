@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from trajfactory.executors.browser import ActionError, Browser, BrowserConfig, BrowserPool, parse_action
+from trajfactory.executors.browser import ActionError, Browser, BrowserConfig, parse_action
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.webapps import launch
 from trajfactory.schema import Step
 

@@ -12,7 +12,8 @@ import pytest
 from test_web_tasks import TRACKER, tutorial
 from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.executors.base import InfrastructureError
-from trajfactory.executors.browser import CHROMIUM_ARGS, BrowserConfig, BrowserPool
+from trajfactory.executors.browser import CHROMIUM_ARGS, BrowserConfig
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import run_web_episode
 from trajfactory.executors.webapps import launch
 from trajfactory.schema import WebTask

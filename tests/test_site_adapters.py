@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from trajfactory.executors.browser import BrowserConfig, BrowserPool
+from trajfactory.executors.browser import BrowserConfig
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import run_web_episode
 from trajfactory.executors.webapps import SiteAdapter, adapters, get_adapter, launch, register_sites, unregister
 from trajfactory.executors.webapps.registry import load_entry_points

@@ -16,7 +16,8 @@ import pytest
 
 import trajfactory
 from trajfactory.agents.replay import ReplayPolicy
-from trajfactory.executors.browser import BrowserConfig, BrowserPool
+from trajfactory.executors.browser import BrowserConfig
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import run_web_episode
 from trajfactory.executors.webapps import adapters, get_adapter, register_sites, unregister
 from trajfactory.executors.webapps.roundup_tracker import message_file

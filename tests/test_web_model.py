@@ -24,7 +24,8 @@ from test_web_flow import web_recipe
 from test_web_tasks import TRACKER, tutorial
 from trajfactory.settings import EpisodeLimits
 from trajfactory.agents.web_model import ACTION_TOOLS, WebModelPolicy, action_from_call, action_from_text
-from trajfactory.executors.browser import BrowserConfig, BrowserPool
+from trajfactory.executors.browser import BrowserConfig
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.browser_actions import ACTIONS, ActionError
 from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.executors.web_env import ScreenshotStore, final_screenshot, run_web_episode

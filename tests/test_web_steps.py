@@ -13,7 +13,8 @@ from trajfactory.agents.replay import ReplayPolicy
 from trajfactory.agents.web_model import WebModelPolicy
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.datasets.web_steps import step_views, trl_web_step_rows
-from trajfactory.executors.browser import BrowserPool, Observation
+from trajfactory.executors.browser import Observation
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.protocol import Start
 from trajfactory.executors.web_env import ScreenshotStore, observation_text, run_web_episode
 from trajfactory.models.client import ModelClient

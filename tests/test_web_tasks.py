@@ -11,7 +11,8 @@ import pytest
 
 from trajfactory.agents.grounding import signed_in_as
 from trajfactory.agents.replay import PLACEHOLDER_TEXT, ReplayPolicy, ground, parse_axtree, parse_step
-from trajfactory.executors.browser import BrowserConfig, BrowserPool
+from trajfactory.executors.browser import BrowserConfig
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import launch
 from trajfactory.models.client import ModelClient

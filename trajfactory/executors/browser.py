@@ -1,6 +1,6 @@
 """The browser sandbox: one Chromium per worker, a fresh context per episode, BrowserGym-style actions.
 
-    with BrowserPool(size=1) as pool, pool.episode(site.url) as ep:
+    with BrowserPool(size=1) as pool, pool.episode(site.url) as ep:   # executors/browser_pool.py
         obs = ep.observe()            # obs.axtree: "[12] button 'Add to cart'" lines; obs.screenshot: PNG
         obs = ep.step("click('12')")  # a bad action never raises: it becomes obs.last_action_error
 
@@ -19,12 +19,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from queue import Queue
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -364,56 +362,5 @@ class Browser:
         self.close()
 
 
-class BrowserPool:
-    """Up to `size` Chromium processes, one per concurrent worker, launched on first use."""
-
-    def __init__(self, size: int = 1, config: BrowserConfig | None = None, fresh: bool = False):
-        """`fresh`: each `acquire` launches a Chromium that `release` closes (the pool as sent to another node)."""
-        self.size, self.config, self.fresh = size, config or BrowserConfig(), fresh
-        self._free: Queue[Browser] = Queue()
-        self._all: list[Browser] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> Browser:
-        if self.fresh:
-            return Browser(self.config)
-        with self._lock:
-            if self._free.empty() and len(self._all) < self.size:
-                self._all.append(Browser(self.config))
-                return self._all[-1]
-        return self._free.get()
-
-    def release(self, browser: Browser) -> None:
-        if self.fresh:
-            browser.close()
-        else:
-            self._free.put(browser)
-
-    @contextmanager
-    def episode(self, start_url: str | None = None) -> Iterator[BrowserEpisode]:
-        browser = self.acquire()
-        try:
-            with browser.new_episode(start_url) as ep:
-                yield ep
-        finally:
-            self.release(browser)
-
-    def __reduce__(self):
-        # Sent to another node (a Ray worker): Chromiums cannot travel, so each episode there launches its own
-        return (BrowserPool, (self.size, self.config, True))
-
-    def close(self) -> None:
-        with self._lock:
-            for b in self._all:
-                b.close()
-            self._all.clear()
-
-    def __enter__(self) -> "BrowserPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-__all__ = ["ACTIONS", "ActionError", "Browser", "BrowserConfig", "BrowserEpisode", "BrowserPool", "Observation",
+__all__ = ["ACTIONS", "ActionError", "Browser", "BrowserConfig", "BrowserEpisode", "Observation",
            "StepRecord", "action_space", "parse_action", "render_axtree"]

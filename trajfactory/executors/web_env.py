@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajfactory.executors.browser import BrowserEpisode, BrowserPool, Observation
+from trajfactory.executors.browser import BrowserEpisode, Observation
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.browser_actions import ActionError, action_from_call, action_space
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Policy, Start, Transition

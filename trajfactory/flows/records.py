@@ -2,7 +2,7 @@
 
 Flow parameters stay small (the recipe); the records a stage produces are files the next stage reads, so
 stages can run one by one from the CLI or chained by the end-to-end flow. One file per field of a stage's
-result (`pipelines.swe.Harvest`, `Synthesis`, `Rollouts`, `Verification`).
+result (`pipelines.swe_records.Harvest`, `Synthesis`, `Rollouts`, `Verification`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.pipelines.swe import Harvest, Rollouts, Synthesis, Verification
+from trajfactory.pipelines.swe_records import Harvest, Rollouts, Synthesis, Verification
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, Source, Task, Trajectory, Validation, Verdict,
                                 read_records, write_records)
 

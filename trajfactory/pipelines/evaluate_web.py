@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trajfactory
-from trajfactory.executors.browser import BrowserPool
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore
 from trajfactory.models.server import VLLMServerError
 from trajfactory.models.service import ModelEndpoint, model_endpoint

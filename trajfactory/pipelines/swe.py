@@ -20,18 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import trajfactory
 from trajfactory.agents.model import ModelPolicy
 from trajfactory.agents.oracle import OraclePolicy
-from trajfactory.datasets import curriculum
-from trajfactory.datasets.changes import sources_digest, unchanged_version
-from trajfactory.datasets.publish import write_dataset
-from trajfactory.datasets.release import release
-from trajfactory.datasets.resume import publish_once
-from trajfactory.datasets.yields import yields
 from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
 from trajfactory.executors.episode import require_server, run_episodes
@@ -39,14 +31,16 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
+from trajfactory.pipelines.swe_build import build
+from trajfactory.pipelines.swe_records import Harvest, Rollouts, Synthesis, Verification
 from trajfactory.runtime import run_sync
 from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
-                                Verdict, quarantined)
+                                Verdict)
 from trajfactory.settings import EpisodeLimits, Recipe
 from trajfactory.sources import expand_repo, harvest_repo
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
-from trajfactory.verifiers import claims, judge as judge_verifier
+from trajfactory.verifiers import judge as judge_verifier
 
 log = logging.getLogger(__name__)
 
@@ -203,42 +197,6 @@ def judge(recipe: Recipe, endpoint: ModelEndpoint, task: Task, trajectories: lis
 # ---------------------------------------------------------------- the stages
 
 
-@dataclass
-class Harvest:
-    sources: list[Source] = field(default_factory=list)
-    quarantine: list[Quarantine] = field(default_factory=list)
-    uris: list[str] = field(default_factory=list)
-    """Every repository the run asked for: the recipe's URIs, `pypi:NAME@latest:N` as the releases it resolved to."""
-
-
-@dataclass
-class Synthesis:
-    environments: dict[str, EnvironmentHandle] = field(default_factory=dict)
-    candidates: list[Candidate] = field(default_factory=list)
-    validations: list[Validation] = field(default_factory=list)
-    tasks: list[Task] = field(default_factory=list)
-    gold_verdicts: list[Verdict] = field(default_factory=list)
-    quarantine: list[Quarantine] = field(default_factory=list)
-    usage: list[ModelUsage] = field(default_factory=list)
-
-
-@dataclass
-class Rollouts:
-    trajectories: list[Trajectory] = field(default_factory=list)
-    usage: list[ModelUsage] = field(default_factory=list)
-
-
-@dataclass
-class Verification:
-    verdicts: list[Verdict] = field(default_factory=list)
-    """The tests' verdicts: the verdicts of record."""
-    judged: list[Verdict] = field(default_factory=list)
-    usage: list[ModelUsage] = field(default_factory=list)
-
-    def agreement(self) -> dict | None:
-        return judge_verifier.agreement(self.judged, self.verdicts) if self.judged else None
-
-
 def harvest(recipe: Recipe, runner: Runner) -> Harvest:
     """Repositories -> pinned mirrors."""
     uris, unresolved = runner.call(resolve_repos, recipe)
@@ -356,58 +314,6 @@ def verify_all(recipe: Recipe, tasks: list[Task], environments: dict[str, Enviro
             for found, used in runner.map(judge, calls, "judge", workers=recipe.sandbox.concurrency):
                 out.judged, out.usage = out.judged + found, out.usage + [used]
     return out
-
-
-def _consistent(trajectories: list[Trajectory]) -> tuple[list[Trajectory], list[Quarantine]]:
-    """The trajectories whose words match their observations, and a quarantine record for each that does not."""
-    kept, bad = [], []
-    for tr in trajectories:
-        if problems := claims.contradictions(tr):
-            bad.append(quarantined("build", "trajectory", tr.trajectory_id, "claim_contradicts_observation",
-                                   f"task {tr.task_id}, policy {tr.policy.name}: " + "; ".join(problems)[:1000]))
-        else:
-            kept.append(tr)
-    return kept, bad
-
-
-def build(recipe: Recipe, harvested: Harvest, synthesis: Synthesis, rollouts: Rollouts, verification: Verification,
-          run_id: str = "", only_if_new: bool = False) -> dict:
-    """The stage records -> one new immutable dataset version with its card; returns its name, root and yields.
-    `only_if_new` (scheduled runs): no new version when the latest was made from the same recipe and sources."""
-    sources = {s.uri: s.commit for s in harvested.sources}
-    root = Path(recipe.dataset.root) / recipe.dataset.name
-    lineage = {"recipe": recipe.name, "recipe_hash": recipe.digest(), "factory_version": trajfactory.__version__,
-               "flow_run_id": run_id, "sources": sources, "sources_digest": sources_digest(sources)}
-    if only_if_new and (same := unchanged_version(root, lineage)):
-        return {"version": same, "root": str(root), "summary": {}, "counts": {}, "unchanged": True}
-    usage = synthesis.usage + rollouts.usage + verification.usage
-    trajectories, contradicted = _consistent(rollouts.trajectories)
-    kept = {tr.trajectory_id for tr in trajectories}
-    verdicts = [v for v in verification.verdicts if v.trajectory_id in kept]
-    judged = [v for v in verification.judged if v.trajectory_id in kept]
-    # infra-failed episodes and near-duplicate tasks out, splits in (`datasets/release.py`)
-    out = release(curriculum.rate(synthesis.tasks, trajectories, verdicts), trajectories,
-                  synthesis.gold_verdicts + verdicts + judged, seed=recipe.dataset.split_seed,
-                  threshold=recipe.dataset.near_duplicate_threshold)
-    kept = {tr.trajectory_id for tr in out.trajectories}
-    verdicts, judged = [v for v in verdicts if v.trajectory_id in kept], [v for v in judged if v.trajectory_id in kept]
-    quarantine = harvested.quarantine + synthesis.quarantine + contradicted + out.quarantine
-    names = {s.uri: s.name for s in harvested.sources}
-    asked = harvested.uris or [s.uri for s in harvested.sources] + [q.uri for q in harvested.quarantine]
-    repositories = {uri: names.get(uri, uri) for uri in asked}  # a repository never harvested: its uri
-    summary = yields(synthesis.candidates, synthesis.validations, out.tasks, out.trajectories, verdicts, usage=usage,
-                     judge_agreement=judge_verifier.agreement(judged, verdicts) if judged else None,
-                     quarantine=quarantine, repositories=repositories)
-    summary.update(out.summary)
-    records = {"tasks": out.tasks, "trajectories": out.trajectories, "verdicts": out.verdicts, "quarantine": quarantine}
-    lineage.update(out.lineage)
-    if recipe.model is not None and usage:
-        lineage["model"] = recipe.model.digest_fields()
-    licenses = {s.repo_slug or s.name: s.license for s in harvested.sources}
-    version = publish_once(recipe.work_dir, root, lineage, lambda: write_dataset(
-        recipe.dataset.root, recipe.dataset.name, records, lineage, summary, licenses=licenses))
-    return {"version": version, "root": str(root), "summary": summary,
-            "counts": {k: len(v) for k, v in records.items()}}
 
 
 def run(recipe: Recipe, runner: Runner, endpoint: ModelEndpoint | None = None) -> dict:

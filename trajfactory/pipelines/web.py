@@ -26,7 +26,7 @@ from trajfactory.datasets.publish import write_dataset
 from trajfactory.datasets.release import release
 from trajfactory.datasets.resume import publish_once
 from trajfactory.datasets.yields import web_yields
-from trajfactory.executors.browser import BrowserPool
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.episode import require_server, run_episode
 from trajfactory.executors.web_env import ScreenshotStore, WebEnvironment, final_screenshot, run_web_episode
 from trajfactory.executors.webapps import adapters, get_adapter, register_sites

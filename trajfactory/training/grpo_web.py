@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from trajfactory.agents.web_model import WebModelPolicy
-from trajfactory.executors.browser import BrowserPool
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.web_env import WebEnvironment
 from trajfactory.schema import Verdict, WebTask

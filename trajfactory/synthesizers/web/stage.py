@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Callable, Iterable, Iterator
 
 from trajfactory.agents.replay import NAME as REPLAY_NAME, ReplayPolicy
-from trajfactory.executors.browser import BrowserPool
+from trajfactory.executors.browser_pool import BrowserPool
 from trajfactory.executors.web_env import ScreenshotStore, run_web_episode
 from trajfactory.executors.webapps import adapters, get_adapter
 from trajfactory.schema import Quarantine, Tutorial, WebTask, WebTaskSpec, content_hash, quarantined
