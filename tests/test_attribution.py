@@ -5,10 +5,11 @@ import ast
 import textwrap
 
 from trajfactory.synthesizers.swe.attribution import References, removed_method, shuffled_methods
-from trajfactory.schema import Source
+from trajfactory.schema import Candidate, Entity, ReferenceRun, Source
 from trajfactory.settings import SynthesisConfig
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.validate import select_tests
 
 
 def _class(source: str) -> ast.ClassDef:
@@ -50,17 +51,45 @@ def test_a_plain_method_is_attributed_by_its_body_lines():
 def test_a_method_tests_can_notice_without_running_it_falls_back_to_the_whole_suite():
     cls = _class(PLAIN)
     area = _method(cls, "area")
-    cases = {
-        "string": _refs(PLAIN, "def test_it(c):\n    assert hasattr(c, 'area')"),
-        "import": _refs(PLAIN, "import m\nAREA_DOC = m.C.area.__doc__"),
-        "collection": _refs(PLAIN, "import pytest, m\n@pytest.mark.parametrize('f', [m.C.area])\ndef test_it(f):\n"
-                                   "    pass"),
-    }
-    for what, refs in cases.items():
-        assert "full" in removed_method(cls, area, refs), what
+    assert "full" in removed_method(cls, area, _refs(PLAIN, "def test_it(c):\n    assert hasattr(c, 'area')"))
+    assert "full" in removed_method(cls, area, None)
+    # the class's own body refers to it
+    aliased = _class(PLAIN + "    size = area\n")
+    assert "full" in removed_method(aliased, _method(aliased, "area"), _refs(PLAIN))
     # a use inside a function body runs only when called, and is then covered
     assert removed_method(cls, area, _refs(PLAIN, "def use(c):\n    return c.area(2)")) == {"lines": [7, 9]}
-    assert "full" in removed_method(cls, area, None)
+    # a bare name in another class's body or at module level is that scope's own, never the method
+    assert removed_method(cls, area, _refs(PLAIN, "class D(C):\n    area = other\n", "area = 3\n")) == \
+        {"lines": [7, 9]}
+
+
+def _candidate(attribution: dict) -> Candidate:
+    entity = Entity(file="m.py", name="C", kind="class", lineno=2, end_lineno=12, complexity=1)
+    return Candidate(candidate_id="c", source_id="s", repo="r", base_commit="0" * 40, family="remove_methods",
+                     scope="class", entity=entity, patch="", params={"attribution": attribution})
+
+
+def test_an_attribute_use_outside_function_bodies_reaches_every_test_only_if_the_reference_run_executed_it():
+    cls = _class(PLAIN)
+    area = _method(cls, "area")
+    cases = {
+        "import": ("import m\nAREA_DOC = m.C.area.__doc__\n", 2),
+        "collection": ("import pytest, m\n@pytest.mark.parametrize('f', [m.C.area])\ndef test_it(f):\n    pass\n", 3),
+    }
+    for what, (source, line) in cases.items():
+        refs = References()
+        refs.add(ast.parse(PLAIN), "m.py")
+        refs.add(ast.parse(source), "tests/test_u.py")
+        out = removed_method(cls, area, refs)
+        assert out["lines"] == [7, 9] and list(out["import_time"]) == ["tests/test_u.py"], what
+        assert any(a <= line <= b for a, b in out["import_time"]["tests/test_u.py"]), (what, out)
+        body = {7: ["t::a"], 8: ["t::a"], 9: ["t::a"]}
+        ran = ReferenceRun(image="i", tests={"t::a": "passed", "t::b": "passed"}, passing=["t::a", "t::b"],
+                           coverage={"m.py": body, "tests/test_u.py": {line: ["<import>"]}})
+        assert select_tests(_candidate(out), ran, "coverage") == (["t::a", "t::b"], "full"), what
+        # the file never ran in the reference run (the docs' conf.py, an example script): the body's tests only
+        never = ran.model_copy(update={"coverage": {"m.py": body}})
+        assert select_tests(_candidate(out), never, "coverage") == (["t::a"], "coverage"), what
 
 
 def test_what_defining_or_calling_a_method_does_decides_too():

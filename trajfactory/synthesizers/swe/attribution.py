@@ -8,8 +8,12 @@ the reference run. So the tests to run are the ones whose coverage contexts incl
 method can be noticed without running its body:
 
 - by its name: a string literal naming it anywhere in the repository, tests included (`hasattr(x, "name")`,
-  `getattr`, parametrized names), or a reference to the name that runs at import or collection time (outside
-  function bodies: `alias = name`, `@name.setter`, `Graph.name.__doc__`, a parametrize list of methods);
+  `getattr`, parametrized names), a reference to the name in the class's own body (`alias = name`,
+  `@name.setter`), or an attribute reference `x.name` outside function bodies (`Graph.name.__doc__`, a parametrize
+  list of methods) that the reference run executed: its lines are kept as `import_time` and looked up in the
+  reference run's coverage, as a removed base's are (`base_removal.py`). A bare name anywhere else cannot reach the
+  method (a class body's names are not visible outside it, nor in a subclass's body), and a use in a file no test
+  imports (the docs' `conf.py`, an example script) never runs;
 - by what defining it does: a decorator other than `property` / `staticmethod` / `classmethod` / a property's
   `setter`, `getter` or `deleter` (a cache, a registry, `abstractmethod`), a class decorator or metaclass that sees
   the class body (`dataclass`, `total_ordering`), `__eq__` (which also sets `__hash__`), the hooks Python runs at
@@ -53,8 +57,9 @@ class References:
     strings: set[str] = field(default_factory=set)
     """Every string literal that is an identifier, in any Python file (tests included), except the names listed in
     a module's `__all__` (which only say what `import *` binds)."""
-    import_time: set[str] = field(default_factory=set)
-    """Names and attribute names referenced outside function bodies (run at import or collection time)."""
+    import_time: dict[str, dict[str, set[tuple[int, int]]]] = field(default_factory=dict)
+    """Attribute names referenced outside function bodies (`x.name`, run at import or collection time if the file
+    is imported): name -> repository-relative path -> the referencing statements' line spans."""
     unreadable: list[str] = field(default_factory=list)
     trees: dict[str, ast.Module] = field(default_factory=dict)
     """Repository-relative path -> its parsed module (`removed_base` looks for every mention of a class)."""
@@ -79,27 +84,31 @@ class References:
                 self.strings.add(node.value)
             elif isinstance(node, ast.ClassDef):
                 self.classes.setdefault(node.name, []).append(node)
-        self._import_time(tree)
+        self._import_time(tree, rel, tree)
         if rel:
             self.trees[rel] = tree
 
-    def _import_time(self, node: ast.AST) -> None:
-        """Collect the names `node` references when it runs, not descending into bodies that run later."""
-        if isinstance(node, ast.Name):
-            self.import_time.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            self.import_time.add(node.attr)
+    def _import_time(self, node: ast.AST, rel: str, stmt: ast.AST) -> None:
+        """Record where `node` references an attribute when it runs, not descending into bodies that run later:
+        the span from its statement's first line (coverage's key; a decorator sits above its `def` line) to the
+        reference's last."""
+        if isinstance(node, (ast.stmt, ast.excepthandler)):
+            stmt = node
+        if isinstance(node, ast.Attribute):
+            start = min(getattr(stmt, "lineno", node.lineno), node.lineno)
+            end = max(getattr(stmt, "lineno", node.lineno), node.end_lineno or node.lineno)
+            self.import_time.setdefault(node.attr, {}).setdefault(rel, set()).add((start, end))
         if isinstance(node, _DEFS):
             for part in _definition_parts(node):
-                self._import_time(part)
+                self._import_time(part, rel, stmt)
             return
         if isinstance(node, ast.Lambda):
             for part in (*node.args.defaults, *node.args.kw_defaults):
                 if part is not None:
-                    self._import_time(part)
+                    self._import_time(part, rel, stmt)
             return
         for child in ast.iter_child_nodes(node):
-            self._import_time(child)
+            self._import_time(child, rel, stmt)
 
 
 def _declares_all(stmt: ast.stmt) -> bool:
@@ -150,7 +159,9 @@ def _lazy(method: ast.AST) -> bool:
 def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctionDef,
                    refs: References | None) -> dict:
     """The attribution of removing `method` from `cls`: {"lines": [first, last]} (the body's lines in the original
-    file), or {"full": reason} when tests can notice the removal without running the body."""
+    file) and, where an attribute reference to its name sits outside function bodies, {"import_time": {path:
+    [[first, last], ...]}} (`validate.select_tests` runs the whole suite when the reference run executed one);
+    or {"full": reason} when tests can notice the removal without running the body."""
     name = method.name
 
     def full(reason: str) -> dict:
@@ -170,9 +181,13 @@ def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctio
         return full(f"`{name}`'s body has no line coverage records")
     if name in refs.strings:
         return full(f"the string {name!r} appears in the repository (hasattr, getattr, a parametrized name)")
-    if name in refs.import_time:
-        return full(f"`{name}` is referenced at import or collection time")
-    return {"lines": [method.body[0].lineno, method.end_lineno]}
+    bound, loaded, _ = _class_level(cls)
+    if name in bound | loaded:
+        return full(f"the class body refers to `{name}` while it runs")
+    out: dict = {"lines": [method.body[0].lineno, method.end_lineno]}
+    if early := refs.import_time.get(name):
+        out["import_time"] = {rel: [list(span) for span in sorted(spans)] for rel, spans in sorted(early.items())}
+    return out
 
 
 def _class_level(cls: ast.ClassDef) -> tuple[set[str], set[str], bool]:

@@ -190,11 +190,11 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     file_cov = reference.coverage.get(candidate.entity.file)
     full = list(reference.passing), "full"
     attribution = (candidate.params.get("attribution") or {}) if candidate.scope == "class" else {}
+    early = attribution.get("import_time") or {}
+    if selection == "coverage" and any(n in reference.coverage.get(f, {}) for f, spans in early.items()
+                                       for a, b in spans for n in range(a, b + 1)):
+        return full  # a use of the class or method at import or collection time that ran: it can reach any test
     if selection == "coverage" and "refs" in attribution:  # the lines naming a class, in any file
-        early = attribution.get("import_time") or {}
-        if any(n in reference.coverage.get(f, {}) for f, spans in early.items() for a, b in spans
-               for n in range(a, b + 1)):
-            return full  # a use at import or collection time that ran: it can reach any test
         return _tests_of_lines(attribution["refs"], reference) or full
     if selection != "coverage" or not file_cov:
         return full
