@@ -34,6 +34,12 @@ def recipe(tmp: Path, repos: list[str] | None = None, *, name: str = "test", can
     return path
 
 
+def undisturbed_recipe(tmp: Path, *, work_dir: Path | None = None, datasets: Path | None = None) -> Path:
+    """The recipe of the runs that are disturbed (killed, an engine restart, a full disk) and compared with the
+    session's undisturbed run of it (`conftest.undisturbed_textkit`): one name, so their datasets are comparable."""
+    return recipe(tmp, name="undisturbed", reference_runs=1, work_dir=work_dir, datasets=datasets)
+
+
 def env(tmp: Path, api: str | None = None) -> dict:
     """The command's environment; with `api` (a Prefect server's API URL) its flows run on that server instead of a
     throwaway one of their own (which costs a run ~10 s, more on a busy machine)."""

@@ -76,6 +76,22 @@ def shared_prefect_api(tmp_path_factory):
     PostgresCluster(Path(state["postgres_data"])).remove()  # as root it lives outside the temp dirs
 
 
+@pytest.fixture(scope="session")
+def undisturbed_textkit(docker_backend, shared_prefect_api, tmp_path_factory):
+    """The dataset store an undisturbed run of `cli_runs.undisturbed_recipe` makes (the bundled textkit, 14
+    candidates, one sandbox, batches of 2, one reference run): what a run of the same recipe that was killed and
+    resumed, or rode out an engine restart, must end with. Run once for the session, by the first test that asks."""
+    import cli_runs
+    from trajfactory.datasets.store import DatasetStore
+
+    tmp = tmp_path_factory.mktemp("undisturbed")
+    proc = cli_runs.cli(tmp, "run", str(cli_runs.undisturbed_recipe(tmp)), api=shared_prefect_api)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    store = DatasetStore(tmp / "datasets" / "swe")
+    assert store.versions() == ["v1"] and store.verify("v1") == []
+    return store
+
+
 @pytest.fixture
 def prefect_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "prefect-home"

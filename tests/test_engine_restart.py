@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def _argv(tmp: Path, api: str) -> tuple[list[str], dict]:
-    recipe = cli_runs.recipe(tmp, name="engine-restart", reference_runs=1)
-    return [*cli_runs.CLI, "run", str(recipe)], cli_runs.env(tmp, api)
+    return [*cli_runs.CLI, "run", str(cli_runs.undisturbed_recipe(tmp))], cli_runs.env(tmp, api)
 
 
 def _engine_answers() -> bool:
@@ -59,13 +58,9 @@ def _journal(work: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_an_engine_restart_mid_run_loses_nothing(docker_backend, shared_prefect_api, tmp_path):
-    clean, disturbed = tmp_path / "clean", tmp_path / "disturbed"
-    clean.mkdir(), disturbed.mkdir()
-    argv, env = _argv(clean, shared_prefect_api)
-    undisturbed = subprocess.run(argv, env=env, cwd=clean, capture_output=True, text=True, timeout=1200)
-    assert undisturbed.returncode == 0, undisturbed.stdout[-3000:] + undisturbed.stderr[-3000:]
-
+def test_an_engine_restart_mid_run_loses_nothing(docker_backend, shared_prefect_api, undisturbed_textkit, tmp_path):
+    disturbed = tmp_path / "disturbed"
+    disturbed.mkdir()
     argv, env = _argv(disturbed, shared_prefect_api)
     proc = subprocess.Popen(argv, env=env, cwd=disturbed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -88,6 +83,6 @@ def test_an_engine_restart_mid_run_loses_nothing(docker_backend, shared_prefect_
     runs = [json.loads(line)["run_id"] for line in (disturbed / "work" / "runs.jsonl").read_text().splitlines()]
     left = docker.from_env().containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})
     assert [c.name for c in left if c.labels.get("trajfactory.run") in runs] == []
-    a, b = DatasetStore(clean / "datasets" / "swe"), DatasetStore(disturbed / "datasets" / "swe")
+    a, b = undisturbed_textkit, DatasetStore(disturbed / "datasets" / "swe")  # the session's undisturbed run
     assert b.versions() == ["v1"] and b.verify("v1") == []
     assert b.content_digest("v1") == a.content_digest("v1")

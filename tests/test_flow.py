@@ -82,10 +82,10 @@ def test_stage_commands_chain_through_records(docker_backend, shared_prefect_api
     assert store.manifest("v1")["tables"]["trajectories"]["rows"] >= 1
 
 
-def test_kill_and_resume_redoes_no_finished_work(docker_backend, shared_prefect_api, tmp_path):
+def test_kill_and_resume_redoes_no_finished_work(docker_backend, shared_prefect_api, undisturbed_textkit, tmp_path):
     # a journal entry of stage `validate` is one batch of candidates: batches of 2 make 7 units of work, so the kill
     # lands after some finished and before the rest
-    recipe = _recipe(tmp_path, ["builtin:textkit"], candidates=14, concurrency=1, batch_size=2)
+    recipe = cli_runs.undisturbed_recipe(tmp_path)  # 14 candidates, one sandbox, batches of 2
     work = tmp_path / "work"
     proc = subprocess.Popen([sys.executable, "-m", "trajfactory.cli", "run", str(recipe)],
                             env=_env(tmp_path, shared_prefect_api),
@@ -113,13 +113,8 @@ def test_kill_and_resume_redoes_no_finished_work(docker_backend, shared_prefect_
     assert redone == set()
     assert any(e["stage"] == "validate" for e in second)  # the unfinished rest did run
 
-    # An uninterrupted run of the same recipe gives the same data.
-    other = tmp_path / "clean"
-    other.mkdir()
-    clean = _cli(other, "run", str(_recipe(other, ["builtin:textkit"], candidates=14, concurrency=1, batch_size=2)),
-                 api=shared_prefect_api)
-    assert clean.returncode == 0, clean.stdout + clean.stderr
-    a, b = DatasetStore(tmp_path / "datasets" / "swe"), DatasetStore(other / "datasets" / "swe")
+    # An uninterrupted run of the same recipe (the session's) gives the same data.
+    a, b = DatasetStore(tmp_path / "datasets" / "swe"), undisturbed_textkit
     rows = lambda s, t, cols: sorted(tuple(str(r[c]) for c in cols) for r in s.read_rows("v1", t))  # noqa: E731
     assert rows(a, "tasks", ["task_id", "patch", "FAIL_TO_PASS", "PASS_TO_PASS"]) == \
         rows(b, "tasks", ["task_id", "patch", "FAIL_TO_PASS", "PASS_TO_PASS"])

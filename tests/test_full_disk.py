@@ -42,9 +42,9 @@ def _complete(result: Path) -> bool:
 
 
 def test_a_full_work_disk_stops_the_run_and_the_resume_finishes_it(small_disk, tmp_path, docker_backend,
-                                                                   shared_prefect_api):
+                                                                   shared_prefect_api, undisturbed_textkit):
     work = small_disk / "work"
-    path = cli_runs.recipe(tmp_path, name="full-disk", reference_runs=1, work_dir=work, datasets=small_disk / "datasets")
+    path = cli_runs.undisturbed_recipe(tmp_path, work_dir=work, datasets=small_disk / "datasets")
     argv, env = [*cli_runs.CLI, "run", str(path)], cli_runs.env(tmp_path, shared_prefect_api)
     proc = cli_runs.start(tmp_path, "run", str(path), api=shared_prefect_api)
     deadline = time.monotonic() + 600
@@ -77,6 +77,7 @@ def test_a_full_work_disk_stops_the_run_and_the_resume_finishes_it(small_disk, t
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert store.versions() == ["v1"] and store.verify("v1") == []
     assert store.read_rows("v1", "tasks")
+    assert store.content_digest("v1") == undisturbed_textkit.content_digest("v1")  # the data an undisturbed run makes
     # the work whose results were written before the disk filled was not redone
     again = [json.loads(line) for line in _journal(work)[before:]]
     assert finished and not {e["key"] for e in again if e["stage"] in ("validate", "rollout")} & finished
