@@ -106,10 +106,72 @@ def test_what_defining_or_calling_a_method_does_decides_too():
     for what, source in sources.items():
         cls = _class(source)
         assert "full" in removed_method(cls, _method(cls, "f"), References()), what
+    for dunder in ("class C:\n    def __iter__(self):\n        yield 1\n", "class C:\n    def __len__(self):\n        ...\n"):
+        cls = _class(dunder)
+        reason = removed_method(cls, cls.body[0], References(), "m.py")["full"]
+        assert "Python calls it without naming it" in reason, dunder
     eq = _class("class C:\n    def __eq__(self, other):\n        return True\n")
     assert "full" in removed_method(eq, _method(eq, "__eq__"), References())  # it also sets __hash__ = None
     prop = _class("class C:\n    @property\n    def f(self):\n        return 1\n")
     assert removed_method(prop, _method(prop, "f"), References()) == {"lines": [4, 4]}
+
+
+GENERATOR = '''
+class C:
+    def __init__(self):
+        self.items = [1, 2]
+
+    def pairs(self):
+        for i in self.items:
+            yield i, i
+
+    def hook(self):
+        """Subclasses fill it in."""
+'''
+USES = '''
+def total(c):
+    return sum(a for a, _ in c.pairs())
+
+
+def make(c):
+    gen = c.pairs
+    return gen
+
+
+def named(pairs):
+    return pairs
+'''
+
+
+def test_a_method_whose_call_runs_no_body_line_is_attributed_by_the_lines_that_name_it():
+    refs = References()
+    refs.add(ast.parse(GENERATOR), "pkg/c.py")
+    refs.add(ast.parse(USES), "pkg/use.py")
+    refs.add(ast.parse("from pkg import use\n\ndef test_total():\n    assert use.total(None) == 0\n"), "tests/t.py")
+    cls = _class(GENERATOR)
+    out = removed_method(cls, _method(cls, "pairs"), refs, "pkg/c.py")
+    # the two attribute uses inside function bodies and the generator's own body; a bare `pairs` is a parameter
+    assert out == {"refs": {"pkg/c.py": [[7, 8]], "pkg/use.py": [[3, 3], [7, 7]]}, "import_time": {}}
+    hook = removed_method(cls, _method(cls, "hook"), refs, "pkg/c.py")  # a docstring only, named nowhere
+    assert hook == {"refs": {"pkg/c.py": [[11, 11]]}, "import_time": {}}
+    assert "full" in removed_method(cls, _method(cls, "pairs"), refs)  # no file given: the whole suite
+    entity = Entity(file="pkg/c.py", name="C", kind="class", lineno=2, end_lineno=11, complexity=1)
+    candidate = Candidate(candidate_id="c", source_id="s", repo="r", base_commit="0" * 40, family="remove_methods",
+                          scope="class", entity=entity, patch="", params={"attribution": out})
+    tests = ["t::a", "t::b", "t::c"]
+    ran = ReferenceRun(image="i", tests={t: "passed" for t in tests}, passing=tests,
+                       coverage={"pkg/use.py": {3: ["t::a"], 7: ["t::b"]}, "pkg/c.py": {4: ["t::c"]}})
+    assert select_tests(candidate, ran, "coverage") == (["t::a", "t::b"], "coverage")
+    # a line naming it that ran outside any test (at import time): every test can reach it
+    imported = ran.model_copy(update={"coverage": {"pkg/use.py": {3: ["<import>"]}}})
+    assert select_tests(candidate, imported, "coverage")[1] == "full"
+    # used outside function bodies in a file the reference run executed: the whole suite
+    refs.add(ast.parse("from pkg.c import C\nPAIRS = C.pairs\n"), "pkg/table.py")
+    early = removed_method(cls, _method(cls, "pairs"), refs, "pkg/c.py")
+    assert early["import_time"] == {"pkg/table.py": [[2, 2]]}
+    ran_table = ran.model_copy(update={"coverage": {**ran.coverage, "pkg/table.py": {2: ["<import>"]}}})
+    assert select_tests(candidate.model_copy(update={"params": {"attribution": early}}), ran_table,
+                        "coverage")[1] == "full"
 
 
 def test_reordering_is_judged_by_what_the_class_body_sees():

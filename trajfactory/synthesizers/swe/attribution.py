@@ -20,7 +20,10 @@ method can be noticed without running its body:
   class creation or collection (`__init_subclass__`, `__set_name__`, `__class_getitem__`, `__mro_entries__`) and
   `__del__` (run by the collector in whichever test happens to be running);
 - by a call that runs no body line: a generator or coroutine method (calling it only makes the iterator), and a
-  body with no statement coverage records (only a docstring, `pass` or `...`).
+  body with no statement coverage records (only a docstring, `pass` or `...`). These are attributed by their call
+  sites instead: a test reaches a method only through an attribute, so the tests that ran a line naming `x.name`
+  inside a function body (or the body, for a generator iterated) are the ones that can notice it is gone
+  (`_call_sites`), unless it is a dunder method Python calls without naming it (`for x in obj`, `a + b`).
 
 Reordering a class's methods changes nothing a test can run into unless the class body itself sees the order: two
 definitions of one name (the later wins), a class-level reference to a method (`@x.setter`, `alias = name`), a
@@ -40,9 +43,8 @@ from pathlib import Path
 
 from trajfactory.synthesizers.swe.ast_edits import _DEFS
 from trajfactory.synthesizers.swe.entities import python_files
+from trajfactory.synthesizers.swe.name_uses import _decorator_ok, _Found, _scan, _spans
 
-PURE_DECORATORS = frozenset({"property", "staticmethod", "classmethod"})
-PROPERTY_PARTS = frozenset({"setter", "getter", "deleter"})
 OPAQUE_METHODS = frozenset({"__eq__", "__del__", "__init_subclass__", "__set_name__", "__class_getitem__",
                             "__mro_entries__"})
 NOT_THE_PROJECT = frozenset({"build", "dist", "site-packages", "node_modules", "__pycache__", "venv", "virtualenv"})
@@ -130,12 +132,6 @@ def _definition_parts(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.ex
     return [p for p in parts if p is not None]
 
 
-def _decorator_ok(node: ast.expr) -> bool:
-    if isinstance(node, ast.Name):
-        return node.id in PURE_DECORATORS
-    return isinstance(node, ast.Attribute) and node.attr in PROPERTY_PARTS and isinstance(node.value, ast.Name)
-
-
 def _runs_nothing(body: list[ast.stmt]) -> bool:
     """Whether coverage records no line of this body when it runs (a docstring, `pass`, `...`)."""
     return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
@@ -157,11 +153,12 @@ def _lazy(method: ast.AST) -> bool:
 
 
 def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctionDef,
-                   refs: References | None) -> dict:
-    """The attribution of removing `method` from `cls`: {"lines": [first, last]} (the body's lines in the original
-    file) and, where an attribute reference to its name sits outside function bodies, {"import_time": {path:
-    [[first, last], ...]}} (`validate.select_tests` runs the whole suite when the reference run executed one);
-    or {"full": reason} when tests can notice the removal without running the body."""
+                   refs: References | None, file: str | None = None) -> dict:
+    """The attribution of removing `method` from `cls` (defined in `file`): {"lines": [first, last]} (the body's
+    lines in the original file) and, where an attribute reference to its name sits outside function bodies,
+    {"import_time": {path: [[first, last], ...]}} (`validate.select_tests` runs the whole suite when the reference
+    run executed one); {"refs": {path: [[first, last], ...]}, "import_time": ...} for a method whose call runs no
+    body line (`_call_sites`); or {"full": reason} when tests can notice the removal without running the body."""
     name = method.name
 
     def full(reason: str) -> dict:
@@ -175,19 +172,40 @@ def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctio
         return full(f"class `{cls.name}` has a class decorator or metaclass that sees its body")
     if not all(_decorator_ok(d) for d in method.decorator_list):
         return full(f"`{name}` has a decorator that acts when the class is defined")
-    if _lazy(method):
-        return full(f"`{name}` is a generator or coroutine: a call runs none of its body")
-    if _runs_nothing(method.body):
-        return full(f"`{name}`'s body has no line coverage records")
     if name in refs.strings:
         return full(f"the string {name!r} appears in the repository (hasattr, getattr, a parametrized name)")
     bound, loaded, _ = _class_level(cls)
     if name in bound | loaded:
         return full(f"the class body refers to `{name}` while it runs")
-    out: dict = {"lines": [method.body[0].lineno, method.end_lineno]}
+    lines = [method.body[0].lineno, method.end_lineno or method.body[0].lineno]
+    silent = ("is a generator or coroutine: a call runs none of its body" if _lazy(method)
+              else "has a body with no line coverage records" if _runs_nothing(method.body) else "")
+    if silent:
+        if name.startswith("__") and name.endswith("__"):  # Python calls it for an operator or a protocol
+            return full(f"`{name}` {silent}, and Python calls it without naming it")
+        if file is None:
+            return full(f"`{name}` {silent}")
+        return _call_sites(name, file, lines, refs)
+    out: dict = {"lines": lines}
     if early := refs.import_time.get(name):
         out["import_time"] = {rel: [list(span) for span in sorted(spans)] for rel, spans in sorted(early.items())}
     return out
+
+
+def _call_sites(name: str, file: str, lines: list[int], refs: References) -> dict:
+    """A removed method whose call runs none of its body (a generator, a body of only a docstring): the tests that
+    ran a line naming `x.name` inside a function body, or the body itself (a generator iterated). A test reaches a
+    method only through an attribute (a string, `getattr`, already sent the candidate to the whole suite), so the
+    lines that name it are where a test notices it is gone; a use outside function bodies that ran in the reference
+    run sends it to the whole suite (`import_time`)."""
+    found = _Found(attributes_only=True)
+    for rel, tree in refs.trees.items():
+        try:
+            _scan(tree, {name}, False, tree, rel, found)
+        except RecursionError:
+            return {"full": f"{rel} is nested too deeply to read"}
+    found.ranges.setdefault(file, set()).add((lines[0], lines[1]))
+    return {"refs": _spans(found.ranges), "import_time": _spans(found.import_time)}
 
 
 def _class_level(cls: ast.ClassDef) -> tuple[set[str], set[str], bool]:

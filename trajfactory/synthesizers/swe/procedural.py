@@ -309,7 +309,7 @@ def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[
         elif c.family == "remove_methods":
             refs = refs or References.scan(root)
             method = next(s for s in cls.body if getattr(s, "lineno", None) == c.params["lineno"])
-            c.params["attribution"] = removed_method(cls, method, refs)
+            c.params["attribution"] = removed_method(cls, method, refs, c.entity.file)
         elif c.family == "remove_base_class":
             refs = refs or References.scan(root)
             c.params["attribution"] = removed_base(cls, c.params["base"], c.entity.file, refs)
