@@ -109,7 +109,10 @@ def test_what_defining_or_calling_a_method_does_decides_too():
     for dunder in ("class C:\n    def __iter__(self):\n        yield 1\n", "class C:\n    def __len__(self):\n        ...\n"):
         cls = _class(dunder)
         reason = removed_method(cls, cls.body[0], References(), "m.py")["full"]
-        assert "Python calls it without naming it" in reason, dunder
+        assert "Python uses it without naming it" in reason, dunder
+    sized = _class("class C:\n    def __len__(self):\n        return 1\n")
+    assert "full" in removed_method(sized, sized.body[0], _refs("getattr(x, '__len__')"), "m.py")
+    assert removed_method(sized, sized.body[0], References(), "m.py") == {"lines": [3, 3]}
     eq = _class("class C:\n    def __eq__(self, other):\n        return True\n")
     assert "full" in removed_method(eq, _method(eq, "__eq__"), References())  # it also sets __hash__ = None
     prop = _class("class C:\n    @property\n    def f(self):\n        return 1\n")
@@ -140,6 +143,10 @@ def make(c):
 
 def named(pairs):
     return pairs
+
+
+def probe(c):
+    return hasattr(c, "hook")
 '''
 
 
@@ -152,8 +159,9 @@ def test_a_method_whose_call_runs_no_body_line_is_attributed_by_the_lines_that_n
     out = removed_method(cls, _method(cls, "pairs"), refs, "pkg/c.py")
     # the two attribute uses inside function bodies and the generator's own body; a bare `pairs` is a parameter
     assert out == {"refs": {"pkg/c.py": [[7, 8]], "pkg/use.py": [[3, 3], [7, 7]]}, "import_time": {}}
-    hook = removed_method(cls, _method(cls, "hook"), refs, "pkg/c.py")  # a docstring only, named nowhere
-    assert hook == {"refs": {"pkg/c.py": [[11, 11]]}, "import_time": {}}
+    # a docstring only, named as a string in a function body
+    hook = removed_method(cls, _method(cls, "hook"), refs, "pkg/c.py")
+    assert hook == {"refs": {"pkg/c.py": [[11, 11]], "pkg/use.py": [[16, 16]]}, "import_time": {}}
     assert "full" in removed_method(cls, _method(cls, "pairs"), refs)  # no file given: the whole suite
     entity = Entity(file="pkg/c.py", name="C", kind="class", lineno=2, end_lineno=11, complexity=1)
     candidate = Candidate(candidate_id="c", source_id="s", repo="r", base_commit="0" * 40, family="remove_methods",
@@ -172,6 +180,16 @@ def test_a_method_whose_call_runs_no_body_line_is_attributed_by_the_lines_that_n
     ran_table = ran.model_copy(update={"coverage": {**ran.coverage, "pkg/table.py": {2: ["<import>"]}}})
     assert select_tests(candidate.model_copy(update={"params": {"attribution": early}}), ran_table,
                         "coverage")[1] == "full"
+    # a plain method named as a string: the tests that ran its body and the ones that ran the string's line; a
+    # module's `__all__` does not count, and a string at module level is a use at import time
+    plain = _class(PLAIN)
+    refs = _refs(PLAIN)
+    refs.add(ast.parse(PLAIN), "pkg/c.py")
+    refs.add(ast.parse("__all__ = ['area']\n\ndef test_it(c):\n    assert hasattr(c, 'area')\n"), "tests/t.py")
+    assert removed_method(plain, _method(plain, "area"), refs, "pkg/c.py") == {
+        "refs": {"pkg/c.py": [[7, 9]], "tests/t.py": [[4, 4]]}, "import_time": {}}
+    refs.add(ast.parse("NAMES = ['area']\n"), "pkg/names.py")
+    assert removed_method(plain, _method(plain, "area"), refs, "pkg/c.py")["import_time"] == {"pkg/names.py": [[1, 1]]}
 
 
 def test_reordering_is_judged_by_what_the_class_body_sees():

@@ -7,13 +7,13 @@ the removal a call of the method fails (or reaches an inherited one), and every 
 the reference run. So the tests to run are the ones whose coverage contexts include the body's lines, unless the
 method can be noticed without running its body:
 
-- by its name: a string literal naming it anywhere in the repository, tests included (`hasattr(x, "name")`,
-  `getattr`, parametrized names), a reference to the name in the class's own body (`alias = name`,
-  `@name.setter`), or an attribute reference `x.name` outside function bodies (`Graph.name.__doc__`, a parametrize
-  list of methods) that the reference run executed: its lines are kept as `import_time` and looked up in the
-  reference run's coverage, as a removed base's are (`base_removal.py`). A bare name anywhere else cannot reach the
-  method (a class body's names are not visible outside it, nor in a subclass's body), and a use in a file no test
-  imports (the docs' `conf.py`, an example script) never runs;
+- by its name: a reference to the name in the class's own body (`alias = name`, `@name.setter`: the whole suite),
+  an attribute reference `x.name` outside function bodies (`Graph.name.__doc__`, a parametrize list of methods)
+  that the reference run executed (its lines are kept as `import_time` and looked up in the reference run's
+  coverage, as a removed base's are, `base_removal.py`: the whole suite), or a string literal naming it
+  (`hasattr(x, "name")`, `getattr`): then the tests that ran a line naming it run too (`_uses`). A bare name
+  anywhere else cannot reach the method (a class body's names are not visible outside it, nor in a subclass's
+  body), and a use in a file no test imports (the docs' `conf.py`, an example script) never runs;
 - by what defining it does: a decorator other than `property` / `staticmethod` / `classmethod` / a property's
   `setter`, `getter` or `deleter` (a cache, a registry, `abstractmethod`), a class decorator or metaclass that sees
   the class body (`dataclass`, `total_ordering`), `__eq__` (which also sets `__hash__`), the hooks Python runs at
@@ -21,9 +21,10 @@ method can be noticed without running its body:
   `__del__` (run by the collector in whichever test happens to be running);
 - by a call that runs no body line: a generator or coroutine method (calling it only makes the iterator), and a
   body with no statement coverage records (only a docstring, `pass` or `...`). These are attributed by their call
-  sites instead: a test reaches a method only through an attribute, so the tests that ran a line naming `x.name`
-  inside a function body (or the body, for a generator iterated) are the ones that can notice it is gone
-  (`_call_sites`), unless it is a dunder method Python calls without naming it (`for x in obj`, `a + b`).
+  sites instead: a test reaches a method only by naming it, as `x.name` or as a string, so the tests that ran a
+  line naming it inside a function body (or the body, for a generator iterated) are the ones that can notice it
+  is gone (`_uses`), unless it is a dunder method Python uses without naming it (`for x in obj`, `a + b`, an ABC's
+  `isinstance` check).
 
 Reordering a class's methods changes nothing a test can run into unless the class body itself sees the order: two
 definitions of one name (the later wins), a class-level reference to a method (`@x.setter`, `alias = name`), a
@@ -31,8 +32,9 @@ decorator, default or annotation that calls something as the class is defined, o
 Without those, the methods are the same functions under the same names, and the candidate needs no test run: it is
 judged `no_fail_to_pass` with that reason (only `vars(cls)` order and line numbers differ).
 
-Each of those falls back to the whole suite, with the reason recorded in the candidate's params. The repository
-facts (string literals, import-time references) are read once per repository (`References.scan`).
+Where the reading cannot follow, the whole suite runs, with the reason recorded in the candidate's params. The
+repository facts (string literals, import-time references, parsed files) are read once per repository
+(`References.scan`).
 """
 
 from __future__ import annotations
@@ -157,8 +159,8 @@ def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctio
     """The attribution of removing `method` from `cls` (defined in `file`): {"lines": [first, last]} (the body's
     lines in the original file) and, where an attribute reference to its name sits outside function bodies,
     {"import_time": {path: [[first, last], ...]}} (`validate.select_tests` runs the whole suite when the reference
-    run executed one); {"refs": {path: [[first, last], ...]}, "import_time": ...} for a method whose call runs no
-    body line (`_call_sites`); or {"full": reason} when tests can notice the removal without running the body."""
+    run executed one); {"refs": {path: [[first, last], ...]}, "import_time": ...} for a method a test may notice
+    without running its body (`_uses`); or {"full": reason} when the reading cannot follow how tests notice it."""
     name = method.name
 
     def full(reason: str) -> dict:
@@ -172,36 +174,40 @@ def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctio
         return full(f"class `{cls.name}` has a class decorator or metaclass that sees its body")
     if not all(_decorator_ok(d) for d in method.decorator_list):
         return full(f"`{name}` has a decorator that acts when the class is defined")
-    if name in refs.strings:
-        return full(f"the string {name!r} appears in the repository (hasattr, getattr, a parametrized name)")
     bound, loaded, _ = _class_level(cls)
     if name in bound | loaded:
         return full(f"the class body refers to `{name}` while it runs")
     lines = [method.body[0].lineno, method.end_lineno or method.body[0].lineno]
     silent = ("is a generator or coroutine: a call runs none of its body" if _lazy(method)
               else "has a body with no line coverage records" if _runs_nothing(method.body) else "")
-    if silent:
-        if name.startswith("__") and name.endswith("__"):  # Python calls it for an operator or a protocol
-            return full(f"`{name}` {silent}, and Python calls it without naming it")
+    named = name in refs.strings
+    if (silent or named) and name.startswith("__") and name.endswith("__"):
+        # Python calls it for an operator or a protocol, and an ABC's isinstance check looks for it, unnamed
+        return full(f"`{name}` {silent}, and Python uses it without naming it" if silent else
+                    f"the string {name!r} appears in the repository, and Python uses `{name}` without naming it")
+    if silent or named:
         if file is None:
-            return full(f"`{name}` {silent}")
-        return _call_sites(name, file, lines, refs)
+            return full(f"`{name}` {silent}" if silent else f"the string {name!r} appears in the repository")
+        return _uses(name, file, lines, refs)
     out: dict = {"lines": lines}
     if early := refs.import_time.get(name):
         out["import_time"] = {rel: [list(span) for span in sorted(spans)] for rel, spans in sorted(early.items())}
     return out
 
 
-def _call_sites(name: str, file: str, lines: list[int], refs: References) -> dict:
-    """A removed method whose call runs none of its body (a generator, a body of only a docstring): the tests that
-    ran a line naming `x.name` inside a function body, or the body itself (a generator iterated). A test reaches a
-    method only through an attribute (a string, `getattr`, already sent the candidate to the whole suite), so the
-    lines that name it are where a test notices it is gone; a use outside function bodies that ran in the reference
-    run sends it to the whole suite (`import_time`)."""
-    found = _Found(attributes_only=True)
+def _uses(name: str, file: str, lines: list[int], refs: References) -> dict:
+    """A removed method that a test may notice without running its body: a call runs none of it (a generator, a
+    body of only a docstring), or its name is a string somewhere (`hasattr(x, "name")`, `getattr`). A test reaches
+    a method only by naming it, as an attribute `x.name` or as a string, so the tests to run are the ones that ran
+    a line naming it inside a function body, and the ones that ran its body (a generator iterated); a use outside
+    function bodies that the reference run executed (a module's table of names, a parametrize list) sends it to the
+    whole suite (`import_time`). Names a module lists in `__all__` only say what `import *` binds."""
+    found = _Found(attributes_only=True, strings=True)
     for rel, tree in refs.trees.items():
         try:
-            _scan(tree, {name}, False, tree, rel, found)
+            for stmt in tree.body:
+                if not _declares_all(stmt):
+                    _scan(stmt, {name}, False, stmt, rel, found)
         except RecursionError:
             return {"full": f"{rel} is nested too deeply to read"}
     found.ranges.setdefault(file, set()).add((lines[0], lines[1]))

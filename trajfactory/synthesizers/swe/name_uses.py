@@ -32,6 +32,8 @@ class _Found:
     attributes_only: bool = False
     """Match `x.name` only, not a bare `name` (a method is reached through an attribute; a bare name elsewhere is
     its own scope's)."""
+    strings: bool = False
+    """Match a string literal `"name"` too (`getattr(x, "name")`, `hasattr`, a name in a parametrize list)."""
 
 
 def _named(node: ast.AST) -> str | None:
@@ -46,6 +48,8 @@ def _scan(node: ast.AST, names: set[str], runtime: bool, stmt: ast.AST, rel: str
     if isinstance(node, (ast.stmt, ast.excepthandler)):
         stmt = node
     name = node.attr if isinstance(node, ast.Attribute) else None if found.attributes_only else _named(node)
+    if found.strings and isinstance(node, ast.Constant) and isinstance(node.value, str):
+        name = node.value
     if name in names:
         # the statement's first line (coverage's key) to the name's last; a decorator sits above its `def` line
         span = (min(stmt.lineno, node.lineno), max(stmt.lineno, node.end_lineno or node.lineno))
