@@ -183,9 +183,10 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     does), so a test that only ran the function's other lines (the cache lookup) is broken by the bug all the same.
     Where coverage cannot tell, the whole suite runs: a change outside a function, in code that ran at import time
     (module tables built by calling the function, default values, decorators) or in a fixture's setup/teardown.
-    A removed method is attributed by its body's lines, a removed base class by the lines naming the class and its
-    subclasses (`base_removal.py`), and reordered methods that nothing in the class body sees select no test, where
-    the candidate's params say so (`attribution.py`).
+    A removed method is attributed by its body's lines (and by the lines naming it, where a test may notice it
+    without running it), a removed base class by the lines naming the class and its subclasses
+    (`base_removal.py`), and reordered methods that nothing in the class body sees select no test, where the
+    candidate's params say so (`attribution.py`).
     """
     file_cov = reference.coverage.get(candidate.entity.file)
     full = list(reference.passing), "full"
