@@ -106,7 +106,9 @@ def test_what_defining_or_calling_a_method_does_decides_too():
     for what, source in sources.items():
         cls = _class(source)
         assert "full" in removed_method(cls, _method(cls, "f"), References()), what
-    for dunder in ("class C:\n    def __iter__(self):\n        yield 1\n", "class C:\n    def __len__(self):\n        ...\n"):
+    dunders = ("class C:\n    def __iter__(self):\n        yield 1\n",
+               "class C:\n    def __len__(self):\n        ...\n")
+    for dunder in dunders:
         cls = _class(dunder)
         reason = removed_method(cls, cls.body[0], References(), "m.py")["full"]
         assert "Python uses it without naming it" in reason, dunder

@@ -2,11 +2,12 @@
 
 `run_batch(sandbox, items)` resets the sandbox once, copies the warm worker (`batch_worker.py` and its three helper
 modules) and one input file in, runs the worker with one `execute`, and reads one output file back. The worker
-applies each item's patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`, the same arguments
-and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout, kills what it left
-running and restores the checkout. A "hot" item (`BatchItem.hot`) skips the child's pytest start and collection in
-the worker's collected session (`batch_worker_hot.py`); one the session refuses comes back and runs the plain way. Each item's result is a `TestRun`, read by the same `parse_results` as a
-single run, so a caller judges both the same way.
+applies each item's patch, forks a child that runs `pytest.main` with the factory's plugin (`pytest_harness.py`,
+the same arguments and environment as `run_tests`) on the item's tests, waits for it up to the item's timeout,
+kills what it left running and restores the checkout. A "hot" item (`BatchItem.hot`) skips the child's pytest
+start and collection in the worker's collected session (`batch_worker_hot.py`); one the session refuses comes back
+and runs the plain way. Each item's result is a `TestRun`, read by the same `parse_results` as a single run, so a
+caller judges both the same way.
 
 A crash or kill of one item is that item's result: the child gets the kill (its own process group, and
 `oom_score_adj` 1000 for the OOM killer). Should the worker itself die, the item it was running becomes a cut-short

@@ -191,7 +191,7 @@ def removed_method(cls: ast.ClassDef, method: ast.FunctionDef | ast.AsyncFunctio
         return _uses(name, file, lines, refs)
     out: dict = {"lines": lines}
     if early := refs.import_time.get(name):
-        out["import_time"] = {rel: [list(span) for span in sorted(spans)] for rel, spans in sorted(early.items())}
+        out["import_time"] = _spans(early)
     return out
 
 
