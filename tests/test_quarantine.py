@@ -75,3 +75,24 @@ def test_sandbox_cannot_write_to_the_host(docker_backend, tmp_path):
         res = sandbox.execute(f"mkdir -p {tmp_path} && touch {marker} && ls {tmp_path}", timeout=30)
         assert res.exit_code == 0  # it writes inside its own filesystem...
     assert not marker.exists()  # ...which is not the host's
+
+
+@pytest.mark.docker
+def test_the_later_reference_runs_select_by_id_and_exclude_flaky_tests_and_ids_that_do_not_round_trip(
+        docker_backend, tmp_path):
+    """The first run is the whole suite; the second selects its passing tests by id, as validation and verification
+    do: a test that fails then is flaky, and one that does not run has an id that does not select it."""
+    source = harvest_repo(str(copy_fixture("unsteady", tmp_path)), tmp_path / "mirrors")
+    env = build_environment(docker_backend, source)
+    ref = stage.reference(docker_backend, env, source, ValidationConfig(reference_runs=2, suite_timeout_s=30), LIMITS)
+    assert not isinstance(ref, Quarantine), ref
+    assert ref.by_id
+    assert ref.passing == ["tests/test_calc.py::test_add", "tests/test_calc.py::test_clamp"]
+    flaky = ref.excluded["tests/test_calc.py::test_passes_only_under_a_tracer"]
+    assert flaky == "flaky: failed/passed", ref.excluded
+    (changing, why), = [(t, r) for t, r in ref.excluded.items() if "test_id_changes_every_run" in t]
+    assert ref.tests[changing] == "passed" and why.startswith("missing when selected by its id"), ref.excluded
+    # one run: nothing is known about ids, and the gold proof runs every check
+    once = stage.reference(docker_backend, env, source, ValidationConfig(reference_runs=1, suite_timeout_s=30),
+                           LIMITS)
+    assert not once.by_id and any("test_id_changes_every_run" in t for t in once.passing), once

@@ -98,12 +98,23 @@ def test_coverage_selection_agrees_with_full_suite(demo, docker_backend):
 
 
 def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
-    task = demo["tasks"][0]
+    task = next(t for t in demo["tasks"] if set(t.validation.reached) - set(t.checks.FAIL_TO_PASS))
     env = demo["env"]
     with docker_backend.start(env, LIMITS) as sandbox:
         gold = verify_gold(sandbox, task)
+        # without the record of what the change reached (an older task), the proof runs every check
+        unknown = task.model_copy(update={"validation": task.validation.model_copy(update={"reached": []})})
+        whole = verify_gold(sandbox, unknown)
     assert gold.passed, gold.evidence
     assert all(o.outcome == "passed" for o in gold.evidence.FAIL_TO_PASS)
+    # the proof ran the tests the bug's change reached: the FAIL_TO_PASS tests and the PASS_TO_PASS ones among them
+    reached = set(task.validation.reached)
+    assert set(task.checks.FAIL_TO_PASS) < reached <= set(demo["ref"].passing)
+    assert {o.test for o in gold.evidence.PASS_TO_PASS} == reached - set(task.checks.FAIL_TO_PASS)
+    assert len(gold.evidence.PASS_TO_PASS) < len(task.checks.PASS_TO_PASS), "the demo's selection is the whole suite"
+    assert f"the {len(reached) - len(task.checks.FAIL_TO_PASS)} of {len(task.checks.PASS_TO_PASS)}" \
+        in gold.evidence.detail
+    assert whole.passed and len(whole.evidence.PASS_TO_PASS) == len(task.checks.PASS_TO_PASS)
 
     traj = run_swe_episode(task, OraclePolicy(), docker_backend, env, LIMITS, max_steps=20)
     assert traj.exit_status == "submitted"

@@ -134,9 +134,11 @@ def execute_call(sandbox: Sandbox, call: ToolCall, timeout: float) -> tuple[Step
 # ---------------------------------------------------------------- verification: the harness's side
 
 
-def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float = 300.0) -> tuple[bool, Any, float]:
-    """`patch` applied on top of the task's buggy state in `sandbox` (fresh or reset), guarded and tested:
-    (passed, evidence, seconds). `guard.py` says what a patch may not do; `verifiers.tests` judges the outcomes."""
+def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float = 300.0,
+                    checks: Checks | None = None) -> tuple[bool, Any, float]:
+    """`patch` applied on top of the task's buggy state in `sandbox` (fresh or reset), guarded and tested against
+    `checks` (the task's own by default): (passed, evidence, seconds). `guard.py` says what a patch may not do;
+    `verifiers.tests` judges the outcomes."""
     started = time.monotonic()
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
@@ -147,7 +149,7 @@ def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float 
                              timeout=60)
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
-    return test_in_place(sandbox, task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,
+    return test_in_place(sandbox, checks or task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,
                          started=started)
 
 
@@ -182,8 +184,9 @@ def verify_trajectory(sandbox: Sandbox, task: Task, trajectory: Trajectory, *, t
 
 
 def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verdict:
-    """Prove the task's gold patch passes its own checks."""
-    return test_verifier.gold_verdict(task, *run_patch_tests(sandbox, task, task.gold.patch, timeout=timeout))
+    """Prove the task's gold patch passes its own checks (those the bug's change reached: `tests.gold_checks`)."""
+    return test_verifier.gold_verdict(task, *run_patch_tests(sandbox, task, task.gold.patch, timeout=timeout,
+                                                             checks=test_verifier.gold_checks(task)))
 
 
 # ---------------------------------------------------------------- the environment

@@ -15,6 +15,17 @@ VERIFIER = "tests"
 VERSION = "1"
 
 
+def gold_checks(task: Task) -> Checks:
+    """The checks a task's gold proof runs. Every check, unless validation recorded the tests the bug's change reached
+    (`Validation.reached`): then the FAIL_TO_PASS tests and the PASS_TO_PASS tests among those. The gold patch
+    restores the clean repository exactly, and every other PASS_TO_PASS test passed there in each reference run,
+    selected by id as here; running them again proves nothing more about the task and costs the whole suite."""
+    reached = set(task.validation.reached) if task.validation is not None else set()
+    if not reached:
+        return task.checks
+    return task.checks.model_copy(update={"PASS_TO_PASS": [t for t in task.checks.PASS_TO_PASS if t in reached]})
+
+
 def tests_of(checks: Checks) -> list[str]:
     """The tests a verdict runs: the FAIL_TO_PASS and PASS_TO_PASS tests of a task's `checks`."""
     return sorted(set(checks.FAIL_TO_PASS) | set(checks.PASS_TO_PASS))
@@ -69,5 +80,9 @@ def trajectory_verdict(task: Task, trajectory: Trajectory, passed: bool, evidenc
 
 
 def gold_verdict(task: Task, passed: bool, evidence: Evidence, duration: float) -> Verdict:
-    """The verdict on the task's own gold patch."""
+    """The verdict on the task's own gold patch (against `gold_checks`)."""
+    ran, of = len(gold_checks(task).PASS_TO_PASS), len(task.checks.PASS_TO_PASS)
+    if ran < of and (evidence.FAIL_TO_PASS or evidence.PASS_TO_PASS):  # the tests ran
+        evidence.detail = (f"{evidence.detail}; PASS_TO_PASS: the {ran} of {of} tests the bug's change reached (the "
+                           "others passed on the clean repository in every reference run)").lstrip("; ")
     return _verdict(task, None, "gold", passed, evidence, duration)

@@ -23,13 +23,15 @@ from trajfactory.executors.testrun import (
 )
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 
-VERSION = "4"
+VERSION = "5"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
 3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
 wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
-the reference run; a removed base class by the lines naming its class)."""
-REFERENCE_VERSION = "2"
-"""Bumped when what a reference run records changes (2: per-test durations); reference runs are cached on it."""
+the reference run; a removed base class by the lines naming its class; 5: a valid candidate records the tests its
+run reached, which its gold proof runs)."""
+REFERENCE_VERSION = "3"
+"""Bumped when what a reference run records changes (2: per-test durations; 3: the runs after the first select the
+first run's passing tests by id); reference runs are cached on it."""
 TIMEOUT_FACTOR = 10.0
 """A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
 TIMEOUT_FLOOR_S = 15.0
@@ -109,9 +111,11 @@ def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
 
 
 def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) -> ReferenceRun:
-    """Run the whole clean suite `runs` times; only tests that passed every time are usable.
+    """Run the clean suite `runs` times; only tests that passed every time are usable.
 
-    The first run records per-test coverage contexts (which test executed which line).
+    The first run is the whole suite the maintainers' way, and records per-test coverage contexts (which test
+    executed which line). The later runs select the first run's passing tests by id, the way validation and
+    verification select tests: a test that fails or does not run then is flaky, or its id does not round-trip.
     Raises RepoRejected when the suite cannot serve as ground truth.
     """
     started = time.monotonic()
@@ -119,24 +123,29 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
     first = run_tests(sandbox, None, timeout=timeout, coverage=True)
     if (rejected := _reject_reason(first, timeout)) is not None:
         raise _disk_full(sandbox, rejected)
+    passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
     outcomes = [first.outcomes]
     last = first
     for _ in range(runs - 1):
+        if not passed_first:
+            break
         sandbox.reset()
-        last = again = run_tests(sandbox, None, timeout=timeout)
+        last = again = run_tests(sandbox, passed_first, timeout=timeout)
         if (rejected := _reject_reason(again, timeout)) is not None:
             raise _disk_full(sandbox, rejected)
         outcomes.append(again.outcomes)
     excluded: dict[str, str] = {}
     passing: list[str] = []
     for test, outcome in first.outcomes.items():
-        seen = {o.get(test, "missing") for o in outcomes}
-        if seen == {"passed"}:
-            passing.append(test)
-        elif len(seen) > 1:
-            excluded[test] = "flaky: " + "/".join(sorted(seen))
-        else:
+        seen = [o.get(test, "missing") for o in outcomes]
+        if outcome != "passed":
             excluded[test] = outcome
+        elif set(seen) == {"passed"}:
+            passing.append(test)
+        elif "missing" in seen:
+            excluded[test] = "missing when selected by its id (passed in the whole-suite run)"
+        else:
+            excluded[test] = "flaky: " + "/".join(sorted(set(seen)))
     if not passing:
         detail = f"no test passes on the clean repository ({summary_line(first.output)})"
         if _NETWORK_ERRORS.search(first.output):
@@ -152,6 +161,7 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
         duration_s=time.monotonic() - started,
         durations=last.durations,
         overhead_s=max(0.0, last.duration_s - sum(last.durations.values())) if last.durations else 0.0,
+        by_id=len(outcomes) > 1,
     )
 
 
@@ -290,7 +300,10 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
     else:
         p2p = p2p_seen
     status = "valid" if f2p and p2p else ("no_fail_to_pass" if not f2p else "no_pass_to_pass")
-    return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=summary_line(run.output))
+    # the gold proof runs what the change reached; the rest passed on the clean repository, also selected by id
+    reached = sorted(tests) if status == "valid" and how == "coverage" and reference.by_id else []
+    return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=summary_line(run.output),
+                  reached=reached)
 
 
 def validate_candidate(
