@@ -63,9 +63,11 @@ from trajfactory.executors.images import ensure_base_image
 from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.synthesizers.swe.stage import coverage_files
 from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, reference_run, validate_batch_detailed,
                                                    validate_candidate)
 
+from gold_cost import gold_proofs, print_gold  # noqa: E402  (bench/)
 from validate_report import PHASES, print_tables  # noqa: E402  (bench/)
 
 LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=600)
@@ -273,8 +275,8 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
     return vals, acct, time.monotonic() - w0, floors, per
 
 
-def reference(backend, env, cfg: ValidationConfig):
-    """The factory's reference run (coverage run + plain run), with the CPU of each run."""
+def reference(backend, env, cfg: ValidationConfig, cover: list[str] | None):
+    """The factory's reference run (coverage run of the files `cover` names + a run by id), with each run's CPU."""
     acct = Account()
     with Probed(backend.start(env, LIMITS), acct) as sb:
         runs = []
@@ -287,7 +289,7 @@ def reference(backend, env, cfg: ValidationConfig):
             return result
 
         sb._pytest = spy
-        ref = reference_run(sb, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s)
+        ref = reference_run(sb, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s, cover=cover)
     return ref.model_copy(update={"image": env.name}), runs, acct.containers
 
 
@@ -309,6 +311,11 @@ def main() -> int:
                         help="seconds a whole-suite run may take (a large suite on a loaded machine needs more)")
     parser.add_argument("--swe-smith-timeout", type=float, default=90.0,
                         help="mode a's fixed limit per candidate: SWE-smith's repository profiles default to 90 s")
+    parser.add_argument("--gold", type=int, metavar="K",
+                        help="also prove the gold patches of mode d's tasks as the pipeline does, the first K also "
+                             "with every check (the way before the proof ran only what the bug reached)")
+    parser.add_argument("--cover-all", action="store_true",
+                        help="measure the reference run's coverage of every file, not only the candidates' ones")
     parser.add_argument("--json", help="write every figure to this file too")
     args = parser.parse_args()
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
@@ -334,7 +341,8 @@ def main() -> int:
         candidates, _ = swe.procedural_candidates(recipe, source)
         candidates = [c for c in candidates if not args.families or c.family in args.families]
         candidates = candidates[:caps.get(source.name, len(candidates))]
-        ref, ref_runs, ref_cpu = reference(backend, env, cfg)
+        # coverage of the files validation reads, as the pipeline measures it (`--cover-all`: every file)
+        ref, ref_runs, ref_cpu = reference(backend, env, cfg, None if args.cover_all else coverage_files(candidates))
         print(f"{source.name}: {len(ref.tests)} tests, {len(ref.passing)} passing; reference runs CPU "
               f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with coverage)", file=sys.stderr)
         rep = report["repos"][source.name] = {"uri": uri, "tests": len(ref.tests), "passing": len(ref.passing),
@@ -355,6 +363,9 @@ def main() -> int:
                                   "selection": {v.candidate_id: v.selection if v.tests_run else "none" for v in vals}}
             print(f"{source.name} {names[mode]}: {valid}/{len(candidates)} valid, cpu {cpu:.1f}s "
                   f"(containers {acct.containers:.1f}s + host {acct.host:.1f}s), wall {wall:.1f}s", file=sys.stderr)
+        if args.gold is not None and "d" in results:
+            rep["gold"] = gold_proofs(backend, env, source, candidates, results["d"], LIMITS, whole=args.gold,
+                                      timeout=cfg.suite_timeout_s)
         rep["floor"] = sum(floors.values())
         rep["floors"] = floors
         # the audit: every candidate's result against the whole suite's (mode b)
@@ -383,6 +394,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     print_tables(report)
+    print_gold(report)
     return 0
 
 

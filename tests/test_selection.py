@@ -81,6 +81,28 @@ def test_reordered_methods_that_nothing_sees_select_no_test_and_say_why():
     assert (v.status, v.detail, v.tests_run) == ("no_fail_to_pass", "reordering changes nothing here", 0)
 
 
+def test_a_file_the_reference_run_did_not_measure_tells_nothing():
+    """Coverage of only the candidates' files (`stage.coverage_files`): a candidate whose file, or a file of the lines
+    its attribution names, was not measured runs the whole suite, never no test at all."""
+    from trajfactory.synthesizers.swe.stage import coverage_files
+
+    measured = REF.model_copy(update={"measured": ["m.py"]})
+    assert select_tests(_candidate([6]), measured, "coverage") == (["t::a", "t::b"], "coverage")
+    elsewhere = _candidate([6]).model_copy(update={"entity": _candidate([6]).entity.model_copy(
+        update={"file": "n.py"})})
+    assert select_tests(elsewhere, measured, "coverage") == (REF.passing, "full")
+    named = _class_candidate({"refs": {"m.py": [[3, 3]], "tests/t.py": [[40, 40]]}})
+    assert select_tests(named, REF, "coverage") == (["t::a", "t::b"], "coverage")  # every file measured
+    assert select_tests(named, measured, "coverage") == (REF.passing, "full")
+    early = _class_candidate({"lines": [3, 10], "import_time": {"conf.py": [[7, 7]]}})
+    assert select_tests(early, measured, "coverage") == (REF.passing, "full")
+    # the files the pipeline measures are exactly those the selection reads
+    assert coverage_files([_candidate([6]), named, early]) == ["conf.py", "m.py", "tests/t.py"]
+    everything = REF.model_copy(update={"measured": coverage_files([_candidate([6]), named, early])})
+    assert select_tests(named, everything, "coverage") == (["t::a", "t::b"], "coverage")
+    assert select_tests(early, everything, "coverage") == (["t::a", "t::b"], "coverage")
+
+
 def test_a_candidates_time_limit_scales_with_its_tests_reference_time():
     from trajfactory.synthesizers.swe.validate import candidate_timeout
 

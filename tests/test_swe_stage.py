@@ -61,6 +61,19 @@ def test_reference_run_records_passing_tests_and_coverage(demo):
     assert contexts & set(ref.passing)
 
 
+def test_a_reference_run_measures_only_the_files_it_is_given(demo, docker_backend):
+    """The pipeline measures only the files validation reads (`stage.coverage_files`): their coverage is the same as
+    when every file is measured, and no other file has any."""
+    files = stage.coverage_files(demo["candidates"][:2])
+    assert files and all(f.startswith("src/textkit/") for f in files), files
+    ref = stage.reference(docker_backend, demo["env"], demo["source"], ValidationConfig(reference_runs=1), LIMITS,
+                          cover=files)
+    assert ref.measured == files and ref.coverage and set(ref.coverage) <= set(files)
+    assert {f: ref.coverage[f] for f in ref.coverage} == {f: demo["ref"].coverage[f] for f in ref.coverage}
+    assert set(demo["ref"].coverage) - set(files), "the whole run measured more files"
+    assert demo["ref"].measured is None and demo["ref"].by_id
+
+
 def test_candidates_validated_in_one_warm_container(demo):
     assert len(demo["candidates"]) >= 10
     assert demo["started"] == 1  # no container start per candidate

@@ -128,14 +128,24 @@ def parse_coverage_map(text: str, scoped: bool = False, teardown: bool = False) 
     return result
 
 
+def coverage_include(workdir: str, files: list[str]) -> str:
+    """A coverage configuration that measures only `files` (relative to `workdir`); glob characters in a name are
+    escaped. With no file at all it still names one that does not exist, so nothing is measured."""
+    escape = str.maketrans({"[": "[[]", "*": "[*]", "?": "[?]"})
+    paths = [f"{workdir.rstrip('/')}/{f}".translate(escape) for f in sorted(set(files))] or [f"{workdir}/-nothing-"]
+    return "[run]\ninclude =\n" + "".join(f"    {p}\n" for p in paths)
+
+
 def run_tests(
     sandbox: Sandbox,
     test_ids: list[str] | None = None,
     *,
     timeout: float,
     coverage: bool = False,
+    cover: list[str] | None = None,
 ) -> TestRun:
-    """Run the given tests (all when None) and return per-test outcomes."""
+    """Run the given tests (all when None) and return per-test outcomes; with `coverage`, per-test line coverage of
+    the checkout's files, or only of the files `cover` names (paths relative to the checkout)."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
     env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
@@ -147,6 +157,10 @@ def run_tests(
         # collect only the files the selection lives in (a file named here is collected whatever `python_files` says)
         args = " ".join(shlex.quote(f) for f in sorted({t.split("::", 1)[0] for t in test_ids}))
     cov = "--cov=. --cov-context=test --cov-report= " if coverage else ""
+    if coverage and cover is not None:
+        # our own configuration, not the project's: only these files are measured (the tracer still sees every call)
+        sandbox.write_file(f"{SCRATCH}/coveragerc", coverage_include(sandbox.workdir, cover))
+        cov = f"--cov --cov-config={SCRATCH}/coveragerc --cov-context=test --cov-report= "
     if coverage:
         env.append("TRAJFACTORY_FIXTURE_SCOPES=1")
     # --rootdir: node ids stay relative to the checkout whichever files are named (pytest would otherwise root

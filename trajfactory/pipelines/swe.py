@@ -93,8 +93,10 @@ def lm_candidates(recipe: Recipe, endpoint: ModelEndpoint, source: Source
     return lm_stage.lm_rewrite(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts", endpoint.client())
 
 
-def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source) -> ReferenceRun | Quarantine:
-    return stage.reference(get_backend(env.backend), env, source, recipe.validation, recipe.sandbox)
+def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source, cover: list[str] | None = None
+                  ) -> ReferenceRun | Quarantine:
+    """The repository's reference run, with coverage of the files `cover` names (every file when None)."""
+    return stage.reference(get_backend(env.backend), env, source, recipe.validation, recipe.sandbox, cover)
 
 
 def validate(recipe: Recipe, pool: SandboxPool, candidate: Candidate, ref: ReferenceRun) -> Validation:
@@ -125,9 +127,11 @@ def validation_batches(recipe: Recipe, pool: SandboxPool, candidates: list[Candi
     return [(recipe, pool, candidates[i:i + size], ref) for i in range(0, len(candidates), size)]
 
 
-def prove_gold(recipe: Recipe, env: EnvironmentHandle, task: Task) -> Verdict:
-    """The task's gold patch against its own checks, in a fresh sandbox."""
-    with get_backend(env.backend).start(env, recipe.sandbox) as sandbox:
+def prove_gold(recipe: Recipe, pool: SandboxPool, task: Task) -> Verdict:
+    """The task's gold patch against its own checks, in a warm sandbox of the validation's pool: reset to the
+    clean checkout with its scratch directories emptied, as for validation (a container start would cost more than
+    the proof on a small suite)."""
+    with pool.acquire() as sandbox:
         return verify_gold(sandbox, task, timeout=recipe.validation.suite_timeout_s)
 
 
@@ -224,7 +228,7 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         lm, rejects, used = runner.call(lm_candidates, recipe, endpoint, source)
         candidates, out.usage = candidates + lm, out.usage + [used]
         out.quarantine += rejects
-    ref = runner.call(reference_run, recipe, env, source)
+    ref = runner.call(reference_run, recipe, env, source, stage.coverage_files(candidates))
     if isinstance(ref, Quarantine):
         out.quarantine.append(ref)
         return
@@ -232,14 +236,14 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         validations = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, candidates, ref),
                                                  f"validate {source.name}", workers=workers) for v in batch]
         tasks = stage.tasks_from(source, env, candidates, validations)
-        gold = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold {source.name}", workers=workers)
+        gold = runner.map(prove_gold, [(recipe, pool, t) for t in tasks], f"prove gold {source.name}", workers=workers)
         accepted, rejected = stage.accept_proven(tasks, gold, source)
         if syn.combine.max_per_file and len(accepted) > 1:  # several proven bugs of one file as one task
             combos = runner.call(combined_candidates, recipe, source, accepted, candidates)
             more = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, combos, ref),
                                               f"validate combined {source.name}", workers=workers) for v in batch]
             tasks = stage.tasks_from(source, env, combos, more)
-            proofs = runner.map(prove_gold, [(recipe, env, t) for t in tasks], f"prove gold combined {source.name}",
+            proofs = runner.map(prove_gold, [(recipe, pool, t) for t in tasks], f"prove gold combined {source.name}",
                                 workers=workers)
             kept, dropped = stage.accept_proven(tasks, proofs, source)
             candidates, validations, gold = candidates + combos, validations + more, gold + proofs

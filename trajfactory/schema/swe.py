@@ -101,7 +101,8 @@ class Candidate(Record):
 
 
 class ReferenceRun(Record):
-    """The whole suite of one image, run twice on the clean repository."""
+    """The suite of one image on the clean repository: whole, with per-test coverage, then (by default) its passing
+    tests again, selected by id."""
 
     image: str
     tests: dict[str, str]
@@ -112,6 +113,9 @@ class ReferenceRun(Record):
     """Test id -> why it was excluded (failed, flaky, skipped)."""
     coverage: dict[str, dict[int, list[str]]] = Field(default_factory=dict)
     """file -> line -> ids of the tests that executed the line."""
+    measured: list[str] | None = None
+    """The files coverage measured (the ones validation reads: `stage.coverage_files`); None: every file of the
+    checkout. A file outside them tells nothing: a candidate that needs it runs the whole suite."""
     duration_s: float = 0.0
     durations: dict[str, float] = Field(default_factory=dict)
     """Test id -> seconds it took (setup, call and teardown) in the last run, the one without coverage when there

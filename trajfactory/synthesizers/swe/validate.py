@@ -110,17 +110,19 @@ def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                         f"was stopped{caps}; a usable suite cleans up after itself. Before that: {rejected.detail}")
 
 
-def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) -> ReferenceRun:
+def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0,
+                  cover: list[str] | None = None) -> ReferenceRun:
     """Run the clean suite `runs` times; only tests that passed every time are usable.
 
     The first run is the whole suite the maintainers' way, and records per-test coverage contexts (which test
-    executed which line). The later runs select the first run's passing tests by id, the way validation and
-    verification select tests: a test that fails or does not run then is flaky, or its id does not round-trip.
+    executed which line) of the files `cover` names, or of every file when None. The later runs select the first
+    run's passing tests by id, the way validation and verification select tests: a test that fails or does not run
+    then is flaky, or its id does not round-trip.
     Raises RepoRejected when the suite cannot serve as ground truth.
     """
     started = time.monotonic()
     sandbox.reset()
-    first = run_tests(sandbox, None, timeout=timeout, coverage=True)
+    first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover)
     if (rejected := _reject_reason(first, timeout)) is not None:
         raise _disk_full(sandbox, rejected)
     passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
@@ -158,6 +160,7 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0) ->
         passing=sorted(passing),
         excluded=excluded,
         coverage=first.coverage,
+        measured=sorted(set(cover)) if cover is not None else None,
         duration_s=time.monotonic() - started,
         durations=last.durations,
         overhead_s=max(0.0, last.duration_s - sum(last.durations.values())) if last.durations else 0.0,
@@ -202,6 +205,9 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     full = list(reference.passing), "full"
     attribution = (candidate.params.get("attribution") or {}) if candidate.scope == "class" else {}
     early = attribution.get("import_time") or {}
+    if reference.measured is not None and not {candidate.entity.file, *early, *(attribution.get("refs") or {})} \
+            <= set(reference.measured):
+        return full  # coverage did not measure a file the selection reads: it tells nothing there
     if selection == "coverage" and any(n in reference.coverage.get(f, {}) for f, spans in early.items()
                                        for a, b in spans for n in range(a, b + 1)):
         return full  # a use of the class or method at import or collection time that ran: it can reach any test
