@@ -37,8 +37,9 @@ the batch worker measures the same marks itself):
 - host: this process (the Docker client, the factory's own bookkeeping).
 
 The floor is the coverage-selected tests' own time (their durations in mode d): what a candidate costs if nothing
-but its tests ran. The reference runs (the whole suite twice, the first with coverage) are measured once per
-repository and shown apart: the coverage modes need the coverage run, SWE-smith's way one plain run.
+but its tests ran. The reference runs (the whole suite with coverage of the files validation reads, then its passing
+tests by id) are measured once per repository and shown apart: SWE-smith's way needs one plain run. `--gold K`
+adds the gold proofs of mode d's tasks (`gold_cost.py`), which SWE-smith's way does not make.
 
 Every mode's results are compared with mode b's (the whole suite, for every candidate): the audit. Mode c and d
 must agree exactly (the batch path is the one-candidate path, batched).
@@ -311,9 +312,8 @@ def main() -> int:
                         help="seconds a whole-suite run may take (a large suite on a loaded machine needs more)")
     parser.add_argument("--swe-smith-timeout", type=float, default=90.0,
                         help="mode a's fixed limit per candidate: SWE-smith's repository profiles default to 90 s")
-    parser.add_argument("--gold", type=int, metavar="K",
-                        help="also prove the gold patches of mode d's tasks as the pipeline does, the first K also "
-                             "with every check (the way before the proof ran only what the bug reached)")
+    parser.add_argument("--gold", type=int, metavar="K", help="also prove mode d's tasks' gold patches as the "
+                        "pipeline does, the first K also the old way (a fresh sandbox, every check)")
     parser.add_argument("--cover-all", action="store_true",
                         help="measure the reference run's coverage of every file, not only the candidates' ones")
     parser.add_argument("--json", help="write every figure to this file too")
