@@ -9,26 +9,20 @@ first K tasks the old way too, and counts the sandboxes' CPU (their cgroups) and
 
 from __future__ import annotations
 
-import resource
-
-from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import verify_gold
 from trajfactory.synthesizers.swe import stage
 
-
-def _host_cpu() -> float:
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+from validate_report import host_cpu  # noqa: E402  (bench/)
 
 
 def _fresh(backend, env, limits, task, timeout: float) -> tuple[bool, float, int]:
     """(passed, CPU seconds, tests run) of the old way's proof: a fresh sandbox, every check."""
     every = task.model_copy(update={"validation": task.validation.model_copy(update={"reached": []})})
-    h = _host_cpu()
+    h = host_cpu()
     with backend.start(env, limits) as sb:
         verdict = verify_gold(sb, every, timeout=timeout)
     ran = len(verdict.evidence.FAIL_TO_PASS) + len(verdict.evidence.PASS_TO_PASS)
-    return verdict.passed, sb.cpu_s + _host_cpu() - h, ran
+    return verdict.passed, sb.cpu_s + host_cpu() - h, ran
 
 
 def gold_proofs(backend, env, source, candidates, validations, limits, *, whole: int, timeout: float) -> dict:
@@ -37,14 +31,10 @@ def gold_proofs(backend, env, source, candidates, validations, limits, *, whole:
     tasks = stage.tasks_from(source, env, candidates, validations)
     out = {"tasks": len(tasks), "passed": 0, "cpu": 0.0, "tests": 0, "whole": 0, "whole_cpu": 0.0,
            "whole_tests": 0, "whole_passed": 0, "agree": 0}
-    verdicts = []
-    h = _host_cpu()
-    with SandboxPool(backend, env, 1, limits) as pool:
-        for task in tasks:
-            with pool.acquire() as sb:
-                verdicts.append(verify_gold(sb, task, timeout=timeout))
-        warm = pool._all[0] if pool._all else None
-    out["cpu"] = (warm.cpu_s if warm is not None else 0.0) + _host_cpu() - h
+    h = host_cpu()
+    with backend.start(env, limits) as warm:  # as the pipeline's pool hands it out: each proof resets it first
+        verdicts = [verify_gold(warm, task, timeout=timeout) for task in tasks]
+    out["cpu"] = warm.cpu_s + host_cpu() - h
     out["passed"] = sum(v.passed for v in verdicts)
     out["tests"] = sum(len(v.evidence.FAIL_TO_PASS) + len(v.evidence.PASS_TO_PASS) for v in verdicts)
     for task, verdict in list(zip(tasks, verdicts))[:whole]:

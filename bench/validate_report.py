@@ -1,9 +1,18 @@
-"""The tables `validate_throughput.py` prints from its report (also written with `--json`)."""
+"""The tables `validate_throughput.py` prints from its report (also written with `--json`), and the reading of this
+process's CPU that it and `gold_cost.py` count."""
 
 from __future__ import annotations
 
+import resource
+
 PHASES = ("start/stop", "exec", "reset", "apply", "start", "collect", "tests", "pytest", "restore", "host")
 """Where a candidate's CPU goes, in the order the tables show (`validate_throughput.py` says what each holds)."""
+
+
+def host_cpu() -> float:
+    """CPU seconds of this process and its children so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def print_tables(report: dict) -> None:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -69,7 +68,7 @@ from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, reference_run
                                                    validate_candidate)
 
 from gold_cost import gold_proofs, print_gold  # noqa: E402  (bench/)
-from validate_report import PHASES, print_tables  # noqa: E402  (bench/)
+from validate_report import PHASES, host_cpu, print_tables  # noqa: E402  (bench/)
 
 LIMITS = SandboxConfig(backend="docker", memory="1g", cpus=1, pids=256, command_timeout_s=600)
 PROBE_DIR = "/tmp/trajfactory-bench-probe"
@@ -98,11 +97,6 @@ def _write():
     with open(os.environ["TRAJFACTORY_BENCH_PROBE"], "w") as fh:
         json.dump({"marks": _marks, **_sum}, fh)
 '''
-
-
-def host_cpu() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass

@@ -129,8 +129,7 @@ def validation_batches(recipe: Recipe, pool: SandboxPool, candidates: list[Candi
 
 def prove_gold(recipe: Recipe, pool: SandboxPool, task: Task) -> Verdict:
     """The task's gold patch against its own checks, in a warm sandbox of the validation's pool: reset to the
-    clean checkout with its scratch directories emptied, as for validation (a container start would cost more than
-    the proof on a small suite)."""
+    clean checkout with its scratch directories emptied, as for validation, without a container start per task."""
     with pool.acquire() as sandbox:
         return verify_gold(sandbox, task, timeout=recipe.validation.suite_timeout_s)
 
