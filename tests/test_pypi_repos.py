@@ -13,7 +13,7 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.executors.swe_env import verify_gold
+from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
 from trajfactory.datasets.swebench import INSTANCES, REPOS, evaluate, export_instances, load_instances, load_predictions
 
 pytestmark = pytest.mark.docker
@@ -38,7 +38,12 @@ def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
     assert tasks, [(v.status, v.detail) for v in validations]
     with docker_backend.start(env, LIMITS) as sandbox:
         verdict = verify_gold(sandbox, tasks[0])
+        batch = verify_gold_batch(sandbox, tasks)  # the pipeline's proof: every task in one warm test worker
     assert verdict.passed, verdict.evidence
+    assert [v.task_id for v in batch] == [t.task_id for t in tasks]
+    assert all(v.passed for v in batch), [v.evidence.detail for v in batch if not v.passed]
+    assert (batch[0].evidence.FAIL_TO_PASS, batch[0].evidence.PASS_TO_PASS) == \
+        (verdict.evidence.FAIL_TO_PASS, verdict.evidence.PASS_TO_PASS)
     check_swebench_export(docker_backend, source, [t.to_row() for t in tasks[:3]], tmp_path / "export")
 
 

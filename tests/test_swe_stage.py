@@ -14,7 +14,7 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
-from trajfactory.executors.swe_env import run_swe_episode, verify_gold, verify_trajectory
+from trajfactory.executors.swe_env import run_swe_episode, verify_gold, verify_gold_batch, verify_trajectory
 from trajfactory.verifiers.claims import contradictions
 
 pytestmark = pytest.mark.docker
@@ -95,6 +95,47 @@ def test_tasks_have_fail_to_pass_and_pass_to_pass(demo):
         for line in task.gold.patch.splitlines():
             if line.startswith("+") and not line.startswith("+++") and len(line.strip()) > 12:
                 assert line[1:].strip() not in task.instruction
+
+
+FORCE_PASS = """diff --git a/conftest.py b/conftest.py
+new file mode 100644
+--- /dev/null
++++ b/conftest.py
+@@ -0,0 +1,3 @@
++def pytest_runtest_logreport(report):
++    report.outcome = "passed"
++    report.longrepr = None
+"""
+
+
+def test_gold_proofs_in_one_warm_worker_agree_and_refuse_a_gold_that_leaves_a_change(demo, docker_backend):
+    """The pipeline's gold proof: many tasks in one warm test worker, each required to restore the clean checkout."""
+    tasks = demo["tasks"][:4]
+    assert len(tasks) == 4
+    good = tasks[0]
+    forged = [  # a gold patch that also forces every outcome to "passed", one that does not apply, one that undoes nothing
+        good.model_copy(update={"task_id": "forged-conftest",
+                                "gold": good.gold.model_copy(update={"patch": good.gold.patch + FORCE_PASS})}),
+        good.model_copy(update={"task_id": "forged-garbage",
+                                "gold": good.gold.model_copy(update={"patch": "not a diff\n"})}),
+        good.model_copy(update={"task_id": "forged-again", "gold": good.gold.model_copy(update={"patch": good.bug_patch})}),
+    ]
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        batch = verify_gold_batch(sandbox, tasks[:2] + forged + tasks[2:])
+        one = [verify_gold(sandbox, task) for task in tasks]
+    proofs = batch[:2] + batch[5:]
+    for task, b, o in zip(tasks, proofs, one):  # the same verdict and outcomes as the one-task proof
+        assert b.task_id == task.task_id and b.passed and o.passed, (b.evidence, o.evidence)
+        assert [(x.test, x.outcome) for x in b.evidence.FAIL_TO_PASS] == \
+            [(x.test, x.outcome) for x in o.evidence.FAIL_TO_PASS]
+        assert [(x.test, x.outcome) for x in b.evidence.PASS_TO_PASS] == \
+            [(x.test, x.outcome) for x in o.evidence.PASS_TO_PASS]
+    conftest, garbage, again = batch[2:5]
+    assert not conftest.passed and "not its commit again" in conftest.evidence.detail \
+        and "conftest.py" in conftest.evidence.detail, conftest.evidence
+    assert not garbage.passed and "the second patch does not apply" in garbage.evidence.detail, garbage.evidence
+    assert not again.passed, again.evidence  # the bug applied twice: it does not apply, or leaves the bug's change
+    assert "second patch does not apply" in again.evidence.detail or "not its commit again" in again.evidence.detail
 
 
 def test_coverage_selection_agrees_with_full_suite(demo, docker_backend):

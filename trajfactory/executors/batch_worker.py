@@ -6,7 +6,8 @@ for "hot" items, run after the plain ones) into the sandbox, outside the checkou
 named `trajfactory_` + its name here, and runs it once per batch with one input file and one output file; they
 import only the standard library and the sandbox's own pytest. For each item it
 
-1. applies the item's patch to the checkout (`git apply`),
+1. applies the item's patch to the checkout (`git apply`), and its second patch where it has one (`then`: a gold
+   patch after its bug), which must leave the checkout exactly at its commit again (`git status` empty),
 2. forks a child that runs `pytest.main` exactly as `python -m pytest` with the factory's plugin would (same
    arguments, environment, `sys.path[0]`, working directory), in its own process group, its output to a file,
 3. waits for it up to the item's timeout (then kills its process group), kills whatever it left running (the
@@ -127,6 +128,15 @@ def _restore(commit: str) -> tuple[bool, str]:
     return code_co == 0 and code_cl == 0, (out_co + "\n" + out_cl).strip()[-2000:]
 
 
+def _apply(scratch: str, patch: str) -> tuple[int, str]:
+    path = f"{scratch}/patch.diff"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(patch if patch.endswith("\n") else patch + "\n")
+    code, out = git("apply", "--whitespace=nowarn", path)
+    os.unlink(path)
+    return code, out
+
+
 def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=None) -> dict:
     """Apply the item's patch, fork `child` (which never returns into this loop), wait for it, read its records and
     restore the checkout. `prepare()`, where given, runs on the patched checkout before the fork: a reason it returns
@@ -135,14 +145,24 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
     result: dict = {"key": item["key"], "timeout": item["timeout"]}
     p0, c0, w0 = time.process_time(), children_cpu(), time.monotonic()
     if item["patch"]:
-        path = f"{scratch}/patch.diff"
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(item["patch"] if item["patch"].endswith("\n") else item["patch"] + "\n")
-        code, out = git("apply", "--whitespace=nowarn", path)
-        os.unlink(path)
+        code, out = _apply(scratch, item["patch"])
         if code != 0:
-            result.update(status="patch_failed", detail=out or f"git apply exited {code}",
+            first = "the first patch does not apply: " if item.get("then") else ""
+            result.update(status="patch_failed", detail=first + (out or f"git apply exited {code}"),
                           apply_cpu=children_cpu() - c0)
+            return result
+    if item.get("then"):  # a second patch that must leave the checkout exactly at its commit (a gold after its bug)
+        code, out = _apply(scratch, item["then"])
+        detail = f"the second patch does not apply: {out or f'git apply exited {code}'}"
+        if code == 0:
+            code, out = git("status", "--porcelain", "--untracked-files=all")
+            detail = (f"git status failed: {out}" if code else
+                      f"the checkout is not its commit again after both patches:\n{out[:1500]}")
+            code = code or int(bool(out))
+        if code != 0:
+            restored, error = _restore(commit)
+            result.update(status="patch_failed", detail=detail, apply_cpu=children_cpu() - c0, clean=True,
+                          restored=restored, restore_error=error)
             return result
     reason = prepare() if prepare is not None else None
     if reason is not None:
@@ -322,7 +342,7 @@ def main() -> int:
             warm_regexes(new_regexes)
             result["precompile_cpu"] = time.process_time() - c0
         emit(result)
-        if result["status"] != "patch_failed" and not (result["clean"] and result["restored"]):
+        if not (result.get("clean", True) and result.get("restored", True)):  # a failed `git apply` changes nothing
             emit({"done": False, "dirty": True, "reason": result.get("restore_error") or "processes left running"})
             return 0
     hot = [(index, item) for index, item in enumerate(spec["items"]) if item.get("hot")]

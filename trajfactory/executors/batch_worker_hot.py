@@ -207,7 +207,7 @@ class HotSession:
         for index, item in self.items:
             try:
                 originals = {}
-                for rel in changed_paths(item["patch"]):
+                for rel in [] if item.get("then") else changed_paths(item["patch"]):  # `then`: nothing changes
                     with open(os.path.join(workdir, rel), "rb") as fh:
                         originals[rel] = fh.read()
             except (Refused, OSError) as exc:
@@ -239,7 +239,7 @@ class HotSession:
                 continue
             self.handled.add(item["key"])
             self.emit(result)
-            if result["status"] != "patch_failed" and not (result["clean"] and result["restored"]):
+            if not (result.get("clean", True) and result.get("restored", True)):
                 self.dirty = result.get("restore_error") or "processes left running"
                 break
         self.loop_cpu = (start, time.process_time())

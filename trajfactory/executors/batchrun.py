@@ -67,6 +67,9 @@ class BatchItem:
     hot: bool = False
     """The patch changes only function bodies no test ran at import or collection time: the worker may test it in
     its collected session (`batch_worker_hot.py`), which runs it the plain way where the swap could differ."""
+    then: str = ""
+    """A second diff applied after `patch` that must bring the checkout back exactly to its commit (a task's gold patch
+    after its bug patch); the item fails as a patch that does not apply where it does not."""
 
 
 @dataclass
@@ -116,7 +119,7 @@ def _item_spec(item: BatchItem, index: int, hot: bool) -> dict:
     if item.tests is not None:
         env["TRAJFACTORY_SELECT"] = f"{BATCH_DIR}/tests-{index}.txt"
         args = sorted({t.split("::", 1)[0] for t in item.tests})
-    return {"key": item.key, "patch": item.patch, "tests": item.tests, "args": args, "env": env,
+    return {"key": item.key, "patch": item.patch, "then": item.then, "tests": item.tests, "args": args, "env": env,
             "timeout": item.timeout, "hot": hot and item.hot and item.tests is not None}
 
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxError, apply_patch
+from trajfactory.executors.batchrun import BatchItem, run_batch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
 from trajfactory.executors.testrun import run_tests, summarize
-from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
+from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
 from trajfactory.settings import EpisodeLimits, SandboxConfig
 from trajfactory.verifiers import tests as test_verifier
 
@@ -187,6 +188,29 @@ def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verd
     """Prove the task's gold patch passes its own checks (those the bug's change reached: `tests.gold_checks`)."""
     return test_verifier.gold_verdict(task, *run_patch_tests(sandbox, task, task.gold.patch, timeout=timeout,
                                                              checks=test_verifier.gold_checks(task)))
+
+
+def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 300.0) -> list[Verdict]:
+    """`verify_gold` for many tasks in one warm test worker (`batchrun.run_batch`), the verdicts in task order. Each
+    task's bug patch and then its gold patch are applied, and the worker requires the checkout to be exactly its clean
+    commit again (`git status` empty): a gold patch that leaves any other change fails here, so the tampering scan and
+    canaries of a submitted patch have nothing to find. The `gold_checks` then run in the worker's collected session,
+    as validation runs its candidates, without a pytest start and collection per task."""
+    items = [BatchItem(key=task.task_id, patch=task.bug_patch, then=task.gold.patch, timeout=timeout, hot=True,
+                       tests=test_verifier.tests_of(test_verifier.gold_checks(task))) for task in tasks]
+    verdicts = []
+    for task, result in zip(tasks, run_batch(sandbox, items)[0]):
+        checks, run = test_verifier.gold_checks(task), result.run
+        if run is None:
+            passed, evidence = False, Evidence(detail=f"gold proof: {result.patch_error} (the first patch: the task's "
+                                                      "bug patch; the second: its gold patch)"[:2000])
+        elif run.timed_out:
+            passed, evidence = False, Evidence(detail=f"tests did not finish within {timeout:.0f}s")
+        else:
+            outcomes = {t: run.outcomes.get(t, "missing") for t in test_verifier.tests_of(checks)}
+            passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
+        verdicts.append(test_verifier.gold_verdict(task, passed, evidence, run.duration_s if run else 0.0))
+    return verdicts
 
 
 # ---------------------------------------------------------------- the environment

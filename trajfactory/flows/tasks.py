@@ -193,8 +193,9 @@ STEPS: dict[Callable, Any] = {
     swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True,
                                   remote=True),
     swe.prove_gold: step_task(swe.prove_gold, "verify-gold", retry=True, remote=True,
-                              key=lambda p: ("gold", p["task"].task_id, test_verifier.VERSION,
-                                             test_verifier.tests_of(test_verifier.gold_checks(p["task"])))),
+                              key=lambda p: ("gold-batch", test_verifier.VERSION,
+                                             [(t.task_id, test_verifier.tests_of(test_verifier.gold_checks(t)))
+                                              for t in p["tasks"]])),
     swe.write_statement: step_task(swe.write_statement, "statement", key=_statement, retry=True),
     swe.oracle_rollout: step_task(swe.oracle_rollout, "rollout", key=_rollout, retry=True, remote=True),
     # on a cluster, on its nodes too: a node's episodes reach the model at the endpoint's URL (`model.host`)

@@ -28,19 +28,20 @@ from trajfactory.executors import get_backend
 from trajfactory.executors.base import EnvironmentHandle, InfrastructureError
 from trajfactory.executors.episode import require_server, run_episodes
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold
+from trajfactory.executors.swe_env import SweEnvironments, run_swe_episode, verify_gold_batch
 from trajfactory.models.service import ModelEndpoint, model_session
 from trajfactory.pipelines.runner import Runner
 from trajfactory.pipelines.swe_build import build
 from trajfactory.pipelines.swe_records import Harvest, Rollouts, Synthesis, Verification
 from trajfactory.runtime import run_sync
-from trajfactory.schema import (Candidate, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory, Validation,
-                                Verdict)
+from trajfactory.schema import (Candidate, Evidence, ModelUsage, Quarantine, ReferenceRun, Source, Task, Trajectory,
+                                Validation, Verdict)
 from trajfactory.settings import EpisodeLimits, Recipe
 from trajfactory.sources import expand_repo, harvest_repo
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.verifiers import judge as judge_verifier
+from trajfactory.verifiers.tests import gold_verdict
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +123,32 @@ def validation_batches(recipe: Recipe, pool: SandboxPool, candidates: list[Candi
                        ) -> list[tuple]:
     """`validate_batch` calls: the candidates in order, cut into batches of `validation.batch_size` at most, and
     into at least as many batches as there are sandboxes (when there are that many candidates)."""
+    return [(recipe, pool, batch, ref) for batch in _batches(recipe, candidates)]
+
+
+def _batches(recipe: Recipe, items: list) -> list[list]:
     workers = max(1, recipe.sandbox.concurrency)
-    size = max(1, min(recipe.validation.batch_size, -(-len(candidates) // workers)))
-    return [(recipe, pool, candidates[i:i + size], ref) for i in range(0, len(candidates), size)]
+    size = max(1, min(recipe.validation.batch_size, -(-len(items) // workers)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def prove_gold(recipe: Recipe, pool: SandboxPool, task: Task) -> Verdict:
-    """The task's gold patch against its own checks, in a warm sandbox of the validation's pool: reset to the
-    clean checkout with its scratch directories emptied, as for validation, without a container start per task."""
+def prove_gold(recipe: Recipe, pool: SandboxPool, tasks: list[Task]) -> list[Verdict]:
+    """A batch of tasks' gold proofs in one warm sandbox of the validation's pool, by one warm test worker
+    (`swe_env.verify_gold_batch`): each task's bug and gold patches applied, the checkout required to be exactly the
+    clean one again, and the task's `gold_checks` run in the worker's collected session."""
     with pool.acquire() as sandbox:
-        return verify_gold(sandbox, task, timeout=recipe.validation.suite_timeout_s)
+        try:
+            return verify_gold_batch(sandbox, tasks, timeout=recipe.validation.suite_timeout_s)
+        except InfrastructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad batch never stops the others
+            return [gold_verdict(t, False, Evidence(detail=f"gold proof: {type(exc).__name__}: {exc}"[:2000]), 0.0)
+                    for t in tasks]
+
+
+def gold_batches(recipe: Recipe, pool: SandboxPool, tasks: list[Task]) -> list[tuple]:
+    """`prove_gold` calls: the tasks cut into batches as `validation_batches` cuts candidates."""
+    return [(recipe, pool, batch) for batch in _batches(recipe, tasks)]
 
 
 def write_statement(recipe: Recipe, endpoint: ModelEndpoint, env: EnvironmentHandle, task: Task
@@ -235,15 +252,16 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         validations = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, candidates, ref),
                                                  f"validate {source.name}", workers=workers) for v in batch]
         tasks = stage.tasks_from(source, env, candidates, validations)
-        gold = runner.map(prove_gold, [(recipe, pool, t) for t in tasks], f"prove gold {source.name}", workers=workers)
+        gold = [v for batch in runner.map(prove_gold, gold_batches(recipe, pool, tasks), f"prove gold {source.name}",
+                                          workers=workers) for v in batch]
         accepted, rejected = stage.accept_proven(tasks, gold, source)
         if syn.combine.max_per_file and len(accepted) > 1:  # several proven bugs of one file as one task
             combos = runner.call(combined_candidates, recipe, source, accepted, candidates)
             more = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, combos, ref),
                                               f"validate combined {source.name}", workers=workers) for v in batch]
             tasks = stage.tasks_from(source, env, combos, more)
-            proofs = runner.map(prove_gold, [(recipe, pool, t) for t in tasks], f"prove gold combined {source.name}",
-                                workers=workers)
+            proofs = [v for batch in runner.map(prove_gold, gold_batches(recipe, pool, tasks),
+                                                f"prove gold combined {source.name}", workers=workers) for v in batch]
             kept, dropped = stage.accept_proven(tasks, proofs, source)
             candidates, validations, gold = candidates + combos, validations + more, gold + proofs
             accepted, rejected = accepted + kept, rejected + dropped
