@@ -36,8 +36,15 @@ def gold_proofs(backend, env, source, candidates, validations, limits, *, whole:
            "whole_tests": 0, "whole_passed": 0, "agree": 0}
     h = host_cpu()
     with backend.start(env, limits) as warm:  # as the pipeline's pool hands it out: each batch resets it first
+        costs: list = []
         verdicts = [v for i in range(0, len(tasks), BATCH)
-                    for v in verify_gold_batch(warm, tasks[i:i + BATCH], timeout=timeout)]
+                    for v in verify_gold_batch(warm, tasks[i:i + BATCH], timeout=timeout, costs=costs)]
+    items = [st for _, stats in costs for st in stats]
+    out.update(batches=len(costs), hot=sum(info.hot_items - info.hot_refused for info, _ in costs),
+               session_cpu=sum(info.hot_cpu + info.startup_cpu for info, _ in costs),
+               child_cpu=sum(st.get("child", 0.0) for st in items),
+               durations=sum(st.get("durations", 0.0) for st in items),
+               apply_restore_cpu=sum(st.get("apply", 0.0) + st.get("restore", 0.0) for st in items))
     out["cpu"] = warm.cpu_s + host_cpu() - h
     out["passed"] = sum(v.passed for v in verdicts)
     out["tests"] = sum(len(v.evidence.FAIL_TO_PASS) + len(v.evidence.PASS_TO_PASS) for v in verdicts)
@@ -66,6 +73,13 @@ def print_gold(report: dict) -> None:
         print(f"| {name} | {g['tasks']} | {g['passed']} | {g['cpu']:.1f} | {g['cpu'] / n:.2f} | "
               f"{g['tests'] / n:.0f} | {g['whole']} | {g['whole_cpu'] / w:.2f} | {g['whole_tests'] / w:.0f} | "
               f"{g['agree']}/{g['whole']} |")
+    print("\n| repo | batches | proofs in the collected session | session start + collection CPU s | children CPU s "
+          "| tests' own time s | apply + restore CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rep in rows:
+        g = rep["gold"]
+        print(f"| {name} | {g['batches']} | {g['hot']} | {g['session_cpu']:.1f} | {g['child_cpu']:.1f} | "
+              f"{g['durations']:.1f} | {g['apply_restore_cpu']:.1f} |")
     print("\n| repo | reference CPU s | validation CPU s (d) | gold CPU s | tasks | CPU s / task | gold one by one "
           "(est.) CPU s / task |")
     print("|---|---|---|---|---|---|---|")

@@ -28,7 +28,7 @@ import pytest
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.swe_env import verify_gold
+from trajfactory.executors.swe_env import verify_gold_batch
 from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
@@ -76,7 +76,8 @@ def _pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[C
     return picked
 
 
-def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4) -> Mined:
+def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4,
+         cfg: ValidationConfig = QUICK) -> Mined:
     source = harvest_repo(uri, mirrors)
     assert isinstance(source, Source), source
     env = build_environment(backend, source)
@@ -84,14 +85,14 @@ def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...
     found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=2000, seed=1), tmp_path / "co")
     candidates = _pick(found, files, n)
     assert len(candidates) == n, sorted({c.entity.file for c in found})
-    ref = stage.reference(backend, env, source, QUICK, LIMITS)
+    ref = stage.reference(backend, env, source, cfg, LIMITS)
     assert isinstance(ref, ReferenceRun), ref
     with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
-        validations = [stage.validate(pool, c, ref, QUICK) for c in candidates]
+        validations = [stage.validate(pool, c, ref, cfg) for c in candidates]
     tasks = stage.tasks_from(source, env, candidates, validations)
     assert tasks, [(v.status, v.detail) for v in validations]
-    with backend.start(env, LIMITS) as sandbox:
-        verdicts = [verify_gold(sandbox, task) for task in tasks]
+    with backend.start(env, LIMITS) as sandbox:  # as the pipeline proves them: in one warm test worker
+        verdicts = verify_gold_batch(sandbox, tasks, timeout=cfg.suite_timeout_s)
     # every validated task's gold patch passes its own checks: nothing the harness caused fails a gold proof
     assert [v.evidence for v in verdicts if not v.passed] == []
     checkout = stage.checkout(source, tmp_path / "co")
@@ -143,20 +144,28 @@ def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_pat
 @pytest.mark.docker
 def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirrors, tmp_path):
     """validators: ids such as `test_returns_true_on_valid_url[http://foo.com/blah_blah_(wikipedia)]`."""
+    # the factory's default reference: a second run selects the first run's passing tests by id
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:validators==0.28.3",
-                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5)
+                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5,
+                 cfg=QUICK.model_copy(update={"reference_runs": 2}))
 
     def odd(test: str) -> bool:
         param = test.partition("[")[2]
         return bool(re.search(r" |\(|\\u|\\x|[^\x00-\x7f]", param))
 
-    assert sum(map(odd, mined.ref.passing)) > 20
+    assert mined.ref.by_id
+    assert sum(map(odd, mined.ref.passing)) > 20  # each passed again when selected by its id
+    assert not [t for t, why in mined.ref.excluded.items() if odd(t)], mined.ref.excluded
     odd_checked = sorted(filter(odd, mined.checked()))
     assert any(odd(t) for t in mined.failing()), sorted(mined.failing())
-    # spaces, brackets and pytest's escapes of unicode (`\u272a`) all round-trip through the gold proofs
     for sample in (" ", "(", "\\u"):
         assert any(sample in t.partition("[")[2] for t in odd_checked), sample
-    assert all(mined.outcome(t) == {"passed"} for t in odd_checked)
+    # spaces, brackets and pytest's escapes of unicode (`\u272a`) round-trip through the gold proofs, which run the
+    # tests the bugs' changes reached (every F2P test among them)
+    proved = [t for t in odd_checked if mined.outcome(t)]
+    assert any(odd(t) for t in mined.failing() if t in proved)
+    assert all(mined.outcome(t) == {"passed"} for t in proved)
+    assert all(t.validation.reached for t in mined.tasks if t.validation.selection == "coverage")
 
 
 @pytest.mark.docker

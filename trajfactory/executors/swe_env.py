@@ -190,16 +190,20 @@ def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verd
                                                              checks=test_verifier.gold_checks(task)))
 
 
-def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 300.0) -> list[Verdict]:
+def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 300.0,
+                      costs: list | None = None) -> list[Verdict]:
     """`verify_gold` for many tasks in one warm test worker (`batchrun.run_batch`), the verdicts in task order. Each
     task's bug patch and then its gold patch are applied, and the worker requires the checkout to be exactly its clean
     commit again (`git status` empty): a gold patch that leaves any other change fails here, so the tampering scan and
     canaries of a submitted patch have nothing to find. The `gold_checks` then run in the worker's collected session,
-    as validation runs its candidates, without a pytest start and collection per task."""
+    as validation runs its candidates, without a pytest start and collection per task. `costs`, where given, gets
+    the batch's `BatchInfo` and each item's CPU breakdown (`ItemResult.stats`), for the bench."""
     items = [BatchItem(key=task.task_id, patch=task.bug_patch, then=task.gold.patch, timeout=timeout, hot=True,
                        tests=test_verifier.tests_of(test_verifier.gold_checks(task))) for task in tasks]
-    verdicts = []
-    for task, result in zip(tasks, run_batch(sandbox, items)[0]):
+    verdicts, (results, info) = [], run_batch(sandbox, items)
+    if costs is not None:
+        costs.append((info, [r.stats for r in results]))
+    for task, result in zip(tasks, results):
         checks, run = test_verifier.gold_checks(task), result.run
         if run is None:
             passed, evidence = False, Evidence(detail=f"gold proof: {result.patch_error} (the first patch: the task's "
