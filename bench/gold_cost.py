@@ -2,7 +2,7 @@
 
 The pipeline proves every task's gold patch before it keeps the task (`swe.prove_gold`), against the FAIL_TO_PASS
 tests and the PASS_TO_PASS tests the bug's change reached (`Validation.reached`, `verifiers.tests.gold_checks`). It
-proves them in batches of 16 by one warm test worker in a warm sandbox (`swe_env.verify_gold_batch`), as validation
+proves them in batches of up to 64 by one warm test worker in a warm sandbox (`swe_env.verify_gold_batch`), as validation
 tests candidates. Before, each proof reset a warm sandbox and started pytest (`swe_env.verify_gold`, the fifth
 session's way); before that, each started a fresh sandbox and ran every check. This proves every task the factory's
 way and the first K tasks the one-by-one way too, and counts the sandboxes' CPU (their cgroups) and this process's.
@@ -11,13 +11,14 @@ way and the first K tasks the one-by-one way too, and counts the sandboxes' CPU 
 from __future__ import annotations
 
 from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
+from trajfactory.pipelines.swe import GOLD_BATCH
 from trajfactory.settings import ValidationConfig
 from trajfactory.synthesizers.swe import stage
 
 from validate_report import host_cpu  # noqa: E402  (bench/)
 
-BATCH = ValidationConfig().batch_size
-"""Tasks per worker, as the pipeline cuts them (`validation.batch_size`)."""
+BATCH = GOLD_BATCH * ValidationConfig().batch_size
+"""Tasks per worker at most, as the pipeline cuts them with one sandbox (`swe.gold_batches`)."""
 
 
 def _one_by_one(backend, env, limits, tasks, timeout: float) -> tuple[list, float]:

@@ -123,12 +123,12 @@ def validation_batches(recipe: Recipe, pool: SandboxPool, candidates: list[Candi
                        ) -> list[tuple]:
     """`validate_batch` calls: the candidates in order, cut into batches of `validation.batch_size` at most, and
     into at least as many batches as there are sandboxes (when there are that many candidates)."""
-    return [(recipe, pool, batch, ref) for batch in _batches(recipe, candidates)]
+    return [(recipe, pool, batch, ref) for batch in _batches(recipe, candidates, recipe.validation.batch_size)]
 
 
-def _batches(recipe: Recipe, items: list) -> list[list]:
+def _batches(recipe: Recipe, items: list, most: int) -> list[list]:
     workers = max(1, recipe.sandbox.concurrency)
-    size = max(1, min(recipe.validation.batch_size, -(-len(items) // workers)))
+    size = max(1, min(most, -(-len(items) // workers)))
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
@@ -146,9 +146,15 @@ def prove_gold(recipe: Recipe, pool: SandboxPool, tasks: list[Task]) -> list[Ver
                     for t in tasks]
 
 
+GOLD_BATCH = 4
+"""A gold batch holds up to this many times `validation.batch_size` tasks. Its collected session collects the union
+of its tasks' test files once (about 7 s a batch on networkx), and a proof's own tests are few."""
+
+
 def gold_batches(recipe: Recipe, pool: SandboxPool, tasks: list[Task]) -> list[tuple]:
-    """`prove_gold` calls: the tasks cut into batches as `validation_batches` cuts candidates."""
-    return [(recipe, pool, batch) for batch in _batches(recipe, tasks)]
+    """`prove_gold` calls: the tasks cut into as many batches as there are sandboxes, of at most `GOLD_BATCH` times
+    `validation.batch_size` tasks."""
+    return [(recipe, pool, batch) for batch in _batches(recipe, tasks, GOLD_BATCH * recipe.validation.batch_size)]
 
 
 def write_statement(recipe: Recipe, endpoint: ModelEndpoint, env: EnvironmentHandle, task: Task
