@@ -2,8 +2,8 @@
 
 The pipeline proves every task's gold patch before it keeps the task (`swe.prove_gold`), against the FAIL_TO_PASS
 tests and the PASS_TO_PASS tests the bug's change reached (`Validation.reached`, `verifiers.tests.gold_checks`). It
-proves them in batches of up to 64 by one warm test worker in a warm sandbox (`swe_env.verify_gold_batch`), as validation
-tests candidates. Before, each proof reset a warm sandbox and started pytest (`swe_env.verify_gold`, the fifth
+proves them in batches of up to 64 by one warm test worker in a warm sandbox (`swe_env.verify_gold_batch`), as
+validation tests candidates. Before, each proof reset a warm sandbox and started pytest (`swe_env.verify_gold`, the fifth
 session's way); before that, each started a fresh sandbox and ran every check. This proves every task the factory's
 way and the first K tasks the one-by-one way too, and counts the sandboxes' CPU (their cgroups) and this process's.
 """

@@ -307,8 +307,8 @@ def main() -> int:
     parser.add_argument("--swe-smith-timeout", type=float, default=90.0,
                         help="mode a's fixed limit per candidate: SWE-smith's repository profiles default to 90 s")
     parser.add_argument("--gold", type=int, metavar="K", help="also prove mode d's tasks' gold patches as the "
-                        "pipeline does (batches in one warm test worker), the first K also one by one (a pytest start per "
-                        "task)")
+                        "pipeline does (batches in one warm test worker), the first K also one by one (a pytest "
+                        "start per task)")
     parser.add_argument("--cover-all", action="store_true",
                         help="measure the reference run's coverage of every file, not only the candidates' ones")
     parser.add_argument("--json", help="write every figure to this file too")

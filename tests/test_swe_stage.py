@@ -113,12 +113,14 @@ def test_gold_proofs_in_one_warm_worker_agree_and_refuse_a_gold_that_leaves_a_ch
     tasks = demo["tasks"][:4]
     assert len(tasks) == 4
     good = tasks[0]
-    forged = [  # a gold patch that also forces every outcome to "passed", one that does not apply, one that undoes nothing
+    # gold patches that also force every outcome to "passed", that do not apply, that undo nothing
+    forged = [
         good.model_copy(update={"task_id": "forged-conftest",
                                 "gold": good.gold.model_copy(update={"patch": good.gold.patch + FORCE_PASS})}),
         good.model_copy(update={"task_id": "forged-garbage",
                                 "gold": good.gold.model_copy(update={"patch": "not a diff\n"})}),
-        good.model_copy(update={"task_id": "forged-again", "gold": good.gold.model_copy(update={"patch": good.bug_patch})}),
+        good.model_copy(update={"task_id": "forged-again",
+                                "gold": good.gold.model_copy(update={"patch": good.bug_patch})}),
     ]
     with docker_backend.start(demo["env"], LIMITS) as sandbox:
         batch = verify_gold_batch(sandbox, tasks[:2] + forged + tasks[2:])

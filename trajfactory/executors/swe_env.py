@@ -198,21 +198,22 @@ def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 3
     canaries of a submitted patch have nothing to find. The `gold_checks` then run in the worker's collected session,
     as validation runs its candidates, without a pytest start and collection per task. `costs`, where given, gets
     the batch's `BatchInfo` and each item's CPU breakdown (`ItemResult.stats`), for the bench."""
+    checks = [test_verifier.gold_checks(task) for task in tasks]
     items = [BatchItem(key=task.task_id, patch=task.bug_patch, then=task.gold.patch, timeout=timeout, hot=True,
-                       tests=test_verifier.tests_of(test_verifier.gold_checks(task))) for task in tasks]
+                       tests=test_verifier.tests_of(c)) for task, c in zip(tasks, checks)]
     verdicts, (results, info) = [], run_batch(sandbox, items)
     if costs is not None:
         costs.append((info, [r.stats for r in results]))
-    for task, result in zip(tasks, results):
-        checks, run = test_verifier.gold_checks(task), result.run
+    for task, task_checks, result in zip(tasks, checks, results):
+        run = result.run
         if run is None:
             passed, evidence = False, Evidence(detail=f"gold proof: {result.patch_error} (the first patch: the task's "
                                                       "bug patch; the second: its gold patch)"[:2000])
         elif run.timed_out:
             passed, evidence = False, Evidence(detail=f"tests did not finish within {timeout:.0f}s")
         else:
-            outcomes = {t: run.outcomes.get(t, "missing") for t in test_verifier.tests_of(checks)}
-            passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
+            outcomes = {t: run.outcomes.get(t, "missing") for t in test_verifier.tests_of(task_checks)}
+            passed, evidence = test_verifier.judge_outcomes(task_checks, outcomes, summarize(outcomes))
         verdicts.append(test_verifier.gold_verdict(task, passed, evidence, run.duration_s if run else 0.0))
     return verdicts
 
