@@ -13,4 +13,14 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
 fi
 source scripts/venv.sh
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-exec "$TRAJFACTORY_PY" -m pytest -p no:cacheprovider -q -ra --durations=30 "$@"
+PYTEST=("$TRAJFACTORY_PY" -m pytest -p no:cacheprovider -q -ra --durations=30)
+if [ $# -gt 0 ]; then  # the tests named, as asked
+  exec "${PYTEST[@]}" "$@"
+fi
+# The whole suite. Most of its time waits on containers, servers and subprocesses, so it runs on N workers
+# (TRAJFACTORY_TEST_WORKERS, default 2); modules that share a costly session fixture stay on one worker
+# (tests/conftest.py). The `exclusive` tests (they restart the Docker engine) then run alone.
+status=0
+"${PYTEST[@]}" -n "${TRAJFACTORY_TEST_WORKERS:-2}" --dist loadscope -m "not exclusive" || status=$?
+"${PYTEST[@]}" -m exclusive || { last=$?; [ "$status" -ne 0 ] || status=$last; }
+exit "$status"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,12 +20,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# The session's own label on the sandboxes of `docker_backend`: with `pytest -n`, other workers' sandboxes share the
+# engine, and a leak check must count only this process's.
+SESSION_LABEL = {"trajfactory.tests": str(os.getpid())}
+
+
 def _trajfactory_containers() -> set[str]:
     try:
         import docker
 
         client = docker.from_env()
-        return {c.id for c in client.containers.list(all=True, ignore_removed=True, filters={"label": "trajfactory=1"})}
+        wanted = ["trajfactory=1", *(f"{k}={v}" for k, v in SESSION_LABEL.items())]
+        return {c.id for c in client.containers.list(all=True, ignore_removed=True, filters={"label": wanted})}
     except Exception:  # no engine yet: the docker_backend fixture says so
         return set()
 
@@ -36,10 +43,49 @@ def pytest_sessionstart(session):
 
 _BEFORE = pytest.StashKey[set]()
 
+# Session fixtures too costly to make once per worker: with `pytest -n N --dist loadscope` (scripts/test.sh), the
+# modules that name one of them run together on one worker. Every other module runs whole on one worker.
+SHARED_ONCE = ("model_flow_run", "undisturbed_textkit", "web_version")
+
+
+def module_groups() -> dict[str, str]:
+    """Test module -> its unit of work: the module itself, or one unit for every module that names a fixture of
+    SHARED_ONCE (read from the sources: the scheduler runs before any test is collected)."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        text = path.read_text()
+        for name in SHARED_ONCE:
+            if re.search(rf"\b{name}\b", text):
+                parent[root(path.stem)] = root(name)
+    return {path.stem: root(path.stem) for path in Path(__file__).parent.glob("test_*.py")}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with module_groups() as the scopes (xdist's own loadscope splits by module or class)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = module_groups()
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            stem = Path(nodeid.split("::", 1)[0]).stem
+            return groups.get(stem, stem)
+
+    return ModuleGroups(config, log)
+
 
 @pytest.fixture
 def containers_left(request):
-    """The trajfactory containers this test session created and did not remove."""
+    """The sandbox containers this test session's `docker_backend` created and did not remove."""
     before = request.config.stash.get(_BEFORE, set())
     return lambda: sorted(_trajfactory_containers() - before)
 
@@ -52,7 +98,7 @@ def docker_backend():
     if not engine_available():
         pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
     ensure_base_image()
-    return DockerBackend()
+    return DockerBackend(labels=SESSION_LABEL)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The Docker engine restarts in the middle of a run (every container dies with it): the run rides it out on new
 containers or stops with a clear message, and the same command then finishes it with the data an undisturbed run
-makes. Restarting the engine disturbs every container on it, so this module runs alone (the suite is serial)."""
+makes. Restarting the engine disturbs every container on it, so this module is `exclusive`: scripts/test.sh runs it
+alone, after the parallel run of the others."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import cli_runs
 from trajfactory.datasets.store import DatasetStore
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.exclusive]
 
 
 def _argv(tmp: Path, api: str) -> tuple[list[str], dict]:
