@@ -52,18 +52,15 @@ def make_handler(hub) -> type[BaseHTTPRequestHandler]:
             self._body: bytes | None = None
             try:
                 with hub.lock:
-                    status = self._route(method, url.path)
+                    self._route(method, url.path)
             except HubError as err:
                 self.body_read()  # keep the connection usable
                 headers = {"X-Error-Message": err.message, **err.headers}
                 if err.code:
                     headers["X-Error-Code"] = err.code
-                status = self._send(err.status, {"error": err.message, **err.body}, headers=headers)
+                self._send(err.status, {"error": err.message, **err.body}, headers=headers)
             except Exception as exc:  # a bug of the stand-in: answer 500 so the client does not hang
-                status = self._send(500, {"error": f"stand-in hub error: {type(exc).__name__}: {exc}"})
-            hub.requests.append((method, url.path, status))
-            with open(hub.storage / "access.log", "a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} {method} {url.path} {status}\n")
+                self._send(500, {"error": f"stand-in hub error: {type(exc).__name__}: {exc}"})
 
         def body_read(self) -> bytes:
             if self._body is None:
@@ -92,6 +89,11 @@ def make_handler(hub) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, payload: Any = None, *, raw: bytes | None = None, headers: dict | None = None,
                   content_type: str = "application/json", length: int | None = None) -> int:
             data = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+            # recorded before the client can read the answer: a test counting requests must see the ones answered
+            path = urlsplit(self.path).path
+            hub.requests.append((self.command, path, status))
+            with open(hub.storage / "access.log", "a") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} {self.command} {path} {status}\n")
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data) if length is None else length))

@@ -1,5 +1,7 @@
 """Verification that a patch cannot game: an adversarial battery of patches, each refused, against a real task of
-the bundled demo repository in real Docker sandboxes; the gold patch still passes and an empty patch fails."""
+the bundled demo repository and of two real PyPI packages (isodate: a src layout whose unittest-style tests an
+`assertEqual` monkeypatch would really fool; inflection: one test module at the top of the repository), in real
+Docker sandboxes; the gold patch still passes and an empty patch fails."""
 
 from __future__ import annotations
 
@@ -61,11 +63,12 @@ SKIP_ALL = ("import pytest\n\n\ndef pytest_collection_modifyitems(items):\n    f
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
     """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
     plugin_dir = module_file.rsplit("/", 1)[0]
+    test_dir = test_file.rsplit("/", 1)[0] if "/" in test_file else "."
     return {
         "conftest hook forcing every outcome to passed":
             f"printf %s {_q(FORCE_PASS)} > conftest.py",
         "nested conftest skipping everything":
-            f"printf %s {_q(SKIP_ALL)} > {test_file.rsplit('/', 1)[0]}/conftest.py",
+            f"printf %s {_q(SKIP_ALL)} > {test_dir}/conftest.py",
         "a plugin named in the pytest configuration":
             f"printf %s {_q(FORCE_PASS)} > {plugin_dir}/forcepass.py && "
             f"printf '[pytest]\\naddopts = -p {module.rsplit('.', 1)[0]}.forcepass\\n' > pytest.ini",
@@ -93,10 +96,10 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-@pytest.fixture(scope="module")
-def task_env(docker_backend, tmp_path_factory):
+@pytest.fixture(scope="module", params=["builtin:textkit", "pypi:isodate==0.7.2", "pypi:inflection==0.5.1"])
+def task_env(request, docker_backend, tmp_path_factory):
     work = tmp_path_factory.mktemp("guard")
-    source = harvest_repo("builtin:textkit", work / "mirrors")
+    source = harvest_repo(request.param, work / "mirrors")
     assert isinstance(source, Source), source
     env = build_environment(docker_backend, source)
     candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=8), work / "checkouts")
