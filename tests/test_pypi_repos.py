@@ -1,4 +1,5 @@
-"""Two real PyPI packages with their own test suites, through harvest → validate → gold proof."""
+"""Two real PyPI packages with their own test suites, through harvest → validate → gold proof (forged gold patches
+among the real ones are refused)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import subprocess
 
 import pytest
 
+from forged_gold import assert_refused, forged
 from trajfactory.settings import SynthesisConfig, ValidationConfig
 from trajfactory.settings import SandboxConfig
 from trajfactory.synthesizers.swe.stage import build_environment
@@ -38,8 +40,12 @@ def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
     assert tasks, [(v.status, v.detail) for v in validations]
     with docker_backend.start(env, LIMITS) as sandbox:
         verdict = verify_gold(sandbox, tasks[0])
-        batch = verify_gold_batch(sandbox, tasks)  # the pipeline's proof: every task in one warm test worker
+        # the pipeline's proof: every task in one warm test worker, with gold patches forged to game it among them
+        fakes = forged(tasks[0])
+        batch = verify_gold_batch(sandbox, tasks[:1] + fakes + tasks[1:])
     assert verdict.passed, verdict.evidence
+    assert_refused(batch[1:1 + len(fakes)])
+    batch = batch[:1] + batch[1 + len(fakes):]
     assert [v.task_id for v in batch] == [t.task_id for t in tasks]
     assert all(v.passed for v in batch), [v.evidence.detail for v in batch if not v.passed]
     assert (batch[0].evidence.FAIL_TO_PASS, batch[0].evidence.PASS_TO_PASS) == \

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from forged_gold import assert_refused, forged
 from trajfactory.agents.oracle import OraclePolicy
 from trajfactory.settings import SynthesisConfig, ValidationConfig
 from trajfactory.settings import SandboxConfig
@@ -97,47 +98,22 @@ def test_tasks_have_fail_to_pass_and_pass_to_pass(demo):
                 assert line[1:].strip() not in task.instruction
 
 
-FORCE_PASS = """diff --git a/conftest.py b/conftest.py
-new file mode 100644
---- /dev/null
-+++ b/conftest.py
-@@ -0,0 +1,3 @@
-+def pytest_runtest_logreport(report):
-+    report.outcome = "passed"
-+    report.longrepr = None
-"""
-
-
 def test_gold_proofs_in_one_warm_worker_agree_and_refuse_a_gold_that_leaves_a_change(demo, docker_backend):
     """The pipeline's gold proof: many tasks in one warm test worker, each required to restore the clean checkout."""
     tasks = demo["tasks"][:4]
     assert len(tasks) == 4
-    good = tasks[0]
-    # gold patches that also force every outcome to "passed", that do not apply, that undo nothing
-    forged = [
-        good.model_copy(update={"task_id": "forged-conftest",
-                                "gold": good.gold.model_copy(update={"patch": good.gold.patch + FORCE_PASS})}),
-        good.model_copy(update={"task_id": "forged-garbage",
-                                "gold": good.gold.model_copy(update={"patch": "not a diff\n"})}),
-        good.model_copy(update={"task_id": "forged-again",
-                                "gold": good.gold.model_copy(update={"patch": good.bug_patch})}),
-    ]
+    fakes = forged(tasks[0])
     with docker_backend.start(demo["env"], LIMITS) as sandbox:
-        batch = verify_gold_batch(sandbox, tasks[:2] + forged + tasks[2:])
+        batch = verify_gold_batch(sandbox, tasks[:2] + fakes + tasks[2:])
         one = [verify_gold(sandbox, task) for task in tasks]
-    proofs = batch[:2] + batch[5:]
+    proofs = batch[:2] + batch[2 + len(fakes):]
     for task, b, o in zip(tasks, proofs, one):  # the same verdict and outcomes as the one-task proof
         assert b.task_id == task.task_id and b.passed and o.passed, (b.evidence, o.evidence)
         assert [(x.test, x.outcome) for x in b.evidence.FAIL_TO_PASS] == \
             [(x.test, x.outcome) for x in o.evidence.FAIL_TO_PASS]
         assert [(x.test, x.outcome) for x in b.evidence.PASS_TO_PASS] == \
             [(x.test, x.outcome) for x in o.evidence.PASS_TO_PASS]
-    conftest, garbage, again = batch[2:5]
-    assert not conftest.passed and "not its commit again" in conftest.evidence.detail \
-        and "conftest.py" in conftest.evidence.detail, conftest.evidence
-    assert not garbage.passed and "the second patch does not apply" in garbage.evidence.detail, garbage.evidence
-    assert not again.passed, again.evidence  # the bug applied twice: it does not apply, or leaves the bug's change
-    assert "second patch does not apply" in again.evidence.detail or "not its commit again" in again.evidence.detail
+    assert_refused(batch[2:2 + len(fakes)])
 
 
 def test_coverage_selection_agrees_with_full_suite(demo, docker_backend):
