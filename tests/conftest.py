@@ -66,20 +66,6 @@ def module_groups() -> dict[str, str]:
     return {path.stem: root(path.stem) for path in Path(__file__).parent.glob("test_*.py")}
 
 
-def pytest_collection_modifyitems(config, items):
-    """On a worker: the units of work (module_groups) that hold a `slow` test first, in collection order, so that no
-    long module is left for the end while the other worker idles (the scheduler keeps this order)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    groups = module_groups()
-
-    def unit(item) -> str:
-        return groups.get(item.path.stem, item.path.stem)
-
-    slow = {unit(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: unit(item) not in slow)  # stable: the order within a unit stays
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadscope` with module_groups() as the scopes (xdist's own loadscope splits by module or class)."""
@@ -88,7 +74,6 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     groups = module_groups()
-    config.option.loadscopereorder = False  # the units in the order the workers collected them: slow ones first
 
     class ModuleGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -57,7 +57,6 @@ def test_batch_results_are_the_one_candidate_results_on_textkit(docker_backend, 
     assert clean.output.strip() == ""  # the worker left the checkout as it found it
 
 
-@pytest.mark.slow
 def test_batch_results_are_the_one_candidate_results_on_a_real_package(docker_backend, tmp_path):
     # isodate 0.7.2, seed 0: includes the candidate whose bug sits behind build_date_regexps' cache (29329023d739f9fa)
     env, candidates, ref = _prepare(docker_backend, tmp_path, "pypi:isodate==0.7.2", 30)

@@ -100,7 +100,6 @@ def _closed_loop_dirs(run) -> tuple[Path, Path]:
     return sft[0], evals[0]
 
 
-@pytest.mark.slow
 def test_the_run_trains_on_its_own_data_and_prints_the_before_after_table(model_flow_run):
     run = model_flow_run
     sft, evaluation = _closed_loop_dirs(run)

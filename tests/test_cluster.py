@@ -73,7 +73,6 @@ def _started(host: str, since: int, until: int) -> list[dict]:
     return list(client.events(since=since, until=until, decode=True, filters={"type": "container", "event": "start"}))
 
 
-@pytest.mark.slow
 def test_factory_runs_its_sandboxes_on_every_node_with_images_from_the_registry(cluster, docker_backend, factory_run):
     tmp_path = factory_run.tmp
     store = DatasetStore(tmp_path / "datasets" / "swe")
@@ -224,7 +223,6 @@ def test_a_served_model_listens_where_the_cluster_nodes_reach_it(tiny_model):
         ModelConfig(host="http://h")
 
 
-@pytest.mark.slow
 @pytest.mark.browser
 def test_web_episodes_run_on_the_nodes_and_their_screenshots_come_back(cluster, vllm_server, tmp_path):
     """The gold replays, replay and model rollouts and the judgements of `trajfactory web` run as Ray tasks, each

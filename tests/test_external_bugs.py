@@ -78,7 +78,6 @@ def test_swe_smith_instances_become_candidates_and_bad_ones_are_quarantined(repo
         external_candidates(tmp_path / "broken.json", source, tree)
 
 
-@pytest.mark.slow
 @pytest.mark.docker
 def test_external_and_combined_bugs_validate_and_their_gold_is_proven(docker_backend, repo, tmp_path):
     source, tree, work = repo

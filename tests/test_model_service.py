@@ -48,7 +48,6 @@ def test_external_endpoint_reads_its_key_from_the_named_variable_and_never_shows
         assert "sk-secret" not in str(err.value)
 
 
-@pytest.mark.slow
 @pytest.mark.vllm
 def test_served_replicas_live_exactly_as_long_as_the_block_and_share_the_requests(tiny_model, tmp_path):
     """With a `cluster:` whose head is on another machine, the replicas are reached at this machine's address toward

@@ -22,7 +22,6 @@ pytestmark = pytest.mark.docker
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("uri", ["pypi:inflection==0.5.1", "pypi:isodate==0.7.2"])
 def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
     source = harvest_repo(uri, tmp_path / "mirrors")

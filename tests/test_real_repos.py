@@ -124,7 +124,6 @@ def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
     assert all(mined.outcome(t) == {"passed"} for t in inherited_checked)
 
 
-@pytest.mark.slow
 @pytest.mark.docker
 def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_path):
     """tomlkit: poetry's `pytest = "^7.2.0"` means pytest 7 (not the newest); its tests import `tests.util`."""
@@ -169,7 +168,6 @@ def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirro
     assert all(t.validation.reached for t in mined.tasks if t.validation.selection == "coverage")
 
 
-@pytest.mark.slow
 @pytest.mark.docker
 def test_large_suite(docker_backend, mirrors, tmp_path):
     """jsonschema: ~7,700 unittest tests, most of them generated from the JSON-Schema test suite's files."""

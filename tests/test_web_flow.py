@@ -55,7 +55,6 @@ def _journal(work: Path, stage: str) -> list[str]:
     return [ln["key"] for ln in lines if ln["stage"] == stage]
 
 
-@pytest.mark.slow
 def test_web_flow_writes_a_verified_dataset_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # the subprocess inherits these
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

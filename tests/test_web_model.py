@@ -273,7 +273,6 @@ def _journal(work: Path, stage_name: str) -> list[str]:
     return [ln["key"] for ln in lines if ln["stage"] == stage_name]
 
 
-@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.vllm
 def test_web_flow_with_model_agent_and_judge(vllm_server, tmp_path, monkeypatch):

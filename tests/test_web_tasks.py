@@ -372,7 +372,6 @@ def test_read_only_tutorial_gets_log_checks_and_other_rollouts_fail(pool):
     assert not verify_state(checked, run.trajectory, run.initial_state, run.initial_state).passed  # doing nothing
 
 
-@pytest.mark.slow
 @pytest.mark.browser
 def test_funnel_on_bundled_docs_verifies_many_more_and_names_outdated_steps(pool):
     with stage.tutorial_sources(["builtin:docs"]) as uris:
