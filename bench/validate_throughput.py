@@ -63,6 +63,7 @@ from trajfactory.executors.images import ensure_base_image
 from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from trajfactory.synthesizers.swe.stage import coverage_files
 from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, reference_run, validate_batch_detailed,
                                                    validate_candidate)
@@ -270,8 +271,9 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
     return vals, acct, time.monotonic() - w0, floors, per
 
 
-def reference(backend, env, cfg: ValidationConfig, cover: list[str] | None):
-    """The factory's reference run (coverage run of the files `cover` names + a run by id), with each run's CPU."""
+def reference(backend, env, cfg: ValidationConfig, cover: list[str] | None, probe: dict[str, list[int]] | None):
+    """The factory's reference run (line probes of the lines `probe` names, or coverage of the files `cover` names,
+    + a run by id), with each run's CPU."""
     acct = Account()
     with Probed(backend.start(env, LIMITS), acct) as sb:
         runs = []
@@ -284,7 +286,7 @@ def reference(backend, env, cfg: ValidationConfig, cover: list[str] | None):
             return result
 
         sb._pytest = spy
-        ref = reference_run(sb, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s, cover=cover)
+        ref = reference_run(sb, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s, cover=cover, probe=probe)
     return ref.model_copy(update={"image": env.name}), runs, acct.containers
 
 
@@ -309,8 +311,11 @@ def main() -> int:
     parser.add_argument("--gold", type=int, metavar="K", help="also prove mode d's tasks' gold patches as the "
                         "pipeline does (batches in one warm test worker), the first K also one by one (a pytest "
                         "start per task)")
+    parser.add_argument("--recorder", choices=["probe", "coverage"], default="probe",
+                        help="how the reference run records which test ran which line: line probes of only the lines "
+                        "the selections read (the pipeline's default), or coverage of the candidates' files")
     parser.add_argument("--cover-all", action="store_true",
-                        help="measure the reference run's coverage of every file, not only the candidates' ones")
+                        help="with --recorder coverage: measure the reference run's coverage of every file")
     parser.add_argument("--json", help="write every figure to this file too")
     args = parser.parse_args()
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
@@ -336,12 +341,16 @@ def main() -> int:
         candidates, _ = swe.procedural_candidates(recipe, source)
         candidates = [c for c in candidates if not args.families or c.family in args.families]
         candidates = candidates[:caps.get(source.name, len(candidates))]
-        # coverage of the files validation reads, as the pipeline measures it (`--cover-all`: every file)
-        ref, ref_runs, ref_cpu = reference(backend, env, cfg, None if args.cover_all else coverage_files(candidates))
+        # line probes of the lines validation reads, as the pipeline records them (`--recorder coverage`: coverage of
+        # the files validation reads; `--cover-all`: of every file)
+        probe = probe_plan(candidates) if args.recorder == "probe" else None
+        cover = None if probe is not None or args.cover_all else coverage_files(candidates)
+        ref, ref_runs, ref_cpu = reference(backend, env, cfg, cover, probe)
         print(f"{source.name}: {len(ref.tests)} tests, {len(ref.passing)} passing; reference runs CPU "
-              f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with coverage)", file=sys.stderr)
+              f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with {args.recorder})", file=sys.stderr)
         rep = report["repos"][source.name] = {"uri": uri, "tests": len(ref.tests), "passing": len(ref.passing),
-                                              "candidates": len(candidates), "reference_runs_cpu": ref_runs,
+                                              "candidates": len(candidates), "recorder": args.recorder,
+                                              "reference_runs_cpu": ref_runs,
                                               "reference_cpu": ref_cpu, "modes": {},
                                               "families": {c.candidate_id: c.family for c in candidates}}
         results, floors = {}, {}

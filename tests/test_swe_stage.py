@@ -15,6 +15,8 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.selection_lines import probe_plan
+from trajfactory.synthesizers.swe.validate import select_tests
 from trajfactory.executors.swe_env import run_swe_episode, verify_gold, verify_gold_batch, verify_trajectory
 from trajfactory.verifiers.claims import contradictions
 
@@ -73,6 +75,20 @@ def test_a_reference_run_measures_only_the_files_it_is_given(demo, docker_backen
     assert {f: ref.coverage[f] for f in ref.coverage} == {f: demo["ref"].coverage[f] for f in ref.coverage}
     assert set(demo["ref"].coverage) - set(files), "the whole run measured more files"
     assert demo["ref"].measured is None and demo["ref"].by_id
+
+
+def test_line_probes_select_the_tests_coverage_selects(demo, docker_backend):
+    """The pipeline's reference run records only the lines the candidates' selections read, with line probes
+    (`line_probe.py`) instead of coverage of whole files: the same tests pass, and every candidate selects the same
+    tests as with coverage of every file."""
+    plan = probe_plan(demo["candidates"])
+    ref = stage.reference(docker_backend, demo["env"], demo["source"], ValidationConfig(reference_runs=1), LIMITS,
+                          probe=plan)
+    assert ref.probed == plan and ref.measured == sorted(plan) and ref.tests == demo["ref"].tests
+    assert set(ref.coverage) <= set(plan) and all(set(lines) <= set(plan[f]) for f, lines in ref.coverage.items())
+    chosen = [select_tests(c, ref, "coverage") for c in demo["candidates"]]
+    assert chosen == [select_tests(c, demo["ref"], "coverage") for c in demo["candidates"]]
+    assert sum(how == "coverage" for _, how in chosen) >= len(chosen) // 2
 
 
 def test_candidates_validated_in_one_warm_container(demo):

@@ -4,8 +4,10 @@ import subprocess
 import sys
 import textwrap
 
-from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, PLUGIN, PLUGIN_SOURCE, parse_coverage_map,
-                                           parse_results, summary_line)
+import pytest
+
+from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, PLUGIN, PLUGIN_SOURCE, PROBE_PLUGIN, PROBE_SOURCE,
+                                           parse_coverage_map, parse_results, summary_line)
 
 
 def _project(tmp_path):
@@ -151,10 +153,12 @@ def test_import_time_and_fixture_lines_are_marked(tmp_path):
     assert FIXTURE in cov[9] and "test_mod.py::test_two" not in cov[9]  # shared() ran once, in setup
 
 
-def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_run(tmp_path):
+@pytest.mark.parametrize("recorder", ["coverage", "probe"])
+def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_run(tmp_path, recorder):
     """With the harness splitting fixture scopes (as `run_tests(coverage=True)` asks), what a class-, module- or
     session-scoped fixture ran, set up or torn down, reaches every test of its scope, a function-scoped fixture's
-    setup and teardown only its test; the selection picks the tests of the fixture's scope."""
+    setup and teardown only its test; the selection picks the tests of the fixture's scope. The line probes
+    (`line_probe.py`, the pipeline's default recorder) give the same contexts as coverage."""
     import json
     import os
 
@@ -224,16 +228,25 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
     (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
     env = {**os.environ, "PYTHONPATH": str(plugin_dir), "TRAJFACTORY_RESULTS": str(tmp_path / "results.jsonl"),
            "COVERAGE_FILE": str(tmp_path / ".cov"), "TRAJFACTORY_FIXTURE_SCOPES": "1"}
+    record = ["--cov=.", "--cov-context=test", "--cov-report="]
+    probed = {"lib.py": list(range(1, 17))}
+    if recorder == "probe":
+        (plugin_dir / f"{PROBE_PLUGIN}.py").write_text(PROBE_SOURCE)
+        (tmp_path / "plan.json").write_text(json.dumps(probed))
+        env.update(TRAJFACTORY_PROBE=str(tmp_path / "plan.json"), TRAJFACTORY_PROBE_OUT=str(tmp_path / "map.json"))
+        record = ["-p", PROBE_PLUGIN]
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
-                          f"--rootdir={tmp_path}", "--cov=.", "--cov-context=test", "--cov-report="],
-                         cwd=tmp_path, capture_output=True, text=True, env=env)
+                          f"--rootdir={tmp_path}", *record], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout
     records = (tmp_path / "results.jsonl").read_text()
     assert {"fixture_scopes": True} in [json.loads(line) for line in records.splitlines()]
     assert {"fixture_teardown": True} in [json.loads(line) for line in records.splitlines()]
     outcomes = parse_results(records)[0]
-    (tmp_path / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
-    subprocess.run([sys.executable, "coverage_map.py", "map.json"], cwd=tmp_path, check=True, env=env)
+    if recorder == "coverage":
+        (tmp_path / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
+        subprocess.run([sys.executable, "coverage_map.py", "map.json"], cwd=tmp_path, check=True, env=env)
+    else:
+        assert json.loads((tmp_path / "map.json").read_text())["probed"] == probed
     cov = parse_coverage_map((tmp_path / "map.json").read_text(), scoped=True, teardown=True)["lib.py"]
     assert cov[2] == [SCOPE + "test_a.py"]  # per_module: the module fixture's own context
     assert cov[4] == [SCOPE + "test_a.py::TestK"]  # per_class: setup_class is a class-scoped fixture
@@ -245,7 +258,8 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
     assert cov[16] == [SCOPE + "test_a.py::TestK"]  # on_class_teardown: teardown_class is the class fixture's
 
     passing = sorted(t for t, o in outcomes.items() if o == "passed")
-    ref = ReferenceRun(image="i", tests=outcomes, passing=passing, coverage={"lib.py": cov})
+    ref = ReferenceRun(image="i", tests=outcomes, passing=passing, coverage={"lib.py": cov},
+                       probed=probed if recorder == "probe" else None)
 
     def selected(lineno: int) -> list[str]:
         entity = Entity(file="lib.py", name="f", kind="function", lineno=lineno, end_lineno=lineno + 1,

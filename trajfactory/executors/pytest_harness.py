@@ -13,9 +13,9 @@ the standard library and pytest, which every sandbox has). Through environment v
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
 test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
 
-- `TRAJFACTORY_FIXTURE_SCOPES` (the reference run, with pytest-cov's per-test contexts): a fixture wider than one
-  test (class, module, package or session scope; `setup_class` and `setup_module` are such fixtures) is set up under
-  a coverage context of its own, `<node id of its scope>|<scope>-fixture`, instead of the context of the test that
+- `TRAJFACTORY_FIXTURE_SCOPES` (the reference run, with per-test contexts: `trajfactory_probe`'s line probes or
+  pytest-cov's coverage): a fixture wider than one test (class, module, package or session scope; `setup_class`
+  and `setup_module` are such fixtures) is set up under a context of its own, `<node id of its scope>|<scope>-fixture`, instead of the context of the test that
   happened to need it first, and its teardown under the same context instead of the teardown of whichever test
   happened to be last; `{"fixture_scopes": true}` and `{"fixture_teardown": true}` records say the contexts were so
   split. The lines such a fixture runs then reach every test of its class, module or package, and a test's own
@@ -49,9 +49,13 @@ def pytest_configure(config) -> None:
 
 
 def _coverage():
-    """The coverage.py instance recording per-test contexts, when asked to split fixture scopes; else None."""
+    """The recorder of per-test contexts (the line probes of `trajfactory_probe`, or else coverage.py's instance),
+    when asked to split fixture scopes; else None."""
     if not os.environ.get("TRAJFACTORY_FIXTURE_SCOPES"):
         return None
+    probes = getattr(sys.modules.get("trajfactory_probe"), "RECORDER", None)
+    if probes is not None:
+        return probes
     current = getattr(getattr(sys.modules.get("coverage"), "Coverage", None), "current", None)
     return current() if current is not None else None
 

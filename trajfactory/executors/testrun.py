@@ -24,6 +24,8 @@ COVERAGE_READ_LIMIT = 4 * READ_LIMIT
 PLUGIN = "trajfactory_harness"
 PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
 COVERAGE_MAP_SOURCE = (Path(__file__).with_name("coverage_map.py")).read_text()
+PROBE_PLUGIN = "trajfactory_probe"
+PROBE_SOURCE = (Path(__file__).with_name("line_probe.py")).read_text()
 PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
@@ -39,6 +41,9 @@ class TestRun:
     timed_out: bool = False
     coverage: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     """file -> line -> node ids that executed it (only when run with coverage)."""
+    probed: dict[str, list[int]] | None = None
+    """With line probes instead of coverage (`line_probe.py`): the wanted lines of the files they know about
+    (instrumented, or never imported); any other line tells nothing. None: coverage measured whole files."""
     collect_errors: dict[str, str] = field(default_factory=dict)
     """Modules (collection node ids) that did not import, with the error's tail."""
     finished: bool = False
@@ -143,9 +148,11 @@ def run_tests(
     timeout: float,
     coverage: bool = False,
     cover: list[str] | None = None,
+    probe: dict[str, list[int]] | None = None,
 ) -> TestRun:
     """Run the given tests (all when None) and return per-test outcomes; with `coverage`, per-test line coverage of
-    the checkout's files, or only of the files `cover` names (paths relative to the checkout)."""
+    the checkout's files, or only of the files `cover` names (paths relative to the checkout), or, with `probe`,
+    only of the lines it names per file, recorded by line probes (`line_probe.py`) at about a plain run's cost."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
     env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
@@ -161,6 +168,11 @@ def run_tests(
         # our own configuration, not the project's: only these files are measured (the tracer still sees every call)
         sandbox.write_file(f"{SCRATCH}/coveragerc", coverage_include(sandbox.workdir, cover))
         cov = f"--cov --cov-config={SCRATCH}/coveragerc --cov-context=test --cov-report= "
+    if coverage and probe is not None:
+        sandbox.write_file(f"{HARNESS_DIR}/{PROBE_PLUGIN}.py", PROBE_SOURCE)
+        sandbox.write_file(f"{SCRATCH}/probe-plan.json", json.dumps({f: sorted(set(n)) for f, n in probe.items()}))
+        env += [f"TRAJFACTORY_PROBE={SCRATCH}/probe-plan.json", f"TRAJFACTORY_PROBE_OUT={SCRATCH}/probe-map.json"]
+        cov = f"-p {PROBE_PLUGIN} "
     if coverage:
         env.append("TRAJFACTORY_FIXTURE_SCOPES=1")
     # --rootdir: node ids stay relative to the checkout whichever files are named (pytest would otherwise root
@@ -183,7 +195,15 @@ def run_tests(
         except (FileNotFoundError, OSError):
             pass
     cov_map: dict[str, dict[int, list[str]]] = {}
-    if coverage and not result.timed_out:
+    probed: dict[str, list[int]] | None = None
+    if coverage and probe is not None and not result.timed_out:
+        try:
+            text = sandbox.read_file(f"{SCRATCH}/probe-map.json", max_bytes=COVERAGE_READ_LIMIT).decode()
+            cov_map = parse_coverage_map(text, scoped, teardown)
+            probed = {f: sorted(lines) for f, lines in json.loads(text).get("probed", {}).items()}
+        except (FileNotFoundError, OSError, ValueError):
+            probed = {}  # the session never ended (os._exit, a crash): nothing is known of any line
+    elif coverage and not result.timed_out:
         sandbox.write_file(f"{HARNESS_DIR}/coverage_map.py", COVERAGE_MAP_SOURCE)
         report = sandbox.execute(
             f"cd {sandbox.workdir} && COVERAGE_FILE={SCRATCH}/.coverage python {HARNESS_DIR}/coverage_map.py "
@@ -201,6 +221,7 @@ def run_tests(
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         coverage=cov_map,
+        probed=probed,
         collect_errors=errors,
         finished=finished,
         durations=durations,

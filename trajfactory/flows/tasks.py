@@ -188,7 +188,7 @@ STEPS: dict[Callable, Any] = {
         swe.reference_run, "reference", retry=True,
         key=lambda p: ("reference", CONTEXTS_VERSION, validation.REFERENCE_VERSION, p["env"].name,
                        p["recipe"].validation.reference_runs, p["recipe"].validation.suite_timeout_s,
-                       p.get("cover"))),
+                       p.get("cover"), p.get("probe"))),
     swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True, remote=True),
     swe.validate_batch: step_task(swe.validate_batch, "validate", key=_validate_batch, retry=True,
                                   remote=True),

@@ -40,6 +40,7 @@ from trajfactory.settings import EpisodeLimits, Recipe
 from trajfactory.sources import expand_repo, harvest_repo
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
+from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from trajfactory.verifiers import judge as judge_verifier
 from trajfactory.verifiers.tests import gold_verdict
 
@@ -94,10 +95,11 @@ def lm_candidates(recipe: Recipe, endpoint: ModelEndpoint, source: Source
     return lm_stage.lm_rewrite(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts", endpoint.client())
 
 
-def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source, cover: list[str] | None = None
-                  ) -> ReferenceRun | Quarantine:
-    """The repository's reference run, with coverage of the files `cover` names (every file when None)."""
-    return stage.reference(get_backend(env.backend), env, source, recipe.validation, recipe.sandbox, cover)
+def reference_run(recipe: Recipe, env: EnvironmentHandle, source: Source, cover: list[str] | None = None,
+                  probe: dict[str, list[int]] | None = None) -> ReferenceRun | Quarantine:
+    """The repository's reference run, with coverage of the files `cover` names (every file when None), or line
+    probes of the lines `probe` names (`validation.recorder`)."""
+    return stage.reference(get_backend(env.backend), env, source, recipe.validation, recipe.sandbox, cover, probe)
 
 
 def validate(recipe: Recipe, pool: SandboxPool, candidate: Candidate, ref: ReferenceRun) -> Validation:
@@ -250,7 +252,10 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         lm, rejects, used = runner.call(lm_candidates, recipe, endpoint, source)
         candidates, out.usage = candidates + lm, out.usage + [used]
         out.quarantine += rejects
-    ref = runner.call(reference_run, recipe, env, source, stage.coverage_files(candidates))
+    if recipe.validation.recorder == "probe":
+        ref = runner.call(reference_run, recipe, env, source, None, probe_plan(candidates))
+    else:
+        ref = runner.call(reference_run, recipe, env, source, stage.coverage_files(candidates))
     if isinstance(ref, Quarantine):
         out.quarantine.append(ref)
         return

@@ -102,6 +102,10 @@ class SynthesisConfig(Section):
 class ValidationConfig(Section):
     selection: Literal["coverage", "full"] = "coverage"
     """`coverage`: run only the tests that execute the mutated lines; `full`: the whole suite."""
+    recorder: Literal["probe", "coverage"] = "probe"
+    """How the reference run records which test executed which line: `probe` instructs only the lines the
+    candidates' selections read (`executors/line_probe.py`), at about a plain run's cost; `coverage` measures
+    whole files with coverage.py, whose tracer costs about 2.2x a plain run on Python < 3.12."""
     reference_runs: int = Field(2, ge=1, le=5)
     """Runs of the whole clean suite; a test that differs between runs is flaky and excluded."""
     suite_timeout_s: float = Field(300, gt=0)

@@ -77,12 +77,13 @@ def coverage_files(candidates: list[Candidate]) -> list[str]:
 
 
 def reference(backend: Backend, env: EnvironmentHandle, source: Source, cfg: ValidationConfig,
-              limits: SandboxConfig, cover: list[str] | None = None) -> ReferenceRun | Quarantine:
+              limits: SandboxConfig, cover: list[str] | None = None, probe: dict[str, list[int]] | None = None
+              ) -> ReferenceRun | Quarantine:
     """The reference run of the whole suite in a fresh sandbox (removed afterwards, runaways too), with coverage of
-    the files `cover` names (every file when None)."""
+    the files `cover` names (every file when None), or line probes of the lines `probe` names."""
     sandbox = backend.start(env, limits)
     try:
-        ref = reference_run(sandbox, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s, cover=cover)
+        ref = reference_run(sandbox, runs=cfg.reference_runs, timeout=cfg.suite_timeout_s, cover=cover, probe=probe)
     except RepoRejected as exc:
         return quarantined("reference", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
     finally:

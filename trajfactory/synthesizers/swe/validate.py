@@ -22,6 +22,7 @@ from trajfactory.executors.testrun import (
     summary_line,
 )
 from trajfactory.schema import Candidate, ReferenceRun, Validation
+from trajfactory.synthesizers.swe.selection_lines import probed_enough
 
 VERSION = "5"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
@@ -111,18 +112,19 @@ def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
 
 
 def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0,
-                  cover: list[str] | None = None) -> ReferenceRun:
+                  cover: list[str] | None = None, probe: dict[str, list[int]] | None = None) -> ReferenceRun:
     """Run the clean suite `runs` times; only tests that passed every time are usable.
 
     The first run is the whole suite the maintainers' way, and records per-test coverage contexts (which test
-    executed which line) of the files `cover` names, or of every file when None. The later runs select the first
-    run's passing tests by id, the way validation and verification select tests: a test that fails or does not run
-    then is flaky, or its id does not round-trip.
+    executed which line) of the files `cover` names, or of every file when None; with `probe`, of only the lines it
+    names per file, recorded by line probes at about a plain run's cost (`selection_lines.probe_plan`). The later
+    runs select the first run's passing tests by id, the way validation and verification select tests: a test that
+    fails or does not run then is flaky, or its id does not round-trip.
     Raises RepoRejected when the suite cannot serve as ground truth.
     """
     started = time.monotonic()
     sandbox.reset()
-    first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover)
+    first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover, probe=probe)
     if (rejected := _reject_reason(first, timeout)) is not None:
         raise _disk_full(sandbox, rejected)
     passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
@@ -160,7 +162,8 @@ def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0,
         passing=sorted(passing),
         excluded=excluded,
         coverage=first.coverage,
-        measured=sorted(set(cover)) if cover is not None else None,
+        measured=sorted(first.probed or {}) if probe is not None else sorted(set(cover)) if cover is not None else None,
+        probed=(first.probed or {}) if probe is not None else None,
         duration_s=time.monotonic() - started,
         durations=last.durations,
         overhead_s=max(0.0, last.duration_s - sum(last.durations.values())) if last.durations else 0.0,
@@ -208,6 +211,8 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     if reference.measured is not None and not {candidate.entity.file, *early, *(attribution.get("refs") or {})} \
             <= set(reference.measured):
         return full  # coverage did not measure a file the selection reads: it tells nothing there
+    if reference.probed is not None and not probed_enough(candidate, reference.probed):
+        return full  # the probes did not record a line the selection reads
     if selection == "coverage" and any(n in reference.coverage.get(f, {}) for f, spans in early.items()
                                        for a, b in spans for n in range(a, b + 1)):
         return full  # a use of the class or method at import or collection time that ran: it can reach any test
@@ -236,8 +241,9 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
         # A body line looks no higher than the body: the def line above it ran at import time whether or not
         # anything ever called the function, and a body statement that never ran reaches no test.
+        # Line probes record a changed line itself whenever its statement starts (`line_probe.py`).
         floor = body if line >= body else span[0]
-        start = max((n for n in executed if floor <= n <= line), default=line)
+        start = line if reference.probed is not None else max((n for n in executed if floor <= n <= line), default=line)
         covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
         if IMPORT_TIME in covered or FIXTURE in covered:
             # Import-time or fixture code reaches tests that coverage does not attribute it to.
