@@ -280,9 +280,11 @@ def test_selections_from_probes_contain_those_from_coverage_and_a_file_they_miss
         coverage_tests, how = select_tests(c, by_coverage, "coverage")
         assert how == "coverage" and coverage_tests, c.entity
         assert select_tests(c, by_probes, "coverage") == (coverage_tests, "coverage"), c.entity
-    # a file no test imported: none of its lines ran, as coverage says of a measured file it has no data of
+    # a file no test imported: the probes know none of its lines ran, so its candidate reaches no test, where
+    # coverage, with no data of the file, cannot tell and runs the whole suite
     assert raw["probed"]["pkg/unused.py"] == [1, 2] and "pkg/unused.py" not in raw["files"]
-    assert select_tests(unused, by_probes, "coverage") == select_tests(unused, by_coverage, "coverage")
+    assert select_tests(unused, by_probes, "coverage") == ([], "coverage")
+    assert select_tests(unused, by_coverage, "coverage") == (passing, "full")
     # the module imported before the probes were in place (a plugin of the project's): no line of it is known
     (harness / "early.py").write_text("import pkg.mod\n")
     _, run, raw = _probed(root, harness, plan, "-p", "early")

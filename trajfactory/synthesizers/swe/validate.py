@@ -218,8 +218,9 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         return full  # a use of the class or method at import or collection time that ran: it can reach any test
     if selection == "coverage" and "refs" in attribution:  # the lines naming a class, in any file
         return _tests_of_lines(attribution["refs"], reference) or full
-    if selection != "coverage" or not file_cov:
-        return full
+    if selection != "coverage" or (not file_cov and reference.probed is None):
+        return full  # (probes know their lines of a file where none ran; coverage without data knows nothing)
+    file_cov = file_cov or {}
     if candidate.scope == "class":
         if "none" in attribution:
             return [], "coverage"
