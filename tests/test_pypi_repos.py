@@ -1,5 +1,5 @@
 """Two real PyPI packages with their own test suites, through harvest → validate → gold proof (forged gold patches
-among the real ones are refused)."""
+among the real ones are refused); the reference run's line probes select what coverage selects."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from trajfactory.executors.pool import SandboxPool
 from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.selection_lines import probe_plan
+from trajfactory.synthesizers.swe.validate import select_tests
 from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
 from trajfactory.datasets.swebench import INSTANCES, REPOS, evaluate, export_instances, load_instances, load_predictions
 
@@ -34,6 +36,12 @@ def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
     ref = stage.reference(docker_backend, env, source, ValidationConfig(), LIMITS)
     assert isinstance(ref, ReferenceRun), ref
     assert len(ref.passing) > 10
+    # the pipeline's default record, line probes of only the lines the selections read, selects the same tests as
+    # coverage of every file
+    probes = stage.reference(docker_backend, env, source, ValidationConfig(), LIMITS, probe=probe_plan(candidates))
+    assert probes.tests == ref.tests and probes.probed
+    assert [select_tests(c, probes, "coverage") for c in candidates] == \
+        [select_tests(c, ref, "coverage") for c in candidates]
     with SandboxPool(docker_backend, env, size=1, limits=LIMITS) as pool:
         validations = [stage.validate(pool, c, ref, ValidationConfig()) for c in candidates]
     tasks = stage.tasks_from(source, env, candidates, validations)
