@@ -193,6 +193,15 @@ def _pytest(root, harness, *args, env=()):
     return parse_results((root / "results.jsonl").read_text())[0], run
 
 
+def _covered(root, harness):
+    """pytest with pytest-cov's per-test contexts: (outcomes, the run, the compact map `run_tests` reads)."""
+    env = {"COVERAGE_FILE": str(root / ".cov")}
+    outcomes, run = _pytest(root, harness, "--cov=.", "--cov-context=test", "--cov-report=", env=env)
+    subprocess.run([sys.executable, str(harness / "coverage_map.py"), str(root / "cov.json")], cwd=root,
+                   check=True, env={**os.environ, **env})
+    return outcomes, run, (root / "cov.json").read_text()
+
+
 def _probed(root, harness, plan, *args):
     (root / "plan.json").write_text(json.dumps(plan))
     outcomes, run = _pytest(root, harness, *args, "-p", PROBE_PLUGIN,
@@ -208,11 +217,8 @@ def test_probes_record_every_context_coverage_records_and_change_nothing_else(tm
     lines = list(range(1, len(MODULE.splitlines()) + 1))
     plain, run = _pytest(root, harness)
     assert run.returncode == 0, run.stdout
-    covered, run = _pytest(root, harness, "--cov=.", "--cov-context=test", "--cov-report=",
-                           env={"COVERAGE_FILE": str(tmp_path / ".cov")})
+    covered, run, cov_map = _covered(root, harness)
     assert run.returncode == 0, run.stdout
-    subprocess.run([sys.executable, str(harness / "coverage_map.py"), str(tmp_path / "cov.json")], cwd=root,
-                   check=True, env={**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")})
     in_test = TESTS.splitlines().index("    assert m.sign(-5) == -1") + 1
     probed, run, raw = _probed(root, harness, {"pkg/mod.py": lines, "tests/test_mod.py": [in_test]})
     assert run.returncode == 0, run.stdout
@@ -223,7 +229,7 @@ def test_probes_record_every_context_coverage_records_and_change_nothing_else(tm
     assert tests == {in_test: ["tests/test_mod.py::test_negative"]}
     assert (root / "pkg" / "mod.py").read_text() == MODULE and not list(root.rglob("__pycache__"))
 
-    cov = parse_coverage_map((tmp_path / "cov.json").read_text(), scoped=True, teardown=True)["pkg/mod.py"]
+    cov = parse_coverage_map(cov_map, scoped=True, teardown=True)["pkg/mod.py"]
     probe = parse_coverage_map(json.dumps(raw), scoped=True, teardown=True)["pkg/mod.py"]
     for line, tests in cov.items():
         assert set(tests) <= set(probe.get(line, ())), (line, MODULE.splitlines()[line - 1], tests, probe.get(line))
@@ -263,15 +269,12 @@ def test_selections_from_probes_contain_those_from_coverage_and_a_file_they_miss
     ]
     (root / "pkg" / "unused.py").write_text("def never(x):\n    return x + 1\n")  # no test imports it
     unused = _candidate(1, 2, 2, file="pkg/unused.py")
-    covered, _ = _pytest(root, harness, "--cov=.", "--cov-context=test", "--cov-report=",
-                         env={"COVERAGE_FILE": str(tmp_path / ".cov")})
-    subprocess.run([sys.executable, str(harness / "coverage_map.py"), str(tmp_path / "cov.json")], cwd=root,
-                   check=True, env={**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")})
+    _, _, cov_map = _covered(root, harness)
     plan = probe_plan(candidates + [unused])
     outcomes, _, raw = _probed(root, harness, plan)
     passing = sorted(t for t, o in outcomes.items() if o == "passed")
     by_coverage = ReferenceRun(image="i", tests=outcomes, passing=passing, measured=["pkg/mod.py", "pkg/unused.py"],
-                               coverage=parse_coverage_map((tmp_path / "cov.json").read_text(), True, True))
+                               coverage=parse_coverage_map(cov_map, True, True))
     by_probes = ReferenceRun(image="i", tests=outcomes, passing=passing, measured=["pkg/mod.py", "pkg/unused.py"],
                              coverage=parse_coverage_map(json.dumps(raw), True, True), probed=raw["probed"])
     assert sum(len(lines) for lines in plan.values()) < len(text) // 3  # only the lines the selections read

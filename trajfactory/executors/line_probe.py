@@ -29,9 +29,8 @@ A wanted line is recorded when the statement holding it starts (a compound state
 included; an `except` or `case` line: the whole `try` or `match`, since its expression runs whenever an exception
 or subject reaches it). A docstring line is recorded when the body it documents starts. Code that runs later than
 its statement gets probes of its own: a lambda's body, a generator expression's elements, conditions and inner
-loops. That is never less than
-coverage records, only sometimes more (a branch of a multi-line expression that did not run), which widens a
-selection and never narrows it. Source files are left alone and no bytecode is written: line numbers, tracebacks,
+loops. That is never less than coverage records, only sometimes more (a branch of a multi-line expression that did
+not run), which widens a selection and never narrows it. Source files are left alone and no bytecode is written: line numbers, tracebacks,
 `inspect.getsource` and doctests see the original file. Subprocesses and forked children are not probed (nor are
 they measured by pytest-cov's contexts).
 """
@@ -91,10 +90,9 @@ class Recorder(object):
             for probe in self.hits[name]:
                 rel, lines = self.probes[probe]
                 for line in lines:
-                    files.setdefault(rel, {}).setdefault(str(line), []).append(index[name])
-        for by_line in files.values():
-            for line in by_line:
-                by_line[line] = sorted(set(by_line[line]))
+                    files.setdefault(rel, {}).setdefault(str(line), set()).add(index[name])
+        files = dict((rel, dict((line, sorted(ids)) for line, ids in by_line.items()))
+                     for rel, by_line in files.items())
         probed = dict((rel, sorted(self.wanted[rel])) for rel in sorted(set(self.wanted) - self._unprobed()))
         with open(path, "w") as f:
             json.dump({"contexts": contexts, "files": files, "probed": probed}, f, separators=(",", ":"))
@@ -134,28 +132,22 @@ class _Instrument(object):
     def body(self, stmts, documented):
         """A new statement list with probes; `documented`: a module, class or function body, whose leading string
         is its docstring (its probe goes after it, with the future imports of a module)."""
-        out, start = [], 0
-        if documented and stmts and _is_docstring(stmts[0]):
-            start = 1
+        start = 1 if documented and stmts and _is_docstring(stmts[0]) else 0
         while start < len(stmts) and _is_future(stmts[start]):
             start += 1
-        lead = [self._probe(stmts[i], self._lines(stmts[i], whole=True)) for i in range(start)]
-        for i, node in enumerate(stmts):
-            if i >= start:
-                probe = self._probe(node, self._lines(node))
-                if probe is not None:
-                    out.append(probe)
+        out = stmts[:start] + [self.probe(n, self._lines(n, whole=True)) for n in stmts[:start]]
+        for node in stmts[start:]:
+            out.append(self.probe(node, self._lines(node)))
             self.children(node)
             out.append(node)
-            if i == start - 1:
-                out.extend(p for p in lead if p is not None)
-        return out
+        return [node for node in out if node is not None]
 
     def _lines(self, node, whole=False):
         spans = [(node.lineno, node.end_lineno)] if whole else _header(node)
         return set(n for a, b in spans for n in range(a, b + 1)) & self.wanted
 
-    def _probe(self, node, lines):
+    def probe(self, node, lines):
+        """A probe statement for these lines of `node`, placed at its line; None when there are none."""
         if not lines:
             return None
         call = ast.Expr(ast.Call(ast.Name(HIT, ast.Load()), [ast.Constant(self.recorder.add_probe(self.rel, lines))],
@@ -183,7 +175,7 @@ class _Deferred(ast.NodeTransformer):
         lines = set(range(outer.lineno, outer.end_lineno + 1)) & self.instrument.wanted
         if not lines:
             return node
-        probe = self.instrument._probe(node, lines).value
+        probe = self.instrument.probe(node, lines).value
         pair = ast.Tuple([probe, node], ast.Load())
         return ast.fix_missing_locations(ast.copy_location(ast.Subscript(pair, ast.Constant(1), ast.Load()), node))
 

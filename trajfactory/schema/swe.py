@@ -117,8 +117,9 @@ class ReferenceRun(Record):
     """The files coverage measured (the ones validation reads: `stage.coverage_files`); None: every file of the
     checkout. A file outside them tells nothing: a candidate that needs it runs the whole suite."""
     probed: dict[str, list[int]] | None = None
-    """With line probes instead of coverage: the lines they recorded, per file (`selection_lines.probe_plan`); a
-    candidate whose selection reads any other line runs the whole suite. None: coverage of whole files."""
+    """With line probes instead of coverage: the lines they vouch for, per file (`selection_lines.probe_plan`'s
+    lines of every file that was instrumented or never imported); a candidate whose selection reads any other line
+    runs the whole suite. None: coverage of whole files."""
     duration_s: float = 0.0
     durations: dict[str, float] = Field(default_factory=dict)
     """Test id -> seconds it took (setup, call and teardown) in the last run, the one without coverage when there
