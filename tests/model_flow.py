@@ -65,6 +65,13 @@ class ContainerWatch:
         self._thread.join()
 
 
+def _quarantine(tmp: Path) -> str:
+    """The latest version's quarantine rows with their details, for a failure's message."""
+    store = DatasetStore(tmp / "datasets" / "swe")
+    rows = store.read_rows(store.latest(), "quarantine") if store.latest() else []
+    return "".join(f"\nquarantined {r['stage']}/{r['reason']}: {r['detail'][:3000]}" for r in rows)
+
+
 @pytest.fixture(scope="session")
 def model_flow_run(_vllm_session_server, tiny_model, docker_backend, shared_prefect_api, tmp_path_factory):
     """One recipe with every model-backed step on, and the closed loop (a few SFT steps of the tiny model on the run's
@@ -106,7 +113,7 @@ def model_flow_run(_vllm_session_server, tiny_model, docker_backend, shared_pref
     path.write_text(yaml.safe_dump(recipe))
     with ContainerWatch(docker_backend.client, repo_name) as watch:
         first = _cli(tmp, "run", str(path), api=shared_prefect_api)
-    assert first.returncode == 0, first.stdout + first.stderr[-5000:]
+    assert first.returncode == 0, first.stdout + first.stderr[-5000:] + _quarantine(tmp)
     journal_first = _journal(tmp / "work")
     second = _cli(tmp, "run", str(path), api=shared_prefect_api)
     assert second.returncode == 0, second.stdout + second.stderr[-5000:]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import tarfile
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -142,6 +146,46 @@ def test_unknown_requirement_is_install_failed(backend, tmp_path):
         backend.build(str(repo), "tests/bad", "main")
     assert err.value.reason == "install_failed"
     assert "trajfactory-no-such-requirement-zz" in err.value.detail
+
+
+def _context(dockerfile: str):
+    context = tempfile.TemporaryFile()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile.encode())
+        tar.addfile(info, io.BytesIO(dockerfile.encode()))
+    return context
+
+
+def test_an_engine_failure_is_built_again_and_a_failing_step_is_not(backend, env, monkeypatch):
+    """The engine's own failure (here: the base is missing on the first try, as when a concurrent build loses a
+    layer) is tried again from the same context; a Dockerfile step that exits non-zero is the repository's failure
+    at once."""
+    client, late = backend.client, f"trajfactory/test-late-base:{uuid.uuid4().hex[:8]}"
+    tag = f"trajfactory/test-retry:{uuid.uuid4().hex[:8]}"
+    attempts, stream = [], backend._build_stream
+
+    def recorded(context, tag):
+        lines, error = stream(context, tag)
+        attempts.append(error)
+        if len(attempts) == 1:  # the base the first attempt lacked exists for the next one
+            client.images.get(env.name).tag(late)
+        return lines, error
+
+    monkeypatch.setattr(backend, "_build_stream", recorded)
+    try:
+        backend._build_image(_context(f"FROM {late}\nRUN echo built > /built\n"), tag, "tests/retry")
+        assert len(attempts) == 2 and attempts[0] and attempts[1] is None
+        assert client.images.get(tag)
+        attempts.clear()
+        with pytest.raises(EnvironmentBuildError) as err:
+            backend._build_image(_context(f"FROM {late}\nRUN echo broken; exit 3\n"), tag + "x", "tests/retry")
+        assert len(attempts) == 1 and err.value.reason == "build_failed"
+        assert "returned a non-zero code: 3" in err.value.detail and "RUN echo broken" in err.value.detail
+    finally:
+        for name in (tag, late):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(name, force=True)
 
 
 def test_unknown_commit_is_checkout_failed(backend, repo):

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "2"
 """Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
+BUILD_ATTEMPTS = 3
+STEP_FAILED = "returned a non-zero code"
+"""How the legacy builder reports a RUN step that exited non-zero: the repository's failure, never retried."""
 RUN_LABEL = "trajfactory.run"
 """The label naming the factory run that started a container (`runs.py` sets it for the whole process)."""
 _run_labels: dict[str, str] = {}
@@ -180,21 +183,19 @@ class DockerBackend:
         return bool(registry) and pull(self.client, tag, registry)
 
     def _build_image(self, context, tag: str, repo: str) -> None:
-        lines: list[str] = []
-        error = None
-        with _engine_errors(f"building image {tag}"):
-            stream = self.client.api.build(fileobj=context, custom_context=True, tag=tag, network_mode="none",
-                                           rm=True, forcerm=True, pull=False, decode=True)
-            for chunk in stream:
-                text = chunk.get("stream", "")
-                lines += text.splitlines()
-                if text.startswith("Step ") or text.startswith(INSTALLED):
-                    log.info("%s: %s", tag, text.strip())
-                if "error" in chunk:
-                    error = chunk["error"]
-                    lines.append(error)
-        if error is None and _image_exists(self.client, tag):
-            return
+        """Builds `tag`; a failure the engine made (not a step of the Dockerfile exiting non-zero: concurrent legacy
+        builds on one engine now and then lose a layer another build is committing) is tried again from the same
+        context, twice at most, then raised as the repository's build failure with the engine's words."""
+        for attempt in range(1, BUILD_ATTEMPTS + 1):
+            context.seek(0)
+            lines, error = self._build_stream(context, tag)
+            if error is None and _image_exists(self.client, tag):
+                return
+            if error is not None and STEP_FAILED in error or attempt == BUILD_ATTEMPTS:
+                break
+            log.warning("building image %s: the engine failed (%s); trying again (%d of %d)", tag,
+                        error or "no image after the build", attempt + 1, BUILD_ATTEMPTS)
+            time.sleep(2 * attempt)
         steps = [line for line in lines if line.startswith("Step ")]
         if steps and "install_project" in steps[-1]:
             step_output = "\n".join(lines[len(lines) - lines[::-1].index(steps[-1]):])
@@ -208,6 +209,23 @@ class DockerBackend:
             "the repository's requirements must install offline from its wheelhouse "
             "(check the failing requirement in the log above)",
         )
+
+    def _build_stream(self, context, tag: str) -> tuple[list[str], str | None]:
+        """One build on the engine: its output lines and the error it ended with (None when it reported none)."""
+        lines: list[str] = []
+        error = None
+        with _engine_errors(f"building image {tag}"):
+            stream = self.client.api.build(fileobj=context, custom_context=True, tag=tag, network_mode="none",
+                                           rm=True, forcerm=True, pull=False, decode=True)
+            for chunk in stream:
+                text = chunk.get("stream", "")
+                lines += text.splitlines()
+                if text.startswith("Step ") or text.startswith(INSTALLED):
+                    log.info("%s: %s", tag, text.strip())
+                if "error" in chunk:
+                    error = chunk["error"]
+                    lines.append(error)
+        return lines, error
 
     def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> "DockerSandbox":
         labels = {**_run_labels, **self.labels, "trajfactory.repo": env.repo, "trajfactory.commit": env.commit}
