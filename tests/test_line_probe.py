@@ -323,3 +323,46 @@ def test_a_package_found_by_an_editable_install_finder_is_probed_too(tmp_path):
     assert raw["probed"] == {"hidden/mod.py": [wanted]}
     recorded = parse_coverage_map(json.dumps(raw), True, True)["hidden/mod.py"][wanted]
     assert recorded == ["tests/test_mod.py::test_negative"]
+
+
+def test_a_suite_that_takes_the_imports_over_or_reloads_is_never_under_counted(tmp_path):
+    """A project's own import hook put in front of the probes' finder (as typeguard's or beartype's are) loads the
+    module without probes: the file is reported unprobed, so its candidates run the whole suite. A module a test
+    reloads is loaded by the probes' loader again and stays probed."""
+    root = tmp_path / "project"
+    root.mkdir()
+    harness = _project(root)
+    wanted = MODULE.splitlines().index("        return -1") + 1
+    (harness / "own_hook.py").write_text(textwrap.dedent("""\
+        import importlib.machinery, sys
+
+        class Loader(importlib.machinery.SourceFileLoader):
+            pass
+
+        class Hook:
+            @classmethod
+            def find_spec(cls, name, path=None, target=None):
+                if name != "pkg.mod":
+                    return None
+                spec = importlib.machinery.PathFinder.find_spec(name, path)
+                spec.loader = Loader(name, spec.origin)
+                return spec
+
+        def pytest_configure(config):
+            sys.meta_path.insert(0, Hook)
+    """))
+    outcomes, run, raw = _probed(root, harness, {"pkg/mod.py": [wanted]}, "-p", "own_hook")
+    assert run.returncode == 0 and set(outcomes.values()) == {"passed"}, run.stdout
+    assert raw["probed"] == {} and raw["files"] == {}
+    (root / "tests" / "test_reload.py").write_text(textwrap.dedent("""\
+        import importlib
+        import pkg.mod
+
+        def test_reloaded():
+            assert importlib.reload(pkg.mod).sign(-3) == -1
+    """))
+    outcomes, run, raw = _probed(root, harness, {"pkg/mod.py": [wanted]})
+    assert run.returncode == 0 and set(outcomes.values()) == {"passed"}, run.stdout
+    assert raw["probed"] == {"pkg/mod.py": [wanted]}
+    recorded = parse_coverage_map(json.dumps(raw), True, True)["pkg/mod.py"][wanted]
+    assert recorded == ["tests/test_mod.py::test_negative", "tests/test_reload.py::test_reloaded"]
