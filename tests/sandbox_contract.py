@@ -18,3 +18,36 @@ def reads_are_capped(sandbox) -> None:
     sandbox.execute(f"head -c {READ_LIMIT + 1} /dev/zero > /tmp/huge")
     with pytest.raises(FileTooLargeError):
         sandbox.read_file("/tmp/huge")
+
+
+WARNS = '''\
+import warnings
+
+import pytest
+
+# what a newer pytest than the project's says at collection (python-dateutil 2.9.0 under pytest 9)
+warnings.warn(pytest.PytestDeprecationWarning("a deprecation the project's pytest did not have"))
+
+
+def test_quiet():
+    pass
+
+
+def test_own_deprecation():
+    warnings.warn(DeprecationWarning("the project's own: its `filterwarnings = error` fails this test"))
+'''
+
+
+def pytest_deprecations_stay_warnings(sandbox) -> None:
+    """A project whose configuration turns every warning into an error still collects under a pytest newer than it:
+    pytest's own deprecations stay warnings, in the harness's runs and in a plain `python -m pytest` alike, and
+    every other warning is still the error the project asked for."""
+    from trajfactory.executors.testrun import run_tests
+
+    sandbox.write_file("pytest.ini", "[pytest]\nfilterwarnings =\n    error\n")
+    sandbox.write_file("tests/test_warns.py", WARNS)
+    run = run_tests(sandbox, None, timeout=120)
+    assert run.outcomes["tests/test_warns.py::test_quiet"] == "passed", run.output
+    assert run.outcomes["tests/test_warns.py::test_own_deprecation"] == "failed", run.output
+    plain = sandbox.execute("python -m pytest -q -p no:cacheprovider tests/test_warns.py", timeout=120)
+    assert plain.exit_code == 1 and "1 failed, 1 passed" in plain.output, plain.output

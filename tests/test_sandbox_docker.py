@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from trajfactory.executors.base import EnvironmentBuildError, InfrastructureError
-from sandbox_contract import reads_are_capped
+from sandbox_contract import pytest_deprecations_stay_warnings, reads_are_capped
 
 from trajfactory.settings import SandboxConfig
 from trajfactory.executors.docker import DockerBackend, cleanup_leftover_containers, engine_available
@@ -216,6 +216,10 @@ def test_get_backend_prefers_docker():
 
 def test_reads_out_of_the_sandbox_are_capped(sandbox):
     reads_are_capped(sandbox)
+
+
+def test_a_newer_pytests_deprecations_never_fail_a_suite_that_errors_on_warnings(sandbox):
+    pytest_deprecations_stay_warnings(sandbox)
 
 
 def test_disk_is_capped_and_nothing_else_is_writable(backend, env):

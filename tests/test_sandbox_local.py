@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.base import EnvironmentBuildError, SandboxError
-from sandbox_contract import reads_are_capped
+from sandbox_contract import pytest_deprecations_stay_warnings, reads_are_capped
 
 from trajfactory.settings import SandboxConfig
 from trajfactory.executors.requirements import find_requirements
@@ -174,6 +174,10 @@ def test_get_backend_falls_back_to_local_with_warning(monkeypatch, caplog):
 
 def test_reads_out_of_the_sandbox_are_capped(sandbox):
     reads_are_capped(sandbox)
+
+
+def test_a_newer_pytests_deprecations_never_fail_a_suite_that_errors_on_warnings(sandbox):
+    pytest_deprecations_stay_warnings(sandbox)
 
 
 def test_links_are_read_as_the_sandbox_sees_them(sandbox, tmp_path_factory):

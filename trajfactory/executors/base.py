@@ -23,6 +23,12 @@ class InfrastructureError(RuntimeError):
     """The engine under the sandbox failed (daemon down, container vanished): worth a retry."""
 
 
+PYTEST_ADDOPTS = "-W default::pytest.PytestDeprecationWarning"
+"""Every sandbox's `PYTEST_ADDOPTS` (the harness's runs, an agent's own, verification): pytest's own deprecation
+warnings stay warnings. A project's `filterwarnings = error` was written against the pytest of its day, which did
+not yet warn; with a newer pytest (python-dateutil 2.9.0 under pytest 9: a generator passed to `parametrize`) the
+new warning would be an error at collection and no test would run, where the maintainers' run passed."""
+
 READ_LIMIT = 64 * 2**20
 """The most bytes `read_file` brings out of a sandbox: code in the sandbox can grow any file it can write (a result
 file, a report), and the host reads it into memory."""

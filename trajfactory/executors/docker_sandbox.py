@@ -21,7 +21,8 @@ import requests
 from trajfactory.settings import SandboxConfig
 
 from . import sandbox_fs
-from .base import READ_LIMIT, ExecResult, FileTooLargeError, InfrastructureError, OutputCollector, SandboxError, sandbox_path
+from .base import (PYTEST_ADDOPTS, READ_LIMIT, ExecResult, FileTooLargeError, InfrastructureError, OutputCollector,
+                   SandboxError, sandbox_path)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ WORKDIR = "/repo"
 # A fixed hash seed keeps parametrized test ids (and so FAIL_TO_PASS / PASS_TO_PASS) stable across runs.
 SANDBOX_ENV = {"PYTHONHASHSEED": "0",
                # no .pyc: one written in the same second as an edit of a same-size file would hide the edit
-               "PYTHONDONTWRITEBYTECODE": "1"}
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": PYTEST_ADDOPTS}
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host stops waiting for `docker exec`."""
 

@@ -40,6 +40,7 @@ from .base import (
     FileTooLargeError,
     InfrastructureError,
     OutputCollector,
+    PYTEST_ADDOPTS,
     SandboxError,
     sandbox_path,
 )
@@ -204,6 +205,7 @@ class LocalSandbox:
             "PATH": f"{venv}/bin:{PATH}", "VIRTUAL_ENV": str(venv), "HOME": str(home), "LANG": "C.UTF-8",
             "PYTHONHASHSEED": "0",  # stable parametrized test ids across runs, as in docker
             "PYTHONDONTWRITEBYTECODE": "1",  # no stale .pyc after a same-second edit, as in docker
+            "PYTEST_ADDOPTS": PYTEST_ADDOPTS,  # pytest's own deprecations never fail a run, as in docker
             "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
             # the options of the project's own pytest configuration the harness keeps (testrun.PYTEST reads it)
             "TRAJFACTORY_ADDOPTS": meta.get("addopts", ""),
