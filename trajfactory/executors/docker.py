@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = "2"
 """Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
 BUILD_ATTEMPTS = 3
+"""Builds of one image in all when the engine, not the Dockerfile, fails (`DockerBackend._build_image`)."""
 STEP_FAILED = "returned a non-zero code"
 """How the legacy builder reports a RUN step that exited non-zero: the repository's failure, never retried."""
 RUN_LABEL = "trajfactory.run"
@@ -191,7 +192,7 @@ class DockerBackend:
             lines, error = self._build_stream(context, tag)
             if error is None and _image_exists(self.client, tag):
                 return
-            if error is not None and STEP_FAILED in error or attempt == BUILD_ATTEMPTS:
+            if (error is not None and STEP_FAILED in error) or attempt == BUILD_ATTEMPTS:
                 break
             log.warning("building image %s: the engine failed (%s); trying again (%d of %d)", tag,
                         error or "no image after the build", attempt + 1, BUILD_ATTEMPTS)

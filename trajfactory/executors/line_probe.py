@@ -30,9 +30,9 @@ included; an `except` or `case` line: the whole `try` or `match`, since its expr
 or subject reaches it). A docstring line is recorded when the body it documents starts. Code that runs later than
 its statement gets probes of its own: a lambda's body, a generator expression's elements, conditions and inner
 loops. That is never less than coverage records, only sometimes more (a branch of a multi-line expression that did
-not run), which widens a selection and never narrows it. Source files are left alone and no bytecode is written: line numbers, tracebacks,
-`inspect.getsource` and doctests see the original file. Subprocesses and forked children are not probed (nor are
-they measured by pytest-cov's contexts).
+not run), which widens a selection and never narrows it. Source files are left alone and no bytecode is written:
+line numbers, tracebacks, `inspect.getsource` and doctests see the original file. Subprocesses and forked children
+are not probed (nor are they measured by pytest-cov's contexts).
 """
 
 import ast
