@@ -16,7 +16,7 @@ from trajfactory.schema import ReferenceRun, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
-from trajfactory.synthesizers.swe.validate import select_tests
+from trajfactory.synthesizers.swe.validate import select_tests, validate_batch
 from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
 from trajfactory.datasets.swebench import INSTANCES, REPOS, evaluate, export_instances, load_instances, load_predictions
 
@@ -86,3 +86,29 @@ def check_swebench_export(backend, source: Source, rows: list[dict], out) -> Non
     empty = evaluate(loaded, {i["instance_id"]: "" for i in loaded}, out / REPOS, backend)
     assert [r["resolved"] for r in empty] == [False] * len(rows)
     assert all(r["tests_status"]["FAIL_TO_PASS"]["failure"] and r["patch_applied"] for r in empty)
+
+
+def test_a_suite_that_errors_on_every_warning_is_mined_under_a_newer_pytest(docker_backend, tmp_path):
+    """python-dateutil 2.9.0 turns every warning into an error (`setup.cfg`), and pytest 9 warns at collection
+    (`PytestRemovedIn10Warning`) about a generator its tests pass to `parametrize`, which its maintainers' pytest did
+    not. Sandboxes keep pytest's own deprecations warnings (`PYTEST_ADDOPTS`, `executors/base.py`): the suite
+    collects, its tasks are validated and their gold patches proven; with the variable emptied it does not collect."""
+    source = harvest_repo("pypi:python-dateutil==2.9.0.post0", tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert not hasattr(env, "reason"), env
+    with docker_backend.start(env, LIMITS) as sandbox:
+        plain = sandbox.execute("PYTEST_ADDOPTS= python -m pytest -p no:cacheprovider --collect-only -q", timeout=120)
+        ours = sandbox.execute("python -m pytest -p no:cacheprovider --collect-only -q", timeout=120)
+    assert plain.exit_code == 2 and "PytestRemovedIn10Warning" in plain.output, plain.output[-2000:]
+    assert ours.exit_code == 0, ours.output[-2000:]
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=10, seed=1), tmp_path / "co")
+    ref = stage.reference(docker_backend, env, source, ValidationConfig(), LIMITS, probe=probe_plan(candidates))
+    assert isinstance(ref, ReferenceRun), ref
+    assert len(ref.tests) > 2000 and len(ref.passing) > 1900, (len(ref.tests), len(ref.passing))
+    with docker_backend.start(env, LIMITS) as sandbox:  # the pipeline's way: one warm test worker, then the proofs
+        validations = validate_batch(sandbox, candidates, ref)
+        tasks = stage.tasks_from(source, env, candidates, validations)
+        assert tasks, [(v.status, v.detail) for v in validations]
+        proofs = verify_gold_batch(sandbox, tasks)
+    assert all(v.passed for v in proofs), [v.evidence.detail for v in proofs if not v.passed]
