@@ -65,8 +65,8 @@ from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from trajfactory.synthesizers.swe.stage import coverage_files
-from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, reference_run, validate_batch_detailed,
-                                                   validate_candidate)
+from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, RepoRejected, reference_run,
+                                                   validate_batch_detailed, validate_candidate)
 
 from gold_cost import gold_proofs, print_gold  # noqa: E402  (bench/)
 from validate_report import PHASES, host_cpu, print_tables  # noqa: E402  (bench/)
@@ -345,7 +345,11 @@ def main() -> int:
         # the files validation reads; `--cover-all`: of every file)
         probe = probe_plan(candidates) if args.recorder == "probe" else None
         cover = None if probe is not None or args.cover_all else coverage_files(candidates)
-        ref, ref_runs, ref_cpu = reference(backend, env, cfg, cover, probe)
+        try:
+            ref, ref_runs, ref_cpu = reference(backend, env, cfg, cover, probe)
+        except RepoRejected as exc:  # the pipeline quarantines the repository; the bench goes on to the next
+            print(f"{uri}: quarantined: {exc.reason}: {exc.detail}", file=sys.stderr)
+            continue
         print(f"{source.name}: {len(ref.tests)} tests, {len(ref.passing)} passing; reference runs CPU "
               f"{', '.join(f'{r:.1f}s' for r in ref_runs)} (first with {args.recorder})", file=sys.stderr)
         rep = report["repos"][source.name] = {"uri": uri, "tests": len(ref.tests), "passing": len(ref.passing),
