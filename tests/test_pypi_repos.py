@@ -1,5 +1,6 @@
-"""Two real PyPI packages with their own test suites, through harvest → validate → gold proof (forged gold patches
-among the real ones are refused); the reference run's line probes select what coverage selects."""
+"""Real PyPI packages with their own test suites, through harvest → validate → gold proof (forged gold patches among
+the real ones are refused); the reference run's line probes select what coverage selects; and a suite that turns
+every warning into an error (python-dateutil) mined under a newer pytest than its maintainers'."""
 
 from __future__ import annotations
 
