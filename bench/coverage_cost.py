@@ -1,5 +1,5 @@
 """What the per-test record of the reference run costs: the whole suite plain, with the factory's line coverage
-(pytest-cov's per-test contexts, as `validate.reference_run` records them), and with a per-test record of the
+(pytest-cov's per-test contexts, as `reference.reference_run` records them), and with a per-test record of the
 functions each test called (`cProfile`: call and return events only, no line events).
 
 Validation selects a candidate's tests by the function its change is in (`validate.select_tests`: every test that

@@ -65,8 +65,8 @@ from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from trajfactory.synthesizers.swe.stage import coverage_files
-from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, RepoRejected, reference_run,
-                                                   validate_batch_detailed, validate_candidate)
+from trajfactory.synthesizers.swe.reference import RepoRejected, reference_run
+from trajfactory.synthesizers.swe.validate import TIMEOUT_FACTOR, validate_batch_detailed, validate_candidate
 
 from gold_cost import gold_proofs, print_gold  # noqa: E402  (bench/)
 from validate_report import PHASES, host_cpu, print_tables  # noqa: E402  (bench/)

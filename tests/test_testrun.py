@@ -103,6 +103,10 @@ def test_plugin_records_pytest_node_ids_that_round_trip(tmp_path):
     (again, _, finished), _ = _run(tmp_path, "tests/test_more.py", "tests/test_calc.py", select=wanted)
     assert finished and again == {**{t: outcomes[t] for t in wanted[:4]}, "tests/test_calc.py::test_gone": "missing"}
     assert again["tests/test_more.py::test_odd[caf\\xe9]"] == "passed"
+    # Collected only (the one-run reference's check): nothing runs, and only the id that selects nothing is recorded.
+    (collected, _, finished), _ = _run(tmp_path, "--collect-only", "tests/test_more.py", "tests/test_calc.py",
+                                       select=wanted)
+    assert finished and collected == {"tests/test_calc.py::test_gone": "missing"}
 
 
 def test_plugin_records_collection_errors_and_an_unfinished_session(tmp_path):

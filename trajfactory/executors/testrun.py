@@ -149,10 +149,13 @@ def run_tests(
     coverage: bool = False,
     cover: list[str] | None = None,
     probe: dict[str, list[int]] | None = None,
+    collect_only: bool = False,
 ) -> TestRun:
     """Run the given tests (all when None) and return per-test outcomes; with `coverage`, per-test line coverage of
     the checkout's files, or only of the files `cover` names (paths relative to the checkout), or, with `probe`,
-    only of the lines it names per file, recorded by line probes (`line_probe.py`) at about a plain run's cost."""
+    only of the lines it names per file, recorded by line probes (`line_probe.py`) at about a plain run's cost.
+    `collect_only`: collect the selection and run nothing; the outcomes then hold only the ids that selected no
+    collected test (`missing`)."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
     env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
@@ -163,6 +166,8 @@ def run_tests(
         env.append(f"TRAJFACTORY_SELECT={SCRATCH}/tests.txt")
         # collect only the files the selection lives in (a file named here is collected whatever `python_files` says)
         args = " ".join(shlex.quote(f) for f in sorted({t.split("::", 1)[0] for t in test_ids}))
+    if collect_only:
+        args = f"--collect-only {args}".rstrip()
     cov = "--cov=. --cov-context=test --cov-report= " if coverage else ""
     if coverage and cover is not None:
         # our own configuration, not the project's: only these files are measured (the tracer still sees every call)

@@ -30,7 +30,7 @@ from trajfactory.models.service import ModelEndpoint
 from trajfactory.pipelines import closed_loop, swe, web
 from trajfactory.schema import content_hash
 from trajfactory.settings import Recipe
-from trajfactory.synthesizers.swe import procedural, rewrite, statements
+from trajfactory.synthesizers.swe import procedural, reference, rewrite, statements
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.synthesizers.web import stage as web_stage
 from trajfactory.verifiers import judge as judge_verifier
@@ -81,13 +81,13 @@ def _endpoint_id(endpoint: ModelEndpoint) -> tuple:
 def _validate(p):
     v = p["recipe"].validation
     return ("validate", validation.VERSION, p["candidate"].candidate_id, p["ref"].image, v.selection, v.test_timeout_s,
-            v.timeout_factor, sorted(p["ref"].passing))
+            v.timeout_factor, sorted(p["ref"].passing), p["ref"].by_id)
 
 
 def _validate_batch(p):
     v = p["recipe"].validation
     return ("validate-batch", validation.VERSION, [c.candidate_id for c in p["candidates"]], p["ref"].image,
-            v.selection, v.test_timeout_s, v.timeout_factor, sorted(p["ref"].passing))
+            v.selection, v.test_timeout_s, v.timeout_factor, sorted(p["ref"].passing), p["ref"].by_id)
 
 
 def _rollout(p):
@@ -186,7 +186,7 @@ STEPS: dict[Callable, Any] = {
         key=lambda p: ("external", p["source"].name, p["source"].commit, _file_digest(p["path"]))),
     swe.reference_run: step_task(
         swe.reference_run, "reference", retry=True,
-        key=lambda p: ("reference", CONTEXTS_VERSION, validation.REFERENCE_VERSION, p["env"].name,
+        key=lambda p: ("reference", CONTEXTS_VERSION, reference.REFERENCE_VERSION, p["env"].name,
                        p["recipe"].validation.reference_runs, p["recipe"].validation.suite_timeout_s,
                        p.get("cover"), p.get("probe"))),
     swe.validate: step_task(swe.validate, "validate", key=_validate, retry=True, remote=True),

@@ -127,8 +127,9 @@ class ReferenceRun(Record):
     overhead_s: float = 0.0
     """Seconds of that run outside every test: the interpreter, pytest's start and the whole suite's collection."""
     by_id: bool = False
-    """Whether the runs after the first selected the first run's passing tests by id, through the invocation
-    validation and verification use: every test in `passing` is then known to round-trip through it."""
+    """Whether the first run's passing tests were selected again by id (run again, or with one run collected again),
+    through the invocation validation and verification use: every test in `passing` is then known to round-trip
+    through it."""
 
 
 class Validation(Record):
@@ -146,8 +147,8 @@ class Validation(Record):
     reached: list[str] = Field(default_factory=list)
     """`coverage` selection against a reference run confirmed by test id: the tests run against the candidate (the
     ones its change can reach), which its gold proof runs again; the other PASS_TO_PASS tests passed on the clean
-    repository in every reference run, the later ones selected by id as verification selects them. Empty: the gold
-    proof runs every check."""
+    repository in the reference run, and selecting them by id as verification does was shown to reach them. Empty:
+    the gold proof runs every check."""
 
 
 # ---------------------------------------------------------------- tasks

@@ -18,8 +18,8 @@ VERSION = "1"
 def gold_checks(task: Task) -> Checks:
     """The checks a task's gold proof runs. Every check, unless validation recorded the tests the bug's change reached
     (`Validation.reached`): then the FAIL_TO_PASS tests and the PASS_TO_PASS tests among those. The gold patch
-    restores the clean repository exactly, and every other PASS_TO_PASS test passed there in each reference run,
-    selected by id as here; running them again proves nothing more about the task and costs the whole suite."""
+    restores the clean repository exactly, and every other PASS_TO_PASS test passed there in the reference run, its
+    id known to select it as here; running them again proves nothing more about the task and costs the whole suite."""
     reached = set(task.validation.reached) if task.validation is not None else set()
     if not reached:
         return task.checks
@@ -84,5 +84,5 @@ def gold_verdict(task: Task, passed: bool, evidence: Evidence, duration: float) 
     ran, of = len(gold_checks(task).PASS_TO_PASS), len(task.checks.PASS_TO_PASS)
     if ran < of and (evidence.FAIL_TO_PASS or evidence.PASS_TO_PASS):  # the tests ran
         evidence.detail = (f"{evidence.detail}; PASS_TO_PASS: the {ran} of {of} tests the bug's change reached (the "
-                           "others passed on the clean repository in every reference run)").lstrip("; ")
+                           "others passed on the clean repository in the reference run)").lstrip("; ")
     return _verdict(task, None, "gold", passed, evidence, duration)

@@ -16,7 +16,8 @@ from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe.procedural import generate_candidates
 from trajfactory.synthesizers.swe.tasks import make_task
-from trajfactory.synthesizers.swe.validate import RepoRejected, reference_run, validate_candidate
+from trajfactory.synthesizers.swe.reference import RepoRejected, reference_run
+from trajfactory.synthesizers.swe.validate import validate_candidate
 
 STAGE = "synthesize"
 

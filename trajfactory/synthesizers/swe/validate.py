@@ -1,27 +1,19 @@
-"""Validate bug candidates by running tests: one reference run per image, then each candidate in a
-warm sandbox, tests selected by per-test coverage where the change is local to a function.
+"""Validate bug candidates by running tests: against the one reference run per image (`reference.py`), each
+candidate in a warm sandbox, tests selected by per-test coverage where the change is local to a function.
 
 `validate_candidate` tests one candidate (reset, apply, `run_tests`); `validate_batch` tests many with one warm
 worker process in the sandbox (`executors/batchrun.py`). Both select and judge through the same functions."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.batchrun import BatchInfo, BatchItem, ItemResult, run_batch
-from trajfactory.executors.testrun import (
-    EXIT_NO_TESTS,
-    FIXTURE,
-    IMPORT_TIME,
-    SCOPE,
-    TestRun,
-    run_tests,
-    summary_line,
-)
+from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME, SCOPE, TestRun, run_tests, summary_line
 from trajfactory.schema import Candidate, ReferenceRun, Validation
+from trajfactory.synthesizers.swe.reference import tail
 from trajfactory.synthesizers.swe.selection_lines import probed_enough
 
 VERSION = "5"
@@ -30,145 +22,11 @@ VERSION = "5"
 wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
 the reference run; a removed base class by the lines naming its class; 5: a valid candidate records the tests its
 run reached, which its gold proof runs)."""
-REFERENCE_VERSION = "3"
-"""Bumped when what a reference run records changes (2: per-test durations; 3: the runs after the first select the
-first run's passing tests by id); reference runs are cached on it."""
 TIMEOUT_FACTOR = 10.0
 """A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
 TIMEOUT_FLOOR_S = 15.0
 """...and at least this many seconds: a short suite's limit is not left at the mercy of a busy machine."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
-_NETWORK_ERRORS = re.compile(
-    r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
-    r"ConnectionRefusedError|gaierror|URLError"
-)
-
-
-class RepoRejected(Exception):
-    """The repository cannot give tasks; `reason` is the quarantine code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-KILLED = (137, -9)
-"""Exit statuses of a run the kernel killed with SIGKILL: in a sandbox, its memory limit (the OOM killer)."""
-
-
-def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
-    if run.timed_out:
-        return RepoRejected(
-            "suite_timeout",
-            f"the test suite did not finish within {timeout:.0f}s (a hang, a sleep, or a fork bomb "
-            f"held back by the pids limit); a usable suite finishes well inside the limit",
-        )
-    if run.exit_code in KILLED:
-        return RepoRejected("out_of_memory", f"the test run was killed (exit {run.exit_code}), which in a sandbox "
-                            "is its memory limit; raise `sandbox.memory` if the suite needs more:\n" + _tail(run.output))
-    if run.results_error:
-        return RepoRejected("results_unreadable", f"the harness's record of the session was not read: "
-                            f"{run.results_error} (something in the suite writes into it)")
-    if not run.finished and run.exit_code != EXIT_NO_TESTS:
-        return RepoRejected("results_unreadable", f"pytest exited {run.exit_code} without the harness's record of the "
-                            "session (the run was cut short, or pytest could not load the harness plugin):\n"
-                            + _tail(run.output))
-    if run.exit_code == EXIT_NO_TESTS or (run.exit_code == 0 and not run.outcomes):
-        return RepoRejected("no_tests", "pytest collected no tests; the repository needs a pytest-runnable suite")
-    if "SyntaxError" in run.output and not any(o == "passed" for o in run.outcomes.values()):
-        return RepoRejected("syntax_error", "a module does not parse:\n" + _tail(run.output))
-    if run.collection_failed:
-        return RepoRejected("collection_failed", "pytest could not collect the suite:\n" + _tail(run.output))
-    return None
-
-
-DISK_FULL_MIB = 64
-"""What a killed or cut-short suite must have written for its true reason to be a full disk, not memory."""
-WRITTEN = ("{ du -scm /tmp /var/tmp \"$HOME\" /dev/shm 2>/dev/null | tail -1; "
-           "git ls-files -oz 2>/dev/null | du -cm --files0-from=- 2>/dev/null | tail -1; } | awk '{s+=$1} END {print s+0}'")
-
-
-def _disk_full(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
-    """A suite that filled the sandbox's writable directories was killed for memory (tmpfs pages count against it)
-    or lost the harness's record: name the disk as the reason, with what it wrote and the limits it hit."""
-    # a harness record grown on purpose is `results_unreadable` whatever its size; a record lost to a full disk is not
-    if rejected.reason != "out_of_memory" and not (rejected.reason == "results_unreadable"
-                                                   and "No space left on device" in rejected.detail):
-        return rejected
-    res = sandbox.execute(WRITTEN, timeout=60)
-    written = int(res.output.strip() or 0) if res.exit_code == 0 and res.output.strip().isdigit() else 0
-    if written < DISK_FULL_MIB:
-        return rejected
-    limits = getattr(sandbox, "limits", None)
-    caps = f" (sandbox.disk={limits.disk} per directory; the writes count against sandbox.memory={limits.memory})" \
-        if limits is not None else ""
-    return RepoRejected("disk_full", f"the suite wrote {written} MiB into the sandbox's writable directories until it "
-                        f"was stopped{caps}; a usable suite cleans up after itself. Before that: {rejected.detail}")
-
-
-def reference_run(sandbox: Sandbox, *, runs: int = 2, timeout: float = 300.0,
-                  cover: list[str] | None = None, probe: dict[str, list[int]] | None = None) -> ReferenceRun:
-    """Run the clean suite `runs` times; only tests that passed every time are usable.
-
-    The first run is the whole suite the maintainers' way, and records per-test coverage contexts (which test
-    executed which line) of the files `cover` names, or of every file when None; with `probe`, of only the lines it
-    names per file, recorded by line probes at about a plain run's cost (`selection_lines.probe_plan`). The later
-    runs select the first run's passing tests by id, the way validation and verification select tests: a test that
-    fails or does not run then is flaky, or its id does not round-trip.
-    Raises RepoRejected when the suite cannot serve as ground truth.
-    """
-    started = time.monotonic()
-    sandbox.reset()
-    first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover, probe=probe)
-    if (rejected := _reject_reason(first, timeout)) is not None:
-        raise _disk_full(sandbox, rejected)
-    passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
-    outcomes = [first.outcomes]
-    last = first
-    for _ in range(runs - 1):
-        if not passed_first:
-            break
-        sandbox.reset()
-        last = again = run_tests(sandbox, passed_first, timeout=timeout)
-        if (rejected := _reject_reason(again, timeout)) is not None:
-            raise _disk_full(sandbox, rejected)
-        outcomes.append(again.outcomes)
-    excluded: dict[str, str] = {}
-    passing: list[str] = []
-    for test, outcome in first.outcomes.items():
-        seen = [o.get(test, "missing") for o in outcomes]
-        if outcome != "passed":
-            excluded[test] = outcome
-        elif set(seen) == {"passed"}:
-            passing.append(test)
-        elif "missing" in seen:
-            excluded[test] = "missing when selected by its id (passed in the whole-suite run)"
-        else:
-            excluded[test] = "flaky: " + "/".join(sorted(set(seen)))
-    if not passing:
-        detail = f"no test passes on the clean repository ({summary_line(first.output)})"
-        if _NETWORK_ERRORS.search(first.output):
-            raise RepoRejected("needs_network", detail + "; the tests try to reach the network, which sandboxes do not have")
-        raise RepoRejected("no_passing_tests", detail + ":\n" + _tail(first.output))
-    sandbox.reset()
-    return ReferenceRun(
-        image="",
-        tests=first.outcomes,
-        passing=sorted(passing),
-        excluded=excluded,
-        coverage=first.coverage,
-        measured=sorted(first.probed or {}) if probe is not None else sorted(set(cover)) if cover is not None else None,
-        probed=(first.probed or {}) if probe is not None else None,
-        duration_s=time.monotonic() - started,
-        durations=last.durations,
-        overhead_s=max(0.0, last.duration_s - sum(last.durations.values())) if last.durations else 0.0,
-        by_id=len(outcomes) > 1,
-    )
 
 
 def reference_time(reference: ReferenceRun, tests: list[str]) -> float:
@@ -293,7 +151,7 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         return result("no_fail_to_pass", detail=(candidate.params.get("attribution") or {}).get("none")
                       or "no passing test executes the changed function")
     if patch_error is not None:
-        return result("patch_failed", detail=_tail(patch_error, 5))
+        return result("patch_failed", detail=tail(patch_error, 5))
     assert run is not None
     if run.timed_out:
         scaled = ""
@@ -303,7 +161,7 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s{scaled}")
     if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
         return result("error", tests_run=len(tests), detail=f"the test run was cut short (exit {run.exit_code}): "
-                      + _tail(run.output, 5))
+                      + tail(run.output, 5))
     # A selected test that was not collected (its module broke under the bug) did not pass: it failed.
     f2p = sorted(t for t in tests if run.outcomes.get(t, "missing") in ("failed", "error", "missing"))
     p2p_seen = sorted(t for t in tests if run.outcomes.get(t) == "passed")
