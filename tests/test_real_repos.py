@@ -77,7 +77,10 @@ def _pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[C
 
 
 def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4,
-         cfg: ValidationConfig = QUICK) -> Mined:
+         cfg: ValidationConfig = QUICK, every_check: bool = False) -> Mined:
+    """The package mined with `n` candidates in `files`; every gold proof must pass. `every_check`: the gold proofs
+    run every check of each task by its id (as when the reference run could not show that ids round-trip), not only
+    the tests the bug's change reached."""
     source = harvest_repo(uri, mirrors)
     assert isinstance(source, Source), source
     env = build_environment(backend, source)
@@ -87,12 +90,17 @@ def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...
     assert len(candidates) == n, sorted({c.entity.file for c in found})
     ref = stage.reference(backend, env, source, cfg, LIMITS)
     assert isinstance(ref, ReferenceRun), ref
+    # the passing tests were selected again by their ids (collected, or run with `reference_runs: 2`); every id
+    # of the package selected its test
+    assert ref.by_id and not [t for t, why in ref.excluded.items() if why.startswith("missing")], ref.excluded
     with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
         validations = [stage.validate(pool, c, ref, cfg) for c in candidates]
     tasks = stage.tasks_from(source, env, candidates, validations)
     assert tasks, [(v.status, v.detail) for v in validations]
+    proved = [t.model_copy(update={"validation": t.validation.model_copy(update={"reached": []})})
+              for t in tasks] if every_check else tasks
     with backend.start(env, LIMITS) as sandbox:  # as the pipeline proves them: in one warm test worker
-        verdicts = verify_gold_batch(sandbox, tasks, timeout=cfg.suite_timeout_s)
+        verdicts = verify_gold_batch(sandbox, proved, timeout=cfg.suite_timeout_s)
     # every validated task's gold patch passes its own checks: nothing the harness caused fails a gold proof
     assert [v.evidence for v in verdicts if not v.passed] == []
     checkout = stage.checkout(source, tmp_path / "co")
@@ -109,7 +117,8 @@ def in_sandbox(backend, env: EnvironmentHandle, command: str) -> str:
 @pytest.mark.docker
 def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
     """cachetools: unittest.TestCase classes whose test methods come from mixins in `tests/__init__.py`."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:cachetools==5.5.0", ("src/cachetools/__init__.py",))
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:cachetools==5.5.0", ("src/cachetools/__init__.py",),
+                 every_check=True)
     assert len(mined.ref.passing) > 150
     assert all(t.count("::") == 2 for t in mined.ref.tests), "a unittest suite: file::TestCase::method"
 
@@ -127,7 +136,8 @@ def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
 @pytest.mark.docker
 def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_path):
     """tomlkit: poetry's `pytest = "^7.2.0"` means pytest 7 (not the newest); its tests import `tests.util`."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:tomlkit==0.12.5", ("tomlkit/items.py", "tomlkit/parser.py"))
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:tomlkit==0.12.5", ("tomlkit/items.py", "tomlkit/parser.py"),
+                 every_check=True)
     out = in_sandbox(docker_backend, mined.env, "python -m pytest --version 2>&1; python -c 'import pytest; "
                      "print(pytest.__version__)'")
     assert re.search(r"^7\.\d+", out.splitlines()[-1]), out
@@ -144,17 +154,17 @@ def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_pat
 @pytest.mark.docker
 def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirrors, tmp_path):
     """validators: ids such as `test_returns_true_on_valid_url[http://foo.com/blah_blah_(wikipedia)]`."""
-    # the factory's default reference: a second run selects the first run's passing tests by id
+    # the factory's default reference: the passing tests are collected again by id; the gold proofs run the tests
+    # the bugs' changes reached
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:validators==0.28.3",
-                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5,
-                 cfg=QUICK.model_copy(update={"reference_runs": 2}))
+                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5)
 
     def odd(test: str) -> bool:
         param = test.partition("[")[2]
         return bool(re.search(r" |\(|\\u|\\x|[^\x00-\x7f]", param))
 
     assert mined.ref.by_id
-    assert sum(map(odd, mined.ref.passing)) > 20  # each passed again when selected by its id
+    assert sum(map(odd, mined.ref.passing)) > 20  # each collected again when selected by its id
     assert not [t for t, why in mined.ref.excluded.items() if odd(t)], mined.ref.excluded
     odd_checked = sorted(filter(odd, mined.checked()))
     assert any(odd(t) for t in mined.failing()), sorted(mined.failing())
@@ -172,7 +182,7 @@ def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirro
 def test_large_suite(docker_backend, mirrors, tmp_path):
     """jsonschema: ~7,700 unittest tests, most of them generated from the JSON-Schema test suite's files."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonschema==4.23.0",
-                 ("jsonschema/_keywords.py", "jsonschema/_utils.py"), n=2)
+                 ("jsonschema/_keywords.py", "jsonschema/_utils.py"), n=2, every_check=True)
     assert len(mined.ref.tests) > 5_000 and len(mined.ref.passing) > 5_000
     # a task's PASS_TO_PASS is thousands of ids, every one of them run again by the gold proof
     assert max(len(task.checks.PASS_TO_PASS) for task in mined.tasks) > 5_000
@@ -195,7 +205,8 @@ def test_project_that_pytest_depends_on_is_imported_from_the_checkout(docker_bac
 @pytest.mark.docker
 def test_project_addopts_are_honoured(docker_backend, mirrors, tmp_path):
     """inflect: pytest.ini's `addopts = --doctest-modules --import-mode importlib` make doctests part of the suite."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:inflect==7.4.0", ("inflect/__init__.py",), n=4)
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:inflect==7.4.0", ("inflect/__init__.py",), n=4,
+                 every_check=True)
     out = in_sandbox(docker_backend, mined.env, "printf '%s' \"$TRAJFACTORY_ADDOPTS\"")
     assert out.strip() == "--doctest-modules --import-mode importlib"
     doctests = [t for t in mined.ref.passing if t.startswith("inflect/__init__.py::inflect.")]
