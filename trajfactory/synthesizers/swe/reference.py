@@ -161,10 +161,9 @@ def _collect_by_id(sandbox: Sandbox, tests: list[str], timeout: float) -> dict[s
     every check)."""
     sandbox.reset()
     check = run_tests(sandbox, tests, timeout=timeout, collect_only=True)
-    if check.timed_out or check.exit_code in KILLED:
-        rejected = _reject_reason(check, timeout)
-        assert rejected is not None
-        raise _disk_full(sandbox, rejected)
+    rejected = _reject_reason(check, timeout)
+    if rejected is not None and rejected.reason in ("suite_timeout", "out_of_memory"):  # a collection that hangs or
+        raise _disk_full(sandbox, rejected)                                             # exhausts the sandbox
     if not check.finished or check.results_error:
         return None
     return {t: check.outcomes.get(t, "passed") for t in tests}
