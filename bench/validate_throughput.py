@@ -311,6 +311,9 @@ def main() -> int:
     parser.add_argument("--gold", type=int, metavar="K", help="also prove mode d's tasks' gold patches as the "
                         "pipeline does (batches in one warm test worker), the first K also one by one (a pytest "
                         "start per task)")
+    parser.add_argument("--gold-unshared", action="store_true",
+                        help="with --gold: also prove them in batches whose proofs each run all their own tests (the "
+                        "way before the proofs shared their runs), and compare")
     parser.add_argument("--recorder", choices=["probe", "coverage"], default="probe",
                         help="how the reference run records which test ran which line: line probes of only the lines "
                         "the selections read (the pipeline's default), or coverage of the candidates' files")
@@ -373,7 +376,7 @@ def main() -> int:
                   f"(containers {acct.containers:.1f}s + host {acct.host:.1f}s), wall {wall:.1f}s", file=sys.stderr)
         if args.gold is not None and "d" in results:
             rep["gold"] = gold_proofs(backend, env, source, candidates, results["d"], LIMITS, whole=args.gold,
-                                      timeout=cfg.suite_timeout_s)
+                                      timeout=cfg.suite_timeout_s, unshared=args.gold_unshared)
         rep["floor"] = sum(floors.values())
         rep["floors"] = floors
         # the audit: every candidate's result against the whole suite's (mode b)

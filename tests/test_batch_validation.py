@@ -161,8 +161,8 @@ def test_a_pool_sandbox_serves_the_batch_step(docker_backend, textkit, tmp_path)
     assert [v.candidate_id for v in out] == [c.candidate_id for c in candidates[:8]]
 
 
-def _looping(sandbox, candidate, tag: str):
-    """`candidate`'s function made to loop forever on entry: a bug whose tests never finish."""
+def _stuck(sandbox, candidate, tag: str, body: str = "while True:\n    pass"):
+    """`candidate`'s function made to run `body` on entry (by default: loop forever): a bug whose tests never finish."""
     import difflib
 
     entity = candidate.entity
@@ -170,10 +170,10 @@ def _looping(sandbox, candidate, tag: str):
     lines = sandbox.read_file(path).decode().splitlines(keepends=True)
     first = lines[entity.body_lineno - 1]
     indent = first[:len(first) - len(first.lstrip())]
-    patched = lines[:entity.body_lineno - 1] + [f"{indent}while True:\n", f"{indent}    pass\n"] \
+    patched = lines[:entity.body_lineno - 1] + [f"{indent}{line}\n" for line in body.splitlines()] \
         + lines[entity.body_lineno - 1:]
     patch = "".join(difflib.unified_diff(lines, patched, f"a/{entity.file}", f"b/{entity.file}"))
-    return candidate.model_copy(update={"candidate_id": f"loop-{tag}", "patch": patch,
+    return candidate.model_copy(update={"candidate_id": f"stuck-{tag}", "patch": patch,
                                         "changed_lines": [entity.body_lineno]})
 
 
@@ -181,18 +181,23 @@ def test_a_bug_that_loops_forever_costs_a_multiple_of_its_tests_time_not_the_cei
     import time
 
     env, candidates, ref = textkit
-    # the reference run timed every test: a candidate's limit scales with its selected tests' time
+    # the reference run timed every test: a candidate's limits scale with its selected tests' time
     assert set(ref.passing) <= set(ref.durations) and ref.overhead_s > 0
     function = next(c for c in candidates if c.scope == "function" and c.entity.body_lineno)
     with docker_backend.start(env, LIMITS) as sandbox:
-        loop = _looping(sandbox, function, "batch")
+        loop = _stuck(sandbox, function, "batch")
+        # a bug that waits forever uses no CPU: the wall clock's limit stops it
+        sleep = _stuck(sandbox, function, "sleep", "import time\ntime.sleep(10 ** 6)")
         started = time.monotonic()
-        batched = validate_batch(sandbox, [loop, candidates[0]], ref, timeout=600)
-        one = validate_candidate(sandbox, _looping(sandbox, function, "one"), ref, timeout=600)
+        batched = validate_batch(sandbox, [loop, candidates[0], sleep], ref, timeout=600)
+        one = validate_candidate(sandbox, _stuck(sandbox, function, "one"), ref, timeout=600)
         took = time.monotonic() - started
-    for v in (batched[0], one):
+    for v in (batched[0], one):  # the loop burns CPU: its CPU limit (a floor of 2 s) stops it, not the 15 s wall
         assert v.status == "timeout" and v.selection == "coverage", v
-        limit = int(re.search(r"within (\d+)s \(\d+x the [\d.]+s they took on the clean repository\)", v.detail)[1])
-        assert 15 <= limit <= 60, v.detail  # 15 s unless the machine was slow in the reference run
-    assert took < 150  # two limits of about 15 s, not two 600 s ceilings
+        pattern = r"used more than (\d+) CPU seconds \(\d+x the [\d.]+s they took on the clean repository\)"
+        assert 2 <= int(re.search(pattern, v.detail)[1]) <= 15, v.detail
+    assert batched[2].status == "timeout", batched[2]
+    limit = int(re.search(r"did not finish within (\d+)s \(\d+x the", batched[2].detail)[1])
+    assert 15 <= limit <= 60, batched[2].detail  # 15 s unless the machine was slow in the reference run
+    assert took < 150  # limits of seconds, not 600 s ceilings
     assert batched[1].status != "timeout"  # the next candidate of the batch is judged as ever

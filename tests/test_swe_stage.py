@@ -131,6 +131,29 @@ def test_gold_proofs_in_one_warm_worker_agree_and_refuse_a_gold_that_leaves_a_ch
             [(x.test, x.outcome) for x in o.evidence.PASS_TO_PASS]
     assert_refused(batch[2:2 + len(fakes)])
 
+    # The proofs share their runs: each test runs once, in the first proof that wants it. When that proof fails its
+    # patches (the forgeries first, each wanting the tests of tasks[0]), the tasks that wanted its tests are proven
+    # again with their own, and get the same outcomes.
+    from trajfactory.verifiers.tests import gold_checks, tests_of
+
+    wanted = [set(tests_of(gold_checks(t))) for t in tasks]
+    assert len(set().union(*wanted)) < sum(map(len, wanted)), "the demo's first tasks share no test"
+    costs: list = []
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        shared = verify_gold_batch(sandbox, fakes + tasks, costs=costs)
+        plain = verify_gold_batch(sandbox, tasks, share=False)
+    assert_refused(shared[:len(fakes)])
+    first, *again = costs
+    ran = lambda batch: sum(st.get("tests", 0) for st in batch[1])  # noqa: E731
+    assert ran(first) == len(set().union(*wanted) - wanted[0])  # each test once; the forgeries' tests never ran
+    retried = [w for w in wanted if w & wanted[0]]  # tasks[0], and those that wanted a test of it
+    assert len(again) == 1 and len(again[0][1]) == len(retried) and ran(again[0]) == sum(map(len, retried))
+    for task, s, p, o in zip(tasks, shared[len(fakes):], plain, one):
+        assert s.task_id == task.task_id and s.passed and p.passed, (s.evidence, p.evidence)
+        for x in (s, p):
+            assert [(y.test, y.outcome) for y in x.evidence.FAIL_TO_PASS + x.evidence.PASS_TO_PASS] == \
+                [(y.test, y.outcome) for y in o.evidence.FAIL_TO_PASS + o.evidence.PASS_TO_PASS]
+
 
 def test_coverage_selection_agrees_with_full_suite(demo, docker_backend):
     """Re-validate coverage-selected candidates with the whole suite: same F2P, same verdict."""

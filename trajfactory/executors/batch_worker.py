@@ -7,7 +7,8 @@ named `trajfactory_` + its name here, and runs it once per batch with one input 
 import only the standard library and the sandbox's own pytest. For each item it
 
 1. applies the item's patch to the checkout (`git apply`), and its second patch where it has one (`then`: a gold
-   patch after its bug), which must leave the checkout exactly at its commit again (`git status` empty),
+   patch after its bug), which must leave the checkout exactly at its commit again (`git status` empty); an item
+   with an empty list of tests stops there (its patches checked, the checkout restored),
 2. forks a child that runs `pytest.main` exactly as `python -m pytest` with the factory's plugin would (same
    arguments, environment, `sys.path[0]`, working directory), in its own process group, its output to a file,
 3. waits for it up to the item's timeout (then kills its process group), kills whatever it left running (the
@@ -45,8 +46,8 @@ OUTPUT_TAIL = 16000
 
 
 def child_setup(item: dict, spec: dict, index: int) -> None:
-    """In a forked child: its own process group, default signals, first in line for the OOM killer, stdin from
-    /dev/null, the checkout as working directory, the item's environment, fresh random seeds."""
+    """In a forked child: its own process group, default signals, first in line for the OOM killer, the item's CPU
+    limit, stdin from /dev/null, the checkout as working directory, the item's environment, fresh random seeds."""
     os.setpgid(0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
@@ -57,6 +58,16 @@ def child_setup(item: dict, spec: dict, index: int) -> None:
             fh.write("1000")
     except OSError:
         pass
+    if item.get("cpu_limit"):  # a soft limit: SIGXCPU (its default action ends the child), no core file
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            resource.setrlimit(resource.RLIMIT_CPU, (int(item["cpu_limit"]), hard))
+        except (ValueError, OSError):
+            pass
+        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -142,7 +153,7 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
     restore the checkout. `prepare()`, where given, runs on the patched checkout before the fork: a reason it returns
     refuses the item (`swap_refused`) without a fork."""
     scratch, commit = spec["scratch"], spec["commit"]
-    result: dict = {"key": item["key"], "timeout": item["timeout"]}
+    result: dict = {"key": item["key"], "timeout": item["timeout"], "cpu_limit": item.get("cpu_limit")}
     p0, c0, w0 = time.process_time(), children_cpu(), time.monotonic()
     if item["patch"]:
         code, out = _apply(scratch, item["patch"])
@@ -164,6 +175,14 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
             result.update(status="patch_failed", detail=detail, apply_cpu=children_cpu() - c0, clean=True,
                           restored=restored, restore_error=error)
             return result
+    if item["tests"] == []:  # nothing to run: the item only checks its patches (a gold proof whose tests ran earlier)
+        restored, error = _restore(commit)
+        result.update(status="ran", exit_code=0, records="", output="", duration_s=time.monotonic() - w0,
+                      apply_cpu=children_cpu() - c0, worker_cpu=time.process_time() - p0, probe={}, clean=True,
+                      restored=restored)
+        if not restored:
+            result["restore_error"] = error
+        return result
     reason = prepare() if prepare is not None else None
     if reason is not None:
         restored, error = _restore(commit)
@@ -197,6 +216,9 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
         _, status, usage = os.wait4(pid, 0)
         child_cpu = usage.ru_utime + usage.ru_stime
     clean = sweep()
+    cpu_out = not timed_out and bool(item.get("cpu_limit")) and os.WIFSIGNALED(status) \
+        and os.WTERMSIG(status) == signal.SIGXCPU
+    timed_out = timed_out or cpu_out
     if os.WIFEXITED(status):
         exit_code = os.WEXITSTATUS(status)
     else:
@@ -217,7 +239,7 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
         status="timeout" if timed_out else "ran", exit_code=-1 if timed_out else exit_code, records=records,
         output=_tail(f"{scratch}/output-{index}.txt"), duration_s=wall,
         child_cpu=child_cpu, restore_cpu=children_cpu() - c3, restore_wall=time.monotonic() - w3,
-        worker_cpu=time.process_time() - p0, probe=probe, clean=clean, restored=restored,
+        worker_cpu=time.process_time() - p0, probe=probe, clean=clean, restored=restored, cpu_out=cpu_out,
     )
     if not restored:
         result["restore_error"] = error

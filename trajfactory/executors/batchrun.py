@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trajfactory.executors.base import Sandbox
-from trajfactory.executors.testrun import HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, parse_results
+from trajfactory.executors.testrun import (HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, cpu_seconds,
+                                          parse_results)
 
 BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
@@ -62,11 +63,13 @@ class BatchItem:
     patch: str
     """A unified diff applied to the clean checkout before the tests ('' for none)."""
     tests: list[str] | None
-    """pytest node ids to run; None: the whole suite."""
+    """pytest node ids to run; None: the whole suite; []: none (the worker only applies and checks the patches)."""
     timeout: float
     hot: bool = False
     """The patch changes only function bodies no test ran at import or collection time: the worker may test it in
     its collected session (`batch_worker_hot.py`), which runs it the plain way where the swap could differ."""
+    cpu_limit: float | None = None
+    """CPU seconds the item's pytest child may use beside `timeout` (`testrun.run_tests`'s `cpu_limit`); None: none."""
     then: str = ""
     """A second diff applied after `patch` that must bring the checkout back exactly to its commit (a task's gold patch
     after its bug patch); the item fails as a patch that does not apply where it does not."""
@@ -120,7 +123,7 @@ def _item_spec(item: BatchItem, index: int, hot: bool) -> dict:
         env["TRAJFACTORY_SELECT"] = f"{BATCH_DIR}/tests-{index}.txt"
         args = sorted({t.split("::", 1)[0] for t in item.tests})
     return {"key": item.key, "patch": item.patch, "then": item.then, "tests": item.tests, "args": args, "env": env,
-            "timeout": item.timeout, "hot": hot and item.hot and item.tests is not None}
+            "timeout": item.timeout, "cpu_limit": cpu_seconds(item.cpu_limit) if item.cpu_limit else None, "hot": hot and item.hot and item.tests is not None}
 
 
 def _records(text: str) -> list[dict]:
@@ -131,6 +134,12 @@ def _records(text: str) -> list[dict]:
         except ValueError:
             continue  # a line cut short by a kill
     return out
+
+
+def _timeout_note(record: dict) -> str:
+    if record.get("cpu_out"):
+        return f"\n[command stopped: past its limit of {record['cpu_limit']} CPU seconds]"
+    return f"\n[command timed out: killed after {record['timeout']:g}s]" if "timeout" in record else ""
 
 
 def _result(record: dict) -> ItemResult:
@@ -144,9 +153,8 @@ def _result(record: dict) -> ItemResult:
     outcomes, errors, finished = parse_results(record.get("records", ""))
     timed_out = record["status"] == "timeout"
     run = TestRun(outcomes={} if timed_out else outcomes, exit_code=record.get("exit_code", -1),
-                  output=record.get("output", "") + (f"\n[command timed out: killed after {record['timeout']:g}s]"
-                                                     if timed_out and "timeout" in record else ""),
-                  duration_s=record.get("duration_s", 0.0), timed_out=timed_out, collect_errors=errors,
+                  output=record.get("output", "") + _timeout_note(record) if timed_out else record.get("output", ""),
+                  duration_s=record.get("duration_s", 0.0), timed_out=timed_out, cpu_out=bool(record.get("cpu_out")), collect_errors=errors,
                   finished=finished and not timed_out)
     return ItemResult(key, run, stats=stats)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxError, apply_patch
-from trajfactory.executors.batchrun import BatchItem, run_batch
+from trajfactory.executors.batchrun import BatchItem, ItemResult, run_batch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
@@ -191,20 +191,36 @@ def verify_gold(sandbox: Sandbox, task: Task, *, timeout: float = 300.0) -> Verd
 
 
 def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 300.0,
-                      costs: list | None = None) -> list[Verdict]:
+                      costs: list | None = None, share: bool = True) -> list[Verdict]:
     """`verify_gold` for many tasks in one warm test worker (`batchrun.run_batch`), the verdicts in task order. Each
     task's bug patch and then its gold patch are applied, and the worker requires the checkout to be exactly its clean
     commit again (`git status` empty): a gold patch that leaves any other change fails here, so the tampering scan and
     canaries of a submitted patch have nothing to find. The `gold_checks` then run in the worker's collected session,
-    as validation runs its candidates, without a pytest start and collection per task. `costs`, where given, gets
-    the batch's `BatchInfo` and each item's CPU breakdown (`ItemResult.stats`), for the bench."""
+    as validation runs its candidates, without a pytest start and collection per task.
+
+    With `share`, each test runs once per batch, in the first proof that wants it (`tests.share_tests`): every proof's
+    checkout is the same clean commit, so a test's outcome is the clean repository's whichever proof ran it, and a
+    test that many tasks reached costs one run instead of one per task. A proof left with no test to run only checks
+    its patches. A task whose shared tests got no outcome from the proof that ran them (its patches did not apply, it
+    timed out or died) is proven again with all its own tests. `costs`, where given, gets each batch's `BatchInfo`
+    and each item's CPU breakdown (`ItemResult.stats`), for the bench."""
     checks = [test_verifier.gold_checks(task) for task in tasks]
-    items = [BatchItem(key=task.task_id, patch=task.bug_patch, then=task.gold.patch, timeout=timeout, hot=True,
-                       tests=test_verifier.tests_of(c)) for task, c in zip(tasks, checks)]
-    verdicts, (results, info) = [], run_batch(sandbox, items)
-    if costs is not None:
-        costs.append((info, [r.stats for r in results]))
-    for task, task_checks, result in zip(tasks, checks, results):
+    wanted = [test_verifier.tests_of(c) for c in checks]
+    results = _gold_runs(sandbox, tasks, test_verifier.share_tests(wanted) if share else wanted, timeout, costs)
+    pool: dict[str, str] = {}
+    for result in results:
+        if result.run is not None and not result.run.timed_out:
+            pool.update(result.run.outcomes)
+    sources = [pool] * len(tasks)
+    again = [i for i, result in enumerate(results) if share and result.run is not None and not result.run.timed_out
+             and any(t not in pool for t in wanted[i])]
+    if again:
+        retried = _gold_runs(sandbox, [tasks[i] for i in again], [wanted[i] for i in again], timeout, costs)
+        for i, result in zip(again, retried):
+            results[i] = result
+            sources[i] = result.run.outcomes if result.run is not None else {}
+    verdicts = []
+    for task, task_checks, tests, result, source in zip(tasks, checks, wanted, results, sources):
         run = result.run
         if run is None:
             passed, evidence = False, Evidence(detail=f"gold proof: {result.patch_error} (the first patch: the task's "
@@ -212,10 +228,21 @@ def verify_gold_batch(sandbox: Sandbox, tasks: list[Task], *, timeout: float = 3
         elif run.timed_out:
             passed, evidence = False, Evidence(detail=f"tests did not finish within {timeout:.0f}s")
         else:
-            outcomes = {t: run.outcomes.get(t, "missing") for t in test_verifier.tests_of(task_checks)}
+            outcomes = {t: source.get(t, "missing") for t in tests}
             passed, evidence = test_verifier.judge_outcomes(task_checks, outcomes, summarize(outcomes))
         verdicts.append(test_verifier.gold_verdict(task, passed, evidence, run.duration_s if run else 0.0))
     return verdicts
+
+
+def _gold_runs(sandbox: Sandbox, tasks: list[Task], tests: list[list[str]], timeout: float,
+               costs: list | None) -> list[ItemResult]:
+    """One worker's run of the tasks' bug + gold patches, each item running the given tests."""
+    items = [BatchItem(key=task.task_id, patch=task.bug_patch, then=task.gold.patch, timeout=timeout, hot=True,
+                       tests=own) for task, own in zip(tasks, tests)]
+    results, info = run_batch(sandbox, items)
+    if costs is not None:
+        costs.append((info, [r.stats for r in results]))
+    return results
 
 
 # ---------------------------------------------------------------- the environment

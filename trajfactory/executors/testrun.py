@@ -9,8 +9,10 @@ are pytest's own, so they round-trip between runs on any pytest version the proj
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,13 @@ PROBE_SOURCE = (Path(__file__).with_name("line_probe.py")).read_text()
 PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
+EXIT_CPU = 128 + signal.SIGXCPU
+"""What the shell reports for a process its CPU limit stopped (SIGXCPU at the soft limit, `cpu_limit`)."""
+
+
+def cpu_seconds(limit: float) -> int:
+    """A CPU limit as the kernel counts it: whole seconds (`RLIMIT_CPU`), at least 1."""
+    return max(1, math.ceil(limit))
 
 
 @dataclass
@@ -39,6 +48,8 @@ class TestRun:
     output: str
     duration_s: float
     timed_out: bool = False
+    cpu_out: bool = False
+    """Timed out by its CPU limit (`run_tests`'s `cpu_limit`) rather than the wall clock."""
     coverage: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     """file -> line -> node ids that executed it (only when run with coverage)."""
     probed: dict[str, list[int]] | None = None
@@ -150,12 +161,15 @@ def run_tests(
     cover: list[str] | None = None,
     probe: dict[str, list[int]] | None = None,
     collect_only: bool = False,
+    cpu_limit: float | None = None,
 ) -> TestRun:
     """Run the given tests (all when None) and return per-test outcomes; with `coverage`, per-test line coverage of
     the checkout's files, or only of the files `cover` names (paths relative to the checkout), or, with `probe`,
     only of the lines it names per file, recorded by line probes (`line_probe.py`) at about a plain run's cost.
     `collect_only`: collect the selection and run nothing; the outcomes then hold only the ids that selected no
-    collected test (`missing`)."""
+    collected test (`missing`). `cpu_limit`: the CPU seconds pytest may use beside the `timeout` of the wall clock (a
+    soft `RLIMIT_CPU`: SIGXCPU stops it, and the run counts as timed out); a busy machine slows the wall clock, never
+    this, so a bug that loops forever is stopped after seconds of its own work."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
     env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
@@ -182,7 +196,13 @@ def run_tests(
         env.append("TRAJFACTORY_FIXTURE_SCOPES=1")
     # --rootdir: node ids stay relative to the checkout whichever files are named (pytest would otherwise root
     # them at the files' common ancestor in a project without a config file)
-    result = sandbox.execute(f"{' '.join(env)} {PYTEST} --rootdir={sandbox.workdir} {cov}{args}", timeout=timeout)
+    limit = f"ulimit -c 0; ulimit -S -t {cpu_seconds(cpu_limit)}; " if cpu_limit else ""
+    result = sandbox.execute(f"{limit}{' '.join(env)} {PYTEST} --rootdir={sandbox.workdir} {cov}{args}",
+                             timeout=timeout)
+    cpu_out = bool(cpu_limit) and result.exit_code == EXIT_CPU and not result.timed_out
+    if cpu_out:
+        result.timed_out = True
+        result.output += f"\n[command stopped: past its limit of {cpu_seconds(cpu_limit)} CPU seconds]"
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
     finished = scoped = teardown = False
@@ -225,6 +245,7 @@ def run_tests(
         output=result.output,
         duration_s=result.duration_s,
         timed_out=result.timed_out,
+        cpu_out=cpu_out,
         coverage=cov_map,
         probed=probed,
         collect_errors=errors,

@@ -26,6 +26,18 @@ def gold_checks(task: Task) -> Checks:
     return task.checks.model_copy(update={"PASS_TO_PASS": [t for t in task.checks.PASS_TO_PASS if t in reached]})
 
 
+def share_tests(wanted: list[list[str]]) -> list[list[str]]:
+    """The tests each of several gold proofs runs when they share their runs: each test once, in the first proof that
+    wants it. Sound only where every proof's checkout is exactly the same clean commit (`swe_env.verify_gold_batch`
+    requires it), so that a test's outcome is the clean repository's whichever proof ran it."""
+    seen: set[str] = set()
+    out = []
+    for tests in wanted:
+        out.append([t for t in tests if t not in seen])
+        seen.update(tests)
+    return out
+
+
 def tests_of(checks: Checks) -> list[str]:
     """The tests a verdict runs: the FAIL_TO_PASS and PASS_TO_PASS tests of a task's `checks`."""
     return sorted(set(checks.FAIL_TO_PASS) | set(checks.PASS_TO_PASS))

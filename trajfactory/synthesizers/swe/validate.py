@@ -11,21 +11,24 @@ from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.batchrun import BatchInfo, BatchItem, ItemResult, run_batch
-from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME, SCOPE, TestRun, run_tests, summary_line
+from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME, SCOPE, TestRun, cpu_seconds, run_tests, summary_line
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 from trajfactory.synthesizers.swe.reference import tail
 from trajfactory.synthesizers.swe.selection_lines import probed_enough
 
-VERSION = "5"
+VERSION = "6"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
 3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
 wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
 the reference run; a removed base class by the lines naming its class; 5: a valid candidate records the tests its
-run reached, which its gold proof runs)."""
+run reached, which its gold proof runs; 6: a candidate's tests also stop at a limit of their own CPU seconds)."""
 TIMEOUT_FACTOR = 10.0
 """A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
 TIMEOUT_FLOOR_S = 15.0
 """...and at least this many seconds: a short suite's limit is not left at the mercy of a busy machine."""
+CPU_FLOOR_S = 2.0
+"""The same limit counted in the tests' own CPU seconds has this floor instead (`candidate_cpu_limit`): a busy machine
+does not slow the CPU clock, so a bug that loops forever in a short suite costs 2 s of CPU, not 15 s."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 
 
@@ -47,6 +50,15 @@ def candidate_timeout(reference: ReferenceRun, tests: list[str], ceiling: float,
     if factor <= 0 or not reference.durations:
         return ceiling
     return min(ceiling, max(floor, 2 * reference.overhead_s, factor * reference_time(reference, tests)))
+
+
+def candidate_cpu_limit(reference: ReferenceRun, tests: list[str], ceiling: float,
+                        factor: float = TIMEOUT_FACTOR) -> float | None:
+    """`candidate_timeout` counted in the CPU seconds of the tests' own process, with `CPU_FLOOR_S` for floor: the
+    run stops at whichever limit comes first. None (no CPU limit) where `candidate_timeout` has no scale."""
+    if factor <= 0 or not reference.durations:
+        return None
+    return candidate_timeout(reference, tests, ceiling, factor, floor=CPU_FLOOR_S)
 
 
 def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) -> tuple[list[str], str]:
@@ -140,7 +152,7 @@ def _under(test: str, node: str) -> bool:
 
 def _verdict(candidate: Candidate, tests: list[str], how: str, reference: ReferenceRun, *, timeout: float,
              duration: float, run: TestRun | None = None, patch_error: str | None = None,
-             ceiling: float = 0.0) -> Validation:
+             ceiling: float = 0.0, cpu_limit: float | None = None) -> Validation:
     """What the selected tests' run (or the patch's failure to apply) says of the candidate: one judgement for the
     one-candidate path and the batch path alike."""
 
@@ -154,11 +166,13 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         return result("patch_failed", detail=tail(patch_error, 5))
     assert run is not None
     if run.timed_out:
+        limit, unit = (cpu_seconds(cpu_limit), " CPU seconds") if run.cpu_out and cpu_limit else (timeout, "s")
         scaled = ""
-        if reference.durations and timeout < ceiling:
+        if reference.durations and limit < ceiling:
             took = reference_time(reference, tests)
-            scaled = f" ({timeout / max(took, 1e-9):.0f}x the {took:.1f}s they took on the clean repository)"
-        return result("timeout", tests_run=len(tests), detail=f"tests did not finish within {timeout:.0f}s{scaled}")
+            scaled = f" ({limit / max(took, 1e-9):.0f}x the {took:.1f}s they took on the clean repository)"
+        what = "used more than" if run.cpu_out else "did not finish within"
+        return result("timeout", tests_run=len(tests), detail=f"tests {what} {limit:.0f}{unit}{scaled}")
     if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
         return result("error", tests_run=len(tests), detail=f"the test run was cut short (exit {run.exit_code}): "
                       + tail(run.output, 5))
@@ -191,14 +205,15 @@ def validate_candidate(
     started = time.monotonic()
     tests, how = select_tests(candidate, reference, selection)
     limit = candidate_timeout(reference, tests, timeout, timeout_factor)
+    cpu = candidate_cpu_limit(reference, tests, timeout, timeout_factor)
     judge = lambda **kw: _verdict(candidate, tests, how, reference, timeout=limit, ceiling=timeout,  # noqa: E731
-                                  duration=time.monotonic() - started, **kw)
+                                  cpu_limit=cpu, duration=time.monotonic() - started, **kw)
     if not tests:
         return judge()
     sandbox.reset()
     if (err := apply_patch(sandbox, candidate.patch, PATCH_PATH)) is not None:
         return judge(patch_error=err)
-    return judge(run=run_tests(sandbox, tests, timeout=limit))
+    return judge(run=run_tests(sandbox, tests, timeout=limit, cpu_limit=cpu))
 
 
 @dataclass
@@ -217,10 +232,12 @@ def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], refer
     may be tested in the worker's collected session, without a pytest start and collection of its own."""
     chosen = [(c, *select_tests(c, reference, selection)) for c in candidates]
     limits = {c.candidate_id: candidate_timeout(reference, tests, timeout, timeout_factor) for c, tests, _ in chosen}
+    cpus = {c.candidate_id: candidate_cpu_limit(reference, tests, timeout, timeout_factor) for c, tests, _ in chosen}
     items: dict[str, BatchItem] = {}
     for c, tests, how in chosen:
         if tests and c.candidate_id not in items:
             items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id],
+                                              cpu_limit=cpus[c.candidate_id],
                                               hot=hot and how == "coverage" and c.scope == "function")
     results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
     by_key = {r.key: r for r in results}
@@ -228,6 +245,7 @@ def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], refer
     for c, tests, how in chosen:
         r = by_key.get(c.candidate_id)
         validations.append(_verdict(c, tests, how, reference, timeout=limits[c.candidate_id], ceiling=timeout,
+                                    cpu_limit=cpus[c.candidate_id],
                                     duration=r.run.duration_s if r and r.run else 0.0,
                                     run=r.run if r else None, patch_error=r.patch_error if r else None))
     return BatchValidation(validations, by_key, info)
