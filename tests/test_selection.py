@@ -1,5 +1,7 @@
 """Coverage-based test selection for a candidate (pure: a hand-built reference run)."""
 
+import pytest
+
 from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME
 from trajfactory.schema import Candidate, Entity, ReferenceRun
 from trajfactory.synthesizers.swe.validate import select_tests
@@ -115,13 +117,16 @@ def test_a_candidates_time_limit_scales_with_its_tests_reference_time():
     assert candidate_timeout(timed, ["t::a"], 120.0, factor=1, floor=1) == 6.0  # twice the time outside the tests
     assert candidate_timeout(timed, ["t::a"], 120.0, factor=0) == 120.0  # 0: the fixed limit
     assert candidate_timeout(REF, ["t::a"], 120.0) == 120.0  # no durations recorded: the fixed limit
-    # the same limit in the tests' own CPU seconds, whose floor is 2 s: a busy machine does not slow that clock
+    # the CPU limit: twice the time outside the tests plus 10 x the tests' own time, at least 2 s (a busy machine does
+    # not slow that clock)
     from trajfactory.synthesizers.swe.validate import candidate_cpu_limit
 
-    assert candidate_cpu_limit(timed, ["t::a"], 120.0) == 15.0  # 10 x 1.5 s, above both floors
+    assert candidate_cpu_limit(timed, ["t::a"], 120.0) == 11.0  # 2 x 3 s + 10 x 0.5 s
+    assert candidate_cpu_limit(timed, ["t::a", "t::b"], 120.0) == 31.0  # 2 x 3 s + 10 x 2.5 s
     quick = timed.model_copy(update={"durations": {"t::a": 0.01, "t::b": 0.01, "t::c": 0.01}, "overhead_s": 0.3})
-    assert candidate_cpu_limit(quick, ["t::a"], 120.0) == 2.0  # 10 x 0.11 s, raised to the 2 s floor
+    assert candidate_cpu_limit(quick, ["t::a"], 120.0) == 2.0  # 0.6 s + 0.1 s, raised to the 2 s floor
+    assert candidate_cpu_limit(quick, ["t::a", "t::b", "t::c"], 120.0, floor=0.5) == pytest.approx(0.9)
     assert candidate_timeout(quick, ["t::a"], 120.0) == 15.0  # the wall clock's floor stays 15 s
-    assert candidate_cpu_limit(timed, ["t::c"], 120.0) == 120.0
+    assert candidate_cpu_limit(timed, ["t::c"], 120.0) == 120.0  # capped at the ceiling
     assert candidate_cpu_limit(timed, ["t::a"], 120.0, factor=0) is None  # 0: no CPU limit
     assert candidate_cpu_limit(REF, ["t::a"], 120.0) is None

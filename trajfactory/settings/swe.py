@@ -117,9 +117,10 @@ class ValidationConfig(Section):
     timeout_factor: float = Field(10.0, ge=0)
     """A candidate's tests may run this many times what they took on the clean repository (their durations in the
     reference run plus their share of its time between tests), at least 15 s and twice the suite's time outside its
-    tests, at most `test_timeout_s`: a bug that loops forever costs seconds, not the ceiling. The same limit counted
-    in the tests' own CPU seconds, with a floor of 2 s, stops them too (a busy machine slows the wall clock, not that
-    one). 0: always `test_timeout_s`, and no CPU limit."""
+    tests, at most `test_timeout_s`: a bug that loops forever costs seconds, not the ceiling. A limit of CPU
+    seconds stops them too: twice the suite's time outside its tests plus this factor times the selected tests' own
+    time, at least 2 s (a busy machine slows the wall clock, not that one). 0: always `test_timeout_s`, and no CPU
+    limit."""
     batch_size: int = Field(16, ge=1)
     """Candidates validated by one warm test worker in one sandbox (one unit of work, one `execute`)."""
 

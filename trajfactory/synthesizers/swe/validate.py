@@ -27,8 +27,8 @@ TIMEOUT_FACTOR = 10.0
 TIMEOUT_FLOOR_S = 15.0
 """...and at least this many seconds: a short suite's limit is not left at the mercy of a busy machine."""
 CPU_FLOOR_S = 2.0
-"""The same limit counted in the tests' own CPU seconds has this floor instead (`candidate_cpu_limit`): a busy machine
-does not slow the CPU clock, so a bug that loops forever in a short suite costs 2 s of CPU, not 15 s."""
+"""The limit counted in the tests' own CPU seconds (`candidate_cpu_limit`) has this floor instead: a busy machine does
+not slow the CPU clock, so a bug that loops forever in a short suite costs about 2 s of CPU, not 15 s."""
 PATCH_PATH = "/tmp/trajfactory-bug.diff"
 
 
@@ -53,12 +53,15 @@ def candidate_timeout(reference: ReferenceRun, tests: list[str], ceiling: float,
 
 
 def candidate_cpu_limit(reference: ReferenceRun, tests: list[str], ceiling: float,
-                        factor: float = TIMEOUT_FACTOR) -> float | None:
-    """`candidate_timeout` counted in the CPU seconds of the tests' own process, with `CPU_FLOOR_S` for floor: the
-    run stops at whichever limit comes first. None (no CPU limit) where `candidate_timeout` has no scale."""
+                        factor: float = TIMEOUT_FACTOR, floor: float = CPU_FLOOR_S) -> float | None:
+    """The CPU seconds a candidate's tests may use beside `candidate_timeout`'s wall clock: twice the whole suite's
+    time outside its tests (a start and collection never exceed it) plus `factor` times the selected tests' own
+    durations, at least `floor`, at most `ceiling`. The run stops at whichever limit comes first. None (no CPU limit)
+    where `candidate_timeout` has no scale."""
     if factor <= 0 or not reference.durations:
         return None
-    return candidate_timeout(reference, tests, ceiling, factor, floor=CPU_FLOOR_S)
+    own = sum(reference.durations.get(t, 0.0) for t in tests)
+    return min(ceiling, max(floor, 2 * reference.overhead_s + factor * own))
 
 
 def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) -> tuple[list[str], str]:
