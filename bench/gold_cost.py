@@ -115,5 +115,6 @@ def print_gold(report: dict) -> None:
             continue
         ref = rep["reference_cpu"]
         est_whole = g["whole_cpu"] / max(1, g["whole"]) * g["tasks"]  # every task proved one by one
+        one_by_one = f"{(ref + d['cpu'] + est_whole) / g['passed']:.2f}" if g["whole"] else "-"  # none measured
         print(f"| {name} | {ref:.1f} | {d['cpu']:.1f} | {g['cpu']:.1f} | {g['passed']} | "
-              f"{(ref + d['cpu'] + g['cpu']) / g['passed']:.2f} | {(ref + d['cpu'] + est_whole) / g['passed']:.2f} |")
+              f"{(ref + d['cpu'] + g['cpu']) / g['passed']:.2f} | {one_by_one} |")
