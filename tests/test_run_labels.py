@@ -120,6 +120,16 @@ def test_killed_run_is_cleaned_up_by_its_resume_and_a_held_work_dir_refuses_a_se
         assert "Traceback" not in second.stderr and "run ID:" not in second.stdout
         assert [r["run_id"] for r in recorded_runs(work)] == [killed]
 
+        # kill it while it has a sandbox up: its sandboxes come and go (a faster stage may have closed the one seen
+        # above), so freeze it, let any removal already sent to the engine finish, and look again
+        while True:
+            assert proc.poll() is None, f"the run ended before it was killed:\n{(tmp_path / 'first.log').read_text()}"
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(0.5)
+            if _containers(client, killed):
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(1)
