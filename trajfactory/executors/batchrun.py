@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trajfactory.executors.base import Sandbox
-from trajfactory.executors.testrun import (HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, cpu_seconds,
-                                          parse_results)
+from trajfactory.executors.testrun import (HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, cpu_note,
+                                          cpu_seconds, parse_results)
 
 BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
@@ -123,7 +123,8 @@ def _item_spec(item: BatchItem, index: int, hot: bool) -> dict:
         env["TRAJFACTORY_SELECT"] = f"{BATCH_DIR}/tests-{index}.txt"
         args = sorted({t.split("::", 1)[0] for t in item.tests})
     return {"key": item.key, "patch": item.patch, "then": item.then, "tests": item.tests, "args": args, "env": env,
-            "timeout": item.timeout, "cpu_limit": cpu_seconds(item.cpu_limit) if item.cpu_limit else None, "hot": hot and item.hot and item.tests is not None}
+            "timeout": item.timeout, "cpu_limit": cpu_seconds(item.cpu_limit) if item.cpu_limit else None,
+            "hot": hot and item.hot and item.tests is not None}
 
 
 def _records(text: str) -> list[dict]:
@@ -138,7 +139,7 @@ def _records(text: str) -> list[dict]:
 
 def _timeout_note(record: dict) -> str:
     if record.get("cpu_out"):
-        return f"\n[command stopped: past its limit of {record['cpu_limit']} CPU seconds]"
+        return cpu_note(record["cpu_limit"])
     return f"\n[command timed out: killed after {record['timeout']:g}s]" if "timeout" in record else ""
 
 
@@ -154,7 +155,8 @@ def _result(record: dict) -> ItemResult:
     timed_out = record["status"] == "timeout"
     run = TestRun(outcomes={} if timed_out else outcomes, exit_code=record.get("exit_code", -1),
                   output=record.get("output", "") + _timeout_note(record) if timed_out else record.get("output", ""),
-                  duration_s=record.get("duration_s", 0.0), timed_out=timed_out, cpu_out=bool(record.get("cpu_out")), collect_errors=errors,
+                  duration_s=record.get("duration_s", 0.0), timed_out=timed_out, cpu_out=bool(record.get("cpu_out")),
+                  collect_errors=errors,
                   finished=finished and not timed_out)
     return ItemResult(key, run, stats=stats)
 

@@ -40,6 +40,11 @@ def cpu_seconds(limit: float) -> int:
     return max(1, math.ceil(limit))
 
 
+def cpu_note(seconds: int) -> str:
+    """The line a run stopped by its CPU limit gets at the end of its output."""
+    return f"\n[command stopped: past its limit of {seconds} CPU seconds]"
+
+
 @dataclass
 class TestRun:
     outcomes: dict[str, str]
@@ -202,7 +207,7 @@ def run_tests(
     cpu_out = bool(cpu_limit) and result.exit_code == EXIT_CPU and not result.timed_out
     if cpu_out:
         result.timed_out = True
-        result.output += f"\n[command stopped: past its limit of {cpu_seconds(cpu_limit)} CPU seconds]"
+        result.output += cpu_note(cpu_seconds(cpu_limit))
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
     finished = scoped = teardown = False
