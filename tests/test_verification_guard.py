@@ -24,7 +24,8 @@ LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 def test_protected_paths():
     for path in ("tests/test_case.py", "tests/__init__.py", "conftest.py", "src/pkg/conftest.py", "pytest.ini",
                  "tox.ini", "setup.cfg", "pyproject.toml", "setup.py", "sitecustomize.py", "lib/x.pth",
-                 "pkg/test_util.py", "pkg/util_test.py", "testing/helpers.py"):
+                 "pkg/test_util.py", "pkg/util_test.py", "testing/helpers.py", "pkg/__pycache__/core.cpython-311.pyc",
+                 "pkg/core.pyc", "pkg/_speedups.cpython-311-x86_64-linux-gnu.so", "pkg/__pycache__/notes.txt"):
         assert protected(path), path
     for path in ("src/pkg/core.py", "pkg/__init__.py", "pkg/testament.py", "docs/conf.py"):
         assert protected(path) is None, path
@@ -172,3 +173,32 @@ def test_the_real_fix_alongside_a_gaming_change_still_counts_only_the_fix(docker
     with docker_backend.start(env, LIMITS) as sandbox:
         passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + hack)
     assert passed and evidence.reverted == [f"{test_file} (test file)"], evidence
+
+
+def _compiled_fix(docker_backend, env, task) -> str:
+    """A patch whose source diff changes nothing: the gold fix rides in as bytecode that Python loads in place of the
+    buggy source (an unchecked hash-based .pyc in `__pycache__`, as `git diff --binary` carries it)."""
+    with docker_backend.start(env, LIMITS) as sandbox:
+        from trajfactory.executors.swe_env import apply_patch, prepare_episode
+
+        prepare_episode(sandbox, task)
+        assert apply_patch(sandbox, task.gold.patch, "/tmp/gold.diff") is None
+        module = task.entity.file
+        made = sandbox.execute(
+            "pyc=$(python3 -c 'import importlib.util, py_compile, sys; src = sys.argv[1]; "
+            "print(py_compile.compile(src, cfile=importlib.util.cache_from_source(src), doraise=True, "
+            "invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH))' " + module +
+            f") && git checkout -q -- {module} && git add -f \"$pyc\" && git diff --cached --binary HEAD", timeout=60)
+    assert made.exit_code == 0 and "GIT binary patch" in made.output, made.output
+    return made.output
+
+
+@pytest.mark.docker
+def test_a_fix_smuggled_in_as_bytecode_is_reverted(docker_backend, task_env):
+    task, env = task_env
+    patch = _compiled_fix(docker_backend, env, task)
+    assert all(p.endswith(".pyc") for p in paths_of(patch)), paths_of(patch)
+    with docker_backend.start(env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+    assert not passed, evidence
+    assert evidence.reverted and all("compiled code" in r for r in evidence.reverted), evidence

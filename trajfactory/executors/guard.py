@@ -5,7 +5,9 @@ A verdict must come from the task's tests, not from anything the patch can reach
 1. **Protected files are reverted.** The patch's changes to tests (`tests/`, `test_*.py`, `*_test.py`),
    `conftest.py`, the test and build configuration (`pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml`,
    `setup.py`, `noxfile.py`, `.coveragerc`), interpreter start-up hooks (`sitecustomize.py`, `usercustomize.py`,
-   `*.pth`) are dropped before it is applied, and named in the evidence: a fix that only works through them fails.
+   `*.pth`) and compiled code Python would import in place of the source (`*.pyc`, `__pycache__/`, extension
+   modules: an unchecked hash-based `.pyc` is loaded whatever the source says) are dropped before it is applied,
+   and named in the evidence: a fix that only works through them fails.
 2. **Tampering is refused.** After the patch is applied, every changed Python file is compared with its clean
    version: code that reaches into the test machinery (`pytest`/`_pytest`, `unittest` assertions, `sys.modules`,
    `builtins`) or ends the process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
@@ -28,6 +30,7 @@ from trajfactory.executors.base import Sandbox
 _PROTECTED_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml", "setup.py", "noxfile.py",
                     ".coveragerc", "sitecustomize.py", "usercustomize.py", ".pytest.ini", "pytest.toml"}
 _TEST_DIRS = {"test", "tests", "testing"}
+_COMPILED = (".pyc", ".pyo", ".so", ".pyd")
 _DIFF_FILE = re.compile(r"^diff --git a/(.+?) b/(.+)$")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
@@ -41,6 +44,8 @@ def protected(path: str) -> str | None:
             "interpreter start-up hook"
     if name.endswith(".pth"):
         return "interpreter start-up hook"
+    if name.endswith(_COMPILED) or "__pycache__" in parts:
+        return "compiled code imported in place of the source"
     if any(p in _TEST_DIRS for p in parts[:-1]) or name.startswith("test_") or name.endswith("_test.py"):
         return "test file"
     return None
