@@ -135,6 +135,19 @@ def test_an_item_that_kills_the_worker_costs_only_itself(docker_backend, textkit
     assert by["after"].run.outcomes == {"tests/test_zz_after.py::test_it": "passed"}
 
 
+def test_the_paths_a_pair_of_patches_names():
+    """What the worker looks up where the ignore rules hide it, after a gold patch over its bug."""
+    from trajfactory.executors.batch_worker_procs import patch_paths
+
+    git = ("diff --git a/src/pkg/core.py b/src/pkg/core.py\n--- a/src/pkg/core.py\n+++ b/src/pkg/core.py\n"
+           "@@ -1 +1 @@\n-x\n+y\ndiff --git a/old.py b/new.py\nsimilarity index 90%\nrename from old.py\n"
+           "rename to new.py\ndiff --git a/pkg/cache.pyc b/pkg/cache.pyc\nnew file mode 100644\n"
+           "GIT binary patch\nliteral 3\nKcmZ>Y%K!iXH2?tq\n\nliteral 0\nHcmV?d00001\n")
+    plain = "--- pkg/a.py\t2024-01-01 10:00:00\n+++ pkg/a.py\t2024-01-01 10:00:01\n@@ -1 +1 @@\n-x\n+y\n"
+    assert patch_paths(git, plain, "") == ["new.py", "old.py", "pkg/a.py", "pkg/cache.pyc", "src/pkg/core.py"]
+    assert patch_paths("--- /dev/null\n+++ b/made.py\n@@ -0,0 +1 @@\n+x\n") == ["made.py"]
+
+
 def test_candidates_are_cut_into_batches_for_every_sandbox(tmp_path):
     recipe = Recipe(work_dir=str(tmp_path), repos=[RepoSpec(uri="builtin:textkit")],
                     sandbox=SandboxConfig(concurrency=2), validation=ValidationConfig(batch_size=4))

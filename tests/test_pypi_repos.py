@@ -54,6 +54,8 @@ def test_real_package_yields_proven_tasks(docker_backend, tmp_path, uri):
         batch = verify_gold_batch(sandbox, tasks[:1] + fakes + tasks[1:])
     assert verdict.passed, verdict.evidence
     assert_refused(batch[1:1 + len(fakes)])
+    if "isodate" in uri:  # its .gitignore hides *.pyc: the file the forged gold left is found all the same
+        assert "!! forged_gold_cache.pyc" in batch[1 + len(fakes) - 1].evidence.detail
     batch = batch[:1] + batch[1 + len(fakes):]
     assert [v.task_id for v in batch] == [t.task_id for t in tasks]
     assert all(v.passed for v in batch), [v.evidence.detail for v in batch if not v.passed]

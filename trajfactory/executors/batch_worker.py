@@ -7,7 +7,8 @@ named `trajfactory_` + its name here, and runs it once per batch with one input 
 import only the standard library and the sandbox's own pytest. For each item it
 
 1. applies the item's patch to the checkout (`git apply`), and its second patch where it has one (`then`: a gold
-   patch after its bug), which must leave the checkout exactly at its commit again (`git status` empty); an item
+   patch after its bug), which must leave the checkout exactly at its commit again (`git status` empty, and no
+   file the patches name left behind where the ignore rules hide it); an item
    with an empty list of tests stops there (its patches checked, the checkout restored),
 2. forks a child that runs `pytest.main` exactly as `python -m pytest` with the factory's plugin would (same
    arguments, environment, `sys.path[0]`, working directory), in its own process group, its output to a file,
@@ -38,7 +39,7 @@ import threading
 import time
 
 from trajfactory_batch_worker_hot import HotSession
-from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, sweep, wait_child
+from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, left_ignored, sweep, wait_child
 from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_regexes, imported, install_code_caches,
                                            precompile, preload, rewrite_cache, snapshot, warm_lookups, warm_regexes)
 
@@ -167,6 +168,8 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
         detail = f"the second patch does not apply: {out or f'git apply exited {code}'}"
         if code == 0:
             code, out = git("status", "--porcelain", "--untracked-files=all")
+            if code == 0 and not out:
+                code, out = left_ignored(item["patch"], item["then"])
             detail = (f"git status failed: {out}" if code else
                       f"the checkout is not its commit again after both patches:\n{out[:1500]}")
             code = code or int(bool(out))

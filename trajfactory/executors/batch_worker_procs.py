@@ -1,4 +1,5 @@
-"""The batch worker's process plumbing: CPU accounting, the children's wait and the sweep of what they left running.
+"""The batch worker's process and git plumbing: CPU accounting, the children's wait, the sweep of what they left
+running, and what a pair of patches left behind.
 
 Part of the warm test worker (`batch_worker.py`): `batchrun.py` copies it into the sandbox as
 `trajfactory_batch_worker_procs.py` beside the worker, which imports it by that name. Standard library only.
@@ -86,6 +87,35 @@ def sweep() -> bool:
 def git(*args: str) -> tuple[int, str]:
     proc = subprocess.run([*GIT, *args], capture_output=True, text=True)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def patch_paths(*patches: str) -> list[str]:
+    """Every path the headers of unified diffs name (`diff --git`, `---`/`+++`, renames and copies); a removed or
+    added line that looks like a header only adds a path that is then looked up for nothing."""
+    found = set()
+    for patch in patches:
+        for line in patch.splitlines():
+            if line.startswith("diff --git a/") and " b/" in line:
+                found.update(line[len("diff --git a/"):].split(" b/", 1))
+                continue
+            for head in ("--- ", "+++ ", "rename from ", "rename to ", "copy from ", "copy to "):
+                if line.startswith(head):
+                    name = line[len(head):].split("\t")[0].strip('"')
+                    if name != "/dev/null":
+                        found.add(name[2:] if head in ("--- ", "+++ ") and name[:2] in ("a/", "b/") else name)
+    return sorted(p for p in found if p)
+
+
+def left_ignored(*patches: str) -> tuple[int, str]:
+    """`git status` of the files the patches name that the checkout's ignore rules hide (`*.pyc`, `__pycache__/`, a
+    project's own `.gitignore`): a plain `git status` does not show them, so a bug and a gold patch could leave one
+    behind and still look like the clean commit. (exit code, one `!! path` line per file left)."""
+    paths = patch_paths(*patches)
+    if not paths:
+        return 0, ""
+    code, out = git("status", "--porcelain", "--untracked-files=all", "--ignored=traditional", "--",
+                    *(f":(literal){p}" for p in paths))
+    return code, out if code else "\n".join(line for line in out.splitlines() if line.startswith("!! "))
 
 
 def wait_child(pid: int, timeout: float) -> tuple[int | None, float]:
