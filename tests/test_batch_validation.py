@@ -1,6 +1,6 @@
 """The batch path (one warm test worker per batch, `executors/batchrun.py`) against the one-candidate path, on the
-bundled textkit repository and a real PyPI package, and what one item can do to a batch (crash, hang, exhaust
-memory, leave processes behind, kill the worker)."""
+bundled textkit repository and a real PyPI package, and what one item can do to a batch (crash, hang, loop,
+exhaust memory, leave processes behind, kill the worker)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def test_batch_results_are_the_one_candidate_results_on_a_real_package(docker_ba
         detailed = validate_batch_detailed(sandbox, candidates, ref)
         fresh = validate_batch(sandbox, candidates, ref, hot=False)  # a pytest session per candidate
         full = validate_batch(sandbox, candidates, ref, selection="full")
+        # a bug that loops forever in a function the tests reach: its CPU limit stops it, in seconds
+        reached = next(c for c, v in zip(candidates, one) if v.status == "valid" and c.scope == "function"
+                       and c.entity.body_lineno)
+        looping = validate_batch(sandbox, [_stuck(sandbox, reached, "isodate"), reached], ref)
+    assert looping[0].status == "timeout" and "CPU seconds" in looping[0].detail, looping[0]
+    assert _same(looping[1], one[candidates.index(reached)])  # the next item of the batch is judged as ever
     batched = detailed.validations
     assert [_same(a, b) for a, b in zip(one, batched)] == [True] * len(one)
     assert [_same(a, b) for a, b in zip(one, fresh)] == [True] * len(one)
