@@ -64,14 +64,19 @@ def test_swe_smith_instances_become_candidates_and_bad_ones_are_quarantined(repo
     rows = [{"instance_id": "textkit.x.func_pm_op_flip__1", "strategy": "func_pm_op_flip", "patch": good},
             {"instance_id": "docs-only", "patch": "--- README.md\n+++ README.md\n@@ -1 +1 @@\n-a\n+b\n"},
             {"instance_id": "stale", "patch": _difflib_patch(tree, CASE, "return ", "return 1 or ", True)
-             .replace("return", "retrun", 2)}]
+             .replace("return", "retrun", 2)},
+            # a "bug" in a test: verification reverts a fix's changes to tests, so no fix could undo it
+            {"instance_id": "edits-a-test", "patch": good + _difflib_patch(tree, "tests/test_case.py", "assert ",
+                                                                            "assert not ", prefixes=False)}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     candidates, bad = external_candidates(path, source, tree)
     [c] = candidates
     assert c.family == "func_pm_op_flip" and c.synthesizer == "swe.external" and c.entity.file == CASE
     assert c.params["instance_id"] == "textkit.x.func_pm_op_flip__1" and c.changed_lines
     assert c.entity.lineno <= c.changed_lines[0] <= c.entity.end_lineno
-    assert {q.reason for q in bad} == {"no_python_change", "patch_failed"}
+    assert {q.reason for q in bad} == {"no_python_change", "patch_failed", "protected_path"}
+    [guarded] = [q for q in bad if q.reason == "protected_path"]
+    assert "edits-a-test" in guarded.detail and "tests/test_case.py (test file)" in guarded.detail
     assert all(q.uri == source.uri and q.detail for q in bad)
     with pytest.raises(ValueError, match="no `patch`"):
         (tmp_path / "broken.json").write_text('[{"instance_id": "x"}]')

@@ -8,7 +8,9 @@ diff that introduces the bug into the repository's pinned commit) and optionally
 `strategy` (the family it came from). A patch may be git-style or difflib-style (`--- file` / `+++ file`, with or
 without `a/` `b/` prefixes and timestamps): it is normalized to a git diff that `git apply` takes and that
 `reverse_patch` turns into the gold fix. A patch that touches no Python source or does not apply is quarantined
-with its reason.
+with its reason, and so is one that changes a file a submitted fix may not change (tests, `conftest.py`, the test
+and build configuration, start-up hooks, compiled code: `executors.guard.protected`): verification reverts a fix's
+changes there, so no agent could undo that bug and the task would fail every correct fix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from trajfactory.executors.guard import paths_of, protected
 from trajfactory.schema import Candidate, Entity, Quarantine, Source, content_hash, quarantined
 from trajfactory.synthesizers.swe.entities import complexity, first_line
 
@@ -166,6 +169,10 @@ def external_candidates(path: str | Path, source: Source, tree: str | Path) -> t
         lines = {f: ls for f, ls in changed_lines(patch).items() if f.endswith(".py")}
         if not lines:
             bad("no_python_change", "the patch changes no Python source file")
+            continue
+        if guarded := [f"{p} ({why})" for p in paths_of(patch) if (why := protected(p))]:
+            bad("protected_path", f"the patch changes {', '.join(guarded)}: verification reverts a fix's changes "
+                "there, so no fix could undo this bug; give bugs in the library's own code")
             continue
         if (err := _applies(tree, patch)) is not None:
             bad("patch_failed", f"the patch does not apply to {source.name} at {source.commit[:12]}: {err}")
