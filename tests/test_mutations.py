@@ -372,3 +372,14 @@ def test_test_docs_build_and_env_files_are_not_mutated(tmp_path: Path):
     candidates, _ = _generate(root)
     assert candidates and {c.entity.file for c in candidates} == {"pkg/real.py"}
     assert {e.file for e in list_entities(root)[0]} == {"pkg/real.py"}
+
+
+def test_files_a_fix_may_not_change_are_never_mutated(tmp_path: Path):
+    """A bug in a file verification reverts a fix's changes to (test helpers, start-up hooks) could never be fixed."""
+    from trajfactory.synthesizers.swe.entities import iter_source_files
+
+    for rel in ("pkg/core.py", "testing/helpers.py", "noxfile.py", "sitecustomize.py", "pkg/conftest.py",
+                "tests/util.py", "pkg/test_core.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("def f(x):\n    return x + 1\n")
+    assert iter_source_files(tmp_path) == ["pkg/core.py"]

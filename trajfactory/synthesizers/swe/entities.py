@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from trajfactory.executors.guard import protected
 from trajfactory.schema import Entity
 
 SKIP_DIRS = frozenset(
@@ -28,10 +29,12 @@ _MODULE_BLOCKS = (ast.If, ast.Try, ast.With) + ((ast.TryStar,) if hasattr(ast, "
 
 
 def is_source_file(rel: str | PurePosixPath) -> bool:
-    """Whether a repository-relative path is a non-test Python source file worth mutating."""
+    """Whether a repository-relative path is a non-test Python source file worth mutating: never one a submitted
+    fix may not change (`executors.guard.protected`: test helpers under `testing/`, `noxfile.py`,
+    `sitecustomize.py`, ...), whose bug verification would make unfixable."""
     path = PurePosixPath(rel)
     name = path.name
-    if path.suffix != ".py" or name in SKIP_FILES:
+    if path.suffix != ".py" or name in SKIP_FILES or protected(str(path)):
         return False
     if name.startswith("test_") or name.endswith("_test.py"):
         return False
