@@ -11,7 +11,8 @@ A verdict must come from the task's tests, not from anything the patch can reach
 2. **Tampering is refused.** After the patch is applied, every changed Python file is compared with its clean
    version: code that reaches into the test machinery (`pytest`/`_pytest`, `unittest` assertions, `sys.modules`,
    `builtins`) or ends the process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
-   not already have refuses the patch.
+   not already have refuses the patch, and so does a new top-level module named like one found outside the checkout
+   (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too).
 3. **Canary tests run in the same session.** A test module the patch cannot predict (a random name, written after
    the patch) imports the changed modules and holds tests that must pass and tests that must fail; a run in which
    a must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
@@ -120,16 +121,30 @@ TAMPERING = {
     "an early exit": r"\bsys\.exit\s*\(|\bos\._exit\s*\(|\batexit\b|\bos\.kill\s*\(",
 }
 
-# Runs in the sandbox: every changed or new *.py file against its clean version (HEAD), pattern by pattern.
+# Runs in the sandbox: every changed or new *.py file against its clean version (HEAD), pattern by pattern; and every
+# new top-level module (a file in a folder that is not a package, such as the checkout's top, which is first on
+# `sys.path`) named like a module found outside the checkout (the standard library, pytest, an installed package),
+# which Python would import in its place, even in the harness that records the outcomes.
 _SCAN = r'''
-import json, re, subprocess, sys
+import json, os, re, subprocess, sys
+from importlib.machinery import PathFinder
 patterns = json.loads(sys.argv[1])
+here = os.getcwd()
+mine = os.path.dirname(os.path.abspath(__file__))  # where this scan was written, first on its own sys.path
+outside = [p for p in sys.path if p and os.path.abspath(p) != mine
+           and os.path.commonpath([here, os.path.abspath(p)]) != here]
 out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True).stdout
 found = []
 for line in out.splitlines():
     path = line[3:].split(" -> ")[-1].strip('"')
     if not path.endswith(".py"):
         continue
+    top = os.path.dirname(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path)
+    name = os.path.basename(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path[:-3])
+    if ("?" in line[:2] or "A" in line[:2]) and not os.path.exists(os.path.join(top, "__init__.py")) and (
+            name in getattr(sys, "stdlib_module_names", ()) or name in sys.builtin_module_names
+            or PathFinder.find_spec(name, outside) is not None):
+        found.append(f"{path}: a new top-level module that shadows the module {name!r} found outside the checkout")
     try:
         new = open(path, encoding="utf-8", errors="replace").read()
     except OSError:
@@ -144,7 +159,8 @@ print(json.dumps(found))
 
 
 def scan_tampering(sandbox: Sandbox, timeout: float = 60) -> list[str]:
-    """Changed Python files that newly reach into the test machinery or exit early (empty: none)."""
+    """Changed Python files that newly reach into the test machinery or exit early, and new top-level modules that
+    shadow a module found outside the checkout (empty: none)."""
     sandbox.write_file("/tmp/trajfactory-scan.py", _SCAN)
     res = sandbox.execute(f"python3 /tmp/trajfactory-scan.py {_quote(json.dumps(TAMPERING))}", timeout=timeout)
     try:
