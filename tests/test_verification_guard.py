@@ -81,6 +81,11 @@ def dumps(obj, *args, **kwargs):
 """
 
 
+# Appended to the buggy module: at import, the clean file is checked out of the history and run in its place.
+FROM_HISTORY = ('\nimport subprocess as _sp\n_sp.run(["git", "checkout", "HEAD~1", "--", __file__], capture_output=True)\n'
+                'exec(compile(open(__file__).read(), __file__, "exec"))\n')
+
+
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
     """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
     plugin_dir = module_file.rsplit("/", 1)[0]
@@ -111,6 +116,8 @@ def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
         "a .pth start-up hook": "printf 'import os; os.environ[\"X\"] = \"1\"\\n' > hook.pth",
         "sitecustomize": f"printf %s {_q(FORCE_PASS)} > sitecustomize.py",
         "a standard-library module shadowed at the top of the checkout": f"printf %s {_q(SHADOW_JSON)} > json.py",
+        "the clean module restored from git's history at import":
+            f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FROM_HISTORY!r})\nEOF",
     }
 
 
@@ -187,6 +194,8 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     canary = results["monkeypatched assertions past the scan (the canaries see it)"][1]
     assert canary.refused and all(r.startswith("canary test") for r in canary.refused), canary
     assert any("start-up hook" in r for r in results["a .pth start-up hook"][1].reverted)
+    history = results["the clean module restored from git's history at import"][1]  # the history is gone
+    assert not history.refused and any(o.outcome != "passed" for o in history.FAIL_TO_PASS), history
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
     assert shadow.refused == ["json.py: a new top-level module that shadows the module 'json' found outside the "
                               "checkout"], shadow

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trajfactory.executors.base import Backend, EnvironmentHandle, Sandbox, SandboxError, apply_patch
+from trajfactory.executors.base import Backend, EnvironmentHandle, ExecResult, Sandbox, SandboxError, apply_patch
 from trajfactory.executors.batchrun import BatchItem, ItemResult, run_batch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
@@ -98,18 +98,26 @@ def run_tool(sandbox: Sandbox, name: str, arguments: dict, *, timeout: float) ->
     return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "submit_failed", done=True)
 
 
+def only_commit(sandbox: Sandbox, message: str) -> ExecResult:
+    """Make the checkout as it stands the repository's one commit: the history goes (`rm -rf .git`), so nothing
+    run in the sandbox can read the clean code from it (`git show HEAD~1:FILE`, `git checkout HEAD~1 -- .`). The
+    backends see git's metadata changed and give the next `reset` a fresh checkout."""
+    return sandbox.execute(
+        "rm -rf .git && git init -q "
+        # Build artefacts never belong in a submitted patch.
+        "&& printf '__pycache__/\\n*.pyc\\n.pytest_cache/\\n.coverage\\n' >> .git/info/exclude && git add -A "
+        "&& git -c core.hooksPath=/dev/null -c user.name=trajfactory -c user.email=trajfactory@localhost "
+        f"commit -qm {message} --no-verify --allow-empty",
+        timeout=120,
+    )
+
+
 def prepare_episode(sandbox: Sandbox, task: Task) -> None:
     """Put the sandbox in the task's starting state: bug applied, history reduced to one commit."""
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, BUG_PATH)) is not None:
         raise SandboxError(f"task {task.task_id}: the bug patch does not apply: {err[-500:]}")
-    res = sandbox.execute(
-        "rm -rf .git && git init -q "
-        # Build artefacts never belong in a submitted patch.
-        "&& printf '__pycache__/\\n*.pyc\\n.pytest_cache/\\n.coverage\\n' >> .git/info/exclude && git add -A "
-        "&& git -c user.name=trajfactory -c user.email=trajfactory@localhost commit -qm initial",
-        timeout=120,
-    )
+    res = only_commit(sandbox, "initial")
     if res.exit_code != 0:
         raise SandboxError(f"task {task.task_id}: the starting state could not be committed: {res.output[-500:]}")
 
@@ -144,21 +152,22 @@ def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float 
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
         return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
-    # the buggy state is the baseline the tampering scan compares with (empty for a task with no bug: a no-op task)
-    commit = sandbox.execute("git add -A && git -c core.hooksPath=/dev/null -c user.name=trajfactory "
-                             "-c user.email=trajfactory@localhost commit -qm task --no-verify --allow-empty",
-                             timeout=60)
-    if commit.exit_code != 0:
-        return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     return test_in_place(sandbox, checks or task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,
                          started=started)
 
 
 def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[str], *, timeout: float = 300.0,
                   started: float | None = None) -> tuple[bool, Any, float]:
-    """`patch` applied on the committed buggy state the sandbox holds, guarded, and `checks` run:
-    (passed, evidence, seconds). `bug_paths`: the files the bug touched (their modules get canary tests)."""
+    """`patch` applied on the buggy state the sandbox's checkout holds, guarded, and `checks` run:
+    (passed, evidence, seconds). `bug_paths`: the files the bug touched (their modules get canary tests).
+
+    The buggy state first becomes the repository's only commit (`only_commit`): it is the baseline the tampering
+    scan compares with (empty for a task with no bug: a no-op task), and the clean code in the history, which code
+    the patch adds could restore at import, is gone."""
     started = time.monotonic() if started is None else started
+    commit = only_commit(sandbox, "task")
+    if commit.exit_code != 0:
+        return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     kept, reverted = guard.strip_protected(patch)
     if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:
         return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
