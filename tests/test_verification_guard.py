@@ -81,9 +81,11 @@ def dumps(obj, *args, **kwargs):
 """
 
 
-# Appended to the buggy module: at import, the clean file is checked out of the history and run in its place.
-FROM_HISTORY = ('\nimport subprocess as _sp\n_sp.run(["git", "checkout", "HEAD~1", "--", __file__], capture_output=True)\n'
-                'exec(compile(open(__file__).read(), __file__, "exec"))\n')
+# Appended to the buggy module: at import, the clean file is checked out of the history and run in its place
+# (where there is no history to check it out of, the buggy module stays as it is).
+FROM_HISTORY = ('\nimport subprocess as _sp\n'
+                'if _sp.run(["git", "checkout", "HEAD~1", "--", __file__], capture_output=True).returncode == 0:\n'
+                '    exec(compile(open(__file__).read(), __file__, "exec"))\n')
 
 
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
