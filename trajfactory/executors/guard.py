@@ -139,8 +139,7 @@ for line in out.splitlines():
     path = line[3:].split(" -> ")[-1].strip('"')
     if not path.endswith(".py"):
         continue
-    top = os.path.dirname(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path)
-    name = os.path.basename(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path[:-3])
+    top, name = os.path.split(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path[:-3])
     if ("?" in line[:2] or "A" in line[:2]) and not os.path.exists(os.path.join(top, "__init__.py")) and (
             name in getattr(sys, "stdlib_module_names", ()) or name in sys.builtin_module_names
             or PathFinder.find_spec(name, outside) is not None):

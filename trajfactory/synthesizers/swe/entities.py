@@ -20,7 +20,6 @@ SKIP_DIRS = frozenset(
         "node_modules", "__pycache__", "venv", "virtualenv",
     }
 )
-SKIP_FILES = frozenset({"conftest.py", "setup.py"})
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # Module-level compound statements whose bodies still define top-level names (e.g. a
@@ -30,13 +29,10 @@ _MODULE_BLOCKS = (ast.If, ast.Try, ast.With) + ((ast.TryStar,) if hasattr(ast, "
 
 def is_source_file(rel: str | PurePosixPath) -> bool:
     """Whether a repository-relative path is a non-test Python source file worth mutating: never one a submitted
-    fix may not change (`executors.guard.protected`: test helpers under `testing/`, `noxfile.py`,
-    `sitecustomize.py`, ...), whose bug verification would make unfixable."""
+    fix may not change (`executors.guard.protected`: tests, `conftest.py`, `setup.py`, test helpers under
+    `testing/`, `noxfile.py`, `sitecustomize.py`, ...), whose bug verification would make unfixable."""
     path = PurePosixPath(rel)
-    name = path.name
-    if path.suffix != ".py" or name in SKIP_FILES or protected(str(path)):
-        return False
-    if name.startswith("test_") or name.endswith("_test.py"):
+    if path.suffix != ".py" or protected(str(path)):  # tests, conftest.py and setup.py among them
         return False
     return not any(
         part.startswith(".") or part in SKIP_DIRS or part.endswith(".egg-info") for part in path.parts[:-1]
