@@ -12,7 +12,8 @@ A verdict must come from the task's tests, not from anything the patch can reach
    version: code that reaches into the test machinery (`pytest`/`_pytest`, `unittest` assertions, `sys.modules`,
    `builtins`) or ends the process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
    not already have refuses the patch, and so does a new top-level module named like one found outside the checkout
-   (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too).
+   (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too) or
+   like the factory's own (`trajfactory_harness.py` at the top would be loaded as the plugin that records outcomes).
 3. **Canary tests run in the same session.** A test module the patch cannot predict (a random name, written after
    the patch) imports the changed modules and holds tests that must pass and tests that must fail; a run in which
    a must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
@@ -144,6 +145,8 @@ for line in out.splitlines():
             name in getattr(sys, "stdlib_module_names", ()) or name in sys.builtin_module_names
             or PathFinder.find_spec(name, outside) is not None):
         found.append(f"{path}: a new top-level module that shadows the module {name!r} found outside the checkout")
+    elif ("?" in line[:2] or "A" in line[:2]) and name.startswith("trajfactory"):
+        found.append(f"{path}: a new module named like the factory's own modules in the test session ({name!r})")
     try:
         new = open(path, encoding="utf-8", errors="replace").read()
     except OSError:

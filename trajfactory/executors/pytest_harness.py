@@ -13,6 +13,12 @@ the standard library and pytest, which every sandbox has). Through environment v
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
 test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
 
+- `TRAJFACTORY_SEAL` (`run_tests`): a file holding a secret key, read and deleted when this plugin is imported (before
+  pytest imports any module of the checkout). The plugin keeps an HMAC-SHA256 of every byte it writes to the record,
+  and when pytest unconfigures it writes `SEAL_MARK <hex digest> <bytes>` to the process's original standard output,
+  which leaves the sandbox as it is written: a record rewritten, truncated or appended to after the plugin wrote it (at
+  exit, by a process the tests left behind) no longer matches a seal, and code without the key cannot make one.
+
 - `TRAJFACTORY_FIXTURE_SCOPES` (the reference run, with per-test contexts: `trajfactory_probe`'s line probes or
   pytest-cov's coverage): a fixture wider than one test (class, module, package or session scope; `setup_class`
   and `setup_module` are such fixtures) is set up under a context of its own, `<node id of its scope>|<scope>-fixture`, instead of the context of the test that
@@ -24,6 +30,7 @@ test class inherits from a mixin and parametrized ids with spaces, brackets or u
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import sys
@@ -32,13 +39,36 @@ import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
 _state: dict = {"fh": None, "outcomes": {}, "durations": {}}
+SEAL_MARK = "[trajfactory-harness-seal]"
+
+
+def _take_seal_key() -> dict:
+    """The key of `TRAJFACTORY_SEAL` (its file deleted) and a copy of the original standard output, taken at import:
+    pytest's capture has not replaced file descriptor 1 yet, and no code of the checkout has run."""
+    path = os.environ.pop("TRAJFACTORY_SEAL", None)
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read()
+        os.unlink(path)
+        return {"mac": hmac.new(key, digestmod="sha256"), "out": os.dup(1), "bytes": 0}
+    except OSError:
+        return {}
+
+
+_seal = _take_seal_key()
 
 
 def _write(record: dict) -> None:
     fh = _state["fh"]
     if fh is not None:
-        fh.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"  # ASCII: the bytes written are the bytes sealed
+        fh.write(line)
         fh.flush()
+        if _seal:
+            _seal["mac"].update(line.encode())
+            _seal["bytes"] += len(line)
 
 
 def pytest_configure(config) -> None:
@@ -157,3 +187,11 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if _state["fh"] is not None:
         _state["fh"].close()
         _state["fh"] = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config) -> None:
+    if _seal and not hasattr(config, "workerinput"):
+        os.write(_seal["out"], f"\n{SEAL_MARK} {_seal['mac'].hexdigest()} {_seal['bytes']}\n".encode())
+        os.close(_seal.pop("out"))
+        _seal.clear()

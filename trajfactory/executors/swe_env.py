@@ -179,6 +179,11 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[
     run = run_tests(sandbox, tests + canaries.ids, timeout=timeout)
     if run.timed_out:
         return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started, reverted)
+    if run.results_error:  # the record was changed after the harness wrote it, or cannot be read
+        return test_verifier.refused([run.results_error], reverted, started)
+    if not run.sealed:
+        return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
+                                         f"early exit, exit status {run.exit_code})", started, reverted)
     if broken := canaries.broken(run.outcomes):
         return test_verifier.refused([f"canary test {b}" for b in broken], reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}

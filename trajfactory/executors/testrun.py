@@ -8,9 +8,12 @@ are pytest's own, so they round-trip between runs on any pytest version the proj
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import re
+import secrets
 import shlex
 import signal
 from dataclasses import dataclass, field
@@ -28,6 +31,10 @@ PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
 COVERAGE_MAP_SOURCE = (Path(__file__).with_name("coverage_map.py")).read_text()
 PROBE_PLUGIN = "trajfactory_probe"
 PROBE_SOURCE = (Path(__file__).with_name("line_probe.py")).read_text()
+SEAL_MARK = re.search(r'^SEAL_MARK = "(.+)"$', PLUGIN_SOURCE, re.M).group(1)
+"""Starts the line the plugin writes to the run's output with its seal of the record (`pytest_harness.py`)."""
+_SEAL_LINE = re.compile(r"^" + re.escape(SEAL_MARK) + r" ([0-9a-f]{64}) (\d+)$", re.M)
+_SEAL_OUTPUT = re.compile(r"\n?^" + re.escape(SEAL_MARK) + r" [0-9a-f]{64} \d+$\n?", re.M)
 PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
@@ -67,15 +74,24 @@ class TestRun:
     durations: dict[str, float] = field(default_factory=dict)
     """pytest node id -> seconds its setup, call and teardown took (wall clock, pytest's own durations)."""
     results_error: str = ""
-    """Why the harness's record could not be read (e.g. a test grew it past the read limit); empty when it was."""
+    """Why the harness's record could not be read (e.g. a test grew it past the read limit) or was not trusted (it
+    was changed after the harness wrote it); empty when it was read and trusted."""
+    sealed: bool = False
+    """The record read is exactly what the harness wrote, byte for byte, as its seal in the output says (only
+    `run_tests` seals: `check_seal`). A session that crashed or exited early wrote no seal."""
 
     @property
     def collection_failed(self) -> bool:
         return self.exit_code in (EXIT_INTERRUPTED, EXIT_USAGE) and "error" in self.output.lower()
 
 
+_WORST = {"passed": 0, "skipped": 1, "missing": 2, "failed": 3, "error": 4}
+"""How bad an outcome is: a test with more than one record keeps its worst (a record added later cannot undo one)."""
+
+
 def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
-    """The plugin's JSON lines -> (outcome per test, collection errors, whether the session finished)."""
+    """The plugin's JSON lines -> (outcome per test, collection errors, whether the session finished). A test
+    recorded more than once keeps its worst outcome, so a record appended later never turns a failure into a pass."""
     outcomes: dict[str, str] = {}
     errors: dict[str, str] = {}
     finished = False
@@ -85,12 +101,32 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
         except ValueError:
             continue  # a line cut short by a kill
         if "test" in record:
-            outcomes[record["test"]] = record["outcome"]
+            before = outcomes.get(record["test"])
+            if before is None or _WORST.get(record["outcome"], 4) >= _WORST.get(before, 4):
+                outcomes[record["test"]] = record["outcome"]
         elif "collect_error" in record:
             errors[record["collect_error"]] = record.get("detail", "")
         elif "session" in record:
             finished = True
     return outcomes, errors, finished
+
+
+def check_seal(key: bytes, record: bytes, output: str) -> tuple[bool, str]:
+    """Whether the harness's `record` is what it wrote, by the seals its output holds (`pytest_harness.py`):
+    (sealed, why not). No seal and no end of session in the record: the session crashed or exited before the plugin
+    sealed it (not sealed, no reason). A seal that does not match, or an ended session without one: the record was
+    changed after the plugin wrote it, or the seal was kept out of the output."""
+    want = hmac.new(key, record, hashlib.sha256).hexdigest()
+    seals = _SEAL_LINE.findall(output)
+    if any(hmac.compare_digest(digest, want) and int(size) == len(record) for digest, size in seals):
+        return True, ""
+    if seals:
+        return False, (f"the harness's record ({len(record):,} bytes) is not what the harness wrote: it was changed "
+                       "after the harness wrote it")
+    if b'{"session": ' in record:
+        return False, ("the harness's record says the session ended but the harness's seal is missing from the "
+                       "output (the output was cut, or the record was written by something else)")
+    return False, ""
 
 
 def parse_durations(text: str) -> dict[str, float]:
@@ -177,7 +213,10 @@ def run_tests(
     this, so a bug that loops forever is stopped after seconds of its own work."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
-    env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"COVERAGE_FILE={SCRATCH}/.coverage",
+    key = secrets.token_bytes(32)  # the plugin reads and deletes it at import: the seal of its record
+    sandbox.write_file(f"{SCRATCH}/seal.key", key)
+    env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"TRAJFACTORY_SEAL={SCRATCH}/seal.key",
+           f"COVERAGE_FILE={SCRATCH}/.coverage",
            "PYTHONDONTWRITEBYTECODE=1", "PY_COLORS=0", f'PYTHONPATH="{HARNESS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"']
     args = ""
     if test_ids is not None:
@@ -213,9 +252,12 @@ def run_tests(
     finished = scoped = teardown = False
     durations: dict[str, float] = {}
     results_error = ""
+    sealed = False
     if not result.timed_out:
         try:
-            records = sandbox.read_file(f"{SCRATCH}/results.jsonl").decode("utf-8", "replace")
+            raw = sandbox.read_file(f"{SCRATCH}/results.jsonl")
+            sealed, results_error = check_seal(key, raw, result.output)
+            records = "" if results_error else raw.decode("utf-8", "replace")
             outcomes, errors, finished = parse_results(records)
             durations = parse_durations(records)
             scoped = '{"fixture_scopes": true}' in records
@@ -247,7 +289,7 @@ def run_tests(
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,
-        output=result.output,
+        output=_SEAL_OUTPUT.sub("", result.output),
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         cpu_out=cpu_out,
@@ -257,6 +299,7 @@ def run_tests(
         finished=finished,
         durations=durations,
         results_error=results_error,
+        sealed=sealed,
     )
 
 
