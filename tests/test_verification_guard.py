@@ -5,10 +5,13 @@ Docker sandboxes; the gold patch still passes and an empty patch fails."""
 
 from __future__ import annotations
 
+import posixpath
+
 import pytest
 
-from trajfactory.executors.guard import module_of, paths_of, protected, strip_protected
-from trajfactory.executors.swe_env import run_patch_tests
+from trajfactory.executors.guard import module_of, paths_of, protected, strip_protected, write_canaries
+from trajfactory.executors.swe_env import only_commit, prepare_episode, run_patch_tests
+from trajfactory.executors.testrun import run_tests
 from trajfactory.schema import Source
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
@@ -129,6 +132,27 @@ def _tf_rewrite(path=_os.environ.get("TRAJFACTORY_RESULTS"), tracked=set(_sp.run
 _il.import_module("ate" + "xit").register(_tf_rewrite)
 """
 
+# Appended to the buggy module: the live plugin is found among the interpreter's objects (its hook function) and the
+# function that writes its records is wrapped, so every failure of a test in a file git tracks is written, and sealed,
+# as a pass. Only the canaries can catch it, and only where they cannot be told from the project's own tests.
+FORGED_IN_PLACE = """
+import gc as _gc, subprocess as _sp
+
+_tracked = set(_sp.run(["git", "ls-files"], capture_output=True, text=True).stdout.split())
+for _f in _gc.get_objects():
+    try:
+        _live = _f.__name__ == "pytest_runtest_logreport" and _f.__module__ == "trajfactory_harness"
+    except Exception:
+        continue
+    if _live:
+        def _forge(record, _true=_f.__globals__["_write"]):
+            if record.get("outcome") in ("failed", "error") and str(record.get("test", "")).split("::")[0] in _tracked:
+                record = dict(record, outcome="passed")
+            _true(record)
+        _f.__globals__["_write"] = _forge
+        break
+"""
+
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
     """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
     plugin_dir = module_file.rsplit("/", 1)[0]
@@ -165,6 +189,8 @@ def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
             f"printf %s {_q(FAKE_HARNESS)} > trajfactory_harness.py",
         "the harness's record rewritten when the process exits":
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({REWRITE_AT_EXIT!r})\nEOF",
+        "the harness's records forged in place, the project's tests told from the canaries by git":
+            f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FORGED_IN_PLACE!r})\nEOF",
     }
 
 
@@ -251,6 +277,9 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
                               "session ('trajfactory_harness')"], plugin
     rewritten = results["the harness's record rewritten when the process exits"][1]  # the seal no longer matches
     assert len(rewritten.refused) == 1 and "is not what the harness wrote" in rewritten.refused[0], rewritten
+    forged = results["the harness's records forged in place, the project's tests told from the canaries by git"][1]
+    assert forged.refused and all(r.startswith("canary test") and "must fail but was passed" in r
+                                  for r in forged.refused), forged
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
     assert shadow.refused == ["json.py: a new top-level module that shadows the module 'json' found outside the "
                               "checkout"], shadow
@@ -294,3 +323,28 @@ def test_a_fix_smuggled_in_as_bytecode_is_reverted(docker_backend, task_env):
         passed, evidence, _ = run_patch_tests(sandbox, task, patch)
     assert not passed, evidence
     assert evidence.reverted and all("compiled code" in r for r in evidence.reverted), evidence
+
+
+@pytest.mark.docker
+def test_the_canaries_cannot_be_told_from_the_projects_tests_by_git_name_or_time(docker_backend, task_env):
+    """Written beside the task's first test file, under a name no file of the checkout has, with that file's
+    modification time, and committed with the buggy state: nothing in the sandbox's git or file listing sets them
+    apart, and their test names do not say which must fail."""
+    task, env = task_env
+    beside = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        prepare_episode(sandbox, task)
+        before = set(sandbox.execute("git ls-files", timeout=60).output.split())
+        canaries = write_canaries(sandbox, [module_of(task.entity.file)], beside=beside)
+        assert only_commit(sandbox, "initial", force=[canaries.path]).exit_code == 0
+        after = set(sandbox.execute("git ls-files", timeout=60).output.split())
+        status = sandbox.execute("git status --porcelain --untracked-files=all", timeout=60).output.strip()
+        times = sandbox.execute(f"stat -c %Y {beside} {canaries.path}", timeout=30).output.split()
+        run = run_tests(sandbox, canaries.ids, timeout=120)
+    folder, name = posixpath.split(canaries.path)
+    assert folder == posixpath.dirname(beside) and name.startswith("test_") and "canary" not in canaries.path
+    assert after == before | {canaries.path} and not status, (status, after - before)
+    assert all(posixpath.basename(p) != name for p in before)  # no module-name clash with a test of the project
+    assert len(times) == 2 and times[0] == times[1], times
+    assert not any("pass" in t.rsplit("::", 1)[1] or "fail" in t.rsplit("::", 1)[1] for t in canaries.ids)
+    assert run.sealed and not canaries.broken(run.outcomes), (run.outcomes, run.output[-2000:])

@@ -14,9 +14,10 @@ A verdict must come from the task's tests, not from anything the patch can reach
    not already have refuses the patch, and so does a new top-level module named like one found outside the checkout
    (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too) or
    like the factory's own (`trajfactory_harness.py` at the top would be loaded as the plugin that records outcomes).
-3. **Canary tests run in the same session.** A test module the patch cannot predict (a random name, written after
-   the patch) imports the changed modules and holds tests that must pass and tests that must fail; a run in which
-   a must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
+3. **Canary tests run in the same session.** A test module the patch cannot predict (a name chosen at random,
+   beside the task's tests, committed with the buggy state so git holds it like the project's own tests) imports
+   the changed modules and holds tests that must pass and tests that must fail, alike in shape; a run in which a
+   must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
 """
 
 from __future__ import annotations
@@ -211,15 +212,42 @@ def module_of(path: str) -> str | None:
     return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
 
 
-def write_canaries(sandbox: Sandbox, modules: list[str]) -> Canaries:
-    """A canary module at the checkout's root, importing `modules` (the patched code), with a random name.
+_CANARY_FILES = ("behaviour", "cases", "regressions", "extra", "usage", "api", "misc", "more", "compat", "edge_cases")
+_CANARY_TESTS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
+                 "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent")
+
+
+def write_canaries(sandbox: Sandbox, modules: list[str], beside: str = "") -> Canaries:
+    """A canary module importing `modules` (the patched code), written beside the test file `beside` (the checkout's
+    root without one), that nothing in the sandbox can tell from the project's own tests: a name like theirs found
+    nowhere in the checkout (`test_<module>_<word>.py`), their file's modification time, plain test names, and must-pass
+    and must-fail tests of the same shape in a random order. The caller commits it with the buggy state, so git sees
+    it as one more of the project's files.
 
     The canaries are `unittest.TestCase` methods: pytest collects those whatever a project's `python_classes` and
     `python_functions` say, and a file named on the command line whatever its `python_files` say.
     """
-    nonce = secrets.token_hex(6)
-    name, cls = f"test_tf_canary_{nonce}.py", f"TestTfCanary{nonce}"
+    rng = secrets.SystemRandom()
+    folder = posixpath.dirname(beside)
+    stem = (modules[0].rsplit(".", 1)[-1] if modules else "").strip("_") or "core"
+    names = [f"test_{stem}_{word}.py" for word in rng.sample(_CANARY_FILES, len(_CANARY_FILES))]
+    names.append(f"test_{stem}_{secrets.token_hex(4)}.py")
+    free = sandbox.execute("for n in " + " ".join(names) + "; do "
+                           '[ -z "$(git ls-files -co -- "$n" "*/$n")" ] && echo "$n" && break; done', timeout=60)
+    name = free.output.strip().splitlines()[-1] if free.output.strip() else names[-1]
+    path = posixpath.join(folder, name)
+    cls = "Test" + "".join(p.title() for p in name[len("test_"):-len(".py")].split("_"))
     imports = "".join(f"\n    importlib.import_module({m!r})" for m in modules) or "\n    pass"
+    tests = rng.sample(_CANARY_TESTS, 4)
+    must_pass, must_fail = tests[:2], tests[2:]
+    # each group holds one `assertEqual` and one plain `assert`, so a tampered assertion of either kind shows
+    style = dict(zip(must_pass, rng.sample((True, False), 2))) | dict(zip(must_fail, rng.sample((True, False), 2)))
+    body = ""
+    for test in sorted(tests, key=lambda _: rng.random()):
+        a, b, off = rng.randint(2, 999), rng.randint(2, 999), rng.randint(1, 9)
+        want = a + b + (off if test in must_fail else 0)
+        body += (f"\n    def test_{test}(self):\n        self.assertEqual({a} + {b}, {want})\n" if style[test]
+                 else f"\n    def test_{test}(self):\n        assert {a} + {b} == {want}\n")
     source = f'''import importlib
 import unittest
 
@@ -228,20 +256,9 @@ except Exception:  # noqa: BLE001 - the patched code may not import; the canarie
     pass
 
 
-class {cls}(unittest.TestCase):
-    def test_pass_equal(self):
-        self.assertEqual([1, 2], [1, 2])
-
-    def test_pass_assert(self):
-        assert 2 + 2 == 4
-
-    def test_fail_equal(self):
-        self.assertEqual(1, 2)
-
-    def test_fail_assert(self):
-        assert 1 + 1 == 3
-'''
-    sandbox.write_file(name, source)
-    ids = lambda *names: [f"{name}::{cls}::{n}" for n in names]  # noqa: E731
-    return Canaries(path=name, must_pass=ids("test_pass_equal", "test_pass_assert"),
-                    must_fail=ids("test_fail_equal", "test_fail_assert"))
+class {cls}(unittest.TestCase):{body}'''
+    sandbox.write_file(path, source)
+    if beside:
+        sandbox.execute(f"touch -r {_quote(beside)} {_quote(path)}", timeout=30)
+    ids = lambda names: [f"{path}::{cls}::test_{n}" for n in names]  # noqa: E731
+    return Canaries(path=path, must_pass=ids(must_pass), must_fail=ids(must_fail))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,14 +99,17 @@ def run_tool(sandbox: Sandbox, name: str, arguments: dict, *, timeout: float) ->
     return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "submit_failed", done=True)
 
 
-def only_commit(sandbox: Sandbox, message: str) -> ExecResult:
+def only_commit(sandbox: Sandbox, message: str, force: list[str] | None = None) -> ExecResult:
     """Make the checkout as it stands the repository's one commit: the history goes (`rm -rf .git`), so nothing
     run in the sandbox can read the clean code from it (`git show HEAD~1:FILE`, `git checkout HEAD~1 -- .`). The
-    backends see git's metadata changed and give the next `reset` a fresh checkout."""
+    backends see git's metadata changed and give the next `reset` a fresh checkout. `force`: paths committed even
+    where the project's ignore rules would leave them out."""
+    forced = f" && git add -f -- {' '.join(shlex.quote(p) for p in force)}" if force else ""
     return sandbox.execute(
         "rm -rf .git && git init -q "
         # Build artefacts never belong in a submitted patch.
-        "&& printf '__pycache__/\\n*.pyc\\n.pytest_cache/\\n.coverage\\n' >> .git/info/exclude && git add -A "
+        "&& printf '__pycache__/\\n*.pyc\\n.pytest_cache/\\n.coverage\\n' >> .git/info/exclude && git add -A"
+        f"{forced} "
         "&& git -c core.hooksPath=/dev/null -c user.name=trajfactory -c user.email=trajfactory@localhost "
         f"commit -qm {message} --no-verify --allow-empty",
         timeout=120,
@@ -161,21 +165,22 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[
     """`patch` applied on the buggy state the sandbox's checkout holds, guarded, and `checks` run:
     (passed, evidence, seconds). `bug_paths`: the files the bug touched (their modules get canary tests).
 
-    The buggy state first becomes the repository's only commit (`only_commit`): it is the baseline the tampering
-    scan compares with (empty for a task with no bug: a no-op task), and the clean code in the history, which code
-    the patch adds could restore at import, is gone."""
+    The buggy state, with the canary tests (`guard.write_canaries`) among its files, first becomes the repository's
+    only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
+    no-op task), the clean code in the history, which code the patch adds could restore at import, is gone, and git
+    cannot tell the canaries from the project's own tests."""
     started = time.monotonic() if started is None else started
-    commit = only_commit(sandbox, "task")
+    kept, reverted = guard.strip_protected(patch)
+    modules = sorted({m for p in guard.paths_of(kept) + list(bug_paths) if (m := guard.module_of(p))})
+    tests = test_verifier.tests_of(checks)
+    canaries = guard.write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
+    commit = only_commit(sandbox, "initial", force=[canaries.path])
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
-    kept, reverted = guard.strip_protected(patch)
     if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:
         return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
     if refused := guard.scan_tampering(sandbox):
         return test_verifier.refused(refused, reverted, started)
-    modules = sorted({m for p in guard.paths_of(kept) + list(bug_paths) if (m := guard.module_of(p))})
-    canaries = guard.write_canaries(sandbox, modules)
-    tests = test_verifier.tests_of(checks)
     run = run_tests(sandbox, tests + canaries.ids, timeout=timeout)
     if run.timed_out:
         return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started, reverted)
