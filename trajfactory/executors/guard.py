@@ -10,7 +10,8 @@ A verdict must come from the task's tests, not from anything the patch can reach
    and named in the evidence: a fix that only works through them fails.
 2. **Tampering is refused.** After the patch is applied, every changed Python file is compared with its clean
    version: code that reaches into the test machinery (`pytest`/`_pytest`, `unittest` assertions, `sys.modules`,
-   `builtins`) or ends the process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
+   `builtins`, the interpreter's objects: `gc` listings, frames, a function's `__globals__`, `ctypes`) or ends the
+   process early (`sys.exit`, `os._exit`, `atexit`, signals) and that the clean file did
    not already have refuses the patch, and so does a new top-level module named like one found outside the checkout
    (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too) or
    like the factory's own (`trajfactory_harness.py` at the top would be loaded as the plugin that records outcomes).
@@ -121,6 +122,10 @@ TAMPERING = {
     "the module table": r"\bsys\.modules\b|\b__import__\s*\(",
     "the builtins": r"\bbuiltins\b|__builtins__",
     "an early exit": r"\bsys\.exit\s*\(|\bos\._exit\s*\(|\batexit\b|\bos\.kill\s*\(",
+    # the ways to reach objects code is not handed (the live plugin, pytest's session): the garbage collector's
+    # listings, stack frames and a function's globals, the subclass tree, raw memory
+    "the interpreter's objects": r"\bget_(?:objects|referrers|referents)\b|_getframe\b|\bcurrentframe\b"
+                                 r"|\bf_(?:back|globals|locals)\b|__globals__|__subclasses__|\bctypes\b",
 }
 
 # Runs in the sandbox: every changed or new *.py file against its clean version (HEAD), pattern by pattern; and every
