@@ -186,6 +186,36 @@ def test_a_record_rewritten_when_the_process_exits_breaks_the_seal(tmp_path):
     assert SEAL_MARK not in out and check_seal(key, record, out) == (False, "")
 
 
+def test_a_projects_flaky_reruns_are_recorded_by_their_last_attempt(tmp_path):
+    """pytest-rerunfailures reports a failed attempt that runs again as `rerun`, an outcome pytest itself never
+    gives: the harness crashed on it (INTERNALERROR) and recorded nothing. The last attempt decides now."""
+    _project(tmp_path)
+    (tmp_path / "tests" / "test_flaky.py").write_text(textwrap.dedent(f"""
+        import os
+
+        import pytest
+
+        COUNT = {str(tmp_path / "attempts")!r}
+
+
+        @pytest.mark.flaky(reruns=2)
+        def test_passes_on_its_second_attempt():
+            n = int(open(COUNT).read()) if os.path.exists(COUNT) else 0
+            open(COUNT, "w").write(str(n + 1))
+            assert n >= 1
+
+
+        @pytest.mark.flaky(reruns=1)
+        def test_always_fails():
+            assert False
+    """))
+    (outcomes, _, finished), out = _run(tmp_path, "tests/test_flaky.py")
+    assert finished and "INTERNALERROR" not in out, out
+    assert outcomes == {"tests/test_flaky.py::test_passes_on_its_second_attempt": "passed",
+                        "tests/test_flaky.py::test_always_fails": "failed"}
+    assert (tmp_path / "attempts").read_text() == "2" and "rerun" in out
+
+
 def test_coverage_contexts_map_lines_to_tests(tmp_path):
     _project(tmp_path)
     env = {"COVERAGE_FILE": str(tmp_path / ".cov")}

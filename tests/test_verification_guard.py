@@ -9,8 +9,10 @@ import posixpath
 
 import pytest
 
-from trajfactory.executors.guard import module_of, paths_of, protected, strip_protected, write_canaries
-from trajfactory.executors.swe_env import only_commit, prepare_episode, run_patch_tests
+from trajfactory.executors.guard import (module_of, paths_of, protected, removed_references, strip_protected,
+                                         write_canaries)
+from trajfactory.executors.swe_env import apply_patch, only_commit, prepare_episode, run_patch_tests
+from trajfactory.executors.swe_env import test_in_place as verify_in_place  # not a test of its own
 from trajfactory.executors.testrun import run_tests
 from trajfactory.schema import Source
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
@@ -53,6 +55,14 @@ def test_module_of():
     assert module_of("src/textkit/case.py") == "textkit.case"
     assert module_of("inflection/__init__.py") == "inflection"
     assert module_of("tests/test_case.py") is None and module_of("README.md") is None
+
+
+def test_what_a_bug_removed_a_fix_may_put_back():
+    bug = ("diff --git a/pkg/loader.py b/pkg/loader.py\n--- a/pkg/loader.py\n+++ b/pkg/loader.py\n"
+           "@@ -3,3 +3,2 @@\n     module = load(name)\n-    sys.modules[name] = module\n-    sys.exit(2)\n     return module\n"
+           "@@ -9 +8 @@\n-    return sys.modules.get(name)\n+    return None\n")
+    assert removed_references(bug) == {"pkg/loader.py": {"the module table": 2, "an early exit": 1}}
+    assert removed_references("") == {}
 
 
 # ---------------------------------------------------------------- the battery, in real sandboxes
@@ -358,3 +368,37 @@ def test_the_canaries_cannot_be_told_from_the_projects_tests_by_git_name_or_time
     assert len(times) == 2 and times[0] == times[1], times
     assert not any("pass" in t.rsplit("::", 1)[1] or "fail" in t.rsplit("::", 1)[1] for t in canaries.ids)
     assert run.sealed and not canaries.broken(run.outcomes), (run.outcomes, run.output[-2000:])
+
+
+@pytest.mark.docker
+def test_a_fix_that_puts_back_a_reference_the_bug_removed_is_not_refused(docker_backend, task_env):
+    """The bug deleted a line that reaches into the module table; the fix restores it. Counted against the buggy
+    file alone, that line is a new reference and the scan refused the correct fix; what the bug removed is allowed
+    back, and a second such line beyond it is still refused."""
+    task, env = task_env
+    module = task.entity.file
+    line = "_tf_loaded = len(__import__('sys').modules)"
+    with docker_backend.start(env, LIMITS) as sandbox:
+        prepare_episode(sandbox, task)
+        assert apply_patch(sandbox, task.gold.patch, "/tmp/gold.diff") is None
+        made = sandbox.execute(f"printf '\\n%s\\n' {_q(line)} >> {module} && git diff HEAD", timeout=60)
+        assert made.exit_code == 0, made.output
+        fix = made.output  # the gold fix and the restored line
+        made = sandbox.execute(f"printf '%s\\n' {_q(line)} >> {module} && git diff HEAD", timeout=60)
+        assert made.exit_code == 0, made.output
+        fix_twice = made.output  # and the line once more
+        # the bug as it would read had the clean module held the line: the gold's reverse plus the line's removal
+        removal = f"--- a/{module}\n+++ b/{module}\n@@ -1,1 +1,0 @@\n-{line}\n"
+        bug = task.bug_patch + removal
+        sandbox.reset()
+        assert apply_patch(sandbox, task.bug_patch, "/tmp/bug.diff") is None
+        refused = verify_in_place(sandbox, task.checks, fix, task.bug_patch)
+        sandbox.reset()
+        assert apply_patch(sandbox, task.bug_patch, "/tmp/bug.diff") is None
+        allowed = verify_in_place(sandbox, task.checks, fix, bug)
+        sandbox.reset()
+        assert apply_patch(sandbox, task.bug_patch, "/tmp/bug.diff") is None
+        twice = verify_in_place(sandbox, task.checks, fix_twice, bug)
+    assert not refused[0] and any("the module table" in r for r in refused[1].refused), refused[1]
+    assert allowed[0] and not allowed[1].refused, allowed[1]
+    assert not twice[0] and any("the module table" in r for r in twice[1].refused), twice[1]

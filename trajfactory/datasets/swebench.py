@@ -213,8 +213,7 @@ def evaluate_one(inst: dict, patch: str, bundles: Path, backend: Backend, *, tim
         iid = inst["instance_id"]
         res = sandbox.execute(
             f"{_GIT} fetch -q {_BUNDLE_IN_SANDBOX} 'refs/heads/{iid}:refs/heads/{iid}' && "
-            f"{_GIT} checkout -q -f '{iid}' && rm -f {_BUNDLE_IN_SANDBOX} && git rev-parse HEAD && "
-            "git diff --name-only HEAD~1 HEAD", timeout=120)
+            f"{_GIT} checkout -q -f '{iid}' && rm -f {_BUNDLE_IN_SANDBOX} && git rev-parse HEAD", timeout=120)
         lines = res.output.split()
         if res.exit_code != 0 or not lines:
             return _report(inst, applied=False, resolved=False, seconds=time.monotonic() - started,
@@ -224,7 +223,12 @@ def evaluate_one(inst: dict, patch: str, bundles: Path, backend: Backend, *, tim
                            error=f"branch {iid} is at {lines[0][:12]}, but the instance's base_commit is "
                                  f"{inst['base_commit'][:12]}")
         checks = Checks(FAIL_TO_PASS=_tests(inst["FAIL_TO_PASS"]), PASS_TO_PASS=_tests(inst["PASS_TO_PASS"]))
-        passed, evidence, seconds = test_in_place(sandbox, checks, patch, lines[1:], timeout=timeout, started=started)
+        # the branch's last commit is the task's bug: its files get canaries, and what it removed a fix may put back
+        bug = sandbox.execute(f"{_GIT} diff --no-ext-diff --no-textconv HEAD~1 HEAD", timeout=120)
+        if bug.exit_code != 0:
+            return _report(inst, applied=False, resolved=False, seconds=time.monotonic() - started,
+                           error=f"the bug commit of branch {iid} could not be read: {bug.output[-300:]}")
+        passed, evidence, seconds = test_in_place(sandbox, checks, patch, bug.output, timeout=timeout, started=started)
         applied = not str(getattr(evidence, "detail", "")).startswith("the submitted patch does not apply")
         return _report(inst, applied=applied, resolved=passed, evidence=evidence, seconds=seconds)
     except Exception as exc:  # noqa: BLE001 — an engine failure fails this instance, never the others

@@ -136,6 +136,7 @@ _SCAN = r'''
 import json, os, re, subprocess, sys
 from importlib.machinery import PathFinder
 patterns = json.loads(sys.argv[1])
+allowed = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
 here = os.getcwd()
 mine = os.path.dirname(os.path.abspath(__file__))  # where this scan was written, first on its own sys.path
 outside = [p for p in sys.path if p and os.path.abspath(p) != mine
@@ -160,17 +161,34 @@ for line in out.splitlines():
     old = subprocess.run(["git", "show", "HEAD:" + path], capture_output=True, text=True).stdout
     for what, pattern in patterns.items():
         before, after = len(re.findall(pattern, old)), len(re.findall(pattern, new))
-        if after > before:
+        if after > before + allowed.get(path, {}).get(what, 0):
             found.append(f"{path}: {what} ({after - before} new reference(s) to /{pattern}/)")
 print(json.dumps(found))
 '''
 
 
-def scan_tampering(sandbox: Sandbox, timeout: float = 60) -> list[str]:
-    """Changed Python files that newly reach into the test machinery or exit early, and new top-level modules that
-    shadow a module found outside the checkout (empty: none)."""
+def removed_references(bug_patch: str) -> dict[str, dict[str, int]]:
+    """Per file and kind of reference (`TAMPERING`): how many the bug's removed lines held. A fix may put those back:
+    the buggy file is the scan's baseline, and a bug that deleted `sys.modules[name] = module` would otherwise make
+    its own fix look like tampering."""
+    allowed: dict[str, dict[str, int]] = {}
+    for paths, text in _sections(bug_patch):
+        removed = "\n".join(line[1:] for line in text.splitlines()
+                            if line.startswith("-") and not re.match(r"--- (a/|/dev/null)", line))
+        for what, pattern in TAMPERING.items():
+            if n := len(re.findall(pattern, removed)):
+                for path in paths:
+                    allowed.setdefault(path, {})[what] = n
+    return allowed
+
+
+def scan_tampering(sandbox: Sandbox, timeout: float = 60, bug_patch: str = "") -> list[str]:
+    """Changed Python files that newly reach into the test machinery or exit early (beyond what `bug_patch` removed:
+    `removed_references`), and new top-level modules that shadow a module found outside the checkout (empty: none)."""
     sandbox.write_file("/tmp/trajfactory-scan.py", _SCAN)
-    res = sandbox.execute(f"python3 /tmp/trajfactory-scan.py {_quote(json.dumps(TAMPERING))}", timeout=timeout)
+    allowed = json.dumps(removed_references(bug_patch))
+    res = sandbox.execute(f"python3 /tmp/trajfactory-scan.py {_quote(json.dumps(TAMPERING))} {_quote(allowed)}",
+                          timeout=timeout)
     try:
         return list(json.loads(res.output.strip().splitlines()[-1]))
     except (ValueError, IndexError):

@@ -159,6 +159,13 @@ def pytest_collectreport(report) -> None:
 
 
 def pytest_runtest_logreport(report) -> None:
+    seen, took = _state["outcomes"], _state["durations"]
+    if report.outcome == "rerun":  # pytest-rerunfailures: this attempt failed and the test runs again; the last decides
+        seen.pop(report.nodeid, None)
+        _state.setdefault("again", set()).add(report.nodeid)
+        return
+    if report.when == "setup":  # an attempt starts: whether or not the last one's teardown was reported
+        _state.get("again", set()).discard(report.nodeid)
     if report.when == "call":
         if hasattr(report, "wasxfail"):
             outcome = "skipped" if report.skipped else "failed"  # xfail: skipped; a strict xpass: failed
@@ -170,11 +177,12 @@ def pytest_runtest_logreport(report) -> None:
         outcome = "skipped"
     else:
         outcome = "passed"
-    seen, took = _state["outcomes"], _state["durations"]
-    if _RANK[outcome] >= _RANK.get(seen.get(report.nodeid, "passed"), 0):
+    if _RANK.get(outcome, 3) >= _RANK.get(seen.get(report.nodeid, "passed"), 0):
         seen[report.nodeid] = outcome
     took[report.nodeid] = took.get(report.nodeid, 0.0) + (getattr(report, "duration", 0.0) or 0.0)
-    if report.when == "teardown":
+    if report.when == "teardown" and report.nodeid in _state.get("again", ()):  # the end of an attempt rerun
+        seen.pop(report.nodeid, None)
+    elif report.when == "teardown":
         _write({"test": report.nodeid, "outcome": seen.pop(report.nodeid, outcome),
                 "duration": round(took.pop(report.nodeid, 0.0), 6)})
 

@@ -156,14 +156,14 @@ def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float 
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
         return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
-    return test_in_place(sandbox, checks or task.checks, patch, guard.paths_of(task.bug_patch), timeout=timeout,
-                         started=started)
+    return test_in_place(sandbox, checks or task.checks, patch, task.bug_patch, timeout=timeout, started=started)
 
 
-def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[str], *, timeout: float = 300.0,
+def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, *, timeout: float = 300.0,
                   started: float | None = None) -> tuple[bool, Any, float]:
     """`patch` applied on the buggy state the sandbox's checkout holds, guarded, and `checks` run:
-    (passed, evidence, seconds). `bug_paths`: the files the bug touched (their modules get canary tests).
+    (passed, evidence, seconds). `bug_patch`: the change that made the buggy state (the modules of its files get
+    canary tests, and what its removed lines referred to a fix may put back: `guard.removed_references`).
 
     The buggy state, with the canary tests (`guard.write_canaries`) among its files, first becomes the repository's
     only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
@@ -171,7 +171,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[
     cannot tell the canaries from the project's own tests."""
     started = time.monotonic() if started is None else started
     kept, reverted = guard.strip_protected(patch)
-    modules = sorted({m for p in guard.paths_of(kept) + list(bug_paths) if (m := guard.module_of(p))})
+    modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     tests = test_verifier.tests_of(checks)
     canaries = guard.write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
     commit = only_commit(sandbox, "initial", force=[canaries.path])
@@ -179,7 +179,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_paths: list[
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:
         return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
-    if refused := guard.scan_tampering(sandbox):
+    if refused := guard.scan_tampering(sandbox, bug_patch=bug_patch):
         return test_verifier.refused(refused, reverted, started)
     run = run_tests(sandbox, tests + canaries.ids, timeout=timeout)
     if run.timed_out:
