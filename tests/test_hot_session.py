@@ -175,8 +175,10 @@ def _run_worker(repo: Path, scratch: Path, hot_items: bool) -> dict[str, dict]:
     spec.write_text(json.dumps({"workdir": str(repo), "scratch": str(scratch), "private_dirs": [str(scratch)],
                                 "items": items}))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
+    # the host's pytest-rerunfailures starts a server thread at configure wherever xdist is installed too, and a
+    # collected session that started a thread refuses to fork; a sandbox like this one has neither plugin
     proc = subprocess.run([sys.executable, str(scratch / WORKER_NAME), str(spec), str(out), "--", "-p", PLUGIN,
-                           "-p", "no:cacheprovider", "-q", "--tb=no", f"--rootdir={repo}"],
+                           "-p", "no:cacheprovider", "-p", "no:rerunfailures", "-q", "--tb=no", f"--rootdir={repo}"],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
