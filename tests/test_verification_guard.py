@@ -235,8 +235,6 @@ def task_env(request, docker_backend, tmp_path_factory):
 def _hack(docker_backend, env, task, commands: str) -> str:
     """The patch a policy would submit after running `commands` on the buggy state (as the submit tool diffs it)."""
     with docker_backend.start(env, LIMITS) as sandbox:
-        from trajfactory.executors.swe_env import prepare_episode
-
         prepare_episode(sandbox, task)
         made = sandbox.execute(commands, timeout=60)
         assert made.exit_code == 0, made.output
@@ -320,8 +318,6 @@ def _compiled_fix(docker_backend, env, task) -> str:
     """A patch whose source diff changes nothing: the gold fix rides in as bytecode that Python loads in place of the
     buggy source (an unchecked hash-based .pyc in `__pycache__`, as `git diff --binary` carries it)."""
     with docker_backend.start(env, LIMITS) as sandbox:
-        from trajfactory.executors.swe_env import apply_patch, prepare_episode
-
         prepare_episode(sandbox, task)
         assert apply_patch(sandbox, task.gold.patch, "/tmp/gold.diff") is None
         module = task.entity.file

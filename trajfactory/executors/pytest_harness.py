@@ -38,7 +38,7 @@ import sys
 import pytest
 
 _RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
-_state: dict = {"fh": None, "outcomes": {}, "durations": {}}
+_state: dict = {"fh": None, "outcomes": {}, "durations": {}, "again": set()}  # again: attempts rerun
 SEAL_MARK = "[trajfactory-harness-seal]"
 
 
@@ -162,10 +162,10 @@ def pytest_runtest_logreport(report) -> None:
     seen, took = _state["outcomes"], _state["durations"]
     if report.outcome == "rerun":  # pytest-rerunfailures: this attempt failed and the test runs again; the last decides
         seen.pop(report.nodeid, None)
-        _state.setdefault("again", set()).add(report.nodeid)
+        _state["again"].add(report.nodeid)
         return
     if report.when == "setup":  # an attempt starts: whether or not the last one's teardown was reported
-        _state.get("again", set()).discard(report.nodeid)
+        _state["again"].discard(report.nodeid)
     if report.when == "call":
         if hasattr(report, "wasxfail"):
             outcome = "skipped" if report.skipped else "failed"  # xfail: skipped; a strict xpass: failed
@@ -180,7 +180,7 @@ def pytest_runtest_logreport(report) -> None:
     if _RANK.get(outcome, 3) >= _RANK.get(seen.get(report.nodeid, "passed"), 0):
         seen[report.nodeid] = outcome
     took[report.nodeid] = took.get(report.nodeid, 0.0) + (getattr(report, "duration", 0.0) or 0.0)
-    if report.when == "teardown" and report.nodeid in _state.get("again", ()):  # the end of an attempt rerun
+    if report.when == "teardown" and report.nodeid in _state["again"]:  # the end of an attempt rerun
         seen.pop(report.nodeid, None)
     elif report.when == "teardown":
         _write({"test": report.nodeid, "outcome": seen.pop(report.nodeid, outcome),

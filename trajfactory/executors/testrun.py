@@ -33,8 +33,7 @@ PROBE_PLUGIN = "trajfactory_probe"
 PROBE_SOURCE = (Path(__file__).with_name("line_probe.py")).read_text()
 SEAL_MARK = re.search(r'^SEAL_MARK = "(.+)"$', PLUGIN_SOURCE, re.M).group(1)
 """Starts the line the plugin writes to the run's output with its seal of the record (`pytest_harness.py`)."""
-_SEAL_LINE = re.compile(r"^" + re.escape(SEAL_MARK) + r" ([0-9a-f]{64}) (\d+)$", re.M)
-_SEAL_OUTPUT = re.compile(r"\n?^" + re.escape(SEAL_MARK) + r" [0-9a-f]{64} \d+$\n?", re.M)
+_SEAL_LINE = re.compile(r"\n?^" + re.escape(SEAL_MARK) + r" ([0-9a-f]{64}) (\d+)$\n?", re.M)
 PYTEST = f'python -m pytest -p {PLUGIN} -p no:cacheprovider -o addopts="$TRAJFACTORY_ADDOPTS" -q --tb=short --no-header -rN --color=no'
 # pytest exit codes (pytest.ExitCode)
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
@@ -289,7 +288,7 @@ def run_tests(
     return TestRun(
         outcomes=outcomes,
         exit_code=result.exit_code,
-        output=_SEAL_OUTPUT.sub("", result.output),
+        output=_SEAL_LINE.sub("", result.output),
         duration_s=result.duration_s,
         timed_out=result.timed_out,
         cpu_out=cpu_out,
