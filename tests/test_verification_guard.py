@@ -10,7 +10,7 @@ import posixpath
 import pytest
 
 from trajfactory.executors.guard import (module_of, paths_of, protected, removed_references, strip_protected,
-                                         write_canaries)
+                                         unquote, write_canaries)
 from trajfactory.executors.swe_env import apply_patch, only_commit, prepare_episode, run_patch_tests
 from trajfactory.executors.swe_env import test_in_place as verify_in_place  # not a test of its own
 from trajfactory.executors.testrun import run_tests
@@ -49,6 +49,27 @@ def test_strip_protected_keeps_library_changes_of_git_and_plain_diffs():
     kept, dropped = strip_protected(plain)
     assert kept.startswith("--- pkg/a.py") and "test_a" not in kept and dropped == ["tests/test_a.py (test file)"]
     assert paths_of(plain) == ["pkg/a.py", "tests/test_a.py"]
+
+
+def test_paths_git_quotes_are_read_as_the_file_system_names_them():
+    """git C-quotes a path with a non-ASCII byte, a quote or a backslash (`"b/d\\303\\251/conftest.py"`), and names a
+    renamed file only in its header; a protected file behind either is still dropped."""
+    patch = ('diff --git "a/d\\303\\251/conftest.py" "b/d\\303\\251/conftest.py"\nindex 73cdb8b..67c3fdf 100644\n'
+             '--- "a/d\\303\\251/conftest.py"\n+++ "b/d\\303\\251/conftest.py"\n@@ -1 +1 @@\n-a=1\n+a=2\n'
+             'diff --git "a/we\\"ird b.pth" "b/we\\"ird b.pth"\nnew file mode 100644\nindex 0000000..1a9cc2b\n'
+             '--- /dev/null\n+++ "b/we\\"ird b.pth"\t\n@@ -0,0 +1 @@\n+p\n'
+             'diff --git "a/tests/t\\303\\251st_a.py" b/pkg/moved.py\nsimilarity index 100%\n'
+             'rename from "tests/t\\303\\251st_a.py"\nrename to pkg/moved.py\n'
+             'diff --git a/with space.py b/with space.py\n--- a/with space.py\t\n+++ b/with space.py\t\n'
+             '@@ -1 +1 @@\n-x\n+y\n')
+    assert paths_of(patch) == ["d\u00e9/conftest.py", "pkg/moved.py", "tests/t\u00e9st_a.py", 'we"ird b.pth',
+                               "with space.py"]
+    kept, dropped = strip_protected(patch)
+    assert dropped == ["d\u00e9/conftest.py (test or build configuration)", "tests/t\u00e9st_a.py (test file)",
+                       'we"ird b.pth (interpreter start-up hook)']
+    assert kept.startswith("diff --git a/with space.py") and kept.count("diff --git") == 1
+    assert unquote('"\\303\\251vil.py"') == "\u00e9vil.py" and unquote('"tab\\there"') == "tab\there"
+    assert unquote("plain.py") == "plain.py"
 
 
 def test_module_of():
@@ -167,6 +188,13 @@ FORGED_IN_PLACE_HIDDEN = (FORGED_IN_PLACE.replace("import gc as _gc, subprocess"
                           .replace("_gc.get_objects()", 'getattr(_il.import_module("g" + "c"), "get_" + "objects")()')
                           .replace("_f.__globals__", 'getattr(_f, "__glo" + "bals__")'))
 
+# A new module whose name git C-quotes (non-ASCII), imported by the buggy module: it forges only the failing tests' own
+# file, which the canaries (in a file of their own) never share, so only the scan can refuse it, and only where it
+# reads the paths git quotes.
+FORGED_TARGETED = FORGED_IN_PLACE.replace("str(record.get(\"test\", \"\")).split(\"::\")[0] in _tracked",
+                                          "str(record.get(\"test\", \"\")).startswith(_TARGET)")
+QUOTED_NAME = "_f\u00f6rge"
+
 
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
     """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
@@ -206,6 +234,10 @@ def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({REWRITE_AT_EXIT!r})\nEOF",
         "the harness's records forged in place":
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FORGED_IN_PLACE!r})\nEOF",
+        "the failing tests' records forged from a module whose name git quotes":
+            f"python3 - <<'EOF'\nopen({plugin_dir + '/' + QUOTED_NAME + '.py'!r}, 'w', encoding='utf-8').write("
+            f"{'_TARGET = ' + repr(test_file + '::') + FORGED_TARGETED!r})\n"
+            f"open({module_file!r}, 'a').write({chr(10) + 'from . import ' + QUOTED_NAME + chr(10)!r})\nEOF",
         "the harness's records forged in place past the scan, the project's tests told from the canaries by git":
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FORGED_IN_PLACE_HIDDEN!r})\nEOF",
     }
@@ -298,6 +330,9 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
                      "canaries by git"][1]
     assert forged.refused and all(r.startswith("canary test") and "must fail but was passed" in r
                                   for r in forged.refused), forged
+    quoted = results["the failing tests' records forged from a module whose name git quotes"][1]
+    assert len(quoted.refused) == 1 and quoted.refused[0].startswith(
+        f"{module_file.rsplit('/', 1)[0]}/{QUOTED_NAME}.py: the interpreter's objects (3 new reference(s)"), quoted
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
     assert shadow.refused == ["json.py: a new top-level module that shadows the module 'json' found outside the "
                               "checkout"], shadow

@@ -35,7 +35,10 @@ _PROTECTED_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproj
                     ".coveragerc", "sitecustomize.py", "usercustomize.py", ".pytest.ini", "pytest.toml"}
 _TEST_DIRS = {"test", "tests", "testing"}
 _COMPILED = (".pyc", ".pyo", ".so", ".pyd")
-_DIFF_FILE = re.compile(r"^diff --git a/(.+?) b/(.+)$")
+_NAME = r'"(?:[^"\\]|\\.)*"'  # a path git C-quoted: it holds a byte git does not print as it is
+_DIFF_FILE = re.compile(rf"^diff --git ({_NAME}|a/.+?) ({_NAME}|b/.+)$")
+_MOVED = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
+_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
@@ -53,6 +56,32 @@ def protected(path: str) -> str | None:
     if any(p in _TEST_DIRS for p in parts[:-1]) or name.startswith("test_") or name.endswith("_test.py"):
         return "test file"
     return None
+
+
+def unquote(name: str) -> str:
+    """A path as git writes it, C-quoted where it holds a byte git will not print as it is (`"t\\303\\251st.py"`:
+    non-ASCII, a quote, a backslash, a control character), as the file system names it (`tëst.py`)."""
+    if len(name) < 2 or name[0] != '"' or name[-1] != '"':
+        return name
+    body, out, i = name[1:-1], bytearray(), 0
+    while i < len(body):
+        if body[i] == "\\" and re.match(r"[0-7]{3}", body[i + 1:i + 4]):
+            out.append(int(body[i + 1:i + 4], 8) & 0xFF)
+            i += 4
+        elif body[i] == "\\" and body[i + 1:i + 2] in _ESCAPES:
+            out.append(_ESCAPES[body[i + 1]])
+            i += 2
+        else:
+            out += body[i].encode()
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _name(text: str) -> str:
+    """The path of a `---`/`+++` line's rest: a C-quoted name whole, a plain one up to its tab (git writes one after a
+    name that holds a space; a plain diff, its time stamp)."""
+    quoted = re.match(_NAME, text)
+    return unquote(quoted.group(0)) if quoted else text.split("\t")[0]
 
 
 def _sections(patch: str) -> list[tuple[list[str], str]]:
@@ -80,14 +109,16 @@ def _sections(patch: str) -> list[tuple[list[str], str]]:
             sections.append((set(), [line]))
             git_header = True
             if (m := _DIFF_FILE.match(line.rstrip("\n"))) is not None:
-                sections[-1][0].update(m.groups())
+                sections[-1][0].update(unquote(name)[2:] for name in m.groups())
             continue
+        if git_header and (m := _MOVED.match(line.rstrip("\n"))) is not None:
+            sections[-1][0].add(unquote(m.group(1)))
         if line.startswith("--- ") and not git_header and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             sections.append((set(), []))
         if not sections:
             sections.append((set(), []))
         if line.startswith(("--- ", "+++ ")):
-            name = line[4:].rstrip("\n").split("\t")[0]
+            name = _name(line[4:].rstrip("\n"))
             if name != "/dev/null":
                 sections[-1][0].add(name[2:] if name[:2] in ("a/", "b/") else name)
         elif (m := _HUNK.match(line)) is not None:
@@ -141,10 +172,17 @@ here = os.getcwd()
 mine = os.path.dirname(os.path.abspath(__file__))  # where this scan was written, first on its own sys.path
 outside = [p for p in sys.path if p and os.path.abspath(p) != mine
            and os.path.commonpath([here, os.path.abspath(p)]) != here]
-out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True).stdout
+# -z: every path as the file system names it (git C-quotes a non-ASCII one otherwise), a rename's source after it
+fields = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], capture_output=True,
+                        text=True, errors="surrogateescape").stdout.split("\0")
+entries, i = [], 0
+while i < len(fields):
+    line, i = fields[i], i + 1
+    if len(line) > 3:
+        entries.append((line, line[3:]))
+        i += line[0] in "RC"
 found = []
-for line in out.splitlines():
-    path = line[3:].split(" -> ")[-1].strip('"')
+for line, path in entries:
     if not path.endswith(".py"):
         continue
     top, name = os.path.split(path[:-len("/__init__.py")] if path.endswith("/__init__.py") else path[:-3])
@@ -154,9 +192,12 @@ for line in out.splitlines():
         found.append(f"{path}: a new top-level module that shadows the module {name!r} found outside the checkout")
     elif ("?" in line[:2] or "A" in line[:2]) and name.startswith("trajfactory"):
         found.append(f"{path}: a new module named like the factory's own modules in the test session ({name!r})")
+    if "D" in line[:2]:
+        continue  # deleted: nothing of it runs
     try:
         new = open(path, encoding="utf-8", errors="replace").read()
-    except OSError:
+    except OSError as exc:
+        found.append(f"{path}: the scan could not read it ({exc})")
         continue
     old = subprocess.run(["git", "show", "HEAD:" + path], capture_output=True, text=True).stdout
     for what, pattern in patterns.items():
@@ -174,7 +215,7 @@ def removed_references(bug_patch: str) -> dict[str, dict[str, int]]:
     allowed: dict[str, dict[str, int]] = {}
     for paths, text in _sections(bug_patch):
         removed = "\n".join(line[1:] for line in text.splitlines()
-                            if line.startswith("-") and not re.match(r"--- (a/|/dev/null)", line))
+                            if line.startswith("-") and not re.match(r'--- ("?a/|/dev/null)', line))
         for what, pattern in TAMPERING.items():
             if n := len(re.findall(pattern, removed)):
                 for path in paths:
