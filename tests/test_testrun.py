@@ -1,5 +1,6 @@
 """The harness plugin's records and coverage parsing against real pytest runs on the host."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -48,7 +49,6 @@ def _project(tmp_path):
 
 def _run(tmp_path, *args, select=None):
     """pytest on the host with the harness plugin, as `run_tests` runs it in a sandbox: (records, stdout)."""
-    import os
 
     plugin_dir = tmp_path / "harness"
     plugin_dir.mkdir(exist_ok=True)
@@ -121,7 +121,6 @@ def test_plugin_records_collection_errors_and_an_unfinished_session(tmp_path):
 
 def _sealed_run(tmp_path, key: bytes) -> tuple[bytes, str]:
     """pytest on the host with the harness and a seal key, as `run_tests` runs it: (the record's bytes, stdout)."""
-    import os
 
     plugin_dir = tmp_path / "harness"
     plugin_dir.mkdir(exist_ok=True)
@@ -219,7 +218,6 @@ def test_a_projects_flaky_reruns_are_recorded_by_their_last_attempt(tmp_path):
 def test_coverage_contexts_map_lines_to_tests(tmp_path):
     _project(tmp_path)
     env = {"COVERAGE_FILE": str(tmp_path / ".cov")}
-    import os
 
     subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--cov=.", "--cov-context=test",
@@ -236,7 +234,6 @@ def test_coverage_contexts_map_lines_to_tests(tmp_path):
 
 def test_import_time_and_fixture_lines_are_marked(tmp_path):
     """Code run at import or in a shared fixture reaches tests coverage does not attribute it to."""
-    import os
 
     from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME
 
@@ -261,7 +258,6 @@ def test_fixtures_wider_than_a_test_get_contexts_of_their_own_in_the_reference_r
     setup and teardown only its test; the selection picks the tests of the fixture's scope. The line probes
     (`line_probe.py`, the pipeline's default recorder) give the same contexts as coverage."""
     import json
-    import os
 
     from trajfactory.executors.testrun import FIXTURE, SCOPE
     from trajfactory.schema import Candidate, Entity, ReferenceRun
@@ -397,7 +393,6 @@ def _coverage_map(project, env) -> dict[str, dict[int, list[str]]]:
 def test_the_compact_coverage_map_holds_what_coverage_json_reports_in_a_fraction_of_the_bytes(tmp_path):
     """Every line's contexts are coverage json's own (`--show-contexts`), each test id written once, not per line."""
     import json
-    import os
 
     _project(tmp_path)
     env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".cov")}
@@ -440,3 +435,38 @@ def test_plugin_records_each_tests_duration_across_its_phases(tmp_path):
     assert set(durations) == {"test_slow.py::test_slow", "test_slow.py::test_quick"}
     assert 0.5 <= durations["test_slow.py::test_slow"] < 5  # setup + call + teardown
     assert durations["test_slow.py::test_quick"] < 0.1
+
+
+def test_a_sealed_run_records_reaches_into_the_interpreter_however_the_code_spells_them(tmp_path):
+    """The harness's audit hook sees `gc.get_objects()` hidden behind `getattr` and string joins, a frame taken by code
+    run from a string or through `inspect`, and a function's code replaced (an assertion made a no-op), each at the
+    checkout line that did it; a frame the standard library's logging takes for a test is not the test's reach."""
+    _project(tmp_path)
+    (tmp_path / "pkg" / "sneak.py").write_text(
+        "\nimport importlib, inspect, sys, unittest\n\n"
+        "_gc = importlib.import_module('g' + 'c')\n"
+        "_all = getattr(_gc, 'get_' + 'objects')()\n"
+        "exec(\"import sys\\n_fr = getattr(sys, '_get' + 'frame')()\")\n"
+        "setattr(unittest.TestCase.assertEqual, '__co' + 'de__', (lambda self, *a, **k: None).__code__)\n"
+        "_here = inspect.currentframe()\n")
+    (tmp_path / "tests" / "test_sneak.py").write_text(textwrap.dedent("""
+        import logging
+        import pkg.sneak
+
+        def test_log():
+            logging.getLogger("x").warning("w")
+        """))
+    from trajfactory.executors.testrun import parse_reaches
+
+    record, out = _sealed_run(tmp_path, b"k" * 32)
+    assert check_seal(b"k" * 32, record, out) == (True, "")
+    reaches = {(r["file"], r["line"], r["reach"]) for r in parse_reaches(record.decode())}
+    assert reaches == {("pkg/sneak.py", 5, "the garbage collector's listing"), ("pkg/sneak.py", 6, "a stack frame"),
+                       ("pkg/sneak.py", 7, "a function's code"), ("pkg/sneak.py", 8, "a stack frame")}, reaches
+    assert parse_results(record.decode())[0]["tests/test_sneak.py::test_log"] == "passed"
+    # unsealed runs (the reference run, validation) are not watched
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "harness"), "TRAJFACTORY_RESULTS": str(tmp_path / "plain.jsonl")}
+    subprocess.run([sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q", f"--rootdir={tmp_path}",
+                    "tests"], cwd=tmp_path, capture_output=True, env=env)
+    plain = (tmp_path / "plain.jsonl").read_text()
+    assert '"tests/test_sneak.py::test_log"' in plain and not parse_reaches(plain)

@@ -9,8 +9,8 @@ import posixpath
 
 import pytest
 
-from trajfactory.executors.guard import (module_of, paths_of, protected, removed_references, strip_protected,
-                                         unquote, write_canaries)
+from trajfactory.executors.guard import (added_lines, module_of, paths_of, protected, removed_references,
+                                         run_time_reaches, strip_protected, unquote, write_canaries)
 from trajfactory.executors.swe_env import apply_patch, only_commit, prepare_episode, run_patch_tests
 from trajfactory.executors.swe_env import test_in_place as verify_in_place  # not a test of its own
 from trajfactory.executors.testrun import run_tests
@@ -70,6 +70,26 @@ def test_paths_git_quotes_are_read_as_the_file_system_names_them():
     assert kept.startswith("diff --git a/with space.py") and kept.count("diff --git") == 1
     assert unquote('"\\303\\251vil.py"') == "\u00e9vil.py" and unquote('"tab\\there"') == "tab\there"
     assert unquote("plain.py") == "plain.py"
+
+
+def test_reaches_at_run_time_count_only_from_the_lines_a_patch_added():
+    patch = ("diff --git a/pkg/core.py b/pkg/core.py\n--- a/pkg/core.py\n+++ b/pkg/core.py\n@@ -1,3 +1,4 @@\n x = 1\n"
+             "-y = 2\n+y = 3\n+z = list(objects())\n w = 4\n@@ -10,2 +11,2 @@\n a = 1\n-b = 2\n+b = frames()\n"
+             "diff --git a/pkg/new.py b/pkg/new.py\nnew file mode 100644\n--- /dev/null\n+++ b/pkg/new.py\n"
+             "@@ -0,0 +1,2 @@\n+import gc\n+gc.get_objects()\n")
+    assert added_lines(patch) == {"pkg/core.py": {2: "y = 3", 3: "z = list(objects())", 12: "b = frames()"},
+                                  "pkg/new.py": {1: "import gc", 2: "gc.get_objects()"}}
+    reach = lambda file, line: {"reach": "the garbage collector's listing", "event": "gc.get_objects",  # noqa: E731
+                                "file": file, "line": line}
+    found = run_time_reaches([reach("pkg/core.py", 3), reach("pkg/core.py", 4), reach("pkg/new.py", 2),
+                              reach("tests/test_core.py", 3)], patch)
+    assert found == ["pkg/core.py:3: reached the garbage collector's listing at run time (gc.get_objects): "
+                     "z = list(objects())",
+                     "pkg/new.py:2: reached the garbage collector's listing at run time (gc.get_objects): "
+                     "gc.get_objects()"]
+    # a line the bug removed, put back as it was, reaches as the clean code did
+    bug = "--- a/pkg/core.py\n+++ b/pkg/core.py\n@@ -1,2 +1,1 @@\n x = 1\n-z = list(objects())\n"
+    assert run_time_reaches([reach("pkg/core.py", 3)], patch, bug) == []
 
 
 def test_module_of():
@@ -194,6 +214,9 @@ FORGED_IN_PLACE_HIDDEN = (FORGED_IN_PLACE.replace("import gc as _gc, subprocess"
 FORGED_TARGETED = FORGED_IN_PLACE.replace("str(record.get(\"test\", \"\")).split(\"::\")[0] in _tracked",
                                           "str(record.get(\"test\", \"\")).startswith(_TARGET)")
 QUOTED_NAME = "_f\u00f6rge"
+FORGED_TARGETED_HIDDEN = (FORGED_TARGETED.replace("import gc as _gc, subprocess", "import importlib as _il, subprocess")
+                          .replace("_gc.get_objects()", 'getattr(_il.import_module("g" + "c"), "get_" + "objects")()')
+                          .replace("_f.__globals__", 'getattr(_f, "__glo" + "bals__")'))
 
 
 def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
@@ -238,6 +261,9 @@ def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
             f"python3 - <<'EOF'\nopen({plugin_dir + '/' + QUOTED_NAME + '.py'!r}, 'w', encoding='utf-8').write("
             f"{'_TARGET = ' + repr(test_file + '::') + FORGED_TARGETED!r})\n"
             f"open({module_file!r}, 'a').write({chr(10) + 'from . import ' + QUOTED_NAME + chr(10)!r})\nEOF",
+        "the failing tests' records forged in place past the scan, the canaries left alone":
+            f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write("
+            f"{chr(10) + '_TARGET = ' + repr(test_file + '::') + FORGED_TARGETED_HIDDEN!r})\nEOF",
         "the harness's records forged in place past the scan, the project's tests told from the canaries by git":
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FORGED_IN_PLACE_HIDDEN!r})\nEOF",
     }
@@ -328,8 +354,12 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     assert any("the interpreter's objects" in r for r in plain.refused), plain
     forged = results["the harness's records forged in place past the scan, the project's tests told from the "
                      "canaries by git"][1]
-    assert forged.refused and all(r.startswith("canary test") and "must fail but was passed" in r
-                                  for r in forged.refused), forged
+    assert any(r.startswith("canary test") and "must fail but was passed" in r for r in forged.refused), forged
+    # the same forgery aimed at the failing tests' own file only: the scan cannot read its words and the canaries are
+    # not forged, but the harness's audit hook saw the garbage collector listed from a line the patch added
+    aimed = results["the failing tests' records forged in place past the scan, the canaries left alone"][1]
+    assert aimed.refused and all(f"{module_file}:" in r and "reached the garbage collector's listing at run time" in r
+                                 for r in aimed.refused), aimed
     quoted = results["the failing tests' records forged from a module whose name git quotes"][1]
     assert len(quoted.refused) == 1 and quoted.refused[0].startswith(
         f"{module_file.rsplit('/', 1)[0]}/{QUOTED_NAME}.py: the interpreter's objects (3 new reference(s)"), quoted

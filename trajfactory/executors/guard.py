@@ -223,6 +223,40 @@ def removed_references(bug_patch: str) -> dict[str, dict[str, int]]:
     return allowed
 
 
+def added_lines(patch: str) -> dict[str, dict[int, str]]:
+    """Per file the patch leaves, the lines it adds: their numbers in the new file and their text."""
+    added: dict[str, dict[int, str]] = {}
+    for _, text in _sections(patch):
+        path, line, left = None, 0, 0
+        for row in text.splitlines():
+            if left <= 0 and row.startswith("+++ "):
+                name = _name(row[4:])
+                path = None if name == "/dev/null" else name[2:] if name[:2] == "b/" else name
+            elif left <= 0 and (m := _HUNK.match(row)) is not None:
+                line, left = int(m.group(3)), int(m.group(4)) if m.group(4) is not None else 1
+            elif left > 0 and row[:1] in (" ", "+"):
+                if row[:1] == "+" and path is not None:
+                    added.setdefault(path, {})[line] = row[1:]
+                line, left = line + 1, left - 1
+    return added
+
+
+def run_time_reaches(reaches: list[dict], patch: str, bug_patch: str = "") -> list[str]:
+    """The reaches into the interpreter a sealed run's audit hook saw (`TestRun.reaches`) made from a line `patch`
+    added: however the code spelled them (`getattr(gc, "get_" + "objects")`, code run from a string), they are the
+    tampering the scan looks for by name. A line the bug removed, put back as it was, may reach as the clean code did."""
+    added = added_lines(patch)
+    restored = {line.strip() for paths, text in _sections(bug_patch) for line in
+                (row[1:] for row in text.splitlines() if row.startswith("-") and not row.startswith("--- "))}
+    found = []
+    for reach in reaches:
+        text = added.get(str(reach.get("file")), {}).get(reach.get("line"))
+        if text is not None and text.strip() not in restored:
+            found.append(f"{reach['file']}:{reach['line']}: reached {reach.get('reach')} at run time "
+                         f"({reach.get('event')}): {text.strip()[:120]}")
+    return found
+
+
 def scan_tampering(sandbox: Sandbox, timeout: float = 60, bug_patch: str = "") -> list[str]:
     """Changed Python files that newly reach into the test machinery or exit early (beyond what `bug_patch` removed:
     `removed_references`), and new top-level modules that shadow a module found outside the checkout (empty: none)."""

@@ -189,8 +189,9 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     if not run.sealed:
         return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
                                          f"early exit, exit status {run.exit_code})", started, reverted)
-    if broken := canaries.broken(run.outcomes):
-        return test_verifier.refused([f"canary test {b}" for b in broken], reverted, started)
+    reached = guard.run_time_reaches(run.reaches, kept, bug_patch)
+    if broken := [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached:
+        return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
     evidence.reverted = reverted

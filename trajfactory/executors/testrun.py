@@ -78,6 +78,9 @@ class TestRun:
     sealed: bool = False
     """The record read is exactly what the harness wrote, byte for byte, as its seal in the output says (only
     `run_tests` seals: `check_seal`). A session that crashed or exited early wrote no seal."""
+    reaches: list[dict] = field(default_factory=list)
+    """A sealed run's reaches into the interpreter made by code in the checkout, as its audit hook saw them:
+    `{"reach", "event", "file", "line"}` (`pytest_harness._watch_reaches`)."""
 
     @property
     def collection_failed(self) -> bool:
@@ -108,6 +111,19 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
         elif "session" in record:
             finished = True
     return outcomes, errors, finished
+
+
+def parse_reaches(text: str) -> list[dict]:
+    """The plugin's JSON lines -> the reaches into the interpreter its audit hook recorded, in order."""
+    reaches = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "reach" in record and isinstance(record.get("line"), int):
+            reaches.append(record)
+    return reaches
 
 
 def check_seal(key: bytes, record: bytes, output: str) -> tuple[bool, str]:
@@ -252,6 +268,7 @@ def run_tests(
     durations: dict[str, float] = {}
     results_error = ""
     sealed = False
+    reaches: list[dict] = []
     if not result.timed_out:
         try:
             raw = sandbox.read_file(f"{SCRATCH}/results.jsonl")
@@ -259,6 +276,7 @@ def run_tests(
             records = "" if results_error else raw.decode("utf-8", "replace")
             outcomes, errors, finished = parse_results(records)
             durations = parse_durations(records)
+            reaches = parse_reaches(records)
             scoped = '{"fixture_scopes": true}' in records
             teardown = '{"fixture_teardown": true}' in records
         except FileTooLargeError as exc:
@@ -299,6 +317,7 @@ def run_tests(
         durations=durations,
         results_error=results_error,
         sealed=sealed,
+        reaches=reaches,
     )
 
 
