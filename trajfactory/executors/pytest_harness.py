@@ -73,8 +73,8 @@ _THROUGH = ("inspect.py", "traceback.py")  # the standard library's thin wrapper
 def _watch_reaches(write) -> None:
     """A sealed run's audit hook (it cannot be removed): each reach into the interpreter (`_REACHES`, `_READS`, a
     function's code replaced, a class from outside the checkout changed where the interpreter audits it (`__bases__`,
-    `__name__`), ctypes) made by code in the checkout is written to
-    the record at once, `{"reach", "event", "file", "line"}`, before the code that reached can do anything with it.
+    `__name__`, `__module__`, `__doc__`), ctypes) made by code in the checkout is written to the record at once,
+    `{"reach", "event", "file", "line"}`, before the code that reached can do anything with it.
     Code run from a string, and the standard library's frame helpers, count as their caller. The host refuses a
     reach from a line the patch added (`guard.run_time_reaches`); the project's own code and tests may reach."""
     import sysconfig
@@ -128,7 +128,7 @@ def _watch_reaches(write) -> None:
             if frame is None or kind(frame.f_code.co_filename) != "checkout":
                 return
             where = (os.path.relpath(os.path.realpath(frame.f_code.co_filename), root), frame.f_lineno)
-            if (reach, *where) not in seen and len(seen) < 200:
+            if (reach, *where) not in seen:  # once per line and kind: as many as the checkout has lines
                 seen.add((reach, *where))
                 write({"reach": reach, "event": event, "file": where[0], "line": where[1]})
         except Exception:  # noqa: BLE001 - a hook that raises would break the code under test
