@@ -208,14 +208,19 @@ print(json.dumps(found))
 '''
 
 
+def _removed(text: str) -> list[str]:
+    """The lines a diff section removes (without their `-`), its `---` header left out."""
+    return [line[1:] for line in text.splitlines()
+            if line.startswith("-") and not re.match(r'--- ("?a/|/dev/null)', line)]
+
+
 def removed_references(bug_patch: str) -> dict[str, dict[str, int]]:
     """Per file and kind of reference (`TAMPERING`): how many the bug's removed lines held. A fix may put those back:
     the buggy file is the scan's baseline, and a bug that deleted `sys.modules[name] = module` would otherwise make
     its own fix look like tampering."""
     allowed: dict[str, dict[str, int]] = {}
     for paths, text in _sections(bug_patch):
-        removed = "\n".join(line[1:] for line in text.splitlines()
-                            if line.startswith("-") and not re.match(r'--- ("?a/|/dev/null)', line))
+        removed = "\n".join(_removed(text))
         for what, pattern in TAMPERING.items():
             if n := len(re.findall(pattern, removed)):
                 for path in paths:
@@ -246,8 +251,7 @@ def run_time_reaches(reaches: list[dict], patch: str, bug_patch: str = "") -> li
     added: however the code spelled them (`getattr(gc, "get_" + "objects")`, code run from a string), they are the
     tampering the scan looks for by name. A line the bug removed, put back as it was, may reach as the clean code did."""
     added = added_lines(patch)
-    restored = {line.strip() for paths, text in _sections(bug_patch) for line in
-                (row[1:] for row in text.splitlines() if row.startswith("-") and not row.startswith("--- "))}
+    restored = {line.strip() for _, text in _sections(bug_patch) for line in _removed(text)}
     found = []
     for reach in reaches:
         text = added.get(str(reach.get("file")), {}).get(reach.get("line"))
