@@ -60,13 +60,15 @@ from pathlib import Path
 from trajfactory.executors.batchrun import WORKER
 from trajfactory.executors.docker import DockerBackend, container_cpu_seconds
 from trajfactory.executors.images import ensure_base_image
+from trajfactory.executors.testrun import IMPORT_TIME, IMPORTED_BY
 from trajfactory.pipelines import swe
 from trajfactory.schema import Quarantine
 from trajfactory.settings import Recipe, RepoSpec, SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from trajfactory.synthesizers.swe.stage import coverage_files
 from trajfactory.synthesizers.swe.reference import RepoRejected, reference_run
-from trajfactory.synthesizers.swe.validate import TIMEOUT_FACTOR, validate_batch_detailed, validate_candidate
+from trajfactory.synthesizers.swe.validate import (TIMEOUT_FACTOR, select_tests, validate_batch_detailed,
+                                                   validate_candidate)
 
 from gold_cost import gold_proofs, print_gold  # noqa: E402  (bench/)
 from validate_report import PHASES, host_cpu, print_tables  # noqa: E402  (bench/)
@@ -271,6 +273,22 @@ def run_mode(mode: str, backend, env, candidates, ref, batch_size: int, timeout:
     return vals, acct, time.monotonic() - w0, floors, per
 
 
+def narrowed_by_imports(candidates, ref) -> dict[str, int]:
+    """Candidate id -> how many tests it selects, for the candidates whose selection would be the whole suite if a
+    test module's import counted as any import (`IMPORTED_BY` read as `IMPORT_TIME`, as before validation's version
+    7)."""
+    def old(tests):
+        return sorted({IMPORT_TIME if t.startswith(IMPORTED_BY) else t for t in tests})
+    before = ref.model_copy(update={"coverage": {f: {n: old(ts) for n, ts in lines.items()}
+                                                 for f, lines in ref.coverage.items()}})
+    narrowed = {}
+    for c in candidates:
+        tests, how = select_tests(c, ref, "coverage")
+        if how == "coverage" and select_tests(c, before, "coverage")[1] == "full":
+            narrowed[c.candidate_id] = len(tests)
+    return narrowed
+
+
 def reference(backend, env, cfg: ValidationConfig, cover: list[str] | None, probe: dict[str, list[int]] | None):
     """The factory's reference run (line probes of the lines `probe` names, or coverage of the files `cover` names,
     + a run by id), with each run's CPU."""
@@ -320,6 +338,10 @@ def main() -> int:
     parser.add_argument("--cover-all", action="store_true",
                         help="with --recorder coverage: measure the reference run's coverage of every file")
     parser.add_argument("--json", help="write every figure to this file too")
+    parser.add_argument("--b-narrowed", action="store_true",
+                        help="run mode b (the audit's whole suite) only on the candidates whose selection a test "
+                             "module's import narrowed (`testrun.IMPORTED_BY`; without it they run the whole suite): "
+                             "that narrowing's audit where the suite is too large for mode b on every candidate")
     args = parser.parse_args()
     caps = {k: int(v) for k, v in (x.split("=", 1) for x in args.max_candidates)}
 
@@ -360,9 +382,15 @@ def main() -> int:
                                               "reference_runs_cpu": ref_runs,
                                               "reference_cpu": ref_cpu, "modes": {},
                                               "families": {c.candidate_id: c.family for c in candidates}}
+        narrowed = narrowed_by_imports(candidates, ref)
+        rep["narrowed"] = narrowed
+        print(f"{source.name}: a test module's import narrowed {len(narrowed)} selections from the whole suite to "
+              f"{sorted(n for n in narrowed.values())} tests", file=sys.stderr)
         results, floors = {}, {}
         for mode in args.modes:
-            vals, acct, wall, fl, per = run_mode(mode, backend, env, candidates, ref, args.batch_size,
+            chosen = [c for c in candidates if c.candidate_id in narrowed] if mode == "b" and args.b_narrowed \
+                else candidates
+            vals, acct, wall, fl, per = run_mode(mode, backend, env, chosen, ref, args.batch_size,
                                                  cfg.test_timeout_s, args.swe_smith_timeout)
             floors.update(fl if mode == "d" else {})
             results[mode] = vals
@@ -387,6 +415,8 @@ def main() -> int:
                 verdict = f2p = p2p = 0
                 bad = []
                 for v in vals:
+                    if v.candidate_id not in full:  # (`--b-narrowed`: mode b ran only the narrowed ones)
+                        continue
                     w = full[v.candidate_id]
                     if (v.status == "valid") != (w.status == "valid"):
                         verdict += 1

@@ -23,7 +23,11 @@ variables:
 
 Contexts are named as pytest-cov names them: `""` outside any test (import, collection), `<node id>|setup`,
 `|run` and `|teardown`; the harness (`pytest_harness.py`) switches to its fixture-scope contexts through
-`RECORDER.switch_context`, as it does with coverage.
+`RECORDER.switch_context`, as it does with coverage. One more than coverage: `<test file>|import`, a line that a test
+module's own module-level code ran while pytest imported it (its constants, class bodies, parametrize lists), found
+by the innermost module-level frame on the stack. Its state lives in that module, so it reaches that module's tests,
+where code a library module ran at its import (state every test may read) stays `""`. A test module whose name
+another file of the checkout mentions (a module that imports it sees what its import built) keeps `""`.
 
 A wanted line is recorded when the statement holding it starts (a compound statement: its header, decorators
 included; an `except` or `case` line: the whole `try` or `match`, since its expression runs whenever an exception
@@ -41,12 +45,15 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import re
 import sys
 
 import pytest
 
 HIT = "__trajfactory_hit__"
 ROOT = os.path.realpath(os.getcwd())
+IMPORTED = "|import"
+"""Suffix of a test module's context while pytest imports it: `tests/test_x.py|import`."""
 
 
 class Recorder(object):
@@ -58,13 +65,45 @@ class Recorder(object):
         self.probed = set()  # relative paths instrumented (every wanted line of theirs that holds code has a probe)
         self.unprobed = set()  # relative paths imported by a loader the probes cannot instrument
         self.hits = {}  # context -> set of probe ids
+        self.importing = None  # (real path, relative path) of the test module pytest is importing
+        self._real = {}  # a code object's file name -> its real path
         self.switch_context("")
 
     def switch_context(self, name):
         hits = self.hits.get(name)
         if hits is None:
             hits = self.hits[name] = set()
-        setattr(builtins, HIT, hits.add)
+        self.context = name
+        setattr(builtins, HIT, hits.add if self.importing is None else self._import_hit)
+
+    def start_module(self, path):
+        """pytest is about to import (collect) this test module: a hit is attributed by the frame that made it."""
+        real = os.path.realpath(path)
+        self.importing = (real, os.path.relpath(real, ROOT))
+        self.switch_context(self.context)
+
+    def end_module(self):
+        self.importing = None
+        self.switch_context(self.context)
+
+    def _import_hit(self, probe):
+        """A hit while a test module is imported: the module's own context when its module-level code (a class body
+        or a call in it included) made it, `""` when another module's did (a library module imported meanwhile)."""
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_name != "<module>":
+            frame = frame.f_back
+        name = self.context
+        if frame is not None and self.importing is not None and not self.context:
+            filename = frame.f_code.co_filename
+            real = self._real.get(filename)
+            if real is None:
+                real = self._real[filename] = os.path.realpath(filename)
+            if real == self.importing[0]:
+                name = self.importing[1] + IMPORTED
+        hits = self.hits.get(name)
+        if hits is None:
+            hits = self.hits[name] = set()
+        hits.add(probe)
 
     def add_probe(self, rel, lines):
         self.probes.append((rel, tuple(sorted(lines))))
@@ -83,6 +122,11 @@ class Recorder(object):
         return unprobed
 
     def write(self, path):
+        imported = [name for name in self.hits if name.endswith(IMPORTED)]
+        named = _mentioned([name[:-len(IMPORTED)] for name in imported])
+        for name in imported:
+            if name[:-len(IMPORTED)] in named:  # what its import built reaches further: any test's, as before
+                self.hits.setdefault("", set()).update(self.hits.pop(name))
         contexts = sorted(name for name, ids in self.hits.items() if ids)
         index = dict((name, i) for i, name in enumerate(contexts))
         files = {}
@@ -96,6 +140,35 @@ class Recorder(object):
         probed = dict((rel, sorted(self.wanted[rel])) for rel in sorted(set(self.wanted) - self._unprobed()))
         with open(path, "w") as f:
             json.dump({"contexts": contexts, "files": files, "probed": probed}, f, separators=(",", ":"))
+
+
+def _mentioned(modules):
+    """The test modules (relative paths) whose name, as a word, another file of the checkout mentions: a module
+    that imports one (`from test_x import CASES`, `pytest_plugins`, a configuration naming it) sees what its import
+    built, so what its import ran reaches more than its own tests."""
+    stems = {}
+    for rel in modules:
+        stems.setdefault(os.path.splitext(os.path.basename(rel))[0], set()).add(rel)
+    if not stems:
+        return set()
+    word = re.compile(r"\b(%s)\b" % "|".join(re.escape(s) for s in sorted(stems)))
+    found = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "node_modules",
+                                                                           "site-packages")]
+        for name in files:
+            if not name.endswith((".py", ".cfg", ".ini", ".toml", ".txt")):
+                continue
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, ROOT)
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for stem in set(word.findall(text)):
+                found |= stems[stem] - {rel}
+    return found
 
 
 def _is_docstring(node):
@@ -284,6 +357,19 @@ RECORDER = None
 if os.environ.get("TRAJFACTORY_PROBE"):
     RECORDER = Recorder(_load_plan(os.environ["TRAJFACTORY_PROBE"]))
     sys.meta_path.insert(0, _Finder())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a test module itself (not a doctest module: a library module's import-time code reaches every test)
+    if RECORDER is None or type(collector) is not getattr(pytest, "Module", None) or RECORDER.context:
+        yield
+        return
+    RECORDER.start_module(str(getattr(collector, "path", None) or collector.fspath))
+    try:
+        yield
+    finally:
+        RECORDER.end_module()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -158,12 +158,15 @@ def parse_durations(text: str) -> dict[str, float]:
     return durations
 
 
-CONTEXTS_VERSION = "3"
+CONTEXTS_VERSION = "4"
 """Bumped when the meaning of the coverage contexts changes (2: fixtures wider than a test have contexts of their
-own; 3: their teardown too); reference runs are cached on it."""
+own; 3: their teardown too; 4: the line probes name a test module's own import); reference runs are cached on it."""
 SCOPE = "<scope>"
 """Prefix of a fixture scope's marker, `<scope>NODE_ID`: a line a class-, module-, package- or session-scoped
 fixture ran while it was set up reaches every test under that node id (`validate.select_tests`)."""
+IMPORTED_BY = "<imported-by>"
+"""Prefix of a test module's import marker, `<imported-by>FILE`: a line that test module's own module-level code ran
+while pytest imported it (`line_probe.py`) reaches every test of it, and only in a session that imports it again."""
 IMPORT_TIME = "<import>"
 """Marks a line executed outside any test (at import or collection): a change there can reach every test."""
 FIXTURE = "<fixture>"
@@ -182,7 +185,9 @@ def parse_coverage_map(text: str, scoped: bool = False, teardown: bool = False) 
             tests_of.append((IMPORT_TIME,))
             continue
         test, _, phase = context.rpartition("|")
-        if phase.endswith("-fixture"):
+        if phase == "import":
+            tests_of.append((IMPORTED_BY + test,))
+        elif phase.endswith("-fixture"):
             tests_of.append((SCOPE + test,) if scoped else (FIXTURE,))
         elif (phase == "teardown" and not (scoped and teardown)) or (phase == "setup" and not scoped):
             tests_of.append((test or context, FIXTURE))

@@ -11,17 +11,19 @@ from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.batchrun import BatchInfo, BatchItem, ItemResult, run_batch
-from trajfactory.executors.testrun import FIXTURE, IMPORT_TIME, SCOPE, TestRun, cpu_seconds, run_tests, summary_line
+from trajfactory.executors.testrun import (EXIT_INTERRUPTED, EXIT_USAGE, FIXTURE, IMPORT_TIME, IMPORTED_BY, SCOPE,
+                                           TestRun, cpu_seconds, run_tests, summary_line)
 from trajfactory.schema import Candidate, ReferenceRun, Validation
 from trajfactory.synthesizers.swe.reference import tail
 from trajfactory.synthesizers.swe.selection_lines import probed_enough
 
-VERSION = "6"
+VERSION = "7"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
 3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
 wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
 the reference run; a removed base class by the lines naming its class; 5: a valid candidate records the tests its
-run reached, which its gold proof runs; 6: a candidate's tests also stop at a limit of their own CPU seconds)."""
+run reached, which its gold proof runs; 6: a candidate's tests also stop at a limit of their own CPU seconds; 7: a
+line a test module's own code ran at its import reaches that module's tests, not the whole suite)."""
 TIMEOUT_FACTOR = 10.0
 """A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
 TIMEOUT_FLOOR_S = 15.0
@@ -72,6 +74,8 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
     does), so a test that only ran the function's other lines (the cache lookup) is broken by the bug all the same.
     Where coverage cannot tell, the whole suite runs: a change outside a function, in code that ran at import time
     (module tables built by calling the function, default values, decorators) or in a fixture's setup/teardown.
+    Code a test module's own module-level code ran while pytest imported it (its constants, class bodies and
+    parametrize lists: the line probes name that import, `IMPORTED_BY`) reaches that module's tests instead.
     A removed method is attributed by its body's lines (and by the lines naming it, where a test may notice it
     without running it), a removed base class by the lines naming the class and its subclasses
     (`base_removal.py`), and reordered methods that nothing in the class body sees select no test, where the
@@ -140,12 +144,22 @@ def _tests_of_lines(spans: dict[str, list[list[int]]], reference: ReferenceRun) 
 
 def _widened(ran: set[str], reference: ReferenceRun) -> tuple[list[str], str]:
     """The usable tests among the coverage contexts `ran`, and every usable test under the node of a class-, module-,
-    package- or session-scoped fixture among them (the fixture ran the lines: every test of its scope shares it)."""
+    package- or session-scoped fixture among them (the fixture ran the lines: every test of its scope shares it),
+    or of a test module whose import ran them."""
     usable = set(reference.passing)
     tests = ran & usable
-    for node in sorted(t[len(SCOPE):] for t in ran if t.startswith(SCOPE)):
+    for node in sorted(t[len(p):] for t in ran for p in (SCOPE, IMPORTED_BY) if t.startswith(p)):
         tests |= {t for t in usable if _under(t, node)}
     return sorted(tests), "coverage"
+
+
+def imported_with(candidate: Candidate, reference: ReferenceRun) -> bool:
+    """Whether a test module ran a line of the changed function while pytest imported it (`IMPORTED_BY`): its tests
+    then need a pytest session that imports it again, with the bug, not the batch worker's collected one."""
+    entity = candidate.entity
+    last = max(entity.end_lineno, *candidate.changed_lines)
+    by_line = reference.coverage.get(entity.file, {})
+    return any(t.startswith(IMPORTED_BY) for n in range(entity.lineno, last + 1) for t in by_line.get(n, ()))
 
 
 def _under(test: str, node: str) -> bool:
@@ -182,12 +196,19 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
     # A selected test that was not collected (its module broke under the bug) did not pass: it failed.
     f2p = sorted(t for t in tests if run.outcomes.get(t, "missing") in ("failed", "error", "missing"))
     p2p_seen = sorted(t for t in tests if run.outcomes.get(t) == "passed")
-    if how == "coverage":
+    stopped = bool(run.collect_errors) and run.exit_code in (EXIT_INTERRUPTED, EXIT_USAGE)
+    if how == "coverage" and not stopped:
         # Tests that never execute the changed function cannot be affected by it.
         p2p = sorted(set(p2p_seen) | (set(reference.passing) - set(tests)))
     else:
-        p2p = p2p_seen
+        # (a test module that no longer imports stopped pytest at collection: so would the whole suite, the
+        # maintainers' run, where then no test passes)
+        p2p = [] if stopped else p2p_seen
     status = "valid" if f2p and p2p else ("no_fail_to_pass" if not f2p else "no_pass_to_pass")
+    if stopped and status == "no_pass_to_pass":
+        return result(status, FAIL_TO_PASS=f2p, tests_run=len(tests), detail="under the bug, a test module does not "
+                      f"import ({', '.join(sorted(run.collect_errors))[:300]}), which stops pytest's whole suite at "
+                      "collection: no test passes")
     # the gold proof runs what the change reached; the rest passed on the clean repository, also selected by id
     reached = sorted(tests) if status == "valid" and how == "coverage" and reference.by_id else []
     return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=summary_line(run.output),
@@ -241,7 +262,8 @@ def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], refer
         if tests and c.candidate_id not in items:
             items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id],
                                               cpu_limit=cpus[c.candidate_id],
-                                              hot=hot and how == "coverage" and c.scope == "function")
+                                              hot=hot and how == "coverage" and c.scope == "function"
+                                              and not imported_with(c, reference))
     results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
     by_key = {r.key: r for r in results}
     validations = []
