@@ -113,7 +113,17 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         body = entity.body_lineno or entity.lineno
     else:
         return full
+    covered = _ran_changed(file_cov, changed, span, body, reference.probed is not None)
+    if IMPORT_TIME in covered or FIXTURE in covered:
+        # Import-time or fixture code reaches tests that coverage does not attribute it to.
+        return full
+    return _widened({t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ())}, reference)
+
+
+def _ran_changed(file_cov: dict[int, list[str]], changed, span: tuple[int, int], body: int, probed: bool) -> set[str]:
+    """The contexts (tests and markers) that ran the changed lines."""
     executed = sorted(file_cov)
+    ran: set[str] = set()
     for line in changed:
         # coverage keys statements by their first line: a changed continuation line (or a statement no
         # test ran) is attributed to the nearest recorded line above it, which only widens the selection.
@@ -121,12 +131,9 @@ def select_tests(candidate: Candidate, reference: ReferenceRun, selection: str) 
         # anything ever called the function, and a body statement that never ran reaches no test.
         # Line probes record a changed line itself whenever its statement starts (`line_probe.py`).
         floor = body if line >= body else span[0]
-        start = line if reference.probed is not None else max((n for n in executed if floor <= n <= line), default=line)
-        covered = [t for n in range(start, line + 1) for t in file_cov.get(n, ())]
-        if IMPORT_TIME in covered or FIXTURE in covered:
-            # Import-time or fixture code reaches tests that coverage does not attribute it to.
-            return full
-    return _widened({t for n in range(span[0], span[1] + 1) for t in file_cov.get(n, ())}, reference)
+        start = line if probed else max((n for n in executed if floor <= n <= line), default=line)
+        ran.update(t for n in range(start, line + 1) for t in file_cov.get(n, ()))
+    return ran
 
 
 def _tests_of_lines(spans: dict[str, list[list[int]]], reference: ReferenceRun) -> tuple[list[str], str] | None:
@@ -154,12 +161,15 @@ def _widened(ran: set[str], reference: ReferenceRun) -> tuple[list[str], str]:
 
 
 def imported_with(candidate: Candidate, reference: ReferenceRun) -> bool:
-    """Whether a test module ran a line of the changed function while pytest imported it (`IMPORTED_BY`): its tests
+    """Whether a test module ran a changed line of the function while pytest imported it (`IMPORTED_BY`): its tests
     then need a pytest session that imports it again, with the bug, not the batch worker's collected one."""
     entity = candidate.entity
-    last = max(entity.end_lineno, *candidate.changed_lines)
-    by_line = reference.coverage.get(entity.file, {})
-    return any(t.startswith(IMPORTED_BY) for n in range(entity.lineno, last + 1) for t in by_line.get(n, ()))
+    if candidate.scope != "function" or not candidate.changed_lines:
+        return False
+    span = (entity.lineno, max(entity.end_lineno, *candidate.changed_lines))
+    ran = _ran_changed(reference.coverage.get(entity.file, {}), candidate.changed_lines, span,
+                       entity.body_lineno or entity.lineno, reference.probed is not None)
+    return any(t.startswith(IMPORTED_BY) for t in ran)
 
 
 def _under(test: str, node: str) -> bool:
