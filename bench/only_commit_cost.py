@@ -109,8 +109,9 @@ def main() -> None:
         base = rep["medians"]["warm reset"][1]
         for step in STEPS:
             cpu, machine, wall = rep["medians"][step]
+            ratio = f"{machine / base:.1f}x" if base > 0 else "-"
             print(f"| {name} | {rep['files']} | {rep['mib']} ({rep['git_mib']}) | {step} | {cpu:.2f} | {machine:.2f} | "
-                  f"{wall:.2f} | {machine / base:.1f}x |" if base > 0 else "| - |")
+                  f"{wall:.2f} | {ratio} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

@@ -69,12 +69,15 @@ class Recorder(object):
         self._real = {}  # a code object's file name -> its real path
         self.switch_context("")
 
-    def switch_context(self, name):
+    def _hits(self, name):
         hits = self.hits.get(name)
         if hits is None:
             hits = self.hits[name] = set()
+        return hits
+
+    def switch_context(self, name):
         self.context = name
-        setattr(builtins, HIT, hits.add if self.importing is None else self._import_hit)
+        setattr(builtins, HIT, self._hits(name).add if self.importing is None else self._import_hit)
 
     def start_module(self, path):
         """pytest is about to import (collect) this test module: a hit is attributed by the frame that made it."""
@@ -93,17 +96,14 @@ class Recorder(object):
         while frame is not None and frame.f_code.co_name != "<module>":
             frame = frame.f_back
         name = self.context
-        if frame is not None and self.importing is not None and not self.context:
+        if frame is not None and not self.context:
             filename = frame.f_code.co_filename
             real = self._real.get(filename)
             if real is None:
                 real = self._real[filename] = os.path.realpath(filename)
             if real == self.importing[0]:
                 name = self.importing[1] + IMPORTED
-        hits = self.hits.get(name)
-        if hits is None:
-            hits = self.hits[name] = set()
-        hits.add(probe)
+        self._hits(name).add(probe)
 
     def add_probe(self, rel, lines):
         self.probes.append((rel, tuple(sorted(lines))))
@@ -126,7 +126,7 @@ class Recorder(object):
         named = _mentioned([name[:-len(IMPORTED)] for name in imported])
         for name in imported:
             if name[:-len(IMPORTED)] in named:  # what its import built reaches further: any test's, as before
-                self.hits.setdefault("", set()).update(self.hits.pop(name))
+                self._hits("").update(self.hits.pop(name))
         contexts = sorted(name for name, ids in self.hits.items() if ids)
         index = dict((name, i) for i, name in enumerate(contexts))
         files = {}

@@ -215,14 +215,13 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
         # maintainers' run, where then no test passes)
         p2p = [] if stopped else p2p_seen
     status = "valid" if f2p and p2p else ("no_fail_to_pass" if not f2p else "no_pass_to_pass")
+    detail = summary_line(run.output)
     if stopped and status == "no_pass_to_pass":
-        return result(status, FAIL_TO_PASS=f2p, tests_run=len(tests), detail="under the bug, a test module does not "
-                      f"import ({', '.join(sorted(run.collect_errors))[:300]}), which stops pytest's whole suite at "
-                      "collection: no test passes")
+        detail = (f"under the bug, a test module does not import ({', '.join(sorted(run.collect_errors))[:300]}), "
+                  "which stops pytest's whole suite at collection: no test passes")
     # the gold proof runs what the change reached; the rest passed on the clean repository, also selected by id
     reached = sorted(tests) if status == "valid" and how == "coverage" and reference.by_id else []
-    return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=summary_line(run.output),
-                  reached=reached)
+    return result(status, FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p, tests_run=len(tests), detail=detail, reached=reached)
 
 
 def validate_candidate(
