@@ -20,6 +20,10 @@ fi
 # The whole suite. Most of its time waits on containers, servers and subprocesses, so it runs on N workers
 # (TRAJFACTORY_TEST_WORKERS, default 2); modules that share a costly session fixture stay on one worker
 # (tests/conftest.py). The `exclusive` tests (they restart the Docker engine) then run alone.
+# The two sessions share what both would make alike (tests/conftest.py: the undisturbed run), in a folder of this run.
+TRAJFACTORY_TEST_SHARE="$(mktemp -d)"
+export TRAJFACTORY_TEST_SHARE
+trap 'rm -rf "$TRAJFACTORY_TEST_SHARE"' EXIT
 status=0
 "${PYTEST[@]}" -n "${TRAJFACTORY_TEST_WORKERS:-2}" --dist loadscope -m "not exclusive" || status=$?
 "${PYTEST[@]}" -m exclusive || { last=$?; [ "$status" -ne 0 ] || status=$last; }

@@ -111,6 +111,10 @@ def test_the_run_trains_on_its_own_data_and_prints_the_before_after_table(model_
     report = json.loads((evaluation / "report.json").read_text())
     assert report["models"]["model"]["spec"] == str(sft) and report["models"]["baseline"]["spec"] != str(sft)
     assert report["data"]["tasks_evaluated"] == 1 and report["settings"]["max_observation_chars"] == 300
+    # the trained checkpoint, as training wrote it, loaded in the real CPU vLLM server and answered every request
+    usage = report["models"]["model"]["scores"]["usage"]["client"]
+    assert usage["model"] == sft.name and usage["requests"] > 0 and usage["failed_requests"] == 0, usage
+    assert usage["completion_tokens"] > 0, usage
     for stdout in (run.first.stdout, run.second.stdout):
         assert "valid-call rate" in stdout and "pass@1" in stdout and f"model: {sft}" in stdout, stdout[-3000:]
 

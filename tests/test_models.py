@@ -237,6 +237,9 @@ def test_vllm_server_process_group_is_gone_after_stop(vllm_server):
     pgid = vllm_server.pgid
     members = process_group_pids(pgid)
     assert len(members) >= 2  # the API server and vLLM's engine process
+    # on CPU the one worker runs inside the engine-core process (no third interpreter to start)
+    log = vllm_server.log_path.read_text(errors="replace")
+    assert "(EngineCore pid=" in log and "Worker pid=" not in log, log[-3000:]
     vllm_server.stop()
     vllm_server.stop()  # idempotent
     assert not process_group_alive(pgid) and not process_group_pids(pgid)

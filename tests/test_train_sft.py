@@ -1,6 +1,7 @@
 """`trajfactory train sft` on the model flow's dataset (oracle trajectories verified by their tests): real optimizer
 steps with TRL's SFTTrainer on the tiny model, loss on assistant turns only, the context policy, an output directory
-that transformers and vLLM load as it is, and errors that name the bad input."""
+that transformers loads as it is (vLLM serving it: test_closed_loop, where the run's closed loop evaluates it), and
+errors that name the bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import ROOT
@@ -228,16 +228,3 @@ def test_lora_adapters_are_merged_into_plain_weights(dataset, tiny_model, tmp_pa
     base, tuned = _weights(tiny_model), _weights(out)
     assert sorted(base) == sorted(tuned)  # no lora_A / lora_B: served without peft
     assert any(not base[k].equal(tuned[k]) for k in base)
-
-
-def test_vllm_serves_the_trained_model_directory(trained, tmp_path):
-    from trajfactory.models.server import VLLMServer
-
-    out, _ = trained
-    with VLLMServer(out, name="sft", max_model_len=MAX_LENGTH, log_path=tmp_path / "vllm.log") as server:
-        reply = httpx.post(f"{server.base_url}/chat/completions", timeout=120, json={
-            "model": "sft", "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": "The tests fail; please fix the bug."}], "tools": SWE_TOOLS})
-    assert reply.status_code == 200, reply.text[:2000]
-    choice = reply.json()["choices"][0]
-    assert choice["message"]["role"] == "assistant" and reply.json()["usage"]["completion_tokens"] > 0

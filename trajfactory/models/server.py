@@ -6,7 +6,9 @@ Which python runs vLLM (`vllm_python`), in this order:
      (a GPU box where vLLM is installed beside trajfactory);
   3. `vllm-venv/bin/python` in the trajfactory cache (`$TRAJFACTORY_CACHE`, default `~/.cache/trajfactory`): the CPU build made by `scripts/setup-vllm.sh`.
 
-On CPU the server runs eagerly (`--enforce-eager`) unless `enforce_eager=False`.
+On CPU the server runs eagerly (`--enforce-eager`) unless `enforce_eager=False`, and its one worker runs inside the
+engine-core process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless the environment sets it): two processes that import
+torch and vLLM instead of three, which starts it in about 22 s instead of 25-32 s on a quiet 2-core machine.
 The server runs in its own process group (vLLM forks an engine-core process), so stopping it
 kills the whole group: SIGTERM, then SIGKILL after a grace period. Servers still running when the
 interpreter exits, or when it gets SIGTERM, are stopped too.
@@ -204,6 +206,8 @@ class VLLMServer:
         """The key every `/v1` request must carry (`Authorization: Bearer`); None: none asked. Given to vLLM in its
         environment (`VLLM_API_KEY`), so no process listing shows it."""
         self.proc: subprocess.Popen | None = None
+        self.on_cpu = False
+        """Whether the last command() is the CPU build's."""
         self.pgid: int | None = None
         self._log_file = None
         self._lock = threading.RLock()  # re-entrant: the SIGTERM handler may run inside stop()
@@ -231,6 +235,7 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         python, on_cpu = vllm_python(self.python)
+        self.on_cpu = on_cpu
         self.port = self.port or free_port()
         cmd = [
             python, "-m", "vllm.entrypoints.openai.api_server",
@@ -262,7 +267,9 @@ class VLLMServer:
             self.log_path = Path(tempfile.gettempdir()) / f"trajfactory-vllm-{self.name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **self.env}
+        in_process = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if self.on_cpu else {}  # see the module docstring
+        env = {**in_process, **os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+               **self.env}
         env.pop("VLLM_API_KEY", None)  # only the key given here: none inherited by chance
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
