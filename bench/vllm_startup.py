@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -26,15 +25,10 @@ import httpx
 from trajfactory.models.server import VLLMServer
 from trajfactory.models.tiny import init_tiny_model
 
+from only_commit_cost import machine_cpu  # bench/, beside this script
+
 WAYS = {"three processes (vLLM's default)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
         "worker in the engine core (factory's CPU default)": {}}
-
-
-def machine_cpu() -> float:
-    """CPU seconds the whole machine has spent (user + nice + system + irq + softirq), from /proc/stat."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:8]
-    busy = sum(int(v) for i, v in enumerate(fields) if i != 3 and i != 4)  # not idle, not iowait
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 async def completions(base_url: str, n: int, max_tokens: int) -> None:
