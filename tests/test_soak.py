@@ -1,5 +1,5 @@
 """Kill-and-resume soak: a run `kill -9`ed (its whole process group) at ten seeded-random points spread over the
-run's duration, then once just after it published its version, and started again with the same command each time,
+run's duration, then once just after it published its version (held there: see `HoldingProxy`), and started again with the same command each time,
 ends with the dataset an undisturbed run makes (the same content digest) as one intact version, and no sandbox
 container of the killed runs left behind. The recipe mines a real PyPI package (inflection 0.5.1, its own test suite),
 and every attempt talks to one lasting Prefect server (`trajfactory server start`'s, on its own PostgreSQL) started
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -20,7 +23,7 @@ import pytest
 import cli_runs
 from trajfactory.datasets.store import DatasetStore
 from trajfactory.executors.docker import LABEL, RUN_LABEL
-from trajfactory.executors.runs import recorded_runs
+from trajfactory.executors.runs import LIVE_DIR, recorded_runs
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -53,6 +56,50 @@ def _env(tmp: Path, api: str) -> dict:
 
 WORK_STARTS = "harvest: 0/"
 """The first progress line of a run: its startup (imports, the work dir's lock, the flow run) is over."""
+
+
+class HoldingProxy:
+    """A TCP proxy in front of the Prefect API that forwards every byte both ways until a request to `hold` comes:
+    that request is never forwarded (its connection hangs open) and `held` is set. A run's first artifact (its
+    yields, `flows/runner.publish_yields`) comes after it published its version and before it ends, so a run held
+    there is stopped at the commit point however busy the machine is, and killed there, not after its end."""
+
+    def __init__(self, api: str, hold: bytes = b"POST /api/artifacts/"):
+        url = urlparse(api)
+        self.target, self.hold, self.held = (url.hostname, url.port), hold, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}{url.path}"
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, scan: bool) -> None:
+        tail = b""
+        try:
+            while data := src.recv(65536):
+                if scan:
+                    if self.hold in tail + data:
+                        self.held.set()
+                        return  # neither forwarded nor closed: the request waits for an answer that never comes
+                    tail = (tail + data)[-len(self.hold):]
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in [self.server, *self.sockets]:
+            sock.close()
 
 
 def _start(tmp: Path, argv: list[str], log: Path, api: str) -> subprocess.Popen:
@@ -122,10 +169,19 @@ def test_kill_and_resume_ten_times_makes_the_undisturbed_dataset(docker_backend,
     if not completed:
         if not store.versions():  # once more just after the version is published (the commit point)
             logs.append(soaked / "attempt-published.log")
-            proc = _start(soaked, argv, logs[-1], prefect_api)
-            _wait_for(proc, logs[-1], "published v1 at")
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proxy = HoldingProxy(prefect_api)
+            try:
+                proc = _start(soaked, argv, logs[-1], proxy.url)
+                deadline = time.monotonic() + 900
+                while not proxy.held.wait(0.2):
+                    assert proc.poll() is None, f"the run ended unheld:\n{logs[-1].read_text()[-3000:]}"
+                    assert time.monotonic() < deadline, "the run did not reach its yields artifact in 900 s"
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            finally:
+                proxy.close()
+            assert "published v1 at" in logs[-1].read_text(), logs[-1].read_text()[-3000:]
+            assert list((soaked / "work" / LIVE_DIR).iterdir()), "the held run's publishing note is gone"
         finished = subprocess.run(argv, env=_env(soaked, prefect_api), cwd=soaked, capture_output=True, text=True,
                                   timeout=1200)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
