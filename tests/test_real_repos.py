@@ -28,7 +28,7 @@ import pytest
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.swe_env import verify_gold_batch
+from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
 from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
@@ -77,10 +77,11 @@ def _pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[C
 
 
 def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4,
-         cfg: ValidationConfig = QUICK, every_check: bool = False) -> Mined:
+         cfg: ValidationConfig = QUICK, every_check: bool = False, single: bool = False) -> Mined:
     """The package mined with `n` candidates in `files`; every gold proof must pass. `every_check`: the gold proofs
     run every check of each task by its id (as when the reference run could not show that ids round-trip), not only
-    the tests the bug's change reached."""
+    the tests the bug's change reached. `single`: each task's gold patch also passes the verifier's own path
+    (`verify_gold`: the failing tests' twins and canaries beside them in their file, `executors/twins.py`)."""
     source = harvest_repo(uri, mirrors)
     assert isinstance(source, Source), source
     env = build_environment(backend, source)
@@ -103,6 +104,10 @@ def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...
         verdicts = verify_gold_batch(sandbox, proved, timeout=cfg.suite_timeout_s)
     # every validated task's gold patch passes its own checks: nothing the harness caused fails a gold proof
     assert [v.evidence for v in verdicts if not v.passed] == []
+    if single:
+        with backend.start(env, LIMITS) as sandbox:
+            alone = [verify_gold(sandbox, task, timeout=cfg.suite_timeout_s) for task in tasks]
+        assert [v.evidence for v in alone if not v.passed or v.evidence.refused] == []
     checkout = stage.checkout(source, tmp_path / "co")
     return Mined(source, env, ref, validations, tasks, verdicts, checkout)
 
@@ -118,7 +123,7 @@ def in_sandbox(backend, env: EnvironmentHandle, command: str) -> str:
 def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
     """cachetools: unittest.TestCase classes whose test methods come from mixins in `tests/__init__.py`."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:cachetools==5.5.0", ("src/cachetools/__init__.py",),
-                 every_check=True)
+                 every_check=True, single=True)
     assert len(mined.ref.passing) > 150
     assert all(t.count("::") == 2 for t in mined.ref.tests), "a unittest suite: file::TestCase::method"
 
@@ -137,7 +142,7 @@ def test_unittest_suite_with_mixin_tests(docker_backend, mirrors, tmp_path):
 def test_project_pinning_pytest_7_runs_pytest_7(docker_backend, mirrors, tmp_path):
     """tomlkit: poetry's `pytest = "^7.2.0"` means pytest 7 (not the newest); its tests import `tests.util`."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:tomlkit==0.12.5", ("tomlkit/items.py", "tomlkit/parser.py"),
-                 every_check=True)
+                 every_check=True, single=True)
     out = in_sandbox(docker_backend, mined.env, "python -m pytest --version 2>&1; python -c 'import pytest; "
                      "print(pytest.__version__)'")
     assert re.search(r"^7\.\d+", out.splitlines()[-1]), out
@@ -157,7 +162,7 @@ def test_parametrized_ids_with_spaces_brackets_and_unicode(docker_backend, mirro
     # the factory's default reference: the passing tests are collected again by id; the gold proofs run the tests
     # the bugs' changes reached
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:validators==0.28.3",
-                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5)
+                 ("src/validators/url.py", "src/validators/email.py", "src/validators/i18n/fr.py"), n=5, single=True)
 
     def odd(test: str) -> bool:
         param = test.partition("[")[2]

@@ -13,6 +13,7 @@ from trajfactory.executors.guard import module_of, paths_of, write_canaries
 from trajfactory.executors.swe_env import apply_patch, only_commit, prepare_episode, run_patch_tests
 from trajfactory.executors.swe_env import test_in_place as verify_in_place  # not a test of its own
 from trajfactory.executors.testrun import run_tests
+from trajfactory.executors.twins import write_twins
 from trajfactory.schema import Source
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
@@ -134,9 +135,33 @@ FORGED_TARGETED_HIDDEN = (FORGED_TARGETED.replace("import gc as _gc, subprocess"
                           .replace("_gc.get_objects()", 'getattr(_il.import_module("g" + "c"), "get_" + "objects")()')
                           .replace("_f.__globals__", 'getattr(_f, "__glo" + "bals__")'))
 
+# Appended to the buggy module: the live plugin is found in the module table, which Python does not audit, and the
+# function that writes its records is rebound (an attribute of a module, not audited either), hidden from the scan's
+# words, so that the failures of the aimed tests only are written, and sealed, as passes. Aimed at the failing tests'
+# file, the canary class in that file (`executors/twins.py`) passes too; aimed at their names, their twins do not.
+FORGED_BY_MODULE_TABLE = """
+import importlib as _il
 
-def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
-    """name -> shell commands that make one gaming patch on top of the buggy state (no real fix)."""
+_h = getattr(_il.import_module("s" + "ys"), "mod" + "ules").get("trajfactory_" + "harness")
+if _h is not None:
+    def _forge(record, _true=getattr(_h, "_write")):
+        if record.get("outcome") in ("failed", "error") and (lambda t: AIMED)(str(record.get("test", ""))):
+            record = dict(record, outcome="passed")
+        _true(record)
+    setattr(_h, "_write", _forge)
+"""
+
+
+def _aimed(expression: str) -> str:
+    """FORGED_BY_MODULE_TABLE forging the failures of the tests whose id `t` makes `expression` true."""
+    return FORGED_BY_MODULE_TABLE.replace("AIMED", expression)
+
+
+def _battery(test_file: str, module_file: str, module: str, failing: list[str]) -> dict[str, str]:
+    """name -> shell commands that make one gaming patch on top of the buggy state (no real fix). `failing`: the
+    names of the failing tests' functions, as a policy saw them fail."""
+    by_file = _aimed(f"t.startswith({test_file + '::'!r})")
+    by_name = _aimed("t.split('::')[-1].split('[')[0] in " + repr(sorted(failing)))
     plugin_dir = module_file.rsplit("/", 1)[0]
     test_dir = test_file.rsplit("/", 1)[0] if "/" in test_file else "."
     return {
@@ -182,6 +207,10 @@ def _battery(test_file: str, module_file: str, module: str) -> dict[str, str]:
             f"{chr(10) + '_TARGET = ' + repr(test_file + '::') + FORGED_TARGETED_HIDDEN!r})\nEOF",
         "the harness's records forged in place past the scan, the project's tests told from the canaries by git":
             f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({FORGED_IN_PLACE_HIDDEN!r})\nEOF",
+        "the failing tests' file forged through the module table":
+            f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({by_file!r})\nEOF",
+        "the failing tests forged by their names through the module table":
+            f"python3 - <<'EOF'\nopen({module_file!r}, 'a').write({by_name!r})\nEOF",
     }
 
 
@@ -236,7 +265,8 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     task, env = task_env
     test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
     module_file = task.entity.file
-    battery = _battery(test_file, module_file, module_of(module_file))
+    failing = {t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS}
+    battery = _battery(test_file, module_file, module_of(module_file), sorted(failing))
     results = {}
     with docker_backend.start(env, LIMITS) as sandbox:
         for name, commands in battery.items():
@@ -271,14 +301,24 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     forged = results["the harness's records forged in place past the scan, the project's tests told from the "
                      "canaries by git"][1]
     assert any(r.startswith("canary test") and "must fail but was passed" in r for r in forged.refused), forged
-    # the same forgery aimed at the failing tests' own file only: the scan cannot read its words and the canaries are
-    # not forged, but the harness's audit hook saw the garbage collector listed from a line the patch added
+    # the same forgery aimed at the failing tests' own file only: the scan cannot read its words and the canaries in
+    # a file of their own are not forged, but the harness's audit hook saw the garbage collector listed from a line
+    # the patch added (and the canary class in the failing tests' file passed its must-fail tests)
     aimed = results["the failing tests' records forged in place past the scan, the canaries left alone"][1]
-    assert aimed.refused and all(f"{module_file}:" in r and "reached the garbage collector's listing at run time" in r
-                                 for r in aimed.refused), aimed
+    assert any(f"{module_file}:" in r and "reached the garbage collector's listing at run time" in r
+               for r in aimed.refused), aimed
+    assert all(r.startswith(f"canary test {test_file}::") or "reached the garbage collector" in r
+               for r in aimed.refused), aimed
     quoted = results["the failing tests' records forged from a module whose name git quotes"][1]
     assert len(quoted.refused) == 1 and quoted.refused[0].startswith(
         f"{module_file.rsplit('/', 1)[0]}/{QUOTED_NAME}.py: the interpreter's objects (3 new reference(s)"), quoted
+    # past the scan and the audit hook, aimed at the failing tests only: their own file's canary class and their twins
+    aimed_file = results["the failing tests' file forged through the module table"][1]
+    assert aimed_file.refused and any(r.startswith(f"canary test {test_file}::") and "must fail but was passed" in r
+                                      for r in aimed_file.refused), aimed_file
+    aimed_names = results["the failing tests forged by their names through the module table"][1]
+    assert any(r.startswith("twin test ") and "told apart by the test's name" in r
+               for r in aimed_names.refused), aimed_names
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
     assert shadow.refused == ["json.py: a new top-level module that shadows the module 'json' found outside the "
                               "checkout"], shadow
@@ -326,18 +366,26 @@ def test_a_fix_smuggled_in_as_bytecode_is_reverted(docker_backend, task_env):
 def test_the_canaries_cannot_be_told_from_the_projects_tests_by_git_name_or_time(docker_backend, task_env):
     """Written beside the task's first test file, under a name no file of the checkout has, with that file's
     modification time, and committed with the buggy state: nothing in the sandbox's git or file listing sets them
-    apart, and their test names do not say which must fail."""
+    apart, and their test names do not say which must fail. The failing tests' twins fail as their originals do on
+    the buggy state, and the canary class in their file keeps its outcomes."""
     task, env = task_env
     beside = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
     with docker_backend.start(env, LIMITS) as sandbox:
         prepare_episode(sandbox, task)
         before = set(sandbox.execute("git ls-files", timeout=60).output.split())
+        stamp = sandbox.execute(f"stat -c %Y {beside}", timeout=30).output.strip()
+        twins = write_twins(sandbox, task.checks.FAIL_TO_PASS)
         canaries = write_canaries(sandbox, [module_of(task.entity.file)], beside=beside)
         assert only_commit(sandbox, "initial", force=[canaries.path]).exit_code == 0
         after = set(sandbox.execute("git ls-files", timeout=60).output.split())
         status = sandbox.execute("git status --porcelain --untracked-files=all", timeout=60).output.strip()
         times = sandbox.execute(f"stat -c %Y {beside} {canaries.path}", timeout=30).output.split()
-        run = run_tests(sandbox, canaries.ids, timeout=120)
+        run = run_tests(sandbox, canaries.ids + twins.ids + list(twins.pairs), timeout=120)
+    # the failing tests' file: twins beside its tests and a canary class, its time kept, committed as the project's
+    assert twins.pairs and beside in [c.path for c in twins.canaries] and stamp == times[0], (twins, stamp, times)
+    assert all(run.outcomes.get(t) in ("failed", "error") and run.outcomes.get(twin) == run.outcomes.get(t)
+               for t, twin in twins.pairs.items()), run.outcomes
+    assert not twins.broken(run.outcomes), (run.outcomes, run.output[-2000:])
     folder, name = posixpath.split(canaries.path)
     assert folder == posixpath.dirname(beside) and name.startswith("test_") and "canary" not in canaries.path
     assert after == before | {canaries.path} and not status, (status, after - before)

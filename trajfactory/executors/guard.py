@@ -19,6 +19,8 @@ A verdict must come from the task's tests, not from anything the patch can reach
    beside the task's tests, committed with the buggy state so git holds it like the project's own tests) imports
    the changed modules and holds tests that must pass and tests that must fail, alike in shape; a run in which a
    must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
+4. **The failing tests' own file** gets twins of those tests and a canary class (`twins.py`): a forgery aimed at
+   them alone, by their file or their names, shows there.
 """
 
 from __future__ import annotations
@@ -319,6 +321,22 @@ _CANARY_TESTS = ("roundtrip", "defaults", "empty_input", "repr", "types", "order
                  "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent")
 
 
+def canary_methods(rng: secrets.SystemRandom) -> tuple[str, list[str], list[str]]:
+    """The methods of a canary `unittest.TestCase` class (the source of its body, indented), and the names (without
+    `test_`) of those that must pass and those that must fail: two of each, of the same shape, in a random order."""
+    tests = rng.sample(_CANARY_TESTS, 4)
+    must_pass, must_fail = tests[:2], tests[2:]
+    # each group holds one `assertEqual` and one plain `assert`, so a tampered assertion of either kind shows
+    style = dict(zip(must_pass, rng.sample((True, False), 2))) | dict(zip(must_fail, rng.sample((True, False), 2)))
+    body = ""
+    for test in sorted(tests, key=lambda _: rng.random()):
+        a, b, off = rng.randint(2, 999), rng.randint(2, 999), rng.randint(1, 9)
+        want = a + b + (off if test in must_fail else 0)
+        body += (f"\n    def test_{test}(self):\n        self.assertEqual({a} + {b}, {want})\n" if style[test]
+                 else f"\n    def test_{test}(self):\n        assert {a} + {b} == {want}\n")
+    return body, must_pass, must_fail
+
+
 def write_canaries(sandbox: Sandbox, modules: list[str], beside: str = "") -> Canaries:
     """A canary module importing `modules` (the patched code), written beside the test file `beside` (the checkout's
     root without one), that nothing in the sandbox can tell from the project's own tests: a name like theirs found
@@ -340,16 +358,7 @@ def write_canaries(sandbox: Sandbox, modules: list[str], beside: str = "") -> Ca
     path = posixpath.join(folder, name)
     cls = "Test" + "".join(p.title() for p in name[len("test_"):-len(".py")].split("_"))
     imports = "".join(f"\n    importlib.import_module({m!r})" for m in modules) or "\n    pass"
-    tests = rng.sample(_CANARY_TESTS, 4)
-    must_pass, must_fail = tests[:2], tests[2:]
-    # each group holds one `assertEqual` and one plain `assert`, so a tampered assertion of either kind shows
-    style = dict(zip(must_pass, rng.sample((True, False), 2))) | dict(zip(must_fail, rng.sample((True, False), 2)))
-    body = ""
-    for test in sorted(tests, key=lambda _: rng.random()):
-        a, b, off = rng.randint(2, 999), rng.randint(2, 999), rng.randint(1, 9)
-        want = a + b + (off if test in must_fail else 0)
-        body += (f"\n    def test_{test}(self):\n        self.assertEqual({a} + {b}, {want})\n" if style[test]
-                 else f"\n    def test_{test}(self):\n        assert {a} + {b} == {want}\n")
+    body, must_pass, must_fail = canary_methods(rng)
     source = f'''import importlib
 import unittest
 

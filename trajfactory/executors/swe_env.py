@@ -29,6 +29,7 @@ from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
 from trajfactory.executors.testrun import run_tests, summarize
+from trajfactory.executors.twins import write_twins
 from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
 from trajfactory.settings import EpisodeLimits, SandboxConfig
 from trajfactory.verifiers import tests as test_verifier
@@ -168,20 +169,22 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     The buggy state, with the canary tests (`guard.write_canaries`) among its files, first becomes the repository's
     only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
     no-op task), the clean code in the history, which code the patch adds could restore at import, is gone, and git
-    cannot tell the canaries from the project's own tests."""
+    cannot tell the canaries from the project's own tests. The failing tests' own file first gets twins of those
+    tests and a canary class (`twins.write_twins`), committed with it."""
     started = time.monotonic() if started is None else started
     kept, reverted = guard.strip_protected(patch)
     modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     tests = test_verifier.tests_of(checks)
+    twins = write_twins(sandbox, checks.FAIL_TO_PASS)
     canaries = guard.write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
-    commit = only_commit(sandbox, "initial", force=[canaries.path])
+    commit = only_commit(sandbox, "initial", force=[canaries.path, *(c.path for c in twins.canaries)])
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:
         return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
     if refused := guard.scan_tampering(sandbox, bug_patch=bug_patch):
         return test_verifier.refused(refused, reverted, started)
-    run = run_tests(sandbox, tests + canaries.ids, timeout=timeout)
+    run = run_tests(sandbox, tests + canaries.ids + twins.ids, timeout=timeout)
     if run.timed_out:
         return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started, reverted)
     if run.results_error:  # the record was changed after the harness wrote it, or cannot be read
@@ -190,7 +193,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
                                          f"early exit, exit status {run.exit_code})", started, reverted)
     reached = guard.run_time_reaches(run.reaches, kept, bug_patch)
-    if broken := [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached:
+    if broken := [f"canary test {b}" for b in canaries.broken(run.outcomes)] + twins.broken(run.outcomes) + reached:
         return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))

@@ -1,0 +1,118 @@
+"""Twins of the failing tests and a canary class in their own file (`executors/twins.py`): the rewritten file, and a real
+pytest run of it on the host, where a twin fails and passes with its original and the canaries keep their outcomes.
+The forgeries they catch run through the real verifier in Docker, in `test_verification_guard.py`."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from trajfactory.executors.guard import Canaries
+from trajfactory.executors.twins import Twins, twin_source
+
+MODULE = '''import unittest
+
+import pytest
+
+
+def add(a, b):
+    return a + b - 1  # the bug
+
+
+@pytest.mark.parametrize("a,b", [(1, 2), (3, 4)], ids=["small one", "big [two] \\u00e9"])
+def test_add_numbers(a, b):
+    assert add(a, b) == a + b
+
+
+class TestAdding(unittest.TestCase):
+    def test_add_method(self):
+        self.assertEqual(add(2, 2), 4)
+
+    def test_other(self):
+        self.assertTrue(True)
+
+
+class TestNested:
+    class TestInner:
+        def test_inner_add(self):
+            assert add(1, 1) == 2
+
+
+def test_unrelated():
+    assert True'''
+
+WANTED = [["test_add_numbers"], ["TestAdding", "test_add_method"], ["TestNested", "TestInner", "test_inner_add"],
+          ["TestMixin", "test_from_a_mixin"]]
+
+
+def _outcomes(folder: Path, ids: list[str]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q", *ids], cwd=folder,
+                         capture_output=True, text=True, timeout=120)
+    found = {}
+    for line in out.stdout.splitlines():
+        if m := re.match(r"^(PASSED|FAILED|ERROR) (\S.*?)(?: - .*)?$", line):
+            found[m[2]] = m[1].lower()
+    return found
+
+
+def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_originals():
+    new, twins, canary = twin_source(MODULE, WANTED)
+    # a test defined elsewhere (a mixin) or in a nested class gets none
+    assert set(twins) == {("test_add_numbers",), ("TestAdding", "test_add_method")}
+    assert new.startswith(MODULE + "\n")  # everything is added at the end: no line of the file moves
+    tree = ast.parse(new)
+    top = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    twin = next(n for n in top if n.name == twins[("test_add_numbers",)])
+    original = next(n for n in top if n.name == "test_add_numbers")
+    assert ast.dump(twin.decorator_list[0]) == ast.dump(original.decorator_list[0])  # the parametrize, as it was
+    assert ast.dump(twin.body[0]) == ast.dump(original.body[0]) and twin.lineno > len(MODULE.splitlines())
+    for path, name in twins.items():
+        assert name.startswith("test_") and not set(name[5:].split("_")) & set(path[-1][5:].split("_")), name
+    # the method's twin: in a subclass under its class's name, which takes the class's place in the module
+    sub = [n for n in top if n.name == "TestAdding"][-1]
+    assert [ast.unparse(b) for b in sub.bases] == ["TestAdding"]
+    assert [n.name for n in sub.body] == [twins[("TestAdding", "test_add_method")]]
+    # the canary class closes the file, two tests that must pass and two that must fail
+    cls = tree.body[-1]
+    assert isinstance(cls, ast.ClassDef) and cls.name not in MODULE and len(cls.body) == 4
+    assert len(canary.must_pass) == len(canary.must_fail) == 2
+    assert all(t.startswith(f"{cls.name}::test_") for t in canary.ids)
+    assert twin_source("def test_x(:\n", [["test_x"]]) is None  # a file Python cannot parse is left as it is
+
+
+def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path):
+    new, twins, canary = twin_source(MODULE, WANTED)
+    (tmp_path / "test_mod.py").write_text(new)
+    f = "test_mod.py::"
+    pairs = {f + "test_add_numbers[small one]": f + twins[("test_add_numbers",)] + "[small one]",
+             f + "TestAdding::test_add_method": f + "TestAdding::" + twins[("TestAdding", "test_add_method")]}
+    canaries = Canaries(path="test_mod.py", must_pass=[f + t for t in canary.must_pass],
+                        must_fail=[f + t for t in canary.must_fail])
+    twin_set = Twins(pairs=pairs, canaries=[canaries])
+    ids = [*pairs, *twin_set.ids]
+
+    others = [f + "TestAdding::test_other", f + "TestNested::TestInner::test_inner_add", f + "test_unrelated"]
+    buggy = _outcomes(tmp_path, ids + others)
+    # the class's other tests keep their ids, run once, from the subclass that took the class's place
+    assert buggy[others[0]] == buggy[others[2]] == "passed" and buggy[others[1]] == "failed", buggy
+    collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                                "test_mod.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    ids_seen = [line for line in collected.splitlines() if line.startswith(f)]
+    assert len(ids_seen) == len(set(ids_seen)) == 6 + 3 + 4, collected  # the module's tests, the twins, the canaries
+    assert {buggy[t] for t in [*pairs, *pairs.values()]} == {"failed"}, buggy
+    assert twin_set.broken(buggy) == []
+
+    (tmp_path / "test_mod.py").write_text(new.replace("a + b - 1  # the bug", "a + b"))
+    fixed = _outcomes(tmp_path, ids)
+    assert {fixed[t] for t in [*pairs, *pairs.values(), *canaries.must_pass]} == {"passed"}, fixed
+    assert {fixed[t] for t in canaries.must_fail} == {"failed"} and twin_set.broken(fixed) == []
+
+    # outcomes forged by name: the originals pass, their twins keep failing; by file: the canaries pass too
+    by_name = {**buggy, **{t: "passed" for t in pairs}}
+    assert len(twin_set.broken(by_name)) == 2 and all("told apart by the test's name" in b
+                                                       for b in twin_set.broken(by_name))
+    by_file = {t: "passed" for t in buggy}
+    assert [b for b in twin_set.broken(by_file) if "must fail but was passed" in b] != []

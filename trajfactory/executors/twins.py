@@ -1,0 +1,191 @@
+"""The fourth layer of the guard (`guard.py` holds the first three): what the failing tests' own file holds for one
+verification run, so that a forgery aimed at those tests alone shows.
+
+The canaries of `guard.write_canaries` live in a file of their own. A patch that forges outcomes by reaching into the
+test machinery through what Python does not audit (a module's attributes, `sys.modules`) and aims only at the
+failing tests leaves them alone: by the tests' file, or by their names, which a policy saw fail in its episode. So
+before the buggy state is committed, the failing tests' file gets:
+
+- **twins:** a failing test's definition copied as it is, decorators and all, at the end of the file under another
+  name (`test_roundtrip` for `test_parse_dates`; a method's copy in a subclass that takes its class's place): the
+  same test at another place, under a name that shares nothing with the original. With a real fix both pass; a forgery keyed on the test's name, its line or its code object
+  passes the original and not its twin, and the run is refused.
+- **a canary class** at the end of the file, must-pass and must-fail tests of the canaries' shape: a forgery keyed
+  on the file passes its must-fail tests too.
+
+Both are committed with the buggy state, so git holds them as part of the project's file, and the file keeps its
+modification time, and no line of it moves. A test the file does not define where its id says (inherited from a mixin,
+made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import secrets
+import shlex
+from dataclasses import dataclass, field
+
+from trajfactory.executors.base import Sandbox
+from trajfactory.executors.guard import Canaries, canary_methods
+
+MAX_TWINS = 8
+"""Twins per run at most: each runs a failing test once more, and a few already catch a forgery by name."""
+
+_WORDS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
+          "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent", "basic",
+          "simple", "regression", "edge_case", "mixed", "single", "many", "invalid", "valid", "round_trip",
+          "identity", "symmetry", "limits", "zero", "one_item", "sorted_input", "reversed_input", "long_input")
+
+
+@dataclass
+class Twins:
+    """What `write_twins` added to the failing tests' files for one run."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    """original test id -> its twin's id"""
+    canaries: list[Canaries] = field(default_factory=list)
+    """the canary class of each file"""
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.pairs.values()) + [t for c in self.canaries for t in c.ids]
+
+    def broken(self, outcomes: dict[str, str]) -> list[str]:
+        """A twin that did not pass beside an original that passed, and canaries without the outcome they must have."""
+        bad = [f"twin test {twin} (a copy of {test} under another name) was {outcomes.get(twin, 'missing')} while "
+               f"{test} passed: the outcomes were told apart by the test's name or place, not by what it checks"
+               for test, twin in self.pairs.items()
+               if outcomes.get(test) == "passed" and outcomes.get(twin) != "passed"]
+        return bad + [f"canary test {b}" for c in self.canaries for b in c.broken(outcomes)]
+
+
+def _names(tree: ast.AST) -> set[str]:
+    """Every name the module defines or uses: a twin or canary class must collide with none."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.Name):
+            out.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            out.add(node.attr)
+        elif isinstance(node, ast.alias):
+            out.add(node.asname or node.name.split(".")[0])
+    return out
+
+
+def _find(tree: ast.Module, path: list[str]) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The definition at `path` (classes, then the function) among the module's top-level statements: the last one
+    of that name, as Python keeps it."""
+    body, node = tree.body, None
+    for i, name in enumerate(path):
+        kinds = (ast.FunctionDef, ast.AsyncFunctionDef) if i == len(path) - 1 else (ast.ClassDef,)
+        found = [n for n in body if isinstance(n, kinds) and n.name == name]
+        if not found:
+            return None
+        node = found[-1]
+        body = getattr(node, "body", [])
+    return node
+
+
+def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom) -> str:
+    for word in rng.sample(_WORDS, len(_WORDS)):
+        if (name := prefix + word) not in used:
+            used.add(name)
+            return name
+    name = f"{prefix}case_{secrets.token_hex(3)}"
+    used.add(name)
+    return name
+
+
+def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
+                canary: bool = True) -> tuple[str, dict[tuple[str, ...], str], Canaries | None] | None:
+    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and,
+    with `canary`, a canary class: (new source, {path: twin name}, the canary class's methods as `Canaries` whose ids
+    are `Cls::test_x`). None when the source does not parse.
+
+    Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
+    function's twin is a copy of its definition; a method's twin goes into a subclass of its class under the class's
+    own name (`class TestX(TestX):`), which takes the class's place in the module, so pytest collects the same ids
+    from it and the twin beside them, and the copy's `super()` and private names work as in the original."""
+    rng = rng or secrets.SystemRandom()
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    used, lines = _names(tree), source.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    functions, methods, twins = [], {}, {}
+    for path in tests:
+        node = _find(tree, path) if len(path) <= 2 else None  # a nested class's test gets none
+        if node is None or tuple(path) in twins:
+            continue
+        prefix = path[-1].split("_", 1)[0] + "_" if "_" in path[-1] else "test_"
+        twin = _fresh(prefix, used, rng)
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+        copy = lines[start - 1:node.end_lineno]
+        at = node.lineno - start
+        copy[at] = re.sub(rf"\bdef(\s+){re.escape(path[-1])}\b", rf"def\g<1>{twin}", copy[at], count=1)
+        (functions if len(path) == 1 else methods.setdefault(path[0], [])).append(copy)
+        twins[tuple(path)] = twin
+    for copy in functions:
+        lines += ["\n", "\n", *copy]
+    for cls, copies in methods.items():
+        lines += ["\n", "\n", f"class {cls}({cls}):\n"]
+        for i, copy in enumerate(copies):
+            lines += (["\n"] if i else []) + copy
+    found = None
+    if canary:
+        cls = "Test" + "".join(w.title() for w in _fresh("", used, rng).split("_"))
+        body, must_pass, must_fail = canary_methods(rng)
+        lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
+        ids = lambda names: [f"{cls}::test_{n}" for n in names]  # noqa: E731
+        found = Canaries(path="", must_pass=ids(must_pass), must_fail=ids(must_fail))
+    new = "".join(lines)
+    try:
+        ast.parse(new)
+    except SyntaxError:  # a copy that does not stand on its own (its indentation mixed with the class's): none
+        return None
+    return new, twins, found
+
+
+def _split(test_id: str) -> tuple[str, list[str], str]:
+    """`file.py::Cls::test_x[p]` -> (`file.py`, `["Cls", "test_x"]`, `[p]`)."""
+    path, _, rest = test_id.partition("::")
+    params = rest[rest.index("["):] if "[" in rest else ""
+    return path, (rest[:len(rest) - len(params)] if params else rest).split("::"), params
+
+
+def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> Twins:
+    """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and a canary class in
+    each of their files, written before the buggy state is committed; the files keep their modification times."""
+    rng = secrets.SystemRandom()
+    by_file: dict[str, list[tuple[str, list[str], str]]] = {}
+    for test in rng.sample(tests, len(tests)):
+        path, names, params = _split(test)
+        if path.endswith(".py") and sum(len(v) for v in by_file.values()) < limit:
+            by_file.setdefault(path, []).append((test, names, params))
+    out = Twins()
+    for path, wanted in by_file.items():
+        try:
+            source = sandbox.read_file(path).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        made = twin_source(source, [names for _, names, _ in wanted], rng)
+        if made is None:
+            continue
+        new, twins, canary = made
+        stamp = "/tmp/trajfactory-twin-stamp"
+        sandbox.execute(f"touch -r {shlex.quote(path)} {stamp}", timeout=30)
+        sandbox.write_file(path, new)
+        sandbox.execute(f"touch -r {stamp} {shlex.quote(path)} && rm -f {stamp}", timeout=30)
+        for test, names, params in wanted:
+            if twin := twins.get(tuple(names)):
+                out.pairs[test] = "::".join([path, *names[:-1], twin]) + params
+        if canary:
+            out.canaries.append(Canaries(path=path, must_pass=[f"{path}::{t}" for t in canary.must_pass],
+                                         must_fail=[f"{path}::{t}" for t in canary.must_fail]))
+    return out
+
