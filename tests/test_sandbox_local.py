@@ -245,3 +245,23 @@ def test_a_sandbox_whose_run_was_killed_is_released_by_the_next_backend(backend,
             assert not os.path.ismount(scratch) and not scratch.exists()
             assert os.path.ismount(live.scratch) and other.execute("true").exit_code == 0
         assert live.execute("true").exit_code == 0 and os.path.ismount(live.scratch)
+
+
+def test_twins_go_into_the_failing_tests_file_alone_which_keeps_its_time(sandbox):
+    """`twins.write_twins` on this backend: the test file gets a twin and a canary class and keeps its modification
+    time; a doctest's id names a library module, which is left as it is."""
+    from trajfactory.executors.twins import write_twins
+
+    files = "tests/test_add.py src/tinypkg/__init__.py"
+    before = sandbox.execute(f"stat -c %Y {files} && md5sum {files}").output.split()
+    twins = write_twins(sandbox, ["tests/test_add.py::test_add", "src/tinypkg/__init__.py::tinypkg.add"])
+    after = sandbox.execute(f"stat -c %Y {files} && md5sum {files}").output.split()
+    assert list(twins.pairs) == ["tests/test_add.py::test_add"] and [c.path for c in twins.canaries] == [
+        "tests/test_add.py"], twins
+    assert after[:2] == before[:2] and after[4:] == before[4:] and after[2] != before[2], (before, after)
+    ran = sandbox.execute("python -m pytest -p no:cacheprovider -q -rA " + " ".join(["tests/test_add.py::test_add",
+                                                                                        *twins.ids]))
+    assert "2 failed, 4 passed" in ran.output, ran.output  # the test, its twin, the canaries' two of each
+    outcomes = {line.split()[1]: line.split()[0].lower() for line in ran.output.splitlines()
+                if line.startswith(("PASSED ", "FAILED "))}
+    assert twins.broken(outcomes) == [], outcomes

@@ -15,7 +15,8 @@ before the buggy state is committed, the failing tests' file gets:
 
 Both are committed with the buggy state, so git holds them as part of the project's file, and the file keeps its
 modification time, and no line of it moves. A test the file does not define where its id says (inherited from a mixin,
-made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither.
+made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither, and nor
+does a library module whose doctests fail (the patch may change it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox
-from trajfactory.executors.guard import Canaries, canary_methods
+from trajfactory.executors.guard import Canaries, canary_methods, protected
 
 MAX_TWINS = 8
 """Twins per run at most: each runs a failing test once more, and a few already catch a forgery by name."""
@@ -165,7 +166,8 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
     by_file: dict[str, list[tuple[str, list[str], str]]] = {}
     for test in rng.sample(tests, len(tests)):
         path, names, params = _split(test)
-        if path.endswith(".py") and sum(len(v) for v in by_file.values()) < limit:
+        # a test file only: a doctest's id names a library module, which the patch may change
+        if protected(path) == "test file" and path.endswith(".py") and sum(len(v) for v in by_file.values()) < limit:
             by_file.setdefault(path, []).append((test, names, params))
     out = Twins()
     for path, wanted in by_file.items():
