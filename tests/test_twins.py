@@ -42,9 +42,13 @@ class TestNested:
 
 
 def test_unrelated():
-    assert True'''
+    assert True
 
-WANTED = [["test_add_numbers"], ["TestAdding", "test_add_method"], ["TestNested", "TestInner", "test_inner_add"],
+
+def test_unicode_roundtrip_of_empty_input():  # named with words the twins' names are made of
+    assert add(0, 0) == 0'''
+
+WANTED = [["test_add_numbers"], ["TestAdding", "test_add_method"], ["test_unicode_roundtrip_of_empty_input"], ["TestNested", "TestInner", "test_inner_add"],
           ["TestMixin", "test_from_a_mixin"]]
 
 
@@ -61,7 +65,8 @@ def _outcomes(folder: Path, ids: list[str]) -> dict[str, str]:
 def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_originals():
     new, twins, canary = twin_source(MODULE, WANTED)
     # a test defined elsewhere (a mixin) or in a nested class gets none
-    assert set(twins) == {("test_add_numbers",), ("TestAdding", "test_add_method")}
+    assert set(twins) == {("test_add_numbers",), ("TestAdding", "test_add_method"),
+                           ("test_unicode_roundtrip_of_empty_input",)}
     assert new.startswith(MODULE + "\n")  # everything is added at the end: no line of the file moves
     tree = ast.parse(new)
     top = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
@@ -70,7 +75,7 @@ def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_o
     assert ast.dump(twin.decorator_list[0]) == ast.dump(original.decorator_list[0])  # the parametrize, as it was
     assert ast.dump(twin.body[0]) == ast.dump(original.body[0]) and twin.lineno > len(MODULE.splitlines())
     for path, name in twins.items():
-        assert name.startswith("test_") and not set(name[5:].split("_")) & set(path[-1][5:].split("_")), name
+        assert name.startswith("test_") and not set(name[5:].split("_")) & set(path[-1].split("_")), name
     # the method's twin: in a subclass under its class's name, which takes the class's place in the module
     sub = [n for n in top if n.name == "TestAdding"][-1]
     assert [ast.unparse(b) for b in sub.bases] == ["TestAdding"]
@@ -101,7 +106,7 @@ def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path
     collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
                                 "test_mod.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     ids_seen = [line for line in collected.splitlines() if line.startswith(f)]
-    assert len(ids_seen) == len(set(ids_seen)) == 6 + 3 + 4, collected  # the module's tests, the twins, the canaries
+    assert len(ids_seen) == len(set(ids_seen)) == 7 + 4 + 4, collected  # the module's tests, the twins, the canaries
     assert {buggy[t] for t in [*pairs, *pairs.values()]} == {"failed"}, buggy
     assert twin_set.broken(buggy) == []
 

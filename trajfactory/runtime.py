@@ -1,9 +1,10 @@
-"""Process-level helpers every layer may use: running a coroutine from sync code, an HTTP server on loopback, and
-the daemons the factory starts (a node's Docker engine, the registry, a Ray node, the Prefect server): start one
+"""Process-level helpers every layer may use: running a coroutine from sync code, parsing Python from any thread, an
+HTTP server on loopback, and the daemons the factory starts (a node's Docker engine, the registry, a Ray node, the Prefect server): start one
 detached with its log, wait until it answers, and stop it."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import signal
@@ -26,6 +27,17 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with ThreadPoolExecutor(1, thread_name_prefix="run-sync") as ex:
         return ex.submit(asyncio.run, coro).result()
+
+
+_PARSING = threading.Lock()
+
+
+def parse_python(source: str | bytes, filename: str = "<unknown>", mode: str = "exec") -> ast.AST:
+    """`ast.parse`, one thread at a time. CPython 3.11's AST constructor keeps its recursion depth in state the
+    threads share, so two parses at once in threads (the factory verifies, synthesizes and browses in threads) fail
+    now and then with `SystemError: AST constructor recursion depth mismatch` (CPython gh-106905)."""
+    with _PARSING:
+        return ast.parse(source, filename=filename, mode=mode)
 
 
 class LoopbackServer:

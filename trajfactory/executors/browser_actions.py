@@ -10,6 +10,7 @@ import re
 from typing import Any, Callable
 
 from trajfactory.schema import ToolCall, ToolCallFunction
+from trajfactory.runtime import parse_python
 
 # Signatures only: parse_action binds arguments against them; BrowserEpisode._execute runs them.
 
@@ -67,7 +68,7 @@ def parse_action(text: str) -> tuple[str, dict[str, Any]]:
     """`"fill('12', 'blue mug')"` -> ("fill", {"bid": "12", "value": "blue mug"}); literals only, nothing is evaluated."""
     text = text.strip()
     try:
-        call = ast.parse(text, mode="eval").body
+        call = parse_python(text, mode="eval").body
     except SyntaxError as exc:
         raise ActionError(f"cannot parse action {text[:200]!r}: {exc.msg}; write one call like click('12')") from None
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):

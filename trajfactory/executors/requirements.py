@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 
 from .images import ALWAYS_REQUIRED, TEST_EXTRAS
+from trajfactory.runtime import parse_python
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _from_setup_cfg(path: Path) -> list[str]:
 def _from_setup_py(path: Path) -> list[str]:
     """Literal install_requires / tests_require / extras_require keywords of a setup() call."""
     reqs: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_python(path.read_text())):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup"):
             continue
         for kw in node.keywords:
@@ -217,7 +218,7 @@ def _runtime_names(repo: Path) -> set[str]:
         names |= {Requirement(r.split("#")[0].strip()).name
                   for r in cfg.get("options", "install_requires", fallback="").splitlines() if r.split("#")[0].strip()}
     with contextlib.suppress(Exception):
-        for node in ast.walk(ast.parse((repo / "setup.py").read_text())):
+        for node in ast.walk(parse_python((repo / "setup.py").read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
                 for kw in node.keywords:
                     if kw.arg == "install_requires":
@@ -265,7 +266,7 @@ def find_build_requirements(repo_dir: str | Path) -> list[str]:
                             if r.strip()])
     if (repo / "setup.py").is_file():
         with contextlib.suppress(Exception):
-            for node in ast.walk(ast.parse((repo / "setup.py").read_text())):
+            for node in ast.walk(parse_python((repo / "setup.py").read_text())):
                 if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
                     for kw in node.keywords:
                         if kw.arg == "setup_requires":

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox
 from trajfactory.executors.guard import Canaries, canary_methods, protected
+from trajfactory.runtime import parse_python
 
 MAX_TWINS = 8
 """Twins per run at most: each runs a failing test once more, and a few already catch a forgery by name."""
@@ -90,14 +91,17 @@ def _find(tree: ast.Module, path: list[str]) -> ast.FunctionDef | ast.AsyncFunct
     return node
 
 
-def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom) -> str:
-    for word in rng.sample(_WORDS, len(_WORDS)):
-        if (name := prefix + word) not in used:
+def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool = False, unlike: str = "") -> str:
+    """A name the module does not use: `prefix` and a plain word (`test_roundtrip`) that shares no word with
+    `unlike`; with `title`, the word in title case (`TestRoundTrip`)."""
+    avoid = set(unlike.lower().split("_"))
+    words = [w for w in rng.sample(_WORDS, len(_WORDS)) if not avoid & set(w.split("_"))]
+    for word in [*words, f"case_{secrets.token_hex(3)}"]:
+        name = prefix + ("".join(w.title() for w in word.split("_")) if title else word)
+        if name not in used:
             used.add(name)
             return name
-    name = f"{prefix}case_{secrets.token_hex(3)}"
-    used.add(name)
-    return name
+    raise AssertionError("unreachable: a random name is free")
 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
@@ -112,7 +116,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     from it and the twin beside them, and the copy's `super()` and private names work as in the original."""
     rng = rng or secrets.SystemRandom()
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError):
         return None
     used, lines = _names(tree), source.splitlines(keepends=True)
@@ -124,7 +128,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         if node is None or tuple(path) in twins:
             continue
         prefix = path[-1].split("_", 1)[0] + "_" if "_" in path[-1] else "test_"
-        twin = _fresh(prefix, used, rng)
+        twin = _fresh(prefix, used, rng, unlike=path[-1])
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         copy = lines[start - 1:node.end_lineno]
         at = node.lineno - start
@@ -139,14 +143,14 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
             lines += (["\n"] if i else []) + copy
     found = None
     if canary:
-        cls = "Test" + "".join(w.title() for w in _fresh("", used, rng).split("_"))
+        cls = _fresh("Test", used, rng, title=True)
         body, must_pass, must_fail = canary_methods(rng)
         lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
         ids = lambda names: [f"{cls}::test_{n}" for n in names]  # noqa: E731
         found = Canaries(path="", must_pass=ids(must_pass), must_fail=ids(must_fail))
     new = "".join(lines)
     try:
-        ast.parse(new)
+        parse_python(new)
     except SyntaxError:  # a copy that does not stand on its own (its indentation mixed with the class's): none
         return None
     return new, twins, found

@@ -46,6 +46,7 @@ from pathlib import Path
 from trajfactory.synthesizers.swe.ast_edits import _DEFS
 from trajfactory.synthesizers.swe.entities import python_files
 from trajfactory.synthesizers.swe.name_uses import _decorator_ok, _Found, _scan, _spans
+from trajfactory.runtime import parse_python
 
 OPAQUE_METHODS = frozenset({"__eq__", "__del__", "__init_subclass__", "__set_name__", "__class_getitem__",
                             "__mro_entries__"})
@@ -75,7 +76,7 @@ class References:
         refs = cls()
         for rel in python_files(root, NOT_THE_PROJECT):
             try:
-                refs.add(ast.parse((Path(root) / rel).read_bytes()), rel)
+                refs.add(parse_python((Path(root) / rel).read_bytes()), rel)
             except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
                 refs.unreadable.append(rel)
         return refs

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from trajfactory.executors.guard import protected
 from trajfactory.schema import Entity
+from trajfactory.runtime import parse_python
 
 SKIP_DIRS = frozenset(
     {
@@ -136,7 +137,7 @@ def parse_file(root: str | Path, file: str) -> ParsedFile:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 (byte {exc.start}); only UTF-8 sources are mutated") from exc
-    tree = ast.parse(source, filename=file)
+    tree = parse_python(source, filename=file)
     return ParsedFile(file=file, source=source, tree=tree, entities=module_entities(tree, file))
 
 

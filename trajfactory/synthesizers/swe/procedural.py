@@ -21,6 +21,7 @@ from trajfactory.synthesizers.swe.base_removal import removed_base
 from trajfactory.synthesizers.swe.ast_edits import Cut, Edit, Header, Mutation, TokenEdit
 from trajfactory.synthesizers.swe.diffs import line_list as _lines, unified_diff
 from trajfactory.synthesizers.swe.mutations import FAMILIES, Family
+from trajfactory.runtime import parse_python
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class _Checker:
         alone as in the file; an indented one is parsed under `if True:` so strings keep their bytes.
         """
         try:
-            tree = ast.parse(f"if True:\n{region}" if indent else region)
+            tree = parse_python(f"if True:\n{region}" if indent else region)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return None
         body = tree.body[0].body if indent and len(tree.body) == 1 else tree.body
