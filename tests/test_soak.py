@@ -1,9 +1,10 @@
 """Kill-and-resume soak: a run `kill -9`ed (its whole process group) at ten seeded-random points spread over the
-run's duration, then once just after it published its version (held there: see `HoldingProxy`), and started again with the same command each time,
-ends with the dataset an undisturbed run makes (the same content digest) as one intact version, and no sandbox
-container of the killed runs left behind. The recipe mines a real PyPI package (inflection 0.5.1, its own test suite),
-and every attempt talks to one lasting Prefect server (`trajfactory server start`'s, on its own PostgreSQL) started
-once for the test, instead of starting a throwaway one of its own. About 12 runs: ~4 minutes on 2 cores."""
+run's duration, then once just after it published its version (held there: `HoldingProxy`), and started again with
+the same command each time, ends with the dataset an undisturbed run makes (the same content digest) as one intact
+version, and no sandbox container of the killed runs left behind. The recipe mines a real PyPI package (inflection
+0.5.1, its own test suite), and every attempt talks to one lasting Prefect server (`trajfactory server start`'s, on
+its own PostgreSQL) started once for the test, instead of starting a throwaway one of its own. About 12 runs: ~4
+minutes on 2 cores."""
 
 from __future__ import annotations
 

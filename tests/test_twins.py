@@ -1,6 +1,6 @@
-"""Twins of the failing tests and a canary class in their own file (`executors/twins.py`): the rewritten file, and a real
-pytest run of it on the host, where a twin fails and passes with its original and the canaries keep their outcomes.
-The forgeries they catch run through the real verifier in Docker, in `test_verification_guard.py`."""
+"""Twins of the failing tests and a canary class in their own file (`executors/twins.py`): the rewritten file, and a
+real pytest run of it on the host, where a twin fails and passes with its original and the canaries keep their
+outcomes. The forgeries they catch run through the real verifier in Docker, in `test_verification_guard.py`."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_unrelated():
 def test_unicode_roundtrip_of_empty_input():  # named with words the twins' names are made of
     assert add(0, 0) == 0'''
 
-WANTED = [["test_add_numbers"], ["TestAdding", "test_add_method"], ["test_unicode_roundtrip_of_empty_input"], ["TestNested", "TestInner", "test_inner_add"],
+WANTED = [["test_add_numbers"], ["TestAdding", "test_add_method"], ["test_unicode_roundtrip_of_empty_input"],
+          ["TestNested", "TestInner", "test_inner_add"],
           ["TestMixin", "test_from_a_mixin"]]
 
 

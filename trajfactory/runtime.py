@@ -1,6 +1,6 @@
 """Process-level helpers every layer may use: running a coroutine from sync code, parsing Python from any thread, an
-HTTP server on loopback, and the daemons the factory starts (a node's Docker engine, the registry, a Ray node, the Prefect server): start one
-detached with its log, wait until it answers, and stop it."""
+HTTP server on loopback, and the daemons the factory starts (a node's Docker engine, the registry, a Ray node, the
+Prefect server): start one detached with its log, wait until it answers, and stop it."""
 
 from __future__ import annotations
 

@@ -317,14 +317,14 @@ def module_of(path: str) -> str | None:
 
 
 _CANARY_FILES = ("behaviour", "cases", "regressions", "extra", "usage", "api", "misc", "more", "compat", "edge_cases")
-_CANARY_TESTS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
+CANARY_WORDS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
                  "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent")
 
 
 def canary_methods(rng: secrets.SystemRandom) -> tuple[str, list[str], list[str]]:
     """The methods of a canary `unittest.TestCase` class (the source of its body, indented), and the names (without
     `test_`) of those that must pass and those that must fail: two of each, of the same shape, in a random order."""
-    tests = rng.sample(_CANARY_TESTS, 4)
+    tests = rng.sample(CANARY_WORDS, 4)
     must_pass, must_fail = tests[:2], tests[2:]
     # each group holds one `assertEqual` and one plain `assert`, so a tampered assertion of either kind shows
     style = dict(zip(must_pass, rng.sample((True, False), 2))) | dict(zip(must_fail, rng.sample((True, False), 2)))

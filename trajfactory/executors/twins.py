@@ -8,15 +8,16 @@ before the buggy state is committed, the failing tests' file gets:
 
 - **twins:** a failing test's definition copied as it is, decorators and all, at the end of the file under another
   name (`test_roundtrip` for `test_parse_dates`; a method's copy in a subclass that takes its class's place): the
-  same test at another place, under a name that shares nothing with the original. With a real fix both pass; a forgery keyed on the test's name, its line or its code object
-  passes the original and not its twin, and the run is refused.
+  same test at another place, under a name that shares nothing with the original. With a real fix both pass; a
+  forgery keyed on the test's name, its line or its code object passes the original and not its twin, and the run
+  is refused.
 - **a canary class** at the end of the file, must-pass and must-fail tests of the canaries' shape: a forgery keyed
   on the file passes its must-fail tests too.
 
-Both are committed with the buggy state, so git holds them as part of the project's file, and the file keeps its
-modification time, and no line of it moves. A test the file does not define where its id says (inherited from a mixin,
-made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither, and nor
-does a library module whose doctests fail (the patch may change it).
+Both are committed with the buggy state, so git holds them as part of the project's file; the file keeps its
+modification time, and no line of it moves. A test the file does not define where its id says (inherited from a
+mixin, made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither, and
+nor does a library module whose doctests fail (the patch may change it).
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ import shlex
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox
-from trajfactory.executors.guard import Canaries, canary_methods, protected
+from trajfactory.executors.guard import CANARY_WORDS, Canaries, canary_methods, protected
 from trajfactory.runtime import parse_python
 
 MAX_TWINS = 8
 """Twins per run at most: each runs a failing test once more, and a few already catch a forgery by name."""
 
-_WORDS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
-          "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent", "basic",
-          "simple", "regression", "edge_case", "mixed", "single", "many", "invalid", "valid", "round_trip",
-          "identity", "symmetry", "limits", "zero", "one_item", "sorted_input", "reversed_input", "long_input")
+_WORDS = CANARY_WORDS + ("basic", "simple", "regression", "edge_case", "mixed", "single", "many", "invalid", "valid",
+                        "round_trip", "identity", "symmetry", "limits", "zero", "one_item", "sorted_input",
+                        "reversed_input", "long_input")
+"""Plain test words, the canaries' and more: a twin's name (`test_<word>`), a canary class's (`Test<Word>`)."""
 
 
 @dataclass
@@ -96,19 +97,17 @@ def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool =
     `unlike`; with `title`, the word in title case (`TestRoundTrip`)."""
     avoid = set(unlike.lower().split("_"))
     words = [w for w in rng.sample(_WORDS, len(_WORDS)) if not avoid & set(w.split("_"))]
-    for word in [*words, f"case_{secrets.token_hex(3)}"]:
-        name = prefix + ("".join(w.title() for w in word.split("_")) if title else word)
-        if name not in used:
-            used.add(name)
-            return name
-    raise AssertionError("unreachable: a random name is free")
+    names = [prefix + ("".join(w.title() for w in word.split("_")) if title else word) for word in words]
+    name = next((n for n in names if n not in used), f"{prefix}{'Case' if title else 'case_'}{secrets.token_hex(4)}")
+    used.add(name)
+    return name
 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
-                canary: bool = True) -> tuple[str, dict[tuple[str, ...], str], Canaries | None] | None:
-    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and,
-    with `canary`, a canary class: (new source, {path: twin name}, the canary class's methods as `Canaries` whose ids
-    are `Cls::test_x`). None when the source does not parse.
+                ) -> tuple[str, dict[tuple[str, ...], str], Canaries] | None:
+    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and a
+    canary class: (new source, {path: twin name}, the canary class's methods as `Canaries` whose ids are
+    `Cls::test_x`). None when the source does not parse.
 
     Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
     function's twin is a copy of its definition; a method's twin goes into a subclass of its class under the class's
@@ -141,19 +140,17 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         lines += ["\n", "\n", f"class {cls}({cls}):\n"]
         for i, copy in enumerate(copies):
             lines += (["\n"] if i else []) + copy
-    found = None
-    if canary:
-        cls = _fresh("Test", used, rng, title=True)
-        body, must_pass, must_fail = canary_methods(rng)
-        lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
-        ids = lambda names: [f"{cls}::test_{n}" for n in names]  # noqa: E731
-        found = Canaries(path="", must_pass=ids(must_pass), must_fail=ids(must_fail))
+    cls = _fresh("Test", used, rng, title=True)
+    body, must_pass, must_fail = canary_methods(rng)
+    lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
+    ids = lambda names: [f"{cls}::test_{n}" for n in names]  # noqa: E731
+    canary = Canaries(path="", must_pass=ids(must_pass), must_fail=ids(must_fail))
     new = "".join(lines)
     try:
         parse_python(new)
     except SyntaxError:  # a copy that does not stand on its own (its indentation mixed with the class's): none
         return None
-    return new, twins, found
+    return new, twins, canary
 
 
 def _split(test_id: str) -> tuple[str, list[str], str]:
@@ -190,8 +187,7 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
         for test, names, params in wanted:
             if twin := twins.get(tuple(names)):
                 out.pairs[test] = "::".join([path, *names[:-1], twin]) + params
-        if canary:
-            out.canaries.append(Canaries(path=path, must_pass=[f"{path}::{t}" for t in canary.must_pass],
-                                         must_fail=[f"{path}::{t}" for t in canary.must_fail]))
+        out.canaries.append(Canaries(path=path, must_pass=[f"{path}::{t}" for t in canary.must_pass],
+                                     must_fail=[f"{path}::{t}" for t in canary.must_fail]))
     return out
 
