@@ -122,3 +122,33 @@ def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path
                                                        for b in twin_set.broken(by_name))
     by_file = {t: "passed" for t in buggy}
     assert [b for b in twin_set.broken(by_file) if "must fail but was passed" in b] != []
+
+
+def test_a_test_bound_to_its_own_name_is_told_apart_from_its_twin_and_can_be_excused(tmp_path):
+    """A golden-file test that finds its expected value by its own name (as snapshot and cassette plugins do): its
+    twin fails under a real fix. `told_apart` names it, and `broken` excuses what `name_bound` found (the verifier
+    asks that of the task's own fix, in Docker: `test_verification_guard.py`), and nothing else."""
+    source = MODULE + '''
+
+
+def test_golden_output(request):
+    import pathlib
+    expected = (pathlib.Path(__file__).parent / "golden" / (request.node.name + ".txt")).read_text()
+    assert str(add(20, 22)) == expected
+'''
+    (tmp_path / "golden").mkdir()
+    (tmp_path / "golden" / "test_golden_output.txt").write_text("42")
+    new, twins, _ = twin_source(source, [["test_golden_output"], ["TestAdding", "test_add_method"]])
+    (tmp_path / "test_mod.py").write_text(new.replace("a + b - 1  # the bug", "a + b"))  # fixed
+    f = "test_mod.py::"
+    pairs = {f + "test_golden_output": f + twins[("test_golden_output",)],
+             f + "TestAdding::test_add_method": f + "TestAdding::" + twins[("TestAdding", "test_add_method")]}
+    twin_set = Twins(pairs=pairs)
+    fixed = _outcomes(tmp_path, [*pairs, *pairs.values()])
+    assert fixed[f + "test_golden_output"] == "passed" and fixed[pairs[f + "test_golden_output"]] == "failed", fixed
+    assert twin_set.told_apart(fixed) == [f + "test_golden_output"]
+    assert len(twin_set.broken(fixed)) == 1 and twin_set.broken(fixed, [f + "test_golden_output"]) == []
+    # the excuse covers that test alone: a forgery by name of the other test still shows
+    forged = {**fixed, pairs[f + "TestAdding::test_add_method"]: "failed"}
+    assert [b.split()[2] for b in twin_set.broken(forged, [f + "test_golden_output"])] == [
+        pairs[f + "TestAdding::test_add_method"]]

@@ -427,3 +427,55 @@ def test_a_fix_that_puts_back_a_reference_the_bug_removed_is_not_refused(docker_
     assert not refused[0] and any("the module table" in r for r in refused[1].refused), refused[1]
     assert allowed[0] and not allowed[1].refused, allowed[1]
     assert not twice[0] and any("the module table" in r for r in twice[1].refused), twice[1]
+
+
+GOLDEN_TEST = '''
+
+def test_snapshot_matches(request):  # finds its expected value by its own name, as snapshot plugins do
+    import hashlib
+    import pathlib
+    snapshot = pathlib.Path(__file__).parent / "snapshots" / (request.node.name + ".txt")
+    assert hashlib.sha256(pathlib.Path(MODULE).read_bytes()).hexdigest() == snapshot.read_text().strip()
+'''
+
+
+@pytest.mark.docker
+def test_a_test_bound_to_its_own_name_does_not_refuse_a_real_fix(docker_backend, task_env):
+    """A failing test that reads its expected value from a file named after it (a snapshot: here, of the fixed
+    module's digest) fails as a twin under any fix. Its twin's failure is tried under the task's own fix, where it
+    fails too, so a real fix other than the gold patch is verified, with the excused twin in the evidence; without
+    that, it was refused. A forgery by the failing tests' names is still refused, by the other test's twin."""
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    golden = f"{test_file}::test_snapshot_matches"
+    with docker_backend.start(env, LIMITS) as sandbox:  # the snapshot: the clean module, which the gold restores
+        made = sandbox.execute(
+            f"mkdir -p $(dirname {test_file})/snapshots && sha256sum {task.entity.file} | cut -d' ' -f1 > "
+            f"$(dirname {test_file})/snapshots/test_snapshot_matches.txt && printf %s "
+            f"{_q(GOLDEN_TEST.replace('MODULE', repr(task.entity.file)))} >> {test_file} && git add -A && "
+            "git diff --cached HEAD", timeout=60)
+    assert made.exit_code == 0 and "test_snapshot_matches" in made.output, made.output
+    checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], golden],
+                                            "PASS_TO_PASS": []})
+    bound = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
+    helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+    failing = sorted({t.split("::")[-1].split("[")[0] for t in checks.FAIL_TO_PASS})
+    aimed = _aimed("t.split('::')[-1].split('[')[0] in " + repr(failing))
+    forgery = _hack(docker_backend, env, bound,
+                    f"python3 - <<'EOF'\nopen({task.entity.file!r}, 'a').write({aimed!r})\nEOF")
+    with docker_backend.start(env, LIMITS) as sandbox:
+        fix = run_patch_tests(sandbox, bound, task.gold.patch + helper)  # a real fix, not the gold patch itself
+        gold = run_patch_tests(sandbox, bound, task.gold.patch)
+        forged = run_patch_tests(sandbox, bound, forgery)
+        sandbox.reset()
+        assert apply_patch(sandbox, bound.bug_patch, "/tmp/bug.diff") is None
+        unexcused = verify_in_place(sandbox, checks, task.gold.patch + helper, bound.bug_patch)  # no fix to ask
+    for passed, evidence, _ in (fix, gold):
+        assert passed and not evidence.refused, evidence
+        assert f"twins not counted for {golden}: they fail under the task's own fix too" in evidence.detail, evidence
+        assert {o.test: o.outcome for o in evidence.FAIL_TO_PASS}[golden] == "passed", evidence
+    assert not unexcused[0] and any(r.startswith("twin test ") and f"while {golden} passed" in r
+                                    for r in unexcused[1].refused), unexcused[1]
+    assert not forged[0] and forged[1].refused, forged[1]
+    assert all(golden not in r for r in forged[1].refused), forged[1]
+    assert any(f"while {checks.FAIL_TO_PASS[0]} passed" in r for r in forged[1].refused), forged[1]

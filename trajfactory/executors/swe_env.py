@@ -29,7 +29,7 @@ from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
 from trajfactory.executors.testrun import run_tests, summarize
-from trajfactory.executors.twins import write_twins
+from trajfactory.executors.twins import name_bound, write_twins
 from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
 from trajfactory.settings import EpisodeLimits, SandboxConfig
 from trajfactory.verifiers import tests as test_verifier
@@ -157,11 +157,12 @@ def run_patch_tests(sandbox: Sandbox, task: Task, patch: str, *, timeout: float 
     sandbox.reset()
     if (err := apply_patch(sandbox, task.bug_patch, "/tmp/trajfactory-bug.diff")) is not None:
         return test_verifier.not_applied(f"the task's bug patch does not apply: {err[-500:]}", started)
-    return test_in_place(sandbox, checks or task.checks, patch, task.bug_patch, timeout=timeout, started=started)
+    return test_in_place(sandbox, checks or task.checks, patch, task.bug_patch, timeout=timeout, started=started,
+                         gold=task.gold.patch)
 
 
 def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, *, timeout: float = 300.0,
-                  started: float | None = None) -> tuple[bool, Any, float]:
+                  started: float | None = None, gold: str | None = None) -> tuple[bool, Any, float]:
     """`patch` applied on the buggy state the sandbox's checkout holds, guarded, and `checks` run:
     (passed, evidence, seconds). `bug_patch`: the change that made the buggy state (the modules of its files get
     canary tests, and what its removed lines referred to a fix may put back: `guard.removed_references`).
@@ -170,7 +171,9 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
     no-op task), the clean code in the history, which code the patch adds could restore at import, is gone, and git
     cannot tell the canaries from the project's own tests. The failing tests' own file first gets twins of those
-    tests and a canary class (`twins.write_twins`), committed with it."""
+    tests and a canary class (`twins.write_twins`), committed with it. With `gold` (the task's own fix), a twin that
+    failed beside its passing original is tried once more under that fix (`twins.name_bound`), and one that fails
+    there too is not held against the patch: its test depends on its own name or place (the evidence says so)."""
     started = time.monotonic() if started is None else started
     kept, reverted = guard.strip_protected(patch)
     modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
@@ -193,11 +196,18 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
                                          f"early exit, exit status {run.exit_code})", started, reverted)
     reached = guard.run_time_reaches(run.reaches, kept, bug_patch)
-    if broken := [f"canary test {b}" for b in canaries.broken(run.outcomes)] + twins.broken(run.outcomes) + reached:
+    bound = []
+    if gold is not None and (apart := twins.told_apart(run.outcomes)):  # after the run: the sandbox is done with
+        bound = apart if patch == gold else name_bound(sandbox, bug_patch, gold, apart, timeout)
+    broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + twins.broken(run.outcomes, bound) + reached
+    if broken:
         return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
     evidence.reverted = reverted
+    if bound:
+        evidence.detail += (f"; twins not counted for {', '.join(bound)}: they fail under the task's own fix too (the "
+                            "tests depend on their names or place)")[:1000]
     return passed, evidence, time.monotonic() - started
 
 

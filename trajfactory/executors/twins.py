@@ -18,6 +18,10 @@ Both are committed with the buggy state, so git holds them as part of the projec
 modification time, and no line of it moves. A test the file does not define where its id says (inherited from a
 mixin, made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither, and
 nor does a library module whose doctests fail (the patch may change it).
+
+A test bound to its own name (a snapshot or cassette named after it) fails as a twin under any fix. `name_bound`
+tries such a twin once more under the task's own fix, without the submitted patch; a twin that fails there too is
+excused, and only that one.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import secrets
 import shlex
 from dataclasses import dataclass, field
 
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.guard import CANARY_WORDS, Canaries, canary_methods, protected
+from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
 
 MAX_TWINS = 8
@@ -54,12 +59,18 @@ class Twins:
     def ids(self) -> list[str]:
         return list(self.pairs.values()) + [t for c in self.canaries for t in c.ids]
 
-    def broken(self, outcomes: dict[str, str]) -> list[str]:
-        """A twin that did not pass beside an original that passed, and canaries without the outcome they must have."""
-        bad = [f"twin test {twin} (a copy of {test} under another name) was {outcomes.get(twin, 'missing')} while "
-               f"{test} passed: the outcomes were told apart by the test's name or place, not by what it checks"
-               for test, twin in self.pairs.items()
-               if outcomes.get(test) == "passed" and outcomes.get(twin) != "passed"]
+    def told_apart(self, outcomes: dict[str, str]) -> list[str]:
+        """The originals that passed while their twins did not."""
+        return [test for test, twin in self.pairs.items()
+                if outcomes.get(test) == "passed" and outcomes.get(twin) != "passed"]
+
+    def broken(self, outcomes: dict[str, str], excused: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """A twin that did not pass beside an original that passed (save the twins of `excused` tests, which fail
+        under the task's own fix too: `name_bound`), and canaries without the outcome they must have."""
+        bad = [f"twin test {self.pairs[test]} (a copy of {test} under another name) was "
+               f"{outcomes.get(self.pairs[test], 'missing')} while {test} passed: the outcomes were told apart by the "
+               "test's name or place, not by what it checks" for test in self.told_apart(outcomes)
+               if test not in excused]
         return bad + [f"canary test {b}" for c in self.canaries for b in c.broken(outcomes)]
 
 
@@ -191,3 +202,22 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
                                      must_fail=[f"{path}::{t}" for t in canary.must_fail]))
     return out
 
+
+
+def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float) -> list[str]:
+    """Of `tests` (originals that passed under a submitted patch while their twins did not), those whose twins also
+    fail where the task's own fix (`gold`) is applied to the buggy state, in `sandbox` reset: tests that depend on
+    their own name or place (a snapshot or cassette named after the test, `request.node.name`), which a twin cannot
+    copy. Their twins then say nothing about the submitted patch; every other disagreement stands, since the
+    submitted patch has no part in this run. A run that cannot say (a patch that does not apply, a timeout, an
+    unsealed record) clears none."""
+    sandbox.reset()
+    if apply_patch(sandbox, bug_patch, "/tmp/trajfactory-bug.diff") is not None:
+        return []
+    twins = write_twins(sandbox, tests, limit=len(tests))
+    if apply_patch(sandbox, gold, "/tmp/trajfactory-gold.diff") is not None:
+        return []
+    run = run_tests(sandbox, [*tests, *twins.ids], timeout=timeout)
+    if run.timed_out or run.results_error or not run.sealed:
+        return []
+    return [test for test in twins.told_apart(run.outcomes) if test in tests]
