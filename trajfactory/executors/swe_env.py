@@ -196,11 +196,11 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
                                          f"early exit, exit status {run.exit_code})", started, reverted)
     reached = guard.run_time_reaches(run.reaches, kept, bug_patch)
-    bound = []
-    if gold is not None and (apart := twins.told_apart(run.outcomes)):  # after the run: the sandbox is done with
+    broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached
+    bound = []  # tried only where nothing else refuses; the sandbox is done with by now
+    if not broken and gold is not None and (apart := twins.told_apart(run.outcomes)):
         bound = apart if patch == gold else name_bound(sandbox, bug_patch, gold, apart, timeout)
-    broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + twins.broken(run.outcomes, bound) + reached
-    if broken:
+    if broken := broken + twins.broken(run.outcomes, bound):
         return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))

@@ -203,7 +203,6 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
     return out
 
 
-
 def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float) -> list[str]:
     """Of `tests` (originals that passed under a submitted patch while their twins did not), those whose twins also
     fail where the task's own fix (`gold`) is applied to the buggy state, in `sandbox` reset: tests that depend on
