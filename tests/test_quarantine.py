@@ -101,3 +101,26 @@ def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(
     assert flaky == "flaky: failed/passed", twice.excluded
     (changing, why), = [(t, r) for t, r in twice.excluded.items() if "test_id_changes_every_run" in t]
     assert twice.tests[changing] == "passed" and why.startswith("missing when selected by its id"), twice.excluded
+
+
+def test_a_gold_patch_that_fails_is_quarantined_naming_the_tests_that_did_not_pass():
+    """`gold_failed` says which tests failed under the gold patch (the first three, and how many more), so a harness
+    cause shows in the reason (semver's documentation doctests, run before the tests that fill their namespace)."""
+    from types import SimpleNamespace
+
+    from trajfactory.verifiers.tests import judge_outcomes
+    from trajfactory.schema import Checks
+
+    checks = Checks(FAIL_TO_PASS=["tests/test_a.py::test_f"],
+                    PASS_TO_PASS=[f"docs/{n}.rst::{n}.rst" for n in "abcde"] + ["tests/test_a.py::test_p"])
+    outcomes = {"tests/test_a.py::test_f": "passed", "tests/test_a.py::test_p": "passed", "docs/a.rst::a.rst": "passed",
+                "docs/b.rst::b.rst": "failed", "docs/c.rst::c.rst": "error", "docs/d.rst::d.rst": "failed"}
+    passed, evidence = judge_outcomes(checks, outcomes, "3 failed, 3 passed")
+    good = judge_outcomes(checks, dict.fromkeys(outcomes, "passed") | {"docs/e.rst::e.rst": "passed"})
+    tasks = [SimpleNamespace(task_id="bad"), SimpleNamespace(task_id="good")]
+    verdicts = [SimpleNamespace(passed=passed, evidence=evidence), SimpleNamespace(passed=good[0], evidence=good[1])]
+    kept, rejected = stage.accept_proven(tasks, verdicts, SimpleNamespace(uri="pypi:semver==3.1.1"))
+    assert [t.task_id for t in kept] == ["good"] and [q.item_id for q in rejected] == ["bad"]
+    assert rejected[0].reason == "gold_failed" and rejected[0].detail == (
+        "the gold patch does not pass the task's own checks: 3 failed, 3 passed; not passed: docs/b.rst::b.rst "
+        "(failed), docs/c.rst::c.rst (error), docs/d.rst::d.rst (failed) and 1 more")

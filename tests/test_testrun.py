@@ -369,3 +369,32 @@ def test_plugin_records_each_tests_duration_across_its_phases(tmp_path):
     assert set(durations) == {"test_slow.py::test_slow", "test_slow.py::test_quick"}
     assert 0.5 <= durations["test_slow.py::test_slow"] < 5  # setup + call + teardown
     assert durations["test_slow.py::test_quick"] < 0.1
+
+
+def test_a_selection_runs_its_files_in_the_order_of_the_projects_testpaths(tmp_path):
+    """As semver's suite does: its documentation doctests (under `docs`, after `tests` in `testpaths`) read a name
+    that an autouse fixture of `tests/conftest.py` puts into the session's doctest namespace, so they pass in the
+    maintainers' run only because a test of `tests` ran first. A selection names its files alphabetically (`docs`
+    first); the harness collects them in the project's order, so they pass there too."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntestpaths = tests docs\naddopts = --doctest-glob='*.rst'\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.fixture(autouse=True)
+        def names(doctest_namespace):
+            doctest_namespace["ANSWER"] = 42
+    """))
+    (tmp_path / "tests" / "test_answer.py").write_text("def test_answer():\n    assert 6 * 7 == 42\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.rst").write_text("The answer:\n\n    >>> ANSWER\n    42\n")
+    (whole, _, finished), _ = _run(tmp_path)
+    assert finished and whole == {"tests/test_answer.py::test_answer": "passed", "docs/guide.rst::guide.rst": "passed"}
+    assert list(whole) == ["tests/test_answer.py::test_answer", "docs/guide.rst::guide.rst"]  # the records' order
+    files = sorted({t.split("::")[0] for t in whole})
+    assert files == ["docs/guide.rst", "tests/test_answer.py"]  # as the harness names them
+    (selected, _, finished), _ = _run(tmp_path, *files, select=list(whole))
+    assert finished and selected == whole and list(selected) == list(whole)
+    # the order matters: named alone, the doctest runs before any test of `tests` and fails, as it would for pytest
+    (alone, _, _), _ = _run(tmp_path, "docs/guide.rst", select=["docs/guide.rst::guide.rst"])
+    assert alone == {"docs/guide.rst::guide.rst": "failed"}

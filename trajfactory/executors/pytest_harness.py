@@ -5,7 +5,8 @@ the standard library and pytest, which every sandbox has). Through environment v
 
 - `TRAJFACTORY_SELECT`: a file of pytest node ids, one per line: only those run (the others are deselected).
   Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id that no collected
-  test has is recorded with outcome `missing`.
+  test has is recorded with outcome `missing`. The files named on the command line are collected in the order of the
+  project's `testpaths`, as its maintainers' run collects them (`_maintainers_order`).
 - `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome", "duration"}` per test (its
   worst phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`; its phases' seconds in all), `{"collect_error", "detail"}`
   per module that did not import, and a closing `{"session": exit status, "collected": n}`.
@@ -164,6 +165,41 @@ def pytest_configure(config) -> None:
         _state["fh"] = open(path, "a", encoding="utf-8")
         for record in _state.pop("pending", ()):
             _write(record)
+    if not worker:
+        _maintainers_order(config)
+
+
+def _maintainers_order(config) -> None:
+    """The files the harness names (alphabetically, for a selection), put in the order of the project's
+    `testpaths`, which is the order its maintainers' own run collects and runs them in. A suite may depend on it:
+    semver's documentation doctests, under `docs` after `tests`, read names that an autouse fixture in
+    `tests/conftest.py` puts into the session's doctest namespace. Files under one entry keep their order; a file
+    under none goes last. Where pytest itself chose the files from `testpaths`, nothing moves."""
+    import glob
+
+    args = getattr(config, "args", None)
+    if not isinstance(args, list) or len(args) < 2:
+        return
+    try:
+        entries = config.getini("testpaths") or []
+    except (ValueError, KeyError):
+        return
+    root = str(getattr(config, "rootpath", None) or getattr(config, "rootdir", None) or os.getcwd())
+    here = str(getattr(getattr(config, "invocation_params", None), "dir", None) or os.getcwd())
+    roots: list[str] = []
+    for entry in entries:  # as pytest expands them, relative to the root directory, globs included
+        path = os.path.join(root, str(entry))
+        roots += [os.path.realpath(p) for p in (sorted(glob.glob(path, recursive=True)) if glob.has_magic(path)
+                                                else [path])]
+    if not roots:
+        return
+
+    def rank(arg: str) -> int:
+        path = os.path.realpath(os.path.join(here, str(arg).split("::", 1)[0]))
+        return next((i for i, r in enumerate(roots) if path == r or path.startswith(r.rstrip(os.sep) + os.sep)),
+                    len(roots))
+
+    args[:] = sorted(args, key=rank)
 
 
 def _coverage():

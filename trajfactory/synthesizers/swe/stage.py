@@ -123,7 +123,10 @@ def accept_proven(tasks: list[Task], gold: list[Verdict], source: Source) -> tup
         if verdict.passed:
             accepted.append(task)
         else:
+            ev = verdict.evidence
+            bad = [f"{o.test} ({o.outcome})" for o in ev.FAIL_TO_PASS + ev.PASS_TO_PASS if o.outcome != "passed"]
+            named = f"; not passed: {', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             rejected.append(quarantined("verify-gold", "task", task.task_id, "gold_failed",
-                                        f"the gold patch does not pass the task's own checks: {verdict.evidence.detail}",
-                                        source.uri))
+                                        f"the gold patch does not pass the task's own checks: {ev.detail}"
+                                        f"{named if bad else ''}", source.uri))
     return accepted, rejected
