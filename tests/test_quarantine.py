@@ -45,6 +45,8 @@ def test_missing_repository_is_quarantined(tmp_path):
         ("fork_bomb", "suite_timeout"),
         ("disk_bomb", "disk_full"),
         ("network", "needs_network"),
+        ("plugin_fails", "pytest_error"),
+        ("tests_not_shipped", "no_tests"),
     ],
 )
 def test_bad_repository_is_quarantined_with_reason(docker_backend, tmp_path, name, reason):
@@ -52,6 +54,10 @@ def test_bad_repository_is_quarantined_with_reason(docker_backend, tmp_path, nam
     assert isinstance(result, Quarantine), result
     assert result.reason == reason, result.detail
     assert result.detail
+    if name in ("plugin_fails", "tests_not_shipped"):  # pytest stopped in a plugin's pytest_configure: the error named
+        assert "pytest stopped with an internal error (exit 3)" in result.detail, result.detail
+        assert "ValueError: Profile 'ci' is not registered" in result.detail, result.detail
+        assert ("ships no tests" in result.detail) == (name == "tests_not_shipped"), result.detail
 
 
 @pytest.mark.docker

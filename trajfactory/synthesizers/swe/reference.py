@@ -65,6 +65,29 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
     return None
 
 
+STOPPED = {3: "an internal error", 4: "a usage error"}
+"""pytest's exit statuses for a run that stopped before its session: `INTERNALERROR` (a plugin's `pytest_configure`
+raised) or a usage error."""
+TEST_FILES = r"git ls-files | grep -Ec '(^|/)(test_[^/]*|[^/]*_test)\.py$'"
+
+
+def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> RepoRejected:
+    """A run pytest stopped before its session (exit 3 or 4) is not a record lost: say what stopped it, and, where the
+    checkout holds no test file at all, that the package ships no tests (bidict 0.24.1's sdist has none, while its
+    `addopts` name a hypothesis profile that only its missing `tests/conftest.py` registers)."""
+    if rejected.reason != "results_unreadable" or run.finished or run.results_error or run.exit_code not in STOPPED:
+        return rejected
+    lines = [line.removeprefix("INTERNALERROR>").strip() for line in run.output.splitlines()]
+    error = next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
+    count = sandbox.execute(TEST_FILES, timeout=60).output.strip()
+    stopped = f"pytest stopped with {STOPPED[run.exit_code]} (exit {run.exit_code}) before any test was collected"
+    if count == "0":
+        return RepoRejected("no_tests", f"the checkout holds no test file (test_*.py, *_test.py): the package ships "
+                            f"no tests. Its pytest configuration is for a suite that is not there: {stopped}: {error}")
+    return RepoRejected("pytest_error", f"{stopped}: {error}; the maintainers' run with this configuration stops "
+                        "the same way:\n" + tail(run.output))
+
+
 DISK_FULL_MIB = 64
 """What a killed or cut-short suite must have written for its true reason to be a full disk, not memory."""
 WRITTEN = ("{ du -scm /tmp /var/tmp \"$HOME\" /dev/shm 2>/dev/null | tail -1; "
@@ -107,7 +130,7 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
     sandbox.reset()
     first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover, probe=probe)
     if (rejected := _reject_reason(first, timeout)) is not None:
-        raise _disk_full(sandbox, rejected)
+        raise _stopped_early(sandbox, first, _disk_full(sandbox, rejected))
     passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
     outcomes = [first.outcomes]
     last = first
