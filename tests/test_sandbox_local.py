@@ -160,6 +160,34 @@ def test_find_requirements_reads_common_layouts(tmp_path):
     assert any(r.startswith("toml") for r in reqs)
 
 
+def test_find_requirements_reads_what_tox_installs_for_the_pytest_command(tmp_path):
+    """pyparsing 3.3.3's tox.ini: `commands = unit: pytest tests ...` and `doctest: sphinx-build ...`; the `unit`
+    environment takes the `diagrams` extra (`railroad`, which its tests import) and its factor-conditional deps."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "pyparsing"\ndependencies = []\n[project.optional-dependencies]\n'
+        'diagrams = ["railroad-diagrams", "jinja2"]\nextra = ["never-installed"]\n')
+    (tmp_path / "requirements-unit.txt").write_text("")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "deps.txt").write_text("hypothesis\n")
+    (tmp_path / "tox.ini").write_text(
+        "[tox]\nenvlist = py39-unit,py{310,311}-{unit,doctest}\n\n[testenv]\ndeps =\n    unit: pytest\n"
+        "    unit-!py315t: matplotlib; implementation_name != 'pypy'\n    py315t: free-threaded-only\n"
+        "    doctest: sphinx-only-for-docs\n    -r{toxinidir}/tests/deps.txt\n    {[base]deps}\n"
+        "    lint: pytest-ruff\n    pytest-mypy\n"
+        "extras = unit: diagrams\ncommands =\n    unit: pytest tests examples/tiny/tests {posargs}\n"
+        "    doctest: sphinx-build -b doctest docs docs/_build/doctest\n")
+    reqs = find_requirements(tmp_path)
+    for name in ("railroad-diagrams", "jinja2", "hypothesis", "pytest"):
+        assert name in reqs, reqs
+    assert any(r.startswith("matplotlib;") for r in reqs), reqs
+    # another factor's deps, an extra tox does not name, and pytest plugins that make lint results into tests: not
+    assert not any(r.startswith(("free-threaded", "sphinx", "never", "pytest-ruff", "pytest-mypy")) for r in reqs)
+    # no pytest command in [testenv] (a lint-only tox.ini): nothing of it is taken
+    (tmp_path / "tox.ini").write_text("[testenv]\ndeps = flake8-only\ncommands = flake8 src\n")
+    assert not any(r.startswith("lintdep") for r in find_requirements(tmp_path))
+    assert "railroad-diagrams" not in find_requirements(tmp_path)
+
+
 def test_get_backend_falls_back_to_local_with_warning(monkeypatch, caplog):
     import trajfactory.executors as executors
     import trajfactory.executors.docker as docker_backend

@@ -87,7 +87,7 @@ def _poetry_spec(name: str, spec) -> str | None:
     return name + ",".join(parts)
 
 
-def _from_pyproject(path: Path) -> list[str]:
+def _from_pyproject(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[str]:
     data = tomllib.loads(path.read_text())
     project = data.get("project", {})
     name = project.get("name")
@@ -101,7 +101,7 @@ def _from_pyproject(path: Path) -> list[str]:
         return _clean(optional.get(extra, []), name, extras_of)
 
     reqs = _clean(project.get("dependencies", []), name, extras_of)
-    for extra in TEST_EXTRAS:
+    for extra in extras:
         reqs += extras_of(extra)
     groups = data.get("dependency-groups", {}) or {}
     for group in TEST_EXTRAS:
@@ -115,17 +115,17 @@ def _from_pyproject(path: Path) -> list[str]:
     return reqs
 
 
-def _from_setup_cfg(path: Path) -> list[str]:
+def _from_setup_cfg(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[str]:
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read_string(path.read_text())
     reqs = cfg.get("options", "install_requires", fallback="").splitlines()
     reqs += cfg.get("options", "tests_require", fallback="").splitlines()
-    for extra in TEST_EXTRAS:
+    for extra in extras:
         reqs += cfg.get("options.extras_require", extra, fallback="").splitlines()
     return _clean([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
 
 
-def _from_setup_py(path: Path) -> list[str]:
+def _from_setup_py(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[str]:
     """Literal install_requires / tests_require / extras_require keywords of a setup() call."""
     reqs: list[str] = []
     for node in ast.walk(parse_python(path.read_text())):
@@ -139,7 +139,7 @@ def _from_setup_py(path: Path) -> list[str]:
             if kw.arg in ("install_requires", "tests_require") and isinstance(value, (list, tuple)):
                 reqs += _clean(list(value))
             elif kw.arg == "extras_require" and isinstance(value, dict):
-                for extra in TEST_EXTRAS:
+                for extra in extras:
                     reqs += _clean(list(value.get(extra, [])))
     return reqs
 
@@ -157,6 +157,56 @@ def _from_requirements_txt(path: Path, repo: Path, depth: int = 0) -> list[str]:
     return reqs
 
 
+_FACTORED = re.compile(r"^([A-Za-z0-9_.!,-]+):\s+(.*)$")
+
+
+def _factored(value: str) -> list[tuple[str, str]]:
+    """tox's lines, each with its factor condition (`unit-!py315t: matplotlib`), '' where it has none."""
+    out = []
+    for line in value.splitlines():
+        line = line.split(" #")[0].strip()
+        if line and not line.startswith("#"):
+            match = _FACTORED.match(line)
+            out.append((match.group(1), match.group(2).strip()) if match else ("", line))
+    return out
+
+
+def _holds(condition: str, factors: set[str]) -> bool:
+    """Whether a tox condition holds for an environment with `factors` (`a,b-c`: a, or b and c; `!x`: not x)."""
+    return not condition or any(
+        all((f[1:] not in factors) if f.startswith("!") else (f in factors) for f in alt.split("-") if f)
+        for alt in condition.split(","))
+
+
+def _from_tox_ini(path: Path, repo: Path) -> tuple[list[str], tuple[str, ...]]:
+    """The `deps` and `extras` of tox's `[testenv]` that hold for the factors of its pytest command, the way the
+    maintainers' `tox` installs the suite's environment (pyparsing: `commands = unit: pytest tests ...` takes
+    `extras = unit: diagrams`, whose `railroad` its tests import)."""
+    cfg = configparser.ConfigParser(interpolation=None, strict=False)
+    cfg.read_string(path.read_text())
+    if not cfg.has_section("testenv"):
+        return [], ()
+    env = cfg["testenv"]
+    runs = [cond for cond, command in _factored(env.get("commands", "")) if re.search(r"\bpy\.?test\b", command)]
+    if not runs:
+        return [], ()
+    factors = {f for cond in runs for alt in cond.split(",") for f in alt.split("-") if f and not f.startswith("!")}
+    deps: list[str] = []
+    for cond, dep in _factored(env.get("deps", "")):
+        dep = dep.replace("{toxinidir}/", "")
+        if not _holds(cond, factors) or "{" in dep:
+            continue
+        if dep.startswith(("-r", "--requirement")):
+            included = (repo / dep.removeprefix("--requirement").removeprefix("-r").strip().lstrip("=")).resolve()
+            if included.is_file() and included.is_relative_to(repo.resolve()):
+                deps += _from_requirements_txt(included, repo)
+        elif not dep.startswith(("-", ".", "/")):
+            deps += _clean([dep])
+    extras = tuple(e.strip() for cond, value in _factored(env.get("extras", "")) if _holds(cond, factors)
+                   for e in value.split(",") if e.strip())
+    return deps, extras
+
+
 def requirement_files(repo_dir: str | Path) -> list[Path]:
     repo = Path(repo_dir)
     names = [*repo.glob("requirements*.txt"), *repo.glob("*-requirements*.txt"), *repo.glob("*_requirements*.txt")]
@@ -169,15 +219,24 @@ def requirement_files(repo_dir: str | Path) -> list[Path]:
 
 
 def find_requirements(repo_dir: str | Path) -> list[str]:
-    """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage."""
+    """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage: its packaging
+    files' dependencies and test extras, its requirements files, and what tox's `[testenv]` installs for its pytest
+    command (`deps`, and `extras` added to the test extras)."""
     repo = Path(repo_dir)
+    reqs: list[str] = []
+    extras = TEST_EXTRAS
+    if (repo / "tox.ini").is_file():
+        try:
+            reqs, tox_extras = _from_tox_ini(repo / "tox.ini", repo)
+            extras = tuple(dict.fromkeys((*TEST_EXTRAS, *tox_extras)))
+        except Exception as exc:  # noqa: BLE001 - best effort, like the other files
+            log.warning("could not read dependencies from %s: %s", repo / "tox.ini", exc)
     sources: list[tuple[Path, Callable[[Path], list[str]]]] = [
-        (repo / "pyproject.toml", _from_pyproject),
-        (repo / "setup.cfg", _from_setup_cfg),
-        (repo / "setup.py", _from_setup_py),
+        (repo / "pyproject.toml", lambda p: _from_pyproject(p, extras)),
+        (repo / "setup.cfg", lambda p: _from_setup_cfg(p, extras)),
+        (repo / "setup.py", lambda p: _from_setup_py(p, extras)),
     ]
     sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
-    reqs: list[str] = []
     for path, parse in sources:
         if not path.is_file():
             continue
@@ -192,12 +251,15 @@ def find_requirements(repo_dir: str | Path) -> list[str]:
     return sorted(set(reqs), key=str.lower)
 
 
-# Documentation, lint, formatting and release tools that `dev` extras and poetry dev groups carry: no test run needs
-# them, and their old pins (a Sphinx 4, a pre-commit 2) are what most often fails to install on a current Python.
+# Documentation, lint, formatting and release tools that `dev` extras, poetry dev groups and tox's extras carry: no
+# test run needs them, and their old pins (a Sphinx 4, a pre-commit 2) are what most often fails to install on a
+# current Python. pytest plugins that turn linters into test items (`pytest-ruff`, `pytest-mypy`, enabled by
+# `pytest-enabler` where installed, as jaraco's projects do in tox) would make lint results tests of a task.
 _TOOLING = re.compile(
     r"^(sphinx.*|furo|mkdocs.*|myst-parser|pre-commit|black|blacken-docs|flake8.*|ruff|isort|pylint|autopep8|yapf|"
     r"pydocstyle|pycodestyle|doc8|twine|check-manifest|bump2?version|towncrier|commitizen|coveralls|codecov|tox|"
-    r"nox|pyroma|readme-renderer)$"
+    r"tox-.*|nox|pyroma|readme-renderer|pytest-(?:ruff|mypy|checkdocs|flake8.*|pylint|black|isort|enabler|"
+    r"pycodestyle|pydocstyle))$"
 )
 
 
