@@ -152,3 +152,49 @@ def test_golden_output(request):
     forged = {**fixed, pairs[f + "TestAdding::test_add_method"]: "failed"}
     assert [b.split()[2] for b in twin_set.broken(forged, [f + "test_golden_output"])] == [
         pairs[f + "TestAdding::test_add_method"]]
+
+
+SWITCHED = '''import unittest
+
+
+class TestBase(unittest.TestCase):
+    context = None
+    expected = None
+
+    def test_context(self):
+        self.assertEqual(self.context, self.expected)
+
+    def test_super(self):
+        self.assertEqual(super().id(), self.id())
+
+
+class TestSwitch(unittest.TestCase):  # sets the base's attribute through the module's name, as pyparsing's do
+    def test_switch(self):
+        TestBase.context = "on"
+
+
+class TestSwitched(TestBase):
+    expected = "on"
+'''
+
+
+def test_a_methods_twin_goes_onto_its_own_class_which_keeps_its_name(tmp_path):
+    """pyparsing 3.3.3: `Test03_EnablePackratParsing` sets `Test02_WithoutPackrat.suite_context` through the module's
+    name, and `Test04_WithPackrat(Test02_WithoutPackrat)` reads it. A twin class that took `Test02`'s name got the
+    attribute instead, and Test04's tests failed under any fix: 4 of 5 real fixes there were not verified. The twin
+    is put on the class itself now, and its `super()` is bound to that class."""
+    new, twins, canary = twin_source(SWITCHED, [["TestBase", "test_context"], ["TestBase", "test_super"]])
+    assert set(twins) == {("TestBase", "test_context"), ("TestBase", "test_super")}
+    (tmp_path / "test_switched.py").write_text(new)
+    ran = _outcomes(tmp_path, ["test_switched.py"])
+    f = "test_switched.py::"
+    twin_ids = [f"{f}TestBase::{twins[p]}" for p in twins]
+    assert {t: ran.get(t) for t in twin_ids} == dict.fromkeys(twin_ids, "passed"), ran
+    assert ran[f + "TestSwitched::test_context"] == ran[f + "TestSwitched::test_super"] == "passed", ran
+    assert {t: o for t, o in ran.items() if t.removeprefix(f) not in canary.must_fail} == {
+        t: "passed" for t in ran if t.removeprefix(f) not in canary.must_fail}, ran
+    assert {ran[f + t] for t in canary.must_fail} == {"failed"}, ran
+    namespace: dict = {}
+    exec(compile(new, "test_switched.py", "exec"), namespace)  # the module's names: the class, no helper left
+    assert namespace["TestBase"].__bases__ == (__import__("unittest").TestCase,)
+    assert not [n for n in namespace if n.startswith("_") and not n.startswith("__")], sorted(namespace)

@@ -7,7 +7,7 @@ failing tests leaves them alone: by the tests' file, or by their names, which a 
 before the buggy state is committed, the failing tests' file gets:
 
 - **twins:** a failing test's definition copied as it is, decorators and all, at the end of the file under another
-  name (`test_roundtrip` for `test_parse_dates`; a method's copy in a subclass that takes its class's place): the
+  name (`test_roundtrip` for `test_parse_dates`; a method's copy put on its own class): the
   same test at another place, under a name that shares nothing with the original. With a real fix both pass; a
   forgery keyed on the test's name, its line or its code object passes the original and not its twin, and the run
   is refused.
@@ -114,6 +114,23 @@ def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool =
     return name
 
 
+GRAFT = """for {name} in ({names},):
+    {value} = vars({cls})[{name}]
+    {func} = getattr({value}, "__func__", {value})
+    while {func} is not None:
+        if "__class__" in getattr(getattr({func}, "__code__", None), "co_freevars", ()):
+            {func}.__closure__[{func}.__code__.co_freevars.index("__class__")].cell_contents = {held}
+        {func} = getattr({func}, "__wrapped__", None)
+    setattr({held}, {name}, {value})
+{cls} = {held}
+del {held}, {name}, {value}, {func}
+"""
+"""The twins of a class's methods, written in a subclass under the class's name (so that they compile as the
+originals do: private names, `super()`), go onto the class itself, and the module's name is the class again: a suite
+that sets a class attribute through the module's name (pyparsing's `Test02_WithoutPackrat.suite_context = ...`, read
+by its subclasses) still sets it on the class its tests read it from. `super()` in a copy is bound to the class."""
+
+
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
                 ) -> tuple[str, dict[tuple[str, ...], str], Canaries] | None:
     """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and a
@@ -121,9 +138,9 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     `Cls::test_x`). None when the source does not parse.
 
     Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
-    function's twin is a copy of its definition; a method's twin goes into a subclass of its class under the class's
-    own name (`class TestX(TestX):`), which takes the class's place in the module, so pytest collects the same ids
-    from it and the twin beside them, and the copy's `super()` and private names work as in the original."""
+    function's twin is a copy of its definition; a method's twin is compiled in a subclass under the class's own
+    name (`class TestX(TestX):`) and then put on the class itself (`GRAFT`), so pytest collects the same ids and the
+    twin beside them, and the copy's `super()` and private names work as in the original."""
     rng = rng or secrets.SystemRandom()
     try:
         tree = parse_python(source)
@@ -148,9 +165,12 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     for copy in functions:
         lines += ["\n", "\n", *copy]
     for cls, copies in methods.items():
-        lines += ["\n", "\n", f"class {cls}({cls}):\n"]
+        held, name, value, func = (_fresh("_", used, rng) for _ in range(4))
+        lines += ["\n", "\n", f"{held} = {cls}\n", "\n", "\n", f"class {cls}({cls}):\n"]
         for i, copy in enumerate(copies):
             lines += (["\n"] if i else []) + copy
+        names = ", ".join(repr(twins[(cls, n)]) for n in [p[1] for p in twins if len(p) == 2 and p[0] == cls])
+        lines += ["\n", "\n", GRAFT.format(held=held, cls=cls, name=name, value=value, func=func, names=names)]
     cls = _fresh("Test", used, rng, title=True)
     body, must_pass, must_fail = canary_methods(rng)
     lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
