@@ -107,6 +107,9 @@ def test_one_item_crashing_hanging_or_exhausting_memory_is_that_items_result(doc
                         "    subprocess.Popen(['sleep', '1000'], start_new_session=True)"),
         BatchItem("bad", "--- a/nowhere.py\n+++ b/nowhere.py\n@@ -1 +1 @@\n-x\n+y\n", ["tests/x.py::t"], 60),
         _item("fails", "def test_it():\n    assert 1 + 1 == 3"),
+        # a write to a closed pipe raises in `python -m pytest` (Python ignores SIGPIPE); it once killed the child
+        _item("pipe", "import os\n\ndef test_it():\n    r, w = os.pipe()\n    os.close(r)\n    try:\n"
+                      "        os.write(w, b'x')\n    except BrokenPipeError:\n        pass"),
     ]
     with docker_backend.start(env, LIMITS) as sandbox:
         results, info = run_batch(sandbox, items)
@@ -121,6 +124,7 @@ def test_one_item_crashing_hanging_or_exhausting_memory_is_that_items_result(doc
     assert by["orphan"].run.outcomes == {"tests/test_zz_orphan.py::test_it": "passed"}
     assert by["bad"].run is None and "nowhere.py" in by["bad"].patch_error
     assert by["fails"].run.outcomes == {"tests/test_zz_fails.py::test_it": "failed"}
+    assert by["pipe"].run.finished and by["pipe"].run.outcomes == {"tests/test_zz_pipe.py::test_it": "passed"}
     count, _, status = left.output.partition("\n")
     assert count.strip() == "1" and status.strip() == ""  # only the container's own keeper sleeps; checkout clean
 

@@ -10,6 +10,9 @@ validation in a pool → tasks → gold proof of every task) and was chosen for 
 | validators 0.28.3 | parametrized ids with spaces, brackets and (escaped) unicode |
 | jsonschema 4.23.0 | a large suite: ~7,700 unittest tests, most generated from JSON files |
 | inflect 7.4.0 | `addopts = --doctest-modules --import-mode importlib` in pytest.ini: doctests are tests |
+| semver 3.1.1 | documentation doctests that pass only after the tests ran (`testpaths = tests docs`) |
+| soupsieve 2.7 | a test requirement (beautifulsoup4) pulls the project itself, whose newest release needs a newer Python |
+| boltons 25.0.0 | a suite that writes to a closed socket, run whole in the batch worker's forked child |
 
 plus packaging 24.1, a project pytest itself depends on (its image must still import the checkout's copy), and a
 repository whose `setup.py` raises, quarantined `install_failed` at build time. Images are content-addressed,
@@ -34,6 +37,7 @@ from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfi
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
+from trajfactory.synthesizers.swe.validate import validate_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=300)
@@ -195,6 +199,45 @@ def test_documentation_doctests_that_need_the_tests_to_run_first(docker_backend,
     docs = sorted(t for t in mined.checked() if t.startswith("docs/") and t.endswith(".rst"))
     assert len(docs) > 10, sorted(mined.checked())[:5]
     assert all(mined.outcome(t) == {"passed"} for t in docs)
+
+
+@pytest.mark.docker
+def test_requirements_are_chosen_for_the_sandboxs_python(docker_backend, mirrors, tmp_path):
+    """soupsieve 2.7: its tests need beautifulsoup4, which needs soupsieve, whose newest wheel (2.10 in this
+    index) says `Requires-Python >=3.11.5`. The host's Python (3.11.7) admits it, the image's (3.11.2) does not:
+    the wheelhouse was resolved for the host, the image's install refused it, and the repository was quarantined
+    `install_failed`. It is resolved for the image's Python now (`wheelhouse.build_wheelhouse`)."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:soupsieve==2.7", ("soupsieve/css_match.py",), n=2)
+    out = in_sandbox(docker_backend, mined.env, "python -c 'import platform, soupsieve, bs4, importlib.metadata as m; "
+                     "print(platform.python_version(), soupsieve.__file__, m.version(\"soupsieve\"))'")
+    python, where, version = out.split()
+    assert where == "/repo/soupsieve/__init__.py" and version == "2.7", out  # the project itself, from the checkout
+    assert len(mined.ref.passing) > 300 and mined.tasks
+
+
+@pytest.mark.docker
+def test_a_whole_suite_that_writes_to_a_closed_socket_runs_in_the_batch_worker(docker_backend, mirrors, tmp_path):
+    """boltons 25.0.0: a test writes to a closed socket, which `python -m pytest` survives (Python ignores SIGPIPE,
+    so the write raises). The batch worker's forked child had SIGPIPE at its default action, so every whole-suite
+    run of boltons there died (exit 141) and its candidate was an `error`; removing `SpooledBytesIO`'s base class,
+    a class change every module's import sees, is such a candidate."""
+    source = harvest_repo("pypi:boltons==25.0.0", mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=2000, seed=0), tmp_path / "co")
+    base = [c for c in found if c.family == "remove_base_class" and c.entity.name == "SpooledBytesIO"]
+    assert base, sorted({(c.family, c.entity.name) for c in found if c.scope == "class"})
+    ref = stage.reference(docker_backend, env, source, QUICK, LIMITS)
+    assert isinstance(ref, ReferenceRun), ref
+    with docker_backend.start(env, LIMITS) as sandbox:
+        full = validate_batch(sandbox, base[:1], ref, selection="full")[0]
+        clean = validate_batch(sandbox, [base[0].model_copy(update={"patch": ""})], ref, selection="full")[0]
+    assert full.status == "valid", (full.status, full.detail)
+    assert full.FAIL_TO_PASS and all(t.startswith("tests/test_ioutils.py::TestSpooled")
+                                     for t in full.FAIL_TO_PASS), full.FAIL_TO_PASS
+    assert len(full.PASS_TO_PASS) > 300
+    assert clean.status != "error", (clean.status, clean.detail)  # the clean code's whole suite finishes too
 
 
 @pytest.mark.docker

@@ -51,8 +51,11 @@ def child_setup(item: dict, spec: dict, index: int) -> None:
     limit, stdin from /dev/null, the checkout as working directory, the item's environment, fresh random seeds."""
     os.setpgid(0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    # as Python's own start-up leaves it: a write to a closed pipe or socket raises BrokenPipeError; under SIG_DFL
+    # it killed the child (exit 141), and boltons' suite writes to a closed socket on the clean code
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with open("/proc/self/oom_score_adj", "w") as fh:

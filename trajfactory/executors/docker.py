@@ -114,6 +114,18 @@ def cleanup_run_containers(run_ids: set[str], client=None) -> int:
     return sum(cleanup_leftover_containers({RUN_LABEL: run_id}, client) for run_id in sorted(run_ids))
 
 
+_python_versions: dict[str, str] = {}
+
+
+def image_python(client, image: str, image_id: str) -> str:
+    """The version of an image's `python3` (`3.11.2`), asked once per image id: its wheelhouse is chosen for it."""
+    if image_id not in _python_versions:
+        out = client.containers.run(image, ["python3", "-c", "import platform; print(platform.python_version())"],
+                                    remove=True, network_disabled=True, labels={LABEL: "1", **_run_labels})
+        _python_versions[image_id] = out.decode().strip()
+    return _python_versions[image_id]
+
+
 def _image_exists(client, tag: str) -> bool:
     with _engine_errors(f"inspecting image {tag}"):
         try:
@@ -149,7 +161,8 @@ class DockerBackend:
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle
-            house, requirements = build_wheelhouse(repo_dir, self.cache_root)
+            python = image_python(self.client, self.base_image, base_id)
+            house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
             addopts, dropped = pytest_addopts(repo_dir, house)
             if dropped:

@@ -1,7 +1,8 @@
 """A repository's wheelhouse and the project itself, for its sandbox environment (both backends).
 
 - `build_wheelhouse`: the requirements (`requirements.py`) downloaded on the host (containers reach no package
-  index) into a wheelhouse keyed by the requirement set.
+  index) into a wheelhouse keyed by the requirement set and the sandbox's Python, each distribution chosen for
+  that Python (its `Requires-Python`), not for the host's.
 - `INSTALL_PROJECT`: the script that installs the project itself inside the environment (a true
   `install_failed` at build time), keeping its metadata but importing its code from the checkout.
 """
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import platform
 import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
 from .base import EnvironmentBuildError
 
@@ -29,8 +34,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- wheelhouse
 
 
-def requirements_key(requirements: list[str]) -> str:
+def requirements_key(requirements: list[str], python_version: str | None = None) -> str:
     py = f"cp{sys.version_info.major}{sys.version_info.minor}-{sys.platform}"
+    if python_version and python_version != platform.python_version():
+        py += f"-for-{python_version}"
     return hashlib.sha256("\n".join([py, *sorted(requirements)]).encode()).hexdigest()[:16]
 
 
@@ -56,17 +63,22 @@ def pip_output(text: str, lines: int | None = 15) -> str:
     return "\n".join(kept)
 
 
-def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None) -> tuple[Path, list[str]]:
+def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
+                     python_version: str | None = None) -> tuple[Path, list[str]]:
     """Download the repository's requirements as wheels on the host; cached by the requirement set.
 
     The wheelhouse holds `requirements.txt` (what the environment installs) and `build-requirements.txt` (what
     building the project itself needs, installed only into pip's isolated build environment), each resolved on
-    its own: a build backend's pin never conflicts with a runtime one.
+    its own: a build backend's pin never conflicts with a runtime one. `python_version` is the sandbox's Python
+    (`3.11.2`) when it is not the host's: pip then picks each distribution for it, so a release whose
+    `Requires-Python` admits the host (3.11.7) but not the sandbox (soupsieve 2.10 says `>=3.11.5`) is never
+    chosen; the image's own install would refuse it.
     """
+    target = python_version or platform.python_version()
     requirements = find_requirements(repo_dir)
     build_requirements = find_build_requirements(repo_dir)
     root = Path(cache_root or default_cache_root()) / "wheelhouse"
-    house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)])
+    house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)], target)
     if (house / ".complete").exists():
         log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
         return house, requirements
@@ -75,14 +87,14 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None)
     try:
         (tmp / "requirements.txt").write_text("\n".join(requirements) + "\n")
         (tmp / "build-requirements.txt").write_text("".join(f"{r}\n" for r in build_requirements))
-        log.info("downloading %d requirements into wheelhouse %s: %s (to build the project: %s)",
-                 len(requirements), house.name, requirements, build_requirements)
+        log.info("downloading %d requirements into wheelhouse %s for Python %s: %s (to build the project: %s)",
+                 len(requirements), house.name, target, requirements, build_requirements)
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
         for listing, what in (("requirements.txt", "requirement"), ("build-requirements.txt", "build requirement")):
             wanted = requirements if listing == "requirements.txt" else build_requirements
             if not wanted:
                 continue
-            out = _run([*pip, "download", "-q", "--prefer-binary", "-d", str(tmp), "-r", str(tmp / listing)])
+            out = _download(pip, tmp, ["-r", str(tmp / listing)], target)
             if out.returncode != 0:
                 req = _failed_requirement(out.stdout + out.stderr, wanted)
                 raise EnvironmentBuildError(
@@ -102,6 +114,7 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None)
                     "a wheel of it must be available from the package index or it must build offline",
                 )
             sdist.unlink()
+        _fit_python(pip, tmp, target, repo_dir)
         (tmp / ".complete").touch()
         try:
             tmp.rename(house)
@@ -111,6 +124,75 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return house, requirements
+
+
+def _download(pip: list[str], dest: Path, what: list[str], target: str):
+    """`pip download` of `what` into `dest`, each distribution chosen for Python `target`.
+
+    pip chooses for another interpreter (`--python-version`) only among wheels; when some requirement has none,
+    the requirements are resolved as for the host, and `_fit_python` replaces what the sandbox cannot install.
+    """
+    if target != platform.python_version():
+        out = _wheels_for(pip, dest, what, target)
+        if out.returncode == 0:
+            return out
+    return _run([*pip, "download", "-q", "--prefer-binary", "-d", str(dest), *what])
+
+
+def _wheels_for(pip: list[str], dest: Path, what: list[str], target: str):
+    """`pip download` of wheels only, chosen for Python `target`; `dest` gets them only if all resolve."""
+    staged = Path(tempfile.mkdtemp(prefix=".for-python-", dir=dest))
+    try:
+        out = _run([*pip, "download", "-q", "--only-binary=:all:", "--python-version", target, "-d", str(staged),
+                    *what])
+        if out.returncode == 0:
+            for wheel in staged.iterdir():
+                if not (dest / wheel.name).exists():
+                    shutil.move(str(wheel), dest / wheel.name)
+        return out
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _fits(wheel: Path, target: str) -> bool:
+    spec = requires_python(wheel)
+    try:
+        return not spec or SpecifierSet(spec).contains(target, prereleases=True)
+    except InvalidSpecifier:
+        return True  # pip ignores a malformed one too
+
+
+def requires_python(wheel: Path) -> str:
+    """The `Requires-Python` of a wheel's metadata ('' when it has none)."""
+    with zipfile.ZipFile(wheel) as zf:
+        name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+        if name is None:
+            return ""
+        text = zf.read(name).decode("utf-8", "replace").split("\n\n", 1)[0]
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.lower().startswith("requires-python:")), "")
+
+
+def _fit_python(pip: list[str], house: Path, target: str, repo_dir: str | Path) -> None:
+    """Replace each wheel of `house` whose `Requires-Python` excludes `target` by the newest release of its
+    distribution that admits it (with that release's own dependencies); a distribution with none is an
+    `install_failed` that names it."""
+    for wheel in sorted(house.glob("*.whl")):
+        if _fits(wheel, target):
+            continue
+        name = canonicalize_name(wheel.name.split("-")[0])
+        spec = requires_python(wheel)
+        log.info("%s requires Python %s, the sandbox has %s: choosing a release of %s for it", wheel.name, spec,
+                 target, name)
+        wheel.unlink()
+        out = _wheels_for(pip, house, [name], target)
+        if out.returncode != 0 or not any(_fits(w, target) for w in house.glob("*.whl")
+                                          if canonicalize_name(w.name.split("-")[0]) == name):
+            raise EnvironmentBuildError(
+                "install_failed",
+                f"{wheel.name}, which {repo_dir} needs, requires Python {spec} and the sandbox has Python {target}; "
+                f"no wheel of {name} for Python {target} could be downloaded: {pip_output(out.stderr or out.stdout)}",
+            )
 
 
 # ---------------------------------------------------------------------------- the project itself
