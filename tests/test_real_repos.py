@@ -13,6 +13,7 @@ validation in a pool → tasks → gold proof of every task) and was chosen for 
 | semver 3.1.1 | documentation doctests that pass only after the tests ran (`testpaths = tests docs`) |
 | soupsieve 2.7 | a test requirement (beautifulsoup4) pulls the project itself, whose newest release needs a newer Python |
 | boltons 25.0.0 | a suite that writes to a closed socket, run whole in the batch worker's forked child |
+| markdown 3.11.3 | a suite its maintainers run with `python -m unittest discover tests`, which pytest's defaults fail |
 
 plus packaging 24.1, a project pytest itself depends on (its image must still import the checkout's copy), and a
 repository whose `setup.py` raises, quarantined `install_failed` at build time. Images are content-addressed,
@@ -22,6 +23,7 @@ so a second run reuses them.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
+from trajfactory.executors.pytest_options import pytest_addopts, pytest_config, unittest_options
 from trajfactory.executors.pool import SandboxPool
 from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
 from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
@@ -238,6 +240,47 @@ def test_a_whole_suite_that_writes_to_a_closed_socket_runs_in_the_batch_worker(d
                                      for t in full.FAIL_TO_PASS), full.FAIL_TO_PASS
     assert len(full.PASS_TO_PASS) > 300
     assert clean.status != "error", (clean.status, clean.detail)  # the clean code's whole suite finishes too
+
+
+@pytest.mark.docker
+def test_a_suite_its_maintainers_run_with_unittest_is_collected_as_unittest_does(docker_backend, mirrors, tmp_path):
+    """markdown 3.11.3: `tox.ini` runs `coverage run -m unittest discover {toxinidir}/tests`, and there is no pytest
+    configuration. Under pytest's defaults the whole suite failed collection (`collection_failed`): a test module
+    imports `unittest.TestSuite` for its `load_tests`, pytest warns that it cannot collect that class, and
+    `tests/test_legacy.py`, collected first, sets `warnings.simplefilter("error")` at import. The image now tells
+    pytest to collect what unittest collects: `unittest.TestCase` classes from `test*.py` under `tests`."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:markdown==3.11.3", ("markdown/util.py",), n=2)
+    out = in_sandbox(docker_backend, mined.env, "printf '%s' \"$TRAJFACTORY_ADDOPTS\"")
+    assert shlex.split(out) == ["-o", "python_classes=", "-o", "python_functions=", "-o", "python_files=test*.py",
+                           "-o", "testpaths=tests"], out
+    assert len(mined.ref.passing) > 1000 and all(t.startswith("tests/") for t in mined.ref.passing)
+
+
+def test_which_suites_are_run_with_unittest(tmp_path):
+    """The maintainers' runner, read from the commands of tox, make, nox and CI workflows (jsonpointer's makefile
+    says `python3 -munittest`, and its tests live in `tests.py`, which pytest's default pattern does not match)."""
+    def options(files: dict[str, str]) -> list[str]:
+        repo = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name, text in files.items():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_text(text)
+        return unittest_options(repo)
+
+    assert options({"makefile": "test:\n\tpython3 -munittest\n", "tests.py": ""}) == \
+        ["-o", "python_classes=", "-o", "python_functions=", "-o", "python_files=test*.py"]
+    assert options({"tox.ini": "[testenv]\ndeps = coverage\ncommands = coverage run -m unittest discover "
+                               "-s {toxinidir}/src/tests -p 'check_*.py'\n", "src/tests/check_a.py": ""})[-4:] == \
+        ["-o", "python_files=check_*.py", "-o", "testpaths=src/tests"]
+    assert options({"Makefile": "test:\n\tpython -m unittest tests.test_core -v\n", "tests/test_core.py": ""})[-2:] \
+        == ["-o", "testpaths=tests/test_core.py"]
+    workflow = "jobs:\n  t:\n    steps:\n      - run: python -m unittest discover tests\n"
+    assert options({".github/workflows/ci.yml": workflow, "tests/test_x.py": ""})[-1] == "testpaths=tests"
+    # a project that runs pytest anywhere, or configures it, is collected the way pytest does
+    assert options({"tox.ini": "[testenv]\ncommands = python -m unittest discover\n",
+                    "Makefile": "test:\n\tpytest -q\n"}) == []
+    assert options({"makefile": "test:\n\tpython -m unittest\n", "setup.cfg": "[tool:pytest]\naddopts = -q\n"}) == []
+    assert pytest_addopts(tmp_path / "0")[0] == "-o python_classes= -o python_functions= -o 'python_files=test*.py'"
+    assert options({"README.md": "python -m unittest"}) == []  # a readme is not the maintainers' command
 
 
 @pytest.mark.docker

@@ -167,6 +167,8 @@ def test_find_requirements_reads_what_tox_installs_for_the_pytest_command(tmp_pa
         '[project]\nname = "pyparsing"\ndependencies = []\n[project.optional-dependencies]\n'
         'diagrams = ["railroad-diagrams", "jinja2"]\nextra = ["never-installed"]\n')
     (tmp_path / "requirements-unit.txt").write_text("")
+    # wcwidth 0.9.4: pins of a code generator's and a wheel builder's tools beside the suite's own file
+    (tmp_path / "requirements-update.txt").write_text("certifi==2026.10.23\n")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "deps.txt").write_text("hypothesis\n")
     (tmp_path / "tox.ini").write_text(
@@ -182,10 +184,13 @@ def test_find_requirements_reads_what_tox_installs_for_the_pytest_command(tmp_pa
     assert any(r.startswith("matplotlib;") for r in reqs), reqs
     # another factor's deps, an extra tox does not name, and pytest plugins that make lint results into tests: not
     assert not any(r.startswith(("free-threaded", "sphinx", "never", "pytest-ruff", "pytest-mypy")) for r in reqs)
+    # tox's pytest command names its requirements file: the other requirements files are not the suite's
+    assert not any(r.startswith("certifi") for r in reqs), reqs
     # no pytest command in [testenv] (a lint-only tox.ini): nothing of it is taken
     (tmp_path / "tox.ini").write_text("[testenv]\ndeps = flake8-only\ncommands = flake8 src\n")
     assert not any(r.startswith("lintdep") for r in find_requirements(tmp_path))
     assert "railroad-diagrams" not in find_requirements(tmp_path)
+    assert "certifi==2026.10.23" in find_requirements(tmp_path)  # no file named by tox: every requirements file
 
 
 def test_get_backend_falls_back_to_local_with_warning(monkeypatch, caplog):

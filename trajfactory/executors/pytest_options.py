@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+import re
 import shlex
 import tomllib
 import zipfile
@@ -136,7 +137,7 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
     pytest exit with a usage error. A bare argument is kept when it is a path of the checkout.
     """
     repo = Path(repo_dir)
-    _, options = pytest_config(repo)
+    config_file, options = pytest_config(repo)
     raw = options.get("addopts", "")
     try:
         tokens = list(raw) if isinstance(raw, list) else shlex.split(str(raw))
@@ -201,4 +202,101 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
             setting = value if eq else (option[1] if len(option) > 1 else "")
             keep = not setting.startswith("addopts")
         (kept if keep else dropped).extend(option)
+    if config_file is None and (unittest := unittest_options(repo)):
+        kept += unittest
     return shlex.join(kept), dropped
+
+
+# ---------------------------------------------------------------------------- suites their maintainers run with unittest
+
+_COMMAND_FILES = ("tox.ini", "Makefile", "makefile", "GNUmakefile", "noxfile.py", "setup.cfg")
+_UNITTEST = re.compile(r"(?:-m\s*unittest|\bunittest2?\s+discover)\b([^\n;&|`)]*)")
+_PYTEST = re.compile(r"(?<![\w.-])(?:py\.test|pytest)(?![\w-])")
+
+
+def _commands(repo: Path) -> list[tuple[str, str]]:
+    """(file, text) of what the project's own tooling runs: tox's commands, make and nox files, CI workflows."""
+    found: list[tuple[str, str]] = []
+    for name in _COMMAND_FILES:
+        path = repo / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if name == "tox.ini":
+            cfg = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                cfg.read_string(text)
+            except configparser.Error:
+                continue
+            text = "\n".join(cfg.get(s, "commands", fallback="") for s in cfg.sections() if s.startswith("testenv"))
+        elif name == "setup.cfg":
+            continue  # read only for `[tool:pytest]`, by pytest_config
+        found.append((name, text))
+    workflows = repo / ".github" / "workflows"
+    for path in sorted(workflows.glob("*.y*ml")) if workflows.is_dir() else []:
+        try:
+            runs = re.findall(r"^\s*(?:-\s*)?run:\s*(.*(?:\n\s{6,}.*)*)", path.read_text(errors="replace"), re.M)
+        except OSError:
+            continue
+        found.append((f".github/workflows/{path.name}", "\n".join(runs)))
+    return found
+
+
+def unittest_options(repo_dir: str | Path) -> list[str]:
+    """How pytest collects what `python -m unittest` collects, for a project whose maintainers run their suite
+    with unittest (its tox commands, make or nox file or CI workflow say `-m unittest`, none says pytest) and that
+    has no pytest configuration: only `unittest.TestCase` classes (`python_classes` and `python_functions` empty:
+    a plain function or class named like a test is no test to unittest), from files matching unittest's pattern
+    (`test*.py`, or the command's `-p`), under its start directory (`testpaths`). markdown 3.11.3 imports
+    `unittest.TestSuite` into a test module for its `load_tests`, and another module sets `simplefilter("error")`
+    at import: pytest's own warning that it cannot collect `TestSuite` became an error and the whole suite failed
+    collection. jsonpointer keeps its tests in `tests.py`, which pytest's default pattern does not match."""
+    repo = Path(repo_dir)
+    commands = _commands(repo)
+    if pytest_config(repo)[0] is not None or any(_PYTEST.search(text) for _, text in commands):
+        return []
+    for name, text in commands:
+        if not (match := _UNITTEST.search(text)):
+            continue
+        try:
+            args = shlex.split(match.group(1).replace("{toxinidir}/", "").replace("{toxinidir}", "."))
+        except ValueError:
+            args = []
+        if args[:1] == ["discover"]:
+            args = args[1:]
+        start, pattern, names, i = ".", "test*.py", [], 0
+        positional: list[str] = []
+        while i < len(args):
+            arg = args[i]
+            if arg in ("-s", "--start-directory", "-p", "--pattern", "-t", "--top-level-directory", "-k") and \
+                    i + 1 < len(args):
+                if arg in ("-s", "--start-directory"):
+                    start = args[i + 1]
+                elif arg in ("-p", "--pattern"):
+                    pattern = args[i + 1]
+                i += 2
+                continue
+            if not arg.startswith("-"):
+                positional.append(arg)
+            i += 1
+        for arg in positional:  # discover's START [PATTERN [TOP]], or test modules and packages by name
+            as_path = arg.replace(".", "/") if not arg.endswith(".py") else arg
+            if (repo / arg).is_dir() and not names:
+                start = arg
+            elif (repo / f"{as_path}.py").is_file() or (repo / as_path).is_file():
+                names.append(as_path if as_path.endswith(".py") else f"{as_path}.py")
+            elif (repo / as_path).is_dir():
+                names.append(as_path)
+            elif "*" in arg:
+                pattern = arg
+        options = ["-o", "python_classes=", "-o", "python_functions="]
+        files = [n for n in names if n.endswith(".py")]
+        options += ["-o", "python_files=" + " ".join(dict.fromkeys([pattern, *(Path(f).name for f in files)]))]
+        paths = [n.rstrip("/") for n in names] or ([start.rstrip("/")] if start.strip("./") else [])
+        if paths:
+            options += ["-o", "testpaths=" + " ".join(paths)]
+        return options
+    return []

@@ -178,20 +178,21 @@ def _holds(condition: str, factors: set[str]) -> bool:
         for alt in condition.split(","))
 
 
-def _from_tox_ini(path: Path, repo: Path) -> tuple[list[str], tuple[str, ...]]:
+def _from_tox_ini(path: Path, repo: Path) -> tuple[list[str], tuple[str, ...], list[Path]]:
     """The `deps` and `extras` of tox's `[testenv]` that hold for the factors of its pytest command, the way the
     maintainers' `tox` installs the suite's environment (pyparsing: `commands = unit: pytest tests ...` takes
-    `extras = unit: diagrams`, whose `railroad` its tests import)."""
+    `extras = unit: diagrams`, whose `railroad` its tests import), and the requirements files those deps name."""
     cfg = configparser.ConfigParser(interpolation=None, strict=False)
     cfg.read_string(path.read_text())
     if not cfg.has_section("testenv"):
-        return [], ()
+        return [], (), []
     env = cfg["testenv"]
     runs = [cond for cond, command in _factored(env.get("commands", "")) if re.search(r"\bpy\.?test\b", command)]
     if not runs:
-        return [], ()
+        return [], (), []
     factors = {f for cond in runs for alt in cond.split(",") for f in alt.split("-") if f and not f.startswith("!")}
     deps: list[str] = []
+    named: list[Path] = []
     for cond, dep in _factored(env.get("deps", "")):
         dep = dep.replace("{toxinidir}/", "")
         if not _holds(cond, factors) or "{" in dep:
@@ -200,11 +201,12 @@ def _from_tox_ini(path: Path, repo: Path) -> tuple[list[str], tuple[str, ...]]:
             included = (repo / dep.removeprefix("--requirement").removeprefix("-r").strip().lstrip("=")).resolve()
             if included.is_file() and included.is_relative_to(repo.resolve()):
                 deps += _from_requirements_txt(included, repo)
+                named.append(included)
         elif not dep.startswith(("-", ".", "/")):
             deps += _clean([dep])
     extras = tuple(e.strip() for cond, value in _factored(env.get("extras", "")) if _holds(cond, factors)
                    for e in value.split(",") if e.strip())
-    return deps, extras
+    return deps, extras, named
 
 
 def requirement_files(repo_dir: str | Path) -> list[Path]:
@@ -225,9 +227,10 @@ def find_requirements(repo_dir: str | Path) -> list[str]:
     repo = Path(repo_dir)
     reqs: list[str] = []
     extras = TEST_EXTRAS
+    named: list[Path] = []
     if (repo / "tox.ini").is_file():
         try:
-            reqs, tox_extras = _from_tox_ini(repo / "tox.ini", repo)
+            reqs, tox_extras, named = _from_tox_ini(repo / "tox.ini", repo)
             extras = tuple(dict.fromkeys((*TEST_EXTRAS, *tox_extras)))
         except Exception as exc:  # noqa: BLE001 - best effort, like the other files
             log.warning("could not read dependencies from %s: %s", repo / "tox.ini", exc)
@@ -236,7 +239,10 @@ def find_requirements(repo_dir: str | Path) -> list[str]:
         (repo / "setup.cfg", lambda p: _from_setup_cfg(p, extras)),
         (repo / "setup.py", lambda p: _from_setup_py(p, extras)),
     ]
-    sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
+    # the requirements files tox installs for the pytest command are the suite's: the others beside them pin other
+    # tools (wcwidth's requirements-update.txt and requirements-wheels.txt pin a certifi the index does not have)
+    if not named:
+        sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
     for path, parse in sources:
         if not path.is_file():
             continue
