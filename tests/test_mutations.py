@@ -365,7 +365,7 @@ def test_test_docs_build_and_env_files_are_not_mutated(tmp_path: Path):
     skipped = [
         "tests/test_a.py", "pkg/tests/helpers.py", "pkg/test_b.py", "pkg/c_test.py", "conftest.py",
         "setup.py", "docs/conf.py", "examples/demo.py", ".hidden/h.py", "build/lib/b.py",
-        "myenv/lib/site.py", "pkg.egg-info/x.py",
+        "myenv/lib/site.py", "pkg.egg-info/x.py", "bin/update-tables.py",
     ]
     files = {rel: "def summarize" + body for rel in skipped} | {"myenv/pyvenv.cfg": "home = /usr\n"}
     root = _write(tmp_path, files | {"pkg/real.py": "def summarize" + body})

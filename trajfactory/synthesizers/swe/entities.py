@@ -1,7 +1,7 @@
 """The mutable entities of a repository: top-level functions, classes and their methods.
 
-Test files, docs, examples, build output, virtualenvs and hidden directories are skipped, so bugs
-land only in the code under test. A file that does not parse is reported, never raised.
+Test files, docs, examples, build output, virtualenvs, hidden directories and scripts whose file name is no module
+name are skipped, so bugs land only in the code under test. A file that does not parse is reported, never raised.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def is_source_file(rel: str | PurePosixPath) -> bool:
     `testing/`, `noxfile.py`, `sitecustomize.py`, ...), whose bug verification would make unfixable."""
     path = PurePosixPath(rel)
     if path.suffix != ".py" or protected(str(path)):  # tests, conftest.py and setup.py among them
+        return False
+    if not path.stem.isidentifier():  # a script no import can name (wcwidth's bin/update-tables.py took all 12)
         return False
     return not any(
         part.startswith(".") or part in SKIP_DIRS or part.endswith(".egg-info") for part in path.parts[:-1]
