@@ -12,9 +12,11 @@ def test_protected_paths():
     for path in ("tests/test_case.py", "tests/__init__.py", "conftest.py", "src/pkg/conftest.py", "pytest.ini",
                  "tox.ini", "setup.cfg", "pyproject.toml", "setup.py", "sitecustomize.py", "lib/x.pth",
                  "pkg/test_util.py", "pkg/util_test.py", "testing/helpers.py", "pkg/__pycache__/core.cpython-311.pyc",
-                 "pkg/core.pyc", "pkg/_speedups.cpython-311-x86_64-linux-gnu.so", "pkg/__pycache__/notes.txt"):
+                 "pkg/core.pyc", "pkg/_speedups.cpython-311-x86_64-linux-gnu.so", "pkg/__pycache__/notes.txt",
+                 "tests.py", "test.py", "ext_tests.py", "property_tests.py", "tests.js", "pkg/tests_core.py"):
         assert protected(path), path
-    for path in ("src/pkg/core.py", "pkg/__init__.py", "pkg/testament.py", "docs/conf.py"):
+    for path in ("src/pkg/core.py", "pkg/__init__.py", "pkg/testament.py", "docs/conf.py", "pkg/contests.py",
+                 "pkg/latest.py"):
         assert protected(path) is None, path
 
 

@@ -14,6 +14,7 @@ validation in a pool → tasks → gold proof of every task) and was chosen for 
 | soupsieve 2.7 | a test requirement (beautifulsoup4) pulls the project itself, whose newest release needs a newer Python |
 | boltons 25.0.0 | a suite that writes to a closed socket, run whole in the batch worker's forked child |
 | markdown 3.11.3 | a suite its maintainers run with `python -m unittest discover tests`, which pytest's defaults fail |
+| jsonpatch 1.48 | tests in `tests.py` (`python_files = tests.py property_tests.py`), which a patch may not change either |
 
 plus packaging 24.1, a project pytest itself depends on (its image must still import the checkout's copy), and a
 repository whose `setup.py` raises, quarantined `install_failed` at build time. Images are content-addressed,
@@ -33,7 +34,7 @@ import pytest
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.pytest_options import pytest_addopts, pytest_config, unittest_options
 from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.swe_env import verify_gold, verify_gold_batch
+from trajfactory.executors.swe_env import run_patch_tests, verify_gold, verify_gold_batch
 from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
@@ -254,6 +255,28 @@ def test_a_suite_its_maintainers_run_with_unittest_is_collected_as_unittest_does
     assert shlex.split(out) == ["-o", "python_classes=", "-o", "python_functions=", "-o", "python_files=test*.py",
                            "-o", "testpaths=tests"], out
     assert len(mined.ref.passing) > 1000 and all(t.startswith("tests/") for t in mined.ref.passing)
+
+
+@pytest.mark.docker
+def test_tests_in_a_file_named_tests_py_are_out_of_a_patchs_reach(docker_backend, mirrors, tmp_path):
+    """jsonpatch 1.48 keeps its suite in `tests.py` (its pytest.ini names it). That name was no test file to the
+    guard: synthesis put bugs into the tests themselves, the failing tests' file got no twins, and a patch could
+    change it. Here a forgery adds nothing but a rebinding of each failing test method to a no-op at the end of
+    `tests.py` (no word the tampering scan looks for); it passed verification before, and is reverted now."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonpatch==1.48", ("jsonpatch.py",), n=2)
+    task = next(t for t in mined.tasks if any(f.startswith("tests.py::") for f in t.checks.FAIL_TO_PASS))
+    failing = [f for f in task.checks.FAIL_TO_PASS if f.startswith("tests.py::") and f.count("::") == 2]
+    task = task.model_copy(update={"checks": task.checks.model_copy(update={"FAIL_TO_PASS": failing,
+                                                                            "PASS_TO_PASS": []})})
+    lines = (mined.checkout / "tests.py").read_text().splitlines()
+    added = sorted({"{0}.{1} = lambda self: None".format(*t.split("::")[1:3]) for t in task.checks.FAIL_TO_PASS})
+    forgery = (f"--- a/tests.py\n+++ b/tests.py\n@@ -{len(lines)},1 +{len(lines)},{1 + len(added)} @@\n"
+               f" {lines[-1]}\n" + "".join(f"+{line}\n" for line in added))
+    with docker_backend.start(mined.env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, forgery)
+        gold, gold_evidence, _ = run_patch_tests(sandbox, task, task.gold.patch)
+    assert failing and not passed and "tests.py (test file)" in evidence.reverted, evidence
+    assert gold, gold_evidence  # with the twins and the canary class now in tests.py
 
 
 def test_which_suites_are_run_with_unittest(tmp_path):
