@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pypi_index_server import sdist
 from trajfactory.executors.base import EnvironmentBuildError
 from trajfactory.executors.wheelhouse import build_wheelhouse, requires_python
 
@@ -37,22 +38,12 @@ def _wheel(folder: Path, name: str, version: str, requires: str, depends: tuple[
 
 
 def _sdist_only(folder: Path, name: str, version: str) -> None:
-    import io
-    import tarfile
-
-    top = f"{name}-{version}"
-    files = {
-        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    (tree := folder / f".{name}-tree").mkdir()
+    (folder / f"{name}-{version}.tar.gz").write_bytes(sdist(name, version, tree, {
         "pyproject.toml": f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
                           f'[project]\nname = "{name}"\nversion = "{version}"\n[tool.setuptools]\npy-modules = ["{name}"]\n',
         f"{name}.py": "X = 1\n",
-    }
-    with tarfile.open(folder / f"{top}.tar.gz", "w:gz") as tar:
-        for rel, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(f"{top}/{rel}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    }))
 
 
 @pytest.fixture

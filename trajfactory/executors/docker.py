@@ -159,7 +159,8 @@ class DockerBackend:
             sha = clone_at_commit(source_path, commit, repo_dir)
             # the collection options of a unittest-run suite are baked into the image: they are part of its tag (none
             # for a pytest-run one, whose tags stay as they were)
-            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir) + unittest_options(repo_dir))
+            unittest = unittest_options(repo_dir)
+            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir) + unittest)
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle
@@ -169,7 +170,7 @@ class DockerBackend:
             addopts, dropped = pytest_addopts(repo_dir, house)
             if dropped:
                 log.info("%s: pytest options of the project that the harness drops: %s", repo, " ".join(dropped))
-            if unittest := unittest_options(repo_dir):
+            if unittest:
                 log.info("%s: its maintainers run the suite with unittest; pytest collects as unittest does: %s", repo,
                          " ".join(unittest))
             install = INSTALL_STEP.format(pth=pth) if installable(repo_dir) else "RUN rm -rf /tmp/wheels"

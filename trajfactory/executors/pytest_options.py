@@ -137,7 +137,7 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
     pytest exit with a usage error. A bare argument is kept when it is a path of the checkout.
     """
     repo = Path(repo_dir)
-    config_file, options = pytest_config(repo)
+    _, options = pytest_config(repo)
     raw = options.get("addopts", "")
     try:
         tokens = list(raw) if isinstance(raw, list) else shlex.split(str(raw))
@@ -202,14 +202,13 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
             setting = value if eq else (option[1] if len(option) > 1 else "")
             keep = not setting.startswith("addopts")
         (kept if keep else dropped).extend(option)
-    if config_file is None and (unittest := unittest_options(repo)):
-        kept += unittest
+    kept += unittest_options(repo)  # none where the project configures pytest
     return shlex.join(kept), dropped
 
 
 # ---------------------------------------------------------------------------- suites their maintainers run with unittest
 
-_COMMAND_FILES = ("tox.ini", "Makefile", "makefile", "GNUmakefile", "noxfile.py", "setup.cfg")
+_COMMAND_FILES = ("tox.ini", "Makefile", "makefile", "GNUmakefile", "noxfile.py")
 _UNITTEST = re.compile(r"(?:-m\s*unittest|\bunittest2?\s+discover)\b([^\n;&|`)]*)")
 _PYTEST = re.compile(r"(?<![\w.-])(?:py\.test|pytest)(?![\w-])")
 
@@ -232,8 +231,6 @@ def _commands(repo: Path) -> list[tuple[str, str]]:
             except configparser.Error:
                 continue
             text = "\n".join(cfg.get(s, "commands", fallback="") for s in cfg.sections() if s.startswith("testenv"))
-        elif name == "setup.cfg":
-            continue  # read only for `[tool:pytest]`, by pytest_config
         found.append((name, text))
     workflows = repo / ".github" / "workflows"
     for path in sorted(workflows.glob("*.y*ml")) if workflows.is_dir() else []:
