@@ -5,7 +5,7 @@ in real sandboxes is `test_verification_guard.py`."""
 from __future__ import annotations
 
 from trajfactory.executors.guard import (added_lines, module_of, paths_of, protected, removed_references,
-                                         run_time_reaches, strip_protected, unquote)
+                                         run_time_reaches, strip_protected, suite_files, unquote)
 
 
 def test_protected_paths():
@@ -34,6 +34,18 @@ def test_strip_protected_keeps_library_changes_of_git_and_plain_diffs():
     assert kept.startswith("--- pkg/a.py") and "test_a" not in kept and dropped == ["tests/test_a.py (test file)"]
     assert paths_of(plain) == ["pkg/a.py", "tests/test_a.py"]
 
+
+
+def test_the_tasks_own_test_files_are_protected_whatever_their_names():
+    """A suite under a name of the project's own (`python_files = check_*.py`): the files its test ids name are
+    reverted too; a doctest's file (its id names the library module or document it is in) is not."""
+    tests = ["pkg/check_core.py::test_parse[a.b-1]", "specs.py::TestCore::test_x", "pkg/core.py::pkg.core.parse",
+             "pkg/__init__.py::pkg", "README.rst::README.rst", "src/pkg/util.py::util.helper"]
+    assert suite_files(tests) == {"pkg/check_core.py", "specs.py"}
+    patch = "".join(f"--- a/{p}\n+++ b/{p}\n@@ -1 +1 @@\n-x\n+y\n" for p in ("pkg/core.py", "pkg/check_core.py"))
+    kept, dropped = strip_protected(patch, suite_files(tests))
+    assert paths_of(kept) == ["pkg/core.py"] and dropped == ["pkg/check_core.py (test file)"]
+    assert strip_protected(patch)[1] == []  # by its name alone, pkg/check_core.py is library code
 
 def test_paths_git_quotes_are_read_as_the_file_system_names_them():
     """git C-quotes a path with a non-ASCII byte, a quote or a backslash (`"b/d\\303\\251/conftest.py"`), and names a

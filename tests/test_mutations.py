@@ -379,7 +379,11 @@ def test_files_a_fix_may_not_change_are_never_mutated(tmp_path: Path):
     from trajfactory.synthesizers.swe.entities import iter_source_files
 
     for rel in ("pkg/core.py", "testing/helpers.py", "noxfile.py", "sitecustomize.py", "pkg/conftest.py",
-                "tests/util.py", "pkg/test_core.py"):
+                "tests/util.py", "pkg/test_core.py", "benchmarks/bench_core.py", "pkg/check_core.py",
+                "specs/core.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("def f(x):\n    return x + 1\n")
+    assert iter_source_files(tmp_path) == ["pkg/check_core.py", "pkg/core.py", "specs/core.py"]
+    # the project's own collection rules: a pattern of its own, a catch-all pattern under its testpaths
+    (tmp_path / "pytest.ini").write_text("[pytest]\npython_files = check_*.py *.py\ntestpaths = specs\n")
     assert iter_source_files(tmp_path) == ["pkg/core.py"]

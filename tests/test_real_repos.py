@@ -26,104 +26,22 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.pytest_options import pytest_addopts, pytest_config, unittest_options
-from trajfactory.executors.pool import SandboxPool
-from trajfactory.executors.swe_env import run_patch_tests, verify_gold, verify_gold_batch
-from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict
-from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.executors.pytest_options import command_paths, pytest_addopts, pytest_config, unittest_options
+from trajfactory.schema import Quarantine, ReferenceRun, Source
+from trajfactory.settings import SynthesisConfig
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.synthesizers.swe.validate import validate_batch
 
+from mining import LIMITS, QUICK, in_sandbox, mine
+
 FIXTURES = Path(__file__).parent / "fixtures"
-LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=300)
-QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=400, test_timeout_s=300)
-
-
-@dataclass
-class Mined:
-    source: Source
-    env: EnvironmentHandle
-    ref: ReferenceRun
-    validations: list[Validation]
-    tasks: list[Task]
-    verdicts: list[Verdict]
-    checkout: Path
-
-    def outcome(self, test: str) -> set[str]:
-        """The outcomes the gold proofs recorded for `test` (over every task that checks it)."""
-        return {o.outcome for v in self.verdicts for o in [*v.evidence.FAIL_TO_PASS, *v.evidence.PASS_TO_PASS]
-                if o.test == test}
-
-    def checked(self) -> set[str]:
-        return {t for task in self.tasks for t in [*task.checks.FAIL_TO_PASS, *task.checks.PASS_TO_PASS]}
-
-    def failing(self) -> set[str]:
-        return {t for task in self.tasks for t in task.checks.FAIL_TO_PASS}
-
-
-def _pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[Candidate]:
-    """`n` function-scope candidates in `files`, one per entity first (round robin over the files)."""
-    by_file = {f: [c for c in candidates if c.entity.file == f and c.scope == "function"] for f in files}
-    picked: list[Candidate] = []
-    seen: set[tuple[str, str]] = set()
-    for _ in range(n):
-        for f in files:
-            fresh = [c for c in by_file[f] if (c.entity.file, c.entity.name) not in seen and c not in picked]
-            if fresh and len(picked) < n:
-                picked.append(fresh[0])
-                seen.add((f, fresh[0].entity.name))
-    return picked
-
-
-def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4,
-         cfg: ValidationConfig = QUICK, every_check: bool = False, single: bool = False) -> Mined:
-    """The package mined with `n` candidates in `files`; every gold proof must pass. `every_check`: the gold proofs
-    run every check of each task by its id (as when the reference run could not show that ids round-trip), not only
-    the tests the bug's change reached. `single`: each task's gold patch also passes the verifier's own path
-    (`verify_gold`: the failing tests' twins and canaries beside them in their file, `executors/twins.py`)."""
-    source = harvest_repo(uri, mirrors)
-    assert isinstance(source, Source), source
-    env = build_environment(backend, source)
-    assert isinstance(env, EnvironmentHandle), env
-    found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=2000, seed=1), tmp_path / "co")
-    candidates = _pick(found, files, n)
-    assert len(candidates) == n, sorted({c.entity.file for c in found})
-    ref = stage.reference(backend, env, source, cfg, LIMITS)
-    assert isinstance(ref, ReferenceRun), ref
-    # the passing tests were selected again by their ids (collected, or run with `reference_runs: 2`); every id
-    # of the package selected its test
-    assert ref.by_id and not [t for t, why in ref.excluded.items() if why.startswith("missing")], ref.excluded
-    with SandboxPool(backend, env, size=1, limits=LIMITS) as pool:
-        validations = [stage.validate(pool, c, ref, cfg) for c in candidates]
-    tasks = stage.tasks_from(source, env, candidates, validations)
-    assert tasks, [(v.status, v.detail) for v in validations]
-    proved = [t.model_copy(update={"validation": t.validation.model_copy(update={"reached": []})})
-              for t in tasks] if every_check else tasks
-    with backend.start(env, LIMITS) as sandbox:  # as the pipeline proves them: in one warm test worker
-        verdicts = verify_gold_batch(sandbox, proved, timeout=cfg.suite_timeout_s)
-    # every validated task's gold patch passes its own checks: nothing the harness caused fails a gold proof
-    assert [v.evidence for v in verdicts if not v.passed] == []
-    if single:
-        with backend.start(env, LIMITS) as sandbox:
-            alone = [verify_gold(sandbox, task, timeout=cfg.suite_timeout_s) for task in tasks]
-        assert [v.evidence for v in alone if not v.passed or v.evidence.refused] == []
-    checkout = stage.checkout(source, tmp_path / "co")
-    return Mined(source, env, ref, validations, tasks, verdicts, checkout)
-
-
-def in_sandbox(backend, env: EnvironmentHandle, command: str) -> str:
-    with backend.start(env, LIMITS) as sandbox:
-        result = sandbox.execute(command, timeout=120)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.mark.docker
@@ -257,28 +175,6 @@ def test_a_suite_its_maintainers_run_with_unittest_is_collected_as_unittest_does
     assert len(mined.ref.passing) > 1000 and all(t.startswith("tests/") for t in mined.ref.passing)
 
 
-@pytest.mark.docker
-def test_tests_in_a_file_named_tests_py_are_out_of_a_patchs_reach(docker_backend, mirrors, tmp_path):
-    """jsonpatch 1.48 keeps its suite in `tests.py` (its pytest.ini names it). That name was no test file to the
-    guard: synthesis put bugs into the tests themselves, the failing tests' file got no twins, and a patch could
-    change it. Here a forgery adds nothing but a rebinding of each failing test method to a no-op at the end of
-    `tests.py` (no word the tampering scan looks for); it passed verification before, and is reverted now."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonpatch==1.48", ("jsonpatch.py",), n=2)
-    task = next(t for t in mined.tasks if any(f.startswith("tests.py::") for f in t.checks.FAIL_TO_PASS))
-    failing = [f for f in task.checks.FAIL_TO_PASS if f.startswith("tests.py::") and f.count("::") == 2]
-    task = task.model_copy(update={"checks": task.checks.model_copy(update={"FAIL_TO_PASS": failing,
-                                                                            "PASS_TO_PASS": []})})
-    lines = (mined.checkout / "tests.py").read_text().splitlines()
-    added = sorted({"{0}.{1} = lambda self: None".format(*t.split("::")[1:3]) for t in task.checks.FAIL_TO_PASS})
-    forgery = (f"--- a/tests.py\n+++ b/tests.py\n@@ -{len(lines)},1 +{len(lines)},{1 + len(added)} @@\n"
-               f" {lines[-1]}\n" + "".join(f"+{line}\n" for line in added))
-    with docker_backend.start(mined.env, LIMITS) as sandbox:
-        passed, evidence, _ = run_patch_tests(sandbox, task, forgery)
-        gold, gold_evidence, _ = run_patch_tests(sandbox, task, task.gold.patch)
-    assert failing and not passed and "tests.py (test file)" in evidence.reverted, evidence
-    assert gold, gold_evidence  # with the twins and the canary class now in tests.py
-
-
 def test_which_suites_are_run_with_unittest(tmp_path):
     """The maintainers' runner, read from the commands of tox, make, nox and CI workflows (jsonpointer's makefile
     says `python3 -munittest`, and its tests live in `tests.py`, which pytest's default pattern does not match)."""
@@ -305,6 +201,31 @@ def test_which_suites_are_run_with_unittest(tmp_path):
     assert pytest_addopts(tmp_path / "0")[0] == "-o python_classes= -o python_functions= -o 'python_files=test*.py'"
     assert options({"README.md": "python -m unittest"}) == []  # a readme is not the maintainers' command
 
+
+
+def test_files_the_maintainers_pytest_command_names_are_the_suite(tmp_path):
+    """A project with no pytest configuration whose tox command names a file pytest's default pattern skips
+    (texttable: `pytest --cov-report=term-missing --cov=texttable tests.py`) is collected from what it names."""
+    def options(tox: str) -> list[str]:
+        repo = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name in ("tests.py", "checks.py", "other_test.py", "mypkg/__init__.py", "tests/test_a.py"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_text("")
+        (repo / "tox.ini").write_text(f"[testenv]\ncommands = {tox}\n")
+        return command_paths(repo)
+
+    assert options("pytest --cov-report=term-missing --cov=texttable tests.py") == ["-o", "testpaths=tests.py"]
+    assert options("pytest {posargs:tests.py} && echo done") == ["-o", "testpaths=tests.py"]
+    assert options("python -m pytest -k fast checks.py other_test.py") == ["-o", "testpaths=checks.py other_test.py"]
+    assert options("py.test --cov mypkg tests/") == []  # the default pattern finds these: nothing changes
+    assert options("pytest {toxinidir}/tests.py -c {toxinidir}/pytest.ini") == ["-o", "testpaths=tests.py"]
+
+
+@pytest.mark.docker
+def test_a_suite_named_on_the_command_line_is_mined(docker_backend, mirrors, tmp_path):
+    """texttable 1.7.2 keeps its tests in `tests.py` and names it in its tox command; it was quarantined no_tests."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:texttable==1.7.2", ("texttable.py",), n=3)
+    assert len(mined.ref.passing) > 20 and all(t.startswith("tests.py::") for t in mined.ref.tests)
 
 @pytest.mark.docker
 def test_large_suite(docker_backend, mirrors, tmp_path):

@@ -28,7 +28,7 @@ from trajfactory.settings import SandboxConfig
 from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_seconds
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
-from .pytest_options import pytest_addopts, unittest_options
+from .pytest_options import collection_options, pytest_addopts
 from .registry import current_registry, pull, push, registry_digest
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
@@ -157,10 +157,10 @@ class DockerBackend:
         with tempfile.TemporaryDirectory(prefix="trajfactory-build-") as tmp:
             repo_dir = Path(tmp, "repo")
             sha = clone_at_commit(source_path, commit, repo_dir)
-            # the collection options of a unittest-run suite are baked into the image: they are part of its tag (none
-            # for a pytest-run one, whose tags stay as they were)
-            unittest = unittest_options(repo_dir)
-            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir) + unittest)
+            # the collection options of a suite its maintainers' runner collects otherwise than pytest's defaults are
+            # baked into the image: they are part of its tag (none for the others, whose tags stay as they were)
+            runner = collection_options(repo_dir)
+            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir) + runner)
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle
@@ -170,9 +170,8 @@ class DockerBackend:
             addopts, dropped = pytest_addopts(repo_dir, house)
             if dropped:
                 log.info("%s: pytest options of the project that the harness drops: %s", repo, " ".join(dropped))
-            if unittest:
-                log.info("%s: its maintainers run the suite with unittest; pytest collects as unittest does: %s", repo,
-                         " ".join(unittest))
+            if runner:
+                log.info("%s: pytest collects what its maintainers' runner does: %s", repo, " ".join(runner))
             install = INSTALL_STEP.format(pth=pth) if installable(repo_dir) else "RUN rm -rf /tmp/wheels"
             dockerfile = DOCKERFILE.format(base=self.base_image, pth=pth, install=install,
                                            addopts=dockerfile_quote(addopts))

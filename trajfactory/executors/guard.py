@@ -139,11 +139,29 @@ def paths_of(patch: str) -> list[str]:
     return sorted({p for paths, _ in _sections(patch) for p in paths})
 
 
-def strip_protected(patch: str) -> tuple[str, list[str]]:
-    """The patch without its changes to protected files, and the `path (why)` of each change dropped."""
+def suite_files(tests: list[str]) -> set[str]:
+    """The files that hold the given tests (`file.py::Cls::test_x`), whatever their names: a suite kept under a
+    name of its own (`python_files = check_*.py`) is out of a patch's reach too. Not a doctest's file: its id
+    (`pkg/mod.py::pkg.mod.func`, `README.rst::README.rst`) names the library module or document it is in."""
+    files = set()
+    for test in tests:
+        path, _, name = test.partition("::")
+        if not path.endswith(".py") or not name:
+            continue
+        stem = posixpath.splitext(posixpath.basename(path))[0]
+        module = posixpath.basename(posixpath.dirname(path)) if stem == "__init__" else stem
+        if "::" in name or module not in name.split("[")[0].split("."):
+            files.add(posixpath.normpath(path))
+    return files
+
+
+def strip_protected(patch: str, suite: set[str] | frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+    """The patch without its changes to protected files and to the files of `suite` (the task's own test files:
+    `suite_files`), and the `path (why)` of each change dropped."""
     kept, dropped = [], []
     for paths, text in _sections(patch):
-        reasons = [f"{p} ({why})" for p in paths if (why := protected(p))]
+        reasons = [f"{p} ({why})" for p in paths
+                   if (why := protected(p) or ("test file" if posixpath.normpath(p) in suite else None))]
         if reasons:
             dropped += reasons
         else:

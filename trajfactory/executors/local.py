@@ -45,7 +45,7 @@ from .base import (
     sandbox_path,
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
-from .pytest_options import pytest_addopts, unittest_options
+from .pytest_options import collection_options, pytest_addopts
 from .local_limits import Cgroup, cap_disk, git_meta, own, release, remove_tree, size_bytes, sweep_stale
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
@@ -107,7 +107,7 @@ class LocalBackend:
             clone_at_commit(source_path, sha, checkout)
             requirements = find_requirements(checkout)
             py = f"{sys.version_info.major}.{sys.version_info.minor}"
-            key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *unittest_options(checkout)])
+            key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *collection_options(checkout)])
                                  .encode()).hexdigest()[:16]
             slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
             env_dir = envs / f"{slug}-{key}"
@@ -158,9 +158,8 @@ class LocalBackend:
         addopts, dropped = pytest_addopts(checkout, house)
         if dropped:
             log.info("pytest options of the project that the harness drops: %s", " ".join(dropped))
-        if unittest := unittest_options(checkout):
-            log.info("its maintainers run the suite with unittest; pytest collects as unittest does: %s",
-                     " ".join(unittest))
+        if runner := collection_options(checkout):
+            log.info("pytest collects what the maintainers' runner does: %s", " ".join(runner))
         shutil.move(str(checkout), env_dir / "repo")
         meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements,
                 "addopts": addopts}

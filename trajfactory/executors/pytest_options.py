@@ -5,11 +5,14 @@ live with (an allowlist), handed to the sandbox as `TRAJFACTORY_ADDOPTS`.
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import logging
+import posixpath
 import re
 import shlex
 import tomllib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -156,14 +159,25 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
     def is_path(token: str) -> bool:
         return (repo / token.split("::")[0]).exists() and not token.startswith("/")
 
+    kept, dropped, _ = _allowed(tokens, plugin_available, is_path, dists)
+    kept += collection_options(repo)  # none where the project configures pytest
+    return shlex.join(kept), dropped
+
+
+def _allowed(tokens: list[str], plugin_available: Callable[[str], bool], is_path: Callable[[str], bool],
+             dists: set[str]) -> tuple[list[str], list[str], list[str]]:
+    """`tokens` (pytest options and arguments) split into those the harness keeps and those it drops, and the bare
+    arguments among the kept: the paths of the checkout the command names."""
     kept: list[str] = []
     dropped: list[str] = []
+    args: list[str] = []
     i = 0
     while i < len(tokens):
         token = tokens[i]
         i += 1
         if not token.startswith("-") or token == "-":
             (kept if is_path(token) else dropped).append(token)
+            args += [token] if is_path(token) else []
             continue
         if token.startswith("--"):
             name, eq, value = token.partition("=")
@@ -202,8 +216,7 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
             setting = value if eq else (option[1] if len(option) > 1 else "")
             keep = not setting.startswith("addopts")
         (kept if keep else dropped).extend(option)
-    kept += unittest_options(repo)  # none where the project configures pytest
-    return shlex.join(kept), dropped
+    return kept, dropped, args
 
 
 # ---------------------------------------------------------------------------- suites their maintainers run with unittest
@@ -296,4 +309,75 @@ def unittest_options(repo_dir: str | Path) -> list[str]:
         if paths:
             options += ["-o", "testpaths=" + " ".join(paths)]
         return options
+    return []
+
+
+def collection_options(repo_dir: str | Path) -> list[str]:
+    """The options that make pytest collect what the maintainers' own runner does, for a project with no pytest
+    configuration: their unittest command's (`unittest_options`), or the files their pytest command names
+    (`command_paths`). Baked into the project's image, so part of its tag."""
+    return unittest_options(repo_dir) or command_paths(repo_dir)
+
+
+def project_test_file(repo_dir: str | Path) -> Callable[[str], bool]:
+    """Whether a repository-relative path holds tests by the project's own collection rules: pytest's
+    `python_files` (under `testpaths` where it names them), or what the unittest or pytest command its maintainers
+    run collects (`collection_options`). The names every project shares (`test_*.py`, `tests/`) are `guard.protected`'s;
+    this is for a suite kept under a name of its own (`python_files = check_*.py`). A catch-all pattern (`*.py`)
+    counts only under `testpaths`: alone, it would name the library too."""
+    _, ini = pytest_config(repo_dir)
+    patterns, paths = _words(ini.get("python_files")), _words(ini.get("testpaths"))
+    runner = dict(option.partition("=")[::2] for option in collection_options(repo_dir)[1::2])  # [] with a config
+    patterns = runner["python_files"].split() if "python_files" in runner else patterns
+    paths = runner["testpaths"].split() if "testpaths" in runner else paths
+    roots = [p.strip("/").removeprefix("./") for p in paths if p.strip("./")]
+
+    def is_test(rel: str) -> bool:
+        if rel in roots and rel.endswith(".py"):  # a test module named by the command: collected whatever its name
+            return True
+        under = any(rel.startswith(r + "/") for r in roots)
+        for pattern in patterns:
+            if fnmatch.fnmatch(rel if "/" in pattern else posixpath.basename(rel), pattern) and \
+                    (under or pattern.lstrip("*") not in ("", ".py")):
+                return True
+        return False
+    return is_test
+
+
+def _words(value: object) -> list[str]:
+    """An ini option's words (`python_files = tests.py property_tests.py`), or a TOML list's strings."""
+    if isinstance(value, str):
+        return value.split()
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+# ---------------------------------------------------------------------------- suites named on the pytest command line
+
+_DEFAULT_FILES = ("test_*.py", "*_test.py")
+_POSARGS = re.compile(r"\{posargs(?::([^}]*))?\}")
+
+
+def command_paths(repo_dir: str | Path) -> list[str]:
+    """`testpaths` for a project with no pytest configuration whose maintainers' pytest command names its tests
+    (texttable 1.7.2's tox: `pytest --cov-report=term-missing --cov=texttable tests.py`), where a file it names is
+    one pytest's default pattern would not collect: the command's paths, collected as the command collects them."""
+    repo = Path(repo_dir)
+    if pytest_config(repo)[0] is not None:
+        return []
+    def is_path(token: str) -> bool:
+        return not token.startswith("/") and (repo / token.split("::")[0]).exists()
+
+    for _, text in _commands(repo):
+        for line in text.splitlines():
+            if not (match := _PYTEST.search(line)) or re.search(r"\binstall\b", line[:match.start()]):
+                continue  # not `pip install pytest ...`
+            rest = re.split(r"\s(?:&&|\|\||;|\|)\s", _POSARGS.sub(lambda m: m.group(1) or "", line[match.end():]))[0]
+            try:
+                tokens = shlex.split(rest.replace("{toxinidir}/", "").replace("{toxinidir}", "."))
+            except ValueError:
+                continue
+            paths = [t.rstrip("/") for t in _allowed(tokens, lambda name: True, is_path, set())[2] if "::" not in t]
+            if any(p.endswith(".py") and not any(fnmatch.fnmatch(posixpath.basename(p), f) for f in _DEFAULT_FILES)
+                   for p in paths):
+                return ["-o", "testpaths=" + " ".join(dict.fromkeys(paths))]
     return []

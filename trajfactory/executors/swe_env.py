@@ -175,9 +175,10 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     failed beside its passing original is tried once more under that fix (`twins.name_bound`), and one that fails
     there too is not held against the patch: its test depends on its own name or place (the evidence says so)."""
     started = time.monotonic() if started is None else started
-    kept, reverted = guard.strip_protected(patch)
-    modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     tests = test_verifier.tests_of(checks)
+    # the task's own test files, whatever their names, unless the bug itself is in one (an external bug's patch)
+    kept, reverted = guard.strip_protected(patch, guard.suite_files(tests) - set(guard.paths_of(bug_patch)))
+    modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     twins = write_twins(sandbox, checks.FAIL_TO_PASS)
     canaries = guard.write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
     commit = only_commit(sandbox, "initial", force=[canaries.path, *(c.path for c in twins.canaries)])

@@ -33,7 +33,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
-from trajfactory.executors.guard import CANARY_WORDS, Canaries, canary_methods, protected
+from trajfactory.executors.guard import CANARY_WORDS, Canaries, canary_methods, protected, suite_files
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
 
@@ -196,10 +196,12 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
     each of their files, written before the buggy state is committed; the files keep their modification times."""
     rng = secrets.SystemRandom()
     by_file: dict[str, list[tuple[str, list[str], str]]] = {}
+    suite = suite_files(tests)
     for test in rng.sample(tests, len(tests)):
         path, names, params = _split(test)
         # a test file only: a doctest's id names a library module, which the patch may change
-        if protected(path) == "test file" and path.endswith(".py") and sum(len(v) for v in by_file.values()) < limit:
+        if (protected(path) == "test file" or path in suite) and path.endswith(".py") and \
+                sum(len(v) for v in by_file.values()) < limit:
             by_file.setdefault(path, []).append((test, names, params))
     out = Twins()
     for path, wanted in by_file.items():
