@@ -12,6 +12,7 @@ import copy
 import logging
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from trajfactory.schema import Candidate, Entity, content_hash
@@ -317,7 +318,9 @@ def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[
 
 
 def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:
-    """At most `cap` candidates, taken round-robin across families (in the pool's seeded order)."""
+    """At most `cap` candidates, taken round-robin across families, each family's turn going to its candidate in
+    the entity picked least so far (the pool's seeded order breaking ties): the first entity visited has candidates
+    of most families, and took 10 of natsort 8.4.0's 12, none of which its tests could tell from the clean code."""
     if cap is None or len(candidates) <= cap:
         return candidates
     by_family: dict[str, list[Candidate]] = {}
@@ -325,10 +328,17 @@ def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:
         by_family.setdefault(c.family, []).append(c)
     queues = [by_family[f] for f in sorted(by_family)]
     picked: list[Candidate] = []
+    taken: Counter[tuple[str, str, int]] = Counter()
+
+    def entity(c: Candidate) -> tuple[str, str, int]:
+        return c.entity.file, c.entity.name, c.entity.lineno
+
     while len(picked) < cap:
         for queue in queues:
             if queue and len(picked) < cap:
-                picked.append(queue.pop(0))
+                best = min(range(len(queue)), key=lambda i: (taken[entity(queue[i])], i))
+                picked.append(queue.pop(best))
+                taken[entity(picked[-1])] += 1
     return picked
 
 
