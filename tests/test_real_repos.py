@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.pytest_options import command_paths, pytest_addopts, pytest_config, unittest_options
+from trajfactory.executors.pytest_options import (collection_options, command_paths, pytest_addopts, pytest_config,
+                                                  unittest_options)
 from trajfactory.schema import Quarantine, ReferenceRun, Source
 from trajfactory.settings import SynthesisConfig
 from trajfactory.sources import harvest_repo
@@ -219,6 +220,14 @@ def test_files_the_maintainers_pytest_command_names_are_the_suite(tmp_path):
     assert options("python -m pytest -k fast checks.py other_test.py") == ["-o", "testpaths=checks.py other_test.py"]
     assert options("py.test --cov mypkg tests/") == []  # the default pattern finds these: nothing changes
     assert options("pytest {toxinidir}/tests.py -c {toxinidir}/pytest.ini") == ["-o", "testpaths=tests.py"]
+    # no command at all, and no file pytest's default pattern matches: the files named as tests are collected
+    bare = tmp_path / "bare"
+    for name in ("tests/test.py", "tests/documentation.py", "src/pkg/__init__.py", "ext_tests.py"):
+        (bare / name).parent.mkdir(parents=True, exist_ok=True)
+        (bare / name).write_text("")
+    assert collection_options(bare) == ["-o", "python_files=ext_tests.py test.py"]
+    (bare / "tests/test_more.py").write_text("")
+    assert collection_options(bare) == []  # pytest's defaults find a suite: nothing changes
 
 
 @pytest.mark.docker
@@ -226,6 +235,14 @@ def test_a_suite_named_on_the_command_line_is_mined(docker_backend, mirrors, tmp
     """texttable 1.7.2 keeps its tests in `tests.py` and names it in its tox command; it was quarantined no_tests."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:texttable==1.7.2", ("texttable.py",), n=3)
     assert len(mined.ref.passing) > 20 and all(t.startswith("tests.py::") for t in mined.ref.tests)
+
+
+@pytest.mark.docker
+def test_a_suite_named_only_as_tests_are_is_mined(docker_backend, mirrors, tmp_path):
+    """decorator 5.2.1 runs its suite as `python tests/test.py` (its README): no configuration, no command file, and
+    no file pytest's default pattern matches. It was quarantined no_tests."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:decorator==5.2.1", ("src/decorator.py",), n=2)
+    assert len(mined.ref.passing) > 20 and all(t.startswith("tests/test.py::") for t in mined.ref.tests)
 
 @pytest.mark.docker
 def test_large_suite(docker_backend, mirrors, tmp_path):

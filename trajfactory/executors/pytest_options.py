@@ -7,6 +7,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import logging
+import os
 import posixpath
 import re
 import shlex
@@ -315,8 +316,9 @@ def unittest_options(repo_dir: str | Path) -> list[str]:
 def collection_options(repo_dir: str | Path) -> list[str]:
     """The options that make pytest collect what the maintainers' own runner does, for a project with no pytest
     configuration: their unittest command's (`unittest_options`), or the files their pytest command names
-    (`command_paths`). Baked into the project's image, so part of its tag."""
-    return unittest_options(repo_dir) or command_paths(repo_dir)
+    (`command_paths`), or where no file matches pytest's default pattern, the files named as tests are
+    (`named_test_files`). Baked into the project's image, so part of its tag."""
+    return unittest_options(repo_dir) or command_paths(repo_dir) or named_test_files(repo_dir)
 
 
 def project_test_file(repo_dir: str | Path) -> Callable[[str], bool]:
@@ -381,3 +383,25 @@ def command_paths(repo_dir: str | Path) -> list[str]:
                    for p in paths):
                 return ["-o", "testpaths=" + " ".join(dict.fromkeys(paths))]
     return []
+
+
+_TEST_NAMES = ("test.py", "tests.py", "*_tests.py")
+_NOT_SEARCHED = {".git", ".hg", ".tox", ".nox", "node_modules", "build", "dist", "venv", ".venv", "__pycache__"}
+
+
+def named_test_files(repo_dir: str | Path) -> list[str]:
+    """`python_files` for a project with no pytest configuration, no file pytest's default pattern matches, and
+    tests kept in files named as tests are (`test.py`, `tests.py`, `*_tests.py`): decorator 5.2.1's README runs
+    `python tests/test.py`, whose `unittest.TestCase` classes pytest collects once the file is named to it."""
+    repo = Path(repo_dir)
+    if pytest_config(repo)[0] is not None:
+        return []
+    found: set[str] = set()
+    for here, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in _NOT_SEARCHED and not d.startswith(".") and not d.endswith(".egg-info")]
+        for name in files:
+            if any(fnmatch.fnmatch(name, p) for p in _DEFAULT_FILES):
+                return []
+            if any(fnmatch.fnmatch(name, p) for p in _TEST_NAMES):
+                found.add(name)
+    return ["-o", "python_files=" + " ".join(sorted(found))] if found else []
