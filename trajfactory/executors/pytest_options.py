@@ -157,12 +157,14 @@ def pytest_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tup
             return True
         return name in _BUILTIN_PLUGINS or name in plugin_names or name.split(".")[0] in plugin_names | local
 
-    def is_path(token: str) -> bool:
-        return (repo / token.split("::")[0]).exists() and not token.startswith("/")
-
-    kept, dropped, _ = _allowed(tokens, plugin_available, is_path, dists)
+    kept, dropped, _ = _allowed(tokens, plugin_available, lambda token: _in_checkout(repo, token), dists)
     kept += collection_options(repo)  # none where the project configures pytest
     return shlex.join(kept), dropped
+
+
+def _in_checkout(repo: Path, token: str) -> bool:
+    """Whether an argument is a path of the checkout (`tests.py`, `tests/test_a.py::test_x`)."""
+    return not token.startswith("/") and (repo / token.split("::")[0]).exists()
 
 
 def _allowed(tokens: list[str], plugin_available: Callable[[str], bool], is_path: Callable[[str], bool],
@@ -366,9 +368,6 @@ def command_paths(repo_dir: str | Path) -> list[str]:
     repo = Path(repo_dir)
     if pytest_config(repo)[0] is not None:
         return []
-    def is_path(token: str) -> bool:
-        return not token.startswith("/") and (repo / token.split("::")[0]).exists()
-
     for _, text in _commands(repo):
         for line in text.splitlines():
             if not (match := _PYTEST.search(line)) or re.search(r"\binstall\b", line[:match.start()]):
@@ -378,7 +377,8 @@ def command_paths(repo_dir: str | Path) -> list[str]:
                 tokens = shlex.split(rest.replace("{toxinidir}/", "").replace("{toxinidir}", "."))
             except ValueError:
                 continue
-            paths = [t.rstrip("/") for t in _allowed(tokens, lambda name: True, is_path, set())[2] if "::" not in t]
+            named = _allowed(tokens, lambda name: True, lambda token: _in_checkout(repo, token), set())[2]
+            paths = [t.rstrip("/") for t in named if "::" not in t]
             if any(p.endswith(".py") and not any(fnmatch.fnmatch(posixpath.basename(p), f) for f in _DEFAULT_FILES)
                    for p in paths):
                 return ["-o", "testpaths=" + " ".join(dict.fromkeys(paths))]
