@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.pytest_options import (collection_options, command_paths, pytest_addopts, pytest_config,
-                                                  unittest_options)
+from trajfactory.executors.collection import collection_options, command_paths, sandbox_addopts, unittest_options
+from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
 from trajfactory.schema import Quarantine, ReferenceRun, Source
 from trajfactory.settings import SynthesisConfig
 from trajfactory.sources import harvest_repo
@@ -199,7 +199,7 @@ def test_which_suites_are_run_with_unittest(tmp_path):
     assert options({"tox.ini": "[testenv]\ncommands = python -m unittest discover\n",
                     "Makefile": "test:\n\tpytest -q\n"}) == []
     assert options({"makefile": "test:\n\tpython -m unittest\n", "setup.cfg": "[tool:pytest]\naddopts = -q\n"}) == []
-    assert pytest_addopts(tmp_path / "0")[0] == "-o python_classes= -o python_functions= -o 'python_files=test*.py'"
+    assert sandbox_addopts(tmp_path / "0")[0] == "-o python_classes= -o python_functions= -o 'python_files=test*.py'"
     assert options({"README.md": "python -m unittest"}) == []  # a readme is not the maintainers' command
 
 

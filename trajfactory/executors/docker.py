@@ -28,7 +28,7 @@ from trajfactory.settings import SandboxConfig
 from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_seconds
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
-from .pytest_options import collection_options, pytest_addopts
+from .collection import collection_options, sandbox_addopts
 from .registry import current_registry, pull, push, registry_digest
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
@@ -167,7 +167,7 @@ class DockerBackend:
             python = image_python(self.client, self.base_image, base_id)
             house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
-            addopts, dropped = pytest_addopts(repo_dir, house)
+            addopts, dropped = sandbox_addopts(repo_dir, house)
             if dropped:
                 log.info("%s: pytest options of the project that the harness drops: %s", repo, " ".join(dropped))
             if runner:

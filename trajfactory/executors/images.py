@@ -5,7 +5,7 @@
 - `clone_at_commit`: the repository at one commit, with no history after it.
 
 A repository's requirements, wheelhouse and project install are in `requirements.py`; the options of its own
-pytest configuration in `pytest_options.py`.
+pytest configuration in `pytest_options.py`, and what its maintainers' own runner collects in `collection.py`.
 """
 
 from __future__ import annotations

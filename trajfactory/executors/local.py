@@ -45,7 +45,7 @@ from .base import (
     sandbox_path,
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
-from .pytest_options import collection_options, pytest_addopts
+from .collection import collection_options, sandbox_addopts
 from .local_limits import Cgroup, cap_disk, git_meta, own, release, remove_tree, size_bytes, sweep_stale
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
@@ -155,7 +155,7 @@ class LocalBackend:
                 detail = install_failure(out.stdout + out.stderr, "the repository")
                 raise EnvironmentBuildError("install_failed", detail)
             log.info("%s", next((ln for ln in out.stdout.splitlines() if ln.startswith(INSTALLED)), "").strip())
-        addopts, dropped = pytest_addopts(checkout, house)
+        addopts, dropped = sandbox_addopts(checkout, house)
         if dropped:
             log.info("pytest options of the project that the harness drops: %s", " ".join(dropped))
         if runner := collection_options(checkout):

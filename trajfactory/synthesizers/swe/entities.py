@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from trajfactory.executors.guard import protected
-from trajfactory.executors.pytest_options import project_test_file
+from trajfactory.executors.collection import project_test_file
 from trajfactory.schema import Entity
 from trajfactory.runtime import parse_python
 
