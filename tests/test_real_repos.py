@@ -15,6 +15,7 @@ validation in a pool → tasks → gold proof of every task) and was chosen for 
 | boltons 25.0.0 | a suite that writes to a closed socket, run whole in the batch worker's forked child |
 | markdown 3.11.3 | a suite its maintainers run with `python -m unittest discover tests`, which pytest's defaults fail |
 | jsonpatch 1.48 | tests in `tests.py` (`python_files = tests.py property_tests.py`), which a patch may not change either |
+| dictdiffer 0.10.0 | a doctest that expects a bare `AssertionError`, selected by id as in the whole suite |
 
 plus packaging 24.1, a project pytest itself depends on (its image must still import the checkout's copy), and a
 repository whose `setup.py` raises, quarantined `install_failed` at build time. Images are content-addressed,
@@ -33,6 +34,7 @@ import pytest
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.collection import collection_options, command_paths, sandbox_addopts, unittest_options
 from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
+from trajfactory.executors.testrun import run_tests
 from trajfactory.schema import Quarantine, ReferenceRun, Source
 from trajfactory.settings import SynthesisConfig
 from trajfactory.sources import harvest_repo
@@ -243,6 +245,30 @@ def test_a_suite_named_only_as_tests_are_is_mined(docker_backend, mirrors, tmp_p
     no file pytest's default pattern matches. It was quarantined no_tests."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:decorator==5.2.1", ("src/decorator.py",), n=2)
     assert len(mined.ref.passing) > 20 and all(t.startswith("tests/test.py::") for t in mined.ref.tests)
+
+@pytest.mark.docker
+def test_a_doctest_selected_by_id_runs_as_in_the_whole_suite(docker_backend, mirrors):
+    """dictdiffer 0.10.0's doctest of `assert_no_diff` expects an `AssertionError` with its message alone. Selected
+    by id, its module was named on pytest's command line, so pytest rewrote its asserts and added an explanation the
+    doctest did not expect: it passed in the whole suite and failed in every verification (5 tasks, none verified)."""
+    source = harvest_repo("pypi:dictdiffer==0.10.0", mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    doctest = "dictdiffer/testing.py::dictdiffer.testing.assert_no_diff"
+    with docker_backend.start(env, LIMITS) as sandbox:
+        whole = run_tests(sandbox, None, timeout=300)
+        passing = sorted(t for t, o in whole.outcomes.items() if o == "passed")
+        assert doctest in passing and len(passing) > 10
+        for tests in ([doctest], passing):
+            selected = run_tests(sandbox, tests, timeout=300)
+            assert {t: selected.outcomes.get(t) for t in tests} == dict.fromkeys(tests, "passed"), selected.output
+        # a test module named on the command line keeps pytest's explanations, as in the whole suite
+        sandbox.write_file("tests/test_explained.py", "def test_lists():\n    assert [1, 2] == [1, 3]\n")
+        run = run_tests(sandbox, ["tests/test_explained.py::test_lists", doctest], timeout=120)
+        assert run.outcomes == {"tests/test_explained.py::test_lists": "failed", doctest: "passed"}
+        assert "At index 1 diff: 2 != 3" in run.output, run.output
+
 
 @pytest.mark.docker
 def test_large_suite(docker_backend, mirrors, tmp_path):

@@ -167,6 +167,52 @@ def pytest_configure(config) -> None:
             _write(record)
     if not worker:
         _maintainers_order(config)
+    _rewrite_as_maintainers(config)
+
+
+def _doctest_files(config) -> set[str]:
+    """The library modules the selection names only for their doctests (`pkg/mod.py::pkg.mod.func`: the id's name
+    is dotted through the module's own name; `guard.suite_files` tells them apart by the same rule), as real paths."""
+    path = os.environ.get("TRAJFACTORY_SELECT")
+    if not path:
+        return set()
+    root = str(getattr(config, "rootpath", None) or getattr(config, "rootdir", None) or os.getcwd())
+    doctest_only: dict[str, bool] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            file, _, name = line.strip().partition("::")
+            stem = os.path.splitext(os.path.basename(file))[0]
+            module = os.path.basename(os.path.dirname(file)) if stem == "__init__" else stem
+            doctest = file.endswith(".py") and bool(name) and "::" not in name and \
+                module in name.split("[")[0].split(".")
+            doctest_only[file] = doctest_only.get(file, True) and doctest
+    return {os.path.realpath(os.path.join(root, f)) for f, only in doctest_only.items() if only}
+
+
+def _rewrite_as_maintainers(config) -> None:
+    """A library module named on the command line for its doctests keeps its `assert` statements as they are,
+    as in the maintainers' whole-suite run. pytest rewrites the asserts of every file named on the command line, and
+    a rewritten assert adds its own explanation to the `AssertionError`: dictdiffer 0.10.0's doctest of
+    `assert_no_diff` expects the error's message alone, so it passed in the whole suite and failed when selected by
+    id. The other reasons pytest rewrites a module (`python_files`, `conftest.py`, `register_assert_rewrite`) stand."""
+    files = _doctest_files(config)
+    hook = next((f for f in sys.meta_path if type(f).__name__ == "AssertionRewritingHook"), None)
+    should = getattr(hook, "_should_rewrite", None)
+    if not files or should is None or not hasattr(hook, "session") or getattr(should, "_as_maintainers", False):
+        return
+
+    def as_maintainers(name, fn, state):
+        session = hook.session
+        if session is None or os.path.realpath(str(fn)) not in files:
+            return should(name, fn, state)
+        hook.session = None  # the clause "named on the command line" reads the session: without it, the rest decide
+        try:
+            return should(name, fn, state)
+        finally:
+            hook.session = session
+
+    as_maintainers._as_maintainers = True
+    hook._should_rewrite = as_maintainers
 
 
 def _maintainers_order(config) -> None:
