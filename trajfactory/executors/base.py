@@ -151,8 +151,10 @@ class Backend(Protocol):
 
     name: str
 
-    def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
-        """Build (or reuse) the environment: the repository at `commit` plus its test dependencies.
+    def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
+              ) -> EnvironmentHandle:
+        """Build (or reuse) the environment: the repository at `commit` plus its test dependencies (those it declares,
+        and `test_requirements`, which the recipe adds).
 
         Raises EnvironmentBuildError(reason, detail) when the repository cannot be installed.
         """

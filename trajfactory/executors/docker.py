@@ -152,7 +152,9 @@ class DockerBackend:
         key = "\n".join([base_id, commit, BUILDER_VERSION, *sorted(requirements)])
         return f"trajfactory/repo-{slug}:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
-    def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
+    def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
+              ) -> EnvironmentHandle:
+        extra = list(test_requirements or [])
         base_id = ensure_base_image(self.base_image, progress=log.info)
         with tempfile.TemporaryDirectory(prefix="trajfactory-build-") as tmp:
             repo_dir = Path(tmp, "repo")
@@ -160,12 +162,12 @@ class DockerBackend:
             # the collection options of a suite its maintainers' runner collects otherwise than pytest's defaults are
             # baked into the image: they are part of its tag (none for the others, whose tags stay as they were)
             runner = collection_options(repo_dir)
-            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir) + runner)
+            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir, extra) + runner)
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle
             python = image_python(self.client, self.base_image, base_id)
-            house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python)
+            house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python, extra=extra)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
             addopts, dropped = sandbox_addopts(repo_dir, house)
             if dropped:

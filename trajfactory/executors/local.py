@@ -98,14 +98,16 @@ class LocalBackend:
         """Whether the sandboxes killed runs left have been released (once, at the first start)."""
         log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
 
-    def build(self, source_path: str, repo: str, commit: str) -> EnvironmentHandle:
+    def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
+              ) -> EnvironmentHandle:
+        extra = list(test_requirements or [])
         sha = resolve_commit(source_path, commit)
         envs = self.cache_root / "local-envs"
         envs.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="build-", dir=envs) as tmp:
             checkout = Path(tmp, "repo")
             clone_at_commit(source_path, sha, checkout)
-            requirements = find_requirements(checkout)
+            requirements = find_requirements(checkout, extra)
             py = f"{sys.version_info.major}.{sys.version_info.minor}"
             key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *collection_options(checkout)])
                                  .encode()).hexdigest()[:16]
@@ -120,11 +122,11 @@ class LocalBackend:
                 shutil.rmtree(env_dir, ignore_errors=True)  # a half-built leftover of a killed run
                 env_dir.mkdir()
                 log.info("building local environment %s (%s at %s)", env_dir, repo, sha[:12])
-                self._install(env_dir, checkout, sha)
+                self._install(env_dir, checkout, sha, extra)
         return handle
 
-    def _install(self, env_dir: Path, checkout: Path, sha: str) -> None:
-        house, requirements = build_wheelhouse(checkout, self.cache_root)
+    def _install(self, env_dir: Path, checkout: Path, sha: str, extra: list[str]) -> None:
+        house, requirements = build_wheelhouse(checkout, self.cache_root, extra=extra)
         venv = env_dir / "venv"
         # a venv is not relocatable: it is created at its final path, and `.complete` marks it usable
         # the host's pip installs into a pip-less venv, pip itself from ensurepip's wheel: ensurepip takes ~8 s

@@ -220,10 +220,11 @@ def requirement_files(repo_dir: str | Path) -> list[Path]:
     return sorted({p for p in names if p.is_file() and not re.search(r"doc|lint|release", p.name)})
 
 
-def find_requirements(repo_dir: str | Path) -> list[str]:
+def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> list[str]:
     """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage: its packaging
     files' dependencies and test extras, its requirements files, and what tox's `[testenv]` installs for its pytest
-    command (`deps`, and `extras` added to the test extras)."""
+    command (`deps`, and `extras` added to the test extras); and `extra`, the recipe's `test_requirements` for it,
+    kept whatever they are (the user named them)."""
     repo = Path(repo_dir)
     reqs: list[str] = []
     extras = TEST_EXTRAS
@@ -252,6 +253,7 @@ def find_requirements(repo_dir: str | Path) -> list[str]:
             log.warning("could not read dependencies from %s: %s", path, exc)
     runtime = _runtime_names(repo)
     reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) in runtime or not _tooling(r)]
+    reqs += list(extra or [])
     named = {canonicalize_name(Requirement(r).name) for r in reqs}
     reqs += [r for r in ALWAYS_REQUIRED if canonicalize_name(r) not in named]
     return sorted(set(reqs), key=str.lower)

@@ -64,7 +64,7 @@ def pip_output(text: str, lines: int | None = 15) -> str:
 
 
 def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
-                     python_version: str | None = None) -> tuple[Path, list[str]]:
+                     python_version: str | None = None, extra: list[str] | None = None) -> tuple[Path, list[str]]:
     """Download the repository's requirements as wheels on the host; cached by the requirement set.
 
     The wheelhouse holds `requirements.txt` (what the environment installs) and `build-requirements.txt` (what
@@ -72,10 +72,10 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
     its own: a build backend's pin never conflicts with a runtime one. `python_version` is the sandbox's Python
     (`3.11.2`) when it is not the host's: pip then picks each distribution for it, so a release whose
     `Requires-Python` admits the host (3.11.7) but not the sandbox (soupsieve 2.10 says `>=3.11.5`) is never
-    chosen; the image's own install would refuse it.
+    chosen; the image's own install would refuse it. `extra`: test requirements the recipe adds (`find_requirements`).
     """
     target = python_version or platform.python_version()
-    requirements = find_requirements(repo_dir)
+    requirements = find_requirements(repo_dir, extra)
     build_requirements = find_build_requirements(repo_dir)
     root = Path(cache_root or default_cache_root()) / "wheelhouse"
     house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)], target)

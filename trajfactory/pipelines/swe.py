@@ -69,8 +69,9 @@ def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:
 
 
 def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Quarantine:
-    """The repository's sandbox image (built once per content)."""
-    return stage.build_environment(get_backend(recipe.sandbox.backend), source)
+    """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds."""
+    extra = [r for spec in recipe.repos if spec.names(source.uri) for r in spec.test_requirements]
+    return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)))
 
 
 def procedural_candidates(recipe: Recipe, source: Source) -> tuple[list[Candidate], list[Quarantine]]:
@@ -244,7 +245,7 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         return
     candidates, bad_files = runner.call(procedural_candidates, recipe, source)
     out.quarantine += bad_files
-    spec = next((r for r in recipe.repos if r.uri == source.uri), None)
+    spec = next((r for r in recipe.repos if r.names(source.uri)), None)
     if spec is not None and spec.bug_patches:  # bug patches from elsewhere go through the same validation
         outside, rejects = runner.call(external_candidates, recipe, source, spec.bug_patches)
         candidates, out.quarantine = candidates + outside, out.quarantine + rejects

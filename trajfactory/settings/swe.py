@@ -20,6 +20,10 @@ class RepoSpec(Section):
     bug_patches: str | None = None
     """A JSON or JSON-lines file of bug patches for this repository in SWE-smith's instance format (`patch`,
     optionally `instance_id` and `strategy`): validated as candidates by the same harness as the procedural ones."""
+    test_requirements: list[str] = []
+    """Requirements its suite needs that the project does not declare, installed into its image beside those it
+    does: an sdist often leaves its test requirements file out (funcy 2.1's tests import `whatever`, which only its
+    repository's `test_requirements.txt` names). PEP 508 strings, as pip takes them (`whatever>=0.7`)."""
 
     @field_validator("uri")
     @classmethod
@@ -50,12 +54,38 @@ class RepoSpec(Section):
                              "(each with a `patch`)")
         return path
 
+    @field_validator("test_requirements")
+    @classmethod
+    def _requirements(cls, wanted: list[str]) -> list[str]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for req in wanted:
+            try:
+                Requirement(req)
+            except InvalidRequirement as exc:
+                why = str(exc).splitlines()[0]
+                raise ValueError(f"{req!r} is not a requirement pip understands ({why}); write a PEP 508 requirement "
+                                 "such as 'whatever' or 'whatever>=0.7'") from None
+        return [r.strip() for r in wanted]
+
+    def names(self, uri: str) -> bool:
+        """Whether this entry asked for the source harvested as `uri` (`pypi:NAME==VERSION` for `@latest:N`)."""
+        if uri == self.uri:
+            return True
+        latest = re.fullmatch(r"pypi:(.+)@latest:[0-9]+(:pre)?", self.uri)
+        pinned = re.fullmatch(r"pypi:(.+)==.+", uri)
+        return bool(latest and pinned) and _canonical(latest[1]) == _canonical(pinned[1])
+
     @model_validator(mode="after")
     def _patches_of_one_release(self) -> "RepoSpec":
         if self.bug_patches and "@latest:" in self.uri:
             raise ValueError(f"bug_patches apply to one release, and {self.uri!r} stands for several: pin the release "
                              "the patches were made on (pypi:NAME==VERSION)")
         return self
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class LMRewriteConfig(Section):

@@ -88,6 +88,39 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
                         "the same way:\n" + tail(run.output))
 
 
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+_NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
+
+
+def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
+    """What a suite that could not be collected, or collected nothing, lacks, where the checkout shows it: a test
+    module importing from a folder the sdist ships without its `__init__.py` (jmespath 1.1.0: `from tests import
+    unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
+    `test_requirements.txt` names), or no test file at all (backoff 2.2.1's sdist ships none)."""
+    if rejected.reason == "no_tests":
+        if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
+            return RepoRejected("no_tests", "the checkout holds no test file (test_*.py, *_test.py): the package ships "
+                                "no tests; mine its repository (a git URL), where its suite is")
+        return rejected
+    if rejected.reason != "collection_failed":
+        return rejected
+    if match := _NAMESPACE_IMPORT.search(rejected.detail):
+        folder = match[1].replace(".", "/")
+        if sandbox.execute(f"test -d {folder} && ! test -e {folder}/__init__.py", timeout=60).exit_code == 0:
+            return RepoRejected("collection_failed", f"the test modules import names from `{match[1]}`, a folder "
+                                f"this checkout holds without its `{folder}/__init__.py`, which the sdist left out: a "
+                                "run of this sdist fails the same way, and the maintainers' own run, in their "
+                                f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
+    for name in dict.fromkeys(m.split(".")[0] for m in _MISSING_MODULE.findall(rejected.detail)):
+        here = sandbox.execute(f"ls -d {name} {name}.py src/{name} src/{name}.py 2>/dev/null", timeout=60)
+        if not here.output.strip():
+            return RepoRejected("collection_failed", f"the suite imports `{name}`, which is not in the checkout and "
+                                "which no requirement the project declares installs (an sdist often leaves its test "
+                                "requirements file out): name the distribution that provides it in this repository's "
+                                f"`test_requirements` in the recipe, and its image installs it. {rejected.detail}")
+    return rejected
+
+
 DISK_FULL_MIB = 64
 """What a killed or cut-short suite must have written for its true reason to be a full disk, not memory."""
 WRITTEN = ("{ du -scm /tmp /var/tmp \"$HOME\" /dev/shm 2>/dev/null | tail -1; "
@@ -130,7 +163,7 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
     sandbox.reset()
     first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover, probe=probe)
     if (rejected := _reject_reason(first, timeout)) is not None:
-        raise _stopped_early(sandbox, first, _disk_full(sandbox, rejected))
+        raise _stopped_early(sandbox, first, _unmet(sandbox, _disk_full(sandbox, rejected)))
     passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
     outcomes = [first.outcomes]
     last = first

@@ -22,10 +22,12 @@ from trajfactory.synthesizers.swe.validate import validate_candidate
 STAGE = "synthesize"
 
 
-def build_environment(backend: Backend, source: Source) -> EnvironmentHandle | Quarantine:
-    """The source's sandbox environment (its image); a repository that cannot be installed is quarantined."""
+def build_environment(backend: Backend, source: Source,
+                      test_requirements: list[str] | None = None) -> EnvironmentHandle | Quarantine:
+    """The source's sandbox environment (its image), with `test_requirements` beside the ones the project declares;
+    a repository that cannot be installed is quarantined."""
     try:
-        return backend.build(source.path, source.name, source.commit)
+        return backend.build(source.path, source.name, source.commit, test_requirements=test_requirements or [])
     except EnvironmentBuildError as exc:
         return quarantined("build", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
 

@@ -1,0 +1,63 @@
+"""What a real sdist leaves out of its suite is named in its quarantine reason, and a test requirement it leaves out
+can be added in the recipe.
+
+| package | what its sdist lacks |
+|---|---|
+| backoff 2.2.1 | any test file |
+| jmespath 1.1.0 | `tests/__init__.py`, from which every test module imports `unittest` |
+| funcy 2.1 | its `test_requirements.txt`: the tests import `whatever` |
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trajfactory.pipelines import swe
+from trajfactory.schema import Quarantine, ReferenceRun, Source
+from trajfactory.settings import Recipe, RecipeError, load_recipe
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+
+from mining import LIMITS, QUICK
+
+
+def _reference(backend, mirrors, uri: str, recipe: Recipe | None = None) -> ReferenceRun | Quarantine:
+    source = harvest_repo(uri, mirrors)
+    assert isinstance(source, Source), source
+    env = swe.build_environment(recipe, source) if recipe else stage.build_environment(backend, source)
+    assert not isinstance(env, Quarantine), env
+    return stage.reference(backend, env, source, QUICK, LIMITS)
+
+
+@pytest.mark.docker
+def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors):
+    backoff = _reference(docker_backend, mirrors, "pypi:backoff==2.2.1")
+    assert isinstance(backoff, Quarantine) and backoff.reason == "no_tests", backoff
+    assert "the package ships no tests" in backoff.detail, backoff.detail
+    jmespath = _reference(docker_backend, mirrors, "pypi:jmespath==1.1.0")
+    assert isinstance(jmespath, Quarantine) and jmespath.reason == "collection_failed", jmespath
+    assert "without its `tests/__init__.py`" in jmespath.detail and "mine the repository" in jmespath.detail
+    funcy = _reference(docker_backend, mirrors, "pypi:funcy==2.1")
+    assert isinstance(funcy, Quarantine) and funcy.reason == "collection_failed", funcy
+    assert "the suite imports `whatever`" in funcy.detail and "`test_requirements`" in funcy.detail, funcy.detail
+
+
+@pytest.mark.docker
+def test_a_test_requirement_the_sdist_leaves_out_is_added_in_the_recipe(docker_backend, mirrors, tmp_path):
+    """funcy's entry names `whatever` (for every release `@latest:N` resolves to); its image installs it, and the
+    suite runs."""
+    recipe = Recipe(work_dir=str(tmp_path), sandbox=LIMITS,
+                    repos=[{"uri": "pypi:funcy@latest:1", "test_requirements": ["whatever"]}])
+    ref = _reference(docker_backend, mirrors, "pypi:funcy==2.1", recipe)
+    assert isinstance(ref, ReferenceRun), ref
+    assert len(ref.passing) > 100 and any(t.startswith("tests/test_seqs.py::") for t in ref.passing)
+
+
+def test_a_test_requirement_pip_cannot_read_is_refused_naming_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("repos:\n  - uri: pypi:funcy==2.1\n    test_requirements: ['whatever', 'what ever>=']\n")
+    with pytest.raises(RecipeError, match=r"'what ever>=' is not a requirement pip understands .* PEP 508"):
+        load_recipe(recipe)
+    spec = Recipe(repos=[{"uri": "pypi:Fun_Cy@latest:2"}]).repos[0]  # names compare as pip compares them
+    assert spec.names("pypi:fun-cy==2.1") and spec.names("pypi:FUN.CY==2.0") and spec.names("pypi:Fun_Cy@latest:2")
+    assert not spec.names("pypi:funcy==2.1") and not spec.names("pypi:fun-cy-extra==2.1")
