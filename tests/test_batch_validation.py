@@ -224,3 +224,24 @@ def test_a_bug_that_loops_forever_costs_a_multiple_of_its_tests_time_not_the_cei
     assert 15 <= limit <= 60, batched[2].detail  # 15 s unless the machine was slow in the reference run
     assert took < 150  # limits of seconds, not 600 s ceilings
     assert batched[1].status != "timeout"  # the next candidate of the batch is judged as ever
+
+
+def test_a_worker_that_preloads_runs_an_asyncio_suite_as_a_fresh_session_does(docker_backend, mirrors):
+    """tenacity 9.2.1's async tests ask sniffio which event loop runs them. The first batch's children imported
+    `_asyncio` (the C accelerator) with `asyncio`, and the next worker preloaded the two in name order: `_asyncio`
+    first, whose import pulls in `asyncio.tasks` before `_asyncio` itself is registered, so `asyncio.tasks` fell back
+    to its pure-Python task registry while tasks registered in the C one. `asyncio.current_task()` was None inside
+    `asyncio.run`, sniffio found no async library, and the gold proofs after validation failed (2 tasks lost)."""
+    source = harvest_repo("pypi:tenacity==9.2.1", mirrors)
+    assert isinstance(source, Source), source
+    env = stage.build_environment(docker_backend, source)
+    assert not hasattr(env, "reason"), env
+    tests = ["tests/test_asyncio.py::TestAsyncio::test_retry",
+             "tests/test_asyncio.py::TestContextManager::test_retry_with_result",
+             "tests/test_asyncio.py::TestContextManager::test_sleeps"]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        # the later workers preload what the first one's children imported; the last runs them in its collected session
+        for batch, hot in enumerate((False, False, True)):
+            results, info = run_batch(sandbox, [BatchItem(key=str(batch), patch="", tests=tests, timeout=120, hot=hot)])
+            assert info.preloaded == (batch > 0) and info.hot_items == hot, info
+            assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output)

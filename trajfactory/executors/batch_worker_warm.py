@@ -214,9 +214,19 @@ def precompile(plain: list[str], rewritten: list[str]) -> None:
             continue
 
 
+def preload_order(names: list[str]) -> list[str]:
+    """`names` in an order a program's own imports would take: a private top-level module (`_asyncio`, `_elementtree`,
+    a C accelerator) after the public ones, which import it themselves. Imported first, `_asyncio` pulls in
+    `asyncio.tasks` before it is itself registered, so `asyncio.tasks` falls back to its pure-Python task registry
+    while tasks register in the C one: `asyncio.current_task()` is then None inside `asyncio.run` (tenacity 9.2.1's
+    async tests failed in every preloaded worker, through sniffio)."""
+    return sorted(names, key=lambda name: (name.startswith("_"), name))
+
+
 def preload(names: list[str], workdir: str) -> list[str]:
-    """Import `names` here (failures ignored); the names that loaded code of the checkout, which forbid preloading."""
-    for name in names:
+    """Import `names` here (failures ignored), in `preload_order`; the names that loaded code of the checkout, which
+    forbid preloading."""
+    for name in preload_order(names):
         try:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - a module that does not import here is simply not preloaded
