@@ -245,3 +245,40 @@ def test_a_worker_that_preloads_runs_an_asyncio_suite_as_a_fresh_session_does(do
             results, info = run_batch(sandbox, [BatchItem(key=str(batch), patch="", tests=tests, timeout=120, hot=hot)])
             assert info.preloaded == (batch > 0) and info.hot_items == hot, info
             assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output)
+
+
+PLUGGY_BUG = """\
+diff --git a/src/pluggy/_manager.py b/src/pluggy/_manager.py
+--- a/src/pluggy/_manager.py
++++ b/src/pluggy/_manager.py
+@@ -393,10 +393,6 @@
+             _get_marker_opts(found[0], self.project_name + "_spec"),
+         )
+ 
+-    def get_plugins(self) -> set[Any]:
+-        \"\"\"Return a set of all registered plugin objects.\"\"\"
+-        return {x for x in self._name2plugin.values() if x is not None}
+-
+     def is_registered(self, plugin: _Plugin) -> bool:
+         \"\"\"Return whether the plugin is already registered.\"\"\"
+         return any(plugin == val for val in self._name2plugin.values())
+"""
+
+
+def test_a_project_pytest_itself_imports_is_tested_afresh(docker_backend, mirrors):
+    """pytest imports pluggy before any test, so the children of a warm worker, forked after that import, ran pluggy
+    1.7.0's clean code whatever an item's patch said: every one of its 12 candidates passed every test, and it gave
+    no task. The worker says so at its start, and the items run afresh, as `run_tests` runs them."""
+    source = harvest_repo("pypi:pluggy==1.7.0", mirrors)
+    assert isinstance(source, Source), source
+    env = stage.build_environment(docker_backend, source)
+    assert not hasattr(env, "reason"), env
+    tests = ["testing/test_pluginmanager.py::test_pm", "testing/test_pluginmanager.py::test_register"]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        for batch in range(2):  # the second batch knows it already: no worker starts
+            results, info = run_batch(sandbox, [BatchItem(key="bug", patch=PLUGGY_BUG, tests=tests, timeout=120),
+                                                BatchItem(key="clean", patch="", tests=tests, timeout=120)])
+            assert results[0].run.outcomes == dict.fromkeys(tests, "failed"), results[0].run.output
+            assert results[1].run.outcomes == dict.fromkeys(tests, "passed"), results[1].run.output
+            assert info.workers == (batch == 0), info
+            assert any("pytest imports the project itself (pluggy" in note for note in info.notes) == (batch == 0)

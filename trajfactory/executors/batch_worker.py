@@ -40,8 +40,9 @@ import time
 
 from trajfactory_batch_worker_hot import HotSession
 from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, left_ignored, sweep, wait_child
-from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, compiled_regexes, imported, install_code_caches,
-                                           precompile, preload, rewrite_cache, snapshot, warm_lookups, warm_regexes)
+from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, checkout_modules, compiled_regexes, imported,
+                                           install_code_caches, precompile, preload, rewrite_cache, snapshot,
+                                           warm_lookups, warm_regexes)
 
 OUTPUT_TAIL = 16000
 
@@ -333,6 +334,11 @@ def main() -> int:
 
     del sys.path[0]  # this script's directory; a child puts the checkout there, as `python -m` does
     __import__("pytest")  # the one import every child needs
+    if held := checkout_modules(spec["workdir"]):
+        # pytest itself imports the project (pluggy, packaging): a child forked from here would test the code this
+        # worker imported, never the item's patch, and every bug would pass. The caller runs them afresh.
+        emit({"pytest_imports_checkout": held})
+        return 0
 
     rejected: list[str] = []
     if spec.get("preload") and not no_preload:

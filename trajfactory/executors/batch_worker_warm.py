@@ -231,9 +231,14 @@ def preload(names: list[str], workdir: str) -> list[str]:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - a module that does not import here is simply not preloaded
             pass
-    bad = []
+    return checkout_modules(workdir)
+
+
+def checkout_modules(workdir: str) -> list[str]:
+    """The modules this process holds whose code is the checkout's."""
+    held = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if file and os.path.realpath(file).startswith(workdir + os.sep):
-            bad.append(name)
-    return bad
+            held.append(name)
+    return sorted(held)

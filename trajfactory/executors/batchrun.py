@@ -29,9 +29,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import Sandbox, apply_patch
+from trajfactory.executors.guard import paths_of
 from trajfactory.executors.testrun import (HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, cpu_note,
-                                          cpu_seconds, parse_results)
+                                          cpu_seconds, parse_results, run_tests)
 
 BATCH_DIR = "/tmp/trajfactory-batch"
 """Where the worker, its input, the children's records and outputs live in the sandbox (outside the checkout)."""
@@ -55,6 +56,9 @@ REGEX_LIMIT = 512
 """At most this many per environment (`re` caches 512 patterns; a project that builds patterns from data makes new
 ones every run, and a pattern left out only costs its child the compile)."""
 _preload_lock = threading.Lock()
+FRESH: set[str] = set()
+"""Environments whose project pytest itself imports (pluggy, packaging): a worker forked after pytest's import would
+test the code it imported, never an item's patch, so their items run afresh (`_run_fresh`), as `run_tests` runs."""
 
 
 @dataclass
@@ -172,6 +176,8 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
     unswappable: set[str] = set()  # items a collected session refused: they run the plain way
     env = (f"COVERAGE_FILE={SCRATCH}/.coverage PYTHONDONTWRITEBYTECODE=1 PY_COLORS=0 "
            f'PYTHONPATH="{HARNESS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"')
+    if key in FRESH:
+        return [_run_fresh(sandbox, item) for item in items], info
     while pending:
         info.workers += 1
         sandbox.reset()
@@ -206,6 +212,11 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                     with _preload_lock:
                         PRELOAD[key] = []
                     info.notes.append("preload refused: a preloaded module loaded code of the checkout or a thread")
+            elif "pytest_imports_checkout" in record:
+                with _preload_lock:
+                    FRESH.add(key)
+                info.notes.append("pytest imports the project itself (" + ", ".join(record["pytest_imports_checkout"])[:200]
+                                  + "): each item runs afresh")
             elif "start" in record:
                 started = record["start"]
             elif "hot_session" in record:
@@ -236,6 +247,9 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
                         known = REGEXES.get(key, [])
                         fresh = sorted({tuple(r) for r in record.get("regexes", [])} - set(known))
                         REGEXES[key] = (known + fresh)[:REGEX_LIMIT]
+        if key in FRESH:  # the worker ran nothing
+            done.update((item.key, _run_fresh(sandbox, item)) for item in pending)
+            break
         hot_left = {item.key for item in pending if item.hot and item.key not in done and item.key not in unswappable}
         if not finished_cleanly and not saw_session and hot_left:
             # the worker ended in or before its collected session: its hot items go the plain way, in a new worker
@@ -263,3 +277,25 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
             info.notes.append("the batch worker did not start: " + detail[-300:])
         pending = [item for item in pending if item.key not in done]
     return [done[item.key] for item in items], info
+
+
+def _run_fresh(sandbox: Sandbox, item: BatchItem) -> ItemResult:
+    """One item the way `run_tests` runs a test: the checkout reset, the item's patches applied (its second one must
+    leave the checkout exactly at its commit, as the worker requires), and a fresh `python -m pytest`."""
+    sandbox.reset()
+    if (err := apply_patch(sandbox, item.patch, "/tmp/trajfactory-item.diff")) is not None:
+        first = "the first patch does not apply: " if item.then else ""
+        return ItemResult(item.key, None, patch_error=first + err)
+    if item.then:
+        if (err := apply_patch(sandbox, item.then, "/tmp/trajfactory-then.diff")) is not None:
+            return ItemResult(item.key, None, patch_error=f"the second patch does not apply: {err}")
+        paths = " ".join(shlex.quote(f":(literal){p}") for p in paths_of(item.patch + "\n" + item.then))
+        left = sandbox.execute("git status --porcelain --untracked-files=all; " + (
+            f"git status --porcelain --untracked-files=all --ignored=traditional -- {paths} | grep '^!! '"
+            if paths else "true"), timeout=60).output.strip()
+        if left:
+            return ItemResult(item.key, None, patch_error="the checkout is not its commit again after both "
+                                                          f"patches:\n{left[:1500]}")
+    if item.tests == []:  # nothing to run: the item only checks its patches
+        return ItemResult(item.key, TestRun(outcomes={}, exit_code=0, output="", duration_s=0.0, finished=True))
+    return ItemResult(item.key, run_tests(sandbox, item.tests, timeout=item.timeout, cpu_limit=item.cpu_limit))
