@@ -6,6 +6,7 @@ can be added in the recipe.
 | backoff 2.2.1 | any test file |
 | jmespath 1.1.0 | `tests/__init__.py`, from which every test module imports `unittest` |
 | funcy 2.1 | its `test_requirements.txt`: the tests import `whatever` |
+| pycodestyle 2.15.0 | its `testing/` folder, which the tests import and its `setup.cfg` names |
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors)
     funcy = _reference(docker_backend, mirrors, "pypi:funcy==2.1")
     assert isinstance(funcy, Quarantine) and funcy.reason == "collection_failed", funcy
     assert "the suite imports `whatever`" in funcy.detail and "`test_requirements`" in funcy.detail, funcy.detail
+    pycodestyle = _reference(docker_backend, mirrors, "pypi:pycodestyle==2.15.0")
+    assert isinstance(pycodestyle, Quarantine) and pycodestyle.reason == "collection_failed", pycodestyle
+    assert "the suite imports `testing`, a folder of the project that its configuration names (setup.cfg:" in \
+        pycodestyle.detail and "`test_requirements`" not in pycodestyle.detail, pycodestyle.detail
 
 
 @pytest.mark.docker

@@ -96,7 +96,8 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
     """What a suite that could not be collected, or collected nothing, lacks, where the checkout shows it: a test
     module importing from a folder the sdist ships without its `__init__.py` (jmespath 1.1.0: `from tests import
     unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
-    `test_requirements.txt` names), or no test file at all (backoff 2.2.1's sdist ships none)."""
+    `test_requirements.txt` names; pycodestyle 2.15.0's import its `testing/` folder, which only its `setup.cfg`
+    names), or no test file at all (backoff 2.2.1's sdist ships none)."""
     if rejected.reason == "no_tests":
         if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
             return RepoRejected("no_tests", "the checkout holds no test file (test_*.py, *_test.py): the package ships "
@@ -113,12 +114,24 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                                 f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
     for name in dict.fromkeys(m.split(".")[0] for m in _MISSING_MODULE.findall(rejected.detail)):
         here = sandbox.execute(f"ls -d {name} {name}.py src/{name} src/{name}.py 2>/dev/null", timeout=60)
-        if not here.output.strip():
-            return RepoRejected("collection_failed", f"the suite imports `{name}`, which is not in the checkout and "
-                                "which no requirement the project declares installs (an sdist often leaves its test "
-                                "requirements file out): name the distribution that provides it in this repository's "
-                                f"`test_requirements` in the recipe, and its image installs it. {rejected.detail}")
+        if here.output.strip():
+            continue
+        named = sandbox.execute(f"grep -HEm1 '(^|[^A-Za-z0-9_.-]){name}/' {_CONFIG_FILES} 2>/dev/null", timeout=60)
+        if line := named.output.strip().splitlines()[0:1]:
+            return RepoRejected("collection_failed", f"the suite imports `{name}`, a folder of the project that its "
+                                f"configuration names ({line[0][:200]}) and that the sdist does not ship: a run of "
+                                "this sdist fails the same way; mine the repository (a git URL), where the folder "
+                                f"is. {rejected.detail}")
+        return RepoRejected("collection_failed", f"the suite imports `{name}`, which is not in the checkout and which "
+                            "no requirement the project declares installs (an sdist often leaves its test requirements "
+                            "file out): name the distribution that provides it in this repository's "
+                            "`test_requirements` in the recipe, and its image installs it (where it is a folder of "
+                            f"the project's repository that the sdist does not ship, mine the repository). "
+                            f"{rejected.detail}")
     return rejected
+
+
+_CONFIG_FILES = "setup.cfg tox.ini pyproject.toml MANIFEST.in setup.py"
 
 
 DISK_FULL_MIB = 64
