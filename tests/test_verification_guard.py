@@ -291,6 +291,47 @@ def test_a_test_bound_to_its_own_name_does_not_refuse_a_real_fix(docker_backend,
     assert any(f"while {checks.FAIL_TO_PASS[0]} passed" in r for r in forged[1].refused), forged[1]
 
 
+ORDER_TEST = '''
+
+_STATE = []
+
+
+def test_first_in_its_file():  # passes only before the test after it ran, as tzlocal 5.4.5's cached local zone
+    import hashlib
+    import pathlib
+    assert not _STATE and hashlib.sha256(pathlib.Path(MODULE).read_bytes()).hexdigest() == DIGEST
+
+
+def test_leaves_state():
+    _STATE.append(1)
+'''
+
+
+@pytest.mark.docker
+def test_a_test_bound_to_its_place_does_not_refuse_a_real_fix(docker_backend, task_env):
+    """A failing test that passes only before a later test of its file ran: its twin, at the file's end, fails under
+    any fix. Under the task's own fix the twin's failure was tried with only the test and its twin selected, where it
+    passed, so a real fix was refused (1 of 6 of tzlocal 5.4.5's tasks, now and then). The tests run there are the
+    verification run's, in its order, and the twin is excused."""
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    first, leaves = f"{test_file}::test_first_in_its_file", f"{test_file}::test_leaves_state"
+    with docker_backend.start(env, LIMITS) as sandbox:  # the digest: the clean module, which the gold restores
+        digest = sandbox.execute(f"sha256sum {task.entity.file} | cut -d' ' -f1", timeout=60).output.strip()
+        source = ORDER_TEST.replace("MODULE", repr(task.entity.file)).replace("DIGEST", repr(digest))
+        made = sandbox.execute(f"printf %s {shell_quote(source)} >> {test_file} && git add -A && git diff --cached HEAD",
+                               timeout=60)
+    assert made.exit_code == 0 and "test_first_in_its_file" in made.output, made.output
+    checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], first],
+                                            "PASS_TO_PASS": [leaves]})
+    bound = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
+    helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+    with docker_backend.start(env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, bound, task.gold.patch + helper)  # a real fix, not the gold
+    assert passed and not evidence.refused, evidence
+    assert f"twins not counted for {first}: they fail under the task's own fix too" in evidence.detail, evidence
+
+
 def _rebinding(task, checkout) -> str:
     """A forgery adding nothing but a rebinding of each failing test to a no-op (keeping its marks and signature) at
     the end of the failing tests' file: no word the tampering scan looks for."""

@@ -225,20 +225,23 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
     return out
 
 
-def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float) -> list[str]:
+def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float,
+               alongside: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Of `tests` (originals that passed under a submitted patch while their twins did not), those whose twins also
     fail where the task's own fix (`gold`) is applied to the buggy state, in `sandbox` reset: tests that depend on
-    their own name or place (a snapshot or cassette named after the test, `request.node.name`), which a twin cannot
-    copy. Their twins then say nothing about the submitted patch; every other disagreement stands, since the
-    submitted patch has no part in this run. A run that cannot say (a patch that does not apply, a timeout, an
-    unsealed record) clears none."""
+    their own name or place (a snapshot or cassette named after the test, `request.node.name`, or state the tests
+    before it left: tzlocal 5.4.5's `test_assert_tz_offset` reads the local zone that later tests of its file cache,
+    so its twin at the file's end failed under any fix), which a twin cannot copy. `alongside`: the other tests of
+    the verification run, run here too, so that each twin runs after what it ran after there. Their twins then say
+    nothing about the submitted patch; every other disagreement stands, since the submitted patch has no part in
+    this run. A run that cannot say (a patch that does not apply, a timeout, an unsealed record) clears none."""
     sandbox.reset()
     if apply_patch(sandbox, bug_patch, "/tmp/trajfactory-bug.diff") is not None:
         return []
     twins = write_twins(sandbox, tests, limit=len(tests))
     if apply_patch(sandbox, gold, "/tmp/trajfactory-gold.diff") is not None:
         return []
-    run = run_tests(sandbox, [*tests, *twins.ids], timeout=timeout)
+    run = run_tests(sandbox, [*dict.fromkeys([*alongside, *tests]), *twins.ids], timeout=timeout)
     if run.timed_out or run.results_error or not run.sealed:
         return []
     return [test for test in twins.told_apart(run.outcomes) if test in tests]
