@@ -63,6 +63,7 @@ def test_a_test_requirement_pip_cannot_read_is_refused_naming_it(tmp_path):
     recipe.write_text("repos:\n  - uri: pypi:funcy==2.1\n    test_requirements: ['whatever', 'what ever>=']\n")
     with pytest.raises(RecipeError, match=r"'what ever>=' is not a requirement pip understands .* PEP 508"):
         load_recipe(recipe)
-    spec = Recipe(repos=[{"uri": "pypi:Fun_Cy@latest:2"}]).repos[0]  # names compare as pip compares them
-    assert spec.names("pypi:fun-cy==2.1") and spec.names("pypi:FUN.CY==2.0") and spec.names("pypi:Fun_Cy@latest:2")
-    assert not spec.names("pypi:funcy==2.1") and not spec.names("pypi:fun-cy-extra==2.1")
+    entry = Recipe(repos=[{"uri": "pypi:Fun_Cy@latest:2"}]).repos[0].uri  # names compare as pip compares them
+    assert swe.asks_for(entry, "pypi:fun-cy==2.1") and swe.asks_for(entry, "pypi:FUN.CY==2.0") and \
+        swe.asks_for(entry, "pypi:Fun_Cy@latest:2")
+    assert not swe.asks_for(entry, "pypi:funcy==2.1") and not swe.asks_for(entry, "pypi:fun-cy-extra==2.1")

@@ -215,8 +215,8 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
             elif "pytest_imports_checkout" in record:
                 with _preload_lock:
                     FRESH.add(key)
-                info.notes.append("pytest imports the project itself (" + ", ".join(record["pytest_imports_checkout"])[:200]
-                                  + "): each item runs afresh")
+                held = ", ".join(record["pytest_imports_checkout"])[:200]
+                info.notes.append(f"pytest imports the project itself ({held}): each item runs afresh")
             elif "start" in record:
                 started = record["start"]
             elif "hot_session" in record:

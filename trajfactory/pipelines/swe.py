@@ -38,6 +38,8 @@ from trajfactory.schema import (Candidate, Evidence, ModelUsage, Quarantine, Ref
                                 Validation, Verdict)
 from trajfactory.settings import EpisodeLimits, Recipe
 from trajfactory.sources import expand_repo, harvest_repo
+from trajfactory.sources.mirrors import SourceError
+from trajfactory.sources.repos import parse_uri
 from trajfactory.synthesizers.swe import combine, external, lm_stage, stage
 from trajfactory.synthesizers.swe import validate as validation
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
@@ -68,9 +70,23 @@ def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:
     return harvest_repo(uri, Path(recipe.work_dir) / "mirrors")
 
 
+def asks_for(entry: str, uri: str) -> bool:
+    """Whether the recipe entry `entry` asked for the source harvested as `uri`: the same URI, or a
+    `pypi:NAME@latest:N` that resolved to `pypi:NAME==VERSION` (names compared as pip compares them)."""
+    if entry == uri:
+        return True
+    if "@latest:" not in entry:
+        return False
+    try:
+        wanted, got = parse_uri(entry), parse_uri(uri)
+    except SourceError:
+        return False
+    return got.kind == "pypi" and wanted.normalized == got.normalized
+
+
 def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Quarantine:
     """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds."""
-    extra = [r for spec in recipe.repos if spec.names(source.uri) for r in spec.test_requirements]
+    extra = [r for spec in recipe.repos if asks_for(spec.uri, source.uri) for r in spec.test_requirements]
     return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)))
 
 
@@ -245,7 +261,7 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
         return
     candidates, bad_files = runner.call(procedural_candidates, recipe, source)
     out.quarantine += bad_files
-    spec = next((r for r in recipe.repos if r.names(source.uri)), None)
+    spec = next((r for r in recipe.repos if asks_for(r.uri, source.uri)), None)
     if spec is not None and spec.bug_patches:  # bug patches from elsewhere go through the same validation
         outside, rejects = runner.call(external_candidates, recipe, source, spec.bug_patches)
         candidates, out.quarantine = candidates + outside, out.quarantine + rejects

@@ -68,24 +68,12 @@ class RepoSpec(Section):
                                  "such as 'whatever' or 'whatever>=0.7'") from None
         return [r.strip() for r in wanted]
 
-    def names(self, uri: str) -> bool:
-        """Whether this entry asked for the source harvested as `uri` (`pypi:NAME==VERSION` for `@latest:N`)."""
-        if uri == self.uri:
-            return True
-        latest = re.fullmatch(r"pypi:(.+)@latest:[0-9]+(:pre)?", self.uri)
-        pinned = re.fullmatch(r"pypi:(.+)==.+", uri)
-        return bool(latest and pinned) and _canonical(latest[1]) == _canonical(pinned[1])
-
     @model_validator(mode="after")
     def _patches_of_one_release(self) -> "RepoSpec":
         if self.bug_patches and "@latest:" in self.uri:
             raise ValueError(f"bug_patches apply to one release, and {self.uri!r} stands for several: pin the release "
                              "the patches were made on (pypi:NAME==VERSION)")
         return self
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class LMRewriteConfig(Section):

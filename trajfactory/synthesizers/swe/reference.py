@@ -69,6 +69,7 @@ STOPPED = {3: "an internal error", 4: "a usage error"}
 """pytest's exit statuses for a run that stopped before its session: `INTERNALERROR` (a plugin's `pytest_configure`
 raised) or a usage error."""
 TEST_FILES = r"git ls-files | grep -Ec '(^|/)(test_[^/]*|[^/]*_test)\.py$'"
+SHIPS_NO_TESTS = "the checkout holds no test file (test_*.py, *_test.py): the package ships no tests"
 
 
 def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> RepoRejected:
@@ -82,8 +83,8 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
     count = sandbox.execute(TEST_FILES, timeout=60).output.strip()
     stopped = f"pytest stopped with {STOPPED[run.exit_code]} (exit {run.exit_code}) before any test was collected"
     if count == "0":
-        return RepoRejected("no_tests", f"the checkout holds no test file (test_*.py, *_test.py): the package ships "
-                            f"no tests. Its pytest configuration is for a suite that is not there: {stopped}: {error}")
+        return RepoRejected("no_tests", f"{SHIPS_NO_TESTS}. Its pytest configuration is for a suite that is not "
+                            f"there: {stopped}: {error}")
     return RepoRejected("pytest_error", f"{stopped}: {error}; the maintainers' run with this configuration stops "
                         "the same way:\n" + tail(run.output))
 
@@ -100,8 +101,7 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
     names), or no test file at all (backoff 2.2.1's sdist ships none)."""
     if rejected.reason == "no_tests":
         if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
-            return RepoRejected("no_tests", "the checkout holds no test file (test_*.py, *_test.py): the package ships "
-                                "no tests; mine its repository (a git URL), where its suite is")
+            return RepoRejected("no_tests", f"{SHIPS_NO_TESTS}; mine its repository (a git URL), where its suite is")
         return rejected
     if rejected.reason != "collection_failed":
         return rejected
