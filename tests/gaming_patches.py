@@ -3,6 +3,8 @@ shell commands that make it on top of a task's buggy state, as a policy would be
 
 from __future__ import annotations
 
+from trajfactory.executors.swe_env import prepare_episode
+
 
 FORCE_PASS = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
               "    outcome = yield\n    report = outcome.get_result()\n    report.outcome = 'passed'\n"
@@ -195,3 +197,15 @@ def gaming_commands(test_file: str, module_file: str, module: str, failing: list
 
 def shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def hack(backend, env, task, limits, commands: str) -> str:
+    """The patch a policy would submit after running `commands` on the task's buggy state (as the submit tool diffs
+    it)."""
+    with backend.start(env, limits) as sandbox:
+        prepare_episode(sandbox, task)
+        made = sandbox.execute(commands, timeout=60)
+        assert made.exit_code == 0, made.output
+        diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
+    assert diff.exit_code == 0 and diff.output.strip(), diff.output
+    return diff.output

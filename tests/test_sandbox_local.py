@@ -281,7 +281,7 @@ def test_a_sandbox_whose_run_was_killed_is_released_by_the_next_backend(backend,
 
 
 def test_twins_go_into_the_failing_tests_file_alone_which_keeps_its_time(sandbox):
-    """`twins.write_twins` on this backend: the test file gets a twin and a canary class and keeps its modification
+    """`twins.write_twins` on this backend: the test file gets a twin and canaries and keeps its modification
     time; a doctest's id names a library module, which is left as it is."""
     from trajfactory.executors.twins import write_twins
 
@@ -294,7 +294,7 @@ def test_twins_go_into_the_failing_tests_file_alone_which_keeps_its_time(sandbox
     assert after[:2] == before[:2] and after[4:] == before[4:] and after[2] != before[2], (before, after)
     ran = sandbox.execute("python -m pytest -p no:cacheprovider -q -rA " + " ".join(["tests/test_add.py::test_add",
                                                                                         *twins.ids]))
-    assert "2 failed, 4 passed" in ran.output, ran.output  # the test, its twin, the canaries' two of each
+    assert "4 failed, 6 passed" in ran.output, ran.output  # the test, its twin, the canaries: four of each kind
     outcomes = {line.split()[1]: line.split()[0].lower() for line in ran.output.splitlines()
                 if line.startswith(("PASSED ", "FAILED "))}
     assert twins.broken(outcomes) == [], outcomes

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trajfactory.executors.guard import Canaries
+from trajfactory.executors.canaries import Canaries
 from trajfactory.executors.twins import Twins, twin_source
 
 MODULE = '''import unittest
@@ -81,11 +81,15 @@ def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_o
     sub = [n for n in top if n.name == "TestAdding"][-1]
     assert [ast.unparse(b) for b in sub.bases] == ["TestAdding"]
     assert [n.name for n in sub.body] == [twins[("TestAdding", "test_add_method")]]
-    # the canary class closes the file, two tests that must pass and two that must fail
-    cls = tree.body[-1]
-    assert isinstance(cls, ast.ClassDef) and cls.name not in MODULE and len(cls.body) == 4
-    assert len(canary.must_pass) == len(canary.must_fail) == 2
-    assert all(t.startswith(f"{cls.name}::test_") for t in canary.ids)
+    # canaries close the file: a class and plain functions, each two tests that must pass and two that must fail
+    tail = tree.body[[i for i, n in enumerate(tree.body) if isinstance(n, ast.Import)][-1] + 1:]
+    cls = next(n for n in tail if isinstance(n, ast.ClassDef))
+    functions = [n.name for n in tail if isinstance(n, ast.FunctionDef)]
+    assert cls.name not in MODULE and len(cls.body) == 4 and len(tail) == 5, ast.unparse(ast.Module(tail, []))
+    assert len(functions) == 4 and not {f for f in functions if f in MODULE or not f.startswith("test_")}, functions
+    assert len(canary.must_pass) == len(canary.must_fail) == 4
+    assert sorted(t for t in canary.ids if "::" not in t) == sorted(functions)
+    assert len([t for t in canary.ids if t.startswith(f"{cls.name}::test_")]) == 4
     assert twin_source("def test_x(:\n", [["test_x"]]) is None  # a file Python cannot parse is left as it is
 
 
@@ -107,7 +111,7 @@ def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path
     collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
                                 "test_mod.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     ids_seen = [line for line in collected.splitlines() if line.startswith(f)]
-    assert len(ids_seen) == len(set(ids_seen)) == 7 + 4 + 4, collected  # the module's tests, the twins, the canaries
+    assert len(ids_seen) == len(set(ids_seen)) == 7 + 4 + 8, collected  # the module's tests, the twins, the canaries
     assert {buggy[t] for t in [*pairs, *pairs.values()]} == {"failed"}, buggy
     assert twin_set.broken(buggy) == []
 

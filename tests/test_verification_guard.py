@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from trajfactory.executors.guard import module_of, paths_of, protected, write_canaries
+from trajfactory.executors.canaries import write_canaries
+from trajfactory.executors.guard import module_of, paths_of, protected
 from trajfactory.executors.swe_env import apply_patch, only_commit, prepare_episode, run_patch_tests
 from trajfactory.executors.swe_env import test_in_place as verify_in_place  # not a test of its own
 from trajfactory.executors.testrun import run_tests
@@ -22,7 +23,7 @@ from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.entities import iter_source_files
 from trajfactory.synthesizers.swe.stage import build_environment
 
-from gaming_patches import QUOTED_NAME, forged_aimed_at, gaming_commands, shell_quote
+from gaming_patches import QUOTED_NAME, forged_aimed_at, gaming_commands, hack, shell_quote
 from mining import LIMITS as MINING_LIMITS, mine
 
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
@@ -43,17 +44,6 @@ def task_env(request, docker_backend, tmp_path_factory):
     tasks = [t for t in stage.tasks_from(source, env, candidates, validations) if t.entity.kind != "class"]
     assert tasks
     return tasks[0], env
-
-
-def _hack(docker_backend, env, task, commands: str) -> str:
-    """The patch a policy would submit after running `commands` on the buggy state (as the submit tool diffs it)."""
-    with docker_backend.start(env, LIMITS) as sandbox:
-        prepare_episode(sandbox, task)
-        made = sandbox.execute(commands, timeout=60)
-        assert made.exit_code == 0, made.output
-        diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
-    assert diff.exit_code == 0 and diff.output.strip(), diff.output
-    return diff.output
 
 
 @pytest.mark.docker
@@ -80,7 +70,7 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     results = {}
     with docker_backend.start(env, LIMITS) as sandbox:
         for name, commands in battery.items():
-            patch = _hack(docker_backend, env, task, commands)
+            patch = hack(docker_backend, env, task, LIMITS, commands)
             passed, evidence, _ = run_patch_tests(sandbox, task, patch)
             results[name] = (passed, evidence)
     verified = {name: evidence for name, (passed, evidence) in results.items() if passed}
@@ -139,9 +129,9 @@ def test_the_real_fix_alongside_a_gaming_change_still_counts_only_the_fix(docker
     """A patch holding the gold fix plus an edited test: the test edit is reverted, the fix passes on its own."""
     task, env = task_env
     test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
-    hack = _hack(docker_backend, env, task, f"printf '\\n# edited\\n' >> {test_file}")
+    edit = hack(docker_backend, env, task, LIMITS, f"printf '\\n# edited\\n' >> {test_file}")
     with docker_backend.start(env, LIMITS) as sandbox:
-        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + hack)
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + edit)
     assert passed and evidence.reverted == [f"{test_file} (test file)"], evidence
 
 
@@ -271,8 +261,8 @@ def test_a_test_bound_to_its_own_name_does_not_refuse_a_real_fix(docker_backend,
     helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
     failing = sorted({t.split("::")[-1].split("[")[0] for t in checks.FAIL_TO_PASS})
     aimed = forged_aimed_at("t.split('::')[-1].split('[')[0] in " + repr(failing))
-    forgery = _hack(docker_backend, env, bound,
-                    f"python3 - <<'EOF'\nopen({task.entity.file!r}, 'a').write({aimed!r})\nEOF")
+    forgery = hack(docker_backend, env, bound, LIMITS,
+                   f"python3 - <<'EOF'\nopen({task.entity.file!r}, 'a').write({aimed!r})\nEOF")
     with docker_backend.start(env, LIMITS) as sandbox:
         fix = run_patch_tests(sandbox, bound, task.gold.patch + helper)  # a real fix, not the gold patch itself
         gold = run_patch_tests(sandbox, bound, task.gold.patch)

@@ -15,11 +15,11 @@ A verdict must come from the task's tests, not from anything the patch can reach
    not already have refuses the patch, and so does a new top-level module named like one found outside the checkout
    (a `json.py` at the top of the checkout is imported in place of the standard library's, by the harness too) or
    like the factory's own (`trajfactory_harness.py` at the top would be loaded as the plugin that records outcomes).
-3. **Canary tests run in the same session.** A test module the patch cannot predict (a name chosen at random,
-   beside the task's tests, committed with the buggy state so git holds it like the project's own tests) imports
-   the changed modules and holds tests that must pass and tests that must fail, alike in shape; a run in which a
-   must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
-4. **The failing tests' own file** gets twins of those tests and a canary class (`twins.py`): a forgery aimed at
+3. **Canary tests run in the same session** (`canaries.py`). A test module the patch cannot predict (a name chosen at
+   random, beside the task's tests, committed with the buggy state so git holds it like the project's own tests)
+   imports the changed modules and holds tests that must pass and tests that must fail, alike in shape; a run in
+   which a must-fail canary passes, or a must-pass one does not, was tampered with, whatever the other outcomes say.
+4. **The failing tests' own file** gets twins of those tests and canaries (`twins.py`): a forgery aimed at
    them alone, by their file or their names, shows there.
 """
 
@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import secrets
-from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox
 
@@ -301,30 +299,6 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-# ---------------------------------------------------------------- canaries
-
-
-@dataclass
-class Canaries:
-    """A canary test module written into the checkout for one run."""
-
-    path: str
-    must_pass: list[str] = field(default_factory=list)
-    must_fail: list[str] = field(default_factory=list)
-
-    @property
-    def ids(self) -> list[str]:
-        return self.must_pass + self.must_fail
-
-    def broken(self, outcomes: dict[str, str]) -> list[str]:
-        """Canaries whose outcome is not the one they must have."""
-        bad = [f"{t} must pass but was {outcomes.get(t, 'missing')}" for t in self.must_pass
-               if outcomes.get(t) != "passed"]
-        bad += [f"{t} must fail but was {outcomes.get(t, 'missing')}" for t in self.must_fail
-                if outcomes.get(t) not in ("failed", "error")]
-        return bad
-
-
 def module_of(path: str) -> str | None:
     """The importable module of a source file (`src/pkg/mod.py` -> `pkg.mod`), None for a test or non-Python file."""
     if not path.endswith(".py") or protected(path):
@@ -335,62 +309,3 @@ def module_of(path: str) -> str | None:
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
-
-
-_CANARY_FILES = ("behaviour", "cases", "regressions", "extra", "usage", "api", "misc", "more", "compat", "edge_cases")
-CANARY_WORDS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
-                 "equality", "none_values", "large_values", "nested", "whitespace", "negative", "idempotent")
-
-
-def canary_methods(rng: secrets.SystemRandom) -> tuple[str, list[str], list[str]]:
-    """The methods of a canary `unittest.TestCase` class (the source of its body, indented), and the names (without
-    `test_`) of those that must pass and those that must fail: two of each, of the same shape, in a random order."""
-    tests = rng.sample(CANARY_WORDS, 4)
-    must_pass, must_fail = tests[:2], tests[2:]
-    # each group holds one `assertEqual` and one plain `assert`, so a tampered assertion of either kind shows
-    style = dict(zip(must_pass, rng.sample((True, False), 2))) | dict(zip(must_fail, rng.sample((True, False), 2)))
-    body = ""
-    for test in sorted(tests, key=lambda _: rng.random()):
-        a, b, off = rng.randint(2, 999), rng.randint(2, 999), rng.randint(1, 9)
-        want = a + b + (off if test in must_fail else 0)
-        body += (f"\n    def test_{test}(self):\n        self.assertEqual({a} + {b}, {want})\n" if style[test]
-                 else f"\n    def test_{test}(self):\n        assert {a} + {b} == {want}\n")
-    return body, must_pass, must_fail
-
-
-def write_canaries(sandbox: Sandbox, modules: list[str], beside: str = "") -> Canaries:
-    """A canary module importing `modules` (the patched code), written beside the test file `beside` (the checkout's
-    root without one), that nothing in the sandbox can tell from the project's own tests: a name like theirs found
-    nowhere in the checkout (`test_<module>_<word>.py`), their file's modification time, plain test names, and must-pass
-    and must-fail tests of the same shape in a random order. The caller commits it with the buggy state, so git sees
-    it as one more of the project's files.
-
-    The canaries are `unittest.TestCase` methods: pytest collects those whatever a project's `python_classes` and
-    `python_functions` say, and a file named on the command line whatever its `python_files` say.
-    """
-    rng = secrets.SystemRandom()
-    folder = posixpath.dirname(beside)
-    stem = (modules[0].rsplit(".", 1)[-1] if modules else "").strip("_") or "core"
-    names = [f"test_{stem}_{word}.py" for word in rng.sample(_CANARY_FILES, len(_CANARY_FILES))]
-    names.append(f"test_{stem}_{secrets.token_hex(4)}.py")
-    free = sandbox.execute("for n in " + " ".join(names) + "; do "
-                           '[ -z "$(git ls-files -co -- "$n" "*/$n")" ] && echo "$n" && break; done', timeout=60)
-    name = free.output.strip().splitlines()[-1] if free.output.strip() else names[-1]
-    path = posixpath.join(folder, name)
-    cls = "Test" + "".join(p.title() for p in name[len("test_"):-len(".py")].split("_"))
-    imports = "".join(f"\n    importlib.import_module({m!r})" for m in modules) or "\n    pass"
-    body, must_pass, must_fail = canary_methods(rng)
-    source = f'''import importlib
-import unittest
-
-try:{imports}
-except Exception:  # noqa: BLE001 - the patched code may not import; the canaries run all the same
-    pass
-
-
-class {cls}(unittest.TestCase):{body}'''
-    sandbox.write_file(path, source)
-    if beside:
-        sandbox.execute(f"touch -r {_quote(beside)} {_quote(path)}", timeout=30)
-    ids = lambda names: [f"{path}::{cls}::test_{n}" for n in names]  # noqa: E731
-    return Canaries(path=path, must_pass=ids(must_pass), must_fail=ids(must_fail))

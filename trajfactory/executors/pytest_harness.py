@@ -4,8 +4,9 @@ It is copied into the sandbox outside the checkout and loaded with `-p trajfacto
 the standard library and pytest, which every sandbox has). Through environment variables:
 
 - `TRAJFACTORY_SELECT`: a file of pytest node ids, one per line: only those run (the others are deselected).
-  Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id that no collected
-  test has is recorded with outcome `missing`. The files named on the command line are collected in the order of the
+  Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id without the `[...]` of
+  parameters selects every variant of its test (the canaries written into a project whose autouse fixture is
+  parametrized run once per parameter). An id that no collected test has is recorded with outcome `missing`. The files named on the command line are collected in the order of the
   project's `testpaths`, as its maintainers' run collects them (`_maintainers_order`).
 - `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome", "duration"}` per test (its
   worst phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`; its phases' seconds in all), `{"collect_error", "detail"}`
@@ -313,14 +314,22 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         return
     with open(path, encoding="utf-8") as fh:
         wanted = {line.rstrip("\n") for line in fh if line.strip()}
-    keep = [item for item in items if item.nodeid in wanted]
-    drop = [item for item in items if item.nodeid not in wanted]
+    bare = wanted - {item.nodeid for item in items}
+    keep = [item for item in items if item.nodeid in wanted or _unparametrized(item.nodeid) in bare]
+    kept = {id(item) for item in keep}
+    drop = [item for item in items if id(item) not in kept]
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
     if not hasattr(config, "workerinput"):
-        for nodeid in sorted(wanted - {item.nodeid for item in keep}):
+        for nodeid in sorted(bare - {_unparametrized(item.nodeid) for item in keep}):
             _write({"test": nodeid, "outcome": "missing"})
+
+
+def _unparametrized(nodeid: str) -> str:
+    """`path::test_x[p]` -> `path::test_x`: the id a selection names a test by to run it once per parameter."""
+    at = nodeid.find("[", nodeid.find("::"))  # a test's name holds no bracket; its parameters may hold `::`
+    return nodeid[:at] if at > 0 else nodeid
 
 
 def pytest_collectreport(report) -> None:

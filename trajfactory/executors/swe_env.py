@@ -28,6 +28,7 @@ from trajfactory.executors.batchrun import BatchItem, ItemResult, run_batch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
+from trajfactory.executors.canaries import write_canaries
 from trajfactory.executors.testrun import run_tests, summarize
 from trajfactory.executors.twins import name_bound, write_twins
 from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
@@ -167,11 +168,11 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     (passed, evidence, seconds). `bug_patch`: the change that made the buggy state (the modules of its files get
     canary tests, and what its removed lines referred to a fix may put back: `guard.removed_references`).
 
-    The buggy state, with the canary tests (`guard.write_canaries`) among its files, first becomes the repository's
+    The buggy state, with the canary tests (`canaries.write_canaries`) among its files, first becomes the repository's
     only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
     no-op task), the clean code in the history, which code the patch adds could restore at import, is gone, and git
     cannot tell the canaries from the project's own tests. The failing tests' own file first gets twins of those
-    tests and a canary class (`twins.write_twins`), committed with it. With `gold` (the task's own fix), a twin that
+    tests and canaries (`twins.write_twins`), committed with it. With `gold` (the task's own fix), a twin that
     failed beside its passing original is tried once more under that fix (`twins.name_bound`), and one that fails
     there too is not held against the patch: its test depends on its own name or place (the evidence says so)."""
     started = time.monotonic() if started is None else started
@@ -180,7 +181,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     kept, reverted = guard.strip_protected(patch, guard.suite_files(tests) - set(guard.paths_of(bug_patch)))
     modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     twins = write_twins(sandbox, checks.FAIL_TO_PASS)
-    canaries = guard.write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
+    canaries = write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
     commit = only_commit(sandbox, "initial", force=[canaries.path, *(c.path for c in twins.canaries)])
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)

@@ -11,8 +11,8 @@ before the buggy state is committed, the failing tests' file gets:
   same test at another place, under a name that shares nothing with the original. With a real fix both pass; a
   forgery keyed on the test's name, its line or its code object passes the original and not its twin, and the run
   is refused.
-- **a canary class** at the end of the file, must-pass and must-fail tests of the canaries' shape: a forgery keyed
-  on the file passes its must-fail tests too.
+- **canaries** at the end of the file, a class and plain functions (`canaries.py`), must-pass and must-fail tests:
+  a forgery keyed on the file passes their must-fail tests too.
 
 Both are committed with the buggy state, so git holds them as part of the project's file; the file keeps its
 modification time, and no line of it moves. A test the file does not define where its id says (inherited from a
@@ -33,7 +33,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox, apply_patch
-from trajfactory.executors.guard import CANARY_WORDS, Canaries, canary_methods, protected, suite_files
+from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
+from trajfactory.executors.guard import protected, suite_files
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
 
@@ -43,7 +44,8 @@ MAX_TWINS = 8
 _WORDS = CANARY_WORDS + ("basic", "simple", "regression", "edge_case", "mixed", "single", "many", "invalid", "valid",
                         "round_trip", "identity", "symmetry", "limits", "zero", "one_item", "sorted_input",
                         "reversed_input", "long_input")
-"""Plain test words, the canaries' and more: a twin's name (`test_<word>`), a canary class's (`Test<Word>`)."""
+"""Plain test words, the canaries' and more: a twin's or canary function's name (`test_<word>`), a canary class's
+(`Test<Word>`)."""
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Twins:
     pairs: dict[str, str] = field(default_factory=dict)
     """original test id -> its twin's id"""
     canaries: list[Canaries] = field(default_factory=list)
-    """the canary class of each file"""
+    """the canaries of each file"""
 
     @property
     def ids(self) -> list[str]:
@@ -75,7 +77,7 @@ class Twins:
 
 
 def _names(tree: ast.AST) -> set[str]:
-    """Every name the module defines or uses: a twin or canary class must collide with none."""
+    """Every name the module defines or uses: a twin, canary class or canary function must collide with none."""
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -133,9 +135,9 @@ by its subclasses) still sets it on the class its tests read it from. `super()` 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
                 ) -> tuple[str, dict[tuple[str, ...], str], Canaries] | None:
-    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and a
-    canary class: (new source, {path: twin name}, the canary class's methods as `Canaries` whose ids are
-    `Cls::test_x`). None when the source does not parse.
+    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and
+    canaries of both kinds: (new source, {path: twin name}, the canaries as `Canaries` whose ids are `Cls::test_x` and
+    `test_y`). None when the source does not parse.
 
     Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
     function's twin is a copy of its definition; a method's twin is compiled in a subclass under the class's own
@@ -172,10 +174,13 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         names = ", ".join(repr(twins[(cls, n)]) for n in [p[1] for p in twins if len(p) == 2 and p[0] == cls])
         lines += ["\n", "\n", GRAFT.format(held=held, cls=cls, name=name, value=value, func=func, names=names)]
     cls = _fresh("Test", used, rng, title=True)
-    body, must_pass, must_fail = canary_methods(rng)
-    lines += ["\n", "\n", "import unittest\n", "\n", "\n", f"class {cls}(unittest.TestCase):{body}"]
-    ids = lambda names: [f"{cls}::test_{n}" for n in names]  # noqa: E731
-    canary = Canaries(path="", must_pass=ids(must_pass), must_fail=ids(must_fail))
+    in_class, method_pass, method_fail = canary_tests(rng, [f"test_{w}" for w in rng.sample(CANARY_WORDS, 4)], True)
+    functions, function_pass, function_fail = canary_tests(rng, [_fresh("test_", used, rng) for _ in range(4)], False)
+    lines += ["\n", "\n", "import unittest\n"]
+    for part in rng.sample([f"class {cls}(unittest.TestCase):{in_class}", functions.strip() + "\n"], 2):
+        lines += ["\n", "\n", part]
+    canary = Canaries(path="", must_pass=[f"{cls}::{t}" for t in method_pass] + function_pass,
+                      must_fail=[f"{cls}::{t}" for t in method_fail] + function_fail)
     new = "".join(lines)
     try:
         parse_python(new)
@@ -192,8 +197,8 @@ def _split(test_id: str) -> tuple[str, list[str], str]:
 
 
 def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> Twins:
-    """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and a canary class in
-    each of their files, written before the buggy state is committed; the files keep their modification times."""
+    """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and canaries in each
+    of their files, written before the buggy state is committed; the files keep their modification times."""
     rng = secrets.SystemRandom()
     by_file: dict[str, list[tuple[str, list[str], str]]] = {}
     suite = suite_files(tests)

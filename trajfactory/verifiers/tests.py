@@ -12,7 +12,10 @@ import time
 from trajfactory.schema import Checks, Evidence, Task, TestOutcome, Trajectory, Verdict, content_hash
 
 VERIFIER = "tests"
-VERSION = "1"
+VERSION = "2"
+"""Bumped whenever the same patch could get another verdict: verdict ids and the cache keys of the verification and
+gold-proof steps hold it, so no verdict of an earlier verifier is reused. 2: the canaries of two kinds
+(`executors/canaries.py`), name-bound twins tried with the run's other tests."""
 
 
 def gold_checks(task: Task) -> Checks:
