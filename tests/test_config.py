@@ -27,6 +27,8 @@ def test_digest_ignores_where_things_are_written(tmp_path):
         ("repos: []\nweb:\n  browsers: 0\n", "web.browsers"),
         ("repos:\n  - uri: pypi:inflection\n", "repos.0.uri"),
         ("repos:\n  - uri: builtin:nope\n", "repos.0.uri"),
+        ("repos:\n  - builtin:textkit\n  - pypi:inflection\n", "repos.1.uri"),  # the shorthand is checked alike
+        ("repos:\n  - [builtin:textkit]\n", "repos.0"),
         ("repos:\n  - uri: x\nvalidation:\n  selection: fast\n", "validation.selection"),
         ("repos:\n  - uri: x\nsandbox:\n  concurrency: 0\n", "sandbox.concurrency"),
         ("repos:\n  - uri: x\nsynthesis:\n  sed: 1\n", "synthesis.sed"),
@@ -39,6 +41,14 @@ def test_bad_recipe_names_file_and_field(tmp_path: Path, text, field):
         load_recipe(path)
     assert str(path) in str(err.value)
     assert f"field `{field}`" in str(err.value)
+
+
+def test_a_repository_entry_may_be_its_uri_alone(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("repos:\n  - pypi:inflection@latest:2\n  - uri: builtin:textkit\n    test_requirements: [six]\n")
+    repos = load_recipe(path).repos
+    assert [(r.uri, r.test_requirements) for r in repos] == [("pypi:inflection@latest:2", []),
+                                                              ("builtin:textkit", ["six"])]
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -25,6 +25,12 @@ class RepoSpec(Section):
     does: an sdist often leaves its test requirements file out (funcy 2.1's tests import `whatever`, which only its
     repository's `test_requirements.txt` names). PEP 508 strings, as pip takes them (`whatever>=0.7`)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, entry):
+        """`- pypi:NAME==VERSION` for `- uri: pypi:NAME==VERSION`: an entry that says nothing but its URI."""
+        return {"uri": entry} if isinstance(entry, str) else entry
+
     @field_validator("uri")
     @classmethod
     def _known_form(cls, uri: str) -> str:
