@@ -43,6 +43,26 @@ def test_isolation_is_reported(backend):
     assert backend.isolation == "bwrap"  # bubblewrap is installed on this project's machines
 
 
+def test_a_sandbox_bubblewrap_could_not_set_up_is_tried_again_and_a_command_runs_once(sandbox, caplog):
+    """A mount the host removes while bubblewrap builds the sandbox's mounts (a container's overlay on a busy engine)
+    failed a command before it started, now and then. bubblewrap reports the exit code of a command it ran on its
+    status pipe: a command without one is started again; one that ran is never run twice, whatever it prints or returns. Here the
+    setup fails every time: the environment's folder, which every command binds, is moved away for a moment."""
+    said = "bwrap: Can't bind mount /oldroot/ on /newroot/: Unable to apply mount flags"
+    ran = sandbox.execute(f"echo x >> /tmp/count; echo \"{said}\"; exit 1")
+    assert ran.exit_code == 1 and sandbox.execute("wc -l < /tmp/count").output.strip() == "1", ran.output
+    away = sandbox.env_dir.with_name(sandbox.env_dir.name + ".away")
+    sandbox.env_dir.rename(away)
+    try:
+        with caplog.at_level(logging.WARNING, logger="trajfactory.executors.local"):
+            failed = sandbox.execute("true")
+    finally:
+        away.rename(sandbox.env_dir)
+    tries = [r for r in caplog.records if "bubblewrap could not set up the sandbox" in r.getMessage()]
+    assert failed.exit_code == 1 and failed.output.startswith("bwrap: ") and len(tries) == 3, (failed, tries)
+    assert sandbox.execute("wc -l < /tmp/count").output.strip() == "1"
+
+
 def test_build_reuses_environment(backend, env, repo):
     t0 = time.monotonic()
     again = backend.build(str(repo), "tests/tinypkg", "main")

@@ -56,6 +56,8 @@ BUILDER_VERSION = "2"
 """Bumped whenever what goes into an environment changes, so older ones are rebuilt."""
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host kills the whole sandboxed process group."""
+SETUP_TRIES = 3
+"""Starts of one command whose sandbox bubblewrap could not set up (the command never ran), before its error stands."""
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # the repository is importable without installing it (its build backend may be unavailable offline)
 PTH_LINE = 'import os, sys; p = os.environ.get("TRAJFACTORY_REPO"); p and p not in sys.path and sys.path.append(p)\n'
@@ -251,6 +253,21 @@ class LocalSandbox:
         return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
 
     def _run(self, argv: list[str], timeout: float) -> tuple[int, str, float, bool]:
+        """`argv` run in the sandbox: (exit status, output, seconds, whether the guard killed it). bubblewrap builds the
+        sandbox's mounts from the host's at each command, and a mount the host removes meanwhile (a container's
+        overlay going away on a busy engine) fails that setup before the command starts ("bwrap: Can't bind mount
+        /oldroot/ ..."); bubblewrap then reports no exit code of a command on its status pipe, and the command is
+        started again, up to `SETUP_TRIES` times."""
+        for attempt in range(1, SETUP_TRIES + 1):
+            started, result = self._run_once(argv, timeout)
+            if started or result[0] != 1 or result[3]:
+                return result
+            log.warning("sandbox %s: bubblewrap could not set up the sandbox (try %d of %d): %s", self.scratch,
+                        attempt, SETUP_TRIES, result[1].strip()[:300])
+            time.sleep(0.2 * attempt)
+        return result
+
+    def _run_once(self, argv: list[str], timeout: float) -> tuple[bool, tuple[int, str, float, bool]]:
         if self.closed:
             raise SandboxError("the sandbox is closed")
         lim = []
@@ -258,16 +275,25 @@ class LocalSandbox:
             lim.append(f"--as={size_bytes(self.limits.memory)}")
         if "pids" not in self.limited:
             lim.append(f"--nproc={self.limits.pids}")  # per-uid, so weak (and root is exempt)
+        status_r, status_w = os.pipe() if self.isolation == "bwrap" else (-1, -1)
+        isolated = self._isolate(argv)
+        if status_w >= 0:  # bubblewrap writes {"exit-code": N} there when a command it started ends
+            isolated[1:1] = ["--json-status-fd", str(status_w)]
         cmd = [*self.cgroup.wrapper(), "timeout", "-s", "KILL", f"{timeout:g}",
-               *(["prlimit", *lim, "--"] if lim else []), *self._isolate(argv)]
+               *(["prlimit", *lim, "--"] if lim else []), *isolated]
         out = OutputCollector(self.limits.output_limit)
         t0 = time.monotonic()
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     cwd=self.workdir if os.path.isdir(self.workdir) else self.scratch,
-                                    env=self.env, start_new_session=True)
+                                    env=self.env, start_new_session=True, pass_fds=(status_w,) if status_w >= 0 else ())
         except OSError as exc:
+            for fd in (status_r, status_w):
+                if fd >= 0:
+                    os.close(fd)
             raise InfrastructureError(f"could not start {cmd[0]}: {exc}") from exc
+        if status_w >= 0:
+            os.close(status_w)
         guard_fired = False
         fd = proc.stdout.fileno()
         while True:
@@ -284,7 +310,13 @@ class LocalSandbox:
         proc.stdout.close()
         code = proc.wait()
         code = 128 - code if code < 0 else code  # killed by a signal: report it as a shell does (137)
-        return code, out.text(), time.monotonic() - t0, guard_fired
+        started = True
+        if status_r >= 0:  # a process the command left behind may hold the pipe open: read only what is there
+            os.set_blocking(status_r, False)
+            with contextlib.suppress(BlockingIOError):
+                started = b'"exit-code"' in os.read(status_r, 65536)
+            os.close(status_r)
+        return started, (code, out.text(), time.monotonic() - t0, guard_fired)
 
     def execute(self, command: str, timeout: float | None = None) -> ExecResult:
         t = float(timeout if timeout is not None else self.limits.command_timeout_s)
