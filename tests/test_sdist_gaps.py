@@ -7,6 +7,7 @@ can be added in the recipe.
 | jmespath 1.1.0 | `tests/__init__.py`, from which every test module imports `unittest` |
 | funcy 2.1 | its `test_requirements.txt`: the tests import `whatever` |
 | pycodestyle 2.15.0 | its `testing/` folder, which the tests import and its `setup.cfg` names |
+| mccabe 0.7.0 | `hypothesis` and `hypothesmith`: imported under a guard, yet `@settings(...)` runs at import |
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors)
     assert isinstance(pycodestyle, Quarantine) and pycodestyle.reason == "collection_failed", pycodestyle
     assert "the suite imports `testing`, a folder of the project that its configuration names (setup.cfg:" in \
         pycodestyle.detail and "`test_requirements`" not in pycodestyle.detail, pycodestyle.detail
+    mccabe = _reference(docker_backend, mirrors, "pypi:mccabe==0.7.0")
+    assert isinstance(mccabe, Quarantine) and mccabe.reason == "collection_failed", mccabe
+    assert "the suite imports `hypothesmith`, `hypothesis` under a guard (test_mccabe.py:10: `try: ... except " \
+        "ImportError`) and then uses `settings`" in mccabe.detail and "`test_requirements`" in mccabe.detail, \
+        mccabe.detail
 
 
 @pytest.mark.docker

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import time
 
 from trajfactory.executors.base import Sandbox
@@ -91,6 +93,32 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
+_NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+GUARDED = r"""
+import ast, importlib.util, json, os, sys
+name, found = sys.argv[1], []
+for path in sys.argv[2:]:
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError, ValueError):
+        continue
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        imports = [n for n in node.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        bound = {(a.asname or a.name).split(".")[0] for n in imports for a in n.names}
+        if name not in bound:
+            continue
+        tops = [(n.module or "") if isinstance(n, ast.ImportFrom) else a.name for n in imports for a in n.names
+                if not (isinstance(n, ast.ImportFrom) and n.level)]
+        missing = [m for m in dict.fromkeys(t.split(".")[0] for t in tops if t)
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            found.append({"file": path, "line": node.lineno, "missing": missing})
+print(json.dumps(found))
+"""
+"""Run in the sandbox with a name a test module's import raised `NameError` for and the files the error names: the
+`try:` blocks that import that name and the modules of those imports that do not import here."""
 
 
 def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
@@ -98,7 +126,8 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
     module importing from a folder the sdist ships without its `__init__.py` (jmespath 1.1.0: `from tests import
     unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
     `test_requirements.txt` names; pycodestyle 2.15.0's import its `testing/` folder, which only its `setup.cfg`
-    names), or no test file at all (backoff 2.2.1's sdist ships none)."""
+    names), an import under a guard the module cannot do without (mccabe 0.7.0's test module imports `hypothesis`
+    in a `try:` and uses its `settings` at import), or no test file at all (backoff 2.2.1's sdist ships none)."""
     if rejected.reason == "no_tests":
         if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
             return RepoRejected("no_tests", f"{SHIPS_NO_TESTS}; mine its repository (a git URL), where its suite is")
@@ -112,6 +141,13 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                                 f"this checkout holds without its `{folder}/__init__.py`, which the sdist left out: a "
                                 "run of this sdist fails the same way, and the maintainers' own run, in their "
                                 f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
+    if (unbound := _NAME_ERROR.search(rejected.detail)) and (guarded := _guarded(sandbox, unbound[1], rejected.detail)):
+        where, missing = f"{guarded['file']}:{guarded['line']}", ", ".join(f"`{m}`" for m in guarded["missing"])
+        return RepoRejected("collection_failed", f"the suite imports {missing} under a guard ({where}: `try: ... "
+                            f"except ImportError`) and then uses `{unbound[1]}`, which only that import defines, so "
+                            f"the module fails without them, and nothing the project declares installs them: name the "
+                            "distributions that provide them in this repository's `test_requirements` in the recipe, "
+                            f"and its image installs them. {rejected.detail}")
     for name in dict.fromkeys(m.split(".")[0] for m in _MISSING_MODULE.findall(rejected.detail)):
         here = sandbox.execute(f"ls -d {name} {name}.py src/{name} src/{name}.py 2>/dev/null", timeout=60)
         if here.output.strip():
@@ -132,6 +168,19 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
 
 
 _CONFIG_FILES = "setup.cfg tox.ini pyproject.toml MANIFEST.in setup.py"
+
+
+def _guarded(sandbox: Sandbox, name: str, detail: str) -> dict | None:
+    """The first guarded import (`GUARDED`) of `name` in the files `detail` names, with what of it does not import."""
+    files = [f for f in dict.fromkeys(re.findall(r"[\w./-]+\.py\b", detail)) if not f.startswith("/")]
+    if not files:
+        return None
+    res = sandbox.execute(shlex.join(["python3", "-c", GUARDED, name, *files]), timeout=60)
+    try:
+        found = json.loads(res.output.strip().splitlines()[-1]) if res.exit_code == 0 else []
+    except (ValueError, IndexError):
+        found = []
+    return found[0] if found else None
 
 
 DISK_FULL_MIB = 64
