@@ -7,6 +7,7 @@ can be added in the recipe.
 | jmespath 1.1.0 | `tests/__init__.py`, from which every test module imports `unittest` |
 | funcy 2.1 | its `test_requirements.txt`: the tests import `whatever` |
 | pycodestyle 2.15.0 | its `testing/` folder, which the tests import and its `setup.cfg` names |
+| chardet 7.7.0 | its test data, which its conftest clones from GitHub while pytest collects |
 | mccabe 0.7.0 | `hypothesis` and `hypothesmith`: imported under a guard, yet `@settings(...)` runs at import |
 """
 
@@ -46,6 +47,10 @@ def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors)
     assert isinstance(pycodestyle, Quarantine) and pycodestyle.reason == "collection_failed", pycodestyle
     assert "the suite imports `testing`, a folder of the project that its configuration names (setup.cfg:" in \
         pycodestyle.detail and "`test_requirements`" not in pycodestyle.detail, pycodestyle.detail
+    chardet = _reference(docker_backend, mirrors, "pypi:chardet==7.7.0")
+    assert isinstance(chardet, Quarantine) and chardet.reason == "collection_failed", chardet
+    assert "the suite reaches the network while pytest collects it (it fetches https://github.com/chardet/test-data.git)" \
+        ", and a sandbox has none" in chardet.detail, chardet.detail
     mccabe = _reference(docker_backend, mirrors, "pypi:mccabe==0.7.0")
     assert isinstance(mccabe, Quarantine) and mccabe.reason == "collection_failed", mccabe
     assert "the suite imports `hypothesmith`, `hypothesis` under a guard (test_mccabe.py:10: `try: ... except " \

@@ -216,8 +216,14 @@ def requirement_files(repo_dir: str | Path) -> list[Path]:
     # a test suite's own requirements beside it (`pip install -r tests/requirements.txt`, as packaging's nox does)
     for tests in ("tests", "test", "testing"):
         names += [*repo.glob(f"{tests}/requirements*.txt"), *repo.glob(f"{tests}/*-requirements*.txt")]
-    # documentation and linting requirements are not needed to run tests and often pin heavy tools
-    return sorted({p for p in names if p.is_file() and not re.search(r"doc|lint|release", p.name)})
+    # documentation and linting requirements are not needed to run tests and often pin heavy tools; those for a
+    # Python 2 (ecdsa 0.19.2's build-requirements-2.6.txt pins a cffi<1.14 that no Python 3 builds, and hypothesis<3)
+    return sorted({p for p in names if p.is_file() and not re.search(r"doc|lint|release", p.name)
+                   and not _PYTHON2_FILE.search(p.name)})
+
+
+_PYTHON2_FILE = re.compile(r"(?:^|[-_])(?:py|python)?-?2(?:[._]?[0-9]{1,2})?(?:[-_.][^/]*)?\.txt$")
+"""A requirements file named for a Python 2 (`-2.6`, `-py27`, `_py2`)."""
 
 
 def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> list[str]:

@@ -93,6 +93,8 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
+_NETWORK = re.compile(r"'git', 'clone'|Could not resolve host|Temporary failure in name resolution|Name or service not "
+                      r"known|Network is unreachable|URLError|ConnectionError|Failed to establish a new connection")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
 GUARDED = r"""
 import ast, importlib.util, json, os, sys
@@ -127,7 +129,8 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
     unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
     `test_requirements.txt` names; pycodestyle 2.15.0's import its `testing/` folder, which only its `setup.cfg`
     names), an import under a guard the module cannot do without (mccabe 0.7.0's test module imports `hypothesis`
-    in a `try:` and uses its `settings` at import), or no test file at all (backoff 2.2.1's sdist ships none)."""
+    in a `try:` and uses its `settings` at import), the network (chardet 7.7.0's conftest clones its test data), or
+    no test file at all (backoff 2.2.1's sdist ships none)."""
     if rejected.reason == "no_tests":
         if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
             return RepoRejected("no_tests", f"{SHIPS_NO_TESTS}; mine its repository (a git URL), where its suite is")
@@ -141,6 +144,12 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                                 f"this checkout holds without its `{folder}/__init__.py`, which the sdist left out: a "
                                 "run of this sdist fails the same way, and the maintainers' own run, in their "
                                 f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
+    if _NETWORK.search(rejected.detail):
+        url = re.search(r"https?://[^\s'\"]+", rejected.detail)
+        return RepoRejected("collection_failed", "the suite reaches the network while pytest collects it"
+                            f"{f' (it fetches {url[0]})' if url else ''}, and a sandbox has none: its tests cannot "
+                            "run offline, as verification must run them; mine a release whose suite ships its data. "
+                            f"{rejected.detail}")
     if (unbound := _NAME_ERROR.search(rejected.detail)) and (guarded := _guarded(sandbox, unbound[1], rejected.detail)):
         where, missing = f"{guarded['file']}:{guarded['line']}", ", ".join(f"`{m}`" for m in guarded["missing"])
         return RepoRejected("collection_failed", f"the suite imports {missing} under a guard ({where}: `try: ... "
