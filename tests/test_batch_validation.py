@@ -247,6 +247,24 @@ def test_a_worker_that_preloads_runs_an_asyncio_suite_as_a_fresh_session_does(do
             assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output)
 
 
+def test_a_module_a_test_imports_in_its_body_is_not_preloaded(docker_backend, mirrors):
+    """wrapt 2.5.2's `test_import_deadlock_3` asserts that `wsgiref` is not imported yet, then imports it from a
+    post-import hook. The first batch's child imported it in that test's body, the next workers preloaded it, and
+    the test failed there: 2 gold proofs failed. Only the modules a child held when its collection finished (which the
+    maintainers' run holds before its first test too) are preloaded now."""
+    source = harvest_repo("pypi:wrapt==2.5.2", mirrors)
+    assert isinstance(source, Source), source
+    env = stage.build_environment(docker_backend, source)
+    assert not hasattr(env, "reason"), env
+    tests = ["tests/core/test_post_import_hooks.py::TestPostImportHooks::test_import_deadlock_3",
+             "tests/core/test_post_import_hooks.py::TestPostImportHooks::test_loader"]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        for batch, hot in enumerate((False, False, True)):
+            results, info = run_batch(sandbox, [BatchItem(key=str(batch), patch="", tests=tests, timeout=120, hot=hot)])
+            assert info.preloaded == (batch > 0) and info.hot_items == hot, info
+            assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output[-3000:])
+
+
 PLUGGY_BUG = """\
 diff --git a/src/pluggy/_manager.py b/src/pluggy/_manager.py
 --- a/src/pluggy/_manager.py

@@ -4,7 +4,8 @@ Part of the warm test worker (`batch_worker.py`): `batchrun.py` copies it into t
 `trajfactory_batch_worker_warm.py` beside the worker, which imports it by that name. Standard library only (pytest
 is imported lazily, the sandbox's own).
 
-- `preload`: third-party modules (never the checkout's, never one pytest rewrites) imported once in the worker;
+- `preload`: third-party modules (never the checkout's, never one pytest rewrites) imported once in the worker: only
+  those a child held when its collection finished, which the maintainers' run holds before its first test too;
 - `COMPILED` / `REWRITTEN`: the checkout's files compiled, and the files pytest rewrites (test modules, conftests,
   pytest plugins) rewritten, once from the clean checkout, taken by a child's import only where its source is
   byte-identical (`install_code_caches`);
@@ -43,12 +44,15 @@ class Probe:
         self.marks: dict[str, float] = {}
         self.durations = 0.0
         self.tests = 0
+        self.collected_modules: set[str] = set()
+        """The modules held when collection finished: what a test imports in its body is not among them."""
 
     def pytest_configure(self, config):
         self.marks["configured"] = time.process_time()
 
     def pytest_collection_finish(self, session):
         self.marks["collected"] = time.process_time()
+        self.collected_modules = set(sys.modules)
 
     def pytest_runtest_logreport(self, report):
         self.durations += getattr(report, "duration", 0.0) or 0.0
@@ -82,10 +86,17 @@ def snapshot() -> None:
     PARENT["regexes"] = set(_regex_keys())
 
 
-def imported(workdir: str, scratch: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | frozenset[str] = frozenset(),
+             ) -> tuple[list[str], list[str], list[str]]:
     """What this child imported beyond its worker's modules: (the third-party modules, that is outside the checkout
-    and the scratch dirs and not rewritten by pytest; the checkout's files imported plainly; the files pytest's
-    assertion rewriting imported, wherever they live: test modules, conftests, pytest plugins)."""
+    and the scratch dirs and not rewritten by pytest, of those it held when its collection finished (`collected`);
+    the checkout's files imported plainly; the files pytest's assertion rewriting imported, wherever they live: test
+    modules, conftests, pytest plugins).
+
+    A module a test imports in its body is never preloaded: a test may check that it is not imported yet (wrapt
+    2.5.2's `test_import_deadlock_3` asserts `wsgiref` is not in `sys.modules` before a post-import hook imports it;
+    preloaded after the first batch, it failed every gold proof that ran it). The code caches take every file: a
+    cached code object changes nothing a test can see."""
     third, plain, rewritten = set(), set(), set()
     parent = PARENT["modules"]
     for name, module in list(sys.modules.items()):
@@ -104,7 +115,7 @@ def imported(workdir: str, scratch: tuple[str, ...]) -> tuple[list[str], list[st
         if path.startswith(workdir + os.sep):
             if origin and origin.endswith(".py"):
                 plain.add(origin)
-        elif not path.startswith(scratch):
+        elif not path.startswith(scratch) and name in collected:
             third.add(name)
     return sorted(third), sorted(plain), sorted(rewritten)
 
