@@ -19,7 +19,8 @@ on it."""
 
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
-    r"ConnectionRefusedError|gaierror|URLError"
+    r"ConnectionRefusedError|gaierror|URLError|Could not resolve host|Failed to establish a new connection|"
+    r"'git', 'clone'"
 )
 
 
@@ -93,8 +94,6 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
-_NETWORK = re.compile(r"'git', 'clone'|Could not resolve host|Temporary failure in name resolution|Name or service not "
-                      r"known|Network is unreachable|URLError|ConnectionError|Failed to establish a new connection")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
 GUARDED = r"""
 import ast, importlib.util, json, os, sys
@@ -144,9 +143,9 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                                 f"this checkout holds without its `{folder}/__init__.py`, which the sdist left out: a "
                                 "run of this sdist fails the same way, and the maintainers' own run, in their "
                                 f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
-    if _NETWORK.search(rejected.detail):
+    if _NETWORK_ERRORS.search(rejected.detail):
         url = re.search(r"https?://[^\s'\"]+", rejected.detail)
-        return RepoRejected("collection_failed", "the suite reaches the network while pytest collects it"
+        return RepoRejected("needs_network", "the suite reaches the network while pytest collects it"
                             f"{f' (it fetches {url[0]})' if url else ''}, and a sandbox has none: its tests cannot "
                             "run offline, as verification must run them; mine a release whose suite ships its data. "
                             f"{rejected.detail}")
