@@ -11,6 +11,7 @@ from trajfactory.synthesizers.swe.stage import build_environment
 from trajfactory.schema import Quarantine, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.reference import MARKED_FLAKY
 
 LIMITS = SandboxConfig(memory="512m", cpus=1, pids=64, command_timeout_s=60)
 QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=20)
@@ -86,7 +87,7 @@ def test_sandbox_cannot_write_to_the_host(docker_backend, tmp_path):
 @pytest.mark.docker
 def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(docker_backend, tmp_path):
     """One run (the default): the whole suite, then its passing tests collected again by id, nothing run; a test
-    whose id does not select it is excluded. Two runs: the second runs the passing tests by id, as validation and
+    whose id does not select it is excluded, and so is one the project marks flaky. Two runs: the second runs the passing tests by id, as validation and
     verification do, and a test that fails then is flaky and excluded too."""
     source = harvest_repo(str(copy_fixture("unsteady", tmp_path)), tmp_path / "mirrors")
     env = build_environment(docker_backend, source)
@@ -98,6 +99,9 @@ def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(
                             "tests/test_calc.py::test_passes_only_under_a_tracer"], once.excluded
     (changing, why), = [(t, r) for t, r in once.excluded.items() if "test_id_changes_every_run" in t]
     assert once.tests[changing] == "passed" and why.startswith("missing when selected by its id"), once.excluded
+    # a test the project marks flaky passed, and is no check of any task
+    marked = "tests/test_calc.py::test_times_its_code"
+    assert once.tests[marked] == "passed" and once.excluded[marked] == MARKED_FLAKY, once.excluded
     twice = stage.reference(docker_backend, env, source, ValidationConfig(reference_runs=2, suite_timeout_s=30),
                             LIMITS)
     assert not isinstance(twice, Quarantine), twice
@@ -107,6 +111,21 @@ def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(
     assert flaky == "flaky: failed/passed", twice.excluded
     (changing, why), = [(t, r) for t, r in twice.excluded.items() if "test_id_changes_every_run" in t]
     assert twice.tests[changing] == "passed" and why.startswith("missing when selected by its id"), twice.excluded
+
+
+@pytest.mark.docker
+def test_the_tests_a_real_project_marks_flaky_are_no_checks(docker_backend, tmp_path):
+    """zipp 4.1.2 marks its complexity tests flaky (`big_o` times the code): one failed a verified fix's run on a busy
+    machine. They pass in the reference run and are excluded all the same."""
+    source = harvest_repo("pypi:zipp==4.1.2", tmp_path / "mirrors")
+    env = build_environment(docker_backend, source)
+    ref = stage.reference(docker_backend, env, source, ValidationConfig(), LIMITS)
+    assert not isinstance(ref, Quarantine), ref
+    marked = sorted(t for t, why in ref.excluded.items() if why == MARKED_FLAKY)
+    assert "tests/test_complexity.py::TestComplexity::test_implied_dirs_performance" in marked, ref.excluded
+    # four timing tests there; one that failed in this run is excluded as failed
+    assert all(t.startswith("tests/test_complexity.py::") for t in marked) and len(marked) >= 3, marked
+    assert len(ref.passing) > 50 and not set(marked) & set(ref.passing)
 
 
 def test_a_gold_patch_that_fails_is_quarantined_naming_the_tests_that_did_not_pass():

@@ -10,7 +10,8 @@ the standard library and pytest, which every sandbox has). Through environment v
   project's `testpaths`, as its maintainers' run collects them (`_maintainers_order`).
 - `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome", "duration"}` per test (its
   worst phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`; its phases' seconds in all), `{"collect_error", "detail"}`
-  per module that did not import, and a closing `{"session": exit status, "collected": n}`.
+  per module that did not import, `{"marked_flaky": node id}` per collected test the project marks `flaky`, and a
+  closing `{"session": exit status, "collected": n}`.
 
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
 test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
@@ -309,6 +310,10 @@ def pytest_fixture_post_finalizer(fixturedef, request) -> None:
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
+    if not hasattr(config, "workerinput"):
+        for item in items:  # tests the project itself calls flaky: no verdict may hang on them
+            if item.get_closest_marker("flaky") is not None:
+                _write({"marked_flaky": item.nodeid})
     path = os.environ.get("TRAJFACTORY_SELECT")
     if not path:
         return

@@ -81,6 +81,9 @@ class TestRun:
     reaches: list[dict] = field(default_factory=list)
     """A sealed run's reaches into the interpreter made by code in the checkout, as its audit hook saw them:
     `{"reach", "event", "file", "line"}` (`pytest_harness._watch_reaches`)."""
+    marked_flaky: list[str] = field(default_factory=list)
+    """The collected tests the project marks `flaky` (`@pytest.mark.flaky`: a timing or environment test its
+    maintainers let fail now and then)."""
 
     @property
     def collection_failed(self) -> bool:
@@ -111,6 +114,21 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
         elif "session" in record:
             finished = True
     return outcomes, errors, finished
+
+
+def parse_marked_flaky(text: str) -> list[str]:
+    """The plugin's JSON lines -> the collected tests the project marks `flaky`."""
+    marked = []
+    for line in text.splitlines():
+        if '"marked_flaky"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("marked_flaky"), str):
+            marked.append(record["marked_flaky"])
+    return marked
 
 
 def parse_reaches(text: str) -> list[dict]:
@@ -277,6 +295,7 @@ def run_tests(
     results_error = ""
     sealed = False
     reaches: list[dict] = []
+    marked_flaky: list[str] = []
     if not result.timed_out:
         try:
             raw = sandbox.read_file(f"{SCRATCH}/results.jsonl")
@@ -285,6 +304,7 @@ def run_tests(
             outcomes, errors, finished = parse_results(records)
             durations = parse_durations(records)
             reaches = parse_reaches(records)
+            marked_flaky = parse_marked_flaky(records)
             scoped = '{"fixture_scopes": true}' in records
             teardown = '{"fixture_teardown": true}' in records
         except FileTooLargeError as exc:
@@ -326,6 +346,7 @@ def run_tests(
         results_error=results_error,
         sealed=sealed,
         reaches=reaches,
+        marked_flaky=marked_flaky,
     )
 
 
