@@ -283,6 +283,8 @@ def test_a_test_bound_to_its_own_name_does_not_refuse_a_real_fix(docker_backend,
 
 ORDER_TEST = '''
 
+import unittest
+
 _STATE = []
 
 
@@ -294,6 +296,17 @@ def test_first_in_its_file():  # passes only before the test after it ran, as tz
 
 def test_leaves_state():
     _STATE.append(1)
+
+
+class TestHeldState(unittest.TestCase):  # its methods run in name order
+    def test_m_leaves_state(self):  # as wrapt 2.5.2's test_import_deadlock_3, which leaves wsgiref imported
+        import hashlib
+        import pathlib
+        assert not _HELD and hashlib.sha256(pathlib.Path(MODULE).read_bytes()).hexdigest() == DIGEST
+        _HELD.append(1)
+
+
+_HELD = []
 '''
 
 
@@ -302,24 +315,30 @@ def test_a_test_bound_to_its_place_does_not_refuse_a_real_fix(docker_backend, ta
     """A failing test that passes only before a later test of its file ran: its twin, at the file's end, fails under
     any fix. Under the task's own fix the twin's failure was tried with only the test and its twin selected, where it
     passed, so a real fix was refused (1 of 6 of tzlocal 5.4.5's tasks, now and then). The tests run there are the
-    verification run's, in its order, and the twin is excused."""
+    verification run's, in its order, and the twin is excused. A unittest class runs its methods in name order: a
+    method's twin tried there under another name than in the verification run ran on the other side of its original
+    (wrapt 2.5.2: a real fix refused); it keeps its name now."""
     task, env = task_env
     test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
     first, leaves = f"{test_file}::test_first_in_its_file", f"{test_file}::test_leaves_state"
+    held = f"{test_file}::TestHeldState::test_m_leaves_state"
     with docker_backend.start(env, LIMITS) as sandbox:  # the digest: the clean module, which the gold restores
         digest = sandbox.execute(f"sha256sum {task.entity.file} | cut -d' ' -f1", timeout=60).output.strip()
         source = ORDER_TEST.replace("MODULE", repr(task.entity.file)).replace("DIGEST", repr(digest))
         made = sandbox.execute(f"printf %s {shell_quote(source)} >> {test_file} && git add -A && git diff --cached HEAD",
                                timeout=60)
     assert made.exit_code == 0 and "test_first_in_its_file" in made.output, made.output
-    checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], first],
+    checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], first, held],
                                             "PASS_TO_PASS": [leaves]})
     bound = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
     helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
     with docker_backend.start(env, LIMITS) as sandbox:
         passed, evidence, _ = run_patch_tests(sandbox, bound, task.gold.patch + helper)  # a real fix, not the gold
     assert passed and not evidence.refused, evidence
-    assert f"twins not counted for {first}: they fail under the task's own fix too" in evidence.detail, evidence
+    assert "they fail under the task's own fix too" in evidence.detail, evidence
+    # the method's twin: named as in the verification run, it runs where it ran there (after its original or before)
+    excused = evidence.detail.split("twins not counted for ", 1)[1].split(": they fail", 1)[0].split(", ")
+    assert first in excused and set(excused) <= {first, held}, evidence.detail
 
 
 def _rebinding(task, checkout) -> str:

@@ -201,7 +201,8 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached
     bound = []  # tried only where nothing else refuses; the sandbox is done with by now
     if not broken and gold is not None and (apart := twins.told_apart(run.outcomes)):
-        bound = apart if patch == gold else name_bound(sandbox, bug_patch, gold, apart, timeout, alongside=tests)
+        bound = apart if patch == gold else name_bound(sandbox, bug_patch, gold, apart, timeout, alongside=tests,
+                                                                         pairs=twins.pairs)
     if broken := broken + twins.broken(run.outcomes, bound):
         return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}

@@ -105,12 +105,21 @@ def _find(tree: ast.Module, path: list[str]) -> ast.FunctionDef | ast.AsyncFunct
     return node
 
 
-def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool = False, unlike: str = "") -> str:
+def _find_class(tree: ast.Module, name: str) -> ast.ClassDef:
+    """The last top-level class of that name (`_find` found a method in it)."""
+    return [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name][-1]
+
+
+def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool = False, unlike: str = "",
+           after: str = "") -> str:
     """A name the module does not use: `prefix` and a plain word (`test_roundtrip`) that shares no word with
-    `unlike`; with `title`, the word in title case (`TestRoundTrip`)."""
+    `unlike`; with `title`, the word in title case (`TestRoundTrip`); with `after`, one that sorts after it (a
+    unittest class runs its methods in name order: `after` + a word where no plain word sorts after it)."""
     avoid = set(unlike.lower().split("_"))
     words = [w for w in rng.sample(_WORDS, len(_WORDS)) if not avoid & set(w.split("_"))]
     names = [prefix + ("".join(w.title() for w in word.split("_")) if title else word) for word in words]
+    if after:
+        names = [n for n in names if n > after] or [f"{after}_{w}" for w in words]
     name = next((n for n in names if n not in used), f"{prefix}{'Case' if title else 'case_'}{secrets.token_hex(4)}")
     used.add(name)
     return name
@@ -134,6 +143,7 @@ by its subclasses) still sets it on the class its tests read it from. `super()` 
 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
+                names: dict[tuple[str, ...], str] | None = None,
                 ) -> tuple[str, dict[tuple[str, ...], str], Canaries] | None:
     """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and
     canaries of both kinds: (new source, {path: twin name}, the canaries as `Canaries` whose ids are `Cls::test_x` and
@@ -142,7 +152,8 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
     function's twin is a copy of its definition; a method's twin is compiled in a subclass under the class's own
     name (`class TestX(TestX):`) and then put on the class itself (`GRAFT`), so pytest collects the same ids and the
-    twin beside them, and the copy's `super()` and private names work as in the original."""
+    twin beside them, and the copy's `super()` and private names work as in the original. `names`: the twins' names
+    where they must be those of an earlier run (a unittest class runs its methods in the order of their names)."""
     rng = rng or secrets.SystemRandom()
     try:
         tree = parse_python(source)
@@ -157,7 +168,16 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         if node is None or tuple(path) in twins:
             continue
         prefix = path[-1].split("_", 1)[0] + "_" if "_" in path[-1] else "test_"
-        twin = _fresh(prefix, used, rng, unlike=path[-1])
+        # a method's twin sorts after every test of its class: a unittest class runs its methods in name order, and
+        # a twin run before its original may change what the original finds (wrapt 2.5.2's test_import_deadlock_3
+        # leaves wsgiref imported, which it asserts is not)
+        last = max((n.name for n in _find_class(tree, path[0]).body if isinstance(n, (ast.FunctionDef,
+                    ast.AsyncFunctionDef)) and n.name.startswith(prefix[:4])), default="") if len(path) == 2 else ""
+        last = max([last, *(t for p, t in twins.items() if p[:-1] == tuple(path[:-1]) and len(p) == 2)])
+        if (twin := (names or {}).get(tuple(path), "")) and twin not in used:
+            used.add(twin)
+        else:
+            twin = _fresh(prefix, used, rng, unlike=path[-1], after=last)
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         copy = lines[start - 1:node.end_lineno]
         at = node.lineno - start
@@ -196,7 +216,8 @@ def _split(test_id: str) -> tuple[str, list[str], str]:
     return path, (rest[:len(rest) - len(params)] if params else rest).split("::"), params
 
 
-def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> Twins:
+def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, named: dict[str, str] | None = None,
+                ) -> Twins:
     """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and canaries in each
     of their files, written before the buggy state is committed; the files keep their modification times."""
     rng = secrets.SystemRandom()
@@ -214,7 +235,8 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
             source = sandbox.read_file(path).decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        made = twin_source(source, [names for _, names, _ in wanted], rng)
+        again = {tuple(_split(t)[1]): _split(twin)[1][-1] for t, twin in (named or {}).items()}
+        made = twin_source(source, [names for _, names, _ in wanted], rng, names=again)
         if made is None:
             continue
         new, twins, canary = made
@@ -231,19 +253,22 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS) -> T
 
 
 def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float,
-               alongside: list[str] | tuple[str, ...] = ()) -> list[str]:
+               alongside: list[str] | tuple[str, ...] = (), pairs: dict[str, str] | None = None) -> list[str]:
     """Of `tests` (originals that passed under a submitted patch while their twins did not), those whose twins also
     fail where the task's own fix (`gold`) is applied to the buggy state, in `sandbox` reset: tests that depend on
     their own name or place (a snapshot or cassette named after the test, `request.node.name`, or state the tests
     before it left: tzlocal 5.4.5's `test_assert_tz_offset` reads the local zone that later tests of its file cache,
     so its twin at the file's end failed under any fix), which a twin cannot copy. `alongside`: the other tests of
-    the verification run, run here too, so that each twin runs after what it ran after there. Their twins then say
+    the verification run, run here too, so that each twin runs after what it ran after there; `pairs`: the twins of
+    that run, whose names the twins here take (a unittest class runs its methods in name order: wrapt 2.5.2's
+    `test_import_deadlock_3` leaves `wsgiref` imported, and a twin named after it failed while one named before it
+    passed, so a real fix was refused). Their twins then say
     nothing about the submitted patch; every other disagreement stands, since the submitted patch has no part in
     this run. A run that cannot say (a patch that does not apply, a timeout, an unsealed record) clears none."""
     sandbox.reset()
     if apply_patch(sandbox, bug_patch, "/tmp/trajfactory-bug.diff") is not None:
         return []
-    twins = write_twins(sandbox, tests, limit=len(tests))
+    twins = write_twins(sandbox, tests, limit=len(tests), named={t: pairs[t] for t in tests if t in (pairs or {})})
     if apply_patch(sandbox, gold, "/tmp/trajfactory-gold.diff") is not None:
         return []
     run = run_tests(sandbox, [*dict.fromkeys([*alongside, *tests]), *twins.ids], timeout=timeout)
