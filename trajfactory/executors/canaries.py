@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import posixpath
 import secrets
+import shlex
 from dataclasses import dataclass, field
 
 from trajfactory.executors.base import Sandbox
@@ -103,10 +104,6 @@ def canary_tests(rng: secrets.SystemRandom, names: list[str], methods: bool) -> 
     return body, must_pass, must_fail
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 def write_canaries(sandbox: Sandbox, modules: list[str], beside: str = "") -> Canaries:
     """A canary module importing `modules` (the patched code), written beside the test file `beside` (the checkout's
     root without one), that nothing in the sandbox can tell from the project's own tests: a name like theirs found
@@ -140,7 +137,7 @@ except Exception:  # noqa: BLE001 - the patched code may not import; the canarie
 ''' + "\n\n\n".join(rng.sample(parts, 2)) + "\n"
     sandbox.write_file(path, source)
     if beside:
-        sandbox.execute(f"touch -r {_quote(beside)} {_quote(path)}", timeout=30)
+        sandbox.execute(f"touch -r {shlex.quote(beside)} {shlex.quote(path)}", timeout=30)
     return Canaries(path=path, must_pass=[f"{path}::{cls}::{t}" for t in method_pass] +
                     [f"{path}::{t}" for t in function_pass],
                     must_fail=[f"{path}::{cls}::{t}" for t in method_fail] + [f"{path}::{t}" for t in function_fail])
