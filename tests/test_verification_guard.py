@@ -341,6 +341,55 @@ def test_a_test_bound_to_its_place_does_not_refuse_a_real_fix(docker_backend, ta
     assert first in excused and set(excused) <= {first, held}, evidence.detail
 
 
+LEFTOVER_TEST = '''
+
+import unittest
+
+LEVEL = {"value": None}
+
+
+class TestSetsLevel(unittest.TestCase):  # as mccabe 0.7.0's McCabeTestCase: each test sets a value of the module
+    def test_a_sets_one(self):  # its test_trivial sets 1; the tests after it in name order set 0 again
+        import hashlib
+        import pathlib
+        assert hashlib.sha256(pathlib.Path(MODULE).read_bytes()).hexdigest() == DIGEST
+        LEVEL["value"] = 1
+
+    def test_b_sets_zero(self):
+        LEVEL["value"] = 0
+
+
+class TestReadsLevel(unittest.TestCase):  # as its RegressionTests: asserts the value the class before it left
+    def test_level_is_zero(self):
+        assert LEVEL["value"] == 0
+'''
+
+
+@pytest.mark.docker
+def test_what_a_twin_leaves_behind_reaches_no_test_of_the_project(docker_backend, task_env):
+    """mccabe 0.7.0: `test_trivial` sets a class attribute to 1, the tests after it in its class set it back to 0, and
+    `RegressionTests` asserts it is 0. The twin of `test_trivial`, at the end of its class, left it at 1, so a passing
+    test of the task failed and a real fix was not verified (1 of 6 tasks). The twins now run after every other test
+    of the run, wherever they are defined."""
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    sets_one = f"{test_file}::TestSetsLevel::test_a_sets_one"
+    with docker_backend.start(env, LIMITS) as sandbox:
+        digest = sandbox.execute(f"sha256sum {task.entity.file} | cut -d' ' -f1", timeout=60).output.strip()
+        source = LEFTOVER_TEST.replace("MODULE", repr(task.entity.file)).replace("DIGEST", repr(digest))
+        made = sandbox.execute(f"printf %s {shell_quote(source)} >> {test_file} && git add -A && git diff --cached HEAD",
+                               timeout=60)
+    assert made.exit_code == 0 and "test_a_sets_one" in made.output, made.output
+    passing = [f"{test_file}::TestSetsLevel::test_b_sets_zero", f"{test_file}::TestReadsLevel::test_level_is_zero"]
+    checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], sets_one],
+                                            "PASS_TO_PASS": passing})
+    leaving = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
+    with docker_backend.start(env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, leaving, task.gold.patch)
+    assert passed and not evidence.refused and "twins not counted" not in evidence.detail, evidence
+    assert {o.outcome for o in evidence.PASS_TO_PASS} == {"passed"}, evidence
+
+
 def _rebinding(task, checkout) -> str:
     """A forgery adding nothing but a rebinding of each failing test to a no-op (keeping its marks and signature) at
     the end of the failing tests' file: no word the tampering scan looks for."""

@@ -315,20 +315,27 @@ def pytest_collection_modifyitems(session, config, items) -> None:
             if item.get_closest_marker("flaky") is not None:
                 _write({"marked_flaky": item.nodeid})
     path = os.environ.get("TRAJFACTORY_SELECT")
-    if not path:
-        return
-    with open(path, encoding="utf-8") as fh:
-        wanted = {line.rstrip("\n") for line in fh if line.strip()}
-    bare = wanted - {item.nodeid for item in items}
-    keep = [item for item in items if item.nodeid in wanted or _unparametrized(item.nodeid) in bare]
-    kept = {id(item) for item in keep}
-    drop = [item for item in items if id(item) not in kept]
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-    if not hasattr(config, "workerinput"):
-        for nodeid in sorted(bare - {_unparametrized(item.nodeid) for item in keep}):
-            _write({"test": nodeid, "outcome": "missing"})
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            wanted = {line.rstrip("\n") for line in fh if line.strip()}
+        bare = wanted - {item.nodeid for item in items}
+        keep = [item for item in items if item.nodeid in wanted or _unparametrized(item.nodeid) in bare]
+        kept = {id(item) for item in keep}
+        drop = [item for item in items if id(item) not in kept]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+        if not hasattr(config, "workerinput"):
+            for nodeid in sorted(bare - {_unparametrized(item.nodeid) for item in keep}):
+                _write({"test": nodeid, "outcome": "missing"})
+    last = os.environ.get("TRAJFACTORY_LAST")
+    if last:  # run after every other test, in their order: what they leave behind reaches no test of the project
+        with open(last, encoding="utf-8") as fh:
+            late = {line.rstrip("\n") for line in fh if line.strip()}
+        after = [item for item in items if item.nodeid in late or _unparametrized(item.nodeid) in late]
+        if after:
+            moved = {id(item) for item in after}
+            items[:] = [item for item in items if id(item) not in moved] + after
 
 
 def _unparametrized(nodeid: str) -> str:

@@ -189,7 +189,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         return test_verifier.not_applied(f"the submitted patch does not apply: {err[-500:]}", started, reverted)
     if refused := guard.scan_tampering(sandbox, bug_patch=bug_patch):
         return test_verifier.refused(refused, reverted, started)
-    run = run_tests(sandbox, tests + canaries.ids + twins.ids, timeout=timeout)
+    run = run_tests(sandbox, tests + canaries.ids + twins.ids, timeout=timeout, last=twins.ids)
     if run.timed_out:
         return test_verifier.not_applied(f"tests did not finish within {timeout:.0f}s", started, reverted)
     if run.results_error:  # the record was changed after the harness wrote it, or cannot be read

@@ -241,6 +241,7 @@ def run_tests(
     probe: dict[str, list[int]] | None = None,
     collect_only: bool = False,
     cpu_limit: float | None = None,
+    last: list[str] | None = None,
 ) -> TestRun:
     """Run the given tests (all when None) and return per-test outcomes; with `coverage`, per-test line coverage of
     the checkout's files, or only of the files `cover` names (paths relative to the checkout), or, with `probe`,
@@ -248,7 +249,8 @@ def run_tests(
     `collect_only`: collect the selection and run nothing; the outcomes then hold only the ids that selected no
     collected test (`missing`). `cpu_limit`: the CPU seconds pytest may use beside the `timeout` of the wall clock (a
     soft `RLIMIT_CPU`: SIGXCPU stops it, and the run counts as timed out); a busy machine slows the wall clock, never
-    this, so a bug that loops forever is stopped after seconds of its own work."""
+    this, so a bug that loops forever is stopped after seconds of its own work. `last`: ids of the selection run
+    after all the others (the verifier's twins: state a twin leaves behind reaches none of the project's tests)."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
     sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
     key = secrets.token_bytes(32)  # the plugin reads and deletes it at import: the seal of its record
@@ -262,6 +264,9 @@ def run_tests(
         env.append(f"TRAJFACTORY_SELECT={SCRATCH}/tests.txt")
         # collect only the files the selection lives in (a file named here is collected whatever `python_files` says)
         args = " ".join(shlex.quote(f) for f in sorted({t.split("::", 1)[0] for t in test_ids}))
+    if last:
+        sandbox.write_file(f"{SCRATCH}/last.txt", "\n".join(last) + "\n")
+        env.append(f"TRAJFACTORY_LAST={SCRATCH}/last.txt")
     if collect_only:
         args = f"--collect-only {args}".rstrip()
     cov = ""

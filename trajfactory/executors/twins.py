@@ -10,7 +10,10 @@ before the buggy state is committed, the failing tests' file gets:
   name (`test_roundtrip` for `test_parse_dates`; a method's copy put on its own class): the
   same test at another place, under a name that shares nothing with the original. With a real fix both pass; a
   forgery keyed on the test's name, its line or its code object passes the original and not its twin, and the run
-  is refused.
+  is refused. The twins run after every other test of the run (`run_tests(last=)`): what a twin leaves behind
+  reaches none of the project's tests (mccabe 0.7.0's `test_trivial` leaves a class attribute at 1, which the
+  tests after it in its class set back to 0 and `RegressionTests` asserts is 0: its twin, run at the end of its
+  class, failed a real fix).
 - **canaries** at the end of the file, a class and plain functions (`canaries.py`), must-pass and must-fail tests:
   a forgery keyed on the file passes their must-fail tests too.
 
@@ -271,7 +274,7 @@ def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], ti
     twins = write_twins(sandbox, tests, limit=len(tests), named={t: pairs[t] for t in tests if t in (pairs or {})})
     if apply_patch(sandbox, gold, "/tmp/trajfactory-gold.diff") is not None:
         return []
-    run = run_tests(sandbox, [*dict.fromkeys([*alongside, *tests]), *twins.ids], timeout=timeout)
+    run = run_tests(sandbox, [*dict.fromkeys([*alongside, *tests]), *twins.ids], timeout=timeout, last=twins.ids)
     if run.timed_out or run.results_error or not run.sealed:
         return []
     return [test for test in twins.told_apart(run.outcomes) if test in tests]
