@@ -67,14 +67,19 @@ def test_swe_smith_instances_become_candidates_and_bad_ones_are_quarantined(repo
              .replace("return", "retrun", 2)},
             # a "bug" in a test: verification reverts a fix's changes to tests, so no fix could undo it
             {"instance_id": "edits-a-test", "patch": good + _difflib_patch(tree, "tests/test_case.py", "assert ",
-                                                                            "assert not ", prefixes=False)}]
+                                                                            "assert not ", prefixes=False)},
+            # a bug partly in a C extension's source: the image builds it once, so that part would never take effect
+            {"instance_id": "edits-c", "patch": good + "--- a/textkit/_fast.c\n+++ b/textkit/_fast.c\n"
+                                                       "@@ -1 +1 @@\n-int x = 1;\n+int x = 2;\n"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     candidates, bad = external_candidates(path, source, tree)
     [c] = candidates
     assert c.family == "func_pm_op_flip" and c.synthesizer == "swe.external" and c.entity.file == CASE
     assert c.params["instance_id"] == "textkit.x.func_pm_op_flip__1" and c.changed_lines
     assert c.entity.lineno <= c.changed_lines[0] <= c.entity.end_lineno
-    assert {q.reason for q in bad} == {"no_python_change", "patch_failed", "protected_path"}
+    assert {q.reason for q in bad} == {"no_python_change", "patch_failed", "protected_path", "compiled_source"}
+    [c_source] = [q for q in bad if q.reason == "compiled_source"]
+    assert "edits-c" in c_source.detail and "textkit/_fast.c" in c_source.detail
     [guarded] = [q for q in bad if q.reason == "protected_path"]
     assert "edits-a-test" in guarded.detail and "tests/test_case.py (test file)" in guarded.detail
     assert all(q.uri == source.uri and q.detail for q in bad)

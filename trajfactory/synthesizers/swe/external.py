@@ -29,6 +29,9 @@ from trajfactory.synthesizers.swe.entities import complexity, first_line
 SYNTHESIZER = "swe.external"
 STAGE = "synthesize"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
+COMPILED_SOURCES = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".pyx", ".pxd", ".pxi", ".rs", ".f", ".f90")
+"""Sources of compiled extension modules, built once with the image (`wheelhouse.INSTALL_PROJECT`), not per
+candidate."""
 
 
 def load_instances(path: str | Path) -> list[dict]:
@@ -169,6 +172,11 @@ def external_candidates(path: str | Path, source: Source, tree: str | Path) -> t
         lines = {f: ls for f, ls in changed_lines(patch).items() if f.endswith(".py")}
         if not lines:
             bad("no_python_change", "the patch changes no Python source file")
+            continue
+        if compiled := [p for p in paths_of(patch) if p.endswith(COMPILED_SOURCES)]:
+            bad("compiled_source", f"the patch changes {', '.join(compiled)}, which the project's extension modules "
+                "are compiled from once, when its image is built: validation and verification run that build, so "
+                "the change would not take effect; give bugs in its Python code")
             continue
         if guarded := [f"{p} ({why})" for p in paths_of(patch) if (why := protected(p))]:
             bad("protected_path", f"the patch changes {', '.join(guarded)}: verification reverts a fix's changes "
