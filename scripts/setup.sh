@@ -24,6 +24,10 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # web sandboxes: Pl
 command -v pkill >/dev/null 2>&1 || need_apt+=(procps)  # the fault tests find and kill processes by name
 command -v mount >/dev/null 2>&1 || need_apt+=(mount)  # the full-disk test mounts a small tmpfs
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)  # images shared by cluster nodes
+# the local sandbox backend builds a project's C extensions with the machine's compiler, as the base image does
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
+  || need_apt+=(python3-dev)
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

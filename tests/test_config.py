@@ -113,7 +113,7 @@ def test_a_policy_named_twice_is_an_error_naming_the_list(tmp_path, section, fie
     ("reops: [{uri: builtin:textkit}]\nweb: {tutorials: [builtin:docs]}\n",
      r"field `reops`: .*\(did you mean `repos`\?\); the keys of the recipe: .*dataset, judge, model, name, repos"),
     ("repos: [{uri: builtin:textkit, revison: v1}]\n",
-     r"field `repos.0.revison`: Extra inputs are not permitted; the keys of repos: bug_patches, test_requirements, uri"),
+     r"field `repos.0.revison`: Extra inputs are not permitted; the keys of repos: bug_patches, ignore_tests, test_requirements, uri"),
     ("repos: [{uri: builtin:textkit}]\ntrain: {sft: {max_step: 3}}\n",
      r"field `train.sft.max_step`: .*\(did you mean `max_steps`\?\); the keys of train.sft: batch_size, "),
 ])

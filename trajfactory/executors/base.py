@@ -152,9 +152,9 @@ class Backend(Protocol):
     name: str
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ) -> EnvironmentHandle:
+              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
         """Build (or reuse) the environment: the repository at `commit` plus its test dependencies (those it declares,
-        and `test_requirements`, which the recipe adds).
+        and `test_requirements`, which the recipe adds); `ignore_tests`: test paths every pytest run leaves out.
 
         Raises EnvironmentBuildError(reason, detail) when the repository cannot be installed.
         """

@@ -18,12 +18,21 @@ from pathlib import Path
 from .pytest_options import _allowed, _in_checkout, pytest_addopts, pytest_config
 
 
-def sandbox_addopts(repo_dir: str | Path, house: str | Path | None = None) -> tuple[str, list[str]]:
+def sandbox_addopts(repo_dir: str | Path, house: str | Path | None = None,
+                    ignore: list[str] | tuple[str, ...] = ()) -> tuple[str, list[str]]:
     """What the sandbox's pytest runs with (`TRAJFACTORY_ADDOPTS`), as one string pytest splits itself: the project's
     own `addopts` the factory keeps (`pytest_addopts`), then the collection options of its maintainers' runner
-    (`collection_options`, none where the project configures pytest); and the project's options it drops."""
+    (`collection_options`, none where the project configures pytest), then the test paths the recipe leaves out
+    (`ignore_options`); and the project's options it drops."""
     kept, dropped = pytest_addopts(repo_dir, house)
-    return shlex.join(shlex.split(kept) + collection_options(repo_dir)), dropped
+    return shlex.join(shlex.split(kept) + collection_options(repo_dir) + ignore_options(ignore)), dropped
+
+
+def ignore_options(paths: list[str] | tuple[str, ...]) -> list[str]:
+    """pytest's options for the test paths a recipe's `ignore_tests` leaves out of every run: modules its maintainers
+    run only elsewhere (bitarray 3.12.3's `test_free_threading.py` asserts at import that the interpreter has no
+    GIL)."""
+    return [f"--ignore={p}" for p in paths]
 
 
 # ---------------------------------------------------------------------------- suites their maintainers run with unittest

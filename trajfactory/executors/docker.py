@@ -28,14 +28,14 @@ from trajfactory.settings import SandboxConfig
 from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_seconds
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
-from .collection import collection_options, sandbox_addopts
+from .collection import collection_options, ignore_options, sandbox_addopts
 from .registry import current_registry, pull, push, registry_digest
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 """Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
 BUILD_ATTEMPTS = 3
 """Builds of one image in all when the engine, not the Dockerfile, fails (`DockerBackend._build_image`)."""
@@ -153,15 +153,15 @@ class DockerBackend:
         return f"trajfactory/repo-{slug}:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ) -> EnvironmentHandle:
-        extra = list(test_requirements or [])
+              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
+        extra, ignore = list(test_requirements or []), list(ignore_tests or [])
         base_id = ensure_base_image(self.base_image, progress=log.info)
         with tempfile.TemporaryDirectory(prefix="trajfactory-build-") as tmp:
             repo_dir = Path(tmp, "repo")
             sha = clone_at_commit(source_path, commit, repo_dir)
             # the collection options of a suite its maintainers' runner collects otherwise than pytest's defaults are
             # baked into the image: they are part of its tag (none for the others, whose tags stay as they were)
-            runner = collection_options(repo_dir)
+            runner = collection_options(repo_dir) + ignore_options(ignore)
             tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir, extra) + runner)
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
@@ -169,7 +169,7 @@ class DockerBackend:
             python = image_python(self.client, self.base_image, base_id)
             house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python, extra=extra)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
-            addopts, dropped = sandbox_addopts(repo_dir, house)
+            addopts, dropped = sandbox_addopts(repo_dir, house, ignore)
             if dropped:
                 log.info("%s: pytest options of the project that the harness drops: %s", repo, " ".join(dropped))
             if runner:

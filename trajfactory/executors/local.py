@@ -45,14 +45,14 @@ from .base import (
     sandbox_path,
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
-from .collection import collection_options, sandbox_addopts
+from .collection import collection_options, ignore_options, sandbox_addopts
 from .local_limits import Cgroup, cap_disk, git_meta, own, release, remove_tree, size_bytes, sweep_stale
 from .requirements import find_requirements, installable, src_layout
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 """Bumped whenever what goes into an environment changes, so older ones are rebuilt."""
 GUARD_S = 15.0
 """Seconds past a command's timeout after which the host kills the whole sandboxed process group."""
@@ -101,8 +101,8 @@ class LocalBackend:
         log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ) -> EnvironmentHandle:
-        extra = list(test_requirements or [])
+              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
+        extra, ignore = list(test_requirements or []), list(ignore_tests or [])
         sha = resolve_commit(source_path, commit)
         envs = self.cache_root / "local-envs"
         envs.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,8 @@ class LocalBackend:
             clone_at_commit(source_path, sha, checkout)
             requirements = find_requirements(checkout, extra)
             py = f"{sys.version_info.major}.{sys.version_info.minor}"
-            key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *collection_options(checkout)])
+            key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *collection_options(checkout),
+                                           *ignore_options(ignore)])
                                  .encode()).hexdigest()[:16]
             slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
             env_dir = envs / f"{slug}-{key}"
@@ -124,10 +125,10 @@ class LocalBackend:
                 shutil.rmtree(env_dir, ignore_errors=True)  # a half-built leftover of a killed run
                 env_dir.mkdir()
                 log.info("building local environment %s (%s at %s)", env_dir, repo, sha[:12])
-                self._install(env_dir, checkout, sha, extra)
+                self._install(env_dir, checkout, sha, extra, ignore)
         return handle
 
-    def _install(self, env_dir: Path, checkout: Path, sha: str, extra: list[str]) -> None:
+    def _install(self, env_dir: Path, checkout: Path, sha: str, extra: list[str], ignore: list[str]) -> None:
         house, requirements = build_wheelhouse(checkout, self.cache_root, extra=extra)
         venv = env_dir / "venv"
         # a venv is not relocatable: it is created at its final path, and `.complete` marks it usable
@@ -159,7 +160,7 @@ class LocalBackend:
                 detail = install_failure(out.stdout + out.stderr, "the repository")
                 raise EnvironmentBuildError("install_failed", detail)
             log.info("%s", next((ln for ln in out.stdout.splitlines() if ln.startswith(INSTALLED)), "").strip())
-        addopts, dropped = sandbox_addopts(checkout, house)
+        addopts, dropped = sandbox_addopts(checkout, house, ignore)
         if dropped:
             log.info("pytest options of the project that the harness drops: %s", " ".join(dropped))
         if runner := collection_options(checkout):

@@ -206,8 +206,12 @@ pip's build isolation, the backend coming from the wheelhouse; the wheel is inst
 (the environment has them already); then the installed copies of the modules the checkout holds under IMPORT_DIR
 are removed, so the import system finds them in the checkout (a .pth puts IMPORT_DIR on sys.path) and every
 patch applied there is what the tests import, while the metadata, entry points and scripts stay installed.
+The compiled extension modules among them (markupsafe's `_speedups`, bitarray's `_bitarray`: the checkout holds
+their C sources, not the built files) move to a folder of their own, and a finder placed after the import
+system's own (`_trajfactory_built`, started by a .pth) loads them from there: the maintainers' build in place, with
+a module of the checkout's own of the same name still first. The checkout stays exactly its commit.
 """
-import importlib, importlib.metadata, json, os, re, shutil, subprocess, sys, tempfile
+import importlib, importlib.machinery, importlib.metadata, json, os, re, shutil, subprocess, sys, sysconfig, tempfile
 from pathlib import Path
 
 checkout, house, import_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -257,6 +261,32 @@ try:
 finally:
     shutil.rmtree(work, ignore_errors=True)
 
+BUILT_FINDER = """\"\"\"The project's compiled extension modules, built with its image (see trajfactory's install_project).\"\"\"
+import importlib.machinery, importlib.util, os, sys
+
+BUILT = {}  # BUILT
+
+
+class TrajfactoryBuiltExtensions:
+    \"\"\"Finds a compiled module of the project after the import system's own finders found none.\"\"\"
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        where = BUILT.get(fullname)
+        if where is None or not os.path.isfile(where):
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, where, loader=importlib.machinery.ExtensionFileLoader(fullname, where))
+
+    @staticmethod
+    def invalidate_caches():
+        pass
+
+
+if TrajfactoryBuiltExtensions not in sys.meta_path:
+    sys.meta_path.append(TrajfactoryBuiltExtensions)
+"""
+
 importlib.invalidate_caches()
 name = wheel.name.split("-")[0]
 dist = importlib.metadata.distribution(name)
@@ -267,11 +297,18 @@ for f in dist.files or []:
         continue
     module = top.split(".")[0] if len(f.parts) == 1 else top
     tops.setdefault(module, []).append(f)
-linked, kept = [], []
+linked, kept, built = [], [], {}
+built_dir = Path(sysconfig.get_path("platlib")) / "_trajfactory_built_modules"
 for module, files in sorted(tops.items()):
     if (import_dir / module).is_dir() or (import_dir / f"{module}.py").is_file():
         for f in files:
-            Path(dist.locate_file(f)).unlink(missing_ok=True)
+            path = Path(dist.locate_file(f))
+            suffix = next((s for s in importlib.machinery.EXTENSION_SUFFIXES if f.name.endswith(s)), "")
+            if suffix and path.is_file():  # a compiled module: kept, where the checkout's own modules come first
+                (built_dir / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), str(built_dir / f))
+                built[".".join([*f.parts[:-1], f.name[:-len(suffix)]])] = str(built_dir / f)
+            path.unlink(missing_ok=True)
         top = Path(dist.locate_file(module))
         if top.is_dir():  # what pip's byte-compiling left; never a shared namespace package's other files
             for d in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):
@@ -282,8 +319,13 @@ for module, files in sorted(tops.items()):
         linked.append(module)
     else:
         kept.append(module)
+if built:
+    site = Path(sysconfig.get_path("platlib"))
+    (site / "_trajfactory_built.py").write_text(BUILT_FINDER.replace("{}  # BUILT", repr(dict(sorted(built.items())))))
+    (site / "_trajfactory_built.pth").write_text("import _trajfactory_built\n")
 print("TRAJFACTORY_INSTALLED " + json.dumps({"name": dist.metadata["Name"], "version": dist.version,
-                                              "from_checkout": linked, "installed_copy": kept}))
+                                              "from_checkout": linked, "installed_copy": kept,
+                                              "built_extensions": sorted(built)}))
 '''
 """The script that installs the project itself in an environment (see its docstring); run by both backends."""
 

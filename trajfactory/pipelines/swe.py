@@ -85,9 +85,13 @@ def asks_for(entry: str, uri: str) -> bool:
 
 
 def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Quarantine:
-    """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds."""
-    extra = [r for spec in recipe.repos if asks_for(spec.uri, source.uri) for r in spec.test_requirements]
-    return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)))
+    """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds and
+    the test paths it leaves out."""
+    specs = [spec for spec in recipe.repos if asks_for(spec.uri, source.uri)]
+    extra = [r for spec in specs for r in spec.test_requirements]
+    ignore = [p for spec in specs for p in spec.ignore_tests]
+    return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)),
+                                   list(dict.fromkeys(ignore)))
 
 
 def procedural_candidates(recipe: Recipe, source: Source) -> tuple[list[Candidate], list[Quarantine]]:

@@ -24,6 +24,10 @@ class RepoSpec(Section):
     """Requirements its suite needs that the project does not declare, installed into its image beside those it
     does: an sdist often leaves its test requirements file out (funcy 2.1's tests import `whatever`, which only its
     repository's `test_requirements.txt` names). PEP 508 strings, as pip takes them (`whatever>=0.7`)."""
+    ignore_tests: list[str] = []
+    """Test paths (files or folders, relative to the repository's root) that every run of its suite leaves out, as
+    pytest's `--ignore` does: modules its maintainers run only elsewhere (bitarray 3.12.3's `test_free_threading.py`
+    asserts at import that the interpreter has no GIL, so the whole suite does not collect here)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -73,6 +77,16 @@ class RepoSpec(Section):
                 raise ValueError(f"{req!r} is not a requirement pip understands ({why}); write a PEP 508 requirement "
                                  "such as 'whatever' or 'whatever>=0.7'") from None
         return [r.strip() for r in wanted]
+
+    @field_validator("ignore_tests")
+    @classmethod
+    def _relative_paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            parts = Path(path.strip()).parts
+            if not path.strip() or Path(path.strip()).is_absolute() or ".." in parts:
+                raise ValueError(f"{path!r} is not a path inside the repository; give it relative to the repository's "
+                                 "root, e.g. 'tests/test_free_threading.py' or 'tests/slow'")
+        return [path.strip().rstrip("/") for path in paths]
 
     @model_validator(mode="after")
     def _patches_of_one_release(self) -> "RepoSpec":

@@ -95,6 +95,7 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+_COLLECT_ERROR = re.compile(r"_ ERROR collecting (\S+\.py) _")
 GUARDED = r"""
 import ast, importlib.util, json, os, sys
 name, found = sys.argv[1], []
@@ -172,6 +173,13 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                             "`test_requirements` in the recipe, and its image installs it (where it is a folder of "
                             f"the project's repository that the sdist does not ship, mine the repository). "
                             f"{rejected.detail}")
+    if modules := list(dict.fromkeys(_COLLECT_ERROR.findall(rejected.detail))):
+        named, them = ", ".join(f"`{m}`" for m in modules), "them" if len(modules) > 1 else "it"
+        return RepoRejected("collection_failed", f"pytest cannot collect {named} here, and a collection error stops "
+                            f"the whole suite, as it stops a maintainer's run here; where the project runs {them} only "
+                            "elsewhere (on another platform, or a Python built otherwise), list "
+                            f"{them} under this repository's `ignore_tests` in the recipe, and the rest of its suite "
+                            f"is mined. {rejected.detail}")
     return rejected
 
 

@@ -22,12 +22,14 @@ from trajfactory.synthesizers.swe.validate import validate_candidate
 STAGE = "synthesize"
 
 
-def build_environment(backend: Backend, source: Source,
-                      test_requirements: list[str] | None = None) -> EnvironmentHandle | Quarantine:
-    """The source's sandbox environment (its image), with `test_requirements` beside the ones the project declares;
-    a repository that cannot be installed is quarantined."""
+def build_environment(backend: Backend, source: Source, test_requirements: list[str] | None = None,
+                      ignore_tests: list[str] | None = None) -> EnvironmentHandle | Quarantine:
+    """The source's sandbox environment (its image), with `test_requirements` beside the ones the project declares
+    and the test paths of `ignore_tests` left out of its runs; a repository that cannot be installed is
+    quarantined."""
     try:
-        return backend.build(source.path, source.name, source.commit, test_requirements=test_requirements or [])
+        return backend.build(source.path, source.name, source.commit, test_requirements=test_requirements or [],
+                             ignore_tests=ignore_tests or [])
     except EnvironmentBuildError as exc:
         return quarantined("build", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
 
