@@ -122,3 +122,15 @@ def test_an_unknown_key_gets_the_valid_keys_and_the_closest_match(tmp_path, text
     path.write_text(text)
     with pytest.raises(RecipeError, match=expected):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("path", ["/etc/tests", "../other/tests", "tests/../../x", " "])
+def test_an_ignored_test_path_outside_the_repository_is_an_error_naming_it(tmp_path, path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"repos:\n  - uri: builtin:textkit\n    ignore_tests: [tests/ok.py, '{path}']\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert "field `repos.0.ignore_tests`" in str(err.value) and f"{path!r} is not a path inside the repository" \
+        in str(err.value), str(err.value)
+    recipe.write_text("repos:\n  - uri: builtin:textkit\n    ignore_tests: [tests/slow/, ' tests/test_gil.py']\n")
+    assert load_recipe(recipe).repos[0].ignore_tests == ["tests/slow", "tests/test_gil.py"]
