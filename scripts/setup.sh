@@ -26,6 +26,7 @@ command -v mount >/dev/null 2>&1 || need_apt+=(mount)  # the full-disk test moun
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)  # images shared by cluster nodes
 # the local sandbox backend builds a project's C extensions with the machine's compiler, as the base image does
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)  # Cython modules built as C++ (frozenlist)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
   || need_apt+=(python3-dev)
 if ((${#need_apt[@]})); then

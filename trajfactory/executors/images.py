@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 BASE_IMAGE = "trajfactory/base:bookworm-py3"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# python-is-python3: task commands and test runners say `python`; gcc, libc6-dev and python3-dev: a project's C
-# extensions are built with its image, as its maintainers build them in place (`wheelhouse.INSTALL_PROJECT`)
-BASE_PACKAGES = "python3,python3-pip,python3-venv,python-is-python3,git,ca-certificates,gcc,libc6-dev,python3-dev"
+# python-is-python3: task commands and test runners say `python`; gcc, g++, libc6-dev and python3-dev: a project's C
+# and C++ extensions are built with its image, as its maintainers build them in place (`wheelhouse.INSTALL_PROJECT`)
+BASE_PACKAGES = "python3,python3-pip,python3-venv,python-is-python3,git,ca-certificates,gcc,g++,libc6-dev,python3-dev"
 ALWAYS_REQUIRED = ("pytest", "pytest-cov", "coverage")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 IMAGE_ENV = {
