@@ -251,7 +251,9 @@ def test_a_module_a_test_imports_in_its_body_is_not_preloaded(docker_backend, mi
     """wrapt 2.5.2's `test_import_deadlock_3` asserts that `wsgiref` is not imported yet, then imports it from a
     post-import hook. The first batch's child imported it in that test's body, the next workers preloaded it, and
     the test failed there: 2 gold proofs failed. Only the modules a child held when its collection finished (which the
-    maintainers' run holds before its first test too) are preloaded now."""
+    maintainers' run holds before its first test too) are preloaded now. wrapt's C module `wrapt._wrappers`, built with
+    the image since, is held from beside the environment: preloading it imported `wrapt` from the checkout, so the
+    preload was refused; a compiled module of the project's own package is not preloaded."""
     source = harvest_repo("pypi:wrapt==2.5.2", mirrors)
     assert isinstance(source, Source), source
     env = stage.build_environment(docker_backend, source)

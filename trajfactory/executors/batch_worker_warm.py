@@ -97,7 +97,7 @@ def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | froze
     2.5.2's `test_import_deadlock_3` asserts `wsgiref` is not in `sys.modules` before a post-import hook imports it;
     preloaded after the first batch, it failed every gold proof that ran it). The code caches take every file: a
     cached code object changes nothing a test can see."""
-    third, plain, rewritten = set(), set(), set()
+    third, plain, rewritten, own = set(), set(), set(), set()
     parent = PARENT["modules"]
     for name, module in list(sys.modules.items()):
         if parent.get(name) is module:
@@ -113,10 +113,15 @@ def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | froze
             continue
         path = os.path.realpath(file)
         if path.startswith(workdir + os.sep):
+            own.add(name)
             if origin and origin.endswith(".py"):
                 plain.add(origin)
         elif not path.startswith(scratch) and name in collected:
             third.add(name)
+    # a compiled module of the project's own package (wrapt's `_wrappers`, built with the image and loaded from beside
+    # the environment) is no third-party module: importing it imports its package from the checkout
+    parts = {name: name.split(".") for name in third}
+    third = {name for name in third if not any(".".join(parts[name][:i]) in own for i in range(1, len(parts[name])))}
     return sorted(third), sorted(plain), sorted(rewritten)
 
 
