@@ -120,8 +120,7 @@ def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | froze
             third.add(name)
     # a compiled module of the project's own package (wrapt's `_wrappers`, built with the image and loaded from beside
     # the environment) is no third-party module: importing it imports its package from the checkout
-    parts = {name: name.split(".") for name in third}
-    third = {name for name in third if not any(".".join(parts[name][:i]) in own for i in range(1, len(parts[name])))}
+    third = {name for name in third if not any(name.startswith(package + ".") for package in own)}
     return sorted(third), sorted(plain), sorted(rewritten)
 
 

@@ -161,8 +161,9 @@ class DockerBackend:
             sha = clone_at_commit(source_path, commit, repo_dir)
             # the collection options of a suite its maintainers' runner collects otherwise than pytest's defaults are
             # baked into the image: they are part of its tag (none for the others, whose tags stay as they were)
-            runner = collection_options(repo_dir) + ignore_options(ignore)
-            tag = self.image_tag(repo, base_id, sha, find_requirements(repo_dir, extra) + runner)
+            runner = collection_options(repo_dir)
+            tag = self.image_tag(repo, base_id, sha,
+                                 find_requirements(repo_dir, extra) + runner + ignore_options(ignore))
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle

@@ -316,8 +316,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:
                 _write({"marked_flaky": item.nodeid})
     path = os.environ.get("TRAJFACTORY_SELECT")
     if path:
-        with open(path, encoding="utf-8") as fh:
-            wanted = {line.rstrip("\n") for line in fh if line.strip()}
+        wanted = _ids(path)
         bare = wanted - {item.nodeid for item in items}
         keep = [item for item in items if item.nodeid in wanted or _unparametrized(item.nodeid) in bare]
         kept = {id(item) for item in keep}
@@ -330,12 +329,17 @@ def pytest_collection_modifyitems(session, config, items) -> None:
                 _write({"test": nodeid, "outcome": "missing"})
     last = os.environ.get("TRAJFACTORY_LAST")
     if last:  # run after every other test, in their order: what they leave behind reaches no test of the project
-        with open(last, encoding="utf-8") as fh:
-            late = {line.rstrip("\n") for line in fh if line.strip()}
+        late = _ids(last)
         after = [item for item in items if item.nodeid in late or _unparametrized(item.nodeid) in late]
         if after:
             moved = {id(item) for item in after}
             items[:] = [item for item in items if id(item) not in moved] + after
+
+
+def _ids(path: str) -> set[str]:
+    """The test ids a file the factory wrote holds, one per line."""
+    with open(path, encoding="utf-8") as fh:
+        return {line.rstrip("\n") for line in fh if line.strip()}
 
 
 def _unparametrized(nodeid: str) -> str:

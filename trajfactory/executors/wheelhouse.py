@@ -320,7 +320,7 @@ for module, files in sorted(tops.items()):
     else:
         kept.append(module)
 if built:
-    site = Path(sysconfig.get_path("platlib"))
+    site = built_dir.parent
     (site / "_trajfactory_built.py").write_text(BUILT_FINDER.replace("{}  # BUILT", repr(dict(sorted(built.items())))))
     (site / "_trajfactory_built.pth").write_text("import _trajfactory_built\n")
 print("TRAJFACTORY_INSTALLED " + json.dumps({"name": dist.metadata["Name"], "version": dist.version,
