@@ -5,6 +5,8 @@ exhaust memory, leave processes behind, kill the worker)."""
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -264,6 +266,31 @@ def test_a_module_a_test_imports_in_its_body_is_not_preloaded(docker_backend, mi
         for batch, hot in enumerate((False, False, True)):
             results, info = run_batch(sandbox, [BatchItem(key=str(batch), patch="", tests=tests, timeout=120, hot=hot)])
             assert info.preloaded == (batch > 0) and info.hot_items == hot, info
+            assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output[-3000:])
+
+
+def test_a_module_pytest_marks_for_rewriting_is_not_preloaded(docker_backend, tmp_path):
+    """pytest marks the modules of its plugins' distributions for rewriting, hypothesis's `_hypothesis_globals` among
+    them. A child whose tests import hypothesis held that module plainly, the next workers preloaded it, and pytest
+    warned at their start that it could not rewrite it: yarl 1.25.1 turns warnings into errors, so every run after a
+    warm worker's first batch stopped, and all six of its gold proofs failed. The modules pytest marks for rewriting
+    are not preloaded."""
+    repo = tmp_path / "good_small"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "good_small", repo)
+    config = repo / "pyproject.toml"
+    config.write_text(config.read_text().replace('pythonpath = ["."]', 'pythonpath = ["."]\nfilterwarnings = ["error"]'))
+    (repo / "tests" / "test_props.py").write_text(
+        "from hypothesis import given, strategies as st\n\nfrom calc import add\n\n\n"
+        "@given(st.integers(), st.integers())\ndef test_add_commutes(a, b):\n    assert add(a, b) == add(b, a)\n")
+    source = harvest_repo(str(repo), tmp_path / "mirrors")
+    assert isinstance(source, Source), source
+    env = stage.build_environment(docker_backend, source, test_requirements=["hypothesis"])
+    assert not hasattr(env, "reason"), env
+    tests = ["tests/test_calc.py::test_add", "tests/test_props.py::test_add_commutes"]
+    with docker_backend.start(env, LIMITS) as sandbox:
+        for batch, hot in enumerate((False, False, True)):
+            results, info = run_batch(sandbox, [BatchItem(key=str(batch), patch="", tests=tests, timeout=120, hot=hot)])
+            assert info.preloaded == (batch > 0), info
             assert results[0].run.outcomes == dict.fromkeys(tests, "passed"), (batch, results[0].run.output[-3000:])
 
 

@@ -98,7 +98,7 @@ def child_report(spec: dict, index: int, probe: Probe, *, modules: bool = True) 
     report = {"marks": probe.marks, "durations": probe.durations, "tests": probe.tests}
     if modules:
         found, plain, rewritten = imported(spec["workdir"], tuple(d + os.sep for d in spec["private_dirs"]),
-                                           probe.collected_modules)
+                                           probe.collected_modules, probe.marked)
         report.update(modules=found, plain=plain, rewritten=rewritten, regexes=compiled_regexes())
     with open(f"{spec['scratch']}/probe-{index}.json", "w", encoding="utf-8") as fh:
         json.dump(report, fh)

@@ -46,6 +46,9 @@ class Probe:
         self.tests = 0
         self.collected_modules: set[str] = set()
         """The modules held when collection finished: what a test imports in its body is not among them."""
+        self.marked: set[str] = set()
+        """The names pytest marked for assertion rewriting (`AssertionRewritingHook.mark_rewrite`): the modules of
+        its plugins' distributions, and those the plugins name."""
 
     def pytest_configure(self, config):
         self.marks["configured"] = time.process_time()
@@ -53,6 +56,8 @@ class Probe:
     def pytest_collection_finish(self, session):
         self.marks["collected"] = time.process_time()
         self.collected_modules = set(sys.modules)
+        hook = getattr(session.config.pluginmanager, "rewrite_hook", None)
+        self.marked = {name for name in getattr(hook, "_must_rewrite", ()) if isinstance(name, str)}
 
     def pytest_runtest_logreport(self, report):
         self.durations += getattr(report, "duration", 0.0) or 0.0
@@ -87,7 +92,7 @@ def snapshot() -> None:
 
 
 def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | frozenset[str] = frozenset(),
-             ) -> tuple[list[str], list[str], list[str]]:
+             marked: set[str] | frozenset[str] = frozenset()) -> tuple[list[str], list[str], list[str]]:
     """What this child imported beyond its worker's modules: (the third-party modules, that is outside the checkout
     and the scratch dirs and not rewritten by pytest, of those it held when its collection finished (`collected`);
     the checkout's files imported plainly; the files pytest's assertion rewriting imported, wherever they live: test
@@ -96,7 +101,13 @@ def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | froze
     A module a test imports in its body is never preloaded: a test may check that it is not imported yet (wrapt
     2.5.2's `test_import_deadlock_3` asserts `wsgiref` is not in `sys.modules` before a post-import hook imports it;
     preloaded after the first batch, it failed every gold proof that ran it). The code caches take every file: a
-    cached code object changes nothing a test can see."""
+    cached code object changes nothing a test can see.
+
+    Nor is a module pytest marked for rewriting (`marked`: the modules of its plugins' distributions), though the
+    child held it plainly: preloaded, pytest warns at its start that it cannot rewrite it, and a project that turns
+    warnings into errors stops there. A child whose tests import hypothesis held hypothesis's `_hypothesis_globals`
+    plainly; preloaded, it stopped every run of yarl 1.25.1 (`filterwarnings = error`) after a warm worker's first
+    batch, and failed all six of its gold proofs."""
     third, plain, rewritten, own = set(), set(), set(), set()
     parent = PARENT["modules"]
     for name, module in list(sys.modules.items()):
@@ -120,7 +131,8 @@ def imported(workdir: str, scratch: tuple[str, ...], collected: set[str] | froze
             third.add(name)
     # a compiled module of the project's own package (wrapt's `_wrappers`, built with the image and loaded from beside
     # the environment) is no third-party module: importing it imports its package from the checkout
-    third = {name for name in third if not any(name.startswith(package + ".") for package in own)}
+    third = {name for name in third if not any(name.startswith(package + ".") for package in own)
+             and not any(name == mark or name.startswith(mark + ".") for mark in marked)}
     return sorted(third), sorted(plain), sorted(rewritten)
 
 
