@@ -174,7 +174,7 @@ STEPS: dict[Callable, Any] = {
     swe.build_environment: step_task(swe.build_environment, "build-environment", retry=True),
     swe.procedural_candidates: step_task(
         swe.procedural_candidates, "synthesize",
-        key=lambda p: ("synthesize", procedural.VERSION, p["source"].name, p["source"].commit,
+        key=lambda p: ("synthesize", procedural.VERSION, p.get("pooled", False), p["source"].name, p["source"].commit,
                        p["recipe"].synthesis.model_dump(exclude={"lm_rewrite", "statements"}))),
     swe.lm_candidates: step_task(swe.lm_candidates, "lm-rewrite", key=_lm_rewrite, retry=True),
     swe.combined_candidates: step_task(

@@ -85,17 +85,20 @@ def asks_for(entry: str, uri: str) -> bool:
 
 
 def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Quarantine:
-    """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds and
-    the test paths it leaves out."""
+    """The repository's sandbox image (built once per content), with the test requirements its recipe entry adds, the
+    test paths it leaves out and the variables it sets."""
     specs = [spec for spec in recipe.repos if asks_for(spec.uri, source.uri)]
     extra = [r for spec in specs for r in spec.test_requirements]
     ignore = [p for spec in specs for p in spec.ignore_tests]
+    variables = {name: value for spec in specs for name, value in spec.test_env.items()}
     return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)),
-                                   list(dict.fromkeys(ignore)))
+                                   list(dict.fromkeys(ignore)), variables)
 
 
-def procedural_candidates(recipe: Recipe, source: Source) -> tuple[list[Candidate], list[Quarantine]]:
-    return stage.synthesize(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts")
+def procedural_candidates(recipe: Recipe, source: Source, pooled: bool = False
+                          ) -> tuple[list[Candidate], list[Quarantine]]:
+    """The recipe's procedural candidates, or with `pooled` the pool they are picked from (`stage.pick`)."""
+    return stage.synthesize(source, recipe.synthesis, Path(recipe.work_dir) / "checkouts", pooled)
 
 
 def external_candidates(recipe: Recipe, source: Source, path: str) -> tuple[list[Candidate], list[Quarantine]]:
@@ -263,7 +266,8 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
     if isinstance(env, Quarantine):
         out.quarantine.append(env)
         return
-    candidates, bad_files = runner.call(procedural_candidates, recipe, source)
+    pool, bad_files = runner.call(procedural_candidates, recipe, source, True)
+    candidates = list(pool)
     out.quarantine += bad_files
     spec = next((r for r in recipe.repos if asks_for(r.uri, source.uri)), None)
     if spec is not None and spec.bug_patches:  # bug patches from elsewhere go through the same validation
@@ -280,6 +284,8 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
     if isinstance(ref, Quarantine):
         out.quarantine.append(ref)
         return
+    picked = stage.pick(pool, ref, syn)  # the cap, code the tests ran first
+    candidates = picked + candidates[len(pool):]
     with SandboxPool(get_backend(env.backend), env, workers, recipe.sandbox) as pool:
         validations = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, candidates, ref),
                                                  f"validate {source.name}", workers=workers) for v in batch]

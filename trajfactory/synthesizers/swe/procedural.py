@@ -13,6 +13,7 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from trajfactory.schema import Candidate, Entity, content_hash
@@ -254,12 +255,15 @@ def generate_candidates(
     max_per_entity: int = 2,
     max_candidates: int | None = None,
     seed: int = 0,
+    pooled: bool = False,
 ) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Bug candidates for the checkout at `root`, and the files that could not be parsed.
 
     Every entity with `complexity >= min_complexity` gets at most `max_per_entity` distinct
     candidates from each family whose scope fits it. The same seed gives the same candidates;
     with `max_candidates` the entities are visited in a seeded order, so the cap samples the repo.
+    With `pooled`, the pool the cap is taken from comes back whole (five times the cap), for `pick` to take the cap
+    once the reference run has said which entities the tests run.
     """
     chosen = resolve_families(families)
     parsed, errors = parse_repository(root)
@@ -294,7 +298,7 @@ def generate_candidates(
                     seen.add(candidate.patch)
                     out.append(candidate)
                     made += 1
-    out = _balanced(out, cap)
+    out = out if pooled else pick(out, cap)
     _attribute(root, out, {(pf.file, e.lineno): n for pf, e, n in work})
     log.info("procedural: %d candidates from %d entities (%d files unparseable)", len(out), len(work), len(errors))
     return out, errors
@@ -317,11 +321,25 @@ def _attribute(root: str | Path, candidates: list[Candidate], nodes: dict[tuple[
             c.params["attribution"] = removed_base(cls, c.params["base"], c.entity.file, refs)
 
 
-def _balanced(candidates: list[Candidate], cap: int | None) -> list[Candidate]:
+def pick(candidates: list[Candidate], cap: int | None, ran: Callable[[Candidate], bool] | None = None
+         ) -> list[Candidate]:
+    """At most `cap` candidates of a pool, taken round-robin across families (`_balanced`); with `ran`, the
+    candidates in code some test runs first, and the others only where those fall short of the cap. A bug in code no
+    test runs fails no test: propcache 0.5.4's in-tree build backend (`packaging/pep517_backend/`, one of whose
+    modules a test imports) took 10 of its 12 candidates, and gave no task."""
+    if cap is None or len(candidates) <= cap:
+        return candidates
+    if ran is None:
+        return _balanced(candidates, cap)
+    first = _balanced([c for c in candidates if ran(c)], cap)
+    return first + _balanced([c for c in candidates if not ran(c)], cap - len(first))
+
+
+def _balanced(candidates: list[Candidate], cap: int) -> list[Candidate]:
     """At most `cap` candidates, taken round-robin across families, each family's turn going to its candidate in
     the entity picked least so far (the pool's seeded order breaking ties): the first entity visited has candidates
     of most families, and took 10 of natsort 8.4.0's 12, none of which its tests could tell from the clean code."""
-    if cap is None or len(candidates) <= cap:
+    if len(candidates) <= cap:
         return candidates
     by_family: dict[str, list[Candidate]] = {}
     for c in candidates:

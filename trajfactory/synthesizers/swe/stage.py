@@ -12,8 +12,10 @@ import git
 
 from trajfactory.executors.base import Backend, EnvironmentBuildError, EnvironmentHandle, InfrastructureError
 from trajfactory.executors.pool import SandboxPool
+from trajfactory.executors.testrun import IMPORT_TIME, IMPORTED_BY
 from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task, Validation, Verdict, quarantined
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.synthesizers.swe import procedural
 from trajfactory.synthesizers.swe.procedural import generate_candidates
 from trajfactory.synthesizers.swe.tasks import make_task
 from trajfactory.synthesizers.swe.reference import RepoRejected, reference_run
@@ -23,13 +25,14 @@ STAGE = "synthesize"
 
 
 def build_environment(backend: Backend, source: Source, test_requirements: list[str] | None = None,
-                      ignore_tests: list[str] | None = None) -> EnvironmentHandle | Quarantine:
-    """The source's sandbox environment (its image), with `test_requirements` beside the ones the project declares
-    and the test paths of `ignore_tests` left out of its runs; a repository that cannot be installed is
-    quarantined."""
+                      ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None
+                      ) -> EnvironmentHandle | Quarantine:
+    """The source's sandbox environment (its image), with `test_requirements` beside the ones the project declares,
+    the test paths of `ignore_tests` left out of its runs and the variables of `test_env` set for them; a repository
+    that cannot be installed is quarantined."""
     try:
         return backend.build(source.path, source.name, source.commit, test_requirements=test_requirements or [],
-                             ignore_tests=ignore_tests or [])
+                             ignore_tests=ignore_tests or [], test_env=test_env or {})
     except EnvironmentBuildError as exc:
         return quarantined("build", "source", source.source_id, exc.reason, f"{source.uri}: {exc.detail}", source.uri)
 
@@ -49,8 +52,10 @@ def checkout(source: Source, root: str | Path) -> Path:
     return dest
 
 
-def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path) -> tuple[list[Candidate], list[Quarantine]]:
-    """Procedural bug candidates for one repository, plus quarantine rows for unparseable files."""
+def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path, pooled: bool = False
+               ) -> tuple[list[Candidate], list[Quarantine]]:
+    """Procedural bug candidates for one repository, plus quarantine rows for unparseable files. With `pooled`, the
+    pool the recipe's cap is taken from once the reference run is known (`pick`)."""
     tree = checkout(source, checkout_root)
     families = None if cfg.families == "all" else list(cfg.families)
     candidates, unparseable = generate_candidates(
@@ -63,11 +68,29 @@ def synthesize(source: Source, cfg: SynthesisConfig, checkout_root: str | Path) 
         max_per_entity=cfg.max_per_entity,
         max_candidates=cfg.max_candidates_per_repo,
         seed=cfg.seed,
+        pooled=pooled,
     )
     quarantine = [quarantined(STAGE, "source", f"{source.name}:{file}", "unparseable_file",
                               f"{file} does not parse ({error}); it was skipped", source.uri)
                   for file, error in unparseable]
     return candidates, quarantine
+
+
+def pick(pool: list[Candidate], ref: ReferenceRun, cfg: SynthesisConfig) -> list[Candidate]:
+    """The recipe's cap of procedural candidates from the pool, those in code the reference run ran first: a function
+    or method any of whose body's lines ran, a class any of whose lines ran in a test or its fixtures (its `def` lines
+    run whenever its module is imported). Where the run recorded no line of the pool's files, it cannot tell, and the
+    cap is taken as it would be without it."""
+    if not any(ref.coverage.get(f) for f in {c.entity.file for c in pool}):
+        return procedural.pick(pool, cfg.max_candidates_per_repo)
+
+    def ran(c: Candidate) -> bool:
+        lines, e = ref.coverage.get(c.entity.file, {}), c.entity
+        if e.kind != "class":
+            return any(n in lines for n in range(e.body_lineno or e.lineno, e.end_lineno + 1))
+        return any(t != IMPORT_TIME and not t.startswith(IMPORTED_BY)
+                   for n in range(e.lineno, e.end_lineno + 1) for t in lines.get(n, ()))
+    return procedural.pick(pool, cfg.max_candidates_per_repo, ran)
 
 
 def coverage_files(candidates: list[Candidate]) -> list[str]:
