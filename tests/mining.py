@@ -57,15 +57,15 @@ def pick(candidates: list[Candidate], files: tuple[str, ...], n: int) -> list[Ca
 
 def mine(backend, mirrors: Path, tmp_path: Path, uri: str, files: tuple[str, ...], n: int = 4,
          cfg: ValidationConfig = QUICK, every_check: bool = False, single: bool = False,
-         ignore_tests: list[str] | None = None) -> Mined:
+         ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None) -> Mined:
     """The package mined with `n` candidates in `files`; every gold proof must pass. `every_check`: the gold proofs
     run every check of each task by its id (as when the reference run could not show that ids round-trip), not only
     the tests the bug's change reached. `single`: each task's gold patch also passes the verifier's own path
     (`verify_gold`: the failing tests' twins and canaries beside them in their file, `executors/twins.py`).
-    `ignore_tests`: the recipe's test paths left out of every run."""
+    `ignore_tests`: the recipe's test paths left out of every run; `test_env`: its variables for them."""
     source = harvest_repo(uri, mirrors)
     assert isinstance(source, Source), source
-    env = build_environment(backend, source, ignore_tests=ignore_tests)
+    env = build_environment(backend, source, ignore_tests=ignore_tests, test_env=test_env)
     assert isinstance(env, EnvironmentHandle), env
     found, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=2000, seed=1), tmp_path / "co")
     candidates = pick(found, files, n)

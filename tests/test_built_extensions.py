@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.docker import DockerBackend, engine_available
+from trajfactory.executors.guard import NOT_REBUILT
+from trajfactory.executors.swe_env import run_patch_tests
 from trajfactory.executors.local import LocalBackend
 from trajfactory.schema import Quarantine
 from trajfactory.settings import SandboxConfig
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.diffs import unified_diff
 from trajfactory.synthesizers.swe.stage import build_environment
-from mining import LIMITS as MINING_LIMITS, QUICK, mine
+from mining import LIMITS as MINING_LIMITS, QUICK, in_sandbox, mine
 from sandbox_helpers import GIT_ENV
 
 FIXTURE = Path(__file__).parent / "fixtures" / "c_extension"
@@ -103,3 +106,39 @@ def test_bitarray_cannot_import_without_its_compiled_part_and_is_mined(docker_ba
     # the C half of the package ran under its tests: bitarray's own tests of its compiled methods pass
     assert len(passing) > 300 and "bitarray/test_bitarray.py::SpecialMethodTests::test_sizeof" in passing, len(passing)
     assert not [t for t in mined.ref.tests if "test_free_threading" in t]
+    # a submitted fix's change to a C source is dropped, and its verdict says so: the module was built with the image
+    c_file = "bitarray/_util.c"
+    text = (mined.checkout / c_file).read_text()
+    c_change, _ = unified_diff(c_file, text, text.replace("#include", "/* a fix the build never sees */\n#include", 1))
+    task = mined.tasks[0]
+    with docker_backend.start(mined.env, MINING_LIMITS) as sandbox:
+        with_gold = run_patch_tests(sandbox, task, task.gold.patch + c_change, timeout=QUICK.suite_timeout_s)
+        alone = run_patch_tests(sandbox, task, c_change, timeout=QUICK.suite_timeout_s)
+    assert with_gold[0] and with_gold[1].reverted == [f"{c_file} ({NOT_REBUILT})"], with_gold[1]
+    assert not alone[0] and alone[1].reverted == [f"{c_file} ({NOT_REBUILT})"], alone[1]
+
+
+@pytest.mark.docker
+def test_the_pure_python_run_its_maintainers_make_mines_the_fallback(docker_backend, mirrors, tmp_path):
+    """msgpack 1.2.4 packs with its C extension wherever it is built, so a bug in its pure-Python fallback
+    (`msgpack/fallback.py`) fails no test: a sweep mined no task from msgpack. Its maintainers run the suite a second
+    time with `MSGPACK_PUREPYTHON=1`; a recipe's `repos[].test_env` sets it for the image's install and every run,
+    and the fallback is mined, each gold patch passing the verifier's own path."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:msgpack==1.2.4", ("msgpack/fallback.py",), n=2,
+                 single=True, test_env={"MSGPACK_PUREPYTHON": "1"})
+    assert mined.tasks and all(t.checks.FAIL_TO_PASS for t in mined.tasks)
+    assert in_sandbox(docker_backend, mined.env, "python -c 'import msgpack; print(msgpack.Packer.__module__)'"
+                      ).strip() == "msgpack.fallback"
+
+
+def test_a_local_environment_sets_the_recipes_variables_and_is_keyed_by_them(tmp_path):
+    backend = LocalBackend(cache_root=tmp_path / "cache")
+    repo = tmp_path / "cwords"
+    _repo(repo)
+    plain = backend.build(str(repo), "tests/cwords", "main")
+    pure = backend.build(str(repo), "tests/cwords", "main", test_env={"CWORDS_MODE": "pure python"})
+    assert plain.name != pure.name
+    for env, expected in ((plain, ""), (pure, "pure python")):
+        with backend.start(env, LIMITS) as sandbox:
+            out = sandbox.execute('printf "%s" "$CWORDS_MODE"', timeout=30)
+            assert out.exit_code == 0 and out.output == expected, out.output

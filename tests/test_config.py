@@ -113,7 +113,7 @@ def test_a_policy_named_twice_is_an_error_naming_the_list(tmp_path, section, fie
     ("reops: [{uri: builtin:textkit}]\nweb: {tutorials: [builtin:docs]}\n",
      r"field `reops`: .*\(did you mean `repos`\?\); the keys of the recipe: .*dataset, judge, model, name, repos"),
     ("repos: [{uri: builtin:textkit, revison: v1}]\n",
-     r"field `repos.0.revison`: Extra inputs are not permitted; the keys of repos: bug_patches, ignore_tests, test_requirements, uri"),
+     r"field `repos.0.revison`: Extra inputs are not permitted; the keys of repos: bug_patches, ignore_tests, test_env, test_requirements, uri"),
     ("repos: [{uri: builtin:textkit}]\ntrain: {sft: {max_step: 3}}\n",
      r"field `train.sft.max_step`: .*\(did you mean `max_steps`\?\); the keys of train.sft: batch_size, "),
 ])
@@ -134,3 +134,20 @@ def test_an_ignored_test_path_outside_the_repository_is_an_error_naming_it(tmp_p
         in str(err.value), str(err.value)
     recipe.write_text("repos:\n  - uri: builtin:textkit\n    ignore_tests: [tests/slow/, ' tests/test_gil.py']\n")
     assert load_recipe(recipe).repos[0].ignore_tests == ["tests/slow", "tests/test_gil.py"]
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ("{'MSGPACK PURE': '1'}", "'MSGPACK PURE' is not an environment variable name"),
+    ("{PYTHONPATH: /tmp/x}", "'PYTHONPATH' is the sandbox's own"),
+    ("{TRAJFACTORY_ADDOPTS: -p no:x}", "'TRAJFACTORY_ADDOPTS' is the sandbox's own"),
+    ("{PATH: /tmp}", "'PATH' is the sandbox's own"),
+    ("{X: \"a\\nb\"}", "the value of 'X' holds a newline"),
+])
+def test_a_test_variable_the_sandbox_relies_on_or_no_name_at_all_is_an_error_naming_it(tmp_path, entry, expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"repos:\n  - uri: builtin:textkit\n    test_env: {entry}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert "field `repos.0.test_env`" in str(err.value) and expected in str(err.value), str(err.value)
+    recipe.write_text("repos:\n  - uri: builtin:textkit\n    test_env: {MSGPACK_PUREPYTHON: '1'}\n")
+    assert load_recipe(recipe).repos[0].test_env == {"MSGPACK_PUREPYTHON": "1"}

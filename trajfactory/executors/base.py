@@ -146,15 +146,22 @@ class EnvironmentHandle:
     commit: str
 
 
+def env_key(variables: dict[str, str]) -> list[str]:
+    """The words a recipe's `test_env` adds to an environment's key: none without one, so the keys of the others stay
+    as they were."""
+    return [f"env:{name}={value}" for name, value in sorted(variables.items())]
+
+
 class Backend(Protocol):
     """Builds one environment per repository (cached by content) and opens sandboxes on it."""
 
     name: str
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
+              ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None) -> EnvironmentHandle:
         """Build (or reuse) the environment: the repository at `commit` plus its test dependencies (those it declares,
-        and `test_requirements`, which the recipe adds); `ignore_tests`: test paths every pytest run leaves out.
+        and `test_requirements`, which the recipe adds); `ignore_tests`: test paths every pytest run leaves out;
+        `test_env`: variables set for its install and every command of its sandboxes (part of its key).
 
         Raises EnvironmentBuildError(reason, detail) when the repository cannot be installed.
         """

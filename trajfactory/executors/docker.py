@@ -25,7 +25,7 @@ import docker.errors
 
 from trajfactory.settings import SandboxConfig
 
-from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError
+from .base import EnvironmentBuildError, EnvironmentHandle, InfrastructureError, env_key
 from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_seconds
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
 from .collection import collection_options, ignore_options, sandbox_addopts
@@ -54,7 +54,7 @@ RUN git config --system user.name trajfactory && git config --system user.email 
     && git config --system --add safe.directory '*' \\
     && echo {pth} > "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/trajfactory_repo.pth"
 COPY repo /repo
-{install}
+{env}{install}
 ENV TRAJFACTORY_ADDOPTS={addopts}
 WORKDIR /repo
 """
@@ -153,8 +153,8 @@ class DockerBackend:
         return f"trajfactory/repo-{slug}:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
-        extra, ignore = list(test_requirements or []), list(ignore_tests or [])
+              ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None) -> EnvironmentHandle:
+        extra, ignore, variables = list(test_requirements or []), list(ignore_tests or []), dict(test_env or {})
         base_id = ensure_base_image(self.base_image, progress=log.info)
         with tempfile.TemporaryDirectory(prefix="trajfactory-build-") as tmp:
             repo_dir = Path(tmp, "repo")
@@ -163,7 +163,8 @@ class DockerBackend:
             # baked into the image: they are part of its tag (none for the others, whose tags stay as they were)
             runner = collection_options(repo_dir)
             tag = self.image_tag(repo, base_id, sha,
-                                 find_requirements(repo_dir, extra) + runner + ignore_options(ignore))
+                                 find_requirements(repo_dir, extra) + runner + ignore_options(ignore)
+                                 + env_key(variables))
             handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
             if self._have_image(tag, share=True):
                 return handle
@@ -176,7 +177,8 @@ class DockerBackend:
             if runner:
                 log.info("%s: pytest collects what its maintainers' runner does: %s", repo, " ".join(runner))
             install = INSTALL_STEP.format(pth=pth) if installable(repo_dir) else "RUN rm -rf /tmp/wheels"
-            dockerfile = DOCKERFILE.format(base=self.base_image, pth=pth, install=install,
+            env = "".join(f"ENV {name}={dockerfile_quote(value)}\n" for name, value in sorted(variables.items()))
+            dockerfile = DOCKERFILE.format(base=self.base_image, pth=pth, install=install, env=env,
                                            addopts=dockerfile_quote(addopts))
             with tempfile.TemporaryFile() as context:
                 with tarfile.open(fileobj=context, mode="w") as tar:

@@ -35,6 +35,9 @@ _PROTECTED_NAMES = {"conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproj
                     ".coveragerc", "sitecustomize.py", "usercustomize.py", ".pytest.ini", "pytest.toml"}
 _TEST_DIRS = {"test", "tests", "testing"}
 _COMPILED = (".pyc", ".pyo", ".so", ".pyd")
+COMPILED_SOURCES = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".pyx", ".pxd", ".pxi", ".rs", ".f", ".f90")
+"""Sources of compiled extension modules, built once with the image (`wheelhouse.INSTALL_PROJECT`), not per patch."""
+NOT_REBUILT = "extension source: its module is built once, with the image, so the change would not take effect"
 _NAME = r'"(?:[^"\\]|\\.)*"'  # a path git C-quoted: it holds a byte git does not print as it is
 _DIFF_FILE = re.compile(rf"^diff --git ({_NAME}|a/.+?) ({_NAME}|b/.+)$")
 _MOVED = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
@@ -154,12 +157,14 @@ def suite_files(tests: list[str]) -> set[str]:
 
 
 def strip_protected(patch: str, suite: set[str] | frozenset[str] = frozenset()) -> tuple[str, list[str]]:
-    """The patch without its changes to protected files and to the files of `suite` (the task's own test files:
-    `suite_files`), and the `path (why)` of each change dropped."""
+    """The patch without its changes to protected files, to the files of `suite` (the task's own test files:
+    `suite_files`) and to the sources of compiled modules (`NOT_REBUILT`: dropped so that the verdict says the change
+    was not tested, rather than test code it did not build), and the `path (why)` of each change dropped."""
     kept, dropped = [], []
     for paths, text in _sections(patch):
         reasons = [f"{p} ({why})" for p in paths
-                   if (why := protected(p) or ("test file" if posixpath.normpath(p) in suite else None))]
+                   if (why := protected(p) or ("test file" if posixpath.normpath(p) in suite else None)
+                       or (NOT_REBUILT if p.endswith(COMPILED_SOURCES) else None))]
         if reasons:
             dropped += reasons
         else:

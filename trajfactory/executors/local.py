@@ -42,6 +42,7 @@ from .base import (
     OutputCollector,
     PYTEST_ADDOPTS,
     SandboxError,
+    env_key,
     sandbox_path,
 )
 from .images import clone_at_commit, default_cache_root, resolve_commit
@@ -101,8 +102,8 @@ class LocalBackend:
         log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
-              ignore_tests: list[str] | None = None) -> EnvironmentHandle:
-        extra, ignore = list(test_requirements or []), list(ignore_tests or [])
+              ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None) -> EnvironmentHandle:
+        extra, ignore, variables = list(test_requirements or []), list(ignore_tests or []), dict(test_env or {})
         sha = resolve_commit(source_path, commit)
         envs = self.cache_root / "local-envs"
         envs.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ class LocalBackend:
             requirements = find_requirements(checkout, extra)
             py = f"{sys.version_info.major}.{sys.version_info.minor}"
             key = hashlib.sha256("\n".join([sha, BUILDER_VERSION, py, *requirements, *collection_options(checkout),
-                                           *ignore_options(ignore)])
+                                           *ignore_options(ignore), *env_key(variables)])
                                  .encode()).hexdigest()[:16]
             slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
             env_dir = envs / f"{slug}-{key}"
@@ -125,10 +126,11 @@ class LocalBackend:
                 shutil.rmtree(env_dir, ignore_errors=True)  # a half-built leftover of a killed run
                 env_dir.mkdir()
                 log.info("building local environment %s (%s at %s)", env_dir, repo, sha[:12])
-                self._install(env_dir, checkout, sha, extra, ignore)
+                self._install(env_dir, checkout, sha, extra, ignore, variables)
         return handle
 
-    def _install(self, env_dir: Path, checkout: Path, sha: str, extra: list[str], ignore: list[str]) -> None:
+    def _install(self, env_dir: Path, checkout: Path, sha: str, extra: list[str], ignore: list[str],
+                 variables: dict[str, str]) -> None:
         house, requirements = build_wheelhouse(checkout, self.cache_root, extra=extra)
         venv = env_dir / "venv"
         # a venv is not relocatable: it is created at its final path, and `.complete` marks it usable
@@ -155,7 +157,7 @@ class LocalBackend:
         if installable(checkout):
             # the project itself, with its build backend from the wheelhouse; its code stays the sandbox's copy
             out = subprocess.run([str(venv / "bin/python"), "-c", INSTALL_PROJECT, str(checkout), str(house),
-                                  str(import_dir)], capture_output=True, text=True, env=pip_env)
+                                  str(import_dir)], capture_output=True, text=True, env=pip_env | variables)
             if out.returncode != 0:
                 detail = install_failure(out.stdout + out.stderr, "the repository")
                 raise EnvironmentBuildError("install_failed", detail)
@@ -167,7 +169,7 @@ class LocalBackend:
             log.info("pytest collects what the maintainers' runner does: %s", " ".join(runner))
         shutil.move(str(checkout), env_dir / "repo")
         meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements,
-                "addopts": addopts}
+                "addopts": addopts, "env": variables}
         (env_dir / "env.json").write_text(json.dumps(meta, indent=1))
         (env_dir / ".complete").touch()
 
@@ -219,7 +221,7 @@ class LocalSandbox:
             "TRAJFACTORY_ADDOPTS": meta.get("addopts", ""),
             # the host's pip configuration may name a local index: the sandbox gets none, as in docker
             "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        }
+        } | meta.get("env", {})  # the recipe's `test_env` (never one of the above: `RepoSpec.test_env`)
         self._copy_checkout()
         self._git_meta = git_meta(Path(self.workdir))
 

@@ -13,6 +13,11 @@ from trajfactory.settings.agents import ModelPolicyConfig, Section, unique_polic
 BUILTIN_REPOS = Path(__file__).resolve().parent.parent / "data" / "repos"
 
 
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LD_PRELOAD", "LD_LIBRARY_PATH", "COVERAGE_PROCESS_START",
+                          "COVERAGE_FILE", "COVERAGE_RCFILE", "GIT_DIR", "GIT_WORK_TREE"})
+"""Variables a recipe's `test_env` may not set: the sandbox's harness, git and the interpreter rely on them."""
+
+
 class RepoSpec(Section):
     uri: str
     """A git URL (optionally `URL@REF`), a local path, `pypi:NAME==VERSION`, `pypi:NAME@latest:N` (the N newest
@@ -28,6 +33,10 @@ class RepoSpec(Section):
     """Test paths (files or folders, relative to the repository's root) that every run of its suite leaves out, as
     pytest's `--ignore` does: modules its maintainers run only elsewhere (bitarray 3.12.3's `test_free_threading.py`
     asserts at import that the interpreter has no GIL, so the whole suite does not collect here)."""
+    test_env: dict[str, str] = {}
+    """Environment variables set in its image, for its install and every run of its suite, as its maintainers' tox
+    `setenv` or CI matrix sets them: a second suite run they make (msgpack's `MSGPACK_PUREPYTHON=1` tests its pure
+    Python fallback instead of its C extension, whose bugs no test catches otherwise)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +96,20 @@ class RepoSpec(Section):
                 raise ValueError(f"{path!r} is not a path inside the repository; give it relative to the repository's "
                                  "root, e.g. 'tests/test_free_threading.py' or 'tests/slow'")
         return [path.strip().rstrip("/") for path in paths]
+
+    @field_validator("test_env")
+    @classmethod
+    def _variables(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name; use letters, digits and '_', "
+                                 "e.g. MSGPACK_PUREPYTHON")
+            if name in RESERVED_ENV or name.startswith(("TRAJFACTORY_", "PYTEST_", "PYTHON", "COV_", "PIP_")):
+                raise ValueError(f"{name!r} is the sandbox's own (the harness, pytest, the interpreter or pip read "
+                                 "it); set the project's own variables only")
+            if "\0" in value or "\n" in value:
+                raise ValueError(f"the value of {name!r} holds a newline or NUL byte; give one line of text")
+        return env
 
     @model_validator(mode="after")
     def _patches_of_one_release(self) -> "RepoSpec":

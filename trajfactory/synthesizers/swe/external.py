@@ -22,18 +22,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from trajfactory.executors.guard import paths_of, protected
+from trajfactory.executors.guard import COMPILED_SOURCES, paths_of, protected
 from trajfactory.schema import Candidate, Entity, Quarantine, Source, content_hash, quarantined
 from trajfactory.synthesizers.swe.entities import complexity, first_line
 
 SYNTHESIZER = "swe.external"
 STAGE = "synthesize"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
-COMPILED_SOURCES = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".pyx", ".pxd", ".pxi", ".rs", ".f", ".f90")
-"""Sources of compiled extension modules, built once with the image (`wheelhouse.INSTALL_PROJECT`), not per
-candidate."""
-
-
 def load_instances(path: str | Path) -> list[dict]:
     """Instances from a JSON list, a JSON-lines file, or one JSON object; ValueError names what is wrong."""
     path = Path(path)
