@@ -17,6 +17,7 @@ from trajfactory.schema import Source
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import procedural, stage
+from trajfactory.synthesizers.swe.selection_lines import probe_plan
 from sandbox_helpers import GIT_ENV
 
 pytestmark = pytest.mark.docker
@@ -41,7 +42,7 @@ def picked(docker_backend, tmp_path_factory):
     built = stage.build_environment(docker_backend, source)
     ref = stage.reference(docker_backend, built, source, ValidationConfig(reference_runs=1), LIMITS,
                           cover=stage.coverage_files(pool))
-    return dict(cfg=cfg, pool=pool, ref=ref, picked=stage.pick(pool, ref, cfg),
+    return dict(cfg=cfg, pool=pool, ref=ref, picked=stage.pick(pool, ref, cfg), source=source, env=built,
                 capped=stage.synthesize(source, cfg, work / "checkouts")[0])
 
 
@@ -78,3 +79,16 @@ def test_the_cap_is_still_filled_and_balanced_when_tested_code_falls_short(picke
 def test_a_reference_run_that_recorded_nothing_of_the_pool_leaves_the_seeded_cap(picked):
     ref = picked["ref"].model_copy(update={"coverage": {}})
     assert stage.pick(picked["pool"], ref, picked["cfg"]) == picked["capped"]
+
+
+def test_line_probes_tell_the_same(picked, docker_backend):
+    """With line probes in place of coverage (`validation.recorder: probe`), the probes of the lines the pool's
+    selections read tell the same, and a candidate whose lines they did not record counts as run (nothing known)."""
+    pool = picked["pool"]
+    source, built = picked["source"], picked["env"]
+    ref = stage.reference(docker_backend, built, source, ValidationConfig(reference_runs=1), LIMITS,
+                          probe=probe_plan(pool))
+    assert ref.probed is not None
+    assert stage.pick(pool, ref, picked["cfg"]) == picked["picked"]
+    unprobed = ref.model_copy(update={"probed": {f: [] for f in ref.probed}})
+    assert stage.pick(pool, unprobed, picked["cfg"]) == picked["capped"]

@@ -266,8 +266,8 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
     if isinstance(env, Quarantine):
         out.quarantine.append(env)
         return
-    pool, bad_files = runner.call(procedural_candidates, recipe, source, True)
-    candidates = list(pool)
+    drawn, bad_files = runner.call(procedural_candidates, recipe, source, True)
+    candidates = list(drawn)
     out.quarantine += bad_files
     spec = next((r for r in recipe.repos if asks_for(r.uri, source.uri)), None)
     if spec is not None and spec.bug_patches:  # bug patches from elsewhere go through the same validation
@@ -284,8 +284,7 @@ def synthesize_repo(recipe: Recipe, source: Source, runner: Runner, endpoint: Mo
     if isinstance(ref, Quarantine):
         out.quarantine.append(ref)
         return
-    picked = stage.pick(pool, ref, syn)  # the cap, code the tests ran first
-    candidates = picked + candidates[len(pool):]
+    candidates = stage.pick(drawn, ref, syn) + candidates[len(drawn):]  # the cap, code the tests ran first
     with SandboxPool(get_backend(env.backend), env, workers, recipe.sandbox) as pool:
         validations = [v for batch in runner.map(validate_batch, validation_batches(recipe, pool, candidates, ref),
                                                  f"validate {source.name}", workers=workers) for v in batch]

@@ -29,6 +29,8 @@ from trajfactory.synthesizers.swe.entities import complexity, first_line
 SYNTHESIZER = "swe.external"
 STAGE = "synthesize"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
+
+
 def load_instances(path: str | Path) -> list[dict]:
     """Instances from a JSON list, a JSON-lines file, or one JSON object; ValueError names what is wrong."""
     path = Path(path)

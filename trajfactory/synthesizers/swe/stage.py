@@ -17,6 +17,7 @@ from trajfactory.schema import Candidate, Quarantine, ReferenceRun, Source, Task
 from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfig
 from trajfactory.synthesizers.swe import procedural
 from trajfactory.synthesizers.swe.procedural import generate_candidates
+from trajfactory.synthesizers.swe.selection_lines import probed_enough
 from trajfactory.synthesizers.swe.tasks import make_task
 from trajfactory.synthesizers.swe.reference import RepoRejected, reference_run
 from trajfactory.synthesizers.swe.validate import validate_candidate
@@ -80,11 +81,14 @@ def pick(pool: list[Candidate], ref: ReferenceRun, cfg: SynthesisConfig) -> list
     """The recipe's cap of procedural candidates from the pool, those in code the reference run ran first: a function
     or method any of whose body's lines ran, a class any of whose lines ran in a test or its fixtures (its `def` lines
     run whenever its module is imported). Where the run recorded no line of the pool's files, it cannot tell, and the
-    cap is taken as it would be without it."""
+    cap is taken as it would be without it; so for a candidate whose lines its probes did not record (`recorder:
+    probe`), which counts as run."""
     if not any(ref.coverage.get(f) for f in {c.entity.file for c in pool}):
         return procedural.pick(pool, cfg.max_candidates_per_repo)
 
     def ran(c: Candidate) -> bool:
+        if ref.probed is not None and not probed_enough(c, ref.probed):
+            return True
         lines, e = ref.coverage.get(c.entity.file, {}), c.entity
         if e.kind != "class":
             return any(n in lines for n in range(e.body_lineno or e.lineno, e.end_lineno + 1))
