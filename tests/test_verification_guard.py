@@ -24,7 +24,7 @@ from trajfactory.synthesizers.swe.entities import iter_source_files
 from trajfactory.synthesizers.swe.stage import build_environment
 
 from gaming_patches import QUOTED_NAME, forged_aimed_at, gaming_commands, hack, shell_quote
-from mining import LIMITS as MINING_LIMITS, mine
+from mining import LIMITS as MINING_LIMITS, QUICK, mine
 
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
@@ -406,7 +406,10 @@ def test_tests_in_a_file_named_tests_py_are_out_of_a_patchs_reach(docker_backend
     """jsonpatch 1.48 keeps its suite in `tests.py` (its pytest.ini names it). That name was no test file to the
     guard: synthesis put bugs into the tests themselves, the failing tests' file got no twins, and a patch rebinding
     each failing test method to a no-op at the end of `tests.py` passed verification. It is reverted now."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonpatch==1.48", ("jsonpatch.py",), n=1)
+    # its bug's 62 failing tests take 3x the clean run's time (14 s on a quiet machine): under the suite's load, the
+    # default 10x wall limit timed the candidate out once; what is tested here is the guard, not the limit
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:jsonpatch==1.48", ("jsonpatch.py",), n=1,
+                 cfg=QUICK.model_copy(update={"timeout_factor": 40.0}))
     task = next(t for t in mined.tasks if any(f.startswith("tests.py::") for f in t.checks.FAIL_TO_PASS))
     failing = [f for f in task.checks.FAIL_TO_PASS if f.startswith("tests.py::") and f.count("::") == 2]
     task = task.model_copy(update={"checks": task.checks.model_copy(update={"FAIL_TO_PASS": failing,
