@@ -6,9 +6,7 @@ runs, with three times the package's entities."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from trajfactory.settings import SandboxConfig, SynthesisConfig, ValidationConfi
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import procedural, stage
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
-from sandbox_helpers import GIT_ENV
 
 pytestmark = pytest.mark.docker
 FIXTURE = Path(__file__).parent / "fixtures" / "untested_tooling"
@@ -30,9 +27,6 @@ CAP = 6
 def picked(docker_backend, tmp_path_factory):
     repo = tmp_path_factory.mktemp("shapes") / "shapes"
     shutil.copytree(FIXTURE, repo)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True)
     work = tmp_path_factory.mktemp("work")
     source = harvest_repo(str(repo), work / "mirrors")
     assert isinstance(source, Source), source
