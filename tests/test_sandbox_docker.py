@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,6 +140,30 @@ def test_output_is_truncated(backend, env):
         result = sandbox.execute("echo START; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END")
     assert result.exit_code == 0 and len(result.output) < 1200
     assert result.output.startswith("START") and result.output.rstrip().endswith("END") and "truncated" in result.output
+
+
+def test_output_a_late_reader_finds_is_kept(sandbox):
+    """The engine sends an exec's headers, then its output. A caller late to read the headers (another thread holding
+    the GIL, a loaded host) reads both at once, and docker-py's raw socket lost what came with the headers
+    (docker/docker-py#3332): in CI a tampering scan's verdict came back as empty output. Here a thread holds the GIL
+    a tenth of a second at a time while short commands run."""
+    stop = threading.Event()
+
+    def hold():
+        while not stop.is_set():
+            sum(range(1000))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.1)
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        outputs = [sandbox.execute(f"echo out-{i}", timeout=30).output.strip() for i in range(6)]
+    finally:
+        stop.set()
+        holder.join()
+        sys.setswitchinterval(interval)
+    assert outputs == [f"out-{i}" for i in range(6)]
 
 
 def test_unknown_requirement_is_install_failed(backend, tmp_path):

@@ -45,6 +45,34 @@ def _engine_errors(what: str):
         raise InfrastructureError(f"{what}: {exc}") from exc
 
 
+def exec_stream(api: docker.APIClient, exec_id: str):
+    """Start an exec attached; returns its raw stream, the bytes of that stream already read, and the HTTP response
+    (kept alive while the stream is read).
+
+    docker-py's `exec_start(socket=True)` hands back the socket beneath the response's buffered reader. The reader
+    that parsed the `101 UPGRADED` headers reads past them when more has arrived, and those bytes (the start of the
+    output, or all of a short command's) are lost to whoever reads the socket (docker/docker-py#3332). It happens
+    when the caller is late to read the headers: another thread holding the GIL, a loaded host. A tampering scan
+    that printed its verdict came back as empty output that way. So the exec is started here, and what the reader
+    holds is taken before the socket is read."""
+    res = api._post_json(api._url("/exec/{0}/start", exec_id), headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+                         data={"Tty": False, "Detach": False}, stream=True)
+    api._raise_for_status(res)
+    reader = getattr(getattr(res.raw, "_fp", None), "fp", None)
+    raw = getattr(reader, "raw", None)
+    conn = getattr(raw, "_sock", None)
+    if not isinstance(reader, io.BufferedReader) or conn is None:  # no buffered reader in between: nothing to lose
+        return api._get_raw_response_socket(res), b"", res
+    timeout = conn.gettimeout()
+    conn.settimeout(0.0)  # take what the reader holds; if it holds nothing, one read that does not wait
+    try:
+        held = reader.peek(65536)
+        first = reader.read(len(held)) if held else b""
+    finally:
+        conn.settimeout(timeout)
+    return raw, first, res
+
+
 CPUACCT = ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage",  # cgroup v1, cgroupfs driver (nanoseconds)
            "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat")  # cgroup v2, systemd driver (usage_usec)
 
@@ -120,11 +148,16 @@ class DockerSandbox:
         t0 = time.monotonic()
         with _engine_errors(f"exec in container {self.container_id[:12]}"):
             exec_id = api.exec_create(self.container.id, argv, workdir=workdir)["Id"]
-            sock = api.exec_start(exec_id, socket=True)
-        buf = bytearray()
+            sock, first, _response = exec_stream(api, exec_id)
+        buf = bytearray(first)
         guard_fired = False
         try:
             while True:
+                # docker multiplexes stdout/stderr in frames: 8-byte header (stream, size) then payload
+                while len(buf) >= 8 and len(buf) >= 8 + struct.unpack(">xxxxL", buf[:8])[0]:
+                    size = struct.unpack(">xxxxL", buf[:8])[0]
+                    out.add(bytes(buf[8:8 + size]))
+                    del buf[:8 + size]
                 left = t0 + deadline_s - time.monotonic()
                 if left <= 0 or not select.select([sock], [], [], left)[0]:
                     guard_fired = True
@@ -133,11 +166,6 @@ class DockerSandbox:
                 if not data:
                     break
                 buf += data
-                # docker multiplexes stdout/stderr in frames: 8-byte header (stream, size) then payload
-                while len(buf) >= 8 and len(buf) >= 8 + struct.unpack(">xxxxL", buf[:8])[0]:
-                    size = struct.unpack(">xxxxL", buf[:8])[0]
-                    out.add(bytes(buf[8:8 + size]))
-                    del buf[:8 + size]
         except OSError as exc:
             raise InfrastructureError(f"exec stream of container {self.container_id[:12]} broke: {exc}") from exc
         finally:
