@@ -6,6 +6,9 @@ Real pytest runs on the host, with the reference run's line probes (`tests/test_
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from test_line_probe import _candidate, _probed, _pytest
 
@@ -131,3 +134,44 @@ def test_a_test_modules_own_import_reaches_its_tests_and_a_librarys_import_reach
     broken = verdict("    return x * 2 if x != 1 else 1 // 0")
     assert broken.status == "no_pass_to_pass" and not broken.PASS_TO_PASS, broken
     assert "tests/test_a.py" in broken.detail and "stops pytest's whole suite at collection" in broken.detail
+
+
+def test_a_bug_that_breaks_a_conftests_import_is_no_pass_to_pass_not_an_error(tmp_path):
+    """A conftest that calls the library at its import (marshmallow's builds its schemas there): a bug that makes
+    that call raise stops pytest before it runs any test (exit 4), in any selection and in the maintainers' whole
+    suite. No test passes under the bug, so the candidate is `no_pass_to_pass`, with the conftest named, rather than
+    a run the harness could not judge (`error`)."""
+    root = tmp_path / "project"
+    files = {**FILES, "tests/conftest.py": "from pkg.mod import later\n\nBASE = later(1)\n"}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    harness = tmp_path / "harness"
+    harness.mkdir()
+    (harness / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    line = _line(MOD, "def later(x):")
+    candidate = _candidate(line, line + 1, line + 1)
+    tests = ["tests/test_b.py::test_b", "tests/test_c.py::test_c"]
+    ref = ReferenceRun(image="i", tests={t: "passed" for t in tests}, passing=tests)
+
+    def verdict(body: str):
+        (root / "pkg" / "mod.py").write_text(MOD.replace("    return x - 1", body))
+        env = {**os.environ, "PYTHONPATH": str(harness), "PYTHONDONTWRITEBYTECODE": "1",
+               "TRAJFACTORY_RESULTS": str(root / "results.jsonl")}
+        (root / "results.jsonl").unlink(missing_ok=True)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-q",
+                              f"--rootdir={root}", *tests], cwd=root, capture_output=True, text=True, env=env)
+        records = (root / "results.jsonl").read_text() if (root / "results.jsonl").exists() else ""
+        outcomes, errors, finished = parse_results(records)
+        result = TestRun(outcomes=outcomes, exit_code=run.returncode, output=run.stdout + run.stderr,
+                         duration_s=0.0, collect_errors=errors, finished=finished)
+        return result, _verdict(candidate, tests, "full", ref, timeout=60.0, duration=0.0, run=result)
+
+    run, broken = verdict("    return x - 1 if x != 1 else 1 // 0")
+    assert run.exit_code == 4 and not run.finished and run.conftest_failed.endswith("tests/conftest.py"), run.output
+    assert broken.status == "no_pass_to_pass" and not broken.PASS_TO_PASS, broken
+    assert "tests/conftest.py does not import" in broken.detail and "ZeroDivisionError" in broken.detail, broken
+    # a bug the conftest's call does not reach is judged by the tests as before
+    run, wrong = verdict("    return x - 2 if x != 1 else 0")
+    assert run.exit_code == 1 and not run.conftest_failed
+    assert wrong.status == "valid" and wrong.FAIL_TO_PASS == ["tests/test_b.py::test_b"], wrong

@@ -89,6 +89,18 @@ class TestRun:
     def collection_failed(self) -> bool:
         return self.exit_code in (EXIT_INTERRUPTED, EXIT_USAGE) and "error" in self.output.lower()
 
+    @property
+    def conftest_failed(self) -> str:
+        """The conftest.py pytest could not import before its session began (it then exits 4 and runs no test, in
+        any selection that loads that conftest, the whole suite included); '' when none."""
+        if self.exit_code != EXIT_USAGE or self.finished:
+            return ""
+        found = _CONFTEST_FAILED.search(self.output)
+        return found.group(1) if found else ""
+
+
+_CONFTEST_FAILED = re.compile(r"ImportError while loading conftest '([^'\n]+)'")
+"""pytest's line for a conftest that raised at its import, whatever it raised."""
 
 _WORST = {"passed": 0, "skipped": 1, "missing": 2, "failed": 3, "error": 4}
 """How bad an outcome is: a test with more than one record keeps its worst (a record added later cannot undo one)."""

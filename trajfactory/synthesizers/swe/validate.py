@@ -17,13 +17,14 @@ from trajfactory.schema import Candidate, ReferenceRun, Validation
 from trajfactory.synthesizers.swe.reference import tail
 from trajfactory.synthesizers.swe.selection_lines import probed_enough
 
-VERSION = "7"
+VERSION = "8"
 """Bumped when the selection or the judgement of a candidate changes (2: every test that ran the changed function;
 3: a removed method by the tests that ran its body; a body line is not attributed to the def line above it; a line a
 wider-scoped fixture ran reaches the tests of its scope; 4: a candidate's time limit scales with its tests' time in
 the reference run; a removed base class by the lines naming its class; 5: a valid candidate records the tests its
 run reached, which its gold proof runs; 6: a candidate's tests also stop at a limit of their own CPU seconds; 7: a
-line a test module's own code ran at its import reaches that module's tests, not the whole suite)."""
+line a test module's own code ran at its import reaches that module's tests, not the whole suite; 8: a bug that
+breaks a conftest's import is `no_pass_to_pass`, not `error`)."""
 TIMEOUT_FACTOR = 10.0
 """A candidate's tests may take this many times what they took in the reference run (`candidate_timeout`)."""
 TIMEOUT_FLOOR_S = 15.0
@@ -200,6 +201,10 @@ def _verdict(candidate: Candidate, tests: list[str], how: str, reference: Refere
             scaled = f" ({limit / max(took, 1e-9):.0f}x the {took:.1f}s they took on the clean repository)"
         what = "used more than" if run.cpu_out else "did not finish within"
         return result("timeout", tests_run=len(tests), detail=f"tests {what} {limit:.0f}{unit}{scaled}")
+    if conftest := run.conftest_failed:  # the maintainers' whole-suite run stops the same way
+        return result("no_pass_to_pass", tests_run=len(tests), detail=(
+            f"under the bug, {conftest} does not import, which stops pytest before it runs any test, the whole "
+            f"suite's run too: no test passes ({tail(run.output, 1)})"))
     if not run.finished:  # a crash or kill: which tests the bug breaks cannot be told
         return result("error", tests_run=len(tests), detail=f"the test run was cut short (exit {run.exit_code}): "
                       + tail(run.output, 5))
