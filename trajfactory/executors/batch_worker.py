@@ -213,7 +213,7 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
     pid = os.fork()
     if pid == 0:
         child(item, spec, index)
-    status, child_cpu = wait_child(pid, float(item["timeout"]))
+    status, child_cpu, waited = wait_child(pid, float(item["timeout"]), float(item.get("ceiling") or 0.0))
     wall = time.monotonic() - w1
     timed_out = status is None
     if timed_out:
@@ -248,6 +248,7 @@ def run_item(item: dict, spec: dict, index: int, *, child=run_child, prepare=Non
         output=_tail(f"{scratch}/output-{index}.txt"), duration_s=wall,
         child_cpu=child_cpu, restore_cpu=children_cpu() - c3, restore_wall=time.monotonic() - w3,
         worker_cpu=time.process_time() - p0, probe=probe, clean=clean, restored=restored, cpu_out=cpu_out,
+        waited=waited,
     )
     if not restored:
         result["restore_error"] = error

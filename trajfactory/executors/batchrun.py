@@ -74,6 +74,9 @@ class BatchItem:
     its collected session (`batch_worker_hot.py`), which runs it the plain way where the swap could differ."""
     cpu_limit: float | None = None
     """CPU seconds the item's pytest child may use beside `timeout` (`testrun.run_tests`'s `cpu_limit`); None: none."""
+    ceiling: float | None = None
+    """Where above `timeout`: seconds the wall clock may reach in all when the item's tests were kept waiting for a
+    CPU (the time they waited is not counted against `timeout`: `batch_worker_procs.wait_child`)."""
     then: str = ""
     """A second diff applied after `patch` that must bring the checkout back exactly to its commit (a task's gold patch
     after its bug patch); the item fails as a patch that does not apply where it does not."""
@@ -128,6 +131,7 @@ def _item_spec(item: BatchItem, index: int, hot: bool) -> dict:
         args = sorted({t.split("::", 1)[0] for t in item.tests})
     return {"key": item.key, "patch": item.patch, "then": item.then, "tests": item.tests, "args": args, "env": env,
             "timeout": item.timeout, "cpu_limit": cpu_seconds(item.cpu_limit) if item.cpu_limit else None,
+            "ceiling": item.ceiling,
             "hot": hot and item.hot and item.tests is not None}
 
 
@@ -144,7 +148,11 @@ def _records(text: str) -> list[dict]:
 def _timeout_note(record: dict) -> str:
     if record.get("cpu_out"):
         return cpu_note(record["cpu_limit"])
-    return f"\n[command timed out: killed after {record['timeout']:g}s]" if "timeout" in record else ""
+    if "timeout" not in record:
+        return ""
+    waited = record.get("waited") or 0.0
+    besides = f", not counting {waited:.1f}s of waiting for a CPU" if waited >= 0.1 else ""
+    return f"\n[command timed out: killed after {record['timeout']:g}s{besides}]"
 
 
 def _result(record: dict) -> ItemResult:
@@ -192,7 +200,7 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
         for name, source in WORKER_FILES.items():
             sandbox.write_file(f"{BATCH_DIR}/{name}", source)
         sandbox.write_file(f"{BATCH_DIR}/spec.json", json.dumps(spec))
-        limit = STARTUP_S + sum(item.timeout + 5 for item in pending)
+        limit = STARTUP_S + sum(max(item.timeout, item.ceiling or 0.0) + 5 for item in pending)
         res = sandbox.execute(
             f"cd {BATCH_DIR} && rm -f out.jsonl results-*.jsonl tests-*.txt output-*.txt probe-*.json && "
             f"mkdir -p {SCRATCH} && cd {sandbox.workdir} && {env} python {BATCH_DIR}/{WORKER} "

@@ -275,7 +275,7 @@ def validate_batch_detailed(sandbox: Sandbox, candidates: list[Candidate], refer
     for c, tests, how in chosen:
         if tests and c.candidate_id not in items:
             items[c.candidate_id] = BatchItem(c.candidate_id, c.patch, tests, limits[c.candidate_id],
-                                              cpu_limit=cpus[c.candidate_id],
+                                              cpu_limit=cpus[c.candidate_id], ceiling=timeout,
                                               hot=hot and how == "coverage" and c.scope == "function"
                                               and not imported_with(c, reference))
     results, info = run_batch(sandbox, list(items.values()), preload=preload) if items else ([], BatchInfo())
