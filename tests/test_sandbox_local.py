@@ -54,7 +54,7 @@ def test_a_sandbox_bubblewrap_could_not_set_up_is_tried_again_and_a_command_runs
     away = sandbox.env_dir.with_name(sandbox.env_dir.name + ".away")
     sandbox.env_dir.rename(away)
     try:
-        with caplog.at_level(logging.WARNING, logger="trajfactory.executors.local"):
+        with caplog.at_level(logging.WARNING, logger="trajfactory.executors.local_sandbox"):
             failed = sandbox.execute("true")
     finally:
         away.rename(sandbox.env_dir)
