@@ -317,7 +317,7 @@ def write_records(path, records: list[BaseModel]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(r.model_dump_json() + "\n" for r in records))
+    tmp.write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
     tmp.replace(path)
 
 
@@ -329,7 +329,9 @@ def read_records(path, model: type[BaseModel]) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such record file; run the previous stage first")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    # lines end at "\n" only: a record's JSON keeps U+2028, U+0085 and the like as they are (a test's output, a page's
+    # text), and str.splitlines() would cut the record there
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if line.strip():
             try:
                 out.append(model.model_validate_json(line))

@@ -188,7 +188,7 @@ def load_labels(path: str | Path = LABELS_PATH, docs_root: str | Path | None = N
     path = Path(path)
     root = Path(docs_root) if docs_root else path.parent
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # JSON keeps U+2028 as it is
         if not line.strip():
             continue
         try:
