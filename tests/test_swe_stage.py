@@ -194,7 +194,8 @@ def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
     assert roles.count("tool") == len(traj.steps)
     tools = [s.tool for s in traj.steps]
     assert tools[0] == "bash" and "edit" in tools and tools[-1] == "submit"
-    first, rerun = traj.steps[0], traj.steps[-2]
+    first = traj.steps[0]
+    rerun = [s for s in traj.steps if s.arguments.get("command", "").startswith("python -m pytest")][-1]
     assert first.exit_code != 0 and "failed" in first.observation  # real failing output
     assert rerun.exit_code == 0 and "passed" in rerun.observation
     assert {t["function"]["name"] for t in traj.tools} == {"bash", "edit", "submit"}
@@ -209,7 +210,9 @@ def test_gold_patch_passes_and_oracle_trajectory_verifies(demo, docker_backend):
     located = [c for c in commands[1:edit_at] if c.startswith(("grep ", "nl -ba"))]
     assert located and ("grep -rnE" in " ".join(located) or "traceback" in traj.messages[4].content.lower()
                         or "line" in traj.messages[4].content)
-    assert "::" not in commands[-2] and commands[-2].startswith("python -m pytest")
+    # the last test run was the related tests' files, and `git status` came after it, before the submission
+    assert commands[-2] == "git status --short"
+    assert "::" not in commands[-3] and commands[-3].startswith("python -m pytest")
     assert contradictions(traj) == []
     # The bug's history is not visible in the sandbox.
     with docker_backend.start(env, LIMITS) as sandbox:

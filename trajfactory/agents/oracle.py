@@ -7,7 +7,9 @@ It never jumps to the answer. Each turn it reads what the last command showed an
    the definition of what it calls; then read that code;
 3. fix: edit the defect (a failed edit falls back to applying the whole fix with git);
 4. check: re-run the failing tests, then the other tests of their files (the related passing ones);
-5. submit.
+5. look at `git status` and remove what the test runs wrote into the checkout (pyparsing's tests write railroad
+   diagrams there), which is not part of the fix;
+6. submit.
 
 What it says is written from what it saw: it claims the tests pass only after an observation that shows them
 passing, and says so plainly when they do not. Wording and the order of the locating steps vary per task,
@@ -25,7 +27,7 @@ from trajfactory.executors.guard import protected
 from trajfactory.executors.protocol import Action, Start
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage, content_hash
 
-VERSION = "2"
+VERSION = "3"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _FRAME = re.compile(r"^(?P<file>[\w./-]+\.py):(?P<line>\d+): ", re.M)
 _GREP = re.compile(r"^(?:\./)?(?P<file>[^:\n]+\.py):(?P<line>\d+):", re.M)
@@ -63,6 +65,12 @@ PHRASES = {
                     "The related tests pass too. Submitting."],
     "still_failing": ["The tests still fail ({summary}); applying the whole fix as a patch.",
                       "Still failing ({summary}). Let me apply the fix as a patch instead."],
+    "status": ["Before submitting, let me see what the checkout holds besides the fix.",
+               "Checking `git status` before I submit.",
+               "Let me make sure nothing but the fix is left in the checkout."],
+    "tidy": ["The test runs left {files} behind, which is not part of the fix. Removing it.",
+             "{files}: written by the tests, not part of the fix. Cleaning up before submitting.",
+             "Untracked files from the test runs ({files}) do not belong in the patch; removing them."],
     "submit_anyway": ["Some tests still fail ({summary}); submitting what I have.",
                       "Not everything passes ({summary}), but this is my fix; submitting."],
 }
@@ -124,6 +132,8 @@ class OraclePolicy:
         self._edits = list(self._hunks)
         self._patched = False
         self._read_test_first = self._rng.random() < 0.5
+        self._pending: str | None = None  # the words of the submission, said once `git status` was looked at
+        self._named = set(re.findall(r"^diff --git a/\S+ b/(\S+)$", task.gold.patch, re.M))  # files the fix may add
 
     def _say(self, kind: str, **fields: str) -> str:
         return self._rng.choice(PHRASES[kind]).format(**fields)
@@ -182,6 +192,27 @@ class OraclePolicy:
         command = ("git checkout -- . && git apply <<'TRAJFACTORY_PATCH'\n" f"{patch}TRAJFACTORY_PATCH")
         return self._call(thought, "bash", {"command": command})
 
+    def _submit(self, thought: str) -> Action:
+        """Submit with `thought`, after a look at `git status`: the first call asks for it, the next ones (`_tidy`)
+        remove what the test runs wrote (by name: the eval counts `git clean -f` as a destructive command), then
+        submit."""
+        if self._pending is None:
+            self._pending, self._phase = thought, "status"
+            return self._call(self._say("status"), "bash", {"command": "git status --short"})
+        self._phase = "done"
+        return self._call(thought, "submit", {})
+
+    def _tidy(self, observation: str) -> Action:
+        stray = [line[3:].strip() for line in observation.splitlines() if line.startswith("?? ")]
+        stray = [p for p in stray if not p.startswith('"') and not any(
+            f == p.rstrip("/") or f.startswith(p if p.endswith("/") else p + "/") for f in self._named)]
+        if not stray:
+            return self._submit(self._pending or self._say("submit_pass"))
+        self._phase = "tidied"
+        shown = ", ".join(f"`{p}`" for p in stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+        return self._call(self._say("tidy", files=shown), "bash",
+                          {"command": "rm -rf -- " + " ".join(shlex.quote(p) for p in stray)})
+
     async def act(self, messages: list[Message], observation: str = "") -> Action:
         last = messages[-1] if messages else None
         observation = observation or (last.content or "" if last is not None and last.role == "tool" else "")
@@ -204,13 +235,14 @@ class OraclePolicy:
             if not passed(observation):
                 if not self._patched:
                     return self._apply_whole_fix(self._say("still_failing", summary=summary(observation)))
-                self._phase = "done"
-                return self._call(self._say("submit_anyway", summary=summary(observation)), "submit", {})
+                return self._submit(self._say("submit_anyway", summary=summary(observation)))
             self._phase = "regressed"
             files = ", ".join(f"`{f}`" for f in self._test_files)
             return self._call(self._say("regress", files=files), "bash", {"command": _pytest(self._test_files)})
-        if phase == "regressed" and not passed(observation):
-            self._phase = "done"
-            return self._call(self._say("submit_anyway", summary=summary(observation)), "submit", {})
-        self._phase = "done"
-        return self._call(self._say("submit_pass"), "submit", {})
+        if phase == "regressed":
+            ok = passed(observation)
+            return self._submit(self._say("submit_pass") if ok else
+                                self._say("submit_anyway", summary=summary(observation)))
+        if phase == "status":
+            return self._tidy(observation)
+        return self._submit(self._pending or self._say("submit_pass"))

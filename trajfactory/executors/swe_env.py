@@ -15,12 +15,10 @@ in the middle of a start.
 from __future__ import annotations
 
 import asyncio
-import json
 import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from trajfactory.executors.base import Backend, EnvironmentHandle, ExecResult, Sandbox, SandboxError, apply_patch
@@ -29,77 +27,17 @@ from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
 from trajfactory.executors.canaries import write_canaries
+from trajfactory.executors.swe_tools import execute_call
 from trajfactory.executors.testrun import run_tests, summarize
 from trajfactory.executors.twins import name_bound, write_twins
-from trajfactory.schema import SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Step, Task, ToolCall, Trajectory, Verdict, utcnow
+from trajfactory.schema import (SWE_SYSTEM_PROMPT, SWE_TOOLS as TOOLS, Checks, Evidence, Final, Message, Task, ToolCall,
+                                Trajectory, Verdict)
 from trajfactory.settings import EpisodeLimits, SandboxConfig
 from trajfactory.verifiers import tests as test_verifier
 
 RETRY_PROMPT = "Please call one of the tools (bash, edit, submit)."
 BUG_PATH = "/tmp/trajfactory-task.diff"
-
-TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 SYSTEM_PROMPT = SWE_SYSTEM_PROMPT
-
-# Runs inside the sandbox with the sandbox's python3, so edits happen there, not on the host.
-_EDIT_SCRIPT = r'''
-import json, sys
-args = json.load(open(sys.argv[1]))
-path, old, new = args["path"], args["old_str"], args["new_str"]
-try:
-    text = open(path).read()
-except OSError as exc:
-    print(f"Error: cannot read {path}: {exc.strerror}"); sys.exit(1)
-count = text.count(old)
-if count != 1:
-    where = "does not occur" if count == 0 else f"occurs {count} times"
-    print(f"Error: old_str {where} in {path}; give the exact text of one place, with more context if needed.")
-    sys.exit(1)
-text = text.replace(old, new, 1)
-open(path, "w").write(text)
-start = text[: text.index(new)].count("\n") + 1
-lines = text.splitlines()
-lo, hi = max(1, start - 3), min(len(lines), start + new.count("\n") + 3)
-print(f"Edited {path}. Lines {lo}-{hi} now read:")
-for n in range(lo, hi + 1):
-    print(f"{n:6}\t{lines[n - 1]}")
-'''
-
-
-# ---------------------------------------------------------------- the tools, in a sandbox
-
-
-@dataclass
-class ToolResult:
-    observation: str
-    exit_code: int | None
-    error: str | None = None
-    done: bool = False
-
-
-def run_tool(sandbox: Sandbox, name: str, arguments: dict, *, timeout: float) -> ToolResult:
-    """Execute one tool call in the sandbox; a bad call becomes an error observation, never a crash."""
-    if name not in TOOL_NAMES:
-        return ToolResult(f"Error: unknown tool {name!r}; available: {sorted(TOOL_NAMES)}", None, "unknown_tool")
-    if name == "bash":
-        command = arguments.get("command")
-        if not isinstance(command, str) or not command.strip():
-            return ToolResult("Error: bash needs a non-empty `command` string.", None, "bad_arguments")
-        res = sandbox.execute(command, timeout=timeout)
-        note = f"\n[command timed out after {timeout:.0f}s and was killed]" if res.timed_out else ""
-        return ToolResult(f"{res.output}{note}\n[exit code: {res.exit_code}]", res.exit_code,
-                          "timeout" if res.timed_out else None)
-    if name == "edit":
-        missing = [k for k in ("path", "old_str", "new_str") if not isinstance(arguments.get(k), str)]
-        if missing:
-            return ToolResult(f"Error: edit needs string arguments {missing}.", None, "bad_arguments")
-        sandbox.write_file("/tmp/trajfactory-edit.py", _EDIT_SCRIPT)
-        sandbox.write_file("/tmp/trajfactory-edit.json", json.dumps(arguments))
-        res = sandbox.execute("python3 /tmp/trajfactory-edit.py /tmp/trajfactory-edit.json", timeout=timeout)
-        return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "edit_failed")
-    res = sandbox.execute("git add -A && git diff --cached HEAD", timeout=timeout)
-    return ToolResult(res.output, res.exit_code, None if res.exit_code == 0 else "submit_failed", done=True)
-
 
 def only_commit(sandbox: Sandbox, message: str, force: list[str] | None = None) -> ExecResult:
     """Make the checkout as it stands the repository's one commit: the history goes (`rm -rf .git`), so nothing
@@ -126,24 +64,6 @@ def prepare_episode(sandbox: Sandbox, task: Task) -> None:
     res = only_commit(sandbox, "initial")
     if res.exit_code != 0:
         raise SandboxError(f"task {task.task_id}: the starting state could not be committed: {res.output[-500:]}")
-
-
-def execute_call(sandbox: Sandbox, call: ToolCall, timeout: float) -> tuple[Step, Message, bool]:
-    """Execute one tool call: (step, tool message, whether it submitted). A bad call is an error step."""
-    t0, at = time.monotonic(), utcnow()
-    finished = False
-    try:
-        args = json.loads(call.function.arguments or "{}")
-        if not isinstance(args, dict):
-            raise ValueError("arguments must be a JSON object")
-    except ValueError as exc:
-        obs, code, err, args = f"Error: the arguments are not a JSON object: {exc}", None, "bad_json", {}
-    else:
-        result = run_tool(sandbox, call.function.name, args, timeout=timeout)
-        obs, code, err, finished = result.observation, result.exit_code, result.error, result.done
-    step = Step(index=0, tool=call.function.name, arguments=args, observation=obs, exit_code=code,
-                error=err, started_at=at, duration_s=time.monotonic() - t0)
-    return step, Message(role="tool", tool_call_id=call.id, name=call.function.name, content=obs), finished
 
 
 # ---------------------------------------------------------------- verification: the harness's side
@@ -378,13 +298,13 @@ class SweEnvironment:
             raise SandboxError("step before reset: call reset(task) first")
         limit = self.envs.sandbox.command_timeout_s
         limit = limit if timeout is None else min(limit, timeout)
-        step, message, finished = await self.envs.offload(execute_call, self.sandbox, call, limit)
+        step, message, finished, patch = await self.envs.offload(execute_call, self.sandbox, call, limit)
         if not finished:
             return Transition(step=step, messages=[message], observation=step.observation)
         submitted = step.exit_code == 0
         return Transition(step=step, messages=[message], observation=step.observation, done=True,
                           exit_status="submitted" if submitted else "submit_failed",
-                          final=Final(patch=step.observation if submitted else ""))
+                          final=Final(patch=patch if submitted else ""))
 
     def _evaluate(self, task: Task, trajectory: Trajectory, timeout: float) -> Verdict:
         sandbox = self.envs.start(self.handle)
