@@ -23,7 +23,7 @@ import random
 import re
 import shlex
 
-from trajfactory.executors.guard import protected
+from trajfactory.executors.guard import paths_of, protected
 from trajfactory.executors.protocol import Action, Start
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage, content_hash
 
@@ -133,7 +133,7 @@ class OraclePolicy:
         self._patched = False
         self._read_test_first = self._rng.random() < 0.5
         self._pending: str | None = None  # the words of the submission, said once `git status` was looked at
-        self._named = set(re.findall(r"^diff --git a/\S+ b/(\S+)$", task.gold.patch, re.M))  # files the fix may add
+        self._named = set(paths_of(task.gold.patch))  # files the fix may add
 
     def _say(self, kind: str, **fields: str) -> str:
         return self._rng.choice(PHRASES[kind]).format(**fields)
