@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]
 
 # Per kind: the options of a run long enough to be killed after its first checkpoint, and how many steps it takes.
 RUNS = {
-    "dpo": (["--max-steps", "30", "--max-length", "1024", "--lr", "1e-3", "--checkpoint-every", "5"], 30),
+    "dpo": (["--split", "all", "--max-steps", "30", "--max-length", "1024", "--lr", "1e-3", "--checkpoint-every", "5"],
+            30),
     "grpo": (["--split", "all", "--max-tasks", "1", "--group-size", "2", "--max-steps", "3", "--max-agent-steps", "1",
               "--max-new-tokens", "8", "--lr", "1e-3", "--checkpoint-every", "1"], 3),
 }

@@ -20,7 +20,8 @@ class TrainSettings(Section):
     """What every training run has: the data's splits, the context, the optimizer's steps and the device options."""
 
     splits: list[str] = Field(default_factory=lambda: ["train"])
-    """Dataset splits whose verified trajectories are trained on (validation / test stay held out)."""
+    """Dataset splits whose verified trajectories are trained on (validation / test stay held out); `all`: every
+    split."""
     max_length: int = Field(2048, ge=16)
     """Longest training sequence in tokens; longer rows follow the context policy (see `training/context.py`)."""
     clip_tool_output_chars: int | None = Field(None, ge=64)

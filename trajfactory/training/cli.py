@@ -88,7 +88,7 @@ def sft(
                              "into (new or empty, or a previous output with --overwrite)."),
     overwrite: bool = OVERWRITE,
     split: list[str] = typer.Option(["train"], "--split", help="Split(s) to train on; repeat for more. "
-                                    "validation / test stay held out by default."),
+                                    "validation / test stay held out by default; `all`: every split."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps; -1 runs --epochs epochs."),
     epochs: float = typer.Option(1.0, "--epochs", help="Passes over the rows when --max-steps is -1."),
     batch_size: int = typer.Option(1, "--batch-size", help="Rows per micro-batch."),
@@ -160,7 +160,7 @@ def dpo(
                              "into (new or empty, or a previous output with --overwrite)."),
     overwrite: bool = OVERWRITE,
     split: list[str] = typer.Option(["train"], "--split", help="Split(s) to take pairs from; repeat for more. "
-                                    "validation / test stay held out by default."),
+                                    "validation / test stay held out by default; `all`: every split."),
     beta: float = typer.Option(0.1, "--beta", help="How far the model may move from the reference; higher keeps it "
                                "closer."),
     max_pairs_per_task: int = typer.Option(4, "--max-pairs-per-task", help="At most this many (verified, failed) "

@@ -78,6 +78,11 @@ def data_identity(store: DatasetStore, version: str) -> dict[str, Any]:
             **({"hub": origin} if origin else {})}
 
 
+def in_splits(split: str | None, splits: list[str]) -> bool:
+    """Whether a row of `split` is among the chosen `splits` (`all`: every split)."""
+    return "all" in splits or split in splits
+
+
 def data_source(store: DatasetStore, version: str, splits: list[str]) -> dict[str, Any]:
     """What identifies the trained-on data in metrics.json."""
     return {**data_identity(store, version), "splits": splits}

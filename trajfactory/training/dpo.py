@@ -31,8 +31,9 @@ from typing import Any
 from trajfactory.datasets import formats
 from trajfactory.progress import Progress
 from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
-                                         device_flags, load_model, open_version, peft_config, quiet_progress_bars,
-                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
+                                         device_flags, in_splits, load_model, open_version, peft_config,
+                                         quiet_progress_bars, resolve_model, run_key, save_flags, step_logger,
+                                         train_and_write)
 from trajfactory.training.context import fit_row
 from trajfactory.settings.training import DPOSettings
 
@@ -61,7 +62,7 @@ def load_pairs(data: str | Path, splits: list[str], max_pairs_per_task: int = 4)
         raise TrainError(f"--data {ref}: no preference pairs: no task has both a verified and a failed trajectory "
                          f"({len(trajectories)} trajectories of {tasks} tasks: {passed} verified, "
                          f"{len(verified) - passed} failed). {NEEDS_PAIRS}")
-    chosen = [p for p in pairs if p["split"] in splits]
+    chosen = [p for p in pairs if in_splits(p["split"], splits)]
     if not chosen:
         found = sorted({p["split"] for p in pairs})
         raise TrainError(f"--data {ref}: no preference pairs in split(s) {', '.join(splits)}; the {len(pairs)} "

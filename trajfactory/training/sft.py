@@ -32,8 +32,9 @@ from trajfactory.datasets import formats, web_steps
 from trajfactory.settings import WebAgentConfig
 from trajfactory.progress import Progress
 from trajfactory.training.common import (TrainError, cap_max_length, check_out, checkpointing_flag, data_source,
-                                         device_flags, load_model, open_version, peft_config, quiet_progress_bars,
-                                         resolve_model, run_key, save_flags, step_logger, train_and_write)
+                                         device_flags, in_splits, load_model, open_version, peft_config,
+                                         quiet_progress_bars, resolve_model, run_key, save_flags, step_logger,
+                                         train_and_write)
 from trajfactory.training.context import TemplateError, check_renders_alike, fit_rows, training_template
 from trajfactory.settings.training import SFTSettings
 
@@ -65,7 +66,7 @@ def load_rows(data: str | Path, splits: list[str], web_rows: str = "agent", clip
     if not rows:
         raise TrainError(f"--data {ref}: no verified trajectories to train on ({len(trajectories)} trajectories, "
                          "none verified by tests or state checks, or all rejected in review)")
-    chosen = [r for r in rows if r["split"] in splits]
+    chosen = [r for r in rows if in_splits(r["split"], splits)]
     if not chosen:
         found = sorted({r["split"] for r in rows})
         raise TrainError(f"--data {ref}: no verified trajectories in split(s) {', '.join(splits)}; the "
