@@ -251,3 +251,41 @@ def test_episode_hides_the_bug_history(demo, docker_backend):
         prepare_episode(sandbox, task)
         log = sandbox.execute("git log --oneline | wc -l && git status --porcelain | wc -l", timeout=30)
     assert log.output.split() == ["1", "0"]
+
+
+def test_an_edit_that_does_not_apply_falls_back_to_the_whole_fix_without_a_destructive_command(demo, docker_backend):
+    """When an edit of the oracle does not apply (here: its text occurs twice, a copy put into the buggy file), it puts
+    back the files its earlier edits changed, by name, and applies the whole fix: the eval counts `git checkout -- .`
+    as destructive, so a demonstration must not use it."""
+    from trajfactory.agents.oracle import _hunks
+    from trajfactory.executors.base import apply_patch
+    from trajfactory.training.eval_metrics import destructive_commands
+
+    def trailing_context(body: list[str]) -> int:
+        return len(body) - max(i for i, ln in enumerate(body) if ln[0] != " ") - 1
+
+    usable = [t for t in demo["tasks"] if all(trailing_context(b) == 3 for _, _, b in _hunks(t.gold.patch))]
+    task = max(usable, key=lambda t: len(_hunks(t.gold.patch)))  # one with several hunks if the demo has it
+    hunks = _hunks(task.gold.patch)
+    file, _, body = hunks[-1]
+    old = "\n".join(ln[1:] for ln in body if ln[0] in " -")
+    assert "'''" not in old
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:  # the bug, and a copy of the last edit's text
+        assert apply_patch(sandbox, task.bug_patch, "/tmp/bug.diff") is None
+        text = sandbox.read_file(file).decode()
+        sandbox.write_file(file, f"{text}\n_COPY = r'''\n{old}\n'''\n")
+        assert sandbox.execute("git diff > /tmp/decoy.diff", timeout=30).exit_code == 0
+        bug = sandbox.read_file("/tmp/decoy.diff").decode()
+    decoyed = task.model_copy(update={"bug_patch": bug})
+
+    traj = run_swe_episode(decoyed, OraclePolicy(), docker_backend, demo["env"], LIMITS, max_steps=20)
+    assert traj.exit_status == "submitted", traj.exit_status
+    assert "occurs 2 times" in [s for s in traj.steps if s.tool == "edit"][-1].observation
+    commands = [s.arguments.get("command", "") for s in traj.steps]
+    fallback = next(c for c in commands if "git apply" in c)
+    earlier = list(dict.fromkeys(f for f, _, _ in hunks[:-1]))
+    assert fallback.startswith(f"git checkout -- {' '.join(earlier)} && git apply" if earlier else "git apply")
+    assert destructive_commands(traj) == [] and contradictions(traj) == []
+    with docker_backend.start(demo["env"], LIMITS) as sandbox:
+        verdict = verify_trajectory(sandbox, decoyed, traj)
+    assert verdict.passed, verdict.evidence

@@ -27,7 +27,7 @@ from trajfactory.executors.guard import paths_of, protected
 from trajfactory.executors.protocol import Action, Start
 from trajfactory.schema import Message, Policy as PolicyInfo, Task, ToolCall, ToolCallFunction, Usage, content_hash
 
-VERSION = "3"
+VERSION = "4"
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _FRAME = re.compile(r"^(?P<file>[\w./-]+\.py):(?P<line>\d+): ", re.M)
 _GREP = re.compile(r"^(?:\./)?(?P<file>[^:\n]+\.py):(?P<line>\d+):", re.M)
@@ -134,6 +134,8 @@ class OraclePolicy:
         self._read_test_first = self._rng.random() < 0.5
         self._pending: str | None = None  # the words of the submission, said once `git status` was looked at
         self._named = set(paths_of(task.gold.patch))  # files the fix may add
+        self._editing: str | None = None  # the file of the edit call last made
+        self._edited: list[str] = []  # files an edit call changed
 
     def _say(self, kind: str, **fields: str) -> str:
         return self._rng.choice(PHRASES[kind]).format(**fields)
@@ -179,6 +181,7 @@ class OraclePolicy:
 
     def _fix(self) -> Action:
         file, _, body = self._edits.pop(0)
+        self._editing = file
         old = "\n".join(ln[1:] for ln in body if ln[0] in " -")
         new = "\n".join(ln[1:] for ln in body if ln[0] in " +")
         if not self._edits:
@@ -188,8 +191,10 @@ class OraclePolicy:
     def _apply_whole_fix(self, thought: str) -> Action:
         self._patched, self._edits, self._phase = True, [], "rerun"
         patch = self.task.gold.patch if self.task.gold.patch.endswith("\n") else self.task.gold.patch + "\n"
-        # reverse what the edits already changed, then apply the whole fix
-        command = ("git checkout -- . && git apply <<'TRAJFACTORY_PATCH'\n" f"{patch}TRAJFACTORY_PATCH")
+        # put back the files the edits already changed (by name: the eval counts `git checkout -- .` as a destructive
+        # command), then apply the whole fix
+        undo = f"git checkout -- {' '.join(shlex.quote(f) for f in self._edited)} && " if self._edited else ""
+        command = f"{undo}git apply <<'TRAJFACTORY_PATCH'\n{patch}TRAJFACTORY_PATCH"
         return self._call(thought, "bash", {"command": command})
 
     def _submit(self, thought: str) -> Action:
@@ -216,6 +221,10 @@ class OraclePolicy:
     async def act(self, messages: list[Message], observation: str = "") -> Action:
         last = messages[-1] if messages else None
         observation = observation or (last.content or "" if last is not None and last.role == "tool" else "")
+        if last is not None and last.role == "tool" and last.name == "edit" and self._editing:
+            if not observation.startswith("Error") and self._editing not in self._edited:
+                self._edited.append(self._editing)
+            self._editing = None
         if last is not None and last.role == "tool" and last.name == "edit" and observation.startswith("Error: old_str"):
             return self._apply_whole_fix(self._say("fallback"))
         phase = self._phase
