@@ -11,6 +11,7 @@ and `trajfactory.sources.pypi_index` speak, over real HTTP (or HTTPS with a cert
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import re
@@ -51,6 +52,7 @@ class IndexFile:
     data: bytes
     yanked: bool = False
     sha256: str = ""
+    requires_python: str = ""
 
 
 class PackageIndex:
@@ -70,10 +72,12 @@ class PackageIndex:
         self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/simple"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def add(self, project: str, filename: str, data: bytes, *, yanked: bool = False, sha256: str = "") -> None:
-        """Publish a file (`sha256` overrides the real hash, to serve a file that does not match it)."""
+    def add(self, project: str, filename: str, data: bytes, *, yanked: bool = False, sha256: str = "",
+            requires_python: str = "") -> None:
+        """Publish a file (`sha256` overrides the real hash, to serve a file that does not match it;
+        `requires_python`: its Requires-Python, as the index gives it)."""
         self.projects.setdefault(normalize(project), []).append(
-            IndexFile(filename, data, yanked, sha256 or hashlib.sha256(data).hexdigest()))
+            IndexFile(filename, data, yanked, sha256 or hashlib.sha256(data).hexdigest(), requires_python))
 
     def file(self, filename: str) -> IndexFile | None:
         return next((f for files in self.projects.values() for f in files if f.filename == filename), None)
@@ -85,6 +89,11 @@ class PackageIndex:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _requires(spec: str) -> str:
+    """The PEP 503 attribute, its `<` and `>` escaped as an index writes them."""
+    return f' data-requires-python="{html.escape(spec)}"' if spec else ""
 
 
 def _handler(index: PackageIndex):
@@ -108,10 +117,12 @@ def _handler(index: PackageIndex):
                 if JSON in self.headers.get("Accept", "") and not index.html_only:
                     body = {"meta": {"api-version": "1.1"}, "name": normalize(m[1]), "files": [
                         {"filename": f.filename, "url": f"../../files/{f.filename}", "hashes": {"sha256": f.sha256},
-                         "yanked": f.yanked} for f in files]}
+                         "yanked": f.yanked, **({"requires-python": f.requires_python} if f.requires_python else {})}
+                        for f in files]}
                     return self._send(200, json.dumps(body).encode(), JSON)
                 links = "".join(f'<a href="../../files/{f.filename}#sha256={f.sha256}"'
-                                f'{" data-yanked=" + chr(34) + chr(34) if f.yanked else ""}>{f.filename}</a><br>\n'
+                                f'{" data-yanked=" + chr(34) + chr(34) if f.yanked else ""}'
+                                f'{_requires(f.requires_python)}>{f.filename}</a><br>\n'
                                 for f in files)
                 return self._send(200, f"<!DOCTYPE html><html><body>\n{links}</body></html>".encode(), "text/html")
             if (m := re.fullmatch(r"/files/([^/]+)", self.path)) and (f := index.file(m[1])):

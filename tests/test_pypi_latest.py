@@ -56,6 +56,40 @@ def test_latest_n_are_the_newest_final_releases_with_an_sdist(index):
     assert parse_uri(f"pypi:{NAME}@latest:3").latest == 3 and parse_uri(f"pypi:{NAME}@latest:3:pre").pre
 
 
+def test_latest_n_skips_releases_whose_requires_python_excludes_the_sandboxs(index, caplog):
+    """soupsieve 4.1.4 needs Python >= 3.11.5 and the base image has 3.11.2: `@latest` took it and its install failed.
+    pip picks the newest release that supports its Python; so does `@latest`, given the sandbox's."""
+    publish(index, "1.0", requires_python=">=3.8")
+    publish(index, "1.1")  # no constraint
+    publish(index, "1.2", requires_python=">=3.11.5,<4")
+    publish(index, "2.0", requires_python=">=3.13")
+    with caplog.at_level("INFO", logger="trajfactory.sources.pypi_index"):
+        assert expand_uri(f"pypi:{NAME}@latest:2", python="3.11.2") == [f"pypi:{NAME}=={v}" for v in ("1.1", "1.0")]
+    assert "the sandbox's Python 3.11.2 is too old for 2.0 (>=3.13), 1.2 (>=3.11.5,<4);" in caplog.text
+    assert expand_uri(f"pypi:{NAME}@latest:1", python="3.12.1") == [f"pypi:{NAME}==1.2"]
+    assert expand_uri(f"pypi:{NAME}@latest:1") == [f"pypi:{NAME}==2.0"]  # no Python known: the newest
+    assert expand_uri(f"pypi:{NAME}==2.0", python="3.11.2") == [f"pypi:{NAME}==2.0"]  # a pin is taken as written
+    publish(index, "0.1", name="tf-new-kit", requires_python=">=3.12")
+    publish(index, "0.2", name="tf-new-kit", requires_python=">=3.13")
+    with pytest.raises(SourceError, match=r"no release of tf-new-kit with an sdist supports the sandbox's Python "
+                                          r"3\.11\.2 \(the newest, 0\.2, needs Python >=3\.13\)"):
+        expand_uri("pypi:tf-new-kit@latest:1", python="3.11.2")
+    bad = expand_repo("pypi:tf-new-kit@latest:1", "3.11.2")
+    assert isinstance(bad, Quarantine) and bad.reason == "not_found" and "3.11.2" in bad.detail
+
+
+def test_the_sandboxes_python_is_the_one_their_commands_run(docker_backend, mirrors):
+    """What `@latest` compares Requires-Python with (`pipelines.swe.sandbox_python`) is the Python a sandbox runs."""
+    from trajfactory.settings import SandboxConfig
+    from trajfactory.sources import harvest_repo
+    from trajfactory.synthesizers.swe.stage import build_environment
+
+    env = build_environment(docker_backend, harvest_repo("builtin:textkit", mirrors))
+    with docker_backend.start(env, SandboxConfig(memory="512m")) as sandbox:
+        ran = sandbox.execute("python3 -c 'import platform; print(platform.python_version())'", timeout=60)
+    assert ran.output.strip() == docker_backend.python_version()
+
+
 def test_without_pip_index_url_the_index_of_pips_own_configuration_is_asked(tmp_path, monkeypatch):
     with PackageIndex() as idx:
         publish(idx, "1.0")

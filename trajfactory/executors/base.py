@@ -167,6 +167,10 @@ class Backend(Protocol):
         """
         ...
 
+    def python_version(self) -> str:
+        """The Python version its sandboxes run (`3.11.2`)."""
+        ...
+
     def start(self, env: EnvironmentHandle, limits: SandboxConfig | None = None) -> Sandbox:
         """A fresh sandbox on `env`, under the limits of `limits` (the recipe's `sandbox:` section)."""
         ...

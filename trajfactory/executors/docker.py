@@ -147,6 +147,10 @@ class DockerBackend:
         self.labels = dict(labels or {})
         self.client = client or _client()
 
+    def python_version(self) -> str:
+        """The version of the base image's Python, which every sandbox runs (built first if missing)."""
+        return image_python(self.client, self.base_image, ensure_base_image(self.base_image, progress=log.info))
+
     def image_tag(self, repo: str, base_id: str, commit: str, requirements: list[str]) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
         key = "\n".join([base_id, commit, BUILDER_VERSION, *sorted(requirements)])

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -79,6 +80,10 @@ class LocalBackend:
         self._swept = False
         """Whether the sandboxes killed runs left have been released (once, at the first start)."""
         log.info("local sandbox isolation: %s", ISOLATION_TEXT[self.isolation])
+
+    def python_version(self) -> str:
+        """The host Python's version: every environment's venv is made from it."""
+        return platform.python_version()
 
     def build(self, source_path: str, repo: str, commit: str, test_requirements: list[str] | None = None,
               ignore_tests: list[str] | None = None, test_env: dict[str, str] | None = None) -> EnvironmentHandle:

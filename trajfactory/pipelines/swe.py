@@ -56,13 +56,25 @@ def resolve_repos(recipe: Recipe) -> tuple[list[str], list[Quarantine]]:
     N newest releases, asked of the package index at every run, so never cached), and the quarantine rows of those
     that resolve to nothing."""
     uris, bad = [], []
+    python = sandbox_python(recipe) if any("@latest:" in spec.uri for spec in recipe.repos) else None
     for spec in recipe.repos:
-        resolved = expand_repo(spec.uri)
+        resolved = expand_repo(spec.uri, python)
         if isinstance(resolved, Quarantine):
             bad.append(resolved)
         else:
             uris += [u for u in resolved if u not in uris]
     return uris, bad
+
+
+def sandbox_python(recipe: Recipe) -> str | None:
+    """The Python version the recipe's sandboxes run (`3.11.2`): `pypi:NAME@latest:N` takes releases that support it.
+    None (and a warning) when the backend cannot say."""
+    try:
+        return get_backend(recipe.sandbox.backend).python_version()
+    except Exception as exc:  # noqa: BLE001 — the build stage reports an engine that does not answer
+        log.warning("the sandbox's Python version is unknown (%s); @latest takes the newest releases whatever Python "
+                    "they need", exc)
+        return None
 
 
 def harvest_one(recipe: Recipe, uri: str) -> Source | Quarantine:

@@ -8,15 +8,16 @@ from trajfactory.schema import Quarantine, Source, content_hash, quarantined
 from trajfactory.settings import BUILTIN_REPOS
 
 
-def expand_repo(uri: str) -> list[str] | Quarantine:
+def expand_repo(uri: str, python: str | None = None) -> list[str] | Quarantine:
     """The repository URIs a recipe's `uri` stands for (`pypi:NAME@latest:N`: the N newest releases, asked of the
-    package index now; any other: itself); a failure becomes a quarantine row naming the input and the cause."""
+    package index now, of those that support `python`, the sandbox's Python; any other: itself); a failure becomes a
+    quarantine row naming the input and the cause."""
     from trajfactory.sources.repos import SourceError, expand_uri
 
     if uri.startswith("builtin:"):
         return [uri]
     try:
-        return expand_uri(uri)
+        return expand_uri(uri, python=python)
     except SourceError as exc:
         reason = getattr(exc, "reason", "harvest_failed")
         return quarantined("harvest", "source", content_hash(uri), reason, str(exc), uri)

@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from trajfactory.sources.mirrors import SourceError
@@ -45,6 +46,8 @@ class Sdist:
     """As the file name spells it."""
     sha256: str | None
     yanked: bool
+    requires_python: str | None = None
+    """The Python versions the release supports, as the index gives them (PEP 503 `data-requires-python`)."""
 
 
 def index_url() -> str:
@@ -120,23 +123,49 @@ def sdists(name: str, uri: str, timeout: float = 60.0) -> list[Sdist]:
             continue
         url, fragment = urldefrag(urljoin(str(resp.url), f.get("url", "")))
         sha = (f.get("hashes") or {}).get("sha256") or (fragment[7:] if fragment.startswith("sha256=") else None)
-        found.append(Sdist(f["filename"], url, version, sha, bool(f.get("yanked"))))
+        found.append(Sdist(f["filename"], url, version, sha, bool(f.get("yanked")),
+                           f.get("requires-python") or None))
     return found
 
 
-def latest_releases(name: str, n: int, uri: str, *, pre: bool = False, timeout: float = 60.0) -> list[str]:
-    """The `n` newest versions of `name` that have an sdist, newest first: never a yanked file, and no pre-release
-    or development release unless `pre`. Fewer when the project has fewer (logged); none is an error."""
+def supports(requires_python: str | None, python: str | None) -> bool:
+    """Whether a release whose `Requires-Python` is `requires_python` installs on Python `python` (as pip decides it:
+    no constraint, no known Python or a constraint it cannot read all count as yes)."""
+    if not requires_python or not python:
+        return True
+    try:
+        return SpecifierSet(requires_python).contains(python, prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return True
+
+
+def latest_releases(name: str, n: int, uri: str, *, pre: bool = False, python: str | None = None,
+                    timeout: float = 60.0) -> list[str]:
+    """The `n` newest versions of `name` that have an sdist, newest first: never a yanked file, no pre-release or
+    development release unless `pre`, and with `python` (the sandbox's Python, `3.11.2`) none whose `Requires-Python`
+    excludes it, as pip would choose. Fewer when the project has fewer (logged); none is an error."""
     files = sdists(name, uri, timeout)
     if not files:
         raise SourceError("not_found", f"{uri!r}: {name} has no sdist on the package index {index_url()} (only "
                           "wheels, or no files), so there is no source to mine; pick a project that publishes sdists",
                           uri)
-    versions = {Version(f.version): f.version for f in files if not f.yanked}
-    chosen = sorted((v for v in versions if pre or not (v.is_prerelease or v.is_devrelease)), reverse=True)[:n]
+    released = {Version(f.version): f for f in files
+                if not f.yanked and (pre or not (Version(f.version).is_prerelease or Version(f.version).is_devrelease))}
+    versions = {v: f.version for v, f in released.items() if supports(f.requires_python, python)}
+    newer = sorted((v for v in released if v not in versions and (not versions or v > max(versions))), reverse=True)
+    if newer:
+        too_new = ", ".join(f"{released[v].version} ({released[v].requires_python})" for v in newer[:3])
+        log.info("%s: the sandbox's Python %s is too old for %s%s; taking the newest releases that support it", uri,
+                 python, too_new, f" and {len(newer) - 3} more" if len(newer) > 3 else "")
+    chosen = sorted(versions, reverse=True)[:n]
     if not chosen:
         skipped = ", ".join(sorted({f.version for f in files}, key=Version))
         hint = "" if pre else f"; write {uri}:pre to take pre-releases too"
+        if released:
+            raise SourceError("not_found", f"{uri!r}: no release of {name} with an sdist supports the sandbox's Python "
+                              f"{python} (the newest, {max(released)}, needs Python "
+                              f"{released[max(released)].requires_python}); pin one with pypi:{name}==VERSION to "
+                              "see its install fail, or mine another project", uri)
         raise SourceError("not_found", f"{uri!r}: {name} has no release on the package index {index_url()} with an "
                           f"sdist that is not yanked or a pre-release (its sdists: {skipped}){hint}", uri)
     if len(chosen) < n:
@@ -208,7 +237,8 @@ class _Anchors(HTMLParser):
     def handle_starttag(self, tag, attrs):
         if tag == "a":
             a = dict(attrs)
-            self._open = {"url": a.get("href") or "", "yanked": "data-yanked" in a, "filename": ""}
+            self._open = {"url": a.get("href") or "", "yanked": "data-yanked" in a, "filename": "",
+                          "requires-python": a.get("data-requires-python")}
 
     def handle_data(self, data):
         if self._open is not None:

@@ -130,14 +130,15 @@ def _check_ref(text: str, ref: str) -> None:
         raise SourceError("bad_uri", f"{text!r}: {ref!r} is not a branch, tag or sha; write URL@REF, e.g. @main", text)
 
 
-def expand_uri(uri: str, *, timeout_s: float = NETWORK_TIMEOUT_S) -> list[str]:
+def expand_uri(uri: str, *, python: str | None = None, timeout_s: float = NETWORK_TIMEOUT_S) -> list[str]:
     """The sources `uri` stands for: `pypi:NAME@latest:N` the pinned `pypi:NAME==VERSION` of its N newest releases
-    with an sdist (asked of the package index now, newest first), any other form itself."""
+    with an sdist (asked of the package index now, newest first; with `python`, those that support that Python),
+    any other form itself."""
     parsed = parse_uri(uri)
     if not parsed.latest:
         return [uri.strip()]
     versions = pypi_index.latest_releases(parsed.location, parsed.latest, uri.strip(), pre=parsed.pre,
-                                          timeout=min(timeout_s, 60.0))
+                                          python=python, timeout=min(timeout_s, 60.0))
     return [f"pypi:{parsed.location}=={version}" for version in versions]
 
 
