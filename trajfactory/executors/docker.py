@@ -35,7 +35,7 @@ from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelh
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 """Bumped whenever what goes into an image changes, so images of an older recipe are rebuilt."""
 BUILD_ATTEMPTS = 3
 """Builds of one image in all when the engine, not the Dockerfile, fails (`DockerBackend._build_image`)."""

@@ -38,10 +38,12 @@ from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_fa
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 """Bumped whenever what goes into an environment changes, so older ones are rebuilt."""
 # the repository is importable without installing it (its build backend may be unavailable offline)
-PTH_LINE = 'import os, sys; p = os.environ.get("TRAJFACTORY_REPO"); p and p not in sys.path and sys.path.append(p)\n'
+PTH_LINE = ('import os, sys; [sys.path.append(p) for p in os.environ.get("TRAJFACTORY_REPO", "").split(os.pathsep) '
+            'if p and p not in sys.path]\n')
+"""The sandbox's import folders (its checkout, or its `src/`, then any the install found: `lib/`) on sys.path."""
 
 
 def _probe(argv: list[str]) -> bool:
@@ -138,6 +140,7 @@ class LocalBackend:
                                  capture_output=True, text=True, check=True).stdout.strip()
         Path(purelib, "trajfactory_repo.pth").write_text(PTH_LINE)
         import_dir = checkout / "src" if src_layout(checkout) else checkout
+        extra_dirs: list[str] = []
         if installable(checkout):
             # the project itself, with its build backend from the wheelhouse; its code stays the sandbox's copy
             out = subprocess.run([str(venv / "bin/python"), "-c", INSTALL_PROJECT, str(checkout), str(house),
@@ -145,14 +148,19 @@ class LocalBackend:
             if out.returncode != 0:
                 detail = install_failure(out.stdout + out.stderr, "the repository")
                 raise EnvironmentBuildError("install_failed", detail)
-            log.info("%s", next((ln for ln in out.stdout.splitlines() if ln.startswith(INSTALLED)), "").strip())
+            installed = next((ln for ln in out.stdout.splitlines() if ln.startswith(INSTALLED)), "").strip()
+            log.info("%s", installed)
+            # the folders of the checkout the install found packages in (`lib/`): each sandbox's own copy of them
+            extra_dirs = json.loads(installed[len(INSTALLED):]).get("extra_import_dirs", []) if installed else []
+            Path(purelib, "trajfactory_repo_dirs.pth").unlink(missing_ok=True)
         addopts, dropped = sandbox_addopts(checkout, house, ignore)
         if dropped:
             log.info("pytest options of the project that the harness drops: %s", " ".join(dropped))
         if runner := collection_options(checkout):
             log.info("pytest collects what the maintainers' runner does: %s", " ".join(runner))
         shutil.move(str(checkout), env_dir / "repo")
-        meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "requirements": requirements,
+        meta = {"commit": sha, "src_layout": src_layout(env_dir / "repo"), "import_dirs": extra_dirs,
+                "requirements": requirements,
                 "addopts": addopts, "env": variables}
         (env_dir / "env.json").write_text(json.dumps(meta, indent=1))
         (env_dir / ".complete").touch()

@@ -63,7 +63,8 @@ class LocalSandbox:
             "PYTHONHASHSEED": "0",  # stable parametrized test ids across runs, as in docker
             "PYTHONDONTWRITEBYTECODE": "1",  # no stale .pyc after a same-second edit, as in docker
             "PYTEST_ADDOPTS": PYTEST_ADDOPTS,  # pytest's own deprecations never fail a run, as in docker
-            "TRAJFACTORY_REPO": self.workdir + ("/src" if meta.get("src_layout") else ""),
+            "TRAJFACTORY_REPO": os.pathsep.join([self.workdir + ("/src" if meta.get("src_layout") else ""),
+                                                 *(f"{self.workdir}/{d}" for d in meta.get("import_dirs", []))]),
             # the options of the project's own pytest configuration the harness keeps (testrun.PYTEST reads it)
             "TRAJFACTORY_ADDOPTS": meta.get("addopts", ""),
             # the host's pip configuration may name a local index: the sandbox gets none, as in docker

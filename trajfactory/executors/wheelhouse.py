@@ -297,10 +297,42 @@ for f in dist.files or []:
         continue
     module = top.split(".")[0] if len(f.parts) == 1 else top
     tops.setdefault(module, []).append(f)
-linked, kept, built = [], [], {}
+SKIP_DIRS = {"tests", "test", "testing", "docs", "doc", "build", "dist", "examples", "benchmarks", "node_modules"}
+
+
+def holds(base, module, files):
+    """Whether folder `base` holds the code of `module` as the wheel has it: its package's `__init__.py`, its single
+    file, or (a namespace package) one of its Python files, at the same path. PyYAML's checkout has a `yaml/` of
+    Cython sources at its top and the package in `lib/yaml/`: the top one is not the package."""
+    rel = {Path(*f.parts) for f in files}
+    if Path(module, "__init__.py") in rel:
+        return (base / module / "__init__.py").is_file()
+    if Path(f"{module}.py") in rel:
+        return (base / f"{module}.py").is_file()
+    return any((base / r).is_file() for r in rel if r.suffix == ".py")
+
+
+def import_base(module, files):
+    """The checkout's folder the import system finds `module` in: IMPORT_DIR, else the one folder (two levels down at
+    most, no tests or docs) that holds it, as a `package_dir` of setup.py (`lib/`) puts it; None: not the checkout's."""
+    if not any(Path(*f.parts).suffix == ".py" for f in files):  # compiled only: the checkout holds its sources
+        return import_dir if (import_dir / module).is_dir() or (import_dir / f"{module}.py").is_file() else None
+    if holds(import_dir, module, files):
+        return import_dir
+    found = [d for d in sorted(checkout.glob("*")) + sorted(checkout.glob("*/*"))
+             if d.is_dir() and d != import_dir and not any(p.startswith(".") or p in SKIP_DIRS
+                                                           for p in d.relative_to(checkout).parts)
+             and holds(d, module, files)]
+    return found[0] if len(found) == 1 else None
+
+
+linked, kept, built, extra_dirs = [], [], {}, []
 built_dir = Path(sysconfig.get_path("platlib")) / "_trajfactory_built_modules"
 for module, files in sorted(tops.items()):
-    if (import_dir / module).is_dir() or (import_dir / f"{module}.py").is_file():
+    base = import_base(module, files)
+    if base is not None and base != import_dir and base not in extra_dirs:
+        extra_dirs.append(base)
+    if base is not None:
         for f in files:
             path = Path(dist.locate_file(f))
             suffix = next((s for s in importlib.machinery.EXTENSION_SUFFIXES if f.name.endswith(s)), "")
@@ -319,13 +351,17 @@ for module, files in sorted(tops.items()):
         linked.append(module)
     else:
         kept.append(module)
+if extra_dirs:  # after IMPORT_DIR's own .pth; a regular package there comes before a folder of the same name above it
+    (Path(sysconfig.get_path("purelib")) / "trajfactory_repo_dirs.pth").write_text(
+        "".join(f"{d}\n" for d in extra_dirs))
 if built:
     site = built_dir.parent
     (site / "_trajfactory_built.py").write_text(BUILT_FINDER.replace("{}  # BUILT", repr(dict(sorted(built.items())))))
     (site / "_trajfactory_built.pth").write_text("import _trajfactory_built\n")
 print("TRAJFACTORY_INSTALLED " + json.dumps({"name": dist.metadata["Name"], "version": dist.version,
                                               "from_checkout": linked, "installed_copy": kept,
-                                              "built_extensions": sorted(built)}))
+                                              "built_extensions": sorted(built),
+                                              "extra_import_dirs": [str(d.relative_to(checkout)) for d in extra_dirs]}))
 '''
 """The script that installs the project itself in an environment (see its docstring); run by both backends."""
 

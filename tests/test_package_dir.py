@@ -1,0 +1,67 @@
+"""A project whose package lives in a folder of setup.py's `package_dir` (PyYAML: `lib/yaml`), beside a folder of
+the same name at the top that is not the package (PyYAML's `yaml/` holds the Cython sources of its optional compiled
+loader, with no `__init__.py`). The installed copy used to be removed for the top folder, which the import system
+then took as an empty namespace package: PyYAML's suite failed to collect (`module 'yaml' has no attribute
+'SafeLoader'`) and a sweep lost the package. Now the install finds the folder that holds the package and puts it
+on the path (`wheelhouse.INSTALL_PROJECT`), and the tests import the checkout's code there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from trajfactory.executors.docker import DockerBackend, engine_available
+from trajfactory.executors.local import LocalBackend
+from trajfactory.settings import SandboxConfig
+from mining import mine
+from sandbox_helpers import GIT_ENV
+
+FIXTURE = Path(__file__).parent / "fixtures" / "lib_layout"
+LIMITS = SandboxConfig(pids=128, memory="1g", command_timeout_s=120)
+PYTEST = "python -m pytest -q -p no:cacheprovider tests"
+
+
+@pytest.fixture(scope="module", params=["docker", "local"])
+def built(request, tmp_path_factory):
+    if request.param == "docker":
+        if not engine_available():
+            pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
+        backend = DockerBackend(cache_root=tmp_path_factory.mktemp("cache"),
+                                labels={"trajfactory.test": uuid.uuid4().hex})
+    else:
+        backend = LocalBackend(cache_root=tmp_path_factory.mktemp("cache"))
+    repo = tmp_path_factory.mktemp("ykit") / "ykit"
+    shutil.copytree(FIXTURE, repo)
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True)
+    return backend, backend.build(str(repo), "tests/ykit", "main")
+
+
+def test_the_tests_import_the_package_from_its_folder_and_see_a_patch_there(built):
+    backend, env = built
+    with backend.start(env, LIMITS) as sandbox:
+        where = sandbox.execute("python -c 'import ykit; print(ykit.__file__)'", timeout=60)
+        assert where.output.strip() == f"{sandbox.workdir}/lib/ykit/__init__.py", where.output
+        run = sandbox.execute(PYTEST, timeout=120)
+        assert run.exit_code == 0 and "4 passed" in run.output, run.output
+        sandbox.write_file("lib/ykit/__init__.py", sandbox.read_file("lib/ykit/__init__.py").decode().replace(
+            "out[key.strip()] = value.strip()", "out[key.strip()] = value"))
+        patched = sandbox.execute(PYTEST, timeout=120)
+        assert patched.exit_code == 1 and "2 failed, 2 passed" in patched.output, patched.output
+        sandbox.reset()
+        again = sandbox.execute(PYTEST, timeout=120)
+        assert again.exit_code == 0 and "4 passed" in again.output, again.output
+
+
+@pytest.mark.docker
+def test_pyyaml_is_mined_from_lib(docker_backend, mirrors, tmp_path):
+    """PyYAML 6.0.3, the real case: its suite collects, and tasks in `lib/yaml/` are mined and proven."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:PyYAML==6.0.3", ("lib/yaml/scanner.py",), n=2)
+    assert mined.tasks and all(t.checks.FAIL_TO_PASS for t in mined.tasks)
+    assert len([t for t, o in mined.ref.tests.items() if o == "passed"]) > 100
