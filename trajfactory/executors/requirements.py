@@ -342,13 +342,38 @@ def find_build_requirements(repo_dir: str | Path) -> list[str]:
                             if r.strip()])
     if (repo / "setup.py").is_file():
         with contextlib.suppress(Exception):
-            for node in ast.walk(parse_python((repo / "setup.py").read_text())):
+            tree = parse_python((repo / "setup.py").read_text())
+            for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
                     for kw in node.keywords:
                         if kw.arg == "setup_requires":
                             with contextlib.suppress(ValueError):
                                 reqs += _clean(list(ast.literal_eval(kw.value)))
+            if _imports(tree, "pkg_resources") and any(_name(r) == "setuptools" for r in reqs):
+                reqs.append(SETUPTOOLS_WITH_PKG_RESOURCES)
     return sorted(set(reqs), key=str.lower)
+
+
+SETUPTOOLS_WITH_PKG_RESOURCES = "setuptools<82"
+"""setuptools 82 removed `pkg_resources`; a setup.py that imports it (html5lib 1.1's) builds with an older one, as it
+did when it was released (pip's newest setuptools fails it: No module named 'pkg_resources')."""
+
+
+def _imports(tree: ast.AST, module: str) -> bool:
+    """Whether the code imports `module` (or a submodule of it)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == module for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == module and not node.level:
+            return True
+    return False
+
+
+def _name(requirement: str) -> str:
+    try:
+        return canonicalize_name(Requirement(requirement).name)
+    except InvalidRequirement:
+        return ""
 
 
 def src_layout(repo_dir: str | Path) -> bool:

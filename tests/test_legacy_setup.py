@@ -1,0 +1,60 @@
+"""A setup.py that imports `pkg_resources` (html5lib 1.1's, from 2020) builds with a setuptools that still has it:
+setuptools 82 removed it, pip's isolated build took the newest, and a sweep lost html5lib as `install_failed` (No
+module named 'pkg_resources'). `find_build_requirements` caps setuptools for such a setup.py, as it was built when
+it was released."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sandbox_helpers import GIT_ENV
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.requirements import SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements
+from trajfactory.settings import SandboxConfig
+
+SETUP = '''import pkg_resources
+from setuptools import setup
+
+# as html5lib 1.1's does: a version check through pkg_resources at build time
+assert pkg_resources.parse_version("1.10") > pkg_resources.parse_version("1.9")
+setup(name="oldkit", version="0.1", py_modules=["oldkit"])
+'''
+
+
+def _project(root: Path, setup: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "setup.py").write_text(setup)
+    # a commit of its own each time: the image is built, never an earlier run's reused
+    (root / "oldkit.py").write_text(f"# {uuid.uuid4().hex}\ndef double(x):\n    return 2 * x\n")
+    (root / "test_oldkit.py").write_text("import oldkit\n\n\ndef test_double():\n    assert oldkit.double(2) == 4\n")
+    env = {**os.environ, **GIT_ENV}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    return root
+
+
+def test_a_setup_py_that_imports_pkg_resources_builds_with_a_setuptools_that_has_it(tmp_path):
+    old = _project(tmp_path / "old", SETUP)
+    assert SETUPTOOLS_WITH_PKG_RESOURCES in find_build_requirements(old)
+    plain = _project(tmp_path / "plain", SETUP.replace("import pkg_resources\n", "").replace(
+        'assert pkg_resources.parse_version("1.10") > pkg_resources.parse_version("1.9")\n', ""))
+    assert SETUPTOOLS_WITH_PKG_RESOURCES not in find_build_requirements(plain)
+    assert "setuptools>=40.8.0" in find_build_requirements(plain)  # pip's legacy default, uncapped
+
+
+@pytest.mark.docker
+def test_it_installs_and_its_tests_run(docker_backend, tmp_path):
+    repo = _project(tmp_path / "oldkit", SETUP)
+    env = docker_backend.build(str(repo), "tests/oldkit", "main")
+    assert isinstance(env, EnvironmentHandle)
+    try:
+        with docker_backend.start(env, SandboxConfig(memory="512m")) as sandbox:
+            ran = sandbox.execute("python -m pip show oldkit && python -m pytest -q -p no:cacheprovider", timeout=120)
+    finally:
+        docker_backend.client.images.remove(env.name, force=True)  # its tag is this run's alone
+    assert ran.exit_code == 0 and "1 passed" in ran.output, ran.output
