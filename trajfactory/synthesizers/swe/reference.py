@@ -64,7 +64,9 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
     if "SyntaxError" in run.output and not any(o == "passed" for o in run.outcomes.values()):
         return RepoRejected("syntax_error", "a module does not parse:\n" + tail(run.output))
     if run.collection_failed:
-        return RepoRejected("collection_failed", "pytest could not collect the suite:\n" + tail(run.output))
+        modules = list(dict.fromkeys(_COLLECT_ERROR.findall(run.output)))  # named here: the tail may not show them
+        where = f" ({', '.join(modules)})" if modules else ""
+        return RepoRejected("collection_failed", f"pytest could not collect the suite{where}:\n" + tail(run.output))
     return None
 
 
@@ -123,14 +125,15 @@ print(json.dumps(found))
 `try:` blocks that import that name and the modules of those imports that do not import here."""
 
 
-def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
+def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejected:
     """What a suite that could not be collected, or collected nothing, lacks, where the checkout shows it: a test
     module importing from a folder the sdist ships without its `__init__.py` (jmespath 1.1.0: `from tests import
     unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
     `test_requirements.txt` names; pycodestyle 2.15.0's import its `testing/` folder, which only its `setup.cfg`
     names), an import under a guard the module cannot do without (mccabe 0.7.0's test module imports `hypothesis`
     in a `try:` and uses its `settings` at import), the network (chardet 7.7.0's conftest clones its test data), or
-    no test file at all (backoff 2.2.1's sdist ships none)."""
+    no test file at all (backoff 2.2.1's sdist ships none). `output`: the run's whole output (the detail holds its
+    tail)."""
     if rejected.reason == "no_tests":
         if sandbox.execute(TEST_FILES, timeout=60).output.strip() == "0":
             return RepoRejected("no_tests", f"{SHIPS_NO_TESTS}; mine its repository (a git URL), where its suite is")
@@ -173,7 +176,7 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected) -> RepoRejected:
                             "`test_requirements` in the recipe, and its image installs it (where it is a folder of "
                             f"the project's repository that the sdist does not ship, mine the repository). "
                             f"{rejected.detail}")
-    if modules := list(dict.fromkeys(_COLLECT_ERROR.findall(rejected.detail))):
+    if modules := list(dict.fromkeys(_COLLECT_ERROR.findall(output))):
         named, them = ", ".join(f"`{m}`" for m in modules), "them" if len(modules) > 1 else "it"
         return RepoRejected("collection_failed", f"pytest cannot collect {named} here, and a collection error stops "
                             f"the whole suite, as it stops a maintainer's run here; where the project runs {them} only "
@@ -242,7 +245,7 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
     sandbox.reset()
     first = run_tests(sandbox, None, timeout=timeout, coverage=True, cover=cover, probe=probe)
     if (rejected := _reject_reason(first, timeout)) is not None:
-        raise _stopped_early(sandbox, first, _unmet(sandbox, _disk_full(sandbox, rejected)))
+        raise _stopped_early(sandbox, first, _unmet(sandbox, _disk_full(sandbox, rejected), first.output))
     passed_first = sorted(t for t, o in first.outcomes.items() if o == "passed")
     outcomes = [first.outcomes]
     last = first
