@@ -1,7 +1,11 @@
-"""A setup.py that imports `pkg_resources` (html5lib 1.1's, from 2020) builds with a setuptools that still has it:
-setuptools 82 removed it, pip's isolated build took the newest, and a sweep lost html5lib as `install_failed` (No
-module named 'pkg_resources'). `find_build_requirements` caps setuptools for such a setup.py, as it was built when
-it was released."""
+"""Projects older than the tools of today, html5lib 1.1 (2020) the real case.
+
+- A setup.py that imports `pkg_resources` builds with a setuptools that still has it: setuptools 82 removed it,
+  pip's isolated build took the newest, and a sweep lost html5lib as `install_failed` (No module named
+  'pkg_resources'). `find_build_requirements` caps setuptools for such a setup.py, as it was built when it was
+  released.
+- A pytest pin that predates the sandbox's Python (html5lib: `pytest<6`, which crashes on 3.10+) is named in the
+  reason, and a newer pytest in the recipe's `test_requirements` replaces the pin instead of conflicting with it."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import pytest
 
 from sandbox_helpers import GIT_ENV
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.requirements import SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements
+from trajfactory.executors.requirements import (SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements,
+                                                find_requirements)
 from trajfactory.settings import SandboxConfig
 
 SETUP = '''import pkg_resources
@@ -58,3 +63,29 @@ def test_it_installs_and_its_tests_run(docker_backend, tmp_path):
     finally:
         docker_backend.client.images.remove(env.name, force=True)  # its tag is this run's alone
     assert ran.exit_code == 0 and "1 passed" in ran.output, ran.output
+
+
+def test_a_recipes_test_requirement_replaces_the_projects_pin_of_it(tmp_path):
+    repo = _project(tmp_path / "pinned", SETUP)
+    (repo / "requirements-test.txt").write_text("pytest>=5.4.2,<6\nsix>=1.9\n")
+    assert "pytest<6,>=5.4.2" in find_requirements(repo)
+    lifted = find_requirements(repo, ["pytest>=6.2.5,<7"])
+    assert "pytest>=6.2.5,<7" in lifted and not [r for r in lifted if r.startswith("pytest<") or "<6" in r]
+    assert "six>=1.9" in lifted  # the project's other requirements stay
+
+
+@pytest.mark.docker
+def test_html5lib_whose_pytest_pin_predates_this_python_is_refused_naming_it(docker_backend, mirrors):
+    from mining import LIMITS, QUICK
+    from trajfactory.schema import Quarantine
+    from trajfactory.sources import harvest_repo
+    from trajfactory.synthesizers.swe import stage
+
+    source = harvest_repo("pypi:html5lib==1.1", mirrors)
+    env = stage.build_environment(docker_backend, source)  # it builds: setuptools<82
+    assert isinstance(env, EnvironmentHandle), env
+    rejected = stage.reference(docker_backend, env, source, QUICK, LIMITS)
+    assert isinstance(rejected, Quarantine) and rejected.reason == "pytest_error", rejected
+    assert "pytest 5.4.3, the one the project's requirements allow, crashed before its session on Python 3.11" \
+        in rejected.detail and 'required field "lineno" missing from alias' in rejected.detail, rejected.detail
+    assert "`test_requirements`" in rejected.detail

@@ -230,7 +230,9 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
     """The repository's runtime + test requirements (best effort), plus pytest, pytest-cov, coverage: its packaging
     files' dependencies and test extras, its requirements files, and what tox's `[testenv]` installs for its pytest
     command (`deps`, and `extras` added to the test extras); and `extra`, the recipe's `test_requirements` for it,
-    kept whatever they are (the user named them)."""
+    kept whatever they are (the user named them), each in place of the project's own requirements of the same
+    distribution: html5lib 1.1 pins `pytest<6`, which does not run on Python 3.11, and `pytest>=7` in the recipe
+    replaces the pin instead of conflicting with it."""
     repo = Path(repo_dir)
     reqs: list[str] = []
     extras = TEST_EXTRAS
@@ -259,6 +261,8 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
             log.warning("could not read dependencies from %s: %s", path, exc)
     runtime = _runtime_names(repo)
     reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) in runtime or not _tooling(r)]
+    overridden = {_name(r) for r in extra or []} - {""}
+    reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) not in overridden]
     reqs += list(extra or [])
     named = {canonicalize_name(Requirement(r).name) for r in reqs}
     reqs += [r for r in ALWAYS_REQUIRED if canonicalize_name(r) not in named]

@@ -28,7 +28,9 @@ class RepoSpec(Section):
     test_requirements: list[str] = []
     """Requirements its suite needs that the project does not declare, installed into its image beside those it
     does: an sdist often leaves its test requirements file out (funcy 2.1's tests import `whatever`, which only its
-    repository's `test_requirements.txt` names). PEP 508 strings, as pip takes them (`whatever>=0.7`)."""
+    repository's `test_requirements.txt` names). PEP 508 strings, as pip takes them (`whatever>=0.7`). One that names
+    a distribution the project requires too replaces the project's requirement of it: html5lib 1.1 pins `pytest<6`,
+    which does not run on Python 3.11, and `pytest>=7` here lifts the pin."""
     ignore_tests: list[str] = []
     """Test paths (files or folders, relative to the repository's root) that every run of its suite leaves out, as
     pytest's `--ignore` does: modules its maintainers run only elsewhere (bitarray 3.12.3's `test_free_threading.py`

@@ -81,8 +81,10 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
     """A run pytest stopped before its session (exit 3 or 4) is not a record lost: say what stopped it, and, where the
     checkout holds no test file at all, that the package ships no tests (bidict 0.24.1's sdist has none, while its
     `addopts` name a hypothesis profile that only its missing `tests/conftest.py` registers)."""
-    if rejected.reason != "results_unreadable" or run.finished or run.results_error or run.exit_code not in STOPPED:
+    if rejected.reason != "results_unreadable" or run.finished or run.results_error:
         return rejected
+    if run.exit_code not in STOPPED:
+        return _pytest_crashed(sandbox, run) or rejected
     lines = [line.removeprefix("INTERNALERROR>").strip() for line in run.output.splitlines()]
     error = next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
     count = sandbox.execute(TEST_FILES, timeout=60).output.strip()
@@ -92,6 +94,27 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
                             f"there: {stopped}: {error}")
     return RepoRejected("pytest_error", f"{stopped}: {error}; the maintainers' run with this configuration stops "
                         "the same way:\n" + tail(run.output))
+
+
+_CRASHED_IN_PYTEST = re.compile(r"Traceback \(most recent call last\):\n(?:.*\n)*?\s+File \"[^\"]*/_pytest/")
+VERSIONS = "python -c 'import platform, pytest; print(pytest.__version__, platform.python_version())'"
+
+
+def _pytest_crashed(sandbox: Sandbox, run: TestRun) -> RepoRejected | None:
+    """pytest itself raised before its session (a traceback through `_pytest/`, no record): html5lib 1.1 pins
+    `pytest<6`, whose assertion rewriter builds code Python 3.10+ refuses (`required field "lineno" missing from
+    alias`). Says which pytest on which Python, and that a newer one in the recipe replaces the project's pin."""
+    if not _CRASHED_IN_PYTEST.search(run.output):
+        return None
+    lines = [line.strip() for line in run.output.strip().splitlines()]
+    error = next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
+    versions = sandbox.execute(VERSIONS, timeout=60).output.split()
+    pytest_v, python_v = versions[:2] if len(versions) >= 2 else ("?", "?")
+    return RepoRejected("pytest_error", f"pytest {pytest_v}, the one the project's requirements allow, crashed before "
+                        f"its session on Python {python_v}: {error}; a maintainer's run here stops the same way. An old "
+                        "pin does not run on a newer Python: where the suite works with a newer pytest, name it in this "
+                        "repository's `test_requirements` in the recipe (`pytest>=7.4`: it replaces the project's pin); "
+                        "else mine a release made for this Python:\n" + tail(run.output))
 
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
