@@ -207,3 +207,38 @@ def test_a_methods_twin_goes_onto_its_own_class_which_keeps_its_name(tmp_path):
     exec(compile(new, "test_switched.py", "exec"), namespace)  # the module's names: the class, no helper left
     assert namespace["TestBase"].__bases__ == (__import__("unittest").TestCase,)
     assert not [n for n in namespace if n.startswith("_") and not n.startswith("__")], sorted(namespace)
+
+
+CLASS_NAMES = '''import pytest
+
+LIMIT = 3
+
+
+class TestKeys:
+    keys = ["a", "b"]
+    fallback = "z"
+
+    def helper(self):
+        return 1
+
+    @pytest.mark.parametrize("key", keys)
+    def test_known(self, key, default=fallback, limit: int = LIMIT):
+        assert key in self.keys and default == "z" and limit == 3
+'''
+
+
+def test_a_methods_twin_sees_the_class_body_names_its_decorators_name(tmp_path):
+    """hpack 4.2.0: `@given(special_keys=sets(keys))` on a method reads `keys`, an attribute of its class's body. A
+    class body sees only its own names, so the twin's copy, compiled in a subclass, raised NameError at import: the
+    whole test file failed to collect, every canary was missing, and the verifier refused the real fix (one task of
+    hpack, one of wsproto in sweep 20). The subclass now binds those names first, from the class."""
+    new, twins, _ = twin_source(CLASS_NAMES, [["TestKeys", "test_known"]])
+    (tmp_path / "test_keys.py").write_text(new)
+    twin = twins[("TestKeys", "test_known")]
+    ran = _outcomes(tmp_path, ["test_keys.py::TestKeys"])
+    f = "test_keys.py::TestKeys::"
+    assert {ran.get(f"{f}{name}[{k}]") for name in ("test_known", twin) for k in "ab"} == {"passed"}, ran
+    namespace: dict = {}
+    exec(compile(new, "test_keys.py", "exec"), namespace)
+    assert "keys" in vars(namespace["TestKeys"]) and "fallback" in vars(namespace["TestKeys"])  # its own, unchanged
+    assert not hasattr(namespace["TestKeys"], "LIMIT")  # a module name is no class attribute

@@ -108,6 +108,36 @@ def _find(tree: ast.Module, path: list[str]) -> ast.FunctionDef | ast.AsyncFunct
     return node
 
 
+def _evaluated_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """The names a definition evaluates where it stands: its decorators, its defaults and its annotations."""
+    args = node.args
+    parts = [*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d is not None), node.returns,
+             *(a.annotation for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+               if a is not None)]
+    return {n.id for part in parts if part is not None for n in ast.walk(part)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _class_names(cls: ast.ClassDef) -> set[str]:
+    """The names a class body binds (attributes, methods, nested classes, imports), but private ones (`__x`, which
+    Python mangles)."""
+    out: set[str] = set()
+    for stmt in cls.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            out |= {a.asname or a.name.split(".")[0] for a in stmt.names}
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            out |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return {n for n in out if not (n.startswith("__") and not n.endswith("__"))}
+
+
+def _indent(copy: list[str]) -> str:
+    """The indentation of a copied definition's first line."""
+    return copy[0][:len(copy[0]) - len(copy[0].lstrip())]
+
+
 def _find_class(tree: ast.Module, name: str) -> ast.ClassDef:
     """The last top-level class of that name (`_find` found a method in it)."""
     return [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name][-1]
@@ -165,7 +195,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     used, lines = _names(tree), source.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
-    functions, methods, twins = [], {}, {}
+    functions, methods, twins, evaluated = [], {}, {}, {}
     for path in tests:
         node = _find(tree, path) if len(path) <= 2 else None  # a nested class's test gets none
         if node is None or tuple(path) in twins:
@@ -186,12 +216,19 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         at = node.lineno - start
         copy[at] = re.sub(rf"\bdef(\s+){re.escape(path[-1])}\b", rf"def\g<1>{twin}", copy[at], count=1)
         (functions if len(path) == 1 else methods.setdefault(path[0], [])).append(copy)
+        if len(path) == 2:
+            evaluated.setdefault(path[0], set()).update(_evaluated_names(node))
         twins[tuple(path)] = twin
     for copy in functions:
         lines += ["\n", "\n", *copy]
     for cls, copies in methods.items():
         held, name, value, func = (_fresh("_", used, rng) for _ in range(4))
         lines += ["\n", "\n", f"{held} = {cls}\n", "\n", "\n", f"class {cls}({cls}):\n"]
+        # what the copies' decorators and defaults name of the class's own body (hpack's `@given(sets(keys))` reads
+        # the class attribute `keys`): a class body sees its own names only, not its base's
+        indent = _indent(methods[cls][0])
+        lines += [f"{indent}{n} = {held}.{n}\n" for n in sorted(evaluated.get(cls, set()) & _class_names(
+            _find_class(tree, cls)))]
         for i, copy in enumerate(copies):
             lines += (["\n"] if i else []) + copy
         names = ", ".join(repr(twins[(cls, n)]) for n in [p[1] for p in twins if len(p) == 2 and p[0] == cls])
