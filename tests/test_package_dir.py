@@ -76,6 +76,19 @@ def test_pyyaml_is_mined_from_lib(docker_backend, mirrors, tmp_path):
     assert isinstance(rejected, Quarantine) and rejected.reason == "collection_failed", rejected
     assert "`tests/test_libyaml_recursion_control.py`" in rejected.detail and "`ignore_tests`" in rejected.detail
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:PyYAML==6.0.4", ("lib/yaml/scanner.py",), n=2,
-                 ignore_tests=["tests/test_libyaml_recursion_control.py"])
+                 ignore_tests=["tests/test_libyaml_recursion_control.py"], single=True)
     assert mined.tasks and all(t.checks.FAIL_TO_PASS for t in mined.tasks)
     assert len([t for t, o in mined.ref.tests.items() if o == "passed"]) > 100
+    # Its `tests/legacy_tests/conftest.py` makes its own items of data files and collects no plain test there, so the
+    # verifier's canaries beside the failing tests never ran and every real fix was refused (sweep 21: 7 tasks, 0
+    # verified). Canaries the buggy state does not collect either are not counted, and the evidence says so; an
+    # empty patch still fails.
+    from trajfactory.executors.swe_env import run_patch_tests
+
+    task = next(t for t in mined.tasks if t.checks.FAIL_TO_PASS[0].startswith("tests/legacy_tests/"))
+    with docker_backend.start(mined.env, MINING_LIMITS) as sandbox:
+        fixed = run_patch_tests(sandbox, task, task.gold.patch, timeout=QUICK.suite_timeout_s)
+        empty = run_patch_tests(sandbox, task, "", timeout=QUICK.suite_timeout_s)
+    assert fixed[0] and not fixed[1].refused, fixed[1]
+    assert "canary tests not counted: the project does not collect plain tests in tests/legacy_tests" in fixed[1].detail
+    assert not empty[0]

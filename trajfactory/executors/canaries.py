@@ -26,7 +26,8 @@ import secrets
 import shlex
 from dataclasses import dataclass, field
 
-from trajfactory.executors.base import Sandbox
+from trajfactory.executors.base import Sandbox, apply_patch
+from trajfactory.executors.testrun import run_tests
 
 _CANARY_FILES = ("behaviour", "cases", "regressions", "extra", "usage", "api", "misc", "more", "compat", "edge_cases")
 CANARY_WORDS = ("roundtrip", "defaults", "empty_input", "repr", "types", "ordering", "boundaries", "unicode", "copy",
@@ -69,6 +70,11 @@ class Canaries:
     @property
     def ids(self) -> list[str]:
         return self.must_pass + self.must_fail
+
+    def without(self, excused: set[str]) -> "Canaries":
+        """These canaries but the `excused` ids (`uncollected`)."""
+        return Canaries(self.path, [t for t in self.must_pass if t not in excused],
+                        [t for t in self.must_fail if t not in excused])
 
     def broken(self, outcomes: dict[str, str]) -> list[str]:
         """Canaries whose outcome is not the one they must have, in the kinds the project runs (all of them where it
@@ -141,3 +147,23 @@ except Exception:  # noqa: BLE001 - the patched code may not import; the canarie
     return Canaries(path=path, must_pass=[f"{path}::{cls}::{t}" for t in method_pass] +
                     [f"{path}::{t}" for t in function_pass],
                     must_fail=[f"{path}::{cls}::{t}" for t in method_fail] + [f"{path}::{t}" for t in function_fail])
+
+
+def uncollected(sandbox: Sandbox, bug_patch: str, silent: list[Canaries], timeout: float) -> set[str]:
+    """Of the canaries in `silent` (sets none of whose tests ran under a submitted patch), the ids that the buggy
+    state collects no test for either, in `sandbox` reset, with the same canary files: the project collects such a
+    file otherwise than pytest's defaults (PyYAML 6.0.4's `tests/legacy_tests/conftest.py` makes its own items of the
+    data files, and no plain test there is ever collected), so they say nothing about the patch. The submitted patch
+    has no part in this run; a canary it silenced that the buggy state collects stays broken. A run that cannot say
+    (a bug patch that does not apply, a timeout, an unreadable record) excuses none."""
+    files = {c.path: sandbox.read_file(c.path) for c in silent}
+    sandbox.reset()
+    if apply_patch(sandbox, bug_patch, "/tmp/trajfactory-bug.diff") is not None:
+        return set()
+    for path, data in files.items():
+        sandbox.write_file(path, data)
+    ids = [t for c in silent for t in c.ids]
+    run = run_tests(sandbox, ids, timeout=timeout, collect_only=True)
+    if run.timed_out or run.results_error:
+        return set()
+    return {t for t in ids if run.outcomes.get(t) == "missing"}

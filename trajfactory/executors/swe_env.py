@@ -15,6 +15,7 @@ in the middle of a start.
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import shlex
 import threading
 import time
@@ -26,7 +27,7 @@ from trajfactory.executors.batchrun import BatchItem, ItemResult, run_batch
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.protocol import Start, Transition
 from trajfactory.executors import guard
-from trajfactory.executors.canaries import write_canaries
+from trajfactory.executors.canaries import outcome_of, uncollected, write_canaries
 from trajfactory.executors.swe_tools import execute_call
 from trajfactory.executors.testrun import run_tests, summarize
 from trajfactory.executors.twins import name_bound, write_twins
@@ -118,6 +119,12 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         return test_verifier.not_applied("the test session ended before the harness sealed its record (a crash or an "
                                          f"early exit, exit status {run.exit_code})", started, reverted)
     reached = guard.run_time_reaches(run.reaches, kept, bug_patch)
+    silent = [c for c in [canaries, *twins.canaries]
+              if c.ids and all(outcome_of(t, run.outcomes) == "missing" for t in c.ids)]
+    excused = uncollected(sandbox, bug_patch, silent, timeout) if silent else set()
+    if excused:  # the sandbox was reset: what follows reads the run's outcomes, and `name_bound` resets it again
+        canaries = canaries.without(excused)
+        twins.canaries = [c.without(excused) for c in twins.canaries]
     broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached
     bound = []  # tried only where nothing else refuses; the sandbox is done with by now
     if not broken and gold is not None and (apart := twins.told_apart(run.outcomes)):
@@ -128,6 +135,10 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
     evidence.reverted = reverted
+    if excused:
+        folders = sorted({posixpath.dirname(t.split("::", 1)[0]) or "." for t in excused})
+        evidence.detail += (f"; {len(excused)} canary tests not counted: the project does not collect plain tests in "
+                            f"{', '.join(folders)} (its own collection), under the buggy state either")[:1000]
     if bound:
         evidence.detail += (f"; twins not counted for {', '.join(bound)}: they fail under the task's own fix too (the "
                             "tests depend on their names or place)")[:1000]
