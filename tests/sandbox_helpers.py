@@ -20,7 +20,29 @@ def make_repo(root: Path, dependencies: str = '["six"]') -> Path:
         f'[project]\nname = "tinypkg"\nversion = "0.1.0"\ndependencies = {dependencies}\n')
     (root / "src/tinypkg/__init__.py").write_text("import six\n\n\ndef add(a, b):\n    return a + b\n")
     (root / "tests/test_add.py").write_text("from tinypkg import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    return commit_all(root)
+
+
+def commit_all(root: Path) -> Path:
+    """`root` as a git repository of one commit (fixed dates: the same commit id on every run)."""
     env = {**os.environ, **GIT_ENV}
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, env=env, check=True)
     return root
+
+
+def fresh_backend(kind: str, cache_root: Path):
+    """A `docker` backend with a label of its own, or a `local` one, caching under `cache_root` (a module's
+    parametrized fixture builds its fixture project on both)."""
+    import uuid
+
+    import pytest
+
+    from trajfactory.executors.docker import DockerBackend, engine_available
+    from trajfactory.executors.local import LocalBackend
+
+    if kind == "local":
+        return LocalBackend(cache_root=cache_root)
+    if not engine_available():
+        pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
+    return DockerBackend(cache_root=cache_root, labels={"trajfactory.test": uuid.uuid4().hex})

@@ -6,15 +6,11 @@ test, and one with a pure fallback (markupsafe) was tested without its compiled 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from trajfactory.executors.docker import DockerBackend, engine_available
 from trajfactory.executors.guard import NOT_REBUILT
 from trajfactory.executors.swe_env import run_patch_tests
 from trajfactory.executors.local import LocalBackend
@@ -25,7 +21,7 @@ from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.diffs import unified_diff
 from trajfactory.synthesizers.swe.stage import build_environment
 from mining import LIMITS as MINING_LIMITS, QUICK, in_sandbox, mine
-from sandbox_helpers import GIT_ENV
+from sandbox_helpers import commit_all, fresh_backend
 
 FIXTURE = Path(__file__).parent / "fixtures" / "c_extension"
 LIMITS = SandboxConfig(pids=128, memory="1g", command_timeout_s=120)
@@ -33,21 +29,12 @@ LIMITS = SandboxConfig(pids=128, memory="1g", command_timeout_s=120)
 
 def _repo(dest: Path) -> Path:
     shutil.copytree(FIXTURE, dest)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True)
-    return dest
+    return commit_all(dest)
 
 
 @pytest.fixture(scope="module", params=["docker", "local"])
 def built(request, tmp_path_factory):
-    if request.param == "docker":
-        if not engine_available():
-            pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
-        backend = DockerBackend(cache_root=tmp_path_factory.mktemp("cache"),
-                                labels={"trajfactory.test": uuid.uuid4().hex})
-    else:
-        backend = LocalBackend(cache_root=tmp_path_factory.mktemp("cache"))
+    backend = fresh_backend(request.param, tmp_path_factory.mktemp("cache"))
     env = backend.build(str(_repo(tmp_path_factory.mktemp("cwords") / "cwords")), "tests/cwords", "main")
     return backend, env
 

@@ -9,14 +9,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from sandbox_helpers import GIT_ENV
+from sandbox_helpers import commit_all
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.requirements import (SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements,
                                                 find_requirements)
@@ -37,10 +35,7 @@ def _project(root: Path, setup: str) -> Path:
     # a commit of its own each time: the image is built, never an earlier run's reused
     (root / "oldkit.py").write_text(f"# {uuid.uuid4().hex}\ndef double(x):\n    return 2 * x\n")
     (root / "test_oldkit.py").write_text("import oldkit\n\n\ndef test_double():\n    assert oldkit.double(2) == 4\n")
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True)
-    return root
+    return commit_all(root)
 
 
 def test_a_setup_py_that_imports_pkg_resources_builds_with_a_setuptools_that_has_it(tmp_path):

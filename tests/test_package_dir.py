@@ -7,19 +7,14 @@ on the path (`wheelhouse.INSTALL_PROJECT`), and the tests import the checkout's 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from trajfactory.executors.docker import DockerBackend, engine_available
-from trajfactory.executors.local import LocalBackend
 from trajfactory.settings import SandboxConfig
 from mining import mine
-from sandbox_helpers import GIT_ENV
+from sandbox_helpers import commit_all, fresh_backend
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lib_layout"
 LIMITS = SandboxConfig(pids=128, memory="1g", command_timeout_s=120)
@@ -28,19 +23,10 @@ PYTEST = "python -m pytest -q -p no:cacheprovider tests"
 
 @pytest.fixture(scope="module", params=["docker", "local"])
 def built(request, tmp_path_factory):
-    if request.param == "docker":
-        if not engine_available():
-            pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
-        backend = DockerBackend(cache_root=tmp_path_factory.mktemp("cache"),
-                                labels={"trajfactory.test": uuid.uuid4().hex})
-    else:
-        backend = LocalBackend(cache_root=tmp_path_factory.mktemp("cache"))
+    backend = fresh_backend(request.param, tmp_path_factory.mktemp("cache"))
     repo = tmp_path_factory.mktemp("ykit") / "ykit"
     shutil.copytree(FIXTURE, repo)
-    env = {**os.environ, **GIT_ENV}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True)
-    return backend, backend.build(str(repo), "tests/ykit", "main")
+    return backend, backend.build(str(commit_all(repo)), "tests/ykit", "main")
 
 
 def test_the_tests_import_the_package_from_its_folder_and_see_a_patch_there(built):
