@@ -85,8 +85,7 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
         return rejected
     if run.exit_code not in STOPPED:
         return _pytest_crashed(sandbox, run) or rejected
-    lines = [line.removeprefix("INTERNALERROR>").strip() for line in run.output.splitlines()]
-    error = next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
+    error = _last_error(run.output)
     count = sandbox.execute(TEST_FILES, timeout=60).output.strip()
     stopped = f"pytest stopped with {STOPPED[run.exit_code]} (exit {run.exit_code}) before any test was collected"
     if count == "0":
@@ -94,6 +93,12 @@ def _stopped_early(sandbox: Sandbox, run: TestRun, rejected: RepoRejected) -> Re
                             f"there: {stopped}: {error}")
     return RepoRejected("pytest_error", f"{stopped}: {error}; the maintainers' run with this configuration stops "
                         "the same way:\n" + tail(run.output))
+
+
+def _last_error(output: str) -> str:
+    """The last line of a traceback pytest printed: its error (not the `^~~~` marks under the line it names)."""
+    lines = [line.removeprefix("INTERNALERROR>").strip() for line in output.splitlines()]
+    return next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
 
 
 _CRASHED_IN_PYTEST = re.compile(r"Traceback \(most recent call last\):\n(?:.*\n)*?\s+File \"[^\"]*/_pytest/")
@@ -106,8 +111,7 @@ def _pytest_crashed(sandbox: Sandbox, run: TestRun) -> RepoRejected | None:
     alias`). Says which pytest on which Python, and that a newer one in the recipe replaces the project's pin."""
     if not _CRASHED_IN_PYTEST.search(run.output):
         return None
-    lines = [line.strip() for line in run.output.strip().splitlines()]
-    error = next((line for line in reversed(lines) if line and not line.startswith(("^", "~"))), "")
+    error = _last_error(run.output)
     versions = sandbox.execute(VERSIONS, timeout=60).output.split()
     pytest_v, python_v = versions[:2] if len(versions) >= 2 else ("?", "?")
     return RepoRejected("pytest_error", f"pytest {pytest_v}, the one the project's requirements allow, crashed before "
