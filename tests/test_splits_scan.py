@@ -159,6 +159,25 @@ def test_a_secret_in_a_diff_keeps_the_row_out_and_the_diff_untouched():
     assert [t["trajectory_id"] for t in clean["trajectories"]] == ["t2"] and clean["verdicts"] == []
 
 
+def test_test_ids_are_never_rewritten_and_a_token_in_one_keeps_the_row_out():
+    """w3lib 2.3's suite has `test_safe_url_string_url[https://\\x80:\\x80@example.com-...]`: the basic-auth
+    detector redacted it, the id named no test, and the task's gold patch failed verification from the published
+    rows ("2 missing"); yarl's `http://127.0.0.1:8080` ids lost their ports. 54 tasks of seven packages were hit."""
+    basic = "tests/test_url.py::test_safe_url_string_url[https://user:hunter2pass@example.com-https://user@x]"
+    port = "tests/test_url_parsing.py::test_url_round_trips[http://127.0.0.1:8080-127.0.0.1-127.0.0.1]"  # yarl's
+    tables = {"tasks": [{"task_id": "a", "FAIL_TO_PASS": [basic], "PASS_TO_PASS": ["tests/t.py::test_ok", port],
+                         "problem_statement": f"fails: {basic}"},
+                        {"task_id": "b", "FAIL_TO_PASS": [f"tests/t.py::test_token[{GH}]"], "PASS_TO_PASS": [],
+                         "problem_statement": "y"}],
+              "trajectories": [], "verdicts": [], "quarantine": []}
+    clean, flagged, _ = scan_tables(tables)
+    assert clean["tasks"][0]["FAIL_TO_PASS"] == [basic]
+    assert clean["tasks"][0]["PASS_TO_PASS"] == ["tests/t.py::test_ok", port]
+    assert "<SECRET:Basic Auth Credentials>" in clean["tasks"][0]["problem_statement"]  # prose is redacted
+    assert clean["tasks"][1]["FAIL_TO_PASS"] == [f"tests/t.py::test_token[{GH}]"]
+    assert flagged == {("tasks", 1): ["FAIL_TO_PASS: GitHub Token"]}
+
+
 def test_placeholders_expand_back_to_this_machine():
     scanner = Scanner()
     cache = expand("<CACHE>/envs/textkit")

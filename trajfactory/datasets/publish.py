@@ -31,8 +31,8 @@ def _drop_flagged(tables: dict[str, list[dict]], flagged: dict[tuple[str, int], 
         (tasks if key == "task_id" else trajs).add(row[key])
         kind = {"tasks": "task", "web_tasks": "web_task"}.get(table, "trajectory")
         out.append(quarantined("publish", kind, row[key], "secret_in_diff",
-                               f"{table} row {row[key]}: {', '.join(found)}; a diff is published byte for byte, so a "
-                               "secret in it keeps the row out").to_row())
+                               f"{table} row {row[key]}: {', '.join(found)}; a diff or a test id is published byte "
+                               "for byte, so a secret in it keeps the row out").to_row())
     for name, rows in tables.items():
         if name in ("quarantine", "screenshots"):
             continue

@@ -9,8 +9,11 @@
 - **Secrets** are found with detect-secrets (its default plugins) and redacted as `<SECRET:type>`; the seeded demo
   credentials a site declares (its test accounts) are allowed and counted apart.
 
-Diffs a harness applies (`patch`, `bug_patch`, `final_patch`) are never rewritten: a secret in one (token formats
-only) flags the row, and the version leaves it out with a quarantine record. `scan_tables` returns the cleaned rows,
+Diffs a harness applies (`patch`, `bug_patch`, `final_patch`) and the test ids it selects (`FAIL_TO_PASS`,
+`PASS_TO_PASS`) are never rewritten: a secret in one (token formats only) flags the row, and the version leaves it out
+with a quarantine record. (w3lib 2.3's `test_safe_url_string_url[https://\x80:\x80@example.com-...]` is a test id,
+not a credential: redacted, it named no test, and the task's gold patch failed verification from the published rows
+with "2 missing".) `scan_tables` returns the cleaned rows,
 the flagged rows and a report (counts per rule and table, and examples) that the card shows.
 """
 
@@ -36,6 +39,9 @@ SKIP_COLUMNS = {"png", "sha256"}
 CODE_COLUMNS = {"patch", "bug_patch", "final_patch"}
 """Diffs that a harness applies: never rewritten (a placeholder would break them). A secret found in one puts its
 row in quarantine instead."""
+ID_COLUMNS = {"FAIL_TO_PASS", "PASS_TO_PASS"}
+"""Lists of the test ids a harness selects: never rewritten either (a placeholder names no test), and scanned as
+diffs are."""
 PLUGINS = ["ArtifactoryDetector", "AWSKeyDetector", "AzureStorageKeyDetector", "BasicAuthDetector", "CloudantDetector",
            "DiscordBotTokenDetector", "GitHubTokenDetector", "GitLabTokenDetector", "IbmCloudIamDetector",
            "IbmCosHmacDetector", "JwtTokenDetector", "KeywordDetector", "MailchimpDetector", "NpmDetector",
@@ -115,10 +121,18 @@ class Scanner:
 
     def code(self, value: str, table: str) -> list[str]:
         """The secrets (by type) in a diff that must stay byte for byte; the diff itself is left alone."""
-        found = sorted({kind for line in value.splitlines() if line[:1] in "+-" and len(line) < 2000
+        return self._kept([line for line in value.splitlines() if line[:1] in "+-"], table, "a diff")
+
+    def ids(self, tests: list, table: str) -> list[str]:
+        """The secrets (by type) in test ids that must stay byte for byte; the ids themselves are left alone."""
+        return self._kept([t for t in tests if isinstance(t, str)], table, "a test id")
+
+    def _kept(self, lines: list[str], table: str, where: str) -> list[str]:
+        """The token-format secrets (by type) in `lines` of text published byte for byte, counted."""
+        found = sorted({kind for line in lines if len(line) < 2000
                         for kind, secret in self._secrets(line, CODE_PLUGINS) if secret not in self.allowed})
         for kind in found:
-            self._count(f"secret in a diff ({kind}): row quarantined", table, kind)
+            self._count(f"secret in {where} ({kind}): row quarantined", table, kind)
         return found
 
     def text(self, value: str, table: str) -> str:
@@ -157,13 +171,16 @@ class Scanner:
             return [self.value(v, table) for v in value]
         if isinstance(value, dict):  # keys too: the lineage's sources map is keyed by URI, a local path among them
             return {(self.text(k, table) if isinstance(k, str) else k):
-                    v if k in SKIP_COLUMNS or k in CODE_COLUMNS else self.value(v, table) for k, v in value.items()}
+                    v if k in SKIP_COLUMNS or k in CODE_COLUMNS or k in ID_COLUMNS else self.value(v, table)
+                    for k, v in value.items()}
         return value
 
     def row(self, row: dict, table: str) -> tuple[dict, list[str]]:
         """A cleaned row, and the secrets found in its diffs (non-empty: the row must not be published)."""
         found = [f"{k}: {kind}" for k in CODE_COLUMNS if isinstance(row.get(k), str)
                  for kind in self.code(row[k], table)]
+        found += [f"{k}: {kind}" for k in ID_COLUMNS if isinstance(row.get(k), (list, tuple))
+                  for kind in self.ids(list(row[k]), table)]
         return self.value(row, table), found
 
 
