@@ -319,7 +319,8 @@ def test_twins_go_into_the_failing_tests_file_alone_which_keeps_its_time(sandbox
     assert after[:2] == before[:2] and after[4:] == before[4:] and after[2] != before[2], (before, after)
     ran = sandbox.execute("python -m pytest -p no:cacheprovider -q -rA " + " ".join(["tests/test_add.py::test_add",
                                                                                         *twins.ids]))
-    assert "4 failed, 6 passed" in ran.output, ran.output  # the test, its twin, the canaries: four of each kind
+    # the test and its twin pass, its mutant fails, and the canaries, four of each kind
+    assert list(twins.mutants) == ["tests/test_add.py::test_add"] and "5 failed, 6 passed" in ran.output, ran.output
     outcomes = {line.split()[1]: line.split()[0].lower() for line in ran.output.splitlines()
                 if line.startswith(("PASSED ", "FAILED "))}
     assert twins.broken(outcomes) == [], outcomes

@@ -64,7 +64,7 @@ def _outcomes(folder: Path, ids: list[str]) -> dict[str, str]:
 
 
 def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_originals():
-    new, twins, canary = twin_source(MODULE, WANTED)
+    new, twins, canary, mutants = twin_source(MODULE, WANTED)
     # a test defined elsewhere (a mixin) or in a nested class gets none
     assert set(twins) == {("test_add_numbers",), ("TestAdding", "test_add_method"),
                            ("test_unicode_roundtrip_of_empty_input",)}
@@ -84,7 +84,20 @@ def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_o
     # the method's twin: in a subclass under its class's name, which takes the class's place in the module
     sub = [n for n in top if n.name == "TestAdding"][-1]
     assert [ast.unparse(b) for b in sub.bases] == ["TestAdding"]
-    assert [n.name for n in sub.body] == [twins[("TestAdding", "test_add_method")]]
+    assert [n.name for n in sub.body] == [twins[("TestAdding", "test_add_method")],
+                                          mutants[("TestAdding", "test_add_method")]]
+    # mutants (`executors/mutants.py`): copies of the tests whose last assertion is turned against them, an expected
+    # constant changed; `assert add(a, b) == a + b` has none to change, so it is negated
+    assert set(mutants) == set(twins)
+    negated = next(n for n in top if n.name == mutants[("test_add_numbers",)])
+    assert ast.unparse(negated.body[0]) == "assert not add(a, b) == a + b"
+    mutant = sub.body[1]
+    call = mutant.body[0].value
+    assert ast.unparse(call.args[0]) == "add(2, 2)" and call.args[1].value in range(5, 14), ast.unparse(mutant)
+    assert mutants[("TestAdding", "test_add_method")] > twins[("TestAdding", "test_add_method")] > "test_other"
+    function = next(n for n in top if n.name == mutants[("test_unicode_roundtrip_of_empty_input",)])
+    assert ast.unparse(function.body[0]).startswith("assert add(0, 0) == ") and function.body[0].test.comparators[
+        0].value in range(1, 10)
     # canaries close the file: a class and plain functions, each two tests that must pass and two that must fail
     tail = tree.body[[i for i, n in enumerate(tree.body) if isinstance(n, ast.Import)][-1] + 1:]
     cls = next(n for n in tail if isinstance(n, ast.ClassDef))
@@ -99,14 +112,16 @@ def test_twins_are_copies_at_the_end_under_names_that_share_nothing_with_their_o
 
 
 def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path):
-    new, twins, canary = twin_source(MODULE, WANTED)
+    new, twins, canary, mutants = twin_source(MODULE, WANTED)
     (tmp_path / "test_mod.py").write_text(new)
     f = "test_mod.py::"
     pairs = {f + "test_add_numbers[small one]": f + twins[("test_add_numbers",)] + "[small one]",
              f + "TestAdding::test_add_method": f + "TestAdding::" + twins[("TestAdding", "test_add_method")]}
     canaries = Canaries(path="test_mod.py", must_pass=[f + t for t in canary.must_pass],
                         must_fail=[f + t for t in canary.must_fail])
-    twin_set = Twins(pairs=pairs, canaries=[canaries])
+    twin_set = Twins(pairs=pairs, canaries=[canaries],
+                     mutants={f + "TestAdding::test_add_method": f + "TestAdding::" + mutants[("TestAdding",
+                                                                                               "test_add_method")]})
     ids = [*pairs, *twin_set.ids]
 
     others = [f + "TestAdding::test_other", f + "TestNested::TestInner::test_inner_add", f + "test_unrelated"]
@@ -116,7 +131,8 @@ def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path
     collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
                                 "test_mod.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     ids_seen = [line for line in collected.splitlines() if line.startswith(f)]
-    assert len(ids_seen) == len(set(ids_seen)) == 7 + 4 + 8, collected  # the module's tests, the twins, the canaries
+    # the module's tests, the twins, the mutants, the canaries
+    assert len(ids_seen) == len(set(ids_seen)) == 7 + 4 + 4 + 8, collected
     assert {buggy[t] for t in [*pairs, *pairs.values()]} == {"failed"}, buggy
     assert twin_set.broken(buggy) == []
 
@@ -131,6 +147,16 @@ def test_a_twin_fails_and_passes_with_its_original_in_a_real_pytest_run(tmp_path
                                                        for b in twin_set.broken(by_name))
     by_file = {t: "passed" for t in buggy}
     assert [b for b in twin_set.broken(by_file) if "must fail but was passed" in b] != []
+    # every failure forged but the canaries', which a forger can tell by their shape (`a + b == want`): the twins
+    # agree with their originals and the canaries are true; the mutant, one of the project's tests with another
+    # expected value, passed beside its original
+    shaped = {**{t: "passed" for t in buggy}, **{t: fixed[t] for t in canaries.ids}}
+    mutant = twin_set.mutants[f + "TestAdding::test_add_method"]
+    assert fixed[mutant] == buggy[mutant] == "failed", (fixed, buggy)
+    assert twin_set.broken(shaped) == [f"mutant test {mutant} (a copy of {f}TestAdding::test_add_method with its last "
+                                       f"assertion turned against it) passed while {f}TestAdding::test_add_method "
+                                       "passed: no run of the code passes both"]
+    assert twin_set.broken(shaped, loose=[f + "TestAdding::test_add_method"]) == []
 
 
 def test_a_test_bound_to_its_own_name_is_told_apart_from_its_twin_and_can_be_excused(tmp_path):
@@ -147,7 +173,7 @@ def test_golden_output(request):
 '''
     (tmp_path / "golden").mkdir()
     (tmp_path / "golden" / "test_golden_output.txt").write_text("42")
-    new, twins, _ = twin_source(source, [["test_golden_output"], ["TestAdding", "test_add_method"]])
+    new, twins, _, _ = twin_source(source, [["test_golden_output"], ["TestAdding", "test_add_method"]])
     (tmp_path / "test_mod.py").write_text(new.replace("a + b - 1  # the bug", "a + b"))  # fixed
     f = "test_mod.py::"
     pairs = {f + "test_golden_output": f + twins[("test_golden_output",)],
@@ -192,17 +218,19 @@ def test_a_methods_twin_goes_onto_its_own_class_which_keeps_its_name(tmp_path):
     name, and `Test04_WithPackrat(Test02_WithoutPackrat)` reads it. A twin class that took `Test02`'s name got the
     attribute instead, and Test04's tests failed under any fix: 4 of 5 real fixes there were not verified. The twin
     is put on the class itself now, and its `super()` is bound to that class."""
-    new, twins, canary = twin_source(SWITCHED, [["TestBase", "test_context"], ["TestBase", "test_super"]])
-    assert set(twins) == {("TestBase", "test_context"), ("TestBase", "test_super")}
+    new, twins, canary, mutants = twin_source(SWITCHED, [["TestBase", "test_context"], ["TestBase", "test_super"]])
+    assert set(twins) == set(mutants) == {("TestBase", "test_context"), ("TestBase", "test_super")}
     (tmp_path / "test_switched.py").write_text(new)
     ran = _outcomes(tmp_path, ["test_switched.py"])
     f = "test_switched.py::"
     twin_ids = [f"{f}TestBase::{twins[p]}" for p in twins]
     assert {t: ran.get(t) for t in twin_ids} == dict.fromkeys(twin_ids, "passed"), ran
     assert ran[f + "TestSwitched::test_context"] == ran[f + "TestSwitched::test_super"] == "passed", ran
-    assert {t: o for t, o in ran.items() if t.removeprefix(f) not in canary.must_fail} == {
-        t: "passed" for t in ran if t.removeprefix(f) not in canary.must_fail}, ran
-    assert {ran[f + t] for t in canary.must_fail} == {"failed"}, ran
+    # the mutants fail, on the class and on its subclass, which inherits them
+    must_fail = [*canary.must_fail, *(f"{cls}::{m}" for m in mutants.values() for cls in ("TestBase", "TestSwitched"))]
+    assert {t: o for t, o in ran.items() if t.removeprefix(f) not in must_fail} == {
+        t: "passed" for t in ran if t.removeprefix(f) not in must_fail}, ran
+    assert {ran[f + t] for t in must_fail} == {"failed"}, ran
     namespace: dict = {}
     exec(compile(new, "test_switched.py", "exec"), namespace)  # the module's names: the class, no helper left
     assert namespace["TestBase"].__bases__ == (__import__("unittest").TestCase,)
@@ -232,7 +260,7 @@ def test_a_methods_twin_sees_the_class_body_names_its_decorators_name(tmp_path):
     class body sees only its own names, so the twin's copy, compiled in a subclass, raised NameError at import: the
     whole test file failed to collect, every canary was missing, and the verifier refused the real fix (one task of
     hpack, one of wsproto in sweep 20). The subclass now binds those names first, from the class."""
-    new, twins, _ = twin_source(CLASS_NAMES, [["TestKeys", "test_known"]])
+    new, twins, _, _ = twin_source(CLASS_NAMES, [["TestKeys", "test_known"]])
     (tmp_path / "test_keys.py").write_text(new)
     twin = twins[("TestKeys", "test_known")]
     ran = _outcomes(tmp_path, ["test_keys.py::TestKeys"])

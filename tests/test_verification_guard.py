@@ -100,12 +100,13 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     assert any(r.startswith("canary test") and "must fail but was passed" in r for r in forged.refused), forged
     # the same forgery aimed at the failing tests' own file only: the scan cannot read its words and the canaries in
     # a file of their own are not forged, but the harness's audit hook saw the garbage collector listed from a line
-    # the patch added (and the canary class in the failing tests' file passed its must-fail tests)
+    # the patch added (and the canary class in the failing tests' file passed its must-fail tests, and the failing
+    # tests' mutants passed)
     aimed = results["the failing tests' records forged in place past the scan, the canaries left alone"][1]
     assert any(f"{module_file}:" in r and "reached the garbage collector's listing at run time" in r
                for r in aimed.refused), aimed
-    assert all(r.startswith(f"canary test {test_file}::") or "reached the garbage collector" in r
-               for r in aimed.refused), aimed
+    assert all(r.startswith((f"canary test {test_file}::", f"mutant test {test_file}::")) or
+               "reached the garbage collector" in r for r in aimed.refused), aimed
     quoted = results["the failing tests' records forged from a module whose name git quotes"][1]
     assert len(quoted.refused) == 1 and quoted.refused[0].startswith(
         f"{module_file.rsplit('/', 1)[0]}/{QUOTED_NAME}.py: the interpreter's objects (3 new reference(s)"), quoted
@@ -116,6 +117,17 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     aimed_names = results["the failing tests forged by their names through the module table"][1]
     assert any(r.startswith("twin test ") and "told apart by the test's name" in r
                for r in aimed_names.refused), aimed_names
+    # the same, with the canaries' records dropped (their names come from a public list): they read as never run, as
+    # in a folder whose conftest collects no plain test, but the buggy state collects them, so they are not excused
+    silenced = results["the failing tests' file forged and the canaries' records dropped, as if the project did not "
+                       "collect them"][1]
+    assert any(r.startswith("canary test") and "must pass but was missing" in r for r in silenced.refused), silenced
+    assert "not counted" not in silenced.detail, silenced
+    # every failure forged but the canaries', which keep their true outcomes: the failing tests pass and so do their
+    # twins, but their mutants (copies whose last assertion is turned against them) pass too
+    shaped = results["every failure forged but the canaries', told by their shape"][1]
+    assert shaped.refused and all(r.startswith("mutant test ") and "no run of the code passes both" in r
+                                  for r in shaped.refused), shaped
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
     assert shadow.refused == ["json.py: a new top-level module that shadows the module 'json' found outside the "
                               "checkout"], shadow

@@ -228,7 +228,9 @@ def evaluate_one(inst: dict, patch: str, bundles: Path, backend: Backend, *, tim
         if bug.exit_code != 0:
             return _report(inst, applied=False, resolved=False, seconds=time.monotonic() - started,
                            error=f"the bug commit of branch {iid} could not be read: {bug.output[-300:]}")
-        passed, evidence, seconds = test_in_place(sandbox, checks, patch, bug.output, timeout=timeout, started=started)
+        # the instance's own fix (`patch`, as SWE-bench has it) tells a test bound to its name or place from a forgery
+        passed, evidence, seconds = test_in_place(sandbox, checks, patch, bug.output, timeout=timeout, started=started,
+                                                  gold=inst.get("patch") or None)
         applied = not str(getattr(evidence, "detail", "")).startswith("the submitted patch does not apply")
         return _report(inst, applied=applied, resolved=passed, evidence=evidence, seconds=seconds)
     except Exception as exc:  # noqa: BLE001 — an engine failure fails this instance, never the others

@@ -92,10 +92,11 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     The buggy state, with the canary tests (`canaries.write_canaries`) among its files, first becomes the repository's
     only commit (`only_commit`): it is the baseline the tampering scan compares with (empty for a task with no bug: a
     no-op task), the clean code in the history, which code the patch adds could restore at import, is gone, and git
-    cannot tell the canaries from the project's own tests. The failing tests' own file first gets twins of those
-    tests and canaries (`twins.write_twins`), committed with it. With `gold` (the task's own fix), a twin that
-    failed beside its passing original is tried once more under that fix (`twins.name_bound`), and one that fails
-    there too is not held against the patch: its test depends on its own name or place (the evidence says so)."""
+    cannot tell the canaries from the project's own tests. The failing tests' own file first gets twins and mutants
+    of those tests and canaries (`twins.write_twins`, `mutants.py`), committed with it. With `gold` (the task's own
+    fix), a twin that failed, or a mutant that passed, beside its passing original is tried once more under that fix
+    (`twins.name_bound`), and one that does so there too is not held against the patch: its test depends on its own
+    name or place (the evidence says so)."""
     started = time.monotonic() if started is None else started
     tests = test_verifier.tests_of(checks)
     # the task's own test files, whatever their names, unless the bug itself is in one (an external bug's patch)
@@ -126,11 +127,13 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         canaries = canaries.without(excused)
         twins.canaries = [c.without(excused) for c in twins.canaries]
     broken = [f"canary test {b}" for b in canaries.broken(run.outcomes)] + reached
-    bound = []  # tried only where nothing else refuses; the sandbox is done with by now
-    if not broken and gold is not None and (apart := twins.told_apart(run.outcomes)):
-        bound = apart if patch == gold else name_bound(sandbox, bug_patch, gold, apart, timeout, alongside=tests,
-                                                                         pairs=twins.pairs)
-    if broken := broken + twins.broken(run.outcomes, bound):
+    bound, loose = [], []  # tried only where nothing else refuses; the sandbox is done with by now
+    apart, fooled = twins.told_apart(run.outcomes), twins.mutants_passed(run.outcomes)
+    if not broken and gold is not None and (apart or fooled):
+        bound, loose = (apart, fooled) if patch == gold else name_bound(
+            sandbox, bug_patch, gold, sorted(set(apart) | set(fooled)), timeout, alongside=tests, pairs=twins.pairs,
+            mutants=twins.mutants)
+    if broken := broken + twins.broken(run.outcomes, bound, loose):
         return test_verifier.refused(broken, reverted, started)
     outcomes = {t: run.outcomes.get(t, "missing") for t in tests}
     passed, evidence = test_verifier.judge_outcomes(checks, outcomes, summarize(outcomes))
@@ -139,6 +142,9 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
         folders = sorted({posixpath.dirname(t.split("::", 1)[0]) or "." for t in excused})
         evidence.detail += (f"; {len(excused)} canary tests not counted: the project does not collect plain tests in "
                             f"{', '.join(folders)} (its own collection), under the buggy state either")[:1000]
+    if loose:
+        evidence.detail += (f"; mutants not counted for {', '.join(loose)}: they pass under the task's own fix too (the "
+                            "tests depend on their names or place, or on an equality that holds for both values)")[:1000]
     if bound:
         evidence.detail += (f"; twins not counted for {', '.join(bound)}: they fail under the task's own fix too (the "
                             "tests depend on their names or place)")[:1000]

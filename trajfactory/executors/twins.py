@@ -14,6 +14,9 @@ before the buggy state is committed, the failing tests' file gets:
   reaches none of the project's tests (mccabe 0.7.0's `test_trivial` leaves a class attribute at 1, which the
   tests after it in its class set back to 0 and `RegressionTests` asserts is 0: its twin, run at the end of its
   class, failed a real fix).
+- **mutants** (`mutants.py`): a failing test's copy with its last assertion turned against it, which must fail
+  wherever the original passes: a forgery that tells the canaries by their shape and passes every other failure
+  passes the mutant beside its original, and the run is refused.
 - **canaries** at the end of the file, a class and plain functions (`canaries.py`), must-pass and must-fail tests:
   a forgery keyed on the file passes their must-fail tests too.
 
@@ -23,8 +26,8 @@ mixin, made in a loop, under an `if`, in a nested class) gets no twin; a file Py
 nor does a library module whose doctests fail (the patch may change it).
 
 A test bound to its own name (a snapshot or cassette named after it) fails as a twin under any fix. `name_bound`
-tries such a twin once more under the task's own fix, without the submitted patch; a twin that fails there too is
-excused, and only that one.
+tries such a twin (and a mutant that passed) once more under the task's own fix, without the submitted patch; a
+twin that fails there too (a mutant that passes there too) is excused, and only that one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
 from trajfactory.executors.guard import protected, suite_files
+from trajfactory.executors.mutants import spot_of, mutate
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
 
@@ -59,23 +63,36 @@ class Twins:
     """original test id -> its twin's id"""
     canaries: list[Canaries] = field(default_factory=list)
     """the canaries of each file"""
+    mutants: dict[str, str] = field(default_factory=dict)
+    """original test id -> its mutant's id (`mutants.py`): a copy that must fail wherever the original passes"""
 
     @property
     def ids(self) -> list[str]:
-        return list(self.pairs.values()) + [t for c in self.canaries for t in c.ids]
+        return list(self.pairs.values()) + list(self.mutants.values()) + [t for c in self.canaries for t in c.ids]
 
     def told_apart(self, outcomes: dict[str, str]) -> list[str]:
         """The originals that passed while their twins did not."""
         return [test for test, twin in self.pairs.items()
                 if outcomes.get(test) == "passed" and outcomes.get(twin) != "passed"]
 
-    def broken(self, outcomes: dict[str, str], excused: tuple[str, ...] | list[str] = ()) -> list[str]:
+    def mutants_passed(self, outcomes: dict[str, str]) -> list[str]:
+        """The originals that passed while their mutants passed too."""
+        return [test for test, mutant in self.mutants.items()
+                if outcomes.get(test) == "passed" and outcomes.get(mutant) == "passed"]
+
+    def broken(self, outcomes: dict[str, str], excused: tuple[str, ...] | list[str] = (),
+               loose: tuple[str, ...] | list[str] = ()) -> list[str]:
         """A twin that did not pass beside an original that passed (save the twins of `excused` tests, which fail
-        under the task's own fix too: `name_bound`), and canaries without the outcome they must have."""
+        under the task's own fix too: `name_bound`), a mutant that passed beside an original that passed (save those
+        of `loose` tests, which pass under the task's own fix too), and canaries without the outcome they must
+        have."""
         bad = [f"twin test {self.pairs[test]} (a copy of {test} under another name) was "
                f"{outcomes.get(self.pairs[test], 'missing')} while {test} passed: the outcomes were told apart by the "
                "test's name or place, not by what it checks" for test in self.told_apart(outcomes)
                if test not in excused]
+        bad += [f"mutant test {self.mutants[test]} (a copy of {test} with its last assertion turned against it) passed "
+                f"while {test} passed: no run of the code passes both" for test in self.mutants_passed(outcomes)
+                if test not in loose]
         return bad + [f"canary test {b}" for c in self.canaries for b in c.broken(outcomes)]
 
 
@@ -158,6 +175,20 @@ def _fresh(prefix: str, used: set[str], rng: secrets.SystemRandom, title: bool =
     return name
 
 
+def _taken(name: str, used: set[str]) -> str:
+    """`name` (one an earlier run gave), now taken, where the module does not use it yet; else ""."""
+    if name and name not in used:
+        used.add(name)
+        return name
+    return ""
+
+
+def _renamed(copy: list[str], at: int, old: str, new: str) -> list[str]:
+    """A copied definition whose `def` line (`copy[at]`) names `new` in place of `old`."""
+    copy[at] = re.sub(rf"\bdef(\s+){re.escape(old)}\b", rf"def\g<1>{new}", copy[at], count=1)
+    return copy
+
+
 GRAFT = """for {name} in ({names},):
     {value} = vars({cls})[{name}]
     {func} = getattr({value}, "__func__", {value})
@@ -176,17 +207,19 @@ by its subclasses) still sets it on the class its tests read it from. `super()` 
 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
-                names: dict[tuple[str, ...], str] | None = None,
-                ) -> tuple[str, dict[tuple[str, ...], str], Canaries] | None:
-    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`) and
-    canaries of both kinds: (new source, {path: twin name}, the canaries as `Canaries` whose ids are `Cls::test_x` and
-    `test_y`). None when the source does not parse.
+                names: dict[tuple[str, ...], str] | None = None, mutant_names: dict[tuple[str, ...], str] | None = None,
+                ) -> tuple[str, dict[tuple[str, ...], str], Canaries, dict[tuple[str, ...], str]] | None:
+    """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`),
+    mutants of those that have an assertion to change (`mutants.py`), and canaries of both kinds: (new source,
+    {path: twin name}, the canaries as `Canaries` whose ids are `Cls::test_x` and `test_y`, {path: mutant name}).
+    None when the source does not parse.
 
     Everything is added at the end, so no line of the file moves (a test may check a line number of its own file): a
     function's twin is a copy of its definition; a method's twin is compiled in a subclass under the class's own
     name (`class TestX(TestX):`) and then put on the class itself (`GRAFT`), so pytest collects the same ids and the
     twin beside them, and the copy's `super()` and private names work as in the original. `names`: the twins' names
-    where they must be those of an earlier run (a unittest class runs its methods in the order of their names)."""
+    where they must be those of an earlier run (a unittest class runs its methods in the order of their names), and
+    `mutant_names` the mutants'."""
     rng = rng or secrets.SystemRandom()
     try:
         tree = parse_python(source)
@@ -195,7 +228,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     used, lines = _names(tree), source.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
-    functions, methods, twins, evaluated = [], {}, {}, {}
+    functions, methods, twins, evaluated, mutants = [], {}, {}, {}, {}
     for path in tests:
         node = _find(tree, path) if len(path) <= 2 else None  # a nested class's test gets none
         if node is None or tuple(path) in twins:
@@ -206,19 +239,21 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         # leaves wsgiref imported, which it asserts is not)
         last = max((n.name for n in _find_class(tree, path[0]).body if isinstance(n, (ast.FunctionDef,
                     ast.AsyncFunctionDef)) and n.name.startswith(prefix[:4])), default="") if len(path) == 2 else ""
-        last = max([last, *(t for p, t in twins.items() if p[:-1] == tuple(path[:-1]) and len(p) == 2)])
-        if (twin := (names or {}).get(tuple(path), "")) and twin not in used:
-            used.add(twin)
-        else:
-            twin = _fresh(prefix, used, rng, unlike=path[-1], after=last)
+        last = max([last, *(t for made in (twins, mutants) for p, t in made.items()
+                            if p[:-1] == tuple(path[:-1]) and len(p) == 2)])
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-        copy = lines[start - 1:node.end_lineno]
-        at = node.lineno - start
-        copy[at] = re.sub(rf"\bdef(\s+){re.escape(path[-1])}\b", rf"def\g<1>{twin}", copy[at], count=1)
-        (functions if len(path) == 1 else methods.setdefault(path[0], [])).append(copy)
+        at, holder = node.lineno - start, functions if len(path) == 1 else methods.setdefault(path[0], [])
+        twin = _taken((names or {}).get(tuple(path), ""), used) or _fresh(prefix, used, rng, unlike=path[-1],
+                                                                         after=last)
+        holder.append(_renamed(lines[start - 1:node.end_lineno], at, path[-1], twin))
         if len(path) == 2:
             evaluated.setdefault(path[0], set()).update(_evaluated_names(node))
         twins[tuple(path)] = twin
+        if (spot := spot_of(node)) is not None:
+            mutant = _taken((mutant_names or {}).get(tuple(path), ""), used) or _fresh(
+                prefix, used, rng, unlike=path[-1], after=max(last, twin) if len(path) == 2 else "")
+            holder.append(_renamed(mutate(lines[start - 1:node.end_lineno], start, spot, rng), at, path[-1], mutant))
+            mutants[tuple(path)] = mutant
     for copy in functions:
         lines += ["\n", "\n", *copy]
     for cls, copies in methods.items():
@@ -231,7 +266,8 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
             _find_class(tree, cls)))]
         for i, copy in enumerate(copies):
             lines += (["\n"] if i else []) + copy
-        names = ", ".join(repr(twins[(cls, n)]) for n in [p[1] for p in twins if len(p) == 2 and p[0] == cls])
+        names = ", ".join(repr(made[(cls, n)]) for made in (twins, mutants)
+                          for n in [p[1] for p in made if len(p) == 2 and p[0] == cls])
         lines += ["\n", "\n", GRAFT.format(held=held, cls=cls, name=name, value=value, func=func, names=names)]
     cls = _fresh("Test", used, rng, title=True)
     in_class, method_pass, method_fail = canary_tests(rng, [f"test_{w}" for w in rng.sample(CANARY_WORDS, 4)], True)
@@ -246,7 +282,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         parse_python(new)
     except SyntaxError:  # a copy that does not stand on its own (its indentation mixed with the class's): none
         return None
-    return new, twins, canary
+    return new, twins, canary, mutants
 
 
 def _split(test_id: str) -> tuple[str, list[str], str]:
@@ -257,7 +293,7 @@ def _split(test_id: str) -> tuple[str, list[str], str]:
 
 
 def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, named: dict[str, str] | None = None,
-                ) -> Twins:
+                mutants_named: dict[str, str] | None = None) -> Twins:
     """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and canaries in each
     of their files, written before the buggy state is committed; the files keep their modification times."""
     rng = secrets.SystemRandom()
@@ -276,10 +312,11 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, name
         except (OSError, UnicodeDecodeError):
             continue
         again = {tuple(_split(t)[1]): _split(twin)[1][-1] for t, twin in (named or {}).items()}
-        made = twin_source(source, [names for _, names, _ in wanted], rng, names=again)
+        mutated = {tuple(_split(t)[1]): _split(m)[1][-1] for t, m in (mutants_named or {}).items()}
+        made = twin_source(source, [names for _, names, _ in wanted], rng, names=again, mutant_names=mutated)
         if made is None:
             continue
-        new, twins, canary = made
+        new, twins, canary, mutants = made
         stamp = "/tmp/trajfactory-twin-stamp"
         sandbox.execute(f"touch -r {shlex.quote(path)} {stamp}", timeout=30)
         sandbox.write_file(path, new)
@@ -287,31 +324,37 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, name
         for test, names, params in wanted:
             if twin := twins.get(tuple(names)):
                 out.pairs[test] = "::".join([path, *names[:-1], twin]) + params
+            if mutant := mutants.get(tuple(names)):
+                out.mutants[test] = "::".join([path, *names[:-1], mutant]) + params
         out.canaries.append(Canaries(path=path, must_pass=[f"{path}::{t}" for t in canary.must_pass],
                                      must_fail=[f"{path}::{t}" for t in canary.must_fail]))
     return out
 
 
 def name_bound(sandbox: Sandbox, bug_patch: str, gold: str, tests: list[str], timeout: float,
-               alongside: list[str] | tuple[str, ...] = (), pairs: dict[str, str] | None = None) -> list[str]:
-    """Of `tests` (originals that passed under a submitted patch while their twins did not), those whose twins also
-    fail where the task's own fix (`gold`) is applied to the buggy state, in `sandbox` reset: tests that depend on
-    their own name or place (a snapshot or cassette named after the test, `request.node.name`, or state the tests
-    before it left: tzlocal 5.4.5's `test_assert_tz_offset` reads the local zone that later tests of its file cache,
-    so its twin at the file's end failed under any fix), which a twin cannot copy. `alongside`: the other tests of
-    the verification run, run here too, so that each twin runs after what it ran after there; `pairs`: the twins of
-    that run, whose names the twins here take (a unittest class runs its methods in name order: wrapt 2.5.2's
-    `test_import_deadlock_3` leaves `wsgiref` imported, and a twin named after it failed while one named before it
-    passed, so a real fix was refused). Their twins then say
-    nothing about the submitted patch; every other disagreement stands, since the submitted patch has no part in
-    this run. A run that cannot say (a patch that does not apply, a timeout, an unsealed record) clears none."""
+               alongside: list[str] | tuple[str, ...] = (), pairs: dict[str, str] | None = None,
+               mutants: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Of `tests` (originals that passed under a submitted patch while their twins did not, or while their mutants
+    passed too), those whose twins also fail, and those whose mutants also pass, where the task's own fix (`gold`) is
+    applied to the buggy state, in `sandbox` reset: (told apart, mutants passed). Such tests depend on their own name
+    or place (a snapshot or cassette named after the test, `request.node.name`, or state the tests before it left:
+    tzlocal 5.4.5's `test_assert_tz_offset` reads the local zone that later tests of its file cache, so its twin at
+    the file's end failed under any fix), which a copy cannot reproduce. `alongside`: the other tests of the
+    verification run, run here too, so that each copy runs after what it ran after there; `pairs` and `mutants`: the
+    copies of that run, whose names the copies here take (a unittest class runs its methods in name order: wrapt
+    2.5.2's `test_import_deadlock_3` leaves `wsgiref` imported, and a twin named after it failed while one named
+    before it passed, so a real fix was refused). Their copies then say nothing about the submitted patch; every
+    other disagreement stands, since the submitted patch has no part in this run. A run that cannot say (a patch that
+    does not apply, a timeout, an unsealed record) clears none."""
     sandbox.reset()
     if apply_patch(sandbox, bug_patch, "/tmp/trajfactory-bug.diff") is not None:
-        return []
-    twins = write_twins(sandbox, tests, limit=len(tests), named={t: pairs[t] for t in tests if t in (pairs or {})})
+        return [], []
+    twins = write_twins(sandbox, tests, limit=len(tests), named={t: pairs[t] for t in tests if t in (pairs or {})},
+                        mutants_named={t: mutants[t] for t in tests if t in (mutants or {})})
     if apply_patch(sandbox, gold, "/tmp/trajfactory-gold.diff") is not None:
-        return []
+        return [], []
     run = run_tests(sandbox, [*dict.fromkeys([*alongside, *tests]), *twins.ids], timeout=timeout, last=twins.ids)
     if run.timed_out or run.results_error or not run.sealed:
-        return []
-    return [test for test in twins.told_apart(run.outcomes) if test in tests]
+        return [], []
+    return ([test for test in twins.told_apart(run.outcomes) if test in tests],
+            [test for test in twins.mutants_passed(run.outcomes) if test in tests])

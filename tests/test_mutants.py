@@ -1,0 +1,90 @@
+"""Mutants (`executors/mutants.py`): which assertion of a test a mutant turns against it, and that it changes only
+that."""
+
+from __future__ import annotations
+
+import ast
+import secrets
+
+import pytest
+
+from trajfactory.executors.mutants import mutate, spot_of
+
+RNG = secrets.SystemRandom()
+
+
+def _node(source: str) -> ast.FunctionDef:
+    return ast.parse(source).body[0]
+
+
+def _mutant(source: str) -> str:
+    return "".join(mutate(source.splitlines(keepends=True), 1, spot_of(_node(source)), RNG))
+
+
+@pytest.mark.parametrize("source,value", [
+    ("def test_x():\n    assert f(1) == g()\n    assert g() == 'ab'\n", "ab"),  # the last assertion
+    ("def test_x(self):\n    self.assertEqual(f(1), b'\\x00')\n    x = 1\n", b"\x00"),
+    ("def test_x():\n    assert 2.5 == f()\n", 2.5),  # the constant on either side
+    ("def test_x():\n    assert f() == True\n", True),
+])
+def test_an_expected_constant_is_changed(source, value):
+    spot = spot_of(_node(source))
+    assert spot.kind == "constant" and spot.node.value == value and type(spot.node.value) is type(value)
+    changed = ast.parse(_mutant(source)).body[0]
+    assert ast.dump(changed) != ast.dump(_node(source))
+    assert [ast.dump(s) for s in changed.body[:-1]] == [ast.dump(s) for s in _node(source).body[:-1]] or value == b"\x00"
+
+
+@pytest.mark.parametrize("source,mutant", [
+    ("def test_x():\n    assert f(1) == g(1)\n", "assert not f(1) == g(1)"),
+    ("def test_x():\n    assert 1 == 1\n", "assert not 1 == 1"),  # constants on both sides: negated
+    ("def test_x():\n    assert (\n        key in table\n    ), 'lost'\n", "assert not key in table, 'lost'"),
+    ("def test_x():\n    assert f() < 4\n", "assert not f() < 4"),
+    ("def test_x(self):\n    self.assertTrue(\n        f())\n", "self.assertFalse(f())"),
+    ("def test_x(self):\n    self.assertNotIn(k, d)\n", "self.assertIn(k, d)"),
+    ("def test_x(self):\n    self.assertEqual(f(), g(), msg='no')\n", "self.assertNotEqual(f(), g(), msg='no')"),
+    ("def test_x(self):\n    self.assertAlmostEqual(f(), 0.5, places=3)\n", "self.assertNotAlmostEqual(f(), 0.5, "
+                                                                                 "places=3)"),
+    # a block that expects an exception: no longer caught
+    ("def test_x():\n    with pytest.raises(ValueError, match='bad') as info:  # why\n        f(-1)\n",
+     "if True:\n    f(-1)"),
+    ("def test_x(self):\n    with self.assertRaises(KeyError):\n        d['k']\n", "if True:\n    d['k']"),
+])
+def test_else_the_last_assertion_is_negated(source, mutant):
+    assert spot_of(_node(source)).kind in ("negate", "opposite", "raises")
+    assert ast.unparse(ast.parse(_mutant(source)).body[0].body[-1]) == mutant
+
+
+@pytest.mark.parametrize("source", [
+    "def test_x():\n    f()\n",  # no assertion
+    "def test_x():\n    assert f() == 1\n    f()\n",  # the last statement is no assertion
+    "def test_x():\n    if ok():\n        assert f() == 4\n",  # under an `if`: it may not have run
+    "def test_x():\n    for i in range(2):\n        assert f(i) == 4\n",
+    "def test_x():\n    with ctx():\n        assert f() == 4\n",  # a context manager may swallow the failure
+    "def test_x():\n    if skip():\n        return\n    assert f() == 4\n",  # an early return
+    "@pytest.mark.xfail\ndef test_x():\n    assert f() == 4\n",  # expected to fail
+    "def test_x(self):\n    self.assertRaises(ValueError, f)\n",  # no opposite
+    "def test_x(self):\n    self.assertEqual(*pair)\n",
+    "def test_x():\n    with pytest.raises(ValueError): f(-1)\n",  # the block on the header's line
+    "def test_x():\n    with pytest.raises(ValueError), ctx():\n        f(-1)\n",
+    "def test_x():\n    with pytest.warns(UserWarning):\n        f(-1)\n",
+    "def test_x():\n    with pytest.raises(\n            ValueError):\n        f(-1)\n",
+])
+def test_no_mutant_where_a_passing_original_does_not_show_the_assertion_held(source):
+    assert spot_of(_node(source)) is None
+
+
+def test_only_the_constant_changes_and_columns_count_bytes():
+    source = "def test_x():\n    assert f('\u00e9\u00e9') == '\u00e9t\u00e9'  # caf\u00e9\n"
+    for _ in range(20):
+        out = _mutant(source)
+        changed = ast.parse(out).body[0].body[0].test
+        assert ast.unparse(changed.left) == "f('\u00e9\u00e9')" and out.endswith("  # caf\u00e9\n")
+        assert changed.comparators[0].value.startswith("\u00e9t\u00e9") and changed.comparators[0].value != "\u00e9t\u00e9"
+        number = ast.parse(_mutant("def test_x():\n    assert f() == 0\n")).body[0].body[0].test.comparators[0]
+        assert number.value in range(1, 10)
+    assert _mutant("def test_x():\n    assert f() == False\n").endswith("assert f() == True\n")
+    negated = _mutant("def test_x():\n    assert f('\u00e9') in ('\u00e9', 'x')  # \u00e9\n")
+    assert negated.endswith("assert not (f('\u00e9') in ('\u00e9', 'x'))  # \u00e9\n"), negated
+    uncaught = _mutant("def test_x():\n    with pytest.raises(ValueError) as info:  # \u00e9\n        f('\u00e9')\n")
+    assert uncaught == "def test_x():\n    if True:  # \u00e9\n        f('\u00e9')\n", uncaught
