@@ -56,3 +56,9 @@ def test_the_oracle_leaves_what_the_tests_wrote_out_of_its_patch_and_a_large_pat
         assert apply_patch(sandbox, task.bug_patch, "/tmp/bug.diff") is None
         assert apply_patch(sandbox, submitted.patch, "/tmp/submitted.diff") is None
         assert len(sandbox.read_file("diagrams/grammar.html")) > 200_000
+        # a fix that writes terminal colours into a file: the patch keeps them, its observation does not
+        sandbox.reset()
+        sandbox.write_file("colours.py", 'RED = "\x1b[31mred\x1b[0m"\n')
+        coloured = run_tool(sandbox, "submit", {}, timeout=120)
+        assert "\x1b[31m" in coloured.patch and "\x1b" not in coloured.observation, coloured.observation
+        assert '+RED = "red"' in coloured.observation, coloured.observation

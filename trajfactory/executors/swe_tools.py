@@ -1,7 +1,8 @@
 """The SWE tools in a sandbox: `bash`, `edit` and `submit` (`swe_env.py`'s environment runs one per step).
 
 A tool call becomes a `Step` and a tool message; a bad call is an error observation, never a crash. `submit` stages
-everything and hands back the patch whole, through a file: only its observation is cut to the output limit.
+everything and hands back the patch whole, through a file: only its observation is cut to the output limit (and,
+like every observation, has no ANSI escapes).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from trajfactory.executors.base import FileTooLargeError, Sandbox
+from trajfactory.executors.base import ANSI, FileTooLargeError, Sandbox
 from trajfactory.schema import SWE_TOOLS as TOOLS, Message, Step, ToolCall, utcnow
 
 SUBMIT_PATH = "/tmp/trajfactory-submit.diff"
@@ -89,7 +90,8 @@ def run_tool(sandbox: Sandbox, name: str, arguments: dict, *, timeout: float) ->
     limit = getattr(getattr(sandbox, "limits", None), "output_limit", None) or len(patch)
     cut = f"\n[... {len(patch) - limit} characters of the patch not shown ...]\n"
     shown = patch if len(patch) <= limit else f"{patch[:limit // 2]}{cut}{patch[-(limit // 2):]}"
-    return ToolResult(shown, 0, None, done=True, patch=patch)
+    # the patch is kept byte for byte; its view has no terminal escapes, as no other observation has
+    return ToolResult(ANSI.sub("", shown), 0, None, done=True, patch=patch)
 
 
 def execute_call(sandbox: Sandbox, call: ToolCall, timeout: float) -> tuple[Step, Message, bool, str]:
