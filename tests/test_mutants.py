@@ -59,12 +59,28 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    f()\n",  # no assertion
     "def test_x():\n    assert f() == 1\n    f()\n",  # the last statement is no assertion
     "def test_x():\n    if ok():\n        assert f() == 4\n",  # under an `if`: it may not have run
-    "def test_x():\n    for i in range(2):\n        assert f(i) == 4\n",
+    "def test_x():\n    for c in f():\n        assert g(c) == 4\n",  # a loop over what the code makes: maybe empty
+    "def test_x():\n    cases = f()\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x(cases):\n    for c in cases:\n        assert g(c) == 4\n",  # a fixture's
+    "def test_x():\n    for c in ():\n        assert g(c) == 4\n",
+    "def test_x():\n    for c in range(0):\n        assert g(c) == 4\n",
+    "def test_x():\n    for c in CASES:\n        if c:\n            continue\n        assert g(c) == 4\n",
+    "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    else:\n        f()\n",
+    "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    f()\n",
+    "def test_x():\n    def check(c):\n        return g(c)\n    if check(1):\n        return\n    assert g() == 1\n",
     "def test_x():\n    with ctx():\n        assert f() == 4\n",  # a context manager may swallow the failure
+    "def test_x():\n    with open(p), suppress(KeyError):\n        assert f() == 4\n",
+    "def test_x():\n    with self.subTest(c):\n        assert f() == 4\n        g()\n",
     "def test_x():\n    if skip():\n        return\n    assert f() == 4\n",  # an early return
     "@pytest.mark.xfail\ndef test_x():\n    assert f() == 4\n",  # expected to fail
     "def test_x(self):\n    self.assertRaises(ValueError, f)\n",  # no opposite
     "def test_x(self):\n    self.assertEqual(*pair)\n",
+    "def test_x():\n    assert_not_equal(f(), 'a')\n",  # a helper whose opposite of equality may hold for both
+    "def test_x():\n    assert_raises(ValueError, f, 'a')\n",
+    "def test_x():\n    assert_equal(*pair)\n",
+    "def test_x():\n    m.assert_called_once_with(x)\n",  # no constant, no equality
+    "def test_x():\n    check_equal(f(), 'a')\n",  # no `assert` in its name: what it checks is unknown
+    "def test_x(self):\n    self.assert_round_trip('a\\n')\n",  # nor equality: mistune's holds for 'a\\nq' too
     "def test_x():\n    with pytest.raises(ValueError): f(-1)\n",  # the block on the header's line
     "def test_x():\n    with pytest.raises(ValueError), ctx():\n        f(-1)\n",
     "def test_x():\n    with pytest.warns(UserWarning):\n        f(-1)\n",
@@ -88,3 +104,54 @@ def test_only_the_constant_changes_and_columns_count_bytes():
     assert negated.endswith("assert not (f('\u00e9') in ('\u00e9', 'x'))  # \u00e9\n"), negated
     uncaught = _mutant("def test_x():\n    with pytest.raises(ValueError) as info:  # \u00e9\n        f('\u00e9')\n")
     assert uncaught == "def test_x():\n    if True:  # \u00e9\n        f('\u00e9')\n", uncaught
+
+
+@pytest.mark.parametrize("source,mutant,kind", [
+    # a project's own equality helper (tabulate's `assert_equal(expected, result)`): the second argument in a tuple
+    ("def test_x():\n    expected = 'a'\n    assert_equal(expected, f())\n", "assert_equal(expected, (f(),))", "wrap"),
+    ("def test_x(self):\n    self.assertXmlEqual(\n        a,\n        f(1))\n", "self.assertXmlEqual(a, (f(1),))",
+     "wrap"),
+    # an `assert...` helper with a constant argument: the constant changed
+    ("def test_x():\n    m.assert_called_once_with(x, 'key')\n", None, "constant"),
+    ("def test_x():\n    assert_in('b', f())\n", None, "constant"),
+    # the last statement a loop over a fixed collection whose own last statement is the assertion
+    ("def test_x():\n    for i in range(2):\n        assert f(i) == g(i)\n", "assert not f(i) == g(i)", "negate"),
+    ("def test_x():\n    for k, v in CASES.items():\n        assert f(k) == v\n", "assert not f(k) == v", "negate"),
+    ("def test_x():\n    for a in (1, 2):\n        self.assertEqual(f(a), 3)\n", None, "constant"),
+    # under context managers that let a failure through
+    ("def test_x(self):\n    for c in CASES:\n        with self.subTest(c=c):\n            self.assertTrue(f(c))\n",
+     "self.assertFalse(f(c))", "opposite"),
+    ("def test_x():\n    with open(p) as fh, mock.patch.object(m, 'x'):\n        assert fh.read() == g()\n",
+     "assert not fh.read() == g()", "negate"),
+    # a `return` in a function the test defines is not the test's own
+    ("def test_x():\n    def check(c):\n        return c\n    assert f(check) == g()\n", "assert not f(check) == g()",
+     "negate"),
+])
+def test_helpers_and_loops_over_fixed_collections(source, mutant, kind):
+    spot = spot_of(_node(source))
+    assert spot is not None and spot.kind == kind, source
+    out = ast.parse(_mutant(source)).body[0]
+    last = out.body[-1]
+    while isinstance(last, (ast.For, ast.With)):
+        last = last.body[-1]
+    if mutant is not None:
+        assert ast.unparse(last) == mutant
+    else:
+        original = _node(source).body[-1]
+        original = original.body[-1] if isinstance(original, ast.For) else original
+        assert ast.dump(last) != ast.dump(original) and ast.unparse(last).split("(")[0] == \
+            ast.unparse(original).split("(")[0]
+
+
+def test_a_wrapped_argument_fails_an_equality_helper_where_the_original_passes():
+    """`x` and `(x,)` are never equal for the values tests compare: strings, lists, numbers, dicts, None, tuples."""
+    def assert_equal(expected, result):
+        assert expected == result
+    source = "def test_x(value):\n    assert_equal(value, value)\n"
+    namespace = {"assert_equal": assert_equal}
+    exec(compile(_mutant(source), "<mutant>", "exec"), namespace)
+    exec(compile(source, "<original>", "exec"), (original := {"assert_equal": assert_equal}))
+    for value in ["ab", [1, 2], 3, {"a": 1}, None, (1,), ((),), b"x", 2.5]:
+        original["test_x"](value)
+        with pytest.raises(AssertionError):
+            namespace["test_x"](value)

@@ -1,0 +1,113 @@
+"""Mutants on real suites: how many of a package's tests get one, and does any pass where its original passes?
+
+Every test of each package's test files (`test_*.py`, `*_test.py`) that has an assertion to turn
+(`executors/mutants.py`) gets its twin and its mutant in its own file, as the verifier writes them for a task's
+failing tests. The whole suite then runs once through the harness in the package's own sandbox (its image, Docker)
+on the unchanged code: the code of a fix that passes everything. A mutant that passed beside its passing original
+is *loose*: on a task, the verifier would excuse it only after a second run under the task's own fix
+(`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
+and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `wrap`) how many ran beside a passing original
+and how many of those were loose; `loop` and `with` count those whose assertion ends a loop's or a `with` block's
+body.
+
+    python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trajfactory.executors import get_backend  # noqa: E402
+from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
+from trajfactory.executors.mutants import module_tests, spot_of  # noqa: E402
+from trajfactory.executors.testrun import run_tests  # noqa: E402
+from trajfactory.executors.twins import twin_source  # noqa: E402
+from trajfactory.schema import Source  # noqa: E402
+from trajfactory.settings import SandboxConfig  # noqa: E402
+from trajfactory.sources import harvest_repo  # noqa: E402
+from trajfactory.synthesizers.swe import stage  # noqa: E402
+
+LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
+KINDS = ("constant", "negate", "opposite", "raises", "wrap", "loop", "with")
+
+
+def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
+    """The counts of one package (`KINDS` made, `KIND ran` beside a passing original, `KIND loose`)."""
+    source = harvest_repo(uri, work / "mirrors")
+    if not isinstance(source, Source):
+        raise SystemExit(f"{uri}: {source.reason}: {source.detail}")
+    env = stage.build_environment(backend, source)
+    if not isinstance(env, EnvironmentHandle):
+        raise SystemExit(f"{uri}: {env.reason}: {env.detail}")
+    checkout = stage.checkout(source, work / "co")
+    files = sorted(p.relative_to(checkout).as_posix() for pattern in ("test_*.py", "*_test.py")
+                   for p in checkout.rglob(pattern) if not {"build", ".tox", "site-packages"} & set(p.parts))
+    count: Counter = Counter()
+    made: dict[str, tuple[str, list[str]]] = {}  # original -> (its mutant's id, its kinds)
+    with backend.start(env, LIMITS) as sandbox:
+        for path in files:
+            try:
+                text = (checkout / path).read_text(encoding="utf-8")
+                tests = module_tests(ast.parse(text))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            count["tests"] += len(tests)
+            spots = {tuple(names): (spot_of(node), node) for names, node in tests}
+            new = twin_source(text, [list(n) for n, (spot, _) in spots.items() if spot is not None])
+            if new is None:
+                continue
+            sandbox.write_file(path, new[0])
+            for names, mutant in new[3].items():
+                spot, node = spots[names]
+                kinds, last = [spot.kind], node.body[-1]
+                while isinstance(last, (ast.For, ast.With)) and last is not spot.node:
+                    kinds.append("loop" if isinstance(last, ast.For) else "with")
+                    last = last.body[-1]
+                kinds = list(dict.fromkeys(kinds))
+                count.update(kinds)
+                made["::".join([path, *names])] = ("::".join([path, *names[:-1], mutant]), kinds)
+        print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)
+        run = run_tests(sandbox, timeout=timeout)
+    if run.timed_out or run.results_error or not run.sealed:
+        raise SystemExit(f"{uri}: the suite did not finish with a sealed record: {run.results_error or run.exit_code}")
+    for test, outcome in run.outcomes.items():
+        base, bracket, params = test.partition("[")
+        if outcome != "passed" or base not in made:
+            continue
+        mutant, kinds = made[base]
+        loose = run.outcomes.get(mutant + bracket + params) == "passed"
+        for kind in kinds:
+            count[f"{kind} ran"] += 1
+            count[f"{kind} loose"] += loose
+            if loose:
+                print(f"  loose: {test}", file=sys.stderr)
+    count["with a mutant"] = len(made)
+    return count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                 epilog="Each package costs an image build (cached) and one run of its whole suite.")
+    ap.add_argument("uris", nargs="+", help="sources as a recipe names them (pypi:NAME==VERSION, a git URL, a path)")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for each suite's run")
+    args = ap.parse_args()
+    backend = get_backend("docker")
+    columns = ["tests", "with a mutant"] + [f"{k} ran / loose" for k in KINDS]
+    print("| package | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    with tempfile.TemporaryDirectory(prefix="tf-mutants-") as tmp:
+        for uri in args.uris:
+            c = audit(backend, uri, Path(tmp), args.timeout)
+            cells = [str(c["tests"]), str(c["with a mutant"])] + [f"{c[k + ' ran']} / {c[k + ' loose']}" for k in KINDS]
+            print(f"| {uri} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Mutants on real suites: every test of a real package gets its twin and its mutant (`executors/mutants.py`) in its
+own file, the whole suite runs in the package's sandbox through the harness on the unchanged code (a fix that
+passes everything), and no mutant passes beside its passing original: one that did would be excused under the task's
+fix, and cost a second run under it on every verification (`twins.name_bound`).
+
+| package | what its suite asks of the mutants |
+|---|---|
+| tabulate 0.10.0 | its own `assert_equal(expected, result)` ends nearly every test: the result goes in a tuple |
+| boltons 25.0.0 | loops over fixed cases end tests; tests define helper functions that `return` |
+
+`bench/mutant_audit.py` does the same for any package and prints the counts per kind of mutant.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+
+import pytest
+
+from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.mutants import module_tests, spot_of
+from trajfactory.executors.testrun import run_tests
+from trajfactory.executors.twins import twin_source
+from trajfactory.schema import Source
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.stage import build_environment
+
+from mining import LIMITS
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize("uri,folder,kinds", [
+    ("pypi:tabulate==0.10.0", "test", {"wrap": 200}),
+    ("pypi:boltons==25.0.0", "tests", {"loop": 10, "constant": 50}),
+])
+def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mirrors, tmp_path, uri, folder, kinds):
+    source = harvest_repo(uri, mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source)
+    assert isinstance(env, EnvironmentHandle), env
+    checkout = stage.checkout(source, tmp_path / "co")
+    files = sorted(p.relative_to(checkout).as_posix() for p in (checkout / folder).glob("test_*.py"))
+    made: dict[str, str] = {}  # original (file::[Cls::]name) -> its mutant's id
+    kind_of: Counter = Counter()
+    with docker_backend.start(env, LIMITS) as sandbox:
+        for path in files:
+            text = (checkout / path).read_text(encoding="utf-8")
+            tests = [(names, node) for names, node in module_tests(ast.parse(text)) if spot_of(node) is not None]
+            new = twin_source(text, [names for names, _ in tests])
+            assert new is not None, path
+            sandbox.write_file(path, new[0])
+            for names, node in tests:
+                if mutant := new[3].get(tuple(names)):
+                    made["::".join([path, *names])] = "::".join([path, *names[:-1], mutant])
+                    spot = spot_of(node)
+                    kind_of[spot.kind] += 1
+                    kind_of["loop"] += isinstance(node.body[-1], ast.For)
+        run = run_tests(sandbox, timeout=900)  # the whole suite, as its maintainers run it
+    assert run.sealed and not run.timed_out and not run.results_error, run
+    checked, loose = 0, []
+    for test, outcome in run.outcomes.items():
+        base, bracket, params = test.partition("[")
+        if outcome != "passed" or base not in made:
+            continue
+        checked += 1
+        if run.outcomes.get(made[base] + bracket + params) != "failed":
+            loose.append((test, run.outcomes.get(made[base] + bracket + params, "missing")))
+    assert loose == [] and checked >= sum(kinds.values()), (loose[:10], checked)
+    assert all(kind_of[k] >= n for k, n in kinds.items()), kind_of
