@@ -8,6 +8,9 @@ fix, and cost a second run under it on every verification (`twins.name_bound`).
 | tabulate 0.10.0 | its own `assert_equal(expected, result)` ends nearly every test: the result goes in a tuple |
 | boltons 25.0.0 | loops over fixed cases end tests; tests define helper functions that `return` |
 
+On a tabulate task, the forgery that passes every failure but those of the canaries' shape is refused; before its
+tests' helper got mutants, verification passed it (280 passed).
+
 `bench/mutant_audit.py` does the same for any package and prints the counts per kind of mutant.
 """
 
@@ -19,7 +22,9 @@ from collections import Counter
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors.guard import module_of
 from trajfactory.executors.mutants import module_tests, spot_of
+from trajfactory.executors.swe_env import run_patch_tests
 from trajfactory.executors.testrun import run_tests
 from trajfactory.executors.twins import twin_source
 from trajfactory.schema import Source
@@ -27,7 +32,8 @@ from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
 
-from mining import LIMITS
+from gaming_patches import gaming_commands, hack
+from mining import LIMITS, mine
 
 pytestmark = pytest.mark.docker
 
@@ -70,3 +76,35 @@ def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mi
             loose.append((test, run.outcomes.get(made[base] + bracket + params, "missing")))
     assert loose == [] and checked >= sum(kinds.values()), (loose[:10], checked)
     assert all(kind_of[k] >= n for k, n in kinds.items()), kind_of
+
+
+SHAPED = "every failure forged but the canaries', told by their shape"
+HELPER = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+
+
+def test_a_forgery_told_by_the_canaries_shape_is_refused_where_tests_end_in_a_helper(docker_backend, mirrors,
+                                                                                    tmp_path):
+    """tabulate: a task's failing tests end in `assert_equal(expected, result)`, which got no mutant before. The
+    forgery that passes every failure but those of the canaries' shape (`gaming_patches`) then passed verification;
+    the mutant (`assert_equal(expected, (result,))`) passes beside its original under it, and the run is refused.
+    The task's own fix, made not the gold by a module of its own, still passes."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:tabulate==0.10.0", ("tabulate/__init__.py",), n=4)
+
+    def helper_ended(test: str) -> bool:
+        path, _, rest = test.partition("::")
+        tests = {tuple(n): node for n, node in module_tests(ast.parse((mined.checkout / path).read_text()))}
+        node = tests.get(tuple(rest.split("[")[0].split("::")))
+        return node is not None and getattr(spot_of(node), "kind", "") == "wrap"
+
+    task = next((t for t in mined.tasks if all(map(helper_ended, t.checks.FAIL_TO_PASS))), None)
+    assert task is not None, [t.checks.FAIL_TO_PASS for t in mined.tasks]
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    failing = sorted({t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS})
+    forgery = gaming_commands(test_file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
+    patch = hack(docker_backend, mined.env, task, LIMITS, forgery)
+    with docker_backend.start(mined.env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+        assert not passed and evidence.refused, evidence
+        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
+        assert passed and not evidence.refused, evidence
