@@ -77,6 +77,8 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x(self):\n    self.assertEqual(*pair)\n",
     "def test_x():\n    assert_not_equal(f(), 'a')\n",  # a helper whose opposite of equality may hold for both
     "def test_x():\n    assert_raises(ValueError, f, 'a')\n",
+    "def test_x(self):\n    self.assertLessEqual(depth(), 20)\n",  # an order: 27 may hold too
+    "def test_x(self):\n    self.assertGreaterEqual(f(), 3)\n",
     "def test_x():\n    assert_equal(*pair)\n",
     "def test_x():\n    m.assert_called_once_with(x)\n",  # no constant, no equality
     "def test_x():\n    check_equal(f(), 'a')\n",  # no `assert` in its name: what it checks is unknown

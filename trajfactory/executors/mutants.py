@@ -49,9 +49,10 @@ _PASSING = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.mul
 """Context managers that let an exception of their block through (the standard library's, unittest's, mock's,
 pytest's): an assertion that ends their block and failed fails the test. Any other may swallow it
 (`contextlib.suppress`, a project's own), so an assertion in its block is left alone."""
-_HELPER_NOT = ("not", "raise", "warn")
-"""Words that keep a helper out of the rules for `assert...` helpers: their opposite of equality, an exception or a
-warning may well hold for a changed argument too."""
+_HELPER_NOT = ("not", "raise", "warn", "less", "greater")
+"""Words that keep a helper out of the rules for `assert...` helpers: their opposite of equality, an exception, a
+warning or an order (unittest's `assertLessEqual(depth, 20)` holds for 27 too) may well hold for a changed argument
+too."""
 
 
 @dataclass
