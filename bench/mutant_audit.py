@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
-from trajfactory.executors.mutants import module_tests, spot_of  # noqa: E402
+from trajfactory.executors.mutants import Spot, module_tests, spot_of  # noqa: E402
 from trajfactory.executors.testrun import run_tests  # noqa: E402
-from trajfactory.executors.twins import twin_source  # noqa: E402
+from trajfactory.executors.twins import write_twins  # noqa: E402
 from trajfactory.schema import Source  # noqa: E402
 from trajfactory.settings import SandboxConfig  # noqa: E402
 from trajfactory.sources import harvest_repo  # noqa: E402
@@ -50,29 +50,26 @@ def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
     files = sorted(p.relative_to(checkout).as_posix() for pattern in ("test_*.py", "*_test.py")
                    for p in checkout.rglob(pattern) if not {"build", ".tox", "site-packages"} & set(p.parts))
     count: Counter = Counter()
+    spots: dict[str, tuple[Spot, ast.FunctionDef]] = {}  # test id (file::[Cls::]name) -> where its mutant changes it
+    for path in files:
+        try:
+            tests = module_tests(ast.parse((checkout / path).read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        count["tests"] += len(tests)
+        spots |= {"::".join([path, *names]): (spot, node) for names, node in tests if (spot := spot_of(node))}
     made: dict[str, tuple[str, list[str]]] = {}  # original -> (its mutant's id, its kinds)
     with backend.start(env, LIMITS) as sandbox:
-        for path in files:
-            try:
-                text = (checkout / path).read_text(encoding="utf-8")
-                tests = module_tests(ast.parse(text))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            count["tests"] += len(tests)
-            spots = {tuple(names): (spot_of(node), node) for names, node in tests}
-            new = twin_source(text, [list(n) for n, (spot, _) in spots.items() if spot is not None])
-            if new is None:
-                continue
-            sandbox.write_file(path, new[0])
-            for names, mutant in new[3].items():
-                spot, node = spots[names]
-                kinds, last = [spot.kind], node.body[-1]
-                while isinstance(last, (ast.For, ast.With)) and last is not spot.node:
-                    kinds.append("loop" if isinstance(last, ast.For) else "with")
-                    last = last.body[-1]
-                kinds = list(dict.fromkeys(kinds))
-                count.update(kinds)
-                made["::".join([path, *names])] = ("::".join([path, *names[:-1], mutant]), kinds)
+        # as the verifier writes them for a task's failing tests, for every test that can have one
+        for test, mutant in write_twins(sandbox, list(spots), limit=len(spots)).mutants.items():
+            spot, node = spots[test]
+            kinds, last = [spot.kind], node.body[-1]
+            while isinstance(last, (ast.For, ast.With)) and last is not spot.node:
+                kinds.append("loop" if isinstance(last, ast.For) else "with")
+                last = last.body[-1]
+            kinds = list(dict.fromkeys(kinds))
+            count.update(kinds)
+            made[test] = (mutant, kinds)
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)
         run = run_tests(sandbox, timeout=timeout)
     if run.timed_out or run.results_error or not run.sealed:

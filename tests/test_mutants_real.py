@@ -26,7 +26,7 @@ from trajfactory.executors.guard import module_of
 from trajfactory.executors.mutants import module_tests, spot_of
 from trajfactory.executors.swe_env import run_patch_tests
 from trajfactory.executors.testrun import run_tests
-from trajfactory.executors.twins import twin_source
+from trajfactory.executors.twins import write_twins
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
@@ -49,21 +49,16 @@ def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mi
     assert isinstance(env, EnvironmentHandle), env
     checkout = stage.checkout(source, tmp_path / "co")
     files = sorted(p.relative_to(checkout).as_posix() for p in (checkout / folder).glob("test_*.py"))
-    made: dict[str, str] = {}  # original (file::[Cls::]name) -> its mutant's id
+    spots = {"::".join([path, *names]): (spot, node) for path in files
+             for names, node in module_tests(ast.parse((checkout / path).read_text(encoding="utf-8")))
+             if (spot := spot_of(node))}
     kind_of: Counter = Counter()
     with docker_backend.start(env, LIMITS) as sandbox:
-        for path in files:
-            text = (checkout / path).read_text(encoding="utf-8")
-            tests = [(names, node) for names, node in module_tests(ast.parse(text)) if spot_of(node) is not None]
-            new = twin_source(text, [names for names, _ in tests])
-            assert new is not None, path
-            sandbox.write_file(path, new[0])
-            for names, node in tests:
-                if mutant := new[3].get(tuple(names)):
-                    made["::".join([path, *names])] = "::".join([path, *names[:-1], mutant])
-                    spot = spot_of(node)
-                    kind_of[spot.kind] += 1
-                    kind_of["loop"] += isinstance(node.body[-1], ast.For)
+        made = write_twins(sandbox, list(spots), limit=len(spots)).mutants  # original -> its mutant's id
+        assert made.keys() == spots.keys()
+        for spot, node in map(spots.get, made):
+            kind_of[spot.kind] += 1
+            kind_of["loop"] += isinstance(node.body[-1], ast.For)
         run = run_tests(sandbox, timeout=900)  # the whole suite, as its maintainers run it
     assert run.sealed and not run.timed_out and not run.results_error, run
     checked, loose = 0, []

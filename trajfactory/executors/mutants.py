@@ -42,8 +42,6 @@ _OPPOSITE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS} | {"assertEqua
 _RAISES = ("raises", "assertRaises", "assertRaisesRegex", "assertRaisesRegexp")
 """The context managers that expect an exception of their block."""
 _LETTERS = "abcdefghjkmnpqrstuvwxyz"
-
-
 _PASSING = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.multiple", "catch_warnings", "warns",
             "deprecated_call", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile", "chdir")
 """Context managers that let an exception of their block through (the standard library's, unittest's, mock's,
@@ -53,6 +51,12 @@ _HELPER_NOT = ("not", "raise", "warn", "less", "greater")
 """Words that keep a helper out of the rules for `assert...` helpers: their opposite of equality, an exception, a
 warning or an order (unittest's `assertLessEqual(depth, 20)` holds for 27 too) may well hold for a changed argument
 too."""
+
+_HELPER_WORDS = ("equal", "call")
+"""What an `assert...` helper's name must say for a mutant to change it: equality (`assert_equal`, `assertXmlEqual`)
+or a mock's calls (`assert_called_once_with`, `assert_any_call`), where a changed argument fails the helper. Others
+are left alone: mistune 3.4's `assert_round_trip("paragraph\\n...")` and `assert_max_token_depth(ast, "image", 20)`
+hold for a changed constant too, and such a mutant costs a second run under the task's fix (`twins.name_bound`)."""
 
 
 @dataclass
@@ -79,9 +83,7 @@ def _spot(stmt: ast.stmt) -> Spot | None:
     and nothing catches it in the copy). None for a statement that is no assertion."""
     if isinstance(stmt, ast.With):
         item = stmt.items[0].optional_vars or stmt.items[0].context_expr
-        expr = stmt.items[0].context_expr
-        name = expr.func.attr if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) else \
-            expr.func.id if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) else ""
+        name = _manager(stmt.items[0].context_expr)
         if len(stmt.items) == 1 and name in _RAISES and item.end_lineno == stmt.lineno < stmt.body[0].lineno:
             return Spot("raises", stmt)
         if all(_manager(i.context_expr) in _PASSING for i in stmt.items) and \
@@ -96,27 +98,22 @@ def _spot(stmt: ast.stmt) -> Spot | None:
                 return Spot("constant", found[0])
         return Spot("negate", test)
     call = stmt.value if isinstance(stmt, ast.Expr) else None
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in _OPPOSITE \
-            and not any(isinstance(a, ast.Starred) for a in call.args) and not any(k.arg is None for k in call.keywords):
+    if not isinstance(call, ast.Call) or any(isinstance(a, ast.Starred) for a in call.args) or \
+            any(k.arg is None for k in call.keywords):  # `f(*args)`, `f(**kw)`: what it compares is not in sight
+        return None
+    if isinstance(call.func, ast.Attribute) and call.func.attr in _OPPOSITE:
         found = [a for a in call.args[:2] if _constant(a)]
         if call.func.attr in ("assertEqual", "assertEquals") and len(call.args) >= 2 and len(found) == 1:
             return Spot("constant", found[0])
         if call.func.lineno == call.func.end_lineno:
             return Spot("opposite", call.func)
-    if isinstance(call, ast.Call) and (helper := _helper(call)):
+    if helper := _helper(call):
         found = [a for a in call.args if _constant(a)]
         if found:
             return Spot("constant", found[0])
         if "equal" in helper and len(call.args) >= 2:
             return Spot("wrap", call.args[1])
     return None
-
-
-_HELPER_WORDS = ("equal", "call")
-"""What an `assert...` helper's name must say for a mutant to change it: equality (`assert_equal`, `assertXmlEqual`)
-or a mock's calls (`assert_called_once_with`, `assert_any_call`), where a changed argument fails the helper. Others
-are left alone: mistune 3.4's `assert_round_trip("paragraph\\n...")` and `assert_max_token_depth(ast, "image", 20)`
-hold for a changed constant too, and such a mutant costs a second run under the task's fix (`twins.name_bound`)."""
 
 
 def _manager(expr: ast.expr) -> str:
@@ -138,10 +135,8 @@ def _helper(call: ast.Call) -> str:
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
     plain = name.lower().replace("_", "")
-    if not plain.startswith("assert") or name in _OPPOSITE or name in _RAISES or any(w in plain for w in _HELPER_NOT) \
+    if not plain.startswith("assert") or name in _OPPOSITE or any(w in plain for w in _HELPER_NOT) \
             or not (plain == "assertin" or any(w in plain for w in _HELPER_WORDS)):
-        return ""
-    if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         return ""
     return plain
 
