@@ -9,27 +9,35 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
-_backends: dict[str, Backend] = {}
+_backends: dict[tuple[str, str | None], Backend] = {}
 _lock = threading.Lock()
 
 
-def get_backend(name: str = "auto") -> Backend:
-    """`docker`, `local`, or `auto` (docker when `engine_available()`); one shared instance per name."""
+def get_backend(name: str = "auto", python: str | None = None) -> Backend:
+    """`docker`, `local`, or `auto` (docker when `engine_available()`); one shared instance per name and Python.
+
+    `python`: the sandbox's Python (the recipe's `sandbox.python`, `images.BASE_SUITES`); None is the backend's
+    own (docker: 3.11; local: the host's). The local backend runs the host's Python and refuses another."""
     if name not in ("auto", "docker", "local"):
         raise ValueError(f"unknown sandbox backend {name!r}; use 'auto', 'docker' or 'local'")
     with _lock:
-        if name in _backends:
-            return _backends[name]
+        if (name, python) in _backends:
+            return _backends[(name, python)]
         from .docker import DockerBackend, engine_available
+        from .images import base_image_tag
 
         if name == "docker" or (name == "auto" and engine_available()):
-            backend: Backend = DockerBackend()
+            backend: Backend = DockerBackend(base_image=base_image_tag(python))
         else:
-            from .local import ISOLATION_TEXT, LocalBackend
+            from .local import ISOLATION_TEXT, LocalBackend, host_python
 
+            if python and python != host_python():
+                raise ValueError(f"sandbox.python {python!r}: the local sandbox backend runs this machine's Python "
+                                 f"{host_python()}; another Python needs the docker backend"
+                                 + (" (no Docker engine answers here)" if name == "auto" else ""))
             backend = LocalBackend()
             if name == "auto":
                 log.warning("no Docker engine; using local namespace sandbox (isolation: %s)",
                             ISOLATION_TEXT[backend.isolation])
-        _backends[name] = backend
+        _backends[(name, python)] = backend
         return backend

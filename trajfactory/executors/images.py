@@ -1,7 +1,9 @@
 """Environment ingredients shared by the sandbox backends: the base image and the checkout.
 
 - `ensure_base_image`: the root of every sandbox image, built locally (no registry can be reached):
-  debootstrap a minimal Debian bookworm with python3, then `docker import`.
+  debootstrap a minimal Debian release with python3, then `docker import`. The release is the sandbox's Python
+  (`BASE_SUITES`, the recipe's `sandbox.python`): bookworm's 3.11 by default, trixie's 3.13 for projects whose
+  releases need a newer one.
 - `clone_at_commit`: the repository at one commit, with no history after it.
 
 A repository's requirements, wheelhouse and project install are in `requirements.py`; the options of its own
@@ -26,7 +28,31 @@ from .base import EnvironmentBuildError, InfrastructureError
 
 log = logging.getLogger(__name__)
 
-BASE_IMAGE = "trajfactory/base:bookworm-py3"
+BASE_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+"""The sandbox Pythons on offer (the recipe's `sandbox.python`) and the Debian release whose `python3` each one is:
+Debian's own builds, from the same mirror as the machine's apt, so nothing but Debian's packages is fetched."""
+DEFAULT_PYTHON = "3.11"
+
+
+def base_image_tag(python: str | None = None) -> str:
+    """The base image of the sandbox Python `python` (`3.13`; None: the default, 3.11)."""
+    python = python or DEFAULT_PYTHON
+    if python not in BASE_SUITES:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in BASE_SUITES.items())
+        raise ValueError(f"no sandbox image offers Python {python!r}: use one of {offered}")
+    return f"trajfactory/base:{BASE_SUITES[python]}-py3"
+
+
+def base_suite(tag: str) -> str:
+    """The Debian release a base image tag is built from (`trajfactory/base:trixie-py3` -> `trixie`)."""
+    m = re.fullmatch(r"trajfactory/base:([a-z]+)-py3", tag)
+    if not m or m.group(1) not in BASE_SUITES.values():
+        raise ValueError(f"{tag!r} is not a base image this factory builds: use one of "
+                         + ", ".join(base_image_tag(v) for v in BASE_SUITES))
+    return m.group(1)
+
+
+BASE_IMAGE = base_image_tag()
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # python-is-python3: task commands and test runners say `python`; gcc, g++, libc6-dev and python3-dev: a project's C
 # and C++ extensions are built with its image, as its maintainers build them in place (`wheelhouse.INSTALL_PROJECT`)
@@ -58,7 +84,8 @@ def _tail(text: str, lines: int = 15) -> str:
 
 
 def debian_mirror(apt_dir: str = "/etc/apt") -> str:
-    """The Debian mirror this machine's apt is configured with (bookworm's main archive)."""
+    """The Debian mirror this machine's apt is configured with (bookworm's main archive; it serves every release of
+    `BASE_SUITES`)."""
     candidates: list[tuple[str, list[str]]] = []
     for path in [Path(apt_dir, "sources.list"), *sorted(Path(apt_dir, "sources.list.d").glob("*"))]:
         try:
@@ -80,9 +107,11 @@ def debian_mirror(apt_dir: str = "/etc/apt") -> str:
     return DEFAULT_MIRROR
 
 
-def base_recipe() -> str:
-    """A hash of what goes into the base image: an image built from another recipe is rebuilt."""
-    return hashlib.sha256(repr((BASE_PACKAGES, sorted(IMAGE_ENV.items()))).encode()).hexdigest()[:12]
+def base_recipe(suite: str = "bookworm") -> str:
+    """A hash of what goes into the base image of the Debian release `suite`: an image built from another recipe is
+    rebuilt (bookworm's hash is the one it had before other releases were offered, so its images stay)."""
+    what = (BASE_PACKAGES, sorted(IMAGE_ENV.items())) + (() if suite == "bookworm" else (suite,))
+    return hashlib.sha256(repr(what).encode()).hexdigest()[:12]
 
 
 def _image_id(tag: str, recipe: str | None = None) -> str | None:
@@ -116,8 +145,10 @@ def _remove_rootfs(root: Path) -> None:
 
 
 def ensure_base_image(tag: str = BASE_IMAGE, progress: Callable[[str], None] = print) -> str:
-    """Return the id of the base image `tag`, building it with debootstrap + docker import if absent."""
-    recipe = base_recipe()
+    """Return the id of the base image `tag` (`base_image_tag`), building it with debootstrap + docker import if
+    absent."""
+    suite = base_suite(tag)
+    recipe = base_recipe(suite)
     if image_id := _image_id(tag, recipe):
         return image_id
     default_cache_root().mkdir(parents=True, exist_ok=True)
@@ -125,16 +156,16 @@ def ensure_base_image(tag: str = BASE_IMAGE, progress: Callable[[str], None] = p
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent sessions wait for one build instead of racing
         if image_id := _image_id(tag, recipe):
             return image_id
-        return _build_base_image(tag, recipe, progress)
+        return _build_base_image(tag, suite, recipe, progress)
 
 
-def _build_base_image(tag: str, recipe: str, progress: Callable[[str], None]) -> str:
+def _build_base_image(tag: str, suite: str, recipe: str, progress: Callable[[str], None]) -> str:
     mirror = debian_mirror()
     work = Path(tempfile.mkdtemp(prefix="trajfactory-rootfs-", dir="/var/tmp"))
     rootfs = work / "rootfs"
     try:
-        progress(f"building base image {tag}: debootstrap bookworm from {mirror} (about a minute)")
-        cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(rootfs), mirror]
+        progress(f"building base image {tag}: debootstrap {suite} from {mirror} (about a minute)")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", suite, str(rootfs), mirror]
         out = _run(cmd)
         if out.returncode != 0:
             raise EnvironmentBuildError(

@@ -70,6 +70,12 @@ ISOLATION_TEXT = {
 }
 
 
+def host_python() -> str:
+    """This machine's Python as `sandbox.python` names versions (`3.11`): every local environment's venv is made
+    from it."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 class LocalBackend:
     """Builds one environment directory per repository commit and opens namespace sandboxes on it."""
 

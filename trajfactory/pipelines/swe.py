@@ -56,7 +56,9 @@ def resolve_repos(recipe: Recipe) -> tuple[list[str], list[Quarantine]]:
     N newest releases, asked of the package index at every run, so never cached), and the quarantine rows of those
     that resolve to nothing."""
     uris, bad = [], []
-    python = sandbox_python(recipe) if any("@latest:" in spec.uri for spec in recipe.repos) else None
+    # a chosen Python is checked here, the first step: a backend that cannot run it stops the run before any work
+    wanted = recipe.sandbox.python or any("@latest:" in spec.uri for spec in recipe.repos)
+    python = sandbox_python(recipe) if wanted else None
     for spec in recipe.repos:
         resolved = expand_repo(spec.uri, python)
         if isinstance(resolved, Quarantine):
@@ -70,7 +72,9 @@ def sandbox_python(recipe: Recipe) -> str | None:
     """The Python version the recipe's sandboxes run (`3.11.2`): `pypi:NAME@latest:N` takes releases that support it.
     None (and a warning) when the backend cannot say."""
     try:
-        return get_backend(recipe.sandbox.backend).python_version()
+        return get_backend(recipe.sandbox.backend, recipe.sandbox.python).python_version()
+    except ValueError:  # a Python the backend does not offer: the recipe's error, not an unknown version
+        raise
     except Exception as exc:  # noqa: BLE001 — the build stage reports an engine that does not answer
         log.warning("the sandbox's Python version is unknown (%s); @latest takes the newest releases whatever Python "
                     "they need", exc)
@@ -103,7 +107,7 @@ def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Qua
     extra = [r for spec in specs for r in spec.test_requirements]
     ignore = [p for spec in specs for p in spec.ignore_tests]
     variables = {name: value for spec in specs for name, value in spec.test_env.items()}
-    return stage.build_environment(get_backend(recipe.sandbox.backend), source, list(dict.fromkeys(extra)),
+    return stage.build_environment(get_backend(recipe.sandbox.backend, recipe.sandbox.python), source, list(dict.fromkeys(extra)),
                                    list(dict.fromkeys(ignore)), variables)
 
 

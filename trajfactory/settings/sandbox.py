@@ -5,9 +5,11 @@ Backends take it as it is (`backend.start(env, SandboxConfig(...))`), so the rec
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import Field
+import sys
+
+from pydantic import Field, field_validator, model_validator
 
 from trajfactory.settings.agents import Section
 
@@ -15,6 +17,10 @@ from trajfactory.settings.agents import Section
 class SandboxConfig(Section):
     backend: Literal["auto", "docker", "local"] = "auto"
     """`docker` (a container per sandbox), `local` (a bubblewrap namespace), or `auto` (docker when an engine answers)."""
+    python: Optional[Literal["3.11", "3.13"]] = None
+    """The Python the sandboxes run, for projects whose releases need a newer one than the default: `3.11` (Debian
+    bookworm's, the default) or `3.13` (Debian trixie's). `pypi:NAME@latest:N` takes the newest releases that support
+    it. Docker backend only: the local backend runs this machine's Python and refuses another."""
     concurrency: int = Field(2, ge=1)
     """Sandboxes in use at once across the flow."""
     memory: str = "2g"
@@ -31,3 +37,17 @@ class SandboxConfig(Section):
     """Limit of one command; a command past it is killed and reported as timed out."""
     output_limit: int = Field(100_000, ge=1_000)
     """Bytes of one command's output kept (its head and tail)."""
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _version_as_text(cls, value):
+        # YAML reads `python: 3.13` as a number
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _python_runs_here(self) -> "SandboxConfig":
+        host = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if self.backend == "local" and self.python and self.python != host:
+            raise ValueError(f"sandbox.python {self.python!r} needs backend: docker; the local backend runs this "
+                             f"machine's Python {host}")
+        return self

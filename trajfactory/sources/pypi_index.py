@@ -155,7 +155,8 @@ def latest_releases(name: str, n: int, uri: str, *, pre: bool = False, python: s
     newer = sorted((v for v in released if v not in versions and (not versions or v > max(versions))), reverse=True)
     if newer:
         too_new = ", ".join(f"{released[v].version} ({released[v].requires_python})" for v in newer[:3])
-        log.info("%s: the sandbox's Python %s is too old for %s%s; taking the newest releases that support it", uri,
+        log.info("%s: the sandbox's Python %s is too old for %s%s; taking the newest releases that support it "
+                 "(the recipe's sandbox.python chooses a newer one)", uri,
                  python, too_new, f" and {len(newer) - 3} more" if len(newer) > 3 else "")
     chosen = sorted(versions, reverse=True)[:n]
     if not chosen:
@@ -164,8 +165,9 @@ def latest_releases(name: str, n: int, uri: str, *, pre: bool = False, python: s
         if released:
             raise SourceError("not_found", f"{uri!r}: no release of {name} with an sdist supports the sandbox's Python "
                               f"{python} (the newest, {max(released)}, needs Python "
-                              f"{released[max(released)].requires_python}); pin one with pypi:{name}==VERSION to "
-                              "see its install fail, or mine another project", uri)
+                              f"{released[max(released)].requires_python}); set the recipe's sandbox.python to a Python "
+                              f"it supports (3.13), pin one with pypi:{name}==VERSION to see its install fail, or "
+                              "mine another project", uri)
         raise SourceError("not_found", f"{uri!r}: {name} has no release on the package index {index_url()} with an "
                           f"sdist that is not yanked or a pre-release (its sdists: {skipped}){hint}", uri)
     if len(chosen) < n:

@@ -1,0 +1,107 @@
+"""The sandbox's Python, chosen by the recipe (`sandbox.python`): Debian bookworm's 3.11 by default, trixie's 3.13 for
+projects whose releases need a newer one (networkx 3.7 and Django 6 need 3.12, Sphinx 9.2 needs 3.13). `@latest` takes
+the releases the chosen Python supports, and a real package is mined on 3.13 the way it is on 3.11: its image, its
+own suite, the batch worker's verdicts against the one-candidate path and the whole suite's. Bad choices fail naming
+the setting and the choices."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from pypi_index_server import PackageIndex
+from test_pypi_latest import NAME, publish
+from trajfactory import executors
+from trajfactory.executors.images import BASE_IMAGE, base_image_tag, base_suite, ensure_base_image
+from trajfactory.pipelines.swe import resolve_repos
+from trajfactory.schema import Quarantine, Source
+from trajfactory.settings import Recipe, SandboxConfig, SynthesisConfig, ValidationConfig
+from trajfactory.sources import harvest_repo
+from trajfactory.synthesizers.swe import stage
+from trajfactory.synthesizers.swe.validate import validate_batch, validate_candidate
+
+LIMITS = SandboxConfig(memory="512m", cpus=1, pids=256, command_timeout_s=120)
+
+
+def test_a_python_no_image_offers_fails_naming_the_choices():
+    with pytest.raises(ValidationError, match=r"python[\s\S]*'3\.11' or '3\.13'"):
+        SandboxConfig(python="3.12")
+    assert SandboxConfig(python=3.13).python == "3.13"  # YAML's `python: 3.13` is a number
+    with pytest.raises(ValidationError, match=r"'3\.1'"):  # `python: 3.10` reads as 3.1: named as it was read
+        SandboxConfig(python=3.10)
+    with pytest.raises(ValueError, match=r"no sandbox image offers Python '3\.12': use one of 3\.11 \(Debian bookworm\), "
+                                         r"3\.13 \(Debian trixie\)"):
+        base_image_tag("3.12")
+    with pytest.raises(ValueError, match="not a base image this factory builds"):
+        base_suite("trajfactory/base:sid-py3")
+    assert base_image_tag() == BASE_IMAGE == "trajfactory/base:bookworm-py3"
+    assert base_suite(base_image_tag("3.13")) == "trixie"
+
+
+def test_the_local_backend_refuses_a_python_it_does_not_run():
+    from trajfactory.executors.local import host_python
+
+    other = "3.13" if host_python() != "3.13" else "3.11"
+    with pytest.raises(ValidationError, match=rf"sandbox\.python '{other}' needs backend: docker; the local backend "
+                                              rf"runs this machine's Python {host_python()}"):
+        SandboxConfig(backend="local", python=other)
+    with pytest.raises(ValueError, match=rf"sandbox\.python '{other}': the local sandbox backend runs this machine's "
+                                         rf"Python {host_python()}; another Python needs the docker backend"):
+        executors.get_backend("local", other)
+    assert SandboxConfig(backend="local", python=host_python()).python == host_python()
+
+
+@pytest.fixture(scope="module")
+def py313():
+    """The Docker backend whose sandboxes run Debian trixie's Python 3.13 (its base image built once, then cached)."""
+    from trajfactory.executors.docker import DockerBackend, engine_available
+
+    if not engine_available():
+        pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
+    ensure_base_image(base_image_tag("3.13"))
+    return DockerBackend(base_image=base_image_tag("3.13"), labels={"trajfactory.test": uuid.uuid4().hex})
+
+
+@pytest.mark.docker
+def test_latest_takes_the_releases_the_recipes_python_supports(py313, monkeypatch, tmp_path):
+    assert py313.python_version().startswith("3.13.")
+    assert executors.get_backend("docker", "3.13").base_image == base_image_tag("3.13")
+    with PackageIndex() as index:
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        publish(index, "1.0", requires_python=">=3.9")
+        publish(index, "2.0", requires_python=">=3.12")  # as networkx 3.7 and Django 6 say
+        repos = [{"uri": f"pypi:{NAME}@latest:1"}]
+        on_313, bad = resolve_repos(Recipe(work_dir=str(tmp_path), repos=repos, sandbox={"python": "3.13"}))
+        on_311, _ = resolve_repos(Recipe(work_dir=str(tmp_path), repos=repos, sandbox={"backend": "docker"}))
+    assert (on_313, bad, on_311) == ([f"pypi:{NAME}==2.0"], [], [f"pypi:{NAME}==1.0"])
+
+
+@pytest.mark.docker
+def test_a_real_package_is_mined_on_python_313(py313, mirrors, tmp_path):
+    """isodate 0.7.2 (its own suite of 280 tests) on 3.13: the image installs the project and its suite passes there;
+    the batch worker (its preloads, line probes, swapped code) agrees with the one-candidate path and, for the valid
+    ones, with the whole suite; the image is another than 3.11's, so the two never share a cached environment."""
+    source = harvest_repo("pypi:isodate==0.7.2", mirrors)
+    assert isinstance(source, Source), source
+    env = stage.build_environment(py313, source)
+    assert not isinstance(env, Quarantine), env
+    assert env.name != stage.build_environment(executors.get_backend("docker"), source).name
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=10, seed=0), tmp_path / "co")
+    ref = stage.reference(py313, env, source, ValidationConfig(), LIMITS)
+    assert not isinstance(ref, Quarantine), ref
+    assert len(ref.passing) > 200  # isodate's own suite, run on 3.13
+    with py313.start(env, LIMITS) as sandbox:
+        ran = sandbox.execute("python --version && python -c 'import isodate, sys; print(isodate.__file__)'")
+        one = [validate_candidate(sandbox, c, ref) for c in candidates]
+        batched = validate_batch(sandbox, candidates, ref)
+        full = validate_batch(sandbox, candidates, ref, selection="full")
+    assert ran.output.startswith("Python 3.13.") and "/repo/" in ran.output, ran.output
+    valid = [v for v in one if v.status == "valid"]
+    assert len(valid) >= 3, [(v.candidate_id, v.status, v.detail) for v in one]
+    for a, b, w in zip(one, batched, full):
+        assert (a.status, a.FAIL_TO_PASS, a.PASS_TO_PASS) == (b.status, b.FAIL_TO_PASS, b.PASS_TO_PASS), a.candidate_id
+        assert (a.status == "valid") == (w.status == "valid"), a.candidate_id
+        if a.status == "valid":
+            assert a.FAIL_TO_PASS == w.FAIL_TO_PASS, a.candidate_id
