@@ -8,7 +8,8 @@ is *loose*: on a task, the verifier would excuse it only after a second run unde
 (`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
 and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `wrap`) how many ran beside a passing original
 and how many of those were loose; `loop` and `with` count those whose assertion ends a loop's or a `with` block's
-body.
+body, and `helper` those that end in a call to a helper of the project whose definition shows what it compares
+(`executors/helpers.py`).
 
     python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
 """
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
+from trajfactory.executors.helpers import helper_target, resolver  # noqa: E402
 from trajfactory.executors.mutants import Spot, module_tests, spot_of  # noqa: E402
 from trajfactory.executors.testrun import run_tests  # noqa: E402
 from trajfactory.executors.twins import write_twins  # noqa: E402
@@ -35,7 +37,15 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "wrap", "loop", "with")
+KINDS = ("constant", "negate", "opposite", "raises", "wrap", "loop", "with", "helper")
+
+
+def _read(checkout: Path, rel: str) -> str | None:
+    """A file of the checkout as text, None where there is none (as `twins.write_twins` reads the sandbox's)."""
+    try:
+        return (checkout / rel).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
@@ -51,13 +61,20 @@ def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
                    for p in checkout.rglob(pattern) if not {"build", ".tox", "site-packages"} & set(p.parts))
     count: Counter = Counter()
     spots: dict[str, tuple[Spot, ast.FunctionDef]] = {}  # test id (file::[Cls::]name) -> where its mutant changes it
+    helped: set[str] = set()  # the tests whose mutant changes a call to a helper, read from its definition
     for path in files:
         try:
-            tests = module_tests(ast.parse((checkout / path).read_text(encoding="utf-8")))
+            tree = ast.parse((checkout / path).read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
+        tests = module_tests(tree)
         count["tests"] += len(tests)
-        spots |= {"::".join([path, *names]): (spot, node) for names, node in tests if (spot := spot_of(node))}
+        resolve = resolver(tree, path, lambda rel: _read(checkout, rel))
+        for names, node in tests:
+            spot = spot_of(node, lambda call, t=names: (f := resolve(t, call)) and helper_target(call, *f))
+            if spot is not None:
+                spots["::".join([path, *names])] = (spot, node)
+                helped.update(["::".join([path, *names])] if spot_of(node) is None else [])
     made: dict[str, tuple[str, list[str]]] = {}  # original -> (its mutant's id, its kinds)
     with backend.start(env, LIMITS) as sandbox:
         # as the verifier writes them for a task's failing tests, for every test that can have one
@@ -67,7 +84,7 @@ def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
             while isinstance(last, (ast.For, ast.With)) and last is not spot.node:
                 kinds.append("loop" if isinstance(last, ast.For) else "with")
                 last = last.body[-1]
-            kinds = list(dict.fromkeys(kinds))
+            kinds = list(dict.fromkeys(kinds + (["helper"] if test in helped else [])))
             count.update(kinds)
             made[test] = (mutant, kinds)
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)

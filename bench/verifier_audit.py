@@ -29,7 +29,7 @@ from trajfactory.datasets.store import DatasetStore  # noqa: E402
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
 from trajfactory.executors.swe_env import run_patch_tests  # noqa: E402
-from trajfactory.executors.twins import MAX_TWINS, twin_source  # noqa: E402
+from trajfactory.executors.twins import MAX_TWINS, checkout_text, twin_source  # noqa: E402
 from trajfactory.settings import SandboxConfig  # noqa: E402
 from trajfactory.training.evaluate import task_from_row  # noqa: E402
 
@@ -52,7 +52,8 @@ def _has_mutant(sandbox, tests: list[str]) -> bool:
     for test in tests[:MAX_TWINS]:
         path, _, rest = test.partition("::")
         try:
-            made = twin_source(sandbox.read_file(path).decode("utf-8"), [rest.split("[")[0].split("::")])
+            made = twin_source(sandbox.read_file(path).decode("utf-8"), [rest.split("[")[0].split("::")],
+                               read=lambda other: checkout_text(sandbox, other), file=path)  # as `write_twins` does
         except (OSError, UnicodeDecodeError):
             continue
         if made and made[3]:

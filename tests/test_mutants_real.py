@@ -7,6 +7,7 @@ fix, and cost a second run under it on every verification (`twins.name_bound`).
 |---|---|
 | tabulate 0.10.0 | its own `assert_equal(expected, result)` ends nearly every test: the result goes in a tuple |
 | boltons 25.0.0 | loops over fixed cases end tests; tests define helper functions that `return` |
+| markdown 3.11.3 | `self.assertMarkdownRenders(source, expected)`, a helper of `markdown/test_tools.py`, ends nearly every test |
 
 On a tabulate task, the forgery that passes every failure but those of the canaries' shape is refused; before its
 tests' helper got mutants, verification passed it (280 passed).
@@ -23,6 +24,7 @@ import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
 from trajfactory.executors.guard import module_of
+from trajfactory.executors.helpers import helper_target, resolver
 from trajfactory.executors.mutants import module_tests, spot_of
 from trajfactory.executors.swe_env import run_patch_tests
 from trajfactory.executors.testrun import run_tests
@@ -38,27 +40,43 @@ from mining import LIMITS, mine
 pytestmark = pytest.mark.docker
 
 
-@pytest.mark.parametrize("uri,folder,kinds", [
-    ("pypi:tabulate==0.10.0", "test", {"wrap": 200}),
-    ("pypi:boltons==25.0.0", "tests", {"loop": 10, "constant": 50}),
+def _spots(checkout, files: list[str]) -> dict[str, tuple]:
+    """Test id -> (where its mutant changes it, its definition, whether a helper's definition told it), with the
+    helpers of the checkout read as `write_twins` reads them in the sandbox."""
+    def read(rel: str) -> str | None:
+        return (checkout / rel).read_text(encoding="utf-8") if (checkout / rel).is_file() else None
+
+    out = {}
+    for path in files:
+        tree = ast.parse((checkout / path).read_text(encoding="utf-8"))
+        resolve = resolver(tree, path, read)
+        for names, node in module_tests(tree):
+            if spot := spot_of(node, lambda call, t=names: (f := resolve(t, call)) and helper_target(call, *f)):
+                out["::".join([path, *names])] = (spot, node, spot_of(node) is None)
+    return out
+
+
+@pytest.mark.parametrize("uri,pattern,kinds", [
+    ("pypi:tabulate==0.10.0", "test/test_*.py", {"wrap": 200}),
+    ("pypi:boltons==25.0.0", "tests/test_*.py", {"loop": 10, "constant": 50}),
+    # its tests end in `self.assertMarkdownRenders(source, expected)`, defined in markdown/test_tools.py
+    ("pypi:markdown==3.11.3", "tests/**/test_*.py", {"helper": 700}),
 ])
-def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mirrors, tmp_path, uri, folder, kinds):
+def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mirrors, tmp_path, uri, pattern, kinds):
     source = harvest_repo(uri, mirrors)
     assert isinstance(source, Source), source
     env = build_environment(docker_backend, source)
     assert isinstance(env, EnvironmentHandle), env
     checkout = stage.checkout(source, tmp_path / "co")
-    files = sorted(p.relative_to(checkout).as_posix() for p in (checkout / folder).glob("test_*.py"))
-    spots = {"::".join([path, *names]): (spot, node) for path in files
-             for names, node in module_tests(ast.parse((checkout / path).read_text(encoding="utf-8")))
-             if (spot := spot_of(node))}
+    spots = _spots(checkout, sorted(p.relative_to(checkout).as_posix() for p in checkout.glob(pattern)))
     kind_of: Counter = Counter()
     with docker_backend.start(env, LIMITS) as sandbox:
         made = write_twins(sandbox, list(spots), limit=len(spots)).mutants  # original -> its mutant's id
         assert made.keys() == spots.keys()
-        for spot, node in map(spots.get, made):
+        for spot, node, helped in map(spots.get, made):
             kind_of[spot.kind] += 1
             kind_of["loop"] += isinstance(node.body[-1], ast.For)
+            kind_of["helper"] += helped
         run = run_tests(sandbox, timeout=900)  # the whole suite, as its maintainers run it
     assert run.sealed and not run.timed_out and not run.results_error, run
     checked, loose = 0, []
@@ -77,21 +95,32 @@ SHAPED = "every failure forged but the canaries', told by their shape"
 HELPER = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
 
 
+@pytest.mark.parametrize("uri,files,helped", [
+    # `assert_equal(expected, result)`, known by its name: `assert_equal(expected, (result,))`
+    ("pypi:tabulate==0.10.0", ("tabulate/__init__.py",), False),
+    # `self.assertMarkdownRenders(source, expected)`, known by its definition: `expected` changed or wrapped
+    ("pypi:markdown==3.11.3", ("markdown/inlinepatterns.py", "markdown/blockprocessors.py"), True),
+])
 def test_a_forgery_told_by_the_canaries_shape_is_refused_where_tests_end_in_a_helper(docker_backend, mirrors,
-                                                                                    tmp_path):
-    """tabulate: a task's failing tests end in `assert_equal(expected, result)`, which got no mutant before. The
-    forgery that passes every failure but those of the canaries' shape (`gaming_patches`) then passed verification;
-    the mutant (`assert_equal(expected, (result,))`) passes beside its original under it, and the run is refused.
-    The task's own fix, made not the gold by a module of its own, still passes."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:tabulate==0.10.0", ("tabulate/__init__.py",), n=4)
+                                                                                    tmp_path, uri, files, helped):
+    """A task's failing tests end in a helper of the project, which got no mutant before (tabulate's
+    `assert_equal(expected, result)` until the helpers named for equality; Python-Markdown's `assertMarkdownRenders`
+    until helpers were read from their definitions). The forgery that passes every failure but those of the
+    canaries' shape (`gaming_patches`) then passed verification; the mutant passes beside its original under it,
+    and the run is refused. The task's own fix, made not the gold by a module of its own, still passes."""
+    mined = mine(docker_backend, mirrors, tmp_path, uri, files, n=4)
 
-    def helper_ended(test: str) -> bool:
+    def mutant_of(test: str) -> str:
+        """"helper" (told by the helper's definition), "wrap" (an equality helper's argument), "other" or ""."""
         path, _, rest = test.partition("::")
-        tests = {tuple(n): node for n, node in module_tests(ast.parse((mined.checkout / path).read_text()))}
-        node = tests.get(tuple(rest.split("[")[0].split("::")))
-        return node is not None and getattr(spot_of(node), "kind", "") == "wrap"
+        spot = _spots(mined.checkout, [path]).get("::".join([path, rest.split("[")[0]]))
+        return "" if spot is None else "helper" if spot[2] else "wrap" if spot[0].kind == "wrap" else "other"
 
-    task = next((t for t in mined.tasks if all(map(helper_ended, t.checks.FAIL_TO_PASS))), None)
+    def ends_in_helpers(task) -> bool:  # under the earlier rules, none of its failing tests had a mutant
+        kinds = set(map(mutant_of, task.checks.FAIL_TO_PASS))
+        return kinds - {""} == {"helper"} if helped else kinds == {"wrap"}
+
+    task = next((t for t in mined.tasks if ends_in_helpers(t)), None)
     assert task is not None, [t.checks.FAIL_TO_PASS for t in mined.tasks]
     test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
     failing = sorted({t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS})

@@ -12,7 +12,10 @@ the failing test with its last assertion turned against it:
 - else the exception a last `with pytest.raises(E):` block expects no longer caught;
 - a project's own equality helper (`assert_equal(expected, result)`, or a mock's `m.assert_called_once_with(1, "a")`:
   `_HELPER_WORDS`) gets its constant argument changed or, without one, its second argument wrapped in a tuple
-  (`assert_equal(expected, (result,))`): no ordinary value equals both `x` and `(x,)`.
+  (`assert_equal(expected, (result,))`): no ordinary value equals both `x` and `(x,)`;
+- a helper whose name says nothing (Python-Markdown's `self.assertMarkdownRenders(source, "<p>x</p>")`) gets an
+  argument changed (a constant) or wrapped in a tuple where its definition, in the test's module or one of the
+  checkout's, only compares that argument for equality (`helpers.py`).
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -33,6 +36,7 @@ from __future__ import annotations
 import ast
 import secrets
 from dataclasses import dataclass
+from typing import Callable
 
 _PAIRS = (("assertEqual", "assertNotEqual"), ("assertTrue", "assertFalse"), ("assertIn", "assertNotIn"),
           ("assertIs", "assertIsNot"), ("assertIsNone", "assertIsNotNone"), ("assertIsInstance", "assertNotIsInstance"),
@@ -75,7 +79,7 @@ def _constant(node: ast.AST) -> bool:
             and node.lineno == node.end_lineno)
 
 
-def _spot(stmt: ast.stmt) -> Spot | None:
+def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], ast.expr | None] | None = None) -> Spot | None:
     """What a mutant changes in the assertion `stmt`: the expected constant of `assert x == C` (either side) or of
     `self.assertEqual(x, C)`, when one side only is a constant; else the whole test of an `assert`, or the method of a
     unittest assertion that has an opposite; for a block that expects an exception (`with pytest.raises(E):`,
@@ -88,7 +92,7 @@ def _spot(stmt: ast.stmt) -> Spot | None:
             return Spot("raises", stmt)
         if all(_manager(i.context_expr) in _PASSING for i in stmt.items) and \
                 isinstance(stmt.body[-1], (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt.body[-1])
+            return _spot(stmt.body[-1], helper)
         return None
     if isinstance(stmt, ast.Assert):
         test = stmt.test
@@ -107,12 +111,14 @@ def _spot(stmt: ast.stmt) -> Spot | None:
             return Spot("constant", found[0])
         if call.func.lineno == call.func.end_lineno:
             return Spot("opposite", call.func)
-    if helper := _helper(call):
+    if named := _helper(call):
         found = [a for a in call.args if _constant(a)]
         if found:
             return Spot("constant", found[0])
-        if "equal" in helper and len(call.args) >= 2:
+        if "equal" in named and len(call.args) >= 2:
             return Spot("wrap", call.args[1])
+    elif helper is not None and (target := helper(call)) is not None:
+        return Spot("constant" if _constant(target) else "wrap", target)
     return None
 
 
@@ -167,10 +173,13 @@ def _fixed(loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return bool(names) and plain and not any(n.id in bound or n.id == "self" for n in names)
 
 
-def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Spot | None:
+def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
+            helper: Callable[[ast.Call], ast.expr | None] | None = None) -> Spot | None:
     """Where a mutant of the test `node` changes it: its last assertion among the statements of its own body
     (`_spot`). None where it has none, where its body returns early anywhere, or where it is marked to fail
-    (`xfail`): there, a passing original does not show that the assertion ran and held."""
+    (`xfail`): there, a passing original does not show that the assertion ran and held. `helper`: for a call to a
+    helper of the project that no rule here knows by name, the constant argument its definition only compares
+    (`helpers.helper_target`), if any."""
     if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) for n in _own(node)):
         return None
     if any(isinstance(n, (ast.Name, ast.Attribute)) and getattr(n, "attr", getattr(n, "id", "")) == "xfail"
@@ -178,11 +187,11 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Spot | None:
         return None
     for stmt in reversed(node.body):
         if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt)
+            return _spot(stmt, helper)
         if isinstance(stmt, ast.For) and stmt is node.body[-1] and not stmt.orelse and _fixed(stmt, node) and \
                 not any(isinstance(n, (ast.Break, ast.Continue)) for n in _own(stmt)) and \
                 isinstance(stmt.body[-1], (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt.body[-1])
+            return _spot(stmt.body[-1], helper)
     return None
 
 

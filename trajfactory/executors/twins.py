@@ -37,10 +37,12 @@ import re
 import secrets
 import shlex
 from dataclasses import dataclass, field
+from typing import Callable
 
-from trajfactory.executors.base import Sandbox, apply_patch
+from trajfactory.executors.base import Sandbox, SandboxError, apply_patch
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
 from trajfactory.executors.guard import protected, suite_files
+from trajfactory.executors.helpers import helper_target, resolver
 from trajfactory.executors.mutants import spot_of, mutate
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
@@ -208,6 +210,7 @@ by its subclasses) still sets it on the class its tests read it from. `super()` 
 
 def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom | None = None,
                 names: dict[tuple[str, ...], str] | None = None, mutant_names: dict[tuple[str, ...], str] | None = None,
+                read: Callable[[str], str | None] | None = None, file: str = "",
                 ) -> tuple[str, dict[tuple[str, ...], str], Canaries, dict[tuple[str, ...], str]] | None:
     """`source` (a test module) with twins of the tests at `tests` (`["test_x"]` or `["TestCls", "test_x"]`),
     mutants of those that have an assertion to change (`mutants.py`), and canaries of both kinds: (new source,
@@ -219,12 +222,14 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     name (`class TestX(TestX):`) and then put on the class itself (`GRAFT`), so pytest collects the same ids and the
     twin beside them, and the copy's `super()` and private names work as in the original. `names`: the twins' names
     where they must be those of an earlier run (a unittest class runs its methods in the order of their names), and
-    `mutant_names` the mutants'."""
+    `mutant_names` the mutants'. `read` (a file of the checkout by its path, None where there is none) and `file`
+    (this module's path) let a mutant change a test that ends in a helper of the project (`helpers.py`)."""
     rng = rng or secrets.SystemRandom()
     try:
         tree = parse_python(source)
     except (SyntaxError, ValueError):
         return None
+    resolve = resolver(tree, file, read) if read is not None else None
     used, lines = _names(tree), source.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
@@ -249,7 +254,9 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         if len(path) == 2:
             evaluated.setdefault(path[0], set()).update(_evaluated_names(node))
         twins[tuple(path)] = twin
-        if (spot := spot_of(node)) is not None:
+        helper = (lambda call, test=path: (found := resolve(test, call)) and helper_target(call, *found)) \
+            if resolve else None
+        if (spot := spot_of(node, helper)) is not None:
             mutant = _taken((mutant_names or {}).get(tuple(path), ""), used) or _fresh(
                 prefix, used, rng, unlike=path[-1], after=max(last, twin) if len(path) == 2 else "")
             holder.append(_renamed(mutate(lines[start - 1:node.end_lineno], start, spot, rng), at, path[-1], mutant))
@@ -292,6 +299,14 @@ def _split(test_id: str) -> tuple[str, list[str], str]:
     return path, (rest[:len(rest) - len(params)] if params else rest).split("::"), params
 
 
+def checkout_text(sandbox: Sandbox, path: str) -> str | None:
+    """The checkout's file `path` as text; None where there is none (or it is not UTF-8)."""
+    try:
+        return sandbox.read_file(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError, SandboxError):
+        return None
+
+
 def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, named: dict[str, str] | None = None,
                 mutants_named: dict[str, str] | None = None) -> Twins:
     """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and canaries in each
@@ -313,7 +328,8 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, name
             continue
         again = {tuple(_split(t)[1]): _split(twin)[1][-1] for t, twin in (named or {}).items()}
         mutated = {tuple(_split(t)[1]): _split(m)[1][-1] for t, m in (mutants_named or {}).items()}
-        made = twin_source(source, [names for _, names, _ in wanted], rng, names=again, mutant_names=mutated)
+        made = twin_source(source, [names for _, names, _ in wanted], rng, names=again, mutant_names=mutated,
+                           read=lambda other: checkout_text(sandbox, other), file=path)
         if made is None:
             continue
         new, twins, canary, mutants = made

@@ -1,0 +1,174 @@
+"""Mutants of tests that end in a helper of the project whose name says nothing (`executors/helpers.py`): the helper's
+definition, found in the test's module or a module of the checkout it imports, through the test class's bases, shows
+which argument it only compares for equality; that argument is changed (a constant) or wrapped in a tuple. Where the
+definition does not show it, or cannot be read, no mutant is made."""
+
+from __future__ import annotations
+
+import ast
+import secrets
+
+import pytest
+
+from trajfactory.executors.helpers import compared_params, helper_target, resolver
+from trajfactory.executors.mutants import mutate, spot_of
+
+RNG = secrets.SystemRandom()
+
+# Python-Markdown's helper, as markdown/test_tools.py writes it
+TOOLS = '''
+import unittest
+from markdown import Markdown
+
+
+class TestCase(unittest.TestCase):
+    default_kwargs = {}
+
+    def assertMarkdownRenders(self, source, expected, expected_attrs=None, **kwargs):
+        expected_attrs = expected_attrs or {}
+        kws = self.default_kwargs.copy()
+        kws.update(kwargs)
+        md = Markdown(**kws)
+        output = md.convert(source)
+        self.assertMultiLineEqual(output, expected)
+        for key, value in expected_attrs.items():
+            self.assertEqual(getattr(md, key), value)
+'''
+TESTS = '''
+from markdown.test_tools import TestCase
+from .util import check_process, Base
+
+
+def check(value, want):
+    assert value * 2 == want, f"expected {want}"
+
+
+class TestThings(TestCase):
+    def test_renders(self):
+        self.assertMarkdownRenders("*a*", "<p><em>a</em></p>")
+
+    def test_renders_built(self):
+        self.assertMarkdownRenders(self.dedent("""*a*"""), expected=self.dedent("""<p><em>a</em></p>"""))
+
+    def test_source_only(self):
+        self.assertMarkdownRenders(source="*a*", expected_attrs={"x": 1}, expected=SRC)
+
+
+class TestOther(Base):
+    def test_shadowed(self):
+        self.assertMarkdownRenders("*a*", "<p><em>a</em></p>")
+
+
+class TestLocal(TestThings):
+    def assertMarkdownRenders(self, source, expected):
+        assert source != expected
+
+    def test_own(self):
+        self.assertMarkdownRenders("a", "b")
+
+
+def test_module_helper():
+    check(f(2), 4)
+
+
+def test_imported_helper():
+    check_process(run(), 0)
+'''
+UTIL = '''
+import unittest
+
+
+def check_process(process, exit_code, stdout=None):
+    assert process.returncode == exit_code, f"Unexpected exit code (expected {exit_code})"
+    if stdout is not None:
+        assert process.stdout == stdout
+
+
+class Base(SomethingInstalled):
+    pass
+'''
+FILES = {"markdown/test_tools.py": TOOLS, "tests/test_x.py": TESTS, "tests/util.py": UTIL}
+
+
+def _spot(test: list[str], files=FILES):
+    tree = ast.parse(files["tests/test_x.py"])
+    resolve = resolver(tree, "tests/test_x.py", files.get)
+    body = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test[0]][-1]
+    node = body if len(test) == 1 else next(m for m in body.body if getattr(m, "name", "") == test[1])
+    spot = spot_of(node, lambda call: (found := resolve(test, call)) and helper_target(call, *found))
+    if spot is None:
+        return None, None
+    lines = files["tests/test_x.py"].splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
+    return spot.kind, ast.unparse(ast.parse("".join(mutate(lines, node.lineno, spot, RNG)).strip()).body[0].body[-1])
+
+
+def test_what_a_helper_only_compares():
+    tools = next(n for n in ast.walk(ast.parse(TOOLS)) if getattr(n, "name", "") == "assertMarkdownRenders")
+    assert compared_params(tools) == {"expected"}  # `source` feeds the output; `expected_attrs` is bound again
+    util = ast.parse(UTIL).body[1]
+    assert compared_params(util) == {"exit_code"}  # named in the failure's message too; `stdout` read by an `if`
+    for source in (
+            "def h(a, b):\n    if a:\n        return\n    assert f() == b\n",  # a return may come first
+            "def h(a, b):\n    assert f(b) == b\n",  # what it is compared with depends on it
+            "@wrap\ndef h(a, b):\n    assert f() == b\n",  # a decorator may not run the body as written
+            "def h(a, b):\n    yield\n    assert f() == b\n",  # a generator's call runs nothing
+            "def h(a, b):\n    b = g(b)\n    assert f() == b\n",  # bound again
+            "def h(a, b):\n    self.assertAlmostEqual(f(), b, delta=9)\n",  # near enough may hold for another
+            "def h(a, b):\n    if a:\n        assert f() == b\n",  # under an `if`: it may not have run
+    ):
+        assert compared_params(ast.parse(source).body[0]) == set(), source
+
+
+@pytest.mark.parametrize("test,kind,last", [
+    # a method of a base class in another module of the checkout
+    (["TestThings", "test_renders"], "constant", None),
+    (["TestThings", "test_renders_built"], "wrap",
+     "self.assertMarkdownRenders(self.dedent('*a*'), expected=(self.dedent('<p><em>a</em></p>'),))"),
+    (["TestThings", "test_source_only"], "wrap", "self.assertMarkdownRenders(source='*a*', expected_attrs={'x': 1}, "
+                                                 "expected=(SRC,))"),
+    # a function of the test's module, and one imported from a module beside it
+    (["test_module_helper"], "constant", None),
+    (["test_imported_helper"], "constant", None),
+    # the class's own method comes first, and it compares nothing
+    (["TestLocal", "test_own"], None, None),
+    # a base that the checkout does not define (an installed package's) may define the helper: none
+    (["TestOther", "test_shadowed"], None, None),
+])
+def test_a_helper_is_found_through_imports_and_bases(test, kind, last):
+    got_kind, got_last = _spot(test)
+    assert got_kind == kind
+    if kind == "constant":  # the same call, one constant changed
+        assert got_last.split("(")[0] in ("self.assertMarkdownRenders", "check", "check_process")
+        assert got_last not in TESTS.replace('"', "'")
+    elif last is not None:
+        assert got_last == last
+
+
+def test_no_helper_where_its_module_cannot_be_read():
+    assert _spot(["TestThings", "test_renders"], {k: v for k, v in FILES.items() if k != "markdown/test_tools.py"}) \
+        == (None, None)
+    assert _spot(["test_imported_helper"], {k: v for k, v in FILES.items() if k != "tests/util.py"}) == (None, None)
+
+
+def test_a_changed_argument_fails_the_helper_where_the_original_passes():
+    """The mutant of a test ending in `check_process(run(), 0)`, run against the helper's own code."""
+    namespace: dict = {}
+    exec(compile(UTIL.replace("class Base(SomethingInstalled):", "class Base:"), "<util>", "exec"), namespace)
+
+    class Done:
+        returncode, stdout = 0, "ok"
+
+    source = "def test_x():\n    check_process(Done(), 0)\n"
+    tree = ast.parse(source)
+    spot = spot_of(tree.body[0], lambda call: helper_target(call, namespace_def(UTIL, "check_process"), False))
+    mutant = "".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))
+    scope = {"check_process": namespace["check_process"], "Done": Done}
+    exec(compile(source, "<original>", "exec"), scope)
+    scope["test_x"]()  # the original passes
+    exec(compile(mutant, "<mutant>", "exec"), scope)
+    with pytest.raises(AssertionError):
+        scope["test_x"]()
+
+
+def namespace_def(source: str, name: str) -> ast.FunctionDef:
+    return next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)

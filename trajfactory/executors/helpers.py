@@ -1,0 +1,185 @@
+"""A test's own assertion helper, read from its definition: which of its arguments it only compares for equality.
+
+Many suites end their tests in a helper of their own whose name says nothing of what it checks (Python-Markdown's
+`self.assertMarkdownRenders(source, expected)`, defined in `markdown/test_tools.py`). `mutants.py` changes a constant
+argument of such a call only where the helper's definition shows that the argument is compared for equality and used
+for nothing else (`compared_params`): then the value the helper compares it with does not depend on it, and the
+changed constant fails the comparison wherever the original passed. `resolver` finds the definition the call reaches:
+a function of the test's module or one it imports from the checkout, or a method of the test's class or of a base
+class of the checkout; a base it cannot read (unittest's `TestCase`, a base from an installed package) ends the search
+with no helper, since that base might define the name.
+"""
+
+from __future__ import annotations
+
+import ast
+import posixpath
+from typing import Callable
+
+from trajfactory.runtime import parse_python
+
+Def = ast.FunctionDef
+Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
+
+_EQUAL = ("assertEqual", "assertEquals", "assertMultiLineEqual", "assertListEqual", "assertTupleEqual",
+          "assertDictEqual", "assertSequenceEqual", "assertCountEqual")
+"""unittest's equality assertions: where `a` equals `b`, no value that differs from `b` by a letter or a number
+equals `a` too (not `assertAlmostEqual`, whose `delta` may admit it)."""
+_DEPTH = 6
+"""How many base classes and imports deep a helper is looked for."""
+
+
+def _compared(stmt: ast.stmt) -> list[ast.expr]:
+    """The two sides of the equality that the statement `stmt` asserts (`assert a == b`, `self.assertEqual(a, b)`),
+    else none."""
+    if isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Compare) and len(stmt.test.ops) == 1 and \
+            isinstance(stmt.test.ops[0], ast.Eq):
+        return [stmt.test.left, stmt.test.comparators[0]]
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in _EQUAL and \
+            len(call.args) >= 2 and not any(isinstance(a, ast.Starred) for a in call.args):
+        return list(call.args[:2])
+    return []
+
+
+def _messages(node: ast.AST) -> list[ast.expr]:
+    """What the assertion `node` reports when it fails (`assert x == y, MSG`, `self.assertEqual(x, y, MSG)`)."""
+    if isinstance(node, ast.Assert):
+        return [node.msg] if node.msg is not None else []
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _EQUAL:
+        return [*node.args[2:], *(k.value for k in node.keywords if k.arg == "msg")]
+    return []
+
+
+def compared_params(func: Def) -> set[str]:
+    """The parameters of the helper `func` that it only compares: each is read once, as one side of an equality that a
+    statement of the helper's own body asserts, is never bound again, and no `return` comes before that statement (so
+    a call that returned has asserted it). None for a decorated helper or a generator, whose call may not run its
+    body as written."""
+    if func.decorator_list or any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(func)):
+        return set()
+    args = func.args
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    # what an assertion says when it fails is read only then: a parameter it names there is still only compared
+    said = {id(n) for stmt in ast.walk(func) for part in _messages(stmt) for n in ast.walk(part)}
+    loads: dict[str, int] = {}
+    for node in ast.walk(func):
+        if id(node) in said:
+            continue
+        if isinstance(node, ast.Name) and node.id in names:
+            if not isinstance(node.ctx, ast.Load):
+                names.discard(node.id)
+            loads[node.id] = loads.get(node.id, 0) + 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names -= set(node.names)
+    out: set[str] = set()
+    for i, stmt in enumerate(func.body):
+        sides = _compared(stmt)
+        for side in sides:
+            if isinstance(side, ast.Name) and side.id in names and loads.get(side.id) == 1 and \
+                    not any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier)):
+                out.add(side.id)
+    return out
+
+
+def helper_target(call: ast.Call, func: Def, bound: bool) -> ast.expr | None:
+    """The argument of `call` that a mutant changes: one the helper `func` only compares (`compared_params`), given
+    by position (after `self` where the call is `bound` to an instance) or by keyword, a constant first (changed), else
+    any (wrapped in a tuple: `mutants.mutate`); else None."""
+    params = compared_params(func)
+    if not params or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+        return None
+    positional = [a.arg for a in [*func.args.posonlyargs, *func.args.args]][1 if bound else 0:]
+    if len(call.args) > len(positional) and func.args.vararg is None:
+        return None
+    given = [(positional[i], a) for i, a in enumerate(call.args[:len(positional)])]
+    given += [(k.arg, k.value) for k in call.keywords]
+    compared = [value for name, value in given if name in params]
+    return next((v for v in compared if isinstance(v, ast.Constant) and isinstance(v.value, (int, float, str, bytes))
+                 and v.lineno == v.end_lineno), compared[0] if compared else None)
+
+
+def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
+    """The names a module imports from others: name -> (module, level, the name there)."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                out[alias.asname or alias.name] = (node.module or "", node.level, alias.name)
+    return out
+
+
+def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> Resolver:
+    """Finds the helper a test of the module `tree` (the checkout's file `path`) calls: for a test at `["test_x"]` or
+    `["TestX", "test_x"]` and a call `helper(...)` or `self.helper(...)`, (its definition, whether the call is bound to
+    an instance), or None. `read`: a file of the checkout by its path, None where there is none."""
+    modules: dict[str, ast.Module | None] = {path: tree}
+
+    def load(name: str, level: int, here: str) -> tuple[str, ast.Module] | None:
+        rel = name.replace(".", "/")
+        if level:
+            base = posixpath.dirname(here)
+            for _ in range(level - 1):
+                base = posixpath.dirname(base)
+            roots = [base]
+        else:
+            roots = ["", "src", posixpath.dirname(here)]
+        for root in roots:
+            for candidate in (f"{rel}.py", f"{rel}/__init__.py") if rel else ("__init__.py",):
+                file = posixpath.normpath(posixpath.join(root, candidate))
+                if file.startswith("../"):
+                    continue
+                if file not in modules:
+                    text = read(file)
+                    try:
+                        modules[file] = parse_python(text) if text is not None else None
+                    except (SyntaxError, ValueError):
+                        modules[file] = None
+                if modules[file] is not None:
+                    return file, modules[file]
+        return None
+
+    def find(name: str, kinds: tuple, module: ast.Module, here: str, depth: int) -> tuple[ast.AST, str, ast.Module] | None:
+        """The top-level definition `name` of `module` (the file `here`), or the one it imports from the checkout."""
+        found = [n for n in module.body if isinstance(n, kinds) and n.name == name]
+        if found:
+            return found[-1], here, module
+        origin = _imports(module).get(name)
+        if origin is None or depth >= _DEPTH or not (loaded := load(origin[0], origin[1], here)):
+            return None
+        return find(origin[2], kinds, loaded[1], loaded[0], depth + 1)
+
+    def method(cls: ast.ClassDef, name: str, module: ast.Module, here: str, depth: int) -> Def | None | bool:
+        """The method `name` of `cls` or of its bases, depth first; False where a base the checkout does not define
+        comes first (it may define the name)."""
+        own = [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+        if own:
+            return own[-1] if isinstance(own[-1], ast.FunctionDef) else False
+        if any(isinstance(t, ast.Name) and t.id == name for n in cls.body if isinstance(n, ast.Assign)
+               for t in n.targets):
+            return False
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id == "object":
+                continue
+            got = find(base.id, (ast.ClassDef,), module, here, depth) if isinstance(base, ast.Name) and \
+                depth < _DEPTH else None
+            if got is None:
+                return False
+            result = method(got[0], name, got[2], got[1], depth + 1)
+            if result is not None:
+                return result
+        return None
+
+    def resolve(test: list[str], call: ast.Call) -> tuple[Def, bool] | None:
+        func = call.func
+        if isinstance(func, ast.Name):
+            got = find(func.id, (ast.FunctionDef, ast.AsyncFunctionDef), tree, path, 0)
+            return (got[0], False) if got and isinstance(got[0], ast.FunctionDef) else None
+        if len(test) == 2 and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
+                func.value.id == "self":
+            classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
+            found = method(classes[-1], func.attr, tree, path, 0) if classes else None
+            return (found, True) if isinstance(found, ast.FunctionDef) else None
+        return None
+
+    return resolve
