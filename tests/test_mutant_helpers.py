@@ -71,6 +71,12 @@ def test_module_helper():
     check(f(2), 4)
 
 
+def test_own_helper():
+    def check(value, want):
+        assert value != want
+    check(f(2), 4)
+
+
 def test_imported_helper():
     check_process(run(), 0)
 '''
@@ -129,6 +135,8 @@ def test_what_a_helper_only_compares():
     # a function of the test's module, and one imported from a module beside it
     (["test_module_helper"], "constant", None),
     (["test_imported_helper"], "constant", None),
+    # a name the test binds itself is not the module's helper
+    (["test_own_helper"], None, None),
     # the class's own method comes first, and it compares nothing
     (["TestLocal", "test_own"], None, None),
     # a base that the checkout does not define (an installed package's) may define the helper: none
@@ -172,3 +180,36 @@ def test_a_changed_argument_fails_the_helper_where_the_original_passes():
 
 def namespace_def(source: str, name: str) -> ast.FunctionDef:
     return next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+# pyflakes' helper, as pyflakes/test/harness.py writes it: the messages expected come as `*args`
+FLAKES = '''
+def flakes(self, input, *expectedOutputs, **kw):
+    w = check(input, **kw)
+    outputs = [type(o) for o in w.messages]
+    expectedOutputs = list(expectedOutputs)
+    outputs.sort(key=lambda t: t.__name__)
+    expectedOutputs.sort(key=lambda t: t.__name__)
+    self.assertEqual(outputs, expectedOutputs, "for input: %s expected: %r" % (input, expectedOutputs))
+    return w
+'''
+
+
+def test_a_helper_that_only_compares_its_varargs_gets_the_last_twice():
+    from trajfactory.executors.helpers import counted_varargs
+
+    flakes = ast.parse(FLAKES).body[0]
+    assert counted_varargs(flakes) and compared_params(flakes) == set()
+    for changed in ("expectedOutputs = set(expectedOutputs)",  # a set may drop the added item
+                    "expectedOutputs = expectedOutputs[:1]",
+                    "expectedOutputs = list(expectedOutputs)\n    print(expectedOutputs)"):
+        source = FLAKES.replace("expectedOutputs = list(expectedOutputs)", changed)
+        assert not counted_varargs(ast.parse(source).body[0]), changed
+    source = "def test_x(self):\n    self.flakes('import os', m.UnusedImport)\n"
+    spot = spot_of(ast.parse(source).body[0], lambda call: helper_target(call, flakes, True))
+    assert spot.kind == "repeat"
+    mutant = "".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))
+    assert mutant == "def test_x(self):\n    self.flakes('import os', m.UnusedImport, m.UnusedImport)\n"
+    # no message expected: nothing to give twice, no mutant
+    assert spot_of(ast.parse("def test_x(self):\n    self.flakes('x = 1')\n").body[0],
+                   lambda call: helper_target(call, flakes, True)) is None

@@ -8,6 +8,7 @@ fix, and cost a second run under it on every verification (`twins.name_bound`).
 | tabulate 0.10.0 | its own `assert_equal(expected, result)` ends nearly every test: the result goes in a tuple |
 | boltons 25.0.0 | loops over fixed cases end tests; tests define helper functions that `return` |
 | markdown 3.11.3 | `self.assertMarkdownRenders(source, expected)`, a helper of `markdown/test_tools.py`, ends nearly every test |
+| pyflakes 4.1.0 | `self.flakes(source, *messages)`, a helper of `pyflakes/test/harness.py`, compares the messages as a whole |
 
 On a tabulate task, the forgery that passes every failure but those of the canaries' shape is refused; before its
 tests' helper got mutants, verification passed it (280 passed).
@@ -61,6 +62,8 @@ def _spots(checkout, files: list[str]) -> dict[str, tuple]:
     ("pypi:boltons==25.0.0", "tests/test_*.py", {"loop": 10, "constant": 50}),
     # its tests end in `self.assertMarkdownRenders(source, expected)`, defined in markdown/test_tools.py
     ("pypi:markdown==3.11.3", "tests/**/test_*.py", {"helper": 700}),
+    # `self.flakes(source, *messages)`, defined in pyflakes/test/harness.py: the last message given twice
+    ("pypi:pyflakes==4.1.0", "pyflakes/test/test_*.py", {"repeat": 150}),
 ])
 def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mirrors, tmp_path, uri, pattern, kinds):
     source = harvest_repo(uri, mirrors)

@@ -4,7 +4,8 @@ Many suites end their tests in a helper of their own whose name says nothing of 
 `self.assertMarkdownRenders(source, expected)`, defined in `markdown/test_tools.py`). `mutants.py` changes a constant
 argument of such a call only where the helper's definition shows that the argument is compared for equality and used
 for nothing else (`compared_params`): then the value the helper compares it with does not depend on it, and the
-changed constant fails the comparison wherever the original passed. `resolver` finds the definition the call reaches:
+changed constant fails the comparison wherever the original passed. A helper that only compares its `*args` as a
+whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`). `resolver` finds the definition the call reaches:
 a function of the test's module or one it imports from the checkout, or a method of the test's class or of a base
 class of the checkout; a base it cannot read (unittest's `TestCase`, a base from an installed package) ends the search
 with no helper, since that base might define the name.
@@ -82,21 +83,62 @@ def compared_params(func: Def) -> set[str]:
     return out
 
 
-def helper_target(call: ast.Call, func: Def, bound: bool) -> ast.expr | None:
-    """The argument of `call` that a mutant changes: one the helper `func` only compares (`compared_params`), given
-    by position (after `self` where the call is `bound` to an instance) or by keyword, a constant first (changed), else
-    any (wrapped in a tuple: `mutants.mutate`); else None."""
-    params = compared_params(func)
-    if not params or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+_SAME_LENGTH = ("list", "sorted", "tuple")
+"""What a helper may make of its `*args` before it compares them: a sequence of the same items."""
+
+
+def counted_varargs(func: Def) -> bool:
+    """Whether the helper `func` only compares its `*args`, as a whole: it may make them a list, a sorted list or a
+    tuple (`expected = sorted(expected, key=...)`) and sort that in place (`expected.sort()`), in statements of its own
+    body, and reads them once more, as one side of an equality that a statement of its own body asserts with no
+    `return` before it. One item more then fails that equality (pyflakes' `self.flakes(source, *messages)`)."""
+    vararg = func.args.vararg.arg if func.args.vararg else None
+    if vararg is None or func.decorator_list or \
+            any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal)) for n in ast.walk(func)):
+        return False
+    said = {id(n) for stmt in ast.walk(func) for part in _messages(stmt) for n in ast.walk(part)}
+    allowed, compared = set(), 0
+    for i, stmt in enumerate(func.body):
+        value = stmt.value if isinstance(stmt, (ast.Assign, ast.Expr)) else None
+        if isinstance(stmt, ast.Assign) and [getattr(t, "id", None) for t in stmt.targets] == [vararg] and \
+                isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in _SAME_LENGTH \
+                and len(value.args) == 1 and getattr(value.args[0], "id", None) == vararg and \
+                all(k.arg in ("key", "reverse") for k in value.keywords):
+            allowed |= {id(stmt.targets[0]), id(value.args[0])}
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "sort" and \
+                getattr(value.func.value, "id", None) == vararg:
+            allowed.add(id(value.func.value))
+        for side in _compared(stmt):
+            if getattr(side, "id", None) == vararg and \
+                    not any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier)):
+                allowed.add(id(side))
+                compared += 1
+    uses = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == vararg and id(n) not in said]
+    return compared == 1 and all(id(n) in allowed for n in uses)
+
+
+def helper_target(call: ast.Call, func: Def, bound: bool) -> tuple[str, ast.expr] | None:
+    """What a mutant changes in `call` to the helper `func`, given by position (after `self` where the call is `bound`
+    to an instance) or by keyword: an argument the helper only compares (`compared_params`), a constant first
+    ("constant": changed), else any ("wrap": wrapped in a tuple); else, where the helper only compares its `*args`
+    (`counted_varargs`), the last of them ("repeat": given twice, `mutants.mutate`); else None."""
+    if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         return None
     positional = [a.arg for a in [*func.args.posonlyargs, *func.args.args]][1 if bound else 0:]
     if len(call.args) > len(positional) and func.args.vararg is None:
         return None
+    params = compared_params(func)
     given = [(positional[i], a) for i, a in enumerate(call.args[:len(positional)])]
     given += [(k.arg, k.value) for k in call.keywords]
     compared = [value for name, value in given if name in params]
-    return next((v for v in compared if isinstance(v, ast.Constant) and isinstance(v.value, (int, float, str, bytes))
-                 and v.lineno == v.end_lineno), compared[0] if compared else None)
+    constant = next((v for v in compared if isinstance(v, ast.Constant) and v.lineno == v.end_lineno
+                     and isinstance(v.value, (int, float, str, bytes))), None)
+    if constant is not None or compared:
+        return ("constant", constant) if constant is not None else ("wrap", compared[0])
+    extra = call.args[len(positional):]
+    if extra and extra[-1].lineno == extra[-1].end_lineno and counted_varargs(func):
+        return "repeat", extra[-1]
+    return None
 
 
 def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
@@ -106,6 +148,29 @@ def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
         if isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 out[alias.asname or alias.name] = (node.module or "", node.level, alias.name)
+    return out
+
+
+def _local_names(tree: ast.Module, test: list[str]) -> set[str]:
+    """The names the test at `test` binds itself (its arguments, assignments, imports and definitions): a call to one
+    of them reaches no helper of the module."""
+    body: list[ast.stmt] = tree.body
+    node = None
+    for name in test:
+        node = next((n for n in reversed(body) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                     and n.name == name), None)
+        if node is None:
+            return set()
+        body = node.body
+    args = node.args
+    out = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a}
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            out.add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not node:
+            out.add(n.name)
+        elif isinstance(n, ast.alias):
+            out.add(n.asname or n.name.split(".")[0])
     return out
 
 
@@ -173,6 +238,8 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
     def resolve(test: list[str], call: ast.Call) -> tuple[Def, bool] | None:
         func = call.func
         if isinstance(func, ast.Name):
+            if func.id in _local_names(tree, test):  # the test's own `check = ...` or `def check`, not the module's
+                return None
             got = find(func.id, (ast.FunctionDef, ast.AsyncFunctionDef), tree, path, 0)
             return (got[0], False) if got and isinstance(got[0], ast.FunctionDef) else None
         if len(test) == 2 and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \

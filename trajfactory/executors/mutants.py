@@ -15,7 +15,8 @@ the failing test with its last assertion turned against it:
   (`assert_equal(expected, (result,))`): no ordinary value equals both `x` and `(x,)`;
 - a helper whose name says nothing (Python-Markdown's `self.assertMarkdownRenders(source, "<p>x</p>")`) gets an
   argument changed (a constant) or wrapped in a tuple where its definition, in the test's module or one of the
-  checkout's, only compares that argument for equality (`helpers.py`).
+  checkout's, only compares that argument for equality (`helpers.py`); one that only compares its `*args` as a whole
+  (pyflakes' `self.flakes(source, m.UnusedImport)`) gets its last one given twice.
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -69,7 +70,7 @@ class Spot:
     unittest assertion's method name (to swap for its opposite) or an equality helper's argument (to wrap in a
     tuple)."""
 
-    kind: str  # "constant", "negate", "opposite", "raises" or "wrap"
+    kind: str  # "constant", "negate", "opposite", "raises", "wrap" or "repeat"
     node: ast.AST
 
 
@@ -79,7 +80,7 @@ def _constant(node: ast.AST) -> bool:
             and node.lineno == node.end_lineno)
 
 
-def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], ast.expr | None] | None = None) -> Spot | None:
+def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None) -> Spot | None:
     """What a mutant changes in the assertion `stmt`: the expected constant of `assert x == C` (either side) or of
     `self.assertEqual(x, C)`, when one side only is a constant; else the whole test of an `assert`, or the method of a
     unittest assertion that has an opposite; for a block that expects an exception (`with pytest.raises(E):`,
@@ -118,7 +119,7 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], ast.expr | None] | None =
         if "equal" in named and len(call.args) >= 2:
             return Spot("wrap", call.args[1])
     elif helper is not None and (target := helper(call)) is not None:
-        return Spot("constant" if _constant(target) else "wrap", target)
+        return Spot(*target)
     return None
 
 
@@ -174,11 +175,11 @@ def _fixed(loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 
 def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
-            helper: Callable[[ast.Call], ast.expr | None] | None = None) -> Spot | None:
+            helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None) -> Spot | None:
     """Where a mutant of the test `node` changes it: its last assertion among the statements of its own body
     (`_spot`). None where it has none, where its body returns early anywhere, or where it is marked to fail
     (`xfail`): there, a passing original does not show that the assertion ran and held. `helper`: for a call to a
-    helper of the project that no rule here knows by name, the constant argument its definition only compares
+    helper of the project that no rule here knows by name, the kind of change and the argument its definition shows
     (`helpers.helper_target`), if any."""
     if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) for n in _own(node)):
         return None
@@ -237,6 +238,10 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
     elif spot.kind == "wrap":  # `x` -> `(x,)`, the end first
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ",)")
         _put(out, start, node.lineno, node.col_offset, node.col_offset, "(")
+    elif spot.kind == "repeat":  # `f(a, x)` -> `f(a, x, x)` (the argument on one line)
+        raw = out[node.lineno - start].encode("utf-8")
+        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset,
+             ", " + raw[node.col_offset:node.end_col_offset].decode("utf-8"))
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
