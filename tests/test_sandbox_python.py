@@ -1,8 +1,8 @@
 """The sandbox's Python, chosen by the recipe (`sandbox.python`): Debian bookworm's 3.11 by default, trixie's 3.13 for
 projects whose releases need a newer one (networkx 3.7 and Django 6 need 3.12, Sphinx 9.2 needs 3.13). `@latest` takes
 the releases the chosen Python supports, and a real package is mined on 3.13 the way it is on 3.11: its image, its
-own suite, the batch worker's verdicts against the one-candidate path and the whole suite's. Bad choices fail naming
-the setting and the choices."""
+own suite, the batch worker's verdicts against the one-candidate path and the whole suite's, and the adversarial
+battery refused as on 3.11. Bad choices fail naming the setting and the choices."""
 
 from __future__ import annotations
 
@@ -105,3 +105,22 @@ def test_a_real_package_is_mined_on_python_313(py313, mirrors, tmp_path):
         assert (a.status == "valid") == (w.status == "valid"), a.candidate_id
         if a.status == "valid":
             assert a.FAIL_TO_PASS == w.FAIL_TO_PASS, a.candidate_id
+
+
+@pytest.mark.docker
+def test_the_gaming_battery_is_refused_on_python_313(py313, mirrors, tmp_path):
+    """Verification on 3.13 is the verification on 3.11: every patch of the adversarial battery (conftest hooks,
+    plugins, exits at import, monkeypatched assertions, forged records, the shape forgery, ...) is refused or fails,
+    each by the layer that stops it on 3.11 (`test_verification_guard`), on a real isodate task mined on 3.13."""
+    import test_verification_guard as guard  # its module, not its tests: they are collected there, not here
+
+    source = harvest_repo("pypi:isodate==0.7.2", mirrors)
+    env = stage.build_environment(py313, source)
+    candidates, _ = stage.synthesize(source, SynthesisConfig(max_candidates_per_repo=8), tmp_path / "co")
+    ref = stage.reference(py313, env, source, ValidationConfig(reference_runs=1), guard.LIMITS)
+    with py313.start(env, guard.LIMITS) as sandbox:
+        validations = validate_batch(sandbox, candidates, ref)
+    tasks = [t for t in stage.tasks_from(source, env, candidates, validations) if t.entity.kind != "class"]
+    assert tasks, [(v.status, v.detail) for v in validations]
+    guard.test_gold_passes_and_empty_fails_under_the_guard(py313, (tasks[0], env))
+    guard.test_every_gaming_patch_is_refused(py313, (tasks[0], env))
