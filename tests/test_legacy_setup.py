@@ -5,7 +5,8 @@
   'pkg_resources'). `find_build_requirements` caps setuptools for such a setup.py, as it was built when it was
   released.
 - A pytest pin that predates the sandbox's Python (html5lib: `pytest<6`, which crashes on 3.10+) is named in the
-  reason, and a newer pytest in the recipe's `test_requirements` replaces the pin instead of conflicting with it."""
+  reason, and a newer pytest in the recipe's `test_requirements` replaces the pin instead of conflicting with it;
+  else `sandbox.python: "3.9"` runs the pinned one."""
 
 from __future__ import annotations
 
@@ -83,4 +84,5 @@ def test_html5lib_whose_pytest_pin_predates_this_python_is_refused_naming_it(doc
     assert isinstance(rejected, Quarantine) and rejected.reason == "pytest_error", rejected
     assert "pytest 5.4.3, the one the project's requirements allow, crashed before its session on Python 3.11" \
         in rejected.detail and 'required field "lineno" missing from alias' in rejected.detail, rejected.detail
-    assert "`test_requirements`" in rejected.detail
+    assert "`test_requirements`" in rejected.detail and "`sandbox.python` to an older Python" in rejected.detail
+    # on Python 3.9 it runs and tasks are mined from it: tests/test_sandbox_python.py, bench/RESULTS.md

@@ -57,17 +57,18 @@ def test_gold_passes_and_empty_fails_under_the_guard(docker_backend, task_env):
         assert passed and not evidence.refused, evidence
 
 
-@pytest.mark.docker
-def test_every_gaming_patch_is_refused(docker_backend, task_env):
+def battery_results(backend, task_env) -> dict:
+    """Every patch of the adversarial battery (`gaming_patches`) through the verifier on the task: name -> (passed,
+    evidence). None may pass, and each must have been reverted, refused, failed or cut short."""
     task, env = task_env
     test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
     module_file = task.entity.file
     failing = {t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS}
     battery = gaming_commands(test_file, module_file, module_of(module_file), sorted(failing))
     results = {}
-    with docker_backend.start(env, LIMITS) as sandbox:
+    with backend.start(env, LIMITS) as sandbox:
         for name, commands in battery.items():
-            patch = hack(docker_backend, env, task, LIMITS, commands)
+            patch = hack(backend, env, task, LIMITS, commands)
             passed, evidence, _ = run_patch_tests(sandbox, task, patch)
             results[name] = (passed, evidence)
     verified = {name: evidence for name, (passed, evidence) in results.items() if passed}
@@ -75,6 +76,15 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     for name, (passed, evidence) in results.items():
         assert evidence.reverted or evidence.refused or any(
             o.outcome != "passed" for o in evidence.FAIL_TO_PASS) or "before the harness sealed" in evidence.detail, name
+    return results
+
+
+@pytest.mark.docker
+def test_every_gaming_patch_is_refused(docker_backend, task_env):
+    task, env = task_env
+    test_file = task.checks.FAIL_TO_PASS[0].split("::", 1)[0]
+    module_file = task.entity.file
+    results = battery_results(docker_backend, task_env)
     # the layer that stopped each one is on record
     assert any("conftest.py" in r for r in results["conftest hook forcing every outcome to passed"][1].reverted)
     assert any("pytest.ini" in r for r in results["a plugin named in the pytest configuration"][1].reverted)

@@ -93,3 +93,27 @@ def test_a_requirement_with_no_release_for_the_sandboxs_python_is_install_failed
     assert "tfwh_newonly-3.0" in err.value.detail and f"requires Python >={HOST}" in err.value.detail, err.value.detail
     assert f"the sandbox has Python {OLDER}" in err.value.detail
     assert not any((tmp_path / "cache" / "wheelhouse").iterdir())  # no half-made wheelhouse is left to be reused
+
+
+def test_what_an_older_sandbox_python_needs_that_the_hosts_markers_left_out(tmp_path):
+    """pip evaluates markers for the Python it runs on: resolved on the host for a 3.9 sandbox, coverage[toml] came
+    without `tomli; python_full_version <= "3.11.0a6"`, and setuptools-scm without `typing-extensions;
+    python_version < "3.11"`; and a wheel built for the host only (wcwidth 0.9.4's `cp310-abi3`) came too."""
+    from trajfactory.executors.wheel_fit import missing_for, tags_fit
+
+    house = tmp_path / "house"
+    house.mkdir()
+    _wheel(house, "tfwh_cov", "7.0", ">=3.8", depends=('tfwh_tomli; python_full_version <= "3.11.0a6" and extra == "toml"',
+                                                       'tfwh_never; extra == "other"'))
+    _wheel(house, "tfwh_cli", "1.0", ">=3.8", depends=("tfwh_cov[toml]>=7", 'tfwh_te>=4; python_version < "3.11"'))
+    assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_te>=4", "tfwh_tomli"]
+    assert missing_for(house, ["tfwh_cli"], "3.13.5") == []  # neither marker holds there
+    assert missing_for(house, ['tfwh_cli; python_version >= "3.12"'], "3.9.2") == []  # nor does the top one's
+    _wheel(house, "tfwh_te", "4.0", ">=3.8")
+    assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_tomli"]
+    for name, target, fits in [("w-1-cp310-abi3-manylinux2014_x86_64.whl", "3.9.2", False),
+                               ("w-1-cp310-abi3-manylinux2014_x86_64.whl", "3.13.5", True),
+                               ("w-1-cp311-cp311-manylinux2014_x86_64.whl", "3.13.5", False),
+                               ("w-1-py3-none-any.whl", "3.9.2", True), ("w-1-py2-none-any.whl", "3.9.2", False),
+                               ("w-1-py2.py3-none-any.whl", "3.13.5", True), ("w-1-py312-none-any.whl", "3.11.2", False)]:
+        assert tags_fit(name, target) is fits, (name, target)

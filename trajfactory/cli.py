@@ -288,8 +288,8 @@ def build(recipe: Optional[Path] = RECIPE_ARG) -> None:
 
 @sandbox_app.command("base-image")
 def base_image(python: Optional[str] = typer.Option(
-        None, "--python", help="The sandbox Python whose image to build: 3.11 (Debian bookworm, the default) or "
-        "3.13 (Debian trixie), as a recipe's sandbox.python chooses it.")) -> None:
+        None, "--python", help="The sandbox Python whose image to build: 3.11 (Debian bookworm, the default), "
+        "3.13 (Debian trixie) or 3.9 (Debian bullseye), as a recipe's sandbox.python chooses it.")) -> None:
     """Build the local base image every sandbox image starts from (debootstrap; cached): prints its image id."""
     _setup_logging()
     from trajfactory.executors.images import base_image_tag, ensure_base_image

@@ -48,11 +48,11 @@ _run_labels: dict[str, str] = {}
 DOCKERFILE = """\
 FROM {base}
 COPY wheels /tmp/wheels
-RUN python3 -m pip install --no-index --no-cache-dir --root-user-action=ignore --find-links /tmp/wheels \\
+RUN PIP_ROOT_USER_ACTION=ignore python3 -m pip install --no-index --no-cache-dir --find-links /tmp/wheels \\
     -r /tmp/wheels/requirements.txt
 RUN git config --system user.name trajfactory && git config --system user.email trajfactory@localhost \\
     && git config --system --add safe.directory '*' \\
-    && echo {pth} > "$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/trajfactory_repo.pth"
+    && echo {pth} > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/trajfactory_repo.pth"
 COPY repo /repo
 {env}{install}
 ENV TRAJFACTORY_ADDOPTS={addopts}

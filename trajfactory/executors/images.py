@@ -3,7 +3,7 @@
 - `ensure_base_image`: the root of every sandbox image, built locally (no registry can be reached):
   debootstrap a minimal Debian release with python3, then `docker import`. The release is the sandbox's Python
   (`BASE_SUITES`, the recipe's `sandbox.python`): bookworm's 3.11 by default, trixie's 3.13 for projects whose
-  releases need a newer one.
+  releases need a newer one, bullseye's 3.9 for those that need an older one.
 - `clone_at_commit`: the repository at one commit, with no history after it.
 
 A repository's requirements, wheelhouse and project install are in `requirements.py`; the options of its own
@@ -28,7 +28,7 @@ from .base import EnvironmentBuildError, InfrastructureError
 
 log = logging.getLogger(__name__)
 
-BASE_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+BASE_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
 """The sandbox Pythons on offer (the recipe's `sandbox.python`) and the Debian release whose `python3` each one is:
 Debian's own builds, from the same mirror as the machine's apt, so nothing but Debian's packages is fetched."""
 DEFAULT_PYTHON = "3.11"

@@ -266,7 +266,23 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
     reqs += list(extra or [])
     named = {canonicalize_name(Requirement(r).name) for r in reqs}
     reqs += [r for r in ALWAYS_REQUIRED if canonicalize_name(r) not in named]
+    if _pins_pytest_5(reqs):
+        # pytest-cov 6.2 uses pluggy 1.2's `hookimpl(wrapper=True)`, which pytest 5's pluggy 0.13 lacks, and does not
+        # say so in its requirements: pytest 5 crashed loading it (isodate with `pytest<6`, on Python 3.9). A pin of
+        # the project's own stays.
+        reqs = [r if str(Requirement(r).specifier) or canonicalize_name(Requirement(r).name) != "pytest-cov" else
+                "pytest-cov<6" for r in reqs]
     return sorted(set(reqs), key=str.lower)
+
+
+def _pins_pytest_5(reqs: list[str]) -> bool:
+    """Whether a requirement keeps pytest below 6 (html5lib 1.1's `pytest<6,>=5.4.2`)."""
+    for r in reqs:
+        req = Requirement(r)
+        if canonicalize_name(req.name) == "pytest" and req.specifier and not req.specifier.contains("6.0") and \
+                req.specifier.contains("5.4.3"):
+            return True
+    return False
 
 
 # Documentation, lint, formatting and release tools that `dev` extras, poetry dev groups and tox's extras carry: no

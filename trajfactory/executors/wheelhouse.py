@@ -16,7 +16,6 @@ import re
 import shutil
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -27,6 +26,7 @@ from .base import EnvironmentBuildError
 from .images import _run, default_cache_root
 
 from .requirements import find_build_requirements, find_requirements
+from .wheel_fit import missing_for, requires_python, tags_fit
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,14 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
     root = Path(cache_root or default_cache_root()) / "wheelhouse"
     house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)], target)
     if (house / ".complete").exists():
-        log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
-        return house, requirements
+        if all(_fits(w, target) for w in house.glob("*.whl")) and (
+                target == platform.python_version() or not missing_for(house, [*requirements, *build_requirements],
+                                                                       target)):
+            log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
+            return house, requirements
+        # made before its wheels' tags and markers were checked for the sandbox's Python: made again
+        log.info("wheelhouse %s does not install on Python %s; making it again", house.name, target)
+        shutil.rmtree(house, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{house.name}-", dir=root))
     try:
@@ -115,6 +121,8 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
                 )
             sdist.unlink()
         _fit_python(pip, tmp, target, repo_dir)
+        if target != platform.python_version():
+            _complete_for(pip, tmp, target, [*requirements, *build_requirements], repo_dir)
         (tmp / ".complete").touch()
         try:
             tmp.rename(house)
@@ -155,26 +163,18 @@ def _wheels_for(pip: list[str], dest: Path, what: list[str], target: str):
 
 
 def _fits(wheel: Path, target: str) -> bool:
+    """Whether Python `target` installs `wheel`: its `Requires-Python` and its file name's tags admit it."""
     spec = requires_python(wheel)
     try:
-        return not spec or SpecifierSet(spec).contains(target, prereleases=True)
+        if spec and not SpecifierSet(spec).contains(target, prereleases=True):
+            return False
     except InvalidSpecifier:
-        return True  # pip ignores a malformed one too
-
-
-def requires_python(wheel: Path) -> str:
-    """The `Requires-Python` of a wheel's metadata ('' when it has none)."""
-    with zipfile.ZipFile(wheel) as zf:
-        name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
-        if name is None:
-            return ""
-        text = zf.read(name).decode("utf-8", "replace").split("\n\n", 1)[0]
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.lower().startswith("requires-python:")), "")
+        pass  # pip ignores a malformed one too
+    return tags_fit(wheel.name, target)
 
 
 def _fit_python(pip: list[str], house: Path, target: str, repo_dir: str | Path) -> None:
-    """Replace each wheel of `house` whose `Requires-Python` excludes `target` by the newest release of its
+    """Replace each wheel of `house` whose `Requires-Python` or tags exclude `target` by the newest release of its
     distribution that admits it (with that release's own dependencies); a distribution with none is an
     `install_failed` that names it."""
     for wheel in sorted(house.glob("*.whl")):
@@ -182,17 +182,37 @@ def _fit_python(pip: list[str], house: Path, target: str, repo_dir: str | Path) 
             continue
         name = canonicalize_name(wheel.name.split("-")[0])
         spec = requires_python(wheel)
-        log.info("%s requires Python %s, the sandbox has %s: choosing a release of %s for it", wheel.name, spec,
-                 target, name)
+        why = f"requires Python {spec}" if tags_fit(wheel.name, target) else \
+            f"is built for another Python (its tags: {wheel.name.split('-', 2)[2].removesuffix('.whl')})"
+        log.info("%s %s, the sandbox has %s: choosing a release of %s for it", wheel.name, why, target, name)
         wheel.unlink()
         out = _wheels_for(pip, house, [name], target)
         if out.returncode != 0 or not any(_fits(w, target) for w in house.glob("*.whl")
                                           if canonicalize_name(w.name.split("-")[0]) == name):
             raise EnvironmentBuildError(
                 "install_failed",
-                f"{wheel.name}, which {repo_dir} needs, requires Python {spec} and the sandbox has Python {target}; "
+                f"{wheel.name}, which {repo_dir} needs, {why} and the sandbox has Python {target}; "
                 f"no wheel of {name} for Python {target} could be downloaded: {pip_output(out.stderr or out.stdout)}",
             )
+
+
+def _complete_for(pip: list[str], house: Path, target: str, requirements: list[str], repo_dir: str | Path) -> None:
+    """Add what Python `target`'s markers ask for and the host's did not (`tomli; python_version < "3.11"` for a
+    3.9 sandbox, resolved on a 3.11 host): each missing distribution, for `target`, until nothing is missing; one
+    that cannot be had is an `install_failed` that names it."""
+    for _ in range(8):
+        missing = missing_for(house, requirements, target)
+        if not missing:
+            return
+        log.info("Python %s also needs %s (their markers leave them out on the host's Python)", target,
+                 ", ".join(missing))
+        out = _wheels_for(pip, house, missing, target)
+        if out.returncode != 0:
+            raise EnvironmentBuildError(
+                "install_failed",
+                f"{', '.join(missing)}, which {repo_dir} needs on Python {target}, could not be downloaded for it: "
+                f"{pip_output(out.stderr or out.stdout)}")
+        _fit_python(pip, house, target, repo_dir)
 
 
 # ---------------------------------------------------------------------------- the project itself
@@ -211,7 +231,7 @@ their C sources, not the built files) move to a folder of their own, and a finde
 system's own (`_trajfactory_built`, started by a .pth) loads them from there: the maintainers' build in place, with
 a module of the checkout's own of the same name still first. The checkout stays exactly its commit.
 """
-import importlib, importlib.machinery, importlib.metadata, json, os, re, shutil, subprocess, sys, sysconfig, tempfile
+import importlib, importlib.machinery, importlib.metadata, json, os, re, shutil, site, subprocess, sys, tempfile
 from pathlib import Path
 
 checkout, house, import_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -327,7 +347,9 @@ def import_base(module, files):
 
 
 linked, kept, built, extra_dirs = [], [], {}, []
-built_dir = Path(sysconfig.get_path("platlib")) / "_trajfactory_built_modules"
+# where pip installs (Debian bullseye's sysconfig names a purelib/platlib that does not exist; site's first is pip's)
+SITE = Path(site.getsitepackages()[0])
+built_dir = SITE / "_trajfactory_built_modules"
 for module, files in sorted(tops.items()):
     base = import_base(module, files)
     if base is not None and base != import_dir and base not in extra_dirs:
@@ -352,12 +374,11 @@ for module, files in sorted(tops.items()):
     else:
         kept.append(module)
 if extra_dirs:  # after IMPORT_DIR's own .pth; a regular package there comes before a folder of the same name above it
-    (Path(sysconfig.get_path("purelib")) / "trajfactory_repo_dirs.pth").write_text(
+    (SITE / "trajfactory_repo_dirs.pth").write_text(
         "".join(f"{d}\n" for d in extra_dirs))
 if built:
-    site = built_dir.parent
-    (site / "_trajfactory_built.py").write_text(BUILT_FINDER.replace("{}  # BUILT", repr(dict(sorted(built.items())))))
-    (site / "_trajfactory_built.pth").write_text("import _trajfactory_built\n")
+    (SITE / "_trajfactory_built.py").write_text(BUILT_FINDER.replace("{}  # BUILT", repr(dict(sorted(built.items())))))
+    (SITE / "_trajfactory_built.pth").write_text("import _trajfactory_built\n")
 print("TRAJFACTORY_INSTALLED " + json.dumps({"name": dist.metadata["Name"], "version": dist.version,
                                               "from_checkout": linked, "installed_copy": kept,
                                               "built_extensions": sorted(built),

@@ -17,10 +17,11 @@ from trajfactory.settings.agents import Section
 class SandboxConfig(Section):
     backend: Literal["auto", "docker", "local"] = "auto"
     """`docker` (a container per sandbox), `local` (a bubblewrap namespace), or `auto` (docker when an engine answers)."""
-    python: Optional[Literal["3.11", "3.13"]] = None
-    """The Python the sandboxes run, for projects whose releases need a newer one than the default: `3.11` (Debian
-    bookworm's, the default) or `3.13` (Debian trixie's). `pypi:NAME@latest:N` takes the newest releases that support
-    it. Docker backend only: the local backend runs this machine's Python and refuses another."""
+    python: Optional[Literal["3.9", "3.11", "3.13"]] = None
+    """The Python the sandboxes run, for projects that need another than the default: `3.11` (Debian bookworm's, the
+    default), `3.13` (Debian trixie's: networkx 3.7 needs 3.12) or `3.9` (Debian bullseye's: html5lib 1.1 pins a
+    pytest 5, which runs on no later Python). `pypi:NAME@latest:N` takes the newest releases that support it. Docker
+    backend only: the local backend runs this machine's Python and refuses another."""
     concurrency: int = Field(2, ge=1)
     """Sandboxes in use at once across the flow."""
     memory: str = "2g"

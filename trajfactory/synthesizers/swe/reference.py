@@ -108,7 +108,8 @@ VERSIONS = "python -c 'import platform, pytest; print(pytest.__version__, platfo
 def _pytest_crashed(sandbox: Sandbox, run: TestRun) -> RepoRejected | None:
     """pytest itself raised before its session (a traceback through `_pytest/`, no record): html5lib 1.1 pins
     `pytest<6`, whose assertion rewriter builds code Python 3.10+ refuses (`required field "lineno" missing from
-    alias`). Says which pytest on which Python, and that a newer one in the recipe replaces the project's pin."""
+    alias`). Says which pytest on which Python, and that a newer one in the recipe replaces the project's pin, or an
+    older sandbox Python runs it."""
     if not _CRASHED_IN_PYTEST.search(run.output):
         return None
     error = _last_error(run.output)
@@ -118,7 +119,8 @@ def _pytest_crashed(sandbox: Sandbox, run: TestRun) -> RepoRejected | None:
                         f"its session on Python {python_v}: {error}; a maintainer's run here stops the same way. An old "
                         "pin does not run on a newer Python: where the suite works with a newer pytest, name it in this "
                         "repository's `test_requirements` in the recipe (`pytest>=7.4`: it replaces the project's pin); "
-                        "else mine a release made for this Python:\n" + tail(run.output))
+                        "else set the recipe's `sandbox.python` to an older Python the pin runs on (`3.9`, Debian "
+                        "bullseye's, runs pytest 5), or mine a release made for this Python:\n" + tail(run.output))
 
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
