@@ -103,8 +103,8 @@ def test_what_an_older_sandbox_python_needs_that_the_hosts_markers_left_out(tmp_
 
     house = tmp_path / "house"
     house.mkdir()
-    _wheel(house, "tfwh_cov", "7.0", ">=3.8", depends=('tfwh_tomli; python_full_version <= "3.11.0a6" and extra == "toml"',
-                                                       'tfwh_never; extra == "other"'))
+    _wheel(house, "tfwh_cov", "7.0", ">=3.8",
+           depends=('tfwh_tomli; python_full_version <= "3.11.0a6" and extra == "toml"', 'tfwh_never; extra == "other"'))
     _wheel(house, "tfwh_cli", "1.0", ">=3.8", depends=("tfwh_cov[toml]>=7", 'tfwh_te>=4; python_version < "3.11"'))
     assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_te>=4", "tfwh_tomli"]
     assert missing_for(house, ["tfwh_cli"], "3.13.5") == []  # neither marker holds there

@@ -5,10 +5,11 @@ Many suites end their tests in a helper of their own whose name says nothing of 
 argument of such a call only where the helper's definition shows that the argument is compared for equality and used
 for nothing else (`compared_params`): then the value the helper compares it with does not depend on it, and the
 changed constant fails the comparison wherever the original passed. A helper that only compares its `*args` as a
-whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`). `resolver` finds the definition the call reaches:
-a function of the test's module or one it imports from the checkout, or a method of the test's class or of a base
-class of the checkout; a base it cannot read (unittest's `TestCase`, a base from an installed package) ends the search
-with no helper, since that base might define the name.
+whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`).
+
+`resolver` finds the definition the call reaches: a function of the test's module or one it imports from the
+checkout, or a method of the test's class or of a base class of the checkout; a base it cannot read (unittest's
+`TestCase`, a base from an installed package) ends the search with no helper, since that base might define the name.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
                     return file, modules[file]
         return None
 
-    def find(name: str, kinds: tuple, module: ast.Module, here: str, depth: int) -> tuple[ast.AST, str, ast.Module] | None:
+    def find(name: str, kinds: tuple, module: ast.Module, here: str,
+             depth: int) -> tuple[ast.AST, str, ast.Module] | None:
         """The top-level definition `name` of `module` (the file `here`), or the one it imports from the checkout."""
         found = [n for n in module.body if isinstance(n, kinds) and n.name == name]
         if found:
