@@ -54,15 +54,20 @@ def test_the_local_backend_refuses_a_python_it_does_not_run():
     assert SandboxConfig(backend="local", python=host_python()).python == host_python()
 
 
-@pytest.fixture(scope="module")
-def py313():
-    """The Docker backend whose sandboxes run Debian trixie's Python 3.13 (its base image built once, then cached)."""
+def _backend(python: str):
+    """The Docker backend whose sandboxes run `python` (its base image built once, then cached)."""
     from trajfactory.executors.docker import DockerBackend, engine_available
 
     if not engine_available():
         pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
-    ensure_base_image(base_image_tag("3.13"))
-    return DockerBackend(base_image=base_image_tag("3.13"), labels={"trajfactory.test": uuid.uuid4().hex})
+    ensure_base_image(base_image_tag(python))
+    return DockerBackend(base_image=base_image_tag(python), labels={"trajfactory.test": uuid.uuid4().hex})
+
+
+@pytest.fixture(scope="module")
+def py313():
+    """Sandboxes of Debian trixie's Python 3.13."""
+    return _backend("3.13")
 
 
 @pytest.mark.docker
@@ -129,13 +134,8 @@ def test_the_gaming_battery_is_refused_on_python_313(py313, mirrors, tmp_path):
 
 @pytest.fixture(scope="module")
 def py39():
-    """The Docker backend whose sandboxes run Debian bullseye's Python 3.9, the last that pytest 5 runs on."""
-    from trajfactory.executors.docker import DockerBackend, engine_available
-
-    if not engine_available():
-        pytest.fail("no Docker engine answers; scripts/setup.sh starts dockerd")
-    ensure_base_image(base_image_tag("3.9"))
-    return DockerBackend(base_image=base_image_tag("3.9"), labels={"trajfactory.test": uuid.uuid4().hex})
+    """Sandboxes of Debian bullseye's Python 3.9, the last that pytest 5 runs on."""
+    return _backend("3.9")
 
 
 @pytest.mark.docker
