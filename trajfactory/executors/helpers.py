@@ -53,6 +53,16 @@ def _messages(node: ast.AST) -> list[ast.expr]:
     return []
 
 
+def _said(func: Def) -> set[int]:
+    """The ids of the nodes that only the failure messages of `func`'s assertions read: read only when they fail."""
+    return {id(n) for stmt in ast.walk(func) for part in _messages(stmt) for n in ast.walk(part)}
+
+
+def _returns_before(func: Def, i: int) -> bool:
+    """Whether a `return` comes before the statement `i` of `func`'s body (a call that returned may not have run it)."""
+    return any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier))
+
+
 def compared_params(func: Def) -> set[str]:
     """The parameters of the helper `func` that it only compares: each is read once, as one side of an equality that a
     statement of the helper's own body asserts, is never bound again, and no `return` comes before that statement (so
@@ -62,8 +72,7 @@ def compared_params(func: Def) -> set[str]:
         return set()
     args = func.args
     names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
-    # what an assertion says when it fails is read only then: a parameter it names there is still only compared
-    said = {id(n) for stmt in ast.walk(func) for part in _messages(stmt) for n in ast.walk(part)}
+    said = _said(func)  # a parameter a failure message names is still only compared
     loads: dict[str, int] = {}
     for node in ast.walk(func):
         if id(node) in said:
@@ -79,7 +88,7 @@ def compared_params(func: Def) -> set[str]:
         sides = _compared(stmt)
         for side in sides:
             if isinstance(side, ast.Name) and side.id in names and loads.get(side.id) == 1 and \
-                    not any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier)):
+                    not _returns_before(func, i):
                 out.add(side.id)
     return out
 
@@ -97,7 +106,7 @@ def counted_varargs(func: Def) -> bool:
     if vararg is None or func.decorator_list or \
             any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal)) for n in ast.walk(func)):
         return False
-    said = {id(n) for stmt in ast.walk(func) for part in _messages(stmt) for n in ast.walk(part)}
+    said = _said(func)
     allowed, compared = set(), 0
     for i, stmt in enumerate(func.body):
         value = stmt.value if isinstance(stmt, (ast.Assign, ast.Expr)) else None
@@ -110,8 +119,7 @@ def counted_varargs(func: Def) -> bool:
                 getattr(value.func.value, "id", None) == vararg:
             allowed.add(id(value.func.value))
         for side in _compared(stmt):
-            if getattr(side, "id", None) == vararg and \
-                    not any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier)):
+            if getattr(side, "id", None) == vararg and not _returns_before(func, i):
                 allowed.add(id(side))
                 compared += 1
     uses = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == vararg and id(n) not in said]

@@ -270,9 +270,14 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
         # pytest-cov 6.2 uses pluggy 1.2's `hookimpl(wrapper=True)`, which pytest 5's pluggy 0.13 lacks, and does not
         # say so in its requirements: pytest 5 crashed loading it (isodate with `pytest<6`, on Python 3.9). A pin of
         # the project's own stays.
-        reqs = [r if str(Requirement(r).specifier) or canonicalize_name(Requirement(r).name) != "pytest-cov" else
-                "pytest-cov<6" for r in reqs]
+        reqs = ["pytest-cov<6" if _unpinned(r, "pytest-cov") else r for r in reqs]
     return sorted(set(reqs), key=str.lower)
+
+
+def _unpinned(requirement: str, name: str) -> bool:
+    """Whether `requirement` names the distribution `name` with no version specifier."""
+    req = Requirement(requirement)
+    return canonicalize_name(req.name) == name and not req.specifier
 
 
 def _pins_pytest_5(reqs: list[str]) -> bool:

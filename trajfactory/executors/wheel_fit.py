@@ -5,7 +5,7 @@ pip chooses for another Python (`--python-version`) only among wheels, and evalu
 Python it runs on, whatever the target: a wheelhouse resolved on the host (3.11) for a 3.9 sandbox misses
 `tomli; python_version < "3.11"` (which coverage[toml] wants there) and may hold a wheel built for the host only
 (wcwidth 0.9.4's `cp310-abi3`). `wheelhouse.build_wheelhouse` replaces the one (`tags_fit`, `requires_python`) and
-adds the other (`missing_for`).
+adds the other (`missing_for`); `fits` says both of a wheel.
 """
 
 from __future__ import annotations
@@ -15,8 +15,20 @@ from collections import deque
 from pathlib import Path
 
 from packaging.markers import default_environment
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+
+def fits(wheel: Path, target: str) -> bool:
+    """Whether Python `target` installs `wheel`: its `Requires-Python` and its file name's tags admit it."""
+    spec = requires_python(wheel)
+    try:
+        if spec and not SpecifierSet(spec).contains(target, prereleases=True):
+            return False
+    except InvalidSpecifier:
+        pass  # pip ignores a malformed one too
+    return tags_fit(wheel.name, target)
 
 
 def tags_fit(filename: str, target: str) -> bool:

@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 
 from .base import EnvironmentBuildError
@@ -26,7 +25,7 @@ from .base import EnvironmentBuildError
 from .images import _run, default_cache_root
 
 from .requirements import find_build_requirements, find_requirements
-from .wheel_fit import missing_for, requires_python, tags_fit
+from .wheel_fit import fits, missing_for, requires_python, tags_fit
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def build_wheelhouse(repo_dir: str | Path, cache_root: str | Path | None = None,
     root = Path(cache_root or default_cache_root()) / "wheelhouse"
     house = root / requirements_key([*requirements, *(f"build:{r}" for r in build_requirements)], target)
     if (house / ".complete").exists():
-        if all(_fits(w, target) for w in house.glob("*.whl")) and (
+        if all(fits(w, target) for w in house.glob("*.whl")) and (
                 target == platform.python_version() or not missing_for(house, [*requirements, *build_requirements],
                                                                        target)):
             log.info("wheelhouse %s cached (%d requirements)", house.name, len(requirements))
@@ -162,23 +161,12 @@ def _wheels_for(pip: list[str], dest: Path, what: list[str], target: str):
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def _fits(wheel: Path, target: str) -> bool:
-    """Whether Python `target` installs `wheel`: its `Requires-Python` and its file name's tags admit it."""
-    spec = requires_python(wheel)
-    try:
-        if spec and not SpecifierSet(spec).contains(target, prereleases=True):
-            return False
-    except InvalidSpecifier:
-        pass  # pip ignores a malformed one too
-    return tags_fit(wheel.name, target)
-
-
 def _fit_python(pip: list[str], house: Path, target: str, repo_dir: str | Path) -> None:
     """Replace each wheel of `house` whose `Requires-Python` or tags exclude `target` by the newest release of its
     distribution that admits it (with that release's own dependencies); a distribution with none is an
     `install_failed` that names it."""
     for wheel in sorted(house.glob("*.whl")):
-        if _fits(wheel, target):
+        if fits(wheel, target):
             continue
         name = canonicalize_name(wheel.name.split("-")[0])
         spec = requires_python(wheel)
@@ -187,7 +175,7 @@ def _fit_python(pip: list[str], house: Path, target: str, repo_dir: str | Path) 
         log.info("%s %s, the sandbox has %s: choosing a release of %s for it", wheel.name, why, target, name)
         wheel.unlink()
         out = _wheels_for(pip, house, [name], target)
-        if out.returncode != 0 or not any(_fits(w, target) for w in house.glob("*.whl")
+        if out.returncode != 0 or not any(fits(w, target) for w in house.glob("*.whl")
                                           if canonicalize_name(w.name.split("-")[0]) == name):
             raise EnvironmentBuildError(
                 "install_failed",

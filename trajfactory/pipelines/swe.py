@@ -107,8 +107,8 @@ def build_environment(recipe: Recipe, source: Source) -> EnvironmentHandle | Qua
     extra = [r for spec in specs for r in spec.test_requirements]
     ignore = [p for spec in specs for p in spec.ignore_tests]
     variables = {name: value for spec in specs for name, value in spec.test_env.items()}
-    return stage.build_environment(get_backend(recipe.sandbox.backend, recipe.sandbox.python), source, list(dict.fromkeys(extra)),
-                                   list(dict.fromkeys(ignore)), variables)
+    backend = get_backend(recipe.sandbox.backend, recipe.sandbox.python)
+    return stage.build_environment(backend, source, list(dict.fromkeys(extra)), list(dict.fromkeys(ignore)), variables)
 
 
 def procedural_candidates(recipe: Recipe, source: Source, pooled: bool = False

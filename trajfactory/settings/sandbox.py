@@ -5,9 +5,8 @@ Backends take it as it is (`backend.start(env, SandboxConfig(...))`), so the rec
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
 import sys
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
