@@ -6,10 +6,10 @@ failing tests. The whole suite then runs once through the harness in the package
 on the unchanged code: the code of a fix that passes everything. A mutant that passed beside its passing original
 is *loose*: on a task, the verifier would excuse it only after a second run under the task's own fix
 (`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
-and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `wrap`, `repeat`) how many ran beside a passing original
-and how many of those were loose; `loop` and `with` count those whose assertion ends a loop's or a `with` block's
-body, and `helper` those that end in a call to a helper of the project whose definition shows what it compares
-(`executors/helpers.py`).
+and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `wrap`, `repeat`, `add`) how many ran beside a
+passing original and how many of those were loose; `loop` and `with` count those whose assertion ends a loop's or a
+`with` block's body, and `helper` those that end in a call to a helper of the project whose definition shows what it
+compares (`executors/helpers.py`).
 
     python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
-from trajfactory.executors.helpers import helper_target, resolver  # noqa: E402
+from trajfactory.executors.helpers import mutant_targets  # noqa: E402
 from trajfactory.executors.mutants import Spot, module_tests, spot_of  # noqa: E402
 from trajfactory.executors.testrun import run_tests  # noqa: E402
 from trajfactory.executors.twins import write_twins  # noqa: E402
@@ -37,7 +37,7 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "wrap", "repeat", "loop", "with", "helper")
+KINDS = ("constant", "negate", "opposite", "raises", "wrap", "repeat", "add", "loop", "with", "helper")
 
 
 def _read(checkout: Path, rel: str) -> str | None:
@@ -69,9 +69,9 @@ def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
             continue
         tests = module_tests(tree)
         count["tests"] += len(tests)
-        resolve = resolver(tree, path, lambda rel: _read(checkout, rel))
+        targets = mutant_targets(tree, path, lambda rel: _read(checkout, rel))
         for names, node in tests:
-            spot = spot_of(node, lambda call, t=names: (f := resolve(t, call)) and helper_target(call, *f))
+            spot = spot_of(node, targets(names))
             if spot is not None:
                 spots["::".join([path, *names])] = (spot, node)
                 helped.update(["::".join([path, *names])] if spot_of(node) is None else [])

@@ -10,7 +10,7 @@ import secrets
 
 import pytest
 
-from trajfactory.executors.helpers import compared_params, helper_target, resolver
+from trajfactory.executors.helpers import compared_params, helper_target, mutant_targets
 from trajfactory.executors.mutants import mutate, spot_of
 
 RNG = secrets.SystemRandom()
@@ -98,10 +98,9 @@ FILES = {"markdown/test_tools.py": TOOLS, "tests/test_x.py": TESTS, "tests/util.
 
 def _spot(test: list[str], files=FILES):
     tree = ast.parse(files["tests/test_x.py"])
-    resolve = resolver(tree, "tests/test_x.py", files.get)
     body = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test[0]][-1]
     node = body if len(test) == 1 else next(m for m in body.body if getattr(m, "name", "") == test[1])
-    spot = spot_of(node, lambda call: (found := resolve(test, call)) and helper_target(call, *found))
+    spot = spot_of(node, mutant_targets(tree, "tests/test_x.py", files.get)(test))
     if spot is None:
         return None, None
     lines = files["tests/test_x.py"].splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
@@ -210,6 +209,79 @@ def test_a_helper_that_only_compares_its_varargs_gets_the_last_twice():
     assert spot.kind == "repeat"
     mutant = "".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))
     assert mutant == "def test_x(self):\n    self.flakes('import os', m.UnusedImport, m.UnusedImport)\n"
-    # no message expected: nothing to give twice, no mutant
+    # no message expected: nothing to give twice, and no other call to take an item from: no mutant
     assert spot_of(ast.parse("def test_x(self):\n    self.flakes('x = 1')\n").body[0],
                    lambda call: helper_target(call, flakes, True)) is None
+
+
+# pyflakes' test modules, as pyflakes/test/test_imports.py writes them
+FLAKES_TESTS = '''
+from pyflakes import messages as m
+from pyflakes.test.harness import TestCase
+
+
+class Test(TestCase):
+    def test_unused(self):
+        self.flakes('import fu', m.UnusedImport)
+
+    def test_two(self):
+        self.flakes("""
+        import fu, bar
+        """, m.UnusedImport, m.UnusedImport)
+
+    def test_redefined(self):
+        self.flakes('import fu; fu = 3', m.RedefinedWhileUnused)
+
+    def test_used(self):
+        self.flakes("""
+        import fu
+        fu.bar()
+        """)
+
+    def test_segment(self):
+        self.flakes('import fu; fu', is_segment=True)
+
+    def test_shadowed(self):
+        m = None
+        self.flakes('import fu; fu')
+
+    def test_other_helper(self):
+        self.check('import fu; fu')
+'''
+HARNESS = "import unittest\n\n\nclass TestCase(unittest.TestCase):\n" + "".join(
+    "    " + line + "\n" if line else "\n" for line in FLAKES.strip().splitlines()) + (
+    "\n    def check(self, input, *expected, mode='exec'):\n"
+    "        self.assertEqual(run(input, mode), list(expected))\n")
+
+
+def test_a_call_that_expects_no_message_gets_the_one_its_module_gives_most():
+    """pyflakes' tests that expect no message (`self.flakes(source)`, some 300 of its 564) get one more: the item
+    the module's other calls give most often. The helper compares the items it gets with the messages it finds, which
+    the original equalled (none), so one item more fails wherever the original passed."""
+    files = {"pyflakes/test/harness.py": HARNESS, "pyflakes/test/test_x.py": FLAKES_TESTS}
+    tree = ast.parse(FLAKES_TESTS)
+    targets = mutant_targets(tree, "pyflakes/test/test_x.py", files.get)
+    cls = tree.body[-1]
+
+    def mutant(name: str) -> str | None:
+        node = next(n for n in cls.body if n.name == name)
+        spot = spot_of(node, targets(["Test", name]))
+        if spot is None:
+            return None
+        lines = FLAKES_TESTS.splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
+        return spot.kind + ": " + "".join(mutate(lines, node.lineno, spot, RNG)).strip().split("\n", 1)[1].strip()
+
+    assert mutant("test_used") == \
+        'add: self.flakes("""\n        import fu\n        fu.bar()\n        """, m.UnusedImport)'
+    # after the last positional argument, before the keywords
+    assert mutant("test_segment") == "add: self.flakes('import fu; fu', m.UnusedImport, is_segment=True)"
+    assert mutant("test_unused") == "repeat: self.flakes('import fu', m.UnusedImport, m.UnusedImport)"
+    # the test binds `m` itself: the module's `m.UnusedImport` is not what it would read; no other call gives one
+    assert mutant("test_shadowed") is None
+    # `check` only compares its `*args` too, but no call of it gives any
+    assert mutant("test_other_helper") is None
+    # a helper with a defaulted positional parameter: one argument more would fill it, not `*args`
+    defaulted = {**files, "pyflakes/test/harness.py": HARNESS.replace(
+        "def flakes(self, input, *expectedOutputs", "def flakes(self, input, mode='exec', *expectedOutputs")}
+    node = next(n for n in cls.body if n.name == "test_used")
+    assert spot_of(node, mutant_targets(tree, "pyflakes/test/test_x.py", defaulted.get)(["Test", "test_used"])) is None

@@ -22,6 +22,8 @@ from trajfactory.runtime import parse_python
 
 Def = ast.FunctionDef
 Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
+Target = tuple[str, ast.expr] | tuple[str, ast.expr, str]
+"""What a mutant changes in a call: (kind, the argument, the text it adds, for "add")."""
 
 _EQUAL = ("assertEqual", "assertEquals", "assertMultiLineEqual", "assertListEqual", "assertTupleEqual",
           "assertDictEqual", "assertSequenceEqual", "assertCountEqual")
@@ -126,11 +128,14 @@ def counted_varargs(func: Def) -> bool:
     return compared == 1 and all(id(n) in allowed for n in uses)
 
 
-def helper_target(call: ast.Call, func: Def, bound: bool) -> tuple[str, ast.expr] | None:
+def helper_target(call: ast.Call, func: Def, bound: bool,
+                  donor: Callable[[int], str | None] | None = None) -> Target | None:
     """What a mutant changes in `call` to the helper `func`, given by position (after `self` where the call is `bound`
     to an instance) or by keyword: an argument the helper only compares (`compared_params`), a constant first
     ("constant": changed), else any ("wrap": wrapped in a tuple); else, where the helper only compares its `*args`
-    (`counted_varargs`), the last of them ("repeat": given twice, `mutants.mutate`); else None."""
+    (`counted_varargs`), the last of them ("repeat": given twice, `mutants.mutate`), or, where the call gives none,
+    one more after its last argument ("add": the expression `donor` finds for a helper with that many positional
+    parameters, `donor_argument`); else None."""
     if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         return None
     positional = [a.arg for a in [*func.args.posonlyargs, *func.args.args]][1 if bound else 0:]
@@ -147,7 +152,53 @@ def helper_target(call: ast.Call, func: Def, bound: bool) -> tuple[str, ast.expr
     extra = call.args[len(positional):]
     if extra and extra[-1].lineno == extra[-1].end_lineno and counted_varargs(func):
         return "repeat", extra[-1]
+    # a call that fills exactly the positional parameters: one argument more goes to `*args` (with one fewer, it
+    # would fill a parameter that has a default)
+    if not extra and call.args and len(call.args) == len(positional) and donor is not None and \
+            counted_varargs(func) and (text := donor(len(positional))):
+        return "add", call.args[-1], text
     return None
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    """The names a module binds in its own top-level statements: its imports, definitions and assignments."""
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out |= {a.asname or a.name.split(".")[0] for a in node.names if a.name != "*"}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return out
+
+
+def _root(expr: ast.expr) -> str | None:
+    """The name at the root of `m.UnusedImport` or `UnusedImport` (a name and its attributes, nothing else)."""
+    while isinstance(expr, ast.Attribute):
+        expr = expr.value
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
+def donor_argument(tree: ast.Module, call: ast.Call, positional: int, local: set[str]) -> str | None:
+    """The argument a mutant adds to `call`, a call of a helper that only compares its `*args` (pyflakes'
+    `self.flakes("import fu; fu")`, which expects no message): the item that other calls of the same helper in the
+    module (`tree`) give most often in their `*args` (past their `positional` arguments), where it is a name of the
+    module or an attribute of one (`m.UnusedImport`) that the test does not bind itself (`local`). None where no call
+    gives one. The helper compares the `*args` it gets, as a whole, with what it finds, which the original equalled:
+    one item more fails the comparison whatever the item is."""
+    names, counts = _module_names(tree) - local - {"self"}, {}
+    same = ast.dump(call.func)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and ast.dump(node.func) == same) or \
+                any(isinstance(a, ast.Starred) for a in node.args):
+            continue
+        for item in node.args[positional:]:
+            if _root(item) in names and item.lineno == item.end_lineno:
+                text = ast.unparse(item)
+                counts[text] = counts.get(text, 0) + 1
+    return min(counts, key=lambda t: (-counts[t], t)) if counts else None
 
 
 def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
@@ -260,3 +311,21 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
         return None
 
     return resolve
+
+
+def mutant_targets(tree: ast.Module, path: str,
+                 read: Callable[[str], str | None]) -> Callable[[list[str]], Callable[[ast.Call], Target | None]]:
+    """For a test of the module `tree` (the checkout's file `path`; `read`, a file of the checkout by its path), what
+    a mutant changes in a call to a helper of the project, as `mutants.spot_of` takes it: `mutant_targets(...)(["TestX",
+    "test_x"])(call)`."""
+    resolve = resolver(tree, path, read)
+
+    def for_test(test: list[str]) -> Callable[[ast.Call], Target | None]:
+        def target(call: ast.Call) -> Target | None:
+            found = resolve(test, call)
+            if found is None:
+                return None
+            return helper_target(call, *found, donor=lambda positional: donor_argument(
+                tree, call, positional, _local_names(tree, test)))
+        return target
+    return for_test

@@ -16,7 +16,8 @@ the failing test with its last assertion turned against it:
 - a helper whose name says nothing (Python-Markdown's `self.assertMarkdownRenders(source, "<p>x</p>")`) gets an
   argument changed (a constant) or wrapped in a tuple where its definition, in the test's module or one of the
   checkout's, only compares that argument for equality (`helpers.py`); one that only compares its `*args` as a whole
-  (pyflakes' `self.flakes(source, m.UnusedImport)`) gets its last one given twice.
+  (pyflakes' `self.flakes(source, m.UnusedImport)`) gets its last one given twice, and one that gives none
+  (`self.flakes(source)`, no message expected) gets the item other calls of the helper in its module give most often.
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -70,8 +71,10 @@ class Spot:
     unittest assertion's method name (to swap for its opposite) or an equality helper's argument (to wrap in a
     tuple)."""
 
-    kind: str  # "constant", "negate", "opposite", "raises", "wrap" or "repeat"
+    kind: str  # "constant", "negate", "opposite", "raises", "wrap", "repeat" or "add"
     node: ast.AST
+    text: str = ""
+    """What an "add" puts after `node`, an argument of a helper that only compares its `*args`."""
 
 
 def _constant(node: ast.AST) -> bool:
@@ -242,6 +245,8 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
         raw = out[node.lineno - start].encode("utf-8")
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset,
              ", " + raw[node.col_offset:node.end_col_offset].decode("utf-8"))
+    elif spot.kind == "add":  # `f(a)` -> `f(a, m.X)`
+        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ", " + spot.text)
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")

@@ -42,7 +42,7 @@ from typing import Callable
 from trajfactory.executors.base import Sandbox, SandboxError, apply_patch
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
 from trajfactory.executors.guard import protected, suite_files
-from trajfactory.executors.helpers import helper_target, resolver
+from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import spot_of, mutate
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
@@ -229,7 +229,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         tree = parse_python(source)
     except (SyntaxError, ValueError):
         return None
-    resolve = resolver(tree, file, read) if read is not None else None
+    targets = mutant_targets(tree, file, read) if read is not None else None
     used, lines = _names(tree), source.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
@@ -254,9 +254,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         if len(path) == 2:
             evaluated.setdefault(path[0], set()).update(_evaluated_names(node))
         twins[tuple(path)] = twin
-        helper = (lambda call, test=path: (found := resolve(test, call)) and helper_target(call, *found)) \
-            if resolve else None
-        if (spot := spot_of(node, helper)) is not None:
+        if (spot := spot_of(node, targets(path) if targets else None)) is not None:
             mutant = _taken((mutant_names or {}).get(tuple(path), ""), used) or _fresh(
                 prefix, used, rng, unlike=path[-1], after=max(last, twin) if len(path) == 2 else "")
             holder.append(_renamed(mutate(lines[start - 1:node.end_lineno], start, spot, rng), at, path[-1], mutant))
