@@ -48,14 +48,18 @@ def _read(checkout: Path, rel: str) -> str | None:
         return None
 
 
+class Unusable(Exception):
+    """A package that cannot be audited (not found, its image not built): its row says why, the others go on."""
+
+
 def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
     """The counts of one package (`KINDS` made, `KIND ran` beside a passing original, `KIND loose`)."""
     source = harvest_repo(uri, work / "mirrors")
     if not isinstance(source, Source):
-        raise SystemExit(f"{uri}: {source.reason}: {source.detail}")
+        raise Unusable(f"{source.reason}: {source.detail}")
     env = stage.build_environment(backend, source)
     if not isinstance(env, EnvironmentHandle):
-        raise SystemExit(f"{uri}: {env.reason}: {env.detail}")
+        raise Unusable(f"{env.reason}: {env.detail}")
     checkout = stage.checkout(source, work / "co")
     files = sorted(p.relative_to(checkout).as_posix() for pattern in ("test_*.py", "*_test.py")
                    for p in checkout.rglob(pattern) if not {"build", ".tox", "site-packages"} & set(p.parts))
@@ -118,7 +122,11 @@ def main() -> None:
     print("|" + "---|" * (len(columns) + 1))
     with tempfile.TemporaryDirectory(prefix="tf-mutants-") as tmp:
         for uri in args.uris:
-            c = audit(backend, uri, Path(tmp), args.timeout)
+            try:
+                c = audit(backend, uri, Path(tmp), args.timeout)
+            except Unusable as exc:
+                print(f"| {uri} | not audited: {exc} |", flush=True)
+                continue
             cells = [str(c["tests"]), str(c["with a mutant"])] + [f"{c[k + ' ran']} / {c[k + ' loose']}" for k in KINDS]
             print(f"| {uri} | " + " | ".join(cells) + " |", flush=True)
 

@@ -10,7 +10,7 @@ import secrets
 
 import pytest
 
-from trajfactory.executors.helpers import compared_params, helper_target, mutant_targets
+from trajfactory.executors.helpers import compared_params, helper_target, mutant_targets, or_params
 from trajfactory.executors.mutants import mutate, spot_of
 
 RNG = secrets.SystemRandom()
@@ -285,3 +285,61 @@ def test_a_call_that_expects_no_message_gets_the_one_its_module_gives_most():
         "def flakes(self, input, *expectedOutputs", "def flakes(self, input, mode='exec', *expectedOutputs")}
     node = next(n for n in cls.body if n.name == "test_used")
     assert spot_of(node, mutant_targets(tree, "pyflakes/test/test_x.py", defaulted.get)(["Test", "test_used"])) is None
+
+
+# sqlglot's helper, as tests/dialects/test_dialect.py writes it: `write_sql or sql` is compared
+VALIDATOR = '''
+def validate_identity(self, sql, write_sql=None, pretty=False, check_command_warning=False, identify=False):
+    if check_command_warning:
+        with self.assertLogs(parser_logger) as cm:
+            expression = self.parse_one(sql)
+            assert f"'{sql[:100]}' contains unsupported syntax" in cm.output[0]
+    else:
+        expression = self.parse_one(sql)
+
+    self.assertEqual(
+        write_sql or sql, expression.sql(dialect=self.dialect, pretty=pretty, identify=identify)
+    )
+    return expression
+'''
+
+
+@pytest.mark.parametrize("call,mutant,kind", [
+    # no `write_sql`: the helper compared `sql`; `write_sql=(sql,)` is compared instead
+    ("self.validate_identity('SELECT 1')", "self.validate_identity('SELECT 1', write_sql=('SELECT 1',))", "add"),
+    ("self.validate_identity(f'SELECT {x}', pretty=True)",
+     "self.validate_identity(f'SELECT {x}', pretty=True, write_sql=(f'SELECT {x}',))", "add"),
+    # a `write_sql` given: changed where it is a string, else wrapped (a tuple is truthy)
+    ("self.validate_identity('SELECT 1', 'SELECT 2')", None, "constant"),
+    ("self.validate_identity('SELECT 1', write_sql=OUT)", "self.validate_identity('SELECT 1', write_sql=(OUT,))",
+     "wrap"),
+])
+def test_a_helper_that_compares_p_or_q_gets_p(call, mutant, kind):
+    validator = namespace_def(VALIDATOR, "validate_identity")
+    assert or_params(validator) == {"write_sql": "sql"}
+    source = f"def test_x(self):\n    {call}\n"
+    spot = spot_of(ast.parse(source).body[0], lambda c: helper_target(c, validator, True))
+    assert spot is not None and spot.kind == kind
+    out = "".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))
+    if mutant is not None:
+        assert out.splitlines()[1].strip() == mutant
+    else:
+        changed = ast.parse(out).body[0].body[0].value.args[1].value
+        assert changed.startswith("SELECT 2") and changed != "SELECT 2"
+
+
+@pytest.mark.parametrize("change", [
+    ("write_sql or sql, expression", "write_sql or sql or '', expression"),  # three operands: not `p or q`
+    # `p` read twice
+    ("        expression = self.parse_one(sql)\n\n", "        expression = self.parse_one(write_sql)\n\n"),
+    ("    else:\n", "    else:\n        sql = sql.strip()\n"),  # q bound again
+    ("write_sql or sql, expression", "write_sql and sql, expression"),
+    ("    if check_command_warning:", "    if pretty:\n        return None\n    if check_command_warning:"),
+])
+def test_no_p_or_q_mutant_where_the_definition_does_not_show_it(change):
+    source = VALIDATOR.replace(*change)
+    assert source != VALIDATOR
+    validator = namespace_def(source, "validate_identity")
+    assert or_params(validator) == {}
+    assert spot_of(ast.parse("def test_x(self):\n    self.validate_identity('SELECT 1')\n").body[0],
+                   lambda c: helper_target(c, validator, True)) is None

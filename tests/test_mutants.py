@@ -67,6 +67,18 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    for c in CASES:\n        if c:\n            continue\n        assert g(c) == 4\n",
     "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    else:\n        f()\n",
     "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    f()\n",
+    # an inner loop over what the outer one walks: maybe empty
+    "def test_x():\n    for c in CASES:\n        for d in c:\n            assert g(d) == 4\n",
+    "def test_x():\n    for c in CASES:\n        for d in CASES:\n            if d:\n                break\n"
+    "            assert g(d) == 4\n",
+    # a collection the test writes as a literal but may change or empty: no mutant
+    "def test_x():\n    cases = []\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    cases = [1]\n    cases.clear()\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    cases = [1]\n    cases = f()\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    if ok():\n        cases = [1]\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    cases = [*f()]\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    cases = {**f()}\n    for c in cases:\n        assert g(c) == 4\n",
+    "def test_x():\n    for c in cases:\n        assert g(c) == 4\n    cases = [1]\n",
     "def test_x():\n    def check(c):\n        return g(c)\n    if check(1):\n        return\n    assert g() == 1\n",
     "def test_x():\n    with ctx():\n        assert f() == 4\n",  # a context manager may swallow the failure
     "def test_x():\n    with open(p), suppress(KeyError):\n        assert f() == 4\n",
@@ -128,6 +140,16 @@ def test_only_the_constant_changes_and_columns_count_bytes():
     # a `return` in a function the test defines is not the test's own
     ("def test_x():\n    def check(c):\n        return c\n    assert f(check) == g()\n", "assert not f(check) == g()",
      "negate"),
+    # loops nest: each walks a fixed collection (arrow's `for lang in ["cs"]: for unit in UNITS:`)
+    ("def test_x():\n    for a in (1, 2):\n        for b in CASES:\n            assert f(a, b) == g()\n",
+     "assert not f(a, b) == g()", "negate"),
+    ("def test_x(self):\n    for a in (1, 2):\n        with self.subTest(a=a):\n            for b in range(3):\n"
+     "                self.assertTrue(f(a, b))\n", "self.assertFalse(f(a, b))", "opposite"),
+    # a collection the test writes once, as a literal, and reads only in the loop's header
+    ("def test_x():\n    units = ['s', 'm']\n    x = f()\n    for u in units:\n        assert x(u) == g(u)\n",
+     "assert not x(u) == g(u)", "negate"),
+    ("def test_x():\n    cases = {'a': 1}\n    for k, v in cases.items():\n        assert f(k) == v\n",
+     "assert not f(k) == v", "negate"),
 ])
 def test_helpers_and_loops_over_fixed_collections(source, mutant, kind):
     spot = spot_of(_node(source))
@@ -157,3 +179,9 @@ def test_a_wrapped_argument_fails_an_equality_helper_where_the_original_passes()
         original["test_x"](value)
         with pytest.raises(AssertionError):
             namespace["test_x"](value)
+
+
+def test_a_last_loop_without_a_spot_leaves_the_assertion_before_it():
+    source = "def test_x():\n    assert f() == g()\n    for c in f():\n        assert c\n"
+    assert ast.unparse(ast.parse(_mutant(source)).body[0].body[0]) == "assert not f() == g()"
+

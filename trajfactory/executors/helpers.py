@@ -5,7 +5,10 @@ Many suites end their tests in a helper of their own whose name says nothing of 
 argument of such a call only where the helper's definition shows that the argument is compared for equality and used
 for nothing else (`compared_params`): then the value the helper compares it with does not depend on it, and the
 changed constant fails the comparison wherever the original passed. A helper that only compares its `*args` as a
-whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`).
+whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`), or, where the
+call gives none, the item the module's other calls give most often (`donor_argument`). A helper that compares
+`p or q` (sqlglot's `validate_identity(sql, write_sql=None)`) gets its `p` changed, or `p=(q,)` where the call gives
+no `p` (`or_params`).
 
 `resolver` finds the definition the call reaches: a function of the test's module or one it imports from the
 checkout, or a method of the test's class or of a base class of the checkout; a base it cannot read (unittest's
@@ -95,6 +98,31 @@ def compared_params(func: Def) -> set[str]:
     return out
 
 
+def or_params(func: Def) -> dict[str, str]:
+    """The parameters `p` of the helper `func` that it reads once, as `p or q`, one side of an equality a statement of
+    its own body asserts with no `return` before it, where `q` is a parameter too, and that neither is bound again:
+    {p: q} (sqlglot's `validate_identity(sql, write_sql=None)` asserts `write_sql or sql` equals what it makes of
+    `sql`). A truthy `p` is what the helper compares; a call that gives none compares `q`. Empty for a decorated
+    helper or a generator."""
+    if func.decorator_list or any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(func)):
+        return {}
+    args = func.args
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    said = _said(func)
+    stored = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
+        name for n in ast.walk(func) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+    loads = [n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and
+             id(n) not in said]
+    out: dict[str, str] = {}
+    for i, stmt in enumerate(func.body):
+        for side in _compared(stmt):
+            if isinstance(side, ast.BoolOp) and isinstance(side.op, ast.Or) and len(side.values) == 2 and \
+                    all(isinstance(v, ast.Name) and v.id in names - stored for v in side.values) and \
+                    loads.count(side.values[0].id) == 1 and not _returns_before(func, i):
+                out[side.values[0].id] = side.values[1].id
+    return out
+
+
 _SAME_LENGTH = ("list", "sorted", "tuple")
 """What a helper may make of its `*args` before it compares them: a sequence of the same items."""
 
@@ -149,6 +177,8 @@ def helper_target(call: ast.Call, func: Def, bound: bool,
                      and isinstance(v.value, (int, float, str, bytes))), None)
     if constant is not None or compared:
         return ("constant", constant) if constant is not None else ("wrap", compared[0])
+    if target := _or_target(call, func, dict(given)):
+        return target
     extra = call.args[len(positional):]
     if extra and extra[-1].lineno == extra[-1].end_lineno and counted_varargs(func):
         return "repeat", extra[-1]
@@ -157,6 +187,31 @@ def helper_target(call: ast.Call, func: Def, bound: bool,
     if not extra and call.args and len(call.args) == len(positional) and donor is not None and \
             counted_varargs(func) and (text := donor(len(positional))):
         return "add", call.args[-1], text
+    return None
+
+
+_PLAIN = (ast.Constant, ast.JoinedStr, ast.Name, ast.Attribute)
+"""Arguments a mutant may evaluate twice: a constant, an f-string, a name or an attribute of one."""
+
+
+def _or_target(call: ast.Call, func: Def, given: dict[str, ast.expr]) -> Target | None:
+    """The mutant of a call to a helper that compares `p or q` (`or_params`): a `p` it gives is changed (a string
+    constant, which stays truthy) or wrapped in a tuple (which is truthy); where it gives none, `p=(q,)` is added,
+    the argument it gives for `q` wrapped in a tuple: the original's `q` equalled what the helper made, and no
+    ordinary value equals both that and its 1-tuple."""
+    for p, q in sorted(or_params(func).items()):
+        value = given.get(p)
+        if value is not None:
+            if isinstance(value, ast.Constant) and isinstance(value.value, (str, bytes)) and \
+                    value.lineno == value.end_lineno:
+                return "constant", value
+            return "wrap", value
+        other = given.get(q)
+        if isinstance(other, _PLAIN) and not isinstance(other, ast.Constant) or isinstance(other, ast.Constant) and \
+                isinstance(other.value, (int, float, str, bytes)):
+            last = max([*call.args, *(k.value for k in call.keywords)],
+                       key=lambda n: (n.end_lineno, n.end_col_offset))
+            return "add", last, f"{p}=({ast.unparse(other)},)"
     return None
 
 

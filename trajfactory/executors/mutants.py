@@ -22,9 +22,10 @@ the failing test with its last assertion turned against it:
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
 `if` or a `with`), in a body with no `return` of its own, so a run in which the original passed evaluated it and
-found it true. A loop counts where it is the body's last statement, its own last statement is the assertion, it has
-no `break`, `continue` or `else`, and it walks a fixed collection (a literal, `range` of constants, or a name the test
-does not bind): it ran at least once under the task's fix if the mutant failed there. The copy evaluates the same,
+found it true. A loop counts where it is the body's last statement, its own last statement is the assertion (or
+such a loop: loops nest), it has no `break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
+of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there): it
+ran at least once under the task's fix if the mutant failed there. The copy evaluates the same,
 save where the test depends on its name, its place or what ran before it, or on an `==` that says yes to two values:
 the task's own fix shows that (`swe_env` excuses a mutant that passes under the gold patch too). A run in which a
 mutant passed beside its passing original was forged.
@@ -83,7 +84,8 @@ def _constant(node: ast.AST) -> bool:
             and node.lineno == node.end_lineno)
 
 
-def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None) -> Spot | None:
+def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None,
+          test: ast.FunctionDef | ast.AsyncFunctionDef | None = None) -> Spot | None:
     """What a mutant changes in the assertion `stmt`: the expected constant of `assert x == C` (either side) or of
     `self.assertEqual(x, C)`, when one side only is a constant; else the whole test of an `assert`, or the method of a
     unittest assertion that has an opposite; for a block that expects an exception (`with pytest.raises(E):`,
@@ -94,9 +96,8 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
         name = _manager(stmt.items[0].context_expr)
         if len(stmt.items) == 1 and name in _RAISES and item.end_lineno == stmt.lineno < stmt.body[0].lineno:
             return Spot("raises", stmt)
-        if all(_manager(i.context_expr) in _PASSING for i in stmt.items) and \
-                isinstance(stmt.body[-1], (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt.body[-1], helper)
+        if all(_manager(i.context_expr) in _PASSING for i in stmt.items):
+            return _last(stmt.body[-1], helper, test)
         return None
     if isinstance(stmt, ast.Assert):
         test = stmt.test
@@ -123,6 +124,18 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
             return Spot("wrap", call.args[1])
     elif helper is not None and (target := helper(call)) is not None:
         return Spot(*target)
+    return None
+
+
+def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Spot | None:
+    """The spot of `stmt`, the last statement of a body that ran (`_spot`), or of the last statement of the loop
+    `stmt` where that loop ran it at least once: it walks a fixed collection of its `test` (`_fixed`), has no `else`,
+    and no `break` or `continue` skips the end of its body. Loops nest (`for a in A: for b in B: assert ...`)."""
+    if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
+        return _spot(stmt, helper, test)
+    if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and _fixed(stmt, test) and \
+            not any(isinstance(n, (ast.Break, ast.Continue)) for n in _own(stmt)):
+        return _last(stmt.body[-1], helper, test)
     return None
 
 
@@ -174,7 +187,29 @@ def _fixed(loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     calls = [n for n in ast.walk(it) if isinstance(n, ast.Call)]
     plain = all(isinstance(c.func, ast.Name) and c.func.id in ("enumerate", "zip", "sorted", "list", "reversed") or
                 isinstance(c.func, ast.Attribute) and c.func.attr in ("items", "keys", "values") for c in calls)
-    return bool(names) and plain and not any(n.id in bound or n.id == "self" for n in names)
+    return bool(names) and plain and not any(n.id == "self" or n.id in bound and not _literal_once(n.id, loop, test)
+                                             for n in names)
+
+
+def _literal_once(name: str, loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether the test binds `name` once, to a non-empty literal (`units = [1, 5]`, `cases = {"a": 1}`), in a
+    statement of its own body that comes before the one holding `loop`, and reads it only in `loop`'s header: the
+    loop walks that collection as it was written."""
+    outer = next((i for i, stmt in enumerate(test.body) if any(n is loop for n in ast.walk(stmt))), -1)
+    assigns = [i for i, stmt in enumerate(test.body[:max(outer, 0)]) if isinstance(stmt, ast.Assign)
+               and [getattr(t, "id", None) for t in stmt.targets] == [name]]
+    if len(assigns) != 1:
+        return False
+    value = test.body[assigns[0]].value
+    if not (isinstance(value, (ast.List, ast.Tuple, ast.Set)) and value.elts and
+            not any(isinstance(e, ast.Starred) for e in value.elts) or
+            isinstance(value, ast.Dict) and value.keys and None not in value.keys):
+        return False
+    header = {id(n) for n in ast.walk(loop.iter)}
+    uses = [n for n in ast.walk(test) if isinstance(n, ast.Name) and n.id == name]
+    return all(id(n) in header if isinstance(n.ctx, ast.Load) else n is test.body[assigns[0]].targets[0]
+               for n in uses) and not any(isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names
+                                          for n in ast.walk(test))
 
 
 def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
@@ -191,11 +226,9 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
         return None
     for stmt in reversed(node.body):
         if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt, helper)
-        if isinstance(stmt, ast.For) and stmt is node.body[-1] and not stmt.orelse and _fixed(stmt, node) and \
-                not any(isinstance(n, (ast.Break, ast.Continue)) for n in _own(stmt)) and \
-                isinstance(stmt.body[-1], (ast.Assert, ast.Expr, ast.With)):
-            return _spot(stmt.body[-1], helper)
+            return _spot(stmt, helper, node)
+        if stmt is node.body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
+            return spot
     return None
 
 
