@@ -86,3 +86,17 @@ def test_html5lib_whose_pytest_pin_predates_this_python_is_refused_naming_it(doc
         in rejected.detail and 'required field "lineno" missing from alias' in rejected.detail, rejected.detail
     assert "`test_requirements`" in rejected.detail and "`sandbox.python` to an older Python" in rejected.detail
     # on Python 3.9 it runs and tasks are mined from it: tests/test_sandbox_python.py, bench/RESULTS.md
+
+
+def test_a_setup_py_whose_extras_compute_one_item_keeps_the_others(tmp_path):
+    """sqlglot 30.31.0's setup.py computes one extra's item (`f"sqlglotc=={version}"`), so its `extras_require` is
+    no literal as a whole: reading it whole lost its `dev` extra, the one its tests need (duckdb, pytz), and every
+    test module that imports them failed to collect. Each item is read on its own."""
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import setup\nfrom setuptools_scm import get_version\n\nversion = get_version()\n\n"
+        "setup(\n    install_requires=['sqlparse', f'helper=={version}'],\n"
+        "    extras_require={\n        'dev': ['duckdb>=0.6', 'pytz', \"mypy; python_version < '3.10'\"],\n"
+        "        'c': [f'sqlglotc=={version}'],\n        'test': 'hypothesis',\n    },\n)\n")
+    reqs = find_requirements(tmp_path)
+    assert {"sqlparse", "duckdb>=0.6", "pytz", 'mypy; python_version < "3.10"', "hypothesis"} <= set(reqs), reqs
+    assert not any(r.startswith(("helper", "sqlglotc")) for r in reqs), reqs

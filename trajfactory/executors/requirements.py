@@ -125,22 +125,34 @@ def _from_setup_cfg(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[s
     return _clean([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
 
 
+def _literal_items(node: ast.expr) -> list:
+    """The literal items of a list or tuple display, each on its own: an item the file computes (sqlglot 30's
+    `f"sqlglotc=={version}"`) is left out, not the whole list; [] for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # one requirement, as setuptools allows
+        return [node.value]
+    if not isinstance(node, (ast.List, ast.Tuple)):
+        return []
+    out = []
+    for item in node.elts:
+        with contextlib.suppress(ValueError, TypeError, SyntaxError):
+            out.append(ast.literal_eval(item))
+    return out
+
+
 def _from_setup_py(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[str]:
-    """Literal install_requires / tests_require / extras_require keywords of a setup() call."""
+    """The literal items of the install_requires / tests_require / extras_require keywords of a setup() call (one
+    that is computed is left out: the others stay)."""
     reqs: list[str] = []
     for node in ast.walk(parse_python(path.read_text())):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup"):
             continue
         for kw in node.keywords:
-            try:
-                value = ast.literal_eval(kw.value)
-            except ValueError:
-                continue
-            if kw.arg in ("install_requires", "tests_require") and isinstance(value, (list, tuple)):
-                reqs += _clean(list(value))
-            elif kw.arg == "extras_require" and isinstance(value, dict):
-                for extra in extras:
-                    reqs += _clean(list(value.get(extra, [])))
+            if kw.arg in ("install_requires", "tests_require"):
+                reqs += _clean(_literal_items(kw.value))
+            elif kw.arg == "extras_require" and isinstance(kw.value, ast.Dict):
+                for key, value in zip(kw.value.keys, kw.value.values):
+                    if isinstance(key, ast.Constant) and key.value in extras:
+                        reqs += _clean(_literal_items(value))
     return reqs
 
 
