@@ -52,7 +52,7 @@ class Unusable(Exception):
     """A package that cannot be audited (not found, its image not built): its row says why, the others go on."""
 
 
-def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
+def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig = LIMITS) -> Counter:
     """The counts of one package (`KINDS` made, `KIND ran` beside a passing original, `KIND loose`)."""
     source = harvest_repo(uri, work / "mirrors")
     if not isinstance(source, Source):
@@ -80,7 +80,7 @@ def audit(backend, uri: str, work: Path, timeout: float) -> Counter:
                 spots["::".join([path, *names])] = (spot, node)
                 helped.update(["::".join([path, *names])] if spot_of(node) is None else [])
     made: dict[str, tuple[str, list[str]]] = {}  # original -> (its mutant's id, its kinds)
-    with backend.start(env, LIMITS) as sandbox:
+    with backend.start(env, limits) as sandbox:
         # as the verifier writes them for a task's failing tests, for every test that can have one
         for test, mutant in write_twins(sandbox, list(spots), limit=len(spots)).mutants.items():
             spot, node = spots[test]
@@ -115,7 +115,10 @@ def main() -> None:
                                  epilog="Each package costs an image build (cached) and one run of its whole suite.")
     ap.add_argument("uris", nargs="+", help="sources as a recipe names them (pypi:NAME==VERSION, a git URL, a path)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds for each suite's run")
+    ap.add_argument("--memory", default=LIMITS.memory,
+                    help="the sandbox's memory limit, as a recipe's sandbox.memory (sqlglot's suite needs about 4g)")
     args = ap.parse_args()
+    limits = LIMITS.model_copy(update={"memory": args.memory})
     backend = get_backend("docker")
     columns = ["tests", "with a mutant"] + [f"{k} ran / loose" for k in KINDS]
     print("| package | " + " | ".join(columns) + " |")
@@ -123,7 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tf-mutants-") as tmp:
         for uri in args.uris:
             try:
-                c = audit(backend, uri, Path(tmp), args.timeout)
+                c = audit(backend, uri, Path(tmp), args.timeout, limits)
             except Unusable as exc:
                 print(f"| {uri} | not audited: {exc} |", flush=True)
                 continue

@@ -128,6 +128,8 @@ def test_the_gaming_battery_is_refused_on_python_313(py313, mirrors, tmp_path):
         validations = validate_batch(sandbox, candidates, ref)
     tasks = [t for t in stage.tasks_from(source, env, candidates, validations) if t.entity.kind != "class"]
     assert tasks, [(v.status, v.detail) for v in validations]
+    # the task row says which Python its verdicts hold for; a handle made from the row keeps it
+    assert env.python == py313.python_version() and {t.environment.python for t in tasks} == {env.python}
     guard.test_gold_passes_and_empty_fails_under_the_guard(py313, (tasks[0], env))
     guard.test_every_gaming_patch_is_refused(py313, (tasks[0], env))
 
@@ -166,6 +168,7 @@ def test_a_suite_pinned_to_pytest_5_is_mined_and_verified_on_python_39(py39, mir
         [(v.status, v.FAIL_TO_PASS, v.PASS_TO_PASS) for v in batched]
     tasks = [t for t in stage.tasks_from(source, env, candidates, batched) if t.entity.kind != "class"]
     assert len(tasks) >= 2, [(v.status, v.detail) for v in batched]
+    assert tasks[0].environment.python.startswith("3.9.")
     guard.test_gold_passes_and_empty_fails_under_the_guard(py39, (tasks[0], env))
     results = guard.battery_results(py39, (tasks[0], env))  # none verified, each stopped
     # Python 3.9 raises no audit event for the garbage collector's listing (3.10 does), so the harness's audit hook

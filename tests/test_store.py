@@ -197,6 +197,23 @@ def test_versions_manifest_and_read_back(store: DatasetStore):
         store.read_table("v1", "steps")
 
 
+def test_a_tasks_python_round_trips_and_older_rows_read_as_unknown(store: DatasetStore):
+    """A task row records the Python its sandboxes ran (`environment.python`); a row written before it was (no such
+    key) is stored and read back with it unknown, and still makes a task."""
+    from trajfactory.training.evaluate import task_from_row
+
+    known = make_task(1)
+    known.environment.python = "3.13.5"
+    older = make_task(2).to_row()
+    del older["environment"]["python"]
+    v = store.write_version({"tasks": [known.to_row(), older]}, lineage={})
+    rows = {r["task_id"]: r for r in store.read_rows(v, "tasks")}
+    assert rows["task0001"]["environment"]["python"] == "3.13.5"
+    assert rows["task0002"]["environment"]["python"] is None
+    assert task_from_row(rows["task0001"]).environment.python == "3.13.5"
+    assert task_from_row(rows["task0002"]).environment.python is None
+
+
 def test_verify_detects_tampering(store: DatasetStore):
     v = store.write_version(make_tables(), lineage={})
     shard = Path(store.data_files(v)["tasks"][0])

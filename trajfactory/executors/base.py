@@ -144,6 +144,9 @@ class EnvironmentHandle:
     """Image name (docker) or environment directory (local)."""
     repo: str
     commit: str
+    python: str = ""
+    """The Python version its sandboxes run (`3.13.5`); empty where it is not known (a handle made from a task
+    row)."""
 
 
 def env_key(variables: dict[str, str]) -> list[str]:

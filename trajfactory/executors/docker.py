@@ -169,10 +169,10 @@ class DockerBackend:
             tag = self.image_tag(repo, base_id, sha,
                                  find_requirements(repo_dir, extra) + runner + ignore_options(ignore)
                                  + env_key(variables))
-            handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha)
+            python = image_python(self.client, self.base_image, base_id)
+            handle = EnvironmentHandle(backend=self.name, name=tag, repo=repo, commit=sha, python=python)
             if self._have_image(tag, share=True):
                 return handle
-            python = image_python(self.client, self.base_image, base_id)
             house, requirements = build_wheelhouse(repo_dir, self.cache_root, python_version=python, extra=extra)
             pth = "/repo/src" if src_layout(repo_dir) else "/repo"
             addopts, dropped = sandbox_addopts(repo_dir, house, ignore)

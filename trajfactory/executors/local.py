@@ -109,7 +109,8 @@ class LocalBackend:
                                  .encode()).hexdigest()[:16]
             slug = re.sub(r"[^a-z0-9]+", "-", repo.lower()).strip("-") or "repo"
             env_dir = envs / f"{slug}-{key}"
-            handle = EnvironmentHandle(backend=self.name, name=str(env_dir), repo=repo, commit=sha)
+            handle = EnvironmentHandle(backend=self.name, name=str(env_dir), repo=repo, commit=sha,
+                                       python=self.python_version())
             with open(envs / f"{env_dir.name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per environment; others wait and reuse it
                 if (env_dir / ".complete").exists():

@@ -88,7 +88,8 @@ def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHan
     """Each repository's sandbox environment, from the image its task rows name."""
     name = get_backend(backend).name
     return {t.environment.repo: EnvironmentHandle(backend=name, name=t.environment.image_name, repo=t.environment.repo,
-                                                  commit=t.environment.base_commit) for t in tasks}
+                                                  commit=t.environment.base_commit,
+                                                  python=t.environment.python or "") for t in tasks}
 
 
 def by_command_limit(variants: list[perturb.Variant]) -> dict[float | None, list[Task]]:

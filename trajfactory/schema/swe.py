@@ -160,6 +160,9 @@ class SweEnvironment(Record):
     image_name: str
     workdir: str = "/repo"
     test_command: str = "python -m pytest"
+    python: str | None = None
+    """The Python version the task's sandboxes run (`3.13.5`, from the recipe's `sandbox.python`): the tests' verdicts
+    hold for it. None in rows written before it was recorded."""
 
 
 class Checks(Record):
@@ -266,6 +269,7 @@ _SWE_ENV = pa.struct(
         ("image_name", pa.string()),
         ("workdir", pa.string()),
         ("test_command", pa.string()),
+        ("python", pa.string()),
     ]
 )
 TASK_SCHEMA = pa.schema(

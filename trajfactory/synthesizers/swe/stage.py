@@ -142,7 +142,7 @@ def tasks_from(source: Source, env: EnvironmentHandle, candidates: list[Candidat
     tasks: dict[str, Task] = {}
     for v in validations:
         if v.status == "valid":
-            task = make_task(by_id[v.candidate_id], v, source, env.name)
+            task = make_task(by_id[v.candidate_id], v, source, env.name, env.python)
             tasks.setdefault(task.task_id, task)
     return list(tasks.values())
 

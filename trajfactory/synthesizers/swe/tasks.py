@@ -72,8 +72,9 @@ def template_statement(repo: str, validation: Validation, max_tests: int = 5) ->
     )
 
 
-def make_task(candidate: Candidate, validation: Validation, source: Source, image_name: str) -> Task:
-    """Assemble the task record of a validated candidate."""
+def make_task(candidate: Candidate, validation: Validation, source: Source, image_name: str,
+              python: str | None = None) -> Task:
+    """Assemble the task record of a validated candidate; `python`, the version its sandboxes run."""
     if validation.status != "valid":
         raise ValueError(f"candidate {candidate.candidate_id} is {validation.status}, not valid")
     task_id = content_hash(source.name, candidate.base_commit, candidate.patch)
@@ -88,7 +89,8 @@ def make_task(candidate: Candidate, validation: Validation, source: Source, imag
         kind="swe",
         instance_id=f"{source.name}__{candidate.family}__{task_id[:8]}",
         instruction=template_statement(source.name, validation),
-        environment=SweEnvironment(repo=source.name, base_commit=candidate.base_commit, image_name=image_name),
+        environment=SweEnvironment(repo=source.name, base_commit=candidate.base_commit, image_name=image_name,
+                                   python=python or None),
         bug_patch=candidate.patch,
         checks=Checks(
             FAIL_TO_PASS=validation.FAIL_TO_PASS,
