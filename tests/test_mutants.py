@@ -85,7 +85,10 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    with self.subTest(c):\n        assert f() == 4\n        g()\n",
     "def test_x():\n    if skip():\n        return\n    assert f() == 4\n",  # an early return
     "@pytest.mark.xfail\ndef test_x():\n    assert f() == 4\n",  # expected to fail
-    "def test_x(self):\n    self.assertRaises(ValueError, f)\n",  # no opposite
+    # the call form with keywords (which may be the assertion's own), on two lines, or of another `raises`
+    "def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n",
+    "def test_x(self):\n    self.assertRaises(ValueError,\n                      f, -1)\n",
+    "def test_x():\n    trio.raises(ValueError, f, -1)\n",
     "def test_x(self):\n    self.assertEqual(*pair)\n",
     "def test_x():\n    assert_not_equal(f(), 'a')\n",  # a helper whose opposite of equality may hold for both
     "def test_x():\n    assert_raises(ValueError, f, 'a')\n",
@@ -184,4 +187,16 @@ def test_a_wrapped_argument_fails_an_equality_helper_where_the_original_passes()
 def test_a_last_loop_without_a_spot_leaves_the_assertion_before_it():
     source = "def test_x():\n    assert f() == g()\n    for c in f():\n        assert c\n"
     assert ast.unparse(ast.parse(_mutant(source)).body[0].body[0]) == "assert not f() == g()"
+
+
+@pytest.mark.parametrize("source,mutant", [
+    ("def test_x(self):\n    self.assertRaises(KeyError, d.pop, '\u00e9')  # \u00e9\n", "(d.pop)('\u00e9')  # \u00e9"),
+    ("def test_x():\n    pytest.raises(ValueError, f, -1, x)\n", "(f)(-1, x)"),
+    ("def test_x(self):\n    self.assertRaises(ValueError, lambda: d[0])\n", "(lambda: d[0])()"),
+])
+def test_a_raising_call_has_its_callable_called_on_its_own(source, mutant):
+    """`self.assertRaises(E, f, x)` passed: `f(x)` raised `E`, which the copy no longer catches."""
+    spot = spot_of(_node(source))
+    assert spot is not None and spot.kind == "call"
+    assert _mutant(source).splitlines()[1].strip() == mutant
 

@@ -9,7 +9,8 @@ the failing test with its last assertion turned against it:
 - the expected value changed (`assert f(x) == 4` becomes `assert f(x) == 7`, `self.assertEqual(f(x), "ab")` expects
   `"abq"`);
 - else the assertion negated (`assert x in y` becomes `assert not (x in y)`, `assertTrue` becomes `assertFalse`);
-- else the exception a last `with pytest.raises(E):` block expects no longer caught;
+- else the exception a last `with pytest.raises(E):` block expects no longer caught, and the callable of a last
+  `self.assertRaises(E, f, x)` or `pytest.raises(E, f, x)` called on its own (`(f)(x)`);
 - a project's own equality helper (`assert_equal(expected, result)`, or a mock's `m.assert_called_once_with(1, "a")`:
   `_HELPER_WORDS`) gets its constant argument changed or, without one, its second argument wrapped in a tuple
   (`assert_equal(expected, (result,))`): no ordinary value equals both `x` and `(x,)`;
@@ -72,7 +73,7 @@ class Spot:
     unittest assertion's method name (to swap for its opposite) or an equality helper's argument (to wrap in a
     tuple)."""
 
-    kind: str  # "constant", "negate", "opposite", "raises", "wrap", "repeat" or "add"
+    kind: str  # "constant", "negate", "opposite", "raises", "call", "wrap", "repeat" or "add"
     node: ast.AST
     text: str = ""
     """What an "add" puts after `node`, an argument of a helper that only compares its `*args`."""
@@ -110,6 +111,8 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
     if not isinstance(call, ast.Call) or any(isinstance(a, ast.Starred) for a in call.args) or \
             any(k.arg is None for k in call.keywords):  # `f(*args)`, `f(**kw)`: what it compares is not in sight
         return None
+    if _raising_call(call):
+        return Spot("call", call)
     if isinstance(call.func, ast.Attribute) and call.func.attr in _OPPOSITE:
         found = [a for a in call.args[:2] if _constant(a)]
         if call.func.attr in ("assertEqual", "assertEquals") and len(call.args) >= 2 and len(found) == 1:
@@ -137,6 +140,15 @@ def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef |
             not any(isinstance(n, (ast.Break, ast.Continue)) for n in _own(stmt)):
         return _last(stmt.body[-1], helper, test)
     return None
+
+
+def _raising_call(call: ast.Call) -> bool:
+    """Whether `call` expects its callable to raise, in the call form (`self.assertRaises(KeyError, d.pop, "k")`,
+    `pytest.raises(ValueError, f, -1)`), on one line and with no keywords (which may be the assertion's own)."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return (name == "assertRaises" or name == "raises" and getattr(getattr(func, "value", None), "id", "pytest") ==
+            "pytest") and len(call.args) >= 2 and not call.keywords and call.lineno == call.end_lineno
 
 
 def _manager(expr: ast.expr) -> str:
@@ -280,6 +292,10 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
              ", " + raw[node.col_offset:node.end_col_offset].decode("utf-8"))
     elif spot.kind == "add":  # `f(a)` -> `f(a, m.X)`
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ", " + spot.text)
+    elif spot.kind == "call":  # `self.assertRaises(E, f, a)` -> `(f)(a)`: what raised is no longer caught
+        raw = out[node.lineno - start].encode("utf-8")
+        parts = [raw[a.col_offset:a.end_col_offset].decode("utf-8") for a in node.args[1:]]
+        _put(out, start, node.lineno, node.col_offset, node.end_col_offset, f"({parts[0]})({', '.join(parts[1:])})")
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
