@@ -10,7 +10,8 @@ import secrets
 
 import pytest
 
-from trajfactory.executors.helpers import compared_params, helper_target, mutant_targets, or_params
+from trajfactory.executors.helper_rules import compared_params, counted_varargs, helper_target, or_params
+from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import mutate, spot_of
 
 RNG = secrets.SystemRandom()
@@ -195,8 +196,6 @@ def flakes(self, input, *expectedOutputs, **kw):
 
 
 def test_a_helper_that_only_compares_its_varargs_gets_the_last_twice():
-    from trajfactory.executors.helpers import counted_varargs
-
     flakes = ast.parse(FLAKES).body[0]
     assert counted_varargs(flakes) and compared_params(flakes) == set()
     for changed in ("expectedOutputs = set(expectedOutputs)",  # a set may drop the added item
@@ -343,3 +342,22 @@ def test_no_p_or_q_mutant_where_the_definition_does_not_show_it(change):
     assert or_params(validator) == {}
     assert spot_of(ast.parse("def test_x(self):\n    self.validate_identity('SELECT 1')\n").body[0],
                    lambda c: helper_target(c, validator, True)) is None
+
+
+def test_a_helper_known_by_its_name_keeps_its_tolerance():
+    """arrow 1.4.0's `assert_datetime_equality(dt1, dt2, within=10)` compares within a tolerance: the name rule
+    changed its constant `1` to a larger one, which passed beside the original (3 loose mutants in
+    `bench/mutant_audit.py`). Where the definition can be read, a constant given for a parameter with a default is
+    left alone, and the compared argument is wrapped instead."""
+    files = {"tests/utils.py": "def assert_datetime_equality(dt1, dt2, within=10):\n"
+                               "    assert abs((dt1 - dt2).total_seconds()) < within\n",
+             "tests/test_x.py": "from .utils import assert_datetime_equality\n\n\n"
+                                "def test_x():\n    assert_datetime_equality(f(), g(), 1)\n\n\n"
+                                "def test_y():\n    assert_datetime_equality(f(), 'x')\n"}
+    tree = ast.parse(files["tests/test_x.py"])
+    targets = mutant_targets(tree, "tests/test_x.py", files.get)
+    test_x, test_y = tree.body[1:]
+    assert spot_of(test_x).kind == "constant"  # unread, the name rule changes the first constant it sees
+    spot = spot_of(test_x, targets(["test_x"]))
+    assert spot.kind == "wrap" and ast.unparse(spot.node) == "g()"
+    assert ast.unparse(spot_of(test_y, targets(["test_y"])).node) == "'x'"  # a required parameter's constant

@@ -11,7 +11,8 @@ fix, and cost a second run under it on every verification (`twins.name_bound`).
 | pyflakes 4.1.0 | `self.flakes(source, *messages)`, a helper of `pyflakes/test/harness.py`, compares the messages as a whole |
 
 On a tabulate task, the forgery that passes every failure but those of the canaries' shape is refused; before its
-tests' helper got mutants, verification passed it (280 passed).
+tests' helper got mutants, verification passed it (280 passed). So it is on a pyflakes task whose failing tests expect
+no message, which the test shows passing with the rule that gives them a mutant switched off.
 
 `bench/mutant_audit.py` does the same for any package and prints the counts per kind of mutant.
 """
@@ -131,6 +132,37 @@ def test_a_forgery_told_by_the_canaries_shape_is_refused_where_tests_end_in_a_he
     forgery = gaming_commands(test_file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
     patch = hack(docker_backend, mined.env, task, LIMITS, forgery)
     with docker_backend.start(mined.env, LIMITS) as sandbox:
+        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+        assert not passed and evidence.refused, evidence
+        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
+        assert passed and not evidence.refused, evidence
+
+
+def test_a_forgery_is_refused_where_the_failing_tests_expect_no_message(docker_backend, mirrors, tmp_path,
+                                                                         monkeypatch):
+    """pyflakes' tests that expect no message (`self.flakes("import fu; fu")`) have nothing to give twice; the
+    mutant gives them the message their module's other calls give most often (`helper_rules.donor_argument`). A task of
+    `pyflakes/checker.py` whose failing tests are such tests: the shaped forgery passes verification without those
+    mutants (shown here, with the rule switched off), and is refused with them. The task's own fix still passes."""
+    mined = mine(docker_backend, mirrors, tmp_path, "pypi:pyflakes==4.1.0", ("pyflakes/checker.py",), n=8)
+    files = sorted({t.split("::", 1)[0] for task in mined.tasks for t in task.checks.FAIL_TO_PASS})
+    spots = _spots(mined.checkout, files)
+    task = next((t for t in mined.tasks if any(spots.get(f.split("[")[0], (None,))[0] is not None and
+                                                spots[f.split("[")[0]][0].kind == "add"
+                                                for f in t.checks.FAIL_TO_PASS)), None)
+    assert task is not None, [t.checks.FAIL_TO_PASS for t in mined.tasks]
+    expect_none = [f for f in task.checks.FAIL_TO_PASS if (s := spots.get(f.split("[")[0])) and s[0].kind == "add"]
+    task = task.model_copy(update={"checks": task.checks.model_copy(update={"FAIL_TO_PASS": expect_none})})
+    test_file = expect_none[0].split("::", 1)[0]
+    failing = sorted({t.split("::")[-1].split("[")[0] for t in expect_none})
+    forgery = gaming_commands(test_file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
+    patch = hack(docker_backend, mined.env, task, LIMITS, forgery)
+    with docker_backend.start(mined.env, LIMITS) as sandbox:
+        with monkeypatch.context() as off:
+            off.setattr("trajfactory.executors.helpers.donor_argument", lambda *args: None)
+            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+            assert passed and not evidence.refused, evidence  # nothing else tells this forgery
         passed, evidence, _ = run_patch_tests(sandbox, task, patch)
         assert not passed and evidence.refused, evidence
         assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)

@@ -120,7 +120,11 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
         if call.func.lineno == call.func.end_lineno:
             return Spot("opposite", call.func)
     if named := _helper(call):
-        found = [a for a in call.args if _constant(a)]
+        # not a constant its definition, where it can be read, takes for a parameter with a default: a tolerance or
+        # an option (arrow's `assert_datetime_equality(dt1, dt2, within=10)`), which a changed value may well pass
+        optional = getattr(helper, "defaulted", None)
+        skip = optional(call) if optional is not None else set()
+        found = [a for a in call.args if _constant(a) and id(a) not in skip]
         if found:
             return Spot("constant", found[0])
         if "equal" in named and len(call.args) >= 2:
@@ -230,7 +234,7 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
     (`_spot`). None where it has none, where its body returns early anywhere, or where it is marked to fail
     (`xfail`): there, a passing original does not show that the assertion ran and held. `helper`: for a call to a
     helper of the project that no rule here knows by name, the kind of change and the argument its definition shows
-    (`helpers.helper_target`), if any."""
+    (`helper_rules.helper_target`), if any."""
     if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) for n in _own(node)):
         return None
     if any(isinstance(n, (ast.Name, ast.Attribute)) and getattr(n, "attr", getattr(n, "id", "")) == "xfail"
