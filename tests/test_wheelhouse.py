@@ -109,6 +109,8 @@ def test_what_an_older_sandbox_python_needs_that_the_hosts_markers_left_out(tmp_
     assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_te>=4", "tfwh_tomli"]
     assert missing_for(house, ["tfwh_cli"], "3.13.5") == []  # neither marker holds there
     assert missing_for(house, ['tfwh_cli; python_version >= "3.12"'], "3.9.2") == []  # nor does the top one's
+    _wheel(house, "tfwh_te", "3.0", ">=3.8")  # the host's resolution chose an older one: not what 3.9 asks for
+    assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_te>=4", "tfwh_tomli"]
     _wheel(house, "tfwh_te", "4.0", ">=3.8")
     assert missing_for(house, ["tfwh_cli"], "3.9.2") == ["tfwh_tomli"]
     for name, target, fits in [("w-1-cp310-abi3-manylinux2014_x86_64.whl", "3.9.2", False),

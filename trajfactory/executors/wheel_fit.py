@@ -18,6 +18,7 @@ from packaging.markers import default_environment
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 
 def fits(wheel: Path, target: str) -> bool:
@@ -80,9 +81,12 @@ def target_environment(target: str) -> dict[str, str]:
 
 def missing_for(house: Path, requirements: list[str], target: str) -> list[str]:
     """The requirements (`name[extras]` with its specifier) that Python `target` needs, following the markers of the
-    wheels of `house` from `requirements`, and that no wheel of `house` provides."""
+    wheels of `house` from `requirements`, and that no wheel of `house` provides in a version they allow (a wheel the
+    host's resolution chose may be older than what a marker of the target asks for)."""
     env = target_environment(target)
-    wheels = {canonicalize_name(w.name.split("-")[0]): w for w in sorted(house.glob("*.whl"))}
+    wheels: dict[str, list[tuple[Version | None, Path]]] = {}
+    for w in sorted(house.glob("*.whl")):
+        wheels.setdefault(canonicalize_name(w.name.split("-")[0]), []).append((_version(w.name), w))
     queue, seen, missing = deque(), set(), []
     for line in requirements:
         try:
@@ -94,18 +98,26 @@ def missing_for(house: Path, requirements: list[str], target: str) -> list[str]:
         if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in extras):
             continue
         name = canonicalize_name(req.name)
+        allowed = [w for v, w in wheels.get(name, []) if v is None or req.specifier.contains(v, prereleases=True)]
+        if not allowed:
+            missing.append(f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}{req.specifier}")
+            continue
         key = (name, frozenset(req.extras))
         if key in seen:
             continue
         seen.add(key)
-        wheel = wheels.get(name)
-        if wheel is None:
-            missing.append(f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}{req.specifier}")
-            continue
-        for field, value in _metadata(wheel):
+        for field, value in _metadata(allowed[-1]):
             if field == "requires-dist":
                 try:
                     queue.append((Requirement(value), {""} | set(req.extras)))
                 except InvalidRequirement:
                     continue
     return sorted(set(missing))
+
+
+def _version(filename: str) -> Version | None:
+    """The version a wheel's file name gives (`name-1.2-py3-none-any.whl`), None where it is no version."""
+    try:
+        return Version(filename.split("-")[1])
+    except (IndexError, InvalidVersion):
+        return None
