@@ -12,7 +12,7 @@ For every SWE task of the given dataset versions (their latest, or `NAME@vN`), r
 A real fix refused is a false refusal; the table counts them by the layer that refused (`mutant`, `twin`, `canary`)
 and shows how many tasks had a mutant at all (a failing test with an assertion to turn, `executors/mutants.py`).
 
-    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N]
+    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N] [--memory 6g]
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def main() -> None:
     ap.add_argument("datasets", nargs="+", help="dataset directories (ROOT/NAME), each optionally @vN")
     ap.add_argument("--per-repo", type=int, default=0, help="at most this many tasks per repository (0: all)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per verification run")
+    ap.add_argument("--memory", default=LIMITS.memory,
+                    help="the sandbox's memory limit, as the recipe's sandbox.memory that mined the tasks")
     args = ap.parse_args()
+    limits = LIMITS.model_copy(update={"memory": args.memory})
     backend = get_backend("docker")
     stats: dict[str, dict] = defaultdict(lambda: defaultdict(int) | {"seconds": []})
     rows = [r for spec in args.datasets for r in _rows(spec)]
@@ -89,7 +92,7 @@ def main() -> None:
                                 commit=task.environment.base_commit)
         s = stats[repo]
         s["tasks"] += 1
-        with backend.start(env, LIMITS) as sandbox:
+        with backend.start(env, limits) as sandbox:
             s["with a mutant"] += _has_mutant(sandbox, task.checks.FAIL_TO_PASS)
             for name, patch in (("gold", task.gold.patch), ("gold+module", task.gold.patch + MODULE), ("empty", "")):
                 passed, evidence, seconds = run_patch_tests(sandbox, task, patch, timeout=args.timeout)
