@@ -89,6 +89,11 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n",
     "def test_x(self):\n    self.assertRaises(ValueError,\n                      f, -1)\n",
     "def test_x():\n    trio.raises(ValueError, f, -1)\n",
+    # an exception that may end the whole run rather than fail the test, uncaught in the copy
+    "def test_x():\n    pytest.raises(KeyboardInterrupt, f)\n",
+    "def test_x(self):\n    self.assertRaises((ValueError, SystemExit), f)\n",
+    "def test_x():\n    with pytest.raises(asyncio.CancelledError):\n        f(-1)\n",
+    "def test_x():\n    with pytest.raises(pytest.exit.Exception):\n        f(-1)\n",
     "def test_x(self):\n    self.assertEqual(*pair)\n",
     "def test_x():\n    assert_not_equal(f(), 'a')\n",  # a helper whose opposite of equality may hold for both
     "def test_x():\n    assert_raises(ValueError, f, 'a')\n",

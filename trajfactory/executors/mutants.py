@@ -96,7 +96,9 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
         item = stmt.items[0].optional_vars or stmt.items[0].context_expr
         name = _manager(stmt.items[0].context_expr)
         if len(stmt.items) == 1 and name in _RAISES and item.end_lineno == stmt.lineno < stmt.body[0].lineno:
-            return Spot("raises", stmt)
+            expected = stmt.items[0].context_expr
+            return Spot("raises", stmt) if not (isinstance(expected, ast.Call) and expected.args and
+                                                _stops_the_run(expected.args[0])) else None
         if all(_manager(i.context_expr) in _PASSING for i in stmt.items):
             return _last(stmt.body[-1], helper, test)
         return None
@@ -152,7 +154,23 @@ def _raising_call(call: ast.Call) -> bool:
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     return (name == "assertRaises" or name == "raises" and getattr(getattr(func, "value", None), "id", "pytest") ==
-            "pytest") and len(call.args) >= 2 and not call.keywords and call.lineno == call.end_lineno
+            "pytest") and len(call.args) >= 2 and not call.keywords and call.lineno == call.end_lineno and \
+        not _stops_the_run(call.args[0])
+
+
+_RUN_STOPPERS = ("KeyboardInterrupt", "SystemExit", "GeneratorExit", "BaseException", "BaseExceptionGroup",
+                 "CancelledError", "Exit")
+"""Exceptions that, uncaught in a test, may end the whole pytest session rather than fail the test (an interrupt,
+pytest's `Exit`) or that derive from `BaseException` (asyncio's `CancelledError`): a mutant that let one through
+could cut short the run that verifies a real fix, so a test that expects one gets no "raises" or "call" mutant."""
+
+
+def _stops_the_run(expected: ast.expr) -> bool:
+    """Whether the exception(s) `expected` names (`KeyboardInterrupt`, `(ValueError, SystemExit)`,
+    `pytest.exit.Exception`) may be one of `_RUN_STOPPERS`."""
+    return any(getattr(n, "attr", getattr(n, "id", None)) in _RUN_STOPPERS or
+               isinstance(n, ast.Attribute) and n.attr == "Exception" and getattr(n.value, "attr", "") == "exit"
+               for n in ast.walk(expected))
 
 
 def _manager(expr: ast.expr) -> str:
