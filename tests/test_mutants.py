@@ -91,7 +91,7 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    trio.raises(ValueError, f, -1)\n",
     # an exception that may end the whole run rather than fail the test, uncaught in the copy
     "def test_x():\n    pytest.raises(KeyboardInterrupt, f)\n",
-    "def test_x(self):\n    self.assertRaises((ValueError, SystemExit), f)\n",
+    "def test_x(self):\n    self.assertRaises((ValueError, KeyboardInterrupt), f)\n",
     "def test_x():\n    with pytest.raises(asyncio.CancelledError):\n        f(-1)\n",
     "def test_x():\n    with pytest.raises(pytest.exit.Exception):\n        f(-1)\n",
     "def test_x(self):\n    self.assertEqual(*pair)\n",
@@ -198,6 +198,7 @@ def test_a_last_loop_without_a_spot_leaves_the_assertion_before_it():
     ("def test_x(self):\n    self.assertRaises(KeyError, d.pop, '\u00e9')  # \u00e9\n", "(d.pop)('\u00e9')  # \u00e9"),
     ("def test_x():\n    pytest.raises(ValueError, f, -1, x)\n", "(f)(-1, x)"),
     ("def test_x(self):\n    self.assertRaises(ValueError, lambda: d[0])\n", "(lambda: d[0])()"),
+    ("def test_x():\n    pytest.raises(SystemExit, main, ['--bad'])\n", "(main)(['--bad'])"),  # pytest: a failure
 ])
 def test_a_raising_call_has_its_callable_called_on_its_own(source, mutant):
     """`self.assertRaises(E, f, x)` passed: `f(x)` raised `E`, which the copy no longer catches."""

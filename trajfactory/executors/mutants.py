@@ -158,15 +158,16 @@ def _raising_call(call: ast.Call) -> bool:
         not _stops_the_run(call.args[0])
 
 
-_RUN_STOPPERS = ("KeyboardInterrupt", "SystemExit", "GeneratorExit", "BaseException", "BaseExceptionGroup",
-                 "CancelledError", "Exit")
+_RUN_STOPPERS = ("KeyboardInterrupt", "GeneratorExit", "BaseException", "BaseExceptionGroup", "CancelledError", "Exit")
 """Exceptions that, uncaught in a test, may end the whole pytest session rather than fail the test (an interrupt,
-pytest's `Exit`) or that derive from `BaseException` (asyncio's `CancelledError`): a mutant that let one through
-could cut short the run that verifies a real fix, so a test that expects one gets no "raises" or "call" mutant."""
+pytest's `Exit`, which pytest lets through) or that may stop what runs the test (asyncio's `CancelledError` under an
+event loop's runner; `BaseException`, which may be any of them): a mutant that let one through could cut short the
+run that verifies a real fix, so a test that expects one gets no "raises" or "call" mutant. `SystemExit` is not
+among them: pytest records it as the test's failure (semver's and sqlparse's command-line tests expect it)."""
 
 
 def _stops_the_run(expected: ast.expr) -> bool:
-    """Whether the exception(s) `expected` names (`KeyboardInterrupt`, `(ValueError, SystemExit)`,
+    """Whether the exception(s) `expected` names (`KeyboardInterrupt`, `(ValueError, KeyboardInterrupt)`,
     `pytest.exit.Exception`) may be one of `_RUN_STOPPERS`."""
     return any(getattr(n, "attr", getattr(n, "id", None)) in _RUN_STOPPERS or
                isinstance(n, ast.Attribute) and n.attr == "Exception" and getattr(n.value, "attr", "") == "exit"
