@@ -305,6 +305,21 @@ def checkout_text(sandbox: Sandbox, path: str) -> str | None:
         return None
 
 
+def _mutable(sandbox: Sandbox, test: str, trees: dict[str, tuple]) -> bool:
+    """Whether the test `test` of the sandbox's checkout gets a mutant (`mutants.spot_of`); `trees` caches its file."""
+    path, names, _ = _split(test)
+    if path not in trees:
+        source = checkout_text(sandbox, path) if path.endswith(".py") else None
+        try:
+            tree = parse_python(source) if source is not None else None
+        except (SyntaxError, ValueError):
+            tree = None
+        trees[path] = (tree, mutant_targets(tree, path, lambda other: checkout_text(sandbox, other)) if tree else None)
+    tree, targets = trees[path]
+    node = _find(tree, names) if tree is not None and len(names) <= 2 else None
+    return node is not None and spot_of(node, targets(names)) is not None
+
+
 def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, named: dict[str, str] | None = None,
                 mutants_named: dict[str, str] | None = None) -> Twins:
     """Twins of up to `limit` of `tests` (the task's failing tests, in the sandbox's checkout) and canaries in each
@@ -312,7 +327,9 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, name
     rng = secrets.SystemRandom()
     by_file: dict[str, list[tuple[str, list[str], str]]] = {}
     suite = suite_files(tests)
-    for test in rng.sample(tests, len(tests)):
+    trees: dict[str, tuple] = {}
+    # those that get a mutant first (in random order among them): a forgery the mutants refuse must meet one
+    for test in sorted(rng.sample(tests, len(tests)), key=lambda t: not _mutable(sandbox, t, trees)):
         path, names, params = _split(test)
         # a test file only: a doctest's id names a library module, which the patch may change
         if (protected(path) == "test file" or path in suite) and path.endswith(".py") and \
