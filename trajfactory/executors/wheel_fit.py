@@ -116,8 +116,8 @@ def missing_for(house: Path, requirements: list[str], target: str) -> list[str]:
 
 
 def _version(filename: str) -> Version | None:
-    """The version a wheel's file name gives (`name-1.2-py3-none-any.whl`), None where it is no version."""
+    """The version a wheel's file name gives (`name-1.2-py3-none-any.whl`), None where it is no wheel name."""
     try:
-        return Version(filename.split("-")[1])
-    except (IndexError, InvalidVersion):
+        return parse_wheel_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidVersion):
         return None
