@@ -219,10 +219,10 @@ def meaner(model_flow_run, tmp_path_factory):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_a_meaner_evaluation_scores_every_kind_and_its_variants_hold_in_real_sandboxes(meaner, model_flow_run):
-    from trajfactory.executors import get_backend
+    from trajfactory.executors import get_backend, task_environments
     from trajfactory.executors.swe_env import run_swe_episode
     from trajfactory.pipelines import swe
-    from trajfactory.pipelines.evaluate import environments_of, eval_recipe
+    from trajfactory.pipelines.evaluate import eval_recipe
     from trajfactory.training.evaluate import held_out_tasks
 
     report, out, seconds = meaner
@@ -252,7 +252,7 @@ def test_a_meaner_evaluation_scores_every_kind_and_its_variants_hold_in_real_san
     variants = {v.kind: v for v in p.perturb([task], list(p.KINDS), timeout_s=1.0)}
     settings = EvalSettings()
     recipe = eval_recipe("builtin:tiny", settings, out / "check", [task])
-    env = environments_of([task], settings.sandbox.backend)[task.environment.repo]
+    env = task_environments([task], settings.sandbox.backend)[task.environment.repo]
     empty = lambda t: _traj(f"empty-{t.task_id}", t.task_id, [_step("submit")], "")  # noqa: E731
     assert not swe.verify(recipe, env, task, empty(task)).passed
     for kind in ("no_op", "refuse"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .base import Backend
+from .base import Backend, EnvironmentHandle
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +41,12 @@ def get_backend(name: str = "auto", python: str | None = None) -> Backend:
                             ISOLATION_TEXT[backend.isolation])
         _backends[(name, python)] = backend
         return backend
+
+
+def task_environments(tasks, backend: str) -> dict[str, EnvironmentHandle]:
+    """Each repository's sandbox environment, from the image, commit and Python its task rows name (`tasks`:
+    `schema.Task`s; a row written before the Python was recorded names none), on the backend `backend`."""
+    name = get_backend(backend).name
+    return {t.environment.repo: EnvironmentHandle(backend=name, name=t.environment.image_name, repo=t.environment.repo,
+                                                  commit=t.environment.base_commit,
+                                                  python=t.environment.python or "") for t in tasks}

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trajfactory
-from trajfactory.executors import get_backend
-from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors import task_environments
 from trajfactory.models.server import VLLMServerError
 from trajfactory.models.service import model_endpoint, resolve_model_dir
 from trajfactory.pipelines import swe
@@ -84,13 +83,6 @@ def eval_recipe(spec: str, settings: EvalSettings, work_dir: Path, tasks: list[T
                           max_concurrency=max(1, settings.concurrency), gpu_hour_price=settings.gpu_hour_price))
 
 
-def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHandle]:
-    """Each repository's sandbox environment, from the image its task rows name."""
-    name = get_backend(backend).name
-    return {t.environment.repo: EnvironmentHandle(backend=name, name=t.environment.image_name, repo=t.environment.repo,
-                                                  commit=t.environment.base_commit,
-                                                  python=t.environment.python or "") for t in tasks}
-
 
 def by_command_limit(variants: list[perturb.Variant]) -> dict[float | None, list[Task]]:
     """The variants' tasks grouped by the command limit their episodes run under (None: the evaluation's own)."""
@@ -106,7 +98,7 @@ def evaluate_model(spec: str, option: str, tasks: list[Task], settings: EvalSett
     verdicts, and its scores: the plain ones from `tasks` alone, `robustness` from the variants."""
     variants = variants or []
     recipe = eval_recipe(spec, settings, work_dir, tasks)
-    environments = environments_of(tasks, settings.sandbox.backend)
+    environments = task_environments(tasks, settings.sandbox.backend)
     started = time.monotonic()
     perturbed = swe.Rollouts()
     try:

@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from trajfactory.agents.model import ModelPolicy
-from trajfactory.executors import get_backend
-from trajfactory.executors.base import EnvironmentHandle
+from trajfactory.executors import get_backend, task_environments
 from trajfactory.executors.episode import run_episode_sync
 from trajfactory.executors.swe_env import SweEnvironments
 from trajfactory.schema import Task, Verdict, WebTask
@@ -101,13 +100,6 @@ def group_advantages(rewards: list[float], group_size: int) -> list[float]:
 # ---------------------------------------------------------------- the rollout hook
 
 
-def environments_of(tasks: list[Task], backend: str) -> dict[str, EnvironmentHandle]:
-    """Each repository's sandbox environment, from the image its task rows name."""
-    name = get_backend(backend).name
-    return {t.environment.repo: EnvironmentHandle(backend=name, name=t.environment.image_name, repo=t.environment.repo,
-                                                  commit=t.environment.base_commit,
-                                                  python=t.environment.python or "") for t in tasks}
-
 
 class SweEpisodes:
     """SWE episodes of the model under training: sandboxes of the tasks' images (`open` starts the environments),
@@ -115,7 +107,7 @@ class SweEpisodes:
 
     def __init__(self, tasks: list[Task], settings: GRPOSettings):
         self.settings = settings
-        self.handles = environments_of(tasks, settings.sandbox.backend)
+        self.handles = task_environments(tasks, settings.sandbox.backend)
         self.agent = ModelPolicyConfig(actions="text", temperature=settings.temperature,
                                        max_tokens=settings.max_new_tokens, seed=settings.seed,
                                        max_observation_chars=settings.max_observation_chars,
