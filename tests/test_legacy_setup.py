@@ -17,8 +17,8 @@ import pytest
 
 from sandbox_helpers import commit_all
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.requirements import (SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements,
-                                                find_requirements)
+from trajfactory.executors.build_requirements import SETUPTOOLS_WITH_PKG_RESOURCES, find_build_requirements
+from trajfactory.executors.requirements import find_requirements
 from trajfactory.settings import SandboxConfig
 
 SETUP = '''import pkg_resources

@@ -218,6 +218,25 @@ def test_find_requirements_reads_what_tox_installs_for_the_pytest_command(tmp_pa
     assert "certifi==2026.10.23" in find_requirements(tmp_path)  # no file named by tox: every requirements file
 
 
+def test_a_requirements_file_whose_pins_the_project_excludes_is_left_out(tmp_path):
+    """parsy 2.2: `tests/requirements-tests.txt` pins `pytest==7.1.1`, `pytest-cov==4.0.0` and `coverage==6.3.2`,
+    which its `[dependency-groups]` (`pytest>=8.3.4`, `pytest-cov>=6.0.0`) have left behind; pip could install no
+    set that held both (`install_failed`). The stale file is left out whole; one that agrees is kept."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "parsy"\ndependencies = []\n[dependency-groups]\n'
+        'dev = ["pytest>=8.3.4", "pytest-cov>=6.0.0", "pre-commit-uv>=4.1.4", "tox-uv>=1.20.1"]\n')
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "requirements-tests.txt").write_text("pytest==7.1.1\npytest-cov==4.0.0\ncoverage==6.3.2\n")
+    (tmp_path / "requirements-dev.txt").write_text("hypothesis==6.100.0\npytest-cov==6.1.0\n")
+    reqs = find_requirements(tmp_path)
+    assert "pytest>=8.3.4" in reqs and "pytest-cov>=6.0.0" in reqs, reqs
+    assert "hypothesis==6.100.0" in reqs and "pytest-cov==6.1.0" in reqs, reqs  # agrees with the project: kept
+    assert not any(r.startswith(("pytest==", "pytest-cov==4", "coverage==", "pre-commit", "tox")) for r in reqs), reqs
+    # without the project's own pins the file is all there is: kept
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "parsy"\ndependencies = []\n')
+    assert "pytest==7.1.1" in find_requirements(tmp_path)
+
+
 def test_get_backend_falls_back_to_local_with_warning(monkeypatch, caplog):
     import trajfactory.executors as executors
     import trajfactory.executors.docker as docker_backend

@@ -30,7 +30,8 @@ from .docker_sandbox import LABEL, DockerSandbox, _engine_errors, container_cpu_
 from .images import BASE_IMAGE, clone_at_commit, default_cache_root, ensure_base_image
 from .collection import collection_options, ignore_options, sandbox_addopts
 from .registry import current_registry, pull, push, registry_digest
-from .requirements import find_requirements, installable, src_layout
+from .build_requirements import installable, src_layout
+from .requirements import find_requirements
 from .wheelhouse import INSTALL_FAILED, INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from .images import clone_at_commit, default_cache_root, resolve_commit
 from .collection import collection_options, ignore_options, sandbox_addopts
 from .local_sandbox import LocalSandbox
 from .local_limits import sweep_stale
-from .requirements import find_requirements, installable, src_layout
+from .build_requirements import installable, src_layout
+from .requirements import find_requirements
 from .wheelhouse import INSTALL_PROJECT, INSTALLED, build_wheelhouse, install_failure, pip_output
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """A repository's dependencies, read from its packaging files (both backends): `find_requirements` (runtime and
-test dependencies), `find_build_requirements` (what building the project itself needs), `installable`,
-`src_layout`. `wheelhouse.py` downloads them and installs the project.
+test dependencies; what building the project itself needs is in `build_requirements.py`). `wheelhouse.py` downloads
+them and installs the project.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- requirements
 
 
-def _clean(reqs, project: str | None = None, extras_of=None) -> list[str]:
+def clean_requirements(reqs, project: str | None = None, extras_of=None) -> list[str]:
     """Valid PEP 508 strings; a requirement on the project itself expands to its named extras."""
     out: list[str] = []
     for raw in reqs or []:
@@ -98,20 +98,20 @@ def _from_pyproject(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[s
         if extra in seen:
             return []
         seen.add(extra)
-        return _clean(optional.get(extra, []), name, extras_of)
+        return clean_requirements(optional.get(extra, []), name, extras_of)
 
-    reqs = _clean(project.get("dependencies", []), name, extras_of)
+    reqs = clean_requirements(project.get("dependencies", []), name, extras_of)
     for extra in extras:
         reqs += extras_of(extra)
     groups = data.get("dependency-groups", {}) or {}
     for group in TEST_EXTRAS:
-        reqs += _clean(groups.get(group, []), name)
+        reqs += clean_requirements(groups.get(group, []), name)
     poetry = data.get("tool", {}).get("poetry", {})
     tables = [poetry.get("dependencies", {}), poetry.get("dev-dependencies", {})]
     tables += [poetry.get("group", {}).get(g, {}).get("dependencies", {}) for g in TEST_EXTRAS]
     for table in tables:
         for dep, spec in (table or {}).items():
-            reqs += _clean([_poetry_spec(dep, spec)], poetry.get("name"))
+            reqs += clean_requirements([_poetry_spec(dep, spec)], poetry.get("name"))
     return reqs
 
 
@@ -122,7 +122,7 @@ def _from_setup_cfg(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[s
     reqs += cfg.get("options", "tests_require", fallback="").splitlines()
     for extra in extras:
         reqs += cfg.get("options.extras_require", extra, fallback="").splitlines()
-    return _clean([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
+    return clean_requirements([r.split("#")[0] for r in reqs if r.strip()], cfg.get("metadata", "name", fallback=None))
 
 
 def _literal_items(node: ast.expr) -> list:
@@ -148,11 +148,11 @@ def _from_setup_py(path: Path, extras: tuple[str, ...] = TEST_EXTRAS) -> list[st
             continue
         for kw in node.keywords:
             if kw.arg in ("install_requires", "tests_require"):
-                reqs += _clean(_literal_items(kw.value))
+                reqs += clean_requirements(_literal_items(kw.value))
             elif kw.arg == "extras_require" and isinstance(kw.value, ast.Dict):
                 for key, value in zip(kw.value.keys, kw.value.values):
                     if isinstance(key, ast.Constant) and key.value in extras:
-                        reqs += _clean(_literal_items(value))
+                        reqs += clean_requirements(_literal_items(value))
     return reqs
 
 
@@ -165,7 +165,7 @@ def _from_requirements_txt(path: Path, repo: Path, depth: int = 0) -> list[str]:
             if included.is_file() and included.is_relative_to(repo.resolve()):
                 reqs += _from_requirements_txt(included, repo, depth + 1)
         elif line and not line.startswith(("#", "-", ".", "/")) and "://" not in line:
-            reqs += _clean([line])
+            reqs += clean_requirements([line])
     return reqs
 
 
@@ -215,7 +215,7 @@ def _from_tox_ini(path: Path, repo: Path) -> tuple[list[str], tuple[str, ...], l
                 deps += _from_requirements_txt(included, repo)
                 named.append(included)
         elif not dep.startswith(("-", ".", "/")):
-            deps += _clean([dep])
+            deps += clean_requirements([dep])
     extras = tuple(e.strip() for cond, value in _factored(env.get("extras", "")) if _holds(cond, factors)
                    for e in value.split(",") if e.strip())
     return deps, extras, named
@@ -260,10 +260,6 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
         (repo / "setup.cfg", lambda p: _from_setup_cfg(p, extras)),
         (repo / "setup.py", lambda p: _from_setup_py(p, extras)),
     ]
-    # the requirements files tox installs for the pytest command are the suite's: the others beside them pin other
-    # tools (wcwidth's requirements-update.txt and requirements-wheels.txt pin a certifi the index does not have)
-    if not named:
-        sources += [(p, lambda p: _from_requirements_txt(p, repo)) for p in requirement_files(repo)]
     for path, parse in sources:
         if not path.is_file():
             continue
@@ -271,9 +267,13 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
             reqs += parse(path)
         except Exception as exc:  # a broken setup file must not stop the build: best effort
             log.warning("could not read dependencies from %s: %s", path, exc)
+    # the requirements files tox installs for the pytest command are the suite's: the others beside them pin other
+    # tools (wcwidth's requirements-update.txt and requirements-wheels.txt pin a certifi the index does not have)
+    if not named:
+        reqs += _current_files(repo, reqs, requirement_files(repo))
     runtime = _runtime_names(repo)
     reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) in runtime or not _tooling(r)]
-    overridden = {_name(r) for r in extra or []} - {""}
+    overridden = {requirement_name(r) for r in extra or []} - {""}
     reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) not in overridden]
     reqs += list(extra or [])
     named = {canonicalize_name(Requirement(r).name) for r in reqs}
@@ -284,6 +284,45 @@ def find_requirements(repo_dir: str | Path, extra: list[str] | None = None) -> l
         # the project's own stays.
         reqs = ["pytest-cov<6" if _unpinned(r, "pytest-cov") else r for r in reqs]
     return sorted(set(reqs), key=str.lower)
+
+
+def _current_files(repo: Path, declared: list[str], files: list[Path]) -> list[str]:
+    """The requirements of `files`, those the project does not state otherwise: a file with a pin (`==`) that a
+    requirement of its packaging files or tox (`declared`) excludes, or that such a requirement's pin is excluded by,
+    is left out whole, as out of date. parsy 2.2 ships a `tests/requirements-tests.txt` pinning `pytest==7.1.1` and
+    `pytest-cov==4.0.0`, which nothing reads any more, beside the `pytest>=8.3.4` and `pytest-cov>=6.0.0` of its
+    `[dependency-groups]`: pip can install no set that holds both."""
+    out: list[str] = []
+    for path in files:
+        try:
+            found = _from_requirements_txt(path, repo)
+        except Exception as exc:  # noqa: BLE001 - best effort, like the packaging files
+            log.warning("could not read dependencies from %s: %s", path, exc)
+            continue
+        clash = next(((a, b) for a in found for b in declared if _pins_apart(a, b)), None)
+        if clash:
+            log.info("%s: left out, out of date: its %s excludes the project's %s", path.relative_to(repo), *clash)
+            continue
+        out += found
+    return out
+
+
+def _pins_apart(a: str, b: str) -> bool:
+    """Whether requirements `a` and `b` name the same distribution, neither with a marker, and one pins a version
+    (`==V`) the other's specifier excludes."""
+    try:
+        ra, rb = Requirement(a), Requirement(b)
+    except InvalidRequirement:
+        return False
+    if canonicalize_name(ra.name) != canonicalize_name(rb.name) or ra.marker or rb.marker:
+        return False
+    for pinned, other in ((ra, rb), (rb, ra)):
+        for spec in pinned.specifier:
+            if spec.operator == "==" and "*" not in spec.version:
+                with contextlib.suppress(InvalidVersion):
+                    if not other.specifier.contains(Version(spec.version), prereleases=True):
+                        return True
+    return False
 
 
 def _unpinned(requirement: str, name: str) -> bool:
@@ -307,8 +346,8 @@ def _pins_pytest_5(reqs: list[str]) -> bool:
 # current Python. pytest plugins that turn linters into test items (`pytest-ruff`, `pytest-mypy`, enabled by
 # `pytest-enabler` where installed, as jaraco's projects do in tox) would make lint results tests of a task.
 _TOOLING = re.compile(
-    r"^(sphinx.*|furo|mkdocs.*|myst-parser|pre-commit|black|blacken-docs|flake8.*|ruff|isort|pylint|autopep8|yapf|"
-    r"pydocstyle|pycodestyle|doc8|twine|check-manifest|bump2?version|towncrier|commitizen|coveralls|codecov|tox|"
+    r"^(sphinx.*|furo|mkdocs.*|myst-parser|pre-commit(?:-.*)?|black|blacken-docs|flake8.*|ruff|isort|pylint|autopep8|"
+    r"yapf|pydocstyle|pycodestyle|doc8|twine|check-manifest|bump2?version|towncrier|commitizen|coveralls|codecov|tox|"
     r"tox-.*|nox|pyroma|readme-renderer|pytest-(?:ruff|mypy|checkdocs|flake8.*|pylint|black|isort|enabler|"
     r"pycodestyle|pydocstyle))$"
 )
@@ -339,80 +378,9 @@ def _runtime_names(repo: Path) -> set[str]:
     return {canonicalize_name(n) for n in names}
 
 
-DEFAULT_BUILD_REQUIRES = ("setuptools>=40.8.0", "wheel")
-"""What pip builds a project with when its pyproject.toml names no build system (PEP 517's legacy fallback)."""
-
-
-def installable(repo_dir: str | Path) -> bool:
-    """Whether the repository is a project `pip install .` installs: a setup.py, or a pyproject.toml with a build
-    system or a [project] table (a setup.cfg or a pyproject.toml of tool settings alone is no project)."""
-    repo = Path(repo_dir)
-    if (repo / "setup.py").is_file():
-        return True
-    try:
-        data = tomllib.loads((repo / "pyproject.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return "build-system" in data or "project" in data
-
-
-def find_build_requirements(repo_dir: str | Path) -> list[str]:
-    """What building the project itself needs: `[build-system] requires` (or pip's default) plus `setup_requires`.
-
-    The sandbox reaches no index, so these go into the wheelhouse too; pip's build isolation installs them
-    from there. Empty for a repository that is not an installable project.
-    """
-    repo = Path(repo_dir)
-    if not installable(repo):
-        return []
-    reqs: list[str] = []
-    try:
-        build = tomllib.loads((repo / "pyproject.toml").read_text()).get("build-system", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        build = {}
-    reqs += _clean(build["requires"]) if isinstance(build.get("requires"), list) else list(DEFAULT_BUILD_REQUIRES)
-    if (repo / "setup.cfg").is_file():
-        with contextlib.suppress(Exception):
-            cfg = configparser.ConfigParser(interpolation=None)
-            cfg.read_string((repo / "setup.cfg").read_text())
-            reqs += _clean([r.split("#")[0] for r in cfg.get("options", "setup_requires", fallback="").splitlines()
-                            if r.strip()])
-    if (repo / "setup.py").is_file():
-        with contextlib.suppress(Exception):
-            tree = parse_python((repo / "setup.py").read_text())
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "setup":
-                    for kw in node.keywords:
-                        if kw.arg == "setup_requires":
-                            with contextlib.suppress(ValueError):
-                                reqs += _clean(list(ast.literal_eval(kw.value)))
-            if _imports(tree, "pkg_resources") and any(_name(r) == "setuptools" for r in reqs):
-                reqs.append(SETUPTOOLS_WITH_PKG_RESOURCES)
-    return sorted(set(reqs), key=str.lower)
-
-
-SETUPTOOLS_WITH_PKG_RESOURCES = "setuptools<82"
-"""setuptools 82 removed `pkg_resources`; a setup.py that imports it (html5lib 1.1's) builds with an older one, as it
-did when it was released (pip's newest setuptools fails it: No module named 'pkg_resources')."""
-
-
-def _imports(tree: ast.AST, module: str) -> bool:
-    """Whether the code imports `module` (or a submodule of it)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == module for a in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == module and not node.level:
-            return True
-    return False
-
-
-def _name(requirement: str) -> str:
+def requirement_name(requirement: str) -> str:
+    """The canonical name of the distribution `requirement` names; "" for no valid requirement."""
     try:
         return canonicalize_name(Requirement(requirement).name)
     except InvalidRequirement:
         return ""
-
-
-def src_layout(repo_dir: str | Path) -> bool:
-    """Whether the repository keeps its packages under src/ (the .pth entry points there)."""
-    return (Path(repo_dir) / "src").is_dir()

@@ -24,7 +24,8 @@ from .base import EnvironmentBuildError
 
 from .images import _run, default_cache_root
 
-from .requirements import find_build_requirements, find_requirements
+from .build_requirements import find_build_requirements
+from .requirements import find_requirements
 from .wheel_fit import fits, missing_for, requires_python, tags_fit
 
 log = logging.getLogger(__name__)
