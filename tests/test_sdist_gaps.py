@@ -9,6 +9,7 @@ can be added in the recipe.
 | pycodestyle 2.15.0 | its `testing/` folder, which the tests import and its `setup.cfg` names |
 | chardet 7.7.0 | its test data, which its conftest clones from GitHub while pytest collects |
 | mccabe 0.7.0 | `hypothesis` and `hypothesmith`: imported under a guard, yet `@settings(...)` runs at import |
+| cattrs 26.2.1 | what its optional extras install (`msgspec`, `bson`), and `yaml`: its maintainers' run installs every extra |
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors)
     assert "the suite imports `hypothesmith`, `hypothesis` under a guard (test_mccabe.py:10: `try: ... except " \
         "ImportError`) and then uses `settings`" in mccabe.detail and "`test_requirements`" in mccabe.detail, \
         mccabe.detail
+    # the errors come before a long warnings summary, which fills the detail's tail: every missing module is named,
+    # with the extra of the project that installs it where one does
+    cattrs = _reference(docker_backend, mirrors, "pypi:cattrs==26.2.1")
+    assert isinstance(cattrs, Quarantine) and cattrs.reason == "collection_failed", cattrs
+    assert "the suite imports `msgspec` (the project's optional extra `msgspec` installs `msgspec>=0.21.1" in \
+        cattrs.detail and "`yaml`, `bson` (the project's optional extra `bson` installs `pymongo>=4.4.0`), which " \
+        "are not in the checkout" in cattrs.detail and "`test_requirements`" in cattrs.detail, cattrs.detail
 
 
 @pytest.mark.docker

@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import time
+import tomllib
 
 from trajfactory.executors.base import Sandbox
 from trajfactory.executors.testrun import EXIT_NO_TESTS, TestRun, run_tests, summary_line
@@ -169,7 +170,7 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejecte
         return rejected
     if rejected.reason != "collection_failed":
         return rejected
-    if match := _NAMESPACE_IMPORT.search(rejected.detail):
+    if match := _NAMESPACE_IMPORT.search(output):
         folder = match[1].replace(".", "/")
         if sandbox.execute(f"test -d {folder} && ! test -e {folder}/__init__.py", timeout=60).exit_code == 0:
             return RepoRejected("collection_failed", f"the test modules import names from `{match[1]}`, a folder "
@@ -182,14 +183,15 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejecte
                             f"{f' (it fetches {url[0]})' if url else ''}, and a sandbox has none: its tests cannot "
                             "run offline, as verification must run them; mine a release whose suite ships its data. "
                             f"{rejected.detail}")
-    if (unbound := _NAME_ERROR.search(rejected.detail)) and (guarded := _guarded(sandbox, unbound[1], rejected.detail)):
+    if (unbound := _NAME_ERROR.search(output)) and (guarded := _guarded(sandbox, unbound[1], output)):
         where, missing = f"{guarded['file']}:{guarded['line']}", ", ".join(f"`{m}`" for m in guarded["missing"])
         return RepoRejected("collection_failed", f"the suite imports {missing} under a guard ({where}: `try: ... "
                             f"except ImportError`) and then uses `{unbound[1]}`, which only that import defines, so "
                             f"the module fails without them, and nothing the project declares installs them: name the "
                             "distributions that provide them in this repository's `test_requirements` in the recipe, "
                             f"and its image installs them. {rejected.detail}")
-    for name in dict.fromkeys(m.split(".")[0] for m in _MISSING_MODULE.findall(rejected.detail)):
+    absent = []  # the whole output: a long warnings summary can push the errors out of the detail's tail
+    for name in dict.fromkeys(m.split(".")[0] for m in _MISSING_MODULE.findall(output)):
         here = sandbox.execute(f"ls -d {name} {name}.py src/{name} src/{name}.py 2>/dev/null", timeout=60)
         if here.output.strip():
             continue
@@ -199,12 +201,20 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejecte
                                 f"configuration names ({line[0][:200]}) and that the sdist does not ship: a run of "
                                 "this sdist fails the same way; mine the repository (a git URL), where the folder "
                                 f"is. {rejected.detail}")
-        return RepoRejected("collection_failed", f"the suite imports `{name}`, which is not in the checkout and which "
-                            "no requirement the project declares installs (an sdist often leaves its test requirements "
-                            "file out): name the distribution that provides it in this repository's "
-                            "`test_requirements` in the recipe, and its image installs it (where it is a folder of "
-                            f"the project's repository that the sdist does not ship, mine the repository). "
-                            f"{rejected.detail}")
+        absent.append(name)
+    if absent:
+        offered = _offered_by_extras(sandbox, absent)
+        listed = ", ".join(f"`{n}`" + (f" (the project's optional extra `{offered[n][0]}` installs "
+                                        f"{', '.join(f'`{r}`' for r in offered[n][1])})" if n in offered else "")
+                           for n in absent)
+        return RepoRejected("collection_failed", f"the suite imports {listed}, which "
+                            f"{'is' if len(absent) == 1 else 'are'} not in the checkout "
+                            "and which no requirement the project declares for its tests installs (an sdist often "
+                            "leaves its test requirements file out; a project may install extras for its tests that "
+                            "it does not name as test extras): name the distributions that provide them in this "
+                            "repository's `test_requirements` in the recipe, and its image installs them (where one "
+                            "is a folder of the project's repository that the sdist does not ship, mine the "
+                            f"repository). {rejected.detail}")
     if modules := list(dict.fromkeys(_COLLECT_ERROR.findall(output))):
         named, them = ", ".join(f"`{m}`" for m in modules), "them" if len(modules) > 1 else "it"
         return RepoRejected("collection_failed", f"pytest cannot collect {named} here, and a collection error stops "
@@ -216,6 +226,30 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejecte
 
 
 _CONFIG_FILES = "setup.cfg tox.ini pyproject.toml MANIFEST.in setup.py"
+
+
+def _offered_by_extras(sandbox: Sandbox, modules: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """{module: (extra, its requirements)} for the modules of `modules` that an optional extra of the project's
+    `pyproject.toml` names, by the extra's name or a requirement's (cattrs 26.2.1's tests import `msgspec` and `bson`,
+    which its extras `msgspec` and `bson` install, and its maintainers' run installs every extra)."""
+    try:
+        data = tomllib.loads(sandbox.read_file("pyproject.toml").decode())
+        extras = data["project"]["optional-dependencies"]
+    except Exception:  # noqa: BLE001 - no pyproject, no extras, not TOML: nothing to offer
+        return {}
+    out: dict[str, tuple[str, list[str]]] = {}
+    for module in modules:
+        for extra, reqs in extras.items() if isinstance(extras, dict) else ():
+            reqs = [r for r in reqs if isinstance(r, str)] if isinstance(reqs, list) else []
+            names = {_canonical(re.split(r"[\s;<>=!~\[(]", r.strip(), maxsplit=1)[0]) for r in reqs}
+            if _canonical(module) in {_canonical(extra), *names}:
+                out[module] = (extra, reqs)
+                break
+    return out
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _guarded(sandbox: Sandbox, name: str, detail: str) -> dict | None:
