@@ -1,12 +1,14 @@
 """The rules that read a test helper's definition (`helpers.py` finds it): which of its arguments it only compares
-for equality (`compared_params`), compares as `p or q` (`or_params`), or compares as a whole among its `*args`
-(`counted_varargs`), and so what a mutant may change in a call to it (`helper_target`), with the argument a call that
-gives no `*args` gets (`donor_argument`)."""
+for equality (`compared_params`), compares as `p or q` (`or_params`), compares value by value as a dict
+(`item_params`), or compares as a whole among its `*args` (`counted_varargs`), and so what a mutant may change in a
+call to it (`helper_target`), with the argument a call that gives no `*args` gets (`donor_argument`)."""
 
 from __future__ import annotations
 
 import ast
 from typing import Callable
+
+from trajfactory.executors.mutants import PASSING_MANAGERS, manager_name
 
 
 Def = ast.FunctionDef
@@ -107,6 +109,116 @@ def or_params(func: Def) -> dict[str, str]:
     return out
 
 
+def _items_of(loop: ast.stmt, names: set[str]) -> tuple[str, str] | None:
+    """(p, v) where `loop` is `for k, v in p.items():` or `for k, v in (p or {}).items():` over a parameter `p` of
+    `names`, with no `else`; else None."""
+    if not isinstance(loop, ast.For) or loop.orelse or not (
+            isinstance(loop.target, ast.Tuple) and len(loop.target.elts) == 2 and
+            all(isinstance(e, ast.Name) for e in loop.target.elts)):
+        return None
+    it = loop.iter
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr == "items" and
+            not it.args and not it.keywords):
+        return None
+    owner = it.func.value
+    if isinstance(owner, ast.BoolOp) and isinstance(owner.op, ast.Or) and len(owner.values) == 2 and \
+            isinstance(owner.values[1], ast.Dict) and not owner.values[1].keys:
+        owner = owner.values[0]
+    if isinstance(owner, ast.Name) and owner.id in names:
+        return owner.id, loop.target.elts[1].id
+    return None
+
+
+def _compares(body: list[ast.stmt], value: str, path: set[int]) -> ast.expr | None:
+    """The `value` (a name) that a statement of `body` compares as one side of an equality it asserts, reached only
+    through `with` blocks that let exceptions through (`self.subTest(...)`: `mutants.PASSING_MANAGERS`) and `if value
+    is X:` / `if value is not X:` tests on the side that a string or a number takes (`else` / body); the ids of the
+    names of `value` those tests read are added to `path`. None where there is none."""
+    for stmt in body:
+        side = next((s for s in _compared(stmt) if isinstance(s, ast.Name) and s.id == value), None)
+        if side is not None:
+            return side
+        if isinstance(stmt, ast.With) and all(manager_name(i.context_expr) in PASSING_MANAGERS for i in stmt.items):
+            inner = _compares(stmt.body, value, path)
+        elif isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare) and len(stmt.test.ops) == 1 and \
+                isinstance(stmt.test.ops[0], (ast.Is, ast.IsNot)) and isinstance(stmt.test.left, ast.Name) and \
+                stmt.test.left.id == value and isinstance(stmt.test.comparators[0], (ast.Name, ast.Attribute)):
+            inner = _compares(stmt.orelse if isinstance(stmt.test.ops[0], ast.Is) else stmt.body, value, path)
+            if inner is not None:
+                path.add(id(stmt.test.left))
+        else:
+            continue
+        if inner is not None:
+            return inner
+    return None
+
+
+def item_params(func: Def) -> set[str]:
+    """The parameters `p` of the helper `func` that it reads once, in the header of a loop of its own body with no
+    `return` before it, `for k, v in p.items():` or `(p or {}).items()`, whose body asserts that each value `v` equals
+    something else (sqlglot's `validate_all(sql, write={"spark": "..."})`, which asserts that `sql` written in each
+    dialect equals the value given for it). The loop may hold `with` blocks that let exceptions through and
+    `if v is X:` tests (`_compares`); it holds no `break`, `continue`, `return` or `try`, reads `v` nowhere else, and
+    nothing binds `p` or `v` again. Every value of a dict given for `p` is then compared, with a value that does not
+    depend on it. Empty for a decorated helper or a generator."""
+    if func.decorator_list or any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(func)):
+        return set()
+    args = func.args
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    said = _said(func)
+    stored = [n.id for n in ast.walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)] + [
+        name for n in ast.walk(func) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names]
+    loads = [n for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and
+             id(n) not in said]
+    out: set[str] = set()
+    for i, loop in enumerate(func.body):
+        found = _items_of(loop, names)
+        if found is None or _returns_before(func, i) or \
+                any(isinstance(n, (ast.Break, ast.Continue, ast.Return, ast.Try, ast.TryStar)) for n in ast.walk(loop)):
+            continue
+        param, value = found
+        path: set[int] = set()
+        side = _compares(loop.body, value, path)
+        if side is None or param in stored or stored.count(value) != 1 or \
+                [n.id for n in loads].count(param) != 1:
+            continue
+        if all(id(n) in path or n is side for n in loads if n.id == value):
+            out.add(param)
+    return out
+
+
+def _item_target(call: ast.Call, func: Def, given: dict[str, ast.expr],
+                 key: Callable[[str], str | None] | None) -> Target | None:
+    """The mutant of a call to a helper that compares each value of a dict it is given (`item_params`): the first
+    string or number among the values of a dict literal given for such a parameter, on one line, changed, else its
+    first value wrapped in a tuple (`{"snowflake": UnsupportedError}`: a new tuple is no name's object, so the
+    helper compares it, and no string or number equals it). The keys must be constants, none given twice (a value
+    given under a repeated key is never compared). A call that gives
+    no such parameter gets it, `p={K: (a,)}`, after its last argument: `K` the key the module's other calls of the
+    helper give most often for it (`key`, `donor_key`), `a` the call's first argument (plain: a constant, an
+    f-string, a name or an attribute of one) in a tuple, which no string or number the helper makes equals. Where
+    the key is one the helper cannot take, the call raises: the mutant fails all the same."""
+    first = call.args[0] if call.args else None
+    for param in sorted(item_params(func)):
+        value = given.get(param)
+        if value is None and key is not None and isinstance(first, _PLAIN) and (name := key(param)) is not None:
+            last = max([*call.args, *(k.value for k in call.keywords)], key=lambda n: (n.end_lineno, n.end_col_offset))
+            return "add", last, f"{param}={{{name}: ({ast.unparse(first)},)}}"
+        if not isinstance(value, ast.Dict) or None in value.keys or \
+                not all(isinstance(k, ast.Constant) for k in value.keys):
+            continue
+        keys = [k.value for k in value.keys]
+        if len(set(keys)) != len(keys):
+            continue
+        for item in value.values:
+            if isinstance(item, ast.Constant) and type(item.value) in (str, bytes, int) and \
+                    item.lineno == item.end_lineno:
+                return "constant", item
+        if value.values:
+            return "wrap", value.values[0]
+    return None
+
+
 _SAME_LENGTH = ("list", "sorted", "tuple")
 """What a helper may make of its `*args` before it compares them: a sequence of the same items."""
 
@@ -140,14 +252,16 @@ def counted_varargs(func: Def) -> bool:
     return compared == 1 and all(id(n) in allowed for n in uses)
 
 
-def helper_target(call: ast.Call, func: Def, bound: bool,
-                  donor: Callable[[int], str | None] | None = None) -> Target | None:
+def helper_target(call: ast.Call, func: Def, bound: bool, donor: Callable[[int], str | None] | None = None,
+                  key: Callable[[str], str | None] | None = None) -> Target | None:
     """What a mutant changes in `call` to the helper `func`, given by position (after `self` where the call is `bound`
     to an instance) or by keyword: an argument the helper only compares (`compared_params`), a constant first
     ("constant": changed), else any ("wrap": wrapped in a tuple); else, where the helper only compares its `*args`
     (`counted_varargs`), the last of them ("repeat": given twice, `mutants.mutate`), or, where the call gives none,
     one more after its last argument ("add": the expression `donor` finds for a helper with that many positional
-    parameters, `donor_argument`); else None."""
+    parameters, `donor_argument`); a helper that compares each value of a dict it is given (`item_params`) gets a
+    value of it changed, or the dict added with the key `key` finds (`donor_key`) where the call gives none
+    (`_item_target`); else None."""
     if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         return None
     positional = [a.arg for a in [*func.args.posonlyargs, *func.args.args]][1 if bound else 0:]
@@ -161,7 +275,7 @@ def helper_target(call: ast.Call, func: Def, bound: bool,
                      and isinstance(v.value, (int, float, str, bytes))), None)
     if constant is not None or compared:
         return ("constant", constant) if constant is not None else ("wrap", compared[0])
-    if target := _or_target(call, func, dict(given)):
+    if target := _or_target(call, func, dict(given)) or _item_target(call, func, dict(given), key):
         return target
     extra = call.args[len(positional):]
     if extra and extra[-1].lineno == extra[-1].end_lineno and counted_varargs(func):
@@ -245,4 +359,19 @@ def donor_argument(tree: ast.Module, call: ast.Call, positional: int, local: set
             if _root(item) in names and item.lineno == item.end_lineno:
                 text = ast.unparse(item)
                 counts[text] = counts.get(text, 0) + 1
+    return min(counts, key=lambda t: (-counts[t], t)) if counts else None
+
+
+def donor_key(tree: ast.Module, call: ast.Call, param: str) -> str | None:
+    """The key (a string constant, as source) that the other calls of the same helper as `call` in the module `tree`
+    give most often in a dict literal for the keyword `param`; None where none gives one."""
+    same, counts = ast.dump(call.func), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.dump(node.func) == same:
+            for k in node.keywords:
+                if k.arg == param and isinstance(k.value, ast.Dict):
+                    for item in k.value.keys:
+                        if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                            text = repr(item.value)
+                            counts[text] = counts.get(text, 0) + 1
     return min(counts, key=lambda t: (-counts[t], t)) if counts else None

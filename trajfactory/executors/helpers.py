@@ -8,12 +8,15 @@ changed constant fails the comparison wherever the original passed. A helper tha
 whole (pyflakes' `self.flakes(source, *messages)`) gets its last one given twice (`counted_varargs`), or, where the
 call gives none, the item the module's other calls give most often (`donor_argument`). A helper that compares
 `p or q` (sqlglot's `validate_identity(sql, write_sql=None)`) gets its `p` changed, or `p=(q,)` where the call gives
-no `p` (`or_params`). The rules are in `helper_rules.py`.
+no `p` (`or_params`). One that compares each value of a dict it is given (sqlglot's `validate_all(sql, write={"spark":
+"..."})`) gets the first string among that dict literal's values changed, or, where the call gives no such dict,
+one with the key the module's other calls give most often and a tuple for its value (`item_params`). The rules are
+in `helper_rules.py`.
 
 `resolver` finds the definition the call reaches: a function of the test's module or one it imports from the
 checkout, or a method of the test's class or of a base class of the checkout; a base it cannot read (unittest's
-`TestCase`, a base from an installed package) ends the search with no helper, since that base might define the name. `mutant_targets` puts the two together for a test module, as
-`mutants.spot_of` takes them.
+`TestCase`, a base from an installed package) ends the search with no helper, since that base might define the
+name. `mutant_targets` puts the two together for a test module, as `mutants.spot_of` takes them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import ast
 import posixpath
 from typing import Callable
 
-from trajfactory.executors.helper_rules import Def, Target, defaulted_args, donor_argument, helper_target
+from trajfactory.executors.helper_rules import (Def, Target, defaulted_args, donor_argument, donor_key,
+                                                helper_target)
 from trajfactory.runtime import parse_python
 
 Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
@@ -155,7 +159,7 @@ def mutant_targets(tree: ast.Module, path: str,
             if found is None:
                 return None
             return helper_target(call, *found, donor=lambda positional: donor_argument(
-                tree, call, positional, _local_names(tree, test)))
+                tree, call, positional, _local_names(tree, test)), key=lambda param: donor_key(tree, call, param))
 
         def defaulted(call: ast.Call) -> set[int]:
             found = resolve(test, call)

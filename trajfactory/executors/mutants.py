@@ -18,7 +18,10 @@ the failing test with its last assertion turned against it:
   argument changed (a constant) or wrapped in a tuple where its definition, in the test's module or one of the
   checkout's, only compares that argument for equality (`helpers.py`); one that only compares its `*args` as a whole
   (pyflakes' `self.flakes(source, m.UnusedImport)`) gets its last one given twice, and one that gives none
-  (`self.flakes(source)`, no message expected) gets the item other calls of the helper in its module give most often.
+  (`self.flakes(source)`, no message expected) gets the item other calls of the helper in its module give most often;
+  one that compares each value of a dict it is given (sqlglot's `self.validate_all(sql, write={"spark": "..."})`)
+  gets the first string among the values changed (else the first value wrapped), and a call that gives no such
+  dict gets one (`write={"spark": (sql,)}`).
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -50,8 +53,8 @@ _OPPOSITE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS} | {"assertEqua
 _RAISES = ("raises", "assertRaises", "assertRaisesRegex", "assertRaisesRegexp")
 """The context managers that expect an exception of their block."""
 _LETTERS = "abcdefghjkmnpqrstuvwxyz"
-_PASSING = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.multiple", "catch_warnings", "warns",
-            "deprecated_call", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile", "chdir")
+PASSING_MANAGERS = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.multiple", "catch_warnings",
+                    "warns", "deprecated_call", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile", "chdir")
 """Context managers that let an exception of their block through (the standard library's, unittest's, mock's,
 pytest's): an assertion that ends their block and failed fails the test. Any other may swallow it
 (`contextlib.suppress`, a project's own), so an assertion in its block is left alone."""
@@ -94,12 +97,12 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
     and nothing catches it in the copy). None for a statement that is no assertion."""
     if isinstance(stmt, ast.With):
         item = stmt.items[0].optional_vars or stmt.items[0].context_expr
-        name = _manager(stmt.items[0].context_expr)
+        name = manager_name(stmt.items[0].context_expr)
         if len(stmt.items) == 1 and name in _RAISES and item.end_lineno == stmt.lineno < stmt.body[0].lineno:
             expected = stmt.items[0].context_expr
             return Spot("raises", stmt) if not (isinstance(expected, ast.Call) and expected.args and
                                                 _stops_the_run(expected.args[0])) else None
-        if all(_manager(i.context_expr) in _PASSING for i in stmt.items):
+        if all(manager_name(i.context_expr) in PASSING_MANAGERS for i in stmt.items):
             return _last(stmt.body[-1], helper, test)
         return None
     if isinstance(stmt, ast.Assert):
@@ -174,9 +177,9 @@ def _stops_the_run(expected: ast.expr) -> bool:
                for n in ast.walk(expected))
 
 
-def _manager(expr: ast.expr) -> str:
+def manager_name(expr: ast.expr) -> str:
     """The name a `with` item calls (`open`, `self.subTest`, `mock.patch.object` -> `open`, `subTest`,
-    `patch.object`), as `_PASSING` spells it; "" for anything else."""
+    `patch.object`), as `PASSING_MANAGERS` spells it; "" for anything else."""
     func = expr.func if isinstance(expr, ast.Call) else None
     if isinstance(func, ast.Name):
         return func.id
