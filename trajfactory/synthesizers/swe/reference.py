@@ -48,7 +48,9 @@ def _reject_reason(run: TestRun, timeout: float) -> RepoRejected | None:
         return RepoRejected(
             "suite_timeout",
             f"the test suite did not finish within {timeout:.0f}s (a hang, a sleep, or a fork bomb "
-            f"held back by the pids limit); a usable suite finishes well inside the limit",
+            f"held back by the pids limit, or a suite that takes longer on `sandbox.cpus` than its maintainers' "
+            f"machines): where it is only long, raise `validation.suite_timeout_s` (or `sandbox.cpus`) in the "
+            f"recipe; a usable suite finishes well inside the limit, since verification runs it too",
         )
     if run.exit_code in KILLED:
         return RepoRejected("out_of_memory", f"the test run was killed (exit {run.exit_code}), which in a sandbox "
