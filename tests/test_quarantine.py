@@ -12,7 +12,7 @@ from trajfactory.schema import Quarantine, Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.executors.testrun import run_tests
-from trajfactory.synthesizers.swe.reference import MARKED_FLAKY
+from trajfactory.synthesizers.swe.reference import MARKED_FLAKY, TIMED
 
 LIMITS = SandboxConfig(memory="512m", cpus=1, pids=64, command_timeout_s=60)
 QUICK = ValidationConfig(reference_runs=1, suite_timeout_s=20)
@@ -88,7 +88,8 @@ def test_sandbox_cannot_write_to_the_host(docker_backend, tmp_path):
 @pytest.mark.docker
 def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(docker_backend, tmp_path):
     """One run (the default): the whole suite, then its passing tests collected again by id, nothing run; a test
-    whose id does not select it is excluded, and so is one the project marks flaky. Two runs: the second runs the passing tests by id, as validation and
+    whose id does not select it is excluded, and so are one the project marks flaky and those that time code. Two
+    runs: the second runs the passing tests by id, as validation and
     verification do, and a test that fails then is flaky and excluded too."""
     source = harvest_repo(str(copy_fixture("unsteady", tmp_path)), tmp_path / "mirrors")
     env = build_environment(docker_backend, source)
@@ -96,18 +97,23 @@ def test_the_reference_proves_ids_round_trip_and_later_runs_exclude_flaky_tests(
     assert not isinstance(once, Quarantine), once
     assert once.by_id
     # one run cannot tell a test that passes only under the recorder's tracer: the gold proof gets its second chance
-    assert once.passing == ["tests/test_calc.py::test_add", "tests/test_calc.py::test_clamp",
-                            "tests/test_calc.py::test_passes_only_under_a_tracer"], once.excluded
+    assert once.passing == ["tests/test_calc.py::TestElapsed::test_dated", "tests/test_calc.py::test_add",
+                            "tests/test_calc.py::test_clamp", "tests/test_calc.py::test_passes_only_under_a_tracer"], \
+        once.excluded
     (changing, why), = [(t, r) for t, r in once.excluded.items() if "test_id_changes_every_run" in t]
     assert once.tests[changing] == "passed" and why.startswith("missing when selected by its id"), once.excluded
     # a test the project marks flaky passed, and is no check of any task
     marked = "tests/test_calc.py::test_times_its_code"
     assert once.tests[marked] == "passed" and once.excluded[marked] == MARKED_FLAKY, once.excluded
+    # and so are those that time code, unmarked: a clock read in the test, its class's method or its module's helper
+    for timed in ("test_takes_linear_time", "TestElapsed::test_fast"):
+        assert once.excluded[f"tests/test_calc.py::{timed}"] == TIMED, once.excluded
     twice = stage.reference(docker_backend, env, source, ValidationConfig(reference_runs=2, suite_timeout_s=30),
                             LIMITS)
     assert not isinstance(twice, Quarantine), twice
     assert twice.by_id
-    assert twice.passing == ["tests/test_calc.py::test_add", "tests/test_calc.py::test_clamp"]
+    assert twice.passing == ["tests/test_calc.py::TestElapsed::test_dated", "tests/test_calc.py::test_add",
+                             "tests/test_calc.py::test_clamp"]
     flaky = twice.excluded["tests/test_calc.py::test_passes_only_under_a_tracer"]
     assert flaky == "flaky: failed/passed", twice.excluded
     (changing, why), = [(t, r) for t, r in twice.excluded.items() if "test_id_changes_every_run" in t]

@@ -10,8 +10,9 @@ the standard library and pytest, which every sandbox has). Through environment v
   project's `testpaths`, as its maintainers' run collects them (`_maintainers_order`).
 - `TRAJFACTORY_RESULTS`: the JSON-lines file the records go to: one `{"test", "outcome", "duration"}` per test (its
   worst phase: `error` for a failed setup or teardown, `failed`, `skipped`, `passed`; its phases' seconds in all), `{"collect_error", "detail"}`
-  per module that did not import, `{"marked_flaky": node id}` per collected test the project marks `flaky`, and a
-  closing `{"session": exit status, "collected": n}`.
+  per module that did not import, `{"marked_flaky": node id}` per collected test the project marks `flaky`,
+  `{"timed": node id}` per collected test that times code (`_times_code`), and a closing `{"session": exit status,
+  "collected": n}`.
 
 Node ids are pytest's own (`item.nodeid`), so an id recorded here is accepted back by the selection: methods a
 test class inherits from a mixin and parametrized ids with spaces, brackets or unicode round-trip unchanged.
@@ -318,9 +319,11 @@ def pytest_fixture_post_finalizer(fixturedef, request) -> None:
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     if not hasattr(config, "workerinput"):
-        for item in items:  # tests the project itself calls flaky: no verdict may hang on them
+        for item in items:  # tests the project calls flaky, and tests that time code: no verdict may hang on them
             if item.get_closest_marker("flaky") is not None:
                 _write({"marked_flaky": item.nodeid})
+            elif _times_code(item):
+                _write({"timed": item.nodeid})
     path = os.environ.get("TRAJFACTORY_SELECT")
     if path:
         wanted = _ids(path)
@@ -341,6 +344,43 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         if after:
             moved = {id(item) for item in after}
             items[:] = [item for item in items if id(item) not in moved] + after
+
+
+_CLOCKS = frozenset({"perf_counter", "perf_counter_ns", "process_time", "process_time_ns", "thread_time",
+                     "thread_time_ns", "monotonic", "monotonic_ns", "default_timer"})
+"""The clocks that measure how long code takes (not `time.time`, which a test reads for the date)."""
+
+
+def _times_code(item) -> bool:
+    """Whether the test `item` reads a clock that measures elapsed time, or uses `timeit`, in its own code or in
+    the code of the functions and methods of its own module (and class) it names, two calls deep: a test that
+    asserts how long code takes (jsonpath-ng 1.8's `test_index_filter_time_is_linear_to_data_size`, a ratio of
+    `timeit` runs) passes or fails with the machine's load, whatever a patch does. The project's own code is not
+    followed: a library that reads a clock for its timeouts does not make every test of it a timing test."""
+    func = getattr(item, "obj", None)
+    func = getattr(func, "__func__", func)
+    owner, module = getattr(item, "cls", None), getattr(func, "__module__", None)
+    seen, todo = set(), [(func, 0)]
+    while todo:
+        func, depth = todo.pop()
+        code = getattr(func, "__code__", None)
+        if code is None or id(code) in seen or getattr(func, "__module__", None) != module:
+            continue
+        seen.add(id(code))
+        names, codes = set(), [code]
+        while codes:  # the function's own code and the code of what it defines (lambdas, inner functions)
+            current = codes.pop()
+            names.update(current.co_names)
+            codes += [c for c in current.co_consts if hasattr(c, "co_names")]
+        scope = getattr(func, "__globals__", {})
+        if names & _CLOCKS or any(getattr(scope.get(n), "__name__", "") == "timeit" or
+                                  getattr(scope.get(n), "__module__", "") == "timeit" for n in names):
+            return True
+        if depth < 2:
+            todo += [(scope.get(n), depth + 1) for n in names if callable(scope.get(n))]
+            todo += [(getattr(getattr(owner, n, None), "__func__", getattr(owner, n, None)), depth + 1)
+                     for n in names if owner is not None]
+    return False
 
 
 def _ids(path: str) -> set[str]:

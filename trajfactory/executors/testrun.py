@@ -84,6 +84,9 @@ class TestRun:
     marked_flaky: list[str] = field(default_factory=list)
     """The collected tests the project marks `flaky` (`@pytest.mark.flaky`: a timing or environment test its
     maintainers let fail now and then)."""
+    timed: list[str] = field(default_factory=list)
+    """The collected tests that time code (`pytest_harness._times_code`: they read a clock that measures elapsed
+    time), whose outcome may hang on the machine's load."""
 
     @property
     def collection_failed(self) -> bool:
@@ -128,19 +131,20 @@ def parse_results(text: str) -> tuple[dict[str, str], dict[str, str], bool]:
     return outcomes, errors, finished
 
 
-def parse_marked_flaky(text: str) -> list[str]:
-    """The plugin's JSON lines -> the collected tests the project marks `flaky`."""
-    marked = []
+def parse_listed(text: str, key: str) -> list[str]:
+    """The plugin's JSON lines -> the collected tests it listed under `key` (`marked_flaky`: those the project marks
+    `flaky`; `timed`: those that time code)."""
+    listed = []
     for line in text.splitlines():
-        if '"marked_flaky"' not in line:
+        if f'"{key}"' not in line:
             continue
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("marked_flaky"), str):
-            marked.append(record["marked_flaky"])
-    return marked
+        if isinstance(record, dict) and isinstance(record.get(key), str):
+            listed.append(record[key])
+    return listed
 
 
 def parse_reaches(text: str) -> list[dict]:
@@ -313,6 +317,7 @@ def run_tests(
     sealed = False
     reaches: list[dict] = []
     marked_flaky: list[str] = []
+    timed: list[str] = []
     if not result.timed_out:
         try:
             raw = sandbox.read_file(f"{SCRATCH}/results.jsonl")
@@ -321,7 +326,7 @@ def run_tests(
             outcomes, errors, finished = parse_results(records)
             durations = parse_durations(records)
             reaches = parse_reaches(records)
-            marked_flaky = parse_marked_flaky(records)
+            marked_flaky, timed = parse_listed(records, "marked_flaky"), parse_listed(records, "timed")
             scoped = '{"fixture_scopes": true}' in records
             teardown = '{"fixture_teardown": true}' in records
         except FileTooLargeError as exc:
@@ -363,7 +368,7 @@ def run_tests(
         results_error=results_error,
         sealed=sealed,
         reaches=reaches,
-        marked_flaky=marked_flaky,
+        marked_flaky=marked_flaky, timed=timed,
     )
 
 

@@ -13,10 +13,10 @@ from trajfactory.executors.base import Sandbox
 from trajfactory.executors.testrun import EXIT_NO_TESTS, TestRun, run_tests, summary_line
 from trajfactory.schema import ReferenceRun
 
-REFERENCE_VERSION = "4"
+REFERENCE_VERSION = "5"
 """Bumped when what a reference run records changes (2: per-test durations; 3: the runs after the first select the
-first run's passing tests by id; 4: one run's passing tests are collected again by id); reference runs are cached
-on it."""
+first run's passing tests by id; 4: one run's passing tests are collected again by id; 5: tests that time code are
+excluded); reference runs are cached on it."""
 
 _NETWORK_ERRORS = re.compile(
     r"Network is unreachable|Temporary failure in name resolution|Name or service not known|"
@@ -303,8 +303,8 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
     same proof that each id selects its test (a test whose id does not round-trip is excluded as `missing`), at the
     cost of a collection instead of a whole suite. A test that fails at random then gets its second chance to show
     it where it matters: a task's gold proof runs every test the bug's change reached again on the clean repository.
-    A test the project marks flaky is excluded whatever it did (`MARKED_FLAKY`). Raises RepoRejected when the suite
-    cannot serve as ground truth.
+    A test the project marks flaky is excluded whatever it did (`MARKED_FLAKY`), and so is a test that times code
+    (`TIMED`). Raises RepoRejected when the suite cannot serve as ground truth.
     """
     started = time.monotonic()
     sandbox.reset()
@@ -326,13 +326,15 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
         outcomes.append(collected)
     excluded: dict[str, str] = {}
     passing: list[str] = []
-    marked = set(first.marked_flaky)
+    marked, timed = set(first.marked_flaky), set(first.timed)
     for test, outcome in first.outcomes.items():
         seen = [o.get(test, "missing") for o in outcomes]
         if outcome != "passed":
             excluded[test] = outcome
         elif test in marked:
             excluded[test] = MARKED_FLAKY
+        elif test in timed:
+            excluded[test] = TIMED
         elif set(seen) == {"passed"}:
             passing.append(test)
         elif "missing" in seen:
@@ -361,6 +363,8 @@ def reference_run(sandbox: Sandbox, *, runs: int = 1, timeout: float = 300.0,
 
 
 MARKED_FLAKY = "marked flaky by the project (`@pytest.mark.flaky`): it may fail whatever a patch does"
+TIMED = ("times code (reads a clock that measures elapsed time): it may fail with the machine's load, whatever a "
+         "patch does")
 """Why a test the project marks flaky is no check of any task: zipp 4.1.2's complexity tests time their code
 (`big_o`) and failed a verified fix's run on a busy machine."""
 
