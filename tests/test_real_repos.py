@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.base import EnvironmentHandle
-from trajfactory.executors.collection import collection_options, command_paths, sandbox_addopts, unittest_options
+from trajfactory.executors.collection import (collection_options, command_paths, sandbox_addopts, script_options,
+                                             unittest_options)
 from trajfactory.executors.pytest_options import pytest_addopts, pytest_config
 from trajfactory.executors.testrun import run_tests
 from trajfactory.schema import Quarantine, ReferenceRun, Source
@@ -230,6 +231,51 @@ def test_files_the_maintainers_pytest_command_names_are_the_suite(tmp_path):
     assert collection_options(bare) == ["-o", "python_files=ext_tests.py test.py"]
     (bare / "tests/test_more.py").write_text("")
     assert collection_options(bare) == []  # pytest's defaults find a suite: nothing changes
+
+
+def test_a_suite_its_maintainers_run_as_a_script_is_collected_as_the_script_runs(tmp_path):
+    """dill 0.4.1's tox runs `{envpython} dill/tests/__main__.py`, which runs each test file as a script: they import
+    each other as top-level modules (`import test_mixins`), which only the script's folder on `sys.path` allows.
+    argcomplete 3.7.2's make runs `coverage run --source=argcomplete ./test/test.py -v`, beside a
+    `test/test_package/test_module.py` that is a package its tests install, no test."""
+    def options(file: str, command: str, config: str = "") -> list[str]:
+        repo = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name in ("dill/tests/__main__.py", "dill/tests/test_mixins.py", "test/test.py", "tools/run.py"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_text("")
+        (repo / file).write_text(command)
+        if config:
+            (repo / "pytest.ini").write_text(config)
+        return collection_options(repo)
+
+    assert options("tox.ini", "[testenv]\ncommands =\n    {envpython} -m pip install .\n"
+                              "    {envpython} dill/tests/__main__.py\n") == ["-o", "pythonpath=dill/tests"]
+    assert options("Makefile", "test:\n\tcoverage run --source=argcomplete --omit=x.py ./test/test.py -v\n") == \
+        ["-o", "pythonpath=test", "-o", "testpaths=test/test.py"]
+    assert options("Makefile", "test:\n\tpython3 test/test.py\n") == \
+        ["-o", "pythonpath=test", "-o", "testpaths=test/test.py"]
+    assert options("Makefile", "lint:\n\tpython tools/run.py\n") == []  # no test folder's script
+    assert options("Makefile", "test:\n\tpython test/test.py\n\tpytest test\n") == []  # pytest is run
+    assert options("tox.ini", "[testenv]\ncommands = python dill/tests/__main__.py\n", "[pytest]\n") == []
+    assert script_options(tmp_path / "none") == []
+
+
+@pytest.mark.docker
+def test_a_suite_run_as_scripts_is_collected(docker_backend, mirrors):
+    """dill 0.4.1 was quarantined `collection_failed` naming six modules. Two import their siblings as top-level
+    modules, which its scripts' folder on `sys.path` now allows. Four run code at import that only a process of
+    their own allows (they pickle what is open in the process, pytest's captured streams among it, or assert what
+    the process has imported): the recipe leaves those out (`ignore_tests`), as their quarantine reason says."""
+    alone = [f"dill/tests/test_{name}.py" for name in ("module", "objects", "registered", "selected")]
+    source = harvest_repo("pypi:dill==0.4.1", mirrors)
+    assert isinstance(source, Source), source
+    env = build_environment(docker_backend, source, ignore_tests=alone)
+    assert isinstance(env, EnvironmentHandle), env
+    ref = stage.reference(docker_backend, env, source, QUICK, LIMITS)
+    assert isinstance(ref, ReferenceRun), ref
+    for module in ("sources", "session"):  # `import test_source as ts`, `import test_dictviews as local_mod`
+        assert any(t.startswith(f"dill/tests/test_{module}.py::") for t in ref.passing), ref.excluded
+    assert len(ref.passing) > 50 and not any(t.startswith(tuple(alone)) for t in ref.tests)
 
 
 @pytest.mark.docker

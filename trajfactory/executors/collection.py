@@ -131,9 +131,10 @@ def unittest_options(repo_dir: str | Path) -> list[str]:
 def collection_options(repo_dir: str | Path) -> list[str]:
     """The options that make pytest collect what the maintainers' own runner does, for a project with no pytest
     configuration: their unittest command's (`unittest_options`), or the files their pytest command names
-    (`command_paths`), or where no file matches pytest's default pattern, the files named as tests are
-    (`named_test_files`). Baked into the project's image, so part of its tag."""
-    return unittest_options(repo_dir) or command_paths(repo_dir) or named_test_files(repo_dir)
+    (`command_paths`), or the test script they run (`script_options`), or where no file matches pytest's default
+    pattern, the files named as tests are (`named_test_files`). Baked into the project's image, so part of its tag."""
+    return unittest_options(repo_dir) or command_paths(repo_dir) or script_options(repo_dir) or \
+        named_test_files(repo_dir)
 
 
 def project_test_file(repo_dir: str | Path) -> Callable[[str], bool]:
@@ -195,6 +196,35 @@ def command_paths(repo_dir: str | Path) -> list[str]:
             if any(p.endswith(".py") and not any(fnmatch.fnmatch(posixpath.basename(p), f) for f in _DEFAULT_FILES)
                    for p in paths):
                 return ["-o", "testpaths=" + " ".join(dict.fromkeys(paths))]
+    return []
+
+
+_SCRIPT = re.compile(r"(?:^|[\s;&|(])(?:(?:\{envpython\}|\S*python[\d.]*)\s+|coverage\s+run\s+(?:-\S+\s+)*)"
+                     r"((?:\./)?(?:\{toxinidir\}/)?[\w./-]+\.py)\b")
+_TEST_FOLDER = re.compile(r"(?:^|/)(?:tests?|testing)(?:/|$)")
+
+
+def script_options(repo_dir: str | Path) -> list[str]:
+    """For a project with no pytest configuration whose maintainers run their suite as a Python script in a test
+    folder (no pytest or unittest command), what that run collects and finds: the script's folder on `sys.path`, as
+    it is for a script (`pythonpath`), and the script itself as the suite (`testpaths`), unless it is the folder's
+    `__main__.py`, which runs the folder's test files one by one, each a script. dill 0.4.1's tox runs
+    `dill/tests/__main__.py`, whose test files import each other as top-level modules (`import test_mixins`);
+    argcomplete 3.7.2's make runs `coverage run ... ./test/test.py`, beside a `test/test_package/test_module.py` that
+    is no test but a package its tests install."""
+    repo = Path(repo_dir)
+    commands = _commands(repo)
+    if pytest_config(repo)[0] is not None or any(_PYTEST.search(t) or _UNITTEST.search(t) for _, t in commands):
+        return []
+    for _, text in commands:
+        for match in _SCRIPT.finditer(text):
+            path = posixpath.normpath(match.group(1).replace("{toxinidir}/", "").removeprefix("./"))
+            if path.startswith("../") or not (repo / path).is_file() or not _TEST_FOLDER.search(path):
+                continue
+            folder = posixpath.dirname(path) or "."
+            if posixpath.basename(path) == "__main__.py":
+                return ["-o", f"pythonpath={folder}"]
+            return ["-o", f"pythonpath={folder}", "-o", f"testpaths={path}"]
     return []
 
 
