@@ -322,7 +322,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         for item in items:  # tests the project calls flaky, and tests that time code: no verdict may hang on them
             if item.get_closest_marker("flaky") is not None:
                 _write({"marked_flaky": item.nodeid})
-            elif _times_code(item):
+            elif _safely(_times_code, item):
                 _write({"timed": item.nodeid})
     path = os.environ.get("TRAJFACTORY_SELECT")
     if path:
@@ -344,6 +344,14 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         if after:
             moved = {id(item) for item in after}
             items[:] = [item for item in items if id(item) not in moved] + after
+
+
+def _safely(check, item) -> bool:
+    """`check(item)`, False where it raises: a listing must never stop the project's collection."""
+    try:
+        return bool(check(item))
+    except Exception:  # noqa: BLE001 - any object a project's test hangs on may misbehave when looked at
+        return False
 
 
 _CLOCKS = frozenset({"perf_counter", "perf_counter_ns", "process_time", "process_time_ns", "thread_time",
