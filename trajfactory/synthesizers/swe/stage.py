@@ -157,7 +157,10 @@ def accept_proven(tasks: list[Task], gold: list[Verdict], source: Source) -> tup
             ev = verdict.evidence
             bad = [f"{o.test} ({o.outcome})" for o in ev.FAIL_TO_PASS + ev.PASS_TO_PASS if o.outcome != "passed"]
             named = f"; not passed: {', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            why = ("; each of them passed on the clean repository in the whole-suite reference run, and the gold patch "
+                   "restores that code: a test that passes there and fails run by its id depends on the tests that "
+                   "ran before it, or on the machine (its load, the time), not on the fix") if bad else ""
             rejected.append(quarantined("verify-gold", "task", task.task_id, "gold_failed",
                                         f"the gold patch does not pass the task's own checks: {ev.detail}"
-                                        f"{named if bad else ''}", source.uri))
+                                        f"{named if bad else ''}{why}", source.uri))
     return accepted, rejected
