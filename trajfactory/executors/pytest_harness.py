@@ -362,7 +362,7 @@ _CLOCKS = frozenset({"perf_counter", "perf_counter_ns", "process_time", "process
 def _times_code(item) -> bool:
     """Whether the test `item` reads a clock that measures elapsed time, or uses `timeit`, in its own code or in
     the code of the functions and methods of its own module (and class) it names, two calls deep: a test that
-    asserts how long code takes (jsonpath-ng 1.8's `test_index_filter_time_is_linear_to_data_size`, a ratio of
+    asserts how long code takes (jsonpath-ng 1.17's `test_index_filter_time_is_linear_to_data_size`, a ratio of
     `timeit` runs) passes or fails with the machine's load, whatever a patch does. The project's own code is not
     followed: a library that reads a clock for its timeouts does not make every test of it a timing test."""
     func = getattr(item, "obj", None)
