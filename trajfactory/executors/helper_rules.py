@@ -193,11 +193,11 @@ def _item_target(call: ast.Call, func: Def, given: dict[str, ast.expr],
     string or number among the values of a dict literal given for such a parameter, on one line, changed, else its
     first value wrapped in a tuple (`{"snowflake": UnsupportedError}`: a new tuple is no name's object, so the
     helper compares it, and no string or number equals it). The keys must be constants, none given twice (a value
-    given under a repeated key is never compared). A call that gives
-    no such parameter gets it, `p={K: (a,)}`, after its last argument: `K` the key the module's other calls of the
-    helper give most often for it (`key`, `donor_key`), `a` the call's first argument (plain: a constant, an
-    f-string, a name or an attribute of one) in a tuple, which no string or number the helper makes equals. Where
-    the key is one the helper cannot take, the call raises: the mutant fails all the same."""
+    given under a repeated key is never compared). A call that gives no such parameter gets it, `p={K: (a,)}`,
+    after its last argument: `K` the key the module's other calls of the helper give most often for it (`key`,
+    `donor_key`), `a` the call's first argument (plain: a constant, an f-string, a name or an attribute of one) in a
+    tuple, which no string or number the helper makes equals. Where the key is one the helper cannot take, the call
+    raises: the mutant fails all the same."""
     first = call.args[0] if call.args else None
     for param in sorted(item_params(func)):
         value = given.get(param)

@@ -9,7 +9,10 @@ import shlex
 import time
 import tomllib
 
+from packaging.utils import canonicalize_name
+
 from trajfactory.executors.base import Sandbox
+from trajfactory.executors.requirements import requirement_name
 from trajfactory.executors.testrun import EXIT_NO_TESTS, TestRun, run_tests, summary_line
 from trajfactory.schema import ReferenceRun
 
@@ -243,15 +246,10 @@ def _offered_by_extras(sandbox: Sandbox, modules: list[str]) -> dict[str, tuple[
     for module in modules:
         for extra, reqs in extras.items() if isinstance(extras, dict) else ():
             reqs = [r for r in reqs if isinstance(r, str)] if isinstance(reqs, list) else []
-            names = {_canonical(re.split(r"[\s;<>=!~\[(]", r.strip(), maxsplit=1)[0]) for r in reqs}
-            if _canonical(module) in {_canonical(extra), *names}:
+            if canonicalize_name(module) in {canonicalize_name(extra), *map(requirement_name, reqs)}:
                 out[module] = (extra, reqs)
                 break
     return out
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _guarded(sandbox: Sandbox, name: str, detail: str) -> dict | None:
