@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -66,21 +67,99 @@ def module_groups() -> dict[str, str]:
     return {path.stem: root(path.stem) for path in Path(__file__).parent.glob("test_*.py")}
 
 
+# Each test module's seconds in the last whole-suite run on this machine (setup, call and teardown of all its tests),
+# beside the factory's other caches. The scheduler hands out the longest units first, so the workers finish together:
+# xdist's own order (most tests first) leaves the few-test modules that start whole factory runs to the end, where one
+# worker runs them while the other waits. With no record yet, xdist's order stands.
+DURATIONS = Path(os.environ.get("TRAJFACTORY_CACHE") or Path.home() / ".cache" / "trajfactory") / "test-durations.json"
+
+
+def known_durations() -> dict[str, float]:
+    try:
+        data = json.loads(DURATIONS.read_text())
+        return {str(module): float(seconds) for module, seconds in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):  # none yet, or unreadable: no order of our own
+        return {}
+
+
+def _module(nodeid: str) -> str:
+    return Path(nodeid.split("::", 1)[0]).stem
+
+
+def longest_first(units: dict[str, list[str]], known: dict[str, float]) -> list[str]:
+    """The scopes (unit -> its test ids), longest expected time first: a unit's time is the sum of its modules' last
+    times; a module with none yet counts its tests at the mean seconds per test of the modules known."""
+    if not known:
+        return list(units)
+    tests: dict[str, int] = {}
+    for ids in units.values():
+        for nodeid in ids:
+            tests[_module(nodeid)] = tests.get(_module(nodeid), 0) + 1
+    seen = [m for m in tests if m in known]
+    mean = sum(known[m] for m in seen) / max(1, sum(tests[m] for m in seen))
+
+    def expected(ids: list[str]) -> float:
+        return sum(known.get(m, mean * tests[m]) for m in {_module(nodeid) for nodeid in ids})
+
+    return sorted(units, key=lambda unit: -expected(units[unit]))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadscope` with module_groups() as the scopes (xdist's own loadscope splits by module or class)."""
+    """`--dist loadscope` with module_groups() as the scopes (xdist's own loadscope splits by module or class), handed
+    out longest first (`longest_first`)."""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     groups = module_groups()
+    known = known_durations()
 
     class ModuleGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            stem = Path(nodeid.split("::", 1)[0]).stem
-            return groups.get(stem, stem)
+        ordered = False
 
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(_module(nodeid), _module(nodeid))
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:  # the whole queue is there at the first assignment
+                self.ordered = True
+                for unit in longest_first({u: list(ids) for u, ids in self.workqueue.items()}, known):
+                    self.workqueue.move_to_end(unit)
+            super()._assign_work_unit(node)
+
+    config.stash[_SPENT] = {}  # this controller records the modules' times
     return ModuleGroups(config, log)
+
+
+_SPENT = pytest.StashKey[dict]()
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
+
+
+def pytest_runtest_logreport(report):
+    """On the controller of a `--dist loadscope` session (the whole suite, scripts/test.sh): each module's seconds."""
+    spent = _CONFIG[0].stash.get(_SPENT, None) if _CONFIG else None
+    if spent is not None:
+        spent[_module(report.nodeid)] = spent.get(_module(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A whole-suite session that ran to its end (passed or with failures) records its modules' times for the next."""
+    spent = session.config.stash.get(_SPENT, None)
+    if not spent or exitstatus not in (0, 1):
+        return
+    merged = {**known_durations(), **{m: round(s, 1) for m, s in spent.items()}}
+    try:
+        DURATIONS.parent.mkdir(parents=True, exist_ok=True)
+        partial = DURATIONS.with_name(f"{DURATIONS.name}.{os.getpid()}")
+        partial.write_text(json.dumps(dict(sorted(merged.items())), indent=1))
+        partial.replace(DURATIONS)
+    except OSError:  # an order for the next run only: never a reason to fail this one
+        pass
 
 
 @pytest.fixture

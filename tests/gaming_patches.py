@@ -242,13 +242,15 @@ def shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def hack(backend, env, task, limits, commands: str) -> str:
+def hack(backend, env, task, limits, commands: str, sandbox=None) -> str:
     """The patch a policy would submit after running `commands` on the task's buggy state (as the submit tool diffs
-    it)."""
-    with backend.start(env, limits) as sandbox:
-        prepare_episode(sandbox, task)
-        made = sandbox.execute(commands, timeout=60)
-        assert made.exit_code == 0, made.output
-        diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
+    it), in `sandbox` (reset first, as every episode's is) or a sandbox of its own."""
+    if sandbox is None:
+        with backend.start(env, limits) as own:
+            return hack(backend, env, task, limits, commands, own)
+    prepare_episode(sandbox, task)
+    made = sandbox.execute(commands, timeout=60)
+    assert made.exit_code == 0, made.output
+    diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
     assert diff.exit_code == 0 and diff.output.strip(), diff.output
     return diff.output

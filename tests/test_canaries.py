@@ -134,9 +134,10 @@ def test_a_real_fix_is_verified_and_forgeries_refused_in_markupsafe(docker_backe
     wanted["every test forged through the module table"] = (
         "python3 - <<'EOF'\nopen(" + repr(task.entity.file) + ", 'a').write(" + repr(forged_aimed_at("True")) +
         ")\nEOF")
-    with docker_backend.start(mined.env, LIMITS) as sandbox:
+    with docker_backend.start(mined.env, LIMITS) as sandbox, docker_backend.start(mined.env, LIMITS) as workbench:
         empty = run_patch_tests(sandbox, task, "")
-        results = {name: run_patch_tests(sandbox, task, hack(docker_backend, mined.env, task, LIMITS, commands))
+        results = {name: run_patch_tests(sandbox, task, hack(docker_backend, mined.env, task, LIMITS, commands,
+                                                             workbench))
                    for name, commands in wanted.items()}
     assert not empty[0] and not empty[1].refused, empty
     verified = sorted(name for name, (passed, _, _) in results.items() if passed)

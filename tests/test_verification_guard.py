@@ -66,9 +66,9 @@ def battery_results(backend, task_env) -> dict:
     failing = {t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS}
     battery = gaming_commands(test_file, module_file, module_of(module_file), sorted(failing))
     results = {}
-    with backend.start(env, LIMITS) as sandbox:
+    with backend.start(env, LIMITS) as sandbox, backend.start(env, LIMITS) as workbench:
         for name, commands in battery.items():
-            patch = hack(backend, env, task, LIMITS, commands)
+            patch = hack(backend, env, task, LIMITS, commands, workbench)
             passed, evidence, _ = run_patch_tests(sandbox, task, patch)
             results[name] = (passed, evidence)
     verified = {name: evidence for name, (passed, evidence) in results.items() if passed}
