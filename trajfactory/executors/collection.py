@@ -145,7 +145,8 @@ def project_test_file(repo_dir: str | Path) -> Callable[[str], bool]:
     counts only under `testpaths`: alone, it would name the library too."""
     _, ini = pytest_config(repo_dir)
     patterns, paths = _words(ini.get("python_files")), _words(ini.get("testpaths"))
-    runner = dict(option.partition("=")[::2] for option in collection_options(repo_dir)[1::2])  # [] with a config
+    options = collection_options(repo_dir)  # [] with a config
+    runner = dict(value.partition("=")[::2] for flag, value in zip(options, options[1:]) if flag == "-o")
     patterns = runner["python_files"].split() if "python_files" in runner else patterns
     paths = runner["testpaths"].split() if "testpaths" in runner else paths
     roots = [p.strip("/").removeprefix("./") for p in paths if p.strip("./")]
@@ -208,10 +209,13 @@ def script_options(repo_dir: str | Path) -> list[str]:
     """For a project with no pytest configuration whose maintainers run their suite as a Python script in a test
     folder (no pytest or unittest command), what that run collects and finds: the script's folder on `sys.path`, as
     it is for a script (`pythonpath`), and the script itself as the suite (`testpaths`), unless it is the folder's
-    `__main__.py`, which runs the folder's test files one by one, each a script. dill 0.4.1's tox runs
-    `dill/tests/__main__.py`, whose test files import each other as top-level modules (`import test_mixins`);
-    argcomplete 3.7.2's make runs `coverage run ... ./test/test.py`, beside a `test/test_package/test_module.py` that
-    is no test but a package its tests install."""
+    `__main__.py`, which runs the folder's test files one by one, each a script; and the process's file descriptors
+    left to the tests, as a script leaves them (`--capture=sys`: pytest captures what Python writes, not the
+    descriptors). dill 0.4.1's tox runs `dill/tests/__main__.py`, whose test files import each other as top-level
+    modules (`import test_mixins`); argcomplete 3.7.2's make runs `coverage run ... ./test/test.py`, beside a
+    `test/test_package/test_module.py` that is no test but a package its tests install, and its library writes to
+    descriptors 8 and 9 and closes them, which under pytest's descriptor capture closed the capture's own files: no test
+    passed ("lost sys.stderr")."""
     repo = Path(repo_dir)
     commands = _commands(repo)
     if pytest_config(repo)[0] is not None or any(_PYTEST.search(t) or _UNITTEST.search(t) for _, t in commands):
@@ -222,9 +226,8 @@ def script_options(repo_dir: str | Path) -> list[str]:
             if path.startswith("../") or not (repo / path).is_file() or not _TEST_FOLDER.search(path):
                 continue
             folder = posixpath.dirname(path) or "."
-            if posixpath.basename(path) == "__main__.py":
-                return ["-o", f"pythonpath={folder}"]
-            return ["-o", f"pythonpath={folder}", "-o", f"testpaths={path}"]
+            suite = [] if posixpath.basename(path) == "__main__.py" else ["-o", f"testpaths={path}"]
+            return ["-o", f"pythonpath={folder}", *suite, "--capture=sys"]
     return []
 
 
