@@ -39,7 +39,8 @@ import threading
 import time
 
 from trajfactory_batch_worker_hot import HotSession
-from trajfactory_batch_worker_procs import become_subreaper, children_cpu, git, left_ignored, sweep, wait_child
+from trajfactory_batch_worker_procs import (become_subreaper, children_cpu, git, left_ignored, lifted, sweep,
+                                            wait_child)
 from trajfactory_batch_worker_warm import (COMPILED, REWRITTEN, Probe, checkout_modules, compiled_regexes, imported,
                                            install_code_caches, precompile, preload, rewrite_cache, snapshot,
                                            warm_lookups, warm_regexes)
@@ -264,7 +265,7 @@ def run_hot(spec: dict, items: list[tuple[int, dict]], emit) -> str | None:
     files = sorted({arg for _, item in items for arg in item["args"]})
     args = list(spec["pytest_args"]) + files
     session_out = os.open(f"{scratch}/session-output.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    saved = os.dup(1), os.dup(2)
+    saved = lifted(os.dup(1)), lifted(os.dup(2))
     os.dup2(session_out, 1)
     os.dup2(session_out, 2)
     os.close(session_out)
@@ -328,7 +329,7 @@ def main() -> int:
         return 2
     spec["commit"] = head
     started = time.monotonic()
-    out = open(out_path, "a", encoding="utf-8")
+    out = os.fdopen(lifted(os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)), "a", encoding="utf-8")
 
     def emit(record: dict) -> None:
         out.write(json.dumps(record) + "\n")

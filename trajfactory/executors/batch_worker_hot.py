@@ -264,7 +264,7 @@ class HotSession:
         harness = sys.modules["trajfactory_harness"]
         if harness._state["fh"] is not None:
             harness._state["fh"].close()
-        harness._state["fh"] = open(item["env"]["TRAJFACTORY_RESULTS"], "a", encoding="utf-8")
+        harness._state["fh"] = harness.append_to(item["env"]["TRAJFACTORY_RESULTS"])
         harness.pytest_collection_modifyitems(session, session.config, session.items)
         session.testscollected = len(session.items)  # what pytest counts after the plugin's deselection
         _restart_clock(session.config)

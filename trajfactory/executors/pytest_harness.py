@@ -34,6 +34,7 @@ test class inherits from a mixin and parametrized ids with spaces, brackets or u
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import json
 import os
@@ -46,6 +47,23 @@ _state: dict = {"fh": None, "outcomes": {}, "durations": {}, "again": set()}  # 
 SEAL_MARK = "[trajfactory-harness-seal]"
 
 
+def _lifted(fd: int) -> int:
+    """`fd` moved to 10 or above (close-on-exec, its old number closed), as a shell keeps its own: a shell leaves
+    descriptors 3-9 to the commands it runs, and the tests may use them so (argcomplete's library writes to 8 and 9
+    where they are open, and closes them)."""
+    if fd >= 10:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    finally:
+        os.close(fd)
+
+
+def append_to(path: str):
+    """The record file, opened for appending on a descriptor of the harness's own (`_lifted`)."""
+    return os.fdopen(_lifted(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)), "a", encoding="utf-8")
+
+
 def _take_seal_key() -> dict:
     """The key of `TRAJFACTORY_SEAL` (its file deleted) and a copy of the original standard output, taken at import:
     pytest's capture has not replaced file descriptor 1 yet, and no code of the checkout has run."""
@@ -56,7 +74,7 @@ def _take_seal_key() -> dict:
         with open(path, "rb") as fh:
             key = fh.read()
         os.unlink(path)
-        return {"mac": hmac.new(key, digestmod="sha256"), "out": os.dup(1), "bytes": 0}
+        return {"mac": hmac.new(key, digestmod="sha256"), "out": _lifted(os.dup(1)), "bytes": 0}
     except OSError:
         return {}
 
@@ -172,7 +190,7 @@ def pytest_configure(config) -> None:
     path = os.environ.get("TRAJFACTORY_RESULTS")
     worker = hasattr(config, "workerinput")  # pytest-xdist workers report through the controller
     if path and not worker and _state["fh"] is None:
-        _state["fh"] = open(path, "a", encoding="utf-8")
+        _state["fh"] = append_to(path)
         for record in _state.pop("pending", ()):
             _write(record)
     if not worker:
