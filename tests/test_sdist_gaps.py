@@ -5,6 +5,7 @@ can be added in the recipe.
 |---|---|
 | backoff 2.2.1 | any test file |
 | jmespath 1.1.0 | `tests/__init__.py`, from which every test module imports `unittest` |
+| peewee 4.5.3 | all of its suite but `tests/test_utils.py`, which imports `.base` from its package |
 | funcy 2.1 | its `test_requirements.txt`: the tests import `whatever` |
 | pycodestyle 2.15.0 | its `testing/` folder, which the tests import and its `setup.cfg` names |
 | chardet 7.7.0 | its test data, which its conftest clones from GitHub while pytest collects |
@@ -41,6 +42,10 @@ def test_what_an_sdist_leaves_out_of_its_suite_is_named(docker_backend, mirrors)
     jmespath = _reference(docker_backend, mirrors, "pypi:jmespath==1.1.0")
     assert isinstance(jmespath, Quarantine) and jmespath.reason == "collection_failed", jmespath
     assert "without its `tests/__init__.py`" in jmespath.detail and "mine the repository" in jmespath.detail
+    peewee = _reference(docker_backend, mirrors, "pypi:peewee==4.5.3")
+    assert isinstance(peewee, Quarantine) and peewee.reason == "collection_failed", peewee
+    assert "`tests/test_utils.py` imports `.base` relative to its package `tests`, which this checkout holds without " \
+        "its `tests/__init__.py` and `tests/base.py`" in peewee.detail and "Mine the repository" in peewee.detail
     funcy = _reference(docker_backend, mirrors, "pypi:funcy==2.1")
     assert isinstance(funcy, Quarantine) and funcy.reason == "collection_failed", funcy
     assert "the suite imports `whatever`" in funcy.detail and "`test_requirements`" in funcy.detail, funcy.detail

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 import time
@@ -132,6 +133,9 @@ def _pytest_crashed(sandbox: Sandbox, run: TestRun) -> RepoRejected | None:
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _NAMESPACE_IMPORT = re.compile(r"ImportError: cannot import name '\w+' from '([\w.]+)' \(unknown location\)")
 _NAME_ERROR = re.compile(r"NameError: name '(\w+)' is not defined")
+# pytest's traceback of a test module whose relative import has no package to be relative to: its file, the import
+_RELATIVE_IMPORT = re.compile(r"([\w./-]+\.py):\d+: in <module>\n\s+from (\.+)([\w.]*) import [^\n]*\n"
+                              r"(?:[^\n]*\n){0,3}?E\s+ImportError: attempted relative import with no known parent")
 _COLLECT_ERROR = re.compile(r"_ ERROR collecting (\S+\.py) _")
 GUARDED = r"""
 import ast, importlib.util, json, os, sys
@@ -163,7 +167,7 @@ print(json.dumps(found))
 def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejected:
     """What a suite that could not be collected, or collected nothing, lacks, where the checkout shows it: a test
     module importing from a folder the sdist ships without its `__init__.py` (jmespath 1.1.0: `from tests import
-    unittest`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
+    unittest`; peewee 4.5.3 ships `tests/test_utils.py` alone, which imports `.base`), a module no requirement installs (funcy 2.1's tests import `whatever`, which only its repository's
     `test_requirements.txt` names; pycodestyle 2.15.0's import its `testing/` folder, which only its `setup.cfg`
     names), an import under a guard the module cannot do without (mccabe 0.7.0's test module imports `hypothesis`
     in a `try:` and uses its `settings` at import), the network (chardet 7.7.0's conftest clones its test data), or
@@ -182,6 +186,20 @@ def _unmet(sandbox: Sandbox, rejected: RepoRejected, output: str) -> RepoRejecte
                                 f"this checkout holds without its `{folder}/__init__.py`, which the sdist left out: a "
                                 "run of this sdist fails the same way, and the maintainers' own run, in their "
                                 f"repository, has the file; mine the repository (a git URL) instead. {rejected.detail}")
+    if match := _RELATIVE_IMPORT.search(output):
+        folder = posixpath.dirname(match[1])
+        for _ in match[2][1:]:
+            folder = posixpath.dirname(folder)
+        target = posixpath.join(folder, *match[3].split(".")) if match[3] else folder
+        if sandbox.execute(f"! test -e {shlex.quote(folder or '.')}/__init__.py", timeout=60).exit_code == 0:
+            there = sandbox.execute(f"test -e {shlex.quote(target)}.py || test -d {shlex.quote(target)}",
+                                    timeout=60).exit_code == 0
+            lacks = f"its `{folder}/__init__.py`" + ("" if there else f" and `{target}.py`")
+            return RepoRejected("collection_failed", f"`{match[1]}` imports `{match[2]}{match[3]}` relative to its "
+                                f"package `{folder}`, which this checkout holds without {lacks}: the sdist ships the "
+                                "suite incomplete, and a run of it fails the same way; the maintainers' own run, in "
+                                "their repository, has the package whole. Mine the repository (a git URL) instead. "
+                                f"{rejected.detail}")
     if _NETWORK_ERRORS.search(rejected.detail):
         url = re.search(r"https?://[^\s'\"]+", rejected.detail)
         return RepoRejected("needs_network", "the suite reaches the network while pytest collects it"
