@@ -10,7 +10,7 @@ import secrets
 
 import pytest
 
-from trajfactory.executors.helper_rules import compared_params, counted_varargs, helper_target
+from trajfactory.executors.helper_rules import compared_params, converted_params, counted_varargs, helper_target
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import mutate, spot_of
 
@@ -303,3 +303,47 @@ def test_a_helper_known_by_its_name_keeps_its_tolerance():
     spot = spot_of(test_x, targets(["test_x"]))
     assert spot.kind == "wrap" and ast.unparse(spot.node) == "g()"
     assert ast.unparse(spot_of(test_y, targets(["test_y"])).node) == "'x'"  # a required parameter's constant
+
+
+# sqlglot's helper, as tests/test_diff.py writes it: both sides converted to sets
+DELTA = '''
+class TestDiff(unittest.TestCase):
+    def _validate_delta_only(self, actual_delta, expected_delta):
+        self.assertEqual(set(actual_delta), set(expected_delta))
+'''
+
+
+def test_a_helper_that_compares_through_a_converter_gets_its_argument_wrapped():
+    """sqlglot 30.31's `_validate_delta_only` compares `set(actual)` with `set(expected)`: the forgery that passes
+    every failure but the canaries' passed verification on a `sqlglot/diff.py` task, whose failing tests all end in
+    it (`bench/verifier_audit.py --forgery`). Its arguments are now compared through the converter, and a mutant
+    wraps one in a tuple, never changes a constant of it (`set("ab" + "a")` is `set("ab")`)."""
+    helper = ast.parse(DELTA).body[0].body[0]
+    assert compared_params(helper) == converted_params(helper) == {"actual_delta", "expected_delta"}
+    for source in ("def h(self, a, b):\n    set = frozenset\n    self.assertEqual(set(a), b)\n",  # not the builtin
+                   "def h(self, a, list):\n    self.assertEqual(list(a), 1)\n",
+                   "def h(self, a, b):\n    self.assertEqual(sorted(a, key=len), b)\n",  # a key may equate values
+                   "def h(self, a, b):\n    self.assertEqual(len(a), b)\n"):  # no converter: many values, one length
+        assert compared_params(ast.parse(source).body[0]) - {"b"} == set(), source
+    import unittest
+
+    class Delta(unittest.TestCase):
+        pass
+
+    for expected in ("[('x', 1), ('y', 2)]", "'yx'"):
+        source = f"def test_x(self):\n    self._validate_delta_only(made(), {expected})\n"
+        spot = spot_of(ast.parse(source).body[0], lambda call: helper_target(call, helper, True))
+        assert spot is not None and spot.kind == "wrap", source
+        mutant = "".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))
+        made = (lambda: [("y", 2), ("x", 1)]) if expected.startswith("[") else (lambda: "xy")
+        scope = {"made": made}
+        exec(compile(DELTA.replace("unittest.TestCase", "object"), "<helper>", "exec"), scope)
+        for name, text in (("original", source), ("mutant", mutant)):
+            exec(compile(text, f"<{name}>", "exec"), scope)
+            case = type("Case", (Delta,), {"_validate_delta_only": scope["TestDiff"]._validate_delta_only,
+                                            "test_x": scope["test_x"]})("test_x")
+            if name == "original":
+                case.test_x()  # passes
+            else:
+                with pytest.raises((AssertionError, TypeError)):
+                    case.test_x()

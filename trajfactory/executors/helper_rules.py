@@ -54,11 +54,34 @@ def _returns_before(func: Def, i: int) -> bool:
     return any(isinstance(n, ast.Return) for earlier in func.body[:i] for n in ast.walk(earlier))
 
 
-def compared_params(func: Def) -> set[str]:
+_CONVERTERS = ("set", "frozenset", "sorted", "list", "tuple")
+"""Builtins a helper may compare a parameter through (`assertEqual(set(actual), set(expected))`: sqlglot's
+`_validate_delta_only`): a one-element tuple of the value converts to something else (`set(([a, b],))` raises, and
+`list(("ab",))` is `["ab"]`, not `["a", "b"]`), where a changed constant may not (`set("ab" + "a")` is `set("ab")`)."""
+
+
+def _side_param(side: ast.expr) -> tuple[str, bool] | None:
+    """(the parameter name, whether through a converter) of one side of an equality: `p` or `set(p)`, else None."""
+    if isinstance(side, ast.Name):
+        return side.id, False
+    if isinstance(side, ast.Call) and isinstance(side.func, ast.Name) and side.func.id in _CONVERTERS and \
+            len(side.args) == 1 and not side.keywords and isinstance(side.args[0], ast.Name):
+        return side.args[0].id, True
+    return None
+
+
+def converted_params(func: Def) -> set[str]:
+    """Those of `compared_params(func)` that it compares through a converter (`_CONVERTERS`): a mutant wraps their
+    argument, never changes a constant of it."""
+    return compared_params(func, converted=True)
+
+
+def compared_params(func: Def, converted: bool = False) -> set[str]:
     """The parameters of the helper `func` that it only compares: each is read once, as one side of an equality that a
-    statement of the helper's own body asserts, is never bound again, and no `return` comes before that statement (so
-    a call that returned has asserted it). None for a decorated helper or a generator, whose call may not run its
-    body as written."""
+    statement of the helper's own body asserts (itself, or converted as a whole: `set(p)`, `_CONVERTERS`), is never
+    bound again, and no `return` comes before that statement (so a call that returned has asserted it); with
+    `converted`, only those compared through a converter. None for a decorated helper or a generator, whose call may
+    not run its body as written."""
     if func.decorator_list or any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(func)):
         return set()
     args = func.args
@@ -78,10 +101,18 @@ def compared_params(func: Def) -> set[str]:
     for i, stmt in enumerate(func.body):
         sides = _compared(stmt)
         for side in sides:
-            if isinstance(side, ast.Name) and side.id in names and loads.get(side.id) == 1 and \
-                    not _returns_before(func, i):
-                out.add(side.id)
+            found = _side_param(side)
+            if found and found[0] in names and loads.get(found[0]) == 1 and not _returns_before(func, i) and \
+                    (found[1] or not converted) and not (found[1] and _converter_shadowed(func)):
+                out.add(found[0])
     return out
+
+
+def _converter_shadowed(func: Def) -> bool:
+    """Whether `func` binds a converter's name itself (then `set(p)` may be anything)."""
+    return any(isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load) and n.id in _CONVERTERS
+               for n in ast.walk(func)) or any(a.arg in _CONVERTERS for a in ast.walk(func.args)
+                                              if isinstance(a, ast.arg))
 
 
 def or_params(func: Def) -> dict[str, str]:
@@ -267,11 +298,12 @@ def helper_target(call: ast.Call, func: Def, bound: bool, donor: Callable[[int],
     positional = [a.arg for a in [*func.args.posonlyargs, *func.args.args]][1 if bound else 0:]
     if len(call.args) > len(positional) and func.args.vararg is None:
         return None
-    params = compared_params(func)
+    params, converted = compared_params(func), converted_params(func)
     given = [(positional[i], a) for i, a in enumerate(call.args[:len(positional)])]
     given += [(k.arg, k.value) for k in call.keywords]
     compared = [value for name, value in given if name in params]
-    constant = next((v for v in compared if isinstance(v, ast.Constant) and v.lineno == v.end_lineno
+    constant = next((v for name, v in given if name in params and name not in converted and
+                     isinstance(v, ast.Constant) and v.lineno == v.end_lineno
                      and isinstance(v.value, (int, float, str, bytes))), None)
     if constant is not None or compared:
         return ("constant", constant) if constant is not None else ("wrap", compared[0])
