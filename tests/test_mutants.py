@@ -109,7 +109,10 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    with pytest.raises(\n            ValueError):\n        f(-1)\n",
 ])
 def test_no_mutant_where_a_passing_original_does_not_show_the_assertion_held(source):
-    assert spot_of(_node(source)) is None
+    """The assertion gets no mutant of its own. A last loop of one `assert` over what may be empty gets the mutant
+    that asserts the opposite of all it asserts at once (`every`), which holds however many times it ran."""
+    spot = spot_of(node := _node(source))
+    assert spot is None or spot.kind == "all" and spot.node is node.body[-1], source
 
 
 def test_only_the_constant_changes_and_columns_count_bytes():
@@ -190,8 +193,46 @@ def test_a_wrapped_argument_fails_an_equality_helper_where_the_original_passes()
 
 
 def test_a_last_loop_without_a_spot_leaves_the_assertion_before_it():
-    source = "def test_x():\n    assert f() == g()\n    for c in f():\n        assert c\n"
+    source = "def test_x():\n    assert f() == g()\n    for c in f():\n        h(c)\n        assert c\n"
     assert ast.unparse(ast.parse(_mutant(source)).body[0].body[0]) == "assert not f() == g()"
+
+
+@pytest.mark.parametrize("source,mutant", [
+    # sqlparse 0.6.1's `test_stmt_tokens_parents`: a loop over what the test built, which may be empty
+    ("def test_x():\n    stmt = parse(s)[0]\n    for token in stmt.tokens:\n        assert token.has_ancestor(stmt)\n",
+     "assert not all((token.has_ancestor(stmt) for token in stmt.tokens))"),
+    ("def test_x(self):\n    for a, (b, *c) in self.made():\n        for d in c:\n            assert a < d, 'why'\n",
+     "assert not all((a < d for a, (b, *c) in self.made() for d in c))"),
+])
+def test_a_last_loop_over_built_data_asserts_the_opposite_of_all_at_once(source, mutant):
+    """The copy fails wherever the loop passed, however many times it ran, none included."""
+    spot = spot_of(_node(source))
+    assert spot is not None and spot.kind == "all"
+    made = ast.parse(_mutant(source)).body[0]
+    assert ast.unparse(made.body[-1]) == mutant and len(made.body) == len(_node(source).body)
+
+    def check(items):  # `for x in made(): assert x > 0` and its mutant, run
+        scope = {"made": lambda: iter(items)}
+        text = "def test_x():\n    for x in made():\n        assert x > 0\n"
+        exec(compile(text, "<original>", "exec"), scope)
+        exec(compile(_mutant(text).replace("def test_x", "def mutant_x"), "<mutant>", "exec"), scope)
+        for name in ("test_x", "mutant_x"):
+            try:
+                scope[name]()
+            except AssertionError:
+                yield name, False
+            else:
+                yield name, True
+
+    for items in ([], [1, 2], [3], [1, -1], [-1]):
+        got = dict(check(items))
+        assert got["test_x"] != got["mutant_x"], items  # one passes where the other fails
+    for source in ("def test_x():\n    for x in f():\n        assert x\n    else:\n        pass\n",  # an `else`
+                   "def test_x():\n    for self.x in f():\n        assert g()\n",  # no plain target
+                   "def test_x():\n    for x in f():\n        assert super().g(x)\n",  # sees its own scope
+                   "async def test_x():\n    for x in f():\n        assert await g(x)\n",
+                   "def test_x():\n    for x in f():\n        assert (y := x)\n"):
+        assert spot_of(_node(source)) is None, source
 
 
 @pytest.mark.parametrize("source,mutant", [

@@ -21,7 +21,9 @@ the failing test with its last assertion turned against it:
   (`self.flakes(source)`, no message expected) gets the item other calls of the helper in its module give most often;
   one that compares each value of a dict it is given (sqlglot's `self.validate_all(sql, write={"spark": "..."})`)
   gets the first string among the values changed (else the first value wrapped), and a call that gives no such
-  dict gets one (`write={"spark": (sql,)}`).
+  dict gets one (`write={"spark": (sql,)}`);
+- a last loop of one `assert` over what the test built, which may be empty, asserts the opposite of all of it at once
+  (`assert not all(t.has_ancestor(stmt) for t in stmt.tokens)`: `every`).
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -76,7 +78,7 @@ class Spot:
     unittest assertion's method name (to swap for its opposite) or an equality helper's argument (to wrap in a
     tuple)."""
 
-    kind: str  # "constant", "negate", "opposite", "raises", "call", "wrap", "repeat" or "add"
+    kind: str  # "constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add" or "all"
     node: ast.AST
     text: str = ""
     """What an "add" puts after `node`, an argument of a helper that only compares its `*args`."""
@@ -267,7 +269,41 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
             return _spot(stmt, helper, node)
         if stmt is node.body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
             return spot
+        if stmt is node.body[-1] and every(stmt) is not None:
+            return Spot("all", stmt)
     return None
+
+
+_NOT_IN_A_GENERATOR = ("super", "locals", "vars", "eval", "exec", "dir")
+"""Calls that see the scope they are made in: a generator expression is a scope of its own."""
+
+
+def _plain_target(target: ast.expr) -> bool:
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return all(_plain_target(t.value if isinstance(t, ast.Starred) else t) for t in target.elts)
+    return isinstance(target, ast.Name)
+
+
+def every(loop: ast.stmt) -> tuple[ast.expr, list[tuple[ast.expr, ast.expr]]] | None:
+    """(the asserted test, each loop's (target, iterable), outermost first) of `loop` where it is a chain of `for`
+    loops, each of one statement and no `else`, ending in one `assert`: a loop over what the test built, which may be
+    empty. Its mutant asserts the opposite of all the loop asserts at once (`for t in stmt.tokens: assert
+    t.has_ancestor(stmt)` becomes `assert not all(t.has_ancestor(stmt) for t in stmt.tokens)`), which fails wherever
+    the loop passed, however many times it ran (sqlparse 0.6.1's `test_stmt_tokens_parents`). None where the
+    generator expression could differ from the loop: a target that is no plain name, an `await`, `yield` or `:=`, or
+    a call that sees its own scope (`super()`, `locals()`)."""
+    chain = []
+    while isinstance(loop, ast.For) and not loop.orelse and len(loop.body) == 1 and _plain_target(loop.target):
+        chain.append((loop.target, loop.iter))
+        loop = loop.body[0]
+    if not chain or not isinstance(loop, ast.Assert):
+        return None
+    parts = [loop.test, *(it for _, it in chain)]
+    if any(isinstance(n, (ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)) or
+           isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _NOT_IN_A_GENERATOR
+           for part in parts for n in ast.walk(part)):
+        return None
+    return loop.test, chain
 
 
 def module_tests(tree: ast.Module) -> list[tuple[list[str], ast.FunctionDef | ast.AsyncFunctionDef]]:
@@ -309,6 +345,12 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
     elif spot.kind == "negate":  # the end first: on one line, the start's columns stay right
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ")")
         _put(out, start, node.lineno, node.col_offset, node.col_offset, "not (")
+    elif spot.kind == "all":  # the loop -> `assert not all(test for target in iterable ...)`, on one line
+        test, chain = every(node)
+        first = out[node.lineno - start]
+        loops = "".join(f" for {ast.unparse(target)} in {ast.unparse(it)}" for target, it in chain)
+        out[node.lineno - start:node.end_lineno - start + 1] = [
+            first[:len(first) - len(first.lstrip())] + f"assert not all({ast.unparse(test)}{loops})\n"]
     elif spot.kind == "wrap":  # `x` -> `(x,)`, the end first
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ",)")
         _put(out, start, node.lineno, node.col_offset, node.col_offset, "(")
