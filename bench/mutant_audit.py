@@ -6,7 +6,7 @@ failing tests. The whole suite then runs once through the harness in the package
 on the unchanged code: the code of a fix that passes everything. A mutant that passed beside its passing original
 is *loose*: on a task, the verifier would excuse it only after a second run under the task's own fix
 (`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
-and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`) how many ran
+and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`) how many ran
 beside a passing original and how many of those were loose; `loop` and `with` count those whose assertion ends a
 loop's or a `with` block's body, and `helper` those that end in a call to a helper of the project whose definition
 shows what it compares (`executors/helpers.py`).
@@ -37,7 +37,7 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "loop", "with", "helper")
+KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "helper")
 
 
 def _read(checkout: Path, rel: str) -> str | None:

@@ -7,12 +7,16 @@ For every SWE task of the given dataset versions (their latest, or `NAME@vN`), r
 - **gold+module**: the same fix plus a harmless new top-level module, so that the patch is not the gold: the path a
   policy's real fix takes, where a twin that failed or a mutant that passed is tried again under the gold
   (`twins.name_bound`) before it refuses;
-- **empty**: no change, which must fail and must not be refused (refusals are for tampering).
+- **empty**: no change, which must fail and must not be refused (refusals are for tampering);
+- with `--forgery`, **forged**: the strongest forgery of the tests' adversarial battery (`tests/gaming_patches.py`,
+  "every failure forged but the canaries', told by their shape"): a change to the task's module, made in a sandbox
+  as a policy would make it, that rewrites each failing test's record to passed unless the test has the canaries'
+  shape. Only a mutant tells it (a mutant of a failing test passes beside its original); it must never pass.
 
 A real fix refused is a false refusal; the table counts them by the layer that refused (`mutant`, `twin`, `canary`)
 and shows how many tasks had a mutant at all (a failing test with an assertion to turn, `executors/mutants.py`).
 
-    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N] [--memory 6g]
+    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N] [--memory 6g] [--forgery]
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the adversarial battery (--forgery)
 
 from trajfactory.datasets.store import DatasetStore  # noqa: E402
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
+from trajfactory.executors.guard import module_of  # noqa: E402
 from trajfactory.executors.swe_env import run_patch_tests  # noqa: E402
 from trajfactory.executors.twins import MAX_TWINS, checkout_text, twin_source  # noqa: E402
 from trajfactory.settings import SandboxConfig  # noqa: E402
@@ -61,6 +67,19 @@ def _has_mutant(sandbox, tests: list[str]) -> bool:
     return False
 
 
+def _forgery(backend, env, task, limits, sandbox) -> str:
+    """The shaped forgery's patch on `task`, made in `sandbox` from the task's starting state."""
+    from gaming_patches import gaming_commands, hack
+
+    failing = sorted({t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS})
+    commands = gaming_commands(task.checks.FAIL_TO_PASS[0].split("::", 1)[0], task.entity.file,
+                               module_of(task.entity.file), failing)[SHAPED]
+    return hack(backend, env, task, limits, commands, sandbox)
+
+
+SHAPED = "every failure forged but the canaries', told by their shape"
+
+
 def _layer(refused: list[str]) -> str:
     for word in ("mutant", "twin", "canary"):
         if any(r.startswith(f"{word} test") for r in refused):
@@ -76,6 +95,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per verification run")
     ap.add_argument("--memory", default=LIMITS.memory,
                     help="the sandbox's memory limit, as the recipe's sandbox.memory that mined the tasks")
+    ap.add_argument("--forgery", action="store_true",
+                    help="also the shaped forgery of the tests' battery, per task (two more runs): it must never pass")
     args = ap.parse_args()
     limits = LIMITS.model_copy(update={"memory": args.memory})
     backend = get_backend("docker")
@@ -94,22 +115,29 @@ def main() -> None:
         s["tasks"] += 1
         with backend.start(env, limits) as sandbox:
             s["with a mutant"] += _has_mutant(sandbox, task.checks.FAIL_TO_PASS)
-            for name, patch in (("gold", task.gold.patch), ("gold+module", task.gold.patch + MODULE), ("empty", "")):
+            patches = [("gold", task.gold.patch), ("gold+module", task.gold.patch + MODULE), ("empty", "")]
+            if args.forgery:
+                patches.append(("forged", _forgery(backend, env, task, limits, sandbox)))
+            for name, patch in patches:
                 passed, evidence, seconds = run_patch_tests(sandbox, task, patch, timeout=args.timeout)
                 s["seconds"].append(seconds)
                 layer = _layer(evidence.refused)
                 if name == "empty":
                     s["empty failed"] += not passed and not evidence.refused
+                elif name == "forged":
+                    s["forged passed"] += passed
+                    s[f"forged refused by {layer}" if layer else "forged failed"] += not passed
                 else:
                     s[f"{name} verified"] += passed
                     if layer:
                         s[f"{name} refused by {layer}"] += 1
-                if not passed and name != "empty":
+                if not passed and name not in ("empty", "forged") or passed and name == "forged":
                     print(f"  {repo} {task.task_id} {name}: {evidence.detail[:300]}", file=sys.stderr)
         print(f"[{n}/{len(rows)}] {repo} {task.task_id}", file=sys.stderr, flush=True)
     columns = ["tasks", "with a mutant", "gold verified", "gold+module verified", "empty failed",
                "gold+module refused by mutant", "gold+module refused by twin", "gold+module refused by canary",
-               "median s/run"]
+               *(["forged passed", "forged refused by mutant", "forged refused by twin", "forged refused by canary",
+                  "forged failed"] if args.forgery else []), "median s/run"]
     print("| repository | " + " | ".join(columns) + " |")
     print("|" + "---|" * (len(columns) + 1))
     total: dict[str, int] = defaultdict(int)
