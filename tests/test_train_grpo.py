@@ -242,8 +242,10 @@ def test_a_lora_policy_reaches_the_vllm_server_merged_at_every_sync(tiny_model):
                     p.mul_(-1.0)
         second = gen.sync(lm, step=2)
     for s in (first, second):
-        assert s["probe_max_abs_diff"] < 1e-3
-    assert abs(second["probe_logprob_server"] - first["probe_logprob_server"]) > 1e-3
+        # the server runs the merged weights, the trainer the adapters beside them: float32 sums in another order
+        # (~3e-5 here, 2.2e-3 seen once on 2 busy cores), far under what the adapters' change moves (0.09)
+        assert s["probe_max_abs_diff"] < 1e-2
+    assert abs(second["probe_logprob_server"] - first["probe_logprob_server"]) > 1e-2
 
 
 def test_bad_inputs_name_what_was_wrong(tiny_model, tmp_path):
