@@ -128,28 +128,24 @@ def pytest_xdist_make_scheduler(config, log):
                     self.workqueue.move_to_end(unit)
             super()._assign_work_unit(node)
 
-    config.stash[_SPENT] = {}  # this controller records the modules' times
+    _SPENT.clear()
+    _SPENT["recording"] = {}  # this controller records the modules' times
     return ModuleGroups(config, log)
 
 
-_SPENT = pytest.StashKey[dict]()
-_CONFIG: list = []
-
-
-def pytest_configure(config):
-    _CONFIG[:] = [config]
+_SPENT: dict[str, dict[str, float]] = {}
+"""`recording`: each module's seconds so far, on the controller of a `--dist loadscope` session only."""
 
 
 def pytest_runtest_logreport(report):
     """On the controller of a `--dist loadscope` session (the whole suite, scripts/test.sh): each module's seconds."""
-    spent = _CONFIG[0].stash.get(_SPENT, None) if _CONFIG else None
-    if spent is not None:
+    if (spent := _SPENT.get("recording")) is not None:
         spent[_module(report.nodeid)] = spent.get(_module(report.nodeid), 0.0) + report.duration
 
 
 def pytest_sessionfinish(session, exitstatus):
     """A whole-suite session that ran to its end (passed or with failures) records its modules' times for the next."""
-    spent = session.config.stash.get(_SPENT, None)
+    spent = _SPENT.get("recording")
     if not spent or exitstatus not in (0, 1):
         return
     merged = {**known_durations(), **{m: round(s, 1) for m, s in spent.items()}}
