@@ -67,8 +67,8 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    for c in CASES:\n        if c:\n            continue\n        assert g(c) == 4\n",
     "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    else:\n        f()\n",
     "def test_x():\n    for c in CASES:\n        assert g(c) == 4\n    f()\n",
-    # an inner loop over what the outer one walks: maybe empty
-    "def test_x():\n    for c in CASES:\n        for d in c:\n            assert g(d) == 4\n",
+    # an inner loop over what the outer one's target holds, once that target is bound again: built by the code
+    "def test_x():\n    for c in CASES:\n        c = f(c)\n        for d in c:\n            assert g(d) == 4\n",
     "def test_x():\n    for c in CASES:\n        for d in CASES:\n            if d:\n                break\n"
     "            assert g(d) == 4\n",
     # a collection the test writes as a literal but may change or empty: no mutant
@@ -84,6 +84,7 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    with open(p), suppress(KeyError):\n        assert f() == 4\n",
     "def test_x():\n    with self.subTest(c):\n        assert f() == 4\n        g()\n",
     "def test_x():\n    if skip():\n        return\n    assert f() == 4\n",  # an early return
+    "def test_x():\n    assert f() == 4\n    return f\n",  # a value returned
     "@pytest.mark.xfail\ndef test_x():\n    assert f() == 4\n",  # expected to fail
     # the call form with keywords (which may be the assertion's own), on two lines, or of another `raises`
     "def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n",
@@ -156,6 +157,10 @@ def test_only_the_constant_changes_and_columns_count_bytes():
      "assert not f(a, b) == g()", "negate"),
     ("def test_x(self):\n    for a in (1, 2):\n        with self.subTest(a=a):\n            for b in range(3):\n"
      "                self.assertTrue(f(a, b))\n", "self.assertFalse(f(a, b))", "opposite"),
+    # an inner loop over what the outer one's target holds (docutils' `for name, cases in totest.items():`)
+    ("def test_x():\n    for c in CASES:\n        for d in c:\n            assert g(d)\n", "assert not g(d)", "negate"),
+    # a bare `return` that ends the body is its end (argcomplete's `test_directory_completion`)
+    ("def test_x():\n    with open(p):\n        assert f() == g()\n    return\n", "assert not f() == g()", "negate"),
     # a collection the test writes once, as a literal, and reads only in the loop's header
     ("def test_x():\n    units = ['s', 'm']\n    x = f()\n    for u in units:\n        assert x(u) == g(u)\n",
      "assert not x(u) == g(u)", "negate"),
@@ -166,7 +171,7 @@ def test_helpers_and_loops_over_fixed_collections(source, mutant, kind):
     spot = spot_of(_node(source))
     assert spot is not None and spot.kind == kind, source
     out = ast.parse(_mutant(source)).body[0]
-    last = out.body[-1]
+    last = out.body[-2] if isinstance(out.body[-1], ast.Return) else out.body[-1]
     while isinstance(last, (ast.For, ast.With)):
         last = last.body[-1]
     if mutant is not None:

@@ -36,7 +36,7 @@ from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
 
-from gaming_patches import gaming_commands, hack
+from gaming_patches import HELPER, SHAPED, gaming_commands, hack
 from mining import LIMITS, mine
 
 pytestmark = pytest.mark.docker
@@ -94,10 +94,6 @@ def test_no_mutant_passes_beside_its_original_on_a_real_suite(docker_backend, mi
             loose.append((test, run.outcomes.get(made[base] + bracket + params, "missing")))
     assert loose == [] and checked >= sum(kinds.values()), (loose[:10], checked)
     assert all(kind_of[k] >= n for k, n in kinds.items()), kind_of
-
-
-SHAPED = "every failure forged but the canaries', told by their shape"
-HELPER = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
 
 
 @pytest.mark.parametrize("uri,files,helped", [

@@ -279,20 +279,6 @@ def test_a_suite_run_as_scripts_is_collected(docker_backend, mirrors):
 
 
 @pytest.mark.docker
-def test_a_script_suite_keeps_its_file_descriptors(docker_backend, mirrors, tmp_path):
-    """argcomplete 3.7.2's library writes to file descriptors 8 and 9 where they are open, and closes them, as its
-    shell hook hands them over (`9>&2`). Under pytest's descriptor capture they were the capture's own files: no test
-    passed ("lost sys.stderr"), `no_passing_tests`. Its maintainers run `./test/test.py` as a script, which leaves the
-    descriptors to the tests, and so does the harness now (`--capture=sys`). Then every gold proof failed (11 of 11
-    in sweep 36): the warm test worker's collected session held descriptors of its own there, which the tests
-    closed. The harness's and the worker's descriptors now sit at 10 and above, as a shell's own do."""
-    mined = mine(docker_backend, mirrors, tmp_path, "pypi:argcomplete==3.7.2", ("argcomplete/finders.py",), n=2)
-    ours = [t for t in mined.ref.passing if t.startswith("test/test.py::TestArgcomplete::")]
-    assert len(ours) >= 30, sorted(mined.ref.passing)
-    assert mined.tasks and all(v.passed for v in mined.verdicts)  # proven in the worker's collected session
-
-
-@pytest.mark.docker
 def test_a_suite_named_on_the_command_line_is_mined(docker_backend, mirrors, tmp_path):
     """texttable 1.7.2 keeps its tests in `tests.py` and names it in its tox command; it was quarantined no_tests."""
     mined = mine(docker_backend, mirrors, tmp_path, "pypi:texttable==1.7.2", ("texttable.py",), n=3)

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
+from gaming_patches import SHAPED
 from pypi_index_server import PackageIndex
 from test_pypi_latest import NAME, publish
 from trajfactory import executors
@@ -176,5 +177,5 @@ def test_a_suite_pinned_to_pytest_5_is_mined_and_verified_on_python_39(py39, mir
     # file and the failing tests' mutants refuse it instead
     aimed = results["the failing tests' records forged in place past the scan, the canaries left alone"][1]
     assert aimed.refused and all(r.startswith(("canary test ", "mutant test ")) for r in aimed.refused), aimed
-    shaped = results["every failure forged but the canaries', told by their shape"][1]
+    shaped = results[SHAPED][1]
     assert shaped.refused and all(r.startswith("mutant test ") for r in shaped.refused), shaped

@@ -21,7 +21,7 @@ from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
 
-from gaming_patches import QUOTED_NAME, forged_aimed_at, gaming_commands, hack, shell_quote
+from gaming_patches import HELPER, QUOTED_NAME, SHAPED, forged_aimed_at, gaming_commands, hack, shell_quote
 
 LIMITS = SandboxConfig(memory="1g", cpus=1, pids=256, command_timeout_s=120)
 
@@ -52,7 +52,7 @@ def test_gold_passes_and_empty_fails_under_the_guard(docker_backend, task_env):
         passed, evidence, _ = run_patch_tests(sandbox, task, "")
         assert not passed and not evidence.refused
         # a fix may add a top-level module of its own: only one named like a module found elsewhere shadows it
-        helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+        helper = HELPER
         passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + helper)
         assert passed and not evidence.refused, evidence
 
@@ -135,7 +135,7 @@ def test_every_gaming_patch_is_refused(docker_backend, task_env):
     assert "not counted" not in silenced.detail, silenced
     # every failure forged but the canaries', which keep their true outcomes: the failing tests pass and so do their
     # twins, but their mutants (copies whose last assertion is turned against them) pass too
-    shaped = results["every failure forged but the canaries', told by their shape"][1]
+    shaped = results[SHAPED][1]
     assert shaped.refused and all(r.startswith("mutant test ") and "no run of the code passes both" in r
                                   for r in shaped.refused), shaped
     shadow = results["a standard-library module shadowed at the top of the checkout"][1]
@@ -277,7 +277,7 @@ def test_a_test_bound_to_its_own_name_does_not_refuse_a_real_fix(docker_backend,
     checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], golden],
                                             "PASS_TO_PASS": []})
     bound = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
-    helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+    helper = HELPER
     failing = sorted({t.split("::")[-1].split("[")[0] for t in checks.FAIL_TO_PASS})
     aimed = forged_aimed_at("t.split('::')[-1].split('[')[0] in " + repr(failing))
     forgery = hack(docker_backend, env, bound, LIMITS,
@@ -350,7 +350,7 @@ def test_a_test_bound_to_its_place_does_not_refuse_a_real_fix(docker_backend, ta
     checks = task.checks.model_copy(update={"FAIL_TO_PASS": [task.checks.FAIL_TO_PASS[0], first, held],
                                             "PASS_TO_PASS": [leaves]})
     bound = task.model_copy(update={"bug_patch": task.bug_patch + made.output, "checks": checks})
-    helper = "--- /dev/null\n+++ b/tf_fix_helper.py\n@@ -0,0 +1 @@\n+VALUE = 1\n"
+    helper = HELPER
     with docker_backend.start(env, LIMITS) as sandbox:
         passed, evidence, _ = run_patch_tests(sandbox, bound, task.gold.patch + helper)  # a real fix, not the gold
     assert passed and not evidence.refused, evidence

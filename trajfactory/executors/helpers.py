@@ -27,6 +27,7 @@ from typing import Callable
 
 from trajfactory.executors.helper_rules import (Def, Target, defaulted_args, donor_argument, donor_key,
                                                 helper_target)
+from trajfactory.executors.mutant_loops import own_code
 from trajfactory.runtime import parse_python
 
 Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
@@ -129,6 +130,27 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
                 return result
         return None
 
+    def passing(test: list[str], expr: ast.expr) -> bool:
+        """Whether the `with` item `expr` of the test at `test` enters a context manager of the checkout whose
+        definition lets an exception of its block through (`lets_through`): a class's (`TempDir(prefix="t")`, its
+        `__exit__` found on it or a base the checkout defines) or a `@contextmanager` function's, of the module or
+        of the test's class (`self.cwd(path)`)."""
+        func = expr.func if isinstance(expr, ast.Call) else None
+        if isinstance(func, ast.Name) and func.id not in _local_names(tree, test):
+            got = find(func.id, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef), tree, path, 0)
+            if got is None:
+                return False
+            if isinstance(got[0], ast.ClassDef):
+                leave = method(got[0], "__exit__", got[2], got[1], 0)
+                return isinstance(leave, ast.FunctionDef) and lets_through(leave, exit=True)
+            return isinstance(got[0], ast.FunctionDef) and lets_through(got[0], exit=False)
+        if len(test) == 2 and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and \
+                func.value.id == "self":
+            classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
+            found = method(classes[-1], func.attr, tree, path, 0) if classes else None
+            return isinstance(found, ast.FunctionDef) and lets_through(found, exit=False)
+        return False
+
     def resolve(test: list[str], call: ast.Call) -> tuple[Def, bool] | None:
         func = call.func
         if isinstance(func, ast.Name):
@@ -143,7 +165,33 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
             return (found, True) if isinstance(found, ast.FunctionDef) else None
         return None
 
+    resolve.passing = passing
     return resolve
+
+
+def _returns_nothing(func: ast.FunctionDef) -> bool:
+    """Whether each `return` of `func`'s own code gives nothing, `None` or `False`."""
+    return all(r.value is None or isinstance(r.value, ast.Constant) and r.value.value in (None, False)
+               for r in own_code(func) if isinstance(r, ast.Return))
+
+
+def lets_through(func: ast.FunctionDef, exit: bool) -> bool:
+    """Whether a context manager's definition lets an exception of the block it manages through: for an `__exit__`
+    (`exit`), one with no decorator whose every `return` gives nothing, `None` or `False` (argcomplete's `TempDir`:
+    `os.chdir(self.old_dir); shutil.rmtree(self.tmp_dir)`); for a generator function, one decorated `@contextmanager`
+    alone with no `return` (which would end it quietly) and no `yield` inside a `try` that has handlers or a `with`
+    block (either may swallow what is thrown in at the `yield`). Anything else may swallow it (`contextlib.suppress`,
+    a manager that logs and returns True), and an assertion in its block is left alone."""
+    if exit:
+        return not func.decorator_list and _returns_nothing(func) and not any(
+            isinstance(n, (ast.Yield, ast.YieldFrom)) for n in own_code(func))
+    if [getattr(d, "attr", getattr(d, "id", None)) for d in func.decorator_list] != ["contextmanager"]:
+        return False
+    yields = [n for n in own_code(func) if isinstance(n, (ast.Yield, ast.YieldFrom))]
+    guards = [n for n in own_code(func) if isinstance(n, (ast.With, ast.AsyncWith)) or
+              isinstance(n, ast.Try) and n.handlers or type(n).__name__ == "TryStar"]
+    return len(yields) == 1 and not any(isinstance(n, ast.Return) for n in own_code(func)) and not any(
+        y in ast.walk(g) for g in guards for y in yields)
 
 
 def mutant_targets(tree: ast.Module, path: str,
@@ -166,5 +214,6 @@ def mutant_targets(tree: ast.Module, path: str,
             return defaulted_args(call, *found) if found is not None else set()
 
         target.defaulted = defaulted  # what `mutants._spot` leaves alone in a helper known by its name
+        target.passing = lambda expr: resolve.passing(test, expr)  # a `with` of the project's that `_spot` enters
         return target
     return for_test

@@ -27,11 +27,14 @@ the failing test with its last assertion turned against it:
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
-`if` or a `with`), in a body with no `return` of its own, so a run in which the original passed evaluated it and
-found it true. A loop counts where it is the body's last statement, its own last statement is the assertion (or
+`if`, nor under a `with` whose manager may swallow a failure: unittest's, mock's and pytest's let it through, and so
+does a manager of the checkout whose definition shows it, `helpers.lets_through`, as argcomplete's `TempDir`), in a
+body with no `return` of its own (a bare one that ends it aside), so a run in which the original passed evaluated it
+and found it true. A loop counts where it is the body's last statement, its own last statement is the assertion (or
 such a loop: loops nest), it has no `break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
-of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there): it
-ran at least once under the task's fix if the mutant failed there. The copy evaluates the same,
+of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there, or
+the target of an outer such loop, as docutils' `for name, cases in totest.items(): for case in cases:`): it runs as
+many times under any patch, so it ran at least once under any patch if the mutant failed under the task's fix. The copy evaluates the same,
 save where the test depends on its name, its place or what ran before it, or on an `==` that says yes to two values:
 the task's own fix shows that (`swe_env` excuses a mutant that passes under the gold patch too). A run in which a
 mutant passed beside its passing original was forged.
@@ -46,6 +49,8 @@ import ast
 import secrets
 from dataclasses import dataclass
 from typing import Callable
+
+from trajfactory.executors.mutant_loops import every, fixed, own_code
 
 _PAIRS = (("assertEqual", "assertNotEqual"), ("assertTrue", "assertFalse"), ("assertIn", "assertNotIn"),
           ("assertIs", "assertIsNot"), ("assertIsNone", "assertIsNotNone"), ("assertIsInstance", "assertNotIsInstance"),
@@ -91,7 +96,7 @@ def _constant(node: ast.AST) -> bool:
 
 
 def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None,
-          test: ast.FunctionDef | ast.AsyncFunctionDef | None = None) -> Spot | None:
+          test: ast.FunctionDef | ast.AsyncFunctionDef | None = None, outer: tuple[ast.For, ...] = ()) -> Spot | None:
     """What a mutant changes in the assertion `stmt`: the expected constant of `assert x == C` (either side) or of
     `self.assertEqual(x, C)`, when one side only is a constant; else the whole test of an `assert`, or the method of a
     unittest assertion that has an opposite; for a block that expects an exception (`with pytest.raises(E):`,
@@ -104,8 +109,10 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
             expected = stmt.items[0].context_expr
             return Spot("raises", stmt) if not (isinstance(expected, ast.Call) and expected.args and
                                                 _stops_the_run(expected.args[0])) else None
-        if all(manager_name(i.context_expr) in PASSING_MANAGERS for i in stmt.items):
-            return _last(stmt.body[-1], helper, test)
+        passing = getattr(helper, "passing", None)  # a project's own manager whose definition lets them through
+        if all(manager_name(i.context_expr) in PASSING_MANAGERS or passing is not None and passing(i.context_expr)
+               for i in stmt.items):
+            return _last(stmt.body[-1], helper, test, outer)
         return None
     if isinstance(stmt, ast.Assert):
         test = stmt.test
@@ -141,15 +148,17 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
     return None
 
 
-def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Spot | None:
+def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef | None,
+          outer: tuple[ast.For, ...] = ()) -> Spot | None:
     """The spot of `stmt`, the last statement of a body that ran (`_spot`), or of the last statement of the loop
-    `stmt` where that loop ran it at least once: it walks a fixed collection of its `test` (`_fixed`), has no `else`,
-    and no `break` or `continue` skips the end of its body. Loops nest (`for a in A: for b in B: assert ...`)."""
+    `stmt` where that loop ran it at least once: it walks a fixed collection of its `test` (`mutant_loops.fixed`), has no `else`,
+    and no `break` or `continue` skips the end of its body. Loops nest (`for a in A: for b in B: assert ...`), and an
+    inner loop may walk what an outer one's target holds (`outer`, the loops `stmt` is in)."""
     if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
-        return _spot(stmt, helper, test)
-    if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and _fixed(stmt, test) and \
-            not any(isinstance(n, (ast.Break, ast.Continue)) for n in _own(stmt)):
-        return _last(stmt.body[-1], helper, test)
+        return _spot(stmt, helper, test, outer)
+    if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and fixed(stmt, test, outer) and \
+            not any(isinstance(n, (ast.Break, ast.Continue)) for n in own_code(stmt)):
+        return _last(stmt.body[-1], helper, test, (*outer, stmt))
     return None
 
 
@@ -204,106 +213,30 @@ def _helper(call: ast.Call) -> str:
     return plain
 
 
-def _own(node: ast.AST):
-    """The nodes of a definition's own code: not those of the functions, lambdas and classes it defines."""
-    for child in ast.iter_child_nodes(node):
-        yield child
-        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            yield from _own(child)
-
-
-def _fixed(loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Whether `loop` walks a collection its test does not build: a non-empty literal, `range` of constants, or a
-    name (`CASES`, `cases.items()`, `enumerate(CASES)`) that the test neither takes as an argument nor binds."""
-    it = loop.iter
-    if isinstance(it, (ast.List, ast.Tuple, ast.Set)):
-        return bool(it.elts)
-    if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range":
-        return all(isinstance(a, ast.Constant) and isinstance(a.value, int) for a in it.args) and bool(
-            range(*[a.value for a in it.args]))
-    bound = {a.arg for a in [*test.args.posonlyargs, *test.args.args, *test.args.kwonlyargs]} | {
-        n.id for n in _own(test) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    names = [n for n in ast.walk(it) if isinstance(n, ast.Name)]
-    calls = [n for n in ast.walk(it) if isinstance(n, ast.Call)]
-    plain = all(isinstance(c.func, ast.Name) and c.func.id in ("enumerate", "zip", "sorted", "list", "reversed") or
-                isinstance(c.func, ast.Attribute) and c.func.attr in ("items", "keys", "values") for c in calls)
-    return bool(names) and plain and not any(n.id == "self" or n.id in bound and not _literal_once(n.id, loop, test)
-                                             for n in names)
-
-
-def _literal_once(name: str, loop: ast.For, test: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Whether the test binds `name` once, to a non-empty literal (`units = [1, 5]`, `cases = {"a": 1}`), in a
-    statement of its own body that comes before the one holding `loop`, and reads it only in `loop`'s header: the
-    loop walks that collection as it was written."""
-    outer = next((i for i, stmt in enumerate(test.body) if any(n is loop for n in ast.walk(stmt))), -1)
-    assigns = [i for i, stmt in enumerate(test.body[:max(outer, 0)]) if isinstance(stmt, ast.Assign)
-               and [getattr(t, "id", None) for t in stmt.targets] == [name]]
-    if len(assigns) != 1:
-        return False
-    value = test.body[assigns[0]].value
-    if not (isinstance(value, (ast.List, ast.Tuple, ast.Set)) and value.elts and
-            not any(isinstance(e, ast.Starred) for e in value.elts) or
-            isinstance(value, ast.Dict) and value.keys and None not in value.keys):
-        return False
-    header = {id(n) for n in ast.walk(loop.iter)}
-    uses = [n for n in ast.walk(test) if isinstance(n, ast.Name) and n.id == name]
-    return all(id(n) in header if isinstance(n.ctx, ast.Load) else n is test.body[assigns[0]].targets[0]
-               for n in uses) and not any(isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names
-                                          for n in ast.walk(test))
-
-
 def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
             helper: Callable[[ast.Call], tuple[str, ast.expr] | None] | None = None) -> Spot | None:
     """Where a mutant of the test `node` changes it: its last assertion among the statements of its own body
     (`_spot`). None where it has none, where its body returns early anywhere, or where it is marked to fail
     (`xfail`): there, a passing original does not show that the assertion ran and held. `helper`: for a call to a
     helper of the project that no rule here knows by name, the kind of change and the argument its definition shows
-    (`helper_rules.helper_target`), if any."""
-    if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) for n in _own(node)):
+    (`helper_rules.helper_target`), if any. A bare `return` that ends the body is its end (argcomplete's
+    `test_directory_completion`)."""
+    end = node.body[-1] if len(node.body) > 1 and isinstance(node.body[-1], ast.Return) and \
+        node.body[-1].value is None else None
+    body = node.body[:-1] if end is not None else node.body
+    if any(isinstance(n, (ast.Return, ast.Yield, ast.YieldFrom)) and n is not end for n in own_code(node)):
         return None
     if any(isinstance(n, (ast.Name, ast.Attribute)) and getattr(n, "attr", getattr(n, "id", "")) == "xfail"
            for d in node.decorator_list for n in ast.walk(d)):
         return None
-    for stmt in reversed(node.body):
+    for stmt in reversed(body):
         if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
             return _spot(stmt, helper, node)
-        if stmt is node.body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
+        if stmt is body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
             return spot
-        if stmt is node.body[-1] and every(stmt) is not None:
+        if stmt is body[-1] and every(stmt) is not None:
             return Spot("all", stmt)
     return None
-
-
-_NOT_IN_A_GENERATOR = ("super", "locals", "vars", "eval", "exec", "dir")
-"""Calls that see the scope they are made in: a generator expression is a scope of its own."""
-
-
-def _plain_target(target: ast.expr) -> bool:
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return all(_plain_target(t.value if isinstance(t, ast.Starred) else t) for t in target.elts)
-    return isinstance(target, ast.Name)
-
-
-def every(loop: ast.stmt) -> tuple[ast.expr, list[tuple[ast.expr, ast.expr]]] | None:
-    """(the asserted test, each loop's (target, iterable), outermost first) of `loop` where it is a chain of `for`
-    loops, each of one statement and no `else`, ending in one `assert`: a loop over what the test built, which may be
-    empty. Its mutant asserts the opposite of all the loop asserts at once (`for t in stmt.tokens: assert
-    t.has_ancestor(stmt)` becomes `assert not all(t.has_ancestor(stmt) for t in stmt.tokens)`), which fails wherever
-    the loop passed, however many times it ran (sqlparse 0.6.1's `test_stmt_tokens_parents`). None where the
-    generator expression could differ from the loop: a target that is no plain name, an `await`, `yield` or `:=`, or
-    a call that sees its own scope (`super()`, `locals()`)."""
-    chain = []
-    while isinstance(loop, ast.For) and not loop.orelse and len(loop.body) == 1 and _plain_target(loop.target):
-        chain.append((loop.target, loop.iter))
-        loop = loop.body[0]
-    if not chain or not isinstance(loop, ast.Assert):
-        return None
-    parts = [loop.test, *(it for _, it in chain)]
-    if any(isinstance(n, (ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)) or
-           isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _NOT_IN_A_GENERATOR
-           for part in parts for n in ast.walk(part)):
-        return None
-    return loop.test, chain
 
 
 def module_tests(tree: ast.Module) -> list[tuple[list[str], ast.FunctionDef | ast.AsyncFunctionDef]]:
