@@ -9,7 +9,9 @@ is *loose*: on a task, the verifier would excuse it only after a second run unde
 and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`) how many ran
 beside a passing original and how many of those were loose; `loop` and `with` count those whose assertion ends a
 loop's or a `with` block's body, and `helper` those that end in a call to a helper of the project whose definition
-shows what it compares (`executors/helpers.py`).
+shows what it compares (`executors/helpers.py`). The doctests that passed in that run (where the project runs its
+modules' doctests) then each get their copy in a module of its own beside their module (`doctest` mutants,
+`executors/doctest_mutants.py`), and run once more beside them; `tests` counts them too.
 
     python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
 """
@@ -27,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
+from trajfactory.executors.doctest_mutants import doctest_parts  # noqa: E402
+from trajfactory.executors.guard import protected  # noqa: E402
 from trajfactory.executors.helpers import mutant_targets  # noqa: E402
 from trajfactory.executors.mutants import Spot, module_tests, spot_of  # noqa: E402
 from trajfactory.executors.testrun import run_tests  # noqa: E402
@@ -37,7 +41,8 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "helper")
+KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "helper",
+         "doctest")
 
 
 def _read(checkout: Path, rel: str) -> str | None:
@@ -93,8 +98,25 @@ def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig =
             made[test] = (mutant, kinds)
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)
         run = run_tests(sandbox, timeout=timeout)
-    if run.timed_out or run.results_error or not run.sealed:
-        raise SystemExit(f"{uri}: the suite did not finish with a sealed record: {run.results_error or run.exit_code}")
+        if run.timed_out or run.results_error or not run.sealed:
+            raise SystemExit(f"{uri}: the suite did not finish with a sealed record: "
+                             f"{run.results_error or run.exit_code}")
+        # the doctests that passed, each copied into a module of its own beside its module, run with their copies
+        doctests = sorted(t for t, outcome in run.outcomes.items() if outcome == "passed" and doctest_parts(t)
+                          and protected(t.partition("::")[0]) != "test file")
+        copies = write_twins(sandbox, doctests, limit=len(doctests)).mutants if doctests else {}
+        print(f"{uri}: {len(copies)} mutants of {len(doctests)} passing doctests; running them", file=sys.stderr,
+              flush=True)
+        again = run_tests(sandbox, doctests + list(copies.values()), timeout=timeout, last=list(copies.values())) \
+            if copies else None
+    count["tests"] += len(doctests)
+    for test, mutant in copies.items():
+        count["doctest"] += 1
+        if again.outcomes.get(test) == "passed":
+            count["doctest ran"] += 1
+            count["doctest loose"] += again.outcomes.get(mutant) == "passed"
+            if again.outcomes.get(mutant) == "passed":
+                print(f"  loose: {test}", file=sys.stderr)
     for test, outcome in run.outcomes.items():
         base, bracket, params = test.partition("[")
         if outcome != "passed" or base not in made:
@@ -106,7 +128,7 @@ def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig =
             count[f"{kind} loose"] += loose
             if loose:
                 print(f"  loose: {test}", file=sys.stderr)
-    count["with a mutant"] = len(made)
+    count["with a mutant"] = len(made) + len(copies)
     return count
 
 

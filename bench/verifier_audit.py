@@ -22,6 +22,7 @@ and shows how many tasks had a mutant at all (a failing test with an assertion t
 from __future__ import annotations
 
 import argparse
+import secrets
 import statistics
 import sys
 from collections import defaultdict
@@ -33,6 +34,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the ad
 from trajfactory.datasets.store import DatasetStore  # noqa: E402
 from trajfactory.executors import get_backend  # noqa: E402
 from trajfactory.executors.base import EnvironmentHandle  # noqa: E402
+from trajfactory.executors.doctest_mutants import doctest_mutant, doctest_parts  # noqa: E402
 from trajfactory.executors.guard import module_of  # noqa: E402
 from trajfactory.executors.swe_env import run_patch_tests  # noqa: E402
 from trajfactory.executors.twins import MAX_TWINS, checkout_text, twin_source  # noqa: E402
@@ -57,6 +59,10 @@ def _has_mutant(sandbox, tests: list[str]) -> bool:
     """Whether one of the first failing tests (as many as get twins) has an assertion a mutant can turn."""
     for test in tests[:MAX_TWINS]:
         path, _, rest = test.partition("::")
+        if doctest_parts(test):  # its copy goes into a module of its own (`doctest_mutants.py`)
+            if doctest_mutant(test, lambda other: checkout_text(sandbox, other), set(), secrets.SystemRandom()):
+                return True
+            continue
         try:
             made = twin_source(sandbox.read_file(path).decode("utf-8"), [rest.split("[")[0].split("::")],
                                read=lambda other: checkout_text(sandbox, other), file=path)  # as `write_twins` does

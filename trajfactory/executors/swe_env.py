@@ -104,7 +104,7 @@ def test_in_place(sandbox: Sandbox, checks: Checks, patch: str, bug_patch: str, 
     modules = sorted({m for p in guard.paths_of(kept) + guard.paths_of(bug_patch) if (m := guard.module_of(p))})
     twins = write_twins(sandbox, checks.FAIL_TO_PASS)
     canaries = write_canaries(sandbox, modules, beside=tests[0].split("::", 1)[0] if tests else "")
-    commit = only_commit(sandbox, "initial", force=[canaries.path, *(c.path for c in twins.canaries)])
+    commit = only_commit(sandbox, "initial", force=[canaries.path, *(c.path for c in twins.canaries), *twins.files])
     if commit.exit_code != 0:
         return test_verifier.not_applied(f"the buggy state could not be committed: {commit.output[-300:]}", started)
     if (err := apply_patch(sandbox, kept, "/tmp/trajfactory-final.diff")) is not None:

@@ -23,7 +23,8 @@ before the buggy state is committed, the failing tests' file gets:
 Both are committed with the buggy state, so git holds them as part of the project's file; the file keeps its
 modification time, and no line of it moves. A test the file does not define where its id says (inherited from a
 mixin, made in a loop, under an `if`, in a nested class) gets no twin; a file Python cannot parse gets neither, and
-nor does a library module whose doctests fail (the patch may change it).
+nor does a library module whose doctests fail (the patch may change it): such a doctest gets its mutant in a new
+module beside it (`doctest_mutants.py`), committed with the buggy state too (`Twins.files`).
 
 A test bound to its own name (a snapshot or cassette named after it) fails as a twin under any fix. `name_bound`
 tries such a twin (and a mutant that passed) once more under the task's own fix, without the submitted patch; a
@@ -41,6 +42,7 @@ from typing import Callable
 
 from trajfactory.executors.base import Sandbox, SandboxError, apply_patch
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
+from trajfactory.executors.doctest_mutants import doctest_parts, write_doctest_mutants
 from trajfactory.executors.guard import protected, suite_files
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import spot_of, mutate
@@ -66,7 +68,10 @@ class Twins:
     canaries: list[Canaries] = field(default_factory=list)
     """the canaries of each file"""
     mutants: dict[str, str] = field(default_factory=dict)
-    """original test id -> its mutant's id (`mutants.py`): a copy that must fail wherever the original passes"""
+    """original test id -> its mutant's id (`mutants.py`, `doctest_mutants.py`): a copy that must fail wherever the
+    original passes"""
+    files: list[str] = field(default_factory=list)
+    """the new files written (a doctest's mutant's module), committed with the buggy state"""
 
     @property
     def ids(self) -> list[str]:
@@ -359,6 +364,12 @@ def write_twins(sandbox: Sandbox, tests: list[str], limit: int = MAX_TWINS, name
                 out.mutants[test] = "::".join([path, *names[:-1], mutant]) + params
         out.canaries.append(Canaries(path=path, must_pass=[f"{path}::{t}" for t in canary.must_pass],
                                      must_fail=[f"{path}::{t}" for t in canary.must_fail]))
+    # a doctest's (in a library module, which the patch may change): its mutant in a module of its own beside it
+    doctests = [t for t in tests if doctest_parts(t) and t.partition("::")[0] not in suite and
+                protected(t.partition("::")[0]) != "test file"]
+    copies, out.files = write_doctest_mutants(sandbox, doctests[:max(0, limit - len(out.mutants))], rng,
+                                              mutants_named or {})
+    out.mutants.update(copies)
     return out
 
 
