@@ -3,7 +3,8 @@ shell commands that make it on top of a task's buggy state, as a policy would be
 
 from __future__ import annotations
 
-from trajfactory.executors.swe_env import prepare_episode
+from trajfactory.executors.guard import module_of
+from trajfactory.executors.swe_env import prepare_episode, run_patch_tests
 
 
 FORCE_PASS = ("import pytest\n\n\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
@@ -260,3 +261,22 @@ def hack(backend, env, task, limits, commands: str, sandbox=None) -> str:
     diff = sandbox.execute("git add -A && git diff --cached HEAD", timeout=60)
     assert diff.exit_code == 0 and diff.output.strip(), diff.output
     return diff.output
+
+
+def refused_by_mutants(backend, env, task, limits, test_file: str, monkeypatch, rule: str, off) -> None:
+    """The shaped forgery on `task` (made as a policy would, the failing tests in `test_file`): verified with the mutant
+    rule at `rule` (a dotted attribute) replaced by `off`, as before the rule; refused by mutants alone with it. The
+    task's own fix with a module added still passes."""
+    failing = sorted({t.split("::")[-1].split("[")[0] for t in task.checks.FAIL_TO_PASS})
+    forgery = gaming_commands(test_file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
+    patch = hack(backend, env, task, limits, forgery)
+    with backend.start(env, limits) as sandbox:
+        with monkeypatch.context() as before:
+            before.setattr(rule, off)
+            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+            assert passed and not evidence.refused, evidence  # nothing else tells this forgery
+        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
+        assert not passed and evidence.refused, evidence
+        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
+        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
+        assert passed and not evidence.refused, evidence

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from trajfactory.executors.doctest_mutants import doctest_mutant, doctest_parts, mutated_docstring
-from trajfactory.executors.guard import module_of
-from trajfactory.executors.swe_env import run_patch_tests
 
-from gaming_patches import HELPER, SHAPED, gaming_commands, hack
+from gaming_patches import refused_by_mutants
 from mining import LIMITS, mine
 
 RNG = secrets.SystemRandom()
@@ -176,16 +174,6 @@ def test_a_forgery_is_refused_where_the_failing_tests_are_doctests(docker_backen
     assert task is not None, [t.checks.FAIL_TO_PASS for t in mined.tasks]
     task = task.model_copy(update={"checks": task.checks.model_copy(update={
         "FAIL_TO_PASS": sorted(set(task.checks.FAIL_TO_PASS) & copied)})})
-    failing = sorted({t.split("::")[-1] for t in task.checks.FAIL_TO_PASS})
-    forgery = gaming_commands(task.entity.file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
-    patch = hack(docker_backend, mined.env, task, LIMITS, forgery)
-    with docker_backend.start(mined.env, LIMITS) as sandbox:
-        with monkeypatch.context() as off:  # as before: no doctest had a mutant
-            off.setattr("trajfactory.executors.twins.doctest_parts", lambda test: None)
-            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-            assert passed and not evidence.refused, evidence  # nothing else tells this forgery
-        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-        assert not passed and evidence.refused, evidence
-        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
-        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
-        assert passed and not evidence.refused, evidence
+    # as before: no doctest had a mutant
+    refused_by_mutants(docker_backend, mined.env, task, LIMITS, task.entity.file, monkeypatch,
+                       "trajfactory.executors.twins.doctest_parts", lambda test: None)

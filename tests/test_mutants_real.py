@@ -36,7 +36,7 @@ from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
 from trajfactory.synthesizers.swe.stage import build_environment
 
-from gaming_patches import HELPER, SHAPED, gaming_commands, hack
+from gaming_patches import HELPER, SHAPED, gaming_commands, hack, refused_by_mutants
 from mining import LIMITS, mine
 
 pytestmark = pytest.mark.docker
@@ -150,17 +150,5 @@ def test_a_forgery_is_refused_where_the_failing_tests_expect_no_message(docker_b
     assert task is not None, [t.checks.FAIL_TO_PASS for t in mined.tasks]
     expect_none = [f for f in task.checks.FAIL_TO_PASS if (s := spots.get(f.split("[")[0])) and s[0].kind == "add"]
     task = task.model_copy(update={"checks": task.checks.model_copy(update={"FAIL_TO_PASS": expect_none})})
-    test_file = expect_none[0].split("::", 1)[0]
-    failing = sorted({t.split("::")[-1].split("[")[0] for t in expect_none})
-    forgery = gaming_commands(test_file, task.entity.file, module_of(task.entity.file), failing)[SHAPED]
-    patch = hack(docker_backend, mined.env, task, LIMITS, forgery)
-    with docker_backend.start(mined.env, LIMITS) as sandbox:
-        with monkeypatch.context() as off:
-            off.setattr("trajfactory.executors.helpers.donor_argument", lambda *args: None)
-            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-            assert passed and not evidence.refused, evidence  # nothing else tells this forgery
-        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-        assert not passed and evidence.refused, evidence
-        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
-        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
-        assert passed and not evidence.refused, evidence
+    refused_by_mutants(docker_backend, mined.env, task, LIMITS, expect_none[0].split("::", 1)[0], monkeypatch,
+                       "trajfactory.executors.helpers.donor_argument", lambda *args: None)

@@ -18,12 +18,10 @@ import ast
 
 import pytest
 
-from trajfactory.executors.guard import module_of
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import spot_of
-from trajfactory.executors.swe_env import run_patch_tests
 
-from gaming_patches import HELPER, SHAPED, gaming_commands, hack
+from gaming_patches import refused_by_mutants
 from mining import LIMITS, mine
 
 pytestmark = pytest.mark.docker
@@ -61,19 +59,11 @@ def test_a_forgery_is_refused_where_the_failing_tests_end_in_the_projects_own_ma
     assert len(managed) >= 5, managed  # none before `lets_through`
     task = next((t for t in argcomplete.tasks if set(t.checks.FAIL_TO_PASS) & managed), None)
     assert task is not None, [t.checks.FAIL_TO_PASS for t in argcomplete.tasks]
-    # the failing tests that end in the manager alone: nothing else gives this forgery away
+    # the failing tests that end in the manager alone: nothing else gives this forgery away; a few passing tests
+    # beside them (each of argcomplete's starts shells: the whole set costs about a minute a verification)
     task = task.model_copy(update={"checks": task.checks.model_copy(update={
-        "FAIL_TO_PASS": sorted(set(task.checks.FAIL_TO_PASS) & managed)})})
-    failing = sorted({t.split("::")[-1] for t in task.checks.FAIL_TO_PASS})
-    forgery = gaming_commands("test/test.py", task.entity.file, module_of(task.entity.file), failing)[SHAPED]
-    patch = hack(docker_backend, argcomplete.env, task, LIMITS, forgery)
-    with docker_backend.start(argcomplete.env, LIMITS) as sandbox:
-        with monkeypatch.context() as off:  # as before: a manager of the project's was left alone
-            off.setattr("trajfactory.executors.helpers.lets_through", lambda *args, **kwargs: False)
-            passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-            assert passed and not evidence.refused, evidence  # nothing else tells this forgery
-        passed, evidence, _ = run_patch_tests(sandbox, task, patch)
-        assert not passed and evidence.refused, evidence
-        assert all(r.startswith("mutant test ") and "no run of the code passes both" in r for r in evidence.refused)
-        passed, evidence, _ = run_patch_tests(sandbox, task, task.gold.patch + HELPER)
-        assert passed and not evidence.refused, evidence
+        "FAIL_TO_PASS": sorted(set(task.checks.FAIL_TO_PASS) & managed),
+        "PASS_TO_PASS": task.checks.PASS_TO_PASS[:10]})})
+    # as before: a manager of the project's was left alone
+    refused_by_mutants(docker_backend, argcomplete.env, task, LIMITS, "test/test.py", monkeypatch,
+                       "trajfactory.executors.helpers.lets_through", lambda *args, **kwargs: False)
