@@ -11,7 +11,8 @@ the output that an example expects. pytest collects it as it collects the origin
 id of the same shape (`src/humanize/regression.py::humanize.regression._basic`).
 
 The example changed is the last one that ran in a passing original and whose output is compared as text: not one
-marked `+SKIP`, nor one that expects an exception (whose message `IGNORE_EXCEPTION_DETAIL` may leave uncompared).
+marked `+SKIP`, nor one that expects an exception (whose message `IGNORE_EXCEPTION_DETAIL` may leave uncompared);
+where every example that runs expects an exception, the last one's exception name gets letters added.
 Where the original passed, that example printed what it expected; under `ELLIPSIS` or `NORMALIZE_WHITESPACE` alike,
 that output does not end in a line of eight random letters, so the copy fails wherever the original passed. A copy
 that could not be made (a docstring the module does not hold as written, a nested class) is none; one that passes
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ast
 import doctest
 import posixpath
+import re
 import secrets
 import shlex
 from typing import Callable
@@ -69,17 +71,27 @@ def _node(tree: ast.Module, names: list[str]) -> ast.AST | None:
     return node
 
 
+_EXCEPTION_NAME = re.compile(r"([A-Za-z_][\w.]*)(?=:|\s*$)")
+"""The exception's name at the start of an expected traceback's message (`ValueError: bad`, `pkg.Error`)."""
+
+
 def mutated_docstring(doc: str, rng: secrets.SystemRandom) -> str | None:
-    """`doc` with a line of random letters added to what its last compared example expects; None where it has no
-    such example."""
+    """`doc` with a line of random letters added to what its last compared example expects, or, where every example
+    that runs expects an exception, with letters added to the name of the last one expected (`ValueErrorqzk: bad`:
+    doctest compares the name under `IGNORE_EXCEPTION_DETAIL` too, and under `ELLIPSIS` the name is no `...`);
+    None where it has no such example."""
     try:
         pieces = doctest.DocTestParser().parse(doc)
     except ValueError:  # a malformed example: doctest reports it, and the original did not pass
         return None
-    examples = [p for p in pieces if isinstance(p, doctest.Example)]
-    target = next((e for e in reversed(examples) if e.exc_msg is None and not e.options.get(doctest.SKIP)), None)
-    if target is None:
+    examples = [p for p in pieces if isinstance(p, doctest.Example) and not p.options.get(doctest.SKIP)]
+    target = next((e for e in reversed(examples) if e.exc_msg is None), None)
+    # else the last one that expects an exception named at the start of its message: the name gets letters added
+    raised = next((e for e in reversed(examples) if e.exc_msg is not None and e.want.endswith(e.exc_msg) and
+                   _EXCEPTION_NAME.match(e.exc_msg)), None) if target is None else None
+    if target is None and raised is None:
         return None
+    letters = "".join(rng.choice(_LETTERS) for _ in range(8))
     out = []
     for piece in pieces:
         if isinstance(piece, str):
@@ -88,7 +100,10 @@ def mutated_docstring(doc: str, rng: secrets.SystemRandom) -> str | None:
         pad = " " * piece.indent
         source = piece.source.rstrip("\n").split("\n")
         out += [f"{pad}>>> {source[0]}\n", *(f"{pad}... {line}\n" for line in source[1:])]
-        want = piece.want + ("".join(rng.choice(_LETTERS) for _ in range(8)) + "\n" if piece is target else "")
+        want = piece.want + (letters + "\n" if piece is target else "")
+        if piece is raised:
+            name = _EXCEPTION_NAME.match(piece.exc_msg).group(1)
+            want = piece.want[:len(piece.want) - len(piece.exc_msg)] + name + letters[:3] + piece.exc_msg[len(name):]
         out += [f"{pad}{line}\n" if line else "\n" for line in want.rstrip("\n").split("\n")] if want else []
     return "".join(out)
 
