@@ -167,7 +167,7 @@ def doctest_mutant(test_id: str, read: Callable[[str], str | None], taken: set[s
                      and private + w not in taken), f"{private}case_{secrets.token_hex(4)}")
         function = ("_" if names and names[-1].startswith("_") else "") + words[0]
         owner = "".join(w.title() for w in words[1].split("_"))
-        if names and source.count("class ") and _is_class(source, names):
+        if names and _is_class(source, names):
             function = "".join(w.title() for w in words[0].split("_"))
     text = mutant_module(source, module, names, function, owner, rng)
     if text is None:
@@ -209,9 +209,7 @@ def _imports(sandbox: Sandbox, file: str, mutant: str) -> bool:
     while folder and sandbox.execute(f"test -f {shlex.quote(posixpath.join(folder, '__init__.py'))}",
                                      timeout=30).exit_code == 0:
         folder = posixpath.dirname(folder)
-    module = mutant.split("::", 1)[1]
-    parts = doctest_parts(mutant)
-    name = parts[1] if parts is not None else module
+    name = doctest_parts(mutant)[1]  # the copy's module, as its id names it
     check = f"import importlib, sys; sys.path.insert(0, {folder or '.'!r}); importlib.import_module({name!r})"
     return sandbox.execute(f"PYTHONDONTWRITEBYTECODE=1 python -c {shlex.quote(check)}", timeout=60).exit_code == 0
 
