@@ -7,11 +7,12 @@ on the unchanged code: the code of a fix that passes everything. A mutant that p
 is *loose*: on a task, the verifier would excuse it only after a second run under the task's own fix
 (`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
 and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`) how many ran
-beside a passing original and how many of those were loose; `loop` and `with` count those whose assertion ends a
-loop's or a `with` block's body, and `helper` those that end in a call to a helper of the project whose definition
-shows what it compares (`executors/helpers.py`). The doctests that passed in that run (where the project runs its
-modules' doctests) then each get their copy in a module of its own beside their module (`doctest` mutants,
-`executors/doctest_mutants.py`), and run once more beside them; `tests` counts them too.
+beside a passing original and how many of those were loose; `loop`, `with` and `try` count those whose assertion
+ends a loop's or a `with` block's body or sits in a clause of a `try` statement (`mutants._tried`), and `helper`
+those that end in a call to a helper of the project whose definition shows what it compares (`executors/helpers.py`).
+The doctests that passed in that run (where the project runs its modules' doctests) then each get their copy in a
+module of its own beside their module (`doctest` mutants, `executors/doctest_mutants.py`), and run once more beside
+them; `tests` counts them too.
 
     python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
 """
@@ -41,8 +42,8 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "helper",
-         "doctest")
+KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "try",
+         "helper", "doctest")
 
 
 def _read(checkout: Path, rel: str) -> str | None:
@@ -93,7 +94,8 @@ def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig =
             while isinstance(last, (ast.For, ast.With)) and last is not spot.node:
                 kinds.append("loop" if isinstance(last, ast.For) else "with")
                 last = last.body[-1]
-            kinds = list(dict.fromkeys(kinds + (["helper"] if test in helped else [])))
+            tried = any(isinstance(n, ast.Try) and any(m is spot.node for m in ast.walk(n)) for n in ast.walk(node))
+            kinds = list(dict.fromkeys(kinds + (["try"] if tried else []) + (["helper"] if test in helped else [])))
             count.update(kinds)
             made[test] = (mutant, kinds)
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)

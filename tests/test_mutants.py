@@ -86,9 +86,7 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    if skip():\n        return\n    assert f() == 4\n",  # an early return
     "def test_x():\n    assert f() == 4\n    return f\n",  # a value returned
     "@pytest.mark.xfail\ndef test_x():\n    assert f() == 4\n",  # expected to fail
-    # the call form with keywords (which may be the assertion's own), on two lines, or of another `raises`
-    "def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n",
-    "def test_x(self):\n    self.assertRaises(ValueError,\n                      f, -1)\n",
+    # the call form of another `raises`
     "def test_x():\n    trio.raises(ValueError, f, -1)\n",
     # an exception that may end the whole run rather than fail the test, uncaught in the copy
     "def test_x():\n    pytest.raises(KeyboardInterrupt, f)\n",
@@ -245,6 +243,9 @@ def test_a_last_loop_over_built_data_asserts_the_opposite_of_all_at_once(source,
     ("def test_x():\n    pytest.raises(ValueError, f, -1, x)\n", "(f)(-1, x)"),
     ("def test_x(self):\n    self.assertRaises(ValueError, lambda: d[0])\n", "(lambda: d[0])()"),
     ("def test_x():\n    pytest.raises(SystemExit, main, ['--bad'])\n", "(main)(['--bad'])"),  # pytest: a failure
+    # keywords go to the callable in the call form (pytest's `match` too), and the call may take several lines
+    ("def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n", "(f)(-1, match='bad')"),
+    ("def test_x(self):\n    self.assertRaises(ValueError,\n                      f, -1)\n", "(f)(-1)"),
 ])
 def test_a_raising_call_has_its_callable_called_on_its_own(source, mutant):
     """`self.assertRaises(E, f, x)` passed: `f(x)` raised `E`, which the copy no longer catches."""
@@ -252,3 +253,25 @@ def test_a_raising_call_has_its_callable_called_on_its_own(source, mutant):
     assert spot is not None and spot.kind == "call"
     assert _mutant(source).splitlines()[1].strip() == mutant
 
+
+
+def test_a_raising_call_over_several_lines_lets_the_exception_through():
+    """networkx's `pytest.raises(\n NetworkXError, forge, G, ..., transformation="unknown", seed=seed)` over several
+    lines, an argument of several lines and a comment among them: the copy calls the callable with the same
+    arguments, and the exception the original caught fails it."""
+    source = ("def test_x():\n    pytest.raises(\n        ValueError, forge, [1,\n                    2],  # why\n"
+              "        kind='unknown',\n        seed=3,\n    )\n    return\n")
+    assert spot_of(_node(source)).kind == "call"
+    copy = _mutant(source)
+    assert copy.splitlines()[1:3] == ["    (forge)([1,", "                    2], kind='unknown', seed=3)"]
+    seen = []
+
+    def forge(items, kind, seed):
+        seen.append((items, kind, seed))
+        raise ValueError(kind)
+    scope = {"pytest": pytest, "forge": forge}
+    exec(compile(source + copy.replace("def test_x", "def test_copy"), "<test>", "exec"), scope)
+    scope["test_x"]()
+    with pytest.raises(ValueError, match="unknown"):
+        scope["test_copy"]()
+    assert seen == [([1, 2], "unknown", 3)] * 2

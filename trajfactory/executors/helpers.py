@@ -33,6 +33,8 @@ from trajfactory.runtime import parse_python
 Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
 _DEPTH = 6
 """How many base classes and imports deep a helper is looked for."""
+STOPS = ("fail", "skip", "xfail")
+"""pytest's calls that always raise out of a test (and so end it failed or skipped, never passed)."""
 
 
 def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
@@ -165,7 +167,41 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
             return (found, True) if isinstance(found, ast.FunctionDef) else None
         return None
 
+    def origin(name: str, module: ast.Module, here: str, depth: int) -> tuple[str, str] | None:
+        """Where the name `name` of `module` (the file `here`) comes from outside the checkout: (module, name) of
+        its `from M import N`, followed through the checkout's own modules; None where the checkout defines it."""
+        if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name or
+               isinstance(n, ast.Assign) and any(getattr(t, "id", None) == name for t in n.targets) or
+               isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == name for n in module.body):
+            return None
+        found = _imports(module).get(name)
+        if found is None or depth >= _DEPTH:
+            return None
+        loaded = load(found[0], found[1], here)
+        if loaded is None:
+            return (found[0], found[2]) if not found[1] else None
+        return origin(found[2], loaded[1], loaded[0], depth + 1)
+
+    def stops(test: list[str], call: ast.Call) -> bool:
+        """Whether `call`, in the test at `test`, always raises out of the test: pytest's `fail`, `skip` or
+        `xfail` (`pytest.skip(...)`, or the name imported from pytest, through the checkout's own modules as
+        tabulate's `from common import skip`), or unittest's `self.fail(...)` / `self.skipTest(...)` where no class
+        of the checkout defines it over."""
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            if func.value.id == "pytest":
+                return func.attr in STOPS
+            if func.value.id == "self" and func.attr in ("fail", "skipTest") and len(test) == 2:
+                classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
+                return bool(classes) and not isinstance(method(classes[-1], func.attr, tree, path, 0),
+                                                        (ast.FunctionDef, ast.AsyncFunctionDef))
+            return False
+        if isinstance(func, ast.Name) and func.id in STOPS and func.id not in _local_names(tree, test):
+            return origin(func.id, tree, path, 0) in {(m, func.id) for m in ("pytest", "_pytest.outcomes")}
+        return False
+
     resolve.passing = passing
+    resolve.stops = stops
     return resolve
 
 
@@ -215,5 +251,6 @@ def mutant_targets(tree: ast.Module, path: str,
 
         target.defaulted = defaulted  # what `mutants._spot` leaves alone in a helper known by its name
         target.passing = lambda expr: resolve.passing(test, expr)  # a `with` of the project's that `_spot` enters
+        target.stops = lambda call: resolve.stops(test, call)  # a call that ends a `try` clause (`mutants._tried`)
         return target
     return for_test

@@ -28,8 +28,9 @@ the failing test with its last assertion turned against it:
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
 `if`, nor under a `with` whose manager may swallow a failure: unittest's, mock's and pytest's let it through, and so
-does a manager of the checkout whose definition shows it, `helpers.lets_through`, as argcomplete's `TempDir`), in a
-body with no `return` of its own (a bare one that ends it aside), so a run in which the original passed evaluated it
+does a manager of the checkout whose definition shows it, `helpers.lets_through`, as argcomplete's `TempDir`; in a
+`try` statement, the end of the clause a passing original ran to its end: its body or `else` where every handler
+stops the test, the one handler where the body stops it, `_tried`), in a body with no `return` of its own (a bare one that ends it aside), so a run in which the original passed evaluated it
 and found it true. A loop counts where it is the body's last statement, its own last statement is the assertion (or
 such a loop: loops nest), it has no `break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
 of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there, or
@@ -153,23 +154,63 @@ def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef |
     """The spot of `stmt`, the last statement of a body that ran (`_spot`), or of the last statement of the loop
     `stmt` where that loop ran it at least once: it walks a fixed collection of its `test` (`mutant_loops.fixed`), has no `else`,
     and no `break` or `continue` skips the end of its body. Loops nest (`for a in A: for b in B: assert ...`), and an
-    inner loop may walk what an outer one's target holds (`outer`, the loops `stmt` is in)."""
+    inner loop may walk what an outer one's target holds (`outer`, the loops `stmt` is in). A `try` statement's spot
+    is that of the clause a passing original ran to its end (`_tried`)."""
     if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
         return _spot(stmt, helper, test, outer)
     if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and fixed(stmt, test, outer) and \
             not any(isinstance(n, (ast.Break, ast.Continue)) for n in own_code(stmt)):
         return _last(stmt.body[-1], helper, test, (*outer, stmt))
+    if isinstance(stmt, ast.Try):
+        return _tried(stmt, helper, test, outer)
+    return None
+
+
+def _stops(stmt: ast.stmt, helper) -> bool:
+    """Whether `stmt` always raises out of its clause: a `raise`, or a call to pytest's `fail`, `skip` or `xfail`
+    or unittest's `self.fail` / `self.skipTest` (`helpers.resolver`'s `stops`, where the helper can read the
+    checkout; `pytest.fail(...)` alone where it cannot)."""
+    if isinstance(stmt, ast.Raise):
+        return True
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if not isinstance(call, ast.Call):
+        return False
+    stops = getattr(helper, "stops", None)
+    if stops is not None:
+        return stops(call)
+    return isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", None) == "pytest" and \
+        call.func.attr in ("fail", "skip", "xfail")
+
+
+def _tried(stmt: ast.Try, helper, test, outer: tuple[ast.For, ...]) -> Spot | None:
+    """The spot of a `try` statement that ends a test, where a passing original shows which clause ran to its end:
+    - every handler ends in a stop (`_stops`: `except ImportError: skip(...)`, `except Exception: self.fail(...)`;
+      with no handler, `try: ... finally: ...`): the test passed only where the `try` body ran to its end, and its
+      `else` after it, so the spot is that of the last of them (humanize's `try: activate(locale) except
+      FileNotFoundError: pytest.skip(...) else: assert ...`);
+    - else one handler, and the `try` body (or its `else`) ends in a stop (`f(); self.fail("no error")` or
+      `raise AssertionError(...)`): the test passed only where that handler ran to its end, so the spot is its last
+      statement's (jsonpointer's `except JsonPointerException as e: self.assertIn(repr(doc), str(e))`).
+    A mutant's failure raised in a handler or an `else` is not caught by the statement's handlers, and one raised in
+    the body is caught only by a handler that ends in a stop: the test fails or is skipped, and never passes. A
+    `finally` clause runs after either (a `return` in it, which would swallow the failure, keeps the whole test
+    from a mutant: `spot_of`)."""
+    ran = stmt.orelse or stmt.body
+    if all(_stops(h.body[-1], helper) for h in stmt.handlers):
+        return _last(ran[-1], helper, test, outer)
+    if len(stmt.handlers) == 1 and _stops(ran[-1], helper):
+        return _last(stmt.handlers[0].body[-1], helper, test, outer)
     return None
 
 
 def _raising_call(call: ast.Call) -> bool:
     """Whether `call` expects its callable to raise, in the call form (`self.assertRaises(KeyError, d.pop, "k")`,
-    `pytest.raises(ValueError, f, -1)`), on one line and with no keywords (which may be the assertion's own)."""
+    `pytest.raises(ValueError, f, -1, seed=3)`). In that form both hand every keyword to the callable (pytest 7 to 9,
+    `match` included; unittest, `msg` included), so the copy passes them on too."""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     return (name == "assertRaises" or name == "raises" and getattr(getattr(func, "value", None), "id", "pytest") ==
-            "pytest") and len(call.args) >= 2 and not call.keywords and call.lineno == call.end_lineno and \
-        not _stops_the_run(call.args[0])
+            "pytest") and len(call.args) >= 2 and not _stops_the_run(call.args[0])
 
 
 _RUN_STOPPERS = ("KeyboardInterrupt", "GeneratorExit", "BaseException", "BaseExceptionGroup", "CancelledError", "Exit")
@@ -232,6 +273,8 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
     for stmt in reversed(body):
         if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
             return _spot(stmt, helper, node)
+        if isinstance(stmt, ast.Try) and (spot := _tried(stmt, helper, node, ())):
+            return spot
         if stmt is body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
             return spot
         if stmt is body[-1] and every(stmt) is not None:
@@ -270,6 +313,14 @@ def _put(lines: list[str], start: int, line: int, col: int, end_col: int, text: 
     lines[line - start] = (raw[:col] + text.encode("utf-8") + raw[end_col:]).decode("utf-8")
 
 
+def _text(lines: list[str], start: int, node: ast.AST) -> str:
+    """The source of `node`, on one line or several (`lines` start at line `start` of the file)."""
+    raw = [lines[n - start].encode("utf-8") for n in range(node.lineno, node.end_lineno + 1)]
+    if len(raw) == 1:
+        return raw[0][node.col_offset:node.end_col_offset].decode("utf-8")
+    return b"".join([raw[0][node.col_offset:], *raw[1:-1], raw[-1][:node.end_col_offset]]).decode("utf-8")
+
+
 def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -> list[str]:
     """`copy` (the lines of a definition that starts at line `start` of its file) changed at `spot`."""
     out, node = list(copy), spot.node
@@ -293,10 +344,13 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
              ", " + raw[node.col_offset:node.end_col_offset].decode("utf-8"))
     elif spot.kind == "add":  # `f(a)` -> `f(a, m.X)`
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ", " + spot.text)
-    elif spot.kind == "call":  # `self.assertRaises(E, f, a)` -> `(f)(a)`: what raised is no longer caught
-        raw = out[node.lineno - start].encode("utf-8")
-        parts = [raw[a.col_offset:a.end_col_offset].decode("utf-8") for a in node.args[1:]]
-        _put(out, start, node.lineno, node.col_offset, node.end_col_offset, f"({parts[0]})({', '.join(parts[1:])})")
+    elif spot.kind == "call":  # `self.assertRaises(E, f, a, k=b)` -> `(f)(a, k=b)`: what raised is no longer caught
+        parts = [_text(out, start, a) for a in node.args[1:]]
+        parts += [f"{k.arg}={_text(out, start, k.value)}" for k in node.keywords]
+        first, last = out[node.lineno - start].encode("utf-8"), out[node.end_lineno - start].encode("utf-8")
+        text = f"({parts[0]})({', '.join(parts[1:])})".encode("utf-8")  # the arguments' own lines, if several
+        out[node.lineno - start:node.end_lineno - start + 1] = (
+            first[:node.col_offset] + text + last[node.end_col_offset:]).decode("utf-8").splitlines(keepends=True)
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
