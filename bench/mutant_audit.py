@@ -6,13 +6,13 @@ failing tests. The whole suite then runs once through the harness in the package
 on the unchanged code: the code of a fix that passes everything. A mutant that passed beside its passing original
 is *loose*: on a task, the verifier would excuse it only after a second run under the task's own fix
 (`twins.name_bound`), and it would catch no forgery. The table shows, per package, the tests, those with a mutant,
-and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`) how many ran
-beside a passing original and how many of those were loose; `loop`, `with` and `try` count those whose assertion
-ends a loop's or a `with` block's body or sits in a clause of a `try` statement (`mutants._tried`), and `helper`
-those that end in a call to a helper of the project whose definition shows what it compares (`executors/helpers.py`).
-The doctests that passed in that run (where the project runs its modules' doctests) then each get their copy in a
-module of its own beside their module (`doctest` mutants, `executors/doctest_mutants.py`), and run once more beside
-them; `tests` counts them too.
+and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`, and
+`copy`: a changed copy of the test's own helper, `mutants._copied`) how many ran beside a passing original and how
+many of those were loose; `loop`, `with` and `try` count those whose assertion ends a loop's or a `with` block's
+body or sits in a clause of a `try` statement (`mutants._tried`), and `helper` those that end in a call to a helper
+of the project whose definition shows what it compares (`executors/helpers.py`). The doctests that passed in that
+run (where the project runs its modules' doctests) then each get their copy in a module of its own beside their
+module (`doctest` mutants, `executors/doctest_mutants.py`), and run once more beside them; `tests` counts them too.
 
     python bench/mutant_audit.py pypi:tabulate==0.10.0 pypi:boltons==25.0.0 [--timeout S]
 """
@@ -42,8 +42,8 @@ from trajfactory.sources import harvest_repo  # noqa: E402
 from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
-KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "loop", "with", "try",
-         "helper", "doctest")
+KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "copy", "loop", "with",
+         "try", "helper", "doctest")
 
 
 def _read(checkout: Path, rel: str) -> str | None:

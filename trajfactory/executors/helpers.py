@@ -205,6 +205,34 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
     return resolve
 
 
+def own_helper(tree: ast.Module, test: list[str], call: ast.Call) -> tuple[list[str], ast.FunctionDef] | None:
+    """The helper of the test's own module that `call` reaches, where a copy of it in that module behaves as it does:
+    (its path, its definition) for `self.check(...)` and a method of the test's own class, or `check(...)` and a
+    function of the module (dateutil's `self._rrulestr_reverse_test(rule)`, networkx's `_check_augmentations(G)`).
+    None for a name the module or class binds again or imports, a definition with a decorator or `async`, one that
+    uses `super()` or `__class__` (bound to where it is defined), and a private name (mangled by its class)."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self" and \
+            len(test) == 2:
+        classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
+        body, path = (classes[-1].body if classes else []), [test[0], func.attr]
+    elif isinstance(func, ast.Name) and len(test) in (1, 2) and func.id not in _local_names(tree, test):
+        body, path = tree.body, [func.id]
+    else:
+        return None
+    name = path[-1]
+    bound = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and
+             n.name == name or isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and
+             any(getattr(t, "id", None) == name for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
+             or isinstance(n, (ast.Import, ast.ImportFrom)) and
+             any((a.asname or a.name.split(".")[0]) == name for a in n.names)]
+    if len(bound) != 1 or not isinstance(bound[0], ast.FunctionDef) or bound[0].decorator_list or \
+            name.startswith("__") or any(isinstance(n, ast.Name) and n.id in ("super", "__class__")
+                                         for n in ast.walk(bound[0])):
+        return None
+    return path, bound[0]
+
+
 def _returns_nothing(func: ast.FunctionDef) -> bool:
     """Whether each `return` of `func`'s own code gives nothing, `None` or `False`."""
     return all(r.value is None or isinstance(r.value, ast.Constant) and r.value.value in (None, False)
@@ -237,7 +265,7 @@ def mutant_targets(tree: ast.Module, path: str,
     "test_x"])(call)`."""
     resolve = resolver(tree, path, read)
 
-    def for_test(test: list[str]) -> Callable[[ast.Call], Target | None]:
+    def for_test(test: list[str], copies: bool = True) -> Callable[[ast.Call], Target | None]:
         def target(call: ast.Call) -> Target | None:
             found = resolve(test, call)
             if found is None:
@@ -252,5 +280,8 @@ def mutant_targets(tree: ast.Module, path: str,
         target.defaulted = defaulted  # what `mutants._spot` leaves alone in a helper known by its name
         target.passing = lambda expr: resolve.passing(test, expr)  # a `with` of the project's that `_spot` enters
         target.stops = lambda call: resolve.stops(test, call)  # a call that ends a `try` clause (`mutants._tried`)
+        if copies:  # a helper of the module that a mutant calls a changed copy of, read with no copies of its own
+            target.own = lambda call: own_helper(tree, test, call)
+            target.inner = lambda path: for_test(path, copies=False)
         return target
     return for_test

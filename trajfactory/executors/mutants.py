@@ -23,7 +23,10 @@ the failing test with its last assertion turned against it:
   gets the first string among the values changed (else the first value wrapped), and a call that gives no such
   dict gets one (`write={"spark": (sql,)}`);
 - a last loop of one `assert` over what the test built, which may be empty, asserts the opposite of all of it at once
-  (`assert not all(t.has_ancestor(stmt) for t in stmt.tokens)`: `every`).
+  (`assert not all(t.has_ancestor(stmt) for t in stmt.tokens)`: `every`);
+- a last call to a helper of the test's own module that no rule above changes (dateutil's
+  `self._rrulestr_reverse_test(rule)`) calls a copy of the helper instead, written beside the twins, whose own last
+  assertion is turned by these same rules (`_copied`).
 
 It looks like the project's tests because it is one of them, and it must fail whenever its original passes, whatever
 the patch does and with no reference to the fix: the assertion is a statement of the test's own body (not under an
@@ -84,10 +87,15 @@ class Spot:
     unittest assertion's method name (to swap for its opposite) or an equality helper's argument (to wrap in a
     tuple)."""
 
-    kind: str  # "constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add" or "all"
+    kind: str  # "constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "copy", "rename"
     node: ast.AST
     text: str = ""
-    """What an "add" puts after `node`, an argument of a helper that only compares its `*args`."""
+    """What an "add" puts after `node`, an argument of a helper that only compares its `*args`; the name a "rename"
+    gives the helper that `node` (a call's function) names."""
+    helper: tuple[list[str], ast.FunctionDef] | None = None
+    """For a "copy": the path and definition of the module's own helper whose changed copy the test calls instead
+    (`helpers.own_helper`); `inner` is where the copy changes it (`twins.twin_source` writes both)."""
+    inner: Spot | None = None
 
 
 def _constant(node: ast.AST) -> bool:
@@ -146,7 +154,21 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
             return Spot("wrap", call.args[1])
     elif helper is not None and (target := helper(call)) is not None:
         return Spot(*target)
-    return None
+    return _copied(call, helper)
+
+
+def _copied(call: ast.Call, helper) -> Spot | None:
+    """A "copy" spot for a call to a helper of the test's own module that no rule above changes (dateutil's
+    `self._rrulestr_reverse_test(rule)`, whose `self.assertEqual(list(rule), list(rrulestr(str(rule))))` compares
+    no argument as it is given): where the helper's own body ends in an assertion that a mutant could turn
+    (`spot_of` on the helper, itself with no copies), the mutant calls a copy of the helper with that assertion
+    turned. The call ended the test, so in a passing original the helper ran to its end and that assertion held."""
+    own = getattr(helper, "own", None)
+    found = own(call) if own is not None else None
+    if found is None:
+        return None
+    inner = spot_of(found[1], helper.inner(found[0]))
+    return Spot("copy", call.func, helper=found, inner=inner) if inner is not None else None
 
 
 def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef | None,
@@ -351,6 +373,11 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
         text = f"({parts[0]})({', '.join(parts[1:])})".encode("utf-8")  # the arguments' own lines, if several
         out[node.lineno - start:node.end_lineno - start + 1] = (
             first[:node.col_offset] + text + last[node.end_col_offset:]).decode("utf-8").splitlines(keepends=True)
+    elif spot.kind == "rename":  # `self.check(x)` / `check(x)` -> `self.<copy>(x)` / `<copy>(x)`
+        begin = node.end_col_offset - len(node.attr) if isinstance(node, ast.Attribute) else node.col_offset
+        _put(out, start, node.end_lineno, begin, node.end_col_offset, spot.text)
+    elif spot.kind == "copy":
+        raise ValueError("a copy's helper is written beside it: twins.twin_source turns it into a rename")
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")

@@ -45,7 +45,7 @@ from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
 from trajfactory.executors.doctest_mutants import doctest_parts, write_doctest_mutants
 from trajfactory.executors.guard import protected, suite_files
 from trajfactory.executors.helpers import mutant_targets
-from trajfactory.executors.mutants import spot_of, mutate
+from trajfactory.executors.mutants import Spot, mutate, spot_of
 from trajfactory.executors.testrun import run_tests
 from trajfactory.runtime import parse_python
 
@@ -238,7 +238,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
     used, lines = _names(tree), source.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
-    functions, methods, twins, evaluated, mutants = [], {}, {}, {}, {}
+    functions, methods, twins, evaluated, mutants, helpers = [], {}, {}, {}, {}, {}
     for path in tests:
         node = _find(tree, path) if len(path) <= 2 else None  # a nested class's test gets none
         if node is None or tuple(path) in twins:
@@ -249,7 +249,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         # leaves wsgiref imported, which it asserts is not)
         last = max((n.name for n in _find_class(tree, path[0]).body if isinstance(n, (ast.FunctionDef,
                     ast.AsyncFunctionDef)) and n.name.startswith(prefix[:4])), default="") if len(path) == 2 else ""
-        last = max([last, *(t for made in (twins, mutants) for p, t in made.items()
+        last = max([last, *(t for made in (twins, mutants, helpers) for p, t in made.items()
                             if p[:-1] == tuple(path[:-1]) and len(p) == 2)])
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         at, holder = node.lineno - start, functions if len(path) == 1 else methods.setdefault(path[0], [])
@@ -262,6 +262,14 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         if (spot := spot_of(node, targets(path) if targets else None)) is not None:
             mutant = _taken((mutant_names or {}).get(tuple(path), ""), used) or _fresh(
                 prefix, used, rng, unlike=path[-1], after=max(last, twin) if len(path) == 2 else "")
+            if spot.kind == "copy":  # the module's own helper, copied with its assertion turned, called instead
+                (where, helper), name = spot.helper, _fresh("_", used, rng)
+                (functions if len(where) == 1 else methods.setdefault(where[0], [])).append(_renamed(mutate(
+                    lines[helper.lineno - 1:helper.end_lineno], helper.lineno, spot.inner, rng), 0, helper.name, name))
+                if len(where) == 2:
+                    helpers[(where[0], name)] = name
+                    evaluated.setdefault(where[0], set()).update(_evaluated_names(helper))
+                spot = Spot("rename", spot.node, name)
             holder.append(_renamed(mutate(lines[start - 1:node.end_lineno], start, spot, rng), at, path[-1], mutant))
             mutants[tuple(path)] = mutant
     for copy in functions:
@@ -276,7 +284,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
             _find_class(tree, cls)))]
         for i, copy in enumerate(copies):
             lines += (["\n"] if i else []) + copy
-        names = ", ".join(repr(made[(cls, n)]) for made in (twins, mutants)
+        names = ", ".join(repr(made[(cls, n)]) for made in (twins, mutants, helpers)
                           for n in [p[1] for p in made if len(p) == 2 and p[0] == cls])
         lines += ["\n", "\n", GRAFT.format(held=held, cls=cls, name=name, value=value, func=func, names=names)]
     cls = _fresh("Test", used, rng, title=True)
