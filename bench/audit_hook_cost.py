@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trajfactory.executors.testrun import PLUGIN, PLUGIN_SOURCE, parse_reaches, parse_results  # noqa: E402
+from trajfactory.executors.testrun import HARNESS_FILES, PLUGIN, parse_reaches, parse_results  # noqa: E402
 from trajfactory.sources import harvest_repo  # noqa: E402
 
 
@@ -49,7 +49,8 @@ def main() -> None:
         source = harvest_repo(args.repo, work / "mirrors")
         if not hasattr(source, "path"):
             sys.exit(f"{args.repo}: could not be harvested: {source}")
-        (work / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+        for name, text in HARNESS_FILES.items():
+            (work / name).write_text(text)
         times: dict[bool, list[float]] = {False: [], True: []}
         records: dict[bool, str] = {}
         for i in range(args.repeats):

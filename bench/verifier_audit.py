@@ -16,7 +16,8 @@ For every SWE task of the given dataset versions (their latest, or `NAME@vN`), r
 A real fix refused is a false refusal; the table counts them by the layer that refused (`mutant`, `twin`, `canary`)
 and shows how many tasks had a mutant at all (a failing test with an assertion to turn, `executors/mutants.py`).
 
-    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N] [--memory 6g] [--forgery]
+    python bench/verifier_audit.py DATASET_DIR [DATASET_DIR ...] [--per-repo N] [--task ID ...] [--memory 6g]
+        [--forgery]
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def main() -> None:
                                  epilog="Each task costs three verification runs in a fresh container of its image.")
     ap.add_argument("datasets", nargs="+", help="dataset directories (ROOT/NAME), each optionally @vN")
     ap.add_argument("--per-repo", type=int, default=0, help="at most this many tasks per repository (0: all)")
+    ap.add_argument("--task", action="append", default=[], metavar="TASK_ID",
+                    help="only this task (its task_id in the dataset's rows); repeat it for several")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per verification run")
     ap.add_argument("--memory", default=LIMITS.memory,
                     help="the sandbox's memory limit, as the recipe's sandbox.memory that mined the tasks")
@@ -107,7 +110,10 @@ def main() -> None:
     limits = LIMITS.model_copy(update={"memory": args.memory})
     backend = get_backend("docker")
     stats: dict[str, dict] = defaultdict(lambda: defaultdict(int) | {"seconds": []})
-    rows = [r for spec in args.datasets for r in _rows(spec)]
+    rows = [r for spec in args.datasets for r in _rows(spec) if not args.task or r["task_id"] in args.task]
+    if args.task and len(rows) < len(set(args.task)):
+        missing = sorted(set(args.task) - {r["task_id"] for r in rows})
+        raise SystemExit(f"--task: no task {', '.join(missing)} in {', '.join(args.datasets)}")
     seen: dict[str, int] = defaultdict(int)
     for n, row in enumerate(rows, 1):
         repo = str(row["repo"])

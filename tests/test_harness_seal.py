@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from test_testrun import _project  # the small project the harness's tests run on
-from trajfactory.executors.testrun import PLUGIN, PLUGIN_SOURCE, SEAL_MARK, check_seal, parse_reaches, parse_results
+from trajfactory.executors.testrun import HARNESS_FILES, PLUGIN, SEAL_MARK, check_seal, parse_reaches, parse_results
 
 
 def _sealed_run(tmp_path, key: bytes) -> tuple[bytes, str]:
@@ -15,7 +15,8 @@ def _sealed_run(tmp_path, key: bytes) -> tuple[bytes, str]:
 
     plugin_dir = tmp_path / "harness"
     plugin_dir.mkdir(exist_ok=True)
-    (plugin_dir / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    for name, text in HARNESS_FILES.items():
+        (plugin_dir / name).write_text(text)
     (tmp_path / "seal.key").write_bytes(key)
     results = tmp_path / "results.jsonl"
     results.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ import pytest
 
 from trajfactory.executors import batch_worker_hot as hot
 from trajfactory.executors.batchrun import WORKER_FILES
-from trajfactory.executors.testrun import PLUGIN, PLUGIN_SOURCE, parse_results
+from trajfactory.executors.testrun import HARNESS_FILES, PLUGIN, parse_results
 
 PACKAGE = '''\
 import functools
@@ -142,7 +142,8 @@ def checkout(tmp_path_factory):
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "clean"], check=True)
-    (scratch / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    for name, text in HARNESS_FILES.items():
+        (scratch / name).write_text(text)
     for name, source in WORKER_FILES.items():
         (scratch / name).write_text(source)
     return repo, scratch

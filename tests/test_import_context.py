@@ -12,7 +12,7 @@ import sys
 
 from test_line_probe import _candidate, _probed, _pytest
 
-from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, IMPORT_TIME, IMPORTED_BY, PLUGIN, PLUGIN_SOURCE,
+from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, IMPORT_TIME, IMPORTED_BY, HARNESS_FILES, PLUGIN,
                                            PROBE_PLUGIN, PROBE_SOURCE, TestRun, parse_coverage_map, parse_results)
 from trajfactory.schema import ReferenceRun
 from trajfactory.synthesizers.swe.selection_lines import probe_plan
@@ -85,8 +85,9 @@ def test_a_test_modules_own_import_reaches_its_tests_and_a_librarys_import_reach
         (root / rel).write_text(text)
     harness = tmp_path / "harness"
     harness.mkdir()
-    for name, source in ((PLUGIN, PLUGIN_SOURCE), (PROBE_PLUGIN, PROBE_SOURCE), ("coverage_map", COVERAGE_MAP_SOURCE)):
-        (harness / f"{name}.py").write_text(source)
+    for name, source in (*HARNESS_FILES.items(), (f"{PROBE_PLUGIN}.py", PROBE_SOURCE),
+                         ("coverage_map.py", COVERAGE_MAP_SOURCE)):
+        (harness / name).write_text(source)
     candidates = {name: _candidate(_line(MOD, f"def {name}(x):"), _line(MOD, f"def {name}(x):") + 1,
                                    _line(MOD, f"def {name}(x):") + 1) for name in ("double", "triple", "quad", "later")}
     outcomes, run, raw = _probed(root, harness, probe_plan(list(candidates.values())))
@@ -148,7 +149,8 @@ def test_a_bug_that_breaks_a_conftests_import_is_no_pass_to_pass_not_an_error(tm
         (root / rel).write_text(text)
     harness = tmp_path / "harness"
     harness.mkdir()
-    (harness / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    for name, text in HARNESS_FILES.items():
+        (harness / name).write_text(text)
     line = _line(MOD, "def later(x):")
     candidate = _candidate(line, line + 1, line + 1)
     tests = ["tests/test_b.py::test_b", "tests/test_c.py::test_c"]

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, PLUGIN, PLUGIN_SOURCE, PROBE_PLUGIN, PROBE_SOURCE,
+from trajfactory.executors.testrun import (COVERAGE_MAP_SOURCE, HARNESS_FILES, PLUGIN, PROBE_PLUGIN, PROBE_SOURCE,
                                            parse_coverage_map, parse_results)
 from trajfactory.schema import Candidate, Entity, ReferenceRun
 from trajfactory.synthesizers.swe.selection_lines import probe_plan, probed_enough
@@ -178,7 +178,8 @@ def _project(root):
     (root / "tests" / "test_mod.py").write_text(TESTS)
     harness = root.parent / f"{root.name}-harness"
     harness.mkdir()
-    (harness / f"{PLUGIN}.py").write_text(PLUGIN_SOURCE)
+    for name, text in HARNESS_FILES.items():
+        (harness / name).write_text(text)
     (harness / f"{PROBE_PLUGIN}.py").write_text(PROBE_SOURCE)
     (harness / "coverage_map.py").write_text(COVERAGE_MAP_SOURCE)
     return harness

@@ -102,7 +102,7 @@ def _spot(test: list[str], files=FILES):
     body = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test[0]][-1]
     node = body if len(test) == 1 else next(m for m in body.body if getattr(m, "name", "") == test[1])
     spot = spot_of(node, mutant_targets(tree, "tests/test_x.py", files.get)(test))
-    if spot is None or spot.kind == "copy":  # a copy's helper is written by `twins.twin_source`
+    if spot is None or spot.kind == "copy":  # a copy's helper is written by `twin_source.twin_source`
         return (spot and spot.kind), None
     lines = files["tests/test_x.py"].splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
     return spot.kind, ast.unparse(ast.parse("".join(mutate(lines, node.lineno, spot, RNG)).strip()).body[0].body[-1])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from trajfactory.executors.base import Sandbox, apply_patch
 from trajfactory.executors.guard import paths_of
-from trajfactory.executors.testrun import (HARNESS_DIR, PLUGIN, PLUGIN_SOURCE, PYTEST, SCRATCH, TestRun, cpu_note,
+from trajfactory.executors.testrun import (HARNESS_DIR, HARNESS_FILES, PYTEST, SCRATCH, TestRun, cpu_note,
                                           cpu_seconds, parse_results, run_tests)
 
 BATCH_DIR = "/tmp/trajfactory-batch"
@@ -196,7 +196,8 @@ def run_batch(sandbox: Sandbox, items: list[BatchItem], *, preload: bool = True)
         spec = {"workdir": sandbox.workdir, "scratch": BATCH_DIR, "private_dirs": [BATCH_DIR, HARNESS_DIR, SCRATCH],
                 "preload": modules, "plain": plain, "rewritten": rewritten, "regexes": regexes,
                 "items": [_item_spec(item, i, item.key not in unswappable) for i, item in enumerate(pending)]}
-        sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
+        for name, text in HARNESS_FILES.items():
+            sandbox.write_file(f"{HARNESS_DIR}/{name}", text)
         for name, source in WORKER_FILES.items():
             sandbox.write_file(f"{BATCH_DIR}/{name}", source)
         sandbox.write_file(f"{BATCH_DIR}/spec.json", json.dumps(spec))

@@ -94,7 +94,7 @@ class Spot:
     gives the helper that `node` (a call's function) names."""
     helper: tuple[list[str], ast.FunctionDef] | None = None
     """For a "copy": the path and definition of the module's own helper whose changed copy the test calls instead
-    (`helpers.own_helper`); `inner` is where the copy changes it (`twins.twin_source` writes both)."""
+    (`helpers.own_helper`); `inner` is where the copy changes it (`twin_source.twin_source` writes both)."""
     inner: Spot | None = None
 
 
@@ -306,7 +306,8 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
 
 def module_tests(tree: ast.Module) -> list[tuple[list[str], ast.FunctionDef | ast.AsyncFunctionDef]]:
     """A test module's test functions and the test methods of its top-level classes (`test*`), each with its path
-    (`["test_x"]`, `["TestCls", "test_x"]`): the tests a mutant may be made of, as `twins.twin_source` takes them."""
+    (`["test_x"]`, `["TestCls", "test_x"]`): the tests a mutant may be made of, as `twin_source.twin_source` takes
+    them."""
     out: list[tuple[list[str], ast.FunctionDef | ast.AsyncFunctionDef]] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
@@ -377,7 +378,7 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
         begin = node.end_col_offset - len(node.attr) if isinstance(node, ast.Attribute) else node.col_offset
         _put(out, start, node.end_lineno, begin, node.end_col_offset, spot.text)
     elif spot.kind == "copy":
-        raise ValueError("a copy's helper is written beside it: twins.twin_source turns it into a rename")
+        raise ValueError("a copy's helper is written beside it: twin_source.twin_source turns it into a rename")
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
         _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")

@@ -1,7 +1,8 @@
 """trajfactory's pytest plugin: runs inside a sandbox, selects the requested tests and records each one's outcome.
 
 It is copied into the sandbox outside the checkout and loaded with `-p trajfactory_harness` (so it imports only
-the standard library and pytest, which every sandbox has). Through environment variables:
+the standard library and pytest, which every sandbox has), with its audit hook's module beside it
+(`harness_reaches.py`, `testrun.HARNESS_FILES`). Through environment variables:
 
 - `TRAJFACTORY_SELECT`: a file of pytest node ids, one per line: only those run (the others are deselected).
   Every pytest since 3.x honours it, unlike `@file` arguments (pytest >= 8.2 only). An id without the `[...]` of
@@ -81,86 +82,6 @@ def _take_seal_key() -> dict:
 
 _seal = _take_seal_key()
 
-# Reaches into the interpreter that Python's audit hooks report however the code names them (`getattr(gc, "get_" +
-# "objects")` raises the same event as `gc.get_objects()`): the event -> what it reaches.
-_REACHES = {"gc.get_objects": "the garbage collector's listing", "gc.get_referrers": "the garbage collector's listing",
-            "gc.get_referents": "the garbage collector's listing", "sys._getframe": "a stack frame",
-            "sys._current_frames": "the stack frames", "sys.settrace": "a trace function",
-            "sys.setprofile": "a profile function", "sys.addaudithook": "an audit hook"}
-_READS = {"tb_frame": "a stack frame", "gi_frame": "a stack frame", "cr_frame": "a stack frame",
-          "ag_frame": "a stack frame"}  # the attribute reads the interpreter audits that reach a frame
-_THROUGH = ("inspect.py", "traceback.py")  # the standard library's thin wrappers of frames: the caller is the reacher
-
-
-def _watch_reaches(write) -> None:
-    """A sealed run's audit hook (it cannot be removed): each reach into the interpreter (`_REACHES`, `_READS`, a
-    function's code replaced, a class from outside the checkout changed where the interpreter audits it (`__bases__`,
-    `__name__`, `__module__`, `__doc__`), ctypes) made by code in the checkout is written to the record at once,
-    `{"reach", "event", "file", "line"}`, before the code that reached can do anything with it.
-    Code run from a string, and the standard library's frame helpers, count as their caller. The host refuses a
-    reach from a line the patch added (`guard.run_time_reaches`); the project's own code and tests may reach."""
-    import sysconfig
-    import threading
-
-    root = os.path.realpath(os.getcwd()) + os.sep
-    stdlib = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
-    kinds: dict = {}
-    seen: set = set()
-    busy = threading.local()  # per thread: the hook's own `sys._getframe` call must not report itself
-
-    def kind(filename: str) -> str:
-        if filename not in kinds:
-            path = "" if filename.startswith("<") else os.path.realpath(filename)
-            if not path or (path.startswith(stdlib) and os.path.basename(path) in _THROUGH):
-                kinds[filename] = "through"
-            elif path.startswith(root) and "site-packages" not in path and not path.startswith(stdlib):
-                kinds[filename] = "checkout"
-            else:
-                kinds[filename] = "other"
-        return kinds[filename]
-
-    def what(event: str, args: tuple):
-        if event in _REACHES:
-            return _REACHES[event]
-        if event == "object.__getattr__" and len(args) > 1:
-            return _READS.get(args[1])
-        if event in ("object.__setattr__", "object.__delattr__") and len(args) > 1:
-            if args[1] == "__code__":
-                return "a function's code"
-            cls = args[0]
-            if isinstance(cls, type):
-                module = sys.modules.get(getattr(cls, "__module__", ""))
-                if kind(getattr(module, "__file__", None) or "<builtin>") != "checkout":
-                    return f"the class {cls.__module__}.{cls.__qualname__}"
-        if event.startswith("ctypes."):
-            return "raw memory (ctypes)"
-        return None
-
-    def hook(event: str, args: tuple) -> None:
-        if getattr(busy, "on", False) or (event not in _REACHES and not event.startswith(("object.", "ctypes."))):
-            return
-        busy.on = True
-        try:
-            reach = what(event, args)
-            if reach is None:
-                return
-            frame = sys._getframe(1)
-            while frame is not None and kind(frame.f_code.co_filename) == "through":
-                frame = frame.f_back
-            if frame is None or kind(frame.f_code.co_filename) != "checkout":
-                return
-            where = (os.path.relpath(os.path.realpath(frame.f_code.co_filename), root), frame.f_lineno)
-            if (reach, *where) not in seen:  # once per line and kind: as many as the checkout has lines
-                seen.add((reach, *where))
-                write({"reach": reach, "event": event, "file": where[0], "line": where[1]})
-        except Exception:  # noqa: BLE001 - a hook that raises would break the code under test
-            pass
-        finally:
-            busy.on = False
-
-    sys.addaudithook(hook)
-
-
 def _write(record: dict) -> None:
     fh = _state["fh"]
     if fh is None and "pending" in _state:  # before `pytest_configure` opened the record
@@ -175,8 +96,10 @@ def _write(record: dict) -> None:
 
 
 if _seal:  # at import: before pytest loads the checkout's conftest.py files, which may import its modules
+    from trajfactory_harness_reaches import watch_reaches  # harness_reaches.py, copied beside this plugin
+
     _state["pending"] = []
-    _watch_reaches(_write)
+    watch_reaches(_write)
 
 
 def pytest_addoption(parser) -> None:

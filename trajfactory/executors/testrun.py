@@ -28,6 +28,9 @@ COVERAGE_READ_LIMIT = 4 * READ_LIMIT
 """The per-test coverage map is large for a large suite (networkx: ~40 MB); it is still capped."""
 PLUGIN = "trajfactory_harness"
 PLUGIN_SOURCE = (Path(__file__).with_name("pytest_harness.py")).read_text()
+HARNESS_FILES = {f"{PLUGIN}.py": PLUGIN_SOURCE,
+                 "trajfactory_harness_reaches.py": (Path(__file__).with_name("harness_reaches.py")).read_text()}
+"""The plugin's files, as they go into `HARNESS_DIR` (the plugin imports its audit hook's module by that name)."""
 COVERAGE_MAP_SOURCE = (Path(__file__).with_name("coverage_map.py")).read_text()
 PROBE_PLUGIN = "trajfactory_probe"
 PROBE_SOURCE = (Path(__file__).with_name("line_probe.py")).read_text()
@@ -80,7 +83,7 @@ class TestRun:
     `run_tests` seals: `check_seal`). A session that crashed or exited early wrote no seal."""
     reaches: list[dict] = field(default_factory=list)
     """A sealed run's reaches into the interpreter made by code in the checkout, as its audit hook saw them:
-    `{"reach", "event", "file", "line"}` (`pytest_harness._watch_reaches`)."""
+    `{"reach", "event", "file", "line"}` (`harness_reaches.watch_reaches`)."""
     marked_flaky: list[str] = field(default_factory=list)
     """The collected tests the project marks `flaky` (`@pytest.mark.flaky`: a timing or environment test its
     maintainers let fail now and then)."""
@@ -268,7 +271,8 @@ def run_tests(
     this, so a bug that loops forever is stopped after seconds of its own work. `last`: ids of the selection run
     after all the others (the verifier's twins: state a twin leaves behind reaches none of the project's tests)."""
     sandbox.execute(f"rm -rf {SCRATCH} && mkdir -p {SCRATCH} {HARNESS_DIR}", timeout=30)
-    sandbox.write_file(f"{HARNESS_DIR}/{PLUGIN}.py", PLUGIN_SOURCE)
+    for name, text in HARNESS_FILES.items():
+        sandbox.write_file(f"{HARNESS_DIR}/{name}", text)
     key = secrets.token_bytes(32)  # the plugin reads and deletes it at import: the seal of its record
     sandbox.write_file(f"{SCRATCH}/seal.key", key)
     env = [f"TRAJFACTORY_RESULTS={SCRATCH}/results.jsonl", f"TRAJFACTORY_SEAL={SCRATCH}/seal.key",
