@@ -14,10 +14,10 @@ import ast
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from pytest_runs import outcomes
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import module_tests, mutate, spot_of
 from trajfactory.executors.twins import twin_source
@@ -146,21 +146,6 @@ def test_a_helper_of_the_module_is_copied_where_its_own_body_shows_its_assertion
         mutate(TESTS.splitlines(keepends=True), 1, spot, RNG)
 
 
-def _run(folder: Path, ids: list[str]) -> dict[str, str]:
-    """pytest on `ids`: id -> passed, failed on an assertion, or failed / error (and why)."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q", *ids], cwd=folder,
-                         capture_output=True, text=True, timeout=120)
-    out = {}
-    for line in run.stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word in ("PASSED", "FAILED", "ERROR"):
-            test, _, why = rest.partition(" - ")
-            # a failed `assert` reads `assert ...`, a failed unittest assertion `AssertionError: ...`
-            out[test] = word.lower() + (" on an assertion" if why.startswith(("assert ", "AssertionError")) else
-                                        f" ({why})" if why else "")
-    return out
-
-
 def test_the_mutants_call_changed_copies_and_fail_where_the_originals_pass(tmp_path):
     """The twins' writer puts each helper's copy beside the mutants (a method's on its class, as the twins), and real
     pytest runs the originals, twins and mutants: the originals and twins pass, the mutants fail, and no copy of a
@@ -177,7 +162,7 @@ def test_the_mutants_call_changed_copies_and_fail_where_the_originals_pass(tmp_p
         prefix = "test_x.py::" + "".join(f"{p}::" for p in path[:-1])
         ids |= {prefix + path[-1]: "passed", prefix + twins[tuple(path)]: "passed",
                 prefix + mutants[tuple(path)]: "failed on an assertion"}  # the copy's turned assertion
-    assert {i: o for i, o in _run(tmp_path, list(ids)).items() if i in ids} == ids
+    assert {i: o for i, o in outcomes(tmp_path, list(ids)).items() if i in ids} == ids
     collected = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
                                 "test_x.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     assert "::_" not in collected and "test_module_helper" in collected
@@ -249,4 +234,4 @@ def test_no_mutant_where_a_name_its_decorators_read_is_bound_again_after_it(tmp_
                                         file="test_r.py")
     (tmp_path / "test_r.py").write_text(source)
     ids = [f"test_r.py::{name}[{case}]" for name in ("test_first", mutants[("test_first",)]) for case in "ab"]
-    assert _run(tmp_path, ids) == dict.fromkeys(ids, "passed")
+    assert outcomes(tmp_path, ids) == dict.fromkeys(ids, "passed")

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import ast
 import secrets
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from pytest_runs import outcomes
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutants import Spot, module_tests, mutate, spot_of
 from trajfactory.schema import Source
@@ -179,21 +177,6 @@ def _copy(text: str, node: ast.FunctionDef, spot: Spot) -> str:
                    + lines[node.end_lineno:])
 
 
-def _run(folder: Path, ids: list[str]) -> dict[str, str]:
-    """pytest on `ids` in `folder`: id -> passed / failed / skipped, as its -rA summary says."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q", *ids], cwd=folder,
-                         capture_output=True, text=True, timeout=120)
-    out = {}
-    for line in run.stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
-            test = rest.split(" - ")[0]
-            if word == "SKIPPED":  # `SKIPPED [1] test_x.py:12: reason` names the line, not the test
-                test = rest.split("] ", 1)[-1].rsplit(":", 2)[0]
-            out[test] = word.lower()
-    return out
-
-
 @pytest.mark.parametrize("name,kind,changed", [
     ("test_then_finally", "constant", "assert parse(\"12\") == "),  # 12 -> 13..21
     ("test_skipped_without_a_module", "negate", "assert not (parse(\"7\")"),  # `skip` from pytest through `common`
@@ -233,10 +216,10 @@ def test_each_mutant_fails_where_its_original_passes_and_the_left_out_ones_would
         test_id = "::".join(names)
         ids += [f"test_x.py::{test_id}", f"{copy}::{test_id}"]
         want[f"test_x.py::{test_id}"] = "passed"
-        want[f"{copy}::{test_id}"] = "passed" if name in NONE else "failed"
-    outcomes = _run(tmp_path, ids)
-    assert {i: outcomes.get(i, "missing") for i in want} == want
-    assert sum(v == "failed" for v in want.values()) == 8
+        want[f"{copy}::{test_id}"] = "passed" if name in NONE else "failed on an assertion"
+    got = outcomes(tmp_path, ids)
+    assert {i: got.get(i, "missing") for i in want} == want
+    assert sum(v == "failed on an assertion" for v in want.values()) == 8
 
 
 def test_jsonpointer_tests_that_expect_an_error_get_mutants_that_fail(mirrors, tmp_path):
@@ -257,7 +240,7 @@ def test_jsonpointer_tests_that_expect_an_error_get_mutants_that_fail(mirrors, t
         assert spot is not None and spot.kind == "opposite", name
         (checkout / f"test_m{index}.py").write_text(_copy(text, node, spot), encoding="utf-8")
         ids += [f"tests.py::{'::'.join(names)}", f"test_m{index}.py::{'::'.join(names)}"]
-        want |= {ids[-2]: "passed", ids[-1]: "failed"}
+        want |= {ids[-2]: "passed", ids[-1]: "failed on an assertion"}
     assert len(want) == 4
-    outcomes = _run(checkout, ids)
-    assert {i: outcomes.get(i, "missing") for i in want} == want
+    got = outcomes(checkout, ids)
+    assert {i: got.get(i, "missing") for i in want} == want
