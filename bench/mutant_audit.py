@@ -101,8 +101,7 @@ def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig =
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)
         run = run_tests(sandbox, timeout=timeout)
         if run.timed_out or run.results_error or not run.sealed:
-            raise SystemExit(f"{uri}: the suite did not finish with a sealed record: "
-                             f"{run.results_error or run.exit_code}")
+            raise Unusable(f"the suite did not finish with a sealed record: {run.results_error or run.exit_code}")
         # the doctests that passed, each copied into a module of its own beside its module, run with their copies
         doctests = sorted(t for t, outcome in run.outcomes.items() if outcome == "passed" and doctest_parts(t)
                           and protected(t.partition("::")[0]) != "test file")
