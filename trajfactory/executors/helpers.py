@@ -28,13 +28,12 @@ from typing import Callable
 from trajfactory.executors.helper_rules import (Def, Target, defaulted_args, donor_argument, donor_key,
                                                 helper_target)
 from trajfactory.executors.mutant_loops import own_code
+from trajfactory.executors.mutants import STOPS
 from trajfactory.runtime import parse_python
 
 Resolver = Callable[[list[str], ast.Call], "tuple[Def, bool] | None"]
 _DEPTH = 6
 """How many base classes and imports deep a helper is looked for."""
-STOPS = ("fail", "skip", "xfail")
-"""pytest's calls that always raise out of a test (and so end it failed or skipped, never passed)."""
 
 
 def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
@@ -45,6 +44,24 @@ def _imports(tree: ast.Module) -> dict[str, tuple[str, int, str]]:
             for alias in node.names:
                 out[alias.asname or alias.name] = (node.module or "", node.level, alias.name)
     return out
+
+
+def binds(stmt: ast.stmt) -> set[str]:
+    """The names a statement of a module or class body binds there: a definition's, an import's, an assignment's
+    targets, a loop's and a `with` block's."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {a.asname or a.name.split(".")[0] for a in stmt.names}
+    if isinstance(stmt, ast.Assign):
+        targets = stmt.targets
+    elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
+        targets = [stmt.target]
+    elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+        targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
+    else:
+        targets = []
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
 def _local_names(tree: ast.Module, test: list[str]) -> set[str]:
@@ -170,9 +187,7 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
     def origin(name: str, module: ast.Module, here: str, depth: int) -> tuple[str, str] | None:
         """Where the name `name` of `module` (the file `here`) comes from outside the checkout: (module, name) of
         its `from M import N`, followed through the checkout's own modules; None where the checkout defines it."""
-        if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name or
-               isinstance(n, ast.Assign) and any(getattr(t, "id", None) == name for t in n.targets) or
-               isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == name for n in module.body):
+        if any(name in binds(n) for n in module.body if not isinstance(n, (ast.Import, ast.ImportFrom))):
             return None
         found = _imports(module).get(name)
         if found is None or depth >= _DEPTH:
@@ -193,8 +208,7 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
                 return func.attr in STOPS
             if func.value.id == "self" and func.attr in ("fail", "skipTest") and len(test) == 2:
                 classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
-                return bool(classes) and not isinstance(method(classes[-1], func.attr, tree, path, 0),
-                                                        (ast.FunctionDef, ast.AsyncFunctionDef))
+                return bool(classes) and not isinstance(method(classes[-1], func.attr, tree, path, 0), ast.FunctionDef)
             return False
         if isinstance(func, ast.Name) and func.id in STOPS and func.id not in _local_names(tree, test):
             return origin(func.id, tree, path, 0) in {(m, func.id) for m in ("pytest", "_pytest.outcomes")}
@@ -221,11 +235,7 @@ def own_helper(tree: ast.Module, test: list[str], call: ast.Call) -> tuple[list[
     else:
         return None
     name = path[-1]
-    bound = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and
-             n.name == name or isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and
-             any(getattr(t, "id", None) == name for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
-             or isinstance(n, (ast.Import, ast.ImportFrom)) and
-             any((a.asname or a.name.split(".")[0]) == name for a in n.names)]
+    bound = [n for n in body if name in binds(n)]
     if len(bound) != 1 or not isinstance(bound[0], ast.FunctionDef) or bound[0].decorator_list or \
             name.startswith("__") or any(isinstance(n, ast.Name) and n.id in ("super", "__class__")
                                          for n in ast.walk(bound[0])):

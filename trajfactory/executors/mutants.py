@@ -33,9 +33,10 @@ the patch does and with no reference to the fix: the assertion is a statement of
 `if`, nor under a `with` whose manager may swallow a failure: unittest's, mock's and pytest's let it through, and so
 does a manager of the checkout whose definition shows it, `helpers.lets_through`, as argcomplete's `TempDir`; in a
 `try` statement, the end of the clause a passing original ran to its end: its body or `else` where every handler
-stops the test, the one handler where the body stops it, `_tried`), in a body with no `return` of its own (a bare one that ends it aside), so a run in which the original passed evaluated it
-and found it true. A loop counts where it is the body's last statement, its own last statement is the assertion (or
-such a loop: loops nest), it has no `break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
+stops the test, the one handler where the body stops it, `_tried`), in a body with no `return` of its own (a bare
+one that ends it aside), so a run in which the original passed evaluated it and found it true. A loop counts where
+it is the body's last statement, its own last statement is the assertion (or such a loop: loops nest), it has no
+`break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
 of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there, or
 the target of an outer such loop, as docutils' `for name, cases in totest.items(): for case in cases:`): it runs as
 many times under any patch, so it ran at least once under any patch if the mutant failed under the task's fix. The copy evaluates the same,
@@ -64,6 +65,8 @@ _OPPOSITE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS} | {"assertEqua
 _RAISES = ("raises", "assertRaises", "assertRaisesRegex", "assertRaisesRegexp")
 """The context managers that expect an exception of their block."""
 _LETTERS = "abcdefghjkmnpqrstuvwxyz"
+STOPS = ("fail", "skip", "xfail")
+"""pytest's calls that always raise out of a test (and so end it failed or skipped, never passed)."""
 PASSING_MANAGERS = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.multiple", "catch_warnings",
                     "warns", "deprecated_call", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile", "chdir")
 """Context managers that let an exception of their block through (the standard library's, unittest's, mock's,
@@ -201,7 +204,7 @@ def _stops(stmt: ast.stmt, helper) -> bool:
     if stops is not None:
         return stops(call)
     return isinstance(call.func, ast.Attribute) and getattr(call.func.value, "id", None) == "pytest" and \
-        call.func.attr in ("fail", "skip", "xfail")
+        call.func.attr in STOPS
 
 
 def _tried(stmt: ast.Try, helper, test, outer: tuple[ast.For, ...]) -> Spot | None:

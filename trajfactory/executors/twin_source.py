@@ -14,7 +14,7 @@ import secrets
 from typing import Callable
 
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
-from trajfactory.executors.helpers import mutant_targets
+from trajfactory.executors.helpers import binds, mutant_targets
 from trajfactory.executors.mutants import Spot, mutate, spot_of
 from trajfactory.runtime import parse_python
 
@@ -65,28 +65,10 @@ def _evaluated_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def _binds(stmt: ast.stmt) -> set[str]:
-    """The names a statement of a module or class body binds there: a definition's, an import's, an assignment's
-    targets, a loop's and a `with` block's."""
-    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {stmt.name}
-    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-        return {a.asname or a.name.split(".")[0] for a in stmt.names}
-    if isinstance(stmt, ast.Assign):
-        targets = stmt.targets
-    elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
-        targets = [stmt.target]
-    elif isinstance(stmt, (ast.With, ast.AsyncWith)):
-        targets = [i.optional_vars for i in stmt.items if i.optional_vars is not None]
-    else:
-        targets = []
-    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-
-
 def _class_names(cls: ast.ClassDef) -> set[str]:
     """The names a class body binds (attributes, methods, nested classes, imports), but private ones (`__x`, which
     Python mangles)."""
-    out = set().union(*(_binds(stmt) for stmt in cls.body))
+    out = set().union(*(binds(stmt) for stmt in cls.body))
     return {n for n in out if not (n.startswith("__") and not n.endswith("__"))}
 
 
@@ -98,7 +80,7 @@ def rebound(tree: ast.Module, path: list[str], node: ast.FunctionDef | ast.Async
     no mutant."""
     names = _evaluated_names(node)
     scopes = [_find_class(tree, path[0]).body, tree.body] if len(path) == 2 else [tree.body]
-    return bool(names) and any(stmt.lineno > node.end_lineno and names & _binds(stmt)
+    return bool(names) and any(stmt.lineno > node.end_lineno and names & binds(stmt)
                                for body in scopes for stmt in body)
 
 
@@ -194,7 +176,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
         # leaves wsgiref imported, which it asserts is not)
         last = max((n.name for n in _find_class(tree, path[0]).body if isinstance(n, (ast.FunctionDef,
                     ast.AsyncFunctionDef)) and n.name.startswith(prefix[:4])), default="") if len(path) == 2 else ""
-        last = max([last, *(t for made in (twins, mutants, helpers) for p, t in made.items()
+        last = max([last, *(t for made in (twins, mutants) for p, t in made.items()
                             if p[:-1] == tuple(path[:-1]) and len(p) == 2)])
         start = min([d.lineno for d in node.decorator_list] + [node.lineno])
         at, holder = node.lineno - start, functions if len(path) == 1 else methods.setdefault(path[0], [])
