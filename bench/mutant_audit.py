@@ -9,8 +9,9 @@ is *loose*: on a task, the verifier would excuse it only after a second run unde
 and per kind of mutant (`constant`, `negate`, `opposite`, `raises`, `call`, `wrap`, `repeat`, `add`, `all`, and
 `copy`: a changed copy of the test's own helper, `mutants._copied`) how many ran beside a passing original and how
 many of those were loose; `loop`, `with` and `try` count those whose assertion ends a loop's or a `with` block's
-body or sits in a clause of a `try` statement (`mutants._tried`), and `helper` those that end in a call to a helper
-of the project whose definition shows what it compares (`executors/helpers.py`). The doctests that passed in that
+body or sits in a clause of a `try` statement (`mutants._tried`), `helper` those that end in a call to a helper
+of the project whose definition shows what it compares (`executors/helpers.py`), and `counted` those whose assertion
+ends a loop over what the test built, counted in the copy (`mutants.Spot.guards`). The doctests that passed in that
 run (where the project runs its modules' doctests) then each get their copy in a module of its own beside their
 module (`doctest` mutants, `executors/doctest_mutants.py`), and run once more beside them; `tests` counts them too.
 
@@ -43,7 +44,7 @@ from trajfactory.synthesizers.swe import stage  # noqa: E402
 
 LIMITS = SandboxConfig(memory="2g", cpus=1, pids=256, command_timeout_s=120)
 KINDS = ("constant", "negate", "opposite", "raises", "call", "wrap", "repeat", "add", "all", "copy", "loop", "with",
-         "try", "helper", "doctest")
+         "try", "helper", "counted", "doctest")
 
 
 def _read(checkout: Path, rel: str) -> str | None:
@@ -95,7 +96,9 @@ def audit(backend, uri: str, work: Path, timeout: float, limits: SandboxConfig =
                 kinds.append("loop" if isinstance(last, ast.For) else "with")
                 last = last.body[-1]
             tried = any(isinstance(n, ast.Try) and any(m is spot.node for m in ast.walk(n)) for n in ast.walk(node))
-            kinds = list(dict.fromkeys(kinds + (["try"] if tried else []) + (["helper"] if test in helped else [])))
+            counted = spot.guards or spot.inner is not None and spot.inner.guards  # a loop over what it built
+            kinds = list(dict.fromkeys(kinds + (["try"] if tried else []) + (["helper"] if test in helped else [])
+                                       + (["counted"] if counted else [])))
             count.update(kinds)
             made[test] = (mutant, kinds)
         print(f"{uri}: {len(made)} mutants in {len(files)} files; running the suite", file=sys.stderr, flush=True)

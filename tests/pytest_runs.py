@@ -27,7 +27,8 @@ def pytest_runtest_makereport(item, call):
 def outcomes(folder: Path, ids: list[str]) -> dict[str, str]:
     """pytest on `ids` in `folder`: id -> `passed`, `skipped`, `failed on an assertion` (its call raised
     `AssertionError`, as a failed `assert` or unittest assertion does), `failed (Error)` for any other exception (an
-    `AttributeError` is not the failure a mutant is for), or `error` for a failed setup or teardown."""
+    `AttributeError` is not the failure a mutant is for), or `error` for a failed setup or teardown. A test whose
+    `subTest` failed is failed: pytest 9 reports each failed subtest, then the test itself as passed."""
     plugin_dir = folder / ".outcomes-plugin"
     plugin_dir.mkdir(exist_ok=True)
     (plugin_dir / "outcomes_plugin.py").write_text(PLUGIN)
@@ -41,8 +42,10 @@ def outcomes(folder: Path, ids: list[str]) -> dict[str, str]:
     for line in record.read_text().splitlines() if record.exists() else []:
         test, when, outcome, kind = json.loads(line)
         if when != "call":
-            out[test] = "skipped" if outcome == "skipped" else "error"
+            got = "skipped" if outcome == "skipped" else "error"
         else:
-            out[test] = "passed" if outcome == "passed" else "skipped" if outcome == "skipped" else \
+            got = "passed" if outcome == "passed" else "skipped" if outcome == "skipped" else \
                 "failed on an assertion" if kind == "AssertionError" else f"failed ({kind})"
+        if not out.get(test, "passed").startswith("failed"):  # a failed subtest (pytest 9 reports each) fails it
+            out[test] = got
     return out

@@ -19,7 +19,8 @@ import pytest
 
 from pytest_runs import outcomes
 from trajfactory.executors.helpers import mutant_targets
-from trajfactory.executors.mutants import module_tests, mutate, spot_of
+from trajfactory.executors.mutant_text import mutate
+from trajfactory.executors.mutants import module_tests, spot_of
 from trajfactory.executors.twins import twin_source
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo

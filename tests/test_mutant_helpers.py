@@ -12,7 +12,8 @@ import pytest
 
 from trajfactory.executors.helper_rules import compared_params, converted_params, counted_varargs, helper_target
 from trajfactory.executors.helpers import mutant_targets
-from trajfactory.executors.mutants import mutate, spot_of
+from trajfactory.executors.mutant_text import mutate
+from trajfactory.executors.mutants import spot_of
 
 RNG = secrets.SystemRandom()
 

@@ -18,7 +18,8 @@ import secrets
 import pytest
 
 from trajfactory.executors.helpers import mutant_targets
-from trajfactory.executors.mutants import module_tests, mutate, spot_of
+from trajfactory.executors.mutant_text import mutate
+from trajfactory.executors.mutants import module_tests, spot_of
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
 from trajfactory.synthesizers.swe import stage
@@ -181,8 +182,8 @@ def _mutant(name: str) -> tuple[str | None, str | None]:
     ("test_swallowing", None, None),
     ("test_quitting", None, None),
     ("test_nested", None, None),
-    # the outer target bound again in the test: what the inner loop walks is built
-    ("test_rebound_target", None, None),
+    # the outer target bound again in the test: what the inner loop walks is built, so it gets an `else` that fails
+    ("test_rebound_target", "opposite", "self.assertFalse(given)"),
 ])
 def test_a_project_manager_or_an_inner_loop_gets_a_mutant_where_its_definition_shows_it_ran(name, kind, last):
     assert _mutant(name) == (kind, last)

@@ -13,7 +13,8 @@ import pytest
 
 from trajfactory.executors.helper_rules import helper_target, item_params, or_params
 from trajfactory.executors.helpers import mutant_targets
-from trajfactory.executors.mutants import mutate, spot_of
+from trajfactory.executors.mutant_text import mutate
+from trajfactory.executors.mutants import spot_of
 
 from test_mutant_helpers import namespace_def
 

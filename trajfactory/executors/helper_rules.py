@@ -288,7 +288,7 @@ def helper_target(call: ast.Call, func: Def, bound: bool, donor: Callable[[int],
     """What a mutant changes in `call` to the helper `func`, given by position (after `self` where the call is `bound`
     to an instance) or by keyword: an argument the helper only compares (`compared_params`), a constant first
     ("constant": changed), else any ("wrap": wrapped in a tuple); else, where the helper only compares its `*args`
-    (`counted_varargs`), the last of them ("repeat": given twice, `mutants.mutate`), or, where the call gives none,
+    (`counted_varargs`), the last of them ("repeat": given twice, `mutant_text.mutate`), or, where the call gives none,
     one more after its last argument ("add": the expression `donor` finds for a helper with that many positional
     parameters, `donor_argument`); a helper that compares each value of a dict it is given (`item_params`) gets a
     value of it changed, or the dict added with the key `key` finds (`donor_key`) where the call gives none

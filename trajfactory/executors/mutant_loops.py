@@ -1,5 +1,6 @@
 """Which loops a mutant may end in (`mutants.py`): a loop that walks a fixed collection runs as many times under any
-patch (`fixed`), and a loop over what the test built asserts the opposite of all it asserts at once (`every`)."""
+patch (`fixed`), and a loop of one `assert` over what the test built asserts the opposite of all it asserts at once
+(`every`); any other loop over what the test built is counted in the copy (`mutants.Spot.guards`)."""
 
 from __future__ import annotations
 

@@ -35,11 +35,15 @@ does a manager of the checkout whose definition shows it, `helpers.lets_through`
 `try` statement, the end of the clause a passing original ran to its end: its body or `else` where every handler
 stops the test, the one handler where the body stops it, `_tried`), in a body with no `return` of its own (a bare
 one that ends it aside), so a run in which the original passed evaluated it and found it true. A loop counts where
-it is the body's last statement, its own last statement is the assertion (or such a loop: loops nest), it has no
-`break`, `continue` or `else`, and it walks a fixed collection (a literal, `range`
-of constants, a name the test does not bind, or one it binds once, to a non-empty literal, and reads only there, or
-the target of an outer such loop, as docutils' `for name, cases in totest.items(): for case in cases:`): it runs as
-many times under any patch, so it ran at least once under any patch if the mutant failed under the task's fix. The copy evaluates the same,
+it is the body's last statement, its own last statement is the assertion (or such a loop: loops nest), and it has
+no `break`, `continue` or `else`. One that walks a fixed collection (a literal, `range` of constants, a name the test
+does not bind, or one it binds once, to a non-empty literal, and reads only there, or the target of an outer such
+loop, as docutils' `for name, cases in totest.items(): for case in cases:`) runs as many times under any patch, so
+it ran at least once under any patch if the mutant failed under the task's fix. One that walks what the test built,
+which may be empty, is counted in the copy (`for x in xs:` becomes `for _n, (x) in enumerate(xs):`, with `else:
+assert "_n" in locals(), "..."` after it, `Spot.guards`): the copy fails where it ran no time, and where it ran, its
+first round reaches the turned assertion (networkx's `for u, v in G.edges(): ...; assert ...`, more-itertools'
+`for i, x in enumerate(l): self.assertEqual(mi.nth(l, i), x)`). The copy evaluates the same,
 save where the test depends on its name, its place or what ran before it, or on an `==` that says yes to two values:
 the task's own fix shows that (`swe_env` excuses a mutant that passes under the gold patch too). A run in which a
 mutant passed beside its passing original was forged.
@@ -51,8 +55,7 @@ On six real suites (`bench/mutant_audit.py`: tabulate, boltons, cachetools, mist
 from __future__ import annotations
 
 import ast
-import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from trajfactory.executors.mutant_loops import every, fixed, own_code
@@ -60,11 +63,10 @@ from trajfactory.executors.mutant_loops import every, fixed, own_code
 _PAIRS = (("assertEqual", "assertNotEqual"), ("assertTrue", "assertFalse"), ("assertIn", "assertNotIn"),
           ("assertIs", "assertIsNot"), ("assertIsNone", "assertIsNotNone"), ("assertIsInstance", "assertNotIsInstance"),
           ("assertAlmostEqual", "assertNotAlmostEqual"), ("assertRegex", "assertNotRegex"))
-_OPPOSITE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS} | {"assertEquals": "assertNotEqual"}
+OPPOSITE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS} | {"assertEquals": "assertNotEqual"}
 """unittest's assertions and their opposites: where one passes, the other fails, for the same arguments."""
 _RAISES = ("raises", "assertRaises", "assertRaisesRegex", "assertRaisesRegexp")
 """The context managers that expect an exception of their block."""
-_LETTERS = "abcdefghjkmnpqrstuvwxyz"
 STOPS = ("fail", "skip", "xfail")
 """pytest's calls that always raise out of a test (and so end it failed or skipped, never passed)."""
 PASSING_MANAGERS = ("subTest", "open", "patch", "patch.object", "patch.dict", "patch.multiple", "catch_warnings",
@@ -99,6 +101,9 @@ class Spot:
     """For a "copy": the path and definition of the module's own helper whose changed copy the test calls instead
     (`helpers.own_helper`); `inner` is where the copy changes it (`twin_source.twin_source` writes both)."""
     inner: Spot | None = None
+    guards: tuple[ast.For, ...] = ()
+    """The loops around the spot that walk what the test built, outermost first: the copy counts each one's rounds
+    and fails after it where it ran none (`_last`, `mutant_text.mutate`)."""
 
 
 def _constant(node: ast.AST) -> bool:
@@ -139,7 +144,7 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
         return None
     if _raising_call(call):
         return Spot("call", call)
-    if isinstance(call.func, ast.Attribute) and call.func.attr in _OPPOSITE:
+    if isinstance(call.func, ast.Attribute) and call.func.attr in OPPOSITE:
         found = [a for a in call.args[:2] if _constant(a)]
         if call.func.attr in ("assertEqual", "assertEquals") and len(call.args) >= 2 and len(found) == 1:
             return Spot("constant", found[0])
@@ -177,15 +182,22 @@ def _copied(call: ast.Call, helper) -> Spot | None:
 def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef | None,
           outer: tuple[ast.For, ...] = ()) -> Spot | None:
     """The spot of `stmt`, the last statement of a body that ran (`_spot`), or of the last statement of the loop
-    `stmt` where that loop ran it at least once: it walks a fixed collection of its `test` (`mutant_loops.fixed`), has no `else`,
-    and no `break` or `continue` skips the end of its body. Loops nest (`for a in A: for b in B: assert ...`), and an
-    inner loop may walk what an outer one's target holds (`outer`, the loops `stmt` is in). A `try` statement's spot
-    is that of the clause a passing original ran to its end (`_tried`)."""
+    `stmt`, which has no `else` and no `break` or `continue` to skip the end of its body: as it is where the loop walks
+    a fixed collection of its `test` (`mutant_loops.fixed`); the loop's opposite of all it asserts at once where it is
+    a loop of one `assert` over what the test built (`every`); else counted (`Spot.guards`), where its body starts
+    below its header (the counter goes into the header's line). Loops nest (`for a in A: for b in B: assert ...`), and
+    an inner loop may walk what an outer fixed one's target holds (`outer`, the fixed loops `stmt` is in). A `try`
+    statement's spot is that of the clause a passing original ran to its end (`_tried`)."""
     if isinstance(stmt, (ast.Assert, ast.Expr, ast.With)):
         return _spot(stmt, helper, test, outer)
-    if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and fixed(stmt, test, outer) and \
+    if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and \
             not any(isinstance(n, (ast.Break, ast.Continue)) for n in own_code(stmt)):
-        return _last(stmt.body[-1], helper, test, (*outer, stmt))
+        if fixed(stmt, test, outer):
+            return _last(stmt.body[-1], helper, test, (*outer, stmt))
+        if every(stmt) is not None:
+            return Spot("all", stmt)
+        spot = _last(stmt.body[-1], helper, test, outer) if stmt.body[0].lineno > stmt.iter.end_lineno else None
+        return replace(spot, guards=(stmt, *spot.guards)) if spot is not None else None
     if isinstance(stmt, ast.Try):
         return _tried(stmt, helper, test, outer)
     return None
@@ -269,11 +281,11 @@ def manager_name(expr: ast.expr) -> str:
 def _helper(call: ast.Call) -> str:
     """The name of a project's assertion helper that `call` calls (`assert_equal`, `self.assertXmlEqual`,
     `m.assert_called_once_with`), lower case and without underscores; "" for any other call, unittest's own
-    (`_OPPOSITE`) and those that expect the opposite of equality, an exception or a warning (`_HELPER_NOT`)."""
+    (`OPPOSITE`) and those that expect the opposite of equality, an exception or a warning (`_HELPER_NOT`)."""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
     plain = name.lower().replace("_", "")
-    if not plain.startswith("assert") or name in _OPPOSITE or any(w in plain for w in _HELPER_NOT) \
+    if not plain.startswith("assert") or name in OPPOSITE or any(w in plain for w in _HELPER_NOT) \
             or not (plain == "assertin" or any(w in plain for w in _HELPER_WORDS)):
         return ""
     return plain
@@ -302,8 +314,6 @@ def spot_of(node: ast.FunctionDef | ast.AsyncFunctionDef,
             return spot
         if stmt is body[-1] and isinstance(stmt, ast.For) and (spot := _last(stmt, helper, node)):
             return spot
-        if stmt is body[-1] and every(stmt) is not None:
-            return Spot("all", stmt)
     return None
 
 
@@ -318,74 +328,4 @@ def module_tests(tree: ast.Module) -> list[tuple[list[str], ast.FunctionDef | as
         elif isinstance(node, ast.ClassDef):
             out += [([node.name, m.name], m) for m in node.body
                     if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and m.name.startswith("test")]
-    return out
-
-
-def changed(value: int | float | str | bytes, rng: secrets.SystemRandom) -> str:
-    """The source of a constant that differs from `value` and that no ordinary value equals alongside it."""
-    if isinstance(value, bool):
-        return repr(not value)
-    if isinstance(value, (int, float)):
-        return repr(value + rng.randint(1, 9))
-    if isinstance(value, bytes):
-        return repr(value + rng.choice(_LETTERS).encode())
-    return repr(value + rng.choice(_LETTERS))
-
-
-def _put(lines: list[str], start: int, line: int, col: int, end_col: int, text: str) -> None:
-    """Replace the bytes `col:end_col` of line `line` (of a file; `lines` start at its line `start`) with `text`.
-    The columns of `ast` count UTF-8 bytes."""
-    raw = lines[line - start].encode("utf-8")
-    lines[line - start] = (raw[:col] + text.encode("utf-8") + raw[end_col:]).decode("utf-8")
-
-
-def _text(lines: list[str], start: int, node: ast.AST) -> str:
-    """The source of `node`, on one line or several (`lines` start at line `start` of the file)."""
-    raw = [lines[n - start].encode("utf-8") for n in range(node.lineno, node.end_lineno + 1)]
-    if len(raw) == 1:
-        return raw[0][node.col_offset:node.end_col_offset].decode("utf-8")
-    return b"".join([raw[0][node.col_offset:], *raw[1:-1], raw[-1][:node.end_col_offset]]).decode("utf-8")
-
-
-def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -> list[str]:
-    """`copy` (the lines of a definition that starts at line `start` of its file) changed at `spot`."""
-    out, node = list(copy), spot.node
-    if spot.kind == "constant":
-        _put(out, start, node.lineno, node.col_offset, node.end_col_offset, changed(node.value, rng))
-    elif spot.kind == "negate":  # the end first: on one line, the start's columns stay right
-        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ")")
-        _put(out, start, node.lineno, node.col_offset, node.col_offset, "not (")
-    elif spot.kind == "all":  # the loop -> `assert not all(test for target in iterable ...)`, on one line
-        test, chain = every(node)
-        first = out[node.lineno - start]
-        loops = "".join(f" for {ast.unparse(target)} in {ast.unparse(it)}" for target, it in chain)
-        out[node.lineno - start:node.end_lineno - start + 1] = [
-            first[:len(first) - len(first.lstrip())] + f"assert not all({ast.unparse(test)}{loops})\n"]
-    elif spot.kind == "wrap":  # `x` -> `(x,)`, the end first
-        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ",)")
-        _put(out, start, node.lineno, node.col_offset, node.col_offset, "(")
-    elif spot.kind == "repeat":  # `f(a, x)` -> `f(a, x, x)` (the argument on one line)
-        raw = out[node.lineno - start].encode("utf-8")
-        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset,
-             ", " + raw[node.col_offset:node.end_col_offset].decode("utf-8"))
-    elif spot.kind == "add":  # `f(a)` -> `f(a, m.X)`
-        _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ", " + spot.text)
-    elif spot.kind == "call":  # `self.assertRaises(E, f, a, k=b)` -> `(f)(a, k=b)`: what raised is no longer caught
-        parts = [_text(out, start, a) for a in node.args[1:]]
-        parts += [f"{k.arg}={_text(out, start, k.value)}" for k in node.keywords]
-        first, last = out[node.lineno - start].encode("utf-8"), out[node.end_lineno - start].encode("utf-8")
-        text = f"({parts[0]})({', '.join(parts[1:])})".encode("utf-8")  # the arguments' own lines, if several
-        out[node.lineno - start:node.end_lineno - start + 1] = (
-            first[:node.col_offset] + text + last[node.end_col_offset:]).decode("utf-8").splitlines(keepends=True)
-    elif spot.kind == "rename":  # `self.check(x)` / `check(x)` -> `self.<copy>(x)` / `<copy>(x)`
-        begin = node.end_col_offset - len(node.attr) if isinstance(node, ast.Attribute) else node.col_offset
-        _put(out, start, node.end_lineno, begin, node.end_col_offset, spot.text)
-    elif spot.kind == "copy":
-        raise ValueError("a copy's helper is written beside it: twin_source.twin_source turns it into a rename")
-    elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
-        last = node.items[0].optional_vars or node.items[0].context_expr
-        _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
-    else:
-        _put(out, start, node.end_lineno, node.end_col_offset - len(node.attr), node.end_col_offset,
-             _OPPOSITE[node.attr])
     return out

@@ -11,11 +11,13 @@ from __future__ import annotations
 import ast
 import re
 import secrets
+from dataclasses import replace
 from typing import Callable
 
 from trajfactory.executors.canaries import CANARY_WORDS, Canaries, canary_tests
 from trajfactory.executors.helpers import binds, mutant_targets
-from trajfactory.executors.mutants import Spot, mutate, spot_of
+from trajfactory.executors.mutant_text import mutate
+from trajfactory.executors.mutants import spot_of
 from trajfactory.runtime import parse_python
 
 _WORDS = CANARY_WORDS + ("basic", "simple", "regression", "edge_case", "mixed", "single", "many", "invalid", "valid",
@@ -196,7 +198,7 @@ def twin_source(source: str, tests: list[list[str]], rng: secrets.SystemRandom |
                 if len(where) == 2:
                     helpers[(where[0], name)] = name
                     evaluated.setdefault(where[0], set()).update(_evaluated_names(helper))
-                spot = Spot("rename", spot.node, name)
+                spot = replace(spot, kind="rename", text=name)
             holder.append(_renamed(mutate(lines[start - 1:node.end_lineno], start, spot, rng), at, path[-1], mutant))
             mutants[tuple(path)] = mutant
     for copy in functions:
