@@ -67,8 +67,9 @@ def test_a_loop_over_what_the_test_built_is_counted_in_the_copy(source, kind, co
     assert len({loop.target.elts[0].id for loop in loops}) == counted  # a name of its own per loop
     # no line of the test moves: the headers and the turned assertion change in place, the `else` lines are added
     old = source.splitlines()
-    new = [line for line in made.splitlines() if not line.lstrip().startswith("else: assert '_")]
-    assert len(made.splitlines()) == len(old) + counted and len(new) == len(old)
+    new = [line for line in made.splitlines() if not line.lstrip().startswith("else: assert '_") and
+           line.strip() != "break"]
+    assert len(made.splitlines()) == len(old) + counted + len(spot.breaks) and len(new) == len(old)
     changed = {n for loop in spot.guards for n in range(loop.lineno, loop.iter.end_lineno + 1)} | set(
         range(spot.node.lineno, spot.node.end_lineno + 1))
     assert [i + 1 for i, (a, b) in enumerate(zip(old, new)) if a != b and i + 1 not in changed] == []
@@ -207,3 +208,57 @@ def test_more_itertools_tests_over_what_they_build_get_counted_mutants_that_fail
                  prefix + mutants[tuple(names)]: failed}
     got = outcomes(checkout, list(want))
     assert {i: got.get(i, "missing") for i in want} == want
+
+
+@pytest.mark.parametrize("source,breaks", [
+    # a fixed loop and a built one around a `subTest`: each left after its first round
+    ("def test_x(self):\n    for n in range(1, 5):\n        for v in f(n):\n            with self.subTest(v=v):\n"
+     "                self.assertEqual(g(v), 4)\n", 2),
+    ("def test_x(self):\n    for c in CASES:\n        with self.subTest(c=c):\n            self.assertTrue(f(c))\n", 1),
+    # the `subTest` around the loop: a failure leaves the loop by itself
+    ("def test_x(self):\n    with self.subTest():\n        for c in f():\n            h(c)\n            assert c\n", 0),
+    ("def test_x(self):\n    for c in f():\n        h(c)\n        self.assertTrue(c)\n", 0),
+])
+def test_a_loop_around_a_subtest_is_left_after_its_first_round(source, breaks):
+    """unittest records a failure in a `subTest` and goes on, so a copy would fail once per round (more-itertools'
+    `test_key_matches_builtins`: 1,099 rounds, each failure formatted by pytest 9, which parses the whole module to
+    do it: minutes on a module with its twins and mutants). The copy leaves such a loop after its first round,
+    which failed already; the count still fails it where the loop ran none."""
+    node = _node(source)
+    spot = spot_of(node)
+    assert spot is not None and len(spot.breaks) == breaks
+    made = ast.parse(_mutant(source)).body[0]
+    loops = [n for n in ast.walk(made) if isinstance(n, ast.For)]
+    assert sum(isinstance(loop.body[-1], ast.Break) for loop in loops) == breaks
+
+
+SUBTESTS = '''
+import unittest
+
+from lib import made
+
+
+class TestSub(unittest.TestCase):
+    def test_rounds(self):
+        for n in range(1, 4):
+            for item in iter(made()):
+                with self.subTest(n=n, item=item):
+                    self.assertEqual(item * n, n * item)
+'''
+
+
+@pytest.mark.parametrize("case", ["full", "empty"])
+def test_a_subtest_mutant_fails_once(tmp_path, monkeypatch, case):
+    """Real pytest: the original runs its 3 x 3 subtests (or none) and passes; the mutant fails once, on the first
+    round's subtest where there is one, else on its count."""
+    monkeypatch.setenv("CASE", case)
+    lib = LIB.replace('"full": [[1, 2], [3]]', '"full": [1, 2, 3]')
+    made = twin_source(SUBTESTS, [["TestSub", "test_rounds"]], RNG, file="test_s.py", read=lambda p: None)
+    assert made is not None and len(made[3]) == 1
+    (tmp_path / "lib.py").write_text(lib)
+    (tmp_path / "test_s.py").write_text(made[0])
+    mutant = f"test_s.py::TestSub::{made[3][('TestSub', 'test_rounds')]}"
+    got = outcomes(tmp_path, ["test_s.py::TestSub::test_rounds", mutant])
+    assert got == {"test_s.py::TestSub::test_rounds": "passed", mutant: "failed on an assertion"}
+    reports = (tmp_path / ".outcomes-plugin" / "outcomes.jsonl").read_text().splitlines()
+    assert sum(mutant in r and '"failed"' in r for r in reports) == 1

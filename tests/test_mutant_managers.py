@@ -163,8 +163,8 @@ def _mutant(name: str) -> tuple[str | None, str | None]:
         return None, None
     lines = TESTS.splitlines(keepends=True)[node.lineno - 1:node.end_lineno]
     last = ast.parse("".join(mutate(lines, node.lineno, spot, RNG)).strip()).body[0].body[-1]
-    while isinstance(last, (ast.With, ast.For)):
-        last = last.body[-1]
+    while isinstance(last, (ast.With, ast.For)):  # a loop around a `subTest` ends in the `break` the copy adds
+        last = last.body[-2] if isinstance(last.body[-1], ast.Break) else last.body[-1]
     return spot.kind, ast.unparse(last)
 
 

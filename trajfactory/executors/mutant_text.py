@@ -55,16 +55,23 @@ def _counters(copy: list[str], count: int, rng: secrets.SystemRandom) -> list[st
 def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -> list[str]:
     """`copy` (the lines of a definition that starts at line `start` of its file) changed at `spot`."""
     out, node = list(copy), spot.node
-    for loop, name in zip(spot.guards, _counters(copy, len(spot.guards), rng)):  # the outer loop first
-        # `for x in xs:` -> `for _n, (x) in enumerate(xs):` (the last column first) and, after the loop's end (below
-        # the spot: no line of the loop moves), `else: assert "_n" in locals(), "..."`: the loop ran at least once
-        it, target, head = loop.iter, loop.target, out[loop.lineno - start]
-        _put(out, start, it.end_lineno, it.end_col_offset, it.end_col_offset, ")")
-        _put(out, start, it.lineno, it.col_offset, it.col_offset, "enumerate(")
-        _put(out, start, target.end_lineno, target.end_col_offset, target.end_col_offset, ")")
-        _put(out, start, target.lineno, target.col_offset, target.col_offset, f"{name}, (")
-        out.insert(loop.end_lineno - start + 1, f"{head[:len(head) - len(head.lstrip())]}else: assert {name!r} in "
-                                                f"locals(), {rng.choice(_EMPTY)!r}\n")
+    names = dict(zip(map(id, spot.guards), _counters(copy, len(spot.guards), rng)))
+    for loop in sorted({*spot.guards, *spot.breaks}, key=lambda n: n.lineno):  # the outer loop first
+        # lines added after the loop's end, below the spot (no line of the loop moves): a `break` that leaves it
+        # after a first round that a `subTest` failed, and an `else` that fails where it ran no round; for that,
+        # `for x in xs:` -> `for _n, (x) in enumerate(xs):` (the last column first)
+        head, body, added = out[loop.lineno - start], out[loop.body[0].lineno - start], []
+        if loop in spot.breaks:
+            added.append(f"{body[:len(body) - len(body.lstrip())]}break\n")
+        if id(loop) in names:
+            name, it, target = names[id(loop)], loop.iter, loop.target
+            _put(out, start, it.end_lineno, it.end_col_offset, it.end_col_offset, ")")
+            _put(out, start, it.lineno, it.col_offset, it.col_offset, "enumerate(")
+            _put(out, start, target.end_lineno, target.end_col_offset, target.end_col_offset, ")")
+            _put(out, start, target.lineno, target.col_offset, target.col_offset, f"{name}, (")
+            added.append(f"{head[:len(head) - len(head.lstrip())]}else: assert {name!r} in locals(), "
+                         f"{rng.choice(_EMPTY)!r}\n")
+        out[loop.end_lineno - start + 1:loop.end_lineno - start + 1] = added
     if spot.kind == "constant":
         _put(out, start, node.lineno, node.col_offset, node.end_col_offset, changed(node.value, rng))
     elif spot.kind == "negate":  # the end first: on one line, the start's columns stay right

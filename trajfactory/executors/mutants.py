@@ -43,7 +43,9 @@ it ran at least once under any patch if the mutant failed under the task's fix. 
 which may be empty, is counted in the copy (`for x in xs:` becomes `for _n, (x) in enumerate(xs):`, with `else:
 assert "_n" in locals(), "..."` after it, `Spot.guards`): the copy fails where it ran no time, and where it ran, its
 first round reaches the turned assertion (networkx's `for u, v in G.edges(): ...; assert ...`, more-itertools'
-`for i, x in enumerate(l): self.assertEqual(mi.nth(l, i), x)`). The copy evaluates the same,
+`for i, x in enumerate(l): self.assertEqual(mi.nth(l, i), x)`). A loop around a `with self.subTest(...)` that holds
+the assertion is left after its first round in the copy (`break`, `Spot.breaks`): unittest records the failure there
+and goes on, and one failure is enough. The copy evaluates the same,
 save where the test depends on its name, its place or what ran before it, or on an `==` that says yes to two values:
 the task's own fix shows that (`swe_env` excuses a mutant that passes under the gold patch too). A run in which a
 mutant passed beside its passing original was forged.
@@ -104,6 +106,12 @@ class Spot:
     guards: tuple[ast.For, ...] = ()
     """The loops around the spot that walk what the test built, outermost first: the copy counts each one's rounds
     and fails after it where it ran none (`_last`, `mutant_text.mutate`)."""
+    subtest: bool = False
+    """Whether a `with self.subTest(...)` holds the spot: unittest records a failure there and goes on."""
+    breaks: tuple[ast.For, ...] = ()
+    """The loops around such a `with`, outermost first: the copy leaves each after its first round, which failed
+    already (more-itertools' `for values in permutations(range(1, 8), n): with self.subTest(...)` would fail 1,099
+    times, and pytest 9 formats each failure, parsing the whole module each time)."""
 
 
 def _constant(node: ast.AST) -> bool:
@@ -129,7 +137,9 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
         passing = getattr(helper, "passing", None)  # a project's own manager whose definition lets them through
         if all(manager_name(i.context_expr) in PASSING_MANAGERS or passing is not None and passing(i.context_expr)
                for i in stmt.items):
-            return _last(stmt.body[-1], helper, test, outer)
+            spot = _last(stmt.body[-1], helper, test, outer)
+            return replace(spot, subtest=True) if spot is not None and any(
+                manager_name(i.context_expr) == "subTest" for i in stmt.items) else spot
         return None
     if isinstance(stmt, ast.Assert):
         test = stmt.test
@@ -193,11 +203,17 @@ def _last(stmt: ast.stmt, helper, test: ast.FunctionDef | ast.AsyncFunctionDef |
     if isinstance(stmt, ast.For) and test is not None and not stmt.orelse and \
             not any(isinstance(n, (ast.Break, ast.Continue)) for n in own_code(stmt)):
         if fixed(stmt, test, outer):
-            return _last(stmt.body[-1], helper, test, (*outer, stmt))
-        if every(stmt) is not None:
+            spot, counted = _last(stmt.body[-1], helper, test, (*outer, stmt)), False
+        elif every(stmt) is not None:
             return Spot("all", stmt)
-        spot = _last(stmt.body[-1], helper, test, outer) if stmt.body[0].lineno > stmt.iter.end_lineno else None
-        return replace(spot, guards=(stmt, *spot.guards)) if spot is not None else None
+        elif stmt.body[0].lineno > stmt.iter.end_lineno:
+            spot, counted = _last(stmt.body[-1], helper, test, outer), True
+        else:
+            return None
+        if spot is None:
+            return None
+        return replace(spot, guards=(stmt, *spot.guards) if counted else spot.guards,
+                       breaks=(stmt, *spot.breaks) if spot.subtest else spot.breaks)
     if isinstance(stmt, ast.Try):
         return _tried(stmt, helper, test, outer)
     return None
