@@ -104,7 +104,6 @@ def test_else_the_last_assertion_is_negated(source, mutant):
     "def test_x():\n    with pytest.raises(ValueError): f(-1)\n",  # the block on the header's line
     "def test_x():\n    with pytest.raises(ValueError), ctx():\n        f(-1)\n",
     "def test_x():\n    with pytest.warns(UserWarning):\n        f(-1)\n",
-    "def test_x():\n    with pytest.raises(\n            ValueError):\n        f(-1)\n",
 ])
 def test_no_mutant_where_a_passing_original_does_not_show_the_assertion_held(source):
     """The assertion gets no mutant of its own. A last loop of one `assert` over what may be empty gets the mutant
@@ -276,3 +275,14 @@ def test_a_raising_call_over_several_lines_lets_the_exception_through():
     with pytest.raises(ValueError, match="unknown"):
         scope["test_copy"]()
     assert seen == [([1, 2], "unknown", 3)] * 2
+
+
+def test_a_raises_block_whose_header_takes_several_lines_gets_its_mutant():
+    """networkx writes `with pytest.raises(\n    nx.NetworkXError, match="..."\n):` (18 such last blocks had no
+    mutant): the header becomes `if True:` and its other lines blank, so no line of the body moves."""
+    source = "def test_x():\n    with pytest.raises(\n        ValueError, match='a long message'\n    ) as info:\n" \
+             "        f(-1)\n"
+    spot = spot_of(_node(source))
+    assert spot is not None and spot.kind == "raises"
+    made = _mutant(source)
+    assert made == "def test_x():\n    if True:\n\n\n        f(-1)\n", made

@@ -106,7 +106,12 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
         raise ValueError("a copy's helper is written beside it: twin_source.twin_source turns it into a rename")
     elif spot.kind == "raises":  # `with pytest.raises(E) as info:` -> `if True:`
         last = node.items[0].optional_vars or node.items[0].context_expr
-        _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
+        if last.end_lineno == node.lineno:
+            _put(out, start, node.lineno, node.col_offset, last.end_col_offset, "if True")
+        else:  # a header over several lines: the rest of them blank (no line moves)
+            first, header = out[node.lineno - start], node.body[0].lineno - node.lineno
+            out[node.lineno - start:node.body[0].lineno - start] = [
+                first[:len(first) - len(first.lstrip())] + "if True:\n"] + ["\n"] * (header - 1)
     else:
         _put(out, start, node.end_lineno, node.end_col_offset - len(node.attr), node.end_col_offset,
              OPPOSITE[node.attr])

@@ -130,7 +130,7 @@ def _spot(stmt: ast.stmt, helper: Callable[[ast.Call], tuple[str, ast.expr] | No
     if isinstance(stmt, ast.With):
         item = stmt.items[0].optional_vars or stmt.items[0].context_expr
         name = manager_name(stmt.items[0].context_expr)
-        if len(stmt.items) == 1 and name in _RAISES and item.end_lineno == stmt.lineno < stmt.body[0].lineno:
+        if len(stmt.items) == 1 and name in _RAISES and item.end_lineno < stmt.body[0].lineno:  # a header of its own
             expected = stmt.items[0].context_expr
             return Spot("raises", stmt) if not (isinstance(expected, ast.Call) and expected.args and
                                                 _stops_the_run(expected.args[0])) else None
