@@ -246,6 +246,9 @@ def test_a_last_loop_over_built_data_asserts_the_opposite_of_all_at_once(source,
     # keywords go to the callable in the call form (pytest's `match` too), and the call may take several lines
     ("def test_x():\n    pytest.raises(ValueError, f, -1, match='bad')\n", "(f)(-1, match='bad')"),
     ("def test_x(self):\n    self.assertRaises(ValueError,\n                      f, -1)\n", "(f)(-1)"),
+    # unittest's pattern comes before the callable (more-itertools' `assertRaisesRegex(ValueError, "...", f)`)
+    ("def test_x(self):\n    self.assertRaisesRegex(ValueError, 'not divisible', f, 3)\n", "(f)(3)"),
+    ("def test_x(self):\n    self.assertRaisesRegexp(ValueError, 'bad', f)\n", "(f)()"),
 ])
 def test_a_raising_call_has_its_callable_called_on_its_own(source, mutant):
     """`self.assertRaises(E, f, x)` passed: `f(x)` raised `E`, which the copy no longer catches."""
@@ -286,3 +289,21 @@ def test_a_raises_block_whose_header_takes_several_lines_gets_its_mutant():
     assert spot is not None and spot.kind == "raises"
     made = _mutant(source)
     assert made == "def test_x():\n    if True:\n\n\n        f(-1)\n", made
+
+
+def test_a_raising_call_with_a_pattern_lets_the_exception_through():
+    """unittest's `self.assertRaisesRegex(ValueError, "not divisible", f, 3)`: the original passes where `f(3)`
+    raises a matching error, and the copy, `(f)(3)`, fails on it."""
+    import unittest
+
+    source = "def test_x(self):\n    self.assertRaisesRegex(ValueError, 'not divisible', f, 3)\n"
+    copy = _mutant(source).replace("def test_x", "def test_copy")
+
+    def f(n):
+        raise ValueError(f"{n} is not divisible")
+    scope = {"f": f}
+    exec(compile(source + copy, "<test>", "exec"), scope)
+    case = unittest.TestCase()
+    scope["test_x"](case)
+    with pytest.raises(ValueError, match="not divisible"):
+        scope["test_copy"](case)

@@ -7,7 +7,7 @@ import re
 import secrets
 
 from trajfactory.executors.mutant_loops import every
-from trajfactory.executors.mutants import OPPOSITE, Spot
+from trajfactory.executors.mutants import OPPOSITE, Spot, callable_at
 
 _LETTERS = "abcdefghjkmnpqrstuvwxyz"
 _EMPTY = ("nothing to check", "no cases", "nothing was checked", "empty", "no items", "nothing ran")
@@ -93,7 +93,8 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
     elif spot.kind == "add":  # `f(a)` -> `f(a, m.X)`
         _put(out, start, node.end_lineno, node.end_col_offset, node.end_col_offset, ", " + spot.text)
     elif spot.kind == "call":  # `self.assertRaises(E, f, a, k=b)` -> `(f)(a, k=b)`: what raised is no longer caught
-        parts = [_text(out, start, a) for a in node.args[1:]]
+        # (`self.assertRaisesRegex(E, "pattern", f, a)` -> `(f)(a)`)
+        parts = [_text(out, start, a) for a in node.args[callable_at(node):]]
         parts += [f"{k.arg}={_text(out, start, k.value)}" for k in node.keywords]
         first, last = out[node.lineno - start].encode("utf-8"), out[node.end_lineno - start].encode("utf-8")
         text = f"({parts[0]})({', '.join(parts[1:])})".encode("utf-8")  # the arguments' own lines, if several

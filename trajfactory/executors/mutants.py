@@ -10,7 +10,8 @@ the failing test with its last assertion turned against it:
   `"abq"`);
 - else the assertion negated (`assert x in y` becomes `assert not (x in y)`, `assertTrue` becomes `assertFalse`);
 - else the exception a last `with pytest.raises(E):` block expects no longer caught, and the callable of a last
-  `self.assertRaises(E, f, x)` or `pytest.raises(E, f, x)` called on its own (`(f)(x)`);
+  `self.assertRaises(E, f, x)`, `self.assertRaisesRegex(E, "pattern", f, x)` or `pytest.raises(E, f, x)` called on
+  its own (`(f)(x)`);
 - a project's own equality helper (`assert_equal(expected, result)`, or a mock's `m.assert_called_once_with(1, "a")`:
   `_HELPER_WORDS`) gets its constant argument changed or, without one, its second argument wrapped in a tuple
   (`assert_equal(expected, (result,))`): no ordinary value equals both `x` and `(x,)`;
@@ -256,14 +257,22 @@ def _tried(stmt: ast.Try, helper, test, outer: tuple[ast.For, ...]) -> Spot | No
     return None
 
 
+def callable_at(call: ast.Call) -> int:
+    """Where the callable is among the arguments of a raising call in the call form: after the exception, and after
+    the pattern too for unittest's `assertRaisesRegex(E, "pattern", f, x)`."""
+    return 2 if getattr(call.func, "attr", "") in ("assertRaisesRegex", "assertRaisesRegexp") else 1
+
+
 def _raising_call(call: ast.Call) -> bool:
     """Whether `call` expects its callable to raise, in the call form (`self.assertRaises(KeyError, d.pop, "k")`,
-    `pytest.raises(ValueError, f, -1, seed=3)`). In that form both hand every keyword to the callable (pytest 7 to 9,
-    `match` included; unittest, `msg` included), so the copy passes them on too."""
+    `self.assertRaisesRegex(ValueError, "not divisible", f)`, `pytest.raises(ValueError, f, -1, seed=3)`). In that
+    form both hand every keyword to the callable (pytest 7 to 9, `match` included; unittest, `msg` included), so the
+    copy passes them on too."""
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return (name == "assertRaises" or name == "raises" and getattr(getattr(func, "value", None), "id", "pytest") ==
-            "pytest") and len(call.args) >= 2 and not _stops_the_run(call.args[0])
+    return (name in ("assertRaises", "assertRaisesRegex", "assertRaisesRegexp") or name == "raises" and getattr(
+        getattr(func, "value", None), "id", "pytest") == "pytest") and len(call.args) > callable_at(call) and \
+        not _stops_the_run(call.args[0])
 
 
 _RUN_STOPPERS = ("KeyboardInterrupt", "GeneratorExit", "BaseException", "BaseExceptionGroup", "CancelledError", "Exit")
