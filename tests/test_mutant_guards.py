@@ -19,7 +19,7 @@ import pytest
 from pytest_runs import outcomes
 from trajfactory.executors.helpers import mutant_targets
 from trajfactory.executors.mutant_text import mutate
-from trajfactory.executors.mutants import module_tests, spot_of
+from trajfactory.executors.mutants import Spot, module_tests, spot_of
 from trajfactory.executors.twins import twin_source
 from trajfactory.schema import Source
 from trajfactory.sources import harvest_repo
@@ -262,3 +262,14 @@ def test_a_subtest_mutant_fails_once(tmp_path, monkeypatch, case):
     assert got == {"test_s.py::TestSub::test_rounds": "passed", mutant: "failed on an assertion"}
     reports = (tmp_path / ".outcomes-plugin" / "outcomes.jsonl").read_text().splitlines()
     assert sum(mutant in r and '"failed"' in r for r in reports) == 1
+
+
+def test_the_counter_is_not_the_name_a_helper_copy_takes():
+    """A counted loop whose last call goes to a changed copy of the module's helper (`twin_source` renames the call
+    after the counters are chosen): the counter is never the copy's name, which would shadow it in the loop."""
+    source = "def test_x():\n    for c in f():\n        check(c)\n"
+    loop = _node(source).body[0]
+    spot = Spot("rename", loop.body[0].value.func, "_n", guards=(loop,))
+    for _ in range(20):
+        made = ast.parse("".join(mutate(source.splitlines(keepends=True), 1, spot, RNG))).body[0]
+        assert made.body[0].target.elts[0].id != "_n" and ast.unparse(made.body[0].body[0]) == "_n(c)"

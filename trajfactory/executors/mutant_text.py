@@ -55,7 +55,8 @@ def _counters(copy: list[str], count: int, rng: secrets.SystemRandom) -> list[st
 def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -> list[str]:
     """`copy` (the lines of a definition that starts at line `start` of its file) changed at `spot`."""
     out, node = list(copy), spot.node
-    names = dict(zip(map(id, spot.guards), _counters(copy, len(spot.guards), rng)))
+    # (the name a "rename" gives the helper is new to the copy's text, and must not be a counter either)
+    names = dict(zip(map(id, spot.guards), _counters([*copy, spot.text], len(spot.guards), rng)))
     for loop in sorted({*spot.guards, *spot.breaks}, key=lambda n: n.lineno):  # the outer loop first
         # lines added after the loop's end, below the spot (no line of the loop moves): a `break` that leaves it
         # after a first round that a `subTest` failed, and an `else` that fails where it ran no round; for that,
