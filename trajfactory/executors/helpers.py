@@ -208,7 +208,8 @@ def resolver(tree: ast.Module, path: str, read: Callable[[str], str | None]) -> 
                 return func.attr in STOPS
             if func.value.id == "self" and func.attr in ("fail", "skipTest") and len(test) == 2:
                 classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == test[0]]
-                return bool(classes) and not isinstance(method(classes[-1], func.attr, tree, path, 0), ast.FunctionDef)
+                return bool(classes) and not isinstance(method(classes[-1], func.attr, tree, path, 0),
+                                                        (ast.FunctionDef, ast.AsyncFunctionDef))
             return False
         if isinstance(func, ast.Name) and func.id in STOPS and func.id not in _local_names(tree, test):
             return origin(func.id, tree, path, 0) in {(m, func.id) for m in ("pytest", "_pytest.outcomes")}

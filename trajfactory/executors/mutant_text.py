@@ -56,7 +56,7 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
     """`copy` (the lines of a definition that starts at line `start` of its file) changed at `spot`."""
     out, node = list(copy), spot.node
     # (the name a "rename" gives the helper is new to the copy's text, and must not be a counter either)
-    names = dict(zip(map(id, spot.guards), _counters([*copy, spot.text], len(spot.guards), rng)))
+    names = dict(zip(spot.guards, _counters([*copy, spot.text], len(spot.guards), rng)))
     for loop in sorted({*spot.guards, *spot.breaks}, key=lambda n: n.lineno):  # the outer loop first
         # lines added after the loop's end, below the spot (no line of the loop moves): a `break` that leaves it
         # after a first round that a `subTest` failed, and an `else` that fails where it ran no round; for that,
@@ -64,8 +64,8 @@ def mutate(copy: list[str], start: int, spot: Spot, rng: secrets.SystemRandom) -
         head, body, added = out[loop.lineno - start], out[loop.body[0].lineno - start], []
         if loop in spot.breaks:
             added.append(f"{body[:len(body) - len(body.lstrip())]}break\n")
-        if id(loop) in names:
-            name, it, target = names[id(loop)], loop.iter, loop.target
+        if loop in names:
+            name, it, target = names[loop], loop.iter, loop.target
             _put(out, start, it.end_lineno, it.end_col_offset, it.end_col_offset, ")")
             _put(out, start, it.lineno, it.col_offset, it.col_offset, "enumerate(")
             _put(out, start, target.end_lineno, target.end_col_offset, target.end_col_offset, ")")
